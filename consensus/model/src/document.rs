@@ -1,0 +1,604 @@
+//! The config document as users write it (YAML or JSON), and its conversion
+//! into a [`Spec`] that reports every problem at once.
+//!
+//! Fields that users commonly get wrong are read loosely (numbers as `i64`,
+//! durations and enums as text) so one mistake does not hide the next: the
+//! conversion, not the parser, names them all.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FieldError, Path, Segment, ValidationErrors};
+use crate::spec::{
+    Algorithm, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol, Spec,
+    StatusRanges, Vip,
+};
+
+/// Defaults applied to fields a document leaves out.
+pub mod defaults {
+    use std::time::Duration;
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+    pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const HEALTHY_THRESHOLD: u32 = 2;
+    pub const UNHEALTHY_THRESHOLD: u32 = 3;
+    pub const WEIGHT: u32 = 1;
+}
+
+/// Why a document could not be turned into a [`Spec`].
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// The text is not well-formed YAML/JSON of the expected shape.
+    #[error("{0}")]
+    Syntax(String),
+    /// The document is well-formed but breaks the rules listed.
+    #[error("{0}")]
+    Invalid(#[from] ValidationErrors),
+}
+
+/// A whole config document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancers: Vec<LoadBalancerDoc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<PoolDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerDoc {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerDoc {
+    pub port: i64,
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    pub default_pool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<DurationDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<DurationDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolDoc {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<DurationDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<DurationDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_timeout: Option<DurationDoc>,
+    #[serde(default)]
+    pub members: Vec<MemberDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberDoc {
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckDoc {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_codes: Option<Scalar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<DurationDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<i64>,
+}
+
+/// A duration written as text (`2s`, `1h 30m`, `500ms`) or a number of seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DurationDoc {
+    Seconds(f64),
+    Text(String),
+}
+
+/// A value YAML may read as a number or as text (`expected_codes: 200`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Number(i64),
+    Text(String),
+}
+
+impl Document {
+    /// Parses YAML (and so JSON, which is YAML) text.
+    pub fn from_yaml(text: &str) -> Result<Self, ParseError> {
+        if text.trim().is_empty() {
+            return Ok(Document::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))
+    }
+
+    /// Parses JSON text.
+    pub fn from_json(text: &str) -> Result<Self, ParseError> {
+        serde_json::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))
+    }
+
+    /// Parses YAML or JSON and validates it into a [`Spec`].
+    pub fn parse_spec(text: &str) -> Result<Spec, ParseError> {
+        Ok(Self::from_yaml(text)?.into_spec()?)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+
+    /// Converts to a [`Spec`], or lists every problem with its field path.
+    pub fn into_spec(&self) -> Result<Spec, ValidationErrors> {
+        let mut errors = Vec::new();
+        let mut spec = Spec::default();
+        let mut lb_index = BTreeMap::new();
+        let mut pool_index = BTreeMap::new();
+        for (i, doc) in self.load_balancers.iter().enumerate() {
+            let at = Path::root().field("load_balancers").index(i);
+            if let Some(lb) = doc.convert(&at, &mut errors) {
+                if let Some(first) = lb_index.insert(lb.name.clone(), i) {
+                    lb_index.insert(lb.name.clone(), first);
+                    errors.push(dup_name(&at, "load_balancers", first));
+                } else {
+                    spec.load_balancers.insert(lb.name.clone(), lb);
+                }
+            }
+        }
+        for (i, doc) in self.pools.iter().enumerate() {
+            let at = Path::root().field("pools").index(i);
+            if let Some(pool) = doc.convert(&at, &mut errors) {
+                if let Some(first) = pool_index.insert(pool.name.clone(), i) {
+                    pool_index.insert(pool.name.clone(), first);
+                    errors.push(dup_name(&at, "pools", first));
+                } else {
+                    spec.pools.insert(pool.name.clone(), pool);
+                }
+            }
+        }
+        for mut e in spec.check() {
+            // Point at list positions, as the user wrote the document.
+            if let [Segment::Field(kind), Segment::Name(name), ..] = e.path.0.as_slice() {
+                let index = if *kind == "pools" {
+                    &pool_index
+                } else {
+                    &lb_index
+                };
+                if let Some(&i) = index.get(name) {
+                    e.path.0[1] = Segment::Index(i);
+                }
+            }
+            errors.push(e);
+        }
+        if errors.is_empty() {
+            Ok(spec)
+        } else {
+            Err(ValidationErrors(errors))
+        }
+    }
+
+    /// The document that describes `spec`, every field written out.
+    pub fn from_spec(spec: &Spec) -> Self {
+        Document {
+            load_balancers: spec
+                .load_balancers
+                .values()
+                .map(LoadBalancerDoc::from)
+                .collect(),
+            pools: spec.pools.values().map(PoolDoc::from).collect(),
+        }
+    }
+}
+
+fn dup_name(at: &Path, kind: &str, first: usize) -> FieldError {
+    FieldError::new(
+        at.field("name"),
+        format!("duplicate name (also {kind}[{first}])"),
+    )
+}
+
+impl LoadBalancerDoc {
+    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Option<LoadBalancer> {
+        let vip = self.vip.as_deref().and_then(|v| {
+            parse_vip(v)
+                .map_err(|m| errors.push(FieldError::new(at.field("vip"), m)))
+                .ok()
+        });
+        let listeners: Vec<_> = self
+            .listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.convert(&at.field("listeners").index(i), errors))
+            .collect();
+        // Keep the load balancer with its good listeners so the cross-object
+        // checks still run on them; the listeners' own errors are recorded.
+        // Without its VIP its bind addresses are unknown, so it is left out.
+        let vip_ok = self.vip.is_none() || vip.is_some();
+        vip_ok.then(|| LoadBalancer {
+            name: self.name.clone(),
+            vip,
+            listeners,
+        })
+    }
+}
+
+impl ListenerDoc {
+    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Option<Listener> {
+        let before = errors.len();
+        let port = match u16::try_from(self.port) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                errors.push(FieldError::new(at.field("port"), "must be 1-65535"));
+                0
+            }
+        };
+        let protocol = match self.protocol.as_str() {
+            "tcp" => Protocol::Tcp,
+            "http" => Protocol::Http,
+            other => {
+                errors.push(FieldError::new(
+                    at.field("protocol"),
+                    format!("unknown protocol {other:?} (expected tcp or http)"),
+                ));
+                Protocol::Tcp
+            }
+        };
+        let bind = self.bind.as_deref().and_then(|b| {
+            b.parse::<IpAddr>()
+                .map_err(|_| errors.push(FieldError::new(at.field("bind"), "not an IP address")))
+                .ok()
+        });
+        let idle_timeout = duration(
+            &self.idle_timeout,
+            defaults::IDLE_TIMEOUT,
+            &at.field("idle_timeout"),
+            errors,
+        );
+        let header_timeout = duration(
+            &self.header_timeout,
+            defaults::HEADER_TIMEOUT,
+            &at.field("header_timeout"),
+            errors,
+        );
+        (errors.len() == before).then(|| Listener {
+            port,
+            protocol,
+            bind,
+            default_pool: self.default_pool.clone(),
+            idle_timeout,
+            header_timeout,
+        })
+    }
+}
+
+impl PoolDoc {
+    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Option<Pool> {
+        let algorithm = match self.algorithm.as_deref().unwrap_or("round_robin") {
+            "round_robin" | "weighted_round_robin" => Algorithm::RoundRobin,
+            "least_outstanding" => Algorithm::LeastOutstanding,
+            "random_two" => Algorithm::RandomTwo,
+            "source_hash" => Algorithm::SourceHash,
+            other => {
+                errors.push(FieldError::new(
+                    at.field("algorithm"),
+                    format!(
+                        "unknown algorithm {other:?} (expected round_robin, least_outstanding, random_two or source_hash)"
+                    ),
+                ));
+                Algorithm::RoundRobin
+            }
+        };
+        let health_check = self
+            .health_check
+            .as_ref()
+            .and_then(|hc| hc.convert(&at.field("health_check"), errors));
+        let drain_timeout = duration(
+            &self.drain_timeout,
+            defaults::DRAIN_TIMEOUT,
+            &at.field("drain_timeout"),
+            errors,
+        );
+        let connect_timeout = duration(
+            &self.connect_timeout,
+            defaults::CONNECT_TIMEOUT,
+            &at.field("connect_timeout"),
+            errors,
+        );
+        let response_timeout = duration(
+            &self.response_timeout,
+            defaults::RESPONSE_TIMEOUT,
+            &at.field("response_timeout"),
+            errors,
+        );
+        let members: Vec<_> = self
+            .members
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.convert(&at.field("members").index(i), errors))
+            .collect();
+        // Kept with its good members, so cross-object checks still see the pool.
+        Some(Pool {
+            name: self.name.clone(),
+            algorithm,
+            health_check,
+            drain_timeout,
+            connect_timeout,
+            response_timeout,
+            members,
+        })
+    }
+}
+
+impl MemberDoc {
+    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Option<Member> {
+        let before = errors.len();
+        let address = self
+            .address
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                errors.push(FieldError::new(
+                    at.field("address"),
+                    "not a socket address (expected IP:PORT, [IPv6]:PORT for IPv6)",
+                ))
+            })
+            .ok();
+        let weight = match self.weight {
+            None => defaults::WEIGHT,
+            Some(w) => u32::try_from(w).unwrap_or_else(|_| {
+                errors.push(FieldError::new(at.field("weight"), "must be 0-1000"));
+                0
+            }),
+        };
+        let address = address?;
+        (errors.len() == before).then_some(Member {
+            address,
+            weight,
+            enabled: self.enabled.unwrap_or(true),
+        })
+    }
+}
+
+impl HealthCheckDoc {
+    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Option<HealthCheck> {
+        let before = errors.len();
+        let kind = match self.kind.as_str() {
+            "tcp" => {
+                for (name, set) in [
+                    ("method", self.method.is_some()),
+                    ("path", self.path.is_some()),
+                    ("host", self.host.is_some()),
+                    ("expected_codes", self.expected_codes.is_some()),
+                ] {
+                    if set {
+                        errors.push(FieldError::new(at.field(name), "only applies to type http"));
+                    }
+                }
+                CheckKind::Tcp
+            }
+            "http" => {
+                let codes = match &self.expected_codes {
+                    None => Ok(StatusRanges(vec![(200, 399)])),
+                    Some(Scalar::Number(n)) => StatusRanges::parse(&n.to_string()),
+                    Some(Scalar::Text(t)) => StatusRanges::parse(t),
+                };
+                let expected_codes = codes.unwrap_or_else(|m| {
+                    errors.push(FieldError::new(at.field("expected_codes"), m));
+                    StatusRanges(Vec::new())
+                });
+                CheckKind::Http {
+                    method: self.method.clone().unwrap_or_else(|| "GET".into()),
+                    path: self.path.clone().unwrap_or_else(|| "/".into()),
+                    host: self.host.clone(),
+                    expected_codes,
+                }
+            }
+            other => {
+                errors.push(FieldError::new(
+                    at.field("type"),
+                    format!("unknown health check type {other:?} (expected tcp or http)"),
+                ));
+                CheckKind::Tcp
+            }
+        };
+        let interval = duration(
+            &self.interval,
+            defaults::CHECK_INTERVAL,
+            &at.field("interval"),
+            errors,
+        );
+        let timeout = duration(
+            &self.timeout,
+            defaults::CHECK_TIMEOUT,
+            &at.field("timeout"),
+            errors,
+        );
+        let threshold = |v: Option<i64>,
+                         default: u32,
+                         name: &'static str,
+                         errors: &mut Vec<FieldError>| match v {
+            None => default,
+            Some(n) => u32::try_from(n).unwrap_or_else(|_| {
+                errors.push(FieldError::new(at.field(name), "must be 1-100"));
+                0
+            }),
+        };
+        let healthy_threshold = threshold(
+            self.healthy_threshold,
+            defaults::HEALTHY_THRESHOLD,
+            "healthy_threshold",
+            errors,
+        );
+        let unhealthy_threshold = threshold(
+            self.unhealthy_threshold,
+            defaults::UNHEALTHY_THRESHOLD,
+            "unhealthy_threshold",
+            errors,
+        );
+        (errors.len() == before).then_some(HealthCheck {
+            kind,
+            interval,
+            timeout,
+            healthy_threshold,
+            unhealthy_threshold,
+        })
+    }
+}
+
+fn duration(
+    v: &Option<DurationDoc>,
+    default: Duration,
+    at: &Path,
+    errors: &mut Vec<FieldError>,
+) -> Duration {
+    let parsed = match v {
+        None => return default,
+        Some(DurationDoc::Seconds(s)) if s.is_finite() && *s >= 0.0 && *s < 1e9 => {
+            Ok(Duration::from_secs_f64(*s))
+        }
+        Some(DurationDoc::Seconds(_)) => Err("must be a positive duration".to_string()),
+        Some(DurationDoc::Text(t)) => humantime::parse_duration(t.trim())
+            .map_err(|_| format!("{t:?} is not a duration (examples: 500ms, 2s, 1m)")),
+    };
+    parsed.unwrap_or_else(|m| {
+        errors.push(FieldError::new(at.clone(), m));
+        default
+    })
+}
+
+fn parse_vip(text: &str) -> Result<Vip, String> {
+    let (ip, prefix) = match text.split_once('/') {
+        Some((ip, p)) => (ip, Some(p)),
+        None => (text, None),
+    };
+    let addr: IpAddr = ip
+        .parse()
+        .map_err(|_| "not an IP address with an optional /prefix".to_string())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix_len = match prefix {
+        None => max,
+        Some(p) => match p.parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => return Err(format!("prefix length must be 0-{max}")),
+        },
+    };
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+        return Err("must be a unicast, non-loopback address".into());
+    }
+    Ok(Vip { addr, prefix_len })
+}
+
+fn duration_doc(d: Duration) -> Option<DurationDoc> {
+    Some(DurationDoc::Text(humantime::format_duration(d).to_string()))
+}
+
+impl From<&LoadBalancer> for LoadBalancerDoc {
+    fn from(lb: &LoadBalancer) -> Self {
+        LoadBalancerDoc {
+            name: lb.name.clone(),
+            vip: lb.vip.map(|v| v.to_string()),
+            listeners: lb
+                .listeners
+                .iter()
+                .map(|l| ListenerDoc {
+                    port: l.port.into(),
+                    protocol: l.protocol.as_str().into(),
+                    bind: l.bind.map(|b| b.to_string()),
+                    default_pool: l.default_pool.clone(),
+                    idle_timeout: duration_doc(l.idle_timeout),
+                    header_timeout: duration_doc(l.header_timeout),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&Pool> for PoolDoc {
+    fn from(p: &Pool) -> Self {
+        PoolDoc {
+            name: p.name.clone(),
+            algorithm: Some(p.algorithm.as_str().into()),
+            health_check: p.health_check.as_ref().map(HealthCheckDoc::from),
+            drain_timeout: duration_doc(p.drain_timeout),
+            connect_timeout: duration_doc(p.connect_timeout),
+            response_timeout: duration_doc(p.response_timeout),
+            members: p
+                .members
+                .iter()
+                .map(|m| MemberDoc {
+                    address: m.address.to_string(),
+                    weight: Some(m.weight.into()),
+                    enabled: Some(m.enabled),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&HealthCheck> for HealthCheckDoc {
+    fn from(hc: &HealthCheck) -> Self {
+        let mut doc = HealthCheckDoc {
+            kind: "tcp".into(),
+            method: None,
+            path: None,
+            host: None,
+            expected_codes: None,
+            interval: duration_doc(hc.interval),
+            timeout: duration_doc(hc.timeout),
+            healthy_threshold: Some(hc.healthy_threshold.into()),
+            unhealthy_threshold: Some(hc.unhealthy_threshold.into()),
+        };
+        if let CheckKind::Http {
+            method,
+            path,
+            host,
+            expected_codes,
+        } = &hc.kind
+        {
+            doc.kind = "http".into();
+            doc.method = Some(method.clone());
+            doc.path = Some(path.clone());
+            doc.host = host.clone();
+            doc.expected_codes = Some(Scalar::Text(expected_codes.to_string()));
+        }
+        doc
+    }
+}

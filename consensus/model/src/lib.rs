@@ -1,0 +1,21 @@
+//! Keel's vocabulary: the load-balancer [`Spec`], the document users write
+//! ([`Document`], YAML or JSON), validation that names every problem with its
+//! field path, the [`Command`]s that change a spec, `apply` and `diff`.
+//!
+//! This crate is pure: no I/O, no async runtime, no network. Maps are
+//! `BTreeMap`s so iteration, serialisation and diffs are deterministic.
+
+mod command;
+mod document;
+mod error;
+mod spec;
+
+pub use command::{ApplyError, Command};
+pub use document::{
+    Document, HealthCheckDoc, ListenerDoc, LoadBalancerDoc, MemberDoc, ParseError, PoolDoc,
+};
+pub use error::{FieldError, Path, ValidationErrors};
+pub use spec::{
+    Algorithm, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol, Spec,
+    StatusRanges, Vip,
+};

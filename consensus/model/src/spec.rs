@@ -1,0 +1,405 @@
+//! The typed, validated load-balancer configuration the cluster agrees on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FieldError, Path};
+
+/// Highest member weight accepted.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// The whole load-balancing configuration: what every node serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    /// Load balancers by name.
+    pub load_balancers: BTreeMap<String, LoadBalancer>,
+    /// Pools of members by name.
+    pub pools: BTreeMap<String, Pool>,
+}
+
+/// A named group of listeners, optionally on a virtual IP owned by the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancer {
+    pub name: String,
+    /// The virtual IP its listeners bind; `None` binds all addresses.
+    pub vip: Option<Vip>,
+    pub listeners: Vec<Listener>,
+}
+
+/// A virtual IP address with the prefix length it is added with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vip {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// A port clients connect to, and where its traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listener {
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The local address to bind when the load balancer has no VIP.
+    pub bind: Option<IpAddr>,
+    /// The pool that receives traffic no rule claims.
+    pub default_pool: String,
+    /// A connection with no traffic either way for this long is closed.
+    #[serde(with = "duration_text")]
+    pub idle_timeout: Duration,
+    /// HTTP only: a client must send a complete request head within this time.
+    #[serde(with = "duration_text")]
+    pub header_timeout: Duration,
+}
+
+impl Listener {
+    /// The address this listener binds on, given its load balancer's VIP.
+    pub fn bind_addr(&self, vip: Option<&Vip>) -> SocketAddr {
+        let ip = match (vip, self.bind) {
+            (Some(v), _) => v.addr,
+            (None, Some(ip)) => ip,
+            (None, None) => IpAddr::from([0, 0, 0, 0]),
+        };
+        SocketAddr::new(ip, self.port)
+    }
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Layer 4: bytes are relayed to a member unchanged.
+    Tcp,
+    /// Layer 7: HTTP/1.1 requests are balanced one by one.
+    Http,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+        }
+    }
+}
+
+/// A set of members that share a balancing algorithm and a health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub health_check: Option<HealthCheck>,
+    /// How long a removed or disabled member keeps its established
+    /// connections and in-flight requests before they are cut.
+    #[serde(with = "duration_text")]
+    pub drain_timeout: Duration,
+    /// How long to wait for a TCP connection to a member.
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+    /// HTTP only: how long to wait for a member's response head.
+    #[serde(with = "duration_text")]
+    pub response_timeout: Duration,
+    pub members: Vec<Member>,
+}
+
+/// How a pool chooses a member for a new connection or request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// Smooth weighted round robin: members take turns in proportion to weight.
+    #[serde(alias = "weighted_round_robin")]
+    RoundRobin,
+    /// The member with the fewest in-flight requests (HTTP) or connections (TCP), per weight.
+    LeastOutstanding,
+    /// Two members picked at random; the less loaded one wins.
+    RandomTwo,
+    /// The client's IP address picks the member (rendezvous hashing, weighted).
+    SourceHash,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::LeastOutstanding => "least_outstanding",
+            Algorithm::RandomTwo => "random_two",
+            Algorithm::SourceHash => "source_hash",
+        }
+    }
+}
+
+/// A backend server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub address: SocketAddr,
+    /// Relative share of new traffic, 0 to 1000; 0 sends none.
+    pub weight: u32,
+    /// A disabled member gets no new traffic and drains what it has.
+    pub enabled: bool,
+}
+
+/// An active health check run against every member of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// Time between the start of one check and the next.
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    /// A check not finished in this time fails.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down member up.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take an up member down.
+    pub unhealthy_threshold: u32,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// The check passes when a TCP connection is accepted.
+    Tcp,
+    /// The check passes when an HTTP request gets an expected status.
+    Http {
+        method: String,
+        path: String,
+        /// The `Host` header to send; the member's address when unset.
+        host: Option<String>,
+        expected_codes: StatusRanges,
+    },
+}
+
+/// Inclusive ranges of HTTP status codes, written `200-299,302`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRanges(pub Vec<(u16, u16)>);
+
+impl StatusRanges {
+    pub fn contains(&self, code: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| lo <= code && code <= hi)
+    }
+
+    /// Parses `200-399` or `200,301-302`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut ranges = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let (lo, hi) = match part.split_once('-') {
+                Some((lo, hi)) => (lo.trim(), hi.trim()),
+                None => (part, part),
+            };
+            let code = |s: &str| match s.parse::<u16>() {
+                Ok(c) if (100..=599).contains(&c) => Ok(c),
+                _ => Err(format!("{s:?} is not an HTTP status code (100-599)")),
+            };
+            let (lo, hi) = (code(lo)?, code(hi)?);
+            if lo > hi {
+                return Err(format!("range {lo}-{hi} is empty"));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(StatusRanges(ranges))
+    }
+}
+
+impl fmt::Display for StatusRanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &(lo, hi)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Spec {
+    /// Checks the rules that span objects: names, references and ports.
+    /// Paths name objects (`load_balancers[web]`); [`crate::Document`] turns
+    /// them into list positions.
+    pub fn check(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut bound: Vec<(SocketAddr, &str, usize)> = Vec::new();
+        for (key, lb) in &self.load_balancers {
+            let at = Path::root().field("load_balancers").name(key);
+            if key != &lb.name {
+                errors.push(FieldError::new(at.field("name"), "does not match its key"));
+            }
+            check_name(&lb.name, &at.field("name"), &mut errors);
+            for (i, l) in lb.listeners.iter().enumerate() {
+                let lat = at.field("listeners").index(i);
+                if l.port == 0 {
+                    errors.push(FieldError::new(lat.field("port"), "must be 1-65535"));
+                }
+                if lb.vip.is_some() && l.bind.is_some() {
+                    errors.push(FieldError::new(
+                        lat.field("bind"),
+                        "cannot be set on a load balancer with a vip (listeners bind the vip)",
+                    ));
+                }
+                if !self.pools.contains_key(&l.default_pool) {
+                    errors.push(FieldError::new(
+                        lat.field("default_pool"),
+                        format!("no pool named {:?}", l.default_pool),
+                    ));
+                }
+                check_positive(l.idle_timeout, &lat.field("idle_timeout"), &mut errors);
+                check_positive(l.header_timeout, &lat.field("header_timeout"), &mut errors);
+                let addr = l.bind_addr(lb.vip.as_ref());
+                if let Some((_, lb, n)) = bound.iter().find(|(b, ..)| overlaps(*b, addr)) {
+                    errors.push(FieldError::new(
+                        lat.field("port"),
+                        format!("{addr} is already used by load balancer {lb:?} (listener {n})"),
+                    ));
+                }
+                bound.push((addr, &lb.name, i));
+            }
+        }
+        for (key, pool) in &self.pools {
+            let at = Path::root().field("pools").name(key);
+            if key != &pool.name {
+                errors.push(FieldError::new(at.field("name"), "does not match its key"));
+            }
+            check_name(&pool.name, &at.field("name"), &mut errors);
+            check_positive(pool.drain_timeout, &at.field("drain_timeout"), &mut errors);
+            check_positive(
+                pool.connect_timeout,
+                &at.field("connect_timeout"),
+                &mut errors,
+            );
+            check_positive(
+                pool.response_timeout,
+                &at.field("response_timeout"),
+                &mut errors,
+            );
+            for (i, m) in pool.members.iter().enumerate() {
+                let mat = at.field("members").index(i);
+                if m.weight > MAX_WEIGHT {
+                    errors.push(FieldError::new(
+                        mat.field("weight"),
+                        format!("must be 0-{MAX_WEIGHT}"),
+                    ));
+                }
+                if m.address.port() == 0 || m.address.ip().is_unspecified() {
+                    errors.push(FieldError::new(
+                        mat.field("address"),
+                        "needs a specific IP address and a non-zero port",
+                    ));
+                }
+                if pool.members[..i].iter().any(|o| o.address == m.address) {
+                    errors.push(FieldError::new(
+                        mat.field("address"),
+                        format!("{} is listed twice in this pool", m.address),
+                    ));
+                }
+            }
+            if let Some(hc) = &pool.health_check {
+                hc.check(&at.field("health_check"), &mut errors);
+            }
+        }
+        errors
+    }
+}
+
+impl HealthCheck {
+    fn check(&self, at: &Path, errors: &mut Vec<FieldError>) {
+        check_positive(self.interval, &at.field("interval"), errors);
+        check_positive(self.timeout, &at.field("timeout"), errors);
+        if self.timeout > self.interval {
+            errors.push(FieldError::new(
+                at.field("timeout"),
+                "must not be longer than interval",
+            ));
+        }
+        for (name, n) in [
+            ("healthy_threshold", self.healthy_threshold),
+            ("unhealthy_threshold", self.unhealthy_threshold),
+        ] {
+            if !(1..=100).contains(&n) {
+                errors.push(FieldError::new(at.field(name), "must be 1-100"));
+            }
+        }
+        if let CheckKind::Http {
+            method,
+            path,
+            host,
+            expected_codes,
+        } = &self.kind
+        {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                errors.push(FieldError::new(
+                    at.field("method"),
+                    "must be an HTTP method in capitals, such as GET",
+                ));
+            }
+            if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                errors.push(FieldError::new(
+                    at.field("path"),
+                    "must start with / and contain no spaces or control characters",
+                ));
+            }
+            if let Some(h) = host {
+                if h.is_empty() || h.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    errors.push(FieldError::new(
+                        at.field("host"),
+                        "is not a valid host name",
+                    ));
+                }
+            }
+            if expected_codes.0.is_empty() {
+                errors.push(FieldError::new(at.field("expected_codes"), "is empty"));
+            }
+        }
+    }
+}
+
+/// Two bind addresses collide when their ports match and their IPs are equal
+/// or one of them is the wildcard of the same family.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+fn check_name(name: &str, at: &Path, errors: &mut Vec<FieldError>) {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+        errors.push(FieldError::new(
+            at.clone(),
+            "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+        ));
+    }
+}
+
+fn check_positive(d: Duration, at: &Path, errors: &mut Vec<FieldError>) {
+    if d.is_zero() {
+        errors.push(FieldError::new(at.clone(), "must be longer than zero"));
+    }
+}
+
+/// Durations stored as human text (`1s 500ms`) so entries and snapshots read well.
+pub(crate) mod duration_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,245 @@
+use keel_model::{Algorithm, ApplyError, Command, Document, ParseError, Protocol, Spec};
+
+fn problems(yaml: &str) -> Vec<String> {
+    match Document::parse_spec(yaml) {
+        Err(ParseError::Invalid(e)) => e.0.iter().map(|e| e.to_string()).collect(),
+        other => panic!("expected validation errors, got {other:?}"),
+    }
+}
+
+const GOOD: &str = r#"
+load_balancers:
+  - name: web
+    vip: 10.77.0.100/24
+    listeners:
+      - { port: 80, protocol: http, default_pool: app }
+      - { port: 5432, protocol: tcp, default_pool: db }
+pools:
+  - name: app
+    algorithm: round_robin
+    health_check: { type: http, path: /health, interval: 2s, timeout: 1s,
+                    healthy_threshold: 2, unhealthy_threshold: 2, expected_codes: "200-399" }
+    drain_timeout: 30s
+    members: [ { address: "10.77.1.10:8080", weight: 1 }, { address: "10.77.1.11:8080" } ]
+  - name: db
+    algorithm: least_outstanding
+    members: [ { address: "10.77.1.20:5432" } ]
+"#;
+
+#[test]
+fn design_example_parses() {
+    let spec = Document::parse_spec(GOOD).unwrap();
+    let web = &spec.load_balancers["web"];
+    assert_eq!(web.vip.unwrap().to_string(), "10.77.0.100/24");
+    assert_eq!(web.listeners[1].protocol, Protocol::Tcp);
+    assert_eq!(spec.pools["db"].algorithm, Algorithm::LeastOutstanding);
+    assert_eq!(spec.pools["app"].members[1].weight, 1);
+    let hc = spec.pools["app"].health_check.as_ref().unwrap();
+    assert_eq!(hc.unhealthy_threshold, 2);
+}
+
+#[test]
+fn json_is_accepted() {
+    let json = r#"{"pools":[{"name":"p","members":[{"address":"127.0.0.1:1"}]}],
+        "load_balancers":[{"name":"l","listeners":[{"port":81,"protocol":"tcp","default_pool":"p"}]}]}"#;
+    let spec = Document::from_json(json).unwrap().into_spec().unwrap();
+    assert_eq!(spec.load_balancers["l"].listeners[0].port, 81);
+}
+
+#[test]
+fn every_problem_is_listed_with_its_path() {
+    let got = problems(
+        r#"
+load_balancers:
+  - name: web
+    listeners:
+      - { port: 80, protocol: http, default_pool: nope }
+      - { port: 80, protocol: tcp, default_pool: app }
+      - { port: 70000, protocol: udp, default_pool: app, idle_timeout: 0s }
+pools:
+  - name: app
+    members: [ { address: "10.0.0.1:80" } ]
+  - name: other
+    drain_timeout: -5s
+    health_check: { type: http, interval: 1s, timeout: 2s, healthy_threshold: 0, expected_codes: "299-200" }
+    members: [ { address: "10.0.0.1:80" }, { address: "not-an-address" }, { address: "10.0.0.1:80", weight: -1 } ]
+"#,
+    );
+    let expect = [
+        "load_balancers[0].listeners[2].port: must be 1-65535",
+        "load_balancers[0].listeners[2].protocol: unknown protocol \"udp\" (expected tcp or http)",
+        "pools[1].health_check.expected_codes: range 299-200 is empty",
+        "pools[1].drain_timeout: \"-5s\" is not a duration (examples: 500ms, 2s, 1m)",
+        "pools[1].members[1].address: not a socket address (expected IP:PORT, [IPv6]:PORT for IPv6)",
+        "pools[1].members[2].weight: must be 0-1000",
+        "load_balancers[0].listeners[0].default_pool: no pool named \"nope\"",
+        "load_balancers[0].listeners[1].port: 0.0.0.0:80 is already used by load balancer \"web\" (listener 0)",
+    ];
+    for e in expect {
+        assert!(got.iter().any(|g| g == e), "missing {e:?} in {got:#?}");
+    }
+    // The zero timeout is found even though the same listener has other problems.
+    assert!(got.len() >= expect.len(), "{got:#?}");
+}
+
+#[test]
+fn semantic_rules() {
+    let got = problems(
+        r#"
+load_balancers:
+  - { name: "bad name!", listeners: [ { port: 80, protocol: http, default_pool: p, idle_timeout: 0s } ] }
+pools:
+  - name: p
+    health_check: { type: http, interval: 1s, timeout: 2s, healthy_threshold: 0, method: get, path: health }
+    members: [ { address: "10.0.0.1:80" }, { address: "10.0.0.1:80" }, { address: "0.0.0.0:80" }, { address: "10.0.0.2:80", weight: 1001 } ]
+"#,
+    );
+    let expect = [
+        "load_balancers[0].name: must be 1-64 characters of letters, digits, '-', '_' or '.'",
+        "load_balancers[0].listeners[0].idle_timeout: must be longer than zero",
+        "pools[0].members[1].address: 10.0.0.1:80 is listed twice in this pool",
+        "pools[0].members[2].address: needs a specific IP address and a non-zero port",
+        "pools[0].members[3].weight: must be 0-1000",
+        "pools[0].health_check.timeout: must not be longer than interval",
+        "pools[0].health_check.healthy_threshold: must be 1-100",
+        "pools[0].health_check.method: must be an HTTP method in capitals, such as GET",
+        "pools[0].health_check.path: must start with / and contain no spaces or control characters",
+    ];
+    for e in expect {
+        assert!(got.iter().any(|g| g == e), "missing {e:?} in {got:#?}");
+    }
+    assert_eq!(got.len(), expect.len(), "{got:#?}");
+}
+
+#[test]
+fn duplicate_names_and_wildcard_port_overlap() {
+    let got = problems(
+        r#"
+load_balancers:
+  - { name: a, listeners: [ { port: 80, protocol: http, default_pool: p, bind: 127.0.0.1 } ] }
+  - { name: b, listeners: [ { port: 80, protocol: http, default_pool: p } ] }
+  - { name: a, listeners: [] }
+pools:
+  - { name: p }
+  - { name: p }
+"#,
+    );
+    assert!(
+        got.contains(
+            &"load_balancers[2].name: duplicate name (also load_balancers[0])".to_string()
+        ),
+        "{got:#?}"
+    );
+    assert!(
+        got.contains(&"pools[1].name: duplicate name (also pools[0])".to_string()),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|g| g
+                .starts_with("load_balancers[1].listeners[0].port: 0.0.0.0:80 is already used")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn unknown_fields_are_errors() {
+    let err = Document::parse_spec("pools: [ { name: p, colour: red } ]").unwrap_err();
+    assert!(matches!(err, ParseError::Syntax(_)));
+    assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+    let err = Document::parse_spec("frontends: []").unwrap_err();
+    assert!(
+        err.to_string().contains("unknown field `frontends`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tcp_check_rejects_http_fields() {
+    let got = problems("pools: [ { name: p, health_check: { type: tcp, path: /x } } ]");
+    assert_eq!(
+        got,
+        vec!["pools[0].health_check.path: only applies to type http"]
+    );
+}
+
+#[test]
+fn vip_and_bind_rules() {
+    let got = problems(
+        r#"
+load_balancers:
+  - { name: a, vip: 10.0.0.1/40, listeners: [] }
+  - { name: b, vip: 127.0.0.1, listeners: [] }
+  - { name: c, vip: 10.0.0.5/24, listeners: [ { port: 80, protocol: http, bind: 10.0.0.5, default_pool: p } ] }
+pools: [ { name: p } ]
+"#,
+    );
+    assert_eq!(
+        got,
+        vec![
+            "load_balancers[0].vip: prefix length must be 0-32",
+            "load_balancers[1].vip: must be a unicast, non-loopback address",
+            "load_balancers[2].listeners[0].bind: cannot be set on a load balancer with a vip (listeners bind the vip)",
+        ]
+    );
+}
+
+#[test]
+fn failed_apply_changes_nothing() {
+    let mut spec = Document::parse_spec(GOOD).unwrap();
+    let before = spec.clone();
+    let err = spec
+        .apply(&Command::RemovePool { name: "app".into() })
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("default_pool: no pool named \"app\""),
+        "{err}"
+    );
+    assert_eq!(spec, before);
+    let err = spec
+        .apply(&Command::RemoveMember {
+            pool: "app".into(),
+            address: "10.9.9.9:1".parse().unwrap(),
+        })
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::NotFound { kind: "member", .. }));
+    assert_eq!(spec, before);
+}
+
+#[test]
+fn member_commands() {
+    let mut spec = Document::parse_spec(GOOD).unwrap();
+    let addr = "10.77.1.10:8080".parse().unwrap();
+    spec.apply(&Command::SetMemberEnabled {
+        pool: "app".into(),
+        address: addr,
+        enabled: false,
+    })
+    .unwrap();
+    assert!(!spec.pools["app"].members[0].enabled);
+    spec.apply(&Command::RemoveMember {
+        pool: "app".into(),
+        address: addr,
+    })
+    .unwrap();
+    assert_eq!(spec.pools["app"].members.len(), 1);
+}
+
+#[test]
+fn document_round_trip() {
+    let spec = Document::parse_spec(GOOD).unwrap();
+    let yaml = Document::from_spec(&spec).to_yaml();
+    assert_eq!(Document::parse_spec(&yaml).unwrap(), spec, "{yaml}");
+    let json = serde_json::to_string(&Command::ReplaceSpec(spec.clone())).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Command>(&json).unwrap(),
+        Command::ReplaceSpec(spec)
+    );
+}
+
+#[test]
+fn empty_document_is_empty_spec() {
+    assert_eq!(Document::parse_spec("").unwrap(), Spec::default());
+    assert_eq!(Document::parse_spec("{}").unwrap(), Spec::default());
+}
