@@ -1,0 +1,105 @@
+//! Errors of the data plane, saying whose fault each is and whether a retry is safe.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Who caused a proxy error: it decides the log level and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The member (backend) misbehaved or is unreachable.
+    Upstream,
+    /// The client misbehaved or went away.
+    Downstream,
+    /// Keel itself, or its configuration.
+    Internal,
+}
+
+/// Whether the same request may be sent to another member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Nothing reached the member: another member may take it.
+    Yes,
+    /// The member may have acted on the request.
+    No,
+}
+
+/// Why a connection or request could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The pool has no member that is enabled, weighted and healthy.
+    #[error("no healthy member in pool {pool}")]
+    NoMember { pool: String },
+    /// The member refused or reset the TCP connection.
+    #[error("connect to {member} failed: {source}")]
+    Connect {
+        member: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The member did not accept the TCP connection in time.
+    #[error("connect to {member} timed out after {timeout:?}")]
+    ConnectTimeout {
+        member: SocketAddr,
+        timeout: Duration,
+    },
+    /// The member did not send a response head in time.
+    #[error("{member} sent no response within {timeout:?}")]
+    ResponseTimeout {
+        member: SocketAddr,
+        timeout: Duration,
+    },
+    /// The member broke the HTTP exchange (closed, reset, malformed response).
+    #[error("{member} failed the request: {source}")]
+    Upstream {
+        member: SocketAddr,
+        source: hyper::Error,
+    },
+    /// The member was removed or disabled and its drain time ran out.
+    #[error("{member} was drained")]
+    Drained { member: SocketAddr },
+}
+
+impl ProxyError {
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::NoMember { .. } | ProxyError::Drained { .. } => Side::Internal,
+            _ => Side::Upstream,
+        }
+    }
+
+    pub fn retry(&self) -> Retry {
+        match self {
+            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } => Retry::Yes,
+            _ => Retry::No,
+        }
+    }
+
+    /// The status an HTTP client is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoMember { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::Drained { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// Why a new configuration was not applied. The previous plan keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A listener's address could not be bound.
+    #[error("load balancer {lb}: cannot listen on {addr}: {source}")]
+    Bind {
+        lb: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The data plane is shutting down.
+    #[error("the data plane is shutting down")]
+    ShuttingDown,
+}

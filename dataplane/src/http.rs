@@ -1,0 +1,469 @@
+//! Layer 7: HTTP/1.1 from clients, balanced request by request over reused
+//! HTTP/1.1 connections to members. Bodies stream both ways.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::error::{ProxyError, Retry};
+use crate::member::{MemberState, Outstanding};
+use crate::plan::{ListenerPlan, SharedPlan};
+
+/// The largest request head accepted; a larger one is answered 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most header fields accepted in a request; more are answered 431.
+pub const MAX_HEADERS: usize = 100;
+/// Attempts at connecting to members for one request.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+pub(crate) type UpstreamSender = hyper::client::conn::http1::SendRequest<RequestBody>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves one client connection until it closes, the listener is removed
+/// (then it finishes in-flight requests and closes) or its drain runs out.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    plan: SharedPlan,
+    listener: Arc<ListenerPlan>,
+    closing: CancellationToken,
+    cut: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let header_timeout = listener.spec.header_timeout;
+    let conn = Arc::new(Conn {
+        peer,
+        plan,
+        first: listener,
+    });
+    let service = service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    let serving = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(serving);
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            r = serving.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client.addr = %peer, error = %e, "http connection ended");
+                }
+                return;
+            }
+            _ = closing.cancelled(), if !shutting_down => {
+                serving.as_mut().graceful_shutdown();
+                shutting_down = true;
+            }
+            _ = cut.cancelled() => return,
+        }
+    }
+}
+
+/// What one client connection knows.
+struct Conn {
+    peer: SocketAddr,
+    plan: SharedPlan,
+    /// The listener as it was when the connection was accepted; used if the
+    /// listener has since been removed and the connection is finishing.
+    first: Arc<ListenerPlan>,
+}
+
+impl Conn {
+    /// The listener's current plan: each request follows the newest config.
+    fn listener(&self) -> Arc<ListenerPlan> {
+        self.plan
+            .load()
+            .listeners
+            .get(&self.first.bind)
+            .cloned()
+            .unwrap_or_else(|| self.first.clone())
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let listener = self.listener();
+        let response = match self.forward(req, &listener).await {
+            Ok(r) => r,
+            Err(e) => {
+                let status = e.status();
+                tracing::warn!(client.addr = %self.peer, pool = %listener.pool.spec.name,
+                    status = status.as_u16(), side = ?e.side(), error = %e, "request failed");
+                local_response(status)
+            }
+        };
+        let status = response.status().as_u16();
+        listener.stats.requests.count(status);
+        listener.pool.stats.requests.count(status);
+        listener.stats.latency.observe(started.elapsed());
+        response
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        listener: &ListenerPlan,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let pool = &listener.pool;
+        let (mut parts, body) = req.into_parts();
+        prepare_request(&mut parts, self.peer, listener.bind.port());
+        let mut req = Request::from_parts(
+            parts,
+            RequestBody {
+                inner: body,
+                listener: listener.stats.clone(),
+                member: None,
+            },
+        );
+        let mut tried = Vec::new();
+        let mut last_err = None;
+        while tried.len() < MAX_CONNECT_ATTEMPTS {
+            let Some(member) = pool.balancer.pick(self.peer.ip(), &tried) else {
+                break;
+            };
+            tried.push(member.address);
+            let guard = member.begin();
+            let sender = match checkout(&member, pool.spec.connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    member.stats.connect_failures.fetch_add(1, Relaxed);
+                    tracing::warn!(pool = %pool.spec.name, member = %member.address, error = %e, "member connection failed");
+                    debug_assert_eq!(e.retry(), Retry::Yes);
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            req.body_mut().member = Some(member.clone());
+            return exchange(sender, req, guard, pool.spec.response_timeout).await;
+        }
+        if last_err.is_none() {
+            pool.stats.no_member.fetch_add(1, Relaxed);
+        }
+        Err(last_err.unwrap_or_else(|| ProxyError::NoMember {
+            pool: pool.spec.name.clone(),
+        }))
+    }
+}
+
+/// An idle connection to `member` if one is open, else a new one.
+async fn checkout(member: &MemberState, timeout: Duration) -> Result<UpstreamSender, ProxyError> {
+    while let Some(mut sender) = member.take_idle() {
+        if sender.ready().await.is_ok() {
+            return Ok(sender);
+        }
+    }
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(member.address)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => {
+            return Err(ProxyError::Connect {
+                member: member.address,
+                source,
+            })
+        }
+        Err(_) => {
+            return Err(ProxyError::ConnectTimeout {
+                member: member.address,
+                timeout,
+            })
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    member.stats.connections.fetch_add(1, Relaxed);
+    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ProxyError::Upstream {
+            member: member.address,
+            source,
+        })?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// Sends the request and wraps the member's response for the client.
+async fn exchange(
+    mut sender: UpstreamSender,
+    req: Request<RequestBody>,
+    guard: Outstanding,
+    timeout: Duration,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let member = guard.member().clone();
+    let started = Instant::now();
+    let cut = member.cut_token();
+    let sent = tokio::select! {
+        r = tokio::time::timeout(timeout, sender.send_request(req)) => r,
+        _ = cut.cancelled() => return Err(ProxyError::Drained { member: member.address }),
+    };
+    let response = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(source)) => {
+            member.stats.requests.count(502);
+            return Err(ProxyError::Upstream {
+                member: member.address,
+                source,
+            });
+        }
+        Err(_) => {
+            member.stats.requests.count(504);
+            return Err(ProxyError::ResponseTimeout {
+                member: member.address,
+                timeout,
+            });
+        }
+    };
+    member.stats.latency.observe(started.elapsed());
+    member.stats.requests.count(response.status().as_u16());
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // A body that is already over never gets polled: the connection is free now.
+    let lease = if body.is_end_stream() {
+        member.put_idle(sender);
+        None
+    } else {
+        Some(sender)
+    };
+    let body = UpstreamBody {
+        inner: body,
+        lease,
+        cut: Box::pin(cut.cancelled_owned()),
+        _outstanding: guard,
+        member,
+    };
+    Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+}
+
+/// Rewrites a client's request head for the member.
+fn prepare_request(parts: &mut http::request::Parts, peer: SocketAddr, port: u16) {
+    if parts.uri.authority().is_some() && !parts.headers.contains_key(header::HOST) {
+        if let Some(a) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, a);
+        }
+    }
+    // Members get origin-form targets (`/path?query`), whatever the client sent.
+    let origin = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = Uri::try_from(origin).unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    let client = peer.ip().to_string();
+    let xff = match parts.headers.get(X_FORWARDED_FOR).map(|v| v.to_str()) {
+        Some(Ok(prior)) if !prior.trim().is_empty() => format!("{prior}, {client}"),
+        _ => client,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        parts.headers.insert(X_FORWARDED_FOR, v);
+    }
+    parts
+        .headers
+        .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    parts
+        .headers
+        .insert(X_FORWARDED_PORT, HeaderValue::from(port));
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
+/// Removes the headers that describe one connection, not the message
+/// (RFC 9110 §7.6.1), including any that `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn local_response(status: StatusCode) -> Response<ProxyBody> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let mut r = Response::new(ProxyBody::Local(Full::new(Bytes::from(text))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A client's request body on its way to a member, counted as it goes.
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    listener: Arc<crate::metrics::ListenerStats>,
+    member: Option<Arc<MemberState>>,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(data) = f.data_ref() {
+                let n = data.len() as u64;
+                self.listener.bytes_in.fetch_add(n, Relaxed);
+                if let Some(m) = &self.member {
+                    m.stats.bytes_out.fetch_add(n, Relaxed);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A member's response body on its way to the client. When it ends cleanly
+/// the upstream connection goes back to the member's idle list; while it
+/// streams, the request counts as outstanding on the member.
+pub(crate) struct UpstreamBody {
+    inner: Incoming,
+    lease: Option<UpstreamSender>,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    _outstanding: Outstanding,
+    member: Arc<MemberState>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.cut.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err("member drained".into())));
+        }
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    self.member
+                        .stats
+                        .bytes_in
+                        .fetch_add(data.len() as u64, Relaxed);
+                }
+            }
+            None => {
+                if let Some(sender) = self.lease.take() {
+                    self.member.put_idle(sender);
+                }
+            }
+            Some(Err(_)) => self.lease = None,
+        }
+        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the client receives: a member's response or one of Keel's own.
+pub(crate) enum ProxyBody {
+    Upstream(UpstreamBody),
+    Local(Full<Bytes>),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Local(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Local(b) => b.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,662 @@
+//! Keel's proxy engine, usable and benchmarkable on its own.
+//!
+//! [`Dataplane::apply`] takes a validated [`Spec`], binds what is new,
+//! compiles an immutable plan and swaps it in with one atomic store. Each
+//! connection (L4) or request (L7) reads the plan once; connections that
+//! started on an older plan finish on it, and members or listeners that
+//! leave drain for their pool's `drain_timeout`. If binding fails nothing
+//! changes and the old plan keeps serving.
+//!
+//! This crate knows nothing of Raft, gossip or the node: it is told what to
+//! serve and serves it.
+
+mod balance;
+mod error;
+mod health;
+mod http;
+mod member;
+mod metrics;
+mod plan;
+mod tcp;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use keel_model::{HealthCheck, Protocol, Spec};
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::{ApplyError, ProxyError, Retry, Side};
+pub use http::{MAX_HEADERS, MAX_HEAD_BYTES};
+
+use balance::Balancer;
+use member::MemberState;
+use metrics::{label, load, ListenerStats, PoolStats, Writer};
+use plan::{ListenerPlan, Plan, PoolPlan, SharedPlan};
+
+/// The running proxy engine. Cheap to share behind an `Arc`.
+pub struct Dataplane {
+    plan: SharedPlan,
+    registry: tokio::sync::Mutex<Registry>,
+    connections: TaskTracker,
+}
+
+/// What outlives plans: bound sockets, member state, health checkers, counters.
+#[derive(Default)]
+struct Registry {
+    listeners: HashMap<SocketAddr, RunningListener>,
+    members: HashMap<(String, SocketAddr), MemberEntry>,
+    pool_stats: HashMap<String, Arc<PoolStats>>,
+    listener_stats: HashMap<SocketAddr, Arc<ListenerStats>>,
+    version: u64,
+    shut_down: bool,
+}
+
+struct RunningListener {
+    /// Stops the accept loop (and so closes the listening socket).
+    stop: CancellationToken,
+    /// Asks established connections to finish what they are doing and close.
+    closing: CancellationToken,
+    /// Closes established connections at once.
+    cut: CancellationToken,
+    drain_timeout: Duration,
+}
+
+struct MemberEntry {
+    state: Arc<MemberState>,
+    drain_timeout: Duration,
+    checker: Option<(HealthCheck, CancellationToken)>,
+}
+
+/// A member as the data plane sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub pool: String,
+    pub address: SocketAddr,
+    pub enabled: bool,
+    pub weight: u32,
+    /// Passing its health checks (always true without a check).
+    pub healthy: bool,
+    /// Removed or disabled, finishing what it has.
+    pub draining: bool,
+    /// In-flight requests (HTTP) or open connections (TCP).
+    pub outstanding: u64,
+}
+
+impl Default for Dataplane {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Dataplane {
+    /// An engine serving nothing until the first [`apply`](Self::apply).
+    pub fn new() -> Self {
+        Dataplane {
+            plan: Arc::new(ArcSwap::from_pointee(Plan::default())),
+            registry: tokio::sync::Mutex::new(Registry::default()),
+            connections: TaskTracker::new(),
+        }
+    }
+
+    /// The version of the plan now serving: 0 before the first apply, then
+    /// one more for each successful apply.
+    pub fn version(&self) -> u64 {
+        self.plan.load().version
+    }
+
+    /// Makes `spec` the served configuration, or changes nothing and says why.
+    pub async fn apply(&self, spec: &Spec) -> Result<u64, ApplyError> {
+        let mut reg = self.registry.lock().await;
+        if reg.shut_down {
+            return Err(ApplyError::ShuttingDown);
+        }
+
+        // Bind first: it is the only step that can fail, and a failure must
+        // leave everything as it was (the new sockets close on return).
+        let mut wanted = HashMap::new();
+        for lb in spec.load_balancers.values() {
+            for l in &lb.listeners {
+                wanted.insert(l.bind_addr(lb.vip.as_ref()), (lb, l));
+            }
+        }
+        let mut fresh = Vec::new();
+        for (&addr, (lb, _)) in &wanted {
+            if !reg.listeners.contains_key(&addr) {
+                let socket = bind(addr, lb.vip.is_some()).map_err(|source| ApplyError::Bind {
+                    lb: lb.name.clone(),
+                    addr,
+                    source,
+                })?;
+                fresh.push((addr, socket));
+            }
+        }
+
+        // From here on nothing fails.
+        let mut members = HashMap::new();
+        let mut pools = std::collections::BTreeMap::new();
+        for pool in spec.pools.values() {
+            let mut in_service = Vec::new();
+            for m in &pool.members {
+                let key = (pool.name.clone(), m.address);
+                let mut entry = reg.members.remove(&key).unwrap_or_else(|| MemberEntry {
+                    state: MemberState::new(&pool.name, m.address),
+                    drain_timeout: pool.drain_timeout,
+                    checker: None,
+                });
+                entry.drain_timeout = pool.drain_timeout;
+                if m.enabled {
+                    entry.state.stop_drain();
+                    in_service.push((entry.state.clone(), m.weight));
+                } else {
+                    entry.state.start_drain(pool.drain_timeout);
+                }
+                entry.set_check(pool.health_check.as_ref());
+                members.insert(key, entry);
+            }
+            let stats = reg.pool_stats.entry(pool.name.clone()).or_default().clone();
+            let plan = PoolPlan {
+                spec: pool.clone(),
+                balancer: Balancer::new(pool.algorithm, in_service),
+                stats,
+            };
+            pools.insert(pool.name.clone(), Arc::new(plan));
+        }
+        for (_, mut gone) in reg.members.drain() {
+            gone.set_check(None);
+            gone.state.start_drain(gone.drain_timeout);
+        }
+        reg.members = members;
+        reg.pool_stats.retain(|name, _| pools.contains_key(name));
+
+        let mut listeners = HashMap::new();
+        for (&addr, (lb, l)) in &wanted {
+            let Some(pool) = pools.get(&l.default_pool) else {
+                debug_assert!(false, "validated spec has a dangling default_pool");
+                continue;
+            };
+            let stats = reg.listener_stats.entry(addr).or_default().clone();
+            let plan = ListenerPlan {
+                lb: lb.name.clone(),
+                spec: (*l).clone(),
+                bind: addr,
+                pool: pool.clone(),
+                stats,
+            };
+            if let Some(running) = reg.listeners.get_mut(&addr) {
+                running.drain_timeout = pool.spec.drain_timeout;
+            }
+            listeners.insert(addr, Arc::new(plan));
+        }
+        reg.listener_stats
+            .retain(|addr, _| listeners.contains_key(addr));
+
+        reg.version += 1;
+        let version = reg.version;
+        self.plan.store(Arc::new(Plan {
+            version,
+            listeners,
+            pools,
+        }));
+
+        for (addr, socket) in fresh {
+            let running = self.start_listener(addr, socket, wanted[&addr].1.default_pool.as_str());
+            reg.listeners.insert(addr, running);
+        }
+        let removed: Vec<SocketAddr> = reg
+            .listeners
+            .keys()
+            .filter(|a| !wanted.contains_key(a))
+            .copied()
+            .collect();
+        for addr in removed {
+            if let Some(running) = reg.listeners.remove(&addr) {
+                tracing::info!(listener = %addr, "listener removed: draining its connections");
+                running.retire();
+            }
+        }
+        tracing::info!(version, "data plane serving new plan");
+        Ok(version)
+    }
+
+    fn start_listener(&self, addr: SocketAddr, socket: TcpListener, pool: &str) -> RunningListener {
+        let running = RunningListener {
+            stop: CancellationToken::new(),
+            closing: CancellationToken::new(),
+            cut: CancellationToken::new(),
+            drain_timeout: self
+                .plan
+                .load()
+                .pools
+                .get(pool)
+                .map_or(Duration::from_secs(30), |p| p.spec.drain_timeout),
+        };
+        tracing::info!(listener = %addr, "listening");
+        tokio::spawn(accept_loop(
+            socket,
+            addr,
+            self.plan.clone(),
+            self.connections.clone(),
+            running.stop.clone(),
+            running.closing.clone(),
+            running.cut.clone(),
+        ));
+        running
+    }
+
+    /// Every member of every pool, with its health and load.
+    pub fn members(&self) -> Vec<MemberStatus> {
+        let plan = self.plan.load();
+        let mut out = Vec::new();
+        for pool in plan.pools.values() {
+            for m in &pool.spec.members {
+                let state = pool
+                    .balancer
+                    .members()
+                    .iter()
+                    .find(|s| s.address == m.address);
+                out.push(MemberStatus {
+                    pool: pool.spec.name.clone(),
+                    address: m.address,
+                    enabled: m.enabled,
+                    weight: m.weight,
+                    healthy: state.is_none_or(|s| s.is_up()),
+                    draining: !m.enabled,
+                    outstanding: state.map_or(0, |s| s.outstanding()),
+                });
+            }
+        }
+        out
+    }
+
+    /// The addresses listeners are bound to now.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<_> = self.plan.load().listeners.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Connections being served, across all listeners.
+    pub fn active_connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Stops accepting, lets connections finish for up to `grace`, then cuts
+    /// what is left. Further applies are refused.
+    pub async fn shutdown(&self, grace: Duration) {
+        {
+            let mut reg = self.registry.lock().await;
+            reg.shut_down = true;
+            for l in reg.listeners.values() {
+                l.stop.cancel();
+                l.closing.cancel();
+            }
+            for m in reg.members.values_mut() {
+                m.set_check(None);
+            }
+        }
+        self.connections.close();
+        let open = self.connections.len();
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.connections.len(),
+                "drain time over: cutting connections"
+            );
+            for l in self.registry.lock().await.listeners.values() {
+                l.cut.cancel();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.connections.wait()).await;
+        } else if open > 0 {
+            tracing::info!(open, "all connections drained");
+        }
+    }
+
+    /// Prometheus text for every listener, pool and member now configured.
+    pub fn render_metrics(&self) -> String {
+        let plan = self.plan.load();
+        let mut w = Writer { out: String::new() };
+        w.header(
+            "keel_config_version",
+            "gauge",
+            "Version of the plan the data plane serves.",
+        );
+        w.value("keel_config_version", "", plan.version);
+
+        let mut listeners: Vec<_> = plan.listeners.values().collect();
+        listeners.sort_by_key(|l| l.bind);
+        let ll = |l: &ListenerPlan| {
+            format!(
+                "lb=\"{}\",listener=\"{}\",protocol=\"{}\"",
+                label(&l.lb),
+                l.bind,
+                l.spec.protocol.as_str()
+            )
+        };
+        w.header(
+            "keel_listener_connections_total",
+            "counter",
+            "Connections accepted.",
+        );
+        for l in &listeners {
+            w.value(
+                "keel_listener_connections_total",
+                &ll(l),
+                load(&l.stats.connections),
+            );
+        }
+        w.header(
+            "keel_listener_active_connections",
+            "gauge",
+            "Connections open now.",
+        );
+        for l in &listeners {
+            w.value(
+                "keel_listener_active_connections",
+                &ll(l),
+                l.stats.active.load(Relaxed),
+            );
+        }
+        w.header(
+            "keel_listener_requests_total",
+            "counter",
+            "HTTP responses sent, by status class.",
+        );
+        for l in listeners
+            .iter()
+            .filter(|l| l.spec.protocol == Protocol::Http)
+        {
+            w.classes("keel_listener_requests_total", &ll(l), &l.stats.requests);
+        }
+        w.header(
+            "keel_listener_bytes_total",
+            "counter",
+            "Body or stream bytes, in = from clients.",
+        );
+        for l in &listeners {
+            w.value(
+                "keel_listener_bytes_total",
+                &format!("{},direction=\"in\"", ll(l)),
+                load(&l.stats.bytes_in),
+            );
+            w.value(
+                "keel_listener_bytes_total",
+                &format!("{},direction=\"out\"", ll(l)),
+                load(&l.stats.bytes_out),
+            );
+        }
+        w.header(
+            "keel_listener_request_duration_seconds",
+            "histogram",
+            "Time from request head to response head.",
+        );
+        for l in listeners
+            .iter()
+            .filter(|l| l.spec.protocol == Protocol::Http)
+        {
+            w.histogram(
+                "keel_listener_request_duration_seconds",
+                &ll(l),
+                &l.stats.latency,
+            );
+        }
+
+        let pl = |p: &PoolPlan| format!("pool=\"{}\"", label(&p.spec.name));
+        w.header(
+            "keel_pool_requests_total",
+            "counter",
+            "HTTP responses for requests routed to the pool.",
+        );
+        for p in plan.pools.values() {
+            w.classes("keel_pool_requests_total", &pl(p), &p.stats.requests);
+        }
+        w.header(
+            "keel_pool_connections_total",
+            "counter",
+            "TCP connections routed to the pool.",
+        );
+        for p in plan.pools.values() {
+            w.value(
+                "keel_pool_connections_total",
+                &pl(p),
+                load(&p.stats.connections),
+            );
+        }
+        w.header(
+            "keel_pool_no_member_total",
+            "counter",
+            "Requests or connections refused: no healthy member.",
+        );
+        for p in plan.pools.values() {
+            w.value(
+                "keel_pool_no_member_total",
+                &pl(p),
+                load(&p.stats.no_member),
+            );
+        }
+        w.header(
+            "keel_pool_members_healthy",
+            "gauge",
+            "Enabled members passing their health checks.",
+        );
+        for p in plan.pools.values() {
+            let n = p.balancer.members().iter().filter(|m| m.is_up()).count();
+            w.value("keel_pool_members_healthy", &pl(p), n);
+        }
+
+        let members: Vec<_> = plan
+            .pools
+            .values()
+            .flat_map(|p| p.balancer.members().iter().map(move |m| (p, m)))
+            .collect();
+        let ml = |p: &PoolPlan, m: &MemberState| format!("{},member=\"{}\"", pl(p), m.address);
+        w.header(
+            "keel_member_up",
+            "gauge",
+            "1 when the member passes its health checks.",
+        );
+        for (p, m) in &members {
+            w.value("keel_member_up", &ml(p, m), u8::from(m.is_up()));
+        }
+        w.header(
+            "keel_member_outstanding",
+            "gauge",
+            "In-flight requests or open connections.",
+        );
+        for (p, m) in &members {
+            w.value("keel_member_outstanding", &ml(p, m), m.outstanding());
+        }
+        w.header(
+            "keel_member_connections_total",
+            "counter",
+            "Connections opened to the member.",
+        );
+        for (p, m) in &members {
+            w.value(
+                "keel_member_connections_total",
+                &ml(p, m),
+                load(&m.stats.connections),
+            );
+        }
+        w.header(
+            "keel_member_connect_failures_total",
+            "counter",
+            "Connections to the member refused or timed out.",
+        );
+        for (p, m) in &members {
+            w.value(
+                "keel_member_connect_failures_total",
+                &ml(p, m),
+                load(&m.stats.connect_failures),
+            );
+        }
+        w.header(
+            "keel_member_health_changes_total",
+            "counter",
+            "Health state flips.",
+        );
+        for (p, m) in &members {
+            w.value(
+                "keel_member_health_changes_total",
+                &ml(p, m),
+                load(&m.stats.health_flips),
+            );
+        }
+        w.header(
+            "keel_member_requests_total",
+            "counter",
+            "HTTP responses from the member, by status class.",
+        );
+        for (p, m) in &members {
+            w.classes("keel_member_requests_total", &ml(p, m), &m.stats.requests);
+        }
+        w.header(
+            "keel_member_bytes_total",
+            "counter",
+            "Bytes, in = from the member.",
+        );
+        for (p, m) in &members {
+            w.value(
+                "keel_member_bytes_total",
+                &format!("{},direction=\"in\"", ml(p, m)),
+                load(&m.stats.bytes_in),
+            );
+            w.value(
+                "keel_member_bytes_total",
+                &format!("{},direction=\"out\"", ml(p, m)),
+                load(&m.stats.bytes_out),
+            );
+        }
+        w.header(
+            "keel_member_response_duration_seconds",
+            "histogram",
+            "Time from sending a request to the member's response head.",
+        );
+        for (p, m) in &members {
+            w.histogram(
+                "keel_member_response_duration_seconds",
+                &ml(p, m),
+                &m.stats.latency,
+            );
+        }
+        w.out
+    }
+}
+
+impl MemberEntry {
+    /// Starts, restarts or stops the health checker so it runs `check`.
+    fn set_check(&mut self, check: Option<&HealthCheck>) {
+        if self.checker.as_ref().map(|(c, _)| c) == check {
+            return;
+        }
+        if let Some((_, stop)) = self.checker.take() {
+            stop.cancel();
+        }
+        match check {
+            Some(c) => {
+                let stop = CancellationToken::new();
+                tokio::spawn(health::run(self.state.clone(), c.clone(), stop.clone()));
+                self.checker = Some((c.clone(), stop));
+            }
+            None => {
+                self.state.set_up(true);
+            }
+        }
+    }
+}
+
+impl RunningListener {
+    /// Stops accepting; open connections finish in-flight work, and are cut
+    /// when the drain time runs out.
+    fn retire(self) {
+        self.stop.cancel();
+        self.closing.cancel();
+        let cut = self.cut;
+        let timeout = self.drain_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            cut.cancel();
+        });
+    }
+}
+
+/// Binds a listening socket. VIP listeners use `IP_FREEBIND`, so they bind
+/// before the address is on an interface and serve the moment it arrives.
+fn bind(addr: SocketAddr, freebind: bool) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        if freebind {
+            socket.set_freebind_ipv6(true)?;
+        }
+    } else if freebind {
+        socket.set_freebind(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    bind: SocketAddr,
+    plan: SharedPlan,
+    connections: TaskTracker,
+    stop: CancellationToken,
+    closing: CancellationToken,
+    cut: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = socket.accept() => match r {
+                Ok(ok) => ok,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off, keep serving.
+                    tracing::warn!(listener = %bind, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(listener) = plan.load().listeners.get(&bind).cloned() else {
+            continue;
+        };
+        listener.stats.connections.fetch_add(1, Relaxed);
+        let active = Active::new(&listener.stats);
+        let (plan, closing, cut) = (plan.clone(), closing.clone(), cut.clone());
+        connections.spawn(async move {
+            let _active = active;
+            match listener.spec.protocol {
+                Protocol::Tcp => tcp::serve(stream, peer, listener, cut).await,
+                Protocol::Http => http::serve(stream, peer, plan, listener, closing, cut).await,
+            }
+        });
+    }
+}
+
+/// Counts a connection in its listener's gauge for as long as it lives.
+struct Active(Arc<ListenerStats>);
+
+impl Active {
+    fn new(stats: &Arc<ListenerStats>) -> Self {
+        stats.active.fetch_add(1, Relaxed);
+        Active(stats.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}

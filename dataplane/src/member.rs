@@ -1,0 +1,175 @@
+//! The runtime state of one member of one pool: health, load, drain, traffic
+//! counters and idle upstream HTTP connections. It outlives plans: a member
+//! that stays in the config keeps its state across reconfigurations.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::http::UpstreamSender;
+use crate::metrics::MemberStats;
+
+/// Idle upstream connections kept per member.
+const MAX_IDLE: usize = 256;
+/// An idle upstream connection older than this is closed rather than reused.
+const IDLE_LIFETIME: Duration = Duration::from_secs(30);
+
+pub struct MemberState {
+    pub pool: String,
+    pub address: SocketAddr,
+    up: AtomicBool,
+    outstanding: AtomicU64,
+    drain: Mutex<Drain>,
+    pub stats: MemberStats,
+    idle: Mutex<Vec<(Instant, UpstreamSender)>>,
+}
+
+struct Drain {
+    /// Bumped whenever the member is put back in service, so a pending cut
+    /// from an earlier drain does not fire.
+    generation: u64,
+    draining: bool,
+    /// Cancelled when the drain time runs out; connections select on it.
+    cut: CancellationToken,
+}
+
+impl MemberState {
+    pub fn new(pool: &str, address: SocketAddr) -> Arc<Self> {
+        Arc::new(MemberState {
+            pool: pool.to_owned(),
+            address,
+            up: AtomicBool::new(true),
+            outstanding: AtomicU64::new(0),
+            drain: Mutex::new(Drain {
+                generation: 0,
+                draining: false,
+                cut: CancellationToken::new(),
+            }),
+            stats: MemberStats::default(),
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    /// Sets health; returns whether it changed.
+    pub fn set_up(&self, up: bool) -> bool {
+        let changed = self.up.swap(up, Relaxed) != up;
+        if changed {
+            self.stats.health_flips.fetch_add(1, Relaxed);
+            if !up {
+                lock(&self.idle).clear();
+            }
+        }
+        changed
+    }
+
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding.load(Relaxed)
+    }
+
+    /// Counts one in-flight request or connection until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> Outstanding {
+        self.outstanding.fetch_add(1, Relaxed);
+        Outstanding(self.clone())
+    }
+
+    /// The token that fires when this member's drain time runs out.
+    pub fn cut_token(&self) -> CancellationToken {
+        lock(&self.drain).cut.clone()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        lock(&self.drain).draining
+    }
+
+    /// Starts draining: the caller has already stopped sending new traffic;
+    /// what is in flight is cut after `timeout` unless the member returns.
+    pub fn start_drain(self: &Arc<Self>, timeout: Duration) {
+        let generation = {
+            let mut d = lock(&self.drain);
+            if d.draining {
+                return;
+            }
+            d.draining = true;
+            d.generation
+        };
+        lock(&self.idle).clear();
+        tracing::info!(pool = %self.pool, member = %self.address, ?timeout, "member draining");
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let mut d = lock(&me.drain);
+            if d.draining && d.generation == generation {
+                let in_flight = me.outstanding();
+                if in_flight > 0 {
+                    tracing::warn!(pool = %me.pool, member = %me.address, in_flight, "drain time over: cutting");
+                }
+                d.cut.cancel();
+                d.cut = CancellationToken::new();
+            }
+        });
+    }
+
+    /// Puts a draining member back in service.
+    pub fn stop_drain(&self) {
+        let mut d = lock(&self.drain);
+        if d.draining {
+            d.draining = false;
+            d.generation += 1;
+            tracing::info!(pool = %self.pool, member = %self.address, "member back in service");
+        }
+    }
+
+    /// An idle upstream connection to reuse, if one is still open.
+    pub(crate) fn take_idle(&self) -> Option<UpstreamSender> {
+        let mut idle = lock(&self.idle);
+        while let Some((since, sender)) = idle.pop() {
+            if since.elapsed() < IDLE_LIFETIME && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange finished cleanly.
+    pub(crate) fn put_idle(&self, sender: UpstreamSender) {
+        // Readiness lags the end of the response body by a moment, so only a
+        // closed connection is refused here; `checkout` waits for readiness.
+        if sender.is_closed() || !self.is_up() || self.is_draining() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        let now = Instant::now();
+        idle.retain(|(since, s)| now.duration_since(*since) < IDLE_LIFETIME && !s.is_closed());
+        if idle.len() < MAX_IDLE {
+            idle.push((now, sender));
+        }
+    }
+}
+
+/// One in-flight request or connection on a member.
+pub struct Outstanding(Arc<MemberState>);
+
+impl Outstanding {
+    pub fn member(&self) -> &Arc<MemberState> {
+        &self.0
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: the data behind these locks
+/// stays consistent across a panic (plain values, no multi-step updates).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,133 @@
+//! Lock-free counters and histograms, and their Prometheus text rendering.
+//!
+//! Counters live in the runtime objects they describe (listeners, pools,
+//! members), so the hot path touches a few atomics and never a registry.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros().try_into().unwrap_or(u64::MAX), Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Responses counted by status class: 1xx to 5xx.
+#[derive(Default)]
+pub struct ByClass([AtomicU64; 5]);
+
+impl ByClass {
+    pub fn count(&self, status: u16) {
+        let i = usize::from(status / 100).clamp(1, 5) - 1;
+        self.0[i].fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (i, c) in self.0.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{{labels},class=\"{}xx\"}} {}",
+                i + 1,
+                c.load(Relaxed)
+            );
+        }
+    }
+}
+
+/// Traffic through one listener.
+#[derive(Default)]
+pub struct ListenerStats {
+    pub connections: AtomicU64,
+    pub active: AtomicI64,
+    pub requests: ByClass,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub latency: Histogram,
+}
+
+/// Traffic through one pool, whichever member served it.
+#[derive(Default)]
+pub struct PoolStats {
+    pub requests: ByClass,
+    pub connections: AtomicU64,
+    pub no_member: AtomicU64,
+}
+
+/// Traffic to one member.
+#[derive(Default)]
+pub struct MemberStats {
+    pub connections: AtomicU64,
+    pub requests: ByClass,
+    pub connect_failures: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub latency: Histogram,
+    pub health_flips: AtomicU64,
+}
+
+/// Writes Prometheus `# HELP`/`# TYPE` headers once per family.
+pub(crate) struct Writer {
+    pub out: String,
+}
+
+impl Writer {
+    pub fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    pub fn value(&mut self, name: &str, labels: &str, v: impl std::fmt::Display) {
+        let _ = writeln!(self.out, "{name}{{{labels}}} {v}");
+    }
+
+    pub fn classes(&mut self, name: &str, labels: &str, c: &ByClass) {
+        c.render(&mut self.out, name, labels);
+    }
+
+    pub fn histogram(&mut self, name: &str, labels: &str, h: &Histogram) {
+        h.render(&mut self.out, name, labels);
+    }
+}
+
+/// Escapes a Prometheus label value.
+pub(crate) fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub(crate) fn load(a: &AtomicU64) -> u64 {
+    a.load(Relaxed)
+}

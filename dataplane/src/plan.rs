@@ -1,0 +1,38 @@
+//! The immutable runtime plan compiled from a `Spec`: what each bound
+//! address serves and how each pool balances. Swapped in whole, atomically.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use keel_model::{Listener, Pool};
+
+use crate::balance::Balancer;
+use crate::metrics::{ListenerStats, PoolStats};
+
+/// The plan every connection reads, one load per connection or request.
+pub(crate) type SharedPlan = Arc<ArcSwap<Plan>>;
+
+#[derive(Default)]
+pub(crate) struct Plan {
+    /// Counts applied configurations; 0 is the empty plan at start.
+    pub version: u64,
+    /// By bound address.
+    pub listeners: HashMap<SocketAddr, Arc<ListenerPlan>>,
+    pub pools: BTreeMap<String, Arc<PoolPlan>>,
+}
+
+pub(crate) struct ListenerPlan {
+    pub lb: String,
+    pub spec: Listener,
+    pub bind: SocketAddr,
+    pub pool: Arc<PoolPlan>,
+    pub stats: Arc<ListenerStats>,
+}
+
+pub(crate) struct PoolPlan {
+    pub spec: Pool,
+    pub balancer: Balancer,
+    pub stats: Arc<PoolStats>,
+}

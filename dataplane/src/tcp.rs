@@ -1,0 +1,176 @@
+//! Layer 4: relay bytes between a client and a member, both ways.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ProxyError;
+use crate::member::Outstanding;
+use crate::plan::{ListenerPlan, PoolPlan};
+
+const BUFFER: usize = 64 * 1024;
+
+/// Connects to a member of `pool` for `client`, trying up to three members
+/// when connections are refused or time out (nothing was sent, so it is safe).
+pub(crate) async fn connect(
+    pool: &PoolPlan,
+    client: SocketAddr,
+) -> Result<(TcpStream, Outstanding), ProxyError> {
+    let mut tried = Vec::new();
+    let mut last = None;
+    while tried.len() < 3 {
+        let Some(member) = pool.balancer.pick(client.ip(), &tried) else {
+            break;
+        };
+        tried.push(member.address);
+        let guard = member.begin();
+        let timeout = pool.spec.connect_timeout;
+        let err = match tokio::time::timeout(timeout, TcpStream::connect(member.address)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, guard));
+            }
+            Ok(Err(source)) => ProxyError::Connect {
+                member: member.address,
+                source,
+            },
+            Err(_) => ProxyError::ConnectTimeout {
+                member: member.address,
+                timeout,
+            },
+        };
+        member.stats.connect_failures.fetch_add(1, Relaxed);
+        tracing::warn!(pool = %pool.spec.name, member = %member.address, error = %err, "member connection failed");
+        last = Some(err);
+    }
+    pool.stats
+        .no_member
+        .fetch_add(u64::from(last.is_none()), Relaxed);
+    Err(last.unwrap_or_else(|| ProxyError::NoMember {
+        pool: pool.spec.name.clone(),
+    }))
+}
+
+/// Proxies one accepted TCP connection until both sides are done, the
+/// connection idles out, or a drain cuts it.
+pub(crate) async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerPlan>,
+    cut: CancellationToken,
+) {
+    let pool = &listener.pool;
+    pool.stats.connections.fetch_add(1, Relaxed);
+    let (upstream, guard) = match connect(pool, peer).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::warn!(client.addr = %peer, pool = %pool.spec.name, error = %e, "refusing connection");
+            // Reset rather than close: the client learns at once that it failed.
+            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+            return;
+        }
+    };
+    let member = guard.member().clone();
+    member.stats.connections.fetch_add(1, Relaxed);
+    let member_cut = member.cut_token();
+    let counters = Counters {
+        client_to_member: [&listener.stats.bytes_in, &member.stats.bytes_out],
+        member_to_client: [&listener.stats.bytes_out, &member.stats.bytes_in],
+    };
+    let result = tokio::select! {
+        r = relay(client, upstream, listener.spec.idle_timeout, &counters) => r,
+        _ = cut.cancelled() => Err(io::Error::other("listener drained")),
+        _ = member_cut.cancelled() => Err(io::Error::other("member drained")),
+    };
+    if let Err(e) = result {
+        tracing::debug!(client.addr = %peer, member = %member.address, error = %e, "tcp connection ended");
+    }
+    drop(guard);
+}
+
+struct Counters<'a> {
+    client_to_member: [&'a AtomicU64; 2],
+    member_to_client: [&'a AtomicU64; 2],
+}
+
+/// Copies both ways. When one side finishes sending, its FIN is passed on
+/// and the other direction keeps flowing (half-close).
+async fn relay(
+    client: TcpStream,
+    member: TcpStream,
+    idle: Duration,
+    counters: &Counters<'_>,
+) -> io::Result<()> {
+    let (cr, cw) = client.into_split();
+    let (mr, mw) = member.into_split();
+    let activity = Activity::new();
+    let both = async {
+        tokio::try_join!(
+            pipe(cr, mw, &activity, &counters.client_to_member),
+            pipe(mr, cw, &activity, &counters.member_to_client),
+        )
+    };
+    tokio::pin!(both);
+    loop {
+        let deadline = activity.last() + idle;
+        tokio::select! {
+            r = &mut both => return r.map(|_| ()),
+            _ = tokio::time::sleep_until(deadline) => {
+                if activity.last() + idle <= Instant::now() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                }
+            }
+        }
+    }
+}
+
+async fn pipe(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    activity: &Activity,
+    counters: &[&AtomicU64; 2],
+) -> io::Result<()> {
+    let mut buf = vec![0u8; BUFFER];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        activity.touch();
+        for c in counters {
+            c.fetch_add(n as u64, Relaxed);
+        }
+    }
+}
+
+/// When either direction last moved data, readable from the idle watchdog.
+struct Activity {
+    start: Instant,
+    millis: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            millis: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.millis.store(ms, Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.millis.load(Relaxed))
+    }
+}
