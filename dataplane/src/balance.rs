@@ -281,13 +281,10 @@ mod tests {
                 .filter(|(m, _)| m.address != removed)
                 .collect(),
         );
-        for k in 0..2000 {
+        for (k, &was) in before.iter().enumerate() {
             let now = fewer.pick(ip(k), &[]).unwrap().address;
-            if before[k] != removed {
-                assert_eq!(
-                    now, before[k],
-                    "client {k} moved although its member stayed"
-                );
+            if was != removed {
+                assert_eq!(now, was, "client {k} moved although its member stayed");
             }
         }
     }
