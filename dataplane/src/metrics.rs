@@ -109,7 +109,11 @@ impl Writer {
     }
 
     pub fn value(&mut self, name: &str, labels: &str, v: impl std::fmt::Display) {
-        let _ = writeln!(self.out, "{name}{{{labels}}} {v}");
+        let _ = if labels.is_empty() {
+            writeln!(self.out, "{name} {v}")
+        } else {
+            writeln!(self.out, "{name}{{{labels}}} {v}")
+        };
     }
 
     pub fn classes(&mut self, name: &str, labels: &str, c: &ByClass) {

@@ -1,1 +1,36 @@
-fn main() {}
+//! The `keel` binary: parse arguments, start logging, hand over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use keel::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { file } => return keel::check_file(&file),
+        Command::Run(args) => {
+            keel::init_logging(args.log_format);
+            runtime(args.workers).and_then(|rt| rt.block_on(keel::run(args.into())))
+        }
+        Command::Demo(args) => {
+            keel::init_logging(args.log_format);
+            runtime(None).and_then(|rt| rt.block_on(keel::demo::run(args)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    Ok(b.enable_all().build()?)
+}
