@@ -1,0 +1,53 @@
+//! The end-to-end harness: backends with controllable behaviour, an HTTP
+//! client, deadline-bound waiting, and `keel` processes.
+#![allow(clippy::unwrap_used)]
+
+pub mod backend;
+pub mod client;
+pub mod node;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use keel_model::{Document, Spec};
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Parses a YAML config, panicking with every problem if it is invalid.
+pub fn spec(yaml: &str) -> Spec {
+    Document::parse_spec(yaml).unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"))
+}
+
+/// Members list in the YAML flow form, from backend addresses.
+pub fn members(addrs: &[SocketAddr]) -> String {
+    let items: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{{ address: \"{a}\" }}"))
+        .collect();
+    format!("[ {} ]", items.join(", "))
+}
+
+/// Polls `check` until it returns true, failing the test after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,124 @@
+//! `keel` processes started by tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `keel` binary next to the test executable (built by the same cargo run).
+pub fn keel_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join("keel");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build -p keel)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `keel run` process, killed on drop.
+pub struct KeelProcess {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl KeelProcess {
+    /// Starts `keel run` with `config_yaml` and waits until it is ready.
+    pub fn start(config_yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("keel.yaml");
+        std::fs::write(&config, config_yaml).unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
+        let log = dir.path().join("keel.log");
+        let child = Command::new(keel_bin())
+            .args(["run", "--watch-interval", "200ms", "--shutdown-grace", "2s"])
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--admin-addr")
+            .arg(admin.to_string())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let p = KeelProcess {
+            child,
+            admin,
+            config,
+            log,
+            _dir: dir,
+        };
+        p.wait_ready(Duration::from_secs(10));
+        p
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.admin_get("/readyz").is_some_and(|(s, _)| s == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("keel not ready in {timeout:?}; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// A blocking GET on the admin address: status and body.
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        raw_get(self.admin, path)
+    }
+
+    /// Peak resident memory of the process, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmRSS:")
+    }
+}
+
+impl Drop for KeelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A minimal blocking HTTP/1.0 GET, for admin endpoints.
+pub fn raw_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: keel\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
