@@ -158,7 +158,7 @@ impl Conn {
                 }
             };
             req.body_mut().member = Some(member.clone());
-            return exchange(sender, req, guard, pool.spec.response_timeout).await;
+            return exchange(sender, req, guard, listener, pool.spec.response_timeout).await;
         }
         if last_err.is_none() {
             pool.stats.no_member.fetch_add(1, Relaxed);
@@ -211,6 +211,7 @@ async fn exchange(
     mut sender: UpstreamSender,
     req: Request<RequestBody>,
     guard: Outstanding,
+    listener: &ListenerPlan,
     timeout: Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let member = guard.member().clone();
@@ -254,6 +255,7 @@ async fn exchange(
         cut: Box::pin(cut.cancelled_owned()),
         _outstanding: guard,
         member,
+        listener: listener.stats.clone(),
     };
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
 }
@@ -389,6 +391,7 @@ pub(crate) struct UpstreamBody {
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
     _outstanding: Outstanding,
     member: Arc<MemberState>,
+    listener: Arc<crate::metrics::ListenerStats>,
 }
 
 impl Body for UpstreamBody {
@@ -406,10 +409,9 @@ impl Body for UpstreamBody {
         match &frame {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
-                    self.member
-                        .stats
-                        .bytes_in
-                        .fetch_add(data.len() as u64, Relaxed);
+                    let n = data.len() as u64;
+                    self.member.stats.bytes_in.fetch_add(n, Relaxed);
+                    self.listener.bytes_out.fetch_add(n, Relaxed);
                 }
             }
             None => {

@@ -125,7 +125,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let path = req.uri().path().to_owned();
     if path == "/health" {
         state.health_checks.fetch_add(1, SeqCst);
-        let status = if state.healthy.load(SeqCst) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let status = if state.healthy.load(SeqCst) {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         return Ok(text(status, "health\n".into()));
     }
     state.hits.fetch_add(1, SeqCst);
@@ -205,7 +209,11 @@ pub struct EchoBackend {
 
 impl EchoBackend {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let st = stop.clone();

@@ -51,7 +51,9 @@ async fn round_robin_spreads_evenly_and_weights_are_honoured() {
         r#"[ {{ address: "{}", weight: 3 }}, {{ address: "{}", weight: 1 }}, {{ address: "{}", weight: 0 }} ]"#,
         b[0].addr, b[1].addr, b[2].addr
     );
-    dp.apply(&spec(&config(port, "round_robin", &m))).await.unwrap();
+    dp.apply(&spec(&config(port, "round_robin", &m)))
+        .await
+        .unwrap();
     let seen = tally(&format!("http://127.0.0.1:{port}/"), 400).await;
     assert_eq!(seen.get("b0"), Some(&300), "{seen:?}");
     assert_eq!(seen.get("b1"), Some(&100), "{seen:?}");
@@ -62,7 +64,9 @@ async fn round_robin_spreads_evenly_and_weights_are_honoured() {
         r#"[ {{ address: "{}" }}, {{ address: "{}" }}, {{ address: "{}", enabled: false }} ]"#,
         b[0].addr, b[1].addr, b[2].addr
     );
-    dp.apply(&spec(&config(port, "round_robin", &m))).await.unwrap();
+    dp.apply(&spec(&config(port, "round_robin", &m)))
+        .await
+        .unwrap();
     let seen = tally(&format!("http://127.0.0.1:{port}/"), 200).await;
     assert_eq!(seen.get("b0"), Some(&100), "{seen:?}");
     assert_eq!(seen.get("b1"), Some(&100), "{seen:?}");
@@ -91,20 +95,27 @@ async fn least_outstanding_prefers_the_idle_member_under_a_slow_one() {
     let fast = HttpBackend::start("fast").await;
     let slow = HttpBackend::start("slow").await;
     slow.set_delay(Duration::from_millis(200));
-    let m = format!(r#"[ {{ address: "{}" }}, {{ address: "{}" }} ]"#, fast.addr, slow.addr);
+    let m = format!(
+        r#"[ {{ address: "{}" }}, {{ address: "{}" }} ]"#,
+        fast.addr, slow.addr
+    );
     let url = |port| format!("http://127.0.0.1:{port}/");
 
     // Round robin, the baseline: the slow member gets half, however slow.
     let port = free_port();
     let dp = Dataplane::new();
-    dp.apply(&spec(&config(port, "round_robin", &m))).await.unwrap();
+    dp.apply(&spec(&config(port, "round_robin", &m)))
+        .await
+        .unwrap();
     load(&url(port), 4, 10).await;
     assert_eq!((fast.hits(), slow.hits()), (20, 20));
 
     // Least outstanding: work flows to the member that finishes it.
     let port = free_port();
     let dp2 = Dataplane::new();
-    dp2.apply(&spec(&config(port, "least_outstanding", &m))).await.unwrap();
+    dp2.apply(&spec(&config(port, "least_outstanding", &m)))
+        .await
+        .unwrap();
     load(&url(port), 4, 50).await;
     let (f, s) = (fast.hits() - 20, slow.hits() - 20);
     assert_eq!(f + s, 200);
@@ -114,11 +125,16 @@ async fn least_outstanding_prefers_the_idle_member_under_a_slow_one() {
     // random_two, too, steers away from the loaded member.
     let port = free_port();
     let dp3 = Dataplane::new();
-    dp3.apply(&spec(&config(port, "random_two", &m))).await.unwrap();
+    dp3.apply(&spec(&config(port, "random_two", &m)))
+        .await
+        .unwrap();
     let (f0, s0) = (fast.hits(), slow.hits());
     load(&url(port), 4, 50).await;
     let (f, s) = (fast.hits() - f0, slow.hits() - s0);
-    assert!(s <= 40, "random_two: slow member got {s} of 200 requests (fast {f})");
+    assert!(
+        s <= 40,
+        "random_two: slow member got {s} of 200 requests (fast {f})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +146,13 @@ async fn source_hash_keeps_a_client_on_one_member() {
         r#"[ {{ address: "{}" }}, {{ address: "{}" }}, {{ address: "{}" }} ]"#,
         b[0].addr, b[1].addr, b[2].addr
     );
-    dp.apply(&spec(&config(port, "source_hash", &m))).await.unwrap();
+    dp.apply(&spec(&config(port, "source_hash", &m)))
+        .await
+        .unwrap();
     let seen = tally(&format!("http://127.0.0.1:{port}/"), 30).await;
-    assert_eq!(seen.len(), 1, "one client address went to several members: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        1,
+        "one client address went to several members: {seen:?}"
+    );
 }

@@ -1,0 +1,237 @@
+//! What the proxy does to traffic: headers, errors, L4 half-close, streaming.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use keel_dataplane::Dataplane;
+use keel_tests::backend::{EchoBackend, HttpBackend};
+use keel_tests::client::{client, get};
+use keel_tests::{free_port, spec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn http_lb(port: u16, pool_yaml: &str) -> String {
+    format!(
+        r#"
+load_balancers:
+  - name: web
+    listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: app }} ]
+pools:
+  - name: app
+{pool_yaml}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_set_host_kept_hop_by_hop_removed() {
+    let b = HttpBackend::start("b").await;
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&http_lb(
+        port,
+        &format!("    members: [ {{ address: \"{}\" }} ]", b.addr),
+    )))
+    .await
+    .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(
+        b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.7\r\n\
+          Connection: close, X-Private\r\nX-Private: secret\r\nKeep-Alive: timeout=5\r\n\
+          Proxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let h = b.last_headers();
+    assert!(h.contains("host: shop.example\n"), "{h}");
+    assert!(
+        h.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+        "{h}"
+    );
+    assert!(h.contains("x-forwarded-proto: http\n"), "{h}");
+    assert!(h.contains(&format!("x-forwarded-port: {port}\n")), "{h}");
+    assert!(h.contains("x-kept: yes\n"), "{h}");
+    for gone in ["x-private", "keep-alive", "proxy-connection"] {
+        assert!(!h.contains(gone), "{gone} reached the member: {h}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_502_503_504() {
+    let slow = HttpBackend::start("slow").await;
+    let dead = format!("127.0.0.1:{}", free_port()); // nothing listens here
+    let c = client();
+
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&http_lb(
+        port,
+        &format!("    members: [ {{ address: \"{dead}\" }} ]"),
+    )))
+    .await
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    assert_eq!(
+        get(&c, &url).await.unwrap(),
+        (502, "502 Bad Gateway\n".into())
+    );
+
+    dp.apply(&spec(&http_lb(
+        port,
+        &format!("    members: [ {{ address: \"{dead}\", enabled: false }} ]"),
+    )))
+    .await
+    .unwrap();
+    assert_eq!(
+        get(&c, &url).await.unwrap(),
+        (503, "503 Service Unavailable\n".into())
+    );
+
+    dp.apply(&spec(&http_lb(
+        port,
+        &format!(
+            "    response_timeout: 300ms\n    members: [ {{ address: \"{}\" }} ]",
+            slow.addr
+        ),
+    )))
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let r = get(&c, &format!("http://127.0.0.1:{port}/slow/3000"))
+        .await
+        .unwrap();
+    assert_eq!(r, (504, "504 Gateway Timeout\n".into()));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // A refused member is skipped in favour of a working one: no error at all.
+    dp.apply(&spec(&http_lb(
+        port,
+        &format!(
+            "    members: [ {{ address: \"{dead}\" }}, {{ address: \"{}\" }} ]",
+            slow.addr
+        ),
+    )))
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        assert_eq!(get(&c, &url).await.unwrap(), (200, "slow".into()));
+    }
+    let metrics = dp.render_metrics();
+    assert!(
+        metrics.contains("keel_listener_requests_total{lb=\"web\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "keel_member_connect_failures_total{{pool=\"app\",member=\"{dead}\"}}"
+    )));
+}
+
+fn tcp_lb(port: u16, member: std::net::SocketAddr, idle: &str) -> String {
+    format!(
+        r#"
+load_balancers:
+  - name: db
+    listeners: [ {{ port: {port}, protocol: tcp, bind: 127.0.0.1, default_pool: echo, idle_timeout: {idle} }} ]
+pools:
+  - {{ name: echo, members: [ {{ address: "{member}" }} ] }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_echo_with_half_close() {
+    let echo = EchoBackend::start().await;
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&tcp_lb(port, echo.addr, "10s")))
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    s.write_all(&payload).await.unwrap();
+    // Half-close: we are done sending, but still want the reply. The member
+    // sees our FIN, sends "bye" after the echo, then closes its side.
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.len(), payload.len() + 3);
+    assert_eq!(&out[..payload.len()], &payload[..]);
+    assert_eq!(&out[payload.len()..], b"bye");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_idle_timeout_closes() {
+    let echo = EchoBackend::start().await;
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&tcp_lb(port, echo.addr, "300ms")))
+        .await
+        .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // Activity keeps it open past the timeout.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+    }
+    // Silence closes it.
+    let t = Instant::now();
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1000),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_megabytes_each_way() {
+    let b = HttpBackend::start("b").await;
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&http_lb(
+        port,
+        &format!("    members: [ {{ address: \"{}\" }} ]", b.addr),
+    )))
+    .await
+    .unwrap();
+    let c = client();
+    let size = 10 * 1024 * 1024;
+    let req = http::Request::post(format!("http://127.0.0.1:{port}/upload"))
+        .body(Full::new(Bytes::from(vec![7u8; size])))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, size.to_string().as_bytes());
+
+    let resp = c
+        .request(
+            http::Request::get(format!("http://127.0.0.1:{port}/download/{size}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), size);
+    let metrics = dp.render_metrics();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("keel_listener_bytes_total") && l.contains("direction=\"out\""))
+        .unwrap();
+    let out: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(out >= size as u64, "{line}");
+}
