@@ -30,6 +30,8 @@ use crate::plan::{ListenerPlan, SharedPlan};
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The most header fields accepted in a request; more are answered 431.
 pub const MAX_HEADERS: usize = 100;
+/// The longest request target accepted; a longer one is answered 414.
+pub const MAX_URI_BYTES: usize = 16 * 1024;
 /// Attempts at connecting to members for one request.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
@@ -107,7 +109,25 @@ impl Conn {
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let listener = self.listener();
-        let response = match self.forward(req, &listener).await {
+        let response = if let Some(status) = oversized(&req) {
+            tracing::debug!(client.addr = %self.peer, status = status.as_u16(), "request head too large");
+            local_response(status)
+        } else {
+            self.forward_or_error(req, &listener).await
+        };
+        let status = response.status().as_u16();
+        listener.stats.requests.count(status);
+        listener.pool.stats.requests.count(status);
+        listener.stats.latency.observe(started.elapsed());
+        response
+    }
+
+    async fn forward_or_error(
+        &self,
+        req: Request<Incoming>,
+        listener: &ListenerPlan,
+    ) -> Response<ProxyBody> {
+        match self.forward(req, listener).await {
             Ok(r) => r,
             Err(e) => {
                 let status = e.status();
@@ -115,12 +135,7 @@ impl Conn {
                     status = status.as_u16(), side = ?e.side(), error = %e, "request failed");
                 local_response(status)
             }
-        };
-        let status = response.status().as_u16();
-        listener.stats.requests.count(status);
-        listener.pool.stats.requests.count(status);
-        listener.stats.latency.observe(started.elapsed());
-        response
+        }
     }
 
     async fn forward(
@@ -258,6 +273,22 @@ async fn exchange(
         listener: listener.stats.clone(),
     };
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+}
+
+/// hyper bounds its read buffer, but a head that arrives whole can exceed
+/// it; these limits hold however the bytes arrive.
+fn oversized(req: &Request<Incoming>) -> Option<StatusCode> {
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Some(StatusCode::URI_TOO_LONG);
+    }
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    (target + fields > MAX_HEAD_BYTES).then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
 }
 
 /// Rewrites a client's request head for the member.

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use error::{ApplyError, ProxyError, Retry, Side};
-pub use http::{MAX_HEADERS, MAX_HEAD_BYTES};
+pub use http::{MAX_HEADERS, MAX_HEAD_BYTES, MAX_URI_BYTES};
 
 use balance::Balancer;
 use member::MemberState;

@@ -120,6 +120,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             Spec::default()
         }
     };
+    raise_fd_limit();
     std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::Io {
         what: format!("data dir {}", config.data_dir.display()),
         source,
@@ -156,6 +157,20 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let _ = admin.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A proxy holds two descriptors per connection: lift the soft limit to the
+/// hard one so a busy node is not capped at the usual 1024.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, "cannot raise the open-file limit");
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

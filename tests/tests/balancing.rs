@@ -1,11 +1,13 @@
 //! Balancing over real backends on loopback, through the in-process data plane.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
+
 use std::collections::HashMap;
 use std::time::Duration;
 
 use keel_dataplane::Dataplane;
 use keel_tests::backend::HttpBackend;
-use keel_tests::client::{client, client_no_reuse, get};
+use keel_tests::client::{client, get};
 use keel_tests::{free_port, spec};
 
 async fn backends(n: usize) -> Vec<HttpBackend> {

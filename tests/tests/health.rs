@@ -1,5 +1,7 @@
 //! Active health checks against real backends that die and come back.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

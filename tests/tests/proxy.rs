@@ -1,5 +1,7 @@
 //! What the proxy does to traffic: headers, errors, L4 half-close, streaming.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

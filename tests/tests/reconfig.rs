@@ -1,5 +1,7 @@
 //! Hot reconfiguration: nothing dropped, removed things drain, then are cut.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,11 +25,21 @@ async fn ten_changes_a_second_under_load_fail_no_request() {
         // Rotate membership (never empty), change weights, switch the
         // listener between pools, and add/remove a whole listener.
         let app: Vec<String> = (0..4)
-            .filter(|k| (i + k) % 3 != 0)
-            .map(|k| format!("{{ address: \"{}\", weight: {} }}", b[k].addr, 1 + (i + k) % 3))
+            .filter(|k| !(i + k).is_multiple_of(3))
+            .map(|k| {
+                format!(
+                    "{{ address: \"{}\", weight: {} }}",
+                    b[k].addr,
+                    1 + (i + k) % 3
+                )
+            })
             .collect();
-        let pool = if (i / 5) % 2 == 0 { "app" } else { "alt" };
-        let extra_listener = if i % 2 == 0 {
+        let pool = if (i / 5).is_multiple_of(2) {
+            "app"
+        } else {
+            "alt"
+        };
+        let extra_listener = if i.is_multiple_of(2) {
             format!("- {{ port: {extra}, protocol: http, bind: 127.0.0.1, default_pool: alt }}")
         } else {
             String::new()
@@ -45,7 +57,12 @@ pools:
   - {{ name: alt, drain_timeout: 5s, members: [ {{ address: "{b3}" }}, {{ address: "{b0}" }} ] }}
   - {{ name: echo, members: [ {{ address: "{echo}" }} ] }}
 "#,
-            algo = ["round_robin", "least_outstanding", "random_two", "source_hash"][i % 4],
+            algo = [
+                "round_robin",
+                "least_outstanding",
+                "random_two",
+                "source_hash"
+            ][i % 4],
             app = app.join(", "),
             b0 = b[0].addr,
             b3 = b[3].addr,
@@ -63,7 +80,11 @@ pools:
         let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
         clients.push(tokio::spawn(async move {
             // Half the clients reuse connections, half open one per request.
-            let c = if n % 2 == 0 { client() } else { client_no_reuse() };
+            let c = if n % 2 == 0 {
+                client()
+            } else {
+                client_no_reuse()
+            };
             let url = format!("http://127.0.0.1:{port}/slow/{}", n * 3);
             while !stop.load(SeqCst) {
                 match get(&c, &url).await {
@@ -111,8 +132,16 @@ pools:
     }
     let failures = failures.lock().unwrap();
     let ok = ok.load(SeqCst);
-    eprintln!("30 applies in {elapsed:?}; {ok} requests ok, {} failed", failures.len());
-    assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    eprintln!(
+        "30 applies in {elapsed:?}; {ok} requests ok, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
     assert!(ok > 300, "too little traffic to mean anything: {ok}");
     assert_eq!(dp.version(), 31);
 }
@@ -135,27 +164,48 @@ async fn removed_member_finishes_in_flight_within_drain_then_is_cut() {
     let b = HttpBackend::start("b").await;
     let port = free_port();
     let dp = Dataplane::new();
-    dp.apply(&spec(&one_member(port, a.addr, "5s"))).await.unwrap();
+    dp.apply(&spec(&one_member(port, a.addr, "5s")))
+        .await
+        .unwrap();
     let url = format!("http://127.0.0.1:{port}/slow/800");
     let slow = tokio::spawn(async move { get(&client(), &url).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     // a leaves: its in-flight request finishes, new ones go to b.
-    dp.apply(&spec(&one_member(port, b.addr, "5s"))).await.unwrap();
+    dp.apply(&spec(&one_member(port, b.addr, "5s")))
+        .await
+        .unwrap();
     let c = client();
-    assert_eq!(get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap(), (200, "b".into()));
+    assert_eq!(
+        get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap(),
+        (200, "b".into())
+    );
     assert_eq!(slow.await.unwrap().unwrap(), (200, "a".into()));
 
     // With a short drain, a request that outlives it is cut.
-    dp.apply(&spec(&one_member(port, b.addr, "300ms"))).await.unwrap();
+    dp.apply(&spec(&one_member(port, b.addr, "300ms")))
+        .await
+        .unwrap();
     let url = format!("http://127.0.0.1:{port}/slow/5000");
     let t = Instant::now();
     let slow = tokio::spawn(async move { get(&client(), &url).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    dp.apply(&spec(&one_member(port, a.addr, "300ms"))).await.unwrap();
+    dp.apply(&spec(&one_member(port, a.addr, "300ms")))
+        .await
+        .unwrap();
     let r = slow.await.unwrap();
-    assert!(!matches!(r, Ok((200, _))), "request outlived its drain: {r:?}");
-    assert!(t.elapsed() < Duration::from_secs(2), "cut late: {:?}", t.elapsed());
-    assert_eq!(get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap(), (200, "a".into()));
+    assert!(
+        !matches!(r, Ok((200, _))),
+        "request outlived its drain: {r:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "cut late: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap(),
+        (200, "a".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,14 +213,27 @@ async fn removed_listener_stops_accepting_and_finishes_in_flight() {
     let a = HttpBackend::start("a").await;
     let (port, other) = (free_port(), free_port());
     let dp = Dataplane::new();
-    dp.apply(&spec(&one_member(port, a.addr, "5s"))).await.unwrap();
+    dp.apply(&spec(&one_member(port, a.addr, "5s")))
+        .await
+        .unwrap();
     let url = format!("http://127.0.0.1:{port}/slow/600");
     let slow = tokio::spawn(async move { get(&client(), &url).await });
     tokio::time::sleep(Duration::from_millis(150)).await;
-    dp.apply(&spec(&one_member(other, a.addr, "5s"))).await.unwrap();
+    dp.apply(&spec(&one_member(other, a.addr, "5s")))
+        .await
+        .unwrap();
     assert_eq!(slow.await.unwrap().unwrap(), (200, "a".into()));
-    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err(), "old port still accepts");
-    assert_eq!(get(&client(), &format!("http://127.0.0.1:{other}/")).await.unwrap().0, 200);
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "old port still accepts"
+    );
+    assert_eq!(
+        get(&client(), &format!("http://127.0.0.1:{other}/"))
+            .await
+            .unwrap()
+            .0,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,11 +241,25 @@ async fn bind_failure_keeps_the_old_plan() {
     let a = HttpBackend::start("a").await;
     let port = free_port();
     let dp = Dataplane::new();
-    dp.apply(&spec(&one_member(port, a.addr, "5s"))).await.unwrap();
+    dp.apply(&spec(&one_member(port, a.addr, "5s")))
+        .await
+        .unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().port();
-    let err = dp.apply(&spec(&one_member(busy, a.addr, "5s"))).await.unwrap_err();
-    assert!(err.to_string().contains(&format!("cannot listen on 127.0.0.1:{busy}")), "{err}");
+    let err = dp
+        .apply(&spec(&one_member(busy, a.addr, "5s")))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("cannot listen on 127.0.0.1:{busy}")),
+        "{err}"
+    );
     assert_eq!(dp.version(), 1);
-    assert_eq!(get(&client(), &format!("http://127.0.0.1:{port}/")).await.unwrap(), (200, "a".into()));
+    assert_eq!(
+        get(&client(), &format!("http://127.0.0.1:{port}/"))
+            .await
+            .unwrap(),
+        (200, "a".into())
+    );
 }

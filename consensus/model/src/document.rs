@@ -186,15 +186,15 @@ impl Document {
         }
         for (i, doc) in self.pools.iter().enumerate() {
             let at = Path::root().field("pools").index(i);
-            if let Some(pool) = doc.convert(&at, &mut errors) {
-                if let Some(first) = pool_index.insert(pool.name.clone(), i) {
-                    pool_index.insert(pool.name.clone(), first);
-                    errors.push(dup_name(&at, "pools", first));
-                } else {
-                    spec.pools.insert(pool.name.clone(), pool);
-                }
+            let pool = doc.convert(&at, &mut errors);
+            if let Some(first) = pool_index.insert(pool.name.clone(), i) {
+                pool_index.insert(pool.name.clone(), first);
+                errors.push(dup_name(&at, "pools", first));
+            } else {
+                spec.pools.insert(pool.name.clone(), pool);
             }
         }
+        let parse_errors = errors.len();
         for mut e in spec.check() {
             // Point at list positions, as the user wrote the document.
             if let [Segment::Field(kind), Segment::Name(name), ..] = e.path.0.as_slice() {
@@ -207,7 +207,11 @@ impl Document {
                     e.path.0[1] = Segment::Index(i);
                 }
             }
-            errors.push(e);
+            // A field that did not parse holds a placeholder; what the
+            // checks say of the placeholder is noise.
+            if !errors[..parse_errors].iter().any(|p| p.path == e.path) {
+                errors.push(e);
+            }
         }
         if errors.is_empty() {
             Ok(spec)
@@ -243,11 +247,11 @@ impl LoadBalancerDoc {
                 .map_err(|m| errors.push(FieldError::new(at.field("vip"), m)))
                 .ok()
         });
-        let listeners: Vec<_> = self
+        let listeners = self
             .listeners
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| l.convert(&at.field("listeners").index(i), errors))
+            .map(|(i, l)| l.convert(&at.field("listeners").index(i), errors))
             .collect();
         // Keep the load balancer with its good listeners so the cross-object
         // checks still run on them; the listeners' own errors are recorded.
@@ -262,8 +266,9 @@ impl LoadBalancerDoc {
 }
 
 impl ListenerDoc {
-    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Option<Listener> {
-        let before = errors.len();
+    /// Fields that do not parse are recorded and replaced by placeholders,
+    /// so the rest of the document is still checked.
+    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Listener {
         let port = match u16::try_from(self.port) {
             Ok(p) if p > 0 => p,
             _ => {
@@ -299,19 +304,19 @@ impl ListenerDoc {
             &at.field("header_timeout"),
             errors,
         );
-        (errors.len() == before).then(|| Listener {
+        Listener {
             port,
             protocol,
             bind,
             default_pool: self.default_pool.clone(),
             idle_timeout,
             header_timeout,
-        })
+        }
     }
 }
 
 impl PoolDoc {
-    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Option<Pool> {
+    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Pool {
         let algorithm = match self.algorithm.as_deref().unwrap_or("round_robin") {
             "round_robin" | "weighted_round_robin" => Algorithm::RoundRobin,
             "least_outstanding" => Algorithm::LeastOutstanding,
@@ -330,7 +335,7 @@ impl PoolDoc {
         let health_check = self
             .health_check
             .as_ref()
-            .and_then(|hc| hc.convert(&at.field("health_check"), errors));
+            .map(|hc| hc.convert(&at.field("health_check"), errors));
         let drain_timeout = duration(
             &self.drain_timeout,
             defaults::DRAIN_TIMEOUT,
@@ -349,14 +354,13 @@ impl PoolDoc {
             &at.field("response_timeout"),
             errors,
         );
-        let members: Vec<_> = self
+        let members = self
             .members
             .iter()
             .enumerate()
-            .filter_map(|(i, m)| m.convert(&at.field("members").index(i), errors))
+            .map(|(i, m)| m.convert(&at.field("members").index(i), errors))
             .collect();
-        // Kept with its good members, so cross-object checks still see the pool.
-        Some(Pool {
+        Pool {
             name: self.name.clone(),
             algorithm,
             health_check,
@@ -364,23 +368,19 @@ impl PoolDoc {
             connect_timeout,
             response_timeout,
             members,
-        })
+        }
     }
 }
 
 impl MemberDoc {
-    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Option<Member> {
-        let before = errors.len();
-        let address = self
-            .address
-            .parse::<SocketAddr>()
-            .map_err(|_| {
-                errors.push(FieldError::new(
-                    at.field("address"),
-                    "not a socket address (expected IP:PORT, [IPv6]:PORT for IPv6)",
-                ))
-            })
-            .ok();
+    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Member {
+        let address = self.address.parse::<SocketAddr>().unwrap_or_else(|_| {
+            errors.push(FieldError::new(
+                at.field("address"),
+                "not a socket address (expected IP:PORT, [IPv6]:PORT for IPv6)",
+            ));
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        });
         let weight = match self.weight {
             None => defaults::WEIGHT,
             Some(w) => u32::try_from(w).unwrap_or_else(|_| {
@@ -388,18 +388,16 @@ impl MemberDoc {
                 0
             }),
         };
-        let address = address?;
-        (errors.len() == before).then_some(Member {
+        Member {
             address,
             weight,
             enabled: self.enabled.unwrap_or(true),
-        })
+        }
     }
 }
 
 impl HealthCheckDoc {
-    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Option<HealthCheck> {
-        let before = errors.len();
+    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> HealthCheck {
         let kind = match self.kind.as_str() {
             "tcp" => {
                 for (name, set) in [
@@ -473,13 +471,13 @@ impl HealthCheckDoc {
             "unhealthy_threshold",
             errors,
         );
-        (errors.len() == before).then_some(HealthCheck {
+        HealthCheck {
             kind,
             interval,
             timeout,
             healthy_threshold,
             unhealthy_threshold,
-        })
+        }
     }
 }
 

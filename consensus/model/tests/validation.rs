@@ -243,3 +243,29 @@ fn empty_document_is_empty_spec() {
     assert_eq!(Document::parse_spec("").unwrap(), Spec::default());
     assert_eq!(Document::parse_spec("{}").unwrap(), Spec::default());
 }
+
+#[test]
+fn paths_keep_document_positions_when_a_sibling_is_unparseable() {
+    let got = problems(
+        r#"
+load_balancers:
+  - name: web
+    listeners:
+      - { port: 80, protocol: udp, default_pool: p }
+      - { port: 81, protocol: http, default_pool: missing }
+pools:
+  - name: p
+    members: [ { address: "nowhere" }, { address: "10.0.0.1:80", weight: 5000 } ]
+"#,
+    );
+    assert!(
+        got.contains(&"pools[0].members[1].weight: must be 0-1000".to_string()),
+        "{got:#?}"
+    );
+    assert!(
+        got.contains(
+            &"load_balancers[0].listeners[1].default_pool: no pool named \"missing\"".to_string()
+        ),
+        "{got:#?}"
+    );
+}
