@@ -444,12 +444,13 @@ impl Body for UpstreamBody {
                     self.member.stats.bytes_in.fetch_add(n, Relaxed);
                     self.listener.bytes_out.fetch_add(n, Relaxed);
                 }
-            }
-            None => {
-                if let Some(sender) = self.lease.take() {
-                    self.member.put_idle(sender);
+                // With a known length, hyper stops polling at the last byte
+                // and never asks for the end: release the connection now.
+                if self.inner.is_end_stream() {
+                    self.release();
                 }
             }
+            None => self.release(),
             Some(Err(_)) => self.lease = None,
         }
         Poll::Ready(frame.map(|r| r.map_err(Into::into)))
@@ -461,6 +462,23 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl UpstreamBody {
+    /// Gives the upstream connection back for reuse; the body is complete.
+    fn release(&mut self) {
+        if let Some(sender) = self.lease.take() {
+            self.member.put_idle(sender);
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.release();
+        }
     }
 }
 

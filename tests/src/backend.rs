@@ -38,6 +38,7 @@ struct State {
     healthy: AtomicBool,
     health_checks: AtomicU64,
     delay_ms: AtomicU64,
+    connections: AtomicU64,
     last_headers: Mutex<String>,
 }
 
@@ -56,6 +57,7 @@ impl HttpBackend {
             healthy: AtomicBool::new(true),
             health_checks: AtomicU64::new(0),
             delay_ms: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             last_headers: Mutex::new(String::new()),
         });
         let stop = CancellationToken::new();
@@ -66,6 +68,7 @@ impl HttpBackend {
                     _ = st.cancelled() => return,
                     r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
                 };
+                s.connections.fetch_add(1, SeqCst);
                 let (s, st) = (s.clone(), st.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(s.clone(), req));
@@ -89,6 +92,11 @@ impl HttpBackend {
     /// Requests served, health checks excluded.
     pub fn hits(&self) -> u64 {
         self.state.hits.load(SeqCst)
+    }
+
+    /// TCP connections accepted, health checks included.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(SeqCst)
     }
 
     pub fn health_checks(&self) -> u64 {

@@ -63,6 +63,33 @@ async fn forwarded_headers_set_host_kept_hop_by_hop_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused() {
+    let b = HttpBackend::start("b").await;
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&http_lb(
+        port,
+        &format!("    members: [ {{ address: \"{}\" }} ]", b.addr),
+    )))
+    .await
+    .unwrap();
+    let c = client();
+    for path in ["/", "/download/100", "/download/0", "/headers"] {
+        for _ in 0..20 {
+            assert_eq!(
+                get(&c, &format!("http://127.0.0.1:{port}{path}"))
+                    .await
+                    .unwrap()
+                    .0,
+                200
+            );
+        }
+    }
+    // Sequential requests, each response read to its end: one connection serves all.
+    assert_eq!(b.connections(), 1, "upstream connections were not reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clear_502_503_504() {
     let slow = HttpBackend::start("slow").await;
     let dead = format!("127.0.0.1:{}", free_port()); // nothing listens here

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Keel vs HAProxy vs nginx, same machine, same run, same backends.
+#
+#   tests/bench/compare.sh [seconds per run, default 10]
+#
+# Every proxy gets one worker thread (HAProxy nbthread 1, nginx
+# worker_processes 1, keel --workers 1), keep-alive to clients and reused
+# connections to the two backends, no access logs. wrk is the client.
+# L7: a 13-byte response; L4: a 64 MiB file relayed by each proxy's TCP mode.
+# Prints a Markdown table; the figures to compare are the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECS=${1:-10}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-1}
+
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+if [ ${#need[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -p keel -q
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+B1=127.0.0.1:18001 B2=127.0.0.1:18002
+mkdir -p "$work/www"
+head -c $((64 * 1024 * 1024)) /dev/zero > "$work/www/big"
+
+# Backends: two nginx servers, one worker each.
+for b in 1 2; do
+  cat > "$work/backend$b.conf" <<CONF
+worker_processes 1;
+pid $work/backend$b.pid;
+error_log $work/backend$b.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:1800$b reuseport;
+    location = / { return 200 "hello world\n"; }
+    location = /big { root $work/www; }
+  }
+}
+CONF
+  nginx -c "$work/backend$b.conf" -g 'daemon off;' & pids+=($!)
+done
+
+# HAProxy: L7 on 18081, L4 on 18091.
+cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend web
+  mode http
+  bind 127.0.0.1:18081
+  default_backend app
+backend app
+  mode http
+  balance roundrobin
+  http-reuse always
+  server a $B1
+  server b $B2
+listen bulk
+  mode tcp
+  bind 127.0.0.1:18091
+  balance roundrobin
+  server a $B1
+  server b $B2
+CONF
+haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+
+# nginx as proxy: L7 on 18082, L4 on 18092.
+cat > "$work/proxy.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+pid $work/proxy.pid;
+error_log $work/proxy.err;
+events { worker_connections 8000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream app { server $B1; server $B2; keepalive 128; }
+  server {
+    listen 127.0.0.1:18082;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+stream {
+  upstream bulk { server $B1; server $B2; }
+  server { listen 127.0.0.1:18092; proxy_pass bulk; }
+}
+CONF
+nginx -c "$work/proxy.conf" -g 'daemon off;' & pids+=($!)
+
+# Keel: L7 on 18080, L4 on 18090.
+cat > "$work/keel.yaml" <<CONF
+load_balancers:
+  - name: bench
+    listeners:
+      - { port: 18080, protocol: http, bind: 127.0.0.1, default_pool: app }
+      - { port: 18090, protocol: tcp, bind: 127.0.0.1, default_pool: app }
+pools:
+  - name: app
+    algorithm: round_robin
+    members: [ { address: "$B1" }, { address: "$B2" } ]
+CONF
+RUST_LOG=warn target/release/keel run --workers 1 --config "$work/keel.yaml" \
+  --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18099 2>"$work/keel.err" & pids+=($!)
+
+for port in 18001 18002 18080 18081 18082 18090 18091 18092; do
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    sleep 0.1
+  done
+done
+
+# wrk output → "req/s p50 p99 transfer/s"
+measure() {
+  local url=$1 conns=$2
+  local out
+  out=$(wrk -t"$THREADS" -c"$conns" -d"${SECS}s" --latency "$url")
+  local rps p50 p99 xfer
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  xfer=$(awk '/^Transfer\/sec/ {print $2}' <<<"$out")
+  local errs
+  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  echo "$rps $p50 $p99 $xfer ${errs:-}"
+}
+
+echo "## L7 HTTP/1.1 keep-alive, $CONNS connections, ${SECS}s each, wrk -t$THREADS"
+echo
+echo "| proxy | req/s | p50 | p99 | vs HAProxy |"
+echo "|---|---|---|---|---|"
+declare -A rps
+for name in haproxy keel nginx; do
+  case $name in keel) port=18080;; haproxy) port=18081;; nginx) port=18082;; esac
+  read -r r p50 p99 _ errs < <(measure "http://127.0.0.1:$port/" "$CONNS")
+  rps[$name]=$r
+  ratio=$(awk -v a="$r" -v b="${rps[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
+  echo "| $name | $r | $p50 | $p99 | ${ratio}x ${errs} |"
+done
+
+echo
+echo "## L4 TCP bulk: 64 MiB responses relayed, 8 connections, ${SECS}s each"
+echo
+echo "| proxy | transfer/s | req/s | vs HAProxy |"
+echo "|---|---|---|---|"
+declare -A l4
+for name in haproxy keel nginx; do
+  case $name in keel) port=18090;; haproxy) port=18091;; nginx) port=18092;; esac
+  read -r r _ _ x errs < <(measure "http://127.0.0.1:$port/big" 8)
+  l4[$name]=$r
+  ratio=$(awk -v a="$r" -v b="${l4[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
+  echo "| $name | $x | $r | ${ratio}x ${errs} |"
+done
