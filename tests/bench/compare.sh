@@ -25,6 +25,7 @@ fi
 cargo build --release -p keel -q
 
 work=$(mktemp -d)
+chmod 755 "$work"  # nginx workers (www-data) read the files in it
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
