@@ -52,6 +52,8 @@ pub(crate) async fn serve(
     let header_timeout = listener.spec.header_timeout;
     let conn = Arc::new(Conn {
         peer,
+        client_ip: HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         plan,
         first: listener,
     });
@@ -89,6 +91,8 @@ pub(crate) async fn serve(
 /// What one client connection knows.
 struct Conn {
     peer: SocketAddr,
+    /// The client's IP as a header value, made once per connection.
+    client_ip: HeaderValue,
     plan: SharedPlan,
     /// The listener as it was when the connection was accepted; used if the
     /// listener has since been removed and the connection is finishing.
@@ -145,7 +149,7 @@ impl Conn {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let pool = &listener.pool;
         let (mut parts, body) = req.into_parts();
-        prepare_request(&mut parts, self.peer, listener.bind.port());
+        prepare_request(&mut parts, &self.client_ip, &listener.port_header);
         let mut req = Request::from_parts(
             parts,
             RequestBody {
@@ -292,7 +296,7 @@ fn oversized(req: &Request<Incoming>) -> Option<StatusCode> {
 }
 
 /// Rewrites a client's request head for the member.
-fn prepare_request(parts: &mut http::request::Parts, peer: SocketAddr, port: u16) {
+fn prepare_request(parts: &mut http::request::Parts, client: &HeaderValue, port: &HeaderValue) {
     if parts.uri.authority().is_some() && !parts.headers.contains_key(header::HOST) {
         if let Some(a) = parts
             .uri
@@ -313,20 +317,20 @@ fn prepare_request(parts: &mut http::request::Parts, peer: SocketAddr, port: u16
     }
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    let client = peer.ip().to_string();
     let xff = match parts.headers.get(X_FORWARDED_FOR).map(|v| v.to_str()) {
-        Some(Ok(prior)) if !prior.trim().is_empty() => format!("{prior}, {client}"),
-        _ => client,
+        Some(Ok(prior)) if !prior.trim().is_empty() => client
+            .to_str()
+            .ok()
+            .and_then(|c| HeaderValue::from_str(&format!("{prior}, {c}")).ok()),
+        _ => None,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        parts.headers.insert(X_FORWARDED_FOR, v);
-    }
+    parts
+        .headers
+        .insert(X_FORWARDED_FOR, xff.unwrap_or_else(|| client.clone()));
     parts
         .headers
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    parts
-        .headers
-        .insert(X_FORWARDED_PORT, HeaderValue::from(port));
+    parts.headers.insert(X_FORWARDED_PORT, port.clone());
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

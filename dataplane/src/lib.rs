@@ -186,6 +186,7 @@ impl Dataplane {
                 lb: lb.name.clone(),
                 spec: (*l).clone(),
                 bind: addr,
+                port_header: ::http::HeaderValue::from(addr.port()),
                 pool: pool.clone(),
                 stats,
             };

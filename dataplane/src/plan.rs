@@ -27,6 +27,8 @@ pub(crate) struct ListenerPlan {
     pub lb: String,
     pub spec: Listener,
     pub bind: SocketAddr,
+    /// `X-Forwarded-Port`, made once per plan.
+    pub port_header: http::HeaderValue,
     pub pool: Arc<PoolPlan>,
     pub stats: Arc<ListenerStats>,
 }

@@ -49,7 +49,8 @@ pub struct RunArgs {
     pub admin_addr: SocketAddr,
     #[arg(long, env = "KEEL_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
-    /// Proxy worker threads (default: one per CPU).
+    /// Proxy worker threads (default: one per CPU). With 1, the node runs
+    /// on a single-threaded scheduler, which costs less per request.
     #[arg(long, env = "KEEL_WORKERS")]
     pub workers: Option<usize>,
     /// On SIGTERM, how long connections may take to finish before they are cut.

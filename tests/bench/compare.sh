@@ -85,6 +85,8 @@ listen bulk
   server b $B2
 CONF
 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+declare -A pid
+pid[haproxy]=$!
 
 # nginx as proxy: L7 on 18082, L4 on 18092.
 cat > "$work/proxy.conf" <<CONF
@@ -123,6 +125,7 @@ pools:
 CONF
 RUST_LOG=warn target/release/keel run --workers 1 --config "$work/keel.yaml" \
   --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18099 2>"$work/keel.err" & pids+=($!)
+pid[keel]=$!
 
 for port in 18001 18002 18080 18081 18082 18090 18091 18092; do
   for _ in $(seq 100); do
@@ -130,6 +133,14 @@ for port in 18001 18002 18080 18081 18082 18090 18091 18092; do
     sleep 0.1
   done
 done
+
+# nginx's proxy worker is the child of its master.
+sleep 0.5
+pid[nginx]=$(pgrep -P "$(cat "$work/proxy.pid")" | head -1)
+
+# CPU ticks (user + system) a process has used so far.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
 
 # wrk output → "req/s p50 p99 transfer/s"
 measure() {
@@ -148,15 +159,21 @@ measure() {
 
 echo "## L7 HTTP/1.1 keep-alive, $CONNS connections, ${SECS}s each, wrk -t$THREADS"
 echo
-echo "| proxy | req/s | p50 | p99 | vs HAProxy |"
-echo "|---|---|---|---|---|"
-declare -A rps
+echo "| proxy | req/s | p50 | p99 | req/s vs HAProxy | CPU µs/req | CPU/req vs HAProxy |"
+echo "|---|---|---|---|---|---|---|"
+declare -A rps cpu
+for round in $(seq "${ROUNDS:-1}"); do
 for name in haproxy keel nginx; do
   case $name in keel) port=18080;; haproxy) port=18081;; nginx) port=18082;; esac
+  t0=$(ticks "${pid[$name]}")
   read -r r p50 p99 _ errs < <(measure "http://127.0.0.1:$port/" "$CONNS")
+  t1=$(ticks "${pid[$name]}")
   rps[$name]=$r
+  cpu[$name]=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v r="$r" -v s="$SECS" 'BEGIN { printf "%.1f", t / hz * 1e6 / (r * s) }')
   ratio=$(awk -v a="$r" -v b="${rps[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
-  echo "| $name | $r | $p50 | $p99 | ${ratio}x ${errs} |"
+  cratio=$(awk -v a="${cpu[$name]}" -v b="${cpu[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
+  echo "| $name | $r | $p50 | $p99 | ${ratio}x | ${cpu[$name]} | ${cratio}x ${errs} |"
+done
 done
 
 echo
