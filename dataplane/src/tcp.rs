@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use nix::unistd::pipe2;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +17,7 @@ use crate::error::ProxyError;
 use crate::member::Outstanding;
 use crate::plan::{ListenerPlan, PoolPlan};
 
+/// Bytes moved per `splice` call: the default pipe capacity.
 const BUFFER: usize = 64 * 1024;
 
 /// Connects to a member of `pool` for `client`, trying up to three members
@@ -108,13 +111,11 @@ async fn relay(
     idle: Duration,
     counters: &Counters<'_>,
 ) -> io::Result<()> {
-    let (cr, cw) = client.into_split();
-    let (mr, mw) = member.into_split();
     let activity = Activity::new();
     let both = async {
         tokio::try_join!(
-            pipe(cr, mw, &activity, &counters.client_to_member),
-            pipe(mr, cw, &activity, &counters.member_to_client),
+            splice_one_way(&client, &member, &activity, &counters.client_to_member),
+            splice_one_way(&member, &client, &activity, &counters.member_to_client),
         )
     };
     tokio::pin!(both);
@@ -131,19 +132,43 @@ async fn relay(
     }
 }
 
-async fn pipe(
-    mut from: impl AsyncRead + Unpin,
-    mut to: impl AsyncWrite + Unpin,
+/// Moves bytes from `from` to `to` through a kernel pipe with `splice(2)`,
+/// so they never enter user space. End of stream from `from` is passed on
+/// as a FIN to `to` (half-close).
+async fn splice_one_way(
+    from: &TcpStream,
+    to: &TcpStream,
     activity: &Activity,
     counters: &[&AtomicU64; 2],
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; BUFFER];
+    let (pipe_out, pipe_in) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     loop {
-        let n = from.read(&mut buf).await?;
+        // The pipe is empty here, so "would block" can only mean the socket.
+        let n = loop {
+            from.readable().await?;
+            match from.try_io(Interest::READABLE, || {
+                Ok(splice(from, None, &pipe_in, None, BUFFER, flags)?)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
         if n == 0 {
-            return to.shutdown().await;
+            return socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
         }
-        to.write_all(&buf[..n]).await?;
+        let mut left = n;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                Ok(splice(&pipe_out, None, to, None, left, flags)?)
+            }) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
         activity.touch();
         for c in counters {
             c.fetch_add(n as u64, Relaxed);

@@ -22,7 +22,9 @@ command -v wrk >/dev/null || need+=(wrk)
 if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release -p keel -q
+# KEEL_BIN picks another build (to compare two versions of Keel).
+KEEL_BIN=${KEEL_BIN:-target/release/keel}
+[ "$KEEL_BIN" = target/release/keel ] && cargo build --release -p keel -q
 
 work=$(mktemp -d)
 chmod 755 "$work"  # nginx workers (www-data) read the files in it
@@ -123,7 +125,7 @@ pools:
     algorithm: round_robin
     members: [ { address: "$B1" }, { address: "$B2" } ]
 CONF
-RUST_LOG=warn target/release/keel run --workers 1 --config "$work/keel.yaml" \
+RUST_LOG=warn "$KEEL_BIN" run --workers 1 --config "$work/keel.yaml" \
   --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18099 2>"$work/keel.err" & pids+=($!)
 pid[keel]=$!
 
@@ -179,13 +181,20 @@ done
 echo
 echo "## L4 TCP bulk: 64 MiB responses relayed, 8 connections, ${SECS}s each"
 echo
-echo "| proxy | transfer/s | req/s | vs HAProxy |"
-echo "|---|---|---|---|"
-declare -A l4
+echo "| proxy | transfer/s | vs HAProxy | CPU ms/GiB | CPU/GiB vs HAProxy |"
+echo "|---|---|---|---|---|"
+declare -A l4 l4cpu
+for round in $(seq "${ROUNDS:-1}"); do
 for name in haproxy keel nginx; do
   case $name in keel) port=18090;; haproxy) port=18091;; nginx) port=18092;; esac
+  t0=$(ticks "${pid[$name]}")
   read -r r _ _ x errs < <(measure "http://127.0.0.1:$port/big" 8)
+  t1=$(ticks "${pid[$name]}")
   l4[$name]=$r
+  # Each request is 64 MiB: GiB moved = req/s * seconds / 16.
+  l4cpu[$name]=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v r="$r" -v s="$SECS" 'BEGIN { printf "%.0f", t / hz * 1e3 / (r * s / 16) }')
   ratio=$(awk -v a="$r" -v b="${l4[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
-  echo "| $name | $x | $r | ${ratio}x ${errs} |"
+  cratio=$(awk -v a="${l4cpu[$name]}" -v b="${l4cpu[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
+  echo "| $name | $x | ${ratio}x | ${l4cpu[$name]} | ${cratio}x ${errs} |"
+done
 done
