@@ -25,6 +25,16 @@ pub fn spec(yaml: &str) -> Spec {
     Document::parse_spec(yaml).unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"))
 }
 
+/// A config with load balancer `web`: one HTTP listener on 127.0.0.1:`port`
+/// sending to pool `app`, whose other fields are `pool_fields` in YAML flow
+/// form (`algorithm: random_two, members: [ ... ]`).
+pub fn http_lb(port: u16, pool_fields: &str) -> String {
+    format!(
+        "load_balancers:\n  - {{ name: web, listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: app }} ] }}\n\
+         pools:\n  - {{ name: app, {pool_fields} }}\n"
+    )
+}
+
 /// Members list in the YAML flow form, from backend addresses.
 pub fn members(addrs: &[SocketAddr]) -> String {
     let items: Vec<String> = addrs

@@ -8,7 +8,7 @@ use std::time::Duration;
 use keel_dataplane::Dataplane;
 use keel_tests::backend::HttpBackend;
 use keel_tests::client::{client, get};
-use keel_tests::{free_port, spec};
+use keel_tests::{free_port, http_lb, spec};
 
 async fn backends(n: usize) -> Vec<HttpBackend> {
     let mut v = Vec::new();
@@ -19,17 +19,9 @@ async fn backends(n: usize) -> Vec<HttpBackend> {
 }
 
 fn config(port: u16, algorithm: &str, members: &str) -> String {
-    format!(
-        r#"
-load_balancers:
-  - name: web
-    listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: app }} ]
-pools:
-  - name: app
-    algorithm: {algorithm}
-    response_timeout: 1s
-    members: {members}
-"#
+    http_lb(
+        port,
+        &format!("algorithm: {algorithm}, response_timeout: 1s, members: {members}"),
     )
 }
 

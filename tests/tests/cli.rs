@@ -9,19 +9,11 @@ use std::time::{Duration, Instant};
 
 use keel_tests::backend::HttpBackend;
 use keel_tests::node::{keel_bin, raw_get, KeelProcess};
-use keel_tests::{free_port, members};
+use keel_tests::{free_port, http_lb, members};
 use nix::sys::signal::{kill, Signal};
 
 fn config(port: u16, pool_members: &str) -> String {
-    format!(
-        r#"
-load_balancers:
-  - name: web
-    listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: app }} ]
-pools:
-  - {{ name: app, members: {pool_members} }}
-"#
-    )
+    http_lb(port, &format!("members: {pool_members}"))
 }
 
 const BROKEN: &str = r#"

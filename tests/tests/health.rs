@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use keel_dataplane::Dataplane;
 use keel_tests::backend::{EchoBackend, HttpBackend};
 use keel_tests::client::{client, get};
-use keel_tests::{eventually, free_port, members, spec};
+use keel_tests::{eventually, free_port, http_lb, members, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const INTERVAL_MS: u64 = 200;
@@ -17,17 +17,12 @@ const UNHEALTHY: u64 = 2;
 const HEALTHY: u64 = 2;
 
 fn config(port: u16, members: &str) -> String {
-    format!(
-        r#"
-load_balancers:
-  - name: web
-    listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: app }} ]
-pools:
-  - name: app
-    health_check: {{ type: http, path: /health, interval: {INTERVAL_MS}ms, timeout: 100ms,
-                    healthy_threshold: {HEALTHY}, unhealthy_threshold: {UNHEALTHY} }}
-    members: {members}
-"#
+    http_lb(
+        port,
+        &format!(
+            "health_check: {{ type: http, path: /health, interval: {INTERVAL_MS}ms, timeout: 100ms, \
+             healthy_threshold: {HEALTHY}, unhealthy_threshold: {UNHEALTHY} }}, members: {members}"
+        ),
     )
 }
 

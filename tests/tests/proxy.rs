@@ -9,22 +9,9 @@ use http_body_util::{BodyExt, Full};
 use keel_dataplane::Dataplane;
 use keel_tests::backend::{EchoBackend, HttpBackend};
 use keel_tests::client::{client, get};
-use keel_tests::{free_port, spec};
+use keel_tests::{free_port, http_lb, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn http_lb(port: u16, pool_yaml: &str) -> String {
-    format!(
-        r#"
-load_balancers:
-  - name: web
-    listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: app }} ]
-pools:
-  - name: app
-{pool_yaml}
-"#
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_set_host_kept_hop_by_hop_removed() {
@@ -33,7 +20,7 @@ async fn forwarded_headers_set_host_kept_hop_by_hop_removed() {
     let dp = Dataplane::new();
     dp.apply(&spec(&http_lb(
         port,
-        &format!("    members: [ {{ address: \"{}\" }} ]", b.addr),
+        &format!("members: [ {{ address: \"{}\" }} ]", b.addr),
     )))
     .await
     .unwrap();
@@ -69,7 +56,7 @@ async fn upstream_connections_are_reused() {
     let dp = Dataplane::new();
     dp.apply(&spec(&http_lb(
         port,
-        &format!("    members: [ {{ address: \"{}\" }} ]", b.addr),
+        &format!("members: [ {{ address: \"{}\" }} ]", b.addr),
     )))
     .await
     .unwrap();
@@ -99,7 +86,7 @@ async fn clear_502_503_504() {
     let dp = Dataplane::new();
     dp.apply(&spec(&http_lb(
         port,
-        &format!("    members: [ {{ address: \"{dead}\" }} ]"),
+        &format!("members: [ {{ address: \"{dead}\" }} ]"),
     )))
     .await
     .unwrap();
@@ -111,7 +98,7 @@ async fn clear_502_503_504() {
 
     dp.apply(&spec(&http_lb(
         port,
-        &format!("    members: [ {{ address: \"{dead}\", enabled: false }} ]"),
+        &format!("members: [ {{ address: \"{dead}\", enabled: false }} ]"),
     )))
     .await
     .unwrap();
@@ -123,7 +110,7 @@ async fn clear_502_503_504() {
     dp.apply(&spec(&http_lb(
         port,
         &format!(
-            "    response_timeout: 300ms\n    members: [ {{ address: \"{}\" }} ]",
+            "response_timeout: 300ms, members: [ {{ address: \"{}\" }} ]",
             slow.addr
         ),
     )))
@@ -140,7 +127,7 @@ async fn clear_502_503_504() {
     dp.apply(&spec(&http_lb(
         port,
         &format!(
-            "    members: [ {{ address: \"{dead}\" }}, {{ address: \"{}\" }} ]",
+            "members: [ {{ address: \"{dead}\" }}, {{ address: \"{}\" }} ]",
             slow.addr
         ),
     )))
@@ -232,7 +219,7 @@ async fn ten_megabytes_each_way() {
     let dp = Dataplane::new();
     dp.apply(&spec(&http_lb(
         port,
-        &format!("    members: [ {{ address: \"{}\" }} ]", b.addr),
+        &format!("members: [ {{ address: \"{}\" }} ]", b.addr),
     )))
     .await
     .unwrap();

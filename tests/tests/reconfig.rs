@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use keel_dataplane::Dataplane;
 use keel_tests::backend::{EchoBackend, HttpBackend};
 use keel_tests::client::{client, client_no_reuse, get};
-use keel_tests::{free_port, spec};
+use keel_tests::{free_port, http_lb, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -147,14 +147,9 @@ pools:
 }
 
 fn one_member(port: u16, member: std::net::SocketAddr, drain: &str) -> String {
-    format!(
-        r#"
-load_balancers:
-  - name: web
-    listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: app }} ]
-pools:
-  - {{ name: app, drain_timeout: {drain}, members: [ {{ address: "{member}" }} ] }}
-"#
+    http_lb(
+        port,
+        &format!("drain_timeout: {drain}, members: [ {{ address: \"{member}\" }} ]"),
     )
 }
 
