@@ -14,8 +14,10 @@ use crate::metrics::MemberStats;
 
 /// Idle upstream connections kept per member.
 const MAX_IDLE: usize = 256;
-/// An idle upstream connection older than this is closed rather than reused.
-const IDLE_LIFETIME: Duration = Duration::from_secs(30);
+/// An idle upstream connection older than this is closed rather than reused:
+/// shorter than common backend keep-alive timeouts (Node.js closes after
+/// 5 s), so Keel rarely sends on a connection the member is closing.
+const IDLE_LIFETIME: Duration = Duration::from_secs(4);
 
 pub struct MemberState {
     pub pool: String,
