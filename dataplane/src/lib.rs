@@ -332,8 +332,13 @@ impl Dataplane {
         );
         w.value("keel_config_version", "", plan.version);
 
-        let mut listeners: Vec<_> = plan.listeners.values().collect();
+        let mut listeners: Vec<&ListenerPlan> = plan.listeners.values().map(|l| &**l).collect();
         listeners.sort_by_key(|l| l.bind);
+        let http: Vec<&ListenerPlan> = listeners
+            .iter()
+            .copied()
+            .filter(|l| l.spec.protocol == Protocol::Http)
+            .collect();
         let ll = |l: &ListenerPlan| {
             format!(
                 "lb=\"{}\",listener=\"{}\",protocol=\"{}\"",
@@ -342,212 +347,162 @@ impl Dataplane {
                 l.spec.protocol.as_str()
             )
         };
-        w.header(
+        w.family(
             "keel_listener_connections_total",
             "counter",
             "Connections accepted.",
+            &listeners,
+            |w, n, l| w.value(n, &ll(l), load(&l.stats.connections)),
         );
-        for l in &listeners {
-            w.value(
-                "keel_listener_connections_total",
-                &ll(l),
-                load(&l.stats.connections),
-            );
-        }
-        w.header(
+        w.family(
             "keel_listener_active_connections",
             "gauge",
             "Connections open now.",
+            &listeners,
+            |w, n, l| w.value(n, &ll(l), l.stats.active.load(Relaxed)),
         );
-        for l in &listeners {
-            w.value(
-                "keel_listener_active_connections",
-                &ll(l),
-                l.stats.active.load(Relaxed),
-            );
-        }
-        w.header(
+        w.family(
             "keel_listener_requests_total",
             "counter",
             "HTTP responses sent, by status class.",
+            &http,
+            |w, n, l| w.classes(n, &ll(l), &l.stats.requests),
         );
-        for l in listeners
-            .iter()
-            .filter(|l| l.spec.protocol == Protocol::Http)
-        {
-            w.classes("keel_listener_requests_total", &ll(l), &l.stats.requests);
-        }
-        w.header(
+        w.family(
             "keel_listener_bytes_total",
             "counter",
             "Body or stream bytes, in = from clients.",
+            &listeners,
+            |w, n, l| {
+                w.value(
+                    n,
+                    &format!("{},direction=\"in\"", ll(l)),
+                    load(&l.stats.bytes_in),
+                );
+                w.value(
+                    n,
+                    &format!("{},direction=\"out\"", ll(l)),
+                    load(&l.stats.bytes_out),
+                );
+            },
         );
-        for l in &listeners {
-            w.value(
-                "keel_listener_bytes_total",
-                &format!("{},direction=\"in\"", ll(l)),
-                load(&l.stats.bytes_in),
-            );
-            w.value(
-                "keel_listener_bytes_total",
-                &format!("{},direction=\"out\"", ll(l)),
-                load(&l.stats.bytes_out),
-            );
-        }
-        w.header(
+        w.family(
             "keel_listener_request_duration_seconds",
             "histogram",
             "Time from request head to response head.",
+            &http,
+            |w, n, l| w.histogram(n, &ll(l), &l.stats.latency),
         );
-        for l in listeners
-            .iter()
-            .filter(|l| l.spec.protocol == Protocol::Http)
-        {
-            w.histogram(
-                "keel_listener_request_duration_seconds",
-                &ll(l),
-                &l.stats.latency,
-            );
-        }
 
+        let pools: Vec<&PoolPlan> = plan.pools.values().map(|p| &**p).collect();
         let pl = |p: &PoolPlan| format!("pool=\"{}\"", label(&p.spec.name));
-        w.header(
+        w.family(
             "keel_pool_requests_total",
             "counter",
             "HTTP responses for requests routed to the pool.",
+            &pools,
+            |w, n, p| w.classes(n, &pl(p), &p.stats.requests),
         );
-        for p in plan.pools.values() {
-            w.classes("keel_pool_requests_total", &pl(p), &p.stats.requests);
-        }
-        w.header(
+        w.family(
             "keel_pool_connections_total",
             "counter",
             "TCP connections routed to the pool.",
+            &pools,
+            |w, n, p| w.value(n, &pl(p), load(&p.stats.connections)),
         );
-        for p in plan.pools.values() {
-            w.value(
-                "keel_pool_connections_total",
-                &pl(p),
-                load(&p.stats.connections),
-            );
-        }
-        w.header(
+        w.family(
             "keel_pool_no_member_total",
             "counter",
             "Requests or connections refused: no healthy member.",
+            &pools,
+            |w, n, p| w.value(n, &pl(p), load(&p.stats.no_member)),
         );
-        for p in plan.pools.values() {
-            w.value(
-                "keel_pool_no_member_total",
-                &pl(p),
-                load(&p.stats.no_member),
-            );
-        }
-        w.header(
+        w.family(
             "keel_pool_members_healthy",
             "gauge",
             "Enabled members passing their health checks.",
+            &pools,
+            |w, n, p| {
+                w.value(
+                    n,
+                    &pl(p),
+                    p.balancer.members().iter().filter(|m| m.is_up()).count(),
+                )
+            },
         );
-        for p in plan.pools.values() {
-            let n = p.balancer.members().iter().filter(|m| m.is_up()).count();
-            w.value("keel_pool_members_healthy", &pl(p), n);
-        }
 
-        let members: Vec<_> = plan
-            .pools
-            .values()
-            .flat_map(|p| p.balancer.members().iter().map(move |m| (p, m)))
+        let members: Vec<(&PoolPlan, &MemberState)> = pools
+            .iter()
+            .flat_map(|p| p.balancer.members().iter().map(move |m| (*p, &**m)))
             .collect();
-        let ml = |p: &PoolPlan, m: &MemberState| format!("{},member=\"{}\"", pl(p), m.address);
-        w.header(
+        let ml = |(p, m): &(&PoolPlan, &MemberState)| format!("{},member=\"{}\"", pl(p), m.address);
+        w.family(
             "keel_member_up",
             "gauge",
             "1 when the member passes its health checks.",
+            &members,
+            |w, n, pm| w.value(n, &ml(pm), u8::from(pm.1.is_up())),
         );
-        for (p, m) in &members {
-            w.value("keel_member_up", &ml(p, m), u8::from(m.is_up()));
-        }
-        w.header(
+        w.family(
             "keel_member_outstanding",
             "gauge",
             "In-flight requests or open connections.",
+            &members,
+            |w, n, pm| w.value(n, &ml(pm), pm.1.outstanding()),
         );
-        for (p, m) in &members {
-            w.value("keel_member_outstanding", &ml(p, m), m.outstanding());
-        }
-        w.header(
+        w.family(
             "keel_member_connections_total",
             "counter",
             "Connections opened to the member.",
+            &members,
+            |w, n, pm| w.value(n, &ml(pm), load(&pm.1.stats.connections)),
         );
-        for (p, m) in &members {
-            w.value(
-                "keel_member_connections_total",
-                &ml(p, m),
-                load(&m.stats.connections),
-            );
-        }
-        w.header(
+        w.family(
             "keel_member_connect_failures_total",
             "counter",
             "Connections to the member refused or timed out.",
+            &members,
+            |w, n, pm| w.value(n, &ml(pm), load(&pm.1.stats.connect_failures)),
         );
-        for (p, m) in &members {
-            w.value(
-                "keel_member_connect_failures_total",
-                &ml(p, m),
-                load(&m.stats.connect_failures),
-            );
-        }
-        w.header(
+        w.family(
             "keel_member_health_changes_total",
             "counter",
             "Health state flips.",
+            &members,
+            |w, n, pm| w.value(n, &ml(pm), load(&pm.1.stats.health_flips)),
         );
-        for (p, m) in &members {
-            w.value(
-                "keel_member_health_changes_total",
-                &ml(p, m),
-                load(&m.stats.health_flips),
-            );
-        }
-        w.header(
+        w.family(
             "keel_member_requests_total",
             "counter",
             "HTTP responses from the member, by status class.",
+            &members,
+            |w, n, pm| w.classes(n, &ml(pm), &pm.1.stats.requests),
         );
-        for (p, m) in &members {
-            w.classes("keel_member_requests_total", &ml(p, m), &m.stats.requests);
-        }
-        w.header(
+        w.family(
             "keel_member_bytes_total",
             "counter",
             "Bytes, in = from the member.",
+            &members,
+            |w, n, pm| {
+                w.value(
+                    n,
+                    &format!("{},direction=\"in\"", ml(pm)),
+                    load(&pm.1.stats.bytes_in),
+                );
+                w.value(
+                    n,
+                    &format!("{},direction=\"out\"", ml(pm)),
+                    load(&pm.1.stats.bytes_out),
+                );
+            },
         );
-        for (p, m) in &members {
-            w.value(
-                "keel_member_bytes_total",
-                &format!("{},direction=\"in\"", ml(p, m)),
-                load(&m.stats.bytes_in),
-            );
-            w.value(
-                "keel_member_bytes_total",
-                &format!("{},direction=\"out\"", ml(p, m)),
-                load(&m.stats.bytes_out),
-            );
-        }
-        w.header(
+        w.family(
             "keel_member_response_duration_seconds",
             "histogram",
             "Time from sending a request to the member's response head.",
+            &members,
+            |w, n, pm| w.histogram(n, &ml(pm), &pm.1.stats.latency),
         );
-        for (p, m) in &members {
-            w.histogram(
-                "keel_member_response_duration_seconds",
-                &ml(p, m),
-                &m.stats.latency,
-            );
-        }
         w.out
     }
 }

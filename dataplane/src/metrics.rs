@@ -108,6 +108,21 @@ impl Writer {
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
+    /// One metric family: its header, then `row` for each item.
+    pub fn family<T>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        items: &[T],
+        mut row: impl FnMut(&mut Self, &str, &T),
+    ) {
+        self.header(name, kind, help);
+        for item in items {
+            row(self, name, item);
+        }
+    }
+
     pub fn value(&mut self, name: &str, labels: &str, v: impl std::fmt::Display) {
         let _ = if labels.is_empty() {
             writeln!(self.out, "{name} {v}")
