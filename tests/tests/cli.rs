@@ -77,37 +77,33 @@ fn check_lists_every_problem_and_exits_1() {
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
 }
 
+/// Runs `keel run --config FILE`, asserts it exits 1, returns its stderr.
+fn run_expecting_exit_1(config: &std::path::Path, dir: &std::path::Path) -> String {
+    let out = Command::new(keel_bin())
+        .args(["run", "--admin-addr", &format!("127.0.0.1:{}", free_port())])
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(dir.join("d"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn run_refuses_invalid_config_and_busy_port() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, BROKEN).unwrap();
-    let out = Command::new(keel_bin())
-        .args(["run", "--admin-addr", &format!("127.0.0.1:{}", free_port())])
-        .arg("--config")
-        .arg(&bad)
-        .arg("--data-dir")
-        .arg(dir.path().join("d"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_expecting_exit_1(&bad, dir.path());
     assert!(err.contains("4 problems"), "{err}");
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().port();
     let cfg = dir.path().join("busy.yaml");
     std::fs::write(&cfg, config(busy, "[ { address: \"127.0.0.1:9\" } ]")).unwrap();
-    let out = Command::new(keel_bin())
-        .args(["run", "--admin-addr", &format!("127.0.0.1:{}", free_port())])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--data-dir")
-        .arg(dir.path().join("d"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = run_expecting_exit_1(&cfg, dir.path());
     assert!(
         err.contains(&format!("cannot listen on 127.0.0.1:{busy}")),
         "{err}"

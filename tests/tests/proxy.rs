@@ -13,17 +13,19 @@ use keel_tests::{free_port, http_lb, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwarded_headers_set_host_kept_hop_by_hop_removed() {
+/// One backend named `b` behind one HTTP listener: the backend, the port, the data plane.
+async fn one_backend() -> (HttpBackend, u16, Dataplane) {
     let b = HttpBackend::start("b").await;
     let port = free_port();
     let dp = Dataplane::new();
-    dp.apply(&spec(&http_lb(
-        port,
-        &format!("members: [ {{ address: \"{}\" }} ]", b.addr),
-    )))
-    .await
-    .unwrap();
+    let members = format!("members: [ {{ address: \"{}\" }} ]", b.addr);
+    dp.apply(&spec(&http_lb(port, &members))).await.unwrap();
+    (b, port, dp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_set_host_kept_hop_by_hop_removed() {
+    let (b, port, _dp) = one_backend().await;
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(
         b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.7\r\n\
@@ -51,15 +53,7 @@ async fn forwarded_headers_set_host_kept_hop_by_hop_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused() {
-    let b = HttpBackend::start("b").await;
-    let port = free_port();
-    let dp = Dataplane::new();
-    dp.apply(&spec(&http_lb(
-        port,
-        &format!("members: [ {{ address: \"{}\" }} ]", b.addr),
-    )))
-    .await
-    .unwrap();
+    let (b, port, _dp) = one_backend().await;
     let c = client();
     for path in ["/", "/download/100", "/download/0", "/headers"] {
         for _ in 0..20 {
@@ -214,15 +208,7 @@ async fn tcp_idle_timeout_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_megabytes_each_way() {
-    let b = HttpBackend::start("b").await;
-    let port = free_port();
-    let dp = Dataplane::new();
-    dp.apply(&spec(&http_lb(
-        port,
-        &format!("members: [ {{ address: \"{}\" }} ]", b.addr),
-    )))
-    .await
-    .unwrap();
+    let (_b, port, dp) = one_backend().await;
     let c = client();
     let size = 10 * 1024 * 1024;
     let req = http::Request::post(format!("http://127.0.0.1:{port}/upload"))
