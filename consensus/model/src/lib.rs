@@ -1,15 +1,21 @@
 //! Keel's vocabulary: the load-balancer [`Spec`], the document users write
 //! ([`Document`], YAML or JSON), validation that names every problem with its
-//! field path, the [`Command`]s that change a spec, `apply` and `diff`.
+//! field path, the [`Command`]s that change a spec, `apply` and `diff`, and
+//! the replicated [`ClusterState`] with its [`ClusterCommand`]s.
 //!
 //! This crate is pure: no I/O, no async runtime, no network. Maps are
 //! `BTreeMap`s so iteration, serialisation and diffs are deterministic.
 
+mod cluster;
 mod command;
 mod document;
 mod error;
 mod spec;
 
+pub use cluster::{
+    constant_time_eq, ApiToken, ClusterCommand, ClusterIdentity, ClusterState, JoinToken, Refusal,
+    User,
+};
 pub use command::{ApplyError, Command};
 pub use document::{
     Document, HealthCheckDoc, ListenerDoc, LoadBalancerDoc, MemberDoc, ParseError, PoolDoc,

@@ -1,0 +1,344 @@
+//! The replicated state of a cluster: the load-balancer [`Spec`] plus the
+//! cluster's own records (identity, CA, join tokens, credentials), and the
+//! [`ClusterCommand`]s that change it.
+//!
+//! Everything here is decided deterministically from the command alone: time
+//! enters as a field of the command (the proposer's clock), never by reading a
+//! clock during apply, so every node reaches the same state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{ApplyError, Command};
+use crate::spec::Spec;
+
+/// Everything the cluster agrees on.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Set once, by the bootstrap node; `None` before the first entry.
+    pub identity: Option<ClusterIdentity>,
+    /// The load balancers, listeners and pools every node serves.
+    pub spec: Spec,
+    /// Join tokens by id. Only a hash of each secret is kept.
+    pub join_tokens: BTreeMap<String, JoinToken>,
+    /// Bearer tokens for the admin API, by id. Only a hash of each is kept.
+    pub api_tokens: BTreeMap<String, ApiToken>,
+    /// Admin users by name, with a slow password hash (PHC string).
+    pub users: BTreeMap<String, User>,
+}
+
+/// The cluster's id and certificate authority. Every voter holds the CA key so
+/// that any node can admit a joiner; the data directory is private to `keel`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    /// Random id chosen at bootstrap.
+    pub cluster_id: String,
+    /// The CA certificate, PEM.
+    pub ca_cert_pem: String,
+    /// The CA private key, PEM. Never logged.
+    pub ca_key_pem: String,
+}
+
+impl fmt::Debug for ClusterIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterIdentity")
+            .field("cluster_id", &self.cluster_id)
+            .field("ca_key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ClusterState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterState")
+            .field("identity", &self.identity)
+            .field("load_balancers", &self.spec.load_balancers.len())
+            .field("pools", &self.spec.pools.len())
+            .field("join_tokens", &self.join_tokens.len())
+            .field("api_tokens", &self.api_tokens.len())
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A join token's record. The secret itself is only ever in the token string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// Hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    /// Unix seconds when it was created.
+    pub created_at: u64,
+    /// Unix seconds after which it is refused.
+    pub expires_at: u64,
+    /// How many more joins it admits.
+    pub uses_left: u32,
+    /// Revoked tokens are kept (refused) until they expire, so `list` shows them.
+    pub revoked: bool,
+}
+
+/// An admin API bearer token's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Who or what it is for, e.g. "ci" or "session:admin".
+    pub name: String,
+    /// The user it acts as.
+    pub user: String,
+    /// Hex SHA-256 of the token secret (the secret is long and random, so a
+    /// fast hash is enough here; passwords get a slow one).
+    pub secret_sha256: String,
+    /// Unix seconds when it was created.
+    pub created_at: u64,
+    /// Unix seconds after which it is refused; `None` = until revoked.
+    pub expires_at: Option<u64>,
+}
+
+/// An admin user.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Argon2 hash in PHC string form.
+    pub password_hash: String,
+    /// True while the password is the generated one and should be changed.
+    pub must_change_password: bool,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("must_change_password", &self.must_change_password)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One change to the cluster state. Stored in the Raft log: add variants, do
+/// not reshape old ones (a test decodes entries written by earlier versions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterCommand {
+    /// First entry of a cluster: its identity. Refused once set.
+    Init(ClusterIdentity),
+    /// A change to the load-balancer spec.
+    Spec(Command),
+    /// Create or replace a user's password.
+    SetUser { name: String, user: User },
+    /// Create a join token.
+    CreateJoinToken { id: String, token: JoinToken },
+    /// Revoke a join token.
+    RevokeJoinToken { id: String },
+    /// Spend one use of a join token, if the secret matches and it is valid
+    /// at `now` (unix seconds, the proposer's clock).
+    ConsumeJoinToken {
+        id: String,
+        secret_sha256: String,
+        now: u64,
+    },
+    /// Create an API token.
+    CreateApiToken { id: String, token: ApiToken },
+    /// Revoke (delete) an API token.
+    RevokeApiToken { id: String },
+    /// Does nothing; used to learn the commit index (a read barrier).
+    Noop,
+}
+
+impl fmt::Display for ClusterCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClusterCommand::Init(id) => write!(f, "init cluster {}", id.cluster_id),
+            ClusterCommand::Spec(c) => c.fmt(f),
+            ClusterCommand::SetUser { name, .. } => write!(f, "set password of user {name}"),
+            ClusterCommand::CreateJoinToken { id, token } => {
+                write!(f, "create join token {id} ({} uses)", token.uses_left)
+            }
+            ClusterCommand::RevokeJoinToken { id } => write!(f, "revoke join token {id}"),
+            ClusterCommand::ConsumeJoinToken { id, .. } => write!(f, "use join token {id}"),
+            ClusterCommand::CreateApiToken { id, token } => {
+                write!(f, "create api token {id} ({})", token.name)
+            }
+            ClusterCommand::RevokeApiToken { id } => write!(f, "revoke api token {id}"),
+            ClusterCommand::Noop => f.write_str("no-op"),
+        }
+    }
+}
+
+/// Why a cluster command was refused. A refused command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "message")]
+pub enum Refusal {
+    /// The spec change was refused; the text names the fields.
+    #[error("{0}")]
+    Spec(String),
+    /// The object the command names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The cluster already has an identity.
+    #[error("the cluster is already initialised")]
+    AlreadyInitialised,
+    /// The join token is unknown, wrong, expired, revoked or used up. The
+    /// text says which, for the operator; the joiner sees it too.
+    #[error("join token refused: {0}")]
+    Token(String),
+}
+
+impl ClusterState {
+    /// Apply one command: all of it, or nothing and the reason.
+    pub fn apply(&mut self, command: &ClusterCommand) -> Result<(), Refusal> {
+        match command {
+            ClusterCommand::Init(identity) => {
+                if self.identity.is_some() {
+                    return Err(Refusal::AlreadyInitialised);
+                }
+                self.identity = Some(identity.clone());
+            }
+            ClusterCommand::Spec(change) => {
+                self.spec.apply(change).map_err(|e| match e {
+                    ApplyError::NotFound { .. } => Refusal::NotFound(e.to_string()),
+                    other => Refusal::Spec(other.to_string()),
+                })?;
+            }
+            ClusterCommand::SetUser { name, user } => {
+                self.users.insert(name.clone(), user.clone());
+            }
+            ClusterCommand::CreateJoinToken { id, token } => {
+                self.join_tokens.insert(id.clone(), token.clone());
+            }
+            ClusterCommand::RevokeJoinToken { id } => match self.join_tokens.get_mut(id) {
+                Some(token) => token.revoked = true,
+                None => {
+                    return Err(Refusal::NotFound(format!(
+                        "join token {id:?} does not exist"
+                    )))
+                }
+            },
+            ClusterCommand::ConsumeJoinToken {
+                id,
+                secret_sha256,
+                now,
+            } => {
+                let token = self
+                    .join_tokens
+                    .get_mut(id)
+                    .ok_or_else(|| Refusal::Token("unknown token".into()))?;
+                if !constant_time_eq(token.secret_sha256.as_bytes(), secret_sha256.as_bytes()) {
+                    return Err(Refusal::Token("wrong secret".into()));
+                }
+                if token.revoked {
+                    return Err(Refusal::Token("revoked".into()));
+                }
+                if *now >= token.expires_at {
+                    return Err(Refusal::Token("expired".into()));
+                }
+                if token.uses_left == 0 {
+                    return Err(Refusal::Token("used up".into()));
+                }
+                token.uses_left -= 1;
+            }
+            ClusterCommand::CreateApiToken { id, token } => {
+                self.api_tokens.insert(id.clone(), token.clone());
+            }
+            ClusterCommand::RevokeApiToken { id } => {
+                if self.api_tokens.remove(id).is_none() {
+                    return Err(Refusal::NotFound(format!(
+                        "api token {id:?} does not exist"
+                    )));
+                }
+            }
+            ClusterCommand::Noop => {}
+        }
+        Ok(())
+    }
+}
+
+/// Compare secrets without leaking where they differ through timing.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(expires_at: u64, uses: u32) -> JoinToken {
+        JoinToken {
+            secret_sha256: "aa".repeat(32),
+            created_at: 0,
+            expires_at,
+            uses_left: uses,
+            revoked: false,
+        }
+    }
+
+    fn consume(state: &mut ClusterState, secret: &str, now: u64) -> Result<(), Refusal> {
+        state.apply(&ClusterCommand::ConsumeJoinToken {
+            id: "t1".into(),
+            secret_sha256: secret.into(),
+            now,
+        })
+    }
+
+    #[test]
+    fn join_tokens_enforce_secret_expiry_uses_and_revocation() {
+        let mut s = ClusterState::default();
+        s.apply(&ClusterCommand::CreateJoinToken {
+            id: "t1".into(),
+            token: token(100, 2),
+        })
+        .unwrap();
+        let good = "aa".repeat(32);
+        assert_eq!(
+            consume(&mut s, &"bb".repeat(32), 10),
+            Err(Refusal::Token("wrong secret".into()))
+        );
+        assert_eq!(
+            consume(&mut s, &good, 100),
+            Err(Refusal::Token("expired".into()))
+        );
+        consume(&mut s, &good, 10).unwrap();
+        consume(&mut s, &good, 11).unwrap();
+        assert_eq!(
+            consume(&mut s, &good, 12),
+            Err(Refusal::Token("used up".into()))
+        );
+        s.join_tokens.get_mut("t1").unwrap().uses_left = 5;
+        s.apply(&ClusterCommand::RevokeJoinToken { id: "t1".into() })
+            .unwrap();
+        assert_eq!(
+            consume(&mut s, &good, 13),
+            Err(Refusal::Token("revoked".into()))
+        );
+    }
+
+    #[test]
+    fn a_refused_spec_change_changes_nothing() {
+        let mut s = ClusterState::default();
+        let before = s.clone();
+        let refused = s.apply(&ClusterCommand::Spec(Command::RemovePool {
+            name: "nope".into(),
+        }));
+        assert!(matches!(refused, Err(Refusal::NotFound(_))));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let mut s = ClusterState::default();
+        s.apply(&ClusterCommand::Init(ClusterIdentity {
+            cluster_id: "c".into(),
+            ca_cert_pem: "CERT".into(),
+            ca_key_pem: "SECRET-KEY".into(),
+        }))
+        .unwrap();
+        s.users.insert(
+            "admin".into(),
+            User {
+                password_hash: "$argon2id$SECRET".into(),
+                must_change_password: false,
+            },
+        );
+        let text = format!("{s:?}");
+        assert!(!text.contains("SECRET"), "{text}");
+    }
+}

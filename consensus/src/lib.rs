@@ -1,0 +1,414 @@
+//! Keel's Raft: openraft (pinned 0.9.25) behind a small API.
+//!
+//! - [`Consensus::propose`] returns once a [`ClusterCommand`] is committed and
+//!   applied on this node, or a typed [`ProposeError::NotLeader`] naming the
+//!   leader so the caller can forward.
+//! - [`Consensus::applied`] and [`Consensus::leadership`] are `watch`
+//!   receivers for the applied [`ClusterState`] (with its log index as the
+//!   version) and for who leads.
+//! - Storage is durable in the data directory ([`store`]); the transport is a
+//!   trait ([`openraft::RaftNetworkFactory`]) with two implementations: mutual
+//!   TLS over TCP (`rpc`, next) and an in-memory router that can partition
+//!   ([`mem`]) for tests of this crate alone.
+
+// openraft's trait signatures dictate its (large) error types.
+#![allow(clippy::result_large_err)]
+
+pub mod mem;
+
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_model::{ClusterCommand, ClusterState, Refusal};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, Config, Raft, RaftNetworkFactory, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// A node's id in Raft: random at bootstrap or join, never reused.
+pub type NodeId = u64;
+
+/// What a committed command did: applied, or refused with the reason (a
+/// refused command is still in the log, and changed nothing).
+pub type Outcome = Result<(), Refusal>;
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for Keel.
+    pub TypeConfig:
+        D = ClusterCommand,
+        R = Outcome,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle type.
+pub type KeelRaft = Raft<TypeConfig>;
+
+/// What the cluster knows about a node (kept in the Raft membership).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Operator-facing name, unique in the cluster.
+    pub name: String,
+    /// `HOST:PORT` of the cluster (Raft RPC and join) listener.
+    pub cluster_addr: String,
+    /// `HOST:PORT` of the admin API.
+    pub admin_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.cluster_addr)
+    }
+}
+
+/// The applied state and its version (the index of the last applied entry).
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Log index of the last applied entry; grows with every change.
+    pub index: u64,
+    /// The state after that entry.
+    pub state: Arc<ClusterState>,
+}
+
+/// Who leads, as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leadership {
+    /// The current leader, if one is known.
+    pub leader: Option<NodeId>,
+    /// The current term.
+    pub term: u64,
+    /// True when this node is the leader.
+    pub is_leader: bool,
+}
+
+/// A node's place in the membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Raft id.
+    pub id: NodeId,
+    /// Name and addresses.
+    pub info: NodeInfo,
+    /// Voter (counts for quorum) or learner (replicates and serves).
+    pub voter: bool,
+}
+
+/// Timing and compaction settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often the leader sends heartbeats.
+    pub heartbeat: Duration,
+    /// Followers start an election after a random time in this range without
+    /// hearing from a leader.
+    pub election_timeout: (Duration, Duration),
+    /// Take a snapshot (and compact the log) after this many entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(400), Duration::from_millis(700)),
+            snapshot_every: 1000,
+        }
+    }
+}
+
+/// Why a proposal did not go through.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; `leader` is who is, if known.
+    #[error("not the leader{}", leader.as_ref().map(|(id, n)| format!(" (leader is node {id}, {n})")).unwrap_or_default())]
+    NotLeader {
+        /// The leader's id and info, if known.
+        leader: Option<(NodeId, NodeInfo)>,
+    },
+    /// The command was committed but refused by the state machine.
+    #[error("{0}")]
+    Refused(Refusal),
+    /// A membership change was not possible (the text says why).
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// Raft has stopped (shutdown or a storage failure).
+    #[error("raft has stopped: {0}")]
+    Stopped(String),
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be opened.
+    #[error("cannot open raft storage in {dir}: {source}")]
+    Storage {
+        /// The directory.
+        dir: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// openraft refused the configuration or failed to start.
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// A running Raft node.
+#[derive(Clone)]
+pub struct Consensus {
+    id: NodeId,
+    raft: KeelRaft,
+    applied: watch::Receiver<Applied>,
+    leadership: watch::Receiver<Leadership>,
+}
+
+impl Consensus {
+    /// Start a node with storage in `dir` (created if missing).
+    pub async fn start<N>(
+        id: NodeId,
+        dir: &Path,
+        settings: &Settings,
+        network: N,
+    ) -> Result<Self, StartError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
+        let storage_err = |source| StartError::Storage {
+            dir: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(storage_err)?;
+        let log = store::LogStore::open(dir).map_err(storage_err)?;
+        let machine = store::StateMachineStore::open(dir).map_err(storage_err)?;
+        let applied = machine.subscribe();
+        let config = Config {
+            cluster_name: "keel".into(),
+            heartbeat_interval: settings.heartbeat.as_millis() as u64,
+            election_timeout_min: settings.election_timeout.0.as_millis() as u64,
+            election_timeout_max: settings.election_timeout.1.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+            max_in_snapshot_log_to_keep: settings.snapshot_every / 2,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft = Raft::new(id, Arc::new(config), network, log, machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let leadership = watch_leadership(&raft);
+        Ok(Consensus {
+            id,
+            raft,
+            applied,
+            leadership,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The raw openraft handle, for the RPC server.
+    pub fn raft(&self) -> &KeelRaft {
+        &self.raft
+    }
+
+    /// Make this node a one-voter cluster. Only on an empty, never-initialised
+    /// store; returns `false` if it already was part of a cluster.
+    pub async fn bootstrap(&self, me: NodeInfo) -> Result<bool, ProposeError> {
+        let members = BTreeMap::from([(self.id, me)]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+            Err(e) => Err(ProposeError::Stopped(e.to_string())),
+        }
+    }
+
+    /// True once this node has a membership (bootstrapped, joined or restored).
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
+    /// Propose a command. Returns the log index once it is committed and
+    /// applied on this node (which is the leader).
+    pub async fn propose(&self, command: ClusterCommand) -> Result<u64, ProposeError> {
+        match self.raft.client_write(command).await {
+            Ok(resp) => match resp.data {
+                Ok(()) => Ok(resp.log_id.index),
+                Err(refusal) => Err(ProposeError::Refused(refusal)),
+            },
+            Err(e) => Err(write_error(e)),
+        }
+    }
+
+    /// The applied state, as it changes.
+    pub fn applied(&self) -> watch::Receiver<Applied> {
+        self.applied.clone()
+    }
+
+    /// Leadership, as it changes.
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
+    }
+
+    /// Wait until this node has applied `index`, up to `timeout`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut rx = self.applied.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|a| a.index >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Members of the cluster with their roles, from the latest membership.
+    pub fn members(&self) -> Vec<Member> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, info)| Member {
+                id: *id,
+                info: info.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+
+    /// The leader's id and info, if known.
+    pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let id = metrics.current_leader?;
+        let info = metrics
+            .membership_config
+            .membership()
+            .get_node(&id)?
+            .clone();
+        Some((id, info))
+    }
+
+    /// Admit a node: add it as a learner (waiting until it has caught up),
+    /// then promote it to voter while there are fewer than `max_voters`.
+    /// Returns whether it became a voter.
+    pub async fn admit(
+        &self,
+        id: NodeId,
+        info: NodeInfo,
+        max_voters: usize,
+    ) -> Result<bool, ProposeError> {
+        self.raft
+            .add_learner(id, info, true)
+            .await
+            .map_err(write_error)?;
+        let voters = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        if voters >= max_voters {
+            return Ok(false);
+        }
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(write_error)?;
+        Ok(true)
+    }
+
+    /// Remove a node from the membership (voter or learner). When a voter
+    /// leaves, the first learner (if any) is promoted in its place.
+    pub async fn remove(&self, id: NodeId) -> Result<(), ProposeError> {
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if membership.get_node(&id).is_none() {
+            return Err(ProposeError::Membership(format!(
+                "node {id} is not a member"
+            )));
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(ProposeError::Membership(
+                    "cannot remove the last voter".into(),
+                ));
+            }
+            let mut next: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != id).collect();
+            if let Some(learner) = membership.learner_ids().find(|l| *l != id) {
+                next.insert(learner);
+            }
+            self.raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(next), false)
+                .await
+                .map_err(write_error)?;
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map_err(write_error)?;
+        Ok(())
+    }
+
+    /// Hand leadership to another up-to-date voter, if this node leads.
+    pub async fn step_down(&self) {
+        // openraft 0.9 has no leadership-transfer API; the next best thing is
+        // to stop heartbeating so a follower times out and takes over.
+        if self.leadership.borrow().is_leader {
+            self.raft.runtime_config().heartbeat(false);
+            self.raft.runtime_config().elect(false);
+        }
+    }
+
+    /// Stop Raft.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+    }
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ProposeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+            leader: f.leader_id.zip(f.leader_node),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            ProposeError::Membership(c.to_string())
+        }
+        RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),
+    }
+}
+
+fn watch_leadership(raft: &KeelRaft) -> watch::Receiver<Leadership> {
+    let mut metrics = raft.metrics();
+    let to_leadership = |m: &openraft::RaftMetrics<NodeId, NodeInfo>| Leadership {
+        leader: m.current_leader,
+        term: m.current_term,
+        is_leader: m.state == ServerState::Leader,
+    };
+    let (tx, rx) = watch::channel(to_leadership(&metrics.borrow()));
+    tokio::spawn(async move {
+        while metrics.changed().await.is_ok() {
+            let next = to_leadership(&metrics.borrow_and_update());
+            tx.send_if_modified(|current| {
+                let changed = *current != next;
+                *current = next;
+                changed
+            });
+        }
+    });
+    rx
+}

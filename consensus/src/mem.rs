@@ -1,0 +1,163 @@
+//! An in-memory transport: nodes call each other's `Raft` directly through a
+//! shared [`Router`], which can cut links to simulate partitions and crashes.
+//! For tests of this crate; the product uses [`crate::rpc`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{RaftNetwork, RaftNetworkFactory};
+
+use crate::{KeelRaft, NodeId, NodeInfo, TypeConfig};
+
+#[derive(Default)]
+struct Links {
+    nodes: BTreeMap<NodeId, KeelRaft>,
+    /// Nodes cut off from everyone else.
+    isolated: BTreeSet<NodeId>,
+}
+
+/// The shared switchboard of an in-memory cluster.
+#[derive(Clone, Default)]
+pub struct Router {
+    links: Arc<Mutex<Links>>,
+}
+
+impl Router {
+    /// Make `raft` reachable as node `id` (replacing a previous incarnation).
+    pub fn register(&self, id: NodeId, raft: KeelRaft) {
+        self.lock().nodes.insert(id, raft);
+    }
+
+    /// Make node `id` unreachable (a crash, from the others' point of view).
+    pub fn unregister(&self, id: NodeId) {
+        self.lock().nodes.remove(&id);
+    }
+
+    /// Cut node `id` off from every other node, both ways.
+    pub fn isolate(&self, id: NodeId) {
+        self.lock().isolated.insert(id);
+    }
+
+    /// Reconnect every isolated node.
+    pub fn heal(&self) {
+        self.lock().isolated.clear();
+    }
+
+    /// A network factory for node `from`.
+    pub fn network(&self, from: NodeId) -> MemNetwork {
+        MemNetwork {
+            router: self.clone(),
+            from,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Links> {
+        self.links.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn route(&self, from: NodeId, to: NodeId) -> Result<KeelRaft, Unreachable> {
+        let links = self.lock();
+        if links.isolated.contains(&from) || links.isolated.contains(&to) {
+            return Err(Unreachable::new(&std::io::Error::other("partitioned")));
+        }
+        links
+            .nodes
+            .get(&to)
+            .cloned()
+            .ok_or_else(|| Unreachable::new(&std::io::Error::other("node down")))
+    }
+}
+
+/// Node `from`'s view of the router.
+pub struct MemNetwork {
+    router: Router,
+    from: NodeId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for MemNetwork {
+    type Network = MemPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> MemPeer {
+        MemPeer {
+            router: self.router.clone(),
+            from: self.from,
+            to: target,
+            node: node.clone(),
+        }
+    }
+}
+
+/// A link from one node to another.
+pub struct MemPeer {
+    router: Router,
+    from: NodeId,
+    to: NodeId,
+    node: NodeInfo,
+}
+
+impl MemPeer {
+    fn target<E: std::error::Error>(&self) -> Result<KeelRaft, RPCError<NodeId, NodeInfo, E>> {
+        self.router
+            .route(self.from, self.to)
+            .map_err(RPCError::Unreachable)
+    }
+
+    fn remote<E: std::error::Error>(
+        &self,
+        e: E,
+    ) -> RPCError<NodeId, NodeInfo, RaftError<NodeId, E>> {
+        RPCError::RemoteError(RemoteError::new_with_node(
+            self.to,
+            self.node.clone(),
+            RaftError::APIError(e),
+        ))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for MemPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        let raft = self.target()?;
+        raft.append_entries(rpc)
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let raft = self.target()?;
+        match raft.install_snapshot(rpc).await {
+            Ok(r) => Ok(r),
+            Err(RaftError::APIError(e)) => Err(self.remote(e)),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        let raft = self.target()?;
+        raft.vote(rpc)
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}

@@ -1,0 +1,443 @@
+//! Durable Raft storage in the data directory.
+//!
+//! - The log, the vote and the committed pointer live in a redb database
+//!   (`raft.redb`); every write transaction is committed with fsync before
+//!   openraft is told the entries are durable.
+//! - The state machine lives in memory and is persisted through snapshots
+//!   (`snapshot.json`, written to a temporary file, fsynced, renamed). On
+//!   restart it is rebuilt from the snapshot, and openraft re-applies the
+//!   committed entries after it (we persist `committed` for that).
+
+use std::fmt::Debug;
+use std::io::{self, Cursor, Write};
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use keel_model::ClusterState;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Mutex};
+
+use crate::{Applied, NodeId, NodeInfo, TypeConfig};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "last_purged";
+
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+fn io_error(e: impl std::error::Error + 'static) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&io_error(e)).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&io_error(e)).into()
+}
+
+/// The Raft log and vote, in redb. Cloning shares the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    /// Open (or create) the log database in `dir`.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let db = Database::create(dir.join("raft.redb")).map_err(io_error)?;
+        let txn = db.begin_write().map_err(io_error)?;
+        txn.open_table(LOG).map_err(io_error)?;
+        txn.open_table(META).map_err(io_error)?;
+        txn.commit().map_err(io_error)?;
+        Ok(LogStore { db: Arc::new(db) })
+    }
+
+    /// Run blocking database work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Database) -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(write_err)?
+    }
+
+    async fn read_meta<T: for<'de> Deserialize<'de> + Send + 'static>(
+        &self,
+        key: &'static str,
+    ) -> StorageResult<Option<T>> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(read_err)?;
+            let table = txn.open_table(META).map_err(read_err)?;
+            match table.get(key).map_err(read_err)? {
+                Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(read_err)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn write_meta<T: Serialize>(&self, key: &'static str, value: &T) -> StorageResult<()> {
+        let bytes = serde_json::to_vec(value).map_err(write_err)?;
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.open_table(META)
+                .map_err(write_err)?
+                .insert(key, bytes.as_slice())
+                .map_err(write_err)?;
+            txn.commit().map_err(write_err)
+        })
+        .await
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let start = range.start_bound().cloned();
+        let end = range.end_bound().cloned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(read_err)?;
+            let table = txn.open_table(LOG).map_err(read_err)?;
+            let mut out = Vec::new();
+            for row in table.range::<u64>((start, end)).map_err(read_err)? {
+                let (_, v) = row.map_err(read_err)?;
+                out.push(serde_json::from_slice(v.value()).map_err(read_err)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(PURGED).await?.flatten();
+        let last = self
+            .blocking(|db| {
+                let txn = db.begin_read().map_err(read_err)?;
+                let table = txn.open_table(LOG).map_err(read_err)?;
+                let last = match table.last().map_err(read_err)? {
+                    Some((_, v)) => {
+                        let entry: Entry<TypeConfig> =
+                            serde_json::from_slice(v.value()).map_err(read_err)?;
+                        Some(entry.log_id)
+                    }
+                    None => None,
+                };
+                Ok(last)
+            })
+            .await?;
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        self.write_meta(VOTE, vote).await
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        self.read_meta(VOTE).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        self.write_meta(COMMITTED, &committed).await
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self.read_meta(COMMITTED).await?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        for entry in entries {
+            rows.push((
+                entry.log_id.index,
+                serde_json::to_vec(&entry).map_err(write_err)?,
+            ));
+        }
+        let result = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(write_err)?;
+                {
+                    let mut table = txn.open_table(LOG).map_err(write_err)?;
+                    for (index, bytes) in &rows {
+                        table.insert(*index, bytes.as_slice()).map_err(write_err)?;
+                    }
+                }
+                txn.commit().map_err(write_err)
+            })
+            .await;
+        // The commit above is durable (redb fsyncs on commit), so the entries
+        // are on disk by the time openraft hears about it.
+        callback.log_io_completed(result.clone().map_err(|e| io::Error::other(e.to_string())));
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.open_table(LOG)
+                .map_err(write_err)?
+                .retain_in::<u64, _>(log_id.index.., |_, _| false)
+                .map_err(write_err)?;
+            txn.commit().map_err(write_err)
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        let purged = serde_json::to_vec(&Some(log_id)).map_err(write_err)?;
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(write_err)?;
+            txn.open_table(META)
+                .map_err(write_err)?
+                .insert(PURGED, purged.as_slice())
+                .map_err(write_err)?;
+            txn.open_table(LOG)
+                .map_err(write_err)?
+                .retain_in::<u64, _>(..=log_id.index, |_, _| false)
+                .map_err(write_err)?;
+            txn.commit().map_err(write_err)
+        })
+        .await
+    }
+}
+
+/// A snapshot as stored on disk and sent to lagging nodes.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, NodeInfo>,
+    /// The serialised [`ClusterState`].
+    data: Vec<u8>,
+}
+
+struct Machine {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, NodeInfo>,
+    state: Arc<ClusterState>,
+    snapshot_count: u64,
+}
+
+/// The state machine: [`ClusterState`] in memory, published on a `watch`
+/// after every applied batch, persisted through snapshots.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    machine: Arc<Mutex<Machine>>,
+    snapshot_path: PathBuf,
+    applied: Arc<watch::Sender<Applied>>,
+}
+
+impl StateMachineStore {
+    /// Open the state machine, restoring it from the snapshot in `dir` if
+    /// there is one.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let snapshot_path = dir.join("snapshot.json");
+        let mut machine = Machine {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            state: Arc::new(ClusterState::default()),
+            snapshot_count: 0,
+        };
+        match std::fs::read(&snapshot_path) {
+            Ok(bytes) => {
+                let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(io_error)?;
+                machine.state = Arc::new(serde_json::from_slice(&stored.data).map_err(io_error)?);
+                machine.last_applied = stored.meta.last_log_id;
+                machine.membership = stored.meta.last_membership;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let applied = Applied {
+            index: machine.last_applied.map_or(0, |l| l.index),
+            state: machine.state.clone(),
+        };
+        Ok(StateMachineStore {
+            machine: Arc::new(Mutex::new(machine)),
+            snapshot_path,
+            applied: Arc::new(watch::Sender::new(applied)),
+        })
+    }
+
+    /// A receiver of every applied state.
+    pub fn subscribe(&self) -> watch::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+
+    fn write_snapshot(&self, snapshot: &StoredSnapshot) -> io::Result<()> {
+        let bytes = serde_json::to_vec(snapshot).map_err(io_error)?;
+        let tmp = self.snapshot_path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.snapshot_path)?;
+        if let Some(dir) = self.snapshot_path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn read_snapshot(&self) -> io::Result<Option<StoredSnapshot>> {
+        match std::fs::read(&self.snapshot_path) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(io_error)?)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let stored = {
+            let mut m = self.machine.lock().await;
+            m.snapshot_count += 1;
+            let snapshot_id = match m.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, m.snapshot_count),
+                None => format!("empty-{}", m.snapshot_count),
+            };
+            StoredSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id: m.last_applied,
+                    last_membership: m.membership.clone(),
+                    snapshot_id,
+                },
+                data: serde_json::to_vec(&*m.state)
+                    .map_err(|e| StorageIOError::write_state_machine(&io_error(e)))?,
+            }
+        };
+        let this = self.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || this.write_snapshot(&stored).map(|()| stored))
+                .await
+                .map_err(|e| StorageIOError::write_snapshot(None, &io_error(e)))?
+                .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, NodeInfo>)> {
+        let m = self.machine.lock().await;
+        Ok((m.last_applied, m.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<crate::Outcome>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut m = self.machine.lock().await;
+        let mut state = (*m.state).clone();
+        let mut outcomes = Vec::new();
+        for entry in entries {
+            m.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Ok(()),
+                EntryPayload::Normal(command) => {
+                    let outcome = state.apply(&command);
+                    match &outcome {
+                        Ok(()) => tracing::debug!(index = entry.log_id.index, %command, "applied"),
+                        Err(why) => {
+                            tracing::info!(index = entry.log_id.index, %command, %why, "refused")
+                        }
+                    }
+                    outcome
+                }
+                EntryPayload::Membership(membership) => {
+                    m.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Ok(())
+                }
+            };
+            outcomes.push(outcome);
+        }
+        m.state = Arc::new(state);
+        self.applied.send_replace(Applied {
+            index: m.last_applied.map_or(0, |l| l.index),
+            state: m.state.clone(),
+        });
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeInfo>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let state: ClusterState = serde_json::from_slice(&data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &io_error(e)))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.write_snapshot(&stored))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_error(e)))?
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let mut m = self.machine.lock().await;
+        m.last_applied = meta.last_log_id;
+        m.membership = meta.last_membership.clone();
+        m.state = Arc::new(state);
+        self.applied.send_replace(Applied {
+            index: m.last_applied.map_or(0, |l| l.index),
+            state: m.state.clone(),
+        });
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot from the leader");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let this = self.clone();
+        let stored = tokio::task::spawn_blocking(move || this.read_snapshot())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &io_error(e)))?
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}

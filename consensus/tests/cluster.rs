@@ -1,0 +1,261 @@
+#![allow(clippy::unwrap_used)]
+//! A 3-node cluster on the in-memory transport, with real on-disk storage.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use keel_consensus::mem::Router;
+use keel_consensus::{Consensus, NodeId, NodeInfo, ProposeError, Settings};
+use keel_model::{ClusterCommand, Command, Pool};
+
+struct Cluster {
+    router: Router,
+    dir: tempfile::TempDir,
+    nodes: BTreeMap<NodeId, Consensus>,
+    settings: Settings,
+}
+
+fn info(id: NodeId) -> NodeInfo {
+    NodeInfo {
+        name: format!("n{id}"),
+        cluster_addr: format!("mem:{id}"),
+        admin_addr: String::new(),
+    }
+}
+
+fn pool(name: &str) -> ClusterCommand {
+    let mut pool: Pool = keel_model::Document::parse_spec(&format!(
+        "pools: [{{ name: {name}, members: [{{ address: 127.0.0.1:1 }}] }}]"
+    ))
+    .unwrap()
+    .pools
+    .into_values()
+    .next()
+    .unwrap();
+    pool.name = name.into();
+    ClusterCommand::Spec(Command::UpsertPool(pool))
+}
+
+impl Cluster {
+    async fn new(settings: Settings) -> Self {
+        Cluster {
+            router: Router::default(),
+            dir: tempfile::tempdir().unwrap(),
+            nodes: BTreeMap::new(),
+            settings,
+        }
+    }
+
+    async fn start(&mut self, id: NodeId) -> Consensus {
+        let dir = self.dir.path().join(id.to_string());
+        let node = Consensus::start(id, &dir, &self.settings, self.router.network(id))
+            .await
+            .unwrap();
+        self.router.register(id, node.raft().clone());
+        self.nodes.insert(id, node.clone());
+        node
+    }
+
+    async fn crash(&mut self, id: NodeId) {
+        self.router.unregister(id);
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await;
+        }
+    }
+
+    /// Bootstrap node 1 and admit 2 and 3 as voters.
+    async fn three(settings: Settings) -> Self {
+        let mut c = Cluster::new(settings).await;
+        let n1 = c.start(1).await;
+        assert!(n1.bootstrap(info(1)).await.unwrap());
+        c.wait_leader(&[1]).await;
+        for id in [2, 3] {
+            c.start(id).await;
+            assert!(n1.admit(id, info(id), 5).await.unwrap());
+        }
+        c
+    }
+
+    async fn wait_leader(&self, among: &[NodeId]) -> NodeId {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            for id in among {
+                if let Some(n) = self.nodes.get(id) {
+                    let l = n.leadership().borrow().clone();
+                    if l.is_leader {
+                        return *id;
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no leader among {among:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Propose through whichever node leads, following NotLeader.
+    async fn propose(&self, among: &[NodeId], cmd: ClusterCommand) -> u64 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let leader = self.wait_leader(among).await;
+            match self.nodes[&leader].propose(cmd.clone()).await {
+                Ok(index) => return index,
+                Err(ProposeError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("propose failed: {e}"),
+            }
+        }
+    }
+
+    async fn all_applied(&self, ids: &[NodeId], index: u64) {
+        for id in ids {
+            assert!(
+                self.nodes[id]
+                    .wait_applied(index, Duration::from_secs(10))
+                    .await,
+                "node {id} did not apply {index}"
+            );
+        }
+    }
+
+    fn pools(&self, id: NodeId) -> Vec<String> {
+        self.nodes[&id]
+            .applied()
+            .borrow()
+            .state
+            .spec
+            .pools
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn replicates_to_every_node() {
+    let c = Cluster::three(Settings::default()).await;
+    let index = c.propose(&[1, 2, 3], pool("app")).await;
+    c.all_applied(&[1, 2, 3], index).await;
+    for id in [1, 2, 3] {
+        assert_eq!(c.pools(id), vec!["app"]);
+        assert_eq!(c.nodes[&id].members().len(), 3);
+        assert!(c.nodes[&id].members().iter().all(|m| m.voter));
+    }
+    // A follower refuses with the leader's identity, so callers can forward.
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let follower = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    match c.nodes[&follower].propose(pool("x")).await {
+        Err(ProposeError::NotLeader {
+            leader: Some((id, _)),
+        }) => assert_eq!(id, leader),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    // A refused command is reported and changes nothing.
+    let leader_node = &c.nodes[&leader];
+    let refused = leader_node
+        .propose(ClusterCommand::Spec(Command::RemovePool {
+            name: "nope".into(),
+        }))
+        .await;
+    assert!(
+        matches!(refused, Err(ProposeError::Refused(_))),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn survives_leader_loss_and_the_old_leader_catches_up() {
+    let mut c = Cluster::three(Settings::default()).await;
+    let first = c.propose(&[1, 2, 3], pool("a")).await;
+    c.all_applied(&[1, 2, 3], first).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    c.crash(leader).await;
+    let rest: Vec<NodeId> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    let index = c.propose(&rest, pool("b")).await;
+    c.all_applied(&rest, index).await;
+    // Restart from disk: it has everything it acknowledged and catches up.
+    c.start(leader).await;
+    c.all_applied(&[leader], index).await;
+    assert_eq!(c.pools(leader), vec!["a", "b"]);
+}
+
+#[tokio::test]
+async fn partition_minority_cannot_write_and_heals() {
+    let c = Cluster::three(Settings::default()).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    // Isolate the leader: it cannot commit; the majority elects a new one.
+    c.router.isolate(leader);
+    let isolated = c.nodes[&leader].clone();
+    let stuck = tokio::time::timeout(Duration::from_secs(2), isolated.propose(pool("lost"))).await;
+    assert!(
+        !matches!(stuck, Ok(Ok(_))),
+        "an isolated leader must not commit: {stuck:?}"
+    );
+    let rest: Vec<NodeId> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    let index = c.propose(&rest, pool("kept")).await;
+    c.all_applied(&rest, index).await;
+    c.router.heal();
+    c.all_applied(&[leader], index).await;
+    for id in [1, 2, 3] {
+        assert_eq!(c.pools(id), vec!["kept"], "node {id}");
+    }
+}
+
+#[tokio::test]
+async fn restart_of_the_whole_cluster_keeps_every_entry() {
+    let mut c = Cluster::three(Settings::default()).await;
+    let mut last = 0;
+    for i in 0..20 {
+        last = c.propose(&[1, 2, 3], pool(&format!("p{i:02}"))).await;
+    }
+    c.all_applied(&[1, 2, 3], last).await;
+    for id in [1, 2, 3] {
+        c.crash(id).await;
+    }
+    for id in [1, 2, 3] {
+        c.start(id).await;
+    }
+    c.wait_leader(&[1, 2, 3]).await;
+    c.all_applied(&[1, 2, 3], last).await;
+    for id in [1, 2, 3] {
+        assert_eq!(c.pools(id).len(), 20, "node {id}");
+    }
+}
+
+#[tokio::test]
+async fn a_lagging_node_gets_a_snapshot() {
+    let settings = Settings {
+        snapshot_every: 10,
+        ..Settings::default()
+    };
+    let mut c = Cluster::three(settings).await;
+    // Node 3 misses many entries; the log behind the snapshot gets purged.
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let lagging = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    c.crash(lagging).await;
+    let rest: Vec<NodeId> = [1, 2, 3].into_iter().filter(|i| *i != lagging).collect();
+    let mut last = 0;
+    for i in 0..40 {
+        last = c.propose(&rest, pool(&format!("p{i:02}"))).await;
+    }
+    c.all_applied(&rest, last).await;
+    let leader_node = &c.nodes[&c.wait_leader(&rest).await];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while leader_node.raft().metrics().borrow().purged.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leader never purged its log"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let restarted = c.start(lagging).await;
+    c.all_applied(&[lagging], last).await;
+    assert_eq!(c.pools(lagging).len(), 40);
+    assert!(
+        restarted.raft().metrics().borrow().snapshot.is_some(),
+        "no snapshot installed"
+    );
+}
