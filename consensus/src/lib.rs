@@ -8,14 +8,14 @@
 //!   version) and for who leads.
 //! - Storage is durable in the data directory ([`store`]); the transport is a
 //!   trait ([`openraft::RaftNetworkFactory`]) with two implementations: mutual
-//!   TLS over TCP (`rpc`, next) and an in-memory router that can partition
+//!   TLS over TCP ([`rpc`]) and an in-memory router that can partition
 //!   ([`mem`]) for tests of this crate alone.
 
 // openraft's trait signatures dictate its (large) error types.
 #![allow(clippy::result_large_err)]
 
 pub mod mem;
-
+pub mod rpc;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -20,7 +20,7 @@ pub use command::{ApplyError, Command};
 pub use document::{
     Document, HealthCheckDoc, ListenerDoc, LoadBalancerDoc, MemberDoc, ParseError, PoolDoc,
 };
-pub use error::{FieldError, Path, ValidationErrors};
+pub use error::{FieldError, Path, Segment, ValidationErrors};
 pub use spec::{
     Algorithm, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol, Spec,
     StatusRanges, Vip,

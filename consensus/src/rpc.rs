@@ -1,0 +1,445 @@
+//! Node-to-node RPC: HTTP/1.1 with JSON bodies over mutually authenticated
+//! TLS.
+//!
+//! Every node certificate is signed by the cluster CA and names the node
+//! (`n<ID>.node.keel`, see [`node_server_name`]), so a client checks it talks
+//! to the node it meant, and the server learns whether the peer presented a
+//! cluster-signed certificate. Routes that need one (all of Raft) refuse
+//! anonymous peers with 403 before reading the body; other routes (joining,
+//! which happens before the joiner has a certificate) can be anonymous.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{RaftNetwork, RaftNetworkFactory};
+use rustls::pki_types::ServerName;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tower::ServiceExt;
+
+use crate::{Consensus, NodeId, NodeInfo, TypeConfig};
+
+/// The DNS name every node certificate carries, used when the caller does not
+/// know (or care) which node it reaches (joining).
+pub const ANY_NODE: &str = "node.keel";
+
+/// Largest RPC body accepted from an authenticated peer (snapshot chunks).
+const PEER_BODY_LIMIT: usize = 64 << 20;
+
+/// Largest response body a client reads.
+const RESPONSE_LIMIT: usize = 64 << 20;
+
+/// The DNS name in node `id`'s certificate.
+pub fn node_server_name(id: NodeId) -> String {
+    format!("n{id:x}.{ANY_NODE}")
+}
+
+/// Who is on the other end of a server connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// True when it presented a certificate signed by the cluster CA.
+    pub authenticated: bool,
+}
+
+/// Refuse peers without a cluster certificate, before reading their body.
+pub async fn require_cluster_certificate(request: Request, next: Next) -> Response {
+    match request.extensions().get::<Peer>() {
+        Some(peer) if peer.authenticated => next.run(request).await,
+        peer => {
+            tracing::warn!(peer = ?peer.map(|p| p.addr), path = %request.uri().path(), "refused RPC from a peer without a cluster certificate");
+            (StatusCode::FORBIDDEN, "a cluster certificate is required\n").into_response()
+        }
+    }
+}
+
+/// The Raft routes, all behind [`require_cluster_certificate`].
+pub fn raft_routes(consensus: Consensus) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
+        .layer(axum::middleware::from_fn(require_cluster_certificate))
+        .with_state(consensus)
+}
+
+async fn append(
+    State(c): State<Consensus>,
+    Json(rpc): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
+    Json(c.raft().append_entries(rpc).await)
+}
+
+async fn vote(
+    State(c): State<Consensus>,
+    Json(rpc): Json<VoteRequest<NodeId>>,
+) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
+    Json(c.raft().vote(rpc).await)
+}
+
+async fn snapshot(
+    State(c): State<Consensus>,
+    Json(rpc): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
+    Json(c.raft().install_snapshot(rpc).await)
+}
+
+/// Serve `app` on `listener` over TLS until `shutdown` completes. Each
+/// request carries a [`Peer`] extension.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
+            let tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(peer = %addr, error = %e, "cluster TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            // rustls has already checked any certificate the peer sent
+            // against the cluster CA; an anonymous peer has none.
+            let peer = Peer {
+                addr,
+                authenticated: tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_some_and(|c| !c.is_empty()),
+            };
+            let service =
+                hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer);
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %addr, error = %e, "cluster connection ended");
+            }
+        });
+    }
+}
+
+/// Why an RPC failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// Could not connect or complete the TLS handshake (certificate refused,
+    /// fingerprint mismatch, nobody listening).
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable {
+        /// Where.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection failed mid-request.
+    #[error("connection to {addr} failed: {reason}")]
+    Network {
+        /// Where.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The peer answered with an error status; `body` is its message.
+    #[error("{addr} answered {status}: {body}")]
+    Status {
+        /// Where.
+        addr: String,
+        /// The HTTP status.
+        status: StatusCode,
+        /// The response body, as text.
+        body: String,
+    },
+    /// The answer was not the JSON expected.
+    #[error("bad answer from {addr}: {reason}")]
+    Decode {
+        /// Where.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// No answer in time.
+    #[error("{addr} did not answer within {0:?}", .timeout)]
+    Timeout {
+        /// Where.
+        addr: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+}
+
+/// A client connection to one peer, reconnecting as needed.
+pub struct RpcClient {
+    tls: TlsConnector,
+    addr: String,
+    server_name: ServerName<'static>,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl RpcClient {
+    /// A client for `addr`, expecting a certificate for `server_name`.
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        addr: impl Into<String>,
+        server_name: &str,
+    ) -> Result<Self, RpcError> {
+        let addr = addr.into();
+        let server_name =
+            ServerName::try_from(server_name.to_owned()).map_err(|e| RpcError::Unreachable {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(RpcClient {
+            tls: TlsConnector::from(tls),
+            addr,
+            server_name,
+            sender: None,
+        })
+    }
+
+    async fn connect(&mut self) -> Result<(), RpcError> {
+        if self.sender.as_ref().is_some_and(|s| !s.is_closed()) {
+            return Ok(());
+        }
+        let unreachable = |reason: String| RpcError::Unreachable {
+            addr: self.addr.clone(),
+            reason,
+        };
+        let tcp = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = self
+            .tls
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        self.sender = Some(sender);
+        Ok(())
+    }
+
+    /// POST `body` as JSON to `path` and decode the JSON answer, within
+    /// `timeout` (connecting included).
+    pub async fn post<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError> {
+        let addr = self.addr.clone();
+        match tokio::time::timeout(timeout, self.post_inner(path, body)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.sender = None;
+                Err(RpcError::Timeout { addr, timeout })
+            }
+        }
+    }
+
+    async fn post_inner<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &Req,
+    ) -> Result<Resp, RpcError> {
+        let addr = self.addr.clone();
+        let decode = |reason: String| RpcError::Decode {
+            addr: addr.clone(),
+            reason,
+        };
+        let bytes = serde_json::to_vec(body).map_err(|e| decode(e.to_string()))?;
+        let request = http::Request::post(path)
+            .header(http::header::HOST, ANY_NODE)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| decode(e.to_string()))?;
+        self.connect().await?;
+        let sent = match self.sender.as_mut() {
+            Some(sender) => sender.send_request(request).await,
+            None => {
+                return Err(RpcError::Network {
+                    addr,
+                    reason: "not connected".into(),
+                })
+            }
+        };
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                self.sender = None;
+                return Err(RpcError::Network {
+                    addr,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let status = response.status();
+        let body = Limited::new(response.into_body(), RESPONSE_LIMIT)
+            .collect()
+            .await
+            .map_err(|e| RpcError::Network {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(RpcError::Status {
+                addr,
+                status,
+                body: String::from_utf8_lossy(&body).trim().to_owned(),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| decode(e.to_string()))
+    }
+}
+
+/// The mutual-TLS network factory for openraft.
+#[derive(Clone)]
+pub struct TlsNetwork {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl TlsNetwork {
+    /// Connect to peers with `tls`, which presents this node's certificate
+    /// and trusts the cluster CA.
+    pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
+        TlsNetwork { tls }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for TlsNetwork {
+    type Network = TlsPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> TlsPeer {
+        TlsPeer {
+            target,
+            node: node.clone(),
+            client: RpcClient::new(
+                self.tls.clone(),
+                node.cluster_addr.clone(),
+                &node_server_name(target),
+            ),
+        }
+    }
+}
+
+/// openraft's link to one peer.
+pub struct TlsPeer {
+    target: NodeId,
+    node: NodeInfo,
+    client: Result<RpcClient, RpcError>,
+}
+
+impl TlsPeer {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        path: &str,
+        rpc: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(e))),
+        };
+        let answer: Result<Resp, RaftError<NodeId, E>> = client
+            .post(path, rpc, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                RpcError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                _ => RPCError::Network(NetworkError::new(&e)),
+            })?;
+        answer.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for TlsPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.call("/raft/append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call("/raft/snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.call("/raft/vote", &rpc, &option).await
+    }
+}

@@ -1,0 +1,292 @@
+//! The cluster CA and node certificates, and the TLS configurations built
+//! from them.
+//!
+//! - The CA is made at bootstrap and replicated in the cluster state, so any
+//!   node can admit a joiner. Its fingerprint (SHA-256 of the DER) travels in
+//!   join tokens; a joiner pins it before it sends the token's secret.
+//! - A node certificate names the node (`n<ID>.node.keel`) and the generic
+//!   `node.keel`; it is used as both server and client certificate.
+//! - A joiner makes its own key and sends a CSR: private keys never cross the
+//!   network.
+
+use std::sync::Arc;
+
+use keel_consensus::rpc::{node_server_name, ANY_NODE};
+use keel_consensus::NodeId;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+/// Why a certificate operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// rcgen could not make or sign a certificate.
+    #[error("certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// rustls refused a certificate, key or configuration.
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// A PEM block could not be read.
+    #[error("pem: {0}")]
+    Pem(String),
+}
+
+/// The TLS identity of a node: its certificate and key, and the CA.
+#[derive(Clone)]
+pub struct NodeTls {
+    /// The cluster CA certificate, PEM.
+    pub ca_pem: String,
+    /// This node's certificate, PEM.
+    pub cert_pem: String,
+    /// This node's private key, PEM.
+    pub key_pem: String,
+}
+
+/// A new CA: (certificate PEM, key PEM).
+pub fn new_ca(cluster_id: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("keel cluster {cluster_id} CA"));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A new key pair and a CSR for it: (key PEM, CSR PEM).
+pub fn new_csr(name: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// Sign a node certificate for `id` from a CSR. The names come from us, not
+/// from the CSR.
+pub fn sign_node_csr(
+    csr_pem: &str,
+    id: NodeId,
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+) -> Result<String, PkiError> {
+    let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+    csr.params = node_params(id)?;
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
+    Ok(csr.signed_by(&ca, &ca_key)?.pem())
+}
+
+/// A node certificate and key for `id`, signed directly (the bootstrap node).
+pub fn new_node_cert(
+    id: NodeId,
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
+    let cert = node_params(id)?.signed_by(&key, &ca, &ca_key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn node_params(id: NodeId) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(vec![node_server_name(id), ANY_NODE.to_owned()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, node_server_name(id));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    Ok(params)
+}
+
+/// SHA-256 of the first certificate in `pem`, lower-case hex.
+pub fn fingerprint(cert_pem: &str) -> Result<String, PkiError> {
+    let der = first_cert(cert_pem)?;
+    Ok(hex(&Sha256::digest(der.as_ref())))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn first_cert(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Pem(e.to_string()))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl NodeTls {
+    fn roots(&self) -> Result<RootCertStore, PkiError> {
+        let mut roots = RootCertStore::empty();
+        roots.add(first_cert(&self.ca_pem)?)?;
+        Ok(roots)
+    }
+
+    fn chain_and_key(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+        // The chain includes the CA so a joiner can pin it by fingerprint.
+        let chain = vec![first_cert(&self.cert_pem)?, first_cert(&self.ca_pem)?];
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| PkiError::Pem(e.to_string()))?;
+        Ok((chain, key))
+    }
+
+    /// The cluster listener's TLS: presents this node's certificate; verifies
+    /// a client certificate against the CA when one is sent (joiners have
+    /// none yet, and only reach the routes that allow that).
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.roots()?),
+            provider(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Pem(e.to_string()))?;
+        let (chain, key) = self.chain_and_key()?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        Ok(Arc::new(config))
+    }
+
+    /// TLS for calls to other nodes: trusts only the CA, presents this node's
+    /// certificate.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+        let (chain, key) = self.chain_and_key()?;
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(chain, key)?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// TLS for a joiner's first contact: it has no certificate yet and trusts
+/// the server only if the server's chain contains the CA whose fingerprint
+/// the token carries, and the server's certificate is signed by that CA.
+pub fn pinned_client_config(ca_fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+    let verifier = PinnedCa {
+        fingerprint: ca_fingerprint.to_ascii_lowercase(),
+        provider: provider(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| hex(&Sha256::digest(c.as_ref())) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the server's CA does not match the token's fingerprint".into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn node_certificates_chain_to_the_ca_and_csrs_are_signed() {
+        let (ca_pem, ca_key) = new_ca("test").unwrap();
+        let (cert_pem, key_pem) = new_node_cert(7, &ca_pem, &ca_key).unwrap();
+        let tls = NodeTls {
+            ca_pem: ca_pem.clone(),
+            cert_pem,
+            key_pem,
+        };
+        tls.server_config().unwrap();
+        tls.client_config().unwrap();
+        let (key, csr) = new_csr("joiner").unwrap();
+        let signed = sign_node_csr(&csr, 9, &ca_pem, &ca_key).unwrap();
+        let joiner = NodeTls {
+            ca_pem: ca_pem.clone(),
+            cert_pem: signed,
+            key_pem: key,
+        };
+        joiner.client_config().unwrap();
+        assert_eq!(fingerprint(&ca_pem).unwrap().len(), 64);
+    }
+}

@@ -1,0 +1,725 @@
+//! The `/api/v1` handlers.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use bytes::Bytes;
+use http::{header, HeaderMap, StatusCode};
+use keel_model::{
+    ApiToken, ClusterCommand, Command, Document, JoinToken, LoadBalancerDoc, PoolDoc, Segment, User,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{check_bearer, new_bearer, random_hex, sha256_hex, verify_password, LoginLimiter};
+use crate::error::ApiError;
+use crate::{ControlPlane, NodeStatus};
+
+/// Largest request body the API reads.
+const BODY_LIMIT: usize = 1 << 20;
+
+/// How long a login session token lasts.
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+struct App<C> {
+    control: Arc<C>,
+    limiter: LoginLimiter,
+}
+
+type AppState<C> = State<Arc<App<C>>>;
+
+/// Who is calling, once authenticated.
+#[derive(Clone)]
+struct Caller(String);
+
+/// The client's address (unspecified when unknown, e.g. in-process tests).
+#[derive(Clone, Copy)]
+struct ClientIp(IpAddr);
+
+pub(crate) fn router<C: ControlPlane>(control: Arc<C>) -> Router {
+    let app = Arc::new(App {
+        control,
+        limiter: LoginLimiter::default(),
+    });
+    Router::new()
+        .route("/api/v1/openapi.json", get(crate::openapi::document))
+        .route("/api/v1/login", post(login::<C>))
+        .route("/api/v1/status", get(status::<C>))
+        .route("/api/v1/config", get(get_config::<C>).put(put_config::<C>))
+        .route(
+            "/api/v1/load-balancers",
+            get(list::<C, LoadBalancerDoc>).post(create::<C, LoadBalancerDoc>),
+        )
+        .route(
+            "/api/v1/load-balancers/{name}",
+            get(fetch::<C, LoadBalancerDoc>)
+                .put(replace::<C, LoadBalancerDoc>)
+                .delete(remove::<C, LoadBalancerDoc>),
+        )
+        .route(
+            "/api/v1/pools",
+            get(list::<C, PoolDoc>).post(create::<C, PoolDoc>),
+        )
+        .route(
+            "/api/v1/pools/{name}",
+            get(fetch::<C, PoolDoc>)
+                .put(replace::<C, PoolDoc>)
+                .delete(remove::<C, PoolDoc>),
+        )
+        .route("/api/v1/certificates", get(list_certificates))
+        .route("/api/v1/nodes", get(nodes::<C>))
+        .route("/api/v1/nodes/{name}", axum::routing::delete(remove_node::<C>))
+        .route(
+            "/api/v1/tokens",
+            get(list_join_tokens::<C>).post(create_join_token::<C>),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(revoke_join_token::<C>),
+        )
+        .route(
+            "/api/v1/api-tokens",
+            get(list_api_tokens::<C>).post(create_api_token::<C>),
+        )
+        .route(
+            "/api/v1/api-tokens/{id}",
+            axum::routing::delete(revoke_api_token::<C>),
+        )
+        .route("/api/v1/users/{name}/password", post(set_password::<C>))
+        .fallback(|| async { ApiError::not_found("no such API endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            authenticate::<C>,
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(app)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Everything but login and the OpenAPI document needs a bearer token.
+async fn authenticate<C: ControlPlane>(
+    State(app): AppState<C>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+    request.extensions_mut().insert(ClientIp(ip));
+    let path = request.uri().path();
+    if path == "/api/v1/login" || path == "/api/v1/openapi.json" {
+        return next.run(request).await;
+    }
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return ApiError::unauthorized(
+            "authentication required: send Authorization: Bearer <token> (see `keel login`)",
+        )
+        .into_response();
+    };
+    let (_, state) = app.control.state();
+    match check_bearer(&state, token.trim(), now()) {
+        Some(user) => {
+            request.extensions_mut().insert(Caller(user));
+            next.run(request).await
+        }
+        None => ApiError::unauthorized("the token is unknown, revoked or expired").into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    #[serde(default = "admin")]
+    user: String,
+    password: String,
+}
+
+fn admin() -> String {
+    "admin".into()
+}
+
+#[derive(Serialize)]
+struct LoginAnswer {
+    token: String,
+    expires_at: u64,
+    must_change_password: bool,
+}
+
+async fn login<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(ClientIp(ip)): Extension<ClientIp>,
+    body: Result<Json<LoginRequest>, JsonRejection>,
+) -> Result<Json<LoginAnswer>, ApiError> {
+    let Json(req) = body?;
+    if let Err(wait) = app.limiter.check(ip) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many failed logins; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        ));
+    }
+    let (_, state) = app.control.state();
+    let user = state.users.get(&req.user).cloned();
+    let password = req.password;
+    // Verify even for unknown users so timing does not tell which exist.
+    let hash = user.as_ref().map_or_else(
+        || "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_owned(),
+        |u| u.password_hash.clone(),
+    );
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+        .await
+        .map_err(ApiError::internal)?;
+    let user = match user {
+        Some(u) if ok => u,
+        _ => {
+            app.limiter.failed(ip);
+            tracing::warn!(client = %ip, user = %req.user, "failed admin login");
+            return Err(ApiError::unauthorized("wrong user name or password"));
+        }
+    };
+    app.limiter.succeeded(ip);
+    let (id, token, secret_sha256) = new_bearer();
+    let expires_at = now() + SESSION_TTL.as_secs();
+    app.control
+        .propose(ClusterCommand::CreateApiToken {
+            id,
+            token: ApiToken {
+                name: format!("session:{}", req.user),
+                user: req.user.clone(),
+                secret_sha256,
+                created_at: now(),
+                expires_at: Some(expires_at),
+            },
+        })
+        .await?;
+    tracing::info!(client = %ip, user = %req.user, "admin login");
+    Ok(Json(LoginAnswer {
+        token,
+        expires_at,
+        must_change_password: user.must_change_password,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordRequest {
+    password: String,
+}
+
+async fn set_password<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Result<Json<PasswordRequest>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(req) = body?;
+    if req.password.chars().count() < 12 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "password: at least 12 characters",
+        ));
+    }
+    let password = req.password;
+    let password_hash = tokio::task::spawn_blocking(move || crate::hash_password(&password))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    app.control
+        .propose(ClusterCommand::SetUser {
+            name: name.clone(),
+            user: User {
+                password_hash,
+                must_change_password: false,
+            },
+        })
+        .await?;
+    tracing::info!(user = %name, by = %caller, "password changed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn status<C: ControlPlane>(State(app): AppState<C>) -> Json<crate::ClusterStatus> {
+    Json(app.control.status().await)
+}
+
+async fn nodes<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<NodeStatus>> {
+    Json(app.control.status().await.nodes)
+}
+
+async fn remove_node<C: ControlPlane>(
+    State(app): AppState<C>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.control.remove_node(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+async fn get_config<C: ControlPlane>(
+    State(app): AppState<C>,
+    Query(q): Query<FormatQuery>,
+) -> Response {
+    let (version, state) = app.control.state();
+    let doc = Document::from_spec(&state.spec);
+    let version_header = [("x-keel-version", version.to_string())];
+    if q.format.as_deref() == Some("yaml") {
+        (
+            version_header,
+            [(header::CONTENT_TYPE, "application/yaml")],
+            doc.to_yaml(),
+        )
+            .into_response()
+    } else {
+        (version_header, Json(doc)).into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct Applied {
+    version: u64,
+    changes: Vec<String>,
+}
+
+/// `PUT /api/v1/config`: the declarative apply. The body (JSON, or YAML when
+/// sent as `application/yaml`) replaces the whole spec; only the differences
+/// are committed, so applying the same document twice changes nothing.
+async fn put_config<C: ControlPlane>(
+    State(app): AppState<C>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Applied>, ApiError> {
+    let body = body.map_err(|e| JsonRejection::from(e))?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("the body is not UTF-8 text"))?;
+    let yaml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("yaml"));
+    let doc = if yaml {
+        Document::from_yaml(text)?
+    } else {
+        Document::from_json(text)?
+    };
+    let spec = doc.into_spec().map_err(|e| ApiError::invalid(&e))?;
+    let (version, state) = app.control.state();
+    let changes = state.spec.diff(&spec);
+    if changes.is_empty() {
+        return Ok(Json(Applied {
+            version,
+            changes: Vec::new(),
+        }));
+    }
+    let described = changes.iter().map(ToString::to_string).collect();
+    let version = app
+        .control
+        .propose(ClusterCommand::Spec(Command::Batch(changes)))
+        .await?;
+    Ok(Json(Applied {
+        version,
+        changes: described,
+    }))
+}
+
+/// A kind of object edited through the document: load balancers or pools.
+trait Kind: Serialize + for<'de> Deserialize<'de> + Clone + Send + 'static {
+    const FIELD: &'static str;
+    const NAME: &'static str;
+    fn items(doc: &mut Document) -> &mut Vec<Self>;
+    fn name(&self) -> &str;
+    fn set_name(&mut self, name: String);
+}
+
+impl Kind for LoadBalancerDoc {
+    const FIELD: &'static str = "load_balancers";
+    const NAME: &'static str = "load balancer";
+    fn items(doc: &mut Document) -> &mut Vec<Self> {
+        &mut doc.load_balancers
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_name(&mut self, name: String) {
+        self.name = name;
+    }
+}
+
+impl Kind for PoolDoc {
+    const FIELD: &'static str = "pools";
+    const NAME: &'static str = "pool";
+    fn items(doc: &mut Document) -> &mut Vec<Self> {
+        &mut doc.pools
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_name(&mut self, name: String) {
+        self.name = name;
+    }
+}
+
+/// Apply `edit` to the current document, validate the whole result (paths
+/// relative to the edited object when it is the one at fault), and commit
+/// the difference.
+async fn edit<C: ControlPlane, K: Kind>(
+    control: &C,
+    edit: impl FnOnce(&mut Document) -> Result<usize, ApiError>,
+) -> Result<u64, ApiError> {
+    let (version, state) = control.state();
+    let mut doc = Document::from_spec(&state.spec);
+    let index = edit(&mut doc)?;
+    let spec = doc.into_spec().map_err(|mut errors| {
+        // Name fields relative to the object the caller sent, when it is
+        // the one at fault.
+        let own = [Segment::Field(K::FIELD), Segment::Index(index)];
+        for e in &mut errors.0 {
+            if e.path.0.starts_with(&own) {
+                e.path.0.drain(..2);
+            }
+        }
+        ApiError::invalid(&errors)
+    })?;
+    let changes = state.spec.diff(&spec);
+    if changes.is_empty() {
+        return Ok(version);
+    }
+    Ok(control
+        .propose(ClusterCommand::Spec(Command::Batch(changes)))
+        .await?)
+}
+
+async fn list<C: ControlPlane, K: Kind>(State(app): AppState<C>) -> Json<Vec<K>> {
+    let (_, state) = app.control.state();
+    let mut doc = Document::from_spec(&state.spec);
+    Json(std::mem::take(K::items(&mut doc)))
+}
+
+async fn fetch<C: ControlPlane, K: Kind>(
+    State(app): AppState<C>,
+    Path(name): Path<String>,
+) -> Result<Json<K>, ApiError> {
+    let (_, state) = app.control.state();
+    let mut doc = Document::from_spec(&state.spec);
+    K::items(&mut doc)
+        .iter()
+        .find(|k| k.name() == name)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("{} {name:?} does not exist", K::NAME)))
+}
+
+async fn create<C: ControlPlane, K: Kind>(
+    State(app): AppState<C>,
+    body: Result<Json<K>, JsonRejection>,
+) -> Result<(StatusCode, Json<K>), ApiError> {
+    let Json(item) = body?;
+    let created = item.clone();
+    edit::<C, K>(&*app.control, |doc| {
+        let items = K::items(doc);
+        if items.iter().any(|k| k.name() == item.name()) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "exists",
+                format!("{} {:?} already exists", K::NAME, item.name()),
+            ));
+        }
+        items.push(item);
+        Ok(items.len() - 1)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn replace<C: ControlPlane, K: Kind>(
+    State(app): AppState<C>,
+    Path(name): Path<String>,
+    body: Result<Json<K>, JsonRejection>,
+) -> Result<Json<K>, ApiError> {
+    let Json(mut item) = body?;
+    if item.name() != name && !item.name().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("name: {:?} does not match the URL's {name:?}", item.name()),
+        ));
+    }
+    item.set_name(name.clone());
+    let stored = item.clone();
+    edit::<C, K>(&*app.control, |doc| {
+        let items = K::items(doc);
+        match items.iter().position(|k| k.name() == name) {
+            Some(i) => {
+                items[i] = item;
+                Ok(i)
+            }
+            None => {
+                items.push(item);
+                Ok(items.len() - 1)
+            }
+        }
+    })
+    .await?;
+    Ok(Json(stored))
+}
+
+async fn remove<C: ControlPlane, K: Kind>(
+    State(app): AppState<C>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    edit::<C, K>(&*app.control, |doc| {
+        let items = K::items(doc);
+        let before = items.len();
+        items.retain(|k| k.name() != name);
+        if items.len() == before {
+            return Err(ApiError::not_found(format!(
+                "{} {name:?} does not exist",
+                K::NAME
+            )));
+        }
+        Ok(usize::MAX)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_certificates() -> Json<Vec<serde_json::Value>> {
+    // Certificates arrive with TLS termination; until then there are none.
+    Json(Vec::new())
+}
+
+#[derive(Serialize)]
+struct JoinTokenView {
+    id: String,
+    created_at: u64,
+    expires_at: u64,
+    uses_left: u32,
+    revoked: bool,
+    expired: bool,
+}
+
+async fn list_join_tokens<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<JoinTokenView>> {
+    let (_, state) = app.control.state();
+    let now = now();
+    Json(
+        state
+            .join_tokens
+            .iter()
+            .map(|(id, t)| JoinTokenView {
+                id: id.clone(),
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+                uses_left: t.uses_left,
+                revoked: t.revoked,
+                expired: now >= t.expires_at,
+            })
+            .collect(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewJoinToken {
+    /// e.g. "1h"; default 1 hour.
+    ttl: Option<String>,
+    /// Default 1.
+    uses: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct CreatedJoinToken {
+    id: String,
+    token: String,
+    expires_at: u64,
+    uses: u32,
+}
+
+fn parse_ttl(ttl: Option<&str>, default: Duration) -> Result<Duration, ApiError> {
+    let ttl = match ttl {
+        None => default,
+        Some(t) => humantime::parse_duration(t).map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("ttl: {t:?} is not a duration (examples: 30m, 1h, 7d)"),
+            )
+        })?,
+    };
+    if ttl.is_zero() || ttl > Duration::from_secs(365 * 86400) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "ttl: must be more than zero and at most a year",
+        ));
+    }
+    Ok(ttl)
+}
+
+async fn create_join_token<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    body: Result<Json<NewJoinToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedJoinToken>), ApiError> {
+    let Json(req) = body?;
+    let ttl = parse_ttl(req.ttl.as_deref(), Duration::from_secs(3600))?;
+    let uses = req.uses.unwrap_or(1);
+    if uses == 0 || uses > 1000 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "uses: must be between 1 and 1000",
+        ));
+    }
+    let id = random_hex(4);
+    let secret = random_hex(16);
+    let expires_at = now() + ttl.as_secs();
+    app.control
+        .propose(ClusterCommand::CreateJoinToken {
+            id: id.clone(),
+            token: JoinToken {
+                secret_sha256: sha256_hex(&secret),
+                created_at: now(),
+                expires_at,
+                uses_left: uses,
+                revoked: false,
+            },
+        })
+        .await?;
+    tracing::info!(token = %id, uses, by = %caller, "join token created");
+    let token = format!("KEEL1.{}.{id}.{secret}", app.control.ca_fingerprint());
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedJoinToken {
+            id,
+            token,
+            expires_at,
+            uses,
+        }),
+    ))
+}
+
+async fn revoke_join_token<C: ControlPlane>(
+    State(app): AppState<C>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.control
+        .propose(ClusterCommand::RevokeJoinToken { id })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+struct ApiTokenView {
+    id: String,
+    name: String,
+    user: String,
+    created_at: u64,
+    expires_at: Option<u64>,
+}
+
+async fn list_api_tokens<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<ApiTokenView>> {
+    let (_, state) = app.control.state();
+    Json(
+        state
+            .api_tokens
+            .iter()
+            .map(|(id, t)| ApiTokenView {
+                id: id.clone(),
+                name: t.name.clone(),
+                user: t.user.clone(),
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+            })
+            .collect(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewApiToken {
+    name: String,
+    /// Default: until revoked.
+    ttl: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CreatedApiToken {
+    id: String,
+    name: String,
+    token: String,
+    expires_at: Option<u64>,
+}
+
+async fn create_api_token<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    body: Result<Json<NewApiToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedApiToken>), ApiError> {
+    let Json(req) = body?;
+    if req.name.trim().is_empty() || req.name.len() > 100 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "name: 1 to 100 characters",
+        ));
+    }
+    let expires_at = match req.ttl.as_deref() {
+        Some(t) => Some(now() + parse_ttl(Some(t), Duration::ZERO)?.as_secs()),
+        None => None,
+    };
+    let (id, token, secret_sha256) = new_bearer();
+    app.control
+        .propose(ClusterCommand::CreateApiToken {
+            id: id.clone(),
+            token: ApiToken {
+                name: req.name.clone(),
+                user: caller.clone(),
+                secret_sha256,
+                created_at: now(),
+                expires_at,
+            },
+        })
+        .await?;
+    tracing::info!(token = %id, name = %req.name, by = %caller, "api token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedApiToken {
+            id,
+            name: req.name,
+            token,
+            expires_at,
+        }),
+    ))
+}
+
+async fn revoke_api_token<C: ControlPlane>(
+    State(app): AppState<C>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.control
+        .propose(ClusterCommand::RevokeApiToken { id })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
