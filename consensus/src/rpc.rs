@@ -158,6 +158,7 @@ pub async fn serve(
                     app.clone().oneshot(req.map(axum::body::Body::new))
                 });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(tls), service);
             if let Err(e) = conn.await {

@@ -1,4 +1,5 @@
-//! The admin HTTP endpoints: `/healthz`, `/readyz` and `/metrics`.
+//! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, and (on a
+//! cluster node) the `/api/v1` router of `keel-web`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,23 +13,51 @@ use keel_dataplane::Dataplane;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// What decides readiness beyond the data plane having a config.
+pub trait Readiness: Send + Sync + 'static {
+    /// True when the node may receive traffic.
+    fn ready(&self) -> bool;
+}
+
+impl Readiness for crate::cluster::Control {
+    fn ready(&self) -> bool {
+        crate::cluster::Control::ready(self)
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    dataplane: Arc<Dataplane>,
+    readiness: Option<Arc<dyn Readiness>>,
+}
+
 /// The admin router over a data plane.
-pub fn router(dataplane: Arc<Dataplane>) -> Router {
+pub fn router(dataplane: Arc<Dataplane>, readiness: Option<Arc<dyn Readiness>>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(dataplane)
+        .with_state(AdminState {
+            dataplane,
+            readiness,
+        })
 }
 
 /// Binds `addr` and serves the admin router until `stop` turns true.
-pub async fn serve(
+pub async fn serve<R: Readiness>(
     addr: SocketAddr,
     dataplane: Arc<Dataplane>,
+    api: Option<Router>,
+    readiness: Option<Arc<R>>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let app = router(dataplane);
+    let readiness = readiness.map(|r| r as Arc<dyn Readiness>);
+    let mut app = router(dataplane, readiness);
+    if let Some(api) = api {
+        app = app.merge(api);
+    }
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     Ok(tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -42,8 +71,13 @@ pub async fn serve(
     }))
 }
 
-async fn readyz(State(dp): State<Arc<Dataplane>>) -> impl IntoResponse {
-    if dp.version() > 0 {
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.readiness.as_ref().is_some_and(|r| !r.ready()) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: not serving the cluster's config yet\n",
+        )
+    } else if s.dataplane.version() > 0 {
         (StatusCode::OK, "ready\n")
     } else {
         (
@@ -53,12 +87,12 @@ async fn readyz(State(dp): State<Arc<Dataplane>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(dp): State<Arc<Dataplane>>) -> impl IntoResponse {
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        dp.render_metrics(),
+        s.dataplane.render_metrics(),
     )
 }

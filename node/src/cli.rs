@@ -25,6 +25,156 @@ pub enum Command {
         /// The YAML or JSON config file.
         file: PathBuf,
     },
+    /// Log in to a node's admin API and store a session token for it.
+    Login(LoginArgs),
+    /// Apply a declarative config file (idempotent: only differences change).
+    Apply(ApplyArgs),
+    /// Show objects: load-balancers, pools, nodes, tokens, api-tokens, config.
+    Get(GetArgs),
+    /// Delete a load balancer or pool by name.
+    Delete(DeleteArgs),
+    /// Show the cluster: nodes, roles, leader, what each node serves.
+    Status(ClientArgs),
+    /// Join tokens: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// API tokens for automation: create, list, revoke.
+    ApiToken {
+        #[command(subcommand)]
+        command: ApiTokenCommand,
+    },
+    /// Cluster nodes: list, remove.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+/// How a client subcommand reaches the admin API.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The admin API of any node.
+    #[arg(
+        long,
+        env = "KEEL_SERVER",
+        default_value = "http://127.0.0.1:9090",
+        global = true
+    )]
+    pub server: String,
+    /// Output: text for people, or json / yaml for scripts.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long, default_value = "admin")]
+    pub user: String,
+    /// Read the password from standard input (otherwise it is asked for).
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The YAML or JSON config file.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// load-balancers (lb), pools, nodes, tokens, api-tokens or config.
+    pub kind: String,
+    /// One object by name.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// load-balancer (lb) or pool.
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token and print it once.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// How long it is valid.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// List join tokens.
+    List(ClientArgs),
+    /// Revoke a join token by id.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiTokenCommand {
+    /// Create an API token and print it once.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+        /// Optional lifetime (default: until revoked).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List API tokens.
+    List(ClientArgs),
+    /// Revoke an API token by id.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    List(ClientArgs),
+    /// Remove a node from the cluster by name.
+    Remove {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -38,15 +188,39 @@ pub enum LogFormat {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Declarative config (YAML or JSON) to serve; re-read on SIGHUP or when it changes.
+    /// Declarative config (YAML or JSON): applied when the node bootstraps a
+    /// new cluster, and again (like `keel apply -f`) on SIGHUP or when it changes.
     #[arg(long, env = "KEEL_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the node keeps its state.
     #[arg(long, env = "KEEL_DATA_DIR", default_value = "./keel-data")]
     pub data_dir: PathBuf,
-    /// Address of the admin endpoints (/healthz, /readyz, /metrics).
+    /// Address of the admin API and endpoints (/api/v1, /healthz, /readyz, /metrics).
     #[arg(long, env = "KEEL_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: SocketAddr,
+    /// Address of the cluster listener (Raft RPC and joins, mutual TLS).
+    #[arg(long, env = "KEEL_CLUSTER_ADDR", default_value = "127.0.0.1:9091")]
+    pub cluster_addr: SocketAddr,
+    /// The cluster address other nodes dial (default: --cluster-addr).
+    #[arg(long, env = "KEEL_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<SocketAddr>,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long, env = "KEEL_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Join the cluster of the node at HOST:PORT (its cluster address); needs --token.
+    #[arg(long, env = "KEEL_JOIN", requires = "token")]
+    pub join: Option<String>,
+    /// A join token from `keel token create`.
+    #[arg(
+        long,
+        env = "KEEL_JOIN_TOKEN",
+        requires = "join",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// On SIGTERM, leave the cluster (remove this node from the membership).
+    #[arg(long, env = "KEEL_LEAVE")]
+    pub leave: bool,
     #[arg(long, env = "KEEL_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
     /// Proxy worker threads (default: one per CPU). With 1, the node runs

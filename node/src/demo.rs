@@ -26,7 +26,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dataplane = Arc::new(Dataplane::new());
     dataplane.apply(&spec).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let admin = crate::admin::serve(args.admin_addr, dataplane.clone(), stop_rx).await?;
+    let admin = crate::admin::serve::<crate::cluster::Control>(
+        args.admin_addr,
+        dataplane.clone(),
+        None,
+        None,
+        stop_rx,
+    )
+    .await?;
     println!(
         "\nKeel demo: http://127.0.0.1:{port}/ is balanced round robin across two backends ({} and {}).\n\
          Try:      for i in 1 2 3 4; do curl -s http://127.0.0.1:{port}/; done\n\

@@ -6,7 +6,11 @@
 
 pub mod admin;
 pub mod cli;
+pub mod client;
+pub mod cluster;
 pub mod demo;
+pub mod pki;
+mod reconcile;
 mod source;
 
 use std::path::{Path, PathBuf};
@@ -24,20 +28,28 @@ use cli::{LogFormat, RunArgs};
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub config_file: Option<PathBuf>,
-    pub data_dir: PathBuf,
-    pub admin_addr: std::net::SocketAddr,
+    pub cluster: cluster::ClusterOptions,
     pub shutdown_grace: Duration,
     pub watch_interval: Duration,
+    pub leave: bool,
 }
 
 impl From<RunArgs> for NodeConfig {
     fn from(a: RunArgs) -> Self {
         NodeConfig {
             config_file: a.config,
-            data_dir: a.data_dir,
-            admin_addr: a.admin_addr,
+            cluster: cluster::ClusterOptions {
+                data_dir: a.data_dir,
+                cluster_addr: a.cluster_addr,
+                advertise_addr: a.advertise_addr,
+                admin_addr: a.admin_addr,
+                node_name: a.node_name,
+                join: a.join.zip(a.token),
+                settings: keel_consensus::Settings::default(),
+            },
             shutdown_grace: a.shutdown_grace,
             watch_interval: a.watch_interval,
+            leave: a.leave,
         }
     }
 }
@@ -51,6 +63,9 @@ pub enum NodeError {
     /// The data plane refused the config (a port in use, say).
     #[error(transparent)]
     Apply(#[from] keel_dataplane::ApplyError),
+    /// The cluster side could not start (data dir, certificates, joining).
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// A local resource (data dir, admin port) is not usable.
     #[error("{what}: {source}")]
     Io {
@@ -95,10 +110,11 @@ pub fn check_file(path: &Path) -> ExitCode {
     }
 }
 
-/// Starts `tracing` output to stderr; `RUST_LOG` filters (default `info`).
+/// Starts `tracing` output to stderr; `RUST_LOG` filters (default `info`,
+/// with openraft's own chatter at `warn`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -110,51 +126,112 @@ pub fn init_logging(format: LogFormat) {
 
 /// Runs a node until SIGTERM or SIGINT.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
-    let spec = match &config.config_file {
-        Some(path) => load_config(path).map_err(|source| NodeError::Config {
+    let initial = match &config.config_file {
+        Some(path) => Some(load_config(path).map_err(|source| NodeError::Config {
             path: path.clone(),
             source,
-        })?,
-        None => {
-            tracing::warn!("no --config given: serving an empty configuration");
-            Spec::default()
-        }
+        })?),
+        None => None,
     };
     raise_fd_limit();
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::Io {
-        what: format!("data dir {}", config.data_dir.display()),
+    let opts = &config.cluster;
+    let mut node = cluster::start(opts).await?;
+    let dataplane = Arc::new(Dataplane::new());
+    let control = cluster::Control::new(&node, opts, dataplane.clone())?;
+    if let (true, Some(spec)) = (node.bootstrapped, &initial) {
+        // A new cluster's first config must be servable here, or the node
+        // would start with a config it cannot serve: fail before committing.
+        dataplane.apply(spec).await.map_err(NodeError::Apply)?;
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let cluster_listener = node.bound;
+    let listener = node
+        .listener
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("cluster listener already taken"))?;
+    let rpc_routes =
+        keel_consensus::rpc::raft_routes(node.consensus.clone()).merge(control.routes());
+    let mut rpc_stop = stop_rx.clone();
+    let rpc_server = tokio::spawn(keel_consensus::rpc::serve(
+        listener,
+        node.tls.server_config()?,
+        rpc_routes,
+        async move {
+            let _ = rpc_stop.wait_for(|s| *s).await;
+        },
+    ));
+    let reconciler = tokio::spawn(reconcile::run(
+        node.consensus.applied(),
+        dataplane.clone(),
+        control.serving.clone(),
+        stop_rx.clone(),
+    ));
+    let admin_password = std::env::var("KEEL_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let generated = node
+        .settle(opts, &control, initial.as_ref(), admin_password)
+        .await?;
+    let admin = admin::serve(
+        opts.admin_addr,
+        dataplane.clone(),
+        Some(keel_web::router(control.clone())),
+        Some(control.clone()),
+        stop_rx.clone(),
+    )
+    .await
+    .map_err(|source| NodeError::Io {
+        what: format!("admin address {}", opts.admin_addr),
         source,
     })?;
-    let dataplane = Arc::new(Dataplane::new());
-    dataplane.apply(&spec).await.map_err(NodeError::Apply)?;
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let admin = admin::serve(config.admin_addr, dataplane.clone(), stop_rx.clone())
-        .await
-        .map_err(|source| NodeError::Io {
-            what: format!("admin address {}", config.admin_addr),
-            source,
-        })?;
-    tracing::info!(admin = %format!("http://{}", config.admin_addr), "keel node running");
+    tracing::info!(
+        node = %node.file.name,
+        cluster = %node.file.cluster_id,
+        cluster_addr = %cluster_listener,
+        admin = %format!("http://{}", opts.admin_addr),
+        "keel node running"
+    );
+    if let Some(password) = generated {
+        // Shown once on the terminal, never in the log; also kept in a
+        // private file until the operator changes it.
+        println!(
+            "Admin API: http://{addr}  user: admin  password: {password}\n\
+             (also in {file}; change it after logging in: keel login --server http://{addr})",
+            addr = opts.admin_addr,
+            file = opts.data_dir.join("initial-admin-password").display(),
+        );
+    }
 
     let reloader = config.config_file.clone().map(|path| {
         tokio::spawn(source::watch(
             path,
-            spec,
-            dataplane.clone(),
+            control.clone(),
             config.watch_interval,
             stop_rx.clone(),
         ))
     });
 
     shutdown_signal().await;
+    if config.leave {
+        tracing::info!("leaving the cluster");
+        if let Err(e) = keel_web::ControlPlane::remove_node(&*control, &node.file.name).await {
+            tracing::warn!(error = %e, "could not leave the cluster cleanly");
+        }
+    } else {
+        node.consensus.step_down().await;
+    }
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining connections");
     let _ = stop_tx.send(true);
     dataplane.shutdown(config.shutdown_grace).await;
+    for task in [rpc_server, reconciler] {
+        let _ = task.await;
+    }
     if let Some(r) = reloader {
         let _ = r.await;
     }
     let _ = admin.await;
+    node.consensus.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -17,6 +17,15 @@ fn main() -> ExitCode {
             keel::init_logging(args.log_format);
             runtime(None).and_then(|rt| rt.block_on(keel::demo::run(args)))
         }
+        client => {
+            return match runtime(Some(1)) {
+                Ok(rt) => rt.block_on(keel::client::run(client)),
+                Err(e) => {
+                    eprintln!("keel: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

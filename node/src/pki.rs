@@ -154,13 +154,11 @@ impl NodeTls {
     /// a client certificate against the CA when one is sent (joiners have
     /// none yet, and only reach the routes that allow that).
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(
-            Arc::new(self.roots()?),
-            provider(),
-        )
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| PkiError::Pem(e.to_string()))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| PkiError::Pem(e.to_string()))?;
         let (chain, key) = self.chain_and_key()?;
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
@@ -222,9 +220,10 @@ impl ServerCertVerifier for PinnedCa {
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 

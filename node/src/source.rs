@@ -1,20 +1,20 @@
-//! The config file as the source of truth: re-read on SIGHUP and when its
-//! contents change. A bad file is reported and the running config stays.
+//! The config file as a way to change the cluster: re-read on SIGHUP and
+//! when its contents change, and applied like `keel apply -f` (only the
+//! differences are proposed). A bad file is reported and nothing changes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_dataplane::Dataplane;
-use keel_model::Spec;
+use keel_model::{ClusterCommand, Command};
+use keel_web::ControlPlane;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 /// Watches `path` until `stop` turns true, applying each valid new version.
-pub(crate) async fn watch(
+pub(crate) async fn watch<C: ControlPlane>(
     path: PathBuf,
-    mut current: Spec,
-    dataplane: Arc<Dataplane>,
+    control: Arc<C>,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -54,19 +54,23 @@ pub(crate) async fn watch(
                 continue;
             }
         };
-        if spec == current && !forced {
+        let (_, state) = control.state();
+        let changes = state.spec.diff(&spec);
+        if changes.is_empty() {
             continue;
         }
-        let changes = current.diff(&spec);
-        match dataplane.apply(&spec).await {
+        let described: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        match control
+            .propose(ClusterCommand::Spec(Command::Batch(changes)))
+            .await
+        {
             Ok(version) => {
-                for c in &changes {
-                    tracing::info!(version, change = %c, "config change");
+                for change in described {
+                    tracing::info!(version, %change, file = %path.display(), "config change from file");
                 }
-                current = spec;
             }
             Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "config not applied; keeping the running one")
+                tracing::error!(file = %path.display(), error = %e, "config file change not applied")
             }
         }
     }

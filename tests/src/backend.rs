@@ -49,7 +49,16 @@ impl HttpBackend {
 
     /// Starts on a given address (to bring a killed backend back on its port).
     pub async fn start_on(name: &str, addr: SocketAddr) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(name, TcpListener::bind(addr).await.unwrap())
+    }
+
+    /// Serves on a listener bound elsewhere (in another network namespace).
+    pub fn from_std(name: &str, listener: std::net::TcpListener) -> Self {
+        listener.set_nonblocking(true).unwrap();
+        Self::serve(name, TcpListener::from_std(listener).unwrap())
+    }
+
+    fn serve(name: &str, listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             name: name.to_owned(),

@@ -43,6 +43,9 @@ impl KeelProcess {
             .arg(dir.path().join("data"))
             .arg("--admin-addr")
             .arg(admin.to_string())
+            .arg("--cluster-addr")
+            .arg(format!("127.0.0.1:{}", crate::free_port()))
+            .env("KEEL_ADMIN_PASSWORD", "test-admin-password")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -84,13 +87,14 @@ impl KeelProcess {
     }
 
     /// Peak resident memory of the process, in KiB (VmHWM).
-    pub fn peak_rss_kib(&self) -> u64 {
-        proc_status_kib(self.child.id(), "VmHWM:")
-    }
-
     pub fn rss_kib(&self) -> u64 {
         proc_status_kib(self.child.id(), "VmRSS:")
     }
+}
+
+/// The resident set size of process `pid`, in KiB.
+pub fn rss_of(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
 }
 
 impl Drop for KeelProcess {

@@ -17,7 +17,9 @@ use keel_model::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{check_bearer, new_bearer, random_hex, sha256_hex, verify_password, LoginLimiter};
+use crate::auth::{
+    check_bearer, new_bearer, random_hex, sha256_hex, verify_password, LoginLimiter,
+};
 use crate::error::ApiError;
 use crate::{ControlPlane, NodeStatus};
 
@@ -74,7 +76,10 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>) -> Router {
         )
         .route("/api/v1/certificates", get(list_certificates))
         .route("/api/v1/nodes", get(nodes::<C>))
-        .route("/api/v1/nodes/{name}", axum::routing::delete(remove_node::<C>))
+        .route(
+            "/api/v1/nodes/{name}",
+            axum::routing::delete(remove_node::<C>),
+        )
         .route(
             "/api/v1/tokens",
             get(list_join_tokens::<C>).post(create_join_token::<C>),

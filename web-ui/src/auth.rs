@@ -44,8 +44,11 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 
 /// Does `password` match the stored hash?
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 /// A new bearer token: (id, full token string, hash of the secret).

@@ -119,9 +119,7 @@ impl IntoResponse for ApiError {
 impl From<ParseError> for ApiError {
     fn from(e: ParseError) -> Self {
         match e {
-            ParseError::Syntax(m) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m)
-            }
+            ParseError::Syntax(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m),
             ParseError::Invalid(v) => ApiError::invalid(&v),
         }
     }
@@ -130,11 +128,9 @@ impl From<ParseError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
-            JsonRejection::JsonDataError(e) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                e.body_text(),
-            ),
+            JsonRejection::JsonDataError(e) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.body_text())
+            }
             JsonRejection::MissingJsonContentType(_) => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",

@@ -6,32 +6,92 @@ use serde_json::{json, Value};
 
 /// Every path the API routes, with its methods and a one-line summary.
 pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
-    ("/api/v1/login", &[("post", "Exchange the admin user name and password for a session token")]),
-    ("/api/v1/status", &[("get", "Leader, term, and each node's role, applied version and readiness")]),
-    ("/api/v1/config", &[
-        ("get", "The whole declarative config (JSON, or YAML with ?format=yaml)"),
-        ("put", "Apply a whole declarative config; only the differences are committed"),
-    ]),
-    ("/api/v1/load-balancers", &[("get", "List load balancers"), ("post", "Create a load balancer")]),
-    ("/api/v1/load-balancers/{name}", &[
-        ("get", "Read a load balancer"),
-        ("put", "Create or replace a load balancer"),
-        ("delete", "Delete a load balancer"),
-    ]),
-    ("/api/v1/pools", &[("get", "List pools with their members"), ("post", "Create a pool")]),
-    ("/api/v1/pools/{name}", &[
-        ("get", "Read a pool"),
-        ("put", "Create or replace a pool"),
-        ("delete", "Delete a pool no listener uses"),
-    ]),
+    (
+        "/api/v1/login",
+        &[(
+            "post",
+            "Exchange the admin user name and password for a session token",
+        )],
+    ),
+    (
+        "/api/v1/status",
+        &[(
+            "get",
+            "Leader, term, and each node's role, applied version and readiness",
+        )],
+    ),
+    (
+        "/api/v1/config",
+        &[
+            (
+                "get",
+                "The whole declarative config (JSON, or YAML with ?format=yaml)",
+            ),
+            (
+                "put",
+                "Apply a whole declarative config; only the differences are committed",
+            ),
+        ],
+    ),
+    (
+        "/api/v1/load-balancers",
+        &[
+            ("get", "List load balancers"),
+            ("post", "Create a load balancer"),
+        ],
+    ),
+    (
+        "/api/v1/load-balancers/{name}",
+        &[
+            ("get", "Read a load balancer"),
+            ("put", "Create or replace a load balancer"),
+            ("delete", "Delete a load balancer"),
+        ],
+    ),
+    (
+        "/api/v1/pools",
+        &[
+            ("get", "List pools with their members"),
+            ("post", "Create a pool"),
+        ],
+    ),
+    (
+        "/api/v1/pools/{name}",
+        &[
+            ("get", "Read a pool"),
+            ("put", "Create or replace a pool"),
+            ("delete", "Delete a pool no listener uses"),
+        ],
+    ),
     ("/api/v1/certificates", &[("get", "List certificates")]),
     ("/api/v1/nodes", &[("get", "List the cluster's nodes")]),
-    ("/api/v1/nodes/{name}", &[("delete", "Remove a node from the cluster")]),
-    ("/api/v1/tokens", &[("get", "List join tokens"), ("post", "Create a join token (ttl, uses)")]),
+    (
+        "/api/v1/nodes/{name}",
+        &[("delete", "Remove a node from the cluster")],
+    ),
+    (
+        "/api/v1/tokens",
+        &[
+            ("get", "List join tokens"),
+            ("post", "Create a join token (ttl, uses)"),
+        ],
+    ),
     ("/api/v1/tokens/{id}", &[("delete", "Revoke a join token")]),
-    ("/api/v1/api-tokens", &[("get", "List API tokens"), ("post", "Create an API token (shown once)")]),
-    ("/api/v1/api-tokens/{id}", &[("delete", "Revoke an API token")]),
-    ("/api/v1/users/{name}/password", &[("post", "Set a user's password")]),
+    (
+        "/api/v1/api-tokens",
+        &[
+            ("get", "List API tokens"),
+            ("post", "Create an API token (shown once)"),
+        ],
+    ),
+    (
+        "/api/v1/api-tokens/{id}",
+        &[("delete", "Revoke an API token")],
+    ),
+    (
+        "/api/v1/users/{name}/password",
+        &[("post", "Set a user's password")],
+    ),
 ];
 
 pub(crate) async fn document() -> Json<Value> {

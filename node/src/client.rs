@@ -1,0 +1,528 @@
+//! The client subcommands (`login`, `apply`, `get`, `delete`, `status`,
+//! `token`, `api-token`, `node`): thin callers of the admin API.
+//!
+//! Credentials: `KEEL_TOKEN` (an API token), else the session token that
+//! `keel login` stored for that server in `~/.config/keel/credentials.json`.
+//! Exit codes: 0 ok, 1 error (one line on stderr), 2 usage (from clap).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+use crate::cli::{
+    ApiTokenCommand, ApplyArgs, ClientArgs, Command, DeleteArgs, GetArgs, LoginArgs, NodeCommand,
+    Output, TokenCommand,
+};
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Run a client subcommand; prints the result or a one-line error.
+pub async fn run(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Login(a) => login(a).await,
+        Command::Apply(a) => apply(a).await,
+        Command::Get(a) => get(a).await,
+        Command::Delete(a) => delete(a).await,
+        Command::Status(c) => status(c).await,
+        Command::Token { command } => token(command).await,
+        Command::ApiToken { command } => api_token(command).await,
+        Command::Node { command } => node(command).await,
+        Command::Run(_) | Command::Demo(_) | Command::Check { .. } => {
+            Err("not a client command".into())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn credentials_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("keel").join("credentials.json"))
+}
+
+fn stored_tokens() -> BTreeMap<String, String> {
+    credentials_path()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn token_for(server: &str) -> Option<String> {
+    std::env::var("KEEL_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| stored_tokens().remove(server.trim_end_matches('/')))
+}
+
+struct Api {
+    server: String,
+    authority: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(args: &ClientArgs) -> Result<Self> {
+        let server = args.server.trim_end_matches('/').to_owned();
+        let authority = server
+            .strip_prefix("http://")
+            .ok_or_else(|| {
+                format!("--server {server:?}: only http:// admin addresses are supported by this client")
+            })?
+            .to_owned();
+        if authority.is_empty() || authority.contains('/') {
+            return Err(format!("--server {server:?}: expected http://HOST:PORT"));
+        }
+        Ok(Api {
+            token: token_for(&server),
+            server,
+            authority,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Value> {
+        let fut = self.call_inner(method, path, body);
+        tokio::time::timeout(Duration::from_secs(30), fut)
+            .await
+            .map_err(|_| format!("{} did not answer within 30 s", self.server))?
+    }
+
+    async fn call_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Value> {
+        let tcp = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| format!("cannot reach {}: {e}", self.server))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("cannot talk to {}: {e}", self.server))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, &self.authority);
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let (content_type, bytes) = body.unwrap_or(("application/json", Vec::new()));
+        let request = request
+            .header(http::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request to {} failed: {e}", self.server))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer from {} failed: {e}", self.server))?
+            .to_bytes();
+        let value: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+        };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("{status}"));
+        if status == StatusCode::UNAUTHORIZED && self.token.is_none() {
+            return Err(format!(
+                "{message} (log in first: keel login --server {})",
+                self.server
+            ));
+        }
+        Err(message)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.call(Method::GET, path, None).await
+    }
+
+    async fn send(&self, method: Method, path: &str, body: &Value) -> Result<Value> {
+        let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        self.call(method, path, Some(("application/json", bytes)))
+            .await
+    }
+}
+
+fn print(output: Output, value: &Value, text: impl FnOnce(&Value) -> String) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        ),
+        Output::Yaml => print!("{}", serde_yaml_ng::to_string(value).unwrap_or_default()),
+        Output::Text => print!("{}", text(value)),
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+async fn login(a: LoginArgs) -> Result<()> {
+    let mut api = Api::new(&a.client)?;
+    api.token = None;
+    let mut password = String::new();
+    if a.password_stdin {
+        std::io::stdin()
+            .read_to_string(&mut password)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    } else {
+        eprint!("password for {}: ", a.user);
+        std::io::stdin()
+            .read_line(&mut password)
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+    }
+    let password = password.trim_end_matches(['\n', '\r']);
+    let answer = api
+        .send(
+            Method::POST,
+            "/api/v1/login",
+            &json!({"user": a.user, "password": password}),
+        )
+        .await?;
+    let token = answer["token"]
+        .as_str()
+        .ok_or("the server did not return a token")?;
+    let path = credentials_path().ok_or("no home directory to store the token in")?;
+    let mut tokens = stored_tokens();
+    tokens.insert(api.server.clone(), token.to_owned());
+    write_credentials(&path, &tokens)?;
+    println!("logged in to {} as {}", api.server, a.user);
+    if answer["must_change_password"].as_bool() == Some(true) {
+        println!(
+            "the password is the generated one: change it (POST /api/v1/users/{}/password)",
+            a.user
+        );
+    }
+    Ok(())
+}
+
+fn write_credentials(path: &PathBuf, tokens: &BTreeMap<String, String>) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(tokens).map_err(|e| e.to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+async fn apply(a: ApplyArgs) -> Result<()> {
+    let api = Api::new(&a.client)?;
+    let text =
+        std::fs::read_to_string(&a.file).map_err(|e| format!("{}: {e}", a.file.display()))?;
+    // Check locally first, so problems are listed without a round trip.
+    if let Err(e) = keel_model::Document::parse_spec(&text) {
+        return Err(format!("{}: {e}", a.file.display()));
+    }
+    let answer = api
+        .call(
+            Method::PUT,
+            "/api/v1/config",
+            Some(("application/yaml", text.into_bytes())),
+        )
+        .await?;
+    print(a.client.output, &answer, |v| {
+        let changes = v["changes"].as_array().cloned().unwrap_or_default();
+        if changes.is_empty() {
+            format!("unchanged (version {})\n", s(&v["version"]))
+        } else {
+            let mut out = String::new();
+            for c in changes {
+                out.push_str(&format!("{}\n", s(&c)));
+            }
+            out.push_str(&format!("applied as version {}\n", s(&v["version"])));
+            out
+        }
+    });
+    Ok(())
+}
+
+fn kind_path(kind: &str) -> Result<&'static str> {
+    Ok(match kind {
+        "load-balancers" | "load-balancer" | "lb" | "lbs" => "/api/v1/load-balancers",
+        "pools" | "pool" => "/api/v1/pools",
+        "nodes" | "node" => "/api/v1/nodes",
+        "tokens" | "token" => "/api/v1/tokens",
+        "api-tokens" | "api-token" => "/api/v1/api-tokens",
+        "config" => "/api/v1/config",
+        other => {
+            return Err(format!(
+                "unknown kind {other:?}: use load-balancers, pools, nodes, tokens, api-tokens or config"
+            ))
+        }
+    })
+}
+
+async fn get(a: GetArgs) -> Result<()> {
+    let api = Api::new(&a.client)?;
+    let base = kind_path(&a.kind)?;
+    let path = match &a.name {
+        Some(n) if base.ends_with("load-balancers") || base.ends_with("pools") => {
+            format!("{base}/{n}")
+        }
+        Some(_) => return Err(format!("{} cannot be fetched by name", a.kind)),
+        None => base.to_owned(),
+    };
+    let value = api.get(&path).await?;
+    let output = match (a.client.output, base) {
+        (Output::Text, "/api/v1/config") => Output::Yaml,
+        (o, _) => o,
+    };
+    print(output, &value, |v| {
+        let items = match v {
+            Value::Array(items) => items.clone(),
+            one => vec![one.clone()],
+        };
+        let mut out = String::new();
+        for item in items {
+            let line = match base {
+                "/api/v1/load-balancers" => {
+                    let listeners: Vec<String> = item["listeners"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|l| {
+                            format!(
+                                "{}/{}→{}",
+                                s(&l["port"]),
+                                s(&l["protocol"]),
+                                s(&l["default_pool"])
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "{}  vip={}  {}",
+                        s(&item["name"]),
+                        s(&item["vip"]),
+                        listeners.join(" ")
+                    )
+                }
+                "/api/v1/pools" => {
+                    let members: Vec<String> = item["members"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|m| s(&m["address"]))
+                        .collect();
+                    format!(
+                        "{}  {}  {}",
+                        s(&item["name"]),
+                        s(&item["algorithm"]),
+                        members.join(" ")
+                    )
+                }
+                "/api/v1/nodes" => format!(
+                    "{}  {}  {}  applied={} serving={} ready={}",
+                    s(&item["name"]),
+                    s(&item["role"]),
+                    s(&item["cluster_addr"]),
+                    s(&item["applied_version"]),
+                    s(&item["serving_version"]),
+                    s(&item["ready"])
+                ),
+                "/api/v1/tokens" => format!(
+                    "{}  uses_left={}  expires_at={}{}{}",
+                    s(&item["id"]),
+                    s(&item["uses_left"]),
+                    s(&item["expires_at"]),
+                    if item["revoked"] == true {
+                        "  revoked"
+                    } else {
+                        ""
+                    },
+                    if item["expired"] == true {
+                        "  expired"
+                    } else {
+                        ""
+                    },
+                ),
+                "/api/v1/api-tokens" => format!(
+                    "{}  {}  user={}  expires_at={}",
+                    s(&item["id"]),
+                    s(&item["name"]),
+                    s(&item["user"]),
+                    s(&item["expires_at"])
+                ),
+                _ => item.to_string(),
+            };
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    });
+    Ok(())
+}
+
+async fn delete(a: DeleteArgs) -> Result<()> {
+    let api = Api::new(&a.client)?;
+    let base = kind_path(&a.kind)?;
+    if !(base.ends_with("load-balancers") || base.ends_with("pools")) {
+        return Err(format!("{} cannot be deleted this way", a.kind));
+    }
+    api.call(Method::DELETE, &format!("{base}/{}", a.name), None)
+        .await?;
+    println!("deleted {} {}", a.kind, a.name);
+    Ok(())
+}
+
+async fn status(c: ClientArgs) -> Result<()> {
+    let api = Api::new(&c)?;
+    let value = api.get("/api/v1/status").await?;
+    print(c.output, &value, |v| {
+        let mut out = format!(
+            "leader: {}  term: {}  version: {}\n",
+            s(&v["leader"]),
+            s(&v["term"]),
+            s(&v["applied_version"])
+        );
+        for n in v["nodes"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  {:<16} {:<9} {:<22} {:<9} applied={} serving={} ready={}\n",
+                s(&n["name"]),
+                s(&n["role"]),
+                s(&n["cluster_addr"]),
+                if n["reachable"] == true {
+                    "reachable"
+                } else {
+                    "UNREACHABLE"
+                },
+                s(&n["applied_version"]),
+                s(&n["serving_version"]),
+                s(&n["ready"]),
+            ));
+        }
+        out
+    });
+    Ok(())
+}
+
+async fn token(command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Create { client, ttl, uses } => {
+            let api = Api::new(&client)?;
+            let v = api
+                .send(
+                    Method::POST,
+                    "/api/v1/tokens",
+                    &json!({"ttl": ttl, "uses": uses}),
+                )
+                .await?;
+            print(client.output, &v, |v| format!("{}\n", s(&v["token"])));
+            Ok(())
+        }
+        TokenCommand::List(client) => {
+            get(GetArgs {
+                client,
+                kind: "tokens".into(),
+                name: None,
+            })
+            .await
+        }
+        TokenCommand::Revoke { client, id } => {
+            let api = Api::new(&client)?;
+            api.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None)
+                .await?;
+            println!("revoked join token {id}");
+            Ok(())
+        }
+    }
+}
+
+async fn api_token(command: ApiTokenCommand) -> Result<()> {
+    match command {
+        ApiTokenCommand::Create { client, name, ttl } => {
+            let api = Api::new(&client)?;
+            let v = api
+                .send(
+                    Method::POST,
+                    "/api/v1/api-tokens",
+                    &json!({"name": name, "ttl": ttl}),
+                )
+                .await?;
+            print(client.output, &v, |v| format!("{}\n", s(&v["token"])));
+            Ok(())
+        }
+        ApiTokenCommand::List(client) => {
+            get(GetArgs {
+                client,
+                kind: "api-tokens".into(),
+                name: None,
+            })
+            .await
+        }
+        ApiTokenCommand::Revoke { client, id } => {
+            let api = Api::new(&client)?;
+            api.call(Method::DELETE, &format!("/api/v1/api-tokens/{id}"), None)
+                .await?;
+            println!("revoked api token {id}");
+            Ok(())
+        }
+    }
+}
+
+async fn node(command: NodeCommand) -> Result<()> {
+    match command {
+        NodeCommand::List(client) => {
+            get(GetArgs {
+                client,
+                kind: "nodes".into(),
+                name: None,
+            })
+            .await
+        }
+        NodeCommand::Remove { client, name } => {
+            let api = Api::new(&client)?;
+            api.call(Method::DELETE, &format!("/api/v1/nodes/{name}"), None)
+                .await?;
+            println!("removed node {name}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,941 @@
+//! Cluster lifecycle: bootstrap, join, restart, leave; the cluster listener's
+//! routes (Raft, join, forwarding, status); and the node's [`ControlPlane`].
+//!
+//! Data directory layout:
+//! - `node.json` — this node's id, name and cluster id (and a pending join
+//!   address while admission is not yet confirmed).
+//! - `tls/` — the CA certificate, this node's certificate and key (0600).
+//! - `raft/` — the Raft log, vote and snapshots.
+//! - `initial-admin-password` — the generated first password (0600), when
+//!   none was given.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use keel_consensus::rpc::{node_server_name, RpcClient, RpcError, TlsNetwork, ANY_NODE};
+use keel_consensus::{Consensus, NodeId, NodeInfo, ProposeError, Settings};
+use keel_dataplane::Dataplane;
+use keel_model::{ClusterCommand, ClusterIdentity, ClusterState, Command, Refusal, Spec, User};
+use keel_web::{ClusterStatus, ControlError, ControlPlane, NodeStatus};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::pki::{self, NodeTls};
+
+/// Most voters a cluster promotes joiners to; later joiners stay learners.
+pub const MAX_VOTERS: usize = 5;
+
+/// How long a write waits for a leader before giving up.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why the cluster part of a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A file in the data directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file in the data directory is corrupt.
+    #[error("{path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Certificates could not be made or loaded.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// Raft could not start.
+    #[error(transparent)]
+    Raft(#[from] keel_consensus::StartError),
+    /// The join token is malformed.
+    #[error("the join token is malformed: {0}")]
+    BadToken(&'static str),
+    /// Joining failed; the text says why (from the cluster, or the network).
+    #[error("cannot join: {0}")]
+    Join(String),
+    /// A cluster write failed during bootstrap.
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+/// This node's identity on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeFile {
+    /// Raft id.
+    pub id: NodeId,
+    /// Name, unique in the cluster.
+    pub name: String,
+    /// The cluster it belongs to.
+    pub cluster_id: String,
+    /// Set until the cluster has confirmed the admission of a joiner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_join: Option<String>,
+}
+
+/// How to start: from the command line.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Where the cluster listener binds.
+    pub cluster_addr: SocketAddr,
+    /// What other nodes dial to reach it (default: `cluster_addr`).
+    pub advertise_addr: Option<SocketAddr>,
+    /// The admin API address, advertised to other nodes.
+    pub admin_addr: SocketAddr,
+    /// The node's name (default: the host name).
+    pub node_name: Option<String>,
+    /// `--join HOST:PORT` and `--token`.
+    pub join: Option<(String, String)>,
+    /// Raft timings.
+    pub settings: Settings,
+}
+
+/// A started cluster node.
+pub struct ClusterNode {
+    /// This node's identity.
+    pub file: NodeFile,
+    /// Raft.
+    pub consensus: Consensus,
+    /// TLS identity.
+    pub tls: NodeTls,
+    /// The bound cluster listener, until the RPC server takes it.
+    pub listener: Option<tokio::net::TcpListener>,
+    /// Where the cluster listener is bound.
+    pub bound: SocketAddr,
+    /// True when this start created a new cluster.
+    pub bootstrapped: bool,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
+    move |source| ClusterError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), ClusterError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn read(path: &Path) -> Result<String, ClusterError> {
+    std::fs::read_to_string(path).map_err(io_err(path))
+}
+
+fn tls_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls")
+}
+
+fn save_tls(data_dir: &Path, tls: &NodeTls) -> Result<(), ClusterError> {
+    let dir = tls_dir(data_dir);
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    write_private(&dir.join("ca.pem"), &tls.ca_pem)?;
+    write_private(&dir.join("node.pem"), &tls.cert_pem)?;
+    write_private(&dir.join("node.key"), &tls.key_pem)
+}
+
+fn load_tls(data_dir: &Path) -> Result<NodeTls, ClusterError> {
+    let dir = tls_dir(data_dir);
+    Ok(NodeTls {
+        ca_pem: read(&dir.join("ca.pem"))?,
+        cert_pem: read(&dir.join("node.pem"))?,
+        key_pem: read(&dir.join("node.key"))?,
+    })
+}
+
+fn save_node_file(data_dir: &Path, file: &NodeFile) -> Result<(), ClusterError> {
+    let text = serde_json::to_string_pretty(file).map_err(|e| ClusterError::Corrupt {
+        path: data_dir.join("node.json"),
+        reason: e.to_string(),
+    })?;
+    write_private(&data_dir.join("node.json"), &text)
+}
+
+fn random_id() -> NodeId {
+    let mut b = [0u8; 8];
+    // An id of zero is avoided only for readability of logs.
+    loop {
+        if getrandom::fill(&mut b).is_err() {
+            return 1;
+        }
+        let id = u64::from_be_bytes(b) >> 1;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "keel".into())
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A parsed join token: `KEEL1.<ca fingerprint>.<id>.<secret>`.
+#[derive(Clone)]
+pub struct JoinToken {
+    /// SHA-256 of the cluster CA, hex.
+    pub ca_fingerprint: String,
+    /// The token's id.
+    pub id: String,
+    /// The secret (never logged).
+    pub secret: String,
+}
+
+impl std::str::FromStr for JoinToken {
+    type Err = ClusterError;
+    fn from_str(s: &str) -> Result<Self, ClusterError> {
+        let mut parts = s.trim().split('.');
+        let (Some("KEEL1"), Some(fp), Some(id), Some(secret), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(ClusterError::BadToken(
+                "expected KEEL1.<fingerprint>.<id>.<secret>",
+            ));
+        };
+        let hex = |t: &str, len: usize| t.len() == len && t.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(fp, 64) {
+            return Err(ClusterError::BadToken(
+                "the CA fingerprint is not 64 hex digits",
+            ));
+        }
+        if !hex(id, 8) || !hex(secret, 32) {
+            return Err(ClusterError::BadToken(
+                "the id or secret has the wrong form",
+            ));
+        }
+        Ok(JoinToken {
+            ca_fingerprint: fp.to_ascii_lowercase(),
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+        })
+    }
+}
+
+/// What a joiner sends first (anonymous TLS, CA pinned by the joiner).
+#[derive(Serialize, Deserialize)]
+struct CertificateRequest {
+    token_id: String,
+    secret: String,
+    name: String,
+    csr_pem: String,
+}
+
+/// What it gets back.
+#[derive(Serialize, Deserialize)]
+struct CertificateGrant {
+    node_id: NodeId,
+    cluster_id: String,
+    ca_pem: String,
+    cert_pem: String,
+}
+
+/// Membership changes, carried out by the leader.
+#[derive(Debug, Serialize, Deserialize)]
+enum MembershipRequest {
+    Admit { id: NodeId, info: NodeInfo },
+    Remove { id: NodeId },
+}
+
+/// A forwarded write's answer.
+#[derive(Debug, Serialize, Deserialize)]
+enum ForwardError {
+    NotLeader,
+    Refused(Refusal),
+    Failed(String),
+}
+
+/// What a node reports about itself to `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LocalStatus {
+    applied_version: u64,
+    serving_version: u64,
+    ready: bool,
+    keel_version: String,
+}
+
+/// Start the cluster side of a node: restart, join or bootstrap.
+pub async fn start(opts: &ClusterOptions) -> Result<ClusterNode, ClusterError> {
+    let dir = &opts.data_dir;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let what = PathBuf::from(format!("cluster address {}", opts.cluster_addr));
+    let listener = tokio::net::TcpListener::bind(opts.cluster_addr)
+        .await
+        .map_err(io_err(&what))?;
+    let node_path = dir.join("node.json");
+    let existing =
+        match std::fs::read_to_string(&node_path) {
+            Ok(text) => Some(serde_json::from_str::<NodeFile>(&text).map_err(|e| {
+                ClusterError::Corrupt {
+                    path: node_path.clone(),
+                    reason: e.to_string(),
+                }
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&node_path)(e)),
+        };
+    let (file, tls, bootstrapped) = match existing {
+        Some(file) => {
+            if opts.join.is_some() && file.pending_join.is_none() {
+                tracing::info!(
+                    "already a member of cluster {}; ignoring --join",
+                    file.cluster_id
+                );
+            }
+            (file.clone(), load_tls(dir)?, false)
+        }
+        None => match &opts.join {
+            Some((addr, token)) => {
+                let (file, tls) = obtain_certificate(opts, addr, &token.parse()?).await?;
+                (file, tls, false)
+            }
+            None => {
+                let id = random_id();
+                let cluster_id = keel_web::random_hex(8);
+                let (ca_pem, _) = ca_for_bootstrap(dir, &cluster_id)?;
+                let ca_key = read(&tls_dir(dir).join("ca.key"))?;
+                let (cert_pem, key_pem) = pki::new_node_cert(id, &ca_pem, &ca_key)?;
+                let tls = NodeTls {
+                    ca_pem,
+                    cert_pem,
+                    key_pem,
+                };
+                save_tls(dir, &tls)?;
+                let file = NodeFile {
+                    id,
+                    name: opts.node_name.clone().unwrap_or_else(default_name),
+                    cluster_id,
+                    pending_join: None,
+                };
+                save_node_file(dir, &file)?;
+                (file, tls, true)
+            }
+        },
+    };
+    let network = TlsNetwork::new(tls.client_config()?);
+    let consensus = Consensus::start(file.id, &dir.join("raft"), &opts.settings, network).await?;
+    let bound = listener.local_addr().map_err(io_err(&what))?;
+    Ok(ClusterNode {
+        file,
+        consensus,
+        tls,
+        listener: Some(listener),
+        bound,
+        bootstrapped,
+    })
+}
+
+/// The bootstrap CA lives in `tls/ca.key` until it is replicated (and stays,
+/// so a crash between the two steps can finish the bootstrap).
+fn ca_for_bootstrap(dir: &Path, cluster_id: &str) -> Result<(String, String), ClusterError> {
+    let tdir = tls_dir(dir);
+    std::fs::create_dir_all(&tdir).map_err(io_err(&tdir))?;
+    let (cert, key) = pki::new_ca(cluster_id)?;
+    write_private(&tdir.join("ca.key"), &key)?;
+    write_private(&tdir.join("ca.pem"), &cert)?;
+    Ok((cert, key))
+}
+
+async fn obtain_certificate(
+    opts: &ClusterOptions,
+    addr: &str,
+    token: &JoinToken,
+) -> Result<(NodeFile, NodeTls), ClusterError> {
+    let name = opts.node_name.clone().unwrap_or_else(default_name);
+    let (key_pem, csr_pem) = pki::new_csr(&name)?;
+    // The pinned configuration refuses the handshake unless the server's
+    // chain holds the CA with the token's fingerprint, so the secret below
+    // is only ever sent to the real cluster.
+    let tls = pki::pinned_client_config(&token.ca_fingerprint)?;
+    let mut client =
+        RpcClient::new(tls, addr, ANY_NODE).map_err(|e| ClusterError::Join(e.to_string()))?;
+    let grant: Result<CertificateGrant, String> = client
+        .post(
+            "/join/certificate",
+            &CertificateRequest {
+                token_id: token.id.clone(),
+                secret: token.secret.clone(),
+                name: name.clone(),
+                csr_pem,
+            },
+            Duration::from_secs(15),
+        )
+        .await
+        .map_err(|e| ClusterError::Join(join_failure(e)))?;
+    let grant = grant.map_err(ClusterError::Join)?;
+    if pki::fingerprint(&grant.ca_pem)? != token.ca_fingerprint {
+        return Err(ClusterError::Join(
+            "the cluster sent a CA that does not match the token".into(),
+        ));
+    }
+    let tls = NodeTls {
+        ca_pem: grant.ca_pem,
+        cert_pem: grant.cert_pem,
+        key_pem,
+    };
+    save_tls(&opts.data_dir, &tls)?;
+    let file = NodeFile {
+        id: grant.node_id,
+        name,
+        cluster_id: grant.cluster_id,
+        pending_join: Some(addr.to_owned()),
+    };
+    save_node_file(&opts.data_dir, &file)?;
+    tracing::info!(node = %file.name, id = %format!("{:x}", file.id), cluster = %file.cluster_id, "received a node certificate");
+    Ok((file, tls))
+}
+
+fn join_failure(e: RpcError) -> String {
+    match e {
+        RpcError::Unreachable { reason, addr } if reason.contains("fingerprint") => format!(
+            "{addr} is not the cluster the token belongs to (its CA fingerprint differs); nothing secret was sent"
+        ),
+        other => other.to_string(),
+    }
+}
+
+impl ClusterNode {
+    /// Finish starting: bootstrap the one-voter cluster and its first entries,
+    /// or ask the cluster to admit this node. Returns the generated admin
+    /// password when one was made.
+    pub async fn settle(
+        &mut self,
+        opts: &ClusterOptions,
+        control: &Control,
+        initial: Option<&Spec>,
+        admin_password: Option<String>,
+    ) -> Result<Option<String>, ClusterError> {
+        if let Some(join_addr) = self.file.pending_join.clone() {
+            self.admit(control, &join_addr).await?;
+            self.file.pending_join = None;
+            save_node_file(&opts.data_dir, &self.file)?;
+            return Ok(None);
+        }
+        let me = control.me.clone();
+        if !self.consensus.is_initialized().await {
+            self.consensus
+                .bootstrap(me)
+                .await
+                .map_err(|e| ClusterError::Bootstrap(e.to_string()))?;
+            self.bootstrapped = true;
+        }
+        if self.consensus.applied().borrow().state.identity.is_some() {
+            return Ok(None);
+        }
+        // First entries of a new cluster (or a bootstrap interrupted before
+        // they were committed).
+        let tdir = tls_dir(&opts.data_dir);
+        let identity = ClusterIdentity {
+            cluster_id: self.file.cluster_id.clone(),
+            ca_cert_pem: self.tls.ca_pem.clone(),
+            ca_key_pem: read(&tdir.join("ca.key"))?,
+        };
+        let bootstrap_err = |e: ControlError| ClusterError::Bootstrap(e.to_string());
+        control
+            .propose(ClusterCommand::Init(identity))
+            .await
+            .map_err(bootstrap_err)?;
+        let (password, generated) = match admin_password {
+            Some(p) => (p, false),
+            None => (keel_web::random_hex(12), true),
+        };
+        let hash = tokio::task::spawn_blocking({
+            let p = password.clone();
+            move || keel_web::hash_password(&p)
+        })
+        .await
+        .map_err(|e| ClusterError::Bootstrap(e.to_string()))?
+        .map_err(ClusterError::Bootstrap)?;
+        control
+            .propose(ClusterCommand::SetUser {
+                name: "admin".into(),
+                user: User {
+                    password_hash: hash,
+                    must_change_password: generated,
+                },
+            })
+            .await
+            .map_err(bootstrap_err)?;
+        if let Some(spec) = initial {
+            control
+                .propose(ClusterCommand::Spec(Command::ReplaceSpec(spec.clone())))
+                .await
+                .map_err(bootstrap_err)?;
+        }
+        tracing::info!(cluster = %self.file.cluster_id, node = %self.file.name, "bootstrapped a new cluster");
+        if generated {
+            write_private(&opts.data_dir.join("initial-admin-password"), &password)?;
+            return Ok(Some(password));
+        }
+        Ok(None)
+    }
+
+    async fn admit(&self, control: &Control, join_addr: &str) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let request = MembershipRequest::Admit {
+            id: self.file.id,
+            info: control.me.clone(),
+        };
+        loop {
+            let mut client = RpcClient::new(control.client_tls.clone(), join_addr, ANY_NODE)
+                .map_err(|e| ClusterError::Join(e.to_string()))?;
+            let answer: Result<Result<(), String>, RpcError> = client
+                .post("/cluster/membership", &request, Duration::from_secs(30))
+                .await;
+            match answer {
+                Ok(Ok(())) => {
+                    tracing::info!(node = %self.file.name, via = %join_addr, "admitted to the cluster");
+                    return Ok(());
+                }
+                Ok(Err(why)) if Instant::now() >= deadline => return Err(ClusterError::Join(why)),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(ClusterError::Join(e.to_string()))
+                }
+                other => {
+                    tracing::info!(answer = ?other.map_err(|e| e.to_string()), "admission not confirmed yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The node's control plane: proposes (forwarding to the leader), reports
+/// status, answers the cluster routes.
+pub struct Control {
+    /// This node's membership info.
+    pub me: NodeInfo,
+    consensus: Consensus,
+    client_tls: Arc<rustls::ClientConfig>,
+    dataplane: Arc<Dataplane>,
+    /// The Raft index whose spec the data plane serves.
+    pub serving: Arc<AtomicU64>,
+    leader_link: Mutex<Option<(NodeId, RpcClient)>>,
+    ca_fingerprint: String,
+}
+
+impl Control {
+    /// A control plane over a started node.
+    pub fn new(
+        node: &ClusterNode,
+        opts: &ClusterOptions,
+        dataplane: Arc<Dataplane>,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let advertise = opts.advertise_addr.unwrap_or(opts.cluster_addr);
+        let cluster_addr = if advertise.port() == 0 {
+            SocketAddr::new(advertise.ip(), node.bound.port())
+        } else {
+            advertise
+        };
+        Ok(Arc::new(Control {
+            me: NodeInfo {
+                name: node.file.name.clone(),
+                cluster_addr: cluster_addr.to_string(),
+                admin_addr: opts.admin_addr.to_string(),
+            },
+            consensus: node.consensus.clone(),
+            client_tls: node.tls.client_config()?,
+            dataplane,
+            serving: Arc::new(AtomicU64::new(0)),
+            leader_link: Mutex::new(None),
+            ca_fingerprint: pki::fingerprint(&node.tls.ca_pem)?,
+        }))
+    }
+
+    /// Wait for a leader to be known, up to the write deadline.
+    async fn leader(&self, deadline: Instant) -> Result<(NodeId, NodeInfo), ControlError> {
+        loop {
+            if let Some(leader) = self.consensus.leader() {
+                return Ok(leader);
+            }
+            if Instant::now() >= deadline {
+                return Err(ControlError::NoLeader(
+                    "this node does not know a leader (cut off, or an election is under way)"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// POST to the leader over the mutual-TLS link.
+    async fn to_leader<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        leader: &(NodeId, NodeInfo),
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError> {
+        let mut link = self.leader_link.lock().await;
+        if link.as_ref().is_none_or(|(id, _)| *id != leader.0) {
+            let client = RpcClient::new(
+                self.client_tls.clone(),
+                leader.1.cluster_addr.clone(),
+                &node_server_name(leader.0),
+            )?;
+            *link = Some((leader.0, client));
+        }
+        match link.as_mut() {
+            Some((_, client)) => client.post(path, body, timeout).await,
+            None => Err(RpcError::Network {
+                addr: leader.1.cluster_addr.clone(),
+                reason: "no link".into(),
+            }),
+        }
+    }
+
+    async fn membership(&self, request: MembershipRequest) -> Result<(), ControlError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = self.leader(deadline).await?;
+            let result = if leader.0 == self.consensus.id() {
+                self.change_membership(&request).await
+            } else {
+                match self
+                    .to_leader::<_, Result<(), String>>(
+                        &leader,
+                        "/cluster/membership",
+                        &request,
+                        Duration::from_secs(30),
+                    )
+                    .await
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(why)) => Err(ControlError::Conflict(why)),
+                    Err(e) => Err(ControlError::NoLeader(e.to_string())),
+                }
+            };
+            match result {
+                Err(ControlError::NoLeader(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn change_membership(&self, request: &MembershipRequest) -> Result<(), ControlError> {
+        let result = match request {
+            MembershipRequest::Admit { id, info } => {
+                let taken = self
+                    .consensus
+                    .members()
+                    .into_iter()
+                    .any(|m| m.info.name == info.name && m.id != *id);
+                if taken {
+                    return Err(ControlError::Conflict(format!(
+                        "a node named {:?} is already a member",
+                        info.name
+                    )));
+                }
+                self.consensus
+                    .admit(*id, info.clone(), MAX_VOTERS)
+                    .await
+                    .map(|voter| {
+                        tracing::info!(node = %info.name, voter, "admitted node");
+                    })
+            }
+            MembershipRequest::Remove { id } => self.consensus.remove(*id).await,
+        };
+        result.map_err(|e| match e {
+            ProposeError::NotLeader { .. } => ControlError::NoLeader(e.to_string()),
+            other => ControlError::Conflict(other.to_string()),
+        })
+    }
+
+    async fn local_status(&self) -> LocalStatus {
+        LocalStatus {
+            applied_version: self.consensus.applied().borrow().index,
+            serving_version: self.serving.load(Ordering::Relaxed),
+            ready: self.ready(),
+            keel_version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// Ready: a member of an initialised cluster, and the data plane serves
+    /// the applied config.
+    pub fn ready(&self) -> bool {
+        let applied = self.consensus.applied().borrow().clone();
+        applied.state.identity.is_some()
+            && self.dataplane.version() > 0
+            && self.serving.load(Ordering::Relaxed) > 0
+    }
+
+    /// The cluster listener's routes (besides Raft's own).
+    pub fn routes(self: &Arc<Self>) -> Router {
+        let authenticated = Router::new()
+            .route("/cluster/propose", post(forwarded_propose))
+            .route("/cluster/membership", post(forwarded_membership))
+            .route("/cluster/status", post(local_status))
+            .layer(axum::middleware::from_fn(
+                keel_consensus::rpc::require_cluster_certificate,
+            ));
+        Router::new()
+            .route("/join/certificate", post(join_certificate))
+            .merge(authenticated)
+            .layer(axum::extract::DefaultBodyLimit::max(256 << 10))
+            .with_state(self.clone())
+    }
+}
+
+impl ControlPlane for Control {
+    fn state(&self) -> (u64, Arc<ClusterState>) {
+        let applied = self.consensus.applied().borrow().clone();
+        (applied.index, applied.state)
+    }
+
+    async fn propose(&self, command: ClusterCommand) -> Result<u64, ControlError> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        loop {
+            let leader = self.leader(deadline).await?;
+            let attempt = if leader.0 == self.consensus.id() {
+                match self.consensus.propose(command.clone()).await {
+                    Ok(index) => Ok(index),
+                    Err(ProposeError::Refused(r)) => return Err(ControlError::Refused(r)),
+                    Err(e) => Err(e.to_string()),
+                }
+            } else {
+                match self
+                    .to_leader::<_, Result<u64, ForwardError>>(
+                        &leader,
+                        "/cluster/propose",
+                        &command,
+                        WRITE_DEADLINE,
+                    )
+                    .await
+                {
+                    Ok(Ok(index)) => Ok(index),
+                    Ok(Err(ForwardError::Refused(r))) => return Err(ControlError::Refused(r)),
+                    Ok(Err(e)) => Err(format!("{e:?}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            match attempt {
+                Ok(index) => {
+                    // A write returns once this node applies it, so a read
+                    // right after the write sees it.
+                    if !self.consensus.wait_applied(index, WRITE_DEADLINE).await {
+                        return Err(ControlError::NoLeader(format!(
+                            "committed as version {index} but not applied here in time"
+                        )));
+                    }
+                    return Ok(index);
+                }
+                Err(why) if Instant::now() >= deadline => return Err(ControlError::NoLeader(why)),
+                Err(why) => {
+                    tracing::debug!(%why, "write not accepted yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn status(&self) -> ClusterStatus {
+        let leadership = self.consensus.leadership().borrow().clone();
+        let members = self.consensus.members();
+        // Ask every other node at once; each answer is bounded by a timeout.
+        let mut queries = Vec::new();
+        for m in &members {
+            if m.id == self.consensus.id() {
+                queries.push(None);
+                continue;
+            }
+            let tls = self.client_tls.clone();
+            let addr = m.info.cluster_addr.clone();
+            let name = node_server_name(m.id);
+            queries.push(Some(tokio::spawn(async move {
+                let mut client = RpcClient::new(tls, addr, &name).ok()?;
+                client
+                    .post::<_, LocalStatus>("/cluster/status", &(), Duration::from_secs(1))
+                    .await
+                    .ok()
+            })));
+        }
+        let mut reports = Vec::new();
+        for query in queries {
+            reports.push(match query {
+                None => Some(self.local_status().await),
+                Some(handle) => handle.await.ok().flatten(),
+            });
+        }
+        let leader_name = leadership
+            .leader
+            .and_then(|l| members.iter().find(|m| m.id == l))
+            .map(|m| m.info.name.clone());
+        ClusterStatus {
+            this_node: self.me.name.clone(),
+            leader: leader_name,
+            term: leadership.term,
+            applied_version: self.consensus.applied().borrow().index,
+            nodes: members
+                .iter()
+                .zip(reports)
+                .map(|(m, report)| NodeStatus {
+                    id: format!("{:x}", m.id),
+                    name: m.info.name.clone(),
+                    role: if Some(m.id) == leadership.leader {
+                        "leader"
+                    } else if m.voter {
+                        "follower"
+                    } else {
+                        "learner"
+                    }
+                    .into(),
+                    cluster_addr: m.info.cluster_addr.clone(),
+                    admin_addr: m.info.admin_addr.clone(),
+                    reachable: report.is_some(),
+                    applied_version: report.as_ref().map(|r| r.applied_version),
+                    serving_version: report.as_ref().map(|r| r.serving_version),
+                    ready: report.as_ref().map(|r| r.ready),
+                    keel_version: report.map(|r| r.keel_version),
+                })
+                .collect(),
+        }
+    }
+
+    async fn remove_node(&self, name: &str) -> Result<(), ControlError> {
+        let member = self
+            .consensus
+            .members()
+            .into_iter()
+            .find(|m| m.info.name == name)
+            .ok_or_else(|| ControlError::NotFound(format!("node {name:?} is not a member")))?;
+        self.membership(MembershipRequest::Remove { id: member.id })
+            .await?;
+        tracing::info!(node = %name, "removed node from the cluster");
+        Ok(())
+    }
+
+    fn ca_fingerprint(&self) -> String {
+        self.ca_fingerprint.clone()
+    }
+}
+
+async fn forwarded_propose(
+    State(control): State<Arc<Control>>,
+    Json(command): Json<ClusterCommand>,
+) -> Json<Result<u64, ForwardError>> {
+    Json(match control.consensus.propose(command).await {
+        Ok(index) => Ok(index),
+        Err(ProposeError::NotLeader { .. }) => Err(ForwardError::NotLeader),
+        Err(ProposeError::Refused(r)) => Err(ForwardError::Refused(r)),
+        Err(e) => Err(ForwardError::Failed(e.to_string())),
+    })
+}
+
+async fn forwarded_membership(
+    State(control): State<Arc<Control>>,
+    Json(request): Json<MembershipRequest>,
+) -> Json<Result<(), String>> {
+    Json(control.membership(request).await.map_err(|e| e.to_string()))
+}
+
+async fn local_status(State(control): State<Arc<Control>>) -> Json<LocalStatus> {
+    Json(control.local_status().await)
+}
+
+async fn join_certificate(
+    State(control): State<Arc<Control>>,
+    peer: Option<axum::Extension<keel_consensus::rpc::Peer>>,
+    Json(req): Json<CertificateRequest>,
+) -> Json<Result<CertificateGrant, String>> {
+    let from = peer.map(|p| p.addr.to_string()).unwrap_or_default();
+    let result = grant_certificate(&control, req).await;
+    match &result {
+        Ok(g) => {
+            tracing::info!(peer = %from, id = %format!("{:x}", g.node_id), "issued a node certificate to a joiner")
+        }
+        Err(why) => tracing::warn!(peer = %from, %why, "refused a join"),
+    }
+    Json(result)
+}
+
+async fn grant_certificate(
+    control: &Control,
+    req: CertificateRequest,
+) -> Result<CertificateGrant, String> {
+    if req.name.is_empty()
+        || req.name.len() > 63
+        || !req
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err("the node name must be 1 to 63 letters, digits, '-', '_' or '.'".into());
+    }
+    if control
+        .consensus
+        .members()
+        .iter()
+        .any(|m| m.info.name == req.name)
+    {
+        return Err(format!(
+            "a node named {:?} is already a member; choose another --node-name",
+            req.name
+        ));
+    }
+    control
+        .propose(ClusterCommand::ConsumeJoinToken {
+            id: req.token_id.clone(),
+            secret_sha256: keel_web::sha256_hex(&req.secret),
+            now: unix_now(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_, state) = control.state();
+    let identity = state
+        .identity
+        .as_ref()
+        .ok_or("the cluster is not initialised yet")?;
+    let node_id = random_id();
+    let cert_pem = pki::sign_node_csr(
+        &req.csr_pem,
+        node_id,
+        &identity.ca_cert_pem,
+        &identity.ca_key_pem,
+    )
+    .map_err(|e| format!("bad certificate request: {e}"))?;
+    Ok(CertificateGrant {
+        node_id,
+        cluster_id: identity.cluster_id.clone(),
+        ca_pem: identity.ca_cert_pem.clone(),
+        cert_pem,
+    })
+}
