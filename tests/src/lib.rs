@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod netns;
 pub mod node;
 
 use std::future::Future;

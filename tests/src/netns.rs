@@ -93,7 +93,9 @@ impl Topology {
         let ns = self.add_ns(name);
         let br = self.ns("br");
         let port = self.port(name);
-        ip(&["-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        ip(&[
+            "-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
         ip(&["-n", &br, "link", "set", &port, "master", "br0", "up"]);
         for a in addrs {
             ip(&["-n", &ns, "addr", "add", a, "dev", "eth0"]);
@@ -141,8 +143,9 @@ impl Drop for Topology {
 
 /// One `GET` over a fresh connection from namespace `ns`: (status, body).
 pub fn get_from(ns: &str, addr: &str, path: &str) -> Option<(u16, String)> {
-    let (addr, path) = (addr.to_owned(), path.to_owned());
-    in_ns(ns, move || crate::node::raw_get(&addr, &path, None))
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    let path = path.to_owned();
+    in_ns(ns, move || crate::node::raw_get(addr, &path))
 }
 
 /// An HTTP call with a JSON body and optional bearer token, from `ns`.
@@ -181,7 +184,10 @@ impl NsKeel {
             log: dir.join(format!("{name}.log")),
             data_dir: dir.join(name),
             args: args.to_vec(),
-            env: env.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect(),
+            env: env
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect(),
         };
         k.spawn();
         k
@@ -249,7 +255,12 @@ impl Drop for NsKeel {
 }
 
 /// Run `keel ARGS` (a client command) inside `ns`: (exit code, stdout, stderr).
-pub fn keel_cli(ns: &str, env: &[(&str, &str)], args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+pub fn keel_cli(
+    ns: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (i32, String, String) {
     use std::io::Write;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns])

@@ -1,0 +1,535 @@
+#![allow(clippy::unwrap_used)]
+//! Real `keel` processes, one per network namespace on a bridge: bootstrap,
+//! join with tokens, applies through followers, crashes and partitions.
+
+use std::time::{Duration, Instant};
+
+use keel_tests::backend::HttpBackend;
+use keel_tests::netns::{call_from, get_from, keel_cli, wait_until, NsKeel, Topology};
+use serde_json::Value;
+
+const PASSWORD: &str = "e2e-admin-password-1";
+const ADMIN: &str = "127.0.0.1:9090";
+
+fn config(member: &str) -> String {
+    format!(
+        "load_balancers:\n  - name: web\n    listeners: [ {{ port: 8000, protocol: http, default_pool: app }} ]\n\
+         pools:\n  - name: app\n    members: [ {{ address: \"{member}\" }} ]\n"
+    )
+}
+
+const A: &str = "10.77.1.1:8080";
+const B: &str = "10.77.1.2:8080";
+
+struct Cluster {
+    // Field order is drop order: processes first, then namespaces.
+    nodes: Vec<NsKeel>,
+    _backends: Vec<HttpBackend>,
+    _rt: tokio::runtime::Runtime,
+    topo: Topology,
+    dir: tempfile::TempDir,
+    bearer: String,
+}
+
+fn node_args(i: usize) -> Vec<String> {
+    [
+        "--node-name".to_owned(),
+        format!("n{i}"),
+        "--cluster-addr".to_owned(),
+        format!("10.77.0.{i}:9091"),
+        "--admin-addr".to_owned(),
+        ADMIN.to_owned(),
+        "--shutdown-grace".to_owned(),
+        "1s".to_owned(),
+    ]
+    .to_vec()
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+impl Cluster {
+    /// Node 1 bootstrapped with `config(A)`, logged in; backends a and b up.
+    fn bootstrap(size: usize) -> Self {
+        let topo = Topology::new(size);
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let backends = {
+            let la = topo.listen("b", A);
+            let lb = topo.listen("b", B);
+            let _guard = rt.enter();
+            vec![
+                HttpBackend::from_std("a", la),
+                HttpBackend::from_std("b", lb),
+            ]
+        };
+        let cfg = dir.path().join("initial.yaml");
+        std::fs::write(&cfg, config(A)).unwrap();
+        let mut args = node_args(1);
+        args.extend(["--config".to_owned(), cfg.display().to_string()]);
+        let n1 = NsKeel::start(
+            &topo.ns("n1"),
+            dir.path(),
+            "n1",
+            &args,
+            &[("KEEL_ADMIN_PASSWORD", PASSWORD)],
+        );
+        let mut c = Cluster {
+            nodes: vec![n1],
+            _backends: backends,
+            _rt: rt,
+            topo,
+            dir,
+            bearer: String::new(),
+        };
+        c.wait_ready(1);
+        let (status, body) = c
+            .call(
+                1,
+                "POST",
+                "/api/v1/login",
+                Some(&format!("{{\"password\": \"{PASSWORD}\"}}")),
+            )
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        c.bearer = json(&body)["token"].as_str().unwrap().to_owned();
+        c
+    }
+
+    /// Bootstrap and join the other nodes with one token.
+    fn start(size: usize) -> Self {
+        let mut c = Self::bootstrap(size);
+        let token = c.join_token(&["--uses", &(size - 1).to_string()]);
+        for i in 2..=size {
+            c.join(i, &token);
+        }
+        for i in 2..=size {
+            c.wait_ready(i);
+        }
+        wait_until(Duration::from_secs(15), "every node a ready member", || {
+            let s = c.status(1);
+            s["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == size && n.iter().all(|n| n["ready"] == true))
+        });
+        c
+    }
+
+    fn ns(&self, i: usize) -> String {
+        self.topo.ns(&format!("n{i}"))
+    }
+
+    fn join_token(&self, extra: &[&str]) -> String {
+        let mut args = vec!["token", "create", "--server", "http://127.0.0.1:9090"];
+        args.extend(extra);
+        let (code, out, err) = keel_cli(&self.ns(1), &[("KEEL_TOKEN", &self.bearer)], &args, None);
+        assert_eq!(code, 0, "token create: {err}");
+        out.trim().to_owned()
+    }
+
+    fn join(&mut self, i: usize, token: &str) {
+        let mut args = node_args(i);
+        args.extend([
+            "--join".to_owned(),
+            "10.77.0.1:9091".to_owned(),
+            "--token".to_owned(),
+            token.to_owned(),
+        ]);
+        let node = NsKeel::start(&self.ns(i), self.dir.path(), &format!("n{i}"), &args, &[]);
+        if self.nodes.len() >= i {
+            self.nodes[i - 1] = node;
+        } else {
+            self.nodes.push(node);
+        }
+    }
+
+    fn call(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Option<(u16, String)> {
+        let token = (!self.bearer.is_empty()).then_some(self.bearer.as_str());
+        call_from(&self.ns(i), ADMIN, method, path, token, body)
+    }
+
+    fn status(&self, i: usize) -> Value {
+        match self.call(i, "GET", "/api/v1/status", None) {
+            Some((200, body)) => json(&body),
+            _ => Value::Null,
+        }
+    }
+
+    fn wait_ready(&self, i: usize) {
+        let ns = self.ns(i);
+        let log = &self.nodes[i - 1].log;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if get_from(&ns, ADMIN, "/readyz").is_some_and(|(s, _)| s == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "n{i} not ready; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+
+    fn leader(&self, ask: usize) -> usize {
+        let mut leader = 0;
+        wait_until(Duration::from_secs(10), "a leader", || {
+            let name = self.status(ask)["leader"].as_str().map(str::to_owned);
+            leader = name
+                .and_then(|n| n.trim_start_matches('n').parse().ok())
+                .unwrap_or(0);
+            leader != 0
+        });
+        leader
+    }
+
+    /// The body node `i`'s listener answers with, asked from the client namespace.
+    fn served_by(&self, i: usize) -> Option<String> {
+        get_from(&self.topo.ns("c"), &format!("10.77.0.{i}:8000"), "/")
+            .filter(|(s, _)| *s == 200)
+            .map(|(_, b)| b)
+    }
+
+    fn pools(&self, i: usize) -> Vec<String> {
+        match self.call(i, "GET", "/api/v1/pools", None) {
+            Some((200, body)) => json(&body)
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.nodes.iter().map(NsKeel::log_text).collect()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+#[test]
+fn three_nodes_serve_every_apply_made_through_a_follower() {
+    let c = Cluster::start(3);
+    for i in 1..=3 {
+        assert_eq!(
+            c.served_by(i).as_deref(),
+            Some("a"),
+            "n{i} serves the bootstrap config"
+        );
+    }
+    let leader = c.leader(1);
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+
+    // `keel apply -f` against a follower: forwarded, committed, served everywhere.
+    let file = c.dir.path().join("b.yaml");
+    std::fs::write(&file, config(B)).unwrap();
+    let file_arg = file.display().to_string();
+    let (code, out, err) = keel_cli(
+        &c.ns(follower),
+        &[("KEEL_TOKEN", &c.bearer)],
+        &[
+            "apply",
+            "-f",
+            &file_arg,
+            "--server",
+            "http://127.0.0.1:9090",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "apply: {err}");
+    assert!(out.contains("upsert pool app"), "{out}");
+    for i in 1..=3 {
+        wait_until(Duration::from_secs(5), &format!("n{i} serves b"), || {
+            c.served_by(i).as_deref() == Some("b")
+        });
+    }
+    // Applying the same file again changes nothing.
+    let (code, out, _) = keel_cli(
+        &c.ns(follower),
+        &[("KEEL_TOKEN", &c.bearer)],
+        &[
+            "apply",
+            "-f",
+            &file_arg,
+            "--server",
+            "http://127.0.0.1:9090",
+        ],
+        None,
+    );
+    assert_eq!(code, 0);
+    assert!(out.starts_with("unchanged"), "{out}");
+
+    // 100 applies through the follower: time from the API call to every
+    // node serving the change (observed from the client namespace).
+    let mut times = Vec::new();
+    for n in 0..100 {
+        let (member, expect) = if n % 2 == 0 { (A, "a") } else { (B, "b") };
+        let body = format!(
+            "{{\"pools\": [{{\"name\": \"app\", \"members\": [{{\"address\": \"{member}\"}}]}}], \
+              \"load_balancers\": [{{\"name\": \"web\", \"listeners\": [{{\"port\": 8000, \"protocol\": \"http\", \"default_pool\": \"app\"}}]}}]}}"
+        );
+        let t0 = Instant::now();
+        let (status, answer) = c
+            .call(follower, "PUT", "/api/v1/config", Some(&body))
+            .unwrap();
+        assert_eq!(status, 200, "{answer}");
+        let mut pending: Vec<usize> = (1..=3).collect();
+        while !pending.is_empty() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "apply {n} not served by {pending:?}"
+            );
+            pending.retain(|i| c.served_by(*i).as_deref() != Some(expect));
+        }
+        times.push(t0.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "apply → served on all 3 nodes, 100 applies via a follower: p50 {:?}, p99 {:?}, max {:?}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[times.len() - 1]
+    );
+}
+
+#[test]
+fn a_killed_leader_loses_no_acknowledged_write_and_catches_up() {
+    let mut c = Cluster::start(3);
+    let leader = c.leader(1);
+    let writer = (1..=3).find(|i| *i != leader).unwrap();
+    let mut acked = Vec::new();
+    let mut failed = 0;
+    let mut killed_at = None;
+    let mut n = 0;
+    let started = Instant::now();
+    // Write until 10 writes have been acknowledged after the kill.
+    while acked.len() < 10 || killed_at.is_none_or(|k| acked.len() < k + 10) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "writes did not resume; {failed} failed"
+        );
+        let name = format!("p{n:03}");
+        n += 1;
+        let body = format!("{{\"name\": \"{name}\", \"members\": [{{\"address\": \"{A}\"}}]}}");
+        match c.call(writer, "POST", "/api/v1/pools", Some(&body)) {
+            Some((201, _)) => acked.push(name),
+            _ => failed += 1,
+        }
+        if acked.len() == 10 && killed_at.is_none() {
+            c.nodes[leader - 1].kill();
+            killed_at = Some(acked.len());
+        }
+    }
+    eprintln!(
+        "{} writes acknowledged, {failed} refused during the election",
+        acked.len()
+    );
+    let survivors: Vec<usize> = (1..=3).filter(|i| *i != leader).collect();
+    for i in &survivors {
+        wait_until(
+            Duration::from_secs(5),
+            &format!("n{i} has every acknowledged write"),
+            || {
+                let pools = c.pools(*i);
+                acked.iter().all(|p| pools.contains(p))
+            },
+        );
+    }
+    c.nodes[leader - 1].restart();
+    c.wait_ready(leader);
+    wait_until(
+        Duration::from_secs(10),
+        "the restarted node caught up",
+        || {
+            let pools = c.pools(leader);
+            acked.iter().all(|p| pools.contains(p))
+        },
+    );
+}
+
+#[test]
+fn an_isolated_node_refuses_writes_keeps_its_config_and_catches_up() {
+    let c = Cluster::start(3);
+    let leader = c.leader(1);
+    let isolated = (1..=3).find(|i| *i != leader).unwrap();
+    let other = (1..=3).find(|i| *i != leader && *i != isolated).unwrap();
+    let before = c.call(isolated, "GET", "/api/v1/config", None).unwrap().1;
+
+    c.topo.set_link(&format!("n{isolated}"), false);
+    let body = format!("{{\"name\": \"during\", \"members\": [{{\"address\": \"{A}\"}}]}}");
+    let (status, _) = c.call(other, "POST", "/api/v1/pools", Some(&body)).unwrap();
+    assert_eq!(status, 201, "the majority keeps accepting writes");
+
+    let t0 = Instant::now();
+    let refused = c.call(
+        isolated,
+        "POST",
+        "/api/v1/pools",
+        Some(&body.replace("during", "lost")),
+    );
+    let (status, answer) = refused.unwrap();
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(json(&answer)["error"]["code"], "no_leader", "{answer}");
+    eprintln!("isolated node refused the write after {:?}", t0.elapsed());
+    // It keeps its last config and its listener.
+    assert_eq!(
+        c.call(isolated, "GET", "/api/v1/config", None).unwrap().1,
+        before
+    );
+    assert!(
+        get_from(&c.ns(isolated), "127.0.0.1:8000", "/").is_some(),
+        "listener still up"
+    );
+
+    c.topo.set_link(&format!("n{isolated}"), true);
+    wait_until(
+        Duration::from_secs(10),
+        "the isolated node caught up",
+        || c.pools(isolated).contains(&"during".to_owned()),
+    );
+    assert!(!c.pools(leader).contains(&"lost".to_owned()));
+}
+
+#[test]
+fn joining_needs_a_valid_token_from_the_pinned_cluster() {
+    let mut c = Cluster::bootstrap(3);
+    let refused_joins = |c: &Cluster| c.nodes[0].log_text().matches("refused a join").count();
+
+    // Each bad token is refused with a clear message; the joiner exits 1.
+    let attempt = |c: &mut Cluster, token: &str, expect: &str| {
+        let dir = c.dir.path().join("n2");
+        let _ = std::fs::remove_dir_all(&dir);
+        c.join(2, token);
+        let code = c.nodes[1].wait_exit(Duration::from_secs(20));
+        let log = c.nodes[1].log_text();
+        assert_eq!(
+            code,
+            Some(1),
+            "joiner should exit 1 ({expect}); log:\n{log}"
+        );
+        assert!(log.contains(expect), "expected {expect:?} in:\n{log}");
+    };
+    attempt(&mut c, "KEEL1.nonsense", "malformed");
+    let good = c.join_token(&["--uses", "1"]);
+    let fp = good.split('.').nth(1).unwrap().to_owned();
+    let wrong_secret = format!("{}{}", &good[..good.len() - 4], "0000");
+    attempt(&mut c, &wrong_secret, "wrong secret");
+    let short = c.join_token(&["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    attempt(&mut c, &short, "expired");
+    let revoked = c.join_token(&[]);
+    let id = revoked.split('.').nth(2).unwrap().to_owned();
+    let (code, _, err) = keel_cli(
+        &c.ns(1),
+        &[("KEEL_TOKEN", &c.bearer)],
+        &["token", "revoke", &id, "--server", "http://127.0.0.1:9090"],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    attempt(&mut c, &revoked, "revoked");
+
+    // A token for another cluster: the joiner refuses before sending the
+    // secret, so the server never sees a join request.
+    let before = refused_joins(&c);
+    let foreign = good.replace(&fp, &"0".repeat(64));
+    attempt(&mut c, &foreign, "not the cluster the token belongs to");
+    assert_eq!(refused_joins(&c), before, "the secret reached the server");
+
+    // None of that left a trace in the membership.
+    assert_eq!(c.status(1)["nodes"].as_array().unwrap().len(), 1);
+
+    // The good token works once, then is used up.
+    let _ = std::fs::remove_dir_all(c.dir.path().join("n2"));
+    c.join(2, &good);
+    c.wait_ready(2);
+    let dir3 = c.dir.path().join("n3");
+    let mut args = node_args(3);
+    args.extend([
+        "--join".into(),
+        "10.77.0.1:9091".into(),
+        "--token".into(),
+        good.clone(),
+    ]);
+    let mut n3 = NsKeel::start(&c.ns(3), c.dir.path(), "n3", &args, &[]);
+    assert_eq!(n3.wait_exit(Duration::from_secs(20)), Some(1));
+    assert!(n3.log_text().contains("used up"), "{}", n3.log_text());
+    let _ = std::fs::remove_dir_all(dir3);
+    assert_eq!(c.status(1)["nodes"].as_array().unwrap().len(), 2);
+
+    // A restart needs no token.
+    c.nodes[1].restart();
+    c.wait_ready(2);
+
+    // Raft RPCs need a cluster certificate: an anonymous TLS client gets 403.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.topo.ns("c"),
+            "curl",
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            "{}",
+        ])
+        .arg("https://10.77.0.1:9091/raft/vote")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+
+    // The API needs credentials.
+    let anonymous = call_from(&c.ns(1), ADMIN, "GET", "/api/v1/pools", None, None).unwrap();
+    assert_eq!(anonymous.0, 401, "{}", anonymous.1);
+    let bogus = call_from(
+        &c.ns(1),
+        ADMIN,
+        "GET",
+        "/api/v1/pools",
+        Some("keel_00_11"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(bogus.0, 401);
+
+    // `keel node remove` shrinks the membership.
+    let (code, _, err) = keel_cli(
+        &c.ns(1),
+        &[("KEEL_TOKEN", &c.bearer)],
+        &["node", "remove", "n2", "--server", "http://127.0.0.1:9090"],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(c.status(1)["nodes"].as_array().unwrap().len(), 1);
+
+    // No secret ever reached a log.
+    let logs = c.logs() + &n3.log_text();
+    for secret in [
+        PASSWORD,
+        c.bearer.as_str(),
+        good.split('.').nth(3).unwrap(),
+        "PRIVATE KEY",
+    ] {
+        assert!(!logs.contains(secret), "a secret ({secret}) is in the logs");
+    }
+}
