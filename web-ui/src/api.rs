@@ -317,7 +317,7 @@ async fn put_config<C: ControlPlane>(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Applied>, ApiError> {
-    let body = body.map_err(|e| JsonRejection::from(e))?;
+    let body = body.map_err(JsonRejection::from)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("the body is not UTF-8 text"))?;
     let yaml = headers

@@ -1,0 +1,299 @@
+#![allow(clippy::unwrap_used)]
+//! The API's handlers over a fake control plane (commands applied to an
+//! in-memory state), driven with `Router::oneshot`.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use keel_model::{ClusterCommand, ClusterState, User};
+use keel_web::{ClusterStatus, ControlError, ControlPlane};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const PASSWORD: &str = "a-long-admin-password";
+
+struct Fake {
+    state: Mutex<(u64, Arc<ClusterState>)>,
+}
+
+impl ControlPlane for Fake {
+    fn state(&self) -> (u64, Arc<ClusterState>) {
+        self.state.lock().unwrap().clone()
+    }
+
+    async fn propose(&self, command: ClusterCommand) -> Result<u64, ControlError> {
+        let mut guard = self.state.lock().unwrap();
+        let mut next = (*guard.1).clone();
+        next.apply(&command).map_err(ControlError::Refused)?;
+        *guard = (guard.0 + 1, Arc::new(next));
+        Ok(guard.0)
+    }
+
+    async fn status(&self) -> ClusterStatus {
+        ClusterStatus::default()
+    }
+
+    async fn remove_node(&self, name: &str) -> Result<(), ControlError> {
+        Err(ControlError::NotFound(format!(
+            "node {name:?} is not a member"
+        )))
+    }
+
+    fn ca_fingerprint(&self) -> String {
+        "ab".repeat(32)
+    }
+}
+
+fn fake() -> Arc<Fake> {
+    let mut state = ClusterState::default();
+    state.users.insert(
+        "admin".into(),
+        User {
+            password_hash: keel_web::hash_password(PASSWORD).unwrap(),
+            must_change_password: false,
+        },
+    );
+    Arc::new(Fake {
+        state: Mutex::new((1, Arc::new(state))),
+    })
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: impl Into<Body>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(body.into()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, value)
+}
+
+async fn login(app: &axum::Router) -> String {
+    let (status, v) = call(
+        app,
+        "POST",
+        "/api/v1/login",
+        None,
+        json!({"password": PASSWORD}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+fn fields(v: &Value) -> Vec<String> {
+    v["error"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn calls_without_valid_credentials_get_401_and_logins_are_rate_limited() {
+    let app = keel_web::router(fake());
+    let (status, v) = call(&app, "GET", "/api/v1/pools", None, "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["code"], "unauthorized");
+    let (status, _) = call(&app, "GET", "/api/v1/pools", Some("keel_abc_def"), "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let wrong = json!({"password": "nope"}).to_string();
+    for _ in 0..5 {
+        let (status, _) = call(&app, "POST", "/api/v1/login", None, wrong.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let right = json!({"password": PASSWORD}).to_string();
+    let (status, v) = call(&app, "POST", "/api/v1/login", None, right).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+}
+
+#[tokio::test]
+async fn invalid_objects_get_422_naming_each_field_and_change_nothing() {
+    let control = fake();
+    let app = keel_web::router(control.clone());
+    let token = login(&app).await;
+    let version = control.state().0;
+
+    let pool = json!({"name": "app", "members": [
+        {"address": "not-an-address"},
+        {"address": "10.0.0.1:80", "weight": 5000}
+    ]});
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/pools",
+        Some(&token),
+        pool.to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(
+        fields(&v),
+        ["members[0].address", "members[1].weight"],
+        "{v}"
+    );
+
+    let lb = json!({"name": "web", "listeners": [{"port": 80, "protocol": "http", "default_pool": "missing"}]});
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/load-balancers",
+        Some(&token),
+        lb.to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(fields(&v), ["listeners[0].default_pool"], "{v}");
+
+    // Unknown fields, malformed JSON and a 10 MB body are refused cleanly.
+    let unknown = json!({"name": "app", "members": [], "colour": "red"});
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/pools",
+        Some(&token),
+        unknown.to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("colour"),
+        "{v}"
+    );
+    let (status, v) = call(&app, "POST", "/api/v1/pools", Some(&token), "{\"name\": ").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "bad_request");
+    let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(10 << 20));
+    let (status, v) = call(&app, "POST", "/api/v1/pools", Some(&token), huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    let (status, v) = call(
+        &app,
+        "PUT",
+        "/api/v1/config",
+        Some(&token),
+        "x".repeat(10 << 20),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+
+    // Nothing was committed.
+    assert_eq!(control.state().0, version);
+    assert!(control.state().1.spec.pools.is_empty());
+}
+
+#[tokio::test]
+async fn objects_round_trip_and_config_apply_is_idempotent() {
+    let control = fake();
+    let app = keel_web::router(control.clone());
+    let token = login(&app).await;
+    let pool = json!({"name": "app", "members": [{"address": "10.0.0.1:80"}]});
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/pools",
+        Some(&token),
+        pool.to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/v1/pools",
+        Some(&token),
+        pool.to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let lb = json!({"name": "web", "listeners": [{"port": 80, "protocol": "http", "default_pool": "app"}]});
+    let (status, v) = call(
+        &app,
+        "PUT",
+        "/api/v1/load-balancers/web",
+        Some(&token),
+        lb.to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = call(&app, "GET", "/api/v1/load-balancers/web", Some(&token), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["listeners"][0]["default_pool"], "app");
+
+    // A pool in use cannot go; the refusal names why.
+    let (status, v) = call(&app, "DELETE", "/api/v1/pools/app", Some(&token), "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+
+    let (_, doc) = call(&app, "GET", "/api/v1/config", Some(&token), "").await;
+    let version = control.state().0;
+    let (status, v) = call(&app, "PUT", "/api/v1/config", Some(&token), doc.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["changes"], json!([]));
+    assert_eq!(
+        control.state().0,
+        version,
+        "an identical apply commits nothing"
+    );
+
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/tokens",
+        Some(&token),
+        json!({"ttl": "10m", "uses": 2}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let t = v["token"].as_str().unwrap();
+    assert!(t.starts_with(&format!("KEEL1.{}.", "ab".repeat(32))), "{t}");
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/tokens",
+        Some(&token),
+        json!({"ttl": "soon"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+}
+
+#[tokio::test]
+async fn every_documented_path_is_routed() {
+    let app = keel_web::router(fake());
+    let token = login(&app).await;
+    let (status, doc) = call(&app, "GET", "/api/v1/openapi.json", None, "").await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 10);
+    for (path, ops) in paths {
+        let concrete = path.replace("{name}", "x").replace("{id}", "x");
+        for method in ops.as_object().unwrap().keys() {
+            let (_, v) = call(&app, &method.to_uppercase(), &concrete, Some(&token), "{}").await;
+            assert_ne!(
+                v["error"]["message"], "no such API endpoint",
+                "{method} {path} is documented but not routed"
+            );
+        }
+    }
+    let (status, v) = call(&app, "GET", "/api/v1/nope", Some(&token), "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"]["message"], "no such API endpoint");
+}
