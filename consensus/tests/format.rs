@@ -12,7 +12,10 @@ use openraft::{Entry, EntryPayload};
 fn entries_written_by_0_1_0_decode_and_apply() {
     let text = include_str!("fixtures/entries-v0.1.0.json");
     let entries: Vec<Entry<TypeConfig>> = serde_json::from_str(text).unwrap();
-    assert_eq!(serde_json::to_string_pretty(&entries).unwrap(), text.trim_end());
+    assert_eq!(
+        serde_json::to_string_pretty(&entries).unwrap(),
+        text.trim_end()
+    );
 
     let mut state = ClusterState::default();
     let mut membership = None;
