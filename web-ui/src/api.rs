@@ -13,7 +13,8 @@ use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use http::{header, HeaderMap, StatusCode};
 use keel_model::{
-    ApiToken, ClusterCommand, Command, Document, JoinToken, LoadBalancerDoc, PoolDoc, Segment, User,
+    ApiToken, CertificateDoc, ClusterCommand, ClusterState, Command, Document, FieldError,
+    JoinToken, LoadBalancerDoc, Path as FieldPath, PoolDoc, Segment, User, ValidationErrors,
 };
 use serde::{Deserialize, Serialize};
 
@@ -74,7 +75,16 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>) -> Router {
                 .put(replace::<C, PoolDoc>)
                 .delete(remove::<C, PoolDoc>),
         )
-        .route("/api/v1/certificates", get(list_certificates))
+        .route(
+            "/api/v1/certificates",
+            get(list::<C, CertificateDoc>).post(create::<C, CertificateDoc>),
+        )
+        .route(
+            "/api/v1/certificates/{name}",
+            get(fetch::<C, CertificateDoc>)
+                .put(replace::<C, CertificateDoc>)
+                .delete(remove::<C, CertificateDoc>),
+        )
         .route("/api/v1/nodes", get(nodes::<C>))
         .route(
             "/api/v1/nodes/{name}",
@@ -289,7 +299,8 @@ async fn get_config<C: ControlPlane>(
     Query(q): Query<FormatQuery>,
 ) -> Response {
     let (version, state) = app.control.state();
-    let doc = Document::from_spec(&state.spec);
+    let mut doc = Document::from_spec(&state.spec);
+    doc.certificates.iter_mut().for_each(Kind::redact);
     let version_header = [("x-keel-version", version.to_string())];
     if q.format.as_deref() == Some("yaml") {
         (
@@ -324,13 +335,23 @@ async fn put_config<C: ControlPlane>(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("yaml"));
-    let doc = if yaml {
+    let mut doc = if yaml {
         Document::from_yaml(text)?
     } else {
         Document::from_json(text)?
     };
-    let spec = doc.into_spec().map_err(|e| ApiError::invalid(&e))?;
     let (version, state) = app.control.state();
+    for (i, cert) in doc.certificates.iter_mut().enumerate() {
+        keep_stored_key(cert, &state);
+        let stored = state.spec.certificates.get(&cert.name);
+        let unchanged = stored.is_some_and(|s| {
+            s.cert_pem == cert.cert_pem && Some(&s.key_pem) == cert.key_pem.as_ref()
+        });
+        if !unchanged {
+            check_certificate(cert, &FieldPath::root().field("certificates").index(i))?;
+        }
+    }
+    let spec = doc.into_spec().map_err(|e| ApiError::invalid(&e))?;
     let changes = state.spec.diff(&spec);
     if changes.is_empty() {
         return Ok(Json(Applied {
@@ -356,6 +377,64 @@ trait Kind: Serialize + for<'de> Deserialize<'de> + Clone + Send + 'static {
     fn items(doc: &mut Document) -> &mut Vec<Self>;
     fn name(&self) -> &str;
     fn set_name(&mut self, name: String);
+    /// Complete and check a submitted object against the current state.
+    fn prepare(&mut self, _state: &ClusterState) -> Result<(), ApiError> {
+        Ok(())
+    }
+    /// Remove secrets before the object is shown.
+    fn redact(&mut self) {}
+}
+
+impl Kind for CertificateDoc {
+    const FIELD: &'static str = "certificates";
+    const NAME: &'static str = "certificate";
+    fn items(doc: &mut Document) -> &mut Vec<Self> {
+        &mut doc.certificates
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_name(&mut self, name: String) {
+        self.name = name;
+    }
+    fn prepare(&mut self, state: &ClusterState) -> Result<(), ApiError> {
+        keep_stored_key(self, state);
+        check_certificate(self, &FieldPath::root())
+    }
+    fn redact(&mut self) {
+        self.key_pem = None;
+    }
+}
+
+/// A certificate sent without its key keeps the stored one (keys are never
+/// shown, so an exported object or document round-trips).
+fn keep_stored_key(cert: &mut CertificateDoc, state: &ClusterState) {
+    if cert.key_pem.is_none() {
+        cert.key_pem = state
+            .spec
+            .certificates
+            .get(&cert.name)
+            .map(|c| c.key_pem.clone());
+    }
+}
+
+fn check_certificate(cert: &CertificateDoc, at: &FieldPath) -> Result<(), ApiError> {
+    if cert.key_pem.is_none() {
+        return Err(ApiError::invalid(&ValidationErrors(vec![FieldError::new(
+            at.field("key_pem"),
+            "is required for a new certificate",
+        )])));
+    }
+    let problems = crate::certs::problems(cert);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(&ValidationErrors(
+        problems
+            .into_iter()
+            .map(|(field, message)| FieldError::new(at.field(field), message))
+            .collect(),
+    )))
 }
 
 impl Kind for LoadBalancerDoc {
@@ -419,7 +498,9 @@ async fn edit<C: ControlPlane, K: Kind>(
 async fn list<C: ControlPlane, K: Kind>(State(app): AppState<C>) -> Json<Vec<K>> {
     let (_, state) = app.control.state();
     let mut doc = Document::from_spec(&state.spec);
-    Json(std::mem::take(K::items(&mut doc)))
+    let mut items = std::mem::take(K::items(&mut doc));
+    items.iter_mut().for_each(K::redact);
+    Json(items)
 }
 
 async fn fetch<C: ControlPlane, K: Kind>(
@@ -432,7 +513,10 @@ async fn fetch<C: ControlPlane, K: Kind>(
         .iter()
         .find(|k| k.name() == name)
         .cloned()
-        .map(Json)
+        .map(|mut k| {
+            k.redact();
+            Json(k)
+        })
         .ok_or_else(|| ApiError::not_found(format!("{} {name:?} does not exist", K::NAME)))
 }
 
@@ -440,8 +524,10 @@ async fn create<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
     body: Result<Json<K>, JsonRejection>,
 ) -> Result<(StatusCode, Json<K>), ApiError> {
-    let Json(item) = body?;
-    let created = item.clone();
+    let Json(mut item) = body?;
+    item.prepare(&app.control.state().1)?;
+    let mut created = item.clone();
+    created.redact();
     edit::<C, K>(&*app.control, |doc| {
         let items = K::items(doc);
         if items.iter().any(|k| k.name() == item.name()) {
@@ -472,7 +558,9 @@ async fn replace<C: ControlPlane, K: Kind>(
         ));
     }
     item.set_name(name.clone());
-    let stored = item.clone();
+    item.prepare(&app.control.state().1)?;
+    let mut stored = item.clone();
+    stored.redact();
     edit::<C, K>(&*app.control, |doc| {
         let items = K::items(doc);
         match items.iter().position(|k| k.name() == name) {
@@ -508,11 +596,6 @@ async fn remove<C: ControlPlane, K: Kind>(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-async fn list_certificates() -> Json<Vec<serde_json::Value>> {
-    // Certificates arrive with TLS termination; until then there are none.
-    Json(Vec::new())
 }
 
 #[derive(Serialize)]

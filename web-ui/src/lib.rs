@@ -7,6 +7,7 @@
 
 mod api;
 mod auth;
+mod certs;
 mod error;
 mod openapi;
 

@@ -63,7 +63,27 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
             ("delete", "Delete a pool no listener uses"),
         ],
     ),
-    ("/api/v1/certificates", &[("get", "List certificates")]),
+    (
+        "/api/v1/certificates",
+        &[
+            ("get", "List certificates (keys are never returned)"),
+            (
+                "post",
+                "Add a certificate and key (checked: parses, key matches, valid now, names a host)",
+            ),
+        ],
+    ),
+    (
+        "/api/v1/certificates/{name}",
+        &[
+            ("get", "Read a certificate (without its key)"),
+            (
+                "put",
+                "Create or replace a certificate; without key_pem the stored key is kept",
+            ),
+            ("delete", "Delete a certificate"),
+        ],
+    ),
     ("/api/v1/nodes", &[("get", "List the cluster's nodes")]),
     (
         "/api/v1/nodes/{name}",

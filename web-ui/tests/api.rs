@@ -297,3 +297,94 @@ async fn every_documented_path_is_routed() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(v["error"]["message"], "no such API endpoint");
 }
+
+fn cert(names: &[&str], expired: bool) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    }
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn certificates_are_checked_on_submission_and_keys_never_come_back() {
+    let control = fake();
+    let app = keel_web::router(control.clone());
+    let token = login(&app).await;
+    let (cert_pem, key_pem) = cert(&["shop.example"], false);
+    let body = json!({"name": "site", "cert_pem": cert_pem, "key_pem": key_pem});
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/api/v1/certificates",
+        Some(&token),
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert!(v.get("key_pem").is_none(), "{v}");
+
+    // Keys are stored but never shown: not in the object, the list or the config.
+    assert_eq!(control.state().1.spec.certificates["site"].key_pem, key_pem);
+    for path in [
+        "/api/v1/certificates/site",
+        "/api/v1/certificates",
+        "/api/v1/config",
+    ] {
+        let (_, v) = call(&app, "GET", path, Some(&token), "").await;
+        assert!(!v.to_string().contains("PRIVATE KEY"), "{path}: {v}");
+    }
+    // So an exported config applies back unchanged (the stored key is kept).
+    let (_, doc) = call(&app, "GET", "/api/v1/config", Some(&token), "").await;
+    let (status, v) = call(&app, "PUT", "/api/v1/config", Some(&token), doc.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["changes"], json!([]));
+
+    // Mismatched key, expired certificate, garbage: 422 naming the field.
+    let (_, other_key) = cert(&["shop.example"], false);
+    let cases = [
+        (
+            json!({"name": "x", "cert_pem": cert_pem, "key_pem": other_key}),
+            "key_pem",
+        ),
+        (
+            {
+                let (c, k) = cert(&["old.example"], true);
+                json!({"name": "x", "cert_pem": c, "key_pem": k})
+            },
+            "cert_pem",
+        ),
+        (
+            json!({"name": "x", "cert_pem": "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n", "key_pem": key_pem}),
+            "cert_pem",
+        ),
+        (json!({"name": "x", "cert_pem": cert_pem}), "key_pem"),
+    ];
+    for (body, field) in cases {
+        let (status, v) = call(
+            &app,
+            "POST",
+            "/api/v1/certificates",
+            Some(&token),
+            body.to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(fields(&v), [field], "{v}");
+    }
+    assert_eq!(control.state().1.spec.certificates.len(), 1);
+    let (status, _) = call(
+        &app,
+        "DELETE",
+        "/api/v1/certificates/site",
+        Some(&token),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(control.state().1.spec.certificates.is_empty());
+}

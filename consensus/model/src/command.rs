@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationErrors;
-use crate::spec::{LoadBalancer, Member, Pool, Spec};
+use crate::spec::{Certificate, LoadBalancer, Member, Pool, Spec};
 
 /// One change to the config. Commands are stored in the replicated log, so
 /// their serialised form is a format: add variants, do not reshape old ones.
@@ -35,6 +35,10 @@ pub enum Command {
     },
     /// Several commands applied together: all of them or none.
     Batch(Vec<Command>),
+    /// Create or replace a certificate.
+    UpsertCertificate(Certificate),
+    /// Remove a certificate.
+    RemoveCertificate { name: String },
 }
 
 impl fmt::Display for Command {
@@ -65,6 +69,8 @@ impl fmt::Display for Command {
                 write!(f, "{verb} member {address} in pool {pool}")
             }
             Command::Batch(cmds) => write!(f, "batch of {} changes", cmds.len()),
+            Command::UpsertCertificate(c) => write!(f, "upsert certificate {}", c.name),
+            Command::RemoveCertificate { name } => write!(f, "remove certificate {name}"),
         }
     }
 }
@@ -145,6 +151,14 @@ impl Spec {
                     self.apply_unchecked(c)?;
                 }
             }
+            Command::UpsertCertificate(cert) => {
+                self.certificates.insert(cert.name.clone(), cert.clone());
+            }
+            Command::RemoveCertificate { name } => {
+                self.certificates
+                    .remove(name)
+                    .ok_or_else(|| not_found("certificate", name))?;
+            }
         }
         Ok(())
     }
@@ -157,9 +171,14 @@ impl Spec {
 
     /// The commands that turn `self` into `new`, to be applied as one
     /// [`Command::Batch`]: pools first, so load balancers never point at a
-    /// missing pool, and unused pools last.
+    /// missing pool, and unused pools last (certificates likewise).
     pub fn diff(&self, new: &Spec) -> Vec<Command> {
         let mut out = Vec::new();
+        for (name, cert) in &new.certificates {
+            if self.certificates.get(name) != Some(cert) {
+                out.push(Command::UpsertCertificate(cert.clone()));
+            }
+        }
         for (name, pool) in &new.pools {
             if self.pools.get(name) != Some(pool) {
                 out.push(Command::UpsertPool(pool.clone()));
@@ -178,6 +197,11 @@ impl Spec {
         for name in self.pools.keys() {
             if !new.pools.contains_key(name) {
                 out.push(Command::RemovePool { name: name.clone() });
+            }
+        }
+        for name in self.certificates.keys() {
+            if !new.certificates.contains_key(name) {
+                out.push(Command::RemoveCertificate { name: name.clone() });
             }
         }
         out

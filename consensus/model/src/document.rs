@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{FieldError, Path, Segment, ValidationErrors};
 use crate::spec::{
-    Algorithm, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol, Spec,
-    StatusRanges, Vip,
+    Algorithm, Certificate, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol,
+    Spec, StatusRanges, Vip,
 };
 
 /// Defaults applied to fields a document leaves out.
@@ -51,6 +51,28 @@ pub struct Document {
     pub load_balancers: Vec<LoadBalancerDoc>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<PoolDoc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateDoc>,
+}
+
+/// A certificate as written. `key_pem` may be left out when replacing a
+/// certificate through the API, which then keeps the stored key (the API
+/// never returns keys, so an exported document round-trips).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateDoc {
+    pub name: String,
+    pub cert_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
+}
+
+impl std::fmt::Debug for CertificateDoc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateDoc")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,14 +216,33 @@ impl Document {
                 spec.pools.insert(pool.name.clone(), pool);
             }
         }
+        let mut cert_index = BTreeMap::new();
+        for (i, doc) in self.certificates.iter().enumerate() {
+            let at = Path::root().field("certificates").index(i);
+            let key_pem = doc.key_pem.clone().unwrap_or_else(|| {
+                errors.push(FieldError::new(at.field("key_pem"), "is required"));
+                String::new()
+            });
+            let cert = Certificate {
+                name: doc.name.clone(),
+                cert_pem: doc.cert_pem.clone(),
+                key_pem,
+            };
+            if let Some(first) = cert_index.insert(cert.name.clone(), i) {
+                cert_index.insert(cert.name.clone(), first);
+                errors.push(dup_name(&at, "certificates", first));
+            } else {
+                spec.certificates.insert(cert.name.clone(), cert);
+            }
+        }
         let parse_errors = errors.len();
         for mut e in spec.check() {
             // Point at list positions, as the user wrote the document.
             if let [Segment::Field(kind), Segment::Name(name), ..] = e.path.0.as_slice() {
-                let index = if *kind == "pools" {
-                    &pool_index
-                } else {
-                    &lb_index
+                let index = match *kind {
+                    "pools" => &pool_index,
+                    "certificates" => &cert_index,
+                    _ => &lb_index,
                 };
                 if let Some(&i) = index.get(name) {
                     e.path.0[1] = Segment::Index(i);
@@ -229,6 +270,15 @@ impl Document {
                 .map(LoadBalancerDoc::from)
                 .collect(),
             pools: spec.pools.values().map(PoolDoc::from).collect(),
+            certificates: spec
+                .certificates
+                .values()
+                .map(|c| CertificateDoc {
+                    name: c.name.clone(),
+                    cert_pem: c.cert_pem.clone(),
+                    key_pem: Some(c.key_pem.clone()),
+                })
+                .collect(),
         }
     }
 }

@@ -18,10 +18,11 @@ pub use cluster::{
 };
 pub use command::{ApplyError, Command};
 pub use document::{
-    Document, HealthCheckDoc, ListenerDoc, LoadBalancerDoc, MemberDoc, ParseError, PoolDoc,
+    CertificateDoc, Document, HealthCheckDoc, ListenerDoc, LoadBalancerDoc, MemberDoc, ParseError,
+    PoolDoc,
 };
 pub use error::{FieldError, Path, Segment, ValidationErrors};
 pub use spec::{
-    Algorithm, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol, Spec,
-    StatusRanges, Vip,
+    Algorithm, Certificate, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol,
+    Spec, StatusRanges, Vip,
 };

@@ -19,6 +19,29 @@ pub struct Spec {
     pub load_balancers: BTreeMap<String, LoadBalancer>,
     /// Pools of members by name.
     pub pools: BTreeMap<String, Pool>,
+    /// TLS certificates with their keys, by name (used by TLS listeners).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub certificates: BTreeMap<String, Certificate>,
+}
+
+/// A certificate chain and its private key. The key is a secret: it is
+/// never logged (`Debug` redacts it) and the API never returns it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    pub name: String,
+    /// The leaf certificate first, then intermediates; PEM.
+    pub cert_pem: String,
+    /// The private key; PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certificate")
+            .field("name", &self.name)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// A named group of listeners, optionally on a virtual IP owned by the cluster.
@@ -265,6 +288,26 @@ impl Spec {
                     ));
                 }
                 bound.push((addr, &lb.name, i));
+            }
+        }
+        for (key, cert) in &self.certificates {
+            let at = Path::root().field("certificates").name(key);
+            if key != &cert.name {
+                errors.push(FieldError::new(at.field("name"), "does not match its key"));
+            }
+            check_name(&cert.name, &at.field("name"), &mut errors);
+            if !cert.cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+                errors.push(FieldError::new(
+                    at.field("cert_pem"),
+                    "needs at least one PEM certificate (-----BEGIN CERTIFICATE-----)",
+                ));
+            }
+            if !(cert.key_pem.contains("-----BEGIN ") && cert.key_pem.contains("PRIVATE KEY-----"))
+            {
+                errors.push(FieldError::new(
+                    at.field("key_pem"),
+                    "needs a PEM private key (-----BEGIN PRIVATE KEY-----)",
+                ));
             }
         }
         for (key, pool) in &self.pools {

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use keel_model::{
-    Algorithm, CheckKind, Command, Document, HealthCheck, Listener, LoadBalancer, Member, Pool,
-    Protocol, Spec, StatusRanges,
+    Algorithm, Certificate, CheckKind, Command, Document, HealthCheck, Listener, LoadBalancer,
+    Member, Pool, Protocol, Spec, StatusRanges,
 };
 use proptest::prelude::*;
 
@@ -82,8 +82,9 @@ fn spec() -> impl Strategy<Value = Spec> {
         proptest::collection::vec(pool("b"), 0..2),
         proptest::collection::vec(pool("c"), 0..2),
         proptest::collection::vec((0usize..3, 0usize..4, any::<bool>()), 0..4),
+        proptest::collection::btree_set(0u8..4, 0..3),
     )
-        .prop_map(|(a, b, c, lbs)| {
+        .prop_map(|(a, b, c, lbs, certs)| {
             let mut pools = BTreeMap::new();
             for p in std::iter::once(a).chain(b).chain(c) {
                 pools.insert(p.name.clone(), p);
@@ -111,9 +112,26 @@ fn spec() -> impl Strategy<Value = Spec> {
                     },
                 );
             }
+            let certificates = certs
+                .into_iter()
+                .map(|n| {
+                    let name = format!("cert{n}");
+                    let cert = Certificate {
+                        name: name.clone(),
+                        cert_pem: format!(
+                            "-----BEGIN CERTIFICATE-----\n{n}\n-----END CERTIFICATE-----\n"
+                        ),
+                        key_pem: format!(
+                            "-----BEGIN PRIVATE KEY-----\n{n}\n-----END PRIVATE KEY-----\n"
+                        ),
+                    };
+                    (name, cert)
+                })
+                .collect();
             Spec {
                 load_balancers,
                 pools,
+                certificates,
             }
         })
 }
