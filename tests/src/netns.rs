@@ -223,6 +223,14 @@ impl NsKeel {
         }
     }
 
+    /// SIGTERM (a graceful stop).
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
     /// Start again with the same data dir and flags.
     pub fn restart(&mut self) {
         self.kill();

@@ -533,3 +533,32 @@ fn joining_needs_a_valid_token_from_the_pinned_cluster() {
         assert!(!logs.contains(secret), "a secret ({secret}) is in the logs");
     }
 }
+
+#[test]
+fn a_node_leaving_on_sigterm_shrinks_the_membership() {
+    let mut c = Cluster::start(3);
+    c.nodes[2].args.push("--leave".into());
+    c.nodes[2].restart();
+    c.wait_ready(3);
+    c.nodes[2].terminate();
+    assert_eq!(
+        c.nodes[2].wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        c.nodes[2].log_text()
+    );
+    let names = |s: &Value| -> Vec<String> {
+        s["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| n["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&c.status(1)).len(), 2);
+    assert!(!names(&c.status(1)).contains(&"n3".to_owned()));
+    // The two left still commit writes (a quorum of two).
+    let body = format!("{{\"name\": \"after\", \"members\": [{{\"address\": \"{A}\"}}]}}");
+    let (status, v) = c.call(2, "POST", "/api/v1/pools", Some(&body)).unwrap();
+    assert_eq!(status, 201, "{v}");
+}
