@@ -108,7 +108,8 @@ async fn snapshot(
 }
 
 /// Serve `app` on `listener` over TLS until `shutdown` completes. Each
-/// request carries a [`Peer`] extension.
+/// request carries a [`Peer`] extension and axum's `ConnectInfo` (so the
+/// admin API can use this server too when it is not on loopback).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -155,6 +156,8 @@ pub async fn serve(
             let service =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(peer);
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer.addr));
                     app.clone().oneshot(req.map(axum::body::Body::new))
                 });
             let conn = hyper::server::conn::http1::Builder::new()

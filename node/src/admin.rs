@@ -44,11 +44,13 @@ pub fn router(dataplane: Arc<Dataplane>, readiness: Option<Arc<dyn Readiness>>) 
 }
 
 /// Binds `addr` and serves the admin router until `stop` turns true.
+/// With `tls`, serves HTTPS (any admin address off loopback does).
 pub async fn serve<R: Readiness>(
     addr: SocketAddr,
     dataplane: Arc<Dataplane>,
     api: Option<Router>,
     readiness: Option<Arc<R>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -56,6 +58,16 @@ pub async fn serve<R: Readiness>(
     let mut app = router(dataplane, readiness);
     if let Some(api) = api {
         app = app.merge(api);
+    }
+    if let Some(tls) = tls {
+        return Ok(tokio::spawn(keel_consensus::rpc::serve(
+            listener,
+            tls,
+            app,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
     }
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     Ok(tokio::spawn(async move {

@@ -63,6 +63,10 @@ pub struct ClientArgs {
         global = true
     )]
     pub server: String,
+    /// The cluster CA (PEM; `DATA_DIR/tls/ca.pem` on any node) to trust an
+    /// https:// admin API with.
+    #[arg(long, env = "KEEL_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// Output: text for people, or json / yaml for scripts.
     #[arg(
         short = 'o',

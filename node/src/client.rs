@@ -73,24 +73,50 @@ struct Api {
     server: String,
     authority: String,
     token: Option<String>,
+    /// Set for https:// servers: TLS trusting the cluster CA, and the name
+    /// to check the certificate against.
+    tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
 }
 
 impl Api {
     fn new(args: &ClientArgs) -> Result<Self> {
         let server = args.server.trim_end_matches('/').to_owned();
-        let authority = server
-            .strip_prefix("http://")
-            .ok_or_else(|| {
-                format!("--server {server:?}: only http:// admin addresses are supported by this client")
-            })?
-            .to_owned();
+        let (authority, https) = match (
+            server.strip_prefix("http://"),
+            server.strip_prefix("https://"),
+        ) {
+            (Some(a), _) => (a.to_owned(), false),
+            (_, Some(a)) => (a.to_owned(), true),
+            _ => {
+                return Err(format!(
+                    "--server {server:?}: expected http://HOST:PORT or https://HOST:PORT"
+                ))
+            }
+        };
         if authority.is_empty() || authority.contains('/') {
-            return Err(format!("--server {server:?}: expected http://HOST:PORT"));
+            return Err(format!("--server {server:?}: expected http(s)://HOST:PORT"));
         }
+        let tls = if https {
+            let file = args.ca_file.as_ref().ok_or_else(|| {
+                format!("--server {server}: an https admin API needs --ca-file (the cluster CA, DATA_DIR/tls/ca.pem)")
+            })?;
+            let pem =
+                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let config = crate::pki::client_trusting(&pem)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let host = match authority.rsplit_once(':') {
+                Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                None => authority.clone(),
+            };
+            Some((config, host))
+        } else {
+            None
+        };
         Ok(Api {
             token: token_for(&server),
             server,
             authority,
+            tls,
         })
     }
 
@@ -115,12 +141,6 @@ impl Api {
         let tcp = tokio::net::TcpStream::connect(&self.authority)
             .await
             .map_err(|e| format!("cannot reach {}: {e}", self.server))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("cannot talk to {}: {e}", self.server))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let mut request = http::Request::builder()
             .method(method)
             .uri(path)
@@ -133,17 +153,18 @@ impl Api {
             .header(http::header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request to {} failed: {e}", self.server))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer from {} failed: {e}", self.server))?
-            .to_bytes();
+        let (status, body) = match &self.tls {
+            Some((config, host)) => {
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| format!("--server {}: {e}", self.server))?;
+                let stream = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {} failed: {e}", self.server))?;
+                self.exchange(stream, request).await?
+            }
+            None => self.exchange(tcp, request).await?,
+        };
         let value: Value = if body.is_empty() {
             Value::Null
         } else {
@@ -164,6 +185,34 @@ impl Api {
             ));
         }
         Err(message)
+    }
+
+    async fn exchange<S>(
+        &self,
+        stream: S,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes)>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("cannot talk to {}: {e}", self.server))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request to {} failed: {e}", self.server))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer from {} failed: {e}", self.server))?
+            .to_bytes();
+        Ok((status, body))
     }
 
     async fn get(&self, path: &str) -> Result<Value> {

@@ -507,6 +507,29 @@ impl ClusterNode {
         Ok(None)
     }
 
+    /// The admin API's TLS, signed by the cluster CA (once this node has
+    /// the replicated identity).
+    pub async fn admin_tls(
+        &self,
+        opts: &ClusterOptions,
+    ) -> Result<Arc<rustls::ServerConfig>, ClusterError> {
+        let mut applied = self.consensus.applied();
+        let identity = tokio::time::timeout(
+            Duration::from_secs(30),
+            applied.wait_for(|a| a.state.identity.is_some()),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.ok().and_then(|a| a.state.identity.clone()))
+        .ok_or_else(|| ClusterError::Bootstrap("the cluster identity never arrived".into()))?;
+        Ok(pki::admin_server_config(
+            &self.file.name,
+            opts.admin_addr.ip(),
+            &identity.ca_cert_pem,
+            &identity.ca_key_pem,
+        )?)
+    }
+
     async fn admit(&self, control: &Control, join_addr: &str) -> Result<(), ClusterError> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let request = MembershipRequest::Admit {

@@ -31,6 +31,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         dataplane.clone(),
         None,
         None,
+        None,
         stop_rx,
     )
     .await?;

@@ -173,11 +173,18 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let generated = node
         .settle(opts, &control, initial.as_ref(), admin_password)
         .await?;
+    let admin_tls = if opts.admin_addr.ip().is_loopback() {
+        None
+    } else {
+        Some(node.admin_tls(opts).await?)
+    };
+    let scheme = if admin_tls.is_some() { "https" } else { "http" };
     let admin = admin::serve(
         opts.admin_addr,
         dataplane.clone(),
         Some(keel_web::router(control.clone())),
         Some(control.clone()),
+        admin_tls,
         stop_rx.clone(),
     )
     .await
@@ -189,15 +196,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         node = %node.file.name,
         cluster = %node.file.cluster_id,
         cluster_addr = %cluster_listener,
-        admin = %format!("http://{}", opts.admin_addr),
+        admin = %format!("{scheme}://{}", opts.admin_addr),
         "keel node running"
     );
     if let Some(password) = generated {
         // Shown once on the terminal, never in the log; also kept in a
         // private file until the operator changes it.
         println!(
-            "Admin API: http://{addr}  user: admin  password: {password}\n\
-             (also in {file}; change it after logging in: keel login --server http://{addr})",
+            "Admin API: {scheme}://{addr}  user: admin  password: {password}\n\
+             (also in {file}; change it after logging in: keel login --server {scheme}://{addr})",
             addr = opts.admin_addr,
             file = opts.data_dir.join("initial-admin-password").display(),
         );

@@ -114,6 +114,54 @@ fn node_params(id: NodeId) -> Result<CertificateParams, PkiError> {
     Ok(params)
 }
 
+/// TLS for the admin API on a non-loopback address: a certificate signed by
+/// the cluster CA naming the node, its admin IP and `localhost`. Clients
+/// trust it with the cluster CA (`keel --ca-file`, curl `--cacert`).
+pub fn admin_server_config(
+    node_name: &str,
+    ip: std::net::IpAddr,
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut names = vec![node_name.to_owned(), "localhost".to_owned()];
+    if !ip.is_unspecified() {
+        names.push(ip.to_string());
+    }
+    let mut params = CertificateParams::new(names)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("keel admin {node_name}"));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    let chain = vec![cert.der().clone(), first_cert(ca_cert_pem)?];
+    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+        .map_err(|e| PkiError::Pem(e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// A client configuration trusting only the CA certificates in `ca_pem`.
+pub fn client_trusting(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.map_err(|e| PkiError::Pem(e.to_string()))?)?;
+    }
+    if roots.is_empty() {
+        return Err(PkiError::Pem("no certificate in the CA file".into()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// SHA-256 of the first certificate in `pem`, lower-case hex.
 pub fn fingerprint(cert_pem: &str) -> Result<String, PkiError> {
     let der = first_cert(cert_pem)?;

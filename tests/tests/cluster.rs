@@ -562,3 +562,73 @@ fn a_node_leaving_on_sigterm_shrinks_the_membership() {
     let (status, v) = c.call(2, "POST", "/api/v1/pools", Some(&body)).unwrap();
     assert_eq!(status, 201, "{v}");
 }
+
+#[test]
+fn an_admin_api_off_loopback_serves_tls_signed_by_the_cluster_ca() {
+    let topo = Topology::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = node_args(1);
+    let at = args.iter().position(|a| a == ADMIN).unwrap();
+    args[at] = "10.77.0.1:9090".into();
+    let node = NsKeel::start(
+        &topo.ns("n1"),
+        dir.path(),
+        "n1",
+        &args,
+        &[("KEEL_ADMIN_PASSWORD", PASSWORD)],
+    );
+    let ca = dir.path().join("n1/tls/ca.pem");
+    let client = topo.ns("c");
+    let curl = |extra: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ca_arg = ca.display().to_string();
+    wait_until(Duration::from_secs(20), "https admin up", || {
+        curl(&["--cacert", &ca_arg, "https://10.77.0.1:9090/readyz"]) == "200"
+    });
+    assert_ne!(
+        curl(&["http://10.77.0.1:9090/healthz"]),
+        "200",
+        "plain HTTP off loopback"
+    );
+    assert_ne!(
+        curl(&["https://10.77.0.1:9090/healthz"]),
+        "200",
+        "trusted without the CA"
+    );
+
+    let xdg = dir.path().join("config");
+    let xdg = xdg.display().to_string();
+    let env = [("XDG_CONFIG_HOME", xdg.as_str())];
+    let server = ["--server", "https://10.77.0.1:9090"];
+    let (code, _, err) = keel_cli(&client, &env, &[&["status"][..], &server].concat(), None);
+    assert_eq!(code, 1);
+    assert!(err.contains("--ca-file"), "{err}");
+    let with_ca = [&server[..], &["--ca-file", &ca_arg]].concat();
+    let (code, _, err) = keel_cli(
+        &client,
+        &env,
+        &[&["login", "--password-stdin"][..], &with_ca].concat(),
+        Some(PASSWORD),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = keel_cli(&client, &env, &[&["status"][..], &with_ca].concat(), None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("n1") && out.contains("leader"), "{out}");
+    drop(node);
+}
