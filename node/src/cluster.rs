@@ -295,6 +295,12 @@ struct LocalStatus {
 pub async fn start(opts: &ClusterOptions) -> Result<ClusterNode, ClusterError> {
     let dir = &opts.data_dir;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    // The Raft log and snapshots hold the CA key and password hashes.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(dir))?;
+    }
     let what = PathBuf::from(format!("cluster address {}", opts.cluster_addr));
     let listener = tokio::net::TcpListener::bind(opts.cluster_addr)
         .await
