@@ -259,3 +259,30 @@ async fn a_lagging_node_gets_a_snapshot() {
         "no snapshot installed"
     );
 }
+
+#[tokio::test]
+async fn nodes_beyond_the_voter_cap_stay_learners_and_still_replicate() {
+    let mut c = Cluster::new(Settings::default()).await;
+    let n1 = c.start(1).await;
+    assert!(n1.bootstrap(info(1)).await.unwrap());
+    c.wait_leader(&[1]).await;
+    c.start(2).await;
+    assert!(
+        n1.admit(2, info(2), 2).await.unwrap(),
+        "second node becomes a voter"
+    );
+    c.start(3).await;
+    assert!(
+        !n1.admit(3, info(3), 2).await.unwrap(),
+        "third stays a learner"
+    );
+    let index = c.propose(&[1, 2], pool("app")).await;
+    c.all_applied(&[1, 2, 3], index).await;
+    assert_eq!(c.pools(3), vec!["app"]);
+    let roles: Vec<(NodeId, bool)> = n1.members().iter().map(|m| (m.id, m.voter)).collect();
+    assert_eq!(roles, [(1, true), (2, true), (3, false)]);
+    // Removing a voter promotes the learner in its place.
+    n1.remove(2).await.unwrap();
+    let roles: Vec<(NodeId, bool)> = n1.members().iter().map(|m| (m.id, m.voter)).collect();
+    assert_eq!(roles, [(1, true), (3, true)]);
+}
