@@ -116,15 +116,7 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
 
 /// A minimal blocking HTTP/1.0 GET, for admin endpoints.
 pub fn raw_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: keel\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
+    raw_call(&addr.to_string(), "GET", path, None, None)
 }
 
 /// One HTTP/1.0 call with an optional bearer token and JSON body:

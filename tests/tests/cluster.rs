@@ -236,18 +236,17 @@ fn three_nodes_serve_every_apply_made_through_a_follower() {
     let file = c.dir.path().join("b.yaml");
     std::fs::write(&file, config(B)).unwrap();
     let file_arg = file.display().to_string();
-    let (code, out, err) = keel_cli(
-        &c.ns(follower),
-        &[("KEEL_TOKEN", &c.bearer)],
-        &[
+    let apply = || {
+        let args = [
             "apply",
             "-f",
             &file_arg,
             "--server",
             "http://127.0.0.1:9090",
-        ],
-        None,
-    );
+        ];
+        keel_cli(&c.ns(follower), &[("KEEL_TOKEN", &c.bearer)], &args, None)
+    };
+    let (code, out, err) = apply();
     assert_eq!(code, 0, "apply: {err}");
     assert!(out.contains("upsert pool app"), "{out}");
     for i in 1..=3 {
@@ -256,18 +255,7 @@ fn three_nodes_serve_every_apply_made_through_a_follower() {
         });
     }
     // Applying the same file again changes nothing.
-    let (code, out, _) = keel_cli(
-        &c.ns(follower),
-        &[("KEEL_TOKEN", &c.bearer)],
-        &[
-            "apply",
-            "-f",
-            &file_arg,
-            "--server",
-            "http://127.0.0.1:9090",
-        ],
-        None,
-    );
+    let (code, out, _) = apply();
     assert_eq!(code, 0);
     assert!(out.starts_with("unchanged"), "{out}");
 

@@ -85,6 +85,18 @@ async fn call(
     (status, value)
 }
 
+/// A logged-in caller.
+struct Api<'a> {
+    app: &'a axum::Router,
+    token: &'a str,
+}
+
+impl Api<'_> {
+    async fn send(&self, method: &str, path: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+        call(self.app, method, path, Some(self.token), body).await
+    }
+}
+
 async fn login(app: &axum::Router) -> String {
     let (status, v) = call(
         app,
@@ -131,20 +143,17 @@ async fn invalid_objects_get_422_naming_each_field_and_change_nothing() {
     let control = fake();
     let app = keel_web::router(control.clone());
     let token = login(&app).await;
+    let api = Api {
+        app: &app,
+        token: &token,
+    };
     let version = control.state().0;
 
     let pool = json!({"name": "app", "members": [
         {"address": "not-an-address"},
         {"address": "10.0.0.1:80", "weight": 5000}
     ]});
-    let (status, v) = call(
-        &app,
-        "POST",
-        "/api/v1/pools",
-        Some(&token),
-        pool.to_string(),
-    )
-    .await;
+    let (status, v) = api.send("POST", "/api/v1/pools", pool.to_string()).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(
         fields(&v),
@@ -153,46 +162,29 @@ async fn invalid_objects_get_422_naming_each_field_and_change_nothing() {
     );
 
     let lb = json!({"name": "web", "listeners": [{"port": 80, "protocol": "http", "default_pool": "missing"}]});
-    let (status, v) = call(
-        &app,
-        "POST",
-        "/api/v1/load-balancers",
-        Some(&token),
-        lb.to_string(),
-    )
-    .await;
+    let (status, v) = api
+        .send("POST", "/api/v1/load-balancers", lb.to_string())
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(fields(&v), ["listeners[0].default_pool"], "{v}");
 
     // Unknown fields, malformed JSON and a 10 MB body are refused cleanly.
     let unknown = json!({"name": "app", "members": [], "colour": "red"});
-    let (status, v) = call(
-        &app,
-        "POST",
-        "/api/v1/pools",
-        Some(&token),
-        unknown.to_string(),
-    )
-    .await;
+    let (status, v) = api.send("POST", "/api/v1/pools", unknown.to_string()).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert!(
         v["error"]["message"].as_str().unwrap().contains("colour"),
         "{v}"
     );
-    let (status, v) = call(&app, "POST", "/api/v1/pools", Some(&token), "{\"name\": ").await;
+    let (status, v) = api.send("POST", "/api/v1/pools", "{\"name\": ").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["error"]["code"], "bad_request");
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(10 << 20));
-    let (status, v) = call(&app, "POST", "/api/v1/pools", Some(&token), huge).await;
+    let (status, v) = api.send("POST", "/api/v1/pools", huge).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
-    let (status, v) = call(
-        &app,
-        "PUT",
-        "/api/v1/config",
-        Some(&token),
-        "x".repeat(10 << 20),
-    )
-    .await;
+    let (status, v) = api
+        .send("PUT", "/api/v1/config", "x".repeat(10 << 20))
+        .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
 
     // Nothing was committed.
@@ -205,46 +197,31 @@ async fn objects_round_trip_and_config_apply_is_idempotent() {
     let control = fake();
     let app = keel_web::router(control.clone());
     let token = login(&app).await;
+    let api = Api {
+        app: &app,
+        token: &token,
+    };
     let pool = json!({"name": "app", "members": [{"address": "10.0.0.1:80"}]});
-    let (status, v) = call(
-        &app,
-        "POST",
-        "/api/v1/pools",
-        Some(&token),
-        pool.to_string(),
-    )
-    .await;
+    let (status, v) = api.send("POST", "/api/v1/pools", pool.to_string()).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/api/v1/pools",
-        Some(&token),
-        pool.to_string(),
-    )
-    .await;
+    let (status, _) = api.send("POST", "/api/v1/pools", pool.to_string()).await;
     assert_eq!(status, StatusCode::CONFLICT);
     let lb = json!({"name": "web", "listeners": [{"port": 80, "protocol": "http", "default_pool": "app"}]});
-    let (status, v) = call(
-        &app,
-        "PUT",
-        "/api/v1/load-balancers/web",
-        Some(&token),
-        lb.to_string(),
-    )
-    .await;
+    let (status, v) = api
+        .send("PUT", "/api/v1/load-balancers/web", lb.to_string())
+        .await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    let (status, v) = call(&app, "GET", "/api/v1/load-balancers/web", Some(&token), "").await;
+    let (status, v) = api.send("GET", "/api/v1/load-balancers/web", "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["listeners"][0]["default_pool"], "app");
 
     // A pool in use cannot go; the refusal names why.
-    let (status, v) = call(&app, "DELETE", "/api/v1/pools/app", Some(&token), "").await;
+    let (status, v) = api.send("DELETE", "/api/v1/pools/app", "").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
 
-    let (_, doc) = call(&app, "GET", "/api/v1/config", Some(&token), "").await;
+    let (_, doc) = api.send("GET", "/api/v1/config", "").await;
     let version = control.state().0;
-    let (status, v) = call(&app, "PUT", "/api/v1/config", Some(&token), doc.to_string()).await;
+    let (status, v) = api.send("PUT", "/api/v1/config", doc.to_string()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["changes"], json!([]));
     assert_eq!(
@@ -253,25 +230,19 @@ async fn objects_round_trip_and_config_apply_is_idempotent() {
         "an identical apply commits nothing"
     );
 
-    let (status, v) = call(
-        &app,
-        "POST",
-        "/api/v1/tokens",
-        Some(&token),
-        json!({"ttl": "10m", "uses": 2}).to_string(),
-    )
-    .await;
+    let (status, v) = api
+        .send(
+            "POST",
+            "/api/v1/tokens",
+            json!({"ttl": "10m", "uses": 2}).to_string(),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     let t = v["token"].as_str().unwrap();
     assert!(t.starts_with(&format!("KEEL1.{}.", "ab".repeat(32))), "{t}");
-    let (status, v) = call(
-        &app,
-        "POST",
-        "/api/v1/tokens",
-        Some(&token),
-        json!({"ttl": "soon"}).to_string(),
-    )
-    .await;
+    let (status, v) = api
+        .send("POST", "/api/v1/tokens", json!({"ttl": "soon"}).to_string())
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
 }
 
@@ -279,6 +250,10 @@ async fn objects_round_trip_and_config_apply_is_idempotent() {
 async fn every_documented_path_is_routed() {
     let app = keel_web::router(fake());
     let token = login(&app).await;
+    let api = Api {
+        app: &app,
+        token: &token,
+    };
     let (status, doc) = call(&app, "GET", "/api/v1/openapi.json", None, "").await;
     assert_eq!(status, StatusCode::OK);
     let paths = doc["paths"].as_object().unwrap();
@@ -286,14 +261,14 @@ async fn every_documented_path_is_routed() {
     for (path, ops) in paths {
         let concrete = path.replace("{name}", "x").replace("{id}", "x");
         for method in ops.as_object().unwrap().keys() {
-            let (_, v) = call(&app, &method.to_uppercase(), &concrete, Some(&token), "{}").await;
+            let (_, v) = api.send(&method.to_uppercase(), &concrete, "{}").await;
             assert_ne!(
                 v["error"]["message"], "no such API endpoint",
                 "{method} {path} is documented but not routed"
             );
         }
     }
-    let (status, v) = call(&app, "GET", "/api/v1/nope", Some(&token), "").await;
+    let (status, v) = api.send("GET", "/api/v1/nope", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(v["error"]["message"], "no such API endpoint");
 }
@@ -315,16 +290,15 @@ async fn certificates_are_checked_on_submission_and_keys_never_come_back() {
     let control = fake();
     let app = keel_web::router(control.clone());
     let token = login(&app).await;
+    let api = Api {
+        app: &app,
+        token: &token,
+    };
     let (cert_pem, key_pem) = cert(&["shop.example"], false);
     let body = json!({"name": "site", "cert_pem": cert_pem, "key_pem": key_pem});
-    let (status, v) = call(
-        &app,
-        "POST",
-        "/api/v1/certificates",
-        Some(&token),
-        body.to_string(),
-    )
-    .await;
+    let (status, v) = api
+        .send("POST", "/api/v1/certificates", body.to_string())
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     assert!(v.get("key_pem").is_none(), "{v}");
 
@@ -335,12 +309,12 @@ async fn certificates_are_checked_on_submission_and_keys_never_come_back() {
         "/api/v1/certificates",
         "/api/v1/config",
     ] {
-        let (_, v) = call(&app, "GET", path, Some(&token), "").await;
+        let (_, v) = api.send("GET", path, "").await;
         assert!(!v.to_string().contains("PRIVATE KEY"), "{path}: {v}");
     }
     // So an exported config applies back unchanged (the stored key is kept).
-    let (_, doc) = call(&app, "GET", "/api/v1/config", Some(&token), "").await;
-    let (status, v) = call(&app, "PUT", "/api/v1/config", Some(&token), doc.to_string()).await;
+    let (_, doc) = api.send("GET", "/api/v1/config", "").await;
+    let (status, v) = api.send("PUT", "/api/v1/config", doc.to_string()).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["changes"], json!([]));
 
@@ -365,26 +339,14 @@ async fn certificates_are_checked_on_submission_and_keys_never_come_back() {
         (json!({"name": "x", "cert_pem": cert_pem}), "key_pem"),
     ];
     for (body, field) in cases {
-        let (status, v) = call(
-            &app,
-            "POST",
-            "/api/v1/certificates",
-            Some(&token),
-            body.to_string(),
-        )
-        .await;
+        let (status, v) = api
+            .send("POST", "/api/v1/certificates", body.to_string())
+            .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
         assert_eq!(fields(&v), [field], "{v}");
     }
     assert_eq!(control.state().1.spec.certificates.len(), 1);
-    let (status, _) = call(
-        &app,
-        "DELETE",
-        "/api/v1/certificates/site",
-        Some(&token),
-        "",
-    )
-    .await;
+    let (status, _) = api.send("DELETE", "/api/v1/certificates/site", "").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(control.state().1.spec.certificates.is_empty());
 }
