@@ -24,6 +24,8 @@ pub struct MemberState {
     pub address: SocketAddr,
     up: AtomicBool,
     outstanding: AtomicU64,
+    /// Mirrors `drain.draining` so the request path reads it without a lock.
+    draining: AtomicBool,
     drain: Mutex<Drain>,
     pub stats: MemberStats,
     idle: Mutex<Vec<(Instant, UpstreamSender)>>,
@@ -45,6 +47,7 @@ impl MemberState {
             address,
             up: AtomicBool::new(true),
             outstanding: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
             drain: Mutex::new(Drain {
                 generation: 0,
                 draining: false,
@@ -87,7 +90,7 @@ impl MemberState {
     }
 
     pub fn is_draining(&self) -> bool {
-        lock(&self.drain).draining
+        self.draining.load(Relaxed)
     }
 
     /// Starts draining: the caller has already stopped sending new traffic;
@@ -99,6 +102,7 @@ impl MemberState {
                 return;
             }
             d.draining = true;
+            self.draining.store(true, Relaxed);
             d.generation
         };
         lock(&self.idle).clear();
@@ -123,6 +127,7 @@ impl MemberState {
         let mut d = lock(&self.drain);
         if d.draining {
             d.draining = false;
+            self.draining.store(false, Relaxed);
             d.generation += 1;
             tracing::info!(pool = %self.pool, member = %self.address, "member back in service");
         }
@@ -148,7 +153,11 @@ impl MemberState {
         }
         let mut idle = lock(&self.idle);
         let now = Instant::now();
-        idle.retain(|(since, s)| now.duration_since(*since) < IDLE_LIFETIME && !s.is_closed());
+        // Stale entries are skipped by `take_idle`; sweep them only when the
+        // list is full, so a return costs O(1), not a scan.
+        if idle.len() >= MAX_IDLE {
+            idle.retain(|(since, s)| now.duration_since(*since) < IDLE_LIFETIME && !s.is_closed());
+        }
         if idle.len() < MAX_IDLE {
             idle.push((now, sender));
         }

@@ -125,8 +125,9 @@ pools:
     algorithm: round_robin
     members: [ { address: "$B1" }, { address: "$B2" } ]
 CONF
-RUST_LOG=warn "$KEEL_BIN" run --workers 1 --config "$work/keel.yaml" \
-  --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18099 2>"$work/keel.err" & pids+=($!)
+KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_BIN" run --workers 1 --config "$work/keel.yaml" \
+  --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18099 --cluster-addr 127.0.0.1:18098 \
+  2>"$work/keel.err" & pids+=($!)
 pid[keel]=$!
 
 for port in 18001 18002 18080 18081 18082 18090 18091 18092; do
