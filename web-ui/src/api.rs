@@ -213,6 +213,16 @@ async fn login<C: ControlPlane>(
         }
     };
     app.limiter.succeeded(ip);
+    // Sessions expire; forget the expired ones as new ones are made.
+    if state
+        .api_tokens
+        .values()
+        .any(|t| t.expires_at.is_some_and(|at| at <= now()))
+    {
+        app.control
+            .propose(ClusterCommand::PurgeExpiredApiTokens { now: now() })
+            .await?;
+    }
     let (id, token, secret_sha256) = new_bearer();
     let expires_at = now() + SESSION_TTL.as_secs();
     app.control

@@ -350,3 +350,28 @@ async fn certificates_are_checked_on_submission_and_keys_never_come_back() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(control.state().1.spec.certificates.is_empty());
 }
+
+#[tokio::test]
+async fn logging_in_forgets_expired_sessions() {
+    let control = fake();
+    {
+        let mut guard = control.state.lock().unwrap();
+        let mut next = (*guard.1).clone();
+        next.api_tokens.insert(
+            "old".into(),
+            keel_model::ApiToken {
+                name: "session:admin".into(),
+                user: "admin".into(),
+                secret_sha256: "00".repeat(32),
+                created_at: 0,
+                expires_at: Some(1),
+            },
+        );
+        guard.1 = Arc::new(next);
+    }
+    let app = keel_web::router(control.clone());
+    login(&app).await;
+    let tokens = &control.state().1.api_tokens;
+    assert!(!tokens.contains_key("old"));
+    assert_eq!(tokens.len(), 1, "only the new session is left");
+}

@@ -139,6 +139,8 @@ pub enum ClusterCommand {
     RevokeApiToken { id: String },
     /// Does nothing; used to learn the commit index (a read barrier).
     Noop,
+    /// Forget API tokens (login sessions) that expired before `now`.
+    PurgeExpiredApiTokens { now: u64 },
 }
 
 impl fmt::Display for ClusterCommand {
@@ -157,6 +159,7 @@ impl fmt::Display for ClusterCommand {
             }
             ClusterCommand::RevokeApiToken { id } => write!(f, "revoke api token {id}"),
             ClusterCommand::Noop => f.write_str("no-op"),
+            ClusterCommand::PurgeExpiredApiTokens { .. } => f.write_str("purge expired api tokens"),
         }
     }
 }
@@ -244,6 +247,10 @@ impl ClusterState {
                 }
             }
             ClusterCommand::Noop => {}
+            ClusterCommand::PurgeExpiredApiTokens { now } => {
+                self.api_tokens
+                    .retain(|_, t| t.expires_at.is_none_or(|at| at > *now));
+            }
         }
         Ok(())
     }
