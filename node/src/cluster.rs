@@ -968,3 +968,59 @@ async fn grant_certificate(
         cert_pem,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn token(fp: &str, id: &str, secret: &str) -> String {
+        format!("KEEL1.{fp}.{id}.{secret}")
+    }
+
+    #[test]
+    fn join_tokens_parse_strictly() {
+        let (fp, id, secret) = ("ab".repeat(32), "0a0b0c0d", "11".repeat(16));
+        let t: JoinToken = token(&fp, id, &secret).parse().unwrap();
+        assert_eq!(
+            (t.ca_fingerprint.as_str(), t.id.as_str(), t.secret.as_str()),
+            (fp.as_str(), id, secret.as_str())
+        );
+        for bad in [
+            String::new(),
+            "KEEL1".into(),
+            token(&fp, id, &secret).replace("KEEL1", "KEEL2"),
+            token(&fp[2..], id, &secret),
+            token(&fp, "0a0b", &secret),
+            token(&fp, id, &secret[2..]),
+            token(&fp, id, &format!("{secret}.x")),
+            token(&"zz".repeat(32), id, &secret),
+        ] {
+            assert!(bad.parse::<JoinToken>().is_err(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        /// Arbitrary text never panics the parser; whatever it accepts has
+        /// the exact shape of a token.
+        #[test]
+        fn any_text_is_parsed_or_refused(text in ".{0,200}") {
+            if let Ok(t) = text.parse::<JoinToken>() {
+                prop_assert_eq!(t.ca_fingerprint.len(), 64);
+                prop_assert_eq!(t.id.len(), 8);
+                prop_assert_eq!(t.secret.len(), 32);
+            }
+        }
+
+        #[test]
+        fn near_miss_tokens_are_refused(cut in 0usize..120, junk in "[^0-9a-fA-F.]") {
+            let good = token(&"ab".repeat(32), "0a0b0c0d", &"11".repeat(16));
+            let cut = cut.min(good.len() - 1);
+            let mut bad = good.clone();
+            bad.replace_range(cut..cut + 1, &junk);
+            prop_assume!(bad != good);
+            prop_assert!(bad.parse::<JoinToken>().is_err());
+        }
+    }
+}

@@ -375,3 +375,46 @@ async fn logging_in_forgets_expired_sessions() {
     assert!(!tokens.contains_key("old"));
     assert_eq!(tokens.len(), 1, "only the new session is left");
 }
+
+/// One logged-in app for every generated case (a login hashes a password,
+/// which is slow on purpose).
+fn shared() -> &'static (tokio::runtime::Runtime, axum::Router, String, Arc<Fake>) {
+    static SHARED: std::sync::OnceLock<(tokio::runtime::Runtime, axum::Router, String, Arc<Fake>)> =
+        std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let control = fake();
+        let app = keel_web::router(control.clone());
+        let token = rt.block_on(login(&app));
+        (rt, app, token, control)
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    /// Arbitrary bodies to every write endpoint get a 4xx (never a 5xx, never
+    /// a panic) and change nothing.
+    #[test]
+    fn arbitrary_bodies_are_refused_cleanly(body in proptest::prelude::any::<Vec<u8>>(), which in 0usize..6) {
+        let (rt, app, token, control) = shared();
+        rt.block_on(async {
+            let before = control.state();
+            let (method, path) = [
+                ("POST", "/api/v1/pools"),
+                ("PUT", "/api/v1/pools/app"),
+                ("POST", "/api/v1/load-balancers"),
+                ("PUT", "/api/v1/config"),
+                ("POST", "/api/v1/tokens"),
+                ("POST", "/api/v1/certificates"),
+            ][which];
+            let (status, v) = call(app, method, path, Some(token), body).await;
+            assert!(status.is_client_error() || status.is_success(), "{status} {v}");
+            if !status.is_success() {
+                assert_eq!(control.state().0, before.0, "a refused body changed the state");
+            }
+        });
+    }
+}
