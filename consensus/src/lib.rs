@@ -362,6 +362,15 @@ impl Consensus {
         Ok(())
     }
 
+    /// Record new addresses for a member (it restarted elsewhere).
+    pub async fn update_node(&self, id: NodeId, info: NodeInfo) -> Result<(), ProposeError> {
+        self.raft
+            .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, info)])), true)
+            .await
+            .map_err(write_error)?;
+        Ok(())
+    }
+
     /// Hand leadership to another up-to-date voter, if this node leads.
     pub async fn step_down(&self) {
         // openraft 0.9 has no leadership-transfer API; the next best thing is

@@ -270,8 +270,18 @@ struct CertificateGrant {
 /// Membership changes, carried out by the leader.
 #[derive(Debug, Serialize, Deserialize)]
 enum MembershipRequest {
-    Admit { id: NodeId, info: NodeInfo },
-    Remove { id: NodeId },
+    Admit {
+        id: NodeId,
+        info: NodeInfo,
+    },
+    Remove {
+        id: NodeId,
+    },
+    /// A member restarted with other addresses.
+    Update {
+        id: NodeId,
+        info: NodeInfo,
+    },
 }
 
 /// A forwarded write's answer.
@@ -444,7 +454,7 @@ impl ClusterNode {
     pub async fn settle(
         &mut self,
         opts: &ClusterOptions,
-        control: &Control,
+        control: &Arc<Control>,
         initial: Option<&Spec>,
         admin_password: Option<String>,
     ) -> Result<Option<String>, ClusterError> {
@@ -463,6 +473,7 @@ impl ClusterNode {
             self.bootstrapped = true;
         }
         if self.consensus.applied().borrow().state.identity.is_some() {
+            tokio::spawn(refresh_addresses(control.clone(), self.file.id));
             return Ok(None);
         }
         // First entries of a new cluster (or a bootstrap interrupted before
@@ -564,6 +575,45 @@ impl ClusterNode {
             }
         }
     }
+}
+
+/// After a restart with other addresses, tell the cluster: the leader may no
+/// longer reach this node, so ask each other member (any of them forwards
+/// to the leader) until one confirms.
+async fn refresh_addresses(control: Arc<Control>, id: NodeId) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let members = control.consensus.members();
+        let Some(me) = members.iter().find(|m| m.id == id) else {
+            return;
+        };
+        if me.info == control.me {
+            return;
+        }
+        tracing::info!(old = %me.info, new = %control.me, "this node's addresses changed; updating the membership");
+        let request = MembershipRequest::Update {
+            id,
+            info: control.me.clone(),
+        };
+        for peer in members.iter().filter(|m| m.id != id) {
+            let Ok(mut client) = RpcClient::new(
+                control.client_tls.clone(),
+                peer.info.cluster_addr.clone(),
+                &node_server_name(peer.id),
+            ) else {
+                continue;
+            };
+            let answer: Result<Result<(), String>, RpcError> = client
+                .post("/cluster/membership", &request, Duration::from_secs(10))
+                .await;
+            if let Ok(Ok(())) = answer {
+                tracing::info!(via = %peer.info.name, "membership updated with this node's new addresses");
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tracing::warn!("could not update this node's addresses in the membership");
 }
 
 /// The node's control plane: proposes (forwarding to the leader), reports
@@ -702,6 +752,9 @@ impl Control {
                     })
             }
             MembershipRequest::Remove { id } => self.consensus.remove(*id).await,
+            MembershipRequest::Update { id, info } => {
+                self.consensus.update_node(*id, info.clone()).await
+            }
         };
         result.map_err(|e| match e {
             ProposeError::NotLeader { .. } => ControlError::NoLeader(e.to_string()),

@@ -124,6 +124,11 @@ impl Topology {
         ]);
     }
 
+    /// Give namespace `name` another address.
+    pub fn add_addr(&self, name: &str, cidr: &str) {
+        ip(&["-n", &self.ns(name), "addr", "add", cidr, "dev", "eth0"]);
+    }
+
     /// A listener bound inside namespace `name`.
     pub fn listen(&self, name: &str, addr: &str) -> TcpListener {
         let addr = addr.to_owned();

@@ -620,3 +620,37 @@ fn an_admin_api_off_loopback_serves_tls_signed_by_the_cluster_ca() {
     assert!(out.contains("n1") && out.contains("leader"), "{out}");
     drop(node);
 }
+
+#[test]
+fn a_node_restarted_on_another_address_is_found_there() {
+    let mut c = Cluster::start(3);
+    c.nodes[1].kill();
+    c.topo.add_addr("n2", "10.77.0.12/16");
+    let at = c.nodes[1]
+        .args
+        .iter()
+        .position(|a| a == "10.77.0.2:9091")
+        .unwrap();
+    c.nodes[1].args[at] = "10.77.0.12:9091".into();
+    c.nodes[1].restart();
+    c.wait_ready(2);
+    wait_until(
+        Duration::from_secs(30),
+        "the membership has n2's new address",
+        || {
+            let status = c.status(1);
+            status["nodes"].as_array().into_iter().flatten().any(|n| {
+                n["name"] == "n2"
+                    && n["cluster_addr"] == "10.77.0.12:9091"
+                    && n["reachable"] == true
+            })
+        },
+    );
+    // And it follows changes again.
+    let body = format!("{{\"name\": \"moved\", \"members\": [{{\"address\": \"{A}\"}}]}}");
+    let (status, v) = c.call(1, "POST", "/api/v1/pools", Some(&body)).unwrap();
+    assert_eq!(status, 201, "{v}");
+    wait_until(Duration::from_secs(10), "n2 applies the change", || {
+        c.pools(2).contains(&"moved".to_owned())
+    });
+}
