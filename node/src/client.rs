@@ -255,9 +255,7 @@ async fn login(a: LoginArgs) -> Result<()> {
             .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
     } else {
         eprint!("password for {}: ", a.user);
-        std::io::stdin()
-            .read_line(&mut password)
-            .map_err(|e| format!("cannot read the password: {e}"))?;
+        password = read_password()?;
     }
     let password = password.trim_end_matches(['\n', '\r']);
     let answer = api
@@ -282,6 +280,27 @@ async fn login(a: LoginArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One line from the terminal with echo off (restored afterwards), or a
+/// plain line when stdin is not a terminal.
+fn read_password() -> Result<String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    let saved = tcgetattr(&stdin).ok();
+    if let Some(saved) = &saved {
+        let mut quiet = saved.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        quiet.local_flags.insert(LocalFlags::ECHONL);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+    }
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    if let Some(saved) = &saved {
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, saved);
+    }
+    read.map_err(|e| format!("cannot read the password: {e}"))?;
+    Ok(line)
 }
 
 fn write_credentials(path: &PathBuf, tokens: &BTreeMap<String, String>) -> Result<()> {
