@@ -993,6 +993,7 @@ async fn grant_certificate(
             req.name
         ));
     }
+    pki::check_csr(&req.csr_pem).map_err(|e| format!("bad certificate request: {e}"))?;
     control
         .propose(ClusterCommand::ConsumeJoinToken {
             id: req.token_id.clone(),

@@ -73,6 +73,13 @@ pub fn new_csr(name: &str) -> Result<(String, String), PkiError> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
+/// Check that `csr_pem` is a well-formed, self-signed CSR (before a join
+/// token's use is spent on it).
+pub fn check_csr(csr_pem: &str) -> Result<(), PkiError> {
+    CertificateSigningRequestParams::from_pem(csr_pem)?;
+    Ok(())
+}
+
 /// Sign a node certificate for `id` from a CSR. The names come from us, not
 /// from the CSR.
 pub fn sign_node_csr(
@@ -327,6 +334,12 @@ mod tests {
         tls.server_config().unwrap();
         tls.client_config().unwrap();
         let (key, csr) = new_csr("joiner").unwrap();
+        check_csr(&csr).unwrap();
+        assert!(check_csr(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+        )
+        .is_err());
+        assert!(check_csr(&csr.replace('A', "B")).is_err());
         let signed = sign_node_csr(&csr, 9, &ca_pem, &ca_key).unwrap();
         let joiner = NodeTls {
             ca_pem: ca_pem.clone(),
