@@ -469,15 +469,12 @@ async fn get(a: GetArgs) -> Result<()> {
 }
 
 async fn delete(a: DeleteArgs) -> Result<()> {
-    let api = Api::new(&a.client)?;
     let base = kind_path(&a.kind)?;
     if !(base.ends_with("load-balancers") || base.ends_with("pools")) {
         return Err(format!("{} cannot be deleted this way", a.kind));
     }
-    api.call(Method::DELETE, &format!("{base}/{}", a.name), None)
-        .await?;
-    println!("deleted {} {}", a.kind, a.name);
-    Ok(())
+    let path = format!("{base}/{}", a.name);
+    remove(&a.client, &path, &format!("deleted {} {}", a.kind, a.name)).await
 }
 
 async fn status(c: ClientArgs) -> Result<()> {
@@ -511,6 +508,23 @@ async fn status(c: ClientArgs) -> Result<()> {
     Ok(())
 }
 
+/// `keel <kind> list`: the same as `keel get <kind>`.
+async fn list(client: ClientArgs, kind: &str) -> Result<()> {
+    get(GetArgs {
+        client,
+        kind: kind.into(),
+        name: None,
+    })
+    .await
+}
+
+/// DELETE `path` and say `done` on success.
+async fn remove(client: &ClientArgs, path: &str, done: &str) -> Result<()> {
+    Api::new(client)?.call(Method::DELETE, path, None).await?;
+    println!("{done}");
+    Ok(())
+}
+
 async fn token(command: TokenCommand) -> Result<()> {
     match command {
         TokenCommand::Create { client, ttl, uses } => {
@@ -525,20 +539,14 @@ async fn token(command: TokenCommand) -> Result<()> {
             print(client.output, &v, |v| format!("{}\n", s(&v["token"])));
             Ok(())
         }
-        TokenCommand::List(client) => {
-            get(GetArgs {
-                client,
-                kind: "tokens".into(),
-                name: None,
-            })
-            .await
-        }
+        TokenCommand::List(client) => list(client, "tokens").await,
         TokenCommand::Revoke { client, id } => {
-            let api = Api::new(&client)?;
-            api.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None)
-                .await?;
-            println!("revoked join token {id}");
-            Ok(())
+            remove(
+                &client,
+                &format!("/api/v1/tokens/{id}"),
+                &format!("revoked join token {id}"),
+            )
+            .await
         }
     }
 }
@@ -557,40 +565,28 @@ async fn api_token(command: ApiTokenCommand) -> Result<()> {
             print(client.output, &v, |v| format!("{}\n", s(&v["token"])));
             Ok(())
         }
-        ApiTokenCommand::List(client) => {
-            get(GetArgs {
-                client,
-                kind: "api-tokens".into(),
-                name: None,
-            })
-            .await
-        }
+        ApiTokenCommand::List(client) => list(client, "api-tokens").await,
         ApiTokenCommand::Revoke { client, id } => {
-            let api = Api::new(&client)?;
-            api.call(Method::DELETE, &format!("/api/v1/api-tokens/{id}"), None)
-                .await?;
-            println!("revoked api token {id}");
-            Ok(())
+            remove(
+                &client,
+                &format!("/api/v1/api-tokens/{id}"),
+                &format!("revoked api token {id}"),
+            )
+            .await
         }
     }
 }
 
 async fn node(command: NodeCommand) -> Result<()> {
     match command {
-        NodeCommand::List(client) => {
-            get(GetArgs {
-                client,
-                kind: "nodes".into(),
-                name: None,
-            })
-            .await
-        }
+        NodeCommand::List(client) => list(client, "nodes").await,
         NodeCommand::Remove { client, name } => {
-            let api = Api::new(&client)?;
-            api.call(Method::DELETE, &format!("/api/v1/nodes/{name}"), None)
-                .await?;
-            println!("removed node {name}");
-            Ok(())
+            remove(
+                &client,
+                &format!("/api/v1/nodes/{name}"),
+                &format!("removed node {name}"),
+            )
+            .await
         }
     }
 }
