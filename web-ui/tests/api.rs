@@ -85,15 +85,21 @@ async fn call(
     (status, value)
 }
 
-/// A logged-in caller.
-struct Api<'a> {
-    app: &'a axum::Router,
-    token: &'a str,
+/// A logged-in caller of a router over `control`.
+struct Api {
+    app: axum::Router,
+    token: String,
 }
 
-impl Api<'_> {
+impl Api {
+    async fn logged_in(control: Arc<Fake>) -> Self {
+        let app = keel_web::router(control);
+        let token = login(&app).await;
+        Api { app, token }
+    }
+
     async fn send(&self, method: &str, path: &str, body: impl Into<Body>) -> (StatusCode, Value) {
-        call(self.app, method, path, Some(self.token), body).await
+        call(&self.app, method, path, Some(&self.token), body).await
     }
 }
 
@@ -141,12 +147,7 @@ async fn calls_without_valid_credentials_get_401_and_logins_are_rate_limited() {
 #[tokio::test]
 async fn invalid_objects_get_422_naming_each_field_and_change_nothing() {
     let control = fake();
-    let app = keel_web::router(control.clone());
-    let token = login(&app).await;
-    let api = Api {
-        app: &app,
-        token: &token,
-    };
+    let api = Api::logged_in(control.clone()).await;
     let version = control.state().0;
 
     let pool = json!({"name": "app", "members": [
@@ -195,12 +196,7 @@ async fn invalid_objects_get_422_naming_each_field_and_change_nothing() {
 #[tokio::test]
 async fn objects_round_trip_and_config_apply_is_idempotent() {
     let control = fake();
-    let app = keel_web::router(control.clone());
-    let token = login(&app).await;
-    let api = Api {
-        app: &app,
-        token: &token,
-    };
+    let api = Api::logged_in(control.clone()).await;
     let pool = json!({"name": "app", "members": [{"address": "10.0.0.1:80"}]});
     let (status, v) = api.send("POST", "/api/v1/pools", pool.to_string()).await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
@@ -248,13 +244,8 @@ async fn objects_round_trip_and_config_apply_is_idempotent() {
 
 #[tokio::test]
 async fn every_documented_path_is_routed() {
-    let app = keel_web::router(fake());
-    let token = login(&app).await;
-    let api = Api {
-        app: &app,
-        token: &token,
-    };
-    let (status, doc) = call(&app, "GET", "/api/v1/openapi.json", None, "").await;
+    let api = Api::logged_in(fake()).await;
+    let (status, doc) = call(&api.app, "GET", "/api/v1/openapi.json", None, "").await;
     assert_eq!(status, StatusCode::OK);
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() >= 10);
@@ -288,12 +279,7 @@ fn cert(names: &[&str], expired: bool) -> (String, String) {
 #[tokio::test]
 async fn certificates_are_checked_on_submission_and_keys_never_come_back() {
     let control = fake();
-    let app = keel_web::router(control.clone());
-    let token = login(&app).await;
-    let api = Api {
-        app: &app,
-        token: &token,
-    };
+    let api = Api::logged_in(control.clone()).await;
     let (cert_pem, key_pem) = cert(&["shop.example"], false);
     let body = json!({"name": "site", "cert_pem": cert_pem, "key_pem": key_pem});
     let (status, v) = api
