@@ -148,9 +148,7 @@ impl Drop for Topology {
 
 /// One `GET` over a fresh connection from namespace `ns`: (status, body).
 pub fn get_from(ns: &str, addr: &str, path: &str) -> Option<(u16, String)> {
-    let addr: std::net::SocketAddr = addr.parse().ok()?;
-    let path = path.to_owned();
-    in_ns(ns, move || crate::node::raw_get(addr, &path))
+    call_from(ns, addr, "GET", path, None, None)
 }
 
 /// An HTTP call with a JSON body and optional bearer token, from `ns`.
