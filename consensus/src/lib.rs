@@ -25,6 +25,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use keel_model::{ClusterCommand, ClusterState, Refusal};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Config, Raft, RaftNetworkFactory, ServerState, SnapshotPolicy};
@@ -102,24 +104,93 @@ pub struct Member {
 }
 
 /// Timing and compaction settings.
-#[derive(Debug, Clone)]
+///
+/// A follower that has heard from its leader refuses to vote for anyone else
+/// for `election_timeout.1`, and starts an election of its own only after
+/// `election_timeout.1` plus a random time in `election_timeout`. The
+/// leader's [`Lease`] (`lease` from the send time of a heartbeat a quorum
+/// acknowledged) therefore ends before any other node can lead, with
+/// `election_timeout.1 - lease` to spare for scheduling and for releasing
+/// what the lease guards.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// How often the leader sends heartbeats.
+    /// How often the leader sends heartbeats; also the timeout of one
+    /// heartbeat, so it must exceed the round trip between nodes.
     pub heartbeat: Duration,
-    /// Followers start an election after a random time in this range without
-    /// hearing from a leader.
+    /// Followers start an election after a random time in this range (on top
+    /// of the leader's vote lease, `election_timeout.1`) without hearing from
+    /// a leader.
     pub election_timeout: (Duration, Duration),
+    /// How long a quorum acknowledgement keeps the leader's lease valid.
+    pub lease: Duration,
     /// Take a snapshot (and compact the log) after this many entries.
     pub snapshot_every: u64,
 }
 
 impl Default for Settings {
+    /// Failover in well under a second, with room for 100 ms round trips.
     fn default() -> Self {
         Settings {
             heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(400), Duration::from_millis(700)),
+            election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
+            lease: Duration::from_millis(300),
             snapshot_every: 1000,
         }
+    }
+}
+
+impl Settings {
+    /// For a quiet LAN with sub-10 ms round trips: failover in about a third
+    /// of a second.
+    pub fn fast() -> Self {
+        Settings {
+            heartbeat: Duration::from_millis(30),
+            election_timeout: (Duration::from_millis(80), Duration::from_millis(160)),
+            lease: Duration::from_millis(110),
+            ..Settings::default()
+        }
+    }
+
+    /// Rejects timings that are unsafe or cannot work, naming the setting.
+    pub fn check(&self) -> Result<(), String> {
+        let (min, max) = self.election_timeout;
+        if self.heartbeat.is_zero() {
+            return Err("heartbeat: must be more than 0".into());
+        }
+        if min <= self.heartbeat || max <= min {
+            return Err(format!(
+                "election timeout: must be a range above the heartbeat ({:?}), \
+                 lowest first; got {min:?}..{max:?}",
+                self.heartbeat
+            ));
+        }
+        // A quarter of the vote lease is kept as margin for the time between
+        // the acknowledgement and the holder noticing its lease ran out.
+        if self.lease.is_zero() || self.lease > max * 3 / 4 {
+            return Err(format!(
+                "lease: must be more than 0 and at most 3/4 of the longest election \
+                 timeout ({max:?}); got {:?}",
+                self.lease
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The leader's right to act alone (hold the VIP): valid until `until`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// The term the lease belongs to.
+    pub term: u64,
+    /// When it runs out; `None` when this node does not lead or no quorum
+    /// has acknowledged it yet.
+    pub until: Option<Instant>,
+}
+
+impl Lease {
+    /// True while the lease has not run out.
+    pub fn is_valid(&self) -> bool {
+        self.until.is_some_and(|u| Instant::now() < u)
     }
 }
 
@@ -166,6 +237,7 @@ pub struct Consensus {
     raft: KeelRaft,
     applied: watch::Receiver<Applied>,
     leadership: watch::Receiver<Leadership>,
+    lease: watch::Receiver<Lease>,
 }
 
 impl Consensus {
@@ -187,6 +259,7 @@ impl Consensus {
         let log = store::LogStore::open(dir).map_err(storage_err)?;
         let machine = store::StateMachineStore::open(dir).map_err(storage_err)?;
         let applied = machine.subscribe();
+        settings.check().map_err(StartError::Raft)?;
         let config = Config {
             cluster_name: "keel".into(),
             heartbeat_interval: settings.heartbeat.as_millis() as u64,
@@ -201,12 +274,13 @@ impl Consensus {
         let raft = Raft::new(id, Arc::new(config), network, log, machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let leadership = watch_leadership(&raft);
+        let (leadership, lease) = watch_leadership(&raft, settings.lease);
         Ok(Consensus {
             id,
             raft,
             applied,
             leadership,
+            lease,
         })
     }
 
@@ -256,6 +330,11 @@ impl Consensus {
     /// Leadership, as it changes.
     pub fn leadership(&self) -> watch::Receiver<Leadership> {
         self.leadership.clone()
+    }
+
+    /// The leader lease, renewed with every quorum acknowledgement.
+    pub fn lease(&self) -> watch::Receiver<Lease> {
+        self.lease.clone()
     }
 
     /// Wait until this node has applied `index`, up to `timeout`.
@@ -371,14 +450,27 @@ impl Consensus {
         Ok(())
     }
 
-    /// Hand leadership to another up-to-date voter, if this node leads.
-    pub async fn step_down(&self) {
+    /// Hand leadership to another voter, if this node leads, and stop
+    /// standing for election until [`Consensus::stand_again`]. Returns once
+    /// another node leads or `deadline` passes.
+    pub async fn step_down(&self, deadline: Duration) {
         // openraft 0.9 has no leadership-transfer API; the next best thing is
         // to stop heartbeating so a follower times out and takes over.
-        if self.leadership.borrow().is_leader {
-            self.raft.runtime_config().heartbeat(false);
-            self.raft.runtime_config().elect(false);
+        self.raft.runtime_config().elect(false);
+        if !self.leadership.borrow().is_leader {
+            return;
         }
+        self.raft.runtime_config().heartbeat(false);
+        let me = self.id;
+        let mut leadership = self.leadership.clone();
+        let moved = leadership.wait_for(|l| l.leader.is_some_and(|id| id != me));
+        let _ = tokio::time::timeout(deadline, moved).await;
+    }
+
+    /// Undo [`Consensus::step_down`]: heartbeat if leading, stand for election.
+    pub fn stand_again(&self) {
+        self.raft.runtime_config().heartbeat(true);
+        self.raft.runtime_config().elect(true);
     }
 
     /// Stop Raft.
@@ -401,23 +493,45 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Prop
     }
 }
 
-fn watch_leadership(raft: &KeelRaft) -> watch::Receiver<Leadership> {
+fn watch_leadership(
+    raft: &KeelRaft,
+    lease: Duration,
+) -> (watch::Receiver<Leadership>, watch::Receiver<Lease>) {
     let mut metrics = raft.metrics();
     let to_leadership = |m: &openraft::RaftMetrics<NodeId, NodeInfo>| Leadership {
         leader: m.current_leader,
         term: m.current_term,
         is_leader: m.state == ServerState::Leader,
     };
+    // openraft reports how long ago a quorum acknowledged a heartbeat *sent*
+    // at some time; rounding up a millisecond keeps the estimate early, and
+    // the lease margin (see `Settings`) covers the delay before we read it.
+    let to_lease = move |m: &openraft::RaftMetrics<NodeId, NodeInfo>| Lease {
+        term: m.current_term,
+        until: m
+            .millis_since_quorum_ack
+            .filter(|_| m.state == ServerState::Leader)
+            .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms + 1)))
+            .map(|acked| acked + lease),
+    };
     let (tx, rx) = watch::channel(to_leadership(&metrics.borrow()));
+    let (lease_tx, lease_rx) = watch::channel(to_lease(&metrics.borrow()));
     tokio::spawn(async move {
         while metrics.changed().await.is_ok() {
-            let next = to_leadership(&metrics.borrow_and_update());
+            let m = metrics.borrow_and_update().clone();
+            let next = to_leadership(&m);
             tx.send_if_modified(|current| {
+                let changed = *current != next;
+                *current = next;
+                changed
+            });
+            let next = to_lease(&m);
+            lease_tx.send_if_modified(|current| {
                 let changed = *current != next;
                 *current = next;
                 changed
             });
         }
     });
-    rx
+    (rx, lease_rx)
 }

@@ -286,3 +286,58 @@ async fn nodes_beyond_the_voter_cap_stay_learners_and_still_replicate() {
     let roles: Vec<(NodeId, bool)> = n1.members().iter().map(|m| (m.id, m.voter)).collect();
     assert_eq!(roles, [(1, true), (3, true)]);
 }
+
+#[tokio::test]
+async fn an_isolated_leader_loses_its_lease_before_anyone_else_leads() {
+    for settings in [Settings::default(), Settings::fast()] {
+        let c = Cluster::three(settings.clone()).await;
+        let old = c.wait_leader(&[1, 2, 3]).await;
+        let mut lease = c.nodes[&old].lease();
+        lease
+            .wait_for(|l| l.is_valid())
+            .await
+            .expect("lease watch open");
+        c.router.isolate(old);
+        let cut = tokio::time::Instant::now();
+        let rest: Vec<NodeId> = [1, 2, 3].into_iter().filter(|i| *i != old).collect();
+        let new = c.wait_leader(&rest).await;
+        let elected = tokio::time::Instant::now();
+        let until = lease.borrow().until.expect("lease was held");
+        assert!(
+            until + (settings.election_timeout.1 - settings.lease) / 2 <= elected,
+            "old lease ran to {:?} after the cut but node {new} led after {:?}",
+            until - cut,
+            elected - cut
+        );
+        eprintln!(
+            "lease ran {:?} past the cut; node {new} led {:?} after it",
+            until.saturating_duration_since(cut),
+            elected - cut
+        );
+        assert!(
+            elected - cut < Duration::from_secs(2),
+            "failover took {:?}",
+            elected - cut
+        );
+        c.router.heal();
+    }
+}
+
+#[tokio::test]
+async fn step_down_hands_leadership_to_a_follower() {
+    let c = Cluster::three(Settings::default()).await;
+    let old = c.wait_leader(&[1, 2, 3]).await;
+    let started = tokio::time::Instant::now();
+    c.nodes[&old].step_down(Duration::from_secs(5)).await;
+    let rest: Vec<NodeId> = [1, 2, 3].into_iter().filter(|i| *i != old).collect();
+    let new = c.wait_leader(&rest).await;
+    let took = started.elapsed();
+    assert_ne!(new, old);
+    assert!(took < Duration::from_secs(2), "hand-off took {took:?}");
+    // It stays out of elections until told otherwise, then rejoins.
+    assert!(!c.nodes[&old].leadership().borrow().is_leader);
+    c.nodes[&old].stand_again();
+    let index = c.propose(&[1, 2, 3], pool("after")).await;
+    c.all_applied(&[1, 2, 3], index).await;
+    eprintln!("hand-off took {took:?}");
+}

@@ -226,7 +226,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "could not leave the cluster cleanly");
         }
     } else {
-        node.consensus.step_down().await;
+        node.consensus
+            .step_down(std::time::Duration::from_secs(3))
+            .await;
     }
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining connections");
     let _ = stop_tx.send(true);
