@@ -13,15 +13,24 @@ use keel_dataplane::Dataplane;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// What decides readiness beyond the data plane having a config.
+/// What the node adds to the data plane's view: readiness beyond having a
+/// config, and metrics of its own.
 pub trait Readiness: Send + Sync + 'static {
     /// True when the node may receive traffic.
     fn ready(&self) -> bool;
+    /// More Prometheus text for `/metrics`.
+    fn metrics(&self) -> String {
+        String::new()
+    }
 }
 
 impl Readiness for crate::cluster::Control {
     fn ready(&self) -> bool {
         crate::cluster::Control::ready(self)
+    }
+
+    fn metrics(&self) -> String {
+        self.vip_metrics.render()
     }
 }
 
@@ -105,6 +114,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.dataplane.render_metrics(),
+        s.dataplane.render_metrics()
+            + &s.readiness.map(|r| r.metrics()).unwrap_or_default(),
     )
 }

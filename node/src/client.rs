@@ -489,7 +489,7 @@ async fn status(c: ClientArgs) -> Result<()> {
         );
         for n in v["nodes"].as_array().into_iter().flatten() {
             out.push_str(&format!(
-                "  {:<16} {:<9} {:<22} {:<9} applied={} serving={} ready={}\n",
+                "  {:<16} {:<9} {:<22} {:<9} applied={} serving={} ready={}{}\n",
                 s(&n["name"]),
                 s(&n["role"]),
                 s(&n["cluster_addr"]),
@@ -501,6 +501,13 @@ async fn status(c: ClientArgs) -> Result<()> {
                 s(&n["applied_version"]),
                 s(&n["serving_version"]),
                 s(&n["ready"]),
+                match n["vips"].as_array() {
+                    Some(v) if !v.is_empty() => format!(
+                        "  vips={}",
+                        v.iter().map(s).collect::<Vec<_>>().join(",")
+                    ),
+                    _ => String::new(),
+                },
             ));
         }
         out

@@ -24,7 +24,7 @@ use keel_dataplane::Dataplane;
 use keel_model::{ClusterCommand, ClusterIdentity, ClusterState, Command, Refusal, Spec, User};
 use keel_web::{ClusterStatus, ControlError, ControlPlane, NodeStatus};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 use crate::pki::{self, NodeTls};
 
@@ -299,6 +299,8 @@ struct LocalStatus {
     serving_version: u64,
     ready: bool,
     keel_version: String,
+    #[serde(default)]
+    vips: Vec<String>,
 }
 
 /// Start the cluster side of a node: restart, join or bootstrap.
@@ -626,6 +628,10 @@ pub struct Control {
     dataplane: Arc<Dataplane>,
     /// The Raft index whose spec the data plane serves.
     pub serving: Arc<AtomicU64>,
+    /// The VIPs this node holds, from the VIP rule.
+    pub held_vips: crate::vip::Held,
+    /// The VIP rule's counters.
+    pub vip_metrics: Arc<crate::vip::VipMetrics>,
     leader_link: Mutex<Option<(NodeId, RpcClient)>>,
     ca_fingerprint: String,
 }
@@ -653,6 +659,8 @@ impl Control {
             client_tls: node.tls.client_config()?,
             dataplane,
             serving: Arc::new(AtomicU64::new(0)),
+            held_vips: watch::Sender::new(Default::default()),
+            vip_metrics: Default::default(),
             leader_link: Mutex::new(None),
             ca_fingerprint: pki::fingerprint(&node.tls.ca_pem)?,
         }))
@@ -768,6 +776,7 @@ impl Control {
             serving_version: self.serving.load(Ordering::Relaxed),
             ready: self.ready(),
             keel_version: env!("CARGO_PKG_VERSION").into(),
+            vips: self.held_vips.borrow().iter().cloned().collect(),
         }
     }
 
@@ -906,6 +915,7 @@ impl ControlPlane for Control {
                     applied_version: report.as_ref().map(|r| r.applied_version),
                     serving_version: report.as_ref().map(|r| r.serving_version),
                     ready: report.as_ref().map(|r| r.ready),
+                    vips: report.as_ref().map(|r| r.vips.clone()).unwrap_or_default(),
                     keel_version: report.map(|r| r.keel_version),
                 })
                 .collect(),

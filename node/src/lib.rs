@@ -12,6 +12,7 @@ pub mod demo;
 pub mod pki;
 mod reconcile;
 mod source;
+pub mod vip;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,11 +33,17 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     pub watch_interval: Duration,
     pub leave: bool,
+    pub vip_interface: Option<String>,
+    pub log_format: LogFormat,
+    pub workers: Option<usize>,
 }
 
-impl From<RunArgs> for NodeConfig {
-    fn from(a: RunArgs) -> Self {
-        NodeConfig {
+impl TryFrom<RunArgs> for NodeConfig {
+    type Error = String;
+
+    fn try_from(a: RunArgs) -> Result<Self, String> {
+        let settings = a.settings()?;
+        Ok(NodeConfig {
             config_file: a.config,
             cluster: cluster::ClusterOptions {
                 data_dir: a.data_dir,
@@ -45,12 +52,15 @@ impl From<RunArgs> for NodeConfig {
                 admin_addr: a.admin_addr,
                 node_name: a.node_name,
                 join: a.join.zip(a.token),
-                settings: keel_consensus::Settings::default(),
+                settings,
             },
             shutdown_grace: a.shutdown_grace,
             watch_interval: a.watch_interval,
             leave: a.leave,
-        }
+            vip_interface: a.vip_interface,
+            log_format: a.log_format,
+            workers: a.workers,
+        })
     }
 }
 
@@ -161,12 +171,35 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             let _ = rpc_stop.wait_for(|s| *s).await;
         },
     ));
+    let (healthy_tx, healthy_rx) = watch::channel(true);
     let reconciler = tokio::spawn(reconcile::run(
         node.consensus.applied(),
         dataplane.clone(),
         control.serving.clone(),
+        healthy_tx,
         stop_rx.clone(),
     ));
+    let (vip_stop_tx, vip_stop_rx) = watch::channel(false);
+    let vips = match keel_vip::Netlink::open() {
+        Ok(netlink) => Some(tokio::spawn(vip::run(
+            netlink,
+            node.consensus.clone(),
+            vip::Inputs {
+                lease: node.consensus.lease(),
+                applied: node.consensus.applied(),
+                healthy: healthy_rx,
+                interface: config.vip_interface.clone(),
+            },
+            vip::Timing::default(),
+            control.vip_metrics.clone(),
+            control.held_vips.clone(),
+            vip_stop_rx,
+        ))),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot manage VIPs on this host; this node will not hold any");
+            None
+        }
+    };
     let admin_password = std::env::var("KEEL_ADMIN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
@@ -220,6 +253,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     });
 
     shutdown_signal().await;
+    // Release the VIPs first, so the next owner can take them over while
+    // this node still serves the connections it has.
+    let _ = vip_stop_tx.send(true);
+    if let Some(v) = vips {
+        let _ = v.await;
+    }
     if config.leave {
         tracing::info!("leaving the cluster");
         if let Err(e) = keel_web::ControlPlane::remove_node(&*control, &node.file.name).await {

@@ -10,8 +10,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { file } => return keel::check_file(&file),
         Command::Run(args) => {
-            keel::init_logging(args.log_format);
-            runtime(args.workers).and_then(|rt| rt.block_on(keel::run(args.into())))
+            let config = match keel::NodeConfig::try_from(args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("keel: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            keel::init_logging(config.log_format);
+            runtime(config.workers).and_then(|rt| rt.block_on(keel::run(config)))
         }
         Command::Demo(args) => {
             keel::init_logging(args.log_format);

@@ -1,7 +1,8 @@
 //! The data-plane reconciler: every applied cluster state whose spec differs
 //! from what the data plane serves is applied to it. Runs on every node,
 //! leader and followers alike. A spec the data plane refuses (a port in use
-//! on this host) keeps the old plan serving and is retried.
+//! on this host) keeps the old plan serving, is retried, and marks the node
+//! unhealthy (it then holds no VIP) until it succeeds.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ pub(crate) async fn run(
     mut applied: watch::Receiver<Applied>,
     dataplane: Arc<Dataplane>,
     serving: Arc<AtomicU64>,
+    healthy: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut current: Option<Spec> = None;
@@ -50,6 +52,11 @@ pub(crate) async fn run(
                 }
             }
         }
+        healthy.send_if_modified(|h| {
+            let changed = *h == failed;
+            *h = !failed;
+            changed
+        });
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             changed = applied.changed() => if changed.is_err() { return },

@@ -4,8 +4,10 @@
 
 pub mod backend;
 pub mod client;
+pub mod cluster;
 pub mod netns;
 pub mod node;
+pub mod vip;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};

@@ -1,6 +1,7 @@
 //! Private network namespaces for multi-node tests (address plan of
 //! DESIGN.md): one bridge namespace, one per node (10.77.0.N), one for
-//! clients (10.77.2.1) and one for backends (10.77.1.1). Nothing links to
+//! clients (10.77.2.1, fd77::2:1) and one for backends (10.77.1.1, .2 and
+//! fd77::1:1); nodes also get fd77::N. Nothing links to
 //! the root namespace and nothing has a default route. Dropping the
 //! [`Topology`] deletes every namespace it made, test failure or not.
 //!
@@ -73,10 +74,13 @@ impl Topology {
         ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &br, "link", "set", "br0", "up"]);
         for i in 1..=nodes {
-            t.attach(&format!("n{i}"), &[&format!("10.77.0.{i}/16")]);
+            t.attach(
+                &format!("n{i}"),
+                &[&format!("10.77.0.{i}/16"), &format!("fd77::{i}/64")],
+            );
         }
-        t.attach("c", &["10.77.2.1/16"]);
-        t.attach("b", &["10.77.1.1/16", "10.77.1.2/16"]);
+        t.attach("c", &["10.77.2.1/16", "fd77::2:1/64"]);
+        t.attach("b", &["10.77.1.1/16", "10.77.1.2/16", "fd77::1:1/64"]);
         t
     }
 
@@ -98,7 +102,12 @@ impl Topology {
         ]);
         ip(&["-n", &br, "link", "set", &port, "master", "br0", "up"]);
         for a in addrs {
-            ip(&["-n", &ns, "addr", "add", a, "dev", "eth0"]);
+            // No duplicate address detection: the address is usable at once.
+            let mut args = vec!["-n", &ns, "addr", "add", a, "dev", "eth0"];
+            if a.contains(':') {
+                args.push("nodad");
+            }
+            ip(&args);
         }
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
     }

@@ -98,6 +98,9 @@ pub struct NodeStatus {
     pub ready: Option<bool>,
     /// Its software version, when reachable.
     pub keel_version: Option<String>,
+    /// The VIPs it holds (`addr/len`), when reachable.
+    #[serde(default)]
+    pub vips: Vec<String>,
 }
 
 /// The `/api/v1` router over a control plane.

@@ -1,0 +1,294 @@
+#![allow(clippy::unwrap_used)]
+//! VIP failover with real `keel` processes in namespaces: three nodes, a
+//! client and backends on one bridge. The client polls the VIP every 20 ms;
+//! faults are bridge ports going down, `kill -9`, SIGTERM, partitions,
+//! SIGSTOP and the VIP interface going down. Ownership is sampled with
+//! `ip addr` in every node namespace.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use keel_tests::cluster::{Cluster, A};
+use keel_tests::netns::wait_until;
+use keel_tests::vip::{gap, holds, median_max, ns_run, Poller, Sampler};
+
+const VIP4: &str = "10.77.0.100";
+const VIP6: &str = "fd77::100";
+const POLL: Duration = Duration::from_millis(20);
+
+fn vip_config() -> String {
+    format!(
+        "load_balancers:\n\
+         \x20 - name: web\n    vip: {VIP4}/24\n    listeners: [ {{ port: 8000, protocol: http, default_pool: app }} ]\n\
+         \x20 - name: web6\n    vip: {VIP6}/64\n    listeners: [ {{ port: 8000, protocol: http, default_pool: app }} ]\n\
+         pools:\n  - name: app\n    members: [ {{ address: \"{A}\" }} ]\n"
+    )
+}
+
+fn target(vip: &str) -> SocketAddr {
+    let ip: std::net::IpAddr = vip.parse().unwrap();
+    SocketAddr::new(ip, 8000)
+}
+
+struct Ha {
+    c: Cluster,
+}
+
+impl Ha {
+    fn start(extra: &[&str]) -> Self {
+        let c = Cluster::start_with(3, &vip_config(), extra);
+        let ha = Ha { c };
+        ha.wait_single_holder(VIP4, Duration::from_secs(10));
+        ha.wait_single_holder(VIP6, Duration::from_secs(10));
+        ha
+    }
+
+    fn node_namespaces(&self) -> Vec<String> {
+        (1..=3).map(|i| self.c.ns(i)).collect()
+    }
+
+    fn holders(&self, vip: &str) -> Vec<usize> {
+        (1..=3).filter(|i| holds(&self.c.ns(*i), vip)).collect()
+    }
+
+    /// Waits until exactly one node holds `vip`, and returns it.
+    fn wait_single_holder(&self, vip: &str, timeout: Duration) -> usize {
+        let mut holder = 0;
+        wait_until(timeout, &format!("one holder of {vip}"), || {
+            let h = self.holders(vip);
+            holder = h.first().copied().unwrap_or(0);
+            h.len() == 1
+        });
+        holder
+    }
+
+    /// Waits until the VIP is held by a node other than `old`.
+    fn wait_moved(&self, vip: &str, old: usize, timeout: Duration) -> usize {
+        let mut holder = 0;
+        wait_until(timeout, &format!("{vip} to leave n{old}"), || {
+            let h = self.holders(vip);
+            holder = h.iter().copied().find(|i| *i != old).unwrap_or(0);
+            holder != 0
+        });
+        holder
+    }
+
+    fn all_ready(&self) {
+        wait_until(Duration::from_secs(20), "three ready members", || {
+            let s = self.c.status(1);
+            s["nodes"].as_array().is_some_and(|n| {
+                n.len() == 3 && n.iter().all(|n| n["ready"] == true && n["reachable"] == true)
+            })
+        });
+    }
+}
+
+enum Fault {
+    LinkDown,
+    Kill,
+}
+
+/// `runs` failovers of `fault` on the VIP owner; the gaps the client saw.
+fn failovers(ha: &mut Ha, vip: &str, fault: Fault, runs: usize) -> Vec<Duration> {
+    let mut gaps = Vec::new();
+    for run in 0..runs {
+        let owner = ha.wait_single_holder(vip, Duration::from_secs(10));
+        let poller = Poller::start(
+            &ha.c.topo.ns("c"),
+            target(vip),
+            POLL,
+            Duration::from_millis(500),
+        );
+        assert!(
+            poller.wait_success_after(Instant::now(), Duration::from_secs(5)),
+            "run {run}: the VIP does not answer before the fault"
+        );
+        let fault_at = Instant::now();
+        match fault {
+            Fault::LinkDown => ha.c.topo.set_link(&format!("n{owner}"), false),
+            Fault::Kill => ha.c.nodes[owner - 1].kill(),
+        }
+        let new = ha.wait_moved(vip, owner, Duration::from_secs(10));
+        assert!(
+            poller.wait_success_after(Instant::now(), Duration::from_secs(5)),
+            "run {run}: no request succeeded after n{new} took the VIP"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let attempts = poller.stop();
+        let g = gap(&attempts, fault_at).expect("the client recovered");
+        eprintln!("run {run}: n{owner} -> n{new}: gap {g:?}");
+        gaps.push(g);
+        match fault {
+            Fault::LinkDown => ha.c.topo.set_link(&format!("n{owner}"), true),
+            Fault::Kill => ha.c.nodes[owner - 1].restart(),
+        }
+        ha.all_ready();
+        // No fail-back: the returning node leaves the VIP where it is.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            ha.holders(vip),
+            vec![new],
+            "run {run}: the VIP moved again after n{owner} came back"
+        );
+    }
+    gaps
+}
+
+fn report(what: &str, gaps: &[Duration]) {
+    let (median, max) = median_max(gaps);
+    eprintln!("{what}: {} runs, median {median:?}, max {max:?}", gaps.len());
+    assert!(
+        gaps.iter().all(|g| *g < Duration::from_secs(3)),
+        "{what}: a failover took too long: {gaps:?}"
+    );
+}
+
+#[test]
+fn the_vip_fails_over_on_node_loss_and_crash() {
+    let mut ha = Ha::start(&[]);
+    let gaps = failovers(&mut ha, VIP4, Fault::LinkDown, 5);
+    report("default timing, bridge port down", &gaps);
+    let gaps = failovers(&mut ha, VIP4, Fault::Kill, 5);
+    report("default timing, kill -9", &gaps);
+}
+
+#[test]
+fn the_fast_profile_fails_over_faster() {
+    let mut ha = Ha::start(&["--timing", "fast"]);
+    let gaps = failovers(&mut ha, VIP4, Fault::LinkDown, 5);
+    report("fast timing, bridge port down", &gaps);
+    let gaps = failovers(&mut ha, VIP4, Fault::Kill, 5);
+    report("fast timing, kill -9", &gaps);
+}
+
+#[test]
+fn an_ipv6_vip_fails_over_too() {
+    let mut ha = Ha::start(&[]);
+    let gaps = failovers(&mut ha, VIP6, Fault::Kill, 3);
+    report("default timing, IPv6, kill -9", &gaps);
+}
+
+#[test]
+fn a_planned_hand_off_fails_no_request() {
+    let mut ha = Ha::start(&[]);
+    for run in 0..2 {
+        let owner = ha.wait_single_holder(VIP4, Duration::from_secs(10));
+        // Patient like a real client: a SYN lost while the VIP moves is
+        // retransmitted after a second.
+        let poller = Poller::start(
+            &ha.c.topo.ns("c"),
+            target(VIP4),
+            POLL,
+            Duration::from_secs(5),
+        );
+        assert!(poller.wait_success_after(Instant::now(), Duration::from_secs(5)));
+        ha.c.nodes[owner - 1].terminate();
+        let new = ha.wait_moved(VIP4, owner, Duration::from_secs(10));
+        assert!(poller.wait_success_after(Instant::now(), Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_secs(1));
+        let attempts = poller.stop();
+        let failed = attempts.iter().filter(|a| !a.ok).count();
+        eprintln!(
+            "hand-off {run}: n{owner} -> n{new}, {} requests, {failed} failed",
+            attempts.len()
+        );
+        assert_eq!(failed, 0, "requests failed during a planned hand-off");
+        assert_eq!(ha.c.nodes[owner - 1].wait_exit(Duration::from_secs(10)), Some(0));
+        ha.c.nodes[owner - 1].restart();
+        ha.all_ready();
+    }
+}
+
+#[test]
+fn partitions_and_pauses_never_leave_two_holders() {
+    let ha = Ha::start(&[]);
+    let lease = Duration::from_millis(300);
+    let sampler = Sampler::start(ha.node_namespaces(), VIP4, Duration::from_millis(50));
+    let peers_of = |i: usize| -> String {
+        (1..=3)
+            .filter(|j| *j != i)
+            .map(|j| format!("10.77.0.{j}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    // 1. The leader loses its peers but not the client.
+    let owner = ha.wait_single_holder(VIP4, Duration::from_secs(10));
+    let ns = ha.c.ns(owner);
+    let rules = format!(
+        "table inet cut {{ chain in {{ type filter hook input priority 0; ip saddr {{ {p} }} drop; }}; \
+         chain out {{ type filter hook output priority 0; ip daddr {{ {p} }} drop; }}; }}",
+        p = peers_of(owner)
+    );
+    ns_run(&ns, &["nft", &rules]);
+    let new = ha.wait_moved(VIP4, owner, Duration::from_secs(5));
+    wait_until(Duration::from_secs(2), "the cut-off leader to release", || {
+        !holds(&ns, VIP4)
+    });
+    ns_run(&ns, &["nft", "delete table inet cut"]);
+    ha.all_ready();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ha.holders(VIP4), vec![new], "no fail-back after healing");
+    let overlap = sampler.longest_overlap();
+    assert!(overlap <= lease, "two holders for {overlap:?} (leader cut off)");
+
+    // 2. A follower loses its peers: nothing moves.
+    let owner = new;
+    let follower = (1..=3).find(|i| *i != owner).unwrap();
+    let fns = ha.c.ns(follower);
+    let rules = format!(
+        "table inet cut {{ chain in {{ type filter hook input priority 0; ip saddr {{ {p} }} drop; }}; \
+         chain out {{ type filter hook output priority 0; ip daddr {{ {p} }} drop; }}; }}",
+        p = peers_of(follower)
+    );
+    ns_run(&fns, &["nft", &rules]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ha.holders(VIP4), vec![owner], "a cut-off follower moved the VIP");
+    ns_run(&fns, &["nft", "delete table inet cut"]);
+    ha.all_ready();
+
+    // 3. The leader is paused for 3 s. A stopped process cannot remove its
+    // address; the kernel lifetime it keeps renewing takes it away.
+    let owner = ha.wait_single_holder(VIP4, Duration::from_secs(5));
+    let pid = ha.c.nodes[owner - 1].child.as_ref().unwrap().id().to_string();
+    // `ip netns exec` is the parent; the keel process is its child.
+    let keel_pid = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .unwrap_or(pid);
+    let before = sampler.samples().len();
+    ns_run(&ha.c.ns(owner), &["kill", "-STOP", &keel_pid]);
+    let new = ha.wait_moved(VIP4, owner, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(3));
+    ns_run(&ha.c.ns(owner), &["kill", "-CONT", &keel_pid]);
+    ha.all_ready();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ha.holders(VIP4), vec![new], "no fail-back after SIGCONT");
+    let paused: Vec<_> = sampler.samples()[before..].to_vec();
+    let both = paused.iter().filter(|(_, h)| h.len() > 1).count();
+    eprintln!("SIGSTOP: {both} samples (50 ms apart) with two holders");
+    assert!(
+        both * 50 <= 2100,
+        "a paused holder kept the VIP beyond its kernel lifetime"
+    );
+
+    // 4. Only the owner's VIP interface goes down.
+    let owner = new;
+    let ons = ha.c.ns(owner);
+    let before = sampler.samples().len();
+    ns_run(&ons, &["ip", "link", "set", "eth0", "down"]);
+    let new = ha.wait_moved(VIP4, owner, Duration::from_secs(5));
+    ns_run(&ons, &["ip", "link", "set", "eth0", "up"]);
+    ha.all_ready();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ha.holders(VIP4), vec![new], "no fail-back after the link returns");
+    let samples: Vec<_> = sampler.samples()[before..].to_vec();
+    let both = samples.iter().filter(|(_, h)| h.len() > 1).count();
+    assert!(
+        both as u128 * 50 <= lease.as_millis(),
+        "two holders for {} ms (interface down)",
+        both * 50
+    );
+}
