@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -22,6 +23,8 @@ struct Links {
     nodes: BTreeMap<NodeId, KeelRaft>,
     /// Nodes cut off from everyone else.
     isolated: BTreeSet<NodeId>,
+    /// One-way delay of every message: base ± spread, uniformly.
+    jitter: Option<(Duration, Duration)>,
 }
 
 /// The shared switchboard of an in-memory cluster.
@@ -49,6 +52,23 @@ impl Router {
     /// Reconnect every isolated node.
     pub fn heal(&self) {
         self.lock().isolated.clear();
+    }
+
+    /// Delay every message, each way, by `base` ± `spread` (like
+    /// `tc netem delay BASE SPREAD`).
+    pub fn set_jitter(&self, base: Duration, spread: Duration) {
+        self.lock().jitter = Some((base, spread));
+    }
+
+    /// One message's delay.
+    async fn delay(&self) {
+        let jitter = self.lock().jitter;
+        if let Some((base, spread)) = jitter {
+            let spread_us = spread.as_micros() as u64;
+            let offset = fastrand::u64(0..=2 * spread_us);
+            let d = (base + Duration::from_micros(offset)).saturating_sub(spread);
+            tokio::time::sleep(d).await;
+        }
     }
 
     /// A network factory for node `from`.
@@ -104,7 +124,11 @@ pub struct MemPeer {
 }
 
 impl MemPeer {
-    fn target<E: std::error::Error>(&self) -> Result<KeelRaft, RPCError<NodeId, NodeInfo, E>> {
+    /// The target after the outbound delay; the caller delays the answer.
+    async fn target<E: std::error::Error>(
+        &self,
+    ) -> Result<KeelRaft, RPCError<NodeId, NodeInfo, E>> {
+        self.router.delay().await;
         self.router
             .route(self.from, self.to)
             .map_err(RPCError::Unreachable)
@@ -128,10 +152,10 @@ impl RaftNetwork<TypeConfig> for MemPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        let raft = self.target()?;
-        raft.append_entries(rpc)
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        let raft = self.target().await?;
+        let answer = raft.append_entries(rpc).await;
+        self.router.delay().await;
+        answer.map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 
     async fn install_snapshot(
@@ -142,8 +166,10 @@ impl RaftNetwork<TypeConfig> for MemPeer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let raft = self.target()?;
-        match raft.install_snapshot(rpc).await {
+        let raft = self.target().await?;
+        let answer = raft.install_snapshot(rpc).await;
+        self.router.delay().await;
+        match answer {
             Ok(r) => Ok(r),
             Err(RaftError::APIError(e)) => Err(self.remote(e)),
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
@@ -155,9 +181,9 @@ impl RaftNetwork<TypeConfig> for MemPeer {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        let raft = self.target()?;
-        raft.vote(rpc)
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        let raft = self.target().await?;
+        let answer = raft.vote(rpc).await;
+        self.router.delay().await;
+        answer.map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 }

@@ -341,3 +341,32 @@ async fn step_down_hands_leadership_to_a_follower() {
     c.all_applied(&[1, 2, 3], index).await;
     eprintln!("hand-off took {took:?}");
 }
+
+/// 20 ms ± 10 ms each way between nodes (netem's `delay 20ms 10ms`): the
+/// default timing keeps one leader and its lease the whole time.
+#[tokio::test]
+async fn jitter_changes_no_leader_and_keeps_the_lease() {
+    let soak = std::env::var("KEEL_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let c = Cluster::three(Settings::default()).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    c.router
+        .set_jitter(Duration::from_millis(20), Duration::from_millis(10));
+    let term = c.nodes[&leader].leadership().borrow().term;
+    let lease = c.nodes[&leader].lease();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(soak);
+    let mut lapses = 0;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if !lease.borrow().is_valid() {
+            lapses += 1;
+        }
+        for id in [1, 2, 3] {
+            let l = c.nodes[&id].leadership().borrow().clone();
+            assert_eq!(l.term, term, "node {id} saw a new term under jitter");
+        }
+    }
+    assert_eq!(lapses, 0, "the lease lapsed {lapses} times (10 ms checks)");
+}

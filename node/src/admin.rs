@@ -114,7 +114,6 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.dataplane.render_metrics()
-            + &s.readiness.map(|r| r.metrics()).unwrap_or_default(),
+        s.dataplane.render_metrics() + &s.readiness.map(|r| r.metrics()).unwrap_or_default(),
     )
 }

@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node serving the config file.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a node with two built-in demo backends behind one HTTP listener.
     Demo(DemoArgs),
     /// Validate a config file and list every problem.

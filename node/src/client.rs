@@ -502,10 +502,8 @@ async fn status(c: ClientArgs) -> Result<()> {
                 s(&n["serving_version"]),
                 s(&n["ready"]),
                 match n["vips"].as_array() {
-                    Some(v) if !v.is_empty() => format!(
-                        "  vips={}",
-                        v.iter().map(s).collect::<Vec<_>>().join(",")
-                    ),
+                    Some(v) if !v.is_empty() =>
+                        format!("  vips={}", v.iter().map(s).collect::<Vec<_>>().join(",")),
                     _ => String::new(),
                 },
             ));

@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { file } => return keel::check_file(&file),
         Command::Run(args) => {
-            let config = match keel::NodeConfig::try_from(args) {
+            let config = match keel::NodeConfig::try_from(*args) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("keel: {e}");

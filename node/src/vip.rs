@@ -190,7 +190,13 @@ fn vips_of(applied: &Applied) -> BTreeSet<Vip> {
 }
 
 impl<A: Addresses> Rule<A> {
-    async fn evaluate(&mut self, lease: Lease, wanted: &BTreeSet<Vip>, healthy: bool, reconcile: bool) {
+    async fn evaluate(
+        &mut self,
+        lease: Lease,
+        wanted: &BTreeSet<Vip>,
+        healthy: bool,
+        reconcile: bool,
+    ) {
         let term = lease.term;
         if healthy {
             self.stepped_down = false;

@@ -132,8 +132,7 @@ async fn get(target: SocketAddr) -> bool {
     let Ok(mut s) = tokio::net::TcpStream::connect(target).await else {
         return false;
     };
-    if s
-        .write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
+    if s.write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
         .await
         .is_err()
     {
@@ -158,10 +157,13 @@ pub fn gap(attempts: &[Attempt], fault: Instant) -> Option<Duration> {
         .map(|a| a.at - failed_at)
 }
 
+/// When a sample was taken, and which nodes (1-based) held the VIP.
+pub type Sample = (Instant, Vec<usize>);
+
 /// Which node namespaces held the VIP, sampled every `every`.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
-    samples: Arc<Mutex<Vec<(Instant, Vec<usize>)>>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -191,7 +193,7 @@ impl Sampler {
         }
     }
 
-    pub fn samples(&self) -> Vec<(Instant, Vec<usize>)> {
+    pub fn samples(&self) -> Vec<Sample> {
         self.samples.lock().expect("samples").clone()
     }
 
