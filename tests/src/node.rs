@@ -1,15 +1,23 @@
 //! `keel` processes started by tests.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `keel` binary next to the test executable (built by the same cargo run).
+/// The `keel` binary: `KEEL_BIN`, or the one built by the same cargo run
+/// (next to a binary, or one level up from a test in `deps/`).
 pub fn keel_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("KEEL_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join("keel");
+    let here = exe.parent().unwrap();
+    let bin = [here, here.parent().unwrap_or(here)]
+        .iter()
+        .map(|d| d.join("keel"))
+        .find(|b| b.exists())
+        .unwrap_or_else(|| here.join("keel"));
     assert!(
         bin.exists(),
         "{} not found: build it first (cargo build -p keel)",
