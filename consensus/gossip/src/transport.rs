@@ -1,0 +1,217 @@
+//! chitchat over UDP, every datagram sealed with the cluster's gossip key.
+//!
+//! Wire format: a 12-byte random nonce, then the ChaCha20-Poly1305
+//! ciphertext of chitchat's serialized envelope (with its 16-byte tag); the
+//! associated data names the format, so a datagram of another protocol
+//! sealed with the same key does not open here.
+//!
+//! chitchat 0.13 lets a transport be replaced but keeps its wire encoding
+//! private, so this one uses chitchat's own UDP socket as the codec: it is
+//! bound on loopback, and every envelope goes through it to a private
+//! loopback socket of ours (encoding) or from ours to it (decoding). Both
+//! sides check the other's address, so nothing else on the host can slip a
+//! message in between.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
+use chitchat::ChitchatEnvelope;
+
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const AAD: &[u8] = b"keel-gossip/1";
+/// The largest UDP payload over IPv4.
+const MAX_DATAGRAM: usize = 65_507;
+
+/// Opens [`SealedSocket`]s under one key.
+pub struct SealedTransport {
+    cipher: ChaCha20Poly1305,
+    rejected: Arc<AtomicU64>,
+}
+
+impl SealedTransport {
+    pub fn new(key: &[u8; 32]) -> Self {
+        SealedTransport {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+            rejected: Arc::default(),
+        }
+    }
+
+    /// Counts datagrams dropped because they did not open.
+    pub fn rejected(&self) -> Arc<AtomicU64> {
+        self.rejected.clone()
+    }
+}
+
+#[async_trait]
+impl Transport for SealedTransport {
+    async fn open(&self, listen: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let socket = tokio::net::UdpSocket::bind(listen)
+            .await
+            .with_context(|| format!("cannot bind {listen}/udp"))?;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let codec = UdpSocket::open(loopback).await?;
+        let codec_addr = codec.local_addr()?;
+        let tap = tokio::net::UdpSocket::bind(loopback).await?;
+        let tap_addr = tap.local_addr()?;
+        Ok(Box::new(SealedSocket {
+            socket,
+            codec,
+            codec_addr,
+            tap,
+            tap_addr,
+            cipher: self.cipher.clone(),
+            rejected: self.rejected.clone(),
+            buf: vec![0; MAX_DATAGRAM],
+        }))
+    }
+}
+
+/// One sealed UDP socket.
+pub struct SealedSocket {
+    socket: tokio::net::UdpSocket,
+    /// chitchat's socket, used only to encode and decode envelopes.
+    codec: UdpSocket,
+    codec_addr: SocketAddr,
+    /// Our end of the codec loop.
+    tap: tokio::net::UdpSocket,
+    tap_addr: SocketAddr,
+    cipher: ChaCha20Poly1305,
+    rejected: Arc<AtomicU64>,
+    buf: Vec<u8>,
+}
+
+impl SealedSocket {
+    /// chitchat's wire bytes for `envelope`.
+    async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<Vec<u8>> {
+        self.codec.send(self.tap_addr, envelope).await?;
+        loop {
+            let (len, from) = self.tap.recv_from(&mut self.buf).await?;
+            if from == self.codec_addr {
+                return Ok(self.buf[..len].to_vec());
+            }
+        }
+    }
+
+    /// The envelope in chitchat's wire bytes, or `None` if they are not one.
+    async fn decode(&mut self, bytes: &[u8]) -> anyhow::Result<Option<ChitchatEnvelope>> {
+        self.tap.send_to(bytes, self.codec_addr).await?;
+        // chitchat's socket skips (and logs) bytes it cannot decode; a short
+        // wait tells that apart from an answer.
+        let wait = std::time::Duration::from_millis(100);
+        loop {
+            match tokio::time::timeout(wait, self.codec.recv()).await {
+                Ok(Ok(r)) if r.from_addr == self.tap_addr => return Ok(Some(r.envelope)),
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    fn seal(&self, plain: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let sealed = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: AAD,
+                },
+            )
+            .map_err(|_| anyhow::anyhow!("sealing failed"))?;
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    fn open(&self, datagram: &[u8]) -> Option<Vec<u8>> {
+        if datagram.len() < NONCE_LEN + TAG_LEN {
+            return None;
+        }
+        let (nonce, sealed) = datagram.split_at(NONCE_LEN);
+        self.cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: AAD,
+                },
+            )
+            .ok()
+    }
+}
+
+#[async_trait]
+impl Socket for SealedSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.socket.local_addr()?)
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        let plain = self.encode(envelope).await?;
+        let datagram = self.seal(&plain)?;
+        if datagram.len() > MAX_DATAGRAM {
+            // chitchat sizes its deltas for a bare datagram; the seal adds 28
+            // bytes. A Keel cluster's state is far smaller; drop rather than
+            // fail the whole transport.
+            tracing::warn!(
+                bytes = datagram.len(),
+                "gossip message too large to seal; dropped"
+            );
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
+        match self.socket.send_to(&datagram, to).await {
+            Ok(n) => Ok(SendOutcome { num_bytes_sent: n }),
+            // A peer that is down or unreachable is chitchat's business (its
+            // failure detector), not a broken transport.
+            Err(e) => {
+                tracing::debug!(peer = %to, error = %e, "gossip send failed");
+                Ok(SendOutcome { num_bytes_sent: 0 })
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            let (len, from) = match self.socket.recv_from(&mut self.buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "gossip receive failed");
+                    continue;
+                }
+            };
+            let Some(plain) = self.open(&self.buf[..len]) else {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %from, bytes = len, "dropped a gossip datagram that does not open with the cluster key");
+                continue;
+            };
+            match self.decode(&plain).await? {
+                Some(envelope) => {
+                    return Ok(RecvOutcome {
+                        from_addr: from,
+                        envelope,
+                        num_bytes_received: len,
+                    })
+                }
+                None => {
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %from, "sealed gossip datagram is not a chitchat message");
+                }
+            }
+        }
+    }
+}
