@@ -64,6 +64,10 @@ pub struct NodeInfo {
     pub cluster_addr: String,
     /// `HOST:PORT` of the admin API.
     pub admin_addr: String,
+    /// `HOST:PORT` of the gossip socket (UDP); empty from nodes that
+    /// predate gossip until they restart.
+    #[serde(default)]
+    pub gossip_addr: String,
 }
 
 impl fmt::Display for NodeInfo {

@@ -20,6 +20,7 @@ fn info(id: NodeId) -> NodeInfo {
         name: format!("n{id}"),
         cluster_addr: format!("mem:{id}"),
         admin_addr: String::new(),
+        gossip_addr: String::new(),
     }
 }
 

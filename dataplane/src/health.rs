@@ -35,6 +35,7 @@ pub(crate) async fn run(member: Arc<MemberState>, check: HealthCheck, stop: Canc
                 r.unwrap_or_else(|_| Err(format!("no answer within {:?}", check.timeout)))
             }
         };
+        member.record_check(started.elapsed());
         match result {
             Ok(()) => {
                 passes += 1;

@@ -87,6 +87,8 @@ pub struct MemberStatus {
     pub draining: bool,
     /// In-flight requests (HTTP) or open connections (TCP).
     pub outstanding: u64,
+    /// Duration of the latest health check, once one ran.
+    pub last_check_ms: Option<u64>,
 }
 
 impl Default for Dataplane {
@@ -270,6 +272,7 @@ impl Dataplane {
                     healthy: state.is_none_or(|s| s.is_up()),
                     draining: !m.enabled,
                     outstanding: state.map_or(0, |s| s.outstanding()),
+                    last_check_ms: state.and_then(|s| s.last_check_ms()),
                 });
             }
         }

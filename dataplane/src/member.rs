@@ -23,6 +23,9 @@ pub struct MemberState {
     pub pool: String,
     pub address: SocketAddr,
     up: AtomicBool,
+    /// Duration of the latest health check in microseconds; `u64::MAX`
+    /// before the first.
+    last_check_us: AtomicU64,
     outstanding: AtomicU64,
     /// Mirrors `drain.draining` so the request path reads it without a lock.
     draining: AtomicBool,
@@ -46,6 +49,7 @@ impl MemberState {
             pool: pool.to_owned(),
             address,
             up: AtomicBool::new(true),
+            last_check_us: AtomicU64::new(u64::MAX),
             outstanding: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             drain: Mutex::new(Drain {
@@ -72,6 +76,18 @@ impl MemberState {
             }
         }
         changed
+    }
+
+    /// Records how long a health check took.
+    pub fn record_check(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX - 1);
+        self.last_check_us.store(us, Relaxed);
+    }
+
+    /// How long the latest health check took, in milliseconds.
+    pub fn last_check_ms(&self) -> Option<u64> {
+        let us = self.last_check_us.load(Relaxed);
+        (us != u64::MAX).then_some(us / 1000)
     }
 
     pub fn outstanding(&self) -> u64 {

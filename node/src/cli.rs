@@ -217,6 +217,10 @@ pub struct RunArgs {
     /// Address of the cluster listener (Raft RPC and joins, mutual TLS).
     #[arg(long, env = "KEEL_CLUSTER_ADDR", default_value = "127.0.0.1:9091")]
     pub cluster_addr: SocketAddr,
+    /// Address of the gossip socket (UDP, sealed with the cluster key;
+    /// default: the --cluster-addr host, port one above it, 9092).
+    #[arg(long, env = "KEEL_GOSSIP_ADDR")]
+    pub gossip_addr: Option<SocketAddr>,
     /// The cluster address other nodes dial (default: --cluster-addr).
     #[arg(long, env = "KEEL_ADVERTISE_ADDR")]
     pub advertise_addr: Option<SocketAddr>,

@@ -101,6 +101,8 @@ pub struct ClusterOptions {
     pub join: Option<(String, String)>,
     /// Raft timings.
     pub settings: Settings,
+    /// Where gossip binds (UDP).
+    pub gossip_addr: SocketAddr,
 }
 
 /// A started cluster node.
@@ -632,6 +634,8 @@ pub struct Control {
     pub held_vips: crate::vip::Held,
     /// The VIP rule's counters.
     pub vip_metrics: Arc<crate::vip::VipMetrics>,
+    /// The cluster as gossip shows it.
+    pub gossip: watch::Sender<keel_gossip::ClusterView>,
     leader_link: Mutex<Option<(NodeId, RpcClient)>>,
     ca_fingerprint: String,
 }
@@ -654,6 +658,8 @@ impl Control {
                 name: node.file.name.clone(),
                 cluster_addr: cluster_addr.to_string(),
                 admin_addr: opts.admin_addr.to_string(),
+                gossip_addr: SocketAddr::new(cluster_addr.ip(), opts.gossip_addr.port())
+                    .to_string(),
             },
             consensus: node.consensus.clone(),
             client_tls: node.tls.client_config()?,
@@ -661,9 +667,15 @@ impl Control {
             serving: Arc::new(AtomicU64::new(0)),
             held_vips: watch::Sender::new(Default::default()),
             vip_metrics: Default::default(),
+            gossip: watch::Sender::new(Default::default()),
             leader_link: Mutex::new(None),
             ca_fingerprint: pki::fingerprint(&node.tls.ca_pem)?,
         }))
+    }
+
+    /// The Raft node behind this control plane.
+    pub fn consensus(&self) -> &Consensus {
+        &self.consensus
     }
 
     /// Wait for a leader to be known, up to the write deadline.
@@ -886,6 +898,7 @@ impl ControlPlane for Control {
                 Some(handle) => handle.await.ok().flatten(),
             });
         }
+        let view = self.gossip.borrow().clone();
         let leader_name = leadership
             .leader
             .and_then(|l| members.iter().find(|m| m.id == l))
@@ -916,9 +929,11 @@ impl ControlPlane for Control {
                     serving_version: report.as_ref().map(|r| r.serving_version),
                     ready: report.as_ref().map(|r| r.ready),
                     vips: report.as_ref().map(|r| r.vips.clone()).unwrap_or_default(),
+                    live: view.get(&m.info.name).map(|p| p.live),
                     keel_version: report.map(|r| r.keel_version),
                 })
                 .collect(),
+            members: crate::gossip::member_health(&view),
         }
     }
 

@@ -9,11 +9,13 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod demo;
+mod gossip;
 pub mod pki;
 mod reconcile;
 mod source;
 pub mod vip;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -43,6 +45,16 @@ impl TryFrom<RunArgs> for NodeConfig {
 
     fn try_from(a: RunArgs) -> Result<Self, String> {
         let settings = a.settings()?;
+        let gossip_addr = match a.gossip_addr {
+            Some(g) => g,
+            None if a.cluster_addr.port() == 0 => free_udp(a.cluster_addr.ip())?,
+            None => {
+                let port = a.cluster_addr.port().checked_add(1).ok_or(
+                    "--gossip-addr: the cluster port is the last one; name a gossip address",
+                )?;
+                SocketAddr::new(a.cluster_addr.ip(), port)
+            }
+        };
         Ok(NodeConfig {
             config_file: a.config,
             cluster: cluster::ClusterOptions {
@@ -53,6 +65,7 @@ impl TryFrom<RunArgs> for NodeConfig {
                 node_name: a.node_name,
                 join: a.join.zip(a.token),
                 settings,
+                gossip_addr,
             },
             shutdown_grace: a.shutdown_grace,
             watch_interval: a.watch_interval,
@@ -62,6 +75,13 @@ impl TryFrom<RunArgs> for NodeConfig {
             workers: a.workers,
         })
     }
+}
+
+/// A UDP port free on `ip` now, for a gossip address left to the system.
+fn free_udp(ip: std::net::IpAddr) -> Result<SocketAddr, String> {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0))
+        .and_then(|s| s.local_addr())
+        .map_err(|e| format!("--gossip-addr: no free UDP port on {ip}: {e}"))
 }
 
 /// Why a node could not start.
@@ -243,6 +263,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         );
     }
 
+    let gossip = tokio::spawn(gossip::run(
+        control.clone(),
+        dataplane.clone(),
+        opts.gossip_addr,
+        stop_rx.clone(),
+    ));
+
     let reloader = config.config_file.clone().map(|path| {
         tokio::spawn(source::watch(
             path,
@@ -272,7 +299,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining connections");
     let _ = stop_tx.send(true);
     dataplane.shutdown(config.shutdown_grace).await;
-    for task in [rpc_server, reconciler] {
+    for task in [rpc_server, reconciler, gossip] {
         let _ = task.await;
     }
     if let Some(r) = reloader {

@@ -25,7 +25,7 @@ pub struct Cluster {
     pub nodes: Vec<NsKeel>,
     /// Flags every node gets on top of [`node_args`].
     pub extra_args: Vec<String>,
-    _backends: Vec<HttpBackend>,
+    pub backends: Vec<HttpBackend>,
     _rt: tokio::runtime::Runtime,
     pub topo: Topology,
     pub dir: tempfile::TempDir,
@@ -87,7 +87,7 @@ impl Cluster {
         let mut c = Cluster {
             nodes: vec![n1],
             extra_args,
-            _backends: backends,
+            backends,
             _rt: rt,
             topo,
             dir,

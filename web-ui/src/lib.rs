@@ -73,6 +73,20 @@ pub struct ClusterStatus {
     pub applied_version: u64,
     /// Every member.
     pub nodes: Vec<NodeStatus>,
+    /// Every pool member's health as each node sees it (from gossip).
+    #[serde(default)]
+    pub members: Vec<MemberHealth>,
+}
+
+/// One pool member, as every node sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemberHealth {
+    /// The pool.
+    pub pool: String,
+    /// The member's address.
+    pub address: String,
+    /// Node name → `up` or `down` in that node's data plane.
+    pub views: std::collections::BTreeMap<String, String>,
 }
 
 /// One node's entry in [`ClusterStatus`].
@@ -101,6 +115,9 @@ pub struct NodeStatus {
     /// The VIPs it holds (`addr/len`), when reachable.
     #[serde(default)]
     pub vips: Vec<String>,
+    /// Alive by the answering node's gossip failure detector.
+    #[serde(default)]
+    pub live: Option<bool>,
 }
 
 /// The `/api/v1` router over a control plane.

@@ -1,0 +1,147 @@
+//! Wiring of gossip: start it with the cluster's key once the node is a
+//! member, publish this node's report, and keep [`Control::gossip`] current.
+//!
+//! The gossip key is derived from the cluster CA's private key, which every
+//! member receives at join with the replicated cluster identity; a host
+//! without a node certificate never sees it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_dataplane::Dataplane;
+use keel_gossip::{ClusterView, GossipConfig, MemberView, Report};
+use keel_web::MemberHealth;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::cluster::Control;
+
+/// Time between gossip rounds; a stopped node is judged dead after about
+/// six of them.
+const INTERVAL: Duration = Duration::from_millis(100);
+/// How often this node's report is refreshed.
+const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+
+/// The 32-byte gossip key of a cluster whose CA key is `ca_key_pem`.
+pub fn gossip_key(ca_key_pem: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"keel gossip key v1\0");
+    h.update(ca_key_pem.as_bytes());
+    h.finalize().into()
+}
+
+/// Gossips until `stop`.
+pub(crate) async fn run(
+    control: Arc<Control>,
+    dataplane: Arc<Dataplane>,
+    listen: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let applied = control.consensus().applied();
+    let identity = applied.borrow().state.identity.clone();
+    let Some(identity) = identity else {
+        tracing::error!("no cluster identity: gossip not started");
+        return;
+    };
+    let advertise = control.me.gossip_addr.parse().unwrap_or(listen);
+    let config = GossipConfig {
+        node_name: control.me.name.clone(),
+        cluster_id: identity.cluster_id.clone(),
+        listen,
+        advertise,
+        seeds: peers(&control),
+        key: gossip_key(&identity.ca_key_pem),
+        interval: INTERVAL,
+    };
+    let gossip = match keel_gossip::spawn_gossip(config).await {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "gossip did not start; member health is this node's own view only");
+            return;
+        }
+    };
+    tracing::info!(addr = %listen, "gossip running");
+    let mut view = gossip.view();
+    let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    loop {
+        tokio::select! {
+            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+            _ = tick.tick() => {
+                gossip.publish(&report(&control, &dataplane)).await;
+                // Members that joined after this node started are not seeds.
+                let known = view.borrow().clone();
+                for (name, addr) in members(&control) {
+                    if !known.get(&name).is_some_and(|p| p.live) {
+                        gossip.contact(addr);
+                    }
+                }
+            }
+            changed = view.changed() => {
+                if changed.is_err() { break }
+                let v = view.borrow_and_update().clone();
+                control.gossip.send_replace(v);
+            }
+        }
+    }
+    gossip.shutdown().await;
+}
+
+fn members(control: &Control) -> Vec<(String, SocketAddr)> {
+    control
+        .consensus()
+        .members()
+        .into_iter()
+        .filter(|m| m.info.name != control.me.name)
+        .filter_map(|m| Some((m.info.name, m.info.gossip_addr.parse().ok()?)))
+        .collect()
+}
+
+fn peers(control: &Control) -> Vec<SocketAddr> {
+    members(control).into_iter().map(|(_, a)| a).collect()
+}
+
+fn report(control: &Control, dataplane: &Dataplane) -> Report {
+    Report {
+        ready: control.ready(),
+        applied_version: control.consensus().applied().borrow().index,
+        connections: dataplane.active_connections() as u64,
+        vips: control.held_vips.borrow().iter().cloned().collect(),
+        members: dataplane
+            .members()
+            .into_iter()
+            .map(|m| {
+                (
+                    format!("{}/{}", m.pool, m.address),
+                    MemberView {
+                        up: m.healthy,
+                        check_ms: m.last_check_ms,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Every pool member with each live node's verdict on it.
+pub(crate) fn member_health(view: &ClusterView) -> Vec<MemberHealth> {
+    let mut out: BTreeMap<String, MemberHealth> = BTreeMap::new();
+    for (node, peer) in view.iter().filter(|(_, p)| p.live) {
+        let Some(report) = &peer.report else { continue };
+        for (key, m) in &report.members {
+            let Some((pool, address)) = key.split_once('/') else {
+                continue;
+            };
+            let entry = out.entry(key.clone()).or_insert_with(|| MemberHealth {
+                pool: pool.to_owned(),
+                address: address.to_owned(),
+                views: BTreeMap::new(),
+            });
+            entry
+                .views
+                .insert(node.clone(), if m.up { "up" } else { "down" }.to_owned());
+        }
+    }
+    out.into_values().collect()
+}
