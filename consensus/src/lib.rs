@@ -66,7 +66,7 @@ pub struct NodeInfo {
     pub admin_addr: String,
     /// `HOST:PORT` of the gossip socket (UDP); empty from nodes that
     /// predate gossip until they restart.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub gossip_addr: String,
 }
 
