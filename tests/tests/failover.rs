@@ -151,6 +151,20 @@ fn report(what: &str, gaps: &[Duration]) {
 #[test]
 fn the_vip_fails_over_on_node_loss_and_crash() {
     let mut ha = Ha::start(&[]);
+    let owner = ha.wait_single_holder(VIP4, Duration::from_secs(5));
+    wait_until(Duration::from_secs(5), "the API to name the holder", || {
+        let Some((200, body)) = ha.c.call(2, "GET", "/api/v1/vips", None) else {
+            return false;
+        };
+        let list = keel_tests::cluster::json(&body);
+        list.as_array().is_some_and(|l| {
+            l.iter().any(|v| {
+                v["vip"] == format!("{VIP4}/24")
+                    && v["load_balancer"] == "web"
+                    && v["holders"] == serde_json::json!([format!("n{owner}")])
+            })
+        })
+    });
     let gaps = failovers(&mut ha, VIP4, Fault::LinkDown, 5);
     report("default timing, bridge port down", &gaps);
     let gaps = failovers(&mut ha, VIP4, Fault::Kill, 5);

@@ -86,6 +86,7 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>) -> Router {
                 .delete(remove::<C, CertificateDoc>),
         )
         .route("/api/v1/nodes", get(nodes::<C>))
+        .route("/api/v1/vips", get(vips::<C>))
         .route(
             "/api/v1/nodes/{name}",
             axum::routing::delete(remove_node::<C>),
@@ -289,6 +290,40 @@ async fn status<C: ControlPlane>(State(app): AppState<C>) -> Json<crate::Cluster
 
 async fn nodes<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<NodeStatus>> {
     Json(app.control.status().await.nodes)
+}
+
+/// A load balancer's VIP and the node holding it now.
+#[derive(Debug, Serialize)]
+struct VipStatus {
+    load_balancer: String,
+    vip: String,
+    /// Nodes holding it (one after convergence; none while it moves).
+    holders: Vec<String>,
+}
+
+async fn vips<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<VipStatus>> {
+    let (_, state) = app.control.state();
+    let status = app.control.status().await;
+    let list = state
+        .spec
+        .load_balancers
+        .values()
+        .filter_map(|lb| {
+            let vip = lb.vip.as_ref()?.to_string();
+            let holders = status
+                .nodes
+                .iter()
+                .filter(|n| n.vips.contains(&vip))
+                .map(|n| n.name.clone())
+                .collect();
+            Some(VipStatus {
+                load_balancer: lb.name.clone(),
+                vip,
+                holders,
+            })
+        })
+        .collect();
+    Json(list)
 }
 
 async fn remove_node<C: ControlPlane>(

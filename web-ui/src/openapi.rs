@@ -21,6 +21,13 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         )],
     ),
     (
+        "/api/v1/vips",
+        &[(
+            "get",
+            "Each load balancer's VIP and the nodes holding it now",
+        )],
+    ),
+    (
         "/api/v1/config",
         &[
             (
