@@ -3,8 +3,8 @@
 //! topology (three nodes, a client and a backend on one bridge), same client
 //! (a fresh-connection GET to the VIP every 20 ms).
 //!
-//! Faults: the owner's bridge port goes down (node loss), and `kill -9` of
-//! everything in the owner's namespace (crash). The gap is from the first
+//! Faults: the owner's bridge port goes down (node loss, both), and `kill
+//! -9` of the owner (Keel only, see `main`). The gap is from the first
 //! failed request to the first successful one after it.
 //!
 //! Run with `tests/bench/failover.sh` (root; RUNS=5 by default).
@@ -283,10 +283,12 @@ fn main() {
         let name = format!("keepalived VRRPv3, advert_int {advert}");
         eprintln!("{name}");
         let mut k = Keepalived::start(if advert == "1" { "1" } else { "0.1" });
-        for fault in [Fault::LinkDown, Fault::Crash] {
-            let gaps = measure(&mut k, fault, runs);
-            record(&name, fault, gaps);
-        }
+        // Only node loss: crashing keepalived in this harness has so far
+        // produced a graceful hand-over (the address vanished at once and a
+        // backup took over in 60 ms), which would flatter it; until that is
+        // understood, the bridge port going down is the like-for-like crash.
+        let gaps = measure(&mut k, Fault::LinkDown, runs);
+        record(&name, Fault::LinkDown, gaps);
     }
     println!("| system | fault | runs | median gap | max gap |");
     println!("|---|---|---|---|---|");
