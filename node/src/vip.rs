@@ -121,6 +121,8 @@ struct Rule<A> {
     /// Set once this node stepped down for being unhealthy; cleared when it
     /// is healthy again, so it steps down once per episode.
     stepped_down: bool,
+    /// The last error logged per VIP, so a lasting problem is logged once.
+    last_errors: BTreeMap<Vip, String>,
 }
 
 /// Runs the rule until `stop`; releases everything on the way out.
@@ -141,6 +143,7 @@ pub async fn run<A: Addresses>(
         interface: inputs.interface.take(),
         claims: BTreeMap::new(),
         stepped_down: false,
+        last_errors: BTreeMap::new(),
         timing,
     };
     let mut next_reconcile = Instant::now();
@@ -268,6 +271,7 @@ impl<A: Addresses> Rule<A> {
             .await
         {
             Ok(added) => {
+                self.last_errors.remove(&vip);
                 if !known {
                     tracing::info!(%vip, interface = %interface.name, term, reason = "leader with a valid lease", "claimed VIP");
                     self.metrics.claims.fetch_add(1, Ordering::Relaxed);
@@ -375,8 +379,11 @@ impl<A: Addresses> Rule<A> {
         self.held.send_replace(held);
     }
 
-    fn error(&self, vip: Vip, message: &str) {
+    fn error(&mut self, vip: Vip, message: &str) {
         self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%vip, error = message, "VIP operation failed");
+        if self.last_errors.get(&vip).map(String::as_str) != Some(message) {
+            tracing::warn!(%vip, error = message, "VIP operation failed");
+            self.last_errors.insert(vip, message.to_owned());
+        }
     }
 }
