@@ -1,4 +1,6 @@
-//! Active health checks: one task per member of a pool with a check.
+//! Active health checks: one task per member of a pool with a check. A
+//! member whose checks another node runs (see
+//! [`crate::Dataplane::set_checking`]) is skipped until told otherwise.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +29,11 @@ pub(crate) async fn run(member: Arc<MemberState>, check: HealthCheck, stop: Canc
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
+        }
+        if !member.checks_here() {
+            // Another node checks it; start afresh if the job comes back.
+            (passes, failures) = (0, 0);
+            continue;
         }
         let started = Instant::now();
         let result = tokio::select! {

@@ -89,6 +89,10 @@ pub struct MemberStatus {
     pub outstanding: u64,
     /// Duration of the latest health check, once one ran.
     pub last_check_ms: Option<u64>,
+    /// Its pool has an active health check.
+    pub has_check: bool,
+    /// This node runs that check itself (see [`Dataplane::set_checking`]).
+    pub checked_here: bool,
 }
 
 impl Default for Dataplane {
@@ -273,10 +277,49 @@ impl Dataplane {
                     draining: !m.enabled,
                     outstanding: state.map_or(0, |s| s.outstanding()),
                     last_check_ms: state.and_then(|s| s.last_check_ms()),
+                    has_check: pool.spec.health_check.is_some(),
+                    checked_here: state.is_none_or(|s| s.checks_here()),
                 });
             }
         }
         out
+    }
+
+    /// Whether this node runs the health checks of `pool`'s member
+    /// `address` (the default), or takes its health from
+    /// [`Dataplane::set_peer_health`] (so checks on a backend need not grow
+    /// with the number of nodes).
+    pub fn set_checking(&self, pool: &str, address: SocketAddr, here: bool) {
+        if let Some(m) = self.member_state(pool, address) {
+            if m.set_checks_here(here) {
+                tracing::debug!(%pool, member = %address, here, "health checks of this member moved");
+            }
+        }
+    }
+
+    /// Sets the health of a member this node does not check, from the nodes
+    /// that do.
+    pub fn set_peer_health(&self, pool: &str, address: SocketAddr, up: bool) {
+        if let Some(m) = self.member_state(pool, address) {
+            if !m.checks_here() && m.set_up(up) {
+                if up {
+                    tracing::info!(%pool, member = %address, "member is up (checked by peers)");
+                } else {
+                    tracing::warn!(%pool, member = %address, "member is down (checked by peers)");
+                }
+            }
+        }
+    }
+
+    fn member_state(&self, pool: &str, address: SocketAddr) -> Option<Arc<MemberState>> {
+        let plan = self.plan.load();
+        plan.pools
+            .get(pool)?
+            .balancer
+            .members()
+            .iter()
+            .find(|s| s.address == address)
+            .cloned()
     }
 
     /// The addresses listeners are bound to now.

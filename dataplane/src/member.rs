@@ -26,6 +26,9 @@ pub struct MemberState {
     /// Duration of the latest health check in microseconds; `u64::MAX`
     /// before the first.
     last_check_us: AtomicU64,
+    /// This node runs the member's health checks; when false, its health
+    /// comes from elsewhere (other nodes' checks, through the node).
+    checks_here: AtomicBool,
     outstanding: AtomicU64,
     /// Mirrors `drain.draining` so the request path reads it without a lock.
     draining: AtomicBool,
@@ -50,6 +53,7 @@ impl MemberState {
             address,
             up: AtomicBool::new(true),
             last_check_us: AtomicU64::new(u64::MAX),
+            checks_here: AtomicBool::new(true),
             outstanding: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             drain: Mutex::new(Drain {
@@ -76,6 +80,17 @@ impl MemberState {
             }
         }
         changed
+    }
+
+    /// Whether this node probes the member itself.
+    pub fn checks_here(&self) -> bool {
+        self.checks_here.load(Relaxed)
+    }
+
+    /// Probe here (true) or leave health to [`MemberState::set_up`] calls
+    /// from outside (false); returns whether it changed.
+    pub fn set_checks_here(&self, here: bool) -> bool {
+        self.checks_here.swap(here, Relaxed) != here
     }
 
     /// Records how long a health check took.

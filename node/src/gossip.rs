@@ -21,8 +21,12 @@ use crate::cluster::Control;
 /// Time between gossip rounds; a stopped node is judged dead after about
 /// six of them.
 const INTERVAL: Duration = Duration::from_millis(100);
-/// How often this node's report is refreshed.
+/// How often this node's report is refreshed and check duties are revised.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+/// How many live nodes actively check each pool member; the others follow
+/// their gossiped verdict, so checks on a backend do not grow with the
+/// cluster.
+const CHECKERS: usize = 2;
 
 /// The 32-byte gossip key of a cluster whose CA key is `ca_key_pem`.
 pub fn gossip_key(ca_key_pem: &str) -> [u8; 32] {
@@ -69,6 +73,7 @@ pub(crate) async fn run(
         tokio::select! {
             r = stop.changed() => if r.is_err() || *stop.borrow() { break },
             _ = tick.tick() => {
+                assign_checks(&control.me.name, &dataplane, &view.borrow());
                 gossip.publish(&report(&control, &dataplane)).await;
                 // Members that joined after this node started are not seeds.
                 let known = view.borrow().clone();
@@ -117,10 +122,64 @@ fn report(control: &Control, dataplane: &Dataplane) -> Report {
                     MemberView {
                         up: m.healthy,
                         check_ms: m.last_check_ms,
+                        checked: m.has_check && m.checked_here,
                     },
                 )
             })
             .collect(),
+    }
+}
+
+/// The `k` nodes of `live` that check `member`: highest rendezvous hash of
+/// (node, member) first, so every node computes the same choice from the
+/// same live set, and a node leaving moves only its own members.
+pub(crate) fn checkers<'a>(live: &[&'a str], member: &str, k: usize) -> Vec<&'a str> {
+    let mut ranked: Vec<(u64, &str)> = live
+        .iter()
+        .map(|node| {
+            let mut h = Sha256::new();
+            h.update(node.as_bytes());
+            h.update([0]);
+            h.update(member.as_bytes());
+            let digest = h.finalize();
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&digest[..8]);
+            (u64::from_be_bytes(first), *node)
+        })
+        .collect();
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    ranked.into_iter().take(k).map(|(_, n)| n).collect()
+}
+
+/// Decides, member by member, whether this node checks it or follows the
+/// chosen checkers. A follower marks a member down only when every checker
+/// that reported says down (one checker's own network trouble does not take
+/// a member out), and checks it itself when no checker has reported.
+fn assign_checks(me: &str, dataplane: &Dataplane, view: &ClusterView) {
+    let mut live: Vec<&str> = view
+        .iter()
+        .filter(|(_, p)| p.live)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !live.contains(&me) {
+        live.push(me);
+    }
+    for m in dataplane.members().into_iter().filter(|m| m.has_check) {
+        let key = format!("{}/{}", m.pool, m.address);
+        let chosen = checkers(&live, &key, CHECKERS);
+        let verdicts: Vec<bool> = chosen
+            .iter()
+            .filter(|c| **c != me)
+            .filter_map(|c| view.get(*c)?.report.as_ref()?.members.get(&key))
+            .filter(|v| v.checked)
+            .map(|v| v.up)
+            .collect();
+        if chosen.contains(&me) || verdicts.is_empty() {
+            dataplane.set_checking(&m.pool, m.address, true);
+        } else {
+            dataplane.set_checking(&m.pool, m.address, false);
+            dataplane.set_peer_health(&m.pool, m.address, verdicts.iter().any(|up| *up));
+        }
     }
 }
 
@@ -144,4 +203,33 @@ pub(crate) fn member_health(view: &ClusterView) -> Vec<MemberHealth> {
         }
     }
     out.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checkers;
+
+    #[test]
+    fn checkers_are_stable_and_move_only_with_their_node() {
+        let live = ["n1", "n2", "n3", "n4", "n5"];
+        let mut per_node = std::collections::BTreeMap::new();
+        for i in 0..200 {
+            let member = format!("app/10.0.0.{i}:80");
+            let chosen = checkers(&live, &member, 2);
+            assert_eq!(chosen.len(), 2);
+            assert_eq!(chosen, checkers(&live, &member, 2), "deterministic");
+            for n in &chosen {
+                *per_node.entry(*n).or_insert(0) += 1;
+            }
+            // Without n5, members n5 did not check keep their checkers.
+            let fewer = checkers(&live[..4], &member, 2);
+            if !chosen.contains(&"n5") {
+                assert_eq!(chosen, fewer);
+            }
+        }
+        // 400 duties over 5 nodes: each gets a fair share.
+        for (n, count) in per_node {
+            assert!((50..=110).contains(&count), "{n} checks {count} members");
+        }
+    }
 }

@@ -59,6 +59,19 @@ fn every_node_sees_every_nodes_view_of_a_member() {
         );
     }
 
+    // Two of the three nodes check each member; the third follows them.
+    std::thread::sleep(Duration::from_secs(2));
+    let window = Duration::from_secs(4);
+    let before = c.backends[0].health_checks();
+    std::thread::sleep(window);
+    let checks = c.backends[0].health_checks() - before;
+    let per_interval = checks as f64 / (window.as_millis() as f64 / 200.0);
+    eprintln!("member a: {checks} checks in {window:?} = {per_interval:.2} per 200 ms interval");
+    assert!(
+        (1.5..=2.4).contains(&per_interval),
+        "a member should be checked by two nodes, got {per_interval:.2} per interval"
+    );
+
     // Junk at the gossip port: dropped, nothing else happens.
     in_ns(&c.topo.ns("c"), || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();

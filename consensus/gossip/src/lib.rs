@@ -63,6 +63,9 @@ pub struct MemberView {
     /// Duration of the latest check, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_ms: Option<u64>,
+    /// The node checks it itself (rather than following other nodes).
+    #[serde(default)]
+    pub checked: bool,
 }
 
 /// What a node says about itself.
