@@ -184,11 +184,7 @@ fn vips_of(applied: &Applied) -> BTreeSet<Vip> {
         .spec
         .load_balancers
         .values()
-        .filter_map(|lb| lb.vip.as_ref())
-        .map(|v| Vip {
-            addr: v.addr,
-            prefix_len: v.prefix_len,
-        })
+        .filter_map(|lb| lb.vip)
         .collect()
 }
 

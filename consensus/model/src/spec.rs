@@ -54,7 +54,7 @@ pub struct LoadBalancer {
 }
 
 /// A virtual IP address with the prefix length it is added with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Vip {
     pub addr: IpAddr,
     pub prefix_len: u8,

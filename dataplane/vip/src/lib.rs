@@ -13,26 +13,12 @@
 mod announce;
 mod netlink;
 
-use std::fmt;
 use std::future::Future;
-use std::net::IpAddr;
 use std::time::Duration;
 
 pub use announce::announce;
+pub use keel_model::Vip;
 pub use netlink::Netlink;
-
-/// A virtual IP: an address and the prefix length it is added with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Vip {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
-}
-
-impl fmt::Display for Vip {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
 
 /// The interface a VIP lives on.
 #[derive(Debug, Clone, PartialEq, Eq)]
