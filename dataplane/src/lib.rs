@@ -20,7 +20,7 @@ mod plan;
 mod tcp;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,11 +61,22 @@ struct Registry {
 struct RunningListener {
     /// Stops the accept loop (and so closes the listening socket).
     stop: CancellationToken,
+    /// Makes the listening socket drop new connection attempts silently
+    /// while it still accepts what completed (see [`Dataplane::quiesce`]).
+    quiet: CancellationToken,
     /// Asks established connections to finish what they are doing and close.
     closing: CancellationToken,
     /// Closes established connections at once.
     cut: CancellationToken,
     drain_timeout: Duration,
+}
+
+/// The accept loop's copies of a [`RunningListener`]'s tokens.
+struct ListenerSignals {
+    stop: CancellationToken,
+    quiet: CancellationToken,
+    closing: CancellationToken,
+    cut: CancellationToken,
 }
 
 struct MemberEntry {
@@ -235,6 +246,7 @@ impl Dataplane {
     fn start_listener(&self, addr: SocketAddr, socket: TcpListener, pool: &str) -> RunningListener {
         let running = RunningListener {
             stop: CancellationToken::new(),
+            quiet: CancellationToken::new(),
             closing: CancellationToken::new(),
             cut: CancellationToken::new(),
             drain_timeout: self
@@ -250,11 +262,39 @@ impl Dataplane {
             addr,
             self.plan.clone(),
             self.connections.clone(),
-            running.stop.clone(),
-            running.closing.clone(),
-            running.cut.clone(),
+            ListenerSignals {
+                stop: running.stop.clone(),
+                quiet: running.quiet.clone(),
+                closing: running.closing.clone(),
+                cut: running.cut.clone(),
+            },
         ));
         running
+    }
+
+    /// Before a VIP moves away: listeners bound to `ips` drop new connection
+    /// attempts without an answer (clients retransmit their SYN and reach
+    /// the next owner) and the connections they have are given up to `wait`
+    /// to finish, so none is mid-request when the address goes. Returns how
+    /// many were still open.
+    pub async fn quiesce(&self, ips: &[IpAddr], wait: Duration) -> i64 {
+        let stats: Vec<Arc<ListenerStats>> = {
+            let reg = self.registry.lock().await;
+            reg.listeners
+                .iter()
+                .filter(|(addr, _)| ips.contains(&addr.ip()))
+                .filter_map(|(addr, l)| {
+                    l.quiet.cancel();
+                    reg.listener_stats.get(addr).cloned()
+                })
+                .collect()
+        };
+        let open = || stats.iter().map(|s| s.active.load(Relaxed)).sum::<i64>();
+        let deadline = tokio::time::Instant::now() + wait;
+        while open() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        open()
     }
 
     /// Every member of every pool, with its health and load.
@@ -614,13 +654,28 @@ async fn accept_loop(
     bind: SocketAddr,
     plan: SharedPlan,
     connections: TaskTracker,
-    stop: CancellationToken,
-    closing: CancellationToken,
-    cut: CancellationToken,
+    signals: ListenerSignals,
 ) {
+    let ListenerSignals {
+        stop,
+        quiet,
+        closing,
+        cut,
+    } = signals;
+    let mut quieted = false;
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
+            _ = quiet.cancelled(), if !quieted => {
+                quieted = true;
+                // A socket filter that keeps nothing: the kernel drops SYNs
+                // for this listener before answering them.
+                let drop_all = nix::libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 };
+                if let Err(e) = socket2::SockRef::from(&socket).attach_filter(&[drop_all]) {
+                    tracing::warn!(listener = %bind, error = %e, "cannot quiesce the listener");
+                }
+                continue;
+            }
             r = socket.accept() => match r {
                 Ok(ok) => ok,
                 Err(e) => {

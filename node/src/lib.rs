@@ -77,6 +77,10 @@ impl TryFrom<RunArgs> for NodeConfig {
     }
 }
 
+/// How long a node shutting down lets connections on its VIPs finish before
+/// it releases them (short: the VIP is unreachable meanwhile).
+const VIP_QUIESCE: Duration = Duration::from_millis(300);
+
 /// A UDP port free on `ip` now, for a gossip address left to the system.
 fn free_udp(ip: std::net::IpAddr) -> Result<SocketAddr, String> {
     std::net::UdpSocket::bind(SocketAddr::new(ip, 0))
@@ -280,8 +284,19 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     });
 
     shutdown_signal().await;
-    // Release the VIPs first, so the next owner can take them over while
-    // this node still serves the connections it has.
+    // Hand the VIPs over: first let the connections on them finish while
+    // new attempts are dropped unanswered (clients retransmit and reach the
+    // next owner), then release them, so no request is cut mid-way.
+    let held: Vec<std::net::IpAddr> = control
+        .held_vips
+        .borrow()
+        .iter()
+        .filter_map(|v| v.split_once('/').and_then(|(ip, _)| ip.parse().ok()))
+        .collect();
+    if !held.is_empty() {
+        let open = dataplane.quiesce(&held, VIP_QUIESCE).await;
+        tracing::info!(open, "VIP listeners quiet; releasing the VIPs");
+    }
     let _ = vip_stop_tx.send(true);
     if let Some(v) = vips {
         let _ = v.await;

@@ -190,7 +190,7 @@ fn an_ipv6_vip_fails_over_too() {
 #[test]
 fn a_planned_hand_off_fails_no_request() {
     let mut ha = Ha::start(&[]);
-    for run in 0..2 {
+    for run in 0..4 {
         let owner = ha.wait_single_holder(VIP4, Duration::from_secs(10));
         // Patient like a real client: a SYN lost while the VIP moves is
         // retransmitted after a second.
@@ -212,6 +212,12 @@ fn a_planned_hand_off_fails_no_request() {
             attempts.len()
         );
         assert_eq!(failed, 0, "requests failed during a planned hand-off");
+        assert!(
+            ha.c.nodes[owner - 1]
+                .log_text()
+                .contains("VIP listeners quiet"),
+            "the owner did not quiesce before releasing"
+        );
         assert_eq!(
             ha.c.nodes[owner - 1].wait_exit(Duration::from_secs(10)),
             Some(0)

@@ -258,3 +258,46 @@ async fn bind_failure_keeps_the_old_plan() {
         (200, "a".into())
     );
 }
+
+/// Before a VIP moves away: new connection attempts get no answer at all
+/// (not a refusal, so clients retransmit), while a connection already open
+/// finishes its requests.
+#[tokio::test]
+async fn a_quiesced_listener_ignores_new_connections_and_finishes_old_ones() {
+    let backend = HttpBackend::start("a").await;
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&http_lb(
+        port,
+        &format!("members: [ {{ address: \"{}\" }} ]", backend.addr),
+    )))
+    .await
+    .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let mut open = TcpStream::connect(&addr).await.unwrap();
+    keel_tests::eventually(
+        Duration::from_secs(2),
+        "the connection accepted",
+        || async { dp.active_connections() == 1 },
+    )
+    .await;
+
+    let left = dp
+        .quiesce(&["127.0.0.1".parse().unwrap()], Duration::from_millis(100))
+        .await;
+    assert_eq!(left, 1, "the open connection is still there");
+
+    let attempt = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(&addr)).await;
+    assert!(
+        attempt.is_err(),
+        "a new connection got an answer: {attempt:?}"
+    );
+
+    open.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    open.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    dp.shutdown(Duration::from_secs(1)).await;
+}
