@@ -19,7 +19,7 @@ mod metrics;
 mod plan;
 mod tcp;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 pub use error::{ApplyError, ProxyError, Retry, Side};
 pub use http::{MAX_HEADERS, MAX_HEAD_BYTES, MAX_URI_BYTES};
+pub use metrics::BUCKETS as LATENCY_BUCKETS;
 
 use balance::Balancer;
 use member::MemberState;
@@ -83,6 +84,21 @@ struct MemberEntry {
     state: Arc<MemberState>,
     drain_timeout: Duration,
     checker: Option<(HealthCheck, CancellationToken)>,
+}
+
+/// Cumulative traffic of one load balancer or pool on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    /// HTTP responses, or TCP connections.
+    pub requests: u64,
+    /// 5xx responses, requests with no member to take them, refused member
+    /// connections.
+    pub errors: u64,
+    /// Connections (load balancer) or in-flight requests (pool) now.
+    pub active: u64,
+    /// Responses per latency bucket: one per bound of [`LATENCY_BUCKETS`],
+    /// then one for slower ones.
+    pub latency: [u64; LATENCY_BUCKETS.len() + 1],
 }
 
 /// A member as the data plane sees it now.
@@ -372,6 +388,35 @@ impl Dataplane {
     /// Connections being served, across all listeners.
     pub fn active_connections(&self) -> usize {
         self.connections.len()
+    }
+
+    /// Cumulative traffic of every load balancer and pool the plan serves,
+    /// keyed `load_balancer/NAME` and `pool/NAME`. Counters only grow while
+    /// the object exists, so rates are differences between two calls.
+    pub fn traffic(&self) -> BTreeMap<String, TrafficCounters> {
+        let plan = self.plan.load();
+        let mut out: BTreeMap<String, TrafficCounters> = BTreeMap::new();
+        for l in plan.listeners.values() {
+            let c = out.entry(format!("load_balancer/{}", l.lb)).or_default();
+            c.requests += match l.spec.protocol {
+                Protocol::Http => l.stats.requests.total(),
+                _ => load(&l.stats.connections),
+            };
+            c.errors += l.stats.requests.server_errors();
+            c.active += u64::try_from(l.stats.active.load(Relaxed)).unwrap_or(0);
+            l.stats.latency.add_to(&mut c.latency);
+        }
+        for p in plan.pools.values() {
+            let c = out.entry(format!("pool/{}", p.spec.name)).or_default();
+            c.requests += p.stats.requests.total() + load(&p.stats.connections);
+            c.errors += p.stats.requests.server_errors() + load(&p.stats.no_member);
+            for m in p.balancer.members() {
+                c.active += m.outstanding();
+                c.errors += load(&m.stats.connect_failures);
+                m.stats.latency.add_to(&mut c.latency);
+            }
+        }
+        out
     }
 
     /// Stops accepting, lets connections finish for up to `grace`, then cuts

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 14] = [
+pub const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
@@ -29,6 +29,18 @@ impl Histogram {
         self.count.fetch_add(1, Relaxed);
         self.sum_micros
             .fetch_add(d.as_micros().try_into().unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Adds this histogram's observations per bucket to `into`: one slot per
+    /// bound of [`BUCKETS`], then one for slower ones.
+    pub fn add_to(&self, into: &mut [u64; BUCKETS.len() + 1]) {
+        let mut counted = 0;
+        for (slot, bucket) in into.iter_mut().zip(&self.buckets) {
+            let n = bucket.load(Relaxed);
+            *slot += n;
+            counted += n;
+        }
+        into[BUCKETS.len()] += self.count.load(Relaxed).saturating_sub(counted);
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -53,6 +65,16 @@ impl ByClass {
     pub fn count(&self, status: u16) {
         let i = usize::from(status / 100).clamp(1, 5) - 1;
         self.0[i].fetch_add(1, Relaxed);
+    }
+
+    /// Responses of every class.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// 5xx responses.
+    pub fn server_errors(&self) -> u64 {
+        self.0[4].load(Relaxed)
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {

@@ -636,6 +636,10 @@ pub struct Control {
     pub vip_metrics: Arc<crate::vip::VipMetrics>,
     /// The cluster as gossip shows it.
     pub gossip: watch::Sender<keel_gossip::ClusterView>,
+    /// Traffic history for the dashboard.
+    pub traffic: Arc<crate::traffic::TrafficLog>,
+    /// What this node saw happen, for the dashboard.
+    pub events: Arc<crate::events::EventLog>,
     leader_link: Mutex<Option<(NodeId, RpcClient)>>,
     ca_fingerprint: String,
 }
@@ -668,6 +672,8 @@ impl Control {
             held_vips: watch::Sender::new(Default::default()),
             vip_metrics: Default::default(),
             gossip: watch::Sender::new(Default::default()),
+            traffic: Arc::default(),
+            events: Arc::default(),
             leader_link: Mutex::new(None),
             ca_fingerprint: pki::fingerprint(&node.tls.ca_pem)?,
         }))
@@ -952,6 +958,14 @@ impl ControlPlane for Control {
 
     fn ca_fingerprint(&self) -> String {
         self.ca_fingerprint.clone()
+    }
+
+    fn traffic(&self) -> keel_web::Traffic {
+        self.traffic.snapshot()
+    }
+
+    fn events(&self) -> Vec<keel_web::Event> {
+        self.events.list()
     }
 }
 

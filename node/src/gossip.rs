@@ -113,6 +113,7 @@ fn report(control: &Control, dataplane: &Dataplane) -> Report {
         applied_version: control.consensus().applied().borrow().index,
         connections: dataplane.active_connections() as u64,
         vips: control.held_vips.borrow().iter().cloned().collect(),
+        traffic: control.traffic.latest(),
         members: dataplane
             .members()
             .into_iter()
@@ -123,6 +124,8 @@ fn report(control: &Control, dataplane: &Dataplane) -> Report {
                         up: m.healthy,
                         check_ms: m.last_check_ms,
                         checked: m.has_check && m.checked_here,
+                        disabled: !m.enabled,
+                        outstanding: m.outstanding,
                     },
                 )
             })
@@ -197,9 +200,13 @@ pub(crate) fn member_health(view: &ClusterView) -> Vec<MemberHealth> {
                 address: address.to_owned(),
                 views: BTreeMap::new(),
             });
-            entry
-                .views
-                .insert(node.clone(), if m.up { "up" } else { "down" }.to_owned());
+            let word = match (m.disabled, m.outstanding > 0, m.up) {
+                (true, true, _) => "draining",
+                (true, false, _) => "disabled",
+                (false, _, true) => "up",
+                (false, _, false) => "down",
+            };
+            entry.views.insert(node.clone(), word.to_owned());
         }
     }
     out.into_values().collect()

@@ -9,10 +9,12 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod demo;
+pub mod events;
 mod gossip;
 pub mod pki;
 mod reconcile;
 mod source;
+pub mod traffic;
 pub mod vip;
 
 use std::net::SocketAddr;
@@ -239,7 +241,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let admin = admin::serve(
         opts.admin_addr,
         dataplane.clone(),
-        Some(keel_web::router(control.clone())),
+        Some(keel_web::router(
+            control.clone(),
+            keel_web::Options {
+                tls: admin_tls.is_some(),
+            },
+        )),
         Some(control.clone()),
         admin_tls,
         stop_rx.clone(),
@@ -271,6 +278,19 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         control.clone(),
         dataplane.clone(),
         opts.gossip_addr,
+        stop_rx.clone(),
+    ));
+    let traffic = tokio::spawn(traffic::run(
+        control.traffic.clone(),
+        control.me.name.clone(),
+        dataplane.clone(),
+        control.gossip.subscribe(),
+        stop_rx.clone(),
+    ));
+    let events = tokio::spawn(events::run(
+        control.events.clone(),
+        control.consensus().clone(),
+        control.gossip.subscribe(),
         stop_rx.clone(),
     ));
 
@@ -314,7 +334,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining connections");
     let _ = stop_tx.send(true);
     dataplane.shutdown(config.shutdown_grace).await;
-    for task in [rpc_server, reconciler, gossip] {
+    for task in [rpc_server, reconciler, gossip, traffic, events] {
         let _ = task.await;
     }
     if let Some(r) = reloader {

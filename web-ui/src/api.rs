@@ -33,27 +33,74 @@ const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 struct App<C> {
     control: Arc<C>,
     limiter: LoginLimiter,
+    options: crate::Options,
 }
+
+/// The dashboard's session cookie: an API token, HttpOnly so scripts never
+/// see it.
+pub(crate) const SESSION_COOKIE: &str = "keel_session";
+
+/// The header that must carry [`csrf_token`] on state-changing requests
+/// made with the session cookie.
+const CSRF_HEADER: &str = "x-csrf-token";
 
 type AppState<C> = State<Arc<App<C>>>;
 
-/// Who is calling, once authenticated.
+/// Who is calling, once authenticated, and with which token.
 #[derive(Clone)]
 struct Caller(String);
+
+/// The token the caller authenticated with, and whether it came as the
+/// session cookie.
+#[derive(Clone)]
+struct Credential {
+    token: String,
+    cookie: bool,
+}
+
+/// The CSRF token that goes with a session: derived from the session token
+/// (which scripts cannot read), so a page of another site cannot produce it.
+pub(crate) fn csrf_token(session: &str) -> String {
+    sha256_hex(&format!("keel-csrf\0{session}"))
+}
+
+/// The session token in a request's cookies, if any.
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn set_cookie(value: &str, max_age: u64, tls: bool) -> String {
+    let secure = if tls { "; Secure" } else { "" };
+    format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    )
+}
 
 /// The client's address (unspecified when unknown, e.g. in-process tests).
 #[derive(Clone, Copy)]
 struct ClientIp(IpAddr);
 
-pub(crate) fn router<C: ControlPlane>(control: Arc<C>) -> Router {
+pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) -> Router {
     let app = Arc::new(App {
         control,
         limiter: LoginLimiter::default(),
+        options,
     });
     Router::new()
         .route("/api/v1/openapi.json", get(crate::openapi::document))
         .route("/api/v1/login", post(login::<C>))
+        .route("/api/v1/logout", post(logout::<C>))
+        .route("/api/v1/session", get(session::<C>))
         .route("/api/v1/status", get(status::<C>))
+        .route("/api/v1/traffic", get(traffic::<C>))
+        .route("/api/v1/events", get(events::<C>))
         .route("/api/v1/config", get(get_config::<C>).put(put_config::<C>))
         .route(
             "/api/v1/load-balancers",
@@ -74,6 +121,10 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>) -> Router {
             get(fetch::<C, PoolDoc>)
                 .put(replace::<C, PoolDoc>)
                 .delete(remove::<C, PoolDoc>),
+        )
+        .route(
+            "/api/v1/pools/{name}/members/{address}",
+            axum::routing::patch(set_member::<C>),
         )
         .route(
             "/api/v1/certificates",
@@ -123,7 +174,11 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Everything but login and the OpenAPI document needs a bearer token.
+/// Everything but login and the OpenAPI document needs a bearer token, or
+/// the dashboard's session cookie. A request that changes something with the
+/// cookie must also carry the session's CSRF token in `X-CSRF-Token`: the
+/// browser sends cookies on its own, the header only the dashboard's script
+/// can set (SameSite=Strict is the first line, this the second).
 async fn authenticate<C: ControlPlane>(
     State(app): AppState<C>,
     mut request: Request,
@@ -138,25 +193,69 @@ async fn authenticate<C: ControlPlane>(
     if path == "/api/v1/login" || path == "/api/v1/openapi.json" {
         return next.run(request).await;
     }
-    let token = request
+    let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = token else {
-        return ApiError::unauthorized(
-            "authentication required: send Authorization: Bearer <token> (see `keel login`)",
-        )
-        .into_response();
-    };
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    let credential =
+        match (bearer, session_cookie(request.headers())) {
+            (Some(token), _) => Credential {
+                token,
+                cookie: false,
+            },
+            (None, Some(token)) => Credential {
+                token,
+                cookie: true,
+            },
+            (None, None) => return ApiError::unauthorized(
+                "authentication required: send Authorization: Bearer <token> (see `keel login`)",
+            )
+            .into_response(),
+        };
     let (_, state) = app.control.state();
-    match check_bearer(&state, token.trim(), now()) {
-        Some(user) => {
-            request.extensions_mut().insert(Caller(user));
-            next.run(request).await
+    let Some(user) = check_bearer(&state, &credential.token, now()) else {
+        return ApiError::unauthorized("the token is unknown, revoked or expired").into_response();
+    };
+    let safe = matches!(
+        *request.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    if credential.cookie && !safe {
+        let sent = request
+            .headers()
+            .get(CSRF_HEADER)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
+        if !keel_model::constant_time_eq(&sent, csrf_token(&credential.token).as_bytes()) {
+            tracing::warn!(client = %ip, user = %user, path = %path, "request refused: missing or wrong CSRF token");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "a change made with the session cookie needs the session's X-CSRF-Token header (GET /api/v1/session gives it)",
+            )
+            .into_response();
         }
-        None => ApiError::unauthorized("the token is unknown, revoked or expired").into_response(),
     }
+    request.extensions_mut().insert(Caller(user));
+    request.extensions_mut().insert(credential);
+    next.run(request).await
+}
+
+/// Commit `command` on behalf of `by`, recorded in the cluster's history.
+async fn commit<C: ControlPlane>(
+    control: &C,
+    by: &str,
+    command: ClusterCommand,
+) -> Result<u64, ApiError> {
+    Ok(control
+        .propose(ClusterCommand::Authored {
+            by: by.to_owned(),
+            at: now(),
+            command: Box::new(command),
+        })
+        .await?)
 }
 
 #[derive(Deserialize)]
@@ -165,6 +264,10 @@ struct LoginRequest {
     #[serde(default = "admin")]
     user: String,
     password: String,
+    /// Answer with a session cookie (HttpOnly) and a CSRF token instead of
+    /// a bearer token in the body: the dashboard's way in.
+    #[serde(default)]
+    cookie: bool,
 }
 
 fn admin() -> String {
@@ -173,7 +276,12 @@ fn admin() -> String {
 
 #[derive(Serialize)]
 struct LoginAnswer {
-    token: String,
+    /// The bearer token (absent when it went into the cookie).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+    /// With the cookie: the header value for state-changing requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    csrf: Option<String>,
     expires_at: u64,
     must_change_password: bool,
 }
@@ -182,7 +290,7 @@ async fn login<C: ControlPlane>(
     State(app): AppState<C>,
     Extension(ClientIp(ip)): Extension<ClientIp>,
     body: Result<Json<LoginRequest>, JsonRejection>,
-) -> Result<Json<LoginAnswer>, ApiError> {
+) -> Result<Response, ApiError> {
     let Json(req) = body?;
     if let Err(wait) = app.limiter.check(ip) {
         return Err(ApiError::new(
@@ -238,12 +346,146 @@ async fn login<C: ControlPlane>(
             },
         })
         .await?;
-    tracing::info!(client = %ip, user = %req.user, "admin login");
+    tracing::info!(client = %ip, user = %req.user, cookie = req.cookie, "admin login");
+    let must_change_password = user.must_change_password;
+    if req.cookie {
+        let cookie = set_cookie(&token, SESSION_TTL.as_secs(), app.options.tls);
+        let answer = LoginAnswer {
+            token: None,
+            csrf: Some(csrf_token(&token)),
+            expires_at,
+            must_change_password,
+        };
+        return Ok(([(header::SET_COOKIE, cookie)], Json(answer)).into_response());
+    }
     Ok(Json(LoginAnswer {
-        token,
+        token: Some(token),
+        csrf: None,
         expires_at,
-        must_change_password: user.must_change_password,
-    }))
+        must_change_password,
+    })
+    .into_response())
+}
+
+/// `POST /api/v1/logout`: revoke the token the request came with (the
+/// session, for the dashboard) and clear the cookie.
+async fn logout<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(user)): Extension<Caller>,
+    Extension(credential): Extension<Credential>,
+) -> Result<Response, ApiError> {
+    if let Some((id, _)) = credential
+        .token
+        .strip_prefix("keel_")
+        .and_then(|rest| rest.split_once('_'))
+    {
+        app.control
+            .propose(ClusterCommand::RevokeApiToken { id: id.to_owned() })
+            .await?;
+    }
+    tracing::info!(user = %user, "logout");
+    let cookie = set_cookie("", 0, app.options.tls);
+    Ok(([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response())
+}
+
+#[derive(Serialize)]
+struct SessionView {
+    user: String,
+    /// For cookie sessions: the `X-CSRF-Token` value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    csrf: Option<String>,
+    expires_at: Option<u64>,
+    must_change_password: bool,
+}
+
+/// `GET /api/v1/session`: who the caller is, and (for the dashboard, after
+/// a reload) the CSRF token of its cookie session.
+async fn session<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(user)): Extension<Caller>,
+    Extension(credential): Extension<Credential>,
+) -> Json<SessionView> {
+    let (_, state) = app.control.state();
+    let expires_at = credential
+        .token
+        .strip_prefix("keel_")
+        .and_then(|rest| rest.split_once('_'))
+        .and_then(|(id, _)| state.api_tokens.get(id))
+        .and_then(|t| t.expires_at);
+    Json(SessionView {
+        must_change_password: state
+            .users
+            .get(&user)
+            .is_some_and(|u| u.must_change_password),
+        csrf: credential.cookie.then(|| csrf_token(&credential.token)),
+        user,
+        expires_at,
+    })
+}
+
+async fn traffic<C: ControlPlane>(State(app): AppState<C>) -> Json<crate::Traffic> {
+    Json(app.control.traffic())
+}
+
+/// `GET /api/v1/events`: the cluster's change history (who changed what)
+/// merged with what this node saw happen, oldest first.
+async fn events<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<crate::Event>> {
+    let (_, state) = app.control.state();
+    let mut events: Vec<crate::Event> = state
+        .history
+        .iter()
+        .map(|h| crate::Event {
+            at: h.at,
+            kind: "config".into(),
+            message: h.what.join("; "),
+            by: Some(h.by.clone()),
+        })
+        .chain(app.control.events())
+        .collect();
+    events.sort_by_key(|e| e.at);
+    Json(events)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberChange {
+    enabled: bool,
+}
+
+/// `PATCH /api/v1/pools/{name}/members/{address}` with `{"enabled": false}`
+/// drains a member (no new requests; open ones finish within the pool's
+/// drain timeout); `true` puts it back.
+async fn set_member<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path((pool, address)): Path<(String, String)>,
+    body: Result<Json<MemberChange>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(change) = body?;
+    let (_, state) = app.control.state();
+    let Some(spec) = state.spec.pools.get(&pool) else {
+        return Err(ApiError::not_found(format!("pool {pool:?} does not exist")));
+    };
+    let Some(member) = spec
+        .members
+        .iter()
+        .find(|m| m.address.to_string() == address)
+    else {
+        return Err(ApiError::not_found(format!(
+            "pool {pool:?} has no member {address:?}"
+        )));
+    };
+    commit(
+        &*app.control,
+        &caller,
+        ClusterCommand::Spec(Command::SetMemberEnabled {
+            pool,
+            address: member.address,
+            enabled: change.enabled,
+        }),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
@@ -271,15 +513,18 @@ async fn set_password<C: ControlPlane>(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    app.control
-        .propose(ClusterCommand::SetUser {
+    commit(
+        &*app.control,
+        &caller,
+        ClusterCommand::SetUser {
             name: name.clone(),
             user: User {
                 password_hash,
                 must_change_password: false,
             },
-        })
-        .await?;
+        },
+    )
+    .await?;
     tracing::info!(user = %name, by = %caller, "password changed");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -328,15 +573,24 @@ async fn vips<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<VipStatus>> 
 
 async fn remove_node<C: ControlPlane>(
     State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     app.control.remove_node(&name).await?;
+    tracing::info!(node = %name, by = %caller, "node removed");
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
 struct FormatQuery {
     format: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ApplyQuery {
+    /// Only report what would change.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 async fn get_config<C: ControlPlane>(
@@ -363,6 +617,9 @@ async fn get_config<C: ControlPlane>(
 struct Applied {
     version: u64,
     changes: Vec<String>,
+    /// True when nothing was committed (`?dry_run=true`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dry_run: bool,
 }
 
 /// `PUT /api/v1/config`: the declarative apply. The body (JSON, or YAML when
@@ -370,6 +627,8 @@ struct Applied {
 /// are committed, so applying the same document twice changes nothing.
 async fn put_config<C: ControlPlane>(
     State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Query(query): Query<ApplyQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Applied>, ApiError> {
@@ -398,20 +657,24 @@ async fn put_config<C: ControlPlane>(
     }
     let spec = doc.into_spec().map_err(|e| ApiError::invalid(&e))?;
     let changes = state.spec.diff(&spec);
-    if changes.is_empty() {
+    let described = changes.iter().map(ToString::to_string).collect();
+    if changes.is_empty() || query.dry_run {
         return Ok(Json(Applied {
             version,
-            changes: Vec::new(),
+            changes: described,
+            dry_run: query.dry_run,
         }));
     }
-    let described = changes.iter().map(ToString::to_string).collect();
-    let version = app
-        .control
-        .propose(ClusterCommand::Spec(Command::Batch(changes)))
-        .await?;
+    let version = commit(
+        &*app.control,
+        &caller,
+        ClusterCommand::Spec(Command::Batch(changes)),
+    )
+    .await?;
     Ok(Json(Applied {
         version,
         changes: described,
+        dry_run: false,
     }))
 }
 
@@ -515,6 +778,7 @@ impl Kind for PoolDoc {
 /// the difference.
 async fn edit<C: ControlPlane, K: Kind>(
     control: &C,
+    by: &str,
     edit: impl FnOnce(&mut Document) -> Result<usize, ApiError>,
 ) -> Result<u64, ApiError> {
     let (version, state) = control.state();
@@ -535,9 +799,7 @@ async fn edit<C: ControlPlane, K: Kind>(
     if changes.is_empty() {
         return Ok(version);
     }
-    Ok(control
-        .propose(ClusterCommand::Spec(Command::Batch(changes)))
-        .await?)
+    commit(control, by, ClusterCommand::Spec(Command::Batch(changes))).await
 }
 
 async fn list<C: ControlPlane, K: Kind>(State(app): AppState<C>) -> Json<Vec<K>> {
@@ -567,13 +829,14 @@ async fn fetch<C: ControlPlane, K: Kind>(
 
 async fn create<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
     body: Result<Json<K>, JsonRejection>,
 ) -> Result<(StatusCode, Json<K>), ApiError> {
     let Json(mut item) = body?;
     item.prepare(&app.control.state().1)?;
     let mut created = item.clone();
     created.redact();
-    edit::<C, K>(&*app.control, |doc| {
+    edit::<C, K>(&*app.control, &caller, |doc| {
         let items = K::items(doc);
         if items.iter().any(|k| k.name() == item.name()) {
             return Err(ApiError::new(
@@ -591,6 +854,7 @@ async fn create<C: ControlPlane, K: Kind>(
 
 async fn replace<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
     body: Result<Json<K>, JsonRejection>,
 ) -> Result<Json<K>, ApiError> {
@@ -606,7 +870,7 @@ async fn replace<C: ControlPlane, K: Kind>(
     item.prepare(&app.control.state().1)?;
     let mut stored = item.clone();
     stored.redact();
-    edit::<C, K>(&*app.control, |doc| {
+    edit::<C, K>(&*app.control, &caller, |doc| {
         let items = K::items(doc);
         match items.iter().position(|k| k.name() == name) {
             Some(i) => {
@@ -625,9 +889,10 @@ async fn replace<C: ControlPlane, K: Kind>(
 
 async fn remove<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    edit::<C, K>(&*app.control, |doc| {
+    edit::<C, K>(&*app.control, &caller, |doc| {
         let items = K::items(doc);
         let before = items.len();
         items.retain(|k| k.name() != name);
@@ -728,8 +993,10 @@ async fn create_join_token<C: ControlPlane>(
     let id = random_hex(4);
     let secret = random_hex(16);
     let expires_at = now() + ttl.as_secs();
-    app.control
-        .propose(ClusterCommand::CreateJoinToken {
+    commit(
+        &*app.control,
+        &caller,
+        ClusterCommand::CreateJoinToken {
             id: id.clone(),
             token: JoinToken {
                 secret_sha256: sha256_hex(&secret),
@@ -738,8 +1005,9 @@ async fn create_join_token<C: ControlPlane>(
                 uses_left: uses,
                 revoked: false,
             },
-        })
-        .await?;
+        },
+    )
+    .await?;
     tracing::info!(token = %id, uses, by = %caller, "join token created");
     let token = format!("KEEL1.{}.{id}.{secret}", app.control.ca_fingerprint());
     Ok((
@@ -755,11 +1023,15 @@ async fn create_join_token<C: ControlPlane>(
 
 async fn revoke_join_token<C: ControlPlane>(
     State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.control
-        .propose(ClusterCommand::RevokeJoinToken { id })
-        .await?;
+    commit(
+        &*app.control,
+        &caller,
+        ClusterCommand::RevokeJoinToken { id },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -823,8 +1095,10 @@ async fn create_api_token<C: ControlPlane>(
         None => None,
     };
     let (id, token, secret_sha256) = new_bearer();
-    app.control
-        .propose(ClusterCommand::CreateApiToken {
+    commit(
+        &*app.control,
+        &caller,
+        ClusterCommand::CreateApiToken {
             id: id.clone(),
             token: ApiToken {
                 name: req.name.clone(),
@@ -833,8 +1107,9 @@ async fn create_api_token<C: ControlPlane>(
                 created_at: now(),
                 expires_at,
             },
-        })
-        .await?;
+        },
+    )
+    .await?;
     tracing::info!(token = %id, name = %req.name, by = %caller, "api token created");
     Ok((
         StatusCode::CREATED,
@@ -849,10 +1124,14 @@ async fn create_api_token<C: ControlPlane>(
 
 async fn revoke_api_token<C: ControlPlane>(
     State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.control
-        .propose(ClusterCommand::RevokeApiToken { id })
-        .await?;
+    commit(
+        &*app.control,
+        &caller,
+        ClusterCommand::RevokeApiToken { id },
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

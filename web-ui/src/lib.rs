@@ -1,15 +1,21 @@
-//! Keel's admin HTTP surface: the REST API under `/api/v1`.
+//! Keel's admin HTTP surface: the REST API under `/api/v1` and the web
+//! dashboard under `/ui/` that uses it.
 //!
 //! Handlers depend on the [`ControlPlane`] trait, not on Raft, so they can be
 //! tested with a fake. Every write is validated here (whole-spec validation
 //! with field paths) before it becomes a [`ClusterCommand`], and returns after
 //! the control plane reports it committed and applied on this node.
+//!
+//! The dashboard is static pages and one script (written here, embedded in
+//! the binary) that call the same API with a session cookie; requests made
+//! with the cookie must also carry a CSRF token (see `api::authenticate`).
 
 mod api;
 mod auth;
 mod certs;
 mod error;
 mod openapi;
+mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,6 +47,69 @@ pub trait ControlPlane: Send + Sync + 'static {
 
     /// The fingerprint of the cluster CA, for join tokens.
     fn ca_fingerprint(&self) -> String;
+
+    /// Recent traffic per load balancer and pool, cluster-wide.
+    fn traffic(&self) -> Traffic {
+        Traffic::default()
+    }
+
+    /// What happened lately that this node saw (leader changes, VIP moves,
+    /// member and node flips), newest last. Config changes come from
+    /// [`ClusterState::history`] and need not be repeated here.
+    fn events(&self) -> Vec<Event> {
+        Vec::new()
+    }
+}
+
+/// Traffic over the last minutes, sampled at a fixed interval.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Seconds between points.
+    pub interval_s: u64,
+    /// One series per load balancer and per pool.
+    pub series: Vec<TrafficSeries>,
+}
+
+/// The traffic of one load balancer or pool.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TrafficSeries {
+    /// `load_balancer` or `pool`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Oldest first.
+    pub points: Vec<TrafficPoint>,
+}
+
+/// One interval of traffic, summed over the nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficPoint {
+    /// Unix milliseconds at the end of the interval.
+    pub at: u64,
+    /// Requests (HTTP) or new connections (TCP) per second.
+    pub requests_per_s: f64,
+    /// Failed share of those (5xx answers, no member, member refused), 0 to 1.
+    pub error_rate: f64,
+    /// Connections open at the end of the interval.
+    pub active: u64,
+    /// Median response time in milliseconds, when there were responses.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile response time in milliseconds (the slowest node's).
+    pub p99_ms: Option<f64>,
+}
+
+/// Something that happened in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix seconds.
+    pub at: u64,
+    /// `leader`, `vip`, `member`, `node` or `config`.
+    pub kind: String,
+    /// For people.
+    pub message: String,
+    /// Who asked for it, for changes people make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// Why the control plane could not do what was asked.
@@ -120,7 +189,14 @@ pub struct NodeStatus {
     pub live: Option<bool>,
 }
 
-/// The `/api/v1` router over a control plane.
-pub fn router<C: ControlPlane>(control: Arc<C>) -> Router {
-    api::router(control)
+/// How the admin surface is served.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The admin address serves TLS, so session cookies are marked `Secure`.
+    pub tls: bool,
+}
+
+/// The `/api/v1` and `/ui/` routers over a control plane.
+pub fn router<C: ControlPlane>(control: Arc<C>, options: Options) -> Router {
+    api::router(control.clone(), options).merge(ui::router(control))
 }

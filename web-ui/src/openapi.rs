@@ -10,7 +10,32 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         "/api/v1/login",
         &[(
             "post",
-            "Exchange the admin user name and password for a session token",
+            "Exchange the admin user name and password for a session token (or, with \"cookie\": true, a session cookie and a CSRF token)",
+        )],
+    ),
+    (
+        "/api/v1/logout",
+        &[("post", "Revoke the token or session the request carries")],
+    ),
+    (
+        "/api/v1/session",
+        &[(
+            "get",
+            "Who the caller is; for cookie sessions, the X-CSRF-Token value",
+        )],
+    ),
+    (
+        "/api/v1/traffic",
+        &[(
+            "get",
+            "Requests/s, error rate, connections and p50/p99 latency per load balancer and pool, last 15 minutes",
+        )],
+    ),
+    (
+        "/api/v1/events",
+        &[(
+            "get",
+            "Recent events: config changes and who made them, leader changes, VIP moves, member and node flips",
         )],
     ),
     (
@@ -36,7 +61,7 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
             ),
             (
                 "put",
-                "Apply a whole declarative config; only the differences are committed",
+                "Apply a whole declarative config; only the differences are committed (?dry_run=true: only list them)",
             ),
         ],
     ),
@@ -69,6 +94,13 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
             ("put", "Create or replace a pool"),
             ("delete", "Delete a pool no listener uses"),
         ],
+    ),
+    (
+        "/api/v1/pools/{name}/members/{address}",
+        &[(
+            "patch",
+            "Drain ({\"enabled\": false}) or re-enable a member",
+        )],
     ),
     (
         "/api/v1/certificates",
@@ -136,7 +168,7 @@ pub(crate) async fn document() -> Json<Value> {
                 }
             });
             if *path != "/api/v1/login" {
-                op["security"] = json!([{"bearer": []}]);
+                op["security"] = json!([{"bearer": []}, {"session": []}]);
             }
             ops.insert((*method).to_owned(), op);
         }
@@ -147,7 +179,11 @@ pub(crate) async fn document() -> Json<Value> {
         "info": {"title": "Keel admin API", "version": env!("CARGO_PKG_VERSION")},
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "keel_session",
+                            "description": "The dashboard's session; changes also need the X-CSRF-Token header"}
+            },
             "schemas": {
                 "Error": {
                     "type": "object",

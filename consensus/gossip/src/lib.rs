@@ -66,6 +66,34 @@ pub struct MemberView {
     /// The node checks it itself (rather than following other nodes).
     #[serde(default)]
     pub checked: bool,
+    /// Disabled (by an operator), so getting no new traffic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// In-flight requests or open connections on this node.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub outstanding: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One load balancer's or pool's traffic on one node, over its latest
+/// sampling interval. Integers, so reports compare exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficRate {
+    /// Requests (or TCP connections) per second, times 1000.
+    pub requests_milli: u64,
+    /// Failed ones per second, times 1000.
+    pub errors_milli: u64,
+    /// Open connections or in-flight requests now.
+    pub active: u64,
+    /// Median latency in microseconds, when there were responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_us: Option<u64>,
+    /// 99th percentile latency in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_us: Option<u64>,
 }
 
 /// What a node says about itself.
@@ -83,6 +111,10 @@ pub struct Report {
     /// Health of every pool member, keyed `pool/address`.
     #[serde(default)]
     pub members: BTreeMap<String, MemberView>,
+    /// Traffic per load balancer and pool, keyed `load_balancer/NAME` and
+    /// `pool/NAME`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub traffic: BTreeMap<String, TrafficRate>,
 }
 
 /// One node as gossip knows it.

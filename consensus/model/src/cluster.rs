@@ -27,6 +27,24 @@ pub struct ClusterState {
     pub api_tokens: BTreeMap<String, ApiToken>,
     /// Admin users by name, with a slow password hash (PHC string).
     pub users: BTreeMap<String, User>,
+    /// The latest changes made by people or tools, oldest first, at most
+    /// [`HISTORY_LEN`] (the dashboard's "who changed what").
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// How many [`HistoryEntry`]s the state keeps.
+pub const HISTORY_LEN: usize = 200;
+
+/// One change to the cluster and who made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Unix seconds, by the proposer's clock.
+    pub at: u64,
+    /// The user (or API token's user) who asked for it.
+    pub by: String,
+    /// What changed, for people: one line per change.
+    pub what: Vec<String>,
 }
 
 /// The cluster's id and certificate authority. Every voter holds the CA key so
@@ -141,6 +159,26 @@ pub enum ClusterCommand {
     Noop,
     /// Forget API tokens (login sessions) that expired before `now`.
     PurgeExpiredApiTokens { now: u64 },
+    /// `command`, asked for by `by` at `at` (unix seconds, the proposer's
+    /// clock); applied, it is also recorded in [`ClusterState::history`].
+    Authored {
+        by: String,
+        at: u64,
+        command: Box<ClusterCommand>,
+    },
+}
+
+impl ClusterCommand {
+    /// What the command changes, one line per change, for people.
+    pub fn describe(&self) -> Vec<String> {
+        match self {
+            ClusterCommand::Spec(Command::Batch(changes)) => {
+                changes.iter().map(ToString::to_string).collect()
+            }
+            ClusterCommand::Authored { command, .. } => command.describe(),
+            other => vec![other.to_string()],
+        }
+    }
 }
 
 impl fmt::Display for ClusterCommand {
@@ -160,6 +198,7 @@ impl fmt::Display for ClusterCommand {
             ClusterCommand::RevokeApiToken { id } => write!(f, "revoke api token {id}"),
             ClusterCommand::Noop => f.write_str("no-op"),
             ClusterCommand::PurgeExpiredApiTokens { .. } => f.write_str("purge expired api tokens"),
+            ClusterCommand::Authored { by, command, .. } => write!(f, "{command} (by {by})"),
         }
     }
 }
@@ -251,6 +290,17 @@ impl ClusterState {
                 self.api_tokens
                     .retain(|_, t| t.expires_at.is_none_or(|at| at > *now));
             }
+            ClusterCommand::Authored { by, at, command } => {
+                self.apply(command)?;
+                if self.history.len() >= HISTORY_LEN {
+                    self.history.remove(0);
+                }
+                self.history.push(HistoryEntry {
+                    at: *at,
+                    by: by.clone(),
+                    what: command.describe(),
+                });
+            }
         }
         Ok(())
     }
@@ -267,6 +317,37 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authored_commands_are_recorded_and_refusals_are_not() {
+        let mut state = ClusterState::default();
+        let authored = |command| ClusterCommand::Authored {
+            by: "admin".into(),
+            at: 7,
+            command: Box::new(command),
+        };
+        state
+            .apply(&authored(ClusterCommand::RevokeJoinToken {
+                id: "x".into(),
+            }))
+            .unwrap_err();
+        assert!(
+            state.history.is_empty(),
+            "a refused command leaves no trace"
+        );
+        for _ in 0..HISTORY_LEN + 5 {
+            state.apply(&authored(ClusterCommand::Noop)).unwrap();
+        }
+        assert_eq!(state.history.len(), HISTORY_LEN);
+        assert_eq!(
+            state.history[0],
+            HistoryEntry {
+                at: 7,
+                by: "admin".into(),
+                what: vec!["no-op".into()],
+            }
+        );
+    }
 
     fn token(expires_at: u64, uses: u32) -> JoinToken {
         JoinToken {

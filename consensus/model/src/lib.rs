@@ -13,8 +13,8 @@ mod error;
 mod spec;
 
 pub use cluster::{
-    constant_time_eq, ApiToken, ClusterCommand, ClusterIdentity, ClusterState, JoinToken, Refusal,
-    User,
+    constant_time_eq, ApiToken, ClusterCommand, ClusterIdentity, ClusterState, HistoryEntry,
+    JoinToken, Refusal, User, HISTORY_LEN,
 };
 pub use command::{ApplyError, Command};
 pub use document::{
