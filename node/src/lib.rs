@@ -267,8 +267,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         // Shown once on the terminal, never in the log; also kept in a
         // private file until the operator changes it.
         println!(
-            "Admin API: {scheme}://{addr}  user: admin  password: {password}\n\
-             (also in {file}; change it after logging in: keel login --server {scheme}://{addr})",
+            "Dashboard: {scheme}://{addr}/ui/  user: admin  password: {password}\n\
+             Admin API: {scheme}://{addr}/api/v1 (keel login --server {scheme}://{addr})\n\
+             The password is also in {file}; the dashboard asks you to change it.",
             addr = opts.admin_addr,
             file = opts.data_dir.join("initial-admin-password").display(),
         );

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod backend;
+pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod netns;

@@ -38,12 +38,34 @@ pub struct KeelProcess {
 impl KeelProcess {
     /// Starts `keel run` with `config_yaml` and waits until it is ready.
     pub fn start(config_yaml: &str) -> Self {
+        Self::spawn(config_yaml, Some("test-admin-password"))
+    }
+
+    /// Like [`KeelProcess::start`], but the node generates its admin
+    /// password (see [`KeelProcess::initial_password`]).
+    pub fn start_generated(config_yaml: &str) -> Self {
+        Self::spawn(config_yaml, None)
+    }
+
+    /// The password a node generated at bootstrap.
+    pub fn initial_password(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("data/initial-admin-password"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    fn spawn(config_yaml: &str, password: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("keel.yaml");
         std::fs::write(&config, config_yaml).unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
         let log = dir.path().join("keel.log");
-        let child = Command::new(keel_bin())
+        let mut command = Command::new(keel_bin());
+        if let Some(password) = password {
+            command.env("KEEL_ADMIN_PASSWORD", password);
+        }
+        let child = command
             .args(["run", "--watch-interval", "200ms", "--shutdown-grace", "2s"])
             .arg("--config")
             .arg(&config)
@@ -53,7 +75,6 @@ impl KeelProcess {
             .arg(admin.to_string())
             .arg("--cluster-addr")
             .arg(format!("127.0.0.1:{}", crate::free_port()))
-            .env("KEEL_ADMIN_PASSWORD", "test-admin-password")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

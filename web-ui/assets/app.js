@@ -428,19 +428,23 @@
   function chart(title, points, lines, unit, digits) {
     const W = 300, H = 90, PAD = 4;
     const now = Date.now();
-    const from = now - 15 * 60 * 1000;
-    let max = 0;
-    for (const p of points) for (const f of lines) max = Math.max(max, f(p) || 0);
-    max = max > 0 ? max * 1.15 : 1;
+    // The last 15 minutes, or the last minute while there is less history.
+    const first = points.length ? points[0].at : now;
+    const from = Math.max(now - 15 * 60 * 1000, Math.min(first, now - 60 * 1000));
+    let top = 0;
+    for (const p of points) for (const f of lines) top = Math.max(top, f(p) || 0);
+    const max = top > 0 ? top * 1.15 : 1;
     const x = (t) => PAD + ((t - from) / (now - from)) * (W - 2 * PAD);
     const y = (v) => H - PAD - (v / max) * (H - 2 * PAD);
-    const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': title });
+    const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': title, preserveAspectRatio: 'none' });
     lines.forEach((f, i) => {
-      const pts = points.filter((p) => p.at >= from && f(p) !== null && f(p) !== undefined)
-        .map((p) => `${x(p.at).toFixed(1)},${y(f(p)).toFixed(1)}`);
+      const shown = points.filter((p) => p.at >= from && f(p) !== null && f(p) !== undefined);
+      const pts = shown.map((p) => `${x(p.at).toFixed(1)},${y(f(p)).toFixed(1)}`);
       if (pts.length) svg.append(s('polyline', { class: i ? 'line2' : 'line', points: pts.join(' ') }));
+      const last = shown[shown.length - 1];
+      if (last) svg.append(s('circle', { class: i ? 'dot2' : 'dot', cx: x(last.at).toFixed(1), cy: y(f(last)).toFixed(1), r: 2 }));
     });
-    svg.append(s('text', { x: W - PAD, y: 12, 'text-anchor': 'end', 'font-size': 10, fill: '#5c6b7a' }, `max ${(max / 1.15).toFixed(digits)}`));
+    svg.append(s('text', { x: W - PAD, y: 12, 'text-anchor': 'end', 'font-size': 10, fill: '#5c6b7a' }, `max ${top.toFixed(digits)}`));
     const last = points[points.length - 1];
     const current = last ? lines.map((f) => f(last)).map((v) => (v === null || v === undefined ? '—' : v.toFixed(digits))).join(' / ') : '—';
     return h('div', { class: 'chart' }, h('div', {}, title, ': ', h('span', { class: 'now', 'data-now': current }, `${current} ${unit}`)), svg);
