@@ -56,8 +56,9 @@ impl Browser {
                 "--disable-extensions", "--lang=en-GB"
             ]}),
         );
-        let client = ClientBuilder::rustls()
-            .expect("rustls client")
+        // chromedriver speaks plain HTTP on loopback: no TLS stack needed.
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
             .capabilities(caps)
             .connect(&url)
             .await
