@@ -172,6 +172,45 @@ async fn dashboard_drives_a_node_through_its_forms() {
     browser.screenshot("pools").await;
     load.abort();
 
+    // A certificate: a key that does not match is named, then one that does.
+    let make = || {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["shop.example.test".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (cert_pem, _) = make();
+    let (_, other_key) = make();
+    browser.open(&format!("{base}/ui/certificates")).await;
+    browser.click("#new-cert").await;
+    browser.fill("#cert-form [data-field=name]", "shop").await;
+    let set = |field: &'static str, value: String| {
+        c.execute(
+            "document.querySelector(`#cert-form [data-field=${arguments[0]}]`).value = arguments[1];",
+            vec![field.into(), value.into()],
+        )
+    };
+    set("cert_pem", cert_pem.clone()).await.unwrap();
+    set("key_pem", other_key).await.unwrap();
+    browser.click("#cert-form button[type=submit]").await;
+    browser
+        .wait_text(
+            "[data-error-for=key_pem]",
+            5 * SECOND,
+            "a mismatched key is named",
+            |t| t.contains("does not match"),
+        )
+        .await;
+    let (cert_pem, key_pem) = make();
+    set("cert_pem", cert_pem).await.unwrap();
+    set("key_pem", key_pem).await.unwrap();
+    browser.click("#cert-form button[type=submit]").await;
+    browser
+        .find("#cert-table tr[data-cert=shop]", 5 * SECOND)
+        .await;
+
     // Config: see it as YAML, preview a change, apply it.
     browser.open(&format!("{base}/ui/config")).await;
     let yaml = browser
@@ -268,8 +307,12 @@ async fn dashboard_drives_a_node_through_its_forms() {
 fn dashboard_shows_a_node_joining_and_a_node_lost() {
     require_root();
     // The cluster owns a runtime, so it lives outside the browser's.
-    let mut cluster =
-        Cluster::bootstrap_with(4, &keel_tests::cluster::config(keel_tests::cluster::A), &[]);
+    let config = keel_tests::cluster::config(keel_tests::cluster::A).replace(
+        "  - name: web\n",
+        "  - name: web\n    vip: 10.77.0.100/24\n",
+    );
+    assert!(config.contains("vip:"), "{config}");
+    let mut cluster = Cluster::bootstrap_with(4, &config, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(join_and_lose(&mut cluster));
 }
@@ -293,6 +336,14 @@ async fn join_and_lose(cluster: &mut Cluster) {
     browser.fill("#login-password", PASSWORD).await;
     browser.click("#login-submit").await;
     browser.find("#nodes tr[data-node=n3]", 10 * SECOND).await;
+    browser
+        .wait_text(
+            "[data-vip-holder='10.77.0.100/24']",
+            10 * SECOND,
+            "the leader holds the VIP",
+            |t| t == "n1",
+        )
+        .await;
 
     // A join token made in the dashboard, and the command it shows.
     browser.open(&format!("{base}/ui/cluster")).await;

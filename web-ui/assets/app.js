@@ -30,9 +30,13 @@
   }
   const badge = (text, kind) => h('span', { class: `badge ${kind}` }, text);
   const time = (unix) => new Date(unix * 1000).toLocaleString();
-  const table = (head, rows, attrs) =>
-    h('div', { class: 'scroll' }, h('table', attrs, h('thead', {}, h('tr', {}, head.map((c) => h('th', {}, c)))),
+  // Each cell carries its column's name, so narrow screens can show rows as
+  // labelled cards (see app.css).
+  const table = (head, rows, attrs) => {
+    for (const row of rows) [...row.children].forEach((td, i) => { if (head[i]) td.dataset.label = head[i]; });
+    return h('div', { class: 'scroll' }, h('table', attrs, h('thead', {}, h('tr', {}, head.map((c) => h('th', {}, c)))),
       h('tbody', {}, rows)));
+  };
 
   // ---- API access.
   let csrf = sessionStorage.getItem('keel.csrf') || '';
@@ -414,12 +418,12 @@
       return f;
     };
     m.append(h('h1', {}, 'Certificates'),
-      h('div', { class: 'actions' }, h('button', { type: 'button', onclick: () => area.replaceChildren(form()) }, 'New certificate')),
+      h('div', { class: 'actions' }, h('button', { id: 'new-cert', type: 'button', onclick: () => area.replaceChildren(form()) }, 'New certificate')),
       area,
       h('div', { class: 'card' }, certs.length
-        ? table(['Name', 'Certificate', ''], certs.map((c) => h('tr', {}, h('td', {}, c.name),
+        ? table(['Name', 'Certificate', ''], certs.map((c) => h('tr', { 'data-cert': c.name }, h('td', {}, c.name),
           h('td', { class: 'muted' }, `${c.cert_pem.split('BEGIN CERTIFICATE').length - 1} certificate(s) in the chain`),
-          h('td', {}, h('button', { class: 'danger', type: 'button', onclick: () => remove('certificates', c.name) }, 'Delete')))))
+          h('td', {}, h('button', { class: 'danger', type: 'button', onclick: () => remove('certificates', c.name) }, 'Delete')))), { id: 'cert-table' })
         : h('p', { class: 'muted' }, 'No certificates yet.')));
     loaded();
   }
