@@ -189,6 +189,12 @@ pub struct Lease {
     /// When it runs out; `None` when this node does not lead or no quorum
     /// has acknowledged it yet.
     pub until: Option<Instant>,
+    /// The lease's end plus the longest election timeout. No other node can
+    /// lead before the longest election timeout after the acknowledgement
+    /// (followers refuse candidates that long), so an owner that is gone by
+    /// `hard_until` overlaps a new one by at most the lease: the deadline
+    /// for a watchdog acting for a paused or wedged node.
+    pub hard_until: Option<Instant>,
 }
 
 impl Lease {
@@ -278,7 +284,8 @@ impl Consensus {
         let raft = Raft::new(id, Arc::new(config), network, log, machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let (leadership, lease) = watch_leadership(&raft, settings.lease);
+        let (leadership, lease) =
+            watch_leadership(&raft, settings.lease, settings.election_timeout.1);
         Ok(Consensus {
             id,
             raft,
@@ -500,6 +507,7 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Prop
 fn watch_leadership(
     raft: &KeelRaft,
     lease: Duration,
+    longest_election: Duration,
 ) -> (watch::Receiver<Leadership>, watch::Receiver<Lease>) {
     let mut metrics = raft.metrics();
     let to_leadership = |m: &openraft::RaftMetrics<NodeId, NodeInfo>| Leadership {
@@ -510,13 +518,16 @@ fn watch_leadership(
     // openraft reports how long ago a quorum acknowledged a heartbeat *sent*
     // at some time; rounding up a millisecond keeps the estimate early, and
     // the lease margin (see `Settings`) covers the delay before we read it.
-    let to_lease = move |m: &openraft::RaftMetrics<NodeId, NodeInfo>| Lease {
-        term: m.current_term,
-        until: m
+    let to_lease = move |m: &openraft::RaftMetrics<NodeId, NodeInfo>| {
+        let acked = m
             .millis_since_quorum_ack
             .filter(|_| m.state == ServerState::Leader)
-            .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms + 1)))
-            .map(|acked| acked + lease),
+            .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms + 1)));
+        Lease {
+            term: m.current_term,
+            until: acked.map(|a| a + lease),
+            hard_until: acked.map(|a| a + lease + longest_election),
+        }
     };
     let (tx, rx) = watch::channel(to_leadership(&metrics.borrow()));
     let (lease_tx, lease_rx) = watch::channel(to_lease(&metrics.borrow()));

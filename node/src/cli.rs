@@ -20,6 +20,10 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Run a node with two built-in demo backends behind one HTTP listener.
     Demo(DemoArgs),
+    /// Internal: the helper `keel run` starts to remove VIPs it stops
+    /// renewing (when the node is paused, wedged or killed).
+    #[command(hide = true, name = "vip-guard")]
+    VipGuard,
     /// Validate a config file and list every problem.
     Check {
         /// The YAML or JSON config file.

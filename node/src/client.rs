@@ -35,7 +35,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Token { command } => token(command).await,
         Command::ApiToken { command } => api_token(command).await,
         Command::Node { command } => node(command).await,
-        Command::Run(_) | Command::Demo(_) | Command::Check { .. } => {
+        Command::Run(_) | Command::Demo(_) | Command::Check { .. } | Command::VipGuard => {
             Err("not a client command".into())
         }
     };

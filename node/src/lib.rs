@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod demo;
 pub mod events;
 mod gossip;
+pub mod guard;
 pub mod pki;
 mod reconcile;
 mod source;
@@ -206,6 +207,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let (vip_stop_tx, vip_stop_rx) = watch::channel(false);
+    let mut guard = None;
     let vips = match keel_vip::Netlink::open() {
         Ok(netlink) => Some(tokio::spawn(vip::run(
             netlink,
@@ -226,6 +228,20 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             None
         }
     };
+    if vips.is_some() {
+        guard = match guard::Guard::spawn() {
+            Ok(g) => Some(tokio::spawn(guard::feed(
+                g,
+                node.consensus.lease(),
+                control.held_vips.subscribe(),
+                stop_rx.clone(),
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e, "no VIP guard: a paused node keeps its VIPs until their kernel lifetime ends");
+                None
+            }
+        };
+    }
     let admin_password = std::env::var("KEEL_ADMIN_PASSWORD")
         .ok()
         .filter(|p| !p.is_empty());
@@ -337,6 +353,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     dataplane.shutdown(config.shutdown_grace).await;
     for task in [rpc_server, reconciler, gossip, traffic, events] {
         let _ = task.await;
+    }
+    if let Some(g) = guard {
+        let _ = g.await;
     }
     if let Some(r) = reloader {
         let _ = r.await;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
             keel::init_logging(config.log_format);
             runtime(config.workers).and_then(|rt| rt.block_on(keel::run(config)))
         }
+        Command::VipGuard => runtime(Some(1)).and_then(|rt| rt.block_on(keel::guard::run())),
         Command::Demo(args) => {
             keel::init_logging(args.log_format);
             runtime(None).and_then(|rt| rt.block_on(keel::demo::run(args)))

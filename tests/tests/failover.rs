@@ -127,13 +127,36 @@ fn failovers(ha: &mut Ha, vip: &str, fault: Fault, runs: usize) -> Vec<Duration>
         ha.all_ready();
         // No fail-back: the returning node leaves the VIP where it is.
         std::thread::sleep(Duration::from_millis(500));
+        let holders = ha.holders(vip);
         assert_eq!(
-            ha.holders(vip),
+            holders,
             vec![new],
-            "run {run}: the VIP moved again after n{owner} came back"
+            "run {run}: the VIP moved again after n{owner} came back; guard log:\n{}",
+            guard_lines(ha)
         );
     }
     gaps
+}
+
+/// What the nodes' VIP guards did (they log to the node's stderr).
+fn guard_lines(ha: &Ha) -> String {
+    ha.c.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let text = n.log_text();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("vip-guard") || l.contains("VIP") || l.contains("WARN"))
+                .collect();
+            format!(
+                "n{}:\n{}",
+                i + 1,
+                lines[lines.len().saturating_sub(8)..].join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn report(what: &str, gaps: &[Duration]) {
@@ -285,7 +308,8 @@ fn partitions_and_pauses_never_leave_two_holders() {
     ha.all_ready();
 
     // 3. The leader is paused for 3 s. A stopped process cannot remove its
-    // address; the kernel lifetime it keeps renewing takes it away.
+    // address; its VIP guard does, at the lease's hard deadline (the lease
+    // plus the longest election timeout), before a new leader can claim.
     let owner = ha.wait_single_holder(VIP4, Duration::from_secs(5));
     let pid = ha.c.nodes[owner - 1]
         .child
@@ -293,13 +317,20 @@ fn partitions_and_pauses_never_leave_two_holders() {
         .unwrap()
         .id()
         .to_string();
-    // `ip netns exec` is the parent; the keel process is its child.
-    let keel_pid = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .next()
-        .map(str::to_owned)
-        .unwrap_or(pid);
+    // `ip netns exec` execs keel in place on current iproute2; older ones
+    // fork, and keel is then its child. (keel's own child is its VIP guard,
+    // which is left running: pausing the node is the fault.)
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let keel_pid = if comm.trim() == "ip" {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+            .unwrap_or(pid)
+    } else {
+        pid
+    };
     let before = sampler.samples().len();
     ns_run(&ha.c.ns(owner), &["kill", "-STOP", &keel_pid]);
     let new = ha.wait_moved(VIP4, owner, Duration::from_secs(5));
@@ -311,9 +342,11 @@ fn partitions_and_pauses_never_leave_two_holders() {
     let paused: Vec<_> = sampler.samples()[before..].to_vec();
     let both = paused.iter().filter(|(_, h)| h.len() > 1).count();
     eprintln!("SIGSTOP: {both} samples (50 ms apart) with two holders");
+    // At most the lease (300 ms), plus one sampling interval.
     assert!(
-        both * 50 <= 2100,
-        "a paused holder kept the VIP beyond its kernel lifetime"
+        both * 50 <= 350,
+        "a paused holder kept the VIP {} ms after another claimed it",
+        both * 50
     );
 
     // 4. Only the owner's VIP interface goes down.
