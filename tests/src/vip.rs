@@ -40,6 +40,8 @@ pub fn holds(ns: &str, vip: &str) -> bool {
 pub struct Attempt {
     pub at: Instant,
     pub ok: bool,
+    /// How long it took to succeed or fail.
+    pub took: Duration,
 }
 
 /// A client in its own namespace that starts a fresh-connection `GET /` to
@@ -76,7 +78,11 @@ impl Poller {
                         let ok = tokio::time::timeout(timeout, get(target))
                             .await
                             .is_ok_and(|ok| ok);
-                        a.lock().expect("attempts").push(Attempt { at, ok });
+                        a.lock().expect("attempts").push(Attempt {
+                            at,
+                            ok,
+                            took: at.elapsed(),
+                        });
                     });
                     while inflight.try_join_next().is_some() {}
                 }

@@ -224,6 +224,7 @@ fn a_planned_hand_off_fails_no_request() {
             Duration::from_secs(5),
         );
         assert!(poller.wait_success_after(Instant::now(), Duration::from_secs(5)));
+        let term_at = Instant::now();
         ha.c.nodes[owner - 1].terminate();
         let new = ha.wait_moved(VIP4, owner, Duration::from_secs(10));
         assert!(poller.wait_success_after(Instant::now(), Duration::from_secs(5)));
@@ -234,7 +235,21 @@ fn a_planned_hand_off_fails_no_request() {
             "hand-off {run}: n{owner} -> n{new}, {} requests, {failed} failed",
             attempts.len()
         );
-        assert_eq!(failed, 0, "requests failed during a planned hand-off");
+        if failed > 0 {
+            for a in attempts.iter().filter(|a| !a.ok) {
+                eprintln!(
+                    "failed attempt: started {:?} after SIGTERM, failed after {:?}",
+                    a.at.saturating_duration_since(term_at),
+                    a.took
+                );
+            }
+        }
+        assert_eq!(
+            failed,
+            0,
+            "requests failed during a planned hand-off; logs:\n{}",
+            guard_lines(&ha)
+        );
         assert!(
             ha.c.nodes[owner - 1]
                 .log_text()
@@ -342,9 +357,10 @@ fn partitions_and_pauses_never_leave_two_holders() {
     let paused: Vec<_> = sampler.samples()[before..].to_vec();
     let both = paused.iter().filter(|(_, h)| h.len() > 1).count();
     eprintln!("SIGSTOP: {both} samples (50 ms apart) with two holders");
-    // At most the lease (300 ms), plus one sampling interval.
+    // At most the lease (300 ms); the three namespaces are sampled one
+    // after another, so allow two sampling intervals of skew.
     assert!(
-        both * 50 <= 350,
+        both * 50 <= 400,
         "a paused holder kept the VIP {} ms after another claimed it",
         both * 50
     );
