@@ -2,7 +2,8 @@
 //! VIP failover with real `keel` processes in namespaces: three nodes, a
 //! client and backends on one bridge. The client polls the VIP every 20 ms;
 //! faults are bridge ports going down, `kill -9`, SIGTERM, partitions,
-//! SIGSTOP and the VIP interface going down. Ownership is sampled with
+//! SIGSTOP, the VIP interface going down and an owner whose data plane cannot
+//! serve the config. Ownership is sampled with
 //! `ip addr` in every node namespace.
 
 use std::net::SocketAddr;
@@ -486,4 +487,49 @@ fn jitter_between_nodes_causes_no_failover() {
         Some(term),
         "leadership changed under jitter"
     );
+}
+
+#[test]
+fn an_owner_that_cannot_serve_hands_the_vip_over() {
+    let ha = Ha::start(&[]);
+    let owner = ha.wait_single_holder(VIP4, Duration::from_secs(10));
+    // Something else on the owner's host has port 9000, so of the three
+    // nodes only the owner cannot serve a listener on it.
+    let squatter = ha.c.topo.listen(&format!("n{owner}"), "0.0.0.0:9000");
+    let listeners = r#"[{"port": 8000, "protocol": "http", "default_pool": "app"},
+                        {"port": 9000, "protocol": "http", "default_pool": "app"}]"#;
+    let body = format!(
+        r#"{{"load_balancers": [
+              {{"name": "web", "vip": "{VIP4}/24", "listeners": {listeners}}},
+              {{"name": "web6", "vip": "{VIP6}/64", "listeners": {listeners}}}],
+            "pools": [{{"name": "app", "members": [{{"address": "{A}"}}]}}]}}"#
+    );
+    let (status, text) =
+        ha.c.call(owner, "PUT", "/api/v1/config", Some(&body))
+            .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let new = ha.wait_moved(VIP4, owner, Duration::from_secs(10));
+    let log = ha.c.nodes[owner - 1].log_text();
+    assert!(
+        log.contains("data plane cannot serve the applied config"),
+        "the owner did not say why it let go"
+    );
+    // The new owner serves the new listener on the VIP.
+    let poller = Poller::start(
+        &ha.c.topo.ns("c"),
+        SocketAddr::new(VIP4.parse().unwrap(), 9000),
+        Duration::from_millis(100),
+        Duration::from_secs(2),
+    );
+    assert!(
+        poller.wait_success_after(Instant::now(), Duration::from_secs(10)),
+        "n{new} does not serve the VIP's new listener"
+    );
+    poller.stop();
+    // The port comes free; the old owner catches up and takes nothing back.
+    drop(squatter);
+    ha.all_ready();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ha.holders(VIP4), vec![new], "no fail-back once healthy");
+    eprintln!("unhealthy owner n{owner} handed the VIP to n{new}");
 }
