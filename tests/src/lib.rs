@@ -6,6 +6,7 @@ pub mod backend;
 pub mod browser;
 pub mod client;
 pub mod cluster;
+pub mod delay;
 pub mod netns;
 pub mod node;
 pub mod vip;
