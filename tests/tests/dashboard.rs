@@ -144,6 +144,23 @@ async fn dashboard_drives_a_node_through_its_forms() {
         )
         .await;
     println!("traffic chart reads {rate}");
+    // A few intervals, so the chart (and its screenshot) shows a line.
+    eventually(
+        20 * SECOND,
+        "the chart draws a line over several samples",
+        || async {
+            c.execute(
+            "const l = document.querySelector(\"[data-series='load_balancer/web'] polyline\"); \
+             return l ? l.getAttribute('points').split(' ').length : 0;",
+            vec![],
+        )
+        .await
+        .ok()
+        .and_then(|v| v.as_u64())
+        .is_some_and(|n| n >= 4)
+        },
+    )
+    .await;
     browser
         .find("[data-series='pool/app'] svg polyline", 5 * SECOND)
         .await;
