@@ -2,63 +2,17 @@
 //! The API's handlers over a fake control plane (commands applied to an
 //! in-memory state), driven with `Router::oneshot`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Body;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use keel_model::{ClusterCommand, ClusterState, User};
-use keel_web::{ClusterStatus, ControlError, ControlPlane};
+use keel_web::ControlPlane;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-const PASSWORD: &str = "a-long-admin-password";
-
-struct Fake {
-    state: Mutex<(u64, Arc<ClusterState>)>,
-}
-
-impl ControlPlane for Fake {
-    fn state(&self) -> (u64, Arc<ClusterState>) {
-        self.state.lock().unwrap().clone()
-    }
-
-    async fn propose(&self, command: ClusterCommand) -> Result<u64, ControlError> {
-        let mut guard = self.state.lock().unwrap();
-        let mut next = (*guard.1).clone();
-        next.apply(&command).map_err(ControlError::Refused)?;
-        *guard = (guard.0 + 1, Arc::new(next));
-        Ok(guard.0)
-    }
-
-    async fn status(&self) -> ClusterStatus {
-        ClusterStatus::default()
-    }
-
-    async fn remove_node(&self, name: &str) -> Result<(), ControlError> {
-        Err(ControlError::NotFound(format!(
-            "node {name:?} is not a member"
-        )))
-    }
-
-    fn ca_fingerprint(&self) -> String {
-        "ab".repeat(32)
-    }
-}
-
-fn fake() -> Arc<Fake> {
-    let mut state = ClusterState::default();
-    state.users.insert(
-        "admin".into(),
-        User {
-            password_hash: keel_web::hash_password(PASSWORD).unwrap(),
-            must_change_password: false,
-        },
-    );
-    Arc::new(Fake {
-        state: Mutex::new((1, Arc::new(state))),
-    })
-}
+mod common;
+use common::{fake, Fake, PASSWORD};
 
 async fn call(
     app: &axum::Router,
@@ -388,7 +342,7 @@ proptest::proptest! {
     /// Arbitrary bodies to every write endpoint get a 4xx (never a 5xx, never
     /// a panic) and change nothing.
     #[test]
-    fn arbitrary_bodies_are_refused_cleanly(body in proptest::prelude::any::<Vec<u8>>(), which in 0usize..6) {
+    fn arbitrary_bodies_are_refused_cleanly(body in proptest::prelude::any::<Vec<u8>>(), which in 0usize..9) {
         let (rt, app, token, control) = shared();
         rt.block_on(async {
             let before = control.state();
@@ -399,6 +353,9 @@ proptest::proptest! {
                 ("PUT", "/api/v1/config"),
                 ("POST", "/api/v1/tokens"),
                 ("POST", "/api/v1/certificates"),
+                ("PUT", "/api/v1/config?dry_run=true"),
+                ("PATCH", "/api/v1/pools/app/members/10.0.0.1%3A80"),
+                ("POST", "/api/v1/login"),
             ][which];
             let (status, v) = call(app, method, path, Some(token), body).await;
             assert!(status.is_client_error() || status.is_success(), "{status} {v}");

@@ -3,60 +3,19 @@
 //! on every change made with the cookie, logout; and the API additions the
 //! dashboard uses (history, dry run, member drain).
 
-use std::sync::{Arc, Mutex};
-
 use axum::body::Body;
 use http::{header, HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
-use keel_model::{ClusterCommand, ClusterState, User};
-use keel_web::{ClusterStatus, ControlError, ControlPlane, Options};
+use keel_web::{ControlPlane, Options};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-const PASSWORD: &str = "a-long-admin-password";
+mod common;
+use common::{fake_with, PASSWORD};
 
-struct Fake {
-    state: Mutex<(u64, Arc<ClusterState>)>,
-}
-
-impl ControlPlane for Fake {
-    fn state(&self) -> (u64, Arc<ClusterState>) {
-        self.state.lock().unwrap().clone()
-    }
-
-    async fn propose(&self, command: ClusterCommand) -> Result<u64, ControlError> {
-        let mut guard = self.state.lock().unwrap();
-        let mut next = (*guard.1).clone();
-        next.apply(&command).map_err(ControlError::Refused)?;
-        *guard = (guard.0 + 1, Arc::new(next));
-        Ok(guard.0)
-    }
-
-    async fn status(&self) -> ClusterStatus {
-        ClusterStatus::default()
-    }
-
-    async fn remove_node(&self, name: &str) -> Result<(), ControlError> {
-        Err(ControlError::NotFound(format!("no node {name}")))
-    }
-
-    fn ca_fingerprint(&self) -> String {
-        "ab".repeat(32)
-    }
-}
-
-fn fake() -> Arc<Fake> {
-    let mut state = ClusterState::default();
-    state.users.insert(
-        "admin".into(),
-        User {
-            password_hash: keel_web::hash_password(PASSWORD).unwrap(),
-            must_change_password: true,
-        },
-    );
-    Arc::new(Fake {
-        state: Mutex::new((1, Arc::new(state))),
-    })
+/// An admin still on a generated password.
+fn fake() -> std::sync::Arc<common::Fake> {
+    fake_with(true)
 }
 
 struct Answer {
