@@ -169,11 +169,10 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let path = format!("/var/run/netns/{ns}");
+        let ns = ns.to_owned();
         let target = target.to_owned();
         std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            crate::netns::enter(&ns).unwrap();
             while !flag.load(Ordering::Relaxed) {
                 let Ok((outside, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(10));

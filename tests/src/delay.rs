@@ -41,13 +41,11 @@ impl Delayer {
     pub fn start(ns: &str, queue: u16, delay: Duration, jitter: Duration) -> Result<Self, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let path = format!("/var/run/netns/{ns}");
+        let namespace = ns.to_owned();
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let bound = (|| -> std::io::Result<nfq::Queue> {
-                let file = std::fs::File::open(&path)?;
-                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)?;
+                crate::netns::enter(&namespace)?;
                 let mut q = nfq::Queue::open()?;
                 q.bind(queue)?;
                 q.set_fail_open(queue, true)?;

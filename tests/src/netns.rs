@@ -36,12 +36,18 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Moves the calling thread into network namespace `ns`; sockets it opens
+/// afterwards belong there.
+pub fn enter(ns: &str) -> std::io::Result<()> {
+    let file = File::open(format!("/var/run/netns/{ns}"))?;
+    setns(file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+}
+
 /// Run `f` on a thread inside namespace `ns` and return its result.
 pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
+    let ns = ns.to_owned();
     std::thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        setns(file, CloneFlags::CLONE_NEWNET).expect("setns");
+        enter(&ns).unwrap_or_else(|e| panic!("enter namespace {ns}: {e}"));
         f()
     })
     .join()

@@ -57,11 +57,10 @@ impl Poller {
     pub fn start(ns: &str, target: SocketAddr, every: Duration, timeout: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(Mutex::new(Vec::new()));
-        let path = format!("/var/run/netns/{ns}");
+        let ns = ns.to_owned();
         let (s, a) = (stop.clone(), attempts.clone());
         let thread = std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("netns file");
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            crate::netns::enter(&ns).expect("enter the client namespace");
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -168,7 +168,8 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
         .with_state(app)
 }
 
-fn now() -> u64 {
+/// Unix seconds now.
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

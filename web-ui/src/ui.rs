@@ -6,7 +6,6 @@
 //! them. Everything the pages show or change goes through `/api/v1`.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -14,7 +13,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::api::session_cookie;
+use crate::api::{now, session_cookie};
 use crate::auth::check_bearer;
 use crate::ControlPlane;
 
@@ -66,11 +65,8 @@ async fn secure_headers(mut response: Response) -> Response {
 }
 
 fn signed_in<C: ControlPlane>(control: &C, headers: &HeaderMap) -> bool {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     session_cookie(headers)
-        .is_some_and(|token| check_bearer(&control.state().1, &token, now).is_some())
+        .is_some_and(|token| check_bearer(&control.state().1, &token, now()).is_some())
 }
 
 fn html(body: &'static str) -> Response {
