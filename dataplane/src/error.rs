@@ -99,6 +99,13 @@ pub enum ApplyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A TLS listener's certificates cannot be served.
+    #[error("load balancer {lb}: listener {addr}: {message}")]
+    Tls {
+        lb: String,
+        addr: SocketAddr,
+        message: String,
+    },
     /// The data plane is shutting down.
     #[error("the data plane is shutting down")]
     ShuttingDown,

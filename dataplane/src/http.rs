@@ -1,4 +1,4 @@
-//! Layer 7: HTTP/1.1 from clients, balanced request by request over reused
+//! Layer 7: HTTP/1.1 and HTTP/2 from clients (cleartext or TLS), balanced request by request over reused
 //! HTTP/1.1 connections to members. Bodies stream both ways.
 
 use std::convert::Infallible;
@@ -17,7 +17,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -38,17 +39,50 @@ const MAX_CONNECT_ATTEMPTS: usize = 3;
 pub(crate) type UpstreamSender = hyper::client::conn::http1::SendRequest<RequestBody>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Which HTTP version a client connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Http1,
+    Http2,
+}
+
+/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Tells prior-knowledge HTTP/2 (h2c) from HTTP/1 by peeking at the first
+/// bytes, which stay in the socket for the server to read. `None` when the
+/// client sent nothing before `deadline` or closed.
+pub(crate) async fn sniff(stream: &TcpStream, deadline: Instant) -> Option<Mode> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(Mode::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(Mode::Http2);
+        }
+        // Part of the preface so far: peek again once more has arrived.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Serves one client connection until it closes, the listener is removed
 /// (then it finishes in-flight requests and closes) or its drain runs out.
-pub(crate) async fn serve(
-    stream: TcpStream,
+pub(crate) async fn serve<IO>(
+    stream: IO,
+    mode: Mode,
     peer: SocketAddr,
     plan: SharedPlan,
     listener: Arc<ListenerPlan>,
     closing: CancellationToken,
     cut: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let header_timeout = listener.spec.header_timeout;
     let conn = Arc::new(Conn {
         peer,
@@ -61,15 +95,48 @@ pub(crate) async fn serve(
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(conn.handle(req).await) }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS)
-        .keep_alive(true);
-    let serving = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(serving);
+    let io = TokioIo::new(stream);
+    match mode {
+        Mode::Http1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .max_headers(MAX_HEADERS)
+                .keep_alive(true);
+            let serving = builder.serve_connection(io, service);
+            tokio::pin!(serving);
+            drive(serving, |c| c.graceful_shutdown(), peer, closing, cut).await;
+        }
+        Mode::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEAD_BYTES as u32)
+                .max_concurrent_streams(MAX_STREAMS);
+            let serving = builder.serve_connection(io, service);
+            tokio::pin!(serving);
+            drive(serving, |c| c.graceful_shutdown(), peer, closing, cut).await;
+        }
+    }
+}
+
+/// Concurrent requests one HTTP/2 client connection may have open.
+const MAX_STREAMS: u32 = 256;
+
+/// Polls a server connection to its end. When the listener closes, asks it
+/// to finish in-flight requests and stop; when it is cut, drops it.
+async fn drive<F, E>(
+    mut serving: Pin<&mut F>,
+    shutdown: impl Fn(Pin<&mut F>),
+    peer: SocketAddr,
+    closing: CancellationToken,
+    cut: CancellationToken,
+) where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut shutting_down = false;
     loop {
         tokio::select! {
@@ -80,7 +147,7 @@ pub(crate) async fn serve(
                 return;
             }
             _ = closing.cancelled(), if !shutting_down => {
-                serving.as_mut().graceful_shutdown();
+                shutdown(serving.as_mut());
                 shutting_down = true;
             }
             _ = cut.cancelled() => return,
@@ -149,7 +216,7 @@ impl Conn {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let pool = &listener.pool;
         let (mut parts, body) = req.into_parts();
-        prepare_request(&mut parts, &self.client_ip, &listener.port_header);
+        prepare_request(&mut parts, &self.client_ip, listener);
         let mut req = Request::from_parts(
             parts,
             RequestBody {
@@ -296,7 +363,11 @@ fn oversized(req: &Request<Incoming>) -> Option<StatusCode> {
 }
 
 /// Rewrites a client's request head for the member.
-fn prepare_request(parts: &mut http::request::Parts, client: &HeaderValue, port: &HeaderValue) {
+fn prepare_request(
+    parts: &mut http::request::Parts,
+    client: &HeaderValue,
+    listener: &ListenerPlan,
+) {
     if parts.uri.authority().is_some() && !parts.headers.contains_key(header::HOST) {
         if let Some(a) = parts
             .uri
@@ -329,8 +400,10 @@ fn prepare_request(parts: &mut http::request::Parts, client: &HeaderValue, port:
         .insert(X_FORWARDED_FOR, xff.unwrap_or_else(|| client.clone()));
     parts
         .headers
-        .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    parts.headers.insert(X_FORWARDED_PORT, port.clone());
+        .insert(X_FORWARDED_PROTO, listener.proto_header.clone());
+    parts
+        .headers
+        .insert(X_FORWARDED_PORT, listener.port_header.clone());
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

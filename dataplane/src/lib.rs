@@ -18,6 +18,7 @@ mod member;
 mod metrics;
 mod plan;
 mod tcp;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -28,7 +29,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use keel_model::{HealthCheck, Protocol, Spec};
 use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -65,6 +66,9 @@ struct RunningListener {
     /// Makes the listening socket drop new connection attempts silently
     /// while it still accepts what completed (see [`Dataplane::quiesce`]).
     quiet: CancellationToken,
+    /// Cancelled by the accept loop once it is quiet and has taken every
+    /// connection that was already waiting to be accepted.
+    quieted: CancellationToken,
     /// Asks established connections to finish what they are doing and close.
     closing: CancellationToken,
     /// Closes established connections at once.
@@ -76,6 +80,7 @@ struct RunningListener {
 struct ListenerSignals {
     stop: CancellationToken,
     quiet: CancellationToken,
+    quieted: CancellationToken,
     closing: CancellationToken,
     cut: CancellationToken,
 }
@@ -151,12 +156,26 @@ impl Dataplane {
             return Err(ApplyError::ShuttingDown);
         }
 
-        // Bind first: it is the only step that can fail, and a failure must
-        // leave everything as it was (the new sockets close on return).
+        // Compile certificates and bind first: they are the only steps that
+        // can fail, and a failure must leave everything as it was (the new
+        // sockets close on return).
         let mut wanted = HashMap::new();
         for lb in spec.load_balancers.values() {
             for l in &lb.listeners {
                 wanted.insert(l.bind_addr(lb.vip.as_ref()), (lb, l));
+            }
+        }
+        let mut tls = HashMap::new();
+        for (&addr, (lb, l)) in &wanted {
+            if l.protocol.terminates_tls() {
+                let config = tls::server_config(l, &spec.certificates).map_err(|message| {
+                    ApplyError::Tls {
+                        lb: lb.name.clone(),
+                        addr,
+                        message,
+                    }
+                })?;
+                tls.insert(addr, config);
             }
         }
         let mut fresh = Vec::new();
@@ -220,6 +239,12 @@ impl Dataplane {
                 spec: (*l).clone(),
                 bind: addr,
                 port_header: ::http::HeaderValue::from(addr.port()),
+                proto_header: ::http::HeaderValue::from_static(if l.protocol == Protocol::Https {
+                    "https"
+                } else {
+                    "http"
+                }),
+                tls: tls.remove(&addr),
                 pool: pool.clone(),
                 stats,
             };
@@ -263,6 +288,7 @@ impl Dataplane {
         let running = RunningListener {
             stop: CancellationToken::new(),
             quiet: CancellationToken::new(),
+            quieted: CancellationToken::new(),
             closing: CancellationToken::new(),
             cut: CancellationToken::new(),
             drain_timeout: self
@@ -281,6 +307,7 @@ impl Dataplane {
             ListenerSignals {
                 stop: running.stop.clone(),
                 quiet: running.quiet.clone(),
+                quieted: running.quieted.clone(),
                 closing: running.closing.clone(),
                 cut: running.cut.clone(),
             },
@@ -294,19 +321,24 @@ impl Dataplane {
     /// to finish, so none is mid-request when the address goes. Returns how
     /// many were still open.
     pub async fn quiesce(&self, ips: &[IpAddr], wait: Duration) -> i64 {
-        let stats: Vec<Arc<ListenerStats>> = {
+        let (stats, quieted): (Vec<Arc<ListenerStats>>, Vec<CancellationToken>) = {
             let reg = self.registry.lock().await;
             reg.listeners
                 .iter()
                 .filter(|(addr, _)| ips.contains(&addr.ip()))
                 .filter_map(|(addr, l)| {
                     l.quiet.cancel();
-                    reg.listener_stats.get(addr).cloned()
+                    Some((reg.listener_stats.get(addr)?.clone(), l.quieted.clone()))
                 })
-                .collect()
+                .unzip()
         };
-        let open = || stats.iter().map(|s| s.active.load(Relaxed)).sum::<i64>();
         let deadline = tokio::time::Instant::now() + wait;
+        // Connections already queued count too: wait until every accept
+        // loop has taken its queue, then for the connections to finish.
+        for q in quieted {
+            let _ = tokio::time::timeout_at(deadline, q.cancelled()).await;
+        }
+        let open = || stats.iter().map(|s| s.active.load(Relaxed)).sum::<i64>();
         while open() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -398,9 +430,10 @@ impl Dataplane {
         let mut out: BTreeMap<String, TrafficCounters> = BTreeMap::new();
         for l in plan.listeners.values() {
             let c = out.entry(format!("load_balancer/{}", l.lb)).or_default();
-            c.requests += match l.spec.protocol {
-                Protocol::Http => l.stats.requests.total(),
-                _ => load(&l.stats.connections),
+            c.requests += if l.spec.protocol.is_http() {
+                l.stats.requests.total()
+            } else {
+                load(&l.stats.connections)
             };
             c.errors += l.stats.requests.server_errors();
             c.active += u64::try_from(l.stats.active.load(Relaxed)).unwrap_or(0);
@@ -468,7 +501,12 @@ impl Dataplane {
         let http: Vec<&ListenerPlan> = listeners
             .iter()
             .copied()
-            .filter(|l| l.spec.protocol == Protocol::Http)
+            .filter(|l| l.spec.protocol.is_http())
+            .collect();
+        let tls: Vec<&ListenerPlan> = listeners
+            .iter()
+            .copied()
+            .filter(|l| l.spec.protocol.terminates_tls())
             .collect();
         let ll = |l: &ListenerPlan| {
             format!(
@@ -491,6 +529,13 @@ impl Dataplane {
             "Connections open now.",
             &listeners,
             |w, n, l| w.value(n, &ll(l), l.stats.active.load(Relaxed)),
+        );
+        w.family(
+            "keel_listener_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or timed out.",
+            &tls,
+            |w, n, l| w.value(n, &ll(l), load(&l.stats.tls_failures)),
         );
         w.family(
             "keel_listener_requests_total",
@@ -704,21 +749,52 @@ async fn accept_loop(
     let ListenerSignals {
         stop,
         quiet,
+        quieted,
         closing,
         cut,
     } = signals;
-    let mut quieted = false;
+    let conn = Admit {
+        bind,
+        plan,
+        connections,
+        closing,
+        cut,
+    };
+    let mut is_quiet = false;
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = quiet.cancelled(), if !quieted => {
-                quieted = true;
-                // A socket filter that keeps nothing: the kernel drops SYNs
-                // for this listener before answering them.
-                let drop_all = nix::libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 };
-                if let Err(e) = socket2::SockRef::from(&socket).attach_filter(&[drop_all]) {
+            _ = quiet.cancelled(), if !is_quiet => {
+                is_quiet = true;
+                // A socket filter that drops connection requests (SYN
+                // without ACK) before the kernel answers them. Handshakes
+                // already under way still complete (their ACK passes), and
+                // accepted sockets, which inherit the filter, lose nothing.
+                let syn = [
+                    sock_filter(0x30, 0, 0, 13),   // A = TCP flags byte
+                    sock_filter(0x54, 0, 0, 0x12), // A &= SYN|ACK
+                    sock_filter(0x15, 0, 1, 0x02), // A == SYN?
+                    sock_filter(0x06, 0, 0, 0),    // yes: drop
+                    sock_filter(0x06, 0, 0, u32::MAX), // no: keep
+                ];
+                if let Err(e) = socket2::SockRef::from(&socket).attach_filter(&syn) {
                     tracing::warn!(listener = %bind, error = %e, "cannot quiesce the listener");
                 }
+                // Let handshakes under way finish (a round trip on a LAN).
+                tokio::time::sleep(HANDSHAKE_SETTLE).await;
+                // Take what already completed its handshake, so the caller
+                // can wait for it to finish.
+                while let Some(Ok((stream, peer))) = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(match socket.poll_accept(cx) {
+                        std::task::Poll::Ready(r) => Some(r),
+                        std::task::Poll::Pending => None,
+                    })
+                })
+                .await
+                {
+                    conn.spawn(stream, peer);
+                }
+                quieted.cancel();
                 continue;
             }
             r = socket.accept() => match r {
@@ -731,19 +807,100 @@ async fn accept_loop(
                 }
             },
         };
-        let Some(listener) = plan.load().listeners.get(&bind).cloned() else {
-            continue;
+        conn.spawn(stream, peer);
+    }
+}
+
+/// How long a quieted listener waits for handshakes under way to complete
+/// before it reports its queue taken.
+const HANDSHAKE_SETTLE: Duration = Duration::from_millis(20);
+
+fn sock_filter(code: u16, jt: u8, jf: u8, k: u32) -> nix::libc::sock_filter {
+    nix::libc::sock_filter { code, jt, jf, k }
+}
+
+/// What an accept loop needs to start serving a connection.
+struct Admit {
+    bind: SocketAddr,
+    plan: SharedPlan,
+    connections: TaskTracker,
+    closing: CancellationToken,
+    cut: CancellationToken,
+}
+
+impl Admit {
+    /// Serves an accepted connection on its own task, by the newest plan.
+    fn spawn(&self, stream: TcpStream, peer: SocketAddr) {
+        let Some(listener) = self.plan.load().listeners.get(&self.bind).cloned() else {
+            return;
         };
         listener.stats.connections.fetch_add(1, Relaxed);
         let active = Active::new(&listener.stats);
-        let (plan, closing, cut) = (plan.clone(), closing.clone(), cut.clone());
-        connections.spawn(async move {
+        let (plan, closing, cut) = (self.plan.clone(), self.closing.clone(), self.cut.clone());
+        self.connections.spawn(async move {
             let _active = active;
-            match listener.spec.protocol {
-                Protocol::Tcp => tcp::serve(stream, peer, listener, cut).await,
-                Protocol::Http => http::serve(stream, peer, plan, listener, closing, cut).await,
+            let _ = stream.set_nodelay(true);
+            match (listener.spec.protocol, listener.tls.clone()) {
+                (Protocol::Tcp, _) => tcp::serve(stream, peer, listener, cut).await,
+                (Protocol::Http, _) => {
+                    let mode = if listener.spec.http2 {
+                        let deadline = tokio::time::Instant::now() + listener.spec.header_timeout;
+                        match http::sniff(&stream, deadline).await {
+                            Some(mode) => mode,
+                            None => return,
+                        }
+                    } else {
+                        http::Mode::Http1
+                    };
+                    http::serve(stream, mode, peer, plan, listener, closing, cut).await
+                }
+                (Protocol::Https | Protocol::Tls, Some(config)) => {
+                    let Some(tls) = handshake(stream, peer, config, &listener, &cut).await else {
+                        return;
+                    };
+                    if listener.spec.protocol == Protocol::Tls {
+                        tcp::serve_stream(tls, peer, listener, cut).await;
+                        return;
+                    }
+                    let mode = match tls.get_ref().1.alpn_protocol() {
+                        Some(tls::H2) => http::Mode::Http2,
+                        _ => http::Mode::Http1,
+                    };
+                    http::serve(tls, mode, peer, plan, listener, closing, cut).await
+                }
+                (Protocol::Https | Protocol::Tls, None) => {
+                    debug_assert!(false, "a TLS listener was planned without a configuration");
+                }
             }
         });
+    }
+}
+
+/// Completes a TLS handshake within the listener's header timeout.
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<rustls::ServerConfig>,
+    listener: &ListenerPlan,
+    cut: &CancellationToken,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    let result = tokio::select! {
+        r = tokio::time::timeout(listener.spec.header_timeout, accept) => r,
+        _ = cut.cancelled() => return None,
+    };
+    match result {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            listener.stats.tls_failures.fetch_add(1, Relaxed);
+            tracing::debug!(client.addr = %peer, listener = %listener.bind, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            listener.stats.tls_failures.fetch_add(1, Relaxed);
+            tracing::debug!(client.addr = %peer, listener = %listener.bind, "TLS handshake timed out");
+            None
+        }
     }
 }
 

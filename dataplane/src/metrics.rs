@@ -98,6 +98,8 @@ pub struct ListenerStats {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub latency: Histogram,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failures: AtomicU64,
 }
 
 /// Traffic through one pool, whichever member served it.

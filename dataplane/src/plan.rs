@@ -29,6 +29,11 @@ pub(crate) struct ListenerPlan {
     pub bind: SocketAddr,
     /// `X-Forwarded-Port`, made once per plan.
     pub port_header: http::HeaderValue,
+    /// `X-Forwarded-Proto`: `http` or `https`.
+    pub proto_header: http::HeaderValue,
+    /// TLS-terminating listeners: certificates and policy. New handshakes
+    /// read the newest plan's, so a replaced certificate serves at once.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub pool: Arc<PoolPlan>,
     pub stats: Arc<ListenerStats>,
 }

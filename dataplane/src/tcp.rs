@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use nix::unistd::pipe2;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -98,6 +98,104 @@ pub(crate) async fn serve(
     drop(guard);
 }
 
+/// Proxies a connection whose client side is not a plain socket (TLS
+/// terminated here): bytes are copied through user space, both ways, with
+/// half-close, the idle timeout and drains as for [`serve`].
+pub(crate) async fn serve_stream<S>(
+    client: S,
+    peer: SocketAddr,
+    listener: Arc<ListenerPlan>,
+    cut: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let pool = &listener.pool;
+    pool.stats.connections.fetch_add(1, Relaxed);
+    let (upstream, guard) = match connect(pool, peer).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::warn!(client.addr = %peer, pool = %pool.spec.name, error = %e, "refusing connection");
+            return;
+        }
+    };
+    let member = guard.member().clone();
+    member.stats.connections.fetch_add(1, Relaxed);
+    let member_cut = member.cut_token();
+    let activity = Activity::new();
+    let (client_read, client_write) = tokio::io::split(client);
+    let (member_read, member_write) = upstream.into_split();
+    let both = async {
+        tokio::try_join!(
+            copy_one_way(
+                client_read,
+                member_write,
+                &activity,
+                [&listener.stats.bytes_in, &member.stats.bytes_out]
+            ),
+            copy_one_way(
+                member_read,
+                client_write,
+                &activity,
+                [&listener.stats.bytes_out, &member.stats.bytes_in]
+            ),
+        )
+    };
+    let idle = listener.spec.idle_timeout;
+    let result = tokio::select! {
+        r = watch_idle(both, &activity, idle) => r,
+        _ = cut.cancelled() => Err(io::Error::other("listener drained")),
+        _ = member_cut.cancelled() => Err(io::Error::other("member drained")),
+    };
+    if let Err(e) = result {
+        tracing::debug!(client.addr = %peer, member = %member.address, error = %e, "tls connection ended");
+    }
+    drop(guard);
+}
+
+/// Copies until end of stream, then passes the end on (half-close).
+async fn copy_one_way<R, W>(
+    mut from: R,
+    mut to: W,
+    activity: &Activity,
+    counters: [&AtomicU64; 2],
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        activity.touch();
+        for c in counters {
+            c.fetch_add(n as u64, Relaxed);
+        }
+    }
+}
+
+/// Runs `work` until it ends or nothing has moved for `idle`.
+async fn watch_idle<F, T>(work: F, activity: &Activity, idle: Duration) -> io::Result<()>
+where
+    F: std::future::Future<Output = io::Result<T>>,
+{
+    tokio::pin!(work);
+    loop {
+        let deadline = activity.last() + idle;
+        tokio::select! {
+            r = &mut work => return r.map(|_| ()),
+            _ = tokio::time::sleep_until(deadline) => {
+                if activity.last() + idle <= Instant::now() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                }
+            }
+        }
+    }
+}
+
 struct Counters<'a> {
     client_to_member: [&'a AtomicU64; 2],
     member_to_client: [&'a AtomicU64; 2],
@@ -118,18 +216,7 @@ async fn relay(
             splice_one_way(&member, &client, &activity, &counters.member_to_client),
         )
     };
-    tokio::pin!(both);
-    loop {
-        let deadline = activity.last() + idle;
-        tokio::select! {
-            r = &mut both => return r.map(|_| ()),
-            _ = tokio::time::sleep_until(deadline) => {
-                if activity.last() + idle <= Instant::now() {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
-                }
-            }
-        }
-    }
+    watch_idle(both, &activity, idle).await
 }
 
 /// Moves bytes from `from` to `to` through a kernel pipe with `splice(2)`,

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod delay;
 pub mod netns;
 pub mod node;
+pub mod tls;
 pub mod vip;
 
 use std::future::Future;

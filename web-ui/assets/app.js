@@ -251,8 +251,9 @@
       const i = listeners.children.length;
       const row = h('div', { class: 'row listener' },
         input('Port', `listeners[${i}].port`, { value: l ? l.port : '', inputmode: 'numeric', size: 6 }),
-        select('Protocol', `listeners[${i}].protocol`, ['http', 'tcp'], l ? l.protocol : 'http'),
+        select('Protocol', `listeners[${i}].protocol`, ['http', 'https', 'tcp', 'tls'], l ? l.protocol : 'http'),
         select('Default pool', `listeners[${i}].default_pool`, [''].concat(poolNames), l ? l.default_pool : poolNames[0]),
+        input('Certificates (https, tls)', `listeners[${i}].certificates`, { value: l && l.certificates ? l.certificates.join(', ') : '', size: 16 }),
         h('button', { type: 'button', class: 'danger', onclick: () => row.remove() }, 'Remove'));
       row.original = l || {};
       listeners.append(row);
@@ -279,6 +280,10 @@
         l.port = num(value(`listeners[${i}].port`));
         l.protocol = value(`listeners[${i}].protocol`);
         l.default_pool = value(`listeners[${i}].default_pool`);
+        const certs = value(`listeners[${i}].certificates`).split(',').map((c) => c.trim()).filter((c) => c);
+        if (certs.length) l.certificates = certs; else delete l.certificates;
+        if (!['https', 'tls'].includes(l.protocol)) delete l.tls_policy;
+        if (!['http', 'https'].includes(l.protocol)) delete l.http2;
         doc.listeners.push(l);
       });
       try {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{FieldError, Path, Segment, ValidationErrors};
 use crate::spec::{
     Algorithm, Certificate, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol,
-    Spec, StatusRanges, Vip,
+    Spec, StatusRanges, TlsPolicy, Vip,
 };
 
 /// Defaults applied to fields a document leaves out.
@@ -97,6 +97,12 @@ pub struct ListenerDoc {
     pub idle_timeout: Option<DurationDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_timeout: Option<DurationDoc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -329,10 +335,12 @@ impl ListenerDoc {
         let protocol = match self.protocol.as_str() {
             "tcp" => Protocol::Tcp,
             "http" => Protocol::Http,
+            "https" => Protocol::Https,
+            "tls" => Protocol::Tls,
             other => {
                 errors.push(FieldError::new(
                     at.field("protocol"),
-                    format!("unknown protocol {other:?} (expected tcp or http)"),
+                    format!("unknown protocol {other:?} (expected tcp, http, https or tls)"),
                 ));
                 Protocol::Tcp
             }
@@ -354,6 +362,23 @@ impl ListenerDoc {
             &at.field("header_timeout"),
             errors,
         );
+        let tls_policy = match self.tls_policy.as_deref() {
+            None | Some("compatible") => TlsPolicy::Compatible,
+            Some("modern") => TlsPolicy::Modern,
+            Some(other) => {
+                errors.push(FieldError::new(
+                    at.field("tls_policy"),
+                    format!("unknown TLS policy {other:?} (expected modern or compatible)"),
+                ));
+                TlsPolicy::Compatible
+            }
+        };
+        if self.http2.is_some() && !protocol.is_http() {
+            errors.push(FieldError::new(
+                at.field("http2"),
+                "only applies to http and https listeners",
+            ));
+        }
         Listener {
             port,
             protocol,
@@ -361,6 +386,9 @@ impl ListenerDoc {
             default_pool: self.default_pool.clone(),
             idle_timeout,
             header_timeout,
+            certificates: self.certificates.clone(),
+            tls_policy,
+            http2: self.http2.unwrap_or(true),
         }
     }
 }
@@ -593,6 +621,12 @@ impl From<&LoadBalancer> for LoadBalancerDoc {
                     default_pool: l.default_pool.clone(),
                     idle_timeout: duration_doc(l.idle_timeout),
                     header_timeout: duration_doc(l.header_timeout),
+                    certificates: l.certificates.clone(),
+                    tls_policy: l
+                        .protocol
+                        .terminates_tls()
+                        .then(|| l.tls_policy.as_str().into()),
+                    http2: l.protocol.is_http().then_some(l.http2),
                 })
                 .collect(),
         }

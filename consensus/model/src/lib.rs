@@ -24,5 +24,5 @@ pub use document::{
 pub use error::{FieldError, Path, Segment, ValidationErrors};
 pub use spec::{
     Algorithm, Certificate, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol,
-    Spec, StatusRanges, Vip,
+    Spec, StatusRanges, TlsPolicy, Vip,
 };

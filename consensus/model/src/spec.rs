@@ -81,6 +81,51 @@ pub struct Listener {
     /// HTTP only: a client must send a complete request head within this time.
     #[serde(with = "duration_text")]
     pub header_timeout: Duration,
+    /// HTTPS and TLS: certificates by name. A client's SNI picks the one
+    /// whose names match (exact before wildcard); the first is the default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<String>,
+    /// HTTPS and TLS: which protocol versions and cipher suites are offered.
+    #[serde(default, skip_serializing_if = "TlsPolicy::is_default")]
+    pub tls_policy: TlsPolicy,
+    /// HTTP and HTTPS: serve HTTP/2 too (ALPN `h2` on TLS, prior-knowledge
+    /// h2c on cleartext).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub http2: bool,
+}
+
+// Fields added after 0.1.0 are left out when they hold their default, so
+// entries that do not use them encode as they always did.
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// A named set of TLS versions and cipher suites for a terminating listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsPolicy {
+    /// TLS 1.3 only.
+    Modern,
+    /// TLS 1.2 and 1.3, forward-secret AEAD cipher suites only.
+    #[default]
+    Compatible,
+}
+
+impl TlsPolicy {
+    fn is_default(&self) -> bool {
+        *self == TlsPolicy::default()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsPolicy::Modern => "modern",
+            TlsPolicy::Compatible => "compatible",
+        }
+    }
 }
 
 impl Listener {
@@ -101,8 +146,12 @@ impl Listener {
 pub enum Protocol {
     /// Layer 4: bytes are relayed to a member unchanged.
     Tcp,
-    /// Layer 7: HTTP/1.1 requests are balanced one by one.
+    /// Layer 7: HTTP/1.1 (and h2c) requests are balanced one by one.
     Http,
+    /// Layer 7 over TLS terminated here: HTTP/1.1 and HTTP/2 by ALPN.
+    Https,
+    /// Layer 4 with TLS terminated here: the decrypted bytes are relayed.
+    Tls,
 }
 
 impl Protocol {
@@ -110,7 +159,19 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::Tls => "tls",
         }
+    }
+
+    /// Requests are balanced one by one (HTTP or HTTPS).
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
+    }
+
+    /// TLS is terminated on the listener.
+    pub fn terminates_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Tls)
     }
 }
 
@@ -280,6 +341,7 @@ impl Spec {
                 }
                 check_positive(l.idle_timeout, &lat.field("idle_timeout"), &mut errors);
                 check_positive(l.header_timeout, &lat.field("header_timeout"), &mut errors);
+                self.check_listener_tls(l, &lat, &mut errors);
                 let addr = l.bind_addr(lb.vip.as_ref());
                 if let Some((_, lb, n)) = bound.iter().find(|(b, ..)| overlaps(*b, addr)) {
                     errors.push(FieldError::new(
@@ -353,6 +415,48 @@ impl Spec {
             }
         }
         errors
+    }
+}
+
+impl Spec {
+    fn check_listener_tls(&self, l: &Listener, at: &Path, errors: &mut Vec<FieldError>) {
+        if !l.protocol.terminates_tls() {
+            if !l.certificates.is_empty() {
+                errors.push(FieldError::new(
+                    at.field("certificates"),
+                    "only applies to https and tls listeners",
+                ));
+            }
+            if l.tls_policy != TlsPolicy::default() {
+                errors.push(FieldError::new(
+                    at.field("tls_policy"),
+                    "only applies to https and tls listeners",
+                ));
+            }
+            return;
+        }
+        if l.certificates.is_empty() {
+            errors.push(FieldError::new(
+                at.field("certificates"),
+                format!(
+                    "a {} listener needs at least one certificate",
+                    l.protocol.as_str()
+                ),
+            ));
+        }
+        for (i, name) in l.certificates.iter().enumerate() {
+            if !self.certificates.contains_key(name) {
+                errors.push(FieldError::new(
+                    at.field("certificates").index(i),
+                    format!("no certificate named {name:?}"),
+                ));
+            } else if l.certificates[..i].contains(name) {
+                errors.push(FieldError::new(
+                    at.field("certificates").index(i),
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+        }
     }
 }
 

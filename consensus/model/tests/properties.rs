@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keel_model::{
     Algorithm, Certificate, CheckKind, Command, Document, HealthCheck, Listener, LoadBalancer,
-    Member, Pool, Protocol, Spec, StatusRanges,
+    Member, Pool, Protocol, Spec, StatusRanges, TlsPolicy,
 };
 use proptest::prelude::*;
 
@@ -101,6 +101,9 @@ fn spec() -> impl Strategy<Value = Spec> {
                         default_pool: names[(pool_i + j) % names.len()].clone(),
                         idle_timeout: Duration::from_secs(60),
                         header_timeout: Duration::from_secs(10),
+                        certificates: Vec::new(),
+                        tls_policy: TlsPolicy::default(),
+                        http2: true,
                     })
                     .collect();
                 load_balancers.insert(
@@ -172,6 +175,9 @@ fn command() -> impl Strategy<Value = Command> {
                     default_pool: POOLS[i].into(),
                     idle_timeout: Duration::from_secs(1),
                     header_timeout: Duration::from_secs(1),
+                    certificates: Vec::new(),
+                    tls_policy: TlsPolicy::default(),
+                    http2: true,
                 }],
             }
         )),

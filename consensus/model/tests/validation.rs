@@ -1,4 +1,4 @@
-use keel_model::{Algorithm, ApplyError, Command, Document, ParseError, Protocol, Spec};
+use keel_model::{Algorithm, ApplyError, Command, Document, ParseError, Protocol, Spec, TlsPolicy};
 
 fn problems(yaml: &str) -> Vec<String> {
     match Document::parse_spec(yaml) {
@@ -67,7 +67,7 @@ pools:
     );
     let expect = [
         "load_balancers[0].listeners[2].port: must be 1-65535",
-        "load_balancers[0].listeners[2].protocol: unknown protocol \"udp\" (expected tcp or http)",
+        "load_balancers[0].listeners[2].protocol: unknown protocol \"udp\" (expected tcp, http, https or tls)",
         "pools[1].health_check.expected_codes: range 299-200 is empty",
         "pools[1].drain_timeout: \"-5s\" is not a duration (examples: 500ms, 2s, 1m)",
         "pools[1].members[1].address: not a socket address (expected IP:PORT, [IPv6]:PORT for IPv6)",
@@ -268,4 +268,53 @@ pools:
         ),
         "{got:#?}"
     );
+}
+
+#[test]
+fn tls_listener_fields_are_checked() {
+    let cert = "{ name: site, cert_pem: \"-----BEGIN CERTIFICATE-----\", key_pem: \"-----BEGIN PRIVATE KEY-----\" }";
+    let got = problems(&format!(
+        r#"
+load_balancers:
+  - name: web
+    listeners:
+      - {{ port: 443, protocol: https, default_pool: p }}
+      - {{ port: 444, protocol: tls, default_pool: p, certificates: [site, nope, site] }}
+      - {{ port: 80, protocol: http, default_pool: p, certificates: [site], tls_policy: modern }}
+      - {{ port: 81, protocol: tcp, default_pool: p, http2: true }}
+      - {{ port: 445, protocol: https, default_pool: p, certificates: [site], tls_policy: ancient }}
+pools:
+  - {{ name: p }}
+certificates:
+  - {cert}
+"#
+    ));
+    let want = [
+        "load_balancers[0].listeners[0].certificates: a https listener needs at least one certificate",
+        "load_balancers[0].listeners[1].certificates[1]: no certificate named \"nope\"",
+        "load_balancers[0].listeners[1].certificates[2]: \"site\" is listed twice",
+        "load_balancers[0].listeners[2].certificates: only applies to https and tls listeners",
+        "load_balancers[0].listeners[2].tls_policy: only applies to https and tls listeners",
+        "load_balancers[0].listeners[3].http2: only applies to http and https listeners",
+        "load_balancers[0].listeners[4].tls_policy: unknown TLS policy \"ancient\" (expected modern or compatible)",
+    ];
+    for w in want {
+        assert!(got.contains(&w.to_string()), "missing {w}\n{got:#?}");
+    }
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+
+    let ok = Document::parse_spec(&format!(
+        "load_balancers:\n  - {{ name: w, listeners: [ {{ port: 443, protocol: https, default_pool: p, certificates: [site], tls_policy: modern, http2: false }} ] }}\npools:\n  - {{ name: p }}\ncertificates:\n  - {cert}\n"
+    ))
+    .unwrap();
+    let l = &ok.load_balancers["w"].listeners[0];
+    assert_eq!(l.protocol, Protocol::Https);
+    assert_eq!(l.tls_policy, TlsPolicy::Modern);
+    assert!(!l.http2);
+    // The document written back reads the same.
+    let again = Document::from_yaml(&Document::from_spec(&ok).to_yaml())
+        .unwrap()
+        .into_spec()
+        .unwrap();
+    assert_eq!(again, ok);
 }
