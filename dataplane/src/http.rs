@@ -25,7 +25,8 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::error::{ProxyError, Retry};
 use crate::member::{MemberState, Outstanding};
-use crate::plan::{ListenerPlan, SharedPlan};
+use crate::plan::{ListenerPlan, PoolPlan, SharedPlan};
+use crate::route::{self, Route};
 
 /// The largest request head accepted; a larger one is answered 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -180,15 +181,39 @@ impl Conn {
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let listener = self.listener();
+        let mut pool = None;
         let response = if let Some(status) = oversized(&req) {
             tracing::debug!(client.addr = %self.peer, status = status.as_u16(), "request head too large");
             local_response(status)
         } else {
-            self.forward_or_error(req, &listener).await
+            match route::route(&listener.rules, &listener.pool, &req, self.peer.ip()) {
+                Route::Pool(p) => {
+                    pool = Some(p.clone());
+                    self.forward_or_error(req, &listener, p).await
+                }
+                Route::Redirect(r) => {
+                    let scheme = listener.proto_header.to_str().unwrap_or("http");
+                    let to = route::location(r, &req, scheme, listener.bind.port());
+                    redirect_response(r.status, &to)
+                }
+                Route::Fixed {
+                    status,
+                    content_type,
+                    body,
+                } => {
+                    let mut r = Response::new(ProxyBody::Local(Full::new(body.clone())));
+                    *r.status_mut() = status;
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, content_type.clone());
+                    r
+                }
+            }
         };
         let status = response.status().as_u16();
         listener.stats.requests.count(status);
-        listener.pool.stats.requests.count(status);
+        if let Some(p) = pool {
+            p.stats.requests.count(status);
+        }
         listener.stats.latency.observe(started.elapsed());
         response
     }
@@ -197,12 +222,13 @@ impl Conn {
         &self,
         req: Request<Incoming>,
         listener: &ListenerPlan,
+        pool: &PoolPlan,
     ) -> Response<ProxyBody> {
-        match self.forward(req, listener).await {
+        match self.forward(req, listener, pool).await {
             Ok(r) => r,
             Err(e) => {
                 let status = e.status();
-                tracing::warn!(client.addr = %self.peer, pool = %listener.pool.spec.name,
+                tracing::warn!(client.addr = %self.peer, pool = %pool.spec.name,
                     status = status.as_u16(), side = ?e.side(), error = %e, "request failed");
                 local_response(status)
             }
@@ -213,8 +239,8 @@ impl Conn {
         &self,
         req: Request<Incoming>,
         listener: &ListenerPlan,
+        pool: &PoolPlan,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let pool = &listener.pool;
         let (mut parts, body) = req.into_parts();
         prepare_request(&mut parts, &self.client_ip, listener);
         let mut req = Request::from_parts(
@@ -434,6 +460,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
+}
+
+/// A redirect to `to`; `to` was built from validated templates and the
+/// request's own (already parsed) parts, so it is a valid header value.
+fn redirect_response(status: u16, to: &str) -> Response<ProxyBody> {
+    let Ok(location) = HeaderValue::from_str(to) else {
+        return local_response(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    let mut r = Response::new(ProxyBody::Local(Full::new(Bytes::new())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    r.headers_mut().insert(header::LOCATION, location);
+    r
 }
 
 fn local_response(status: StatusCode) -> Response<ProxyBody> {

@@ -17,6 +17,7 @@ mod http;
 mod member;
 mod metrics;
 mod plan;
+mod route;
 mod tcp;
 mod tls;
 
@@ -245,6 +246,7 @@ impl Dataplane {
                     "http"
                 }),
                 tls: tls.remove(&addr),
+                rules: route::compile(&l.rules, |name| pools.get(name).cloned()),
                 pool: pool.clone(),
                 stats,
             };

@@ -34,7 +34,10 @@ pub(crate) struct ListenerPlan {
     /// TLS-terminating listeners: certificates and policy. New handshakes
     /// read the newest plan's, so a replaced certificate serves at once.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The default pool: requests no rule claims, and every TCP connection.
     pub pool: Arc<PoolPlan>,
+    /// HTTP rules in priority order.
+    pub rules: Vec<crate::route::RulePlan>,
     pub stats: Arc<ListenerStats>,
 }
 

@@ -234,7 +234,7 @@
     const area = h('div');
     const rows = lbs.map((lb) => h('tr', { 'data-lb': lb.name },
       h('td', {}, lb.name), h('td', {}, lb.vip || '—'),
-      h('td', {}, lb.listeners.map((l) => h('div', {}, `${l.port}/${l.protocol} → ${l.default_pool}`))),
+      h('td', {}, lb.listeners.map((l) => h('div', {}, `${l.port}/${l.protocol} → ${l.default_pool}${l.rules && l.rules.length ? ` (+${l.rules.length} rules)` : ''}`))),
       h('td', {}, h('div', { class: 'actions' },
         h('button', { class: 'secondary', type: 'button', onclick: () => area.replaceChildren(lbForm(lb, poolNames)) }, 'Edit'),
         h('button', { class: 'danger', type: 'button', onclick: () => remove('load-balancers', lb.name) }, 'Delete')))));

@@ -12,6 +12,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FieldError, Path, Segment, ValidationErrors};
+use crate::rules::{
+    Action, Cidr, Conditions, FixedResponse, HeaderMatch, PathMatch, QueryMatch, Redirect, Rule,
+    WeightedPool,
+};
 use crate::spec::{
     Algorithm, Certificate, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol,
     Spec, StatusRanges, TlsPolicy, Vip,
@@ -103,6 +107,100 @@ pub struct ListenerDoc {
     pub tls_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleDoc>,
+}
+
+/// A listener rule as written: conditions side by side with one action
+/// (`pool`, `forward`, `redirect` or `fixed_response`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDoc {
+    pub priority: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_glob: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<BTreeMap<String, OneOrMany>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<BTreeMap<String, OneOrMany>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<OneOrMany>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<Vec<WeightedDoc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_response: Option<FixedResponseDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedDoc {
+    pub pool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<Scalar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixedResponseDoc {
+    pub status: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// One value or a list of them (`method: GET` or `method: [GET, HEAD]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+
+    fn from_vec(mut v: Vec<String>) -> Option<Self> {
+        match v.len() {
+            0 => None,
+            1 => v.pop().map(OneOrMany::One),
+            _ => Some(OneOrMany::Many(v)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -389,7 +487,216 @@ impl ListenerDoc {
             certificates: self.certificates.clone(),
             tls_policy,
             http2: self.http2.unwrap_or(true),
+            rules: self
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| r.convert(&at.field("rules").index(i), errors))
+                .collect(),
         }
+    }
+}
+
+impl RuleDoc {
+    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Rule {
+        let priority = u32::try_from(self.priority)
+            .ok()
+            .filter(|p| (1..=50_000).contains(p))
+            .unwrap_or_else(|| {
+                errors.push(FieldError::new(at.field("priority"), "must be 1-50000"));
+                0
+            });
+        let list = |v: &Option<OneOrMany>| v.as_ref().map(OneOrMany::to_vec).unwrap_or_default();
+        let mut paths: Vec<PathMatch> = Vec::new();
+        paths.extend(list(&self.path).into_iter().map(PathMatch::Exact));
+        paths.extend(list(&self.path_prefix).into_iter().map(PathMatch::Prefix));
+        paths.extend(list(&self.path_glob).into_iter().map(PathMatch::Glob));
+        let pairs = |m: &Option<BTreeMap<String, OneOrMany>>| -> Vec<(String, Vec<String>)> {
+            m.iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.to_vec()))
+                .collect()
+        };
+        let sources = list(&self.source)
+            .iter()
+            .filter_map(|s| {
+                s.parse::<Cidr>()
+                    .map_err(|m| errors.push(FieldError::new(at.field("source"), m)))
+                    .ok()
+            })
+            .collect();
+        let conditions = Conditions {
+            hosts: list(&self.host),
+            paths,
+            headers: pairs(&self.header)
+                .into_iter()
+                .map(|(name, values)| HeaderMatch {
+                    name: name.to_ascii_lowercase(),
+                    values,
+                })
+                .collect(),
+            methods: list(&self.method),
+            query: pairs(&self.query)
+                .into_iter()
+                .map(|(key, values)| QueryMatch { key, values })
+                .collect(),
+            sources,
+        };
+        let mut actions = Vec::new();
+        if let Some(pool) = &self.pool {
+            actions.push(Action::Forward(pool.clone()));
+        }
+        if let Some(pools) = &self.forward {
+            let weighted = pools
+                .iter()
+                .enumerate()
+                .map(|(i, w)| WeightedPool {
+                    pool: w.pool.clone(),
+                    weight: match w.weight {
+                        None => 1,
+                        Some(n) => u32::try_from(n).unwrap_or_else(|_| {
+                            errors.push(FieldError::new(
+                                at.field("forward").index(i).field("weight"),
+                                "must be 0-1000",
+                            ));
+                            1
+                        }),
+                    },
+                })
+                .collect();
+            actions.push(Action::Weighted(weighted));
+        }
+        if let Some(r) = &self.redirect {
+            let rat = at.field("redirect");
+            let status = match r.status {
+                None => 301,
+                Some(n) => u16::try_from(n).unwrap_or_else(|_| {
+                    errors.push(FieldError::new(
+                        rat.field("status"),
+                        "must be 301, 302, 303, 307 or 308",
+                    ));
+                    301
+                }),
+            };
+            let port = r.port.as_ref().map(|p| match p {
+                Scalar::Number(n) => n.to_string(),
+                Scalar::Text(t) => t.clone(),
+            });
+            actions.push(Action::Redirect(Redirect {
+                status,
+                scheme: r.scheme.clone(),
+                host: r.host.clone(),
+                port,
+                path: r.path.clone(),
+                query: r.query.clone(),
+            }));
+        }
+        if let Some(f) = &self.fixed_response {
+            let status = u16::try_from(f.status).unwrap_or_else(|_| {
+                errors.push(FieldError::new(
+                    at.field("fixed_response").field("status"),
+                    "must be 200-599",
+                ));
+                200
+            });
+            actions.push(Action::Fixed(FixedResponse {
+                status,
+                content_type: f
+                    .content_type
+                    .clone()
+                    .unwrap_or_else(|| "text/plain; charset=utf-8".into()),
+                body: f.body.clone().unwrap_or_default(),
+            }));
+        }
+        if actions.len() != 1 {
+            errors.push(FieldError::new(
+                at.clone(),
+                "needs exactly one action: pool, forward, redirect or fixed_response",
+            ));
+        }
+        let action = actions.into_iter().next().unwrap_or_else(|| {
+            Action::Fixed(FixedResponse {
+                status: 503,
+                content_type: "text/plain".into(),
+                body: String::new(),
+            })
+        });
+        Rule {
+            priority,
+            conditions,
+            action,
+        }
+    }
+}
+
+impl From<&Rule> for RuleDoc {
+    fn from(r: &Rule) -> Self {
+        let c = &r.conditions;
+        let paths = |want: fn(&PathMatch) -> bool| {
+            OneOrMany::from_vec(
+                c.paths
+                    .iter()
+                    .filter(|p| want(p))
+                    .map(|p| p.text().to_owned())
+                    .collect(),
+            )
+        };
+        let mut doc = RuleDoc {
+            priority: r.priority.into(),
+            host: OneOrMany::from_vec(c.hosts.clone()),
+            path: paths(|p| matches!(p, PathMatch::Exact(_))),
+            path_prefix: paths(|p| matches!(p, PathMatch::Prefix(_))),
+            path_glob: paths(|p| matches!(p, PathMatch::Glob(_))),
+            header: (!c.headers.is_empty()).then(|| {
+                c.headers
+                    .iter()
+                    .filter_map(|h| Some((h.name.clone(), OneOrMany::from_vec(h.values.clone())?)))
+                    .collect()
+            }),
+            method: OneOrMany::from_vec(c.methods.clone()),
+            query: (!c.query.is_empty()).then(|| {
+                c.query
+                    .iter()
+                    .filter_map(|q| Some((q.key.clone(), OneOrMany::from_vec(q.values.clone())?)))
+                    .collect()
+            }),
+            source: OneOrMany::from_vec(c.sources.iter().map(|s| s.to_string()).collect()),
+            pool: None,
+            forward: None,
+            redirect: None,
+            fixed_response: None,
+        };
+        match &r.action {
+            Action::Forward(p) => doc.pool = Some(p.clone()),
+            Action::Weighted(ws) => {
+                doc.forward = Some(
+                    ws.iter()
+                        .map(|w| WeightedDoc {
+                            pool: w.pool.clone(),
+                            weight: Some(w.weight.into()),
+                        })
+                        .collect(),
+                )
+            }
+            Action::Redirect(x) => {
+                doc.redirect = Some(RedirectDoc {
+                    status: Some(x.status.into()),
+                    scheme: x.scheme.clone(),
+                    host: x.host.clone(),
+                    port: x.port.clone().map(Scalar::Text),
+                    path: x.path.clone(),
+                    query: x.query.clone(),
+                })
+            }
+            Action::Fixed(f) => {
+                doc.fixed_response = Some(FixedResponseDoc {
+                    status: f.status.into(),
+                    content_type: Some(f.content_type.clone()),
+                    body: Some(f.body.clone()),
+                })
+            }
+        }
+        doc
     }
 }
 
@@ -627,6 +934,7 @@ impl From<&LoadBalancer> for LoadBalancerDoc {
                         .terminates_tls()
                         .then(|| l.tls_policy.as_str().into()),
                     http2: l.protocol.is_http().then_some(l.http2),
+                    rules: l.rules.iter().map(RuleDoc::from).collect(),
                 })
                 .collect(),
         }

@@ -10,6 +10,7 @@ mod cluster;
 mod command;
 mod document;
 mod error;
+mod rules;
 mod spec;
 
 pub use cluster::{
@@ -19,9 +20,13 @@ pub use cluster::{
 pub use command::{ApplyError, Command};
 pub use document::{
     CertificateDoc, Document, HealthCheckDoc, ListenerDoc, LoadBalancerDoc, MemberDoc, ParseError,
-    PoolDoc,
+    PoolDoc, RuleDoc,
 };
 pub use error::{FieldError, Path, Segment, ValidationErrors};
+pub use rules::{
+    glob_match, Action, Cidr, Conditions, FixedResponse, HeaderMatch, PathMatch, QueryMatch,
+    Redirect, Rule, WeightedPool, MAX_FIXED_BODY, MAX_RULES,
+};
 pub use spec::{
     Algorithm, Certificate, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol,
     Spec, StatusRanges, TlsPolicy, Vip,

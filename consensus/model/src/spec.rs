@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FieldError, Path};
+use crate::rules::{Rule, MAX_RULES};
 
 /// Highest member weight accepted.
 pub const MAX_WEIGHT: u32 = 1000;
@@ -92,6 +93,10 @@ pub struct Listener {
     /// h2c on cleartext).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub http2: bool,
+    /// HTTP and HTTPS: rules by ascending priority; the first that matches
+    /// decides, else `default_pool` takes the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
 }
 
 // Fields added after 0.1.0 are left out when they hold their default, so
@@ -342,6 +347,7 @@ impl Spec {
                 check_positive(l.idle_timeout, &lat.field("idle_timeout"), &mut errors);
                 check_positive(l.header_timeout, &lat.field("header_timeout"), &mut errors);
                 self.check_listener_tls(l, &lat, &mut errors);
+                self.check_rules(l, &lat, &mut errors);
                 let addr = l.bind_addr(lb.vip.as_ref());
                 if let Some((_, lb, n)) = bound.iter().find(|(b, ..)| overlaps(*b, addr)) {
                     errors.push(FieldError::new(
@@ -419,6 +425,51 @@ impl Spec {
 }
 
 impl Spec {
+    fn check_rules(&self, l: &Listener, at: &Path, errors: &mut Vec<FieldError>) {
+        if l.rules.is_empty() {
+            return;
+        }
+        if !l.protocol.is_http() {
+            errors.push(FieldError::new(
+                at.field("rules"),
+                "only apply to http and https listeners",
+            ));
+            return;
+        }
+        if l.rules.len() > MAX_RULES {
+            errors.push(FieldError::new(
+                at.field("rules"),
+                format!("at most {MAX_RULES} rules per listener"),
+            ));
+        }
+        for (i, rule) in l.rules.iter().enumerate() {
+            let rat = at.field("rules").index(i);
+            if let Some(j) = l.rules[..i]
+                .iter()
+                .position(|r| r.priority == rule.priority)
+            {
+                errors.push(FieldError::new(
+                    rat.field("priority"),
+                    format!("{} is also the priority of rules[{j}]", rule.priority),
+                ));
+            }
+            rule.check(&rat, errors);
+            for pool in rule.pools() {
+                if !self.pools.contains_key(pool) {
+                    let field = if matches!(rule.action, crate::rules::Action::Forward(_)) {
+                        "pool"
+                    } else {
+                        "forward"
+                    };
+                    errors.push(FieldError::new(
+                        rat.field(field),
+                        format!("no pool named {pool:?}"),
+                    ));
+                }
+            }
+        }
+    }
+
     fn check_listener_tls(&self, l: &Listener, at: &Path, errors: &mut Vec<FieldError>) {
         if !l.protocol.terminates_tls() {
             if !l.certificates.is_empty() {

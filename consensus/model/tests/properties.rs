@@ -104,6 +104,7 @@ fn spec() -> impl Strategy<Value = Spec> {
                         certificates: Vec::new(),
                         tls_policy: TlsPolicy::default(),
                         http2: true,
+                        rules: Vec::new(),
                     })
                     .collect();
                 load_balancers.insert(
@@ -178,6 +179,7 @@ fn command() -> impl Strategy<Value = Command> {
                     certificates: Vec::new(),
                     tls_policy: TlsPolicy::default(),
                     http2: true,
+                    rules: Vec::new(),
                 }],
             }
         )),

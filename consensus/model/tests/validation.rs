@@ -318,3 +318,87 @@ certificates:
         .unwrap();
     assert_eq!(again, ok);
 }
+
+#[test]
+fn rules_are_checked_field_by_field() {
+    let got = problems(
+        r##"
+load_balancers:
+  - name: web
+    listeners:
+      - port: 80
+        protocol: http
+        default_pool: p
+        rules:
+          - { priority: 10, path_prefix: /blog, pool: nope }
+          - { priority: 10, path: blog, pool: p }
+          - { priority: 0, pool: p }
+          - { priority: 20, method: get, source: 10.0.0.0/40, pool: p, fixed_response: { status: 200 } }
+          - { priority: 30, path: /x, redirect: { status: 200, scheme: ftp, port: 0, path: "#{nope}" } }
+          - { priority: 40, path: /x, fixed_response: { status: 99, body: "" } }
+          - { priority: 50, header: { "bad name": x }, forward: [ { pool: p, weight: 0 }, { pool: q, weight: 2000 } ] }
+          - { priority: 60, path: /x, redirect: {} }
+      - { port: 81, protocol: tcp, default_pool: p, rules: [ { priority: 1, path: /, pool: p } ] }
+pools:
+  - { name: p }
+"##,
+    );
+    let want = [
+        "load_balancers[0].listeners[0].rules[0].pool: no pool named \"nope\"",
+        "load_balancers[0].listeners[0].rules[1].priority: 10 is also the priority of rules[0]",
+        "load_balancers[0].listeners[0].rules[1].path: \"blog\" must start with /",
+        "load_balancers[0].listeners[0].rules[2].priority: must be 1-50000",
+        "load_balancers[0].listeners[0].rules[2]: needs at least one condition (host, path, path_prefix, path_glob, header, method, query or source)",
+        "load_balancers[0].listeners[0].rules[3].source: \"10.0.0.0/40\": prefix length must be 0-32",
+        "load_balancers[0].listeners[0].rules[3]: needs exactly one action: pool, forward, redirect or fixed_response",
+        "load_balancers[0].listeners[0].rules[3].method: \"get\" is not an HTTP method in capitals",
+        "load_balancers[0].listeners[0].rules[4].redirect.status: must be 301, 302, 303, 307 or 308",
+        "load_balancers[0].listeners[0].rules[4].redirect.scheme: must be http or https",
+        "load_balancers[0].listeners[0].rules[4].redirect.port: must be 1-65535",
+        "load_balancers[0].listeners[0].rules[4].redirect.path: unknown variable #{nope} (expected #{protocol}, #{host}, #{port}, #{path} or #{query})",
+        "load_balancers[0].listeners[0].rules[5].fixed_response.status: must be 200-599",
+        "load_balancers[0].listeners[0].rules[6].header: \"bad name\" is not a header name",
+        "load_balancers[0].listeners[0].rules[6].forward[1].weight: must be 0-1000",
+        "load_balancers[0].listeners[0].rules[6].forward: no pool named \"q\"",
+        "load_balancers[0].listeners[0].rules[7].redirect: changes nothing (set scheme, host, port, path or query)",
+        "load_balancers[0].listeners[1].rules: only apply to http and https listeners",
+    ];
+    for w in want {
+        assert!(got.contains(&w.to_string()), "missing {w}\n{got:#?}");
+    }
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+}
+
+#[test]
+fn rules_round_trip_through_the_document() {
+    let spec = Document::parse_spec(
+        r#"
+load_balancers:
+  - name: web
+    listeners:
+      - port: 80
+        protocol: http
+        default_pool: p
+        rules:
+          - { priority: 1, host: ["*.a.test", b.test], path_prefix: /x, path_glob: "/*.png", header: { X-Env: [dev, "st*"] }, method: GET, query: { q: "1" }, source: [10.0.0.0/8, "fd00::/8"], pool: p }
+          - { priority: 2, path: /c, forward: [ { pool: p, weight: 3 }, { pool: q } ] }
+          - { priority: 3, path: /r, redirect: { scheme: https, port: 8443 } }
+          - { priority: 4, path: /f, fixed_response: { status: 404, body: gone } }
+pools:
+  - { name: p }
+  - { name: q }
+"#,
+    )
+    .unwrap();
+    let rules = &spec.load_balancers["web"].listeners[0].rules;
+    assert_eq!(rules.len(), 4);
+    assert_eq!(
+        rules[0].conditions.headers[0].name, "x-env",
+        "header names are lower-cased"
+    );
+    let again = Document::from_yaml(&Document::from_spec(&spec).to_yaml())
+        .unwrap()
+        .into_spec()
+        .unwrap();
+    assert_eq!(again, spec);
+}

@@ -1,0 +1,275 @@
+//! Listener rules compiled for the request path: which pool takes a request,
+//! or which answer Keel gives itself (redirect, fixed response).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, StatusCode};
+use keel_model::{glob_match, Action, Conditions, PathMatch, Redirect, Rule};
+
+use crate::plan::PoolPlan;
+
+/// A rule ready to evaluate.
+pub(crate) struct RulePlan {
+    conditions: Conditions,
+    action: RouteAction,
+}
+
+enum RouteAction {
+    Forward(Arc<PoolPlan>),
+    Weighted {
+        pools: Vec<(Arc<PoolPlan>, u32)>,
+        total: u32,
+    },
+    Redirect(Redirect),
+    Fixed {
+        status: StatusCode,
+        content_type: HeaderValue,
+        body: Bytes,
+    },
+}
+
+/// Where a request goes.
+pub(crate) enum Route<'a> {
+    Pool(&'a Arc<PoolPlan>),
+    Redirect(&'a Redirect),
+    Fixed {
+        status: StatusCode,
+        content_type: &'a HeaderValue,
+        body: &'a Bytes,
+    },
+}
+
+/// Compiles `rules` (validated: every pool exists) in priority order.
+pub(crate) fn compile(
+    rules: &[Rule],
+    pool: impl Fn(&str) -> Option<Arc<PoolPlan>>,
+) -> Vec<RulePlan> {
+    let mut sorted: Vec<&Rule> = rules.iter().collect();
+    sorted.sort_by_key(|r| r.priority);
+    sorted
+        .into_iter()
+        .filter_map(|r| {
+            let action = match &r.action {
+                Action::Forward(name) => RouteAction::Forward(pool(name)?),
+                Action::Weighted(ws) => {
+                    let pools: Vec<(Arc<PoolPlan>, u32)> = ws
+                        .iter()
+                        .filter(|w| w.weight > 0)
+                        .map(|w| Some((pool(&w.pool)?, w.weight)))
+                        .collect::<Option<_>>()?;
+                    let total = pools.iter().map(|(_, w)| w).sum();
+                    RouteAction::Weighted { pools, total }
+                }
+                Action::Redirect(r) => RouteAction::Redirect(r.clone()),
+                Action::Fixed(f) => RouteAction::Fixed {
+                    status: StatusCode::from_u16(f.status).ok()?,
+                    content_type: HeaderValue::from_str(&f.content_type).ok()?,
+                    body: Bytes::from(f.body.clone()),
+                },
+            };
+            Some(RulePlan {
+                conditions: r.conditions.clone(),
+                action,
+            })
+        })
+        .collect()
+}
+
+/// The first rule that matches `req` from `client`, else the default pool.
+pub(crate) fn route<'a, B>(
+    rules: &'a [RulePlan],
+    default: &'a Arc<PoolPlan>,
+    req: &Request<B>,
+    client: IpAddr,
+) -> Route<'a> {
+    for rule in rules {
+        if matches(&rule.conditions, req, client) {
+            return match &rule.action {
+                RouteAction::Forward(p) => Route::Pool(p),
+                RouteAction::Weighted { pools, total } => {
+                    let mut n = fastrand::u32(0..(*total).max(1));
+                    let mut chosen = &pools[0].0;
+                    for (p, w) in pools {
+                        if n < *w {
+                            chosen = p;
+                            break;
+                        }
+                        n -= w;
+                    }
+                    Route::Pool(chosen)
+                }
+                RouteAction::Redirect(r) => Route::Redirect(r),
+                RouteAction::Fixed {
+                    status,
+                    content_type,
+                    body,
+                } => Route::Fixed {
+                    status: *status,
+                    content_type,
+                    body,
+                },
+            };
+        }
+    }
+    Route::Pool(default)
+}
+
+/// The request's host: `Host` or the URI's authority, without port, lower-case.
+pub(crate) fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = req.uri().host().map(str::to_owned).or_else(|| {
+        let h = req.headers().get(header::HOST)?.to_str().ok()?;
+        Some(strip_port(h).to_owned())
+    })?;
+    Some(raw.to_ascii_lowercase())
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn matches<B>(c: &Conditions, req: &Request<B>, client: IpAddr) -> bool {
+    if !c.methods.is_empty() && !c.methods.iter().any(|m| m == req.method().as_str()) {
+        return false;
+    }
+    if !c.sources.is_empty() && !c.sources.iter().any(|s| s.contains(client)) {
+        return false;
+    }
+    if !c.hosts.is_empty() {
+        let Some(host) = host_of(req) else {
+            return false;
+        };
+        if !c.hosts.iter().any(|p| glob_match(p, &host, true)) {
+            return false;
+        }
+    }
+    if !c.paths.is_empty() {
+        let path = req.uri().path();
+        let hit = c.paths.iter().any(|p| match p {
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Glob(pattern) => glob_match(pattern, path, false),
+        });
+        if !hit {
+            return false;
+        }
+    }
+    for h in &c.headers {
+        let hit = req.headers().get_all(h.name.as_str()).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| h.values.iter().any(|p| glob_match(p, v, true)))
+        });
+        if !hit {
+            return false;
+        }
+    }
+    if !c.query.is_empty() {
+        let query = req.uri().query().unwrap_or("");
+        for q in &c.query {
+            let hit = query.split('&').any(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                k == q.key && q.values.iter().any(|p| glob_match(p, v, false))
+            });
+            if !hit {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// The `Location` of a redirect for `req` received on a listener that
+/// speaks `scheme` on `port`.
+pub(crate) fn location<B>(r: &Redirect, req: &Request<B>, scheme: &str, port: u16) -> String {
+    let host = host_of(req).unwrap_or_default();
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    let port_text = port.to_string();
+    let fill = |template: &Option<String>, own: &str| match template {
+        None => own.to_owned(),
+        Some(t) => t
+            .replace("#{protocol}", scheme)
+            .replace("#{host}", &host)
+            .replace("#{port}", &port_text)
+            .replace("#{path}", path)
+            .replace("#{query}", query),
+    };
+    let scheme_out = fill(&r.scheme, scheme);
+    let mut host_out = fill(&r.host, &host);
+    if host_out.contains(':') && !host_out.starts_with('[') {
+        host_out = format!("[{host_out}]");
+    }
+    // A new scheme without a new port takes that scheme's default port.
+    let port_out = match (&r.port, &r.scheme) {
+        (None, Some(_)) if scheme_out != scheme => String::new(),
+        _ => fill(&r.port, &port_text),
+    };
+    let path_out = fill(&r.path, path);
+    let query_out = fill(&r.query, query);
+    let default_port = match scheme_out.as_str() {
+        "https" => "443",
+        _ => "80",
+    };
+    let mut out = format!("{scheme_out}://{host_out}");
+    if !port_out.is_empty() && port_out != default_port {
+        out.push(':');
+        out.push_str(&port_out);
+    }
+    out.push_str(&path_out);
+    if !query_out.is_empty() {
+        out.push('?');
+        out.push_str(&query_out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn req(uri: &str, host: &str) -> Request<()> {
+        Request::get(uri).header("host", host).body(()).unwrap()
+    }
+
+    #[test]
+    fn redirect_locations() {
+        let to_https = Redirect {
+            status: 301,
+            scheme: Some("https".into()),
+            host: None,
+            port: None,
+            path: None,
+            query: None,
+        };
+        let r = req("/a/b?x=1", "shop.example:8080");
+        assert_eq!(
+            location(&to_https, &r, "http", 8080),
+            "https://shop.example/a/b?x=1"
+        );
+        let moved = Redirect {
+            status: 302,
+            scheme: None,
+            host: Some("new.#{host}".into()),
+            port: Some("#{port}".into()),
+            path: Some("/v2#{path}".into()),
+            query: Some("#{query}&from=old".into()),
+        };
+        assert_eq!(
+            location(&moved, &r, "http", 8080),
+            "http://new.shop.example:8080/v2/a/b?x=1&from=old"
+        );
+        let plain = req("/", "[fd77::1]:80");
+        assert_eq!(host_of(&plain).as_deref(), Some("fd77::1"));
+    }
+}
