@@ -55,6 +55,9 @@ pub enum ProxyError {
         member: SocketAddr,
         source: hyper::Error,
     },
+    /// The client's request body is malformed (a bad chunk).
+    #[error("malformed request body: {source}")]
+    ClientBody { source: hyper::Error },
     /// The member was removed or disabled and its drain time ran out.
     #[error("{member} was drained")]
     Drained { member: SocketAddr },
@@ -64,6 +67,7 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             ProxyError::NoMember { .. } | ProxyError::Drained { .. } => Side::Internal,
+            ProxyError::ClientBody { .. } => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -79,6 +83,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoMember { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }

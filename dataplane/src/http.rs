@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::error::{ProxyError, Retry};
+use crate::error::{ProxyError, Retry, Side};
 use crate::member::{MemberState, Outstanding};
 use crate::plan::{ListenerPlan, PoolPlan, SharedPlan};
 use crate::route::{self, Route};
@@ -230,7 +230,12 @@ impl Conn {
                 let status = e.status();
                 tracing::warn!(client.addr = %self.peer, pool = %pool.spec.name,
                     status = status.as_u16(), side = ?e.side(), error = %e, "request failed");
-                local_response(status)
+                let mut r = local_response(status);
+                if e.side() == Side::Downstream {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                r
             }
         }
     }
@@ -241,11 +246,22 @@ impl Conn {
         listener: &ListenerPlan,
         pool: &PoolPlan,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, mut body) = req.into_parts();
+        // A chunked body's first chunk is read before any member is chosen:
+        // a malformed chunk size is answered 400 and nothing is forwarded.
+        let mut first = None;
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) && !body.is_end_stream() {
+            match body.frame().await {
+                Some(Ok(frame)) => first = Some(frame),
+                Some(Err(source)) => return Err(ProxyError::ClientBody { source }),
+                None => {}
+            }
+        }
         prepare_request(&mut parts, &self.client_ip, listener);
         let mut req = Request::from_parts(
             parts,
             RequestBody {
+                first,
                 inner: body,
                 listener: listener.stats.clone(),
                 member: None,
@@ -493,6 +509,8 @@ fn local_response(status: StatusCode) -> Response<ProxyBody> {
 
 /// A client's request body on its way to a member, counted as it goes.
 pub(crate) struct RequestBody {
+    /// A frame read ahead of forwarding, sent before the rest.
+    first: Option<Frame<Bytes>>,
     inner: Incoming,
     listener: Arc<crate::metrics::ListenerStats>,
     member: Option<Arc<MemberState>>,
@@ -506,7 +524,10 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = match self.first.take() {
+            Some(f) => Some(Ok(f)),
+            None => ready!(Pin::new(&mut self.inner).poll_frame(cx)),
+        };
         if let Some(Ok(f)) = &frame {
             if let Some(data) = f.data_ref() {
                 let n = data.len() as u64;
@@ -520,11 +541,14 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.first {
+            None => self.inner.size_hint(),
+            Some(_) => SizeHint::default(),
+        }
     }
 }
 

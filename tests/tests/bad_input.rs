@@ -244,3 +244,72 @@ async fn half_open_flood_does_not_starve_others() {
     );
     good.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_are_refused_and_never_forwarded() {
+    let f = fixture().await;
+    // Both Content-Length and Transfer-Encoding: hyper lets the chunked
+    // coding decide, drops Content-Length before Keel sees the request, and
+    // closes the connection after the response (RFC 9112 §6.3). The member
+    // gets one well-framed request; what follows the body is never read.
+    let before = f._web.hits();
+    let r = exchange(
+        f.http,
+        b"POST /headers HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert_eq!(r.matches("HTTP/1.1 ").count(), 1, "one response only: {r}");
+    assert_eq!(
+        f._web.hits(),
+        before + 1,
+        "the smuggled request reached the member"
+    );
+    let seen = f._web.last_headers();
+    assert!(!seen.contains("content-length"), "{seen}");
+
+    // Two equal Content-Length lines are one length (RFC 9110 §8.6 lets a
+    // recipient collapse them; hyper does, before Keel sees the request):
+    // nothing is ambiguous, the member gets one request with one length.
+    let before = f._web.hits();
+    let r = exchange(
+        f.http,
+        b"POST /headers HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd".to_vec(),
+    )
+    .await;
+    assert_eq!(status_of(&r), "200", "{r}");
+    assert_eq!(f._web.hits(), before + 1);
+    assert_eq!(
+        f._web.last_headers().matches("content-length: 4\n").count(),
+        1
+    );
+
+    let cases: [(&str, &[u8]); 5] = [
+        (
+            "two different content-lengths",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcdGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "content-length list",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 4\r\n\r\nabcd",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
+        ),
+        (
+            "invalid chunk size",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "transfer-encoding not ending in chunked",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ];
+    for (what, bytes) in cases {
+        let before = f._web.hits();
+        let r = exchange(f.http, bytes.to_vec()).await;
+        assert_eq!(status_of(&r), "400", "{what}: {r}");
+        assert!(!r.contains("200 OK"), "{what}: a request got through: {r}");
+        assert_eq!(f._web.hits(), before, "{what}: the member saw a request");
+    }
+}
