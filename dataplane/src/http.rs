@@ -26,7 +26,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::error::{ProxyError, Retry, Side};
 use crate::member::{MemberState, Outstanding};
 use crate::plan::{ListenerPlan, PoolPlan, SharedPlan};
+use crate::proxy_protocol::Addresses;
 use crate::route::{self, Route};
+use crate::tcp;
 
 /// The largest request head accepted; a larger one is answered 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -76,7 +78,7 @@ pub(crate) async fn sniff(stream: &TcpStream, deadline: Instant) -> Option<Mode>
 pub(crate) async fn serve<IO>(
     stream: IO,
     mode: Mode,
-    peer: SocketAddr,
+    ends: Addresses,
     plan: SharedPlan,
     listener: Arc<ListenerPlan>,
     closing: CancellationToken,
@@ -85,8 +87,16 @@ pub(crate) async fn serve<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let header_timeout = listener.spec.header_timeout;
+    let peer = ends.source;
+    let trusted = listener
+        .spec
+        .trusted_proxies
+        .iter()
+        .any(|c| c.contains(peer.ip()));
     let conn = Arc::new(Conn {
         peer,
+        ends,
+        trusted,
         client_ip: HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         plan,
@@ -158,7 +168,12 @@ async fn drive<F, E>(
 
 /// What one client connection knows.
 struct Conn {
+    /// The client: the TCP peer, or what its PROXY header named.
     peer: SocketAddr,
+    /// The client and the address it connected to, for PROXY headers to members.
+    ends: Addresses,
+    /// The client is a trusted proxy: its forwarding headers are kept.
+    trusted: bool,
     /// The client's IP as a header value, made once per connection.
     client_ip: HeaderValue,
     plan: SharedPlan,
@@ -257,7 +272,7 @@ impl Conn {
                 None => {}
             }
         }
-        prepare_request(&mut parts, &self.client_ip, listener);
+        prepare_request(&mut parts, &self.client_ip, self.trusted, listener);
         let mut req = Request::from_parts(
             parts,
             RequestBody {
@@ -275,7 +290,7 @@ impl Conn {
             };
             tried.push(member.address);
             let guard = member.begin();
-            let sender = match checkout(&member, pool.spec.connect_timeout).await {
+            let sender = match checkout(&member, pool, self.ends).await {
                 Ok(s) => s,
                 Err(e) => {
                     member.stats.connect_failures.fetch_add(1, Relaxed);
@@ -286,7 +301,7 @@ impl Conn {
                 }
             };
             req.body_mut().member = Some(member.clone());
-            return exchange(sender, req, guard, listener, pool.spec.response_timeout).await;
+            return exchange(sender, req, guard, listener, pool).await;
         }
         if last_err.is_none() {
             pool.stats.no_member.fetch_add(1, Relaxed);
@@ -297,14 +312,23 @@ impl Conn {
     }
 }
 
-/// An idle connection to `member` if one is open, else a new one.
-async fn checkout(member: &MemberState, timeout: Duration) -> Result<UpstreamSender, ProxyError> {
-    while let Some(mut sender) = member.take_idle() {
-        if sender.ready().await.is_ok() {
-            return Ok(sender);
+/// An idle connection to `member` if one is open, else a new one. A pool
+/// that sends PROXY headers gets a new connection per request: a header
+/// names one client, so those connections are never shared.
+async fn checkout(
+    member: &MemberState,
+    pool: &PoolPlan,
+    ends: Addresses,
+) -> Result<UpstreamSender, ProxyError> {
+    let timeout = pool.spec.connect_timeout;
+    if pool.spec.proxy_protocol.is_none() {
+        while let Some(mut sender) = member.take_idle() {
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
         }
     }
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(member.address)).await {
+    let stream = match tokio::time::timeout(timeout, tcp::open(member.address, pool, ends)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => {
             return Err(ProxyError::Connect {
@@ -319,7 +343,6 @@ async fn checkout(member: &MemberState, timeout: Duration) -> Result<UpstreamSen
             })
         }
     };
-    let _ = stream.set_nodelay(true);
     member.stats.connections.fetch_add(1, Relaxed);
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
@@ -340,8 +363,10 @@ async fn exchange(
     req: Request<RequestBody>,
     guard: Outstanding,
     listener: &ListenerPlan,
-    timeout: Duration,
+    pool: &PoolPlan,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let timeout = pool.spec.response_timeout;
+    let reusable = pool.spec.proxy_protocol.is_none();
     let member = guard.member().clone();
     let started = Instant::now();
     let cut = member.cut_token();
@@ -371,7 +396,9 @@ async fn exchange(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // A body that is already over never gets polled: the connection is free now.
-    let lease = if body.is_end_stream() {
+    let lease = if !reusable {
+        None
+    } else if body.is_end_stream() {
         member.put_idle(sender);
         None
     } else {
@@ -408,6 +435,7 @@ fn oversized(req: &Request<Incoming>) -> Option<StatusCode> {
 fn prepare_request(
     parts: &mut http::request::Parts,
     client: &HeaderValue,
+    trusted: bool,
     listener: &ListenerPlan,
 ) {
     if parts.uri.authority().is_some() && !parts.headers.contains_key(header::HOST) {
@@ -430,16 +458,53 @@ fn prepare_request(
     }
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    let xff = match parts.headers.get(X_FORWARDED_FOR).map(|v| v.to_str()) {
-        Some(Ok(prior)) if !prior.trim().is_empty() => client
-            .to_str()
-            .ok()
-            .and_then(|c| HeaderValue::from_str(&format!("{prior}, {c}")).ok()),
-        _ => None,
+    // A trusted proxy's forwarding headers are extended; anyone else's are
+    // replaced, so a client cannot claim to be someone else.
+    let prior = |name: &HeaderName| -> Option<String> {
+        let joined: Vec<&str> = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        (trusted && !joined.is_empty()).then(|| joined.join(", "))
     };
+    let ip = client.to_str().unwrap_or("unknown");
+    let xff = match prior(&X_FORWARDED_FOR) {
+        Some(p) => HeaderValue::from_str(&format!("{p}, {ip}")).ok(),
+        None => None,
+    };
+    let proto = listener.proto_header.to_str().unwrap_or("http");
+    let node = if ip.contains(':') {
+        format!("\"[{ip}]\"")
+    } else {
+        ip.to_owned()
+    };
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()) && !h.contains('"'))
+        .map(|h| format!(";host=\"{h}\""))
+        .unwrap_or_default();
+    let element = format!("for={node};proto={proto}{host}");
+    let forwarded = match prior(&FORWARDED) {
+        Some(p) => format!("{p}, {element}"),
+        None => element,
+    };
+    if !trusted {
+        parts.headers.remove(X_FORWARDED_HOST);
+    }
     parts
         .headers
         .insert(X_FORWARDED_FOR, xff.unwrap_or_else(|| client.clone()));
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        parts.headers.insert(FORWARDED, v);
+    } else {
+        parts.headers.remove(FORWARDED);
+    }
     parts
         .headers
         .insert(X_FORWARDED_PROTO, listener.proto_header.clone());
@@ -451,6 +516,8 @@ fn prepare_request(
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Removes the headers that describe one connection, not the message
 /// (RFC 9110 §7.6.1), including any that `Connection` names.

@@ -17,6 +17,7 @@ mod http;
 mod member;
 mod metrics;
 mod plan;
+mod proxy_protocol;
 mod route;
 mod tcp;
 mod tls;
@@ -842,6 +843,9 @@ impl Admit {
         self.connections.spawn(async move {
             let _active = active;
             let _ = stream.set_nodelay(true);
+            let Some(peer) = client_of(&stream, peer, &listener).await else {
+                return;
+            };
             match (listener.spec.protocol, listener.tls.clone()) {
                 (Protocol::Tcp, _) => tcp::serve(stream, peer, listener, cut).await,
                 (Protocol::Http, _) => {
@@ -857,7 +861,8 @@ impl Admit {
                     http::serve(stream, mode, peer, plan, listener, closing, cut).await
                 }
                 (Protocol::Https | Protocol::Tls, Some(config)) => {
-                    let Some(tls) = handshake(stream, peer, config, &listener, &cut).await else {
+                    let Some(tls) = handshake(stream, peer.source, config, &listener, &cut).await
+                    else {
                         return;
                     };
                     if listener.spec.protocol == Protocol::Tls {
@@ -875,6 +880,36 @@ impl Admit {
                 }
             }
         });
+    }
+}
+
+/// The client and the address it reached: the TCP ends, or what a PROXY
+/// header from a trusted peer says. `None` refuses the connection.
+async fn client_of(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    listener: &ListenerPlan,
+) -> Option<proxy_protocol::Addresses> {
+    let local = stream.local_addr().unwrap_or(listener.bind);
+    let tcp = proxy_protocol::Addresses {
+        source: peer,
+        destination: local,
+    };
+    if !listener.spec.accept_proxy_protocol {
+        return Some(tcp);
+    }
+    let trusted = &listener.spec.trusted_proxies;
+    if !trusted.is_empty() && !trusted.iter().any(|c| c.contains(peer.ip())) {
+        tracing::debug!(client.addr = %peer, listener = %listener.bind, "PROXY header from an untrusted peer: refused");
+        return None;
+    }
+    let deadline = tokio::time::Instant::now() + listener.spec.header_timeout;
+    match proxy_protocol::read(stream, deadline).await {
+        Ok(named) => Some(named.unwrap_or(tcp)),
+        Err(e) => {
+            tracing::debug!(client.addr = %peer, listener = %listener.bind, error = %e, "connection refused");
+            None
+        }
     }
 }
 

@@ -13,9 +13,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use keel_model::ProxyProtocol;
+
 use crate::error::ProxyError;
 use crate::member::Outstanding;
 use crate::plan::{ListenerPlan, PoolPlan};
+use crate::proxy_protocol::{self, Addresses};
 
 /// Bytes moved per `splice` call: the default pipe capacity.
 const BUFFER: usize = 64 * 1024;
@@ -24,8 +27,9 @@ const BUFFER: usize = 64 * 1024;
 /// when connections are refused or time out (nothing was sent, so it is safe).
 pub(crate) async fn connect(
     pool: &PoolPlan,
-    client: SocketAddr,
+    ends: Addresses,
 ) -> Result<(TcpStream, Outstanding), ProxyError> {
+    let client = ends.source;
     let mut tried = Vec::new();
     let mut last = None;
     while tried.len() < 3 {
@@ -35,11 +39,8 @@ pub(crate) async fn connect(
         tried.push(member.address);
         let guard = member.begin();
         let timeout = pool.spec.connect_timeout;
-        let err = match tokio::time::timeout(timeout, TcpStream::connect(member.address)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                return Ok((stream, guard));
-            }
+        let err = match tokio::time::timeout(timeout, open(member.address, pool, ends)).await {
+            Ok(Ok(stream)) => return Ok((stream, guard)),
             Ok(Err(source)) => ProxyError::Connect {
                 member: member.address,
                 source,
@@ -61,17 +62,35 @@ pub(crate) async fn connect(
     }))
 }
 
+/// A connection to `member`, with the pool's PROXY header already sent.
+pub(crate) async fn open(
+    member: SocketAddr,
+    pool: &PoolPlan,
+    ends: Addresses,
+) -> io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(member).await?;
+    let _ = stream.set_nodelay(true);
+    let header = match pool.spec.proxy_protocol {
+        None => return Ok(stream),
+        Some(ProxyProtocol::V1) => proxy_protocol::encode_v1(ends),
+        Some(ProxyProtocol::V2) => proxy_protocol::encode_v2(ends),
+    };
+    stream.write_all(&header).await?;
+    Ok(stream)
+}
+
 /// Proxies one accepted TCP connection until both sides are done, the
 /// connection idles out, or a drain cuts it.
 pub(crate) async fn serve(
     client: TcpStream,
-    peer: SocketAddr,
+    ends: Addresses,
     listener: Arc<ListenerPlan>,
     cut: CancellationToken,
 ) {
+    let peer = ends.source;
     let pool = &listener.pool;
     pool.stats.connections.fetch_add(1, Relaxed);
-    let (upstream, guard) = match connect(pool, peer).await {
+    let (upstream, guard) = match connect(pool, ends).await {
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(client.addr = %peer, pool = %pool.spec.name, error = %e, "refusing connection");
@@ -103,15 +122,16 @@ pub(crate) async fn serve(
 /// half-close, the idle timeout and drains as for [`serve`].
 pub(crate) async fn serve_stream<S>(
     client: S,
-    peer: SocketAddr,
+    ends: Addresses,
     listener: Arc<ListenerPlan>,
     cut: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let peer = ends.source;
     let pool = &listener.pool;
     pool.stats.connections.fetch_add(1, Relaxed);
-    let (upstream, guard) = match connect(pool, peer).await {
+    let (upstream, guard) = match connect(pool, ends).await {
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(client.addr = %peer, pool = %pool.spec.name, error = %e, "refusing connection");

@@ -18,7 +18,7 @@ use crate::rules::{
 };
 use crate::spec::{
     Algorithm, Certificate, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol,
-    Spec, StatusRanges, TlsPolicy, Vip,
+    ProxyProtocol, Spec, StatusRanges, TlsPolicy, Vip,
 };
 
 /// Defaults applied to fields a document leaves out.
@@ -109,6 +109,10 @@ pub struct ListenerDoc {
     pub http2: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_proxy_protocol: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// A listener rule as written: conditions side by side with one action
@@ -217,6 +221,8 @@ pub struct PoolDoc {
     pub connect_timeout: Option<DurationDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_timeout: Option<DurationDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
     #[serde(default)]
     pub members: Vec<MemberDoc>,
 }
@@ -493,6 +499,19 @@ impl ListenerDoc {
                 .enumerate()
                 .map(|(i, r)| r.convert(&at.field("rules").index(i), errors))
                 .collect(),
+            accept_proxy_protocol: self.accept_proxy_protocol.unwrap_or(false),
+            trusted_proxies: self
+                .trusted_proxies
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    c.parse::<Cidr>()
+                        .map_err(|m| {
+                            errors.push(FieldError::new(at.field("trusted_proxies").index(i), m))
+                        })
+                        .ok()
+                })
+                .collect(),
         }
     }
 }
@@ -745,7 +764,20 @@ impl PoolDoc {
             .enumerate()
             .map(|(i, m)| m.convert(&at.field("members").index(i), errors))
             .collect();
+        let proxy_protocol = match self.proxy_protocol.as_deref() {
+            None | Some("none") => None,
+            Some("v1") => Some(ProxyProtocol::V1),
+            Some("v2") => Some(ProxyProtocol::V2),
+            Some(other) => {
+                errors.push(FieldError::new(
+                    at.field("proxy_protocol"),
+                    format!("unknown PROXY protocol version {other:?} (expected v1, v2 or none)"),
+                ));
+                None
+            }
+        };
         Pool {
+            proxy_protocol,
             name: self.name.clone(),
             algorithm,
             health_check,
@@ -935,6 +967,8 @@ impl From<&LoadBalancer> for LoadBalancerDoc {
                         .then(|| l.tls_policy.as_str().into()),
                     http2: l.protocol.is_http().then_some(l.http2),
                     rules: l.rules.iter().map(RuleDoc::from).collect(),
+                    accept_proxy_protocol: l.accept_proxy_protocol.then_some(true),
+                    trusted_proxies: l.trusted_proxies.iter().map(|c| c.to_string()).collect(),
                 })
                 .collect(),
         }
@@ -950,6 +984,7 @@ impl From<&Pool> for PoolDoc {
             drain_timeout: duration_doc(p.drain_timeout),
             connect_timeout: duration_doc(p.connect_timeout),
             response_timeout: duration_doc(p.response_timeout),
+            proxy_protocol: p.proxy_protocol.map(|v| v.as_str().into()),
             members: p
                 .members
                 .iter()

@@ -29,5 +29,5 @@ pub use rules::{
 };
 pub use spec::{
     Algorithm, Certificate, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol,
-    Spec, StatusRanges, TlsPolicy, Vip,
+    ProxyProtocol, Spec, StatusRanges, TlsPolicy, Vip,
 };

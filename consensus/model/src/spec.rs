@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FieldError, Path};
-use crate::rules::{Rule, MAX_RULES};
+use crate::rules::{Cidr, Rule, MAX_RULES};
 
 /// Highest member weight accepted.
 pub const MAX_WEIGHT: u32 = 1000;
@@ -97,6 +97,19 @@ pub struct Listener {
     /// decides, else `default_pool` takes the request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+    /// Every connection starts with a PROXY header (v1 or v2) naming the
+    /// real client; connections without one are closed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub accept_proxy_protocol: bool,
+    /// Peers trusted to speak for clients: only they may send a PROXY
+    /// header (when `accept_proxy_protocol`), and only their
+    /// `X-Forwarded-*`/`Forwarded` headers are kept (others are replaced).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 // Fields added after 0.1.0 are left out when they hold their default, so
@@ -196,7 +209,29 @@ pub struct Pool {
     /// HTTP only: how long to wait for a member's response head.
     #[serde(with = "duration_text")]
     pub response_timeout: Duration,
+    /// Sends each member connection a PROXY header naming the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
     pub members: Vec<Member>,
+}
+
+/// The PROXY protocol version a pool sends to its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    /// Text: `PROXY TCP4 client-ip dest-ip client-port dest-port`.
+    V1,
+    /// Binary.
+    V2,
+}
+
+impl ProxyProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
 }
 
 /// How a pool chooses a member for a new connection or request.

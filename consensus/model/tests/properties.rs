@@ -70,6 +70,7 @@ fn pool(name: &'static str) -> impl Strategy<Value = Pool> {
                 drain_timeout: Duration::from_secs(drain),
                 connect_timeout: Duration::from_secs(1),
                 response_timeout: Duration::from_secs(30),
+                proxy_protocol: None,
                 members,
             }
         })
@@ -105,6 +106,8 @@ fn spec() -> impl Strategy<Value = Spec> {
                         tls_policy: TlsPolicy::default(),
                         http2: true,
                         rules: Vec::new(),
+                        accept_proxy_protocol: false,
+                        trusted_proxies: Vec::new(),
                     })
                     .collect();
                 load_balancers.insert(
@@ -180,6 +183,8 @@ fn command() -> impl Strategy<Value = Command> {
                     tls_policy: TlsPolicy::default(),
                     http2: true,
                     rules: Vec::new(),
+                    accept_proxy_protocol: false,
+                    trusted_proxies: Vec::new(),
                 }],
             }
         )),

@@ -402,3 +402,24 @@ pools:
         .unwrap();
     assert_eq!(again, spec);
 }
+
+#[test]
+fn proxy_protocol_fields_are_checked() {
+    let got = problems(
+        r#"
+load_balancers:
+  - name: web
+    listeners:
+      - { port: 80, protocol: http, default_pool: p, accept_proxy_protocol: true, trusted_proxies: [10.0.0.0/8, nonsense] }
+pools:
+  - { name: p, proxy_protocol: v3 }
+"#,
+    );
+    assert_eq!(
+        got,
+        vec![
+            "load_balancers[0].listeners[0].trusted_proxies[1]: \"nonsense\" is not an IP address or CIDR range".to_string(),
+            "pools[0].proxy_protocol: unknown PROXY protocol version \"v3\" (expected v1, v2 or none)".to_string(),
+        ]
+    );
+}
