@@ -17,11 +17,13 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 
 use crate::error::{ProxyError, Retry, Side};
 use crate::member::{MemberState, Outstanding};
@@ -81,11 +83,15 @@ pub(crate) async fn serve<IO>(
     ends: Addresses,
     plan: SharedPlan,
     listener: Arc<ListenerPlan>,
-    closing: CancellationToken,
-    cut: CancellationToken,
+    signals: Signals,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Signals {
+        closing,
+        cut,
+        tunnels,
+    } = signals;
     let header_timeout = listener.spec.header_timeout;
     let peer = ends.source;
     let trusted = listener
@@ -101,6 +107,8 @@ pub(crate) async fn serve<IO>(
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         plan,
         first: listener,
+        cut: cut.clone(),
+        tunnels,
     });
     let service = service_fn(move |req| {
         let conn = conn.clone();
@@ -116,7 +124,8 @@ pub(crate) async fn serve<IO>(
                 .max_buf_size(MAX_HEAD_BYTES)
                 .max_headers(MAX_HEADERS)
                 .keep_alive(true);
-            let serving = builder.serve_connection(io, service);
+            // With upgrades: a websocket leaves this connection for a tunnel.
+            let serving = builder.serve_connection(io, service).with_upgrades();
             tokio::pin!(serving);
             drive(serving, |c| c.graceful_shutdown(), peer, closing, cut).await;
         }
@@ -131,6 +140,17 @@ pub(crate) async fn serve<IO>(
             drive(serving, |c| c.graceful_shutdown(), peer, closing, cut).await;
         }
     }
+}
+
+/// How an HTTP connection learns that it must finish, and where the
+/// connections it upgrades run.
+pub(crate) struct Signals {
+    /// Finish in-flight requests and close.
+    pub closing: CancellationToken,
+    /// Close at once (upgraded connections too).
+    pub cut: CancellationToken,
+    /// Upgraded connections are tracked here, so shutdown waits for them.
+    pub tunnels: TaskTracker,
 }
 
 /// Concurrent requests one HTTP/2 client connection may have open.
@@ -180,6 +200,10 @@ struct Conn {
     /// The listener as it was when the connection was accepted; used if the
     /// listener has since been removed and the connection is finishing.
     first: Arc<ListenerPlan>,
+    /// The listener's cut: ends upgraded connections too.
+    cut: CancellationToken,
+    /// Where upgraded connections run, so shutdown waits for them.
+    tunnels: TaskTracker,
 }
 
 impl Conn {
@@ -261,6 +285,8 @@ impl Conn {
         listener: &ListenerPlan,
         pool: &PoolPlan,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut req = req;
+        let upgrade = upgrade_asked(&req).map(|proto| (proto, hyper::upgrade::on(&mut req)));
         let (mut parts, mut body) = req.into_parts();
         // A chunked body's first chunk is read before any member is chosen:
         // a malformed chunk size is answered 400 and nothing is forwarded.
@@ -273,6 +299,12 @@ impl Conn {
             }
         }
         prepare_request(&mut parts, &self.client_ip, self.trusted, listener);
+        if let Some((proto, _)) = &upgrade {
+            parts.headers.insert(header::UPGRADE, proto.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         let mut req = Request::from_parts(
             parts,
             RequestBody {
@@ -290,7 +322,7 @@ impl Conn {
             };
             tried.push(member.address);
             let guard = member.begin();
-            let sender = match checkout(&member, pool, self.ends).await {
+            let sender = match checkout(&member, pool, self.ends, upgrade.is_none()).await {
                 Ok(s) => s,
                 Err(e) => {
                     member.stats.connect_failures.fetch_add(1, Relaxed);
@@ -301,7 +333,12 @@ impl Conn {
                 }
             };
             req.body_mut().member = Some(member.clone());
-            return exchange(sender, req, guard, listener, pool).await;
+            let Some((_, client_side)) = upgrade else {
+                return exchange(sender, req, guard, listener, pool).await;
+            };
+            return self
+                .upgrade(sender, req, client_side, guard, listener, pool)
+                .await;
         }
         if last_err.is_none() {
             pool.stats.no_member.fetch_add(1, Relaxed);
@@ -312,6 +349,123 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Sends an upgrade request (a websocket handshake) on a connection of
+    /// its own. If the member switches protocols, both connections leave
+    /// HTTP and become a tunnel relayed both ways on its own task, counted
+    /// on the listener and cut by drains like any connection.
+    async fn upgrade(
+        &self,
+        mut sender: UpstreamSender,
+        req: Request<RequestBody>,
+        client_side: OnUpgrade,
+        guard: Outstanding,
+        listener: &ListenerPlan,
+        pool: &PoolPlan,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let member = guard.member().clone();
+        let timeout = pool.spec.response_timeout;
+        let sent = tokio::time::timeout(timeout, sender.send_request(req)).await;
+        let mut response = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(source)) => {
+                member.stats.requests.count(502);
+                return Err(ProxyError::Upstream {
+                    member: member.address,
+                    source,
+                });
+            }
+            Err(_) => {
+                member.stats.requests.count(504);
+                return Err(ProxyError::ResponseTimeout {
+                    member: member.address,
+                    timeout,
+                });
+            }
+        };
+        member.stats.requests.count(response.status().as_u16());
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // Refused: the answer goes back as it is; the connection is not reused.
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let body = UpstreamBody {
+                inner: body,
+                lease: None,
+                cut: Box::pin(member.cut_token().cancelled_owned()),
+                _outstanding: guard,
+                member,
+                listener: listener.stats.clone(),
+            };
+            return Ok(Response::from_parts(parts, ProxyBody::Upstream(body)));
+        }
+        let member_side = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        let proto = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(proto) = proto {
+            parts.headers.insert(header::UPGRADE, proto);
+        }
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+
+        let stats = listener.stats.clone();
+        stats.upgrades.fetch_add(1, Relaxed);
+        let open = crate::Active::new(&stats);
+        let idle = listener.spec.idle_timeout;
+        let (cut, peer) = (self.cut.clone(), self.peer);
+        self.tunnels.spawn(async move {
+            let _open = open;
+            stats.tunnels.fetch_add(1, Relaxed);
+            let (client, upstream) = match tokio::join!(client_side, member_side) {
+                (Ok(c), Ok(m)) => (TokioIo::new(c), TokioIo::new(m)),
+                (c, m) => {
+                    tracing::debug!(client.addr = %peer, client_ok = c.is_ok(), member_ok = m.is_ok(), "upgrade not completed");
+                    stats.tunnels.fetch_sub(1, Relaxed);
+                    return;
+                }
+            };
+            let counters = tcp::Counters {
+                client_to_member: [&stats.bytes_in, &member.stats.bytes_out],
+                member_to_client: [&stats.bytes_out, &member.stats.bytes_in],
+            };
+            let member_cut = member.cut_token();
+            let result = tokio::select! {
+                r = tcp::pipe(client, upstream, idle, &counters) => r,
+                _ = cut.cancelled() => Err(std::io::Error::other("listener drained")),
+                _ = member_cut.cancelled() => Err(std::io::Error::other("member drained")),
+            };
+            if let Err(e) = result {
+                tracing::debug!(client.addr = %peer, member = %member.address, error = %e, "upgraded connection ended");
+            }
+            stats.tunnels.fetch_sub(1, Relaxed);
+            drop(guard);
+        });
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::Local(Full::new(Bytes::new())),
+        ))
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Upgrade` with
+/// `Connection: upgrade`), such as `websocket`.
+fn upgrade_asked(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asked = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asked
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+}
+
 /// An idle connection to `member` if one is open, else a new one. A pool
 /// that sends PROXY headers gets a new connection per request: a header
 /// names one client, so those connections are never shared.
@@ -319,9 +473,10 @@ async fn checkout(
     member: &MemberState,
     pool: &PoolPlan,
     ends: Addresses,
+    reuse: bool,
 ) -> Result<UpstreamSender, ProxyError> {
     let timeout = pool.spec.connect_timeout;
-    if pool.spec.proxy_protocol.is_none() {
+    if reuse && pool.spec.proxy_protocol.is_none() {
         while let Some(mut sender) = member.take_idle() {
             if sender.ready().await.is_ok() {
                 return Ok(sender);
@@ -352,7 +507,7 @@ async fn checkout(
             source,
         })?;
     tokio::spawn(async move {
-        let _ = connection.await;
+        let _ = connection.with_upgrades().await;
     });
     Ok(sender)
 }

@@ -541,6 +541,20 @@ impl Dataplane {
             |w, n, l| w.value(n, &ll(l), load(&l.stats.tls_failures)),
         );
         w.family(
+            "keel_listener_upgrades_total",
+            "counter",
+            "HTTP connections upgraded to another protocol (websockets).",
+            &http,
+            |w, n, l| w.value(n, &ll(l), load(&l.stats.upgrades)),
+        );
+        w.family(
+            "keel_listener_upgraded_connections",
+            "gauge",
+            "Upgraded connections (websockets) open now.",
+            &http,
+            |w, n, l| w.value(n, &ll(l), l.stats.tunnels.load(Relaxed)),
+        );
+        w.family(
             "keel_listener_requests_total",
             "counter",
             "HTTP responses sent, by status class.",
@@ -839,7 +853,12 @@ impl Admit {
         };
         listener.stats.connections.fetch_add(1, Relaxed);
         let active = Active::new(&listener.stats);
-        let (plan, closing, cut) = (self.plan.clone(), self.closing.clone(), self.cut.clone());
+        let (plan, cut) = (self.plan.clone(), self.cut.clone());
+        let signals = http::Signals {
+            closing: self.closing.clone(),
+            cut: cut.clone(),
+            tunnels: self.connections.clone(),
+        };
         self.connections.spawn(async move {
             let _active = active;
             let _ = stream.set_nodelay(true);
@@ -847,7 +866,10 @@ impl Admit {
                 return;
             };
             match (listener.spec.protocol, listener.tls.clone()) {
-                (Protocol::Tcp, _) => tcp::serve(stream, peer, listener, cut).await,
+                (Protocol::Tcp, _) => {
+                    let pool = listener.pool.clone();
+                    tcp::serve(stream, peer, listener, pool, cut).await
+                }
                 (Protocol::Http, _) => {
                     let mode = if listener.spec.http2 {
                         let deadline = tokio::time::Instant::now() + listener.spec.header_timeout;
@@ -858,7 +880,7 @@ impl Admit {
                     } else {
                         http::Mode::Http1
                     };
-                    http::serve(stream, mode, peer, plan, listener, closing, cut).await
+                    http::serve(stream, mode, peer, plan, listener, signals).await
                 }
                 (Protocol::Https | Protocol::Tls, Some(config)) => {
                     let Some(tls) = handshake(stream, peer.source, config, &listener, &cut).await
@@ -873,7 +895,7 @@ impl Admit {
                         Some(tls::H2) => http::Mode::Http2,
                         _ => http::Mode::Http1,
                     };
-                    http::serve(tls, mode, peer, plan, listener, closing, cut).await
+                    http::serve(tls, mode, peer, plan, listener, signals).await
                 }
                 (Protocol::Https | Protocol::Tls, None) => {
                     debug_assert!(false, "a TLS listener was planned without a configuration");
@@ -942,10 +964,10 @@ async fn handshake(
 }
 
 /// Counts a connection in its listener's gauge for as long as it lives.
-struct Active(Arc<ListenerStats>);
+pub(crate) struct Active(Arc<ListenerStats>);
 
 impl Active {
-    fn new(stats: &Arc<ListenerStats>) -> Self {
+    pub(crate) fn new(stats: &Arc<ListenerStats>) -> Self {
         stats.active.fetch_add(1, Relaxed);
         Active(stats.clone())
     }

@@ -100,6 +100,9 @@ pub struct ListenerStats {
     pub latency: Histogram,
     /// TLS handshakes that failed or timed out.
     pub tls_failures: AtomicU64,
+    /// HTTP connections upgraded (websockets), ever and open now.
+    pub upgrades: AtomicU64,
+    pub tunnels: AtomicI64,
 }
 
 /// Traffic through one pool, whichever member served it.

@@ -85,22 +85,13 @@ pub(crate) async fn serve(
     client: TcpStream,
     ends: Addresses,
     listener: Arc<ListenerPlan>,
+    pool: Arc<PoolPlan>,
     cut: CancellationToken,
 ) {
-    let peer = ends.source;
-    let pool = &listener.pool;
-    pool.stats.connections.fetch_add(1, Relaxed);
-    let (upstream, guard) = match connect(pool, ends).await {
-        Ok(ok) => ok,
-        Err(e) => {
-            tracing::warn!(client.addr = %peer, pool = %pool.spec.name, error = %e, "refusing connection");
-            // Reset rather than close: the client learns at once that it failed.
-            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
-            return;
-        }
+    let Some((upstream, guard)) = connect_for(&client, ends, &pool).await else {
+        return;
     };
     let member = guard.member().clone();
-    member.stats.connections.fetch_add(1, Relaxed);
     let member_cut = member.cut_token();
     let counters = Counters {
         client_to_member: [&listener.stats.bytes_in, &member.stats.bytes_out],
@@ -112,64 +103,95 @@ pub(crate) async fn serve(
         _ = member_cut.cancelled() => Err(io::Error::other("member drained")),
     };
     if let Err(e) = result {
-        tracing::debug!(client.addr = %peer, member = %member.address, error = %e, "tcp connection ended");
+        tracing::debug!(client.addr = %ends.source, member = %member.address, error = %e, "tcp connection ended");
     }
     drop(guard);
+}
+
+/// Connects a new client connection to a member of `pool`, counting it; on
+/// failure the client's socket is set to reset when dropped, so it learns
+/// at once that it failed.
+async fn connect_for(
+    client: &TcpStream,
+    ends: Addresses,
+    pool: &PoolPlan,
+) -> Option<(TcpStream, Outstanding)> {
+    pool.stats.connections.fetch_add(1, Relaxed);
+    match connect(pool, ends).await {
+        Ok((upstream, guard)) => {
+            guard.member().stats.connections.fetch_add(1, Relaxed);
+            Some((upstream, guard))
+        }
+        Err(e) => {
+            tracing::warn!(client.addr = %ends.source, pool = %pool.spec.name, error = %e, "refusing connection");
+            let _ = socket2::SockRef::from(client).set_linger(Some(Duration::ZERO));
+            None
+        }
+    }
 }
 
 /// Proxies a connection whose client side is not a plain socket (TLS
 /// terminated here): bytes are copied through user space, both ways, with
 /// half-close, the idle timeout and drains as for [`serve`].
-pub(crate) async fn serve_stream<S>(
-    client: S,
+pub(crate) async fn serve_stream(
+    client: tokio_rustls::server::TlsStream<TcpStream>,
     ends: Addresses,
     listener: Arc<ListenerPlan>,
     cut: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let peer = ends.source;
-    let pool = &listener.pool;
-    pool.stats.connections.fetch_add(1, Relaxed);
-    let (upstream, guard) = match connect(pool, ends).await {
-        Ok(ok) => ok,
-        Err(e) => {
-            tracing::warn!(client.addr = %peer, pool = %pool.spec.name, error = %e, "refusing connection");
-            return;
-        }
+) {
+    let pool = listener.pool.clone();
+    let Some((upstream, guard)) = connect_for(client.get_ref().0, ends, &pool).await else {
+        return;
     };
     let member = guard.member().clone();
-    member.stats.connections.fetch_add(1, Relaxed);
     let member_cut = member.cut_token();
+    let counters = Counters {
+        client_to_member: [&listener.stats.bytes_in, &member.stats.bytes_out],
+        member_to_client: [&listener.stats.bytes_out, &member.stats.bytes_in],
+    };
+    let result = tokio::select! {
+        r = pipe(client, upstream, listener.spec.idle_timeout, &counters) => r,
+        _ = cut.cancelled() => Err(io::Error::other("listener drained")),
+        _ = member_cut.cancelled() => Err(io::Error::other("member drained")),
+    };
+    if let Err(e) = result {
+        tracing::debug!(client.addr = %ends.source, member = %member.address, error = %e, "tls connection ended");
+    }
+    drop(guard);
+}
+
+/// Copies both ways between two streams through user space, with
+/// half-close, until both are done or nothing moved for `idle`.
+pub(crate) async fn pipe<A, B>(
+    client: A,
+    member: B,
+    idle: Duration,
+    counters: &Counters<'_>,
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite,
+    B: AsyncRead + AsyncWrite,
+{
     let activity = Activity::new();
     let (client_read, client_write) = tokio::io::split(client);
-    let (member_read, member_write) = upstream.into_split();
+    let (member_read, member_write) = tokio::io::split(member);
     let both = async {
         tokio::try_join!(
             copy_one_way(
                 client_read,
                 member_write,
                 &activity,
-                [&listener.stats.bytes_in, &member.stats.bytes_out]
+                counters.client_to_member
             ),
             copy_one_way(
                 member_read,
                 client_write,
                 &activity,
-                [&listener.stats.bytes_out, &member.stats.bytes_in]
+                counters.member_to_client
             ),
         )
     };
-    let idle = listener.spec.idle_timeout;
-    let result = tokio::select! {
-        r = watch_idle(both, &activity, idle) => r,
-        _ = cut.cancelled() => Err(io::Error::other("listener drained")),
-        _ = member_cut.cancelled() => Err(io::Error::other("member drained")),
-    };
-    if let Err(e) = result {
-        tracing::debug!(client.addr = %peer, member = %member.address, error = %e, "tls connection ended");
-    }
-    drop(guard);
+    watch_idle(both, &activity, idle).await
 }
 
 /// Copies until end of stream, then passes the end on (half-close).
@@ -216,9 +238,10 @@ where
     }
 }
 
-struct Counters<'a> {
-    client_to_member: [&'a AtomicU64; 2],
-    member_to_client: [&'a AtomicU64; 2],
+/// The byte counters each direction adds to: listener and member.
+pub(crate) struct Counters<'a> {
+    pub client_to_member: [&'a AtomicU64; 2],
+    pub member_to_client: [&'a AtomicU64; 2],
 }
 
 /// Copies both ways. When one side finishes sending, its FIN is passed on
