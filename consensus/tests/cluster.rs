@@ -34,7 +34,7 @@ fn pool(name: &str) -> ClusterCommand {
     .next()
     .unwrap();
     pool.name = name.into();
-    ClusterCommand::Spec(Command::UpsertPool(pool))
+    ClusterCommand::Spec(Command::UpsertPool(Box::new(pool)))
 }
 
 impl Cluster {

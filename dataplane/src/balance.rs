@@ -41,19 +41,38 @@ impl Balancer {
     }
 
     /// Picks a member for a client, skipping members already tried.
-    pub fn pick(&self, client: IpAddr, tried: &[SocketAddr]) -> Option<Arc<MemberState>> {
-        let eligible = |i: usize| {
-            self.weights[i] > 0
-                && self.members[i].is_up()
-                && !tried.contains(&self.members[i].address)
-        };
+    /// `key` is what a `consistent_hash` pool hashes (a header's or
+    /// cookie's value); without one, the client's IP is hashed.
+    pub fn pick(
+        &self,
+        client: IpAddr,
+        key: Option<&[u8]>,
+        tried: &[SocketAddr],
+    ) -> Option<Arc<MemberState>> {
+        let eligible =
+            |i: usize| self.takes_traffic(i) && !tried.contains(&self.members[i].address);
         let i = match self.algorithm {
             Algorithm::RoundRobin => self.round_robin(eligible),
             Algorithm::LeastOutstanding => self.least_outstanding(eligible),
             Algorithm::RandomTwo => self.random_two(eligible),
-            Algorithm::SourceHash => self.source_hash(client, eligible),
+            Algorithm::SourceHash => self.rendezvous(&ip_bytes(client), eligible),
+            Algorithm::ConsistentHash => match key {
+                Some(k) => self.rendezvous(k, eligible),
+                None => self.rendezvous(&ip_bytes(client), eligible),
+            },
         }?;
         Some(self.members[i].clone())
+    }
+
+    /// The member at `address` if it may take new traffic now (in the
+    /// plan, up, weight above zero): how stickiness checks its member.
+    pub fn available(&self, address: SocketAddr) -> Option<&Arc<MemberState>> {
+        let i = self.members.iter().position(|m| m.address == address)?;
+        self.takes_traffic(i).then(|| &self.members[i])
+    }
+
+    fn takes_traffic(&self, i: usize) -> bool {
+        self.weights[i] > 0 && self.members[i].is_up()
     }
 
     fn round_robin(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
@@ -96,11 +115,11 @@ impl Balancer {
         }
     }
 
-    /// Weighted rendezvous hashing: a member leaving moves only its own clients.
-    fn source_hash(&self, client: IpAddr, eligible: impl Fn(usize) -> bool) -> Option<usize> {
+    /// Weighted rendezvous hashing: a member leaving moves only its own keys.
+    fn rendezvous(&self, key: &[u8], eligible: impl Fn(usize) -> bool) -> Option<usize> {
         let mut best: Option<(f64, usize)> = None;
         for i in (0..self.members.len()).filter(|&i| eligible(i)) {
-            let h = hash_pair(client, self.members[i].address);
+            let h = hash_pair(key, self.members[i].address);
             // A uniform number in (0, 1), then -w / ln(u): the largest wins.
             let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
             let score = -f64::from(self.weights[i]) / u.ln();
@@ -160,9 +179,16 @@ fn gcd(a: i64, b: i64) -> i64 {
     }
 }
 
-/// FNV-1a over the client IP and the member address: stable across
-/// processes and versions, so every node maps a client to the same member.
-fn hash_pair(client: IpAddr, member: SocketAddr) -> u64 {
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    }
+}
+
+/// FNV-1a over the key and the member address: stable across processes
+/// and versions, so every node maps a key to the same member.
+fn hash_pair(key: &[u8], member: SocketAddr) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -170,10 +196,7 @@ fn hash_pair(client: IpAddr, member: SocketAddr) -> u64 {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
     };
-    match client {
-        IpAddr::V4(v) => eat(&v.octets()),
-        IpAddr::V6(v) => eat(&v.octets()),
-    }
+    eat(key);
     match member.ip() {
         IpAddr::V4(v) => eat(&v.octets()),
         IpAddr::V6(v) => eat(&v.octets()),
@@ -205,7 +228,7 @@ mod tests {
     fn counts(b: &Balancer, n: usize, client: impl Fn(usize) -> IpAddr) -> Vec<usize> {
         let mut c = vec![0; b.members().len()];
         for k in 0..n {
-            let m = b.pick(client(k), &[]).unwrap();
+            let m = b.pick(client(k), None, &[]).unwrap();
             let i = b
                 .members()
                 .iter()
@@ -234,7 +257,7 @@ mod tests {
         b.members()[0].set_up(false);
         assert_eq!(counts(&b, 100, |_| ip), vec![0, 100, 0]);
         b.members()[1].set_up(false);
-        assert!(b.pick(ip, &[]).is_none());
+        assert!(b.pick(ip, None, &[]).is_none());
     }
 
     #[test]
@@ -244,10 +267,13 @@ mod tests {
         let _g1 = b.members()[0].begin();
         let _g2 = b.members()[1].begin();
         for _ in 0..10 {
-            assert_eq!(b.pick(ip, &[]).unwrap().address, b.members()[2].address);
+            assert_eq!(
+                b.pick(ip, None, &[]).unwrap().address,
+                b.members()[2].address
+            );
         }
         let tried = [b.members()[2].address];
-        assert_ne!(b.pick(ip, &tried).unwrap().address, tried[0]);
+        assert_ne!(b.pick(ip, None, &tried).unwrap().address, tried[0]);
     }
 
     #[test]
@@ -266,10 +292,10 @@ mod tests {
         let b = Balancer::new(Algorithm::SourceHash, all.clone());
         let ip = |k: usize| IpAddr::from([10, 1, (k / 256) as u8, (k % 256) as u8]);
         let before: Vec<_> = (0..2000)
-            .map(|k| b.pick(ip(k), &[]).unwrap().address)
+            .map(|k| b.pick(ip(k), None, &[]).unwrap().address)
             .collect();
         let again: Vec<_> = (0..2000)
-            .map(|k| b.pick(ip(k), &[]).unwrap().address)
+            .map(|k| b.pick(ip(k), None, &[]).unwrap().address)
             .collect();
         assert_eq!(before, again);
         let c = counts(&b, 2000, ip);
@@ -282,9 +308,41 @@ mod tests {
                 .collect(),
         );
         for (k, &was) in before.iter().enumerate() {
-            let now = fewer.pick(ip(k), &[]).unwrap().address;
+            let now = fewer.pick(ip(k), None, &[]).unwrap().address;
             if was != removed {
                 assert_eq!(now, was, "client {k} moved although its member stayed");
+            }
+        }
+    }
+
+    #[test]
+    fn consistent_hash_follows_keys_and_weights() {
+        let all = members(&[1, 1, 2]);
+        let b = Balancer::new(Algorithm::ConsistentHash, all.clone());
+        let ip = IpAddr::from([1, 1, 1, 1]);
+        let key = |k: usize| format!("user-{k}").into_bytes();
+        let pick = |b: &Balancer, k: usize| b.pick(ip, Some(&key(k)), &[]).unwrap().address;
+        let mut c = [0usize; 3];
+        for k in 0..3000 {
+            let m = pick(&b, k);
+            assert_eq!(m, pick(&b, k));
+            c[all.iter().position(|(x, _)| x.address == m).unwrap()] += 1;
+        }
+        // Weight 2 takes about half; weight 1 a quarter each.
+        assert!(c[2] > 1300 && c[2] < 1700, "{c:?}");
+        assert!(c[0] > 600 && c[1] > 600, "{c:?}");
+        // A member going down moves only the keys it had.
+        all[0].0.set_up(false);
+        for k in 0..3000 {
+            let now = pick(&b, k);
+            assert_ne!(now, all[0].0.address);
+        }
+        all[0].0.set_up(true);
+        let before: Vec<_> = (0..3000).map(|k| pick(&b, k)).collect();
+        all[1].0.set_up(false);
+        for (k, &was) in before.iter().enumerate() {
+            if was != all[1].0.address {
+                assert_eq!(pick(&b, k), was, "key {k} moved");
             }
         }
     }

@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use keel_model::Protocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -30,7 +31,7 @@ use crate::member::{MemberState, Outstanding};
 use crate::plan::{ListenerPlan, PoolPlan, SharedPlan};
 use crate::proxy_protocol::Addresses;
 use crate::route::{self, Route};
-use crate::tcp;
+use crate::{sticky, tcp};
 
 /// The largest request head accepted; a larger one is answered 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -314,11 +315,25 @@ impl Conn {
                 member: None,
             },
         );
+        let now = sticky::unix_now();
+        let sticky = pool.sticky.as_ref();
+        let pinned = sticky
+            .and_then(|s| s.pinned(req.headers(), now))
+            .and_then(|a| pool.balancer.available(a).cloned());
+        let had_app_cookie = sticky.is_some_and(|s| s.has_app_cookie(req.headers()));
+        let hash_key = sticky::hash_key(&pool.spec, req.headers());
         let mut tried = Vec::new();
         let mut last_err = None;
         while tried.len() < MAX_CONNECT_ATTEMPTS {
-            let Some(member) = pool.balancer.pick(self.peer.ip(), &tried) else {
-                break;
+            let member = match pinned.as_ref().filter(|m| !tried.contains(&m.address)) {
+                Some(m) => m.clone(),
+                None => match pool
+                    .balancer
+                    .pick(self.peer.ip(), hash_key.as_deref(), &tried)
+                {
+                    Some(m) => m,
+                    None => break,
+                },
             };
             tried.push(member.address);
             let guard = member.begin();
@@ -333,12 +348,24 @@ impl Conn {
                 }
             };
             req.body_mut().member = Some(member.clone());
-            let Some((_, client_side)) = upgrade else {
-                return exchange(sender, req, guard, listener, pool).await;
+            let mut response = match upgrade {
+                None => exchange(sender, req, guard, listener, pool).await?,
+                Some((_, client_side)) => {
+                    self.upgrade(sender, req, client_side, guard, listener, pool)
+                        .await?
+                }
             };
-            return self
-                .upgrade(sender, req, client_side, guard, listener, pool)
-                .await;
+            if let Some(s) = sticky {
+                let secure = listener.spec.protocol == Protocol::Https;
+                s.stamp(
+                    response.headers_mut(),
+                    had_app_cookie,
+                    member.address,
+                    now,
+                    secure,
+                );
+            }
+            return Ok(response);
         }
         if last_err.is_none() {
             pool.stats.no_member.fetch_add(1, Relaxed);

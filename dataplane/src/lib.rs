@@ -19,6 +19,7 @@ mod metrics;
 mod plan;
 mod proxy_protocol;
 mod route;
+mod sticky;
 mod tcp;
 mod tls;
 
@@ -58,6 +59,8 @@ struct Registry {
     members: HashMap<(String, SocketAddr), MemberEntry>,
     pool_stats: HashMap<String, Arc<PoolStats>>,
     listener_stats: HashMap<SocketAddr, Arc<ListenerStats>>,
+    /// Signs sticky-session cookies.
+    cookie_key: Option<sticky::CookieKey>,
     version: u64,
     shut_down: bool,
 }
@@ -151,6 +154,14 @@ impl Dataplane {
         self.plan.load().version
     }
 
+    /// Sets the secret sticky-session cookies are signed with, from the
+    /// next apply on. Nodes of one cluster pass the same secret so a client
+    /// keeps its member whichever node answers; without one, a random key
+    /// of this process is used.
+    pub async fn set_cookie_secret(&self, secret: &[u8]) {
+        self.registry.lock().await.cookie_key = Some(sticky::CookieKey::derive(secret));
+    }
+
     /// Makes `spec` the served configuration, or changes nothing and says why.
     pub async fn apply(&self, spec: &Spec) -> Result<u64, ApplyError> {
         let mut reg = self.registry.lock().await;
@@ -215,8 +226,10 @@ impl Dataplane {
                 members.insert(key, entry);
             }
             let stats = reg.pool_stats.entry(pool.name.clone()).or_default().clone();
+            let key = reg.cookie_key.get_or_insert_with(sticky::CookieKey::random);
             let plan = PoolPlan {
                 spec: pool.clone(),
+                sticky: sticky::StickyPlan::new(pool, key),
                 balancer: Balancer::new(pool.algorithm, in_service),
                 stats,
             };

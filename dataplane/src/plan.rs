@@ -44,5 +44,7 @@ pub(crate) struct ListenerPlan {
 pub(crate) struct PoolPlan {
     pub spec: Pool,
     pub balancer: Balancer,
+    /// HTTP session stickiness, when the pool asks for it.
+    pub sticky: Option<crate::sticky::StickyPlan>,
     pub stats: Arc<PoolStats>,
 }

@@ -33,7 +33,7 @@ pub(crate) async fn connect(
     let mut tried = Vec::new();
     let mut last = None;
     while tried.len() < 3 {
-        let Some(member) = pool.balancer.pick(client.ip(), &tried) else {
+        let Some(member) = pool.balancer.pick(client.ip(), None, &tried) else {
             break;
         };
         tried.push(member.address);

@@ -27,7 +27,14 @@ pub(crate) async fn run(
     let mut failed = false;
     loop {
         let next = applied.borrow_and_update().clone();
-        if next.state.identity.is_some() {
+        if let Some(identity) = &next.state.identity {
+            if current.is_none() {
+                // Every node holds the cluster's CA key: a secret they all
+                // share, from which the sticky-cookie key is derived.
+                dataplane
+                    .set_cookie_secret(identity.ca_key_pem.as_bytes())
+                    .await;
+            }
             if current.as_ref() == Some(&next.state.spec) {
                 serving.store(next.index, Ordering::Relaxed);
                 failed = false;

@@ -24,6 +24,7 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// - `/upload`: reads the body slowly, answers with its length
 /// - `/download/<bytes>`: streams that many bytes in 64 KiB chunks
 /// - `/headers`: answers with the request's headers, one per line
+/// - `/login`: answers with the backend's name and sets cookie `SESSION`
 /// - anything else: answers with the backend's name
 pub struct HttpBackend {
     pub addr: SocketAddr,
@@ -180,6 +181,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         }
         *state.last_headers.lock().unwrap() = lines.clone();
         return Ok(text(StatusCode::OK, lines));
+    } else if path == "/login" {
+        let mut r = text(StatusCode::OK, state.name.clone());
+        let cookie = format!("SESSION={}-session; Path=/", state.name);
+        r.headers_mut()
+            .insert(http::header::SET_COOKIE, cookie.parse().unwrap());
+        return Ok(r);
     }
     Ok(text(StatusCode::OK, state.name.clone()))
 }

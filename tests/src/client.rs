@@ -40,3 +40,33 @@ pub async fn get(c: &HttpClient, url: &str) -> Result<(u16, String), String> {
         .await
         .map_err(|_| "timed out".to_string())?
 }
+
+/// GET `url` with extra request headers: the status, the response headers
+/// and the body as text.
+pub async fn get_with(
+    c: &HttpClient,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, http::HeaderMap, String), String> {
+    let mut req = http::Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let status = resp.status().as_u16();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((
+            status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}

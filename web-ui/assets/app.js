@@ -362,7 +362,7 @@
     const form = h('form', { class: 'card', id: 'pool-form' },
       h('h2', {}, p ? `Edit pool ${p.name}` : 'New pool'),
       input('Name', 'name', { value: p ? p.name : '', required: true, readonly: !!p }),
-      select('Algorithm', 'algorithm', ['round_robin', 'least_outstanding', 'random_two', 'source_hash'], p ? p.algorithm || 'round_robin' : 'round_robin'),
+      select('Algorithm', 'algorithm', ['round_robin', 'least_outstanding', 'random_two', 'source_hash', 'consistent_hash'], p ? p.algorithm || 'round_robin' : 'round_robin'),
       h('div', { class: 'row' },
         select('Health check', 'health_check.type', ['', 'tcp', 'http'], hc.type || ''),
         input('Path (http)', 'health_check.path', { value: hc.path || '', size: 12 }),

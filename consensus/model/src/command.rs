@@ -20,7 +20,7 @@ pub enum Command {
     /// Remove a load balancer and its listeners.
     RemoveLoadBalancer { name: String },
     /// Create or replace a pool.
-    UpsertPool(Pool),
+    UpsertPool(Box<Pool>),
     /// Remove a pool no listener uses.
     RemovePool { name: String },
     /// Add a member to a pool, or replace the member with the same address.
@@ -111,7 +111,7 @@ impl Spec {
                     .ok_or_else(|| not_found("load balancer", name))?;
             }
             Command::UpsertPool(pool) => {
-                self.pools.insert(pool.name.clone(), pool.clone());
+                self.pools.insert(pool.name.clone(), (**pool).clone());
             }
             Command::RemovePool { name } => {
                 self.pools
@@ -181,7 +181,7 @@ impl Spec {
         }
         for (name, pool) in &new.pools {
             if self.pools.get(name) != Some(pool) {
-                out.push(Command::UpsertPool(pool.clone()));
+                out.push(Command::UpsertPool(Box::new(pool.clone())));
             }
         }
         for name in self.load_balancers.keys() {

@@ -17,8 +17,8 @@ use crate::rules::{
     WeightedPool,
 };
 use crate::spec::{
-    Algorithm, Certificate, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol,
-    ProxyProtocol, Spec, StatusRanges, TlsPolicy, Vip,
+    Algorithm, Certificate, CheckKind, HashOn, HealthCheck, Listener, LoadBalancer, Member, Pool,
+    Protocol, ProxyProtocol, Spec, StatusRanges, Stickiness, TlsPolicy, Vip,
 };
 
 /// Defaults applied to fields a document leaves out.
@@ -34,6 +34,8 @@ pub mod defaults {
     pub const HEALTHY_THRESHOLD: u32 = 2;
     pub const UNHEALTHY_THRESHOLD: u32 = 3;
     pub const WEIGHT: u32 = 1;
+    /// How long a sticky session lasts (as ELBv2's default: one day).
+    pub const STICKINESS: Duration = Duration::from_secs(24 * 3600);
 }
 
 /// Why a document could not be turned into a [`Spec`].
@@ -223,8 +225,26 @@ pub struct PoolDoc {
     pub response_timeout: Option<DurationDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<String>,
+    /// `source`, `header:NAME` or `cookie:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stickiness: Option<StickinessDoc>,
     #[serde(default)]
     pub members: Vec<MemberDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickinessDoc {
+    /// `lb_cookie` or `app_cookie`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<DurationDoc>,
+    /// `app_cookie`: the application's cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -726,11 +746,12 @@ impl PoolDoc {
             "least_outstanding" => Algorithm::LeastOutstanding,
             "random_two" => Algorithm::RandomTwo,
             "source_hash" => Algorithm::SourceHash,
+            "consistent_hash" => Algorithm::ConsistentHash,
             other => {
                 errors.push(FieldError::new(
                     at.field("algorithm"),
                     format!(
-                        "unknown algorithm {other:?} (expected round_robin, least_outstanding, random_two or source_hash)"
+                        "unknown algorithm {other:?} (expected round_robin, least_outstanding, random_two, source_hash or consistent_hash)"
                     ),
                 ));
                 Algorithm::RoundRobin
@@ -776,8 +797,28 @@ impl PoolDoc {
                 None
             }
         };
+        let hash_on = self.hash_on.as_deref().map(|text| {
+            match text.split_once(':').map(|(k, v)| (k.trim(), v.trim())) {
+                None if text.trim() == "source" => HashOn::Source,
+                Some(("header", name)) => HashOn::Header(name.to_ascii_lowercase()),
+                Some(("cookie", name)) => HashOn::Cookie(name.to_owned()),
+                _ => {
+                    errors.push(FieldError::new(
+                        at.field("hash_on"),
+                        format!("{text:?} is not source, header:NAME or cookie:NAME"),
+                    ));
+                    HashOn::Source
+                }
+            }
+        });
+        let stickiness = self
+            .stickiness
+            .as_ref()
+            .and_then(|s| s.convert(&at.field("stickiness"), errors));
         Pool {
             proxy_protocol,
+            hash_on,
+            stickiness,
             name: self.name.clone(),
             algorithm,
             health_check,
@@ -785,6 +826,62 @@ impl PoolDoc {
             connect_timeout,
             response_timeout,
             members,
+        }
+    }
+}
+
+impl StickinessDoc {
+    fn convert(&self, at: &Path, errors: &mut Vec<FieldError>) -> Option<Stickiness> {
+        let duration = duration(
+            &self.duration,
+            defaults::STICKINESS,
+            &at.field("duration"),
+            errors,
+        );
+        match (self.kind.as_str(), &self.cookie) {
+            ("lb_cookie", None) => Some(Stickiness::LbCookie { duration }),
+            ("lb_cookie", Some(_)) => {
+                errors.push(FieldError::new(
+                    at.field("cookie"),
+                    "only applies to type app_cookie (lb_cookie names its own)",
+                ));
+                None
+            }
+            ("app_cookie", Some(cookie)) => Some(Stickiness::AppCookie {
+                cookie: cookie.clone(),
+                duration,
+            }),
+            ("app_cookie", None) => {
+                errors.push(FieldError::new(
+                    at.field("cookie"),
+                    "is required: the application's cookie to follow",
+                ));
+                None
+            }
+            (other, _) => {
+                errors.push(FieldError::new(
+                    at.field("type"),
+                    format!("unknown stickiness {other:?} (expected lb_cookie or app_cookie)"),
+                ));
+                None
+            }
+        }
+    }
+}
+
+impl From<&Stickiness> for StickinessDoc {
+    fn from(s: &Stickiness) -> Self {
+        match s {
+            Stickiness::LbCookie { duration } => StickinessDoc {
+                kind: "lb_cookie".into(),
+                duration: duration_doc(*duration),
+                cookie: None,
+            },
+            Stickiness::AppCookie { cookie, duration } => StickinessDoc {
+                kind: "app_cookie".into(),
+                duration: duration_doc(*duration),
+                cookie: Some(cookie.clone()),
+            },
         }
     }
 }
@@ -985,6 +1082,8 @@ impl From<&Pool> for PoolDoc {
             connect_timeout: duration_doc(p.connect_timeout),
             response_timeout: duration_doc(p.response_timeout),
             proxy_protocol: p.proxy_protocol.map(|v| v.as_str().into()),
+            hash_on: p.hash_on.as_ref().map(ToString::to_string),
+            stickiness: p.stickiness.as_ref().map(StickinessDoc::from),
             members: p
                 .members
                 .iter()

@@ -20,7 +20,7 @@ pub use cluster::{
 pub use command::{ApplyError, Command};
 pub use document::{
     CertificateDoc, Document, HealthCheckDoc, ListenerDoc, LoadBalancerDoc, MemberDoc, ParseError,
-    PoolDoc, RuleDoc,
+    PoolDoc, RuleDoc, StickinessDoc,
 };
 pub use error::{FieldError, Path, Segment, ValidationErrors};
 pub use rules::{
@@ -28,6 +28,6 @@ pub use rules::{
     Redirect, Rule, WeightedPool, MAX_FIXED_BODY, MAX_RULES,
 };
 pub use spec::{
-    Algorithm, Certificate, CheckKind, HealthCheck, Listener, LoadBalancer, Member, Pool, Protocol,
-    ProxyProtocol, Spec, StatusRanges, TlsPolicy, Vip,
+    Algorithm, Certificate, CheckKind, HashOn, HealthCheck, Listener, LoadBalancer, Member, Pool,
+    Protocol, ProxyProtocol, Spec, StatusRanges, Stickiness, TlsPolicy, Vip, MAX_STICKINESS,
 };

@@ -212,8 +212,58 @@ pub struct Pool {
     /// Sends each member connection a PROXY header naming the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// `consistent_hash` only: what is hashed (the client's IP by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    /// HTTP only: keeps a client on the member it first reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stickiness: Option<Stickiness>,
     pub members: Vec<Member>,
 }
+
+/// What a `consistent_hash` pool hashes to choose a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashOn {
+    /// The client's IP address.
+    Source,
+    /// A request header's value (HTTP; the source IP when absent).
+    Header(String),
+    /// A request cookie's value (HTTP; the source IP when absent).
+    Cookie(String),
+}
+
+impl fmt::Display for HashOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashOn::Source => f.write_str("source"),
+            HashOn::Header(h) => write!(f, "header:{h}"),
+            HashOn::Cookie(c) => write!(f, "cookie:{c}"),
+        }
+    }
+}
+
+/// Session stickiness of an HTTP pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stickiness {
+    /// Keel issues a signed cookie naming the member, valid for `duration`.
+    LbCookie {
+        #[serde(with = "duration_text")]
+        duration: Duration,
+    },
+    /// Keel follows the application's session cookie `cookie`: when a
+    /// member sets it, Keel issues a signed cookie naming that member,
+    /// honoured for `duration` while the client still sends `cookie`.
+    AppCookie {
+        cookie: String,
+        #[serde(with = "duration_text")]
+        duration: Duration,
+    },
+}
+
+/// The longest stickiness accepted (as ELBv2: seven days).
+pub const MAX_STICKINESS: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The PROXY protocol version a pool sends to its members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +297,9 @@ pub enum Algorithm {
     RandomTwo,
     /// The client's IP address picks the member (rendezvous hashing, weighted).
     SourceHash,
+    /// `hash_on` (source IP, a header or a cookie) picks the member by
+    /// weighted rendezvous hashing: a member leaving moves only its share.
+    ConsistentHash,
 }
 
 impl Algorithm {
@@ -256,6 +309,7 @@ impl Algorithm {
             Algorithm::LeastOutstanding => "least_outstanding",
             Algorithm::RandomTwo => "random_two",
             Algorithm::SourceHash => "source_hash",
+            Algorithm::ConsistentHash => "consistent_hash",
         }
     }
 }
@@ -454,6 +508,7 @@ impl Spec {
             if let Some(hc) = &pool.health_check {
                 hc.check(&at.field("health_check"), &mut errors);
             }
+            check_affinity(pool, &at, &mut errors);
         }
         errors
     }
@@ -596,6 +651,57 @@ impl HealthCheck {
             }
         }
     }
+}
+
+fn check_affinity(pool: &Pool, at: &Path, errors: &mut Vec<FieldError>) {
+    match &pool.hash_on {
+        Some(_) if pool.algorithm != Algorithm::ConsistentHash => errors.push(FieldError::new(
+            at.field("hash_on"),
+            "only applies to algorithm consistent_hash",
+        )),
+        Some(HashOn::Header(name)) if !is_token(name) => errors.push(FieldError::new(
+            at.field("hash_on"),
+            format!("{name:?} is not a valid header name"),
+        )),
+        Some(HashOn::Cookie(name)) if !is_token(name) => errors.push(FieldError::new(
+            at.field("hash_on"),
+            format!("{name:?} is not a valid cookie name"),
+        )),
+        _ => {}
+    }
+    let (duration, cookie) = match &pool.stickiness {
+        None => return,
+        Some(Stickiness::LbCookie { duration }) => (duration, None),
+        Some(Stickiness::AppCookie { cookie, duration }) => (duration, Some(cookie)),
+    };
+    let sat = at.field("stickiness");
+    if duration.as_secs() < 1 || *duration > MAX_STICKINESS {
+        errors.push(FieldError::new(
+            sat.field("duration"),
+            "must be 1s to 7 days",
+        ));
+    }
+    if let Some(name) = cookie {
+        if !is_token(name) {
+            errors.push(FieldError::new(
+                sat.field("cookie"),
+                format!("{name:?} is not a valid cookie name"),
+            ));
+        } else if name.to_ascii_lowercase().starts_with("keel-") {
+            errors.push(FieldError::new(
+                sat.field("cookie"),
+                "names starting with keel- are Keel's own",
+            ));
+        }
+    }
+}
+
+/// An HTTP token (RFC 9110 §5.6.2): what cookie and header names are made of.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Two bind addresses collide when their ports match and their IPs are equal

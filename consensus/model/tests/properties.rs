@@ -71,6 +71,8 @@ fn pool(name: &'static str) -> impl Strategy<Value = Pool> {
                 connect_timeout: Duration::from_secs(1),
                 response_timeout: Duration::from_secs(30),
                 proxy_protocol: None,
+                hash_on: None,
+                stickiness: None,
                 members,
             }
         })
@@ -145,8 +147,8 @@ fn spec() -> impl Strategy<Value = Spec> {
 
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        pool("a").prop_map(Command::UpsertPool),
-        pool("d").prop_map(Command::UpsertPool),
+        pool("a").prop_map(|p| Command::UpsertPool(Box::new(p))),
+        pool("d").prop_map(|p| Command::UpsertPool(Box::new(p))),
         (0usize..4).prop_map(|i| Command::RemovePool {
             name: POOLS[i].into()
         }),

@@ -423,3 +423,58 @@ pools:
         ]
     );
 }
+
+#[test]
+fn stickiness_and_hashing_fields_are_checked() {
+    // Shape errors come before cross-field checks; compare as sets.
+    let mut got = problems(
+        r#"
+load_balancers: []
+pools:
+  - { name: a, hash_on: "header:x-user" }
+  - { name: b, algorithm: consistent_hash, hash_on: "header:bad header" }
+  - { name: c, algorithm: consistent_hash, hash_on: "path" }
+  - { name: d, stickiness: { type: lb_cookie, duration: 8d } }
+  - { name: e, stickiness: { type: app_cookie } }
+  - { name: f, stickiness: { type: lb_cookie, cookie: X } }
+  - { name: g, stickiness: { type: app_cookie, cookie: keel-x } }
+  - { name: h, stickiness: { type: forever } }
+  - { name: i, stickiness: { type: app_cookie, cookie: "a;b", duration: 500ms } }
+"#,
+    );
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            "pools[0].hash_on: only applies to algorithm consistent_hash",
+            "pools[1].hash_on: \"bad header\" is not a valid header name",
+            "pools[2].hash_on: \"path\" is not source, header:NAME or cookie:NAME",
+            "pools[3].stickiness.duration: must be 1s to 7 days",
+            "pools[4].stickiness.cookie: is required: the application's cookie to follow",
+            "pools[5].stickiness.cookie: only applies to type app_cookie (lb_cookie names its own)",
+            "pools[6].stickiness.cookie: names starting with keel- are Keel's own",
+            "pools[7].stickiness.type: unknown stickiness \"forever\" (expected lb_cookie or app_cookie)",
+            "pools[8].stickiness.cookie: \"a;b\" is not a valid cookie name",
+            "pools[8].stickiness.duration: must be 1s to 7 days",
+        ]
+    );
+
+    let text = r#"
+load_balancers: []
+pools:
+  - { name: a, algorithm: consistent_hash, hash_on: "cookie:cart", stickiness: { type: app_cookie, cookie: JSESSIONID, duration: 2h } }
+  - { name: b, algorithm: consistent_hash, hash_on: source, stickiness: { type: lb_cookie } }
+"#;
+    let spec = Document::from_yaml(text).unwrap().into_spec().unwrap();
+    assert_eq!(
+        spec.pools["b"].stickiness,
+        Some(keel_model::Stickiness::LbCookie {
+            duration: std::time::Duration::from_secs(86400)
+        })
+    );
+    let again = Document::from_yaml(&Document::from_spec(&spec).to_yaml())
+        .unwrap()
+        .into_spec()
+        .unwrap();
+    assert_eq!(again, spec);
+}
