@@ -19,6 +19,7 @@ mod metrics;
 mod plan;
 mod proxy_protocol;
 mod route;
+mod sni;
 mod sticky;
 mod tcp;
 mod tls;
@@ -522,7 +523,9 @@ impl Dataplane {
         let tls: Vec<&ListenerPlan> = listeners
             .iter()
             .copied()
-            .filter(|l| l.spec.protocol.terminates_tls())
+            .filter(|l| {
+                l.spec.protocol.terminates_tls() || l.spec.protocol == Protocol::TlsPassthrough
+            })
             .collect();
         let ll = |l: &ListenerPlan| {
             format!(
@@ -549,7 +552,7 @@ impl Dataplane {
         w.family(
             "keel_listener_tls_handshake_failures_total",
             "counter",
-            "TLS handshakes that failed or timed out.",
+            "TLS handshakes that failed or timed out (passthrough: unreadable ClientHellos).",
             &tls,
             |w, n, l| w.value(n, &ll(l), load(&l.stats.tls_failures)),
         );
@@ -881,6 +884,21 @@ impl Admit {
             match (listener.spec.protocol, listener.tls.clone()) {
                 (Protocol::Tcp, _) => {
                     let pool = listener.pool.clone();
+                    tcp::serve(stream, peer, listener, pool, cut).await
+                }
+                (Protocol::TlsPassthrough, _) => {
+                    let deadline = tokio::time::Instant::now() + listener.spec.header_timeout;
+                    let name = match sni::read(&stream, deadline).await {
+                        Ok(name) => name,
+                        Err(e) => {
+                            listener.stats.tls_failures.fetch_add(1, Relaxed);
+                            tracing::debug!(client.addr = %peer.source, listener = %listener.bind, error = %e, "no ClientHello: closed");
+                            return;
+                        }
+                    };
+                    let pool =
+                        route::route_name(&listener.rules, &listener.pool, name.as_deref(), peer.source.ip())
+                            .clone();
                     tcp::serve(stream, peer, listener, pool, cut).await
                 }
                 (Protocol::Http, _) => {

@@ -87,20 +87,11 @@ pub(crate) fn route<'a, B>(
 ) -> Route<'a> {
     for rule in rules {
         if matches(&rule.conditions, req, client) {
+            if let Some(pool) = rule.forward_to() {
+                return Route::Pool(pool);
+            }
             return match &rule.action {
-                RouteAction::Forward(p) => Route::Pool(p),
-                RouteAction::Weighted { pools, total } => {
-                    let mut n = fastrand::u32(0..(*total).max(1));
-                    let mut chosen = &pools[0].0;
-                    for (p, w) in pools {
-                        if n < *w {
-                            chosen = p;
-                            break;
-                        }
-                        n -= w;
-                    }
-                    Route::Pool(chosen)
-                }
+                RouteAction::Forward(_) | RouteAction::Weighted { .. } => Route::Pool(default),
                 RouteAction::Redirect(r) => Route::Redirect(r),
                 RouteAction::Fixed {
                     status,
@@ -115,6 +106,50 @@ pub(crate) fn route<'a, B>(
         }
     }
     Route::Pool(default)
+}
+
+/// The pool for a TLS passthrough connection: the first rule whose host
+/// patterns match the ClientHello's server name (and whose sources match
+/// the client), else the default pool. Validation keeps other conditions
+/// and Keel's own answers off these listeners.
+pub(crate) fn route_name<'a>(
+    rules: &'a [RulePlan],
+    default: &'a Arc<PoolPlan>,
+    name: Option<&str>,
+    client: IpAddr,
+) -> &'a Arc<PoolPlan> {
+    for rule in rules {
+        let c = &rule.conditions;
+        let host_ok = c.hosts.is_empty()
+            || name.is_some_and(|n| c.hosts.iter().any(|p| glob_match(p, n, true)));
+        let source_ok = c.sources.is_empty() || c.sources.iter().any(|s| s.contains(client));
+        if host_ok && source_ok {
+            if let Some(pool) = rule.forward_to() {
+                return pool;
+            }
+        }
+    }
+    default
+}
+
+impl RulePlan {
+    /// The pool a forwarding rule sends to (weighted: drawn by weight).
+    fn forward_to(&self) -> Option<&Arc<PoolPlan>> {
+        match &self.action {
+            RouteAction::Forward(p) => Some(p),
+            RouteAction::Weighted { pools, total } => {
+                let mut n = fastrand::u32(0..(*total).max(1));
+                for (p, w) in pools {
+                    if n < *w {
+                        return Some(p);
+                    }
+                    n -= w;
+                }
+                pools.first().map(|(p, _)| p)
+            }
+            RouteAction::Redirect(_) | RouteAction::Fixed { .. } => None,
+        }
+    }
 }
 
 /// The request's host: `Host` or the URI's authority, without port, lower-case.

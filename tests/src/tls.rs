@@ -173,3 +173,69 @@ impl HttpsConn {
             .map_err(|_| "timed out".to_owned())?
     }
 }
+
+/// An HTTPS member: terminates TLS with its own certificate and answers
+/// every request with its name, over HTTP/1.1 or HTTP/2 (by ALPN). It keeps
+/// the server names (SNI) its clients asked for.
+pub struct TlsMember {
+    pub addr: SocketAddr,
+    pub names_seen: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+}
+
+impl TlsMember {
+    pub async fn start(name: &str, cert: &Issued) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::PrivateKeyDer;
+        let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let names_seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (seen, name) = (names_seen.clone(), name.to_owned());
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let (acceptor, seen, name) = (acceptor.clone(), seen.clone(), name.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let (sni, h2) = {
+                        let conn = tls.get_ref().1;
+                        (
+                            conn.server_name().map(str::to_owned),
+                            conn.alpn_protocol() == Some(b"h2"),
+                        )
+                    };
+                    seen.lock().unwrap().push(sni);
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let body = http_body_util::Full::new(Bytes::from(name.clone()));
+                        async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
+                    });
+                    let io = TokioIo::new(tls);
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(io, svc)
+                        .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
+                    }
+                });
+            }
+        });
+        TlsMember { addr, names_seen }
+    }
+}

@@ -251,7 +251,7 @@
       const i = listeners.children.length;
       const row = h('div', { class: 'row listener' },
         input('Port', `listeners[${i}].port`, { value: l ? l.port : '', inputmode: 'numeric', size: 6 }),
-        select('Protocol', `listeners[${i}].protocol`, ['http', 'https', 'tcp', 'tls'], l ? l.protocol : 'http'),
+        select('Protocol', `listeners[${i}].protocol`, ['http', 'https', 'tcp', 'tls', 'tls_passthrough'], l ? l.protocol : 'http'),
         select('Default pool', `listeners[${i}].default_pool`, [''].concat(poolNames), l ? l.default_pool : poolNames[0]),
         input('Certificates (https, tls)', `listeners[${i}].certificates`, { value: l && l.certificates ? l.certificates.join(', ') : '', size: 16 }),
         h('button', { type: 'button', class: 'danger', onclick: () => row.remove() }, 'Remove'));

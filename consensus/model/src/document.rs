@@ -461,10 +461,11 @@ impl ListenerDoc {
             "http" => Protocol::Http,
             "https" => Protocol::Https,
             "tls" => Protocol::Tls,
+            "tls_passthrough" => Protocol::TlsPassthrough,
             other => {
                 errors.push(FieldError::new(
                     at.field("protocol"),
-                    format!("unknown protocol {other:?} (expected tcp, http, https or tls)"),
+                    format!("unknown protocol {other:?} (expected tcp, http, https, tls or tls_passthrough)"),
                 ));
                 Protocol::Tcp
             }

@@ -170,6 +170,9 @@ pub enum Protocol {
     Https,
     /// Layer 4 with TLS terminated here: the decrypted bytes are relayed.
     Tls,
+    /// Layer 4, TLS left to the members: the server name in the client's
+    /// hello (SNI) picks the pool through `rules`; bytes pass unchanged.
+    TlsPassthrough,
 }
 
 impl Protocol {
@@ -179,6 +182,7 @@ impl Protocol {
             Protocol::Http => "http",
             Protocol::Https => "https",
             Protocol::Tls => "tls",
+            Protocol::TlsPassthrough => "tls_passthrough",
         }
     }
 
@@ -519,10 +523,36 @@ impl Spec {
         if l.rules.is_empty() {
             return;
         }
-        if !l.protocol.is_http() {
+        if l.protocol == Protocol::TlsPassthrough {
+            // Only the server name and the client's address are known
+            // before the member's TLS starts, and Keel cannot answer itself.
+            for (i, rule) in l.rules.iter().enumerate() {
+                let rat = at.field("rules").index(i);
+                let c = &rule.conditions;
+                if !(c.paths.is_empty()
+                    && c.headers.is_empty()
+                    && c.methods.is_empty()
+                    && c.query.is_empty())
+                {
+                    errors.push(FieldError::new(
+                        rat.clone(),
+                        "a tls_passthrough listener matches only host (the SNI name) and source",
+                    ));
+                }
+                if !matches!(
+                    rule.action,
+                    crate::rules::Action::Forward(_) | crate::rules::Action::Weighted(_)
+                ) {
+                    errors.push(FieldError::new(
+                        rat,
+                        "a tls_passthrough listener can only forward (pool or forward)",
+                    ));
+                }
+            }
+        } else if !l.protocol.is_http() {
             errors.push(FieldError::new(
                 at.field("rules"),
-                "only apply to http and https listeners",
+                "only apply to http, https and tls_passthrough listeners",
             ));
             return;
         }

@@ -67,7 +67,7 @@ pools:
     );
     let expect = [
         "load_balancers[0].listeners[2].port: must be 1-65535",
-        "load_balancers[0].listeners[2].protocol: unknown protocol \"udp\" (expected tcp, http, https or tls)",
+        "load_balancers[0].listeners[2].protocol: unknown protocol \"udp\" (expected tcp, http, https, tls or tls_passthrough)",
         "pools[1].health_check.expected_codes: range 299-200 is empty",
         "pools[1].drain_timeout: \"-5s\" is not a duration (examples: 500ms, 2s, 1m)",
         "pools[1].members[1].address: not a socket address (expected IP:PORT, [IPv6]:PORT for IPv6)",
@@ -361,7 +361,7 @@ pools:
         "load_balancers[0].listeners[0].rules[6].forward[1].weight: must be 0-1000",
         "load_balancers[0].listeners[0].rules[6].forward: no pool named \"q\"",
         "load_balancers[0].listeners[0].rules[7].redirect: changes nothing (set scheme, host, port, path or query)",
-        "load_balancers[0].listeners[1].rules: only apply to http and https listeners",
+        "load_balancers[0].listeners[1].rules: only apply to http, https and tls_passthrough listeners",
     ];
     for w in want {
         assert!(got.contains(&w.to_string()), "missing {w}\n{got:#?}");
@@ -477,4 +477,32 @@ pools:
         .into_spec()
         .unwrap();
     assert_eq!(again, spec);
+}
+
+#[test]
+fn tls_passthrough_rules_match_only_names_and_sources() {
+    let got = problems(
+        r#"
+load_balancers:
+  - name: edge
+    listeners:
+      - port: 443
+        protocol: tls_passthrough
+        default_pool: p
+        rules:
+          - { priority: 1, host: "*.a.test", source: 10.0.0.0/8, pool: p }
+          - { priority: 2, host: b.test, forward: [ { pool: p, weight: 1 } ] }
+          - { priority: 3, path_prefix: /x, pool: p }
+          - { priority: 4, host: c.test, fixed_response: { status: 200 } }
+pools:
+  - { name: p }
+"#,
+    );
+    assert_eq!(
+        got,
+        vec![
+            "load_balancers[0].listeners[0].rules[2]: a tls_passthrough listener matches only host (the SNI name) and source",
+            "load_balancers[0].listeners[0].rules[3]: a tls_passthrough listener can only forward (pool or forward)",
+        ]
+    );
 }
