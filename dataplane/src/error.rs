@@ -50,7 +50,7 @@ pub enum ProxyError {
         timeout: Duration,
     },
     /// The member broke the HTTP exchange (closed, reset, malformed response).
-    #[error("{member} failed the request: {source}")]
+    #[error("{member} failed the request: {source}{}", cause(source))]
     Upstream {
         member: SocketAddr,
         source: hyper::Error,
@@ -111,7 +111,17 @@ pub enum ApplyError {
         addr: SocketAddr,
         message: String,
     },
+    /// A pool's TLS towards its members cannot be set up.
+    #[error("pool {pool}: tls: {message}")]
+    MemberTls { pool: String, message: String },
     /// The data plane is shutting down.
     #[error("the data plane is shutting down")]
     ShuttingDown,
+}
+
+/// hyper's errors name their kind only ("http2 error"); what lies under
+/// (a stream reset and its reason, an I/O error) is added for the logs.
+fn cause(e: &hyper::Error) -> String {
+    use std::error::Error;
+    e.source().map(|s| format!(" ({s})")).unwrap_or_default()
 }

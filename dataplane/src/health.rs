@@ -8,11 +8,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use keel_model::{CheckKind, HealthCheck};
+use keel_model::{CheckKind, HealthCheck, MemberTls};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::member::MemberState;
+use crate::tcp::Upstream;
+use crate::tls::{Alpn, MemberTlsPlan};
 
 /// Runs `check` against `member` until `stop` fires, flipping its health
 /// after the configured number of consecutive passes or failures.
@@ -20,7 +22,8 @@ use crate::member::MemberState;
 /// A member starts up (so a new pool serves at once) but unconfirmed: its
 /// first check failing takes it down at once, without waiting for
 /// `unhealthy_threshold` failures.
-pub(crate) async fn run(member: Arc<MemberState>, check: HealthCheck, stop: CancellationToken) {
+pub(crate) async fn run(member: Arc<MemberState>, probe_with: Probe, stop: CancellationToken) {
+    let check = &probe_with.check;
     let mut ticks = tokio::time::interval(check.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut passes, mut failures) = (0u32, 0u32);
@@ -38,7 +41,7 @@ pub(crate) async fn run(member: Arc<MemberState>, check: HealthCheck, stop: Canc
         let started = Instant::now();
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = tokio::time::timeout(check.timeout, probe(&member, &check)) => {
+            r = tokio::time::timeout(check.timeout, probe(&member, &probe_with)) => {
                 r.unwrap_or_else(|_| Err(format!("no answer within {:?}", check.timeout)))
             }
         };
@@ -70,7 +73,23 @@ pub(crate) async fn run(member: Arc<MemberState>, check: HealthCheck, stop: Canc
     }
 }
 
-async fn probe(member: &MemberState, check: &HealthCheck) -> Result<(), String> {
+/// A health check as it runs: the pool's check, and how the pool speaks to
+/// its members (HTTP checks go over the pool's TLS and HTTP version).
+#[derive(Clone)]
+pub(crate) struct Probe {
+    pub check: HealthCheck,
+    pub tls_spec: Option<MemberTls>,
+    pub tls: Option<Arc<MemberTlsPlan>>,
+    pub http2: bool,
+}
+
+impl PartialEq for Probe {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.check, &self.tls_spec, self.http2) == (&other.check, &other.tls_spec, other.http2)
+    }
+}
+
+async fn probe(member: &MemberState, with: &Probe) -> Result<(), String> {
     let stream = TcpStream::connect(member.address)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -79,28 +98,53 @@ async fn probe(member: &MemberState, check: &HealthCheck) -> Result<(), String> 
         path,
         host,
         expected_codes,
-    } = &check.kind
+    } = &with.check.kind
     else {
         return Ok(());
     };
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(conn);
     let host = host.clone().unwrap_or_else(|| member.address.to_string());
-    let request = http::Request::builder()
+    let scheme = if with.tls.is_some() { "https" } else { "http" };
+    let mut request = http::Request::builder()
         .method(method.as_str())
-        .uri(path.as_str())
-        .header(http::header::HOST, host)
-        .header(http::header::USER_AGENT, "keel-health-check")
-        .header(http::header::CONNECTION, "close")
+        .header(http::header::USER_AGENT, "keel-health-check");
+    request = if with.http2 {
+        request.uri(format!("{scheme}://{host}{path}"))
+    } else {
+        request
+            .uri(path.as_str())
+            .header(http::header::HOST, host)
+            .header(http::header::CONNECTION, "close")
+    };
+    let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
+    let alpn = if with.http2 { Alpn::Http2 } else { Alpn::Http1 };
+    let io = match &with.tls {
+        None => Upstream::Plain(stream),
+        Some(tls) => Upstream::Tls(Box::new(
+            tls.connect(stream, member.address, alpn)
+                .await
+                .map_err(|e| format!("tls: {e}"))?,
+        )),
+    };
+    let io = TokioIo::new(io);
+    let response = if with.http2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        sender.send_request(request).await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        sender.send_request(request).await
+    }
+    .map_err(|e| format!("request: {e}"))?;
     let status = response.status().as_u16();
     if expected_codes.contains(status) {
         Ok(())

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use keel_model::Protocol;
+use keel_model::{HttpVersion, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -31,6 +31,7 @@ use crate::member::{MemberState, Outstanding};
 use crate::plan::{ListenerPlan, PoolPlan, SharedPlan};
 use crate::proxy_protocol::Addresses;
 use crate::route::{self, Route};
+use crate::tls::Alpn;
 use crate::{sticky, tcp};
 
 /// The largest request head accepted; a larger one is answered 431.
@@ -299,12 +300,19 @@ impl Conn {
                 None => {}
             }
         }
+        let wants_trailers = parts
+            .headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains("trailers")));
         prepare_request(&mut parts, &self.client_ip, self.trusted, listener);
         if let Some((proto, _)) = &upgrade {
             parts.headers.insert(header::UPGRADE, proto.clone());
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        } else if pool.spec.http_version == HttpVersion::Http2 {
+            to_http2(&mut parts, pool.tls.is_some(), listener, wants_trailers);
         }
         let mut req = Request::from_parts(
             parts,
@@ -337,7 +345,7 @@ impl Conn {
             };
             tried.push(member.address);
             let guard = member.begin();
-            let sender = match checkout(&member, pool, self.ends, upgrade.is_none()).await {
+            let sender = match checkout(&member, pool, self.ends, upgrade.is_some()).await {
                 Ok(s) => s,
                 Err(e) => {
                     member.stats.connect_failures.fetch_add(1, Relaxed);
@@ -383,7 +391,7 @@ impl Conn {
     /// on the listener and cut by drains like any connection.
     async fn upgrade(
         &self,
-        mut sender: UpstreamSender,
+        mut sender: Sender,
         req: Request<RequestBody>,
         client_side: OnUpgrade,
         guard: Outstanding,
@@ -392,7 +400,7 @@ impl Conn {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let member = guard.member().clone();
         let timeout = pool.spec.response_timeout;
-        let sent = tokio::time::timeout(timeout, sender.send_request(req)).await;
+        let sent = tokio::time::timeout(timeout, sender.send(req)).await;
         let mut response = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(source)) => {
@@ -500,17 +508,27 @@ async fn checkout(
     member: &MemberState,
     pool: &PoolPlan,
     ends: Addresses,
-    reuse: bool,
-) -> Result<UpstreamSender, ProxyError> {
+    own_http1: bool,
+) -> Result<Sender, ProxyError> {
     let timeout = pool.spec.connect_timeout;
-    if reuse && pool.spec.proxy_protocol.is_none() {
+    let http2 = pool.spec.http_version == HttpVersion::Http2 && !own_http1;
+    let shared = pool.spec.proxy_protocol.is_none();
+    if http2 && shared {
+        if let Some(mut sender) = member.shared_http2() {
+            if sender.ready().await.is_ok() {
+                return Ok(Sender::Http2(sender));
+            }
+        }
+    } else if !own_http1 && shared {
         while let Some(mut sender) = member.take_idle() {
             if sender.ready().await.is_ok() {
-                return Ok(sender);
+                return Ok(Sender::Http1(sender));
             }
         }
     }
-    let stream = match tokio::time::timeout(timeout, tcp::open(member.address, pool, ends)).await {
+    let alpn = if http2 { Alpn::Http2 } else { Alpn::Http1 };
+    let opening = tcp::open(member.address, pool, ends, alpn);
+    let stream = match tokio::time::timeout(timeout, opening).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => {
             return Err(ProxyError::Connect {
@@ -526,22 +544,92 @@ async fn checkout(
         }
     };
     member.stats.connections.fetch_add(1, Relaxed);
+    let upstream = |source| ProxyError::Upstream {
+        member: member.address,
+        source,
+    };
+    if http2 {
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(upstream)?;
+        tokio::spawn(connection);
+        if shared {
+            member.share_http2(sender.clone());
+        }
+        return Ok(Sender::Http2(sender));
+    }
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(|source| ProxyError::Upstream {
-            member: member.address,
-            source,
-        })?;
+        .map_err(upstream)?;
     tokio::spawn(async move {
         let _ = connection.with_upgrades().await;
     });
-    Ok(sender)
+    Ok(Sender::Http1(sender))
+}
+
+/// Where a request to a member is sent: an HTTP/1.1 connection (one
+/// request at a time, pooled when idle) or a shared HTTP/2 connection.
+pub(crate) enum Sender {
+    Http1(UpstreamSender),
+    Http2(Http2Sender),
+}
+
+pub(crate) type Http2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
+
+impl Sender {
+    async fn send(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            Sender::Http1(s) => s.send_request(req).await,
+            Sender::Http2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+/// Rewrites a request for an HTTP/2 member: the target becomes absolute
+/// (`:scheme` and `:authority` from `Host`), and `te: trailers` (which
+/// gRPC requires) is passed on when the client sent it.
+fn to_http2(
+    parts: &mut http::request::Parts,
+    tls: bool,
+    listener: &ListenerPlan,
+    wants_trailers: bool,
+) {
+    let authority = parts
+        .headers
+        .remove(header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| http::uri::Authority::try_from(listener.bind.to_string()).ok());
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let mut uri = Uri::builder()
+        .scheme(if tls { "https" } else { "http" })
+        .path_and_query(path);
+    if let Some(a) = authority {
+        uri = uri.authority(a);
+    }
+    if let Ok(uri) = uri.build() {
+        parts.uri = uri;
+    }
+    parts.version = Version::HTTP_2;
+    if wants_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 /// Sends the request and wraps the member's response for the client.
 async fn exchange(
-    mut sender: UpstreamSender,
+    mut sender: Sender,
     req: Request<RequestBody>,
     guard: Outstanding,
     listener: &ListenerPlan,
@@ -553,7 +641,7 @@ async fn exchange(
     let started = Instant::now();
     let cut = member.cut_token();
     let sent = tokio::select! {
-        r = tokio::time::timeout(timeout, sender.send_request(req)) => r,
+        r = tokio::time::timeout(timeout, sender.send(req)) => r,
         _ = cut.cancelled() => return Err(ProxyError::Drained { member: member.address }),
     };
     let response = match sent {
@@ -578,13 +666,17 @@ async fn exchange(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     // A body that is already over never gets polled: the connection is free now.
-    let lease = if !reusable {
-        None
-    } else if body.is_end_stream() {
-        member.put_idle(sender);
-        None
-    } else {
-        Some(sender)
+    let lease = match sender {
+        Sender::Http1(sender) if reusable => {
+            if body.is_end_stream() {
+                member.put_idle(sender);
+                None
+            } else {
+                Some(sender)
+            }
+        }
+        // An HTTP/2 connection is shared, never leased.
+        _ => None,
     };
     let body = UpstreamBody {
         inner: body,

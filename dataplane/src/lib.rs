@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use keel_model::{HealthCheck, Protocol, Spec};
+use keel_model::{Protocol, Spec};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -94,7 +94,7 @@ struct ListenerSignals {
 struct MemberEntry {
     state: Arc<MemberState>,
     drain_timeout: Duration,
-    checker: Option<(HealthCheck, CancellationToken)>,
+    checker: Option<(health::Probe, CancellationToken)>,
 }
 
 /// Cumulative traffic of one load balancer or pool on this node.
@@ -192,6 +192,16 @@ impl Dataplane {
                 tls.insert(addr, config);
             }
         }
+        let mut member_tls = HashMap::new();
+        for pool in spec.pools.values() {
+            if let Some(t) = &pool.tls {
+                let plan = tls::MemberTlsPlan::new(t).map_err(|message| ApplyError::MemberTls {
+                    pool: pool.name.clone(),
+                    message,
+                })?;
+                member_tls.insert(pool.name.clone(), Arc::new(plan));
+            }
+        }
         let mut fresh = Vec::new();
         for (&addr, (lb, _)) in &wanted {
             if !reg.listeners.contains_key(&addr) {
@@ -207,7 +217,23 @@ impl Dataplane {
         // From here on nothing fails.
         let mut members = HashMap::new();
         let mut pools = std::collections::BTreeMap::new();
+        let old_plan = self.plan.load_full();
         for pool in spec.pools.values() {
+            // Pooled member connections were opened for the old settings.
+            let reconnect = old_plan.pools.get(&pool.name).is_some_and(|old| {
+                (
+                    &old.spec.tls,
+                    old.spec.http_version,
+                    old.spec.proxy_protocol,
+                ) != (&pool.tls, pool.http_version, pool.proxy_protocol)
+            });
+            let pool_tls = member_tls.remove(&pool.name);
+            let probe = pool.health_check.as_ref().map(|check| health::Probe {
+                check: check.clone(),
+                tls_spec: pool.tls.clone(),
+                tls: pool_tls.clone(),
+                http2: pool.http_version == keel_model::HttpVersion::Http2,
+            });
             let mut in_service = Vec::new();
             for m in &pool.members {
                 let key = (pool.name.clone(), m.address);
@@ -217,13 +243,16 @@ impl Dataplane {
                     checker: None,
                 });
                 entry.drain_timeout = pool.drain_timeout;
+                if reconnect {
+                    entry.state.forget_connections();
+                }
                 if m.enabled {
                     entry.state.stop_drain();
                     in_service.push((entry.state.clone(), m.weight));
                 } else {
                     entry.state.start_drain(pool.drain_timeout);
                 }
-                entry.set_check(pool.health_check.as_ref());
+                entry.set_check(probe.as_ref());
                 members.insert(key, entry);
             }
             let stats = reg.pool_stats.entry(pool.name.clone()).or_default().clone();
@@ -231,6 +260,7 @@ impl Dataplane {
             let plan = PoolPlan {
                 spec: pool.clone(),
                 sticky: sticky::StickyPlan::new(pool, key),
+                tls: pool_tls,
                 balancer: Balancer::new(pool.algorithm, in_service),
                 stats,
             };
@@ -718,7 +748,7 @@ impl Dataplane {
 
 impl MemberEntry {
     /// Starts, restarts or stops the health checker so it runs `check`.
-    fn set_check(&mut self, check: Option<&HealthCheck>) {
+    fn set_check(&mut self, check: Option<&health::Probe>) {
         if self.checker.as_ref().map(|(c, _)| c) == check {
             return;
         }

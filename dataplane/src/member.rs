@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::http::UpstreamSender;
+use crate::http::{Http2Sender, UpstreamSender};
 use crate::metrics::MemberStats;
 
 /// Idle upstream connections kept per member.
@@ -35,6 +35,8 @@ pub struct MemberState {
     drain: Mutex<Drain>,
     pub stats: MemberStats,
     idle: Mutex<Vec<(Instant, UpstreamSender)>>,
+    /// The HTTP/2 connection requests share, for pools that speak HTTP/2.
+    http2: Mutex<Option<Http2Sender>>,
 }
 
 struct Drain {
@@ -63,6 +65,7 @@ impl MemberState {
             }),
             stats: MemberStats::default(),
             idle: Mutex::new(Vec::new()),
+            http2: Mutex::new(None),
         })
     }
 
@@ -77,6 +80,7 @@ impl MemberState {
             self.stats.health_flips.fetch_add(1, Relaxed);
             if !up {
                 lock(&self.idle).clear();
+                lock(&self.http2).take();
             }
         }
         changed
@@ -137,6 +141,7 @@ impl MemberState {
             d.generation
         };
         lock(&self.idle).clear();
+        lock(&self.http2).take();
         tracing::info!(pool = %self.pool, member = %self.address, ?timeout, "member draining");
         let me = self.clone();
         tokio::spawn(async move {
@@ -173,6 +178,33 @@ impl MemberState {
             }
         }
         None
+    }
+
+    /// Closes pooled connections (idle HTTP/1.1, shared HTTP/2): the way to
+    /// reach the member changed. Requests under way finish on theirs.
+    pub(crate) fn forget_connections(&self) {
+        lock(&self.idle).clear();
+        lock(&self.http2).take();
+    }
+
+    /// The open HTTP/2 connection to this member, if there is one.
+    pub(crate) fn shared_http2(&self) -> Option<Http2Sender> {
+        let mut shared = lock(&self.http2);
+        match shared.as_ref() {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                *shared = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Makes `sender` the HTTP/2 connection new requests share.
+    pub(crate) fn share_http2(&self, sender: Http2Sender) {
+        if self.is_up() && !self.is_draining() {
+            *lock(&self.http2) = Some(sender);
+        }
     }
 
     /// Returns a connection whose exchange finished cleanly.

@@ -44,6 +44,8 @@ pub(crate) struct ListenerPlan {
 pub(crate) struct PoolPlan {
     pub spec: Pool,
     pub balancer: Balancer,
+    /// TLS towards the members, when the pool asks for it.
+    pub tls: Option<Arc<crate::tls::MemberTlsPlan>>,
     /// HTTP session stickiness, when the pool asks for it.
     pub sticky: Option<crate::sticky::StickyPlan>,
     pub stats: Arc<PoolStats>,

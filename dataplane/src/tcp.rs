@@ -2,13 +2,15 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use nix::unistd::pipe2;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +21,7 @@ use crate::error::ProxyError;
 use crate::member::Outstanding;
 use crate::plan::{ListenerPlan, PoolPlan};
 use crate::proxy_protocol::{self, Addresses};
+use crate::tls::Alpn;
 
 /// Bytes moved per `splice` call: the default pipe capacity.
 const BUFFER: usize = 64 * 1024;
@@ -28,7 +31,7 @@ const BUFFER: usize = 64 * 1024;
 pub(crate) async fn connect(
     pool: &PoolPlan,
     ends: Addresses,
-) -> Result<(TcpStream, Outstanding), ProxyError> {
+) -> Result<(Upstream, Outstanding), ProxyError> {
     let client = ends.source;
     let mut tried = Vec::new();
     let mut last = None;
@@ -39,7 +42,8 @@ pub(crate) async fn connect(
         tried.push(member.address);
         let guard = member.begin();
         let timeout = pool.spec.connect_timeout;
-        let err = match tokio::time::timeout(timeout, open(member.address, pool, ends)).await {
+        let opening = open(member.address, pool, ends, Alpn::None);
+        let err = match tokio::time::timeout(timeout, opening).await {
             Ok(Ok(stream)) => return Ok((stream, guard)),
             Ok(Err(source)) => ProxyError::Connect {
                 member: member.address,
@@ -62,21 +66,94 @@ pub(crate) async fn connect(
     }))
 }
 
-/// A connection to `member`, with the pool's PROXY header already sent.
+/// A connection to a member: a plain socket, or TLS over one.
+pub(crate) enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A connection to `member`, with the pool's PROXY header sent (before
+/// TLS, as members expect) and the pool's TLS set up, offering `alpn`.
 pub(crate) async fn open(
     member: SocketAddr,
     pool: &PoolPlan,
     ends: Addresses,
-) -> io::Result<TcpStream> {
+    alpn: Alpn,
+) -> io::Result<Upstream> {
     let mut stream = TcpStream::connect(member).await?;
     let _ = stream.set_nodelay(true);
     let header = match pool.spec.proxy_protocol {
-        None => return Ok(stream),
-        Some(ProxyProtocol::V1) => proxy_protocol::encode_v1(ends),
-        Some(ProxyProtocol::V2) => proxy_protocol::encode_v2(ends),
+        None => None,
+        Some(ProxyProtocol::V1) => Some(proxy_protocol::encode_v1(ends)),
+        Some(ProxyProtocol::V2) => Some(proxy_protocol::encode_v2(ends)),
     };
-    stream.write_all(&header).await?;
-    Ok(stream)
+    if let Some(header) = header {
+        stream.write_all(&header).await?;
+    }
+    match &pool.tls {
+        None => Ok(Upstream::Plain(stream)),
+        Some(tls) => Ok(Upstream::Tls(Box::new(
+            tls.connect(stream, member, alpn).await?,
+        ))),
+    }
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Upstream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upstream::Plain(s) => s.is_write_vectored(),
+            Upstream::Tls(s) => s.is_write_vectored(),
+        }
+    }
 }
 
 /// Proxies one accepted TCP connection until both sides are done, the
@@ -97,8 +174,15 @@ pub(crate) async fn serve(
         client_to_member: [&listener.stats.bytes_in, &member.stats.bytes_out],
         member_to_client: [&listener.stats.bytes_out, &member.stats.bytes_in],
     };
+    let idle = listener.spec.idle_timeout;
+    let work = async {
+        match upstream {
+            Upstream::Plain(member) => relay(client, member, idle, &counters).await,
+            tls => pipe(client, tls, idle, &counters).await,
+        }
+    };
     let result = tokio::select! {
-        r = relay(client, upstream, listener.spec.idle_timeout, &counters) => r,
+        r = work => r,
         _ = cut.cancelled() => Err(io::Error::other("listener drained")),
         _ = member_cut.cancelled() => Err(io::Error::other("member drained")),
     };
@@ -115,7 +199,7 @@ async fn connect_for(
     client: &TcpStream,
     ends: Addresses,
     pool: &PoolPlan,
-) -> Option<(TcpStream, Outstanding)> {
+) -> Option<(Upstream, Outstanding)> {
     pool.stats.connections.fetch_add(1, Relaxed);
     match connect(pool, ends).await {
         Ok((upstream, guard)) => {

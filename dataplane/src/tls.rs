@@ -155,6 +155,144 @@ pub(crate) fn server_config(
     Ok(Arc::new(config))
 }
 
+/// What a connection to a member asks for by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alpn {
+    /// A byte stream (L4): no ALPN.
+    None,
+    Http1,
+    Http2,
+}
+
+/// A pool's TLS towards its members, compiled once per plan.
+pub(crate) struct MemberTlsPlan {
+    stream: Arc<rustls::ClientConfig>,
+    http1: Arc<rustls::ClientConfig>,
+    http2: Arc<rustls::ClientConfig>,
+    /// SNI and the name checked; `None`: the member's IP address.
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
+}
+
+impl MemberTlsPlan {
+    /// Compiles a pool's `tls`, or says why its CA bundle cannot be used.
+    pub fn new(tls: &keel_model::MemberTls) -> Result<Self, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let base = if tls.verify {
+            let mut roots = rustls::RootCertStore::empty();
+            for der in
+                CertificateDer::pem_slice_iter(tls.ca_pem.as_deref().unwrap_or("").as_bytes())
+            {
+                let der = der.map_err(|_| "ca is not a PEM certificate bundle".to_owned())?;
+                roots
+                    .add(der)
+                    .map_err(|e| format!("ca holds an unusable certificate: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("ca holds no certificate".into());
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+                .with_no_client_auth()
+        };
+        let with_alpn = |alpn: &[&[u8]]| {
+            let mut c = base.clone();
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Arc::new(c)
+        };
+        let server_name = match &tls.server_name {
+            None => None,
+            Some(n) => Some(
+                rustls::pki_types::ServerName::try_from(n.clone())
+                    .map_err(|e| format!("server_name {n:?}: {e}"))?,
+            ),
+        };
+        Ok(MemberTlsPlan {
+            stream: with_alpn(&[]),
+            http1: with_alpn(&[HTTP11]),
+            http2: with_alpn(&[H2]),
+            server_name,
+        })
+    }
+
+    /// Runs the TLS handshake with a member over `stream`.
+    pub async fn connect(
+        &self,
+        stream: tokio::net::TcpStream,
+        member: std::net::SocketAddr,
+        alpn: Alpn,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let config = match alpn {
+            Alpn::None => &self.stream,
+            Alpn::Http1 => &self.http1,
+            Alpn::Http2 => &self.http2,
+        };
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(member.ip().into()));
+        tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, stream)
+            .await
+    }
+}
+
+/// Accepts any certificate: a pool with `verify: false` asked for this.
+#[derive(Debug)]
+struct NoVerification(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    // Signatures are still checked: the peer must hold the key of the
+    // certificate it sent, whatever that certificate is.
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -180,6 +180,8 @@ impl HttpsConn {
 pub struct TlsMember {
     pub addr: SocketAddr,
     pub names_seen: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    /// Connections that chose HTTP/2 by ALPN.
+    pub http2_connections: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TlsMember {
@@ -201,10 +203,16 @@ impl TlsMember {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let names_seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (seen, name) = (names_seen.clone(), name.to_owned());
+        let http2_connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (seen, name, h2s) = (
+            names_seen.clone(),
+            name.to_owned(),
+            http2_connections.clone(),
+        );
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
                 let (acceptor, seen, name) = (acceptor.clone(), seen.clone(), name.clone());
+                let h2s = h2s.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(s).await else {
                         return;
@@ -223,6 +231,7 @@ impl TlsMember {
                     });
                     let io = TokioIo::new(tls);
                     if h2 {
+                        h2s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let _ = hyper::server::conn::http2::Builder::new(
                             hyper_util::rt::TokioExecutor::new(),
                         )
@@ -236,6 +245,10 @@ impl TlsMember {
                 });
             }
         });
-        TlsMember { addr, names_seen }
+        TlsMember {
+            addr,
+            names_seen,
+            http2_connections,
+        }
     }
 }

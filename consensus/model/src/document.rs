@@ -17,8 +17,9 @@ use crate::rules::{
     WeightedPool,
 };
 use crate::spec::{
-    Algorithm, Certificate, CheckKind, HashOn, HealthCheck, Listener, LoadBalancer, Member, Pool,
-    Protocol, ProxyProtocol, Spec, StatusRanges, Stickiness, TlsPolicy, Vip,
+    Algorithm, Certificate, CheckKind, HashOn, HealthCheck, HttpVersion, Listener, LoadBalancer,
+    Member, MemberTls, Pool, Protocol, ProxyProtocol, Spec, StatusRanges, Stickiness, TlsPolicy,
+    Vip,
 };
 
 /// Defaults applied to fields a document leaves out.
@@ -230,8 +231,26 @@ pub struct PoolDoc {
     pub hash_on: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stickiness: Option<StickinessDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MemberTlsDoc>,
+    /// `http1` or `http2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_version: Option<String>,
     #[serde(default)]
     pub members: Vec<MemberDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberTlsDoc {
+    /// Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<bool>,
+    /// CA certificates, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -816,10 +835,28 @@ impl PoolDoc {
             .stickiness
             .as_ref()
             .and_then(|s| s.convert(&at.field("stickiness"), errors));
+        let http_version = match self.http_version.as_deref() {
+            None | Some("http1") => HttpVersion::Http1,
+            Some("http2") => HttpVersion::Http2,
+            Some(other) => {
+                errors.push(FieldError::new(
+                    at.field("http_version"),
+                    format!("unknown HTTP version {other:?} (expected http1 or http2)"),
+                ));
+                HttpVersion::Http1
+            }
+        };
+        let tls = self.tls.as_ref().map(|t| MemberTls {
+            verify: t.verify.unwrap_or(true),
+            ca_pem: t.ca.clone(),
+            server_name: t.server_name.clone(),
+        });
         Pool {
             proxy_protocol,
             hash_on,
             stickiness,
+            tls,
+            http_version,
             name: self.name.clone(),
             algorithm,
             health_check,
@@ -1085,6 +1122,13 @@ impl From<&Pool> for PoolDoc {
             proxy_protocol: p.proxy_protocol.map(|v| v.as_str().into()),
             hash_on: p.hash_on.as_ref().map(ToString::to_string),
             stickiness: p.stickiness.as_ref().map(StickinessDoc::from),
+            tls: p.tls.as_ref().map(|t| MemberTlsDoc {
+                verify: Some(t.verify),
+                ca: t.ca_pem.clone(),
+                server_name: t.server_name.clone(),
+            }),
+            http_version: (p.http_version != HttpVersion::Http1)
+                .then(|| p.http_version.as_str().into()),
             members: p
                 .members
                 .iter()

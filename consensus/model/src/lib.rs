@@ -19,8 +19,8 @@ pub use cluster::{
 };
 pub use command::{ApplyError, Command};
 pub use document::{
-    CertificateDoc, Document, HealthCheckDoc, ListenerDoc, LoadBalancerDoc, MemberDoc, ParseError,
-    PoolDoc, RuleDoc, StickinessDoc,
+    CertificateDoc, Document, HealthCheckDoc, ListenerDoc, LoadBalancerDoc, MemberDoc,
+    MemberTlsDoc, ParseError, PoolDoc, RuleDoc, StickinessDoc,
 };
 pub use error::{FieldError, Path, Segment, ValidationErrors};
 pub use rules::{
@@ -28,6 +28,7 @@ pub use rules::{
     Redirect, Rule, WeightedPool, MAX_FIXED_BODY, MAX_RULES,
 };
 pub use spec::{
-    Algorithm, Certificate, CheckKind, HashOn, HealthCheck, Listener, LoadBalancer, Member, Pool,
-    Protocol, ProxyProtocol, Spec, StatusRanges, Stickiness, TlsPolicy, Vip, MAX_STICKINESS,
+    Algorithm, Certificate, CheckKind, HashOn, HealthCheck, HttpVersion, Listener, LoadBalancer,
+    Member, MemberTls, Pool, Protocol, ProxyProtocol, Spec, StatusRanges, Stickiness, TlsPolicy,
+    Vip, MAX_STICKINESS,
 };

@@ -222,7 +222,61 @@ pub struct Pool {
     /// HTTP only: keeps a client on the member it first reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stickiness: Option<Stickiness>,
+    /// Connections to members use TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MemberTls>,
+    /// HTTP only: the version spoken to members (HTTP/2: h2c on cleartext,
+    /// ALPN `h2` over TLS; needed for gRPC).
+    #[serde(default, skip_serializing_if = "HttpVersion::is_default")]
+    pub http_version: HttpVersion,
     pub members: Vec<Member>,
+}
+
+/// TLS from Keel to a pool's members.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberTls {
+    /// Check the member's certificate (against `ca_pem`); `false` skips
+    /// every check and must be asked for explicitly.
+    pub verify: bool,
+    /// The CA certificates (PEM) member certificates must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// The name sent as SNI and checked in the certificate; the member's IP
+    /// address when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+impl fmt::Debug for MemberTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemberTls")
+            .field("verify", &self.verify)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<pem>"))
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+/// The HTTP version Keel speaks to a pool's members.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpVersion {
+    #[default]
+    Http1,
+    Http2,
+}
+
+impl HttpVersion {
+    fn is_default(&self) -> bool {
+        *self == HttpVersion::default()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpVersion::Http1 => "http1",
+            HttpVersion::Http2 => "http2",
+        }
+    }
 }
 
 /// What a `consistent_hash` pool hashes to choose a member.
@@ -513,6 +567,9 @@ impl Spec {
                 hc.check(&at.field("health_check"), &mut errors);
             }
             check_affinity(pool, &at, &mut errors);
+            if let Some(tls) = &pool.tls {
+                check_member_tls(tls, &at.field("tls"), &mut errors);
+            }
         }
         errors
     }
@@ -721,6 +778,44 @@ fn check_affinity(pool: &Pool, at: &Path, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(
                 sat.field("cookie"),
                 "names starting with keel- are Keel's own",
+            ));
+        }
+    }
+}
+
+fn check_member_tls(tls: &MemberTls, at: &Path, errors: &mut Vec<FieldError>) {
+    match (&tls.ca_pem, tls.verify) {
+        (None, true) => errors.push(FieldError::new(
+            at.field("ca"),
+            "is required to verify members (or set verify: false to skip verification)",
+        )),
+        (Some(_), false) => errors.push(FieldError::new(
+            at.field("ca"),
+            "is unused when verify is false",
+        )),
+        (Some(pem), true) if !pem.contains("-----BEGIN CERTIFICATE-----") => {
+            errors.push(FieldError::new(
+                at.field("ca"),
+                "needs at least one PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ))
+        }
+        _ => {}
+    }
+    if let Some(name) = &tls.server_name {
+        let ok = name.parse::<IpAddr>().is_ok()
+            || (!name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                }));
+        if !ok {
+            errors.push(FieldError::new(
+                at.field("server_name"),
+                format!("{name:?} is not a DNS name or IP address"),
             ));
         }
     }

@@ -73,6 +73,8 @@ fn pool(name: &'static str) -> impl Strategy<Value = Pool> {
                 proxy_protocol: None,
                 hash_on: None,
                 stickiness: None,
+                tls: None,
+                http_version: Default::default(),
                 members,
             }
         })
