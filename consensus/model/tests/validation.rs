@@ -506,3 +506,29 @@ pools:
         ]
     );
 }
+
+#[test]
+fn member_tls_and_http_version_are_checked() {
+    let mut got = problems(
+        r#"
+load_balancers: []
+pools:
+  - { name: a, tls: {} }
+  - { name: b, tls: { verify: false, ca: "-----BEGIN CERTIFICATE-----" } }
+  - { name: c, tls: { ca: "not pem" } }
+  - { name: d, tls: { verify: false, server_name: "bad name!" } }
+  - { name: e, http_version: http3 }
+"#,
+    );
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            "pools[0].tls.ca: is required to verify members (or set verify: false to skip verification)",
+            "pools[1].tls.ca: is unused when verify is false",
+            "pools[2].tls.ca: needs at least one PEM certificate (-----BEGIN CERTIFICATE-----)",
+            "pools[3].tls.server_name: \"bad name!\" is not a DNS name or IP address",
+            "pools[4].http_version: unknown HTTP version \"http3\" (expected http1 or http2)",
+        ]
+    );
+}
