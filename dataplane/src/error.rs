@@ -58,6 +58,9 @@ pub enum ProxyError {
     /// The client's request body is malformed (a bad chunk).
     #[error("malformed request body: {source}")]
     ClientBody { source: hyper::Error },
+    /// The client did not send its whole request within `request_timeout`.
+    #[error("request not received within {timeout:?}")]
+    RequestTimeout { timeout: Duration },
     /// The member was removed or disabled and its drain time ran out.
     #[error("{member} was drained")]
     Drained { member: SocketAddr },
@@ -67,7 +70,7 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             ProxyError::NoMember { .. } | ProxyError::Drained { .. } => Side::Internal,
-            ProxyError::ClientBody { .. } => Side::Downstream,
+            ProxyError::ClientBody { .. } | ProxyError::RequestTimeout { .. } => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -84,6 +87,7 @@ impl ProxyError {
         match self {
             ProxyError::NoMember { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -223,14 +223,24 @@ impl Conn {
         let started = Instant::now();
         let listener = self.listener();
         let mut pool = None;
+        let limited = listener
+            .limiter
+            .as_ref()
+            .is_some_and(|l| !l.allow(self.peer.ip()));
         let response = if let Some(status) = oversized(&req) {
             tracing::debug!(client.addr = %self.peer, status = status.as_u16(), "request head too large");
             local_response(status)
+        } else if limited {
+            listener.stats.rate_limited.fetch_add(1, Relaxed);
+            let mut r = local_response(StatusCode::TOO_MANY_REQUESTS);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
         } else {
             match route::route(&listener.rules, &listener.pool, &req, self.peer.ip()) {
                 Route::Pool(p) => {
                     pool = Some(p.clone());
-                    self.forward_or_error(req, &listener, p).await
+                    self.forward_or_error(req, &listener, p, started).await
                 }
                 Route::Redirect(r) => {
                     let scheme = listener.proto_header.to_str().unwrap_or("http");
@@ -264,8 +274,9 @@ impl Conn {
         req: Request<Incoming>,
         listener: &ListenerPlan,
         pool: &PoolPlan,
+        started: Instant,
     ) -> Response<ProxyBody> {
-        match self.forward(req, listener, pool).await {
+        match self.forward(req, listener, pool, started).await {
             Ok(r) => r,
             Err(e) => {
                 let status = e.status();
@@ -286,20 +297,34 @@ impl Conn {
         req: Request<Incoming>,
         listener: &ListenerPlan,
         pool: &PoolPlan,
+        started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let mut req = req;
         let upgrade = upgrade_asked(&req).map(|proto| (proto, hyper::upgrade::on(&mut req)));
         let (mut parts, mut body) = req.into_parts();
         // A chunked body's first chunk is read before any member is chosen:
         // a malformed chunk size is answered 400 and nothing is forwarded.
+        let request_timeout = listener.spec.request_timeout;
+        let deadline = request_timeout.map(|t| started + t);
         let mut first = None;
         if parts.headers.contains_key(header::TRANSFER_ENCODING) && !body.is_end_stream() {
-            match body.frame().await {
-                Some(Ok(frame)) => first = Some(frame),
-                Some(Err(source)) => return Err(ProxyError::ClientBody { source }),
-                None => {}
+            let next = body.frame();
+            let frame = match deadline {
+                Some(d) => tokio::time::timeout_at(d, next).await.ok(),
+                None => Some(next.await),
+            };
+            match frame {
+                None => {
+                    return Err(ProxyError::RequestTimeout {
+                        timeout: request_timeout.unwrap_or_default(),
+                    })
+                }
+                Some(Some(Ok(frame))) => first = Some(frame),
+                Some(Some(Err(source))) => return Err(ProxyError::ClientBody { source }),
+                Some(None) => {}
             }
         }
+        let expired = Arc::new(AtomicBool::new(false));
         let wants_trailers = parts
             .headers
             .get_all(header::TE)
@@ -321,6 +346,8 @@ impl Conn {
                 inner: body,
                 listener: listener.stats.clone(),
                 member: None,
+                deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                expired: expired.clone(),
             },
         );
         let now = sticky::unix_now();
@@ -356,12 +383,20 @@ impl Conn {
                 }
             };
             req.body_mut().member = Some(member.clone());
-            let mut response = match upgrade {
-                None => exchange(sender, req, guard, listener, pool).await?,
+            let sent = match upgrade {
+                None => exchange(sender, req, guard, listener, pool).await,
                 Some((_, client_side)) => {
                     self.upgrade(sender, req, client_side, guard, listener, pool)
-                        .await?
+                        .await
                 }
+            };
+            let mut response = match sent {
+                Err(_) if expired.load(Relaxed) => {
+                    return Err(ProxyError::RequestTimeout {
+                        timeout: request_timeout.unwrap_or_default(),
+                    })
+                }
+                other => other?,
             };
             if let Some(s) = sticky {
                 let secure = listener.spec.protocol == Protocol::Https;
@@ -855,20 +890,34 @@ pub(crate) struct RequestBody {
     inner: Incoming,
     listener: Arc<crate::metrics::ListenerStats>,
     member: Option<Arc<MemberState>>,
+    /// The listener's `request_timeout`: the body must be over by then.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set when the deadline passed, so the failure is answered 408.
+    expired: Arc<AtomicBool>,
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(d) = self.deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                self.expired.store(true, Relaxed);
+                return Poll::Ready(Some(Err("request body not received in time".into())));
+            }
+        }
         let frame = match self.first.take() {
             Some(f) => Some(Ok(f)),
             None => ready!(Pin::new(&mut self.inner).poll_frame(cx)),
         };
+        if frame.is_none() {
+            // The whole request is in: the deadline no longer applies.
+            self.deadline = None;
+        }
         if let Some(Ok(f)) = &frame {
             if let Some(data) = f.data_ref() {
                 let n = data.len() as u64;
@@ -878,7 +927,7 @@ impl Body for RequestBody {
                 }
             }
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

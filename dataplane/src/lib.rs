@@ -14,6 +14,7 @@ mod balance;
 mod error;
 mod health;
 mod http;
+mod limit;
 mod member;
 mod metrics;
 mod plan;
@@ -60,6 +61,8 @@ struct Registry {
     members: HashMap<(String, SocketAddr), MemberEntry>,
     pool_stats: HashMap<String, Arc<PoolStats>>,
     listener_stats: HashMap<SocketAddr, Arc<ListenerStats>>,
+    /// Rate limiters by listener, kept across plans while their limits hold.
+    limiters: HashMap<SocketAddr, Arc<limit::RateLimiter>>,
     /// Signs sticky-session cookies.
     cookie_key: Option<sticky::CookieKey>,
     version: u64,
@@ -280,7 +283,19 @@ impl Dataplane {
                 continue;
             };
             let stats = reg.listener_stats.entry(addr).or_default().clone();
+            let limiter = l.rate_limit.map(|want| {
+                reg.limiters
+                    .get(&addr)
+                    .filter(|have| have.limit() == want)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(limit::RateLimiter::new(want)))
+            });
+            match &limiter {
+                Some(l) => reg.limiters.insert(addr, l.clone()),
+                None => reg.limiters.remove(&addr),
+            };
             let plan = ListenerPlan {
+                limiter,
                 lb: lb.name.clone(),
                 spec: (*l).clone(),
                 bind: addr,
@@ -585,6 +600,24 @@ impl Dataplane {
             "TLS handshakes that failed or timed out (passthrough: unreadable ClientHellos).",
             &tls,
             |w, n, l| w.value(n, &ll(l), load(&l.stats.tls_failures)),
+        );
+        w.family(
+            "keel_listener_refused_total",
+            "counter",
+            "Connections or requests refused by a limit: max_connections, or rate_limit (HTTP: answered 429).",
+            &listeners,
+            |w, n, l| {
+                w.value(
+                    n,
+                    &format!("{},limit=\"max_connections\"", ll(l)),
+                    load(&l.stats.over_limit),
+                );
+                w.value(
+                    n,
+                    &format!("{},limit=\"rate_limit\"", ll(l)),
+                    load(&l.stats.rate_limited),
+                );
+            },
         );
         w.family(
             "keel_listener_upgrades_total",
@@ -898,6 +931,14 @@ impl Admit {
             return;
         };
         listener.stats.connections.fetch_add(1, Relaxed);
+        if let Some(max) = listener.spec.max_connections {
+            if listener.stats.active.load(Relaxed) >= i64::from(max) {
+                listener.stats.over_limit.fetch_add(1, Relaxed);
+                tracing::debug!(client.addr = %peer, listener = %self.bind, max, "connection limit reached: refused");
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                return;
+            }
+        }
         let active = Active::new(&listener.stats);
         let (plan, cut) = (self.plan.clone(), self.cut.clone());
         let signals = http::Signals {
@@ -911,6 +952,15 @@ impl Admit {
             let Some(peer) = client_of(&stream, peer, &listener).await else {
                 return;
             };
+            // L4 listeners limit new connections per client; HTTP ones limit
+            // requests (see `http.rs`).
+            if let Some(limiter) = listener.limiter.as_ref().filter(|_| !listener.spec.protocol.is_http()) {
+                if !limiter.allow(peer.source.ip()) {
+                    listener.stats.rate_limited.fetch_add(1, Relaxed);
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    return;
+                }
+            }
             match (listener.spec.protocol, listener.tls.clone()) {
                 (Protocol::Tcp, _) => {
                     let pool = listener.pool.clone();

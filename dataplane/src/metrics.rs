@@ -103,6 +103,10 @@ pub struct ListenerStats {
     /// HTTP connections upgraded (websockets), ever and open now.
     pub upgrades: AtomicU64,
     pub tunnels: AtomicI64,
+    /// Connections refused by `max_connections`.
+    pub over_limit: AtomicU64,
+    /// Connections or requests refused by `rate_limit`.
+    pub rate_limited: AtomicU64,
 }
 
 /// Traffic through one pool, whichever member served it.

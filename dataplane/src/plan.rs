@@ -36,6 +36,8 @@ pub(crate) struct ListenerPlan {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The default pool: requests no rule claims, and every TCP connection.
     pub pool: Arc<PoolPlan>,
+    /// Per-client rate limit, shared with earlier plans while unchanged.
+    pub limiter: Option<Arc<crate::limit::RateLimiter>>,
     /// HTTP rules in priority order.
     pub rules: Vec<crate::route::RulePlan>,
     pub stats: Arc<ListenerStats>,

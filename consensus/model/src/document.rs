@@ -18,8 +18,8 @@ use crate::rules::{
 };
 use crate::spec::{
     Algorithm, Certificate, CheckKind, HashOn, HealthCheck, HttpVersion, Listener, LoadBalancer,
-    Member, MemberTls, Pool, Protocol, ProxyProtocol, Spec, StatusRanges, Stickiness, TlsPolicy,
-    Vip,
+    Member, MemberTls, Pool, Protocol, ProxyProtocol, RateLimit, Spec, StatusRanges, Stickiness,
+    TlsPolicy, Vip,
 };
 
 /// Defaults applied to fields a document leaves out.
@@ -116,6 +116,21 @@ pub struct ListenerDoc {
     pub accept_proxy_protocol: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<DurationDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitDoc {
+    pub per_second: i64,
+    /// Defaults to `per_second`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<i64>,
 }
 
 /// A listener rule as written: conditions side by side with one action
@@ -523,7 +538,40 @@ impl ListenerDoc {
                 "only applies to http and https listeners",
             ));
         }
+        let count = |n: i64, field: &Path, errors: &mut Vec<FieldError>| {
+            u32::try_from(n).unwrap_or_else(|_| {
+                errors.push(FieldError::new(
+                    field.clone(),
+                    format!("must be 1-{}", crate::spec::MAX_LIMIT),
+                ));
+                1
+            })
+        };
+        let request_timeout = self.request_timeout.as_ref().map(|_| {
+            duration(
+                &self.request_timeout,
+                Duration::ZERO,
+                &at.field("request_timeout"),
+                errors,
+            )
+        });
+        let max_connections = self
+            .max_connections
+            .map(|n| count(n, &at.field("max_connections"), errors));
+        let rate_limit = self.rate_limit.as_ref().map(|r| {
+            let rat = at.field("rate_limit");
+            let per_second = count(r.per_second, &rat.field("per_second"), errors);
+            RateLimit {
+                per_second,
+                burst: r
+                    .burst
+                    .map_or(per_second, |b| count(b, &rat.field("burst"), errors)),
+            }
+        });
         Listener {
+            request_timeout,
+            max_connections,
+            rate_limit,
             port,
             protocol,
             bind,
@@ -1104,6 +1152,12 @@ impl From<&LoadBalancer> for LoadBalancerDoc {
                     rules: l.rules.iter().map(RuleDoc::from).collect(),
                     accept_proxy_protocol: l.accept_proxy_protocol.then_some(true),
                     trusted_proxies: l.trusted_proxies.iter().map(|c| c.to_string()).collect(),
+                    request_timeout: l.request_timeout.and_then(duration_doc),
+                    max_connections: l.max_connections.map(i64::from),
+                    rate_limit: l.rate_limit.map(|r| RateLimitDoc {
+                        per_second: r.per_second.into(),
+                        burst: Some(r.burst.into()),
+                    }),
                 })
                 .collect(),
         }

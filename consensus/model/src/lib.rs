@@ -29,6 +29,6 @@ pub use rules::{
 };
 pub use spec::{
     Algorithm, Certificate, CheckKind, HashOn, HealthCheck, HttpVersion, Listener, LoadBalancer,
-    Member, MemberTls, Pool, Protocol, ProxyProtocol, Spec, StatusRanges, Stickiness, TlsPolicy,
-    Vip, MAX_STICKINESS,
+    Member, MemberTls, Pool, Protocol, ProxyProtocol, RateLimit, Spec, StatusRanges, Stickiness,
+    TlsPolicy, Vip, MAX_LIMIT, MAX_STICKINESS,
 };

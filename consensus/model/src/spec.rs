@@ -106,7 +106,34 @@ pub struct Listener {
     /// `X-Forwarded-*`/`Forwarded` headers are kept (others are replaced).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<Cidr>,
+    /// HTTP only: a request's head and body must both arrive within this,
+    /// else 408 (when no response has started).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration_text"
+    )]
+    pub request_timeout: Option<Duration>,
+    /// Connections open at once; more are refused (reset) and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Per client IP: HTTP requests (else 429) or, on L4 listeners, new
+    /// connections (else refused) per second, with bursts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
+
+/// A token bucket per client IP address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Tokens added per second.
+    pub per_second: u32,
+    /// Bucket size: how many may come at once after a quiet spell.
+    pub burst: u32,
+}
+
+/// The most connections or requests per second a limit may name.
+pub const MAX_LIMIT: u32 = 10_000_000;
 
 fn is_false(b: &bool) -> bool {
     !*b
@@ -494,6 +521,7 @@ impl Spec {
                 check_positive(l.idle_timeout, &lat.field("idle_timeout"), &mut errors);
                 check_positive(l.header_timeout, &lat.field("header_timeout"), &mut errors);
                 self.check_listener_tls(l, &lat, &mut errors);
+                check_limits(l, &lat, &mut errors);
                 self.check_rules(l, &lat, &mut errors);
                 let addr = l.bind_addr(lb.vip.as_ref());
                 if let Some((_, lb, n)) = bound.iter().find(|(b, ..)| overlaps(*b, addr)) {
@@ -783,6 +811,36 @@ fn check_affinity(pool: &Pool, at: &Path, errors: &mut Vec<FieldError>) {
     }
 }
 
+fn check_limits(l: &Listener, at: &Path, errors: &mut Vec<FieldError>) {
+    if let Some(t) = l.request_timeout {
+        if !l.protocol.is_http() {
+            errors.push(FieldError::new(
+                at.field("request_timeout"),
+                "only applies to http and https listeners",
+            ));
+        }
+        check_positive(t, &at.field("request_timeout"), errors);
+    }
+    if let Some(n) = l.max_connections {
+        if !(1..=MAX_LIMIT).contains(&n) {
+            errors.push(FieldError::new(
+                at.field("max_connections"),
+                format!("must be 1-{MAX_LIMIT}"),
+            ));
+        }
+    }
+    if let Some(r) = l.rate_limit {
+        for (name, n) in [("per_second", r.per_second), ("burst", r.burst)] {
+            if !(1..=MAX_LIMIT).contains(&n) {
+                errors.push(FieldError::new(
+                    at.field("rate_limit").field(name),
+                    format!("must be 1-{MAX_LIMIT}"),
+                ));
+            }
+        }
+    }
+}
+
 fn check_member_tls(tls: &MemberTls, at: &Path, errors: &mut Vec<FieldError>) {
     match (&tls.ca_pem, tls.verify) {
         (None, true) => errors.push(FieldError::new(
@@ -850,6 +908,28 @@ fn check_name(name: &str, at: &Path, errors: &mut Vec<FieldError>) {
 fn check_positive(d: Duration, at: &Path, errors: &mut Vec<FieldError>) {
     if d.is_zero() {
         errors.push(FieldError::new(at.clone(), "must be longer than zero"));
+    }
+}
+
+/// Optional durations, as [`duration_text`] when present.
+pub(crate) mod optional_duration_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => humantime::parse_duration(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
     }
 }
 

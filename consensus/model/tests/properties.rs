@@ -111,6 +111,9 @@ fn spec() -> impl Strategy<Value = Spec> {
                         http2: true,
                         rules: Vec::new(),
                         accept_proxy_protocol: false,
+                        request_timeout: None,
+                        max_connections: None,
+                        rate_limit: None,
                         trusted_proxies: Vec::new(),
                     })
                     .collect();
@@ -188,6 +191,9 @@ fn command() -> impl Strategy<Value = Command> {
                     http2: true,
                     rules: Vec::new(),
                     accept_proxy_protocol: false,
+                    request_timeout: None,
+                    max_connections: None,
+                    rate_limit: None,
                     trusted_proxies: Vec::new(),
                 }],
             }

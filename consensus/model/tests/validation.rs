@@ -532,3 +532,49 @@ pools:
         ]
     );
 }
+
+#[test]
+fn limits_are_checked() {
+    let mut got = problems(
+        r#"
+load_balancers:
+  - name: web
+    listeners:
+      - { port: 80, protocol: tcp, default_pool: p, request_timeout: 1s, max_connections: 0 }
+      - { port: 81, protocol: http, default_pool: p, request_timeout: 0s, rate_limit: { per_second: 0, burst: -1 } }
+      - { port: 82, protocol: http, default_pool: p, request_timeout: soon, max_connections: 99999999999 }
+pools:
+  - { name: p }
+"#,
+    );
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            "load_balancers[0].listeners[0].max_connections: must be 1-10000000",
+            "load_balancers[0].listeners[0].request_timeout: only applies to http and https listeners",
+            "load_balancers[0].listeners[1].rate_limit.burst: must be 1-10000000",
+            "load_balancers[0].listeners[1].rate_limit.per_second: must be 1-10000000",
+            "load_balancers[0].listeners[1].request_timeout: must be longer than zero",
+            "load_balancers[0].listeners[2].max_connections: must be 1-10000000",
+            "load_balancers[0].listeners[2].request_timeout: \"soon\" is not a duration (examples: 500ms, 2s, 1m)",
+        ]
+    );
+    let spec = Document::from_yaml(
+        "load_balancers:\n  - { name: w, listeners: [ { port: 80, protocol: http, default_pool: p, request_timeout: 30s, max_connections: 1000, rate_limit: { per_second: 50 } } ] }\npools:\n  - { name: p }\n",
+    )
+    .unwrap()
+    .into_spec()
+    .unwrap();
+    let l = &spec.load_balancers["w"].listeners[0];
+    assert_eq!(
+        l.rate_limit.unwrap().burst,
+        50,
+        "burst defaults to the rate"
+    );
+    let again = Document::from_yaml(&Document::from_spec(&spec).to_yaml())
+        .unwrap()
+        .into_spec()
+        .unwrap();
+    assert_eq!(again, spec);
+}
