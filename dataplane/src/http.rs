@@ -386,8 +386,7 @@ impl Conn {
             let sent = match upgrade {
                 None => exchange(sender, req, guard, listener, pool).await,
                 Some((_, client_side)) => {
-                    self.upgrade(sender, req, client_side, guard, listener, pool)
-                        .await
+                    Box::pin(self.upgrade(sender, req, client_side, guard, listener, pool)).await
                 }
             };
             let mut response = match sent {
@@ -545,7 +544,6 @@ async fn checkout(
     ends: Addresses,
     own_http1: bool,
 ) -> Result<Sender, ProxyError> {
-    let timeout = pool.spec.connect_timeout;
     let http2 = pool.spec.http_version == HttpVersion::Http2 && !own_http1;
     let shared = pool.spec.proxy_protocol.is_none();
     if http2 && shared {
@@ -561,6 +559,20 @@ async fn checkout(
             }
         }
     }
+    // Boxed: opening a connection (TCP, TLS, HTTP handshake) is a large
+    // future, and keeping it out of line keeps every request's future small.
+    Box::pin(connect(member, pool, ends, http2, shared)).await
+}
+
+/// A new connection to `member`, ready for requests.
+async fn connect(
+    member: &MemberState,
+    pool: &PoolPlan,
+    ends: Addresses,
+    http2: bool,
+    shared: bool,
+) -> Result<Sender, ProxyError> {
+    let timeout = pool.spec.connect_timeout;
     let alpn = if http2 { Alpn::Http2 } else { Alpn::Http1 };
     let opening = tcp::open(member.address, pool, ends, alpn);
     let stream = match tokio::time::timeout(timeout, opening).await {
