@@ -114,7 +114,9 @@ pub(crate) async fn serve<IO>(
     });
     let service = service_fn(move |req| {
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+        // Boxed: a request's future is a few KiB, and HTTP/2 moves the
+        // service's future into a task per stream; a pointer moves cheaply.
+        async move { Ok::<_, Infallible>(Box::pin(conn.handle(req)).await) }
     });
     let io = TokioIo::new(stream);
     match mode {
