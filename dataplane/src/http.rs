@@ -435,25 +435,7 @@ impl Conn {
         pool: &PoolPlan,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let member = guard.member().clone();
-        let timeout = pool.spec.response_timeout;
-        let sent = tokio::time::timeout(timeout, sender.send(req)).await;
-        let mut response = match sent {
-            Ok(Ok(r)) => r,
-            Ok(Err(source)) => {
-                member.stats.requests.count(502);
-                return Err(ProxyError::Upstream {
-                    member: member.address,
-                    source,
-                });
-            }
-            Err(_) => {
-                member.stats.requests.count(504);
-                return Err(ProxyError::ResponseTimeout {
-                    member: member.address,
-                    timeout,
-                });
-            }
-        };
+        let mut response = send(&mut sender, req, &member, pool.spec.response_timeout).await?;
         member.stats.requests.count(response.status().as_u16());
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             // Refused: the answer goes back as it is; the connection is not reused.
@@ -689,27 +671,7 @@ async fn exchange(
     let member = guard.member().clone();
     let started = Instant::now();
     let cut = member.cut_token();
-    let sent = tokio::select! {
-        r = tokio::time::timeout(timeout, sender.send(req)) => r,
-        _ = cut.cancelled() => return Err(ProxyError::Drained { member: member.address }),
-    };
-    let response = match sent {
-        Ok(Ok(r)) => r,
-        Ok(Err(source)) => {
-            member.stats.requests.count(502);
-            return Err(ProxyError::Upstream {
-                member: member.address,
-                source,
-            });
-        }
-        Err(_) => {
-            member.stats.requests.count(504);
-            return Err(ProxyError::ResponseTimeout {
-                member: member.address,
-                timeout,
-            });
-        }
-    };
+    let response = send(&mut sender, req, &member, timeout).await?;
     member.stats.latency.observe(started.elapsed());
     member.stats.requests.count(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
@@ -736,6 +698,39 @@ async fn exchange(
         listener: listener.stats.clone(),
     };
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+}
+
+/// Sends `req` to `member` and waits for its response head, at most
+/// `timeout`; a drain that runs out meanwhile ends the wait. Failures are
+/// counted on the member as the status the client will see.
+async fn send(
+    sender: &mut Sender,
+    req: Request<RequestBody>,
+    member: &MemberState,
+    timeout: Duration,
+) -> Result<Response<Incoming>, ProxyError> {
+    let cut = member.cut_token();
+    let sent = tokio::select! {
+        r = tokio::time::timeout(timeout, sender.send(req)) => r,
+        _ = cut.cancelled() => return Err(ProxyError::Drained { member: member.address }),
+    };
+    match sent {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(source)) => {
+            member.stats.requests.count(502);
+            Err(ProxyError::Upstream {
+                member: member.address,
+                source,
+            })
+        }
+        Err(_) => {
+            member.stats.requests.count(504);
+            Err(ProxyError::ResponseTimeout {
+                member: member.address,
+                timeout,
+            })
+        }
+    }
 }
 
 /// hyper bounds its read buffer, but a head that arrives whole can exceed
