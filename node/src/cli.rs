@@ -49,6 +49,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ApiTokenCommand,
     },
+    /// Pool-scoped registration tokens for backends: create, list, revoke.
+    RegistrationToken {
+        #[command(subcommand)]
+        command: RegistrationTokenCommand,
+    },
+    /// A backend adds itself to a pool or removes itself (it drains).
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
     /// Cluster nodes: list, remove.
     Node {
         #[command(subcommand)]
@@ -170,6 +180,64 @@ pub enum ApiTokenCommand {
         #[command(flatten)]
         client: ClientArgs,
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistrationTokenCommand {
+    /// Create a token that may only register and deregister members of
+    /// one pool; printed once.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+        #[arg(long)]
+        pool: String,
+        /// Optional lifetime (default: until revoked).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List registration tokens.
+    List(ClientArgs),
+    /// Revoke a registration token by id.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
+    },
+}
+
+/// Where a backend registers, and with what.
+#[derive(Debug, Clone, Args)]
+pub struct Registration {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The pool to join or leave.
+    #[arg(long)]
+    pub pool: String,
+    /// This backend's address as the load balancer reaches it (IP:PORT).
+    #[arg(long)]
+    pub address: String,
+    /// A registration token for the pool (or an admin API token).
+    #[arg(long, env = "KEEL_REGISTRATION_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Add this backend to the pool (again: updates its weight). Idempotent.
+    Register {
+        #[command(flatten)]
+        registration: Registration,
+        /// Share of new traffic, 0-1000.
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Remove this backend from the pool; requests under way finish within
+    /// the pool's drain timeout.
+    Deregister {
+        #[command(flatten)]
+        registration: Registration,
     },
 }
 

@@ -18,8 +18,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    ApiTokenCommand, ApplyArgs, ClientArgs, Command, DeleteArgs, GetArgs, LoginArgs, NodeCommand,
-    Output, TokenCommand,
+    ApiTokenCommand, ApplyArgs, ClientArgs, Command, DeleteArgs, GetArgs, LoginArgs, MemberCommand,
+    NodeCommand, Output, RegistrationTokenCommand, TokenCommand,
 };
 
 type Result<T> = std::result::Result<T, String>;
@@ -35,6 +35,8 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Token { command } => token(command).await,
         Command::ApiToken { command } => api_token(command).await,
         Command::Node { command } => node(command).await,
+        Command::RegistrationToken { command } => registration_token(command).await,
+        Command::Member { command } => member(command).await,
         Command::Run(_) | Command::Demo(_) | Command::Check { .. } | Command::VipGuard => {
             Err("not a client command".into())
         }
@@ -359,10 +361,11 @@ fn kind_path(kind: &str) -> Result<&'static str> {
         "nodes" | "node" => "/api/v1/nodes",
         "tokens" | "token" => "/api/v1/tokens",
         "api-tokens" | "api-token" => "/api/v1/api-tokens",
+        "registration-tokens" | "registration-token" => "/api/v1/registration-tokens",
         "config" => "/api/v1/config",
         other => {
             return Err(format!(
-                "unknown kind {other:?}: use load-balancers, pools, nodes, tokens, api-tokens or config"
+                "unknown kind {other:?}: use load-balancers, pools, nodes, tokens, api-tokens, registration-tokens or config"
             ))
         }
     })
@@ -450,6 +453,13 @@ async fn get(a: GetArgs) -> Result<()> {
                     } else {
                         ""
                     },
+                ),
+                "/api/v1/registration-tokens" => format!(
+                    "{}  {}  pool={}  expires_at={}",
+                    s(&item["id"]),
+                    s(&item["name"]),
+                    s(&item["pool"]),
+                    s(&item["expires_at"])
                 ),
                 "/api/v1/api-tokens" => format!(
                     "{}  {}  user={}  expires_at={}",
@@ -580,6 +590,66 @@ async fn api_token(command: ApiTokenCommand) -> Result<()> {
             .await
         }
     }
+}
+
+async fn registration_token(command: RegistrationTokenCommand) -> Result<()> {
+    match command {
+        RegistrationTokenCommand::Create {
+            client,
+            name,
+            pool,
+            ttl,
+        } => {
+            let api = Api::new(&client)?;
+            let v = api
+                .send(
+                    Method::POST,
+                    "/api/v1/registration-tokens",
+                    &json!({"name": name, "pool": pool, "ttl": ttl}),
+                )
+                .await?;
+            print(client.output, &v, |v| format!("{}\n", s(&v["token"])));
+            Ok(())
+        }
+        RegistrationTokenCommand::List(client) => list(client, "registration-tokens").await,
+        RegistrationTokenCommand::Revoke { client, id } => {
+            remove(
+                &client,
+                &format!("/api/v1/registration-tokens/{id}"),
+                &format!("revoked registration token {id}"),
+            )
+            .await
+        }
+    }
+}
+
+async fn member(command: MemberCommand) -> Result<()> {
+    let (reg, path, body, done) = match command {
+        MemberCommand::Register {
+            registration,
+            weight,
+        } => {
+            let body = json!({"pool": registration.pool, "address": registration.address, "weight": weight});
+            let done = format!(
+                "registered {} in pool {}",
+                registration.address, registration.pool
+            );
+            (registration, "/api/v1/register", body, done)
+        }
+        MemberCommand::Deregister { registration } => {
+            let body = json!({"pool": registration.pool, "address": registration.address});
+            let done = format!(
+                "deregistered {} from pool {} (it drains)",
+                registration.address, registration.pool
+            );
+            (registration, "/api/v1/deregister", body, done)
+        }
+    };
+    let mut api = Api::new(&reg.client)?;
+    api.token = Some(reg.token.clone());
+    api.send(Method::POST, path, &body).await?;
+    println!("{done}");
+    Ok(())
 }
 
 async fn node(command: NodeCommand) -> Result<()> {

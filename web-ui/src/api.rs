@@ -159,6 +159,16 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
             axum::routing::delete(revoke_api_token::<C>),
         )
         .route("/api/v1/users/{name}/password", post(set_password::<C>))
+        .route(
+            "/api/v1/registration-tokens",
+            get(list_registration_tokens::<C>).post(create_registration_token::<C>),
+        )
+        .route(
+            "/api/v1/registration-tokens/{id}",
+            axum::routing::delete(revoke_registration_token::<C>),
+        )
+        .route("/api/v1/register", post(register::<C>))
+        .route("/api/v1/deregister", post(deregister::<C>))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -191,7 +201,11 @@ async fn authenticate<C: ControlPlane>(
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
     request.extensions_mut().insert(ClientIp(ip));
     let path = request.uri().path();
-    if path == "/api/v1/login" || path == "/api/v1/openapi.json" {
+    // Login proves itself; (de)registration checks its own pool-scoped token.
+    if matches!(
+        path,
+        "/api/v1/login" | "/api/v1/openapi.json" | "/api/v1/register" | "/api/v1/deregister"
+    ) {
         return next.run(request).await;
     }
     let bearer = request
@@ -1134,5 +1148,230 @@ async fn revoke_api_token<C: ControlPlane>(
         ClusterCommand::RevokeApiToken { id },
     )
     .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+struct RegistrationTokenView {
+    id: String,
+    name: String,
+    pool: String,
+    created_at: u64,
+    expires_at: Option<u64>,
+}
+
+async fn list_registration_tokens<C: ControlPlane>(
+    State(app): AppState<C>,
+) -> Json<Vec<RegistrationTokenView>> {
+    let (_, state) = app.control.state();
+    Json(
+        state
+            .registration_tokens
+            .iter()
+            .map(|(id, t)| RegistrationTokenView {
+                id: id.clone(),
+                name: t.name.clone(),
+                pool: t.pool.clone(),
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+            })
+            .collect(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRegistrationToken {
+    name: String,
+    pool: String,
+    /// Default: until revoked.
+    ttl: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CreatedRegistrationToken {
+    id: String,
+    name: String,
+    pool: String,
+    token: String,
+    expires_at: Option<u64>,
+}
+
+/// `POST /api/v1/registration-tokens`: a token that lets backends add and
+/// remove themselves in one pool. The token is shown once.
+async fn create_registration_token<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    body: Result<Json<NewRegistrationToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedRegistrationToken>), ApiError> {
+    let Json(req) = body?;
+    if req.name.trim().is_empty() || req.name.len() > 100 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "name: 1 to 100 characters",
+        ));
+    }
+    let expires_at = match req.ttl.as_deref() {
+        Some(t) => Some(now() + parse_ttl(Some(t), Duration::ZERO)?.as_secs()),
+        None => None,
+    };
+    let (id, token, secret_sha256) = crate::auth::new_registration_token();
+    commit(
+        &*app.control,
+        &caller,
+        ClusterCommand::CreateRegistrationToken {
+            id: id.clone(),
+            token: keel_model::RegistrationToken {
+                name: req.name.clone(),
+                pool: req.pool.clone(),
+                secret_sha256,
+                created_at: now(),
+                expires_at,
+            },
+        },
+    )
+    .await?;
+    tracing::info!(token = %id, name = %req.name, pool = %req.pool, by = %caller, "registration token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedRegistrationToken {
+            id,
+            name: req.name,
+            pool: req.pool,
+            token,
+            expires_at,
+        }),
+    ))
+}
+
+async fn revoke_registration_token<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    commit(
+        &*app.control,
+        &caller,
+        ClusterCommand::RevokeRegistrationToken { id },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What a backend sends to register or deregister itself.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Registration {
+    pool: String,
+    address: String,
+    /// Register only; default 1.
+    weight: Option<u32>,
+}
+
+/// The pool and address a (de)registration may change: the bearer must be
+/// a registration token for that pool, or an admin API token.
+fn registration_scope<C: ControlPlane>(
+    app: &App<C>,
+    headers: &HeaderMap,
+    body: Result<Json<Registration>, JsonRejection>,
+) -> Result<(String, Registration, SocketAddr), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <registration token>"))?;
+    let (_, state) = app.control.state();
+    let by = match crate::auth::check_registration(&state, token, now()) {
+        Some(pool) => (format!("registration token for {pool}"), Some(pool)),
+        None => match check_bearer(&state, token, now()) {
+            Some(user) => (user, None),
+            None => {
+                return Err(ApiError::unauthorized(
+                    "the token is unknown, revoked or expired",
+                ))
+            }
+        },
+    };
+    let Json(reg) = body?;
+    if by.1.as_ref().is_some_and(|p| *p != reg.pool) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this token may only change pool {:?}",
+                by.1.unwrap_or_default()
+            ),
+        ));
+    }
+    if !state.spec.pools.contains_key(&reg.pool) {
+        return Err(ApiError::not_found(format!(
+            "pool {:?} does not exist",
+            reg.pool
+        )));
+    }
+    let address = reg.address.parse::<SocketAddr>().map_err(|_| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "address: not a socket address (expected IP:PORT, [IPv6]:PORT for IPv6)",
+        )
+    })?;
+    Ok((by.0, reg, address))
+}
+
+/// `POST /api/v1/register`: adds (or updates) the caller as a member of a
+/// pool. Idempotent.
+async fn register<C: ControlPlane>(
+    State(app): AppState<C>,
+    headers: HeaderMap,
+    body: Result<Json<Registration>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (by, reg, address) = registration_scope(&app, &headers, body)?;
+    let weight = reg.weight.unwrap_or(1);
+    commit(
+        &*app.control,
+        &by,
+        ClusterCommand::Spec(Command::UpsertMember {
+            pool: reg.pool.clone(),
+            member: keel_model::Member {
+                address,
+                weight,
+                enabled: true,
+            },
+        }),
+    )
+    .await?;
+    tracing::info!(pool = %reg.pool, member = %address, by = %by, "member registered");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/deregister`: removes the caller from a pool; it drains
+/// (requests under way finish within the pool's drain timeout).
+async fn deregister<C: ControlPlane>(
+    State(app): AppState<C>,
+    headers: HeaderMap,
+    body: Result<Json<Registration>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (by, reg, address) = registration_scope(&app, &headers, body)?;
+    let (_, state) = app.control.state();
+    let present = state
+        .spec
+        .pools
+        .get(&reg.pool)
+        .is_some_and(|p| p.members.iter().any(|m| m.address == address));
+    if present {
+        commit(
+            &*app.control,
+            &by,
+            ClusterCommand::Spec(Command::RemoveMember {
+                pool: reg.pool.clone(),
+                address,
+            }),
+        )
+        .await?;
+        tracing::info!(pool = %reg.pool, member = %address, by = %by, "member deregistered");
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -59,6 +59,31 @@ pub fn new_bearer() -> (String, String, String) {
     (id, token, sha256_hex(&secret))
 }
 
+/// A new registration token: (id, token to hand out once, hash to store).
+pub fn new_registration_token() -> (String, String, String) {
+    let id = random_hex(6);
+    let secret = random_hex(24);
+    let token = format!("keelreg_{id}_{secret}");
+    (id, token, sha256_hex(&secret))
+}
+
+/// The pool a registration token may change, if it is valid at `now`.
+pub fn check_registration(state: &ClusterState, token: &str, now: u64) -> Option<String> {
+    let rest = token.strip_prefix("keelreg_")?;
+    let (id, secret) = rest.split_once('_')?;
+    let record = state.registration_tokens.get(id)?;
+    if !constant_time_eq(
+        record.secret_sha256.as_bytes(),
+        sha256_hex(secret).as_bytes(),
+    ) {
+        return None;
+    }
+    if record.expires_at.is_some_and(|at| now >= at) {
+        return None;
+    }
+    Some(record.pool.clone())
+}
+
 /// The user a bearer token acts as, if it is valid at `now` (unix seconds).
 pub fn check_bearer(state: &ClusterState, token: &str, now: u64) -> Option<String> {
     let rest = token.strip_prefix("keel_")?;

@@ -151,6 +151,34 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         "/api/v1/users/{name}/password",
         &[("post", "Set a user's password")],
     ),
+    (
+        "/api/v1/registration-tokens",
+        &[
+            ("get", "List registration tokens"),
+            (
+                "post",
+                "Create a token that may only (de)register members of one pool (shown once)",
+            ),
+        ],
+    ),
+    (
+        "/api/v1/registration-tokens/{id}",
+        &[("delete", "Revoke a registration token")],
+    ),
+    (
+        "/api/v1/register",
+        &[(
+            "post",
+            "Add a member to a pool, with a registration token for it: {pool, address, weight}",
+        )],
+    ),
+    (
+        "/api/v1/deregister",
+        &[(
+            "post",
+            "Remove a member from a pool (it drains), with a registration token for it",
+        )],
+    ),
 ];
 
 pub(crate) async fn document() -> Json<Value> {

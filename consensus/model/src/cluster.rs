@@ -27,6 +27,10 @@ pub struct ClusterState {
     pub api_tokens: BTreeMap<String, ApiToken>,
     /// Admin users by name, with a slow password hash (PHC string).
     pub users: BTreeMap<String, User>,
+    /// Tokens that let a backend add or remove itself in one pool, by id.
+    /// Only a hash of each is kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registration_tokens: BTreeMap<String, RegistrationToken>,
     /// The latest changes made by people or tools, oldest first, at most
     /// [`HISTORY_LEN`] (the dashboard's "who changed what").
     #[serde(default)]
@@ -112,6 +116,22 @@ pub struct ApiToken {
     pub expires_at: Option<u64>,
 }
 
+/// A token a backend uses to register and deregister itself as a member
+/// of one pool, and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationToken {
+    /// Who or what it is for, e.g. "web servers".
+    pub name: String,
+    /// The only pool it may change.
+    pub pool: String,
+    /// Hex SHA-256 of the token secret.
+    pub secret_sha256: String,
+    /// Unix seconds when it was created.
+    pub created_at: u64,
+    /// Unix seconds after which it is refused; `None` = until revoked.
+    pub expires_at: Option<u64>,
+}
+
 /// An admin user.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
@@ -157,6 +177,14 @@ pub enum ClusterCommand {
     RevokeApiToken { id: String },
     /// Does nothing; used to learn the commit index (a read barrier).
     Noop,
+    /// Create a pool-scoped registration token (refused if the pool does
+    /// not exist).
+    CreateRegistrationToken {
+        id: String,
+        token: RegistrationToken,
+    },
+    /// Revoke (delete) a registration token.
+    RevokeRegistrationToken { id: String },
     /// Forget API tokens (login sessions) that expired before `now`.
     PurgeExpiredApiTokens { now: u64 },
     /// `command`, asked for by `by` at `at` (unix seconds, the proposer's
@@ -197,6 +225,14 @@ impl fmt::Display for ClusterCommand {
             }
             ClusterCommand::RevokeApiToken { id } => write!(f, "revoke api token {id}"),
             ClusterCommand::Noop => f.write_str("no-op"),
+            ClusterCommand::CreateRegistrationToken { id, token } => write!(
+                f,
+                "create registration token {id} ({}) for pool {}",
+                token.name, token.pool
+            ),
+            ClusterCommand::RevokeRegistrationToken { id } => {
+                write!(f, "revoke registration token {id}")
+            }
             ClusterCommand::PurgeExpiredApiTokens { .. } => f.write_str("purge expired api tokens"),
             ClusterCommand::Authored { by, command, .. } => write!(f, "{command} (by {by})"),
         }
@@ -286,6 +322,22 @@ impl ClusterState {
                 }
             }
             ClusterCommand::Noop => {}
+            ClusterCommand::CreateRegistrationToken { id, token } => {
+                if !self.spec.pools.contains_key(&token.pool) {
+                    return Err(Refusal::NotFound(format!(
+                        "pool {:?} does not exist",
+                        token.pool
+                    )));
+                }
+                self.registration_tokens.insert(id.clone(), token.clone());
+            }
+            ClusterCommand::RevokeRegistrationToken { id } => {
+                if self.registration_tokens.remove(id).is_none() {
+                    return Err(Refusal::NotFound(format!(
+                        "registration token {id:?} does not exist"
+                    )));
+                }
+            }
             ClusterCommand::PurgeExpiredApiTokens { now } => {
                 self.api_tokens
                     .retain(|_, t| t.expires_at.is_none_or(|at| at > *now));
@@ -347,6 +399,36 @@ mod tests {
                 what: vec!["no-op".into()],
             }
         );
+    }
+
+    #[test]
+    fn registration_tokens_need_their_pool_and_revoke_once() {
+        let mut s = ClusterState::default();
+        let token = RegistrationToken {
+            name: "web".into(),
+            pool: "app".into(),
+            secret_sha256: "aa".repeat(32),
+            created_at: 0,
+            expires_at: None,
+        };
+        let create = ClusterCommand::CreateRegistrationToken {
+            id: "r1".into(),
+            token,
+        };
+        assert!(matches!(s.apply(&create), Err(Refusal::NotFound(_))));
+        assert!(s.registration_tokens.is_empty());
+        s.spec.pools.insert(
+            "app".into(),
+            crate::Document::parse_spec("load_balancers: []\npools:\n  - { name: app }\n")
+                .expect("valid")
+                .pools["app"]
+                .clone(),
+        );
+        s.apply(&create).expect("created");
+        assert_eq!(s.registration_tokens["r1"].pool, "app");
+        let revoke = ClusterCommand::RevokeRegistrationToken { id: "r1".into() };
+        s.apply(&revoke).expect("revoked");
+        assert!(matches!(s.apply(&revoke), Err(Refusal::NotFound(_))));
     }
 
     fn token(expires_at: u64, uses: u32) -> JoinToken {

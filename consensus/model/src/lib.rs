@@ -15,7 +15,7 @@ mod spec;
 
 pub use cluster::{
     constant_time_eq, ApiToken, ClusterCommand, ClusterIdentity, ClusterState, HistoryEntry,
-    JoinToken, Refusal, User, HISTORY_LEN,
+    JoinToken, Refusal, RegistrationToken, User, HISTORY_LEN,
 };
 pub use command::{ApplyError, Command};
 pub use document::{

@@ -1,0 +1,166 @@
+//! Backend self-registration: a pool-scoped token lets a backend add and
+//! remove itself with `keel member register|deregister`, and nothing else.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keel_tests::backend::HttpBackend;
+use keel_tests::node::{keel_bin, raw_call, raw_get, KeelProcess};
+use keel_tests::{free_port, http_lb, members};
+
+fn keel(server: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(keel_bin())
+        .args(args)
+        .args(["--server", server])
+        .envs(env.iter().copied())
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_registers_and_deregisters_itself_with_a_pool_token() {
+    let first = HttpBackend::start("first").await;
+    let newcomer = HttpBackend::start("newcomer").await;
+    let port = free_port();
+    let yaml = format!(
+        "{}  - {{ name: other, members: [] }}\n",
+        http_lb(
+            port,
+            &format!("drain_timeout: 1s, members: {}", members(&[first.addr]))
+        )
+    );
+    let node = KeelProcess::start(&yaml);
+    let server = format!("http://{}", node.admin);
+    let admin = node.admin.to_string();
+    let (status, body) = raw_call(
+        &admin,
+        "POST",
+        "/api/v1/login",
+        None,
+        Some("{\"password\": \"test-admin-password\"}"),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let admin_token = v["token"].as_str().unwrap().to_owned();
+
+    // The operator makes a token for pool `app`; it is shown once.
+    let (ok, out, err) = keel(
+        &server,
+        &[
+            "registration-token",
+            "create",
+            "web servers",
+            "--pool",
+            "app",
+        ],
+        &[("KEEL_TOKEN", &admin_token)],
+    );
+    assert!(ok, "{err}");
+    let token = out.trim().to_owned();
+    assert!(token.starts_with("keelreg_"), "{out}");
+    let (ok, out, _) = keel(
+        &server,
+        &["registration-token", "list"],
+        &[("KEEL_TOKEN", &admin_token)],
+    );
+    assert!(
+        ok && out.contains("pool=app") && !out.contains(&token),
+        "{out}"
+    );
+
+    // The backend registers itself: traffic reaches it.
+    let newcomer_addr = newcomer.addr.to_string();
+    let reg = |cmd: &str, pool: &str, tok: &str| {
+        keel(
+            &server,
+            &["member", cmd, "--pool", pool, "--address", &newcomer_addr],
+            &[("KEEL_REGISTRATION_TOKEN", tok)],
+        )
+    };
+    let (ok, out, err) = reg("register", "app", &token);
+    assert!(ok, "{err}");
+    assert!(out.contains("registered"), "{out}");
+    let lb = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(Duration::from_secs(10), "the newcomer serves", || {
+        newcomer.hits() > 0 || raw_get(lb, "/").is_some_and(|(_, b)| b == "newcomer")
+    });
+    // Again: idempotent.
+    assert!(reg("register", "app", &token).0);
+    // Keel's own API shows the member, added by the token.
+    let (_, pool) = raw_call(&admin, "GET", "/api/v1/pools/app", Some(&admin_token), None).unwrap();
+    assert!(pool.contains(&newcomer_addr), "{pool}");
+
+    // The token does nothing else: another pool, the admin API, a bad token.
+    let (ok, _, err) = reg("register", "other", &token);
+    assert!(!ok && err.contains("may only change pool \"app\""), "{err}");
+    let (status, _) = raw_call(&admin, "GET", "/api/v1/pools", Some(&token), None).unwrap();
+    assert_eq!(status, 401);
+    let (ok, _, err) = reg("register", "app", "keelreg_nope_nope");
+    assert!(!ok && err.contains("unknown, revoked or expired"), "{err}");
+    let (ok, _, err) = keel(
+        &server,
+        &[
+            "member",
+            "register",
+            "--pool",
+            "app",
+            "--address",
+            "not-an-address",
+        ],
+        &[("KEEL_REGISTRATION_TOKEN", &token)],
+    );
+    assert!(!ok && err.contains("address"), "{err}");
+
+    // Deregistration drains: the member leaves and gets no new requests.
+    let (ok, out, err) = reg("deregister", "app", &token);
+    assert!(ok, "{err}");
+    assert!(out.contains("drains"), "{out}");
+    wait_for(Duration::from_secs(10), "the newcomer is gone", || {
+        raw_call(&admin, "GET", "/api/v1/pools/app", Some(&admin_token), None)
+            .is_some_and(|(_, b)| !b.contains(&newcomer_addr))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let before = newcomer.hits();
+    for _ in 0..10 {
+        assert_eq!(raw_get(lb, "/").unwrap().1, "first");
+    }
+    assert_eq!(newcomer.hits(), before);
+
+    // A revoked token is refused.
+    let id = token.split('_').nth(1).unwrap();
+    let (ok, _, err) = keel(
+        &server,
+        &["registration-token", "revoke", id],
+        &[("KEEL_TOKEN", &admin_token)],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = reg("register", "app", &token);
+    assert!(!ok && err.contains("revoked"), "{err}");
+    // A token for a pool that does not exist cannot be made.
+    let (ok, _, err) = keel(
+        &server,
+        &["registration-token", "create", "x", "--pool", "nope"],
+        &[("KEEL_TOKEN", &admin_token)],
+    );
+    assert!(!ok && err.contains("does not exist"), "{err}");
+}
