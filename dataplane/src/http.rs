@@ -333,6 +333,14 @@ impl Conn {
             .iter()
             .any(|v| v.to_str().is_ok_and(|v| v.contains("trailers")));
         prepare_request(&mut parts, &self.client_ip, self.trusted, listener);
+        // Read before an HTTP/2 rewrite moves `Host` into the target.
+        let now = sticky::unix_now();
+        let sticky = pool.sticky.as_ref();
+        let pinned = sticky
+            .and_then(|s| s.pinned(&parts.headers, now))
+            .and_then(|a| pool.balancer.available(a).cloned());
+        let had_app_cookie = sticky.is_some_and(|s| s.has_app_cookie(&parts.headers));
+        let hash_key = sticky::hash_key(&pool.spec, &parts.headers);
         if let Some((proto, _)) = &upgrade {
             parts.headers.insert(header::UPGRADE, proto.clone());
             parts
@@ -352,13 +360,6 @@ impl Conn {
                 expired: expired.clone(),
             },
         );
-        let now = sticky::unix_now();
-        let sticky = pool.sticky.as_ref();
-        let pinned = sticky
-            .and_then(|s| s.pinned(req.headers(), now))
-            .and_then(|a| pool.balancer.available(a).cloned());
-        let had_app_cookie = sticky.is_some_and(|s| s.has_app_cookie(req.headers()));
-        let hash_key = sticky::hash_key(&pool.spec, req.headers());
         let mut tried = Vec::new();
         let mut last_err = None;
         while tried.len() < MAX_CONNECT_ATTEMPTS {
