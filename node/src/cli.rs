@@ -49,6 +49,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ApiTokenCommand,
     },
+    /// Access keys for the AWS-compatible (ELB/ELBv2) API: create, list, revoke.
+    AwsKey {
+        #[command(subcommand)]
+        command: AwsKeyCommand,
+    },
     /// Pool-scoped registration tokens for backends: create, list, revoke.
     RegistrationToken {
         #[command(subcommand)]
@@ -180,6 +185,24 @@ pub enum ApiTokenCommand {
         #[command(flatten)]
         client: ClientArgs,
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AwsKeyCommand {
+    /// Create an access key; the secret is printed once.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+    },
+    /// List access keys (never their secrets).
+    List(ClientArgs),
+    /// Revoke an access key by its id.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        access_key_id: String,
     },
 }
 
@@ -319,6 +342,14 @@ pub struct RunArgs {
     /// on a single-threaded scheduler, which costs less per request.
     #[arg(long, env = "KEEL_WORKERS")]
     pub workers: Option<usize>,
+    /// Serve the AWS-compatible ELBv2 Query API (SigV4, keys from
+    /// `keel aws-key create`) on this address; off when unset.
+    #[arg(long, env = "KEEL_AWS_API_ADDR")]
+    pub aws_api_addr: Option<SocketAddr>,
+    /// The region the AWS-compatible API serves: signatures must be
+    /// scoped to it.
+    #[arg(long, env = "KEEL_AWS_REGION", default_value = "us-east-1")]
+    pub aws_region: String,
     /// On SIGTERM, how long connections may take to finish before they are cut.
     #[arg(long, env = "KEEL_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime_arg)]
     pub shutdown_grace: Duration,

@@ -18,8 +18,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    ApiTokenCommand, ApplyArgs, ClientArgs, Command, DeleteArgs, GetArgs, LoginArgs, MemberCommand,
-    NodeCommand, Output, RegistrationTokenCommand, TokenCommand,
+    ApiTokenCommand, ApplyArgs, AwsKeyCommand, ClientArgs, Command, DeleteArgs, GetArgs, LoginArgs,
+    MemberCommand, NodeCommand, Output, RegistrationTokenCommand, TokenCommand,
 };
 
 type Result<T> = std::result::Result<T, String>;
@@ -36,6 +36,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::ApiToken { command } => api_token(command).await,
         Command::Node { command } => node(command).await,
         Command::RegistrationToken { command } => registration_token(command).await,
+        Command::AwsKey { command } => aws_key(command).await,
         Command::Member { command } => member(command).await,
         Command::Run(_) | Command::Demo(_) | Command::Check { .. } | Command::VipGuard => {
             Err("not a client command".into())
@@ -362,10 +363,11 @@ fn kind_path(kind: &str) -> Result<&'static str> {
         "tokens" | "token" => "/api/v1/tokens",
         "api-tokens" | "api-token" => "/api/v1/api-tokens",
         "registration-tokens" | "registration-token" => "/api/v1/registration-tokens",
+        "aws-keys" | "aws-key" => "/api/v1/aws-keys",
         "config" => "/api/v1/config",
         other => {
             return Err(format!(
-                "unknown kind {other:?}: use load-balancers, pools, nodes, tokens, api-tokens, registration-tokens or config"
+                "unknown kind {other:?}: use load-balancers, pools, nodes, tokens, api-tokens, registration-tokens, aws-keys or config"
             ))
         }
     })
@@ -453,6 +455,12 @@ async fn get(a: GetArgs) -> Result<()> {
                     } else {
                         ""
                     },
+                ),
+                "/api/v1/aws-keys" => format!(
+                    "{}  {}  user={}",
+                    s(&item["access_key_id"]),
+                    s(&item["name"]),
+                    s(&item["user"])
                 ),
                 "/api/v1/registration-tokens" => format!(
                     "{}  {}  pool={}  expires_at={}",
@@ -586,6 +594,37 @@ async fn api_token(command: ApiTokenCommand) -> Result<()> {
                 &client,
                 &format!("/api/v1/api-tokens/{id}"),
                 &format!("revoked api token {id}"),
+            )
+            .await
+        }
+    }
+}
+
+async fn aws_key(command: AwsKeyCommand) -> Result<()> {
+    match command {
+        AwsKeyCommand::Create { client, name } => {
+            let api = Api::new(&client)?;
+            let v = api
+                .send(Method::POST, "/api/v1/aws-keys", &json!({"name": name}))
+                .await?;
+            print(client.output, &v, |v| {
+                format!(
+                    "access_key_id     {}\nsecret_access_key {}\n",
+                    s(&v["access_key_id"]),
+                    s(&v["secret_access_key"])
+                )
+            });
+            Ok(())
+        }
+        AwsKeyCommand::List(client) => list(client, "aws-keys").await,
+        AwsKeyCommand::Revoke {
+            client,
+            access_key_id,
+        } => {
+            remove(
+                &client,
+                &format!("/api/v1/aws-keys/{access_key_id}"),
+                &format!("revoked aws access key {access_key_id}"),
             )
             .await
         }

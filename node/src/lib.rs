@@ -41,6 +41,8 @@ pub struct NodeConfig {
     pub vip_interface: Option<String>,
     pub log_format: LogFormat,
     pub workers: Option<usize>,
+    /// The AWS-compatible API's address and region, when it is on.
+    pub aws_api: Option<(SocketAddr, String)>,
 }
 
 impl TryFrom<RunArgs> for NodeConfig {
@@ -76,6 +78,7 @@ impl TryFrom<RunArgs> for NodeConfig {
             vip_interface: a.vip_interface,
             log_format: a.log_format,
             workers: a.workers,
+            aws_api: a.aws_api_addr.map(|addr| (addr, a.aws_region)),
         })
     }
 }
@@ -289,6 +292,29 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             addr = opts.admin_addr,
             file = opts.data_dir.join("initial-admin-password").display(),
         );
+    }
+
+    if let Some((addr, region)) = &config.aws_api {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| NodeError::Io {
+                what: format!("aws api address {addr}"),
+                source,
+            })?;
+        let app = keel_web::aws_router(control.clone(), region.clone());
+        let mut stop = stop_rx.clone();
+        tracing::info!(%addr, %region, "aws-compatible api running");
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "aws api server failed");
+            }
+        });
     }
 
     let gossip = tokio::spawn(gossip::run(

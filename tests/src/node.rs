@@ -38,13 +38,18 @@ pub struct KeelProcess {
 impl KeelProcess {
     /// Starts `keel run` with `config_yaml` and waits until it is ready.
     pub fn start(config_yaml: &str) -> Self {
-        Self::spawn(config_yaml, Some("test-admin-password"))
+        Self::spawn(config_yaml, Some("test-admin-password"), &[])
+    }
+
+    /// Like [`KeelProcess::start`], with more `keel run` arguments.
+    pub fn start_with(config_yaml: &str, extra: &[&str]) -> Self {
+        Self::spawn(config_yaml, Some("test-admin-password"), extra)
     }
 
     /// Like [`KeelProcess::start`], but the node generates its admin
     /// password (see [`KeelProcess::initial_password`]).
     pub fn start_generated(config_yaml: &str) -> Self {
-        Self::spawn(config_yaml, None)
+        Self::spawn(config_yaml, None, &[])
     }
 
     /// The password a node generated at bootstrap.
@@ -55,7 +60,7 @@ impl KeelProcess {
             .to_owned()
     }
 
-    fn spawn(config_yaml: &str, password: Option<&str>) -> Self {
+    fn spawn(config_yaml: &str, password: Option<&str>, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("keel.yaml");
         std::fs::write(&config, config_yaml).unwrap();
@@ -75,6 +80,7 @@ impl KeelProcess {
             .arg(admin.to_string())
             .arg("--cluster-addr")
             .arg(format!("127.0.0.1:{}", crate::free_port()))
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

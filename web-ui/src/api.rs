@@ -167,6 +167,14 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
             "/api/v1/registration-tokens/{id}",
             axum::routing::delete(revoke_registration_token::<C>),
         )
+        .route(
+            "/api/v1/aws-keys",
+            get(list_aws_keys::<C>).post(create_aws_key::<C>),
+        )
+        .route(
+            "/api/v1/aws-keys/{id}",
+            axum::routing::delete(revoke_aws_key::<C>),
+        )
         .route("/api/v1/register", post(register::<C>))
         .route("/api/v1/deregister", post(deregister::<C>))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
@@ -259,7 +267,7 @@ async fn authenticate<C: ControlPlane>(
 }
 
 /// Commit `command` on behalf of `by`, recorded in the cluster's history.
-async fn commit<C: ControlPlane>(
+pub(crate) async fn commit<C: ControlPlane>(
     control: &C,
     by: &str,
     command: ClusterCommand,
@@ -1373,5 +1381,100 @@ async fn deregister<C: ControlPlane>(
         .await?;
         tracing::info!(pool = %reg.pool, member = %address, by = %by, "member deregistered");
     }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize)]
+struct AwsKeyView {
+    access_key_id: String,
+    name: String,
+    user: String,
+    created_at: u64,
+}
+
+async fn list_aws_keys<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<AwsKeyView>> {
+    let (_, state) = app.control.state();
+    Json(
+        state
+            .aws_keys
+            .iter()
+            .map(|(id, k)| AwsKeyView {
+                access_key_id: id.clone(),
+                name: k.name.clone(),
+                user: k.user.clone(),
+                created_at: k.created_at,
+            })
+            .collect(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAwsKey {
+    name: String,
+}
+
+#[derive(Serialize)]
+struct CreatedAwsKey {
+    access_key_id: String,
+    secret_access_key: String,
+    name: String,
+}
+
+/// `POST /api/v1/aws-keys`: an access key for the AWS-compatible API; the
+/// secret is shown once.
+async fn create_aws_key<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    body: Result<Json<NewAwsKey>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedAwsKey>), ApiError> {
+    let Json(req) = body?;
+    if req.name.trim().is_empty() || req.name.len() > 100 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "name: 1 to 100 characters",
+        ));
+    }
+    let (_, state) = app.control.state();
+    let (id, secret) = crate::awskeys::new_key();
+    let Some(sealed) = crate::awskeys::seal(&state, &id, &secret) else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the cluster has no identity yet",
+        ));
+    };
+    commit(
+        &*app.control,
+        &caller,
+        ClusterCommand::CreateAwsKey {
+            id: id.clone(),
+            key: keel_model::AwsKey {
+                name: req.name.clone(),
+                user: caller.clone(),
+                secret_sealed: sealed,
+                created_at: now(),
+            },
+        },
+    )
+    .await?;
+    tracing::info!(access_key_id = %id, name = %req.name, by = %caller, "aws access key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedAwsKey {
+            access_key_id: id,
+            secret_access_key: secret,
+            name: req.name,
+        }),
+    ))
+}
+
+async fn revoke_aws_key<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    commit(&*app.control, &caller, ClusterCommand::RevokeAwsKey { id }).await?;
     Ok(StatusCode::NO_CONTENT)
 }

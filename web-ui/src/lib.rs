@@ -11,10 +11,15 @@
 //! with the cookie must also carry a CSRF token (see `api::authenticate`).
 
 mod api;
+pub use aws::router as aws_router;
 mod auth;
+mod aws;
+mod awskeys;
 mod certs;
+mod elbv2;
 mod error;
 mod openapi;
+mod sigv4;
 mod ui;
 
 use std::future::Future;

@@ -166,6 +166,20 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         &[("delete", "Revoke a registration token")],
     ),
     (
+        "/api/v1/aws-keys",
+        &[
+            ("get", "List access keys of the AWS-compatible API"),
+            (
+                "post",
+                "Create an access key for the AWS-compatible API (secret shown once)",
+            ),
+        ],
+    ),
+    (
+        "/api/v1/aws-keys/{id}",
+        &[("delete", "Revoke an AWS access key")],
+    ),
+    (
         "/api/v1/register",
         &[(
             "post",

@@ -31,6 +31,16 @@ pub struct ClusterState {
     /// Only a hash of each is kept.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registration_tokens: BTreeMap<String, RegistrationToken>,
+    /// Access keys for the AWS-compatible API, by access key id. SigV4
+    /// needs the secret itself, so it is kept sealed with a key derived
+    /// from the cluster CA key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aws_keys: BTreeMap<String, AwsKey>,
+    /// What compatibility APIs remember about objects beyond the spec (an
+    /// ELBv2 target group's port and protocol, tags), by object key such
+    /// as `targetgroup/NAME`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, BTreeMap<String, String>>,
     /// The latest changes made by people or tools, oldest first, at most
     /// [`HISTORY_LEN`] (the dashboard's "who changed what").
     #[serde(default)]
@@ -132,6 +142,29 @@ pub struct RegistrationToken {
     pub expires_at: Option<u64>,
 }
 
+/// An access key for the AWS-compatible (ELB, ELBv2) API.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwsKey {
+    /// Who or what it is for.
+    pub name: String,
+    /// The user its changes are recorded as.
+    pub user: String,
+    /// Hex of nonce ‖ AES-256-GCM ciphertext of the secret access key.
+    pub secret_sealed: String,
+    /// Unix seconds when it was created.
+    pub created_at: u64,
+}
+
+impl fmt::Debug for AwsKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsKey")
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .field("secret_sealed", &"<sealed>")
+            .finish_non_exhaustive()
+    }
+}
+
 /// An admin user.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
@@ -185,6 +218,15 @@ pub enum ClusterCommand {
     },
     /// Revoke (delete) a registration token.
     RevokeRegistrationToken { id: String },
+    /// Create an access key for the AWS-compatible API.
+    CreateAwsKey { id: String, key: AwsKey },
+    /// Revoke (delete) an AWS access key.
+    RevokeAwsKey { id: String },
+    /// Replace an object's annotations; empty `values` removes them.
+    Annotate {
+        object: String,
+        values: BTreeMap<String, String>,
+    },
     /// Forget API tokens (login sessions) that expired before `now`.
     PurgeExpiredApiTokens { now: u64 },
     /// `command`, asked for by `by` at `at` (unix seconds, the proposer's
@@ -233,6 +275,11 @@ impl fmt::Display for ClusterCommand {
             ClusterCommand::RevokeRegistrationToken { id } => {
                 write!(f, "revoke registration token {id}")
             }
+            ClusterCommand::CreateAwsKey { id, key } => {
+                write!(f, "create aws access key {id} ({})", key.name)
+            }
+            ClusterCommand::RevokeAwsKey { id } => write!(f, "revoke aws access key {id}"),
+            ClusterCommand::Annotate { object, .. } => write!(f, "annotate {object}"),
             ClusterCommand::PurgeExpiredApiTokens { .. } => f.write_str("purge expired api tokens"),
             ClusterCommand::Authored { by, command, .. } => write!(f, "{command} (by {by})"),
         }
@@ -330,6 +377,23 @@ impl ClusterState {
                     )));
                 }
                 self.registration_tokens.insert(id.clone(), token.clone());
+            }
+            ClusterCommand::Annotate { object, values } => {
+                if values.is_empty() {
+                    self.annotations.remove(object);
+                } else {
+                    self.annotations.insert(object.clone(), values.clone());
+                }
+            }
+            ClusterCommand::CreateAwsKey { id, key } => {
+                self.aws_keys.insert(id.clone(), key.clone());
+            }
+            ClusterCommand::RevokeAwsKey { id } => {
+                if self.aws_keys.remove(id).is_none() {
+                    return Err(Refusal::NotFound(format!(
+                        "aws access key {id:?} does not exist"
+                    )));
+                }
             }
             ClusterCommand::RevokeRegistrationToken { id } => {
                 if self.registration_tokens.remove(id).is_none() {

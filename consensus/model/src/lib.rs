@@ -14,8 +14,8 @@ mod rules;
 mod spec;
 
 pub use cluster::{
-    constant_time_eq, ApiToken, ClusterCommand, ClusterIdentity, ClusterState, HistoryEntry,
-    JoinToken, Refusal, RegistrationToken, User, HISTORY_LEN,
+    constant_time_eq, ApiToken, AwsKey, ClusterCommand, ClusterIdentity, ClusterState,
+    HistoryEntry, JoinToken, Refusal, RegistrationToken, User, HISTORY_LEN,
 };
 pub use command::{ApplyError, Command};
 pub use document::{

@@ -1,0 +1,136 @@
+"""The ALB seed's case through boto3's elbv2 client, against Keel.
+
+Environment: ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, LB_PORT,
+SITE and BLOG (backend ip:port). Phase "create" builds the load balancer
+and prints its ARNs as JSON; phase "errors" checks refusals; phase
+"delete" removes everything.
+"""
+import json
+import os
+import sys
+import time
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+
+def client(**overrides):
+    args = dict(
+        endpoint_url=os.environ["ENDPOINT"],
+        region_name="us-east-1",
+        aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+        config=Config(retries={"max_attempts": 1}),
+    )
+    args.update(overrides)
+    return boto3.client("elbv2", **args)
+
+
+def target(addr):
+    ip, port = addr.rsplit(":", 1)
+    return {"Id": ip, "Port": int(port)}
+
+
+def create():
+    elb = client()
+    lb = elb.create_load_balancer(Name="web", Subnets=["subnet-1"], Tags=[{"Key": "team", "Value": "blue"}])
+    lb_arn = lb["LoadBalancers"][0]["LoadBalancerArn"]
+    assert lb["LoadBalancers"][0]["State"]["Code"] == "active"
+    elb.get_waiter("load_balancer_available").wait(LoadBalancerArns=[lb_arn])
+    site = elb.create_target_group(
+        Name="site", Protocol="HTTP", Port=80, VpcId="vpc-1",
+        HealthCheckPath="/health", HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2,
+        HealthyThresholdCount=2, UnhealthyThresholdCount=2, Matcher={"HttpCode": "200-299"},
+    )["TargetGroups"][0]
+    blog = elb.create_target_group(Name="blog", Protocol="HTTP", Port=80, VpcId="vpc-1")["TargetGroups"][0]
+    assert site["HealthCheckPath"] == "/health", site
+    assert site["Matcher"]["HttpCode"] == "200-299", site
+    elb.register_targets(TargetGroupArn=site["TargetGroupArn"], Targets=[target(os.environ["SITE"])])
+    elb.register_targets(TargetGroupArn=blog["TargetGroupArn"], Targets=[target(os.environ["BLOG"])])
+    listener = elb.create_listener(
+        LoadBalancerArn=lb_arn, Protocol="HTTP", Port=int(os.environ["LB_PORT"]),
+        DefaultActions=[{"Type": "forward", "TargetGroupArn": site["TargetGroupArn"]}],
+    )["Listeners"][0]
+    # The new condition encoding, and the legacy one libcloud sends.
+    elb.create_rule(
+        ListenerArn=listener["ListenerArn"], Priority=10,
+        Conditions=[{"Field": "path-pattern", "PathPatternConfig": {"Values": ["/blog*"]}}],
+        Actions=[{"Type": "forward", "TargetGroupArn": blog["TargetGroupArn"]}],
+    )
+    elb.create_rule(
+        ListenerArn=listener["ListenerArn"], Priority=20,
+        Conditions=[{"Field": "path-pattern", "Values": ["/news*"]}],
+        Actions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503", "ContentType": "text/plain", "MessageBody": "later"}}],
+    )
+    # The waiter sleeps 15 s between polls; look more often first.
+    for _ in range(100):
+        states = [h["TargetHealth"]["State"] for h in elb.describe_target_health(
+            TargetGroupArn=site["TargetGroupArn"])["TargetHealthDescriptions"]]
+        if states == ["healthy"]:
+            break
+        time.sleep(0.1)
+    elb.get_waiter("target_in_service").wait(TargetGroupArn=site["TargetGroupArn"])
+    health = elb.describe_target_health(TargetGroupArn=site["TargetGroupArn"])["TargetHealthDescriptions"]
+    assert [h["TargetHealth"]["State"] for h in health] == ["healthy"], health
+    rules = elb.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]
+    assert [r["Priority"] for r in rules] == ["10", "20", "default"], rules
+    tags = elb.describe_tags(ResourceArns=[lb_arn])["TagDescriptions"][0]["Tags"]
+    assert tags == [{"Key": "team", "Value": "blue"}], tags
+    names = [t["TargetGroupName"] for t in elb.describe_target_groups(LoadBalancerArn=lb_arn)["TargetGroups"]]
+    assert sorted(names) == ["blog", "site"], names
+    listeners = elb.describe_listeners(LoadBalancerArn=lb_arn)["Listeners"]
+    assert [l["Port"] for l in listeners] == [int(os.environ["LB_PORT"])], listeners
+    print(json.dumps({"lb": lb_arn, "listener": listener["ListenerArn"],
+                      "site": site["TargetGroupArn"], "blog": blog["TargetGroupArn"]}))
+
+
+def code_of(call):
+    try:
+        call()
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+    return None
+
+
+def errors():
+    elb = client()
+    lb_arn = elb.describe_load_balancers(Names=["web"])["LoadBalancers"][0]["LoadBalancerArn"]
+    bad_secret = client(aws_secret_access_key="x" * 40)
+    assert code_of(lambda: bad_secret.describe_load_balancers()) == "SignatureDoesNotMatch"
+    unknown = client(aws_access_key_id="AKIAUNKNOWN000000000")
+    assert code_of(lambda: unknown.describe_load_balancers()) == "InvalidClientTokenId"
+    other_region = client(region_name="eu-west-1")
+    assert code_of(lambda: other_region.describe_load_balancers()) == "SignatureDoesNotMatch"
+    assert code_of(lambda: elb.describe_load_balancers(Names=["nope"])) == "LoadBalancerNotFound"
+    assert code_of(lambda: elb.create_target_group(Name="site", Protocol="HTTP", Port=80, VpcId="v")) == "DuplicateTargetGroupName"
+    assert code_of(lambda: elb.register_targets(
+        TargetGroupArn=elb.describe_target_groups(Names=["site"])["TargetGroups"][0]["TargetGroupArn"],
+        Targets=[{"Id": "i-0123456789", "Port": 80}])) == "InvalidTarget"
+    listener = elb.describe_listeners(LoadBalancerArn=lb_arn)["Listeners"][0]["ListenerArn"]
+    assert code_of(lambda: elb.create_rule(
+        ListenerArn=listener, Priority=10,
+        Conditions=[{"Field": "path-pattern", "Values": ["/x"]}],
+        Actions=[{"Type": "forward", "TargetGroupArn": elb.describe_target_groups(Names=["blog"])["TargetGroups"][0]["TargetGroupArn"]}],
+    )) == "PriorityInUse"
+    site = elb.describe_target_groups(Names=["site"])["TargetGroups"][0]["TargetGroupArn"]
+    assert code_of(lambda: elb.delete_target_group(TargetGroupArn=site)) == "ResourceInUse"
+    print("errors ok")
+
+
+def delete():
+    elb = client()
+    lb_arn = elb.describe_load_balancers(Names=["web"])["LoadBalancers"][0]["LoadBalancerArn"]
+    for l in elb.describe_listeners(LoadBalancerArn=lb_arn)["Listeners"]:
+        for r in elb.describe_rules(ListenerArn=l["ListenerArn"])["Rules"]:
+            if not r["IsDefault"]:
+                elb.delete_rule(RuleArn=r["RuleArn"])
+        elb.delete_listener(ListenerArn=l["ListenerArn"])
+    elb.delete_load_balancer(LoadBalancerArn=lb_arn)
+    for tg in elb.describe_target_groups()["TargetGroups"]:
+        elb.delete_target_group(TargetGroupArn=tg["TargetGroupArn"])
+    elb.get_waiter("load_balancers_deleted").wait(LoadBalancerArns=[lb_arn])
+    print("deleted")
+
+
+{"create": create, "errors": errors, "delete": delete}[sys.argv[1]]()

@@ -1,0 +1,133 @@
+//! The AWS-compatible API driven by boto3 (installed by `tests/run` into
+//! `target/pyenv`): the ALB seed's path routing built through ELBv2 calls
+//! serves real traffic and shows in Keel's own API; bad signatures, wrong
+//! scopes and bad input are refused with the codes boto3 parses.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keel_tests::backend::HttpBackend;
+use keel_tests::free_port;
+use keel_tests::node::{keel_bin, raw_call, raw_get, KeelProcess};
+
+fn python() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::var_os("KEEL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/pyenv/bin/python"))
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aws/elbv2_cycle.py")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_builds_the_alb_seed_case_and_it_serves() {
+    let site = HttpBackend::start("site").await;
+    let blog = HttpBackend::start("blog").await;
+    let aws_addr = format!("127.0.0.1:{}", free_port());
+    let node = KeelProcess::start_with(
+        "load_balancers: []\npools: []\n",
+        &["--aws-api-addr", &aws_addr],
+    );
+    let admin = node.admin.to_string();
+    let (status, body) = raw_call(
+        &admin,
+        "POST",
+        "/api/v1/login",
+        None,
+        Some("{\"password\": \"test-admin-password\"}"),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = v["token"].as_str().unwrap().to_owned();
+
+    let out = Command::new(keel_bin())
+        .args(["aws-key", "create", "ci", "-o", "json", "--server"])
+        .arg(format!("http://{admin}"))
+        .env("KEEL_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (id, secret) = (
+        key["access_key_id"].as_str().unwrap().to_owned(),
+        key["secret_access_key"].as_str().unwrap().to_owned(),
+    );
+    // The secret is never stored or shown again.
+    let (_, keys) = raw_call(&admin, "GET", "/api/v1/aws-keys", Some(&token), None).unwrap();
+    assert!(keys.contains(&id) && !keys.contains(&secret), "{keys}");
+
+    let lb_port = free_port();
+    let run = |phase: &str| {
+        let out = Command::new(python())
+            .arg(script())
+            .arg(phase)
+            .env("ENDPOINT", format!("http://{aws_addr}"))
+            .env("AWS_ACCESS_KEY_ID", &id)
+            .env("AWS_SECRET_ACCESS_KEY", &secret)
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("LB_PORT", lb_port.to_string())
+            .env("SITE", site.addr.to_string())
+            .env("BLOG", blog.addr.to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{phase}: {text}\n{}\nkeel log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            node.log_text()
+        );
+        text
+    };
+    run("create");
+
+    // Real traffic: / to the site, /blog… to the blog, /news… answered by Keel.
+    let lb = format!("127.0.0.1:{lb_port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while raw_get(lb, "/").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(raw_get(lb, "/").unwrap(), (200, "site".into()));
+    assert_eq!(raw_get(lb, "/blog/post-1").unwrap(), (200, "blog".into()));
+    assert_eq!(raw_get(lb, "/news/today").unwrap(), (503, "later".into()));
+    // Keel's own API shows what boto3 made.
+    let (_, lbs) = raw_call(
+        &admin,
+        "GET",
+        "/api/v1/load-balancers/web",
+        Some(&token),
+        None,
+    )
+    .unwrap();
+    assert!(
+        lbs.contains("\"default_pool\":\"site\"") && lbs.contains("/blog*"),
+        "{lbs}"
+    );
+    let (_, events) = raw_call(&admin, "GET", "/api/v1/events", Some(&token), None).unwrap();
+    assert!(events.contains(&format!("aws key {id}")), "{events}");
+
+    assert!(run("errors").contains("errors ok"));
+    assert!(run("delete").contains("deleted"));
+    let (status, _) = raw_call(
+        &admin,
+        "GET",
+        "/api/v1/load-balancers/web",
+        Some(&token),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    let (_, pools) = raw_call(&admin, "GET", "/api/v1/pools", Some(&token), None).unwrap();
+    assert_eq!(pools.trim(), "[]");
+}

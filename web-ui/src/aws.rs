@@ -1,0 +1,260 @@
+//! The AWS-compatible endpoint (`--aws-api-addr`): the Elastic Load
+//! Balancing Query API. Any path, GET query or POST form; every request is
+//! SigV4-signed with a Keel-issued access key; `Action` and `Version` pick
+//! the call; answers are the XML the AWS SDKs parse.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http::{header, HeaderMap, Method, StatusCode, Uri};
+
+use crate::ControlPlane;
+
+/// XML namespace of ELBv2 answers.
+pub(crate) const NS_V2: &str = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/";
+/// XML namespace of classic ELB answers.
+pub(crate) const NS_V1: &str = "http://elasticloadbalancing.amazonaws.com/doc/2012-06-01/";
+
+pub(crate) struct Aws<C> {
+    pub control: Arc<C>,
+    /// The one region this endpoint serves (signatures must be scoped to it).
+    pub region: String,
+}
+
+/// The AWS-compatible API's router.
+pub fn router<C: ControlPlane>(control: Arc<C>, region: String) -> Router {
+    Router::new()
+        .fallback(handle::<C>)
+        .layer(DefaultBodyLimit::max(1024 * 1024))
+        .with_state(Arc::new(Aws { control, region }))
+}
+
+/// An error as the SDKs parse it: `<ErrorResponse><Error><Code>`.
+#[derive(Debug)]
+pub(crate) struct AwsError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl AwsError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        AwsError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 400 with `code`.
+    pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(400, code, message)
+    }
+}
+
+/// The request's parameters, from the query string and a form body.
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(query: &str, form: Option<&[u8]>) -> Self {
+        let mut out = Vec::new();
+        let mut add = |text: &str, plus_is_space: bool| {
+            for pair in text.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let clean = |s: &str| {
+                    let s = if plus_is_space {
+                        s.replace('+', " ")
+                    } else {
+                        s.to_owned()
+                    };
+                    String::from_utf8_lossy(&crate::sigv4::decode(&s)).into_owned()
+                };
+                out.push((clean(k), clean(v)));
+            }
+        };
+        add(query, false);
+        if let Some(body) = form {
+            add(&String::from_utf8_lossy(body), true);
+        }
+        Params(out)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A required parameter.
+    pub fn need(&self, key: &str) -> Result<&str, AwsError> {
+        self.get(key).filter(|v| !v.is_empty()).ok_or_else(|| {
+            AwsError::bad(
+                "ValidationError",
+                format!("1 validation error detected: Value null at '{key}' failed to satisfy constraint: Member must not be null"),
+            )
+        })
+    }
+
+    /// `PREFIX.member.N` values in order of N.
+    pub fn list(&self, prefix: &str) -> Vec<String> {
+        self.structs(prefix)
+            .into_iter()
+            .filter_map(|m| m.get("").cloned())
+            .collect()
+    }
+
+    /// `PREFIX.member.N[.FIELD…]` grouped by N (in order), each a map from
+    /// the field path after `N.` (`""` for the value itself).
+    pub fn structs(&self, prefix: &str) -> Vec<BTreeMap<String, String>> {
+        let lead = format!("{prefix}.member.");
+        let mut by_n: BTreeMap<u32, BTreeMap<String, String>> = BTreeMap::new();
+        for (k, v) in &self.0 {
+            let Some(rest) = k.strip_prefix(&lead) else {
+                continue;
+            };
+            let (n, field) = rest.split_once('.').unwrap_or((rest, ""));
+            if let Ok(n) = n.parse::<u32>() {
+                by_n.entry(n)
+                    .or_default()
+                    .insert(field.to_owned(), v.clone());
+            }
+        }
+        by_n.into_values().collect()
+    }
+}
+
+/// Escapes text for XML.
+pub(crate) fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `<tag>text</tag>`, escaped.
+pub(crate) fn el(tag: &str, text: &str) -> String {
+    format!("<{tag}>{}</{tag}>", esc(text))
+}
+
+fn request_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn xml(status: u16, body: String) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        [(header::CONTENT_TYPE, "text/xml")],
+        body,
+    )
+        .into_response()
+}
+
+fn error_response(ns: &str, e: &AwsError, id: &str) -> Response {
+    let kind = if e.status >= 500 {
+        "Receiver"
+    } else {
+        "Sender"
+    };
+    xml(
+        e.status,
+        format!(
+            "<ErrorResponse xmlns=\"{ns}\"><Error><Type>{kind}</Type>{}{}</Error>{}</ErrorResponse>",
+            el("Code", e.code),
+            el("Message", &e.message),
+            el("RequestId", id)
+        ),
+    )
+}
+
+async fn handle<C: ControlPlane>(
+    State(aws): State<Arc<Aws<C>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let id = request_id();
+    let query = uri.query().unwrap_or("");
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    let params = Params::parse(query, form.then_some(&body[..]));
+    let version = params.get("Version").unwrap_or_default().to_owned();
+    let ns = if version == "2012-06-01" {
+        NS_V1
+    } else {
+        NS_V2
+    };
+    let (_, state) = aws.control.state();
+    let signed = crate::sigv4::verify(
+        &crate::sigv4::Request {
+            method: method.as_str(),
+            path: uri.path(),
+            query,
+            headers: &headers,
+            body: &body,
+        },
+        |key| crate::awskeys::secret_of(&state, key),
+        &aws.region,
+        crate::api::now(),
+    );
+    let signed = match signed {
+        Ok(s) => s,
+        Err(r) => {
+            tracing::info!(code = r.code, "aws api request refused");
+            return error_response(ns, &AwsError::new(r.status, r.code, r.message), &id);
+        }
+    };
+    let user = state
+        .aws_keys
+        .get(&signed.access_key_id)
+        .map_or_else(|| signed.access_key_id.clone(), |k| k.user.clone());
+    let by = format!("{user} (aws key {})", signed.access_key_id);
+    let Some(action) = params.get("Action").map(str::to_owned) else {
+        return error_response(
+            ns,
+            &AwsError::bad("MissingAction", "Action is required"),
+            &id,
+        );
+    };
+    let result = match version.as_str() {
+        "2015-12-01" => crate::elbv2::call(&aws, &action, &params, &by).await,
+        "2012-06-01" => Err(AwsError::bad(
+            "InvalidAction",
+            format!("the classic ELB API (2012-06-01) is not served yet: {action}"),
+        )),
+        other => Err(AwsError::bad(
+            "InvalidAction",
+            format!("unknown API version {other:?} (expected 2015-12-01)"),
+        )),
+    };
+    match result {
+        Ok(inner) => xml(
+            200,
+            format!(
+                "<{action}Response xmlns=\"{ns}\"><{action}Result>{inner}</{action}Result><ResponseMetadata>{}</ResponseMetadata></{action}Response>",
+                el("RequestId", &id)
+            ),
+        ),
+        Err(e) => {
+            tracing::debug!(action = %action, code = e.code, message = %e.message, "aws api call failed");
+            error_response(ns, &e, &id)
+        }
+    }
+}

@@ -1,0 +1,1063 @@
+//! ELBv2 (2015-12-01) calls on Keel objects. The mapping:
+//!
+//! - a load balancer is a Keel load balancer of the same name (no VIP: its
+//!   listeners bind every address);
+//! - a target group is a Keel pool of the same name (its port, protocol
+//!   and tags are kept as annotations `targetgroup/NAME`); `HTTPS` target
+//!   groups reach members over TLS without verification, as ELB does;
+//! - a listener is the Keel listener on that port; its default `forward`
+//!   action is the default pool; rules are Keel rules (same priorities);
+//! - targets are members `Id:Port` (`Id` an IP address).
+//!
+//! ARNs are derived from names, so they are stable and need no storage.
+//! Every change is a batch of ordinary commands through Raft, validated
+//! like any other: what an AWS client creates shows in Keel's own API.
+
+use std::collections::BTreeMap;
+
+use keel_model::{ClusterCommand, Command, Document, ListenerDoc, PoolDoc, RuleDoc, Spec};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::aws::{el, Aws, AwsError, Params};
+use crate::ControlPlane;
+
+const ACCOUNT: &str = "000000000000";
+const VPC: &str = "vpc-keel";
+/// Keel's answer to the DNS-name question: names resolve however the
+/// operator arranges; the VIP (if any) is what clients use.
+const DNS_SUFFIX: &str = "elb.keel.internal";
+
+pub(crate) async fn call<C: ControlPlane>(
+    aws: &Aws<C>,
+    action: &str,
+    p: &Params,
+    by: &str,
+) -> Result<String, AwsError> {
+    let e = Elbv2 { aws, by };
+    match action {
+        "CreateLoadBalancer" => e.create_load_balancer(p).await,
+        "DescribeLoadBalancers" => e.describe_load_balancers(p),
+        "DeleteLoadBalancer" => e.delete_load_balancer(p).await,
+        "CreateTargetGroup" => e.create_target_group(p).await,
+        "DescribeTargetGroups" => e.describe_target_groups(p),
+        "DeleteTargetGroup" => e.delete_target_group(p).await,
+        "RegisterTargets" => e.targets(p, true).await,
+        "DeregisterTargets" => e.targets(p, false).await,
+        "DescribeTargetHealth" => e.describe_target_health(p).await,
+        "CreateListener" => e.create_listener(p).await,
+        "DescribeListeners" => e.describe_listeners(p),
+        "DeleteListener" => e.delete_listener(p).await,
+        "CreateRule" => e.create_rule(p).await,
+        "DescribeRules" => e.describe_rules(p),
+        "DeleteRule" => e.delete_rule(p).await,
+        "DescribeTags" => e.describe_tags(p),
+        "AddTags" => e.add_tags(p).await,
+        other => Err(AwsError::bad(
+            "InvalidAction",
+            format!("{other} is not an ELBv2 action Keel serves"),
+        )),
+    }
+}
+
+struct Elbv2<'a, C> {
+    aws: &'a Aws<C>,
+    by: &'a str,
+}
+
+/// 16 hex digits naming `text`, for ARNs.
+fn id16(text: &str) -> String {
+    Sha256::digest(text.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn tg_key(name: &str) -> String {
+    format!("targetgroup/{name}")
+}
+
+impl<C: ControlPlane> Elbv2<'_, C> {
+    fn arn(&self, rest: &str) -> String {
+        format!(
+            "arn:aws:elasticloadbalancing:{}:{ACCOUNT}:{rest}",
+            self.aws.region
+        )
+    }
+
+    fn lb_arn(&self, lb: &str) -> String {
+        self.arn(&format!("loadbalancer/app/{lb}/{}", id16(lb)))
+    }
+
+    fn tg_arn(&self, tg: &str) -> String {
+        self.arn(&format!("targetgroup/{tg}/{}", id16(tg)))
+    }
+
+    fn listener_arn(&self, lb: &str, port: i64) -> String {
+        self.arn(&format!(
+            "listener/app/{lb}/{}/{}",
+            id16(lb),
+            id16(&format!("{lb}:{port}"))
+        ))
+    }
+
+    fn rule_arn(&self, lb: &str, port: i64, priority: i64) -> String {
+        self.arn(&format!(
+            "listener-rule/app/{lb}/{}/{}/{}",
+            id16(lb),
+            id16(&format!("{lb}:{port}")),
+            id16(&format!("{lb}:{port}:{priority}"))
+        ))
+    }
+
+    /// Applies `edit` to the current config and commits the difference.
+    async fn change(
+        &self,
+        edit: impl FnOnce(&mut Document) -> Result<(), AwsError>,
+    ) -> Result<Spec, AwsError> {
+        let (_, state) = self.aws.control.state();
+        let mut doc = Document::from_spec(&state.spec);
+        edit(&mut doc)?;
+        let spec = doc
+            .into_spec()
+            .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
+        let changes = state.spec.diff(&spec);
+        if !changes.is_empty() {
+            self.commit(ClusterCommand::Spec(Command::Batch(changes)))
+                .await?;
+        }
+        Ok(spec)
+    }
+
+    async fn commit(&self, command: ClusterCommand) -> Result<(), AwsError> {
+        crate::api::commit(&*self.aws.control, self.by, command)
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::new(e.status().as_u16(), "ValidationError", e.message()))
+    }
+
+    fn spec(&self) -> std::sync::Arc<keel_model::ClusterState> {
+        self.aws.control.state().1
+    }
+
+    /// The load balancer an ARN names, if it exists.
+    fn lb_of(&self, arn: &str) -> Result<String, AwsError> {
+        let name = arn
+            .split(":loadbalancer/")
+            .nth(1)
+            .and_then(|rest| rest.split('/').nth(1))
+            .unwrap_or("");
+        if self.spec().spec.load_balancers.contains_key(name) {
+            Ok(name.to_owned())
+        } else {
+            Err(AwsError::bad(
+                "LoadBalancerNotFound",
+                format!("Load balancer '{arn}' not found"),
+            ))
+        }
+    }
+
+    fn tg_of(&self, arn: &str) -> Result<String, AwsError> {
+        let name = arn
+            .split(":targetgroup/")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("");
+        if self.spec().spec.pools.contains_key(name) {
+            Ok(name.to_owned())
+        } else {
+            Err(AwsError::bad(
+                "TargetGroupNotFound",
+                format!("Target groups '{arn}' not found"),
+            ))
+        }
+    }
+
+    /// The load balancer and port a listener ARN names.
+    fn listener_of(&self, arn: &str) -> Result<(String, i64), AwsError> {
+        let parts: Vec<&str> = arn
+            .split(":listener/")
+            .nth(1)
+            .or_else(|| arn.split(":listener-rule/").nth(1))
+            .unwrap_or("")
+            .split('/')
+            .collect();
+        let not_found = || AwsError::bad("ListenerNotFound", format!("Listener '{arn}' not found"));
+        let (Some(lb), Some(id)) = (parts.get(1), parts.get(3)) else {
+            return Err(not_found());
+        };
+        let state = self.spec();
+        let l = state.spec.load_balancers.get(*lb).ok_or_else(not_found)?;
+        l.listeners
+            .iter()
+            .map(|l| i64::from(l.port))
+            .find(|port| id16(&format!("{lb}:{port}")) == *id)
+            .map(|port| ((*lb).to_owned(), port))
+            .ok_or_else(not_found)
+    }
+
+    // ---- Load balancers.
+
+    async fn create_load_balancer(&self, p: &Params) -> Result<String, AwsError> {
+        let name = p.need("Name")?.to_owned();
+        if let Some(t) = p
+            .get("Type")
+            .filter(|t| *t != "application" && *t != "network")
+        {
+            return Err(AwsError::bad(
+                "ValidationError",
+                format!("load balancer type {t:?} is not served (application or network)"),
+            ));
+        }
+        let exists = self.spec().spec.load_balancers.contains_key(&name);
+        if !exists {
+            self.change(|doc| {
+                doc.load_balancers.push(keel_model::LoadBalancerDoc {
+                    name: name.clone(),
+                    vip: None,
+                    listeners: Vec::new(),
+                });
+                Ok(())
+            })
+            .await?;
+        }
+        self.put_tags(&format!("loadbalancer/{name}"), p).await?;
+        Ok(format!(
+            "<LoadBalancers>{}</LoadBalancers>",
+            self.lb_xml(&name, p.get("Type").unwrap_or("application"))
+        ))
+    }
+
+    fn lb_xml(&self, name: &str, kind: &str) -> String {
+        format!(
+            "<member>{}{}{}{}{}{}<State><Code>active</Code></State>{}{}{}<AvailabilityZones/><SecurityGroups/></member>",
+            el("LoadBalancerArn", &self.lb_arn(name)),
+            el("DNSName", &format!("{name}-{}.{DNS_SUFFIX}", &id16(name)[..8])),
+            el("CanonicalHostedZoneId", "ZKEEL"),
+            el("CreatedTime", "2026-01-01T00:00:00.000Z"),
+            el("LoadBalancerName", name),
+            el("Scheme", "internet-facing"),
+            el("VpcId", VPC),
+            el("Type", kind),
+            el("IpAddressType", "ipv4"),
+        )
+    }
+
+    fn describe_load_balancers(&self, p: &Params) -> Result<String, AwsError> {
+        let state = self.spec();
+        let mut names: Vec<String> = p.list("Names");
+        for arn in p.list("LoadBalancerArns") {
+            names.push(self.lb_of(&arn)?);
+        }
+        for n in &names {
+            if !state.spec.load_balancers.contains_key(n) {
+                return Err(AwsError::bad(
+                    "LoadBalancerNotFound",
+                    format!("Load balancers '[{n}]' not found"),
+                ));
+            }
+        }
+        let all: Vec<&String> = if names.is_empty() {
+            state.spec.load_balancers.keys().collect()
+        } else {
+            names.iter().collect()
+        };
+        let members: String = all.iter().map(|n| self.lb_xml(n, "application")).collect();
+        Ok(format!("<LoadBalancers>{members}</LoadBalancers>"))
+    }
+
+    async fn delete_load_balancer(&self, p: &Params) -> Result<String, AwsError> {
+        let arn = p.need("LoadBalancerArn")?;
+        // Deleting one that is gone succeeds, as on AWS.
+        let Ok(name) = self.lb_of(arn) else {
+            return Ok(String::new());
+        };
+        self.change(|doc| {
+            doc.load_balancers.retain(|l| l.name != name);
+            Ok(())
+        })
+        .await?;
+        self.annotate(&format!("tags/loadbalancer/{name}"), BTreeMap::new())
+            .await?;
+        Ok(String::new())
+    }
+
+    // ---- Target groups.
+
+    async fn create_target_group(&self, p: &Params) -> Result<String, AwsError> {
+        let name = p.need("Name")?.to_owned();
+        let protocol = p.get("Protocol").unwrap_or("HTTP").to_ascii_uppercase();
+        if !["HTTP", "HTTPS", "TCP", "TLS"].contains(&protocol.as_str()) {
+            return Err(AwsError::bad(
+                "ValidationError",
+                format!("target group protocol {protocol:?} is not served (HTTP, HTTPS, TCP, TLS)"),
+            ));
+        }
+        let port = p.get("Port").unwrap_or("80");
+        let port_n: u16 = port
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| AwsError::bad("ValidationError", "Port must be 1-65535"))?;
+        if self.spec().spec.pools.contains_key(&name) {
+            return Err(AwsError::bad(
+                "DuplicateTargetGroupName",
+                format!("A target group with the same name '{name}' exists"),
+            ));
+        }
+        let mut pool = json!({ "name": name, "members": [] });
+        let check_protocol = p
+            .get("HealthCheckProtocol")
+            .map(str::to_ascii_uppercase)
+            .unwrap_or_else(|| match protocol.as_str() {
+                "HTTP" | "HTTPS" => protocol.clone(),
+                _ => "TCP".into(),
+            });
+        if p.get("HealthCheckEnabled") != Some("false") {
+            let mut hc = json!({
+                "type": if check_protocol == "TCP" { "tcp" } else { "http" },
+                "interval": format!("{}s", p.get("HealthCheckIntervalSeconds").unwrap_or("30")),
+                "timeout": format!("{}s", p.get("HealthCheckTimeoutSeconds").unwrap_or("5")),
+                "healthy_threshold": p.get("HealthyThresholdCount").unwrap_or("5").parse::<i64>().unwrap_or(0),
+                "unhealthy_threshold": p.get("UnhealthyThresholdCount").unwrap_or("2").parse::<i64>().unwrap_or(0),
+            });
+            if check_protocol != "TCP" {
+                hc["path"] = json!(p.get("HealthCheckPath").unwrap_or("/"));
+                hc["expected_codes"] = json!(p.get("Matcher.HttpCode").unwrap_or("200"));
+            }
+            pool["health_check"] = hc;
+        }
+        if protocol == "HTTPS" || protocol == "TLS" {
+            pool["tls"] = json!({ "verify": false });
+        }
+        if matches!(p.get("ProtocolVersion"), Some("HTTP2" | "GRPC")) {
+            pool["http_version"] = json!("http2");
+        }
+        let pool: PoolDoc = serde_json::from_value(pool)
+            .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
+        self.change(|doc| {
+            doc.pools.push(pool);
+            Ok(())
+        })
+        .await?;
+        let values = BTreeMap::from([
+            ("port".to_owned(), port_n.to_string()),
+            ("protocol".to_owned(), protocol.clone()),
+        ]);
+        self.annotate(&tg_key(&name), values).await?;
+        self.put_tags(&format!("targetgroup/{name}"), p).await?;
+        Ok(format!(
+            "<TargetGroups>{}</TargetGroups>",
+            self.tg_xml(&self.spec().spec, &name)
+        ))
+    }
+
+    fn tg_xml(&self, spec: &Spec, name: &str) -> String {
+        let state = self.spec();
+        let meta = state.annotations.get(&tg_key(name));
+        let get = |k: &str, d: &str| {
+            meta.and_then(|m| m.get(k))
+                .cloned()
+                .unwrap_or_else(|| d.to_owned())
+        };
+        let pool = spec.pools.get(name);
+        let hc = pool.and_then(|p| p.health_check.as_ref());
+        let (hc_protocol, path, codes) = match hc.map(|h| &h.kind) {
+            Some(keel_model::CheckKind::Http {
+                path,
+                expected_codes,
+                ..
+            }) => (
+                get("protocol", "HTTP"),
+                path.clone(),
+                expected_codes.to_string(),
+            ),
+            _ => ("TCP".to_owned(), String::new(), String::new()),
+        };
+        let lbs: String = spec
+            .load_balancers
+            .values()
+            .filter(|lb| uses(lb, name))
+            .map(|lb| format!("<member>{}</member>", esc_arn(&self.lb_arn(&lb.name))))
+            .collect();
+        format!(
+            "<member>{}{}{}{}{}{}{}{}{}{}{}{}<Matcher>{}</Matcher><LoadBalancerArns>{lbs}</LoadBalancerArns>{}{}</member>",
+            el("TargetGroupArn", &self.tg_arn(name)),
+            el("TargetGroupName", name),
+            el("Protocol", &get("protocol", "HTTP")),
+            el("Port", &get("port", "80")),
+            el("VpcId", VPC),
+            el("HealthCheckProtocol", &hc_protocol),
+            el("HealthCheckPort", "traffic-port"),
+            el("HealthCheckEnabled", if hc.is_some() { "true" } else { "false" }),
+            el("HealthCheckIntervalSeconds", &hc.map_or(30, |h| h.interval.as_secs()).to_string()),
+            el("HealthCheckTimeoutSeconds", &hc.map_or(5, |h| h.timeout.as_secs()).to_string()),
+            el("HealthyThresholdCount", &hc.map_or(5, |h| h.healthy_threshold).to_string()),
+            el("UnhealthyThresholdCount", &hc.map_or(2, |h| h.unhealthy_threshold).to_string()),
+            el("HttpCode", &codes),
+            el("HealthCheckPath", &path),
+            el("TargetType", "ip"),
+        )
+    }
+
+    fn describe_target_groups(&self, p: &Params) -> Result<String, AwsError> {
+        let state = self.spec();
+        let mut names: Vec<String> = p.list("Names");
+        for arn in p.list("TargetGroupArns") {
+            names.push(self.tg_of(&arn)?);
+        }
+        for n in &names {
+            if !state.spec.pools.contains_key(n) {
+                return Err(AwsError::bad(
+                    "TargetGroupNotFound",
+                    format!("One or more target groups not found: '{n}'"),
+                ));
+            }
+        }
+        let lb = match p.get("LoadBalancerArn") {
+            Some(arn) => Some(self.lb_of(arn)?),
+            None => None,
+        };
+        let members: String = state
+            .spec
+            .pools
+            .keys()
+            .filter(|n| names.is_empty() || names.contains(n))
+            .filter(|n| {
+                lb.as_ref()
+                    .is_none_or(|lb| uses(&state.spec.load_balancers[lb], n))
+            })
+            .map(|n| self.tg_xml(&state.spec, n))
+            .collect();
+        Ok(format!("<TargetGroups>{members}</TargetGroups>"))
+    }
+
+    async fn delete_target_group(&self, p: &Params) -> Result<String, AwsError> {
+        let name = self.tg_of(p.need("TargetGroupArn")?)?;
+        let used = self
+            .spec()
+            .spec
+            .load_balancers
+            .values()
+            .any(|lb| uses(lb, &name));
+        if used {
+            return Err(AwsError::bad(
+                "ResourceInUse",
+                format!(
+                    "Target group '{}' is currently in use by a listener or a rule",
+                    self.tg_arn(&name)
+                ),
+            ));
+        }
+        self.change(|doc| {
+            doc.pools.retain(|p| p.name != name);
+            Ok(())
+        })
+        .await?;
+        self.annotate(&tg_key(&name), BTreeMap::new()).await?;
+        self.annotate(&format!("tags/targetgroup/{name}"), BTreeMap::new())
+            .await?;
+        Ok(String::new())
+    }
+
+    /// The member addresses `Targets.member.N.{Id,Port}` name.
+    fn target_addrs(&self, p: &Params, tg: &str) -> Result<Vec<String>, AwsError> {
+        let state = self.spec();
+        let default_port = state
+            .annotations
+            .get(&tg_key(tg))
+            .and_then(|m| m.get("port"))
+            .cloned()
+            .unwrap_or_else(|| "80".into());
+        let targets = p.structs("Targets");
+        if targets.is_empty() {
+            return Err(AwsError::bad(
+                "ValidationError",
+                "Targets must not be empty",
+            ));
+        }
+        targets
+            .iter()
+            .map(|t| {
+                let id = t.get("Id").map(String::as_str).unwrap_or("");
+                let ip: std::net::IpAddr = id.parse().map_err(|_| {
+                    AwsError::bad(
+                        "InvalidTarget",
+                        format!("The following targets are not valid IP addresses: '{id}'"),
+                    )
+                })?;
+                let port = t
+                    .get("Port")
+                    .cloned()
+                    .unwrap_or_else(|| default_port.clone());
+                let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    AwsError::bad(
+                        "InvalidTarget",
+                        format!("target port {port:?} is not 1-65535"),
+                    )
+                })?;
+                Ok(std::net::SocketAddr::new(ip, port).to_string())
+            })
+            .collect()
+    }
+
+    async fn targets(&self, p: &Params, register: bool) -> Result<String, AwsError> {
+        let tg = self.tg_of(p.need("TargetGroupArn")?)?;
+        let addrs = self.target_addrs(p, &tg)?;
+        self.change(|doc| {
+            let Some(pool) = doc.pools.iter_mut().find(|x| x.name == tg) else {
+                return Err(AwsError::bad("TargetGroupNotFound", tg.clone()));
+            };
+            for a in &addrs {
+                let present = pool.members.iter().any(|m| m.address == *a);
+                if register && !present {
+                    pool.members.push(keel_model::MemberDoc {
+                        address: a.clone(),
+                        weight: None,
+                        enabled: None,
+                    });
+                } else if !register {
+                    pool.members.retain(|m| m.address != *a);
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(String::new())
+    }
+
+    async fn describe_target_health(&self, p: &Params) -> Result<String, AwsError> {
+        let tg = self.tg_of(p.need("TargetGroupArn")?)?;
+        let state = self.spec();
+        let pool = &state.spec.pools[&tg];
+        let asked = if p.structs("Targets").is_empty() {
+            None
+        } else {
+            Some(self.target_addrs(p, &tg)?)
+        };
+        let status = self.aws.control.status().await;
+        let mut out = String::new();
+        let listed: Vec<String> = match &asked {
+            Some(a) => a.clone(),
+            None => pool.members.iter().map(|m| m.address.to_string()).collect(),
+        };
+        for addr in listed {
+            let member = pool.members.iter().find(|m| m.address.to_string() == addr);
+            let views: Vec<&String> = status
+                .members
+                .iter()
+                .filter(|m| m.pool == tg && m.address == addr)
+                .flat_map(|m| m.views.values())
+                .collect();
+            let (state, reason, description) = match member {
+                None => (
+                    "unused",
+                    "Target.NotRegistered",
+                    "Target is not registered to the target group",
+                ),
+                Some(m) if !m.enabled => (
+                    "draining",
+                    "Target.DeregistrationInProgress",
+                    "Target deregistration is in progress",
+                ),
+                Some(_) if pool.health_check.is_none() => (
+                    "unavailable",
+                    "Target.HealthCheckDisabled",
+                    "Health checks are disabled",
+                ),
+                Some(_) if views.is_empty() => (
+                    "initial",
+                    "Elb.InitialHealthChecking",
+                    "Initial health checks in progress",
+                ),
+                Some(_) if views.iter().any(|v| *v == "up") => ("healthy", "", ""),
+                Some(_) => (
+                    "unhealthy",
+                    "Target.FailedHealthChecks",
+                    "Health checks failed",
+                ),
+            };
+            let (ip, port) = addr.rsplit_once(':').unwrap_or((addr.as_str(), ""));
+            let mut health = el("State", state);
+            if !reason.is_empty() {
+                health.push_str(&el("Reason", reason));
+                health.push_str(&el("Description", description));
+            }
+            out.push_str(&format!(
+                "<member><Target>{}{}</Target>{}<TargetHealth>{health}</TargetHealth></member>",
+                el("Id", ip.trim_start_matches('[').trim_end_matches(']')),
+                el("Port", port),
+                el("HealthCheckPort", port),
+            ));
+        }
+        Ok(format!(
+            "<TargetHealthDescriptions>{out}</TargetHealthDescriptions>"
+        ))
+    }
+
+    // ---- Listeners and rules.
+
+    /// A forward / weighted forward / redirect / fixed-response action as
+    /// Keel rule fields (`pool`, `forward`, `redirect`, `fixed_response`).
+    fn action(&self, a: &BTreeMap<String, String>) -> Result<Value, AwsError> {
+        let kind = a.get("Type").map(String::as_str).unwrap_or("");
+        match kind {
+            "forward" => {
+                let weighted: Vec<(String, String)> = (1..=5)
+                    .filter_map(|n| {
+                        let arn = a.get(&format!(
+                            "ForwardConfig.TargetGroups.member.{n}.TargetGroupArn"
+                        ))?;
+                        let w = a
+                            .get(&format!("ForwardConfig.TargetGroups.member.{n}.Weight"))
+                            .cloned()
+                            .unwrap_or_else(|| "1".into());
+                        Some((arn.clone(), w))
+                    })
+                    .collect();
+                if let Some(arn) = a.get("TargetGroupArn") {
+                    return Ok(json!({ "pool": self.tg_of(arn)? }));
+                }
+                match weighted.len() {
+                    0 => Err(AwsError::bad(
+                        "ValidationError",
+                        "a forward action needs TargetGroupArn or ForwardConfig",
+                    )),
+                    1 => Ok(json!({ "pool": self.tg_of(&weighted[0].0)? })),
+                    _ => {
+                        let mut list = Vec::new();
+                        for (arn, w) in weighted {
+                            list.push(json!({ "pool": self.tg_of(&arn)?, "weight": w.parse::<i64>().unwrap_or(-1) }));
+                        }
+                        Ok(json!({ "forward": list }))
+                    }
+                }
+            }
+            "redirect" => {
+                let mut r = json!({});
+                for (field, key) in [
+                    ("scheme", "Protocol"),
+                    ("host", "Host"),
+                    ("port", "Port"),
+                    ("path", "Path"),
+                    ("query", "Query"),
+                ] {
+                    if let Some(v) = a.get(&format!("RedirectConfig.{key}")) {
+                        // ELB spells protocol in capitals and templates as #{…}.
+                        let v = if field == "scheme" && !v.contains("#{") {
+                            v.to_ascii_lowercase()
+                        } else {
+                            v.clone()
+                        };
+                        r[field] = json!(v);
+                    }
+                }
+                let status = a
+                    .get("RedirectConfig.StatusCode")
+                    .map(String::as_str)
+                    .unwrap_or("HTTP_301");
+                r["status"] = json!(status
+                    .trim_start_matches("HTTP_")
+                    .parse::<i64>()
+                    .unwrap_or(0));
+                Ok(json!({ "redirect": r }))
+            }
+            "fixed-response" => {
+                let mut f = json!({
+                    "status": a.get("FixedResponseConfig.StatusCode").and_then(|s| s.parse::<i64>().ok()).unwrap_or(0),
+                });
+                if let Some(t) = a.get("FixedResponseConfig.ContentType") {
+                    f["content_type"] = json!(t);
+                }
+                if let Some(b) = a.get("FixedResponseConfig.MessageBody") {
+                    f["body"] = json!(b);
+                }
+                Ok(json!({ "fixed_response": f }))
+            }
+            other => Err(AwsError::bad(
+                "ValidationError",
+                format!("action type {other:?} is not served (forward, redirect, fixed-response)"),
+            )),
+        }
+    }
+
+    async fn create_listener(&self, p: &Params) -> Result<String, AwsError> {
+        let lb = self.lb_of(p.need("LoadBalancerArn")?)?;
+        let port: i64 = p
+            .need("Port")?
+            .parse()
+            .map_err(|_| AwsError::bad("ValidationError", "Port must be a number"))?;
+        let protocol = p.get("Protocol").unwrap_or("HTTP").to_ascii_lowercase();
+        let protocol = match protocol.as_str() {
+            "http" | "https" | "tcp" | "tls" => protocol,
+            other => {
+                return Err(AwsError::bad(
+                    "UnsupportedProtocol",
+                    format!("listener protocol {other:?} is not served"),
+                ))
+            }
+        };
+        let actions = p.structs("DefaultActions");
+        let Some(first) = actions.first() else {
+            return Err(AwsError::bad(
+                "ValidationError",
+                "DefaultActions must not be empty",
+            ));
+        };
+        let action = self.action(first)?;
+        let Some(pool) = action
+            .get("pool")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            return Err(AwsError::bad(
+                "ValidationError",
+                "the default action must forward to one target group",
+            ));
+        };
+        let exists = self.spec().spec.load_balancers[&lb]
+            .listeners
+            .iter()
+            .any(|l| i64::from(l.port) == port);
+        if exists {
+            return Err(AwsError::bad(
+                "DuplicateListener",
+                format!("A listener already exists on port {port}"),
+            ));
+        }
+        let listener: ListenerDoc = serde_json::from_value(json!({
+            "port": port,
+            "protocol": protocol,
+            "default_pool": pool,
+        }))
+        .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
+        self.change(|doc| {
+            if let Some(l) = doc.load_balancers.iter_mut().find(|l| l.name == lb) {
+                l.listeners.push(listener);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(format!(
+            "<Listeners>{}</Listeners>",
+            self.listener_xml(&lb, port)
+        ))
+    }
+
+    fn listener_xml(&self, lb: &str, port: i64) -> String {
+        let state = self.spec();
+        let l = state
+            .spec
+            .load_balancers
+            .get(lb)
+            .and_then(|l| l.listeners.iter().find(|x| i64::from(x.port) == port));
+        let (protocol, pool) = l.map_or(("HTTP".into(), String::new()), |l| {
+            (
+                l.protocol.as_str().to_ascii_uppercase(),
+                l.default_pool.clone(),
+            )
+        });
+        format!(
+            "<member>{}{}{}{}<DefaultActions><member>{}{}</member></DefaultActions></member>",
+            el("ListenerArn", &self.listener_arn(lb, port)),
+            el("LoadBalancerArn", &self.lb_arn(lb)),
+            el("Port", &port.to_string()),
+            el("Protocol", &protocol),
+            el("Type", "forward"),
+            el("TargetGroupArn", &self.tg_arn(&pool)),
+        )
+    }
+
+    fn describe_listeners(&self, p: &Params) -> Result<String, AwsError> {
+        let mut out = String::new();
+        if let Some(arn) = p.get("LoadBalancerArn") {
+            let lb = self.lb_of(arn)?;
+            for l in &self.spec().spec.load_balancers[&lb].listeners {
+                out.push_str(&self.listener_xml(&lb, i64::from(l.port)));
+            }
+        }
+        for arn in p.list("ListenerArns") {
+            let (lb, port) = self.listener_of(&arn)?;
+            out.push_str(&self.listener_xml(&lb, port));
+        }
+        Ok(format!("<Listeners>{out}</Listeners>"))
+    }
+
+    async fn delete_listener(&self, p: &Params) -> Result<String, AwsError> {
+        let (lb, port) = self.listener_of(p.need("ListenerArn")?)?;
+        self.change(|doc| {
+            if let Some(l) = doc.load_balancers.iter_mut().find(|l| l.name == lb) {
+                l.listeners.retain(|x| x.port != port);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(String::new())
+    }
+
+    /// ELB conditions (both encodings) as Keel rule condition fields.
+    fn conditions(&self, conditions: &[BTreeMap<String, String>]) -> Result<Value, AwsError> {
+        let mut out = json!({});
+        let values = |c: &BTreeMap<String, String>, config: &str| -> Vec<String> {
+            let mut v: Vec<(u32, String)> = c
+                .iter()
+                .filter_map(|(k, val)| {
+                    let n = k
+                        .strip_prefix(&format!("{config}.Values.member."))
+                        .or_else(|| k.strip_prefix("Values.member."))?;
+                    Some((n.parse().ok()?, val.clone()))
+                })
+                .collect();
+            v.sort();
+            v.into_iter().map(|(_, s)| s).collect()
+        };
+        for c in conditions {
+            let field = c.get("Field").map(String::as_str).unwrap_or("");
+            match field {
+                "path-pattern" => out["path_glob"] = json!(values(c, "PathPatternConfig")),
+                "host-header" => out["host"] = json!(values(c, "HostHeaderConfig")),
+                "http-request-method" => {
+                    out["method"] = json!(values(c, "HttpRequestMethodConfig"))
+                }
+                "source-ip" => out["source"] = json!(values(c, "SourceIpConfig")),
+                "http-header" => {
+                    let name = c
+                        .get("HttpHeaderConfig.HttpHeaderName")
+                        .cloned()
+                        .unwrap_or_default();
+                    out["header"] = json!({ name: values(c, "HttpHeaderConfig") });
+                }
+                "query-string" => {
+                    let mut q = serde_json::Map::new();
+                    for n in 1..=10 {
+                        let Some(v) = c.get(&format!("QueryStringConfig.Values.member.{n}.Value"))
+                        else {
+                            continue;
+                        };
+                        let k = c
+                            .get(&format!("QueryStringConfig.Values.member.{n}.Key"))
+                            .cloned()
+                            .unwrap_or_default();
+                        q.insert(k, json!(v));
+                    }
+                    out["query"] = Value::Object(q);
+                }
+                other => {
+                    return Err(AwsError::bad(
+                        "ValidationError",
+                        format!("condition field {other:?} is not served"),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_rule(&self, p: &Params) -> Result<String, AwsError> {
+        let (lb, port) = self.listener_of(p.need("ListenerArn")?)?;
+        let priority: i64 = p
+            .need("Priority")?
+            .parse()
+            .map_err(|_| AwsError::bad("ValidationError", "Priority must be a number"))?;
+        let listener = self.spec().spec.load_balancers[&lb]
+            .listeners
+            .iter()
+            .find(|l| i64::from(l.port) == port)
+            .cloned();
+        if listener
+            .as_ref()
+            .is_some_and(|l| l.rules.iter().any(|r| i64::from(r.priority) == priority))
+        {
+            return Err(AwsError::bad(
+                "PriorityInUse",
+                format!("Priority '{priority}' is currently in use"),
+            ));
+        }
+        let mut rule = self.conditions(&p.structs("Conditions"))?;
+        let Some(action) = p.structs("Actions").into_iter().next() else {
+            return Err(AwsError::bad(
+                "ValidationError",
+                "Actions must not be empty",
+            ));
+        };
+        let action = self.action(&action)?;
+        rule["priority"] = json!(priority);
+        if let (Some(r), Some(a)) = (rule.as_object_mut(), action.as_object()) {
+            r.extend(a.clone());
+        }
+        let rule: RuleDoc = serde_json::from_value(rule)
+            .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
+        self.change(|doc| {
+            let l = doc
+                .load_balancers
+                .iter_mut()
+                .find(|l| l.name == lb)
+                .and_then(|l| l.listeners.iter_mut().find(|x| x.port == port));
+            if let Some(l) = l {
+                l.rules.push(rule);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(format!(
+            "<Rules>{}</Rules>",
+            self.rule_xml(&lb, port, Some(priority))
+        ))
+    }
+
+    fn rule_xml(&self, lb: &str, port: i64, priority: Option<i64>) -> String {
+        let (arn, prio, default) = match priority {
+            Some(n) => (self.rule_arn(lb, port, n), n.to_string(), "false"),
+            None => (self.rule_arn(lb, port, 0), "default".to_owned(), "true"),
+        };
+        format!(
+            "<member>{}{}{}<Conditions/><Actions/></member>",
+            el("RuleArn", &arn),
+            el("Priority", &prio),
+            el("IsDefault", default),
+        )
+    }
+
+    fn describe_rules(&self, p: &Params) -> Result<String, AwsError> {
+        let (lb, port) = self.listener_of(p.need("ListenerArn")?)?;
+        let state = self.spec();
+        let mut out = String::new();
+        if let Some(l) = state.spec.load_balancers[&lb]
+            .listeners
+            .iter()
+            .find(|l| i64::from(l.port) == port)
+        {
+            for r in &l.rules {
+                out.push_str(&self.rule_xml(&lb, port, Some(i64::from(r.priority))));
+            }
+        }
+        out.push_str(&self.rule_xml(&lb, port, None));
+        Ok(format!("<Rules>{out}</Rules>"))
+    }
+
+    async fn delete_rule(&self, p: &Params) -> Result<String, AwsError> {
+        let arn = p.need("RuleArn")?;
+        let (lb, port) = self.listener_of(arn)?;
+        let id = arn.rsplit('/').next().unwrap_or("");
+        let state = self.spec();
+        let priority = state.spec.load_balancers[&lb]
+            .listeners
+            .iter()
+            .find(|l| i64::from(l.port) == port)
+            .and_then(|l| {
+                l.rules
+                    .iter()
+                    .map(|r| i64::from(r.priority))
+                    .find(|n| id16(&format!("{lb}:{port}:{n}")) == id)
+            })
+            .ok_or_else(|| AwsError::bad("RuleNotFound", format!("Rule '{arn}' not found")))?;
+        self.change(|doc| {
+            let l = doc
+                .load_balancers
+                .iter_mut()
+                .find(|l| l.name == lb)
+                .and_then(|l| l.listeners.iter_mut().find(|x| x.port == port));
+            if let Some(l) = l {
+                l.rules.retain(|r| r.priority != priority);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(String::new())
+    }
+
+    // ---- Tags (kept as annotations `tags/KIND/NAME`).
+
+    fn object_of(&self, arn: &str) -> Result<String, AwsError> {
+        if arn.contains(":loadbalancer/") {
+            Ok(format!("loadbalancer/{}", self.lb_of(arn)?))
+        } else if arn.contains(":targetgroup/") {
+            Ok(format!("targetgroup/{}", self.tg_of(arn)?))
+        } else {
+            Err(AwsError::bad(
+                "ValidationError",
+                format!("cannot tag {arn:?}"),
+            ))
+        }
+    }
+
+    async fn put_tags(&self, object: &str, p: &Params) -> Result<(), AwsError> {
+        let tags = p.structs("Tags");
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let key = format!("tags/{object}");
+        let mut values = self
+            .spec()
+            .annotations
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        for t in tags {
+            if let Some(k) = t.get("Key") {
+                values.insert(k.clone(), t.get("Value").cloned().unwrap_or_default());
+            }
+        }
+        self.annotate(&key, values).await
+    }
+
+    async fn add_tags(&self, p: &Params) -> Result<String, AwsError> {
+        for arn in p.list("ResourceArns") {
+            let object = self.object_of(&arn)?;
+            self.put_tags(&object, p).await?;
+        }
+        Ok(String::new())
+    }
+
+    fn describe_tags(&self, p: &Params) -> Result<String, AwsError> {
+        let state = self.spec();
+        let mut out = String::new();
+        for arn in p.list("ResourceArns") {
+            let object = self.object_of(&arn)?;
+            let tags: String = state
+                .annotations
+                .get(&format!("tags/{object}"))
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("<member>{}{}</member>", el("Key", k), el("Value", v)))
+                .collect();
+            out.push_str(&format!(
+                "<member>{}<Tags>{tags}</Tags></member>",
+                el("ResourceArn", &arn)
+            ));
+        }
+        Ok(format!("<TagDescriptions>{out}</TagDescriptions>"))
+    }
+
+    async fn annotate(
+        &self,
+        object: &str,
+        values: BTreeMap<String, String>,
+    ) -> Result<(), AwsError> {
+        let current = self
+            .spec()
+            .annotations
+            .get(object)
+            .cloned()
+            .unwrap_or_default();
+        if current == values {
+            return Ok(());
+        }
+        self.commit(ClusterCommand::Annotate {
+            object: object.to_owned(),
+            values,
+        })
+        .await
+    }
+}
+
+/// Whether any listener of `lb` sends traffic to `pool`.
+fn uses(lb: &keel_model::LoadBalancer, pool: &str) -> bool {
+    lb.listeners
+        .iter()
+        .any(|l| l.default_pool == pool || l.rules.iter().any(|r| r.pools().contains(&pool)))
+}
+
+fn esc_arn(arn: &str) -> String {
+    crate::aws::esc(arn)
+}

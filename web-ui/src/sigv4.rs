@@ -1,0 +1,345 @@
+//! AWS Signature Version 4, verified strictly: the scope, the clock and
+//! every signed header are checked before the signature is computed.
+
+use hmac::{Hmac, Mac};
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// How far a request's timestamp may be from this node's clock (as AWS).
+pub const MAX_SKEW_SECS: u64 = 15 * 60;
+
+/// The service name the credential's scope must carry.
+pub const SERVICE: &str = "elasticloadbalancing";
+
+/// Why a request's signature is refused: an AWS error code, its HTTP
+/// status and a message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub code: &'static str,
+    pub status: u16,
+    pub message: String,
+}
+
+fn refused(code: &'static str, status: u16, message: impl Into<String>) -> Refused {
+    Refused {
+        code,
+        status,
+        message: message.into(),
+    }
+}
+
+/// What a verified request was signed with.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Signed {
+    pub access_key_id: String,
+    pub region: String,
+}
+
+/// The parts of a request a signature covers.
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// The path as sent (percent-encoded).
+    pub path: &'a str,
+    /// The raw query string, without `?`.
+    pub query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// Checks `req`'s SigV4 signature. `secret` looks up an access key's
+/// secret; `region` is the one region this endpoint serves; `now` is Unix
+/// seconds.
+pub fn verify(
+    req: &Request<'_>,
+    secret: impl Fn(&str) -> Option<String>,
+    region: &str,
+    now: u64,
+) -> Result<Signed, Refused> {
+    let auth = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            refused(
+                "MissingAuthenticationToken",
+                403,
+                "Request is missing Authentication Token",
+            )
+        })?;
+    let fields = auth.strip_prefix("AWS4-HMAC-SHA256 ").ok_or_else(|| {
+        refused(
+            "IncompleteSignature",
+            400,
+            "Authorization must use AWS4-HMAC-SHA256",
+        )
+    })?;
+    let mut credential = None;
+    let mut signed_headers = None;
+    let mut signature = None;
+    for part in fields.split(',').map(str::trim) {
+        match part.split_once('=') {
+            Some(("Credential", v)) => credential = Some(v),
+            Some(("SignedHeaders", v)) => signed_headers = Some(v),
+            Some(("Signature", v)) => signature = Some(v),
+            _ => {}
+        }
+    }
+    let (Some(credential), Some(signed_headers), Some(signature)) =
+        (credential, signed_headers, signature)
+    else {
+        return Err(refused(
+            "IncompleteSignature",
+            400,
+            "Authorization needs Credential, SignedHeaders and Signature",
+        ));
+    };
+    let scope: Vec<&str> = credential.split('/').collect();
+    let [key_id, date, cred_region, service, terminator] = scope[..] else {
+        return Err(refused(
+            "IncompleteSignature",
+            400,
+            "Credential must be KEY/DATE/REGION/SERVICE/aws4_request",
+        ));
+    };
+    if terminator != "aws4_request" {
+        return Err(refused(
+            "IncompleteSignature",
+            400,
+            "Credential must end with aws4_request",
+        ));
+    }
+    if service != SERVICE {
+        return Err(refused(
+            "SignatureDoesNotMatch",
+            403,
+            format!("Credential should be scoped to correct service: '{SERVICE}'"),
+        ));
+    }
+    if cred_region != region {
+        return Err(refused(
+            "SignatureDoesNotMatch",
+            403,
+            format!("Credential should be scoped to a valid region, not '{cred_region}'; this endpoint serves '{region}'"),
+        ));
+    }
+    let amz_date = req
+        .headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| refused("IncompleteSignature", 400, "X-Amz-Date header is missing"))?;
+    let when = parse_amz_date(amz_date).ok_or_else(|| {
+        refused(
+            "IncompleteSignature",
+            400,
+            "X-Amz-Date must be YYYYMMDDTHHMMSSZ",
+        )
+    })?;
+    if !amz_date.starts_with(date) {
+        return Err(refused(
+            "SignatureDoesNotMatch",
+            403,
+            "Credential date does not match X-Amz-Date",
+        ));
+    }
+    if when.abs_diff(now) > MAX_SKEW_SECS {
+        return Err(refused(
+            "RequestExpired",
+            400,
+            "Request has expired: its X-Amz-Date is more than 15 minutes from the server's time",
+        ));
+    }
+    let names: Vec<&str> = signed_headers.split(';').collect();
+    if !names.contains(&"host") {
+        return Err(refused(
+            "SignatureDoesNotMatch",
+            403,
+            "the host header must be signed",
+        ));
+    }
+    let Some(secret) = secret(key_id) else {
+        return Err(refused(
+            "InvalidClientTokenId",
+            403,
+            "The security token included in the request is invalid.",
+        ));
+    };
+
+    let canonical = canonical_request(req, &names)
+        .ok_or_else(|| refused("SignatureDoesNotMatch", 403, "a signed header is missing"))?;
+    let scope = format!("{date}/{cred_region}/{service}/aws4_request");
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex(&Sha256::digest(canonical.as_bytes()))
+    );
+    let mut key = mac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    for part in [cred_region, service, "aws4_request"] {
+        key = mac(&key, part.as_bytes());
+    }
+    let expected = hex(&mac(&key, to_sign.as_bytes()));
+    if !keel_model::constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
+        return Err(refused(
+            "SignatureDoesNotMatch",
+            403,
+            "The request signature we calculated does not match the signature you provided.",
+        ));
+    }
+    Ok(Signed {
+        access_key_id: key_id.to_owned(),
+        region: cred_region.to_owned(),
+    })
+}
+
+fn canonical_request(req: &Request<'_>, signed: &[&str]) -> Option<String> {
+    let mut out = String::new();
+    out.push_str(req.method);
+    out.push('\n');
+    let path = if req.path.is_empty() { "/" } else { req.path };
+    out.push_str(&encode(&decode(path), false));
+    out.push('\n');
+    let mut pairs: Vec<(String, String)> = req
+        .query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (encode(&decode(k), true), encode(&decode(v), true))
+        })
+        .collect();
+    pairs.sort();
+    let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out.push_str(&query.join("&"));
+    out.push('\n');
+    for name in signed {
+        let values: Vec<String> = req
+            .headers
+            .get_all(*name)
+            .iter()
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        if values.is_empty() {
+            return None;
+        }
+        out.push_str(&format!("{name}:{}\n", values.join(",")));
+    }
+    out.push('\n');
+    out.push_str(&signed.join(";"));
+    out.push('\n');
+    let body_hash = req
+        .headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| hex(&Sha256::digest(req.body)));
+    out.push_str(&body_hash);
+    Some(out)
+}
+
+fn mac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    match HmacSha256::new_from_slice(key) {
+        Ok(mut m) => {
+            m.update(data);
+            m.finalize().into_bytes().to_vec()
+        }
+        // HMAC takes keys of any length.
+        Err(_) => Vec::new(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Percent-decodes (`+` stays `+`: SigV4 clients encode spaces as %20).
+pub fn decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let digit = |c: u8| (c as char).to_digit(16);
+            if let (Some(hi), Some(lo)) = (digit(b[i + 1]), digit(b[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// RFC 3986 encoding as SigV4 wants it: unreserved characters kept, the
+/// rest `%XX` in capitals; `/` kept in paths.
+fn encode(bytes: &[u8], slash: bool) -> String {
+    let mut out = String::new();
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (b == b'/' && !slash) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `20150830T123600Z` as Unix seconds.
+fn parse_amz_date(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (h, mi, se) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, m) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe;
+    let days = days.checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_parse_to_unix_seconds() {
+        assert_eq!(parse_amz_date("19700101T000000Z"), Some(0));
+        assert_eq!(parse_amz_date("20150830T123600Z"), Some(1_440_938_160));
+        assert_eq!(parse_amz_date("20240229T235959Z"), Some(1_709_251_199));
+        for bad in [
+            "",
+            "2015-08-30T12:36:00Z",
+            "20151330T123600Z",
+            "20150830T123600",
+        ] {
+            assert_eq!(parse_amz_date(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn encoding_is_rfc3986() {
+        assert_eq!(encode(b"a b/c~", true), "a%20b%2Fc~");
+        assert_eq!(encode(b"/x y", false), "/x%20y");
+        assert_eq!(decode("a%20b%2fc%zz%"), b"a b/c%zz%".to_vec());
+    }
+}
