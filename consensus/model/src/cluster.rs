@@ -320,6 +320,10 @@ impl ClusterState {
                     ApplyError::NotFound { .. } => Refusal::NotFound(e.to_string()),
                     other => Refusal::Spec(other.to_string()),
                 })?;
+                // Annotations go with their object, however it was removed.
+                let spec = &self.spec;
+                self.annotations
+                    .retain(|object, _| annotated_exists(spec, object));
             }
             ClusterCommand::SetUser { name, user } => {
                 self.users.insert(name.clone(), user.clone());
@@ -430,6 +434,18 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether the object an annotation key names is still in `spec`
+/// (`targetgroup/NAME` and `tags/targetgroup/NAME` are pools,
+/// `tags/loadbalancer/NAME` load balancers; other keys always are).
+fn annotated_exists(spec: &crate::Spec, object: &str) -> bool {
+    let object = object.strip_prefix("tags/").unwrap_or(object);
+    match object.split_once('/') {
+        Some(("targetgroup", name)) => spec.pools.contains_key(name),
+        Some(("loadbalancer", name)) => spec.load_balancers.contains_key(name),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,6 +509,33 @@ mod tests {
         let revoke = ClusterCommand::RevokeRegistrationToken { id: "r1".into() };
         s.apply(&revoke).expect("revoked");
         assert!(matches!(s.apply(&revoke), Err(Refusal::NotFound(_))));
+    }
+
+    #[test]
+    fn annotations_go_with_their_object() {
+        let mut s = ClusterState::default();
+        let pool = crate::Document::parse_spec("load_balancers: []\npools:\n  - { name: tg }\n")
+            .expect("valid")
+            .pools["tg"]
+            .clone();
+        s.apply(&ClusterCommand::Spec(Command::UpsertPool(Box::new(pool))))
+            .expect("pool");
+        for object in ["targetgroup/tg", "tags/targetgroup/tg", "other/thing"] {
+            s.apply(&ClusterCommand::Annotate {
+                object: object.into(),
+                values: BTreeMap::from([("k".into(), "v".into())]),
+            })
+            .expect("annotated");
+        }
+        s.apply(&ClusterCommand::Spec(Command::RemovePool {
+            name: "tg".into(),
+        }))
+        .expect("removed");
+        assert_eq!(
+            s.annotations.keys().collect::<Vec<_>>(),
+            ["other/thing"],
+            "the pool's annotations left with it"
+        );
     }
 
     fn token(expires_at: u64, uses: u32) -> JoinToken {
