@@ -1106,17 +1106,8 @@ async fn create_api_token<C: ControlPlane>(
     body: Result<Json<NewApiToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedApiToken>), ApiError> {
     let Json(req) = body?;
-    if req.name.trim().is_empty() || req.name.len() > 100 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            "name: 1 to 100 characters",
-        ));
-    }
-    let expires_at = match req.ttl.as_deref() {
-        Some(t) => Some(now() + parse_ttl(Some(t), Duration::ZERO)?.as_secs()),
-        None => None,
-    };
+    check_token_name(&req.name)?;
+    let expires_at = expiry(req.ttl.as_deref())?;
     let (id, token, secret_sha256) = new_bearer();
     commit(
         &*app.control,
@@ -1213,17 +1204,8 @@ async fn create_registration_token<C: ControlPlane>(
     body: Result<Json<NewRegistrationToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedRegistrationToken>), ApiError> {
     let Json(req) = body?;
-    if req.name.trim().is_empty() || req.name.len() > 100 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            "name: 1 to 100 characters",
-        ));
-    }
-    let expires_at = match req.ttl.as_deref() {
-        Some(t) => Some(now() + parse_ttl(Some(t), Duration::ZERO)?.as_secs()),
-        None => None,
-    };
+    check_token_name(&req.name)?;
+    let expires_at = expiry(req.ttl.as_deref())?;
     let (id, token, secret_sha256) = crate::auth::new_registration_token();
     commit(
         &*app.control,
@@ -1429,13 +1411,7 @@ async fn create_aws_key<C: ControlPlane>(
     body: Result<Json<NewAwsKey>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedAwsKey>), ApiError> {
     let Json(req) = body?;
-    if req.name.trim().is_empty() || req.name.len() > 100 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            "name: 1 to 100 characters",
-        ));
-    }
+    check_token_name(&req.name)?;
     let (_, state) = app.control.state();
     let (id, secret) = crate::awskeys::new_key();
     let Some(sealed) = crate::awskeys::seal(&state, &id, &secret) else {
@@ -1477,4 +1453,22 @@ async fn revoke_aws_key<C: ControlPlane>(
 ) -> Result<StatusCode, ApiError> {
     commit(&*app.control, &caller, ClusterCommand::RevokeAwsKey { id }).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The name given to a new token or key: 1 to 100 characters.
+fn check_token_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.len() > 100 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "name: 1 to 100 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// When a token with lifetime `ttl` expires (unix seconds); never without one.
+fn expiry(ttl: Option<&str>) -> Result<Option<u64>, ApiError> {
+    ttl.map(|t| Ok(now() + parse_ttl(Some(t), Duration::ZERO)?.as_secs()))
+        .transpose()
 }

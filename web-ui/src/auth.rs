@@ -53,52 +53,58 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 
 /// A new bearer token: (id, full token string, hash of the secret).
 pub fn new_bearer() -> (String, String, String) {
-    let id = random_hex(6);
-    let secret = random_hex(24);
-    let token = format!("keel_{id}_{secret}");
-    (id, token, sha256_hex(&secret))
+    new_secret_token("keel")
 }
 
 /// A new registration token: (id, token to hand out once, hash to store).
 pub fn new_registration_token() -> (String, String, String) {
+    new_secret_token("keelreg")
+}
+
+/// `PREFIX_ID_SECRET`: (id, the token, hex SHA-256 of the secret).
+fn new_secret_token(prefix: &str) -> (String, String, String) {
     let id = random_hex(6);
     let secret = random_hex(24);
-    let token = format!("keelreg_{id}_{secret}");
+    let token = format!("{prefix}_{id}_{secret}");
     (id, token, sha256_hex(&secret))
+}
+
+/// The id of a `PREFIX_ID_SECRET` token whose secret hashes to what
+/// `stored` gives for that id (`(hash, expires_at)`) and is unexpired.
+fn check_secret_token<'a>(
+    token: &'a str,
+    prefix: &str,
+    now: u64,
+    stored: impl Fn(&str) -> Option<(&'a str, Option<u64>)>,
+) -> Option<&'a str> {
+    let rest = token.strip_prefix(prefix)?.strip_prefix('_')?;
+    let (id, secret) = rest.split_once('_')?;
+    let (hash, expires_at) = stored(id)?;
+    if !constant_time_eq(hash.as_bytes(), sha256_hex(secret).as_bytes()) {
+        return None;
+    }
+    if expires_at.is_some_and(|at| now >= at) {
+        return None;
+    }
+    Some(id)
 }
 
 /// The pool a registration token may change, if it is valid at `now`.
 pub fn check_registration(state: &ClusterState, token: &str, now: u64) -> Option<String> {
-    let rest = token.strip_prefix("keelreg_")?;
-    let (id, secret) = rest.split_once('_')?;
-    let record = state.registration_tokens.get(id)?;
-    if !constant_time_eq(
-        record.secret_sha256.as_bytes(),
-        sha256_hex(secret).as_bytes(),
-    ) {
-        return None;
-    }
-    if record.expires_at.is_some_and(|at| now >= at) {
-        return None;
-    }
-    Some(record.pool.clone())
+    let id = check_secret_token(token, "keelreg", now, |id| {
+        let r = state.registration_tokens.get(id)?;
+        Some((r.secret_sha256.as_str(), r.expires_at))
+    })?;
+    Some(state.registration_tokens.get(id)?.pool.clone())
 }
 
 /// The user a bearer token acts as, if it is valid at `now` (unix seconds).
 pub fn check_bearer(state: &ClusterState, token: &str, now: u64) -> Option<String> {
-    let rest = token.strip_prefix("keel_")?;
-    let (id, secret) = rest.split_once('_')?;
-    let record = state.api_tokens.get(id)?;
-    if !constant_time_eq(
-        record.secret_sha256.as_bytes(),
-        sha256_hex(secret).as_bytes(),
-    ) {
-        return None;
-    }
-    if record.expires_at.is_some_and(|at| now >= at) {
-        return None;
-    }
-    Some(record.user.clone())
+    let id = check_secret_token(token, "keel", now, |id| {
+        let r = state.api_tokens.get(id)?;
+        Some((r.secret_sha256.as_str(), r.expires_at))
+    })?;
+    Some(state.api_tokens.get(id)?.user.clone())
 }
 
 /// Counts failed logins per client address; refuses more than `max` within
