@@ -337,6 +337,83 @@ mod tests {
     }
 
     #[test]
+    fn malformed_authorization_is_refused_with_its_code() {
+        let code = |auth: Option<&str>, date: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert("host", http::HeaderValue::from_static("lb"));
+            if let Some(a) = auth {
+                headers.insert("authorization", a.parse().expect("ascii"));
+            }
+            if let Some(d) = date {
+                headers.insert("x-amz-date", d.parse().expect("ascii"));
+            }
+            let req = Request {
+                method: "GET",
+                path: "/",
+                query: "Action=DescribeLoadBalancers",
+                headers: &headers,
+                body: b"",
+            };
+            let now = parse_amz_date("20260101T000000Z").expect("date");
+            verify(&req, |_| Some("secret".into()), "us-east-1", now)
+                .expect_err("refused")
+                .code
+        };
+        let cred = |scope: &str| {
+            format!("AWS4-HMAC-SHA256 Credential=AKIA/{scope}, SignedHeaders=host;x-amz-date, Signature=00")
+        };
+        let good_date = Some("20260101T000000Z");
+        assert_eq!(code(None, good_date), "MissingAuthenticationToken");
+        assert_eq!(code(Some("Basic abc"), good_date), "IncompleteSignature");
+        assert_eq!(
+            code(Some("AWS4-HMAC-SHA256 nonsense"), good_date),
+            "IncompleteSignature"
+        );
+        assert_eq!(
+            code(Some(&cred("20260101/us-east-1")), good_date),
+            "IncompleteSignature"
+        );
+        let ok_scope = "20260101/us-east-1/elasticloadbalancing/aws4_request";
+        assert_eq!(
+            code(Some(&cred("20260101/us-east-1/s3/aws4_request")), good_date),
+            "SignatureDoesNotMatch"
+        );
+        assert_eq!(
+            code(
+                Some(&cred(
+                    "20260101/eu-west-1/elasticloadbalancing/aws4_request"
+                )),
+                good_date
+            ),
+            "SignatureDoesNotMatch"
+        );
+        assert_eq!(code(Some(&cred(ok_scope)), None), "IncompleteSignature");
+        assert_eq!(
+            code(Some(&cred(ok_scope)), Some("yesterday")),
+            "IncompleteSignature"
+        );
+        assert_eq!(
+            code(
+                Some(&cred(
+                    "20251231/us-east-1/elasticloadbalancing/aws4_request"
+                )),
+                good_date
+            ),
+            "SignatureDoesNotMatch"
+        );
+        let stale = "20251231T230000Z";
+        let stale_scope = "20251231/us-east-1/elasticloadbalancing/aws4_request";
+        assert_eq!(
+            code(Some(&cred(stale_scope)), Some(stale)),
+            "RequestExpired"
+        );
+        assert_eq!(
+            code(Some(&cred(ok_scope)), good_date),
+            "SignatureDoesNotMatch"
+        );
+    }
+
+    #[test]
     fn encoding_is_rfc3986() {
         assert_eq!(encode(b"a b/c~", true), "a%20b%2Fc~");
         assert_eq!(encode(b"/x y", false), "/x%20y");
