@@ -69,6 +69,28 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Print the argon2 hash of a password read from standard input (for
+    /// keel.yaml's admin.password_hash or KEEL_ADMIN_PASSWORD_FILE).
+    HashPassword,
+    /// The appliance image's boot steps: check keel.yaml, set up, banner.
+    Appliance {
+        #[command(subcommand)]
+        command: ApplianceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApplianceCommand {
+    /// Validate an appliance keel.yaml and list every problem.
+    Check {
+        /// The keel.yaml file.
+        file: PathBuf,
+    },
+    /// At boot, as root: apply keel.yaml (KEEL-CONFIG partition or a
+    /// cloud-init seed) to the network, host name and keel.service.
+    Setup,
+    /// As root: write the console banner (/etc/issue).
+    Banner,
 }
 
 /// How a client subcommand reaches the admin API.

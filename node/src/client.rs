@@ -38,9 +38,12 @@ pub async fn run(command: Command) -> ExitCode {
         Command::RegistrationToken { command } => registration_token(command).await,
         Command::AwsKey { command } => aws_key(command).await,
         Command::Member { command } => member(command).await,
-        Command::Run(_) | Command::Demo(_) | Command::Check { .. } | Command::VipGuard => {
-            Err("not a client command".into())
-        }
+        Command::Run(_)
+        | Command::Demo(_)
+        | Command::Check { .. }
+        | Command::VipGuard
+        | Command::HashPassword
+        | Command::Appliance { .. } => Err("not a client command".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

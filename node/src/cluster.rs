@@ -7,7 +7,7 @@
 //! - `tls/` — the CA certificate, this node's certificate and key (0600).
 //! - `raft/` — the Raft log, vote and snapshots.
 //! - `initial-admin-password` — the generated first password (0600), when
-//!   none was given.
+//!   none was given; removed once the admin user has changed it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -204,6 +204,19 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// A node name: 1 to 63 letters, digits, '-', '_' or '.'.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err("the node name must be 1 to 63 letters, digits, '-', '_' or '.'".into());
+    }
+    Ok(())
 }
 
 /// A parsed join token: `KEEL1.<ca fingerprint>.<id>.<secret>`.
@@ -451,6 +464,25 @@ fn join_failure(e: RpcError) -> String {
     }
 }
 
+/// The first admin password, given to a node that bootstraps a cluster.
+#[derive(Debug, Clone)]
+pub enum AdminPassword {
+    /// The password itself.
+    Plain(String),
+    /// Its argon2 hash (PHC string), as `keel hash-password` prints.
+    Hash(String),
+}
+
+/// The file a generated first password is kept in until it is changed.
+pub const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
+
+async fn hash_off_thread(password: String) -> Result<String, ClusterError> {
+    tokio::task::spawn_blocking(move || keel_web::hash_password(&password))
+        .await
+        .map_err(|e| ClusterError::Bootstrap(e.to_string()))?
+        .map_err(ClusterError::Bootstrap)
+}
+
 impl ClusterNode {
     /// Finish starting: bootstrap the one-voter cluster and its first entries,
     /// or ask the cluster to admit this node. Returns the generated admin
@@ -460,7 +492,7 @@ impl ClusterNode {
         opts: &ClusterOptions,
         control: &Arc<Control>,
         initial: Option<&Spec>,
-        admin_password: Option<String>,
+        admin_password: Option<AdminPassword>,
     ) -> Result<Option<String>, ClusterError> {
         if let Some(join_addr) = self.file.pending_join.clone() {
             self.admit(control, &join_addr).await?;
@@ -493,23 +525,20 @@ impl ClusterNode {
             .propose(ClusterCommand::Init(identity))
             .await
             .map_err(bootstrap_err)?;
-        let (password, generated) = match admin_password {
-            Some(p) => (p, false),
-            None => (keel_web::random_hex(12), true),
+        let (hash, password) = match admin_password {
+            Some(AdminPassword::Hash(hash)) => (hash, None),
+            Some(AdminPassword::Plain(p)) => (hash_off_thread(p).await?, None),
+            None => {
+                let p = keel_web::random_hex(12);
+                (hash_off_thread(p.clone()).await?, Some(p))
+            }
         };
-        let hash = tokio::task::spawn_blocking({
-            let p = password.clone();
-            move || keel_web::hash_password(&p)
-        })
-        .await
-        .map_err(|e| ClusterError::Bootstrap(e.to_string()))?
-        .map_err(ClusterError::Bootstrap)?;
         control
             .propose(ClusterCommand::SetUser {
                 name: "admin".into(),
                 user: User {
                     password_hash: hash,
-                    must_change_password: generated,
+                    must_change_password: password.is_some(),
                 },
             })
             .await
@@ -521,8 +550,8 @@ impl ClusterNode {
                 .map_err(bootstrap_err)?;
         }
         tracing::info!(cluster = %self.file.cluster_id, node = %self.file.name, "bootstrapped a new cluster");
-        if generated {
-            write_private(&opts.data_dir.join("initial-admin-password"), &password)?;
+        if let Some(password) = password {
+            write_private(&opts.data_dir.join(INITIAL_PASSWORD_FILE), &password)?;
             return Ok(Some(password));
         }
         Ok(None)
@@ -661,7 +690,12 @@ impl Control {
             me: NodeInfo {
                 name: node.file.name.clone(),
                 cluster_addr: cluster_addr.to_string(),
-                admin_addr: opts.admin_addr.to_string(),
+                // A wildcard admin address is reached at the advertised IP.
+                admin_addr: if opts.admin_addr.ip().is_unspecified() {
+                    SocketAddr::new(cluster_addr.ip(), opts.admin_addr.port()).to_string()
+                } else {
+                    opts.admin_addr.to_string()
+                },
                 gossip_addr: SocketAddr::new(cluster_addr.ip(), opts.gossip_addr.port())
                     .to_string(),
             },
@@ -1012,15 +1046,7 @@ async fn grant_certificate(
     control: &Control,
     req: CertificateRequest,
 ) -> Result<CertificateGrant, String> {
-    if req.name.is_empty()
-        || req.name.len() > 63
-        || !req
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
-        return Err("the node name must be 1 to 63 letters, digits, '-', '_' or '.'".into());
-    }
+    check_node_name(&req.name)?;
     if control
         .consensus
         .members()

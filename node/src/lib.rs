@@ -5,6 +5,7 @@
 //! started in-process by tests.
 
 pub mod admin;
+pub mod appliance;
 pub mod cli;
 pub mod client;
 pub mod cluster;
@@ -12,6 +13,7 @@ pub mod demo;
 pub mod events;
 mod gossip;
 pub mod guard;
+mod notify;
 pub mod pki;
 mod reconcile;
 mod source;
@@ -60,12 +62,19 @@ impl TryFrom<RunArgs> for NodeConfig {
                 SocketAddr::new(a.cluster_addr.ip(), port)
             }
         };
+        let advertise_addr = match a.advertise_addr {
+            None if a.cluster_addr.ip().is_unspecified() => Some(SocketAddr::new(
+                outbound_ip(a.cluster_addr.ip())?,
+                a.cluster_addr.port(),
+            )),
+            given => given,
+        };
         Ok(NodeConfig {
             config_file: a.config,
             cluster: cluster::ClusterOptions {
                 data_dir: a.data_dir,
                 cluster_addr: a.cluster_addr,
-                advertise_addr: a.advertise_addr,
+                advertise_addr,
                 admin_addr: a.admin_addr,
                 node_name: a.node_name,
                 join: a.join.zip(a.token),
@@ -86,6 +95,26 @@ impl TryFrom<RunArgs> for NodeConfig {
 /// How long a node shutting down lets connections on its VIPs finish before
 /// it releases them (short: the VIP is unreachable meanwhile).
 const VIP_QUIESCE: Duration = Duration::from_millis(300);
+
+/// The address this host sends from on its default route: what a node
+/// listening on a wildcard address advertises. (Connecting a UDP socket
+/// only picks the route; nothing is sent to the documentation address.)
+fn outbound_ip(wildcard: std::net::IpAddr) -> Result<std::net::IpAddr, String> {
+    let probe: SocketAddr = if wildcard.is_ipv4() {
+        ([192, 0, 2, 1], 9).into()
+    } else {
+        (std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into()
+    };
+    std::net::UdpSocket::bind(SocketAddr::new(wildcard, 0))
+        .and_then(|s| s.connect(probe).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .map_err(|e| {
+            format!(
+                "--advertise-addr: the cluster address {wildcard} is a wildcard and there is no \
+                 default route to pick this node's address from ({e}); set --advertise-addr"
+            )
+        })
+}
 
 /// A UDP port free on `ip` now, for a gossip address left to the system.
 fn free_udp(ip: std::net::IpAddr) -> Result<SocketAddr, String> {
@@ -245,9 +274,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             }
         };
     }
-    let admin_password = std::env::var("KEEL_ADMIN_PASSWORD")
-        .ok()
-        .filter(|p| !p.is_empty());
+    let admin_password = admin_password()?;
     let generated = node
         .settle(opts, &control, initial.as_ref(), admin_password)
         .await?;
@@ -282,6 +309,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         admin = %format!("{scheme}://{}", opts.admin_addr),
         "keel node running"
     );
+    let forget = tokio::spawn(forget_initial_password(
+        node.consensus.applied(),
+        opts.data_dir.join(cluster::INITIAL_PASSWORD_FILE),
+        stop_rx.clone(),
+    ));
     if let Some(password) = generated {
         // Shown once on the terminal, never in the log; also kept in a
         // private file until the operator changes it.
@@ -290,7 +322,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
              Admin API: {scheme}://{addr}/api/v1 (keel login --server {scheme}://{addr})\n\
              The password is also in {file}; the dashboard asks you to change it.",
             addr = opts.admin_addr,
-            file = opts.data_dir.join("initial-admin-password").display(),
+            file = opts.data_dir.join(cluster::INITIAL_PASSWORD_FILE).display(),
         );
     }
 
@@ -346,7 +378,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         ))
     });
 
+    notify::notify("READY=1");
     shutdown_signal().await;
+    notify::notify("STOPPING=1");
     // Hand the VIPs over: first let the connections on them finish while
     // new attempts are dropped unanswered (clients retransmit and reach the
     // next owner), then release them, so no request is cut mid-way.
@@ -377,7 +411,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining connections");
     let _ = stop_tx.send(true);
     dataplane.shutdown(config.shutdown_grace).await;
-    for task in [rpc_server, reconciler, gossip, traffic, events] {
+    for task in [rpc_server, reconciler, gossip, traffic, events, forget] {
         let _ = task.await;
     }
     if let Some(g) = guard {
@@ -390,6 +424,66 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     node.consensus.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The first admin password for a node that bootstraps a cluster:
+/// `KEEL_ADMIN_PASSWORD`, or the file `KEEL_ADMIN_PASSWORD_FILE` names
+/// (holding the password or its argon2 hash). `None`: generate one.
+fn admin_password() -> Result<Option<cluster::AdminPassword>, NodeError> {
+    use cluster::AdminPassword;
+    if let Some(p) = std::env::var("KEEL_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
+        return Ok(Some(AdminPassword::Plain(p)));
+    }
+    let Some(path) = std::env::var_os("KEEL_ADMIN_PASSWORD_FILE") else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| NodeError::Io {
+        what: format!("KEEL_ADMIN_PASSWORD_FILE {}", Path::new(&path).display()),
+        source,
+    })?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    Ok(if text.is_empty() {
+        None
+    } else if keel_web::is_password_hash(text) {
+        Some(AdminPassword::Hash(text.to_string()))
+    } else {
+        Some(AdminPassword::Plain(text.to_string()))
+    })
+}
+
+/// Removes the generated first password's file once the admin user has
+/// changed the password: it no longer opens anything, and a secret should
+/// not lie around.
+async fn forget_initial_password(
+    mut applied: watch::Receiver<keel_consensus::Applied>,
+    file: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let changed = applied
+            .borrow_and_update()
+            .state
+            .users
+            .get("admin")
+            .is_some_and(|u| !u.must_change_password);
+        if changed && file.exists() {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {
+                    tracing::info!(file = %file.display(), "the admin password was changed; removed the generated one")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "cannot remove the generated password's file")
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            r = applied.changed() => if r.is_err() { return },
+        }
+    }
 }
 
 /// A proxy holds two descriptors per connection: lift the soft limit to the

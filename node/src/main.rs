@@ -20,6 +20,8 @@ fn main() -> ExitCode {
             keel::init_logging(config.log_format);
             runtime(config.workers).and_then(|rt| rt.block_on(keel::run(config)))
         }
+        Command::HashPassword => return keel::appliance::hash_password_stdin(),
+        Command::Appliance { command } => return keel::appliance::run(command),
         Command::VipGuard => runtime(Some(1)).and_then(|rt| rt.block_on(keel::guard::run())),
         Command::Demo(args) => {
             keel::init_logging(args.log_format);

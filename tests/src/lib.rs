@@ -11,6 +11,7 @@ pub mod netns;
 pub mod node;
 pub mod tls;
 pub mod vip;
+pub mod vm;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};

@@ -42,6 +42,11 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Is `text` a password hash this crate can check (an argon2 PHC string)?
+pub fn is_password_hash(text: &str) -> bool {
+    text.starts_with("$argon2") && PasswordHash::new(text).is_ok()
+}
+
 /// Does `password` match the stored hash?
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| {

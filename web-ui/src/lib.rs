@@ -29,7 +29,7 @@ use axum::Router;
 use keel_model::{ClusterCommand, ClusterState, Refusal};
 use serde::{Deserialize, Serialize};
 
-pub use auth::{hash_password, random_hex, sha256_hex, LoginLimiter};
+pub use auth::{hash_password, is_password_hash, random_hex, sha256_hex, LoginLimiter};
 pub use error::ApiError;
 
 /// What the API needs from the node.
