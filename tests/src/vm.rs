@@ -105,6 +105,9 @@ pub fn image() -> PathBuf {
     raw
 }
 
+/// UEFI firmware for qemu (package `ovmf`).
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
 /// A VM's own copy of the image.
 pub struct Disk {
     pub path: PathBuf,
@@ -145,6 +148,39 @@ impl Disk {
     }
 }
 
+/// A cloud-init NoCloud seed: a small FAT volume labelled CIDATA holding
+/// `user-data` and `meta-data`.
+pub fn nocloud_seed(dir: &Path, user_data: &str, meta_data: &str) -> Disk {
+    let path = dir.join("seed.img");
+    let status = Command::new("truncate")
+        .args(["-s", "4M"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = Command::new("mkfs.vfat")
+        .args(["-n", "CIDATA"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .status()
+        .expect("mkfs.vfat (dosfstools)");
+    assert!(status.success(), "mkfs.vfat");
+    for (name, text) in [("user-data", user_data), ("meta-data", meta_data)] {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        let status = Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&path)
+            .arg(&file)
+            .arg(format!("::{name}"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "mcopy {name}");
+    }
+    Disk { path }
+}
+
 /// A network card of a VM.
 pub enum Nic {
     /// User-mode networking (the guest is 10.0.2.15, the host's loopback
@@ -168,9 +204,24 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Boots `disk` with `nics`, the serial console going to a file.
+    /// Boots `disk` with `nics` from the BIOS (SeaBIOS), the serial console
+    /// going to a file.
     pub fn boot(name: &str, disk: &Disk, nics: &[Nic]) -> Vm {
-        let dir = disk.path.parent().unwrap();
+        Self::start(name, &[disk], nics, None)
+    }
+
+    /// Boots `disk` from the BIOS with a second disk attached (a seed).
+    pub fn boot_with(name: &str, disk: &Disk, extra: &Disk, nics: &[Nic]) -> Vm {
+        Self::start(name, &[disk, extra], nics, None)
+    }
+
+    /// Boots `disk` with UEFI firmware (OVMF, from Debian's `ovmf`).
+    pub fn boot_uefi(name: &str, disk: &Disk, nics: &[Nic]) -> Vm {
+        Self::start(name, &[disk], nics, Some(Path::new(OVMF)))
+    }
+
+    fn start(name: &str, disks: &[&Disk], nics: &[Nic], firmware: Option<&Path>) -> Vm {
+        let dir = disks[0].path.parent().unwrap();
         let serial = dir.join(format!("{name}.serial.log"));
         let monitor = dir.join(format!("{name}.monitor"));
         let _ = std::fs::remove_file(&monitor);
@@ -182,12 +233,17 @@ impl Vm {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-accel", &accel, "-m", "1024", "-smp", "2"])
             .args(["-display", "none", "-no-user-config", "-nodefaults"])
-            .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio", disk.path.display()))
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
             .arg("-monitor")
             .arg(format!("unix:{},server,nowait", monitor.display()));
+        for disk in disks {
+            cmd.arg("-drive")
+                .arg(format!("file={},format=raw,if=virtio", disk.path.display()));
+        }
+        if let Some(f) = firmware {
+            cmd.arg("-bios").arg(f);
+        }
         for (i, nic) in nics.iter().enumerate() {
             let (netdev, mac) = match nic {
                 Nic::User { forward } => {

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! The appliance image, booted in qemu from its disk alone: configured
 //! through keel.yaml on its KEEL-CONFIG partition, serving traffic, keeping
-//! its config over a power cycle, and two of them forming a cluster.
+//! its config over a power cycle (booting on BIOS, then on UEFI), and two
+//! of them forming a cluster.
 //! Slow by nature (the image is built, then booted under emulation).
 
 use std::time::{Duration, Instant};
@@ -9,13 +10,17 @@ use std::time::{Duration, Instant};
 use keel_tests::backend::HttpBackend;
 use keel_tests::cluster::json;
 use keel_tests::free_port;
-use keel_tests::vm::{api, image, wait_for, Disk, Nic, Vm};
+use keel_tests::vm::{api, image, nocloud_seed, wait_for, Disk, Nic, Vm};
 
 const PASSWORD: &str = "appliance-test-password";
 const BOOT: Duration = Duration::from_secs(300);
 
 fn login(port: u16) -> String {
-    let body = format!("{{\"user\": \"admin\", \"password\": \"{PASSWORD}\"}}");
+    login_with(port, PASSWORD)
+}
+
+fn login_with(port: u16, password: &str) -> String {
+    let body = format!("{{\"user\": \"admin\", \"password\": \"{password}\"}}");
     let (code, text) = api(port, "POST", "/api/v1/login", None, Some(&body)).expect("login");
     assert_eq!(code, 200, "login: {text}");
     json(&text)["token"].as_str().unwrap().to_owned()
@@ -45,7 +50,7 @@ fn config(member_port: u16) -> String {
 }
 
 #[test]
-fn appliance_boots_configured_serves_and_keeps_changes_over_a_power_cycle() {
+fn appliance_boots_configured_serves_and_keeps_changes_over_a_power_cycle_bios_then_uefi() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (a, b) = rt.block_on(async {
         (
@@ -60,13 +65,23 @@ fn appliance_boots_configured_serves_and_keeps_changes_over_a_power_cycle() {
         .lines()
         .map(|l| format!("    {l}\n"))
         .collect();
+    let key = dir.path().join("id_ed25519");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success(), "ssh-keygen");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     disk.write_config(&format!(
-        "node_name: appliance-1\nadmin:\n  password: {PASSWORD}\ncluster:\n  bootstrap:\n{bootstrap}"
+        "node_name: appliance-1\nadmin:\n  password: {PASSWORD}\ncluster:\n  bootstrap:\n{bootstrap}\
+         ssh:\n  authorized_keys:\n    - \"{}\"\n",
+        public.trim()
     ));
-    let (admin, web) = (free_port(), free_port());
+    let (admin, web, ssh_port) = (free_port(), free_port(), free_port());
     let nics = || {
         vec![Nic::User {
-            forward: vec![(admin, 9090), (web, 8080)],
+            forward: vec![(admin, 9090), (web, 8080), (ssh_port, 22)],
         }]
     };
 
@@ -74,15 +89,47 @@ fn appliance_boots_configured_serves_and_keeps_changes_over_a_power_cycle() {
     let mut vm = Vm::boot("vm1", &disk, &nics());
     wait_for(&vm, BOOT, "/readyz", || ready(admin));
     eprintln!("boot to ready: {:.0?}", started.elapsed());
-    let console = vm.console();
-    assert!(console.contains("node appliance-1"), "banner: {console}");
+    // The console banner (agetty draws it once the login prompt is up).
+    wait_for(&vm, Duration::from_secs(90), "the banner", || {
+        let console = vm.console();
+        console.contains("node appliance-1") && console.contains("https://10.0.2.15:9090/ui/")
+    });
     assert!(
-        console.contains("https://10.0.2.15:9090/ui/"),
-        "banner with the dashboard URL"
-    );
-    assert!(
-        !console.contains("Password:"),
+        !vm.console().contains("Password:"),
         "a given password is not shown"
+    );
+    // keel.yaml enabled SSH with a key: look at the service from inside.
+    let mut inside = None;
+    wait_for(
+        &vm,
+        Duration::from_secs(60),
+        "ssh with the configured key",
+        || {
+            inside = ssh(
+                ssh_port,
+                &key,
+                "ps -o user= -C keel; grep -E '^Cap(Eff|Bnd)' /proc/$(pidof -s keel)/status; \
+             systemctl show -p Type -p User keel; findmnt -no LABEL /var/lib/keel",
+            );
+            inside.is_some()
+        },
+    );
+    let inside = inside.unwrap();
+    let users: Vec<&str> = inside
+        .lines()
+        .take_while(|l| !l.starts_with("Cap"))
+        .collect();
+    assert!(
+        !users.is_empty() && users.iter().all(|u| u.trim() == "keel"),
+        "keel runs as its own user: {inside}"
+    );
+    // CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12), CAP_NET_RAW (13) only.
+    assert!(inside.contains("CapEff:\t0000000000003400"), "{inside}");
+    assert!(inside.contains("CapBnd:\t0000000000003400"), "{inside}");
+    assert!(inside.contains("Type=notify"), "{inside}");
+    assert!(
+        inside.lines().any(|l| l.trim() == "KEEL-DATA"),
+        "state on its own partition: {inside}"
     );
 
     let token = login(admin);
@@ -105,8 +152,9 @@ fn appliance_boots_configured_serves_and_keeps_changes_over_a_power_cycle() {
     });
 
     assert!(vm.power_off(Duration::from_secs(120)), "clean shutdown");
+    // The same disk on UEFI firmware this time.
     let started = Instant::now();
-    let vm = Vm::boot("vm1-again", &disk, &nics());
+    let vm = Vm::boot_uefi("vm1-again", &disk, &nics());
     wait_for(&vm, BOOT, "/readyz after the power cycle", || ready(admin));
     eprintln!("reboot to ready: {:.0?}", started.elapsed());
     let token = login(admin);
@@ -122,6 +170,35 @@ fn appliance_boots_configured_serves_and_keeps_changes_over_a_power_cycle() {
         || through(web).as_deref() == Some("backend-b"),
     );
     drop(rt);
+}
+
+/// Runs `command` in the guest as root over SSH with `key`; its output.
+fn ssh(port: u16, key: &std::path::Path, command: &str) -> Option<String> {
+    let out = std::process::Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &port.to_string()])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("root@127.0.0.1")
+        .arg(command)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn config_json(member_port: u16) -> String {
@@ -175,14 +252,24 @@ fn two_appliances_on_one_network_form_a_cluster() {
     assert_eq!(code, 201, "join token: {text}");
     let join = json(&text)["token"].as_str().unwrap().to_owned();
 
+    // The second one is configured the cloud way: a NoCloud seed.
     let disk2 = Disk::copy(&image, dir.path(), "vm-b");
-    disk2.write_config(&format!(
-        "node_name: appliance-b\n{}  join:\n    address: 10.77.0.1:9091\n    token: {join}\n",
+    let keel_settings: String = format!(
+        "{}  join:\n    address: 10.77.0.1:9091\n    token: {join}\n",
         network(2)
-    ));
-    let vm2 = Vm::boot(
+    )
+    .lines()
+    .map(|l| format!("  {l}\n"))
+    .collect();
+    let seed = nocloud_seed(
+        dir.path(),
+        &format!("#cloud-config\nhostname: appliance-b\nkeel:\n{keel_settings}"),
+        "instance-id: keel-b\nlocal-hostname: appliance-b\n",
+    );
+    let vm2 = Vm::boot_with(
         "vm-b",
         &disk2,
+        &seed,
         &[
             Nic::Link {
                 port: link,
@@ -223,4 +310,72 @@ fn two_appliances_on_one_network_form_a_cluster() {
         "both nodes in status on b",
         || both_agree(admin2),
     );
+}
+
+/// The generated password as the latest banner on the console shows it.
+fn banner_password(console: &str) -> Option<String> {
+    let banner = console.rsplit("Keel load balancer appliance").next()?;
+    let after = banner.split("Password:").nth(1)?;
+    after.split_whitespace().next().map(str::to_owned)
+}
+
+#[test]
+fn an_unconfigured_appliance_bootstraps_alone_and_shows_its_password_until_changed() {
+    let image = image();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Disk::copy(&image, dir.path(), "vm-plain");
+    let admin = free_port();
+    let vm = Vm::boot(
+        "vm-plain",
+        &disk,
+        &[Nic::User {
+            forward: vec![(admin, 9090)],
+        }],
+    );
+    wait_for(&vm, BOOT, "/readyz", || ready(admin));
+    let mut generated = None;
+    wait_for(
+        &vm,
+        Duration::from_secs(60),
+        "the password on the console",
+        || {
+            generated = banner_password(&vm.console());
+            generated.is_some()
+        },
+    );
+    let generated = generated.unwrap();
+    let console = vm.console();
+    assert!(
+        console.contains("node keel-"),
+        "a generated node name: {console}"
+    );
+    assert!(
+        console.contains("https://10.0.2.15:9090/ui/"),
+        "DHCP address in the banner"
+    );
+
+    let token = login_with(admin, &generated);
+    let (code, text) = api(
+        admin,
+        "POST",
+        "/api/v1/users/admin/password",
+        Some(&token),
+        Some(&format!("{{\"password\": \"{PASSWORD}\"}}")),
+    )
+    .unwrap();
+    assert!(code < 300, "password change: {code} {text}");
+    wait_for(
+        &vm,
+        Duration::from_secs(60),
+        "the banner without the password",
+        || {
+            let console = vm.console();
+            banner_password(&console).is_none()
+                && console
+                    .rsplit("Keel load balancer appliance")
+                    .next()
+                    .is_some_and(|b| b.contains("Dashboard:"))
+        },
+    );
+    login(admin);
 }

@@ -54,8 +54,8 @@ pub fn hash_password_stdin() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let password = text.trim_end_matches(['\n', '\r']);
-    if password.len() < 8 {
-        eprintln!("keel: use at least 8 characters");
+    if password.chars().count() < 12 {
+        eprintln!("keel: use at least 12 characters");
         return ExitCode::FAILURE;
     }
     match keel_web::hash_password(password) {

@@ -149,8 +149,8 @@ impl Settings {
                 (Some(_), Some(_)) => {
                     out.push("admin: give password or password_hash, not both".into())
                 }
-                (Some(p), None) if p.len() < 8 => {
-                    out.push("admin.password: use at least 8 characters".into())
+                (Some(p), None) if p.chars().count() < 12 => {
+                    out.push("admin.password: use at least 12 characters".into())
                 }
                 (None, Some(h)) if !keel_web::is_password_hash(h) => out.push(
                     "admin.password_hash: not an argon2 hash (make one with `keel hash-password`)"
@@ -382,7 +382,7 @@ mod tests {
     fn cloud_init_user_data_carries_the_same_settings() {
         let user =
             "#cloud-config\nhostname: edge-2\nssh_authorized_keys: ['ssh-ed25519 AAAA me']\n\
-            keel:\n  admin: {password: 'long enough'}\n";
+            keel:\n  admin: {password: 'long enough pw'}\n";
         let s = from_cloud_init(user, Some("local-hostname: other\n")).unwrap();
         assert_eq!(s.node_name.as_deref(), Some("edge-2"));
         assert_eq!(s.ssh.unwrap().authorized_keys.len(), 1);
