@@ -64,7 +64,12 @@ fn run_bounded(cmd: &mut Command, limit: Duration, what: &str) {
     assert!(status.success(), "{what} failed ({status}):\n{text}");
 }
 
-/// The raw appliance image, built by `images/build.sh` from the release
+/// The qcow2 image built next to [`image`]'s raw one.
+pub fn image_qcow2() -> PathBuf {
+    image().with_extension("qcow2")
+}
+
+/// The raw appliance image (and its qcow2 form), built by `images/build.sh` from the release
 /// binary unless one newer than the binary and the recipe is there. Test
 /// processes take turns through a lock file, so it is built once.
 pub fn image() -> PathBuf {
@@ -84,7 +89,11 @@ pub fn image() -> PathBuf {
         );
     }
     let raw = out.join("keel-appliance.raw");
-    let built = std::fs::metadata(&raw).and_then(|m| m.modified()).ok();
+    let built = [&raw, &raw.with_extension("qcow2")]
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .min()
+        .flatten();
     let inputs = newest_under(&repo.join("images"))
         .max(std::fs::metadata(&keel).and_then(|m| m.modified()).unwrap());
     if built.is_none_or(|b| b < inputs) {
@@ -92,7 +101,7 @@ pub fn image() -> PathBuf {
         run_bounded(
             Command::new("bash")
                 .arg(repo.join("images/build.sh"))
-                .args(["--no-qcow2", "--keel"])
+                .arg("--keel")
                 .arg(&keel)
                 .arg("--out")
                 .arg(&out),
@@ -124,6 +133,20 @@ impl Disk {
             .status()
             .unwrap();
         assert!(status.success(), "cannot copy the image");
+        Disk { path }
+    }
+
+    /// A copy-on-write qcow2 overlay of the qcow2 `image` in `dir`, as a
+    /// hypervisor that imported the image would make.
+    pub fn overlay(image: &Path, dir: &Path, name: &str) -> Disk {
+        let path = dir.join(format!("{name}.qcow2"));
+        let status = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(image)
+            .arg(&path)
+            .status()
+            .expect("qemu-img (qemu-utils)");
+        assert!(status.success(), "qemu-img create");
         Disk { path }
     }
 
@@ -238,8 +261,15 @@ impl Vm {
             .arg("-monitor")
             .arg(format!("unix:{},server,nowait", monitor.display()));
         for disk in disks {
-            cmd.arg("-drive")
-                .arg(format!("file={},format=raw,if=virtio", disk.path.display()));
+            let format = if disk.path.extension().is_some_and(|e| e == "qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            cmd.arg("-drive").arg(format!(
+                "file={},format={format},if=virtio",
+                disk.path.display()
+            ));
         }
         if let Some(f) = firmware {
             cmd.arg("-bios").arg(f);

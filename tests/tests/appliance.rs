@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use keel_tests::backend::HttpBackend;
 use keel_tests::cluster::json;
 use keel_tests::free_port;
-use keel_tests::vm::{api, image, nocloud_seed, wait_for, Disk, Nic, Vm};
+use keel_tests::vm::{api, image, image_qcow2, nocloud_seed, wait_for, Disk, Nic, Vm};
 
 const PASSWORD: &str = "appliance-test-password";
 const BOOT: Duration = Duration::from_secs(300);
@@ -252,8 +252,9 @@ fn two_appliances_on_one_network_form_a_cluster() {
     assert_eq!(code, 201, "join token: {text}");
     let join = json(&text)["token"].as_str().unwrap().to_owned();
 
-    // The second one is configured the cloud way: a NoCloud seed.
-    let disk2 = Disk::copy(&image, dir.path(), "vm-b");
+    // The second one is the qcow2 image, configured the cloud way: a
+    // NoCloud seed.
+    let disk2 = Disk::overlay(&image_qcow2(), dir.path(), "vm-b");
     let keel_settings: String = format!(
         "{}  join:\n    address: 10.77.0.1:9091\n    token: {join}\n",
         network(2)
