@@ -204,6 +204,21 @@ pub fn nocloud_seed(dir: &Path, user_data: &str, meta_data: &str) -> Disk {
     Disk { path }
 }
 
+impl Disk {
+    /// keel.yaml as it is now on the KEEL-CONFIG partition.
+    pub fn read_config(&self) -> String {
+        let out = Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(format!("{}@@1M", self.path.display()))
+            .arg("::keel.yaml")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mtype keel.yaml");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 /// A network card of a VM.
 pub enum Nic {
     /// User-mode networking (the guest is 10.0.2.15, the host's loopback

@@ -154,7 +154,7 @@ fn appliance_boots_configured_serves_and_keeps_changes_over_a_power_cycle_bios_t
     assert!(vm.power_off(Duration::from_secs(120)), "clean shutdown");
     // The same disk on UEFI firmware this time.
     let started = Instant::now();
-    let vm = Vm::boot_uefi("vm1-again", &disk, &nics());
+    let mut vm = Vm::boot_uefi("vm1-again", &disk, &nics());
     wait_for(&vm, BOOT, "/readyz after the power cycle", || ready(admin));
     eprintln!("reboot to ready: {:.0?}", started.elapsed());
     let token = login(admin);
@@ -168,6 +168,13 @@ fn appliance_boots_configured_serves_and_keeps_changes_over_a_power_cycle_bios_t
         Duration::from_secs(60),
         "traffic to backend-b after reboot",
         || through(web).as_deref() == Some("backend-b"),
+    );
+    // The cluster exists, so keel.yaml keeps only the password's hash.
+    assert!(vm.power_off(Duration::from_secs(120)), "clean shutdown");
+    let yaml = disk.read_config();
+    assert!(
+        !yaml.contains(PASSWORD) && yaml.contains("password_hash: '$argon2"),
+        "keel.yaml after the cluster was made:\n{yaml}"
     );
     drop(rt);
 }

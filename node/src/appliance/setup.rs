@@ -354,6 +354,65 @@ pub fn write_files(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
+/// keel.yaml with its plaintext `password:` line replaced by
+/// `password_hash:` (same indentation), when there is exactly one such
+/// line in block style; `None` otherwise (then the file is left alone).
+pub fn scrub_password(text: &str, hash: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut replaced = 0;
+    for line in text.lines() {
+        let body = line.trim_start();
+        let value = body.strip_prefix("password:").map(str::trim);
+        match value {
+            Some(v) if !v.is_empty() && !v.starts_with('#') => {
+                let indent = &line[..line.len() - body.len()];
+                let _ = writeln!(out, "{indent}password_hash: '{hash}'");
+                replaced += 1;
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    let parsed = Settings::parse(&out).ok()?;
+    let same = parsed
+        .admin
+        .as_ref()
+        .is_some_and(|a| a.password.is_none() && a.password_hash.as_deref() == Some(hash));
+    (replaced == 1 && same).then_some(out)
+}
+
+/// Once the node belongs to a cluster the first password has done its
+/// job; keel.yaml (readable by anyone holding the disk) keeps only its
+/// hash from then on.
+fn scrub_keel_yaml(paths: &Paths, settings: &Settings) {
+    let Some(password) = settings.admin.as_ref().and_then(|a| a.password.as_ref()) else {
+        return;
+    };
+    if !paths.data_dir.join("node.json").exists() {
+        return;
+    }
+    let Ok(text) = std::fs::read_to_string(&paths.config_file) else {
+        return;
+    };
+    let scrubbed = keel_web::hash_password(password)
+        .ok()
+        .and_then(|hash| scrub_password(&text, &hash));
+    match scrubbed {
+        Some(new) => match std::fs::write(&paths.config_file, new) {
+            Ok(()) => {
+                println!("keel: keel.yaml now holds the admin password's hash, not the password")
+            }
+            Err(e) => eprintln!("keel: cannot rewrite {}: {e}", paths.config_file.display()),
+        },
+        None => eprintln!(
+            "keel: {} still holds the admin password in clear (write it as password_hash)",
+            paths.config_file.display()
+        ),
+    }
+}
+
 /// The whole of `keel appliance setup` on the running system.
 pub fn run() -> anyhow::Result<()> {
     let paths = Paths::default();
@@ -387,6 +446,9 @@ pub fn run() -> anyhow::Result<()> {
         anyhow::bail!("the appliance settings have problems; keel is not started:\n{problems}");
     }
     write_files(&plan).map_err(anyhow::Error::msg)?;
+    if source == Source::KeelYaml {
+        scrub_keel_yaml(&paths, &settings);
+    }
     if let Err(e) = std::fs::write("/proc/sys/kernel/hostname", &plan.hostname) {
         eprintln!("keel: cannot set the host name: {e}");
     }
@@ -517,6 +579,21 @@ mod tests {
             .find(|f| f.path.ends_with("keel.env"))
             .unwrap();
         assert_eq!(secret.mode, 0o600);
+    }
+
+    #[test]
+    fn the_plaintext_password_is_replaced_by_its_hash_in_place() {
+        let hash = keel_web::hash_password("appliance password").unwrap();
+        let text = "node_name: n1\nadmin:\n  # the first password\n  password: appliance password\ncluster: {}\n";
+        let out = scrub_password(text, &hash).unwrap();
+        assert!(
+            out.contains(&format!("  password_hash: '{hash}'\n")),
+            "{out}"
+        );
+        assert!(out.contains("# the first password") && !out.contains("appliance password"));
+        // Flow style or nothing to replace: left alone.
+        assert!(scrub_password("admin: {password: 'appliance password'}\n", &hash).is_none());
+        assert!(scrub_password("admin:\n  # password: x\n", &hash).is_none());
     }
 
     #[test]
