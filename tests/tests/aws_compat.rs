@@ -24,10 +24,18 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aws/elbv2_cycle.py")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn boto3_builds_the_alb_seed_case_and_it_serves() {
-    let site = HttpBackend::start("site").await;
-    let blog = HttpBackend::start("blog").await;
+/// A node serving the AWS-compatible API, an admin session and an access
+/// key made with `keel aws-key create`.
+struct AwsNode {
+    node: KeelProcess,
+    admin: String,
+    token: String,
+    aws_addr: String,
+    id: String,
+    secret: String,
+}
+
+fn aws_node() -> AwsNode {
     let aws_addr = format!("127.0.0.1:{}", free_port());
     let node = KeelProcess::start_with(
         "load_balancers: []\npools: []\n",
@@ -62,6 +70,28 @@ async fn boto3_builds_the_alb_seed_case_and_it_serves() {
         key["access_key_id"].as_str().unwrap().to_owned(),
         key["secret_access_key"].as_str().unwrap().to_owned(),
     );
+    AwsNode {
+        node,
+        admin,
+        token,
+        aws_addr,
+        id,
+        secret,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_builds_the_alb_seed_case_and_it_serves() {
+    let site = HttpBackend::start("site").await;
+    let blog = HttpBackend::start("blog").await;
+    let AwsNode {
+        node,
+        admin,
+        token,
+        aws_addr,
+        id,
+        secret,
+    } = aws_node();
     // The secret is never stored or shown again.
     let (_, keys) = raw_call(&admin, "GET", "/api/v1/aws-keys", Some(&token), None).unwrap();
     assert!(keys.contains(&id) && !keys.contains(&secret), "{keys}");
@@ -129,5 +159,58 @@ async fn boto3_builds_the_alb_seed_case_and_it_serves() {
     .unwrap();
     assert_eq!(status, 404);
     let (_, pools) = raw_call(&admin, "GET", "/api/v1/pools", Some(&token), None).unwrap();
+    assert_eq!(pools.trim(), "[]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_builds_a_load_balancer_that_serves_and_deletes_it() {
+    let app = HttpBackend::start("app").await;
+    let n = aws_node();
+    let lb_port = free_port();
+    let aws = python().with_file_name("aws");
+    let run = |phase: &str| {
+        let out = Command::new("bash")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aws/elbv2_cli.sh"))
+            .arg(phase)
+            .env("AWS", &aws)
+            .env("ENDPOINT", format!("http://{}", n.aws_addr))
+            .env("AWS_ACCESS_KEY_ID", &n.id)
+            .env("AWS_SECRET_ACCESS_KEY", &n.secret)
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("LB_PORT", lb_port.to_string())
+            .env("TARGET", app.addr.to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run the AWS CLI script: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{phase}: {text}\n{}\nkeel log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            n.node.log_text()
+        );
+        text
+    };
+    let created = run("create");
+    assert!(created.starts_with("ready cli-web-"), "{created}");
+    let lb = format!("127.0.0.1:{lb_port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while raw_get(lb, "/").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(raw_get(lb, "/").unwrap(), (200, "app".into()));
+    let (status, body) = raw_call(
+        &n.admin,
+        "GET",
+        "/api/v1/load-balancers/cli-web",
+        Some(&n.token),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"default_pool\":\"cli-app\""), "{body}");
+
+    assert!(run("delete").contains("deleted"));
+    let (_, pools) = raw_call(&n.admin, "GET", "/api/v1/pools", Some(&n.token), None).unwrap();
     assert_eq!(pools.trim(), "[]");
 }
