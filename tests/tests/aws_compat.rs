@@ -214,3 +214,54 @@ async fn the_aws_cli_builds_a_load_balancer_that_serves_and_deletes_it() {
     let (_, pools) = raw_call(&n.admin, "GET", "/api/v1/pools", Some(&n.token), None).unwrap();
     assert_eq!(pools.trim(), "[]");
 }
+
+/// moto's server on a loopback port, stopped when dropped.
+struct Moto(std::process::Child);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_gets_the_same_answers_from_keel_as_from_moto() {
+    let app = HttpBackend::start("app").await;
+    let port = free_port();
+    let moto = Moto(
+        Command::new(python().with_file_name("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server (tests/run installs moto[server])"),
+    );
+    let moto_addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while raw_get(moto_addr, "/").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let n = aws_node();
+    let out = Command::new(python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("aws/elbv2_compare.py"))
+        .env("MOTO", format!("http://{moto_addr}"))
+        .env("ENDPOINT", format!("http://{}", n.aws_addr))
+        .env("AWS_ACCESS_KEY_ID", &n.id)
+        .env("AWS_SECRET_ACCESS_KEY", &n.secret)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("LB_PORT", free_port().to_string())
+        .env("TARGET", app.addr.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    drop(moto);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("0 undocumented differences"), "{text}");
+    eprintln!("{text}");
+}

@@ -15,7 +15,9 @@
 
 use std::collections::BTreeMap;
 
-use keel_model::{ClusterCommand, Command, Document, ListenerDoc, PoolDoc, RuleDoc, Spec};
+use keel_model::{
+    Action, ClusterCommand, Command, Conditions, Document, ListenerDoc, PoolDoc, RuleDoc, Spec,
+};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -905,17 +907,90 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         ))
     }
 
+    /// A rule as ELBv2 describes it: the rule at `priority` on the
+    /// listener, or (None) the listener's default rule.
     fn rule_xml(&self, lb: &str, port: i64, priority: Option<i64>) -> String {
+        let state = self.spec();
+        let listener = state
+            .spec
+            .load_balancers
+            .get(lb)
+            .and_then(|l| l.listeners.iter().find(|x| i64::from(x.port) == port));
         let (arn, prio, default) = match priority {
             Some(n) => (self.rule_arn(lb, port, n), n.to_string(), "false"),
             None => (self.rule_arn(lb, port, 0), "default".to_owned(), "true"),
         };
+        let (conditions, actions) = match (priority, listener) {
+            (None, Some(l)) => (
+                String::new(),
+                self.action_xml(&Action::Forward(l.default_pool.clone())),
+            ),
+            (Some(n), Some(l)) => l
+                .rules
+                .iter()
+                .find(|r| i64::from(r.priority) == n)
+                .map(|r| (conditions_xml(&r.conditions), self.action_xml(&r.action)))
+                .unwrap_or_default(),
+            (_, None) => Default::default(),
+        };
         format!(
-            "<member>{}{}{}<Conditions/><Actions/></member>",
+            "<member>{}{}{}<Conditions>{conditions}</Conditions><Actions>{actions}</Actions></member>",
             el("RuleArn", &arn),
             el("Priority", &prio),
             el("IsDefault", default),
         )
+    }
+
+    /// A Keel rule action in ELBv2's terms (one action, order 1).
+    fn action_xml(&self, action: &Action) -> String {
+        let body = match action {
+            Action::Forward(pool) => format!(
+                "{}{}<ForwardConfig><TargetGroups><member>{}{}</member></TargetGroups></ForwardConfig>",
+                el("Type", "forward"),
+                el("TargetGroupArn", &self.tg_arn(pool)),
+                el("TargetGroupArn", &self.tg_arn(pool)),
+                el("Weight", "1"),
+            ),
+            Action::Weighted(pools) => {
+                let groups: String = pools
+                    .iter()
+                    .map(|w| {
+                        format!(
+                            "<member>{}{}</member>",
+                            el("TargetGroupArn", &self.tg_arn(&w.pool)),
+                            el("Weight", &w.weight.to_string())
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{}<ForwardConfig><TargetGroups>{groups}</TargetGroups></ForwardConfig>",
+                    el("Type", "forward")
+                )
+            }
+            Action::Redirect(r) => format!(
+                "{}<RedirectConfig>{}{}{}{}{}{}</RedirectConfig>",
+                el("Type", "redirect"),
+                el(
+                    "Protocol",
+                    &r.scheme
+                        .as_deref()
+                        .map_or("#{protocol}".into(), str::to_ascii_uppercase)
+                ),
+                el("Port", r.port.as_deref().unwrap_or("#{port}")),
+                el("Host", r.host.as_deref().unwrap_or("#{host}")),
+                el("Path", r.path.as_deref().unwrap_or("/#{path}")),
+                el("Query", r.query.as_deref().unwrap_or("#{query}")),
+                el("StatusCode", &format!("HTTP_{}", r.status)),
+            ),
+            Action::Fixed(f) => format!(
+                "{}<FixedResponseConfig>{}{}{}</FixedResponseConfig>",
+                el("Type", "fixed-response"),
+                el("StatusCode", &f.status.to_string()),
+                el("ContentType", &f.content_type),
+                el("MessageBody", &f.body),
+            ),
+        };
+        format!("<member>{}{body}</member>", el("Order", "1"))
     }
 
     fn describe_rules(&self, p: &Params) -> Result<String, AwsError> {
@@ -1060,4 +1135,82 @@ fn uses(lb: &keel_model::LoadBalancer, pool: &str) -> bool {
 
 fn esc_arn(arn: &str) -> String {
     crate::aws::esc(arn)
+}
+
+/// `<member>` elements of a list of values.
+fn members(values: impl IntoIterator<Item = String>) -> String {
+    values.into_iter().map(|v| el("member", &v)).collect()
+}
+
+/// Keel rule conditions as ELBv2 conditions, in both encodings (the legacy
+/// `Values` and the `*Config` one) where ELBv2 has both.
+fn conditions_xml(c: &Conditions) -> String {
+    let mut out = String::new();
+    let mut both = |field: &str, config: &str, values: Vec<String>| {
+        if values.is_empty() {
+            return;
+        }
+        let list = members(values);
+        out.push_str(&format!(
+            "<member>{}<Values>{list}</Values><{config}><Values>{list}</Values></{config}></member>",
+            el("Field", field)
+        ));
+    };
+    both(
+        "path-pattern",
+        "PathPatternConfig",
+        c.paths.iter().map(|p| p.text().to_owned()).collect(),
+    );
+    both("host-header", "HostHeaderConfig", c.hosts.clone());
+    let mut only_config = |field: &str, config: &str, inner: String| {
+        out.push_str(&format!(
+            "<member>{}<{config}>{inner}</{config}></member>",
+            el("Field", field)
+        ));
+    };
+    for h in &c.headers {
+        only_config(
+            "http-header",
+            "HttpHeaderConfig",
+            format!(
+                "{}<Values>{}</Values>",
+                el("HttpHeaderName", &h.name),
+                members(h.values.clone())
+            ),
+        );
+    }
+    if !c.methods.is_empty() {
+        only_config(
+            "http-request-method",
+            "HttpRequestMethodConfig",
+            format!("<Values>{}</Values>", members(c.methods.clone())),
+        );
+    }
+    if !c.query.is_empty() {
+        let pairs: String = c
+            .query
+            .iter()
+            .flat_map(|q| {
+                q.values.iter().map(move |v| {
+                    format!("<member>{}{}</member>", el("Key", &q.key), el("Value", v))
+                })
+            })
+            .collect();
+        only_config(
+            "query-string",
+            "QueryStringConfig",
+            format!("<Values>{pairs}</Values>"),
+        );
+    }
+    if !c.sources.is_empty() {
+        only_config(
+            "source-ip",
+            "SourceIpConfig",
+            format!(
+                "<Values>{}</Values>",
+                members(c.sources.iter().map(|s| s.to_string()))
+            ),
+        );
+    }
+    out
 }
