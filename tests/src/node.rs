@@ -116,6 +116,22 @@ impl KeelProcess {
         nix::unistd::Pid::from_raw(self.child.id() as i32)
     }
 
+    /// Logs in as admin with the password [`KeelProcess::start`] set; the
+    /// session's bearer token.
+    pub fn login(&self) -> String {
+        let (status, body) = raw_call(
+            &self.admin.to_string(),
+            "POST",
+            "/api/v1/login",
+            None,
+            Some("{\"password\": \"test-admin-password\"}"),
+        )
+        .expect("the admin API answers");
+        assert_eq!(status, 200, "login: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["token"].as_str().unwrap().to_owned()
+    }
+
     /// A blocking GET on the admin address: status and body.
     pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
         raw_get(self.admin, path)

@@ -42,17 +42,7 @@ fn aws_node() -> AwsNode {
         &["--aws-api-addr", &aws_addr],
     );
     let admin = node.admin.to_string();
-    let (status, body) = raw_call(
-        &admin,
-        "POST",
-        "/api/v1/login",
-        None,
-        Some("{\"password\": \"test-admin-password\"}"),
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let token = v["token"].as_str().unwrap().to_owned();
+    let token = node.login();
 
     let out = Command::new(keel_bin())
         .args(["aws-key", "create", "ci", "-o", "json", "--server"])

@@ -51,17 +51,7 @@ async fn a_backend_registers_and_deregisters_itself_with_a_pool_token() {
     let node = KeelProcess::start(&yaml);
     let server = format!("http://{}", node.admin);
     let admin = node.admin.to_string();
-    let (status, body) = raw_call(
-        &admin,
-        "POST",
-        "/api/v1/login",
-        None,
-        Some("{\"password\": \"test-admin-password\"}"),
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let admin_token = v["token"].as_str().unwrap().to_owned();
+    let admin_token = node.login();
 
     // The operator makes a token for pool `app`; it is shown once.
     let (ok, out, err) = keel(
