@@ -90,7 +90,10 @@ impl PartialEq for Probe {
 }
 
 async fn probe(member: &MemberState, with: &Probe) -> Result<(), String> {
-    let stream = TcpStream::connect(member.address)
+    let target = with.check.port.map_or(member.address, |port| {
+        std::net::SocketAddr::new(member.address.ip(), port)
+    });
+    let stream = TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let CheckKind::Http {
@@ -103,7 +106,7 @@ async fn probe(member: &MemberState, with: &Probe) -> Result<(), String> {
         return Ok(());
     };
     let _ = stream.set_nodelay(true);
-    let host = host.clone().unwrap_or_else(|| member.address.to_string());
+    let host = host.clone().unwrap_or_else(|| target.to_string());
     let scheme = if with.tls.is_some() { "https" } else { "http" };
     let mut request = http::Request::builder()
         .method(method.as_str())
@@ -123,7 +126,7 @@ async fn probe(member: &MemberState, with: &Probe) -> Result<(), String> {
     let io = match &with.tls {
         None => Upstream::Plain(stream),
         Some(tls) => Upstream::Tls(Box::new(
-            tls.connect(stream, member.address, alpn)
+            tls.connect(stream, target, alpn)
                 .await
                 .map_err(|e| format!("tls: {e}"))?,
         )),

@@ -217,3 +217,47 @@ pools:
     s.read_to_end(&mut out).await.unwrap();
     assert_eq!(out, b"pingbye");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_port_probes_that_port_instead_of_the_members() {
+    let app = HttpBackend::start("app").await;
+    let monitor = HttpBackend::start("monitor").await;
+    let port = free_port();
+    let dp = Dataplane::new();
+    let config = http_lb(
+        port,
+        &format!(
+            "health_check: {{ type: http, path: /health, interval: {INTERVAL_MS}ms, timeout: 100ms, \
+             healthy_threshold: 1, unhealthy_threshold: 1, port: {} }}, members: {}",
+            monitor.addr.port(),
+            members(&[app.addr])
+        ),
+    );
+    dp.apply(&spec(&config)).await.unwrap();
+    eventually(Duration::from_secs(2), "monitor port checked", || async {
+        monitor.health_checks() >= 2
+    })
+    .await;
+    assert_eq!(
+        app.health_checks(),
+        0,
+        "the member's own port is not checked"
+    );
+    monitor.set_healthy(false);
+    eventually(
+        Duration::from_secs(2),
+        "member down by its monitor",
+        || async { !healthy(&dp, app.addr) },
+    )
+    .await;
+    monitor.set_healthy(true);
+    eventually(Duration::from_secs(2), "member up again", || async {
+        healthy(&dp, app.addr)
+    })
+    .await;
+    let c = client();
+    assert_eq!(
+        get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap(),
+        (200, "app".into())
+    );
+}

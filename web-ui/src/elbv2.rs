@@ -323,6 +323,14 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                 "healthy_threshold": p.get("HealthyThresholdCount").unwrap_or("5").parse::<i64>().unwrap_or(0),
                 "unhealthy_threshold": p.get("UnhealthyThresholdCount").unwrap_or("2").parse::<i64>().unwrap_or(0),
             });
+            if let Some(port) = p.get("HealthCheckPort").filter(|p| *p != "traffic-port") {
+                hc["port"] = json!(port.parse::<i64>().map_err(|_| {
+                    AwsError::bad(
+                        "ValidationError",
+                        "HealthCheckPort must be traffic-port or 1-65535",
+                    )
+                })?);
+            }
             if check_protocol != "TCP" {
                 hc["path"] = json!(p.get("HealthCheckPath").unwrap_or("/"));
                 hc["expected_codes"] = json!(p.get("Matcher.HttpCode").unwrap_or("200"));
@@ -390,7 +398,11 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             el("Port", &get("port", "80")),
             el("VpcId", VPC),
             el("HealthCheckProtocol", &hc_protocol),
-            el("HealthCheckPort", "traffic-port"),
+            el(
+                "HealthCheckPort",
+                &hc.and_then(|h| h.port)
+                    .map_or("traffic-port".into(), |p| p.to_string())
+            ),
             el("HealthCheckEnabled", if hc.is_some() { "true" } else { "false" }),
             el("HealthCheckIntervalSeconds", &hc.map_or(30, |h| h.interval.as_secs()).to_string()),
             el("HealthCheckTimeoutSeconds", &hc.map_or(5, |h| h.timeout.as_secs()).to_string()),

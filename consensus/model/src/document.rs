@@ -312,6 +312,9 @@ pub struct HealthCheckDoc {
     pub healthy_threshold: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unhealthy_threshold: Option<i64>,
+    /// Check this port instead of the member's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
 }
 
 /// A duration written as text (`2s`, `1h 30m`, `500ms`) or a number of seconds.
@@ -1071,12 +1074,20 @@ impl HealthCheckDoc {
             "unhealthy_threshold",
             errors,
         );
+        let port = self.port.and_then(|n| {
+            let port = u16::try_from(n).ok().filter(|p| *p > 0);
+            if port.is_none() {
+                errors.push(FieldError::new(at.field("port"), "must be 1-65535"));
+            }
+            port
+        });
         HealthCheck {
             kind,
             interval,
             timeout,
             healthy_threshold,
             unhealthy_threshold,
+            port,
         }
     }
 }
@@ -1208,6 +1219,7 @@ impl From<&HealthCheck> for HealthCheckDoc {
             timeout: duration_doc(hc.timeout),
             healthy_threshold: Some(hc.healthy_threshold.into()),
             unhealthy_threshold: Some(hc.unhealthy_threshold.into()),
+            port: hc.port.map(i64::from),
         };
         if let CheckKind::Http {
             method,

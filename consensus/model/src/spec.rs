@@ -423,6 +423,9 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
     /// Consecutive failures that take an up member down.
     pub unhealthy_threshold: u32,
+    /// The port checks go to; the member's own port when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// What a health check does.

@@ -25,22 +25,29 @@ fn member() -> impl Strategy<Value = Member> {
 
 fn health_check() -> impl Strategy<Value = Option<HealthCheck>> {
     proptest::option::of(
-        (any::<bool>(), 1u64..5, 1u32..4).prop_map(|(http, secs, n)| HealthCheck {
-            kind: if http {
-                CheckKind::Http {
-                    method: "GET".into(),
-                    path: "/health".into(),
-                    host: None,
-                    expected_codes: StatusRanges(vec![(200, 299)]),
-                }
-            } else {
-                CheckKind::Tcp
-            },
-            interval: Duration::from_secs(secs),
-            timeout: Duration::from_millis(500),
-            healthy_threshold: n,
-            unhealthy_threshold: n + 1,
-        }),
+        (
+            any::<bool>(),
+            1u64..5,
+            1u32..4,
+            proptest::option::of(1u16..),
+        )
+            .prop_map(|(http, secs, n, port)| HealthCheck {
+                kind: if http {
+                    CheckKind::Http {
+                        method: "GET".into(),
+                        path: "/health".into(),
+                        host: None,
+                        expected_codes: StatusRanges(vec![(200, 299)]),
+                    }
+                } else {
+                    CheckKind::Tcp
+                },
+                interval: Duration::from_secs(secs),
+                timeout: Duration::from_millis(500),
+                healthy_threshold: n,
+                unhealthy_threshold: n + 1,
+                port,
+            }),
     )
 }
 
