@@ -54,6 +54,12 @@ pub enum Command {
         #[command(subcommand)]
         command: AwsKeyCommand,
     },
+    /// The instance registry: what instance IDs in the classic ELB API
+    /// stand for (add, list, remove).
+    Instance {
+        #[command(subcommand)]
+        command: InstanceCommand,
+    },
     /// Pool-scoped registration tokens for backends: create, list, revoke.
     RegistrationToken {
         #[command(subcommand)]
@@ -225,6 +231,27 @@ pub enum AwsKeyCommand {
         #[command(flatten)]
         client: ClientArgs,
         access_key_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// Add an instance ID, or move it to a new address.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The ID ELB clients use (such as i-0123abcd).
+        id: String,
+        /// The instance's IP address; listeners' instance ports are added.
+        address: String,
+    },
+    /// List instance IDs and their addresses.
+    List(ClientArgs),
+    /// Remove an instance ID (its members stay until deregistered).
+    Remove {
+        #[command(flatten)]
+        client: ClientArgs,
+        id: String,
     },
 }
 

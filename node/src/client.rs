@@ -18,8 +18,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    ApiTokenCommand, ApplyArgs, AwsKeyCommand, ClientArgs, Command, DeleteArgs, GetArgs, LoginArgs,
-    MemberCommand, NodeCommand, Output, RegistrationTokenCommand, TokenCommand,
+    ApiTokenCommand, ApplyArgs, AwsKeyCommand, ClientArgs, Command, DeleteArgs, GetArgs,
+    InstanceCommand, LoginArgs, MemberCommand, NodeCommand, Output, RegistrationTokenCommand,
+    TokenCommand,
 };
 
 type Result<T> = std::result::Result<T, String>;
@@ -37,6 +38,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Node { command } => node(command).await,
         Command::RegistrationToken { command } => registration_token(command).await,
         Command::AwsKey { command } => aws_key(command).await,
+        Command::Instance { command } => instance(command).await,
         Command::Member { command } => member(command).await,
         Command::Run(_)
         | Command::Demo(_)
@@ -367,10 +369,11 @@ fn kind_path(kind: &str) -> Result<&'static str> {
         "api-tokens" | "api-token" => "/api/v1/api-tokens",
         "registration-tokens" | "registration-token" => "/api/v1/registration-tokens",
         "aws-keys" | "aws-key" => "/api/v1/aws-keys",
+        "instances" | "instance" => "/api/v1/instances",
         "config" => "/api/v1/config",
         other => {
             return Err(format!(
-                "unknown kind {other:?}: use load-balancers, pools, nodes, tokens, api-tokens, registration-tokens, aws-keys or config"
+                "unknown kind {other:?}: use load-balancers, pools, nodes, tokens, api-tokens, registration-tokens, aws-keys, instances or config"
             ))
         }
     })
@@ -459,6 +462,7 @@ async fn get(a: GetArgs) -> Result<()> {
                         ""
                     },
                 ),
+                "/api/v1/instances" => format!("{}  {}", s(&item["id"]), s(&item["address"])),
                 "/api/v1/aws-keys" => format!(
                     "{}  {}  user={}",
                     s(&item["access_key_id"]),
@@ -628,6 +632,38 @@ async fn aws_key(command: AwsKeyCommand) -> Result<()> {
                 &client,
                 &format!("/api/v1/aws-keys/{access_key_id}"),
                 &format!("revoked aws access key {access_key_id}"),
+            )
+            .await
+        }
+    }
+}
+
+async fn instance(command: InstanceCommand) -> Result<()> {
+    match command {
+        InstanceCommand::Add {
+            client,
+            id,
+            address,
+        } => {
+            let api = Api::new(&client)?;
+            let v = api
+                .send(
+                    Method::PUT,
+                    &format!("/api/v1/instances/{id}"),
+                    &json!({ "address": address }),
+                )
+                .await?;
+            print(client.output, &v, |v| {
+                format!("instance {} is {}\n", s(&v["id"]), s(&v["address"]))
+            });
+            Ok(())
+        }
+        InstanceCommand::List(client) => list(client, "instances").await,
+        InstanceCommand::Remove { client, id } => {
+            remove(
+                &client,
+                &format!("/api/v1/instances/{id}"),
+                &format!("removed instance {id}"),
             )
             .await
         }

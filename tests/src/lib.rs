@@ -2,6 +2,7 @@
 //! client, deadline-bound waiting, and `keel` processes.
 #![allow(clippy::unwrap_used)]
 
+pub mod aws;
 pub mod backend;
 pub mod browser;
 pub mod client;

@@ -175,6 +175,13 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
             "/api/v1/aws-keys/{id}",
             axum::routing::delete(revoke_aws_key::<C>),
         )
+        .route("/api/v1/instances", get(list_instances::<C>))
+        .route(
+            "/api/v1/instances/{id}",
+            get(fetch_instance::<C>)
+                .put(put_instance::<C>)
+                .delete(remove_instance::<C>),
+        )
         .route("/api/v1/register", post(register::<C>))
         .route("/api/v1/deregister", post(deregister::<C>))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
@@ -1452,6 +1459,81 @@ async fn revoke_aws_key<C: ControlPlane>(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     commit(&*app.control, &caller, ClusterCommand::RevokeAwsKey { id }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An entry of the instance registry: the address an instance ID stands
+/// for in the classic ELB API.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Instance {
+    #[serde(default, skip_deserializing)]
+    id: String,
+    address: IpAddr,
+}
+
+async fn list_instances<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<Instance>> {
+    let (_, state) = app.control.state();
+    Json(
+        crate::elb::instances(&state)
+            .map(|(id, address)| Instance { id, address })
+            .collect(),
+    )
+}
+
+async fn fetch_instance<C: ControlPlane>(
+    State(app): AppState<C>,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
+    let (_, state) = app.control.state();
+    let found = crate::elb::instances(&state).find(|(i, _)| *i == id);
+    found
+        .map(|(id, address)| Json(Instance { id, address }))
+        .ok_or_else(|| ApiError::not_found(format!("no instance {id:?}")))
+}
+
+/// `PUT /api/v1/instances/{id}` `{"address": IP}`: adds or moves an instance.
+async fn put_instance<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Json<Instance>, JsonRejection>,
+) -> Result<Json<Instance>, ApiError> {
+    let Json(req) = body?;
+    crate::elb::check_instance_id(&id).map_err(|m| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("id: {m}"),
+        )
+    })?;
+    commit(
+        &*app.control,
+        &caller,
+        crate::elb::register_instance(&id, Some(req.address)),
+    )
+    .await?;
+    Ok(Json(Instance {
+        id,
+        address: req.address,
+    }))
+}
+
+async fn remove_instance<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (_, state) = app.control.state();
+    if !crate::elb::instances(&state).any(|(i, _)| i == id) {
+        return Err(ApiError::not_found(format!("no instance {id:?}")));
+    }
+    commit(
+        &*app.control,
+        &caller,
+        crate::elb::register_instance(&id, None),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http::{header, HeaderMap, Method, StatusCode, Uri};
 
+use keel_model::{ClusterCommand, ClusterState, Command, Document, Spec};
+
 use crate::ControlPlane;
 
 /// XML namespace of ELBv2 answers.
@@ -31,6 +33,78 @@ pub fn router<C: ControlPlane>(control: Arc<C>, region: String) -> Router {
         .fallback(handle::<C>)
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .with_state(Arc::new(Aws { control, region }))
+}
+
+/// The account number in ARNs (Keel has one).
+pub(crate) const ACCOUNT: &str = "000000000000";
+
+/// One signed call: the endpoint and who is calling, with what both ELB
+/// APIs share.
+pub(crate) struct Call<'a, C> {
+    pub aws: &'a Aws<C>,
+    /// Who the change is recorded as made by.
+    pub by: &'a str,
+}
+
+impl<C: ControlPlane> Call<'_, C> {
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.aws.control.state().1
+    }
+
+    pub fn arn(&self, rest: &str) -> String {
+        format!(
+            "arn:aws:elasticloadbalancing:{}:{ACCOUNT}:{rest}",
+            self.aws.region
+        )
+    }
+
+    /// Applies `edit` to the current config and commits the difference.
+    pub async fn change(
+        &self,
+        edit: impl FnOnce(&mut Document) -> Result<(), AwsError>,
+    ) -> Result<Spec, AwsError> {
+        let state = self.state();
+        let mut doc = Document::from_spec(&state.spec);
+        edit(&mut doc)?;
+        let spec = doc
+            .into_spec()
+            .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
+        let changes = state.spec.diff(&spec);
+        if !changes.is_empty() {
+            self.commit(ClusterCommand::Spec(Command::Batch(changes)))
+                .await?;
+        }
+        Ok(spec)
+    }
+
+    pub async fn commit(&self, command: ClusterCommand) -> Result<(), AwsError> {
+        crate::api::commit(&*self.aws.control, self.by, command)
+            .await
+            .map(|_| ())
+            .map_err(|e| AwsError::new(e.status().as_u16(), "ValidationError", e.message()))
+    }
+
+    /// Replaces `object`'s annotations (none: removes them), if they differ.
+    pub async fn annotate(
+        &self,
+        object: &str,
+        values: BTreeMap<String, String>,
+    ) -> Result<(), AwsError> {
+        let current = self
+            .state()
+            .annotations
+            .get(object)
+            .cloned()
+            .unwrap_or_default();
+        if current == values {
+            return Ok(());
+        }
+        self.commit(ClusterCommand::Annotate {
+            object: object.to_owned(),
+            values,
+        })
+        .await
+    }
 }
 
 /// An error as the SDKs parse it: `<ErrorResponse><Error><Code>`.
@@ -235,13 +309,10 @@ async fn handle<C: ControlPlane>(
     };
     let result = match version.as_str() {
         "2015-12-01" => crate::elbv2::call(&aws, &action, &params, &by).await,
-        "2012-06-01" => Err(AwsError::bad(
-            "InvalidAction",
-            format!("the classic ELB API (2012-06-01) is not served yet: {action}"),
-        )),
+        "2012-06-01" => crate::elb::call(&aws, &action, &params, &by).await,
         other => Err(AwsError::bad(
             "InvalidAction",
-            format!("unknown API version {other:?} (expected 2015-12-01)"),
+            format!("unknown API version {other:?} (expected 2012-06-01 or 2015-12-01)"),
         )),
     };
     match result {

@@ -15,16 +15,13 @@
 
 use std::collections::BTreeMap;
 
-use keel_model::{
-    Action, ClusterCommand, Command, Conditions, Document, ListenerDoc, PoolDoc, RuleDoc, Spec,
-};
+use keel_model::{Action, Conditions, ListenerDoc, PoolDoc, RuleDoc, Spec};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::aws::{el, Aws, AwsError, Params};
+use crate::aws::{el, Aws, AwsError, Call, Params};
 use crate::ControlPlane;
 
-const ACCOUNT: &str = "000000000000";
 const VPC: &str = "vpc-keel";
 /// Keel's answer to the DNS-name question: names resolve however the
 /// operator arranges; the VIP (if any) is what clients use.
@@ -36,7 +33,9 @@ pub(crate) async fn call<C: ControlPlane>(
     p: &Params,
     by: &str,
 ) -> Result<String, AwsError> {
-    let e = Elbv2 { aws, by };
+    let e = Elbv2 {
+        call: Call { aws, by },
+    };
     match action {
         "CreateLoadBalancer" => e.create_load_balancer(p).await,
         "DescribeLoadBalancers" => e.describe_load_balancers(p),
@@ -63,8 +62,12 @@ pub(crate) async fn call<C: ControlPlane>(
 }
 
 struct Elbv2<'a, C> {
-    aws: &'a Aws<C>,
-    by: &'a str,
+    call: Call<'a, C>,
+}
+
+/// A load balancer's DNS name (the same in both ELB APIs).
+pub(crate) fn dns_name(lb: &str) -> String {
+    format!("{lb}-{}.{DNS_SUFFIX}", &id16(lb)[..8])
 }
 
 /// 16 hex digits naming `text`, for ARNs.
@@ -81,10 +84,7 @@ fn tg_key(name: &str) -> String {
 
 impl<C: ControlPlane> Elbv2<'_, C> {
     fn arn(&self, rest: &str) -> String {
-        format!(
-            "arn:aws:elasticloadbalancing:{}:{ACCOUNT}:{rest}",
-            self.aws.region
-        )
+        self.call.arn(rest)
     }
 
     fn lb_arn(&self, lb: &str) -> String {
@@ -112,36 +112,6 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         ))
     }
 
-    /// Applies `edit` to the current config and commits the difference.
-    async fn change(
-        &self,
-        edit: impl FnOnce(&mut Document) -> Result<(), AwsError>,
-    ) -> Result<Spec, AwsError> {
-        let (_, state) = self.aws.control.state();
-        let mut doc = Document::from_spec(&state.spec);
-        edit(&mut doc)?;
-        let spec = doc
-            .into_spec()
-            .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
-        let changes = state.spec.diff(&spec);
-        if !changes.is_empty() {
-            self.commit(ClusterCommand::Spec(Command::Batch(changes)))
-                .await?;
-        }
-        Ok(spec)
-    }
-
-    async fn commit(&self, command: ClusterCommand) -> Result<(), AwsError> {
-        crate::api::commit(&*self.aws.control, self.by, command)
-            .await
-            .map(|_| ())
-            .map_err(|e| AwsError::new(e.status().as_u16(), "ValidationError", e.message()))
-    }
-
-    fn spec(&self) -> std::sync::Arc<keel_model::ClusterState> {
-        self.aws.control.state().1
-    }
-
     /// The load balancer an ARN names, if it exists.
     fn lb_of(&self, arn: &str) -> Result<String, AwsError> {
         let name = arn
@@ -149,7 +119,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             .nth(1)
             .and_then(|rest| rest.split('/').nth(1))
             .unwrap_or("");
-        if self.spec().spec.load_balancers.contains_key(name) {
+        if self.call.state().spec.load_balancers.contains_key(name) {
             Ok(name.to_owned())
         } else {
             Err(AwsError::bad(
@@ -165,7 +135,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             .nth(1)
             .and_then(|rest| rest.split('/').next())
             .unwrap_or("");
-        if self.spec().spec.pools.contains_key(name) {
+        if self.call.state().spec.pools.contains_key(name) {
             Ok(name.to_owned())
         } else {
             Err(AwsError::bad(
@@ -188,7 +158,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         let (Some(lb), Some(id)) = (parts.get(1), parts.get(3)) else {
             return Err(not_found());
         };
-        let state = self.spec();
+        let state = self.call.state();
         let l = state.spec.load_balancers.get(*lb).ok_or_else(not_found)?;
         l.listeners
             .iter()
@@ -211,17 +181,18 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                 format!("load balancer type {t:?} is not served (application or network)"),
             ));
         }
-        let exists = self.spec().spec.load_balancers.contains_key(&name);
+        let exists = self.call.state().spec.load_balancers.contains_key(&name);
         if !exists {
-            self.change(|doc| {
-                doc.load_balancers.push(keel_model::LoadBalancerDoc {
-                    name: name.clone(),
-                    vip: None,
-                    listeners: Vec::new(),
-                });
-                Ok(())
-            })
-            .await?;
+            self.call
+                .change(|doc| {
+                    doc.load_balancers.push(keel_model::LoadBalancerDoc {
+                        name: name.clone(),
+                        vip: None,
+                        listeners: Vec::new(),
+                    });
+                    Ok(())
+                })
+                .await?;
         }
         self.put_tags(&format!("loadbalancer/{name}"), p).await?;
         Ok(format!(
@@ -234,7 +205,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         format!(
             "<member>{}{}{}{}{}{}<State><Code>active</Code></State>{}{}{}<AvailabilityZones/><SecurityGroups/></member>",
             el("LoadBalancerArn", &self.lb_arn(name)),
-            el("DNSName", &format!("{name}-{}.{DNS_SUFFIX}", &id16(name)[..8])),
+            el("DNSName", &dns_name(name)),
             el("CanonicalHostedZoneId", "ZKEEL"),
             el("CreatedTime", "2026-01-01T00:00:00.000Z"),
             el("LoadBalancerName", name),
@@ -246,7 +217,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
     }
 
     fn describe_load_balancers(&self, p: &Params) -> Result<String, AwsError> {
-        let state = self.spec();
+        let state = self.call.state();
         let mut names: Vec<String> = p.list("Names");
         for arn in p.list("LoadBalancerArns") {
             names.push(self.lb_of(&arn)?);
@@ -274,12 +245,14 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         let Ok(name) = self.lb_of(arn) else {
             return Ok(String::new());
         };
-        self.change(|doc| {
-            doc.load_balancers.retain(|l| l.name != name);
-            Ok(())
-        })
-        .await?;
-        self.annotate(&format!("tags/loadbalancer/{name}"), BTreeMap::new())
+        self.call
+            .change(|doc| {
+                doc.load_balancers.retain(|l| l.name != name);
+                Ok(())
+            })
+            .await?;
+        self.call
+            .annotate(&format!("tags/loadbalancer/{name}"), BTreeMap::new())
             .await?;
         Ok(String::new())
     }
@@ -301,7 +274,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| AwsError::bad("ValidationError", "Port must be 1-65535"))?;
-        if self.spec().spec.pools.contains_key(&name) {
+        if self.call.state().spec.pools.contains_key(&name) {
             return Err(AwsError::bad(
                 "DuplicateTargetGroupName",
                 format!("A target group with the same name '{name}' exists"),
@@ -345,25 +318,26 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         }
         let pool: PoolDoc = serde_json::from_value(pool)
             .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
-        self.change(|doc| {
-            doc.pools.push(pool);
-            Ok(())
-        })
-        .await?;
+        self.call
+            .change(|doc| {
+                doc.pools.push(pool);
+                Ok(())
+            })
+            .await?;
         let values = BTreeMap::from([
             ("port".to_owned(), port_n.to_string()),
             ("protocol".to_owned(), protocol.clone()),
         ]);
-        self.annotate(&tg_key(&name), values).await?;
+        self.call.annotate(&tg_key(&name), values).await?;
         self.put_tags(&format!("targetgroup/{name}"), p).await?;
         Ok(format!(
             "<TargetGroups>{}</TargetGroups>",
-            self.tg_xml(&self.spec().spec, &name)
+            self.tg_xml(&self.call.state().spec, &name)
         ))
     }
 
     fn tg_xml(&self, spec: &Spec, name: &str) -> String {
-        let state = self.spec();
+        let state = self.call.state();
         let meta = state.annotations.get(&tg_key(name));
         let get = |k: &str, d: &str| {
             meta.and_then(|m| m.get(k))
@@ -415,7 +389,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
     }
 
     fn describe_target_groups(&self, p: &Params) -> Result<String, AwsError> {
-        let state = self.spec();
+        let state = self.call.state();
         let mut names: Vec<String> = p.list("Names");
         for arn in p.list("TargetGroupArns") {
             names.push(self.tg_of(&arn)?);
@@ -449,7 +423,8 @@ impl<C: ControlPlane> Elbv2<'_, C> {
     async fn delete_target_group(&self, p: &Params) -> Result<String, AwsError> {
         let name = self.tg_of(p.need("TargetGroupArn")?)?;
         let used = self
-            .spec()
+            .call
+            .state()
             .spec
             .load_balancers
             .values()
@@ -463,20 +438,22 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                 ),
             ));
         }
-        self.change(|doc| {
-            doc.pools.retain(|p| p.name != name);
-            Ok(())
-        })
-        .await?;
-        self.annotate(&tg_key(&name), BTreeMap::new()).await?;
-        self.annotate(&format!("tags/targetgroup/{name}"), BTreeMap::new())
+        self.call
+            .change(|doc| {
+                doc.pools.retain(|p| p.name != name);
+                Ok(())
+            })
+            .await?;
+        self.call.annotate(&tg_key(&name), BTreeMap::new()).await?;
+        self.call
+            .annotate(&format!("tags/targetgroup/{name}"), BTreeMap::new())
             .await?;
         Ok(String::new())
     }
 
     /// The member addresses `Targets.member.N.{Id,Port}` name.
     fn target_addrs(&self, p: &Params, tg: &str) -> Result<Vec<String>, AwsError> {
-        let state = self.spec();
+        let state = self.call.state();
         let default_port = state
             .annotations
             .get(&tg_key(tg))
@@ -518,38 +495,39 @@ impl<C: ControlPlane> Elbv2<'_, C> {
     async fn targets(&self, p: &Params, register: bool) -> Result<String, AwsError> {
         let tg = self.tg_of(p.need("TargetGroupArn")?)?;
         let addrs = self.target_addrs(p, &tg)?;
-        self.change(|doc| {
-            let Some(pool) = doc.pools.iter_mut().find(|x| x.name == tg) else {
-                return Err(AwsError::bad("TargetGroupNotFound", tg.clone()));
-            };
-            for a in &addrs {
-                let present = pool.members.iter().any(|m| m.address == *a);
-                if register && !present {
-                    pool.members.push(keel_model::MemberDoc {
-                        address: a.clone(),
-                        weight: None,
-                        enabled: None,
-                    });
-                } else if !register {
-                    pool.members.retain(|m| m.address != *a);
+        self.call
+            .change(|doc| {
+                let Some(pool) = doc.pools.iter_mut().find(|x| x.name == tg) else {
+                    return Err(AwsError::bad("TargetGroupNotFound", tg.clone()));
+                };
+                for a in &addrs {
+                    let present = pool.members.iter().any(|m| m.address == *a);
+                    if register && !present {
+                        pool.members.push(keel_model::MemberDoc {
+                            address: a.clone(),
+                            weight: None,
+                            enabled: None,
+                        });
+                    } else if !register {
+                        pool.members.retain(|m| m.address != *a);
+                    }
                 }
-            }
-            Ok(())
-        })
-        .await?;
+                Ok(())
+            })
+            .await?;
         Ok(String::new())
     }
 
     async fn describe_target_health(&self, p: &Params) -> Result<String, AwsError> {
         let tg = self.tg_of(p.need("TargetGroupArn")?)?;
-        let state = self.spec();
+        let state = self.call.state();
         let pool = &state.spec.pools[&tg];
         let asked = if p.structs("Targets").is_empty() {
             None
         } else {
             Some(self.target_addrs(p, &tg)?)
         };
-        let status = self.aws.control.status().await;
+        let status = self.call.aws.control.status().await;
         let mut out = String::new();
         let listed: Vec<String> = match &asked {
             Some(a) => a.clone(),
@@ -729,7 +707,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                 "the default action must forward to one target group",
             ));
         };
-        let exists = self.spec().spec.load_balancers[&lb]
+        let exists = self.call.state().spec.load_balancers[&lb]
             .listeners
             .iter()
             .any(|l| i64::from(l.port) == port);
@@ -745,13 +723,14 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             "default_pool": pool,
         }))
         .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
-        self.change(|doc| {
-            if let Some(l) = doc.load_balancers.iter_mut().find(|l| l.name == lb) {
-                l.listeners.push(listener);
-            }
-            Ok(())
-        })
-        .await?;
+        self.call
+            .change(|doc| {
+                if let Some(l) = doc.load_balancers.iter_mut().find(|l| l.name == lb) {
+                    l.listeners.push(listener);
+                }
+                Ok(())
+            })
+            .await?;
         Ok(format!(
             "<Listeners>{}</Listeners>",
             self.listener_xml(&lb, port)
@@ -759,7 +738,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
     }
 
     fn listener_xml(&self, lb: &str, port: i64) -> String {
-        let state = self.spec();
+        let state = self.call.state();
         let l = state
             .spec
             .load_balancers
@@ -786,7 +765,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         let mut out = String::new();
         if let Some(arn) = p.get("LoadBalancerArn") {
             let lb = self.lb_of(arn)?;
-            for l in &self.spec().spec.load_balancers[&lb].listeners {
+            for l in &self.call.state().spec.load_balancers[&lb].listeners {
                 out.push_str(&self.listener_xml(&lb, i64::from(l.port)));
             }
         }
@@ -799,13 +778,14 @@ impl<C: ControlPlane> Elbv2<'_, C> {
 
     async fn delete_listener(&self, p: &Params) -> Result<String, AwsError> {
         let (lb, port) = self.listener_of(p.need("ListenerArn")?)?;
-        self.change(|doc| {
-            if let Some(l) = doc.load_balancers.iter_mut().find(|l| l.name == lb) {
-                l.listeners.retain(|x| x.port != port);
-            }
-            Ok(())
-        })
-        .await?;
+        self.call
+            .change(|doc| {
+                if let Some(l) = doc.load_balancers.iter_mut().find(|l| l.name == lb) {
+                    l.listeners.retain(|x| x.port != port);
+                }
+                Ok(())
+            })
+            .await?;
         Ok(String::new())
     }
 
@@ -873,7 +853,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             .need("Priority")?
             .parse()
             .map_err(|_| AwsError::bad("ValidationError", "Priority must be a number"))?;
-        let listener = self.spec().spec.load_balancers[&lb]
+        let listener = self.call.state().spec.load_balancers[&lb]
             .listeners
             .iter()
             .find(|l| i64::from(l.port) == port)
@@ -901,18 +881,19 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         }
         let rule: RuleDoc = serde_json::from_value(rule)
             .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
-        self.change(|doc| {
-            let l = doc
-                .load_balancers
-                .iter_mut()
-                .find(|l| l.name == lb)
-                .and_then(|l| l.listeners.iter_mut().find(|x| x.port == port));
-            if let Some(l) = l {
-                l.rules.push(rule);
-            }
-            Ok(())
-        })
-        .await?;
+        self.call
+            .change(|doc| {
+                let l = doc
+                    .load_balancers
+                    .iter_mut()
+                    .find(|l| l.name == lb)
+                    .and_then(|l| l.listeners.iter_mut().find(|x| x.port == port));
+                if let Some(l) = l {
+                    l.rules.push(rule);
+                }
+                Ok(())
+            })
+            .await?;
         Ok(format!(
             "<Rules>{}</Rules>",
             self.rule_xml(&lb, port, Some(priority))
@@ -922,7 +903,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
     /// A rule as ELBv2 describes it: the rule at `priority` on the
     /// listener, or (None) the listener's default rule.
     fn rule_xml(&self, lb: &str, port: i64, priority: Option<i64>) -> String {
-        let state = self.spec();
+        let state = self.call.state();
         let listener = state
             .spec
             .load_balancers
@@ -1007,7 +988,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
 
     fn describe_rules(&self, p: &Params) -> Result<String, AwsError> {
         let (lb, port) = self.listener_of(p.need("ListenerArn")?)?;
-        let state = self.spec();
+        let state = self.call.state();
         let mut out = String::new();
         if let Some(l) = state.spec.load_balancers[&lb]
             .listeners
@@ -1026,7 +1007,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         let arn = p.need("RuleArn")?;
         let (lb, port) = self.listener_of(arn)?;
         let id = arn.rsplit('/').next().unwrap_or("");
-        let state = self.spec();
+        let state = self.call.state();
         let priority = state.spec.load_balancers[&lb]
             .listeners
             .iter()
@@ -1038,18 +1019,19 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                     .find(|n| id16(&format!("{lb}:{port}:{n}")) == id)
             })
             .ok_or_else(|| AwsError::bad("RuleNotFound", format!("Rule '{arn}' not found")))?;
-        self.change(|doc| {
-            let l = doc
-                .load_balancers
-                .iter_mut()
-                .find(|l| l.name == lb)
-                .and_then(|l| l.listeners.iter_mut().find(|x| x.port == port));
-            if let Some(l) = l {
-                l.rules.retain(|r| r.priority != priority);
-            }
-            Ok(())
-        })
-        .await?;
+        self.call
+            .change(|doc| {
+                let l = doc
+                    .load_balancers
+                    .iter_mut()
+                    .find(|l| l.name == lb)
+                    .and_then(|l| l.listeners.iter_mut().find(|x| x.port == port));
+                if let Some(l) = l {
+                    l.rules.retain(|r| r.priority != priority);
+                }
+                Ok(())
+            })
+            .await?;
         Ok(String::new())
     }
 
@@ -1075,7 +1057,8 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         }
         let key = format!("tags/{object}");
         let mut values = self
-            .spec()
+            .call
+            .state()
             .annotations
             .get(&key)
             .cloned()
@@ -1085,7 +1068,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                 values.insert(k.clone(), t.get("Value").cloned().unwrap_or_default());
             }
         }
-        self.annotate(&key, values).await
+        self.call.annotate(&key, values).await
     }
 
     async fn add_tags(&self, p: &Params) -> Result<String, AwsError> {
@@ -1097,7 +1080,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
     }
 
     fn describe_tags(&self, p: &Params) -> Result<String, AwsError> {
-        let state = self.spec();
+        let state = self.call.state();
         let mut out = String::new();
         for arn in p.list("ResourceArns") {
             let object = self.object_of(&arn)?;
@@ -1114,27 +1097,6 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             ));
         }
         Ok(format!("<TagDescriptions>{out}</TagDescriptions>"))
-    }
-
-    async fn annotate(
-        &self,
-        object: &str,
-        values: BTreeMap<String, String>,
-    ) -> Result<(), AwsError> {
-        let current = self
-            .spec()
-            .annotations
-            .get(object)
-            .cloned()
-            .unwrap_or_default();
-        if current == values {
-            return Ok(());
-        }
-        self.commit(ClusterCommand::Annotate {
-            object: object.to_owned(),
-            values,
-        })
-        .await
     }
 }
 

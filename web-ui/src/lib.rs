@@ -16,6 +16,7 @@ mod auth;
 mod aws;
 mod awskeys;
 mod certs;
+mod elb;
 mod elbv2;
 mod error;
 mod openapi;

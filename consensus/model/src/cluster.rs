@@ -441,7 +441,7 @@ fn annotated_exists(spec: &crate::Spec, object: &str) -> bool {
     let object = object.strip_prefix("tags/").unwrap_or(object);
     match object.split_once('/') {
         Some(("targetgroup", name)) => spec.pools.contains_key(name),
-        Some(("loadbalancer", name)) => spec.load_balancers.contains_key(name),
+        Some(("loadbalancer" | "elb", name)) => spec.load_balancers.contains_key(name),
         _ => true,
     }
 }
