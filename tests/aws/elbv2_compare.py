@@ -6,15 +6,11 @@ AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (a Keel key), LB_PORT, TARGET
 (a backend ip:port Keel can health-check). Prints the comparison; exits 1
 on an undocumented difference.
 """
-import json
 import os
-import re
 import sys
 import time
 
-import boto3
-import botocore.exceptions
-from botocore.config import Config
+from compare import arn_shape, client, code_of, compare, pick
 
 # Where Keel and moto answer differently on purpose, and why:
 # (call, field) -> reason. Other fields of the same call still count.
@@ -22,45 +18,6 @@ DOCUMENTED = {
     ("create_load_balancer", "Scheme"):
         "moto leaves Scheme out of CreateLoadBalancer's answer; Keel gives AWS's default, internet-facing",
 }
-
-
-def client(service, endpoint, key, secret):
-    return boto3.client(
-        service, endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id=key, aws_secret_access_key=secret,
-        config=Config(retries={"max_attempts": 1}),
-    )
-
-
-def pick(obj, *paths):
-    """The values at dotted paths (a[0] indexes lists)."""
-    out = {}
-    for path in paths:
-        v = obj
-        for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
-            if v is None:
-                break
-            if part.startswith("["):
-                i = int(part[1:-1])
-                v = v[i] if isinstance(v, list) and len(v) > i else None
-            else:
-                v = v.get(part) if isinstance(v, dict) else None
-        out[path] = v
-    return out
-
-
-def arn_shape(arn):
-    """An ARN with its account and generated ids blanked out."""
-    arn = re.sub(r":\d{12}:", ":ACCOUNT:", arn)
-    return re.sub(r"/[0-9a-f]{16}(?=/|$)", "/ID", arn)
-
-
-def code_of(call):
-    try:
-        call()
-    except botocore.exceptions.ClientError as e:
-        return e.response["Error"]["Code"]
-    return None
 
 
 def scenario(elb, subnets, vpc):
@@ -151,22 +108,7 @@ def main():
     reference = scenario(client("elbv2", os.environ["MOTO"], "testing", "testing"), subnets, vpc)
     keel = scenario(client("elbv2", os.environ["ENDPOINT"], os.environ["AWS_ACCESS_KEY_ID"],
                            os.environ["AWS_SECRET_ACCESS_KEY"]), ["subnet-1", "subnet-2"], "vpc-1")
-    bad = 0
-    for (name, want), (_, got) in zip(reference, keel):
-        if isinstance(want, dict) and isinstance(got, dict):
-            noted = {k for k in want if (name, k) in DOCUMENTED}
-            for k in noted:
-                print(f"documented {name}.{k}: moto {json.dumps(want.get(k))} keel "
-                      f"{json.dumps(got.get(k))} ({DOCUMENTED[(name, k)]})")
-            want = {k: v for k, v in want.items() if k not in noted}
-            got = {k: v for k, v in got.items() if k not in noted}
-        if want == got:
-            print(f"same       {name}")
-        else:
-            bad += 1
-            print(f"DIFFERENT  {name}:\n  moto {json.dumps(want)}\n  keel {json.dumps(got)}")
-    print(f"{len(reference)} results compared, {bad} undocumented differences")
-    sys.exit(1 if bad else 0)
+    sys.exit(compare(reference, keel, DOCUMENTED))
 
 
 main()

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use keel_tests::aws::{python, script, AwsNode};
+use keel_tests::aws::{python, script, AwsNode, Moto};
 use keel_tests::backend::{EchoBackend, HttpBackend};
 use keel_tests::client::{client_no_reuse, get_with};
 use keel_tests::free_port;
@@ -155,4 +155,29 @@ async fn boto3_builds_a_classic_load_balancer_that_serves_sticks_and_sends_proxy
     assert_eq!(pools.trim(), "[]");
     let (_, events) = raw_call(&n.admin, "GET", "/api/v1/events", Some(&n.token), None).unwrap();
     assert!(events.contains(&format!("aws key {}", n.id)), "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_gets_the_same_classic_answers_from_keel_as_from_moto() {
+    let instance_port = free_port();
+    let _a = instance("a", "127.0.0.2", instance_port, free_port()).await;
+    let _b = instance("b", "127.0.0.3", instance_port, free_port()).await;
+    let moto = Moto::start();
+    let n = AwsNode::start();
+    n.keel(&["instance", "add", "i-0aaa", "127.0.0.2"]);
+    n.keel(&["instance", "add", "i-0bbb", "127.0.0.3"]);
+    let text = n.run(
+        python(),
+        &[script("elb_compare.py")],
+        &[
+            ("MOTO", moto.url.clone()),
+            ("LB_PORT", free_port().to_string()),
+            ("TCP_PORT", free_port().to_string()),
+            ("INSTANCE_PORT", instance_port.to_string()),
+            ("INSTANCES", "i-0aaa,i-0bbb".into()),
+        ],
+    );
+    drop(moto);
+    assert!(text.contains("0 undocumented differences"), "{text}");
+    eprintln!("{text}");
 }

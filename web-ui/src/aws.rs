@@ -68,7 +68,7 @@ impl<C: ControlPlane> Call<'_, C> {
         edit(&mut doc)?;
         let spec = doc
             .into_spec()
-            .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
+            .map_err(|e| AwsError::bad("ValidationError", e.to_string().replace("\n  ", "; ")))?;
         let changes = state.spec.diff(&spec);
         if !changes.is_empty() {
             self.commit(ClusterCommand::Spec(Command::Batch(changes)))

@@ -307,6 +307,20 @@ fn registered(state: &ClusterState, lb: &str, record: &Record) -> Vec<String> {
     ids
 }
 
+/// The numbers of the health check `lb`'s pools share (the first pool's).
+fn current_check(state: &ClusterState, lb: &str, record: &Record) -> Check {
+    listeners(state, lb, record)
+        .first()
+        .and_then(|l| state.spec.pools.get(&l.pool))
+        .and_then(|p| p.health_check.as_ref())
+        .map_or(DEFAULT_CHECK, |h| Check {
+            interval: h.interval.as_secs(),
+            timeout: h.timeout.as_secs(),
+            unhealthy: h.unhealthy_threshold,
+            healthy: h.healthy_threshold,
+        })
+}
+
 fn lb_not_found(name: &str) -> AwsError {
     AwsError::bad(
         "LoadBalancerNotFound",
@@ -532,12 +546,7 @@ impl<C: ControlPlane> Elb<'_, C> {
             }
             None => format!("TCP:{instance_port}"),
         });
-        let n = hc.map_or(DEFAULT_CHECK, |h| Check {
-            interval: h.interval.as_secs(),
-            timeout: h.timeout.as_secs(),
-            unhealthy: h.unhealthy_threshold,
-            healthy: h.healthy_threshold,
-        });
+        let n = current_check(state, lb, record);
         format!(
             "<HealthCheck>{}{}{}{}{}</HealthCheck>",
             el("Target", &target),
@@ -666,7 +675,7 @@ impl<C: ControlPlane> Elb<'_, C> {
                     listeners: Vec::new(),
                 });
                 for l in &listeners {
-                    add_listener(doc, &name, l, &record, &[]);
+                    add_listener(doc, &name, l, &record, DEFAULT_CHECK, &[]);
                 }
                 Ok(())
             })
@@ -777,6 +786,7 @@ impl<C: ControlPlane> Elb<'_, C> {
             }
         }
         self.check_certificates(&fresh)?;
+        let numbers = current_check(&state, &name, &record);
         let instances: Vec<IpAddr> = registered(&state, &name, &record)
             .iter()
             .filter_map(|id| address_of(&state, id))
@@ -784,7 +794,7 @@ impl<C: ControlPlane> Elb<'_, C> {
         self.call
             .change(|doc| {
                 for l in &fresh {
-                    add_listener(doc, &name, l, &record, &instances);
+                    add_listener(doc, &name, l, &record, numbers, &instances);
                 }
                 Ok(())
             })
@@ -1476,6 +1486,7 @@ fn add_listener(
     lb: &str,
     l: &NewListener,
     record: &Record,
+    numbers: Check,
     instances: &[IpAddr],
 ) {
     let pool = pool_name(lb, l.port);
@@ -1491,21 +1502,6 @@ fn add_listener(
             protocol: "TCP".into(),
             port: l.backend.port,
             path: None,
-        });
-    let numbers = sibling
-        .as_ref()
-        .and_then(|s| s.health_check.as_ref())
-        .map_or(DEFAULT_CHECK, |h| {
-            let secs = |d: &Option<DurationDoc>| match d {
-                Some(DurationDoc::Seconds(s)) => *s as u64,
-                _ => 0,
-            };
-            Check {
-                interval: secs(&h.interval),
-                timeout: secs(&h.timeout),
-                unhealthy: h.unhealthy_threshold.unwrap_or(2) as u32,
-                healthy: h.healthy_threshold.unwrap_or(10) as u32,
-            }
         });
     let proxy = record
         .backend_policies
