@@ -7,13 +7,20 @@ Instances i-0aaa and i-0bbb are in Keel's instance registry. Phase "create"
 builds the load balancer; "errors" checks refusals change nothing;
 "delete" takes it apart.
 """
+import datetime
 import os
+import re
 import sys
-import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import boto3
+import botocore.auth
 import botocore.exceptions
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 
 HTTP_PORT = int(os.environ["HTTP_PORT"])
 TCP_PORT = int(os.environ["TCP_PORT"])
@@ -120,9 +127,53 @@ def code_of(call):
     return None
 
 
+def signed(params, service="elasticloadbalancing", when=None):
+    """POSTs `params` signed as botocore signs (for `service`, at `when`):
+    the HTTP status and error code."""
+    body = urllib.parse.urlencode(dict(params, Version="2012-06-01"))
+    request = AWSRequest(method="POST", url=os.environ["ENDPOINT"] + "/", data=body,
+                         headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    now = botocore.auth.get_current_datetime
+    if when:
+        botocore.auth.get_current_datetime = lambda: when
+    try:
+        credentials = Credentials(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+        botocore.auth.SigV4Auth(credentials, service, "us-east-1").add_auth(request)
+    finally:
+        botocore.auth.get_current_datetime = now
+    prepared = request.prepare()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(
+                prepared.url, data=body.encode(), headers=dict(prepared.headers), method="POST")) as r:
+            return r.status, None
+    except urllib.error.HTTPError as e:
+        return e.code, re.search(r"<Code>(.*?)</Code>", e.read().decode()).group(1)
+
+
 def errors():
     elb = client()
     before = describe(elb)
+    hour_ago = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - datetime.timedelta(hours=1)
+    raw = {
+        "works": (signed({"Action": "DescribeLoadBalancers"}), (200, None)),
+        "other service": (signed({"Action": "DescribeLoadBalancers"}, service="ec2"),
+                          (403, "SignatureDoesNotMatch")),
+        "an hour old": (signed({"Action": "DescribeLoadBalancers"}, when=hour_ago), (400, "RequestExpired")),
+        "unknown action": (signed({"Action": "LaunchRockets"}), (400, "InvalidAction")),
+        "no name": (signed({"Action": "DeleteLoadBalancer"}), (400, "ValidationError")),
+        "listener port not a number": (signed({
+            "Action": "CreateLoadBalancerListeners", "LoadBalancerName": "web",
+            "Listeners.member.1.Protocol": "HTTP", "Listeners.member.1.LoadBalancerPort": "eighty",
+            "Listeners.member.1.InstancePort": "80"}), (400, "ValidationError")),
+        "member list without numbers": (signed({
+            "Action": "RegisterInstancesWithLoadBalancer", "LoadBalancerName": "web",
+            "Instances.member.first.InstanceId": "i-0aaa"}), (400, "ValidationError")),
+        "member without its id": (signed({
+            "Action": "RegisterInstancesWithLoadBalancer", "LoadBalancerName": "web",
+            "Instances.member.1.Id": "i-0aaa"}), (400, "InvalidInstance")),
+    }
+    wrong = {k: got for k, (got, want) in raw.items() if got != want}
+    assert not wrong, wrong
     listener = [{"Protocol": "HTTP", "LoadBalancerPort": 1, "InstancePort": 80}]
     checks = {
         "unknown balancer": (code_of(lambda: elb.describe_load_balancers(LoadBalancerNames=["nope"])),

@@ -134,27 +134,26 @@ impl AwsError {
 pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
+    /// Both sources are form-encoded (`+` is a space, as libcloud and boto
+    /// send query strings).
     fn parse(query: &str, form: Option<&[u8]>) -> Self {
-        let mut out = Vec::new();
-        let mut add = |text: &str, plus_is_space: bool| {
-            for pair in text.split('&').filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                let clean = |s: &str| {
-                    let s = if plus_is_space {
-                        s.replace('+', " ")
-                    } else {
-                        s.to_owned()
-                    };
-                    String::from_utf8_lossy(&crate::sigv4::decode(&s)).into_owned()
-                };
-                out.push((clean(k), clean(v)));
-            }
+        let body = form.map(String::from_utf8_lossy).unwrap_or_default();
+        let clean = |s: &str| {
+            String::from_utf8_lossy(&crate::sigv4::decode(&s.replace('+', " "))).into_owned()
         };
-        add(query, false);
-        if let Some(body) = form {
-            add(&String::from_utf8_lossy(body), true);
-        }
-        Params(out)
+        let pairs = [query, &body]
+            .into_iter()
+            .flat_map(|text| text.split('&'))
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                // libcloud's policy attributes arrive with whitespace inside
+                // their names (`PolicyAttributes.member.1.  AttributeName`).
+                let key: Vec<String> = clean(k).split('.').map(|s| s.trim().to_owned()).collect();
+                (key.join("."), clean(v))
+            })
+            .collect();
+        Params(pairs)
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {

@@ -204,7 +204,10 @@ fn canonical_request(req: &Request<'_>, signed: &[&str]) -> Option<String> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (encode(&decode(k), true), encode(&decode(v), true))
+            // A raw `+` is a form-encoded space (libcloud sends them so, and
+            // signs `%20`); signers encode a real plus as `%2B`.
+            let canonical = |s: &str| encode(&decode(&s.replace('+', " ")), true);
+            (canonical(k), canonical(v))
         })
         .collect();
     pairs.sort();
