@@ -180,6 +180,21 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         &[("delete", "Revoke an AWS access key")],
     ),
     (
+        "/api/v1/instances",
+        &[(
+            "get",
+            "List the instance registry: what classic ELB instance IDs stand for",
+        )],
+    ),
+    (
+        "/api/v1/instances/{id}",
+        &[
+            ("get", "Show an instance ID's address"),
+            ("put", "Add an instance ID or move it: {address}"),
+            ("delete", "Remove an instance ID"),
+        ],
+    ),
+    (
         "/api/v1/register",
         &[(
             "post",
