@@ -45,6 +45,18 @@ def scenario(elb, subnets, vpc):
         arn=arn_shape(tg["TargetGroupArn"])))
     tg_arn = tg["TargetGroupArn"]
     elb.register_targets(TargetGroupArn=tg_arn, Targets=[{"Id": target_ip, "Port": int(target_port)}])
+    keys = {"stickiness.enabled", "stickiness.type", "stickiness.lb_cookie.duration_seconds",
+            "deregistration_delay.timeout_seconds"}
+    attrs = elb.modify_target_group_attributes(TargetGroupArn=tg_arn, Attributes=[
+        {"Key": "stickiness.enabled", "Value": "true"},
+        {"Key": "stickiness.type", "Value": "lb_cookie"},
+        {"Key": "stickiness.lb_cookie.duration_seconds", "Value": "300"},
+        {"Key": "deregistration_delay.timeout_seconds", "Value": "45"},
+    ])["Attributes"]
+    rec("modify_target_group_attributes", sorted((a["Key"], a["Value"]) for a in attrs if a["Key"] in keys))
+    rec("describe_target_group_attributes", sorted(
+        (a["Key"], a["Value"]) for a in elb.describe_target_group_attributes(TargetGroupArn=tg_arn)["Attributes"]
+        if a["Key"] in keys))
 
     listener = elb.create_listener(
         LoadBalancerArn=lb_arn, Protocol="HTTP", Port=int(os.environ["LB_PORT"]),

@@ -38,15 +38,29 @@ def create():
     lb_arn = lb["LoadBalancers"][0]["LoadBalancerArn"]
     assert lb["LoadBalancers"][0]["State"]["Code"] == "active"
     elb.get_waiter("load_balancer_available").wait(LoadBalancerArns=[lb_arn])
+    # An instance target group: its target is an ID from Keel's instance registry.
     site = elb.create_target_group(
-        Name="site", Protocol="HTTP", Port=80, VpcId="vpc-1",
+        Name="site", Protocol="HTTP", Port=80, VpcId="vpc-1", TargetType="instance",
         HealthCheckPath="/health", HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2,
         HealthyThresholdCount=2, UnhealthyThresholdCount=2, Matcher={"HttpCode": "200-299"},
     )["TargetGroups"][0]
-    blog = elb.create_target_group(Name="blog", Protocol="HTTP", Port=80, VpcId="vpc-1")["TargetGroups"][0]
+    blog = elb.create_target_group(Name="blog", Protocol="HTTP", Port=80, VpcId="vpc-1", TargetType="ip")["TargetGroups"][0]
     assert site["HealthCheckPath"] == "/health", site
     assert site["Matcher"]["HttpCode"] == "200-299", site
-    elb.register_targets(TargetGroupArn=site["TargetGroupArn"], Targets=[target(os.environ["SITE"])])
+    site_port = int(os.environ["SITE"].rsplit(":", 1)[1])
+    elb.register_targets(TargetGroupArn=site["TargetGroupArn"],
+                         Targets=[{"Id": os.environ["SITE_INSTANCE"], "Port": site_port}])
+    attrs = elb.modify_target_group_attributes(TargetGroupArn=site["TargetGroupArn"], Attributes=[
+        {"Key": "stickiness.enabled", "Value": "true"},
+        {"Key": "stickiness.type", "Value": "lb_cookie"},
+        {"Key": "stickiness.lb_cookie.duration_seconds", "Value": "120"},
+        {"Key": "deregistration_delay.timeout_seconds", "Value": "10"},
+    ])["Attributes"]
+    described = {a["Key"]: a["Value"] for a in elb.describe_target_group_attributes(
+        TargetGroupArn=site["TargetGroupArn"])["Attributes"]}
+    assert {a["Key"]: a["Value"] for a in attrs} == described, (attrs, described)
+    assert described["stickiness.enabled"] == "true" and described["stickiness.lb_cookie.duration_seconds"] == "120", described
+    assert described["deregistration_delay.timeout_seconds"] == "10", described
     elb.register_targets(TargetGroupArn=blog["TargetGroupArn"], Targets=[target(os.environ["BLOG"])])
     listener = elb.create_listener(
         LoadBalancerArn=lb_arn, Protocol="HTTP", Port=int(os.environ["LB_PORT"]),
@@ -73,6 +87,7 @@ def create():
     elb.get_waiter("target_in_service").wait(TargetGroupArn=site["TargetGroupArn"])
     health = elb.describe_target_health(TargetGroupArn=site["TargetGroupArn"])["TargetHealthDescriptions"]
     assert [h["TargetHealth"]["State"] for h in health] == ["healthy"], health
+    assert health[0]["Target"] == {"Id": os.environ["SITE_INSTANCE"], "Port": site_port}, health
     rules = elb.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]
     assert [r["Priority"] for r in rules] == ["10", "20", "default"], rules
     tags = elb.describe_tags(ResourceArns=[lb_arn])["TagDescriptions"][0]["Tags"]
@@ -107,6 +122,12 @@ def errors():
     assert code_of(lambda: elb.register_targets(
         TargetGroupArn=elb.describe_target_groups(Names=["site"])["TargetGroups"][0]["TargetGroupArn"],
         Targets=[{"Id": "i-0123456789", "Port": 80}])) == "InvalidTarget"
+    assert code_of(lambda: elb.register_targets(
+        TargetGroupArn=elb.describe_target_groups(Names=["blog"])["TargetGroups"][0]["TargetGroupArn"],
+        Targets=[{"Id": os.environ["SITE_INSTANCE"], "Port": 80}])) == "InvalidTarget"
+    assert code_of(lambda: elb.modify_target_group_attributes(
+        TargetGroupArn=elb.describe_target_groups(Names=["site"])["TargetGroups"][0]["TargetGroupArn"],
+        Attributes=[{"Key": "stickiness.lb_cookie.duration_seconds", "Value": "0"}])) == "InvalidConfigurationRequest"
     listener = elb.describe_listeners(LoadBalancerArn=lb_arn)["Listeners"][0]["ListenerArn"]
     assert code_of(lambda: elb.create_rule(
         ListenerArn=listener, Priority=10,

@@ -22,12 +22,15 @@ async fn boto3_builds_the_alb_seed_case_and_it_serves() {
     let (_, keys) = raw_call(&admin, "GET", "/api/v1/aws-keys", Some(&token), None).unwrap();
     assert!(keys.contains(&id) && !keys.contains(&n.secret), "{keys}");
 
+    // The site is an EC2-style instance; the blog a plain IP target.
+    n.keel(&["instance", "add", "i-site", "127.0.0.1"]);
     let lb_port = free_port();
     let run = |phase: &str| {
         n.run(
             python(),
             &[script("elbv2_cycle.py"), phase.into()],
             &[
+                ("SITE_INSTANCE", "i-site".into()),
                 ("LB_PORT", lb_port.to_string()),
                 ("SITE", site.addr.to_string()),
                 ("BLOG", blog.addr.to_string()),
@@ -58,6 +61,12 @@ async fn boto3_builds_the_alb_seed_case_and_it_serves() {
         lbs.contains("\"default_pool\":\"site\"") && lbs.contains("/blog*"),
         "{lbs}"
     );
+    // Target group attributes are the pool's own settings.
+    let (_, pool) = raw_call(&admin, "GET", "/api/v1/pools/site", Some(&token), None).unwrap();
+    let pool: serde_json::Value = serde_json::from_str(&pool).unwrap();
+    assert_eq!(pool["stickiness"]["type"], "lb_cookie", "{pool}");
+    assert_eq!(pool["stickiness"]["duration"], "2m", "{pool}");
+    assert_eq!(pool["drain_timeout"], "10s", "{pool}");
     let (_, events) = raw_call(&admin, "GET", "/api/v1/events", Some(&token), None).unwrap();
     assert!(events.contains(&format!("aws key {id}")), "{events}");
 

@@ -143,7 +143,7 @@ pub(crate) fn register_instance(id: &str, address: Option<IpAddr>) -> ClusterCom
 
 /// The address an instance ID stands for: the registry's, or the ID
 /// itself when it is an IP address.
-fn address_of(state: &ClusterState, id: &str) -> Option<IpAddr> {
+pub(crate) fn address_of(state: &ClusterState, id: &str) -> Option<IpAddr> {
     instances(state)
         .find(|(i, _)| i == id)
         .map(|(_, a)| a)
@@ -152,7 +152,7 @@ fn address_of(state: &ClusterState, id: &str) -> Option<IpAddr> {
 
 /// The instance ID an address stands for (the address itself when no
 /// registered instance has it).
-fn id_of(state: &ClusterState, ip: IpAddr) -> String {
+pub(crate) fn id_of(state: &ClusterState, ip: IpAddr) -> String {
     instances(state)
         .find(|(_, a)| *a == ip)
         .map_or_else(|| ip.to_string(), |(id, _)| id)

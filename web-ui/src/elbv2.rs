@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use keel_model::{Action, Conditions, ListenerDoc, PoolDoc, RuleDoc, Spec};
+use keel_model::{Action, Algorithm, Conditions, ListenerDoc, PoolDoc, RuleDoc, Spec, Stickiness};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -53,6 +53,8 @@ pub(crate) async fn call<C: ControlPlane>(
         "DescribeRules" => e.describe_rules(p),
         "DeleteRule" => e.delete_rule(p).await,
         "DescribeTags" => e.describe_tags(p),
+        "DescribeTargetGroupAttributes" => e.describe_tg_attributes(p),
+        "ModifyTargetGroupAttributes" => e.modify_tg_attributes(p).await,
         "AddTags" => e.add_tags(p).await,
         other => Err(AwsError::bad(
             "InvalidAction",
@@ -274,6 +276,15 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| AwsError::bad("ValidationError", "Port must be 1-65535"))?;
+        let target_type = match p.get("TargetType").unwrap_or("instance") {
+            t @ ("ip" | "instance") => t,
+            other => {
+                return Err(AwsError::bad(
+                    "ValidationError",
+                    format!("target type {other:?} is not served (ip or instance)"),
+                ))
+            }
+        };
         if self.call.state().spec.pools.contains_key(&name) {
             return Err(AwsError::bad(
                 "DuplicateTargetGroupName",
@@ -327,6 +338,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         let values = BTreeMap::from([
             ("port".to_owned(), port_n.to_string()),
             ("protocol".to_owned(), protocol.clone()),
+            ("target_type".to_owned(), target_type.to_owned()),
         ]);
         self.call.annotate(&tg_key(&name), values).await?;
         self.put_tags(&format!("targetgroup/{name}"), p).await?;
@@ -384,7 +396,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             el("UnhealthyThresholdCount", &hc.map_or(2, |h| h.unhealthy_threshold).to_string()),
             el("HttpCode", &codes),
             el("HealthCheckPath", &path),
-            el("TargetType", "ip"),
+            el("TargetType", &get("target_type", "ip")),
         )
     }
 
@@ -460,6 +472,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             .and_then(|m| m.get("port"))
             .cloned()
             .unwrap_or_else(|| "80".into());
+        let instances = self.target_type(tg) == "instance";
         let targets = p.structs("Targets");
         if targets.is_empty() {
             return Err(AwsError::bad(
@@ -471,12 +484,21 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             .iter()
             .map(|t| {
                 let id = t.get("Id").map(String::as_str).unwrap_or("");
-                let ip: std::net::IpAddr = id.parse().map_err(|_| {
-                    AwsError::bad(
-                        "InvalidTarget",
-                        format!("The following targets are not valid IP addresses: '{id}'"),
-                    )
-                })?;
+                let ip = if instances {
+                    crate::elb::address_of(&state, id).ok_or_else(|| {
+                        AwsError::bad(
+                            "InvalidTarget",
+                            format!("The following targets are not registered instances (keel instance add ID ADDRESS) or IP addresses: '{id}'"),
+                        )
+                    })?
+                } else {
+                    id.parse().map_err(|_| {
+                        AwsError::bad(
+                            "InvalidTarget",
+                            format!("The following targets are not valid IP addresses: '{id}'"),
+                        )
+                    })?
+                };
                 let port = t
                     .get("Port")
                     .cloned()
@@ -527,6 +549,11 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         } else {
             Some(self.target_addrs(p, &tg)?)
         };
+        let instances = self.target_type(&tg) == "instance";
+        let target_id = |ip: &str| match ip.parse() {
+            Ok(ip) if instances => crate::elb::id_of(&state, ip),
+            _ => ip.to_owned(),
+        };
         let status = self.call.aws.control.status().await;
         let mut out = String::new();
         let listed: Vec<String> = match &asked {
@@ -570,6 +597,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                 ),
             };
             let (ip, port) = addr.rsplit_once(':').unwrap_or((addr.as_str(), ""));
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
             let mut health = el("State", state);
             if !reason.is_empty() {
                 health.push_str(&el("Reason", reason));
@@ -577,7 +605,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             }
             out.push_str(&format!(
                 "<member><Target>{}{}</Target>{}<TargetHealth>{health}</TargetHealth></member>",
-                el("Id", ip.trim_start_matches('[').trim_end_matches(']')),
+                el("Id", &target_id(ip)),
                 el("Port", port),
                 el("HealthCheckPort", port),
             ));
@@ -1033,6 +1061,204 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             })
             .await?;
         Ok(String::new())
+    }
+
+    /// `ip` or `instance` (target groups made elsewhere are `ip`).
+    fn target_type(&self, tg: &str) -> String {
+        self.call
+            .state()
+            .annotations
+            .get(&tg_key(tg))
+            .and_then(|m| m.get("target_type"))
+            .cloned()
+            .unwrap_or_else(|| "ip".into())
+    }
+
+    // ---- Target group attributes: the pool's own settings.
+
+    fn tg_attributes_xml(&self, tg: &str) -> String {
+        let state = self.call.state();
+        let Some(pool) = state.spec.pools.get(tg) else {
+            return "<Attributes/>".into();
+        };
+        let (enabled, kind, lb_secs, cookie, app_secs) = match &pool.stickiness {
+            Some(Stickiness::LbCookie { duration }) => {
+                (true, "lb_cookie", duration.as_secs(), String::new(), 86400)
+            }
+            Some(Stickiness::AppCookie { cookie, duration }) => (
+                true,
+                "app_cookie",
+                86400,
+                cookie.clone(),
+                duration.as_secs(),
+            ),
+            None => (false, "lb_cookie", 86400, String::new(), 86400),
+        };
+        let algorithm = match pool.algorithm {
+            Algorithm::LeastOutstanding => "least_outstanding_requests",
+            _ => "round_robin",
+        };
+        let pairs = [
+            (
+                "deregistration_delay.timeout_seconds",
+                pool.drain_timeout.as_secs().to_string(),
+            ),
+            ("stickiness.enabled", enabled.to_string()),
+            ("stickiness.type", kind.to_owned()),
+            ("stickiness.lb_cookie.duration_seconds", lb_secs.to_string()),
+            ("stickiness.app_cookie.cookie_name", cookie),
+            (
+                "stickiness.app_cookie.duration_seconds",
+                app_secs.to_string(),
+            ),
+            ("load_balancing.algorithm.type", algorithm.to_owned()),
+        ];
+        let members: String = pairs
+            .iter()
+            .map(|(k, v)| format!("<member>{}{}</member>", el("Key", k), el("Value", v)))
+            .collect();
+        format!("<Attributes>{members}</Attributes>")
+    }
+
+    fn describe_tg_attributes(&self, p: &Params) -> Result<String, AwsError> {
+        let tg = self.tg_of(p.need("TargetGroupArn")?)?;
+        Ok(self.tg_attributes_xml(&tg))
+    }
+
+    async fn modify_tg_attributes(&self, p: &Params) -> Result<String, AwsError> {
+        let tg = self.tg_of(p.need("TargetGroupArn")?)?;
+        let asked: BTreeMap<String, String> = p
+            .structs("Attributes")
+            .into_iter()
+            .map(|a| {
+                (
+                    a.get("Key").cloned().unwrap_or_default(),
+                    a.get("Value").cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        if asked.is_empty() {
+            return Err(AwsError::bad(
+                "ValidationError",
+                "Attributes must not be empty",
+            ));
+        }
+        let invalid = |key: &str, why: &str| {
+            AwsError::bad("InvalidConfigurationRequest", format!("{key}: {why}"))
+        };
+        let seconds =
+            |key: &str, range: std::ops::RangeInclusive<u64>| -> Result<Option<u64>, AwsError> {
+                asked
+                    .get(key)
+                    .map(|v| {
+                        v.parse::<u64>()
+                            .ok()
+                            .filter(|n| range.contains(n))
+                            .ok_or_else(|| {
+                                invalid(
+                                    key,
+                                    &format!("{v:?} is not {}-{}", range.start(), range.end()),
+                                )
+                            })
+                    })
+                    .transpose()
+            };
+        for key in asked.keys() {
+            let served = key == "deregistration_delay.timeout_seconds"
+                || key == "load_balancing.algorithm.type"
+                || key.starts_with("stickiness.");
+            if !served {
+                return Err(invalid(key, "is not an attribute Keel serves"));
+            }
+        }
+        let delay = seconds("deregistration_delay.timeout_seconds", 0..=3600)?;
+        let lb_secs = seconds("stickiness.lb_cookie.duration_seconds", 1..=604_800)?;
+        let app_secs = seconds("stickiness.app_cookie.duration_seconds", 1..=604_800)?;
+        let enabled = match asked.get("stickiness.enabled").map(String::as_str) {
+            None => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(other) => {
+                return Err(invalid(
+                    "stickiness.enabled",
+                    &format!("{other:?} is not true or false"),
+                ))
+            }
+        };
+        let algorithm = match asked
+            .get("load_balancing.algorithm.type")
+            .map(String::as_str)
+        {
+            None => None,
+            Some("round_robin") => Some("round_robin"),
+            Some("least_outstanding_requests") => Some("least_outstanding"),
+            Some(other) => {
+                return Err(invalid(
+                    "load_balancing.algorithm.type",
+                    &format!("{other:?} is not round_robin or least_outstanding_requests"),
+                ))
+            }
+        };
+        let current = self.call.state().spec.pools[&tg].stickiness.clone();
+        let kind = asked
+            .get("stickiness.type")
+            .map(String::as_str)
+            .unwrap_or(match current {
+                Some(Stickiness::AppCookie { .. }) => "app_cookie",
+                _ => "lb_cookie",
+            });
+        let cookie = asked
+            .get("stickiness.app_cookie.cookie_name")
+            .cloned()
+            .or(match &current {
+                Some(Stickiness::AppCookie { cookie, .. }) => Some(cookie.clone()),
+                _ => None,
+            });
+        let on = enabled.unwrap_or(current.is_some());
+        let stickiness = match (on, kind) {
+            (false, _) => None,
+            (true, "lb_cookie") => Some(keel_model::StickinessDoc {
+                kind: "lb_cookie".into(),
+                duration: lb_secs.map(|s| keel_model::DurationDoc::Seconds(s as f64)),
+                cookie: None,
+            }),
+            (true, "app_cookie") => Some(keel_model::StickinessDoc {
+                kind: "app_cookie".into(),
+                duration: app_secs.map(|s| keel_model::DurationDoc::Seconds(s as f64)),
+                cookie: Some(cookie.ok_or_else(|| {
+                    invalid(
+                        "stickiness.app_cookie.cookie_name",
+                        "is required for app_cookie stickiness",
+                    )
+                })?),
+            }),
+            (true, other) => {
+                return Err(invalid(
+                    "stickiness.type",
+                    &format!("{other:?} is not lb_cookie or app_cookie"),
+                ))
+            }
+        };
+        let touches_stickiness = asked.keys().any(|k| k.starts_with("stickiness."));
+        self.call
+            .change(|doc| {
+                if let Some(pool) = doc.pools.iter_mut().find(|x| x.name == tg) {
+                    if let Some(d) = delay {
+                        // Keel always lets requests under way finish; 0 is a second.
+                        pool.drain_timeout =
+                            Some(keel_model::DurationDoc::Seconds(d.max(1) as f64));
+                    }
+                    if touches_stickiness {
+                        pool.stickiness = stickiness;
+                    }
+                    if let Some(a) = algorithm {
+                        pool.algorithm = Some(a.to_owned());
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(self.tg_attributes_xml(&tg))
     }
 
     // ---- Tags (kept as annotations `tags/KIND/NAME`).
