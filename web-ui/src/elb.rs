@@ -196,6 +196,14 @@ struct Policy {
 }
 
 impl Policy {
+    /// A `ProxyProtocolPolicyType` policy with `ProxyProtocol = true`.
+    fn sends_proxy_protocol(&self) -> bool {
+        self.kind == PROXY_PROTOCOL
+            && self
+                .attribute("ProxyProtocol")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+
     fn attribute(&self, name: &str) -> Option<&str> {
         self.attributes
             .iter()
@@ -1390,10 +1398,7 @@ impl<C: ControlPlane> Elb<'_, C> {
                 Ok(())
             })
             .await?;
-        record
-            .listener_policies
-            .insert(port, policies.into_iter().map(|(n, _)| n).collect());
-        record.listener_policies.retain(|_, v| !v.is_empty());
+        set_names(&mut record.listener_policies, port, policies);
         self.save(&name, &record).await?;
         Ok(String::new())
     }
@@ -1411,11 +1416,9 @@ impl<C: ControlPlane> Elb<'_, C> {
                 "{n} is not a ProxyProtocolPolicyType policy, the kind backend servers take"
             )));
         }
-        let proxy = policies.iter().any(|(_, policy)| {
-            policy
-                .attribute("ProxyProtocol")
-                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        });
+        let proxy = policies
+            .iter()
+            .any(|(_, policy)| policy.sends_proxy_protocol());
         let pools: Vec<String> = listeners(&self.call.state(), &name, &record)
             .into_iter()
             .filter(|l| l.instance_port == port)
@@ -1431,10 +1434,7 @@ impl<C: ControlPlane> Elb<'_, C> {
                 Ok(())
             })
             .await?;
-        record
-            .backend_policies
-            .insert(port, policies.into_iter().map(|(n, _)| n).collect());
-        record.backend_policies.retain(|_, v| !v.is_empty());
+        set_names(&mut record.backend_policies, port, policies);
         self.save(&name, &record).await?;
         Ok(String::new())
     }
@@ -1509,10 +1509,7 @@ fn add_listener(
         .into_iter()
         .flatten()
         .filter_map(|n| record.policies.get(n))
-        .any(|p| {
-            p.attribute("ProxyProtocol")
-                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        });
+        .any(Policy::sends_proxy_protocol);
     let secure_backend = matches!(l.backend.protocol.as_str(), "HTTPS" | "SSL");
     doc.pools.retain(|p| p.name != pool);
     doc.pools.push(PoolDoc {
@@ -1593,6 +1590,16 @@ fn remove_unused_pools(doc: &mut Document, gone: &str, pools: &[String]) {
         .collect();
     doc.pools
         .retain(|p| !pools.contains(&p.name) || used.contains(&p.name));
+}
+
+/// Records which policies apply at `port` (none: forgets the port).
+fn set_names(at: &mut BTreeMap<u16, Vec<String>>, port: u16, policies: Vec<(String, Policy)>) {
+    let names: Vec<String> = policies.into_iter().map(|(n, _)| n).collect();
+    if names.is_empty() {
+        at.remove(&port);
+    } else {
+        at.insert(port, names);
+    }
 }
 
 fn check_policy(policy: &Policy) -> Result<(), AwsError> {
