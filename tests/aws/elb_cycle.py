@@ -17,10 +17,11 @@ import urllib.request
 
 import boto3
 import botocore.auth
-import botocore.exceptions
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
+
+from compare import code_of
 
 HTTP_PORT = int(os.environ["HTTP_PORT"])
 TCP_PORT = int(os.environ["TCP_PORT"])
@@ -117,14 +118,6 @@ def create():
     assert names == ["other", "web"] and len(pages) == 2, pages
     elb.delete_load_balancer(LoadBalancerName="other")
     print("created")
-
-
-def code_of(call):
-    try:
-        call()
-    except botocore.exceptions.ClientError as e:
-        return e.response["Error"]["Code"]
-    return None
 
 
 def signed(params, service="elasticloadbalancing", when=None):

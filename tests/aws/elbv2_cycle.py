@@ -11,8 +11,9 @@ import sys
 import time
 
 import boto3
-import botocore.exceptions
 from botocore.config import Config
+
+from compare import code_of
 
 
 def client(**overrides):
@@ -98,14 +99,6 @@ def create():
     assert [l["Port"] for l in listeners] == [int(os.environ["LB_PORT"])], listeners
     print(json.dumps({"lb": lb_arn, "listener": listener["ListenerArn"],
                       "site": site["TargetGroupArn"], "blog": blog["TargetGroupArn"]}))
-
-
-def code_of(call):
-    try:
-        call()
-    except botocore.exceptions.ClientError as e:
-        return e.response["Error"]["Code"]
-    return None
 
 
 def errors():

@@ -84,19 +84,38 @@ impl<C: ControlPlane> Call<'_, C> {
             .map_err(|e| AwsError::new(e.status().as_u16(), "ValidationError", e.message()))
     }
 
+    /// `object`'s annotations (empty when it has none).
+    pub fn annotations(&self, object: &str) -> BTreeMap<String, String> {
+        self.state()
+            .annotations
+            .get(object)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Adds the tags `Tags.member.N.{Key,Value}` to those kept as the
+    /// annotation `object` (a tag without a `Key` is skipped).
+    pub async fn add_tags(&self, object: &str, p: &Params) -> Result<(), AwsError> {
+        let tags = p.structs("Tags");
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let mut values = self.annotations(object);
+        for t in tags {
+            if let Some(k) = t.get("Key") {
+                values.insert(k.clone(), t.get("Value").cloned().unwrap_or_default());
+            }
+        }
+        self.annotate(object, values).await
+    }
+
     /// Replaces `object`'s annotations (none: removes them), if they differ.
     pub async fn annotate(
         &self,
         object: &str,
         values: BTreeMap<String, String>,
     ) -> Result<(), AwsError> {
-        let current = self
-            .state()
-            .annotations
-            .get(object)
-            .cloned()
-            .unwrap_or_default();
-        if current == values {
+        if self.annotations(object) == values {
             return Ok(());
         }
         self.commit(ClusterCommand::Annotate {

@@ -1206,27 +1206,14 @@ impl<C: ControlPlane> Elb<'_, C> {
     }
 
     async fn put_tags(&self, name: &str, p: &Params) -> Result<(), AwsError> {
-        let tags = p.structs("Tags");
-        if tags.is_empty() {
-            return Ok(());
+        let keyless = p
+            .structs("Tags")
+            .iter()
+            .any(|t| t.get("Key").is_none_or(|k| k.is_empty()));
+        if keyless {
+            return Err(validation("every tag needs a Key"));
         }
-        let key = Self::tag_object(name);
-        let mut values = self
-            .call
-            .state()
-            .annotations
-            .get(&key)
-            .cloned()
-            .unwrap_or_default();
-        for t in tags {
-            match t.get("Key").filter(|k| !k.is_empty()) {
-                Some(k) => {
-                    values.insert(k.clone(), t.get("Value").cloned().unwrap_or_default());
-                }
-                None => return Err(validation("every tag needs a Key")),
-            }
-        }
-        self.call.annotate(&key, values).await
+        self.call.add_tags(&Self::tag_object(name), p).await
     }
 
     fn tagged(&self, p: &Params) -> Result<Vec<String>, AwsError> {
@@ -1250,13 +1237,7 @@ impl<C: ControlPlane> Elb<'_, C> {
     async fn remove_tags(&self, p: &Params) -> Result<String, AwsError> {
         for name in self.tagged(p)? {
             let key = Self::tag_object(&name);
-            let mut values = self
-                .call
-                .state()
-                .annotations
-                .get(&key)
-                .cloned()
-                .unwrap_or_default();
+            let mut values = self.call.annotations(&key);
             for t in p.structs("Tags") {
                 if let Some(k) = t.get("Key") {
                     values.remove(k);

@@ -1277,24 +1277,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
     }
 
     async fn put_tags(&self, object: &str, p: &Params) -> Result<(), AwsError> {
-        let tags = p.structs("Tags");
-        if tags.is_empty() {
-            return Ok(());
-        }
-        let key = format!("tags/{object}");
-        let mut values = self
-            .call
-            .state()
-            .annotations
-            .get(&key)
-            .cloned()
-            .unwrap_or_default();
-        for t in tags {
-            if let Some(k) = t.get("Key") {
-                values.insert(k.clone(), t.get("Value").cloned().unwrap_or_default());
-            }
-        }
-        self.call.annotate(&key, values).await
+        self.call.add_tags(&format!("tags/{object}"), p).await
     }
 
     async fn add_tags(&self, p: &Params) -> Result<String, AwsError> {
