@@ -52,6 +52,37 @@ async fn boto3_builds_a_classic_load_balancer_that_serves_sticks_and_sends_proxy
         listed.contains("i-0aaa  127.0.0.2") && listed.contains("i-0bbb  127.0.0.3"),
         "{listed}"
     );
+    // The registry refuses garbage and keeps what it has.
+    let put = |id: &str, body: &str| {
+        raw_call(
+            &n.admin,
+            "PUT",
+            &format!("/api/v1/instances/{id}"),
+            Some(&n.token),
+            Some(body),
+        )
+        .unwrap()
+    };
+    let (status, body) = put("i-0ccc", r#"{"address": "not-an-ip"}"#);
+    assert!(
+        (400..500).contains(&status) && body.contains("address"),
+        "{status} {body}"
+    );
+    let (status, body) = put("bad%20id", r#"{"address": "127.0.0.9"}"#);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("id:"), "{body}");
+    let (status, _) = put("i-0ccc", r#"{"address": "127.0.0.9", "extra": 1}"#);
+    assert!((400..500).contains(&status));
+    let (status, _) = raw_call(
+        &n.admin,
+        "DELETE",
+        "/api/v1/instances/i-nope",
+        Some(&n.token),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(n.keel(&["instance", "list"]), listed);
     let (http_port, tcp_port) = (free_port(), free_port());
     let run = |phase: &str| {
         n.run(
