@@ -278,9 +278,15 @@ impl Dataplane {
 
         let mut listeners = HashMap::new();
         for (&addr, (lb, l)) in &wanted {
-            let Some(pool) = pools.get(&l.default_pool) else {
-                debug_assert!(false, "validated spec has a dangling default_pool");
-                continue;
+            let pool = match &l.default_pool {
+                Some(name) => match pools.get(name) {
+                    Some(pool) => pool.clone(),
+                    None => {
+                        debug_assert!(false, "validated spec has a dangling default_pool");
+                        continue;
+                    }
+                },
+                None => Arc::new(PoolPlan::none()),
             };
             let stats = reg.listener_stats.entry(addr).or_default().clone();
             let limiter = l.rate_limit.map(|want| {
@@ -327,7 +333,8 @@ impl Dataplane {
         }));
 
         for (addr, socket) in fresh {
-            let running = self.start_listener(addr, socket, wanted[&addr].1.default_pool.as_str());
+            let running =
+                self.start_listener(addr, socket, wanted[&addr].1.default_pool.as_deref());
             reg.listeners.insert(addr, running);
         }
         let removed: Vec<SocketAddr> = reg
@@ -346,7 +353,12 @@ impl Dataplane {
         Ok(version)
     }
 
-    fn start_listener(&self, addr: SocketAddr, socket: TcpListener, pool: &str) -> RunningListener {
+    fn start_listener(
+        &self,
+        addr: SocketAddr,
+        socket: TcpListener,
+        pool: Option<&str>,
+    ) -> RunningListener {
         let running = RunningListener {
             stop: CancellationToken::new(),
             quiet: CancellationToken::new(),
@@ -357,8 +369,10 @@ impl Dataplane {
                 .plan
                 .load()
                 .pools
-                .get(pool)
-                .map_or(Duration::from_secs(30), |p| p.spec.drain_timeout),
+                .get(pool.unwrap_or_default())
+                .map_or(keel_model::defaults::DRAIN_TIMEOUT, |p| {
+                    p.spec.drain_timeout
+                }),
         };
         tracing::info!(listener = %addr, "listening");
         tokio::spawn(accept_loop(

@@ -34,7 +34,8 @@ pub(crate) struct ListenerPlan {
     /// TLS-terminating listeners: certificates and policy. New handshakes
     /// read the newest plan's, so a replaced certificate serves at once.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// The default pool: requests no rule claims, and every TCP connection.
+    /// The default pool: requests no rule claims, and every TCP connection
+    /// (an empty one when the listener names none).
     pub pool: Arc<PoolPlan>,
     /// Per-client rate limit, shared with earlier plans while unchanged.
     pub limiter: Option<Arc<crate::limit::RateLimiter>>,
@@ -51,4 +52,32 @@ pub(crate) struct PoolPlan {
     /// HTTP session stickiness, when the pool asks for it.
     pub sticky: Option<crate::sticky::StickyPlan>,
     pub stats: Arc<PoolStats>,
+}
+
+impl PoolPlan {
+    /// What a listener without a default pool sends unclaimed traffic to:
+    /// no members, so requests get 503 and connections are closed.
+    pub fn none() -> Self {
+        use keel_model::defaults;
+        PoolPlan {
+            spec: Pool {
+                name: "(no default pool)".into(),
+                algorithm: keel_model::Algorithm::RoundRobin,
+                health_check: None,
+                drain_timeout: defaults::DRAIN_TIMEOUT,
+                connect_timeout: defaults::CONNECT_TIMEOUT,
+                response_timeout: defaults::RESPONSE_TIMEOUT,
+                proxy_protocol: None,
+                hash_on: None,
+                stickiness: None,
+                tls: None,
+                http_version: keel_model::HttpVersion::default(),
+                members: Vec::new(),
+            },
+            balancer: Balancer::new(keel_model::Algorithm::RoundRobin, Vec::new()),
+            tls: None,
+            sticky: None,
+            stats: Arc::default(),
+        }
+    }
 }

@@ -243,3 +243,32 @@ async fn redirects_and_fixed_responses() {
         "no member saw a request Keel answered itself"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_without_a_default_pool_serves_its_rules_and_refuses_the_rest() {
+    // Octavia's shape: a listener that routes only by L7 policy (and a TCP
+    // listener whose pool is not made yet).
+    let b = backends().await;
+    let (http, tcp) = (free_port(), free_port());
+    let yaml = format!(
+        "load_balancers:\n  - name: web\n    listeners:\n      - port: {http}\n        protocol: http\n        bind: 127.0.0.1\n        rules:\n          - {{ priority: 10, path_prefix: /blog, pool: blog }}\n      - {{ port: {tcp}, protocol: tcp, bind: 127.0.0.1 }}\n{}",
+        pools(&b)
+    );
+    let dp = Dataplane::new();
+    dp.apply(&spec(&yaml)).await.unwrap();
+    assert_eq!(who(http, "/blog/post", &[]).await, "blog");
+    let seen = curl(http, "/", &[]).await;
+    assert_eq!(seen.status, 503, "{seen:?}");
+    // The TCP listener accepts and closes: nothing to relay to.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", tcp))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}

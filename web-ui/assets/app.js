@@ -234,7 +234,7 @@
     const area = h('div');
     const rows = lbs.map((lb) => h('tr', { 'data-lb': lb.name },
       h('td', {}, lb.name), h('td', {}, lb.vip || '—'),
-      h('td', {}, lb.listeners.map((l) => h('div', {}, `${l.port}/${l.protocol} → ${l.default_pool}${l.rules && l.rules.length ? ` (+${l.rules.length} rules)` : ''}`))),
+      h('td', {}, lb.listeners.map((l) => h('div', {}, `${l.port}/${l.protocol} → ${l.default_pool || '(no default pool)'}${l.rules && l.rules.length ? ` (+${l.rules.length} rules)` : ''}`))),
       h('td', {}, h('div', { class: 'actions' },
         h('button', { class: 'secondary', type: 'button', onclick: () => area.replaceChildren(lbForm(lb, poolNames)) }, 'Edit'),
         h('button', { class: 'danger', type: 'button', onclick: () => remove('load-balancers', lb.name) }, 'Delete')))));
@@ -252,7 +252,7 @@
       const row = h('div', { class: 'row listener' },
         input('Port', `listeners[${i}].port`, { value: l ? l.port : '', inputmode: 'numeric', size: 6 }),
         select('Protocol', `listeners[${i}].protocol`, ['http', 'https', 'tcp', 'tls', 'tls_passthrough'], l ? l.protocol : 'http'),
-        select('Default pool', `listeners[${i}].default_pool`, [''].concat(poolNames), l ? l.default_pool : poolNames[0]),
+        select('Default pool', `listeners[${i}].default_pool`, [''].concat(poolNames), l ? l.default_pool || '' : poolNames[0]),
         input('Certificates (https, tls)', `listeners[${i}].certificates`, { value: l && l.certificates ? l.certificates.join(', ') : '', size: 16 }),
         h('button', { type: 'button', class: 'danger', onclick: () => row.remove() }, 'Remove'));
       row.original = l || {};
@@ -279,7 +279,8 @@
         for (const el of row.querySelectorAll('[data-field]')) el.dataset.field = el.name = el.dataset.field.replace(/^listeners\[\d+\]/, `listeners[${i}]`);
         l.port = num(value(`listeners[${i}].port`));
         l.protocol = value(`listeners[${i}].protocol`);
-        l.default_pool = value(`listeners[${i}].default_pool`);
+        const pool = value(`listeners[${i}].default_pool`);
+        if (pool) l.default_pool = pool; else delete l.default_pool;
         const certs = value(`listeners[${i}].certificates`).split(',').map((c) => c.trim()).filter((c) => c);
         if (certs.length) l.certificates = certs; else delete l.certificates;
         if (!['https', 'tls'].includes(l.protocol)) delete l.tls_policy;

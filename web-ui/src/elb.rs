@@ -265,7 +265,7 @@ fn listeners(state: &ClusterState, lb: &str, record: &Record) -> Vec<ListenerVie
             let member_port = state
                 .spec
                 .pools
-                .get(&x.default_pool)
+                .get(x.default_pool.as_deref().unwrap_or_default())
                 .and_then(|p| p.members.first())
                 .map(|m| m.address.port());
             let protocol = classic_protocol(x.protocol);
@@ -286,7 +286,7 @@ fn listeners(state: &ClusterState, lb: &str, record: &Record) -> Vec<ListenerVie
                 certificate: backend
                     .and_then(|b| b.certificate.clone())
                     .or_else(|| x.certificates.first().cloned()),
-                pool: x.default_pool.clone(),
+                pool: x.default_pool.clone().unwrap_or_default(),
             }
         })
         .collect()
@@ -1473,7 +1473,7 @@ fn add_listener(
     let pool = pool_name(lb, l.port);
     // Settings the load balancer's other pools share.
     let sibling = lb_mut(doc, lb)
-        .and_then(|x| x.listeners.first().map(|f| f.default_pool.clone()))
+        .and_then(|x| x.listeners.first().and_then(|f| f.default_pool.clone()))
         .and_then(|first| doc.pools.iter().find(|p| p.name == first).cloned());
     let target = record
         .health_target
@@ -1531,7 +1531,7 @@ fn add_listener(
             port: l.port.into(),
             protocol: protocol.into(),
             bind: None,
-            default_pool: pool,
+            default_pool: Some(pool),
             idle_timeout: idle,
             header_timeout: None,
             certificates: l
@@ -1561,12 +1561,15 @@ fn remove_unused_pools(doc: &mut Document, gone: &str, pools: &[String]) {
         .filter(|l| l.name != gone)
         .flat_map(|l| &l.listeners)
         .flat_map(|l| {
-            std::iter::once(l.default_pool.clone()).chain(l.rules.iter().flat_map(|r| {
-                r.pool
-                    .iter()
-                    .cloned()
-                    .chain(r.forward.iter().flatten().map(|w| w.pool.clone()))
-            }))
+            l.default_pool
+                .clone()
+                .into_iter()
+                .chain(l.rules.iter().flat_map(|r| {
+                    r.pool
+                        .iter()
+                        .cloned()
+                        .chain(r.forward.iter().flatten().map(|w| w.pool.clone()))
+                }))
         })
         .collect();
     doc.pools

@@ -772,20 +772,19 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             .load_balancers
             .get(lb)
             .and_then(|l| l.listeners.iter().find(|x| i64::from(x.port) == port));
-        let (protocol, pool) = l.map_or(("HTTP".into(), String::new()), |l| {
+        let (protocol, action) = l.map_or(("HTTP".into(), default_action(None)), |l| {
             (
                 l.protocol.as_str().to_ascii_uppercase(),
-                l.default_pool.clone(),
+                default_action(l.default_pool.as_deref()),
             )
         });
         format!(
-            "<member>{}{}{}{}<DefaultActions><member>{}{}</member></DefaultActions></member>",
+            "<member>{}{}{}{}<DefaultActions>{}</DefaultActions></member>",
             el("ListenerArn", &self.listener_arn(lb, port)),
             el("LoadBalancerArn", &self.lb_arn(lb)),
             el("Port", &port.to_string()),
             el("Protocol", &protocol),
-            el("Type", "forward"),
-            el("TargetGroupArn", &self.tg_arn(&pool)),
+            self.action_xml(&action),
         )
     }
 
@@ -944,7 +943,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         let (conditions, actions) = match (priority, listener) {
             (None, Some(l)) => (
                 String::new(),
-                self.action_xml(&Action::Forward(l.default_pool.clone())),
+                self.action_xml(&default_action(l.default_pool.as_deref())),
             ),
             (Some(n), Some(l)) => l
                 .rules
@@ -1311,9 +1310,22 @@ impl<C: ControlPlane> Elbv2<'_, C> {
 
 /// Whether any listener of `lb` sends traffic to `pool`.
 fn uses(lb: &keel_model::LoadBalancer, pool: &str) -> bool {
-    lb.listeners
-        .iter()
-        .any(|l| l.default_pool == pool || l.rules.iter().any(|r| r.pools().contains(&pool)))
+    lb.listeners.iter().any(|l| {
+        l.default_pool.as_deref() == Some(pool) || l.rules.iter().any(|r| r.pools().contains(&pool))
+    })
+}
+
+/// A listener's default action: forward to its default pool, or (a Keel
+/// listener without one) the 503 it answers.
+fn default_action(pool: Option<&str>) -> Action {
+    match pool {
+        Some(p) => Action::Forward(p.to_owned()),
+        None => Action::Fixed(keel_model::FixedResponse {
+            status: 503,
+            content_type: "text/plain".into(),
+            body: String::new(),
+        }),
+    }
 }
 
 fn esc_arn(arn: &str) -> String {

@@ -99,7 +99,8 @@ pub struct ListenerDoc {
     pub protocol: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<String>,
-    pub default_pool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_pool: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<DurationDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

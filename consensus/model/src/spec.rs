@@ -74,8 +74,10 @@ pub struct Listener {
     pub protocol: Protocol,
     /// The local address to bind when the load balancer has no VIP.
     pub bind: Option<IpAddr>,
-    /// The pool that receives traffic no rule claims.
-    pub default_pool: String,
+    /// The pool that receives traffic no rule claims. Without one, such
+    /// traffic is refused: HTTP gets 503, a connection is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_pool: Option<String>,
     /// A connection with no traffic either way for this long is closed.
     #[serde(with = "duration_text")]
     pub idle_timeout: Duration,
@@ -515,10 +517,14 @@ impl Spec {
                         "cannot be set on a load balancer with a vip (listeners bind the vip)",
                     ));
                 }
-                if !self.pools.contains_key(&l.default_pool) {
+                if let Some(pool) = l
+                    .default_pool
+                    .as_ref()
+                    .filter(|p| !self.pools.contains_key(*p))
+                {
                     errors.push(FieldError::new(
                         lat.field("default_pool"),
-                        format!("no pool named {:?}", l.default_pool),
+                        format!("no pool named {pool:?}"),
                     ));
                 }
                 check_positive(l.idle_timeout, &lat.field("idle_timeout"), &mut errors);
