@@ -115,6 +115,19 @@ pub struct TrafficCounters {
     pub latency: [u64; LATENCY_BUCKETS.len() + 1],
 }
 
+/// One listener's cumulative counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerCounters {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections open now.
+    pub active: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// 5xx responses.
+    pub errors: u64,
+}
+
 /// A member as the data plane sees it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberStatus {
@@ -525,6 +538,27 @@ impl Dataplane {
                 m.stats.latency.add_to(&mut c.latency);
             }
         }
+        out
+    }
+
+    /// Every listener's counters: (load balancer, bound address, counters).
+    pub fn listener_counters(&self) -> Vec<(String, SocketAddr, ListenerCounters)> {
+        let plan = self.plan.load();
+        let mut out: Vec<_> = plan
+            .listeners
+            .values()
+            .map(|l| {
+                let counters = ListenerCounters {
+                    connections: load(&l.stats.connections),
+                    active: u64::try_from(l.stats.active.load(Relaxed)).unwrap_or(0),
+                    bytes_in: load(&l.stats.bytes_in),
+                    bytes_out: load(&l.stats.bytes_out),
+                    errors: l.stats.requests.server_errors(),
+                };
+                (l.lb.clone(), l.bind, counters)
+            })
+            .collect();
+        out.sort_by_key(|(lb, addr, _)| (lb.clone(), *addr));
         out
     }
 

@@ -395,6 +395,12 @@ pub struct RunArgs {
     /// `keel aws-key create`) on this address; off when unset.
     #[arg(long, env = "KEEL_AWS_API_ADDR")]
     pub aws_api_addr: Option<SocketAddr>,
+    /// Serve the OpenStack Octavia v2 compatible API (and the read-only
+    /// Neutron subnets, networks and ports it looks up) on this address;
+    /// off when unset. Authenticated by Keel API token (`X-Auth-Token`) or
+    /// HTTP Basic.
+    #[arg(long, env = "KEEL_OCTAVIA_API_ADDR")]
+    pub octavia_api_addr: Option<SocketAddr>,
     /// The region the AWS-compatible API serves: signatures must be
     /// scoped to it.
     #[arg(long, env = "KEEL_AWS_REGION", default_value = "us-east-1")]

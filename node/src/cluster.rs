@@ -659,6 +659,8 @@ pub struct Control {
     dataplane: Arc<Dataplane>,
     /// The Raft index whose spec the data plane serves.
     pub serving: Arc<AtomicU64>,
+    /// False while the data plane refuses the applied spec.
+    pub healthy: watch::Sender<bool>,
     /// The VIPs this node holds, from the VIP rule.
     pub held_vips: crate::vip::Held,
     /// The VIP rule's counters.
@@ -703,6 +705,7 @@ impl Control {
             client_tls: node.tls.client_config()?,
             dataplane,
             serving: Arc::new(AtomicU64::new(0)),
+            healthy: watch::Sender::new(true),
             held_vips: watch::Sender::new(Default::default()),
             vip_metrics: Default::default(),
             gossip: watch::Sender::new(Default::default()),
@@ -996,6 +999,51 @@ impl ControlPlane for Control {
 
     fn traffic(&self) -> keel_web::Traffic {
         self.traffic.snapshot()
+    }
+
+    fn serving(&self) -> keel_web::Serving {
+        keel_web::Serving {
+            version: self.serving.load(Ordering::Relaxed),
+            refused: !*self.healthy.borrow(),
+        }
+    }
+
+    fn listener_counters(&self) -> Vec<keel_web::ListenerCounters> {
+        self.dataplane
+            .listener_counters()
+            .into_iter()
+            .map(|(lb, addr, c)| keel_web::ListenerCounters {
+                load_balancer: lb,
+                port: addr.port(),
+                connections: c.connections,
+                active: c.active,
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+                errors: c.errors,
+            })
+            .collect()
+    }
+
+    fn host_networks(&self) -> Vec<keel_web::HostNetwork> {
+        let vips: Vec<std::net::IpAddr> = self
+            .consensus
+            .applied()
+            .borrow()
+            .state
+            .spec
+            .load_balancers
+            .values()
+            .filter_map(|l| l.vip.map(|v| v.addr))
+            .collect();
+        keel_vip::host_addresses()
+            .into_iter()
+            .filter(|(_, ip, _)| !vips.contains(ip))
+            .map(|(interface, address, prefix_len)| keel_web::HostNetwork {
+                interface,
+                address,
+                prefix_len,
+            })
+            .collect()
     }
 
     fn events(&self) -> Vec<keel_web::Event> {

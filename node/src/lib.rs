@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub workers: Option<usize>,
     /// The AWS-compatible API's address and region, when it is on.
     pub aws_api: Option<(SocketAddr, String)>,
+    /// The Octavia-compatible API's address, when it is on.
+    pub octavia_api: Option<SocketAddr>,
 }
 
 impl TryFrom<RunArgs> for NodeConfig {
@@ -88,8 +90,38 @@ impl TryFrom<RunArgs> for NodeConfig {
             log_format: a.log_format,
             workers: a.workers,
             aws_api: a.aws_api_addr.map(|addr| (addr, a.aws_region)),
+            octavia_api: a.octavia_api_addr,
         })
     }
+}
+
+/// Serves a compatibility API (`what`: aws, octavia) on `addr` until `stop`.
+async fn serve_compat(
+    what: &'static str,
+    addr: SocketAddr,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Io {
+            what: format!("{what} api address {addr}"),
+            source,
+        })?;
+    tracing::info!(%addr, api = what, "compatibility api running");
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, api = what, "compatibility api server failed");
+        }
+    });
+    Ok(())
 }
 
 /// How long a node shutting down lets connections on its VIPs finish before
@@ -230,12 +262,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             let _ = rpc_stop.wait_for(|s| *s).await;
         },
     ));
-    let (healthy_tx, healthy_rx) = watch::channel(true);
+    let healthy_rx = control.healthy.subscribe();
     let reconciler = tokio::spawn(reconcile::run(
         node.consensus.applied(),
         dataplane.clone(),
         control.serving.clone(),
-        healthy_tx,
+        control.healthy.clone(),
         stop_rx.clone(),
     ));
     let (vip_stop_tx, vip_stop_rx) = watch::channel(false);
@@ -327,26 +359,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     }
 
     if let Some((addr, region)) = &config.aws_api {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| NodeError::Io {
-                what: format!("aws api address {addr}"),
-                source,
-            })?;
         let app = keel_web::aws_router(control.clone(), region.clone());
-        let mut stop = stop_rx.clone();
-        tracing::info!(%addr, %region, "aws-compatible api running");
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "aws api server failed");
-            }
-        });
+        serve_compat("aws", *addr, app, stop_rx.clone()).await?;
+    }
+    if let Some(addr) = config.octavia_api {
+        let app = keel_web::octavia_router(control.clone());
+        serve_compat("octavia", addr, app, stop_rx.clone()).await?;
     }
 
     let gossip = tokio::spawn(gossip::run(

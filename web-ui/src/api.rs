@@ -337,7 +337,7 @@ async fn login<C: ControlPlane>(
     let password = req.password;
     // Verify even for unknown users so timing does not tell which exist.
     let hash = user.as_ref().map_or_else(
-        || "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_owned(),
+        || crate::auth::DUMMY_HASH.to_owned(),
         |u| u.password_hash.clone(),
     );
     let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))

@@ -47,6 +47,11 @@ pub fn is_password_hash(text: &str) -> bool {
     text.starts_with("$argon2") && PasswordHash::new(text).is_ok()
 }
 
+/// A well-formed hash no password matches: verified against for unknown
+/// users, so the time taken does not tell which users exist.
+pub(crate) const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
 /// Does `password` match the stored hash?
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| {

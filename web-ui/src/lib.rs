@@ -12,6 +12,7 @@
 
 mod api;
 pub use aws::router as aws_router;
+pub use octavia::router as octavia_router;
 mod auth;
 mod aws;
 mod awskeys;
@@ -19,6 +20,7 @@ mod certs;
 mod elb;
 mod elbv2;
 mod error;
+mod octavia;
 mod openapi;
 mod sigv4;
 mod ui;
@@ -59,12 +61,64 @@ pub trait ControlPlane: Send + Sync + 'static {
         Traffic::default()
     }
 
+    /// The config version this node's data plane serves, and whether it
+    /// refuses the newest one (a port in use here).
+    fn serving(&self) -> Serving {
+        Serving {
+            version: self.state().0,
+            refused: false,
+        }
+    }
+
+    /// This node's per-listener counters, since each listener started.
+    fn listener_counters(&self) -> Vec<ListenerCounters> {
+        Vec::new()
+    }
+
+    /// The networks this node's interfaces are on.
+    fn host_networks(&self) -> Vec<HostNetwork> {
+        Vec::new()
+    }
+
     /// What happened lately that this node saw (leader changes, VIP moves,
     /// member and node flips), newest last. Config changes come from
     /// [`ClusterState::history`] and need not be repeated here.
     fn events(&self) -> Vec<Event> {
         Vec::new()
     }
+}
+
+/// What this node's data plane serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Serving {
+    /// The config version (log index) it serves.
+    pub version: u64,
+    /// It refuses the newest applied config (and keeps serving the old).
+    pub refused: bool,
+}
+
+/// One listener's counters on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerCounters {
+    pub load_balancer: String,
+    pub port: u16,
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Bytes from clients and to them.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// 5xx answers (HTTP).
+    pub errors: u64,
+}
+
+/// An address of one of this node's interfaces, with its network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNetwork {
+    pub interface: String,
+    pub address: std::net::IpAddr,
+    pub prefix_len: u8,
 }
 
 /// Traffic over the last minutes, sampled at a fixed interval.

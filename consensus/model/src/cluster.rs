@@ -229,6 +229,10 @@ pub enum ClusterCommand {
     },
     /// Forget API tokens (login sessions) that expired before `now`.
     PurgeExpiredApiTokens { now: u64 },
+    /// Several commands applied as one: all of them, or (one refused)
+    /// none. A compatibility API's change to the spec and to the
+    /// annotations that describe it is one of these.
+    Atomic(Vec<ClusterCommand>),
     /// `command`, asked for by `by` at `at` (unix seconds, the proposer's
     /// clock); applied, it is also recorded in [`ClusterState::history`].
     Authored {
@@ -246,6 +250,9 @@ impl ClusterCommand {
                 changes.iter().map(ToString::to_string).collect()
             }
             ClusterCommand::Authored { command, .. } => command.describe(),
+            ClusterCommand::Atomic(commands) => {
+                commands.iter().flat_map(ClusterCommand::describe).collect()
+            }
             other => vec![other.to_string()],
         }
     }
@@ -281,6 +288,10 @@ impl fmt::Display for ClusterCommand {
             ClusterCommand::RevokeAwsKey { id } => write!(f, "revoke aws access key {id}"),
             ClusterCommand::Annotate { object, .. } => write!(f, "annotate {object}"),
             ClusterCommand::PurgeExpiredApiTokens { .. } => f.write_str("purge expired api tokens"),
+            ClusterCommand::Atomic(commands) => {
+                let all: Vec<String> = commands.iter().map(ToString::to_string).collect();
+                f.write_str(&all.join("; "))
+            }
             ClusterCommand::Authored { by, command, .. } => write!(f, "{command} (by {by})"),
         }
     }
@@ -410,6 +421,13 @@ impl ClusterState {
                 self.api_tokens
                     .retain(|_, t| t.expires_at.is_none_or(|at| at > *now));
             }
+            ClusterCommand::Atomic(commands) => {
+                let mut next = self.clone();
+                for command in commands {
+                    next.apply(command)?;
+                }
+                *self = next;
+            }
             ClusterCommand::Authored { by, at, command } => {
                 self.apply(command)?;
                 if self.history.len() >= HISTORY_LEN {
@@ -439,9 +457,38 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// `tags/loadbalancer/NAME` load balancers; other keys always are).
 fn annotated_exists(spec: &crate::Spec, object: &str) -> bool {
     let object = object.strip_prefix("tags/").unwrap_or(object);
+    if let Some(rest) = object.strip_prefix("octavia/") {
+        return octavia_exists(spec, rest);
+    }
     match object.split_once('/') {
         Some(("targetgroup", name)) => spec.pools.contains_key(name),
         Some(("loadbalancer" | "elb", name)) => spec.load_balancers.contains_key(name),
+        _ => true,
+    }
+}
+
+/// The Octavia API's annotations: `loadbalancer/LB`, `listener/LB/PORT`,
+/// `l7policy/LB/PORT/ID`, `pool/POOL`, `healthmonitor/POOL`,
+/// `member/POOL/ADDRESS`.
+fn octavia_exists(spec: &crate::Spec, key: &str) -> bool {
+    let parts: Vec<&str> = key.split('/').collect();
+    let listener = |lb: &str, port: &str| {
+        spec.load_balancers
+            .get(lb)
+            .is_some_and(|l| l.listeners.iter().any(|x| x.port.to_string() == port))
+    };
+    match parts.as_slice() {
+        ["loadbalancer", lb] => spec.load_balancers.contains_key(*lb),
+        ["listener", lb, port] | ["l7policy", lb, port, _] => listener(lb, port),
+        ["pool", pool] => spec.pools.contains_key(*pool),
+        ["healthmonitor", pool] => spec
+            .pools
+            .get(*pool)
+            .is_some_and(|p| p.health_check.is_some()),
+        ["member", pool, address] => spec
+            .pools
+            .get(*pool)
+            .is_some_and(|p| p.members.iter().any(|m| m.address.to_string() == *address)),
         _ => true,
     }
 }
@@ -479,6 +526,43 @@ mod tests {
                 what: vec!["no-op".into()],
             }
         );
+    }
+
+    #[test]
+    fn an_atomic_command_applies_whole_or_not_at_all() {
+        let mut state = ClusterState::default();
+        let note = |object: &str| ClusterCommand::Annotate {
+            object: object.into(),
+            values: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
+        };
+        let refused = ClusterCommand::Atomic(vec![
+            note("a"),
+            ClusterCommand::RevokeApiToken { id: "none".into() },
+        ]);
+        state.apply(&refused).unwrap_err();
+        assert!(state.annotations.is_empty(), "{:?}", state.annotations);
+        state
+            .apply(&ClusterCommand::Atomic(vec![note("a"), note("b")]))
+            .unwrap();
+        assert_eq!(state.annotations.len(), 2);
+        // Octavia's annotations go with the objects they describe.
+        let spec = crate::Document::parse_spec(
+            "load_balancers:\n  - { name: w, listeners: [ { port: 80, protocol: tcp, default_pool: p } ] }\npools:\n  - { name: p, members: [ { address: \"10.0.0.1:80\" } ] }\n",
+        )
+        .unwrap();
+        for (key, exists) in [
+            ("octavia/loadbalancer/w", true),
+            ("octavia/loadbalancer/x", false),
+            ("octavia/listener/w/80", true),
+            ("octavia/listener/w/81", false),
+            ("octavia/l7policy/w/80/id", true),
+            ("octavia/pool/p", true),
+            ("octavia/healthmonitor/p", false),
+            ("octavia/member/p/10.0.0.1:80", true),
+            ("octavia/member/p/10.0.0.2:80", false),
+        ] {
+            assert_eq!(annotated_exists(&spec, key), exists, "{key}");
+        }
     }
 
     #[test]

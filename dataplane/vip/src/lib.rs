@@ -79,6 +79,20 @@ pub fn interface_for(vip: &Vip, name: Option<&str>) -> Result<Interface, VipErro
     })
 }
 
+/// Every address of this host's interfaces: (interface, address, prefix
+/// length).
+pub fn host_addresses() -> Vec<(String, std::net::IpAddr, u8)> {
+    pnet::datalink::interfaces()
+        .into_iter()
+        .flat_map(|i| {
+            i.ips
+                .iter()
+                .map(|n| (i.name.clone(), n.ip(), n.prefix()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The address operations the VIP rule needs; netlink in production, an
 /// in-memory table in tests.
 pub trait Addresses: Send + Sync + 'static {

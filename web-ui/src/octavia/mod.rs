@@ -1,0 +1,551 @@
+//! The OpenStack Octavia v2 compatible endpoint (`--octavia-api-addr`): the
+//! JSON API the `openstack loadbalancer` CLI and openstacksdk speak, and the
+//! small read-only Neutron API (`subnets`, `networks`, `ports`, from this
+//! node's interfaces) they look VIP subnets up in.
+//!
+//! Authentication: `X-Auth-Token` with a Keel API token (`keel api-token
+//! create`, the CLI's `--os-auth-type admin_token`) or HTTP Basic with a
+//! Keel user (`--os-auth-type http_basic`). Only the version document is
+//! open, as keystoneauth reads it before it authenticates.
+//!
+//! How Octavia objects map onto Keel's is in `view.rs`; every change is one
+//! atomic Raft entry (the spec change and the annotations that carry what
+//! Keel's model has no field for), validated like any other.
+
+mod view;
+mod write;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use base64::Engine;
+use http::{header, HeaderMap, Method, StatusCode, Uri};
+use keel_model::{ClusterCommand, Command, Document};
+use serde_json::{json, Map, Value};
+
+use crate::auth::{check_bearer, verify_password, LoginLimiter};
+use crate::ControlPlane;
+
+pub(crate) struct Octavia<C> {
+    control: Arc<C>,
+    /// Failed HTTP Basic attempts, per client.
+    limiter: LoginLimiter,
+}
+
+/// The Octavia-compatible API's router. Serve it with connect info
+/// (`into_make_service_with_connect_info::<SocketAddr>`) so failed
+/// passwords are limited per client.
+pub fn router<C: ControlPlane>(control: Arc<C>) -> Router {
+    Router::new()
+        .fallback(handle::<C>)
+        .layer(DefaultBodyLimit::max(1024 * 1024))
+        .with_state(Arc::new(Octavia {
+            control,
+            limiter: LoginLimiter::default(),
+        }))
+}
+
+/// An error as Octavia sends it: the CLI shows `faultstring`.
+#[derive(Debug)]
+pub(crate) struct Fault {
+    status: StatusCode,
+    message: String,
+}
+
+impl Fault {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Fault {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+
+    pub fn not_found(kind: &str, id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("{kind} {id} not found."))
+    }
+}
+
+impl IntoResponse for Fault {
+    fn into_response(self) -> Response {
+        let code = if self.status.is_server_error() {
+            "Server"
+        } else {
+            "Client"
+        };
+        (
+            self.status,
+            Json(json!({ "faultcode": code, "faultstring": self.message, "debuginfo": null })),
+        )
+            .into_response()
+    }
+}
+
+type Reply = Result<(StatusCode, Value), Fault>;
+
+/// One authenticated request: the endpoint, who asks, the query.
+pub(crate) struct Call<'a, C> {
+    octavia: &'a Octavia<C>,
+    by: String,
+    query: Vec<(String, String)>,
+}
+
+impl<C: ControlPlane> Call<'_, C> {
+    /// The query parameter `key`, if given.
+    fn param(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A snapshot of everything the views need.
+    async fn view(&self) -> view::View {
+        let control = &*self.octavia.control;
+        let (version, state) = control.state();
+        view::View {
+            version,
+            state,
+            serving: control.serving(),
+            health: control.status().await.members,
+            networks: control.host_networks(),
+        }
+    }
+
+    /// Waits (briefly) until this node's data plane serves the newest
+    /// config; a change meanwhile would land on an object Octavia calls
+    /// `PENDING_UPDATE`, which it refuses with 409.
+    async fn settled(&self, lb_id: &str) -> Result<(), Fault> {
+        let control = &*self.octavia.control;
+        for _ in 0..40 {
+            let serving = control.serving();
+            if serving.refused || serving.version >= control.state().0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Fault::conflict(format!(
+            "Load Balancer {lb_id} is immutable and cannot be updated."
+        )))
+    }
+
+    /// Commits `edit` of the config together with `notes` (annotations to
+    /// set, or with no values to remove), as one entry.
+    async fn commit(
+        &self,
+        edit: impl FnOnce(&mut Document) -> Result<(), Fault>,
+        notes: Vec<(String, BTreeMap<String, String>)>,
+    ) -> Result<(), Fault> {
+        let (_, state) = self.octavia.control.state();
+        let mut doc = Document::from_spec(&state.spec);
+        edit(&mut doc)?;
+        let spec = doc
+            .into_spec()
+            .map_err(|e| Fault::bad(format!("Validation failure: {e}")))?;
+        let mut commands = Vec::new();
+        let changes = state.spec.diff(&spec);
+        if !changes.is_empty() {
+            commands.push(ClusterCommand::Spec(Command::Batch(changes)));
+        }
+        for (object, values) in notes {
+            if state.annotations.get(&object).cloned().unwrap_or_default() != values {
+                commands.push(ClusterCommand::Annotate { object, values });
+            }
+        }
+        if commands.is_empty() {
+            return Ok(());
+        }
+        crate::api::commit(
+            &*self.octavia.control,
+            &self.by,
+            ClusterCommand::Atomic(commands),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| Fault::new(e.status(), e.message()))
+    }
+}
+
+/// The version document keystoneauth discovers the API with.
+fn versions(host: &str) -> Value {
+    json!({ "versions": [ {
+        "id": "v2.0",
+        "status": "CURRENT",
+        "updated": "2026-01-01T00:00:00Z",
+        "links": [ { "rel": "self", "href": format!("http://{host}/v2.0") } ],
+    } ] })
+}
+
+async fn handle<C: ControlPlane>(
+    State(octavia): State<Arc<Octavia<C>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let body = match axum::body::to_bytes(request.into_body(), 1024 * 1024).await {
+        Ok(b) => b,
+        Err(_) => return Fault::bad("The request body is too large or broken.").into_response(),
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned();
+    let path = uri.path().trim_end_matches('/');
+    if method == Method::GET && path.is_empty() {
+        return Json(versions(&host)).into_response();
+    }
+    let ip = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.ip());
+    let by = match authenticate(&octavia, &headers, ip).await {
+        Ok(by) => by,
+        Err(f) => return f.into_response(),
+    };
+    let query = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let clean = |s: &str| {
+                String::from_utf8_lossy(&crate::sigv4::decode(&s.replace('+', " "))).into_owned()
+            };
+            (clean(k), clean(v))
+        })
+        .collect();
+    let call = Call {
+        octavia: &octavia,
+        by,
+        query,
+    };
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let segments = match segments.split_first() {
+        Some((&("v2.0" | "v2"), rest)) => rest,
+        _ => return Fault::new(StatusCode::NOT_FOUND, "Not Found").into_response(),
+    };
+    let reply = if segments.is_empty() && method == Method::GET {
+        Ok((
+            StatusCode::OK,
+            json!({ "version": versions(&host)["versions"][0] }),
+        ))
+    } else {
+        route(&call, &method, segments, &body).await
+    };
+    match reply {
+        Ok((StatusCode::NO_CONTENT, _)) => StatusCode::NO_CONTENT.into_response(),
+        Ok((status, value)) => (status, Json(value)).into_response(),
+        Err(f) => {
+            tracing::debug!(%method, path, status = %f.status, message = %f.message, "octavia api call refused");
+            f.into_response()
+        }
+    }
+}
+
+/// Checks `X-Auth-Token` (a Keel API token) or HTTP Basic (a Keel user);
+/// the name changes are recorded under.
+async fn authenticate<C: ControlPlane>(
+    octavia: &Octavia<C>,
+    headers: &HeaderMap,
+    ip: IpAddr,
+) -> Result<String, Fault> {
+    let unauthorized = |m: &str| Fault::new(StatusCode::UNAUTHORIZED, m);
+    let (_, state) = octavia.control.state();
+    if let Some(token) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
+        return check_bearer(&state, token.trim(), crate::api::now())
+            .map(|user| format!("{user} (octavia api)"))
+            .ok_or_else(|| unauthorized("The request you have made requires authentication: the X-Auth-Token is not a valid Keel API token."));
+    }
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok());
+    let Some(pair) = basic else {
+        return Err(unauthorized(
+            "The request you have made requires authentication: send X-Auth-Token (a Keel API token) or HTTP Basic credentials.",
+        ));
+    };
+    if let Err(wait) = octavia.limiter.check(ip) {
+        return Err(Fault::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many failed logins; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        ));
+    }
+    let (user, password) = pair.split_once(':').unwrap_or((&pair, ""));
+    let hash = state.users.get(user).map(|u| u.password_hash.clone());
+    let password = password.to_owned();
+    // Verify even for unknown users so timing does not tell which exist.
+    let ok = tokio::task::spawn_blocking(move || {
+        let hash = hash.unwrap_or_else(|| crate::auth::DUMMY_HASH.to_owned());
+        verify_password(&password, &hash)
+    })
+    .await
+    .unwrap_or(false);
+    if ok && state.users.contains_key(user) {
+        octavia.limiter.succeeded(ip);
+        Ok(format!("{user} (octavia api)"))
+    } else {
+        octavia.limiter.failed(ip);
+        tracing::warn!(client = %ip, user, "octavia api: wrong user name or password");
+        Err(unauthorized("wrong user name or password"))
+    }
+}
+
+async fn route<C: ControlPlane>(
+    call: &Call<'_, C>,
+    method: &Method,
+    segments: &[&str],
+    body: &[u8],
+) -> Reply {
+    let get = *method == Method::GET;
+    let (post, put, delete) = (
+        *method == Method::POST,
+        *method == Method::PUT,
+        *method == Method::DELETE,
+    );
+    match segments {
+        ["subnets" | "networks" | "ports", ..] if !get => Err(Fault::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "The network API here is read-only: it shows this node's interfaces.",
+        )),
+        [kind @ ("subnets" | "networks" | "ports")] => {
+            let v = call.view().await;
+            Ok(list(call, kind, v.neutron(kind)))
+        }
+        [kind @ ("subnets" | "networks" | "ports"), id] => {
+            let v = call.view().await;
+            one(kind, id, v.neutron(kind))
+        }
+        ["lbaas", rest @ ..] => lbaas(call, method, rest, body, (get, post, put, delete)).await,
+        _ => Err(Fault::new(StatusCode::NOT_FOUND, "Not Found")),
+    }
+}
+
+async fn lbaas<C: ControlPlane>(
+    call: &Call<'_, C>,
+    method: &Method,
+    segments: &[&str],
+    body: &[u8],
+    (get, post, put, delete): (bool, bool, bool, bool),
+) -> Reply {
+    match segments {
+        // Collections.
+        [kind @ ("loadbalancers" | "listeners" | "pools" | "healthmonitors" | "l7policies")]
+            if get =>
+        {
+            let v = call.view().await;
+            Ok(list(call, kind, v.all(kind)))
+        }
+        ["loadbalancers"] if post => write::create_lb(call, envelope(body, "loadbalancer")?).await,
+        ["listeners"] if post => write::create_listener(call, envelope(body, "listener")?).await,
+        ["pools"] if post => write::create_pool(call, envelope(body, "pool")?).await,
+        ["healthmonitors"] if post => {
+            write::create_monitor(call, envelope(body, "healthmonitor")?).await
+        }
+        ["l7policies"] if post => write::create_policy(call, envelope(body, "l7policy")?).await,
+        // Objects.
+        [kind @ ("loadbalancers" | "listeners" | "pools" | "healthmonitors" | "l7policies"), id]
+            if get =>
+        {
+            let v = call.view().await;
+            one(singular(kind), id, v.all(kind))
+        }
+        ["loadbalancers", id] if put => {
+            write::update_lb(call, id, envelope(body, "loadbalancer")?).await
+        }
+        ["loadbalancers", id] if delete => write::delete_lb(call, id).await,
+        ["listeners", id] if put => {
+            write::update_listener(call, id, envelope(body, "listener")?).await
+        }
+        ["listeners", id] if delete => write::delete_listener(call, id).await,
+        ["pools", id] if put => write::update_pool(call, id, envelope(body, "pool")?).await,
+        ["pools", id] if delete => write::delete_pool(call, id).await,
+        ["healthmonitors", id] if put => {
+            write::update_monitor(call, id, envelope(body, "healthmonitor")?).await
+        }
+        ["healthmonitors", id] if delete => write::delete_monitor(call, id).await,
+        ["l7policies", id] if put => {
+            write::update_policy(call, id, envelope(body, "l7policy")?).await
+        }
+        ["l7policies", id] if delete => write::delete_policy(call, id).await,
+        // Load balancer and listener extras.
+        ["loadbalancers", id, "status"] if get => {
+            let v = call.view().await;
+            v.status_tree(id)
+                .map(|s| (StatusCode::OK, json!({ "statuses": { "loadbalancer": s } })))
+        }
+        ["loadbalancers" | "listeners", id, "stats"] if get => {
+            let v = call.view().await;
+            let counters = call.octavia.control.listener_counters();
+            v.stats(segments[0], id, &counters)
+                .map(|s| (StatusCode::OK, json!({ "stats": s })))
+        }
+        // Members.
+        ["pools", pool, "members"] if get => {
+            let v = call.view().await;
+            let pool = v.pool_named(pool)?;
+            Ok(list(call, "members", v.members(&pool)))
+        }
+        ["pools", pool, "members"] if post => {
+            write::create_member(call, pool, envelope(body, "member")?).await
+        }
+        ["pools", pool, "members"] if put => write::replace_members(call, pool, body).await,
+        ["pools", pool, "members", id] if get => {
+            let v = call.view().await;
+            let pool = v.pool_named(pool)?;
+            one("member", id, v.members(&pool))
+        }
+        ["pools", pool, "members", id] if put => {
+            write::update_member(call, pool, id, envelope(body, "member")?).await
+        }
+        ["pools", pool, "members", id] if delete => write::delete_member(call, pool, id).await,
+        // L7 rules.
+        ["l7policies", policy, "rules"] if get => {
+            let v = call.view().await;
+            let (_, policy) = v.policy(policy)?;
+            Ok(list(call, "rules", view::rules_json(&v, &policy)))
+        }
+        ["l7policies", policy, "rules"] if post => {
+            write::create_rule(call, policy, envelope(body, "rule")?).await
+        }
+        ["l7policies", policy, "rules", id] if get => {
+            let v = call.view().await;
+            let (_, policy) = v.policy(policy)?;
+            one("rule", id, view::rules_json(&v, &policy))
+        }
+        ["l7policies", policy, "rules", id] if put => {
+            write::update_rule(call, policy, id, envelope(body, "rule")?).await
+        }
+        ["l7policies", policy, "rules", id] if delete => write::delete_rule(call, policy, id).await,
+        _ if matches!(
+            segments.first(),
+            Some(&("loadbalancers" | "listeners" | "pools" | "healthmonitors" | "l7policies"))
+        ) =>
+        {
+            Err(Fault::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed here"),
+            ))
+        }
+        _ => Err(Fault::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{} is not offered by Keel's Octavia API",
+                segments.join("/")
+            ),
+        )),
+    }
+}
+
+fn singular(collection: &str) -> &str {
+    match collection {
+        "loadbalancers" => "loadbalancer",
+        "listeners" => "listener",
+        "pools" => "pool",
+        "healthmonitors" => "healthmonitor",
+        "l7policies" => "l7policy",
+        "subnets" => "subnet",
+        "networks" => "network",
+        "ports" => "port",
+        other => other,
+    }
+}
+
+/// Query parameters that shape a list rather than filter it.
+const NOT_FILTERS: &[&str] = &[
+    "fields",
+    "limit",
+    "marker",
+    "page_reverse",
+    "sort",
+    "sort_key",
+    "sort_dir",
+];
+
+/// `{"COLLECTION": [...], "COLLECTION_links": []}` of the objects whose
+/// attributes equal every filter in the query (`tags` holds them all).
+fn list<C: ControlPlane>(
+    call: &Call<'_, C>,
+    collection: &str,
+    objects: Vec<Value>,
+) -> (StatusCode, Value) {
+    let chosen: Vec<Value> = objects
+        .into_iter()
+        .filter(|o| {
+            call.query
+                .iter()
+                .filter(|(k, _)| !NOT_FILTERS.contains(&k.as_str()))
+                .all(|(k, want)| matches(o.get(k), want))
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        json!({ collection: chosen, format!("{collection}_links"): [] }),
+    )
+}
+
+fn matches(have: Option<&Value>, want: &str) -> bool {
+    match have {
+        Some(Value::String(s)) => s == want,
+        Some(Value::Bool(b)) => b.to_string().eq_ignore_ascii_case(want),
+        Some(Value::Number(n)) => n.to_string() == want,
+        Some(Value::Null) => want.is_empty() || want.eq_ignore_ascii_case("none"),
+        Some(Value::Array(items)) => want.split(',').all(|w| {
+            items
+                .iter()
+                .any(|i| i.as_str() == Some(w) || i.get("id").and_then(Value::as_str) == Some(w))
+        }),
+        _ => false,
+    }
+}
+
+/// `{"KIND": object}` for the object with `id`.
+fn one(kind: &str, id: &str, objects: Vec<Value>) -> Reply {
+    objects
+        .into_iter()
+        .find(|o| o["id"] == id)
+        .map(|o| (StatusCode::OK, json!({ singular(kind): o })))
+        .ok_or_else(|| Fault::not_found(&view::title(singular(kind)), id))
+}
+
+/// The object inside a request's single-key envelope.
+fn envelope(body: &[u8], key: &str) -> Result<Map<String, Value>, Fault> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Fault::bad(format!("The request body is not JSON: {e}")))?;
+    match value {
+        Value::Object(mut outer) => match outer.remove(key) {
+            Some(Value::Object(inner)) if outer.is_empty() => Ok(inner),
+            _ => Err(Fault::bad(format!(
+                "The request body must be {{\"{key}\": {{...}}}}"
+            ))),
+        },
+        _ => Err(Fault::bad(format!(
+            "The request body must be {{\"{key}\": {{...}}}}"
+        ))),
+    }
+}
