@@ -124,21 +124,30 @@ impl<C: ControlPlane> Call<'_, C> {
         }
     }
 
-    /// Waits (briefly) until this node's data plane serves the newest
-    /// config; a change meanwhile would land on an object Octavia calls
-    /// `PENDING_UPDATE`, which it refuses with 409.
-    async fn settled(&self, lb_id: &str) -> Result<(), Fault> {
+    /// Waits (up to two seconds) until this node's data plane serves the
+    /// newest config, or refuses it; false if it still has not.
+    async fn caught_up(&self) -> bool {
         let control = &*self.octavia.control;
         for _ in 0..40 {
             let serving = control.serving();
             if serving.refused || serving.version >= control.state().0 {
-                return Ok(());
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(Fault::conflict(format!(
-            "Load Balancer {lb_id} is immutable and cannot be updated."
-        )))
+        false
+    }
+
+    /// Refuses a change while the data plane has not caught up: Octavia
+    /// answers 409 while an object is `PENDING_*`.
+    async fn settled(&self, lb_id: &str) -> Result<(), Fault> {
+        if self.caught_up().await {
+            Ok(())
+        } else {
+            Err(Fault::conflict(format!(
+                "Load Balancer {lb_id} is immutable and cannot be updated."
+            )))
+        }
     }
 
     /// Commits `edit` of the config together with `notes` (annotations to
@@ -173,8 +182,11 @@ impl<C: ControlPlane> Call<'_, C> {
             ClusterCommand::Atomic(commands),
         )
         .await
-        .map(|_| ())
-        .map_err(|e| Fault::new(e.status(), e.message()))
+        .map_err(|e| Fault::new(e.status(), e.message()))?;
+        // The answer (and the CLI's first `--wait` poll) should see the
+        // change served: ACTIVE, not PENDING_UPDATE.
+        self.caught_up().await;
+        Ok(())
     }
 }
 
