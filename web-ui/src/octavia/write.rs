@@ -215,6 +215,18 @@ fn deleted() -> Reply {
     Ok((StatusCode::NO_CONTENT, Value::Null))
 }
 
+/// Once the data plane has caught up, commits `edit` (which removes
+/// objects; their annotations go with them) and answers 204.
+async fn remove<C: ControlPlane>(
+    call: &Call<'_, C>,
+    owner: &str,
+    edit: impl FnOnce(&mut Document) -> Result<(), Fault>,
+) -> Reply {
+    call.settled(owner).await?;
+    call.commit(edit, Vec::new()).await?;
+    deleted()
+}
+
 fn note_of(v: &View, key: &str) -> BTreeMap<String, String> {
     v.state.annotations.get(key).cloned().unwrap_or_default()
 }
@@ -390,17 +402,12 @@ pub(super) async fn delete_lb<C: ControlPlane>(call: &Call<'_, C>, id: &str) -> 
             "Cannot delete Load Balancer {id} - it has children"
         )));
     }
-    call.settled(id).await?;
-    call.commit(
-        |doc| {
-            doc.load_balancers.retain(|l| l.name != lb);
-            doc.pools.retain(|p| !pools.contains(&p.name));
-            Ok(())
-        },
-        Vec::new(),
-    )
-    .await?;
-    deleted()
+    remove(call, id, |doc| {
+        doc.load_balancers.retain(|l| l.name != lb);
+        doc.pools.retain(|p| !pools.contains(&p.name));
+        Ok(())
+    })
+    .await
 }
 
 // ---- Listeners.
@@ -630,18 +637,13 @@ pub(super) async fn update_listener<C: ControlPlane>(
 pub(super) async fn delete_listener<C: ControlPlane>(call: &Call<'_, C>, id: &str) -> Reply {
     let v = call.view().await;
     let (lb, port) = v.listener_named(id)?;
-    call.settled(&uuid("loadbalancer", &lb)).await?;
-    call.commit(
-        |doc| {
-            if let Some(x) = doc.load_balancers.iter_mut().find(|x| x.name == lb) {
-                x.listeners.retain(|l| l.port != i64::from(port));
-            }
-            Ok(())
-        },
-        Vec::new(),
-    )
-    .await?;
-    deleted()
+    remove(call, &uuid("loadbalancer", &lb), |doc| {
+        if let Some(x) = doc.load_balancers.iter_mut().find(|x| x.name == lb) {
+            x.listeners.retain(|l| l.port != i64::from(port));
+        }
+        Ok(())
+    })
+    .await
 }
 
 // ---- Pools.
@@ -1078,18 +1080,13 @@ pub(super) async fn delete_member<C: ControlPlane>(
     let v = call.view().await;
     let pool = v.pool_named(pool_id)?;
     let address = v.member_named(&pool, id)?;
-    call.settled(&pool_owner(&v, &pool)).await?;
-    call.commit(
-        |doc| {
-            pool_mut(doc, &pool)?
-                .members
-                .retain(|m| m.address != address.to_string());
-            Ok(())
-        },
-        Vec::new(),
-    )
-    .await?;
-    deleted()
+    remove(call, &pool_owner(&v, &pool), |doc| {
+        pool_mut(doc, &pool)?
+            .members
+            .retain(|m| m.address != address.to_string());
+        Ok(())
+    })
+    .await
 }
 
 /// `PUT /pools/ID/members`: the pool's members become exactly these.
@@ -1309,16 +1306,11 @@ pub(super) async fn update_monitor<C: ControlPlane>(
 pub(super) async fn delete_monitor<C: ControlPlane>(call: &Call<'_, C>, id: &str) -> Reply {
     let v = call.view().await;
     let pool = v.monitor_named(id)?;
-    call.settled(&pool_owner(&v, &pool)).await?;
-    call.commit(
-        |doc| {
-            pool_mut(doc, &pool)?.health_check = None;
-            Ok(())
-        },
-        Vec::new(),
-    )
-    .await?;
-    deleted()
+    remove(call, &pool_owner(&v, &pool), |doc| {
+        pool_mut(doc, &pool)?.health_check = None;
+        Ok(())
+    })
+    .await
 }
 
 // ---- L7 policies and rules.
