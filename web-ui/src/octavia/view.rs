@@ -637,6 +637,25 @@ impl View {
         })
     }
 
+    /// The listener on `lb`'s `port` (null if it is gone meanwhile).
+    pub fn listener_at(&self, lb: &str, port: u16) -> Value {
+        self.state
+            .spec
+            .load_balancers
+            .get(lb)
+            .and_then(|x| x.listeners.iter().find(|l| l.port == port))
+            .map_or(Value::Null, |l| self.listener_json(lb, l))
+    }
+
+    /// The health monitor of `pool` (null if it is gone meanwhile).
+    pub fn monitor_of(&self, pool: &str) -> Value {
+        self.state
+            .spec
+            .pools
+            .get(pool)
+            .map_or(Value::Null, |p| self.monitor_json(p))
+    }
+
     fn pool_protocol(&self, pool: &Pool, note: &BTreeMap<String, String>) -> String {
         if let Some(p) = note.get("protocol") {
             return p.clone();

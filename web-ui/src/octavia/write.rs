@@ -582,13 +582,7 @@ pub(super) async fn create_listener<C: ControlPlane>(call: &Call<'_, C>, b: Body
         vec![(listener_key(&lb, port), note)],
     )
     .await?;
-    let v = call.view().await;
-    let l = &v.state.spec.load_balancers[&lb];
-    let l = l.listeners.iter().find(|x| x.port == port);
-    created(
-        "listener",
-        l.map_or(Value::Null, |l| v.listener_json(&lb, l)),
-    )
+    created("listener", call.view().await.listener_at(&lb, port))
 }
 
 pub(super) async fn update_listener<C: ControlPlane>(
@@ -625,12 +619,7 @@ pub(super) async fn update_listener<C: ControlPlane>(
         vec![(key, note)],
     )
     .await?;
-    let v = call.view().await;
-    let l = v.state.spec.load_balancers[&lb]
-        .listeners
-        .iter()
-        .find(|x| x.port == port)
-        .map_or(Value::Null, |l| v.listener_json(&lb, l));
+    let l = call.view().await.listener_at(&lb, port);
     Ok((StatusCode::OK, json!({ "listener": l })))
 }
 
@@ -1262,8 +1251,7 @@ pub(super) async fn create_monitor<C: ControlPlane>(call: &Call<'_, C>, b: Body)
         vec![(monitor_key(&pool), note)],
     )
     .await?;
-    let v = call.view().await;
-    created("healthmonitor", v.monitor_json(&v.state.spec.pools[&pool]))
+    created("healthmonitor", call.view().await.monitor_of(&pool))
 }
 
 pub(super) async fn update_monitor<C: ControlPlane>(
@@ -1296,11 +1284,8 @@ pub(super) async fn update_monitor<C: ControlPlane>(
         vec![(key, note)],
     )
     .await?;
-    let v = call.view().await;
-    Ok((
-        StatusCode::OK,
-        json!({ "healthmonitor": v.monitor_json(&v.state.spec.pools[&pool]) }),
-    ))
+    let hm = call.view().await.monitor_of(&pool);
+    Ok((StatusCode::OK, json!({ "healthmonitor": hm })))
 }
 
 pub(super) async fn delete_monitor<C: ControlPlane>(call: &Call<'_, C>, id: &str) -> Reply {
