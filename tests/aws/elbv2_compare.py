@@ -91,11 +91,27 @@ def scenario(elb, subnets, vpc):
     rec("describe_target_health", health)
     rec("describe_tags", elb.describe_tags(ResourceArns=[lb_arn])["TagDescriptions"][0]["Tags"])
 
+    changed = elb.modify_rule(RuleArn=rule["RuleArn"], Actions=[{"Type": "fixed-response", "FixedResponseConfig": {
+        "StatusCode": "503", "ContentType": "text/plain", "MessageBody": "soon"}}])["Rules"][0]
+    rec("modify_rule", (changed["RuleArn"] == rule["RuleArn"],
+                        pick(changed, "Priority", "Conditions[0].Field", "Actions[0].FixedResponseConfig.MessageBody")))
+    moved = elb.set_rule_priorities(RulePriorities=[{"RuleArn": rule["RuleArn"], "Priority": 15}])["Rules"]
+    rec("set_rule_priorities", [(r["RuleArn"] == rule["RuleArn"], r["Priority"]) for r in moved])
+    modified = elb.modify_target_group(TargetGroupArn=tg_arn, HealthyThresholdCount=4, HealthCheckPath="/ready",
+                                       Matcher={"HttpCode": "200"})["TargetGroups"][0]
+    rec("modify_target_group", pick(modified, "HealthyThresholdCount", "HealthCheckPath", "Matcher.HttpCode",
+                                    "HealthCheckIntervalSeconds", "UnhealthyThresholdCount"))
+    ml = elb.modify_listener(ListenerArn=listener["ListenerArn"],
+                             DefaultActions=[{"Type": "forward", "TargetGroupArn": tg_arn}])["Listeners"][0]
+    rec("modify_listener", (ml["ListenerArn"] == listener["ListenerArn"], pick(ml, "Protocol", "DefaultActions[0].Type")))
+    first = elb.describe_load_balancers(PageSize=1)
+    rec("describe_load_balancers page", ([l["LoadBalancerName"] for l in first["LoadBalancers"]], "NextMarker" in first))
+
     rec("unknown load balancer", code_of(lambda: elb.describe_load_balancers(Names=["nope"])))
     rec("duplicate target group", code_of(lambda: elb.create_target_group(
         Name="cmp-app", Protocol="HTTP", Port=8080, VpcId=vpc, TargetType="ip")))
     rec("priority in use", code_of(lambda: elb.create_rule(
-        ListenerArn=listener["ListenerArn"], Priority=10,
+        ListenerArn=listener["ListenerArn"], Priority=15,
         Conditions=[{"Field": "path-pattern", "Values": ["/x"]}],
         Actions=[{"Type": "forward", "TargetGroupArn": tg_arn}])))
     rec("target group in use", code_of(lambda: elb.delete_target_group(TargetGroupArn=tg_arn)))

@@ -101,6 +101,52 @@ def create():
                       "site": site["TargetGroupArn"], "blog": blog["TargetGroupArn"]}))
 
 
+def modify():
+    elb = client()
+    lb_arn = elb.describe_load_balancers(Names=["web"])["LoadBalancers"][0]["LoadBalancerArn"]
+    listener = elb.describe_listeners(LoadBalancerArn=lb_arn)["Listeners"][0]["ListenerArn"]
+    site = elb.describe_target_groups(Names=["site"])["TargetGroups"][0]["TargetGroupArn"]
+    blog = elb.describe_target_groups(Names=["blog"])["TargetGroups"][0]["TargetGroupArn"]
+    by_priority = {r["Priority"]: r for r in elb.describe_rules(ListenerArn=listener)["Rules"]}
+    # ModifyRule: new actions, same conditions, same ARN.
+    news = by_priority["20"]["RuleArn"]
+    changed = elb.modify_rule(RuleArn=news, Actions=[{"Type": "fixed-response", "FixedResponseConfig": {
+        "StatusCode": "503", "ContentType": "text/plain", "MessageBody": "soon"}}])["Rules"][0]
+    assert changed["RuleArn"] == news, changed
+    assert changed["Actions"][0]["FixedResponseConfig"]["MessageBody"] == "soon", changed
+    assert changed["Conditions"][0]["Field"] == "path-pattern", changed
+    # SetRulePriorities: the blog rule moves behind the news one and keeps its ARN.
+    blog_rule = by_priority["10"]["RuleArn"]
+    moved = elb.set_rule_priorities(RulePriorities=[{"RuleArn": blog_rule, "Priority": 30}])["Rules"]
+    assert [(r["RuleArn"], r["Priority"]) for r in moved] == [(blog_rule, "30")], moved
+    rules = elb.describe_rules(ListenerArn=listener)["Rules"]
+    assert [(r["Priority"], r["RuleArn"]) for r in rules][:2] == [("20", news), ("30", blog_rule)], rules
+    assert elb.describe_rules(RuleArns=[blog_rule])["Rules"][0]["Priority"] == "30"
+    # ModifyTargetGroup: health check settings.
+    tg = elb.modify_target_group(TargetGroupArn=site, HealthyThresholdCount=3, HealthCheckIntervalSeconds=6,
+                                 Matcher={"HttpCode": "200"})["TargetGroups"][0]
+    assert (tg["HealthyThresholdCount"], tg["HealthCheckIntervalSeconds"], tg["Matcher"]["HttpCode"],
+            tg["HealthCheckPath"]) == (3, 6, "200", "/health"), tg
+    # ModifyListener: the default action goes to the blog, then back.
+    l = elb.modify_listener(ListenerArn=listener, DefaultActions=[{"Type": "forward", "TargetGroupArn": blog}])["Listeners"][0]
+    assert l["DefaultActions"][0]["TargetGroupArn"] == blog, l
+    l = elb.modify_listener(ListenerArn=listener, DefaultActions=[{"Type": "forward", "TargetGroupArn": site}])["Listeners"][0]
+    assert l["ListenerArn"] == listener and l["DefaultActions"][0]["TargetGroupArn"] == site, l
+    # Paging: one target group per page.
+    first = elb.describe_target_groups(PageSize=1)
+    second = elb.describe_target_groups(PageSize=1, Marker=first["NextMarker"])
+    assert [t["TargetGroupName"] for t in first["TargetGroups"] + second["TargetGroups"]] == ["blog", "site"]
+    assert "NextMarker" not in second, second
+    pages = elb.get_paginator("describe_target_groups").paginate(PaginationConfig={"PageSize": 1})
+    assert [t["TargetGroupName"] for page in pages for t in page["TargetGroups"]] == ["blog", "site"]
+    # Refused: a port change (the ARN derives from it), a priority in use, an unknown rule.
+    assert code_of(lambda: elb.modify_listener(ListenerArn=listener, Port=1)) == "ValidationError"
+    assert code_of(lambda: elb.set_rule_priorities(RulePriorities=[{"RuleArn": blog_rule, "Priority": 20}])) == "PriorityInUse"
+    assert code_of(lambda: elb.modify_rule(RuleArn=blog_rule[:-4] + "0000", Conditions=[
+        {"Field": "path-pattern", "Values": ["/x"]}])) == "RuleNotFound"
+    print("modified")
+
+
 def errors():
     elb = client()
     lb_arn = elb.describe_load_balancers(Names=["web"])["LoadBalancers"][0]["LoadBalancerArn"]
@@ -123,7 +169,7 @@ def errors():
         Attributes=[{"Key": "stickiness.lb_cookie.duration_seconds", "Value": "0"}])) == "InvalidConfigurationRequest"
     listener = elb.describe_listeners(LoadBalancerArn=lb_arn)["Listeners"][0]["ListenerArn"]
     assert code_of(lambda: elb.create_rule(
-        ListenerArn=listener, Priority=10,
+        ListenerArn=listener, Priority=20,
         Conditions=[{"Field": "path-pattern", "Values": ["/x"]}],
         Actions=[{"Type": "forward", "TargetGroupArn": elb.describe_target_groups(Names=["blog"])["TargetGroups"][0]["TargetGroupArn"]}],
     )) == "PriorityInUse"
@@ -147,4 +193,4 @@ def delete():
     print("deleted")
 
 
-{"create": create, "errors": errors, "delete": delete}[sys.argv[1]]()
+{"create": create, "modify": modify, "errors": errors, "delete": delete}[sys.argv[1]]()

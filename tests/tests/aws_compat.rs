@@ -70,6 +70,17 @@ async fn boto3_builds_the_alb_seed_case_and_it_serves() {
     let (_, events) = raw_call(&admin, "GET", "/api/v1/events", Some(&token), None).unwrap();
     assert!(events.contains(&format!("aws key {id}")), "{events}");
 
+    // ModifyRule, SetRulePriorities, ModifyTargetGroup, ModifyListener and
+    // paging; the changes serve.
+    assert!(run("modify").contains("modified"));
+    assert_eq!(raw_get(lb, "/news/today").unwrap(), (503, "soon".into()));
+    assert_eq!(raw_get(lb, "/blog/post-1").unwrap(), (200, "blog".into()));
+    assert_eq!(raw_get(lb, "/").unwrap(), (200, "site".into()));
+    let (_, pool) = raw_call(&admin, "GET", "/api/v1/pools/site", Some(&token), None).unwrap();
+    let pool: serde_json::Value = serde_json::from_str(&pool).unwrap();
+    assert_eq!(pool["health_check"]["healthy_threshold"], 3, "{pool}");
+    assert_eq!(pool["health_check"]["interval"], "6s", "{pool}");
+
     assert!(run("errors").contains("errors ok"));
     assert!(run("delete").contains("deleted"));
     let (status, _) = raw_call(

@@ -63,16 +63,36 @@ impl<C: ControlPlane> Call<'_, C> {
         &self,
         edit: impl FnOnce(&mut Document) -> Result<(), AwsError>,
     ) -> Result<Spec, AwsError> {
+        self.change_noting(edit, Vec::new()).await
+    }
+
+    /// Like [`Call::change`], with annotations (`object`, values; none
+    /// removes them) set in the same atomic entry.
+    pub async fn change_noting(
+        &self,
+        edit: impl FnOnce(&mut Document) -> Result<(), AwsError>,
+        notes: Vec<(String, BTreeMap<String, String>)>,
+    ) -> Result<Spec, AwsError> {
         let state = self.state();
         let mut doc = Document::from_spec(&state.spec);
         edit(&mut doc)?;
         let spec = doc
             .into_spec()
             .map_err(|e| AwsError::bad("ValidationError", e.to_string().replace("\n  ", "; ")))?;
+        let mut commands = Vec::new();
         let changes = state.spec.diff(&spec);
         if !changes.is_empty() {
-            self.commit(ClusterCommand::Spec(Command::Batch(changes)))
-                .await?;
+            commands.push(ClusterCommand::Spec(Command::Batch(changes)));
+        }
+        for (object, values) in notes {
+            if self.annotations(&object) != values {
+                commands.push(ClusterCommand::Annotate { object, values });
+            }
+        }
+        match commands.len() {
+            0 => {}
+            1 => self.commit(commands.remove(0)).await?,
+            _ => self.commit(ClusterCommand::Atomic(commands)).await?,
         }
         Ok(spec)
     }

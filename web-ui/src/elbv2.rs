@@ -56,6 +56,10 @@ pub(crate) async fn call<C: ControlPlane>(
         "DescribeTargetGroupAttributes" => e.describe_tg_attributes(p),
         "ModifyTargetGroupAttributes" => e.modify_tg_attributes(p).await,
         "AddTags" => e.add_tags(p).await,
+        "ModifyListener" => e.modify_listener(p).await,
+        "ModifyRule" => e.modify_rule(p).await,
+        "SetRulePriorities" => e.set_rule_priorities(p).await,
+        "ModifyTargetGroup" => e.modify_target_group(p).await,
         other => Err(AwsError::bad(
             "InvalidAction",
             format!("{other} is not an ELBv2 action Keel serves"),
@@ -110,8 +114,38 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             "listener-rule/app/{lb}/{}/{}/{}",
             id16(lb),
             id16(&format!("{lb}:{port}")),
-            id16(&format!("{lb}:{port}:{priority}"))
+            self.rule_id(lb, port, priority)
         ))
+    }
+
+    /// A rule's ID: derived from the priority it was created at, and kept
+    /// (in the annotation `rules/LB/PORT`) when SetRulePriorities moves it.
+    fn rule_id(&self, lb: &str, port: i64, priority: i64) -> String {
+        self.call
+            .annotations(&rules_key(lb, port))
+            .get(&priority.to_string())
+            .cloned()
+            .unwrap_or_else(|| id16(&format!("{lb}:{port}:{priority}")))
+    }
+
+    /// The listener and priority of the rule an ARN names.
+    fn rule_of(&self, arn: &str) -> Result<(String, i64, i64), AwsError> {
+        let not_found = || AwsError::bad("RuleNotFound", format!("Rule '{arn}' not found"));
+        let (lb, port) = self.listener_of(arn).map_err(|_| not_found())?;
+        let id = arn.rsplit('/').next().unwrap_or("");
+        let state = self.call.state();
+        state.spec.load_balancers[&lb]
+            .listeners
+            .iter()
+            .find(|l| i64::from(l.port) == port)
+            .and_then(|l| {
+                l.rules
+                    .iter()
+                    .map(|r| i64::from(r.priority))
+                    .find(|n| self.rule_id(&lb, port, *n) == id)
+            })
+            .map(|n| (lb, port, n))
+            .ok_or_else(not_found)
     }
 
     /// The load balancer an ARN names, if it exists.
@@ -237,8 +271,12 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         } else {
             names.iter().collect()
         };
-        let members: String = all.iter().map(|n| self.lb_xml(n, "application")).collect();
-        Ok(format!("<LoadBalancers>{members}</LoadBalancers>"))
+        let items = all
+            .iter()
+            .map(|n| ((*n).clone(), self.lb_xml(n, "application")))
+            .collect();
+        let (members, next) = page(items, p)?;
+        Ok(format!("<LoadBalancers>{members}</LoadBalancers>{next}"))
     }
 
     async fn delete_load_balancer(&self, p: &Params) -> Result<String, AwsError> {
@@ -300,25 +338,8 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                 _ => "TCP".into(),
             });
         if p.get("HealthCheckEnabled") != Some("false") {
-            let mut hc = json!({
-                "type": if check_protocol == "TCP" { "tcp" } else { "http" },
-                "interval": format!("{}s", p.get("HealthCheckIntervalSeconds").unwrap_or("30")),
-                "timeout": format!("{}s", p.get("HealthCheckTimeoutSeconds").unwrap_or("5")),
-                "healthy_threshold": p.get("HealthyThresholdCount").unwrap_or("5").parse::<i64>().unwrap_or(0),
-                "unhealthy_threshold": p.get("UnhealthyThresholdCount").unwrap_or("2").parse::<i64>().unwrap_or(0),
-            });
-            if let Some(port) = p.get("HealthCheckPort").filter(|p| *p != "traffic-port") {
-                hc["port"] = json!(port.parse::<i64>().map_err(|_| {
-                    AwsError::bad(
-                        "ValidationError",
-                        "HealthCheckPort must be traffic-port or 1-65535",
-                    )
-                })?);
-            }
-            if check_protocol != "TCP" {
-                hc["path"] = json!(p.get("HealthCheckPath").unwrap_or("/"));
-                hc["expected_codes"] = json!(p.get("Matcher.HttpCode").unwrap_or("200"));
-            }
+            let mut hc = default_check(check_protocol != "TCP");
+            apply_health(p, &mut hc)?;
             pool["health_check"] = hc;
         }
         if protocol == "HTTPS" || protocol == "TLS" {
@@ -418,7 +439,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             Some(arn) => Some(self.lb_of(arn)?),
             None => None,
         };
-        let members: String = state
+        let members: Vec<(String, String)> = state
             .spec
             .pools
             .keys()
@@ -427,9 +448,10 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                 lb.as_ref()
                     .is_none_or(|lb| uses(&state.spec.load_balancers[lb], n))
             })
-            .map(|n| self.tg_xml(&state.spec, n))
+            .map(|n| (n.clone(), self.tg_xml(&state.spec, n)))
             .collect();
-        Ok(format!("<TargetGroups>{members}</TargetGroups>"))
+        let (members, next) = page(members, p)?;
+        Ok(format!("<TargetGroups>{members}</TargetGroups>{next}"))
     }
 
     async fn delete_target_group(&self, p: &Params) -> Result<String, AwsError> {
@@ -745,12 +767,17 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                 format!("A listener already exists on port {port}"),
             ));
         }
-        let listener: ListenerDoc = serde_json::from_value(json!({
+        let mut listener = json!({
             "port": port,
             "protocol": protocol,
             "default_pool": pool,
-        }))
-        .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
+        });
+        let certificates = certificate_names(p);
+        if !certificates.is_empty() {
+            listener["certificates"] = json!(certificates);
+        }
+        let listener: ListenerDoc = serde_json::from_value(listener)
+            .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
         self.call
             .change(|doc| {
                 if let Some(l) = doc.load_balancers.iter_mut().find(|l| l.name == lb) {
@@ -788,19 +815,147 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         )
     }
 
+    /// `ModifyListener`: protocol, default action, certificates and TLS
+    /// policy. The port cannot change: the listener's ARN derives from it.
+    async fn modify_listener(&self, p: &Params) -> Result<String, AwsError> {
+        let (lb, port) = self.listener_of(p.need("ListenerArn")?)?;
+        if p.get("Port")
+            .is_some_and(|n| n.parse::<i64>().ok() != Some(port))
+        {
+            return Err(AwsError::bad(
+                "ValidationError",
+                "Port cannot change on Keel (a listener's ARN derives from its port): create a listener on the new port and delete this one",
+            ));
+        }
+        let protocol = match p.get("Protocol").map(str::to_ascii_lowercase) {
+            None => None,
+            Some(x) if ["http", "https", "tcp", "tls"].contains(&x.as_str()) => Some(x),
+            Some(other) => {
+                return Err(AwsError::bad(
+                    "UnsupportedProtocol",
+                    format!("listener protocol {other:?} is not served"),
+                ))
+            }
+        };
+        let pool = match p.structs("DefaultActions").first() {
+            None => None,
+            Some(a) => Some(
+                self.action(a)?
+                    .get("pool")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        AwsError::bad(
+                            "ValidationError",
+                            "the default action must forward to one target group",
+                        )
+                    })?,
+            ),
+        };
+        let certificates = certificate_names(p);
+        let policy = p.get("SslPolicy").map(|s| {
+            if s.contains("TLS13-1-3") {
+                "modern"
+            } else {
+                "compatible"
+            }
+        });
+        self.call
+            .change(|doc| {
+                let l = listener_doc(doc, &lb, port)?;
+                if let Some(x) = protocol {
+                    l.protocol = x;
+                }
+                if pool.is_some() {
+                    l.default_pool = pool;
+                }
+                if !certificates.is_empty() {
+                    l.certificates = certificates;
+                }
+                if let Some(x) = policy {
+                    l.tls_policy = Some(x.to_owned());
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(format!(
+            "<Listeners>{}</Listeners>",
+            self.listener_xml(&lb, port)
+        ))
+    }
+
+    /// `ModifyTargetGroup`: the health check settings.
+    async fn modify_target_group(&self, p: &Params) -> Result<String, AwsError> {
+        let name = self.tg_of(p.need("TargetGroupArn")?)?;
+        let state = self.call.state();
+        let current = keel_model::Document::from_spec(&state.spec)
+            .pools
+            .into_iter()
+            .find(|x| x.name == name)
+            .and_then(|x| x.health_check)
+            .map(|h| serde_json::to_value(h).unwrap_or_default());
+        let asked = p.get("HealthCheckProtocol").is_some()
+            || p.get("HealthCheckEnabled") == Some("true")
+            || [
+                "HealthCheckPort",
+                "HealthCheckPath",
+                "HealthCheckIntervalSeconds",
+                "HealthCheckTimeoutSeconds",
+                "HealthyThresholdCount",
+                "UnhealthyThresholdCount",
+                "Matcher.HttpCode",
+            ]
+            .iter()
+            .any(|k| p.get(k).is_some());
+        let check = match (p.get("HealthCheckEnabled"), current) {
+            (Some("false"), _) => None,
+            (_, None) if !asked => None,
+            (_, current) => {
+                let protocol = self
+                    .call
+                    .annotations(&tg_key(&name))
+                    .get("protocol")
+                    .cloned();
+                let http = matches!(protocol.as_deref(), None | Some("HTTP" | "HTTPS"));
+                let mut hc = current.unwrap_or_else(|| default_check(http));
+                apply_health(p, &mut hc)?;
+                Some(
+                    serde_json::from_value(hc)
+                        .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?,
+                )
+            }
+        };
+        self.call
+            .change(|doc| {
+                if let Some(pool) = doc.pools.iter_mut().find(|x| x.name == name) {
+                    pool.health_check = check;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(format!(
+            "<TargetGroups>{}</TargetGroups>",
+            self.tg_xml(&self.call.state().spec, &name)
+        ))
+    }
+
     fn describe_listeners(&self, p: &Params) -> Result<String, AwsError> {
-        let mut out = String::new();
+        let mut found: Vec<(String, i64)> = Vec::new();
         if let Some(arn) = p.get("LoadBalancerArn") {
             let lb = self.lb_of(arn)?;
             for l in &self.call.state().spec.load_balancers[&lb].listeners {
-                out.push_str(&self.listener_xml(&lb, i64::from(l.port)));
+                found.push((lb.clone(), i64::from(l.port)));
             }
         }
         for arn in p.list("ListenerArns") {
-            let (lb, port) = self.listener_of(&arn)?;
-            out.push_str(&self.listener_xml(&lb, port));
+            found.push(self.listener_of(&arn)?);
         }
-        Ok(format!("<Listeners>{out}</Listeners>"))
+        let items = found
+            .iter()
+            .map(|(lb, port)| (format!("{lb}:{port:05}"), self.listener_xml(lb, *port)))
+            .collect();
+        let (out, next) = page(items, p)?;
+        Ok(format!("<Listeners>{out}</Listeners>{next}"))
     }
 
     async fn delete_listener(&self, p: &Params) -> Result<String, AwsError> {
@@ -1014,52 +1169,190 @@ impl<C: ControlPlane> Elbv2<'_, C> {
     }
 
     fn describe_rules(&self, p: &Params) -> Result<String, AwsError> {
-        let (lb, port) = self.listener_of(p.need("ListenerArn")?)?;
-        let state = self.call.state();
-        let mut out = String::new();
-        if let Some(l) = state.spec.load_balancers[&lb]
-            .listeners
-            .iter()
-            .find(|l| i64::from(l.port) == port)
-        {
-            for r in &l.rules {
-                out.push_str(&self.rule_xml(&lb, port, Some(i64::from(r.priority))));
+        let mut items: Vec<(String, String)> = Vec::new();
+        if let Some(arn) = p.get("ListenerArn") {
+            let (lb, port) = self.listener_of(arn)?;
+            let state = self.call.state();
+            if let Some(l) = state.spec.load_balancers[&lb]
+                .listeners
+                .iter()
+                .find(|l| i64::from(l.port) == port)
+            {
+                for r in &l.rules {
+                    let n = i64::from(r.priority);
+                    items.push((format!("{n:05}"), self.rule_xml(&lb, port, Some(n))));
+                }
             }
+            items.push(("99999".into(), self.rule_xml(&lb, port, None)));
+            items.sort();
         }
-        out.push_str(&self.rule_xml(&lb, port, None));
-        Ok(format!("<Rules>{out}</Rules>"))
+        for (i, arn) in p.list("RuleArns").iter().enumerate() {
+            let (lb, port, n) = self.rule_of(arn)?;
+            items.push((format!("{i:05}"), self.rule_xml(&lb, port, Some(n))));
+        }
+        if items.is_empty() {
+            return Err(AwsError::bad(
+                "ValidationError",
+                "ListenerArn or RuleArns is required",
+            ));
+        }
+        let (out, next) = page(items, p)?;
+        Ok(format!("<Rules>{out}</Rules>{next}"))
     }
 
     async fn delete_rule(&self, p: &Params) -> Result<String, AwsError> {
-        let arn = p.need("RuleArn")?;
-        let (lb, port) = self.listener_of(arn)?;
-        let id = arn.rsplit('/').next().unwrap_or("");
-        let state = self.call.state();
-        let priority = state.spec.load_balancers[&lb]
-            .listeners
-            .iter()
-            .find(|l| i64::from(l.port) == port)
-            .and_then(|l| {
-                l.rules
-                    .iter()
-                    .map(|r| i64::from(r.priority))
-                    .find(|n| id16(&format!("{lb}:{port}:{n}")) == id)
-            })
-            .ok_or_else(|| AwsError::bad("RuleNotFound", format!("Rule '{arn}' not found")))?;
+        let (lb, port, priority) = self.rule_of(p.need("RuleArn")?)?;
+        let mut ids = self.call.annotations(&rules_key(&lb, port));
+        ids.remove(&priority.to_string());
+        self.call
+            .change_noting(
+                |doc| {
+                    listener_doc(doc, &lb, port)?
+                        .rules
+                        .retain(|r| r.priority != priority);
+                    Ok(())
+                },
+                vec![(rules_key(&lb, port), ids)],
+            )
+            .await?;
+        Ok(String::new())
+    }
+
+    /// `ModifyRule`: new conditions and/or actions; the priority (and so
+    /// the ARN) stays.
+    async fn modify_rule(&self, p: &Params) -> Result<String, AwsError> {
+        let (lb, port, priority) = self.rule_of(p.need("RuleArn")?)?;
+        let conditions = p.structs("Conditions");
+        let actions = p.structs("Actions");
+        let mut rule = {
+            let state = self.call.state();
+            let doc = keel_model::Document::from_spec(&state.spec);
+            let current = doc
+                .load_balancers
+                .iter()
+                .find(|l| l.name == lb)
+                .and_then(|l| l.listeners.iter().find(|x| x.port == port))
+                .and_then(|l| l.rules.iter().find(|r| r.priority == priority))
+                .cloned()
+                .ok_or_else(|| AwsError::bad("RuleNotFound", "Rule not found"))?;
+            serde_json::to_value(current).unwrap_or_default()
+        };
+        if let Value::Object(r) = &mut rule {
+            let kind = |k: &str| {
+                matches!(
+                    k,
+                    "host"
+                        | "path"
+                        | "path_prefix"
+                        | "path_glob"
+                        | "header"
+                        | "method"
+                        | "query"
+                        | "source"
+                )
+            };
+            if !conditions.is_empty() {
+                r.retain(|k, _| !kind(k));
+                if let Value::Object(c) = self.conditions(&conditions)? {
+                    r.extend(c);
+                }
+            }
+            if let Some(a) = actions.first() {
+                r.retain(|k, _| kind(k) || k == "priority");
+                if let Value::Object(a) = self.action(a)? {
+                    r.extend(a);
+                }
+            }
+        }
+        let rule: RuleDoc = serde_json::from_value(rule)
+            .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
         self.call
             .change(|doc| {
-                let l = doc
-                    .load_balancers
-                    .iter_mut()
-                    .find(|l| l.name == lb)
-                    .and_then(|l| l.listeners.iter_mut().find(|x| x.port == port));
-                if let Some(l) = l {
-                    l.rules.retain(|r| r.priority != priority);
+                let l = listener_doc(doc, &lb, port)?;
+                if let Some(r) = l.rules.iter_mut().find(|r| r.priority == priority) {
+                    *r = rule;
                 }
                 Ok(())
             })
             .await?;
-        Ok(String::new())
+        Ok(format!(
+            "<Rules>{}</Rules>",
+            self.rule_xml(&lb, port, Some(priority))
+        ))
+    }
+
+    /// `SetRulePriorities`: rules move to new priorities and keep their
+    /// ARNs; all on one listener, no two on one priority.
+    async fn set_rule_priorities(&self, p: &Params) -> Result<String, AwsError> {
+        let asked = p.structs("RulePriorities");
+        if asked.is_empty() {
+            return Err(AwsError::bad(
+                "ValidationError",
+                "RulePriorities must not be empty",
+            ));
+        }
+        let mut moves: Vec<(i64, i64)> = Vec::new();
+        let mut listener: Option<(String, i64)> = None;
+        for m in &asked {
+            let arn = m.get("RuleArn").map(String::as_str).unwrap_or_default();
+            let (lb, port, from) = self.rule_of(arn)?;
+            let to: i64 = m
+                .get("Priority")
+                .and_then(|t| t.parse().ok())
+                .filter(|n| (1..=50_000).contains(n))
+                .ok_or_else(|| AwsError::bad("ValidationError", "Priority must be 1-50000"))?;
+            if listener.as_ref().is_some_and(|l| *l != (lb.clone(), port)) {
+                return Err(AwsError::bad(
+                    "ValidationError",
+                    "all rules must be on one listener",
+                ));
+            }
+            listener = Some((lb, port));
+            moves.push((from, to));
+        }
+        let Some((lb, port)) = listener else {
+            return Err(AwsError::bad(
+                "ValidationError",
+                "RulePriorities must not be empty",
+            ));
+        };
+        let state = self.call.state();
+        let current: Vec<i64> = state.spec.load_balancers[&lb]
+            .listeners
+            .iter()
+            .find(|l| i64::from(l.port) == port)
+            .map(|l| l.rules.iter().map(|r| i64::from(r.priority)).collect())
+            .unwrap_or_default();
+        let after = |n: i64| moves.iter().find(|(f, _)| *f == n).map_or(n, |(_, t)| *t);
+        let mut taken = std::collections::BTreeSet::new();
+        for n in &current {
+            if !taken.insert(after(*n)) {
+                return Err(AwsError::bad(
+                    "PriorityInUse",
+                    format!("Priority '{}' is currently in use", after(*n)),
+                ));
+            }
+        }
+        let ids: BTreeMap<String, String> = current
+            .iter()
+            .map(|n| (after(*n).to_string(), self.rule_id(&lb, port, *n)))
+            .collect();
+        self.call
+            .change_noting(
+                |doc| {
+                    for r in &mut listener_doc(doc, &lb, port)?.rules {
+                        r.priority = after(r.priority);
+                    }
+                    Ok(())
+                },
+                vec![(rules_key(&lb, port), ids)],
+            )
+            .await?;
+        let rules: String = moves
+            .iter()
+            .map(|(_, to)| self.rule_xml(&lb, port, Some(*to)))
+            .collect();
+        Ok(format!("<Rules>{rules}</Rules>"))
     }
 
     /// `ip` or `instance` (target groups made elsewhere are `ip`).
@@ -1326,6 +1619,150 @@ fn default_action(pool: Option<&str>) -> Action {
             body: String::new(),
         }),
     }
+}
+
+/// ELBv2's default health check (interval 30 s, timeout 5 s, 5 up, 2 down;
+/// HTTP ones `GET /` expecting 200).
+fn default_check(http: bool) -> Value {
+    let mut hc = json!({
+        "type": if http { "http" } else { "tcp" },
+        "interval": "30s",
+        "timeout": "5s",
+        "healthy_threshold": 5,
+        "unhealthy_threshold": 2,
+    });
+    if http {
+        hc["path"] = json!("/");
+        hc["expected_codes"] = json!("200");
+    }
+    hc
+}
+
+/// Applies the `HealthCheck*` parameters present in `p` to `hc` (a Keel
+/// health-check document); `HealthCheckProtocol` switches its kind.
+fn apply_health(p: &Params, hc: &mut Value) -> Result<(), AwsError> {
+    if let Some(protocol) = p.get("HealthCheckProtocol") {
+        let http = !protocol.eq_ignore_ascii_case("TCP");
+        let defaults = default_check(http);
+        hc["type"] = defaults["type"].clone();
+        if let Value::Object(m) = hc {
+            for key in ["path", "expected_codes"] {
+                match defaults.get(key) {
+                    Some(d) => {
+                        m.entry(key).or_insert_with(|| d.clone());
+                    }
+                    None => {
+                        m.remove(key);
+                    }
+                }
+            }
+            if !http {
+                m.remove("method");
+                m.remove("host");
+            }
+        }
+    }
+    let number = |key: &str| -> Result<Option<i64>, AwsError> {
+        p.get(key)
+            .map(|t| {
+                t.parse::<i64>().map_err(|_| {
+                    AwsError::bad("ValidationError", format!("{key} must be a number"))
+                })
+            })
+            .transpose()
+    };
+    for (param, key, seconds) in [
+        ("HealthCheckIntervalSeconds", "interval", true),
+        ("HealthCheckTimeoutSeconds", "timeout", true),
+        ("HealthyThresholdCount", "healthy_threshold", false),
+        ("UnhealthyThresholdCount", "unhealthy_threshold", false),
+    ] {
+        if let Some(n) = number(param)? {
+            hc[key] = if seconds {
+                json!(format!("{n}s"))
+            } else {
+                json!(n)
+            };
+        }
+    }
+    match p.get("HealthCheckPort") {
+        None => {}
+        Some("traffic-port") => {
+            if let Value::Object(m) = hc {
+                m.remove("port");
+            }
+        }
+        Some(_) => {
+            hc["port"] = json!(number("HealthCheckPort").map_err(|_| {
+                AwsError::bad(
+                    "ValidationError",
+                    "HealthCheckPort must be traffic-port or 1-65535",
+                )
+            })?);
+        }
+    }
+    if hc["type"] == "http" {
+        for (param, key) in [
+            ("HealthCheckPath", "path"),
+            ("Matcher.HttpCode", "expected_codes"),
+        ] {
+            if let Some(v) = p.get(param) {
+                hc[key] = json!(v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keel certificate names from `Certificates.member.N.CertificateArn`
+/// (the part after the last `/` of an ARN).
+fn certificate_names(p: &Params) -> Vec<String> {
+    p.structs("Certificates")
+        .iter()
+        .filter_map(|c| c.get("CertificateArn"))
+        .map(|arn| arn.rsplit('/').next().unwrap_or(arn).to_owned())
+        .collect()
+}
+
+/// The annotation that keeps the IDs of a listener's moved rules.
+fn rules_key(lb: &str, port: i64) -> String {
+    format!("rules/{lb}/{port}")
+}
+
+/// The listener on `lb`'s `port` in a document being edited.
+fn listener_doc<'a>(
+    doc: &'a mut keel_model::Document,
+    lb: &str,
+    port: i64,
+) -> Result<&'a mut ListenerDoc, AwsError> {
+    doc.load_balancers
+        .iter_mut()
+        .find(|l| l.name == lb)
+        .and_then(|l| l.listeners.iter_mut().find(|x| x.port == port))
+        .ok_or_else(|| AwsError::bad("ListenerNotFound", "Listener not found"))
+}
+
+/// One page of `items` (key, XML; sorted by key) from `Marker` on, at most
+/// `PageSize` (1-400) long, and the `NextMarker` element when more follow.
+fn page(items: Vec<(String, String)>, p: &Params) -> Result<(String, String), AwsError> {
+    let size = match p.get("PageSize") {
+        None => 400,
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=400).contains(n))
+            .ok_or_else(|| AwsError::bad("ValidationError", "PageSize must be 1-400"))?,
+    };
+    let rest: Vec<(String, String)> = items
+        .into_iter()
+        .filter(|(k, _)| p.get("Marker").is_none_or(|m| k.as_str() >= m))
+        .collect();
+    let body: String = rest.iter().take(size).map(|(_, x)| x.as_str()).collect();
+    let next = rest
+        .get(size)
+        .map(|(k, _)| el("NextMarker", k))
+        .unwrap_or_default();
+    Ok((body, next))
 }
 
 fn esc_arn(arn: &str) -> String {

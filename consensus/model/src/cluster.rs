@@ -454,11 +454,16 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether the object an annotation key names is still in `spec`
 /// (`targetgroup/NAME` and `tags/targetgroup/NAME` are pools,
-/// `tags/loadbalancer/NAME` load balancers; other keys always are).
+/// `tags/loadbalancer/NAME` load balancers, `rules/LB/PORT` listeners;
+/// other keys always are).
 fn annotated_exists(spec: &crate::Spec, object: &str) -> bool {
     let object = object.strip_prefix("tags/").unwrap_or(object);
     if let Some(rest) = object.strip_prefix("octavia/") {
         return octavia_exists(spec, rest);
+    }
+    if let Some(rest) = object.strip_prefix("rules/") {
+        // ELBv2's rule IDs, per listener: `rules/LB/PORT`.
+        return octavia_exists(spec, &format!("listener/{rest}"));
     }
     match object.split_once('/') {
         Some(("targetgroup", name)) => spec.pools.contains_key(name),
@@ -560,6 +565,8 @@ mod tests {
             ("octavia/healthmonitor/p", false),
             ("octavia/member/p/10.0.0.1:80", true),
             ("octavia/member/p/10.0.0.2:80", false),
+            ("rules/w/80", true),
+            ("rules/w/81", false),
         ] {
             assert_eq!(annotated_exists(&spec, key), exists, "{key}");
         }
