@@ -513,6 +513,16 @@ struct Elb<'a, C> {
     call: Call<'a, C>,
 }
 
+/// The annotation that holds `lb`'s record.
+fn record_note(lb: &str, record: &Record) -> Result<(String, BTreeMap<String, String>), AwsError> {
+    let text = serde_json::to_string(record)
+        .map_err(|e| AwsError::new(500, "InternalFailure", e.to_string()))?;
+    Ok((
+        record_object(lb),
+        BTreeMap::from([(RECORD_KEY.to_owned(), text)]),
+    ))
+}
+
 impl<C: ControlPlane> Elb<'_, C> {
     /// The named load balancer's record, if the load balancer exists.
     fn existing(&self, name: &str) -> Result<Record, AwsError> {
@@ -525,14 +535,19 @@ impl<C: ControlPlane> Elb<'_, C> {
     }
 
     async fn save(&self, lb: &str, record: &Record) -> Result<(), AwsError> {
-        let text = serde_json::to_string(record)
-            .map_err(|e| AwsError::new(500, "InternalFailure", e.to_string()))?;
-        self.call
-            .annotate(
-                &record_object(lb),
-                BTreeMap::from([(RECORD_KEY.to_owned(), text)]),
-            )
-            .await
+        let (object, values) = record_note(lb, record)?;
+        self.call.annotate(&object, values).await
+    }
+
+    /// Commits `edit` and `lb`'s record as one entry.
+    async fn change_saving(
+        &self,
+        lb: &str,
+        record: &Record,
+        edit: impl FnOnce(&mut Document) -> Result<(), AwsError>,
+    ) -> Result<(), AwsError> {
+        let note = record_note(lb, record)?;
+        self.call.change_noting(edit, vec![note]).await.map(|_| ())
     }
 
     /// The health check `lb`'s pools share (the first pool's), as the
@@ -675,23 +690,22 @@ impl<C: ControlPlane> Elb<'_, C> {
             created: crate::api::now(),
             ..Record::default()
         };
-        self.call
-            .change(|doc| {
-                doc.load_balancers.push(LoadBalancerDoc {
-                    name: name.clone(),
-                    vip: None,
-                    listeners: Vec::new(),
-                });
-                for l in &listeners {
-                    add_listener(doc, &name, l, &record, DEFAULT_CHECK, &[]);
-                }
-                Ok(())
-            })
-            .await?;
-        for l in listeners {
-            record.backends.insert(l.port, l.backend);
+        let before = record.clone();
+        for l in &listeners {
+            record.backends.insert(l.port, l.backend.clone());
         }
-        self.save(&name, &record).await?;
+        self.change_saving(&name, &record, |doc| {
+            doc.load_balancers.push(LoadBalancerDoc {
+                name: name.clone(),
+                vip: None,
+                listeners: Vec::new(),
+            });
+            for l in &listeners {
+                add_listener(doc, &name, l, &before, DEFAULT_CHECK, &[]);
+            }
+            Ok(())
+        })
+        .await?;
         self.put_tags(&name, p).await?;
         Ok(el("DNSName", &dns_name(&name)))
     }
@@ -799,18 +813,17 @@ impl<C: ControlPlane> Elb<'_, C> {
             .iter()
             .filter_map(|id| address_of(&state, id))
             .collect();
-        self.call
-            .change(|doc| {
-                for l in &fresh {
-                    add_listener(doc, &name, l, &record, numbers, &instances);
-                }
-                Ok(())
-            })
-            .await?;
-        for l in fresh {
-            record.backends.insert(l.port, l.backend);
+        let before = record.clone();
+        for l in &fresh {
+            record.backends.insert(l.port, l.backend.clone());
         }
-        self.save(&name, &record).await?;
+        self.change_saving(&name, &record, |doc| {
+            for l in &fresh {
+                add_listener(doc, &name, l, &before, numbers, &instances);
+            }
+            Ok(())
+        })
+        .await?;
         Ok(String::new())
     }
 
@@ -827,21 +840,19 @@ impl<C: ControlPlane> Elb<'_, C> {
             .filter(|l| ports.contains(&l.port))
             .map(|l| l.pool)
             .collect();
-        self.call
-            .change(|doc| {
-                if let Some(lb) = lb_mut(doc, &name) {
-                    lb.listeners
-                        .retain(|l| !u16::try_from(l.port).is_ok_and(|p| ports.contains(&p)));
-                }
-                remove_unused_pools(doc, "", &pools);
-                Ok(())
-            })
-            .await?;
-        for port in ports {
-            record.backends.remove(&port);
-            record.listener_policies.remove(&port);
+        for port in &ports {
+            record.backends.remove(port);
+            record.listener_policies.remove(port);
         }
-        self.save(&name, &record).await?;
+        self.change_saving(&name, &record, |doc| {
+            if let Some(lb) = lb_mut(doc, &name) {
+                lb.listeners
+                    .retain(|l| !u16::try_from(l.port).is_ok_and(|p| ports.contains(&p)));
+            }
+            remove_unused_pools(doc, "", &pools);
+            Ok(())
+        })
+        .await?;
         Ok(String::new())
     }
 

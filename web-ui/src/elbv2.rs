@@ -350,18 +350,20 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         }
         let pool: PoolDoc = serde_json::from_value(pool)
             .map_err(|e| AwsError::bad("ValidationError", e.to_string()))?;
-        self.call
-            .change(|doc| {
-                doc.pools.push(pool);
-                Ok(())
-            })
-            .await?;
         let values = BTreeMap::from([
             ("port".to_owned(), port_n.to_string()),
             ("protocol".to_owned(), protocol.clone()),
             ("target_type".to_owned(), target_type.to_owned()),
         ]);
-        self.call.annotate(&tg_key(&name), values).await?;
+        self.call
+            .change_noting(
+                |doc| {
+                    doc.pools.push(pool);
+                    Ok(())
+                },
+                vec![(tg_key(&name), values)],
+            )
+            .await?;
         self.put_tags(&format!("targetgroup/{name}"), p).await?;
         Ok(format!(
             "<TargetGroups>{}</TargetGroups>",
