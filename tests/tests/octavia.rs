@@ -432,6 +432,21 @@ fn the_octavia_api_refuses_bad_calls_and_changes_nothing() {
 
     let auth = s.token_header();
     let h = [auth.as_str()];
+    // Lists page with `limit` and `marker`, linking to the next page.
+    let all = s.raw("GET", "/v2.0/subnets", &h, None).1["subnets"].clone();
+    let mut paged = Vec::new();
+    let mut path = "/v2.0/subnets?limit=1".to_owned();
+    loop {
+        let page = s.raw("GET", &path, &h, None).1;
+        assert!(page["subnets"].as_array().unwrap().len() <= 1, "{page}");
+        paged.extend(page["subnets"].as_array().unwrap().iter().cloned());
+        let Some(next) = page["subnets_links"][0]["href"].as_str() else {
+            break;
+        };
+        path = next.split_once(OCTAVIA).unwrap().1.to_owned();
+    }
+    assert!(all.as_array().unwrap().len() >= 2, "{all}");
+    assert_eq!(serde_json::Value::Array(paged), all);
     let subnets = s.raw("GET", "/v2.0/subnets?name=10.77.0.0/16", &h, None).1;
     let subnet = subnets["subnets"][0]["id"].as_str().unwrap().to_owned();
     let (status, lb) = s.raw(

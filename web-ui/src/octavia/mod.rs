@@ -100,6 +100,8 @@ pub(crate) struct Call<'a, C> {
     octavia: &'a Octavia<C>,
     by: String,
     query: Vec<(String, String)>,
+    /// `http://HOST/PATH` of the request, for pagination links.
+    base: String,
 }
 
 impl<C: ControlPlane> Call<'_, C> {
@@ -246,6 +248,7 @@ async fn handle<C: ControlPlane>(
         octavia: &octavia,
         by,
         query,
+        base: format!("http://{host}{path}"),
     };
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let segments = match segments.split_first() {
@@ -499,14 +502,16 @@ const NOT_FILTERS: &[&str] = &[
     "sort_dir",
 ];
 
-/// `{"COLLECTION": [...], "COLLECTION_links": []}` of the objects whose
-/// attributes equal every filter in the query (`tags` holds them all).
+/// `{"COLLECTION": [...], "COLLECTION_links": [...]}` of the objects
+/// whose attributes equal every filter in the query (`tags` holds them
+/// all): after the one with ID `marker`, at most `limit`, with a `next`
+/// link when more follow.
 fn list<C: ControlPlane>(
     call: &Call<'_, C>,
     collection: &str,
     objects: Vec<Value>,
 ) -> (StatusCode, Value) {
-    let chosen: Vec<Value> = objects
+    let mut chosen: Vec<Value> = objects
         .into_iter()
         .filter(|o| {
             call.query
@@ -515,10 +520,48 @@ fn list<C: ControlPlane>(
                 .all(|(k, want)| matches(o.get(k), want))
         })
         .collect();
+    if let Some(marker) = call.param("marker") {
+        if let Some(at) = chosen.iter().position(|o| o["id"] == marker) {
+            chosen.drain(..=at);
+        }
+    }
+    let mut links = Vec::new();
+    let limit = call
+        .param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    if let Some(limit) = limit.filter(|l| chosen.len() > *l) {
+        chosen.truncate(limit);
+        let last = chosen
+            .last()
+            .and_then(|o| o["id"].as_str())
+            .unwrap_or_default();
+        let mut query: Vec<String> = call
+            .query
+            .iter()
+            .filter(|(k, _)| k != "marker")
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        query.push(format!("marker={}", encode(last)));
+        links.push(json!({ "rel": "next", "href": format!("{}?{}", call.base, query.join("&")) }));
+    }
     (
         StatusCode::OK,
-        json!({ collection: chosen, format!("{collection}_links"): [] }),
+        json!({ collection: chosen, format!("{collection}_links"): links }),
     )
+}
+
+/// Percent-encodes a query component.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 fn matches(have: Option<&Value>, want: &str) -> bool {
