@@ -99,6 +99,20 @@ impl Setup {
         }
     }
 
+    /// `member create` of `ip:port` in `pool`, waiting; the member.
+    fn member(&self, pool: &str, ip: &str, port: &str) -> Value {
+        self.lb(&[
+            "member",
+            "create",
+            "--address",
+            ip,
+            "--protocol-port",
+            port,
+            "--wait",
+            pool,
+        ])
+    }
+
     /// A raw call to the Octavia API with `headers`: status and body.
     fn raw(&self, method: &str, path: &str, headers: &[&str], body: Option<&str>) -> (u16, Value) {
         let mut command = Command::new("ip");
@@ -203,28 +217,10 @@ fn the_openstack_cli_walkthrough_builds_a_balancer_that_serves() {
         assert_eq!(p["provisioning_status"], "ACTIVE", "{p}");
     }
     for (ip, port) in [(a_ip, a_port), (b_ip, b_port)] {
-        let m = s.lb(&[
-            "member",
-            "create",
-            "--address",
-            ip,
-            "--protocol-port",
-            port,
-            "--wait",
-            "pool80",
-        ]);
+        let m = s.member("pool80", ip, port);
         assert_eq!(m["address"], ip, "{m}");
     }
-    s.lb(&[
-        "member",
-        "create",
-        "--address",
-        a_ip,
-        "--protocol-port",
-        a_port,
-        "--wait",
-        "pool443",
-    ]);
+    s.member("pool443", a_ip, a_port);
     let hm = s.lb(&[
         "healthmonitor",
         "create",
@@ -331,26 +327,8 @@ fn the_openstack_cli_walkthrough_builds_a_balancer_that_serves() {
         "HTTP",
         "--wait",
     ]);
-    s.lb(&[
-        "member",
-        "create",
-        "--address",
-        a_ip,
-        "--protocol-port",
-        a_port,
-        "--wait",
-        "site",
-    ]);
-    s.lb(&[
-        "member",
-        "create",
-        "--address",
-        b_ip,
-        "--protocol-port",
-        b_port,
-        "--wait",
-        "api",
-    ]);
+    s.member("site", a_ip, a_port);
+    s.member("api", b_ip, b_port);
     s.lb(&[
         "l7policy",
         "create",

@@ -177,19 +177,14 @@ impl Params {
     /// send query strings).
     fn parse(query: &str, form: Option<&[u8]>) -> Self {
         let body = form.map(String::from_utf8_lossy).unwrap_or_default();
-        let clean = |s: &str| {
-            String::from_utf8_lossy(&crate::sigv4::decode(&s.replace('+', " "))).into_owned()
-        };
         let pairs = [query, &body]
             .into_iter()
-            .flat_map(|text| text.split('&'))
-            .filter(|p| !p.is_empty())
-            .map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            .flat_map(crate::sigv4::form_pairs)
+            .map(|(k, v)| {
                 // libcloud's policy attributes arrive with whitespace inside
                 // their names (`PolicyAttributes.member.1.  AttributeName`).
-                let key: Vec<String> = clean(k).split('.').map(|s| s.trim().to_owned()).collect();
-                (key.join("."), clean(v))
+                let key: Vec<&str> = k.split('.').map(str::trim).collect();
+                (key.join("."), v)
             })
             .collect();
         Params(pairs)

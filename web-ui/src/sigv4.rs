@@ -259,6 +259,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The decoded `key=value` pairs of form-encoded text (`+` is a space).
+pub(crate) fn form_pairs(text: &str) -> Vec<(String, String)> {
+    let clean = |s: &str| String::from_utf8_lossy(&decode(&s.replace('+', " "))).into_owned();
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (clean(k), clean(v))
+        })
+        .collect()
+}
+
 /// Percent-decodes (`+` stays `+`: SigV4 clients encode spaces as %20).
 pub fn decode(s: &str) -> Vec<u8> {
     let b = s.as_bytes();

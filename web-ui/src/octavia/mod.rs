@@ -231,19 +231,7 @@ async fn handle<C: ControlPlane>(
         Ok(by) => by,
         Err(f) => return f.into_response(),
     };
-    let query = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let clean = |s: &str| {
-                String::from_utf8_lossy(&crate::sigv4::decode(&s.replace('+', " "))).into_owned()
-            };
-            (clean(k), clean(v))
-        })
-        .collect();
+    let query = crate::sigv4::form_pairs(uri.query().unwrap_or(""));
     let call = Call {
         octavia: &octavia,
         by,
