@@ -53,11 +53,11 @@ pub enum ProxyError {
     #[error("{member} failed the request: {source}{}", cause(source))]
     Upstream {
         member: SocketAddr,
-        source: hyper::Error,
+        source: BoxError,
     },
-    /// The client's request body is malformed (a bad chunk).
-    #[error("malformed request body: {source}")]
-    ClientBody { source: hyper::Error },
+    /// The client's request body is malformed (a bad chunk) or was cut off.
+    #[error("request body failed: {source}{}", cause(source))]
+    ClientBody { source: BoxError },
     /// The client did not send its whole request within `request_timeout`.
     #[error("request not received within {timeout:?}")]
     RequestTimeout { timeout: Duration },
@@ -123,9 +123,10 @@ pub enum ApplyError {
     ShuttingDown,
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// hyper's errors name their kind only ("http2 error"); what lies under
 /// (a stream reset and its reason, an I/O error) is added for the logs.
-fn cause(e: &hyper::Error) -> String {
-    use std::error::Error;
+fn cause(e: &BoxError) -> String {
     e.source().map(|s| format!(" ({s})")).unwrap_or_default()
 }

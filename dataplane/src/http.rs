@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
+use crate::client::{self, SendError};
 use crate::error::{ProxyError, Retry, Side};
 use crate::member::{MemberState, Outstanding};
 use crate::plan::{ListenerPlan, PoolPlan, SharedPlan};
@@ -43,7 +44,6 @@ pub const MAX_URI_BYTES: usize = 16 * 1024;
 /// Attempts at connecting to members for one request.
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
-pub(crate) type UpstreamSender = hyper::client::conn::http1::SendRequest<RequestBody>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Which HTTP version a client connection speaks.
@@ -112,12 +112,8 @@ pub(crate) async fn serve<IO>(
         cut: cut.clone(),
         tunnels,
     });
-    let service = service_fn(move |req| {
-        let conn = conn.clone();
-        // Boxed: a request's future is a few KiB, and HTTP/2 moves the
-        // service's future into a task per stream; a pointer moves cheaply.
-        async move { Ok::<_, Infallible>(Box::pin(conn.handle(req)).await) }
-    });
+    // Requests travel boxed: a future that holds one stays small, and
+    // moving it (hyper moves each request's future into place) stays cheap.
     let io = TokioIo::new(stream);
     match mode {
         Mode::Http1 => {
@@ -128,6 +124,10 @@ pub(crate) async fn serve<IO>(
                 .max_buf_size(MAX_HEAD_BYTES)
                 .max_headers(MAX_HEADERS)
                 .keep_alive(true);
+            let service = service_fn(move |req| {
+                let conn = conn.clone();
+                async move { Ok::<_, Infallible>(conn.handle(Box::new(req)).await) }
+            });
             // With upgrades: a websocket leaves this connection for a tunnel.
             let serving = builder.serve_connection(io, service).with_upgrades();
             tokio::pin!(serving);
@@ -139,6 +139,12 @@ pub(crate) async fn serve<IO>(
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_HEAD_BYTES as u32)
                 .max_concurrent_streams(MAX_STREAMS);
+            // Each stream's future is moved into a task of its own: boxed,
+            // that moves a pointer.
+            let service = service_fn(move |req| {
+                let conn = conn.clone();
+                async move { Ok::<_, Infallible>(Box::pin(conn.handle(Box::new(req))).await) }
+            });
             let serving = builder.serve_connection(io, service);
             tokio::pin!(serving);
             drive(serving, |c| c.graceful_shutdown(), peer, closing, cut).await;
@@ -221,7 +227,7 @@ impl Conn {
             .unwrap_or_else(|| self.first.clone())
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(&self, req: Box<Request<Incoming>>) -> Response<ProxyBody> {
         let started = Instant::now();
         let listener = self.listener();
         let mut pool = None;
@@ -273,7 +279,7 @@ impl Conn {
 
     async fn forward_or_error(
         &self,
-        req: Request<Incoming>,
+        req: Box<Request<Incoming>>,
         listener: &ListenerPlan,
         pool: &PoolPlan,
         started: Instant,
@@ -296,14 +302,14 @@ impl Conn {
 
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Box<Request<Incoming>>,
         listener: &ListenerPlan,
         pool: &PoolPlan,
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let mut req = req;
-        let upgrade = upgrade_asked(&req).map(|proto| (proto, hyper::upgrade::on(&mut req)));
-        let (mut parts, mut body) = req.into_parts();
+        let upgrade = upgrade_asked(&req).map(|proto| (proto, hyper::upgrade::on(&mut *req)));
+        let (mut parts, mut body) = (*req).into_parts();
         // A chunked body's first chunk is read before any member is chosen:
         // a malformed chunk size is answered 400 and nothing is forwarded.
         let request_timeout = listener.spec.request_timeout;
@@ -322,7 +328,7 @@ impl Conn {
                     })
                 }
                 Some(Some(Ok(frame))) => first = Some(frame),
-                Some(Some(Err(source))) => return Err(ProxyError::ClientBody { source }),
+                Some(Some(Err(e))) => return Err(ProxyError::ClientBody { source: e.into() }),
                 Some(None) => {}
             }
         }
@@ -349,7 +355,7 @@ impl Conn {
         } else if pool.spec.http_version == HttpVersion::Http2 {
             to_http2(&mut parts, pool.tls.is_some(), listener, wants_trailers);
         }
-        let mut req = Request::from_parts(
+        let mut req = Box::new(Request::from_parts(
             parts,
             RequestBody {
                 first,
@@ -359,7 +365,7 @@ impl Conn {
                 deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
                 expired: expired.clone(),
             },
-        );
+        ));
         let mut tried = Vec::new();
         let mut last_err = None;
         while tried.len() < MAX_CONNECT_ATTEMPTS {
@@ -387,7 +393,7 @@ impl Conn {
             };
             req.body_mut().member = Some(member.clone());
             let sent = match upgrade {
-                None => exchange(sender, req, guard, listener, pool).await,
+                None => exchange(sender, req, guard, listener, pool, self.ends).await,
                 Some((_, client_side)) => {
                     Box::pin(self.upgrade(sender, req, client_side, guard, listener, pool)).await
                 }
@@ -428,32 +434,41 @@ impl Conn {
     /// on the listener and cut by drains like any connection.
     async fn upgrade(
         &self,
-        mut sender: Sender,
-        req: Request<RequestBody>,
+        sender: Sender,
+        req: Box<Request<RequestBody>>,
         client_side: OnUpgrade,
         guard: Outstanding,
         listener: &ListenerPlan,
         pool: &PoolPlan,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let member = guard.member().clone();
-        let mut response = send(&mut sender, req, &member, pool.spec.response_timeout).await?;
+        let response = send(sender, req, &member, pool, self.ends).await?;
         member.stats.requests.count(response.status().as_u16());
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            // Refused: the answer goes back as it is; the connection is not reused.
-            let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            let body = UpstreamBody {
-                inner: body,
-                lease: None,
-                cut: Box::pin(member.cut_token().cancelled_owned()),
-                _outstanding: guard,
-                member,
-                listener: listener.stats.clone(),
-            };
-            return Ok(Response::from_parts(parts, ProxyBody::Upstream(body)));
-        }
-        let member_side = hyper::upgrade::on(&mut response);
-        let (mut parts, _) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
+        let member_side = match body {
+            MemberBody::Http1(body) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+                body.into_upgraded()
+            }
+            body => {
+                // Refused: the answer goes back as it is; the connection is not reused.
+                strip_hop_by_hop(&mut parts.headers);
+                let body = UpstreamBody {
+                    inner: body,
+                    reuse: false,
+                    cut: Box::pin(member.cut_token().cancelled_owned()),
+                    _outstanding: guard,
+                    member,
+                    listener: listener.stats.clone(),
+                };
+                return Ok(Response::from_parts(parts, ProxyBody::Upstream(body)));
+            }
+        };
+        let Some(member_side) = member_side else {
+            return Err(ProxyError::Upstream {
+                member: member.address,
+                source: "switched protocols on a connection it cannot hand over".into(),
+            });
+        };
         let proto = parts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut parts.headers);
         if let Some(proto) = proto {
@@ -471,10 +486,10 @@ impl Conn {
         self.tunnels.spawn(async move {
             let _open = open;
             stats.tunnels.fetch_add(1, Relaxed);
-            let (client, upstream) = match tokio::join!(client_side, member_side) {
-                (Ok(c), Ok(m)) => (TokioIo::new(c), TokioIo::new(m)),
-                (c, m) => {
-                    tracing::debug!(client.addr = %peer, client_ok = c.is_ok(), member_ok = m.is_ok(), "upgrade not completed");
+            let client = match client_side.await {
+                Ok(c) => TokioIo::new(c),
+                Err(e) => {
+                    tracing::debug!(client.addr = %peer, error = %e, "upgrade not completed");
                     stats.tunnels.fetch_sub(1, Relaxed);
                     return;
                 }
@@ -485,7 +500,7 @@ impl Conn {
             };
             let member_cut = member.cut_token();
             let result = tokio::select! {
-                r = tcp::pipe(client, upstream, idle, &counters) => r,
+                r = tcp::pipe(client, member_side, idle, &counters) => r,
                 _ = cut.cancelled() => Err(std::io::Error::other("listener drained")),
                 _ = member_cut.cancelled() => Err(std::io::Error::other("member drained")),
             };
@@ -538,9 +553,9 @@ async fn checkout(
             }
         }
     } else if !own_http1 && shared {
-        while let Some(mut sender) = member.take_idle() {
-            if sender.ready().await.is_ok() {
-                return Ok(Sender::Http1(sender));
+        while let Some(mut conn) = member.take_idle() {
+            if conn.is_open() {
+                return Ok(Sender::Http1(conn.reuse()));
             }
         }
     }
@@ -557,71 +572,60 @@ async fn connect(
     http2: bool,
     shared: bool,
 ) -> Result<Sender, ProxyError> {
-    let timeout = pool.spec.connect_timeout;
     let alpn = if http2 { Alpn::Http2 } else { Alpn::Http1 };
-    let opening = tcp::open(member.address, pool, ends, alpn);
-    let stream = match tokio::time::timeout(timeout, opening).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => {
-            return Err(ProxyError::Connect {
-                member: member.address,
-                source,
-            })
-        }
-        Err(_) => {
-            return Err(ProxyError::ConnectTimeout {
-                member: member.address,
-                timeout,
-            })
-        }
-    };
-    member.stats.connections.fetch_add(1, Relaxed);
-    let upstream = |source| ProxyError::Upstream {
-        member: member.address,
-        source,
-    };
-    if http2 {
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(upstream)?;
-        tokio::spawn(connection);
-        if shared {
-            member.share_http2(sender.clone());
-        }
-        return Ok(Sender::Http2(sender));
+    let stream = open(member, pool, ends, alpn).await?;
+    if !http2 {
+        return Ok(Sender::Http1(client::Conn::new(stream)));
     }
-    let (sender, connection) = hyper::client::conn::http1::Builder::new()
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(upstream)?;
-    tokio::spawn(async move {
-        let _ = connection.with_upgrades().await;
-    });
-    Ok(Sender::Http1(sender))
+        .map_err(|e| ProxyError::Upstream {
+            member: member.address,
+            source: e.into(),
+        })?;
+    tokio::spawn(connection);
+    if shared {
+        member.share_http2(sender.clone());
+    }
+    Ok(Sender::Http2(sender))
+}
+
+/// A new connection (TCP, PROXY header, TLS) to `member`, within the
+/// pool's connect timeout.
+async fn open(
+    member: &MemberState,
+    pool: &PoolPlan,
+    ends: Addresses,
+    alpn: Alpn,
+) -> Result<tcp::Upstream, ProxyError> {
+    let timeout = pool.spec.connect_timeout;
+    let opening = tcp::open(member.address, pool, ends, alpn);
+    match tokio::time::timeout(timeout, opening).await {
+        Ok(Ok(s)) => {
+            member.stats.connections.fetch_add(1, Relaxed);
+            Ok(s)
+        }
+        Ok(Err(source)) => Err(ProxyError::Connect {
+            member: member.address,
+            source,
+        }),
+        Err(_) => Err(ProxyError::ConnectTimeout {
+            member: member.address,
+            timeout,
+        }),
+    }
 }
 
 /// Where a request to a member is sent: an HTTP/1.1 connection (one
 /// request at a time, pooled when idle) or a shared HTTP/2 connection.
 pub(crate) enum Sender {
-    Http1(UpstreamSender),
+    Http1(client::Conn),
     Http2(Http2Sender),
 }
 
 pub(crate) type Http2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
-
-impl Sender {
-    async fn send(
-        &mut self,
-        req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, hyper::Error> {
-        match self {
-            Sender::Http1(s) => s.send_request(req).await,
-            Sender::Http2(s) => s.send_request(req).await,
-        }
-    }
-}
 
 /// Rewrites a request for an HTTP/2 member: the target becomes absolute
 /// (`:scheme` and `:authority` from `Host`), and `te: trailers` (which
@@ -661,68 +665,60 @@ fn to_http2(
 
 /// Sends the request and wraps the member's response for the client.
 async fn exchange(
-    mut sender: Sender,
-    req: Request<RequestBody>,
+    sender: Sender,
+    req: Box<Request<RequestBody>>,
     guard: Outstanding,
     listener: &ListenerPlan,
     pool: &PoolPlan,
+    ends: Addresses,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let timeout = pool.spec.response_timeout;
-    let reusable = pool.spec.proxy_protocol.is_none();
     let member = guard.member().clone();
     let started = Instant::now();
     let cut = member.cut_token();
-    let response = send(&mut sender, req, &member, timeout).await?;
+    let response = send(sender, req, &member, pool, ends).await?;
     member.stats.latency.observe(started.elapsed());
     member.stats.requests.count(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    // A body that is already over never gets polled: the connection is free now.
-    let lease = match sender {
-        Sender::Http1(sender) if reusable => {
-            if body.is_end_stream() {
-                member.put_idle(sender);
-                None
-            } else {
-                Some(sender)
-            }
-        }
-        // An HTTP/2 connection is shared, never leased.
-        _ => None,
-    };
-    let body = UpstreamBody {
+    let mut body = UpstreamBody {
         inner: body,
-        lease,
+        // A connection that carried a PROXY header names one client: never reused.
+        reuse: pool.spec.proxy_protocol.is_none(),
         cut: Box::pin(cut.cancelled_owned()),
         _outstanding: guard,
         member,
         listener: listener.stats.clone(),
     };
+    // A body that is already over never gets polled: the connection is free now.
+    if body.is_end_stream() {
+        body.release();
+    }
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
 }
 
-/// Sends `req` to `member` and waits for its response head, at most
-/// `timeout`; a drain that runs out meanwhile ends the wait. Failures are
-/// counted on the member as the status the client will see.
+/// Sends `req` to `member` and waits for its response head, at most the
+/// pool's `response_timeout`; a drain that runs out meanwhile ends the
+/// wait. Failures are counted on the member as the status the client will see.
 async fn send(
-    sender: &mut Sender,
-    req: Request<RequestBody>,
+    sender: Sender,
+    req: Box<Request<RequestBody>>,
     member: &MemberState,
-    timeout: Duration,
-) -> Result<Response<Incoming>, ProxyError> {
+    pool: &PoolPlan,
+    ends: Addresses,
+) -> Result<Response<MemberBody>, ProxyError> {
+    let timeout = pool.spec.response_timeout;
     let cut = member.cut_token();
     let sent = tokio::select! {
-        r = tokio::time::timeout(timeout, sender.send(req)) => r,
+        r = tokio::time::timeout(timeout, deliver(sender, req, member, pool, ends)) => r,
         _ = cut.cancelled() => return Err(ProxyError::Drained { member: member.address }),
     };
     match sent {
         Ok(Ok(r)) => Ok(r),
-        Ok(Err(source)) => {
-            member.stats.requests.count(502);
-            Err(ProxyError::Upstream {
-                member: member.address,
-                source,
-            })
+        Ok(Err(e)) => {
+            if e.side() == Side::Upstream {
+                member.stats.requests.count(e.status().as_u16());
+            }
+            Err(e)
         }
         Err(_) => {
             member.stats.requests.count(504);
@@ -731,6 +727,45 @@ async fn send(
                 timeout,
             })
         }
+    }
+}
+
+/// One exchange on `sender`. A reused HTTP/1.1 connection that the member
+/// closed before taking the request (its idle timeout crossed the request)
+/// is replaced by a new connection and the request sent again.
+async fn deliver(
+    sender: Sender,
+    req: Box<Request<RequestBody>>,
+    member: &MemberState,
+    pool: &PoolPlan,
+    ends: Addresses,
+) -> Result<Response<MemberBody>, ProxyError> {
+    let upstream = |source: BoxError| ProxyError::Upstream {
+        member: member.address,
+        source,
+    };
+    let failed = |e: SendError| match e {
+        SendError::ClientBody(source) => ProxyError::ClientBody { source },
+        SendError::Upstream(e) => upstream(e.into()),
+        SendError::Stale(_) => upstream("connection closed by the member".into()),
+    };
+    let conn = match sender {
+        Sender::Http2(mut s) => {
+            let r = s.send_request(*req).await.map_err(|e| upstream(e.into()))?;
+            return Ok(r.map(MemberBody::Http2));
+        }
+        Sender::Http1(conn) => conn,
+    };
+    let req = match conn.send(req).await {
+        Ok(r) => return Ok(r.map(MemberBody::Http1)),
+        Err(SendError::Stale(req)) => req,
+        Err(e) => return Err(failed(e)),
+    };
+    tracing::debug!(member = %member.address, "idle connection closed by the member; sending on a new one");
+    let stream = Box::pin(open(member, pool, ends, Alpn::Http1)).await?;
+    match client::Conn::new(stream).send(req).await {
+        Ok(r) => Ok(r.map(MemberBody::Http1)),
+        Err(e) => Err(failed(e)),
     }
 }
 
@@ -952,12 +987,50 @@ impl Body for RequestBody {
     }
 }
 
+/// A member's response body as it comes off the member's connection.
+pub(crate) enum MemberBody {
+    Http1(client::ResponseBody),
+    Http2(Incoming),
+}
+
+impl Body for MemberBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            MemberBody::Http1(b) => Pin::new(b).poll_frame(cx),
+            MemberBody::Http2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            MemberBody::Http1(b) => b.is_end_stream(),
+            MemberBody::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            MemberBody::Http1(b) => b.size_hint(),
+            MemberBody::Http2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A member's response body on its way to the client. When it ends cleanly
-/// the upstream connection goes back to the member's idle list; while it
+/// an HTTP/1.1 connection goes back to the member's idle list; while it
 /// streams, the request counts as outstanding on the member.
 pub(crate) struct UpstreamBody {
-    inner: Incoming,
-    lease: Option<UpstreamSender>,
+    inner: MemberBody,
+    /// The connection may carry other requests after this one.
+    reuse: bool,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
     _outstanding: Outstanding,
     member: Arc<MemberState>,
@@ -990,9 +1063,9 @@ impl Body for UpstreamBody {
                 }
             }
             None => self.release(),
-            Some(Err(_)) => self.lease = None,
+            Some(Err(_)) => self.reuse = false,
         }
-        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -1005,19 +1078,19 @@ impl Body for UpstreamBody {
 }
 
 impl UpstreamBody {
-    /// Gives the upstream connection back for reuse; the body is complete.
+    /// Gives an HTTP/1.1 connection back for reuse once the body is over.
     fn release(&mut self) {
-        if let Some(sender) = self.lease.take() {
-            self.member.put_idle(sender);
+        if let (true, MemberBody::Http1(body)) = (self.reuse, &mut self.inner) {
+            if let Some(conn) = body.take_reusable() {
+                self.member.put_idle(conn);
+            }
         }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if self.inner.is_end_stream() {
-            self.release();
-        }
+        self.release();
     }
 }
 

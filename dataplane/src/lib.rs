@@ -11,6 +11,7 @@
 //! serve and serves it.
 
 mod balance;
+mod client;
 mod error;
 mod health;
 mod http;

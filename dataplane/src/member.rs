@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{Http2Sender, UpstreamSender};
+use crate::client;
+use crate::http::Http2Sender;
 use crate::metrics::MemberStats;
 
 /// Idle upstream connections kept per member.
@@ -34,7 +35,7 @@ pub struct MemberState {
     draining: AtomicBool,
     drain: Mutex<Drain>,
     pub stats: MemberStats,
-    idle: Mutex<Vec<(Instant, UpstreamSender)>>,
+    idle: Mutex<Vec<(Instant, client::Conn)>>,
     /// The HTTP/2 connection requests share, for pools that speak HTTP/2.
     http2: Mutex<Option<Http2Sender>>,
 }
@@ -169,12 +170,13 @@ impl MemberState {
         }
     }
 
-    /// An idle upstream connection to reuse, if one is still open.
-    pub(crate) fn take_idle(&self) -> Option<UpstreamSender> {
+    /// The most recently returned idle upstream connection that is young
+    /// enough to reuse; the caller checks that it is still open.
+    pub(crate) fn take_idle(&self) -> Option<client::Conn> {
         let mut idle = lock(&self.idle);
-        while let Some((since, sender)) = idle.pop() {
-            if since.elapsed() < IDLE_LIFETIME && !sender.is_closed() {
-                return Some(sender);
+        while let Some((since, conn)) = idle.pop() {
+            if since.elapsed() < IDLE_LIFETIME {
+                return Some(conn);
             }
         }
         None
@@ -208,10 +210,8 @@ impl MemberState {
     }
 
     /// Returns a connection whose exchange finished cleanly.
-    pub(crate) fn put_idle(&self, sender: UpstreamSender) {
-        // Readiness lags the end of the response body by a moment, so only a
-        // closed connection is refused here; `checkout` waits for readiness.
-        if sender.is_closed() || !self.is_up() || self.is_draining() {
+    pub(crate) fn put_idle(&self, conn: client::Conn) {
+        if !self.is_up() || self.is_draining() {
             return;
         }
         let mut idle = lock(&self.idle);
@@ -219,10 +219,10 @@ impl MemberState {
         // Stale entries are skipped by `take_idle`; sweep them only when the
         // list is full, so a return costs O(1), not a scan.
         if idle.len() >= MAX_IDLE {
-            idle.retain(|(since, s)| now.duration_since(*since) < IDLE_LIFETIME && !s.is_closed());
+            idle.retain(|(since, _)| now.duration_since(*since) < IDLE_LIFETIME);
         }
         if idle.len() < MAX_IDLE {
-            idle.push((now, sender));
+            idle.push((now, conn));
         }
     }
 }

@@ -1,0 +1,846 @@
+//! HTTP/1.1 to members. A connection carries one request at a time and is
+//! driven by the task of the request that holds it: no connection task and
+//! no channel between the request and its connection. The request goes out
+//! while the response head comes in (a member may answer before it has read
+//! the whole body); the response body is read from the connection as the
+//! client takes it, and a connection whose exchange ended cleanly can carry
+//! the next request.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::io::poll_read_buf;
+
+use crate::http::{RequestBody, MAX_HEADERS, MAX_HEAD_BYTES};
+use crate::tcp::Upstream;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bytes of request body queued for the member before writing them.
+const WRITE_AHEAD: usize = 64 * 1024;
+/// How much the read buffer grows by at a time.
+const READ_CHUNK: usize = 8 * 1024;
+/// The longest chunk-size line (with extensions) accepted from a member.
+const MAX_CHUNK_LINE: usize = 1024;
+
+/// An HTTP/1.1 connection to a member, idle or carrying one exchange.
+pub(crate) struct Conn {
+    io: Upstream,
+    /// Bytes read from the member and not consumed yet.
+    buf: BytesMut,
+    /// It carried a request before: a failure before any answer may mean
+    /// the member closed it while idle, so the request may go elsewhere.
+    reused: bool,
+}
+
+/// Why an exchange failed.
+pub(crate) enum SendError {
+    /// The member closed a reused connection before it read anything of
+    /// the request; the request comes back untouched, safe to send again.
+    Stale(Box<Request<RequestBody>>),
+    /// The client's request body failed (malformed, cut, too slow).
+    ClientBody(BoxError),
+    /// The member or the connection failed.
+    Upstream(io::Error),
+}
+
+impl Conn {
+    pub(crate) fn new(io: Upstream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            reused: false,
+        }
+    }
+
+    /// Whether an idle connection can carry another request: the member
+    /// has neither closed it nor sent anything unasked.
+    pub(crate) fn is_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+
+    /// Marks a connection taken from the idle list.
+    pub(crate) fn reuse(mut self) -> Conn {
+        self.reused = true;
+        self
+    }
+
+    /// Sends `req` and reads the member's response head. The body of the
+    /// response is read later, as the caller polls it.
+    pub(crate) async fn send(
+        mut self,
+        req: Box<Request<RequestBody>>,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let head_only = req.method() == Method::HEAD;
+        let (parts, body) = (*req).into_parts();
+        let mut out = Outgoing::new(&parts, body);
+        let mut head = None;
+        let mut received = false;
+        let result = poll_fn(|cx| {
+            // Write what can be written, then read what has arrived; the
+            // exchange ends with the response head, written out or not.
+            if let Err(e) = out.poll_write(&mut self.io, cx) {
+                return Poll::Ready(Err(e));
+            }
+            loop {
+                match parse_head(&mut self.buf) {
+                    Err(e) => return Poll::Ready(Err(Failure::Upstream(e))),
+                    // 1xx answers (100 Continue) are not passed on: the
+                    // client's server side answers its own `Expect`.
+                    Ok(Some(h))
+                        if h.status.is_informational()
+                            && h.status != StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        continue
+                    }
+                    Ok(Some(h)) => {
+                        head = Some(h);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Ok(None) => {}
+                }
+                if self.buf.len() > MAX_HEAD_BYTES {
+                    return Poll::Ready(Err(Failure::Upstream(invalid("response head too large"))));
+                }
+                self.buf.reserve(READ_CHUNK);
+                match ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)) {
+                    Ok(0) => return Poll::Ready(Err(Failure::Closed)),
+                    Ok(_) => received = true,
+                    Err(e) => return Poll::Ready(Err(Failure::Io(e))),
+                }
+            }
+        })
+        .await;
+        let stale = self.reused && !received && !out.started;
+        match result {
+            Ok(()) => {}
+            Err(Failure::ClientBody(e)) => return Err(SendError::ClientBody(e)),
+            Err(Failure::Closed | Failure::Io(_)) if stale => {
+                let (parts, body) = (parts, out.into_body());
+                return match body {
+                    Some(body) => Err(SendError::Stale(Box::new(Request::from_parts(parts, body)))),
+                    None => Err(SendError::Upstream(closed())),
+                };
+            }
+            Err(Failure::Closed) => return Err(SendError::Upstream(closed())),
+            Err(Failure::Io(e) | Failure::Upstream(e)) => return Err(SendError::Upstream(e)),
+        }
+        let Some(head) = head else {
+            return Err(SendError::Upstream(closed()));
+        };
+        let Some(framing) = head.framing(head_only) else {
+            return Err(SendError::Upstream(invalid(
+                "response framing headers contradict each other",
+            )));
+        };
+        let reusable = head.keep_alive && out.finished() && !matches!(framing, Framing::Close);
+        let mut response = Response::new(ResponseBody {
+            conn: Some(self),
+            framing,
+            reusable,
+        });
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        if let Some(reason) = head.reason {
+            response.extensions_mut().insert(reason);
+        }
+        Ok(response)
+    }
+}
+
+/// How a send failed, before it is told apart into a [`SendError`].
+enum Failure {
+    ClientBody(BoxError),
+    /// The member closed the connection before a whole response head.
+    Closed,
+    Io(io::Error),
+    Upstream(io::Error),
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+fn closed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "member closed the connection before a complete response",
+    )
+}
+
+/// A request on its way out: encoded bytes not yet written, and the body
+/// still to read.
+struct Outgoing {
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    body: Option<RequestBody>,
+    chunked: bool,
+    /// A frame of the body was asked for.
+    started: bool,
+    /// The body ended (and its last chunk is queued).
+    body_done: bool,
+}
+
+impl Outgoing {
+    fn new(parts: &http::request::Parts, body: RequestBody) -> Outgoing {
+        let sized = parts.headers.contains_key(header::CONTENT_LENGTH);
+        let empty = body.is_end_stream();
+        let chunked = !sized && !empty;
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut head = BytesMut::with_capacity(512);
+        head.extend_from_slice(parts.method.as_str().as_bytes());
+        head.extend_from_slice(b" ");
+        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &parts.headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        if chunked {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        let head = head.freeze();
+        let mut out = Outgoing {
+            queue: VecDeque::new(),
+            queued: 0,
+            body: Some(body),
+            chunked,
+            started: false,
+            body_done: empty,
+        };
+        out.push(head);
+        out
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.queued += bytes.len();
+            self.queue.push_back(bytes);
+        }
+    }
+
+    /// Everything of the request was written.
+    fn finished(&self) -> bool {
+        self.body_done && self.queue.is_empty()
+    }
+
+    /// The untouched body, for a request sent again elsewhere.
+    fn into_body(self) -> Option<RequestBody> {
+        (!self.started).then_some(self.body).flatten()
+    }
+
+    /// Moves the request out as far as the connection and the body allow.
+    /// `Ok` whether or not it is all written: the caller also reads.
+    fn poll_write(&mut self, io: &mut Upstream, cx: &mut Context<'_>) -> Result<(), Failure> {
+        loop {
+            // Gather what the body has ready, so a small request goes out
+            // in one write.
+            while !self.body_done && self.queued < WRITE_AHEAD {
+                let Some(body) = self.body.as_mut() else {
+                    break;
+                };
+                self.started = true;
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Some(Err(e))) => return Err(Failure::ClientBody(e)),
+                    Poll::Ready(Some(Ok(frame))) => self.queue_frame(frame),
+                    Poll::Ready(None) => {
+                        self.body_done = true;
+                        if self.chunked {
+                            self.push(Bytes::from_static(b"0\r\n\r\n"));
+                        }
+                    }
+                }
+            }
+            if self.queue.is_empty() {
+                return Ok(());
+            }
+            let mut slices = [IoSlice::new(&[]); 16];
+            let n = self.queue.len().min(slices.len());
+            for (slot, bytes) in slices.iter_mut().zip(self.queue.iter()) {
+                *slot = IoSlice::new(bytes);
+            }
+            let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Ok(0)) => return Err(Failure::Closed),
+                Poll::Ready(Ok(w)) => w,
+                Poll::Ready(Err(e)) => return Err(Failure::Io(e)),
+            };
+            self.advance(written);
+        }
+    }
+
+    fn queue_frame(&mut self, frame: Frame<Bytes>) {
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) if self.chunked => {
+                self.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                self.push(data);
+                self.push(Bytes::from_static(b"\r\n"));
+            }
+            Ok(data) => self.push(data),
+            Err(frame) => {
+                // Trailers end a chunked body; an identity body has no
+                // place for them and they are dropped.
+                if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
+                    let mut last = BytesMut::from(&b"0\r\n"[..]);
+                    for (name, value) in &trailers {
+                        last.extend_from_slice(name.as_str().as_bytes());
+                        last.extend_from_slice(b": ");
+                        last.extend_from_slice(value.as_bytes());
+                        last.extend_from_slice(b"\r\n");
+                    }
+                    last.extend_from_slice(b"\r\n");
+                    self.push(last.freeze());
+                    self.body_done = true;
+                    self.body = None;
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.queued -= written;
+        while written > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                return;
+            };
+            if written >= front.len() {
+                written -= front.len();
+                self.queue.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    reason: Option<hyper::ext::ReasonPhrase>,
+    keep_alive: bool,
+}
+
+/// Parses a response head off the front of `buf`; `None` until it is whole.
+fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(invalid("too many response headers")),
+        Err(e) => return Err(invalid(&format!("malformed response head: {e}"))),
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| invalid("malformed response status"))?;
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let reason = parsed
+        .reason
+        .filter(|r| Some(*r) != status.canonical_reason() && !r.is_empty())
+        .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes().to_vec()).ok());
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut close = false;
+    let mut keep_alive = false;
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| invalid("malformed response header name"))?;
+        let value = HeaderValue::from_bytes(field.value)
+            .map_err(|_| invalid("malformed response header value"))?;
+        if name == header::CONNECTION {
+            for token in value.to_str().unwrap_or("").split(',') {
+                close |= token.trim().eq_ignore_ascii_case("close");
+                keep_alive |= token.trim().eq_ignore_ascii_case("keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+    buf.advance(len);
+    let keep_alive = !close && (version == Version::HTTP_11 || keep_alive);
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        reason,
+        keep_alive,
+    }))
+}
+
+impl Head {
+    /// How the body is delimited (RFC 9112 §6.3); `None` when the
+    /// member's `Content-Length` fields are unusable.
+    fn framing(&self, head_only: bool) -> Option<Framing> {
+        let s = self.status;
+        if s == StatusCode::SWITCHING_PROTOCOLS {
+            return Some(Framing::Upgraded);
+        }
+        if head_only || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED {
+            return Some(Framing::Length(0));
+        }
+        if let Some(te) = self
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+        {
+            let last = te.to_str().unwrap_or("").rsplit(',').next().unwrap_or("");
+            return Some(if last.trim().eq_ignore_ascii_case("chunked") {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::Close
+            });
+        }
+        let mut lengths = self.headers.get_all(header::CONTENT_LENGTH).iter();
+        match (lengths.next(), lengths.next()) {
+            (Some(v), None) => v.to_str().ok()?.trim().parse().ok().map(Framing::Length),
+            (Some(_), Some(_)) => None,
+            (None, _) => Some(Framing::Close),
+        }
+    }
+}
+
+/// How a response body ends.
+enum Framing {
+    /// After this many more bytes.
+    Length(u64),
+    /// At its last chunk.
+    Chunked(Chunk),
+    /// When the member closes the connection.
+    Close,
+    /// The connection left HTTP (101): it is handed over whole.
+    Upgraded,
+}
+
+/// Where a chunked body's decoder stands.
+#[derive(Clone, Copy)]
+enum Chunk {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// A member's response body, read off the connection as it is polled.
+pub(crate) struct ResponseBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    /// The connection can carry another request once this body is over.
+    reusable: bool,
+}
+
+impl ResponseBody {
+    /// The connection, if the body is over and the exchange left it fit
+    /// for another request.
+    pub(crate) fn take_reusable(&mut self) -> Option<Conn> {
+        if self.reusable && self.is_end_stream() {
+            self.reusable = false;
+            self.conn.take()
+        } else {
+            None
+        }
+    }
+
+    /// The connection as a byte stream, after the member switched
+    /// protocols; bytes it sent after its response head come first.
+    pub(crate) fn into_upgraded(mut self) -> Option<Upgraded> {
+        match (&self.framing, self.conn.take()) {
+            (Framing::Upgraded, Some(conn)) => Some(Upgraded {
+                early: conn.buf.freeze(),
+                io: conn.io,
+            }),
+            _ => None,
+        }
+    }
+
+    fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        conn.buf.reserve(READ_CHUNK);
+        poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
+    }
+
+    fn buffered(&mut self) -> Option<&mut BytesMut> {
+        self.conn
+            .as_mut()
+            .map(|c| &mut c.buf)
+            .filter(|b| !b.is_empty())
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            match this.framing {
+                Framing::Upgraded | Framing::Length(0) | Framing::Chunked(Chunk::Done) => {
+                    return Poll::Ready(None)
+                }
+                Framing::Length(left) => {
+                    if let Some(buf) = this.buffered() {
+                        let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                        let data = buf.split_to(take).freeze();
+                        this.framing = Framing::Length(left - take as u64);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Framing::Close => {
+                    if let Some(buf) = this.buffered() {
+                        let data = buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Framing::Chunked(ref mut state) => {
+                    let Some(conn) = this.conn.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    match decode_chunk(state, &mut conn.buf) {
+                        Ok(Step::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
+                        Ok(Step::Next) => continue,
+                        Ok(Step::More) => {}
+                        Err(e) => {
+                            this.framing = Framing::Length(0);
+                            this.reusable = false;
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                }
+            }
+            match ready!(this.fill(cx)) {
+                Ok(0) if matches!(this.framing, Framing::Close) => {
+                    this.framing = Framing::Length(0);
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.framing = Framing::Length(0);
+                    this.reusable = false;
+                    return Poll::Ready(Some(Err("member closed the connection mid-body".into())));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.framing = Framing::Length(0);
+                    this.reusable = false;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Upgraded | Framing::Length(0) | Framing::Chunked(Chunk::Done)
+        )
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Upgraded => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// What one step of decoding a chunked body gave.
+enum Step {
+    /// Data or trailers for the client.
+    Frame(Frame<Bytes>),
+    /// Bytes were consumed and the state moved on: decode again.
+    Next,
+    /// More bytes are needed.
+    More,
+}
+
+/// Decodes the next piece of a chunked body off the front of `buf`.
+fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<Step> {
+    match *state {
+        Chunk::Size => {
+            let Some(end) = find_crlf(buf) else {
+                if buf.len() > MAX_CHUNK_LINE {
+                    return Err(invalid("chunk size line too long"));
+                }
+                return Ok(Step::More);
+            };
+            let line = &buf[..end];
+            let digits = line
+                .iter()
+                .position(|b| !b.is_ascii_hexdigit())
+                .unwrap_or(line.len());
+            let extension = line[digits..].first();
+            if digits == 0
+                || digits > 15
+                || extension.is_some_and(|b| !matches!(b, b';' | b' ' | b'\t'))
+            {
+                return Err(invalid("malformed chunk size"));
+            }
+            let size = line[..digits]
+                .iter()
+                .fold(0u64, |n, b| n * 16 + u64::from(hex_value(*b)));
+            buf.advance(end + 2);
+            *state = if size == 0 {
+                Chunk::Trailers
+            } else {
+                Chunk::Data(size)
+            };
+            Ok(Step::Next)
+        }
+        Chunk::Data(left) => {
+            if buf.is_empty() {
+                return Ok(Step::More);
+            }
+            let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let data = buf.split_to(take).freeze();
+            let left = left - take as u64;
+            *state = if left == 0 {
+                Chunk::DataEnd
+            } else {
+                Chunk::Data(left)
+            };
+            Ok(Step::Frame(Frame::data(data)))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Step::More);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(invalid("chunk data not followed by CRLF"));
+            }
+            buf.advance(2);
+            *state = Chunk::Size;
+            Ok(Step::Next)
+        }
+        Chunk::Trailers => {
+            if buf.starts_with(b"\r\n") {
+                buf.advance(2);
+                *state = Chunk::Done;
+                return Ok(Step::Next);
+            }
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let (len, trailers) = match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Complete((len, fields))) => {
+                    let mut trailers = HeaderMap::new();
+                    for f in fields.iter() {
+                        let name = HeaderName::from_bytes(f.name.as_bytes())
+                            .map_err(|_| invalid("malformed trailer name"))?;
+                        let value = HeaderValue::from_bytes(f.value)
+                            .map_err(|_| invalid("malformed trailer value"))?;
+                        trailers.append(name, value);
+                    }
+                    (len, trailers)
+                }
+                Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => {
+                    return Ok(Step::More)
+                }
+                _ => return Err(invalid("malformed trailers")),
+            };
+            buf.advance(len);
+            *state = Chunk::Done;
+            Ok(Step::Frame(Frame::trailers(trailers)))
+        }
+        Chunk::Done => Ok(Step::Next),
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+fn hex_value(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
+    }
+}
+
+/// A member connection that switched protocols: what the member sent
+/// after its 101 head is read first, then the connection itself.
+pub(crate) struct Upgraded {
+    early: Bytes,
+    io: Upstream,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.early.is_empty() {
+            let n = self.early.len().min(buf.remaining());
+            buf.put_slice(&self.early[..n]);
+            self.early.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8]) -> io::Result<(Vec<u8>, Option<HeaderMap>, Chunk)> {
+        let mut buf = BytesMut::from(input);
+        let mut state = Chunk::Size;
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while !matches!(state, Chunk::Done) {
+            match decode_chunk(&mut state, &mut buf)? {
+                Step::Frame(f) => match f.into_data() {
+                    Ok(d) => data.extend_from_slice(&d),
+                    Err(f) => trailers = f.into_trailers().ok(),
+                },
+                Step::Next => {}
+                Step::More => break,
+            }
+        }
+        Ok((data, trailers, state))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let (data, trailers, state) =
+            decode_all(b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\ngrpc-status: 0\r\n\r\n")
+                .unwrap();
+        assert_eq!(data, b"hello0123456789");
+        assert!(matches!(state, Chunk::Done));
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        let (data, trailers, state) = decode_all(b"3\r\nabc\r\n0\r\n\r\n").unwrap();
+        assert_eq!(data, b"abc");
+        assert!(trailers.is_none() && matches!(state, Chunk::Done));
+    }
+
+    #[test]
+    fn an_incomplete_chunked_body_waits_for_more() {
+        let (data, _, state) = decode_all(b"5\r\nhel").unwrap();
+        assert_eq!(data, b"hel");
+        assert!(matches!(state, Chunk::Data(2)));
+    }
+
+    #[test]
+    fn malformed_chunk_sizes_are_refused() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"1234567890abcdef0\r\n",
+            b"3\r\nabcXY",
+            b"-1\r\n",
+        ] {
+            assert!(
+                decode_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = vec![b'1'; MAX_CHUNK_LINE + 10];
+        assert!(decode_all(&long).is_err());
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let head = |raw: &[u8]| parse_head(&mut BytesMut::from(raw)).unwrap().unwrap();
+        let h = head(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n");
+        assert!(matches!(h.framing(false), Some(Framing::Length(12))) && h.keep_alive);
+        assert!(matches!(h.framing(true), Some(Framing::Length(0))));
+        let h = head(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n",
+        );
+        assert!(matches!(
+            h.framing(false),
+            Some(Framing::Chunked(Chunk::Size))
+        ));
+        let h = head(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+        assert!(matches!(h.framing(false), Some(Framing::Close)) && !h.keep_alive);
+        let h = head(b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n");
+        assert!(!h.keep_alive);
+        let h = head(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 1\r\n\r\n");
+        assert!(h.keep_alive);
+        let h = head(b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert!(matches!(h.framing(false), Some(Framing::Length(0))));
+        let h = head(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n");
+        assert!(h.framing(false).is_none());
+        let h = head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n");
+        assert!(h.framing(false).is_none());
+        let h = head(b"HTTP/1.1 299 Fine Indeed\r\ncontent-length: 0\r\n\r\n");
+        assert!(h.reason.is_some());
+    }
+
+    #[test]
+    fn malformed_response_heads_are_refused() {
+        for bad in [
+            &b"HTTP/1.1 2000 OK\r\n\r\n"[..],
+            b"garbage\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+        ] {
+            assert!(parse_head(&mut BytesMut::from(bad)).is_err());
+        }
+        assert!(
+            parse_head(&mut BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]))
+                .unwrap()
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! How Keel speaks HTTP/1.1 to members, against members scripted byte by
+//! byte: every way a response body can be delimited, informational
+//! answers, members that close idle connections, broken responses, and a
+//! member that answers before it has read the request body.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_dataplane::Dataplane;
+use keel_tests::client::{client, get};
+use keel_tests::{free_port, http_lb, spec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What a scripted member does with the `n`th request (from 0) on one of
+/// its connections: the bytes to answer, and whether to close afterwards.
+/// `None` closes the connection without answering.
+type Script = fn(head: &str, n: usize) -> Option<(Vec<u8>, bool)>;
+
+/// A member that reads request heads (and `content-length` bodies) and
+/// answers them by `script`. Counts the connections it accepted.
+struct Scripted {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    async fn start(script: Script) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                counted.fetch_add(1, SeqCst);
+                tokio::spawn(serve(s, script));
+            }
+        });
+        Scripted { addr, connections }
+    }
+}
+
+async fn serve(mut s: TcpStream, script: Script) {
+    let mut buf = Vec::new();
+    for n in 0.. {
+        let Some(head) = read_head(&mut s, &mut buf).await else {
+            return;
+        };
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        while buf.len() < length {
+            let mut more = [0u8; 4096];
+            match s.read(&mut more).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&more[..k]),
+            }
+        }
+        buf.drain(..length);
+        match script(&head, n) {
+            None => return,
+            Some((answer, close)) => {
+                if s.write_all(&answer).await.is_err() || close {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads one request head off `s` (what follows stays in `buf`).
+async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Some(head);
+        }
+        let mut more = [0u8; 4096];
+        match s.read(&mut more).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => buf.extend_from_slice(&more[..k]),
+        }
+    }
+}
+
+/// A data plane with one HTTP listener in front of `member`.
+async fn keel_before(member: SocketAddr) -> (u16, Dataplane) {
+    let port = free_port();
+    let dp = Dataplane::new();
+    let members = format!("response_timeout: 2s, members: [ {{ address: \"{member}\" }} ]");
+    dp.apply(&spec(&http_lb(port, &members))).await.unwrap();
+    (port, dp)
+}
+
+/// Sends raw requests on one client connection and reads until `expect`
+/// answers have come or the proxy closes; returns all it read.
+async fn raw(port: u16, requests: &[u8], close_after: Duration) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(requests).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(close_after, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_with_extensions_and_trailers_keep_the_connection() {
+    let member = Scripted::start(|_, _| {
+        let body = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-digest\r\n\r\n\
+            5;note=x\r\nhello\r\n6\r\n world\r\n0\r\nx-digest: abc\r\n\r\n";
+        Some((body.to_vec(), false))
+    })
+    .await;
+    let (port, _dp) = keel_before(member.addr).await;
+    let c = client();
+    for _ in 0..5 {
+        let (status, body) = get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "hello world"));
+    }
+    // A client that accepts trailers gets them.
+    let out = raw(
+        port,
+        b"GET / HTTP/1.1\r\nHost: t\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.contains("hello") && out.contains(" world"), "{out}");
+    assert!(out.to_ascii_lowercase().contains("x-digest: abc"), "{out}");
+    // The body ended cleanly each time: one connection carried every request.
+    assert_eq!(member.connections.load(SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_delimited_by_close_and_http_1_0_members() {
+    let member = Scripted::start(|_, _| {
+        Some((
+            b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nold school".to_vec(),
+            true,
+        ))
+    })
+    .await;
+    let (port, _dp) = keel_before(member.addr).await;
+    let c = client();
+    for _ in 0..3 {
+        let (status, body) = get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "old school"));
+    }
+    // Such a connection cannot carry a second request.
+    assert_eq!(member.connections.load(SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_204_and_304_answers_have_no_body() {
+    let member = Scripted::start(|head, _| {
+        let answer: &[u8] = if head.starts_with("HEAD") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"
+        } else if head.starts_with("GET /204") {
+            b"HTTP/1.1 204 No Content\r\n\r\n"
+        } else if head.starts_with("GET /304") {
+            b"HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone"
+        };
+        Some((answer.to_vec(), false))
+    })
+    .await;
+    let (port, _dp) = keel_before(member.addr).await;
+    let out = raw(
+        port,
+        b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET /204 HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /304 HTTP/1.1\r\nHost: t\r\n\r\nGET /end HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    let statuses: Vec<&str> = out.lines().filter(|l| l.starts_with("HTTP/1.1 ")).collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 204 No Content",
+            "HTTP/1.1 304 Not Modified",
+            "HTTP/1.1 200 OK"
+        ],
+        "{out}"
+    );
+    assert!(
+        out.contains("content-length: 1000"),
+        "HEAD keeps its length: {out}"
+    );
+    assert!(out.ends_with("done"), "{out}");
+    assert_eq!(member.connections.load(SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informational_answers_are_passed_over() {
+    let member = Scripted::start(|_, _| {
+        let answer =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </app.css>\r\n\r\n\
+            HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        Some((answer.to_vec(), false))
+    })
+    .await;
+    let (port, _dp) = keel_before(member.addr).await;
+    let (status, body) = get(&client(), &format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_closing_idle_connections_costs_no_request() {
+    // Each connection serves one request; a second request on it is met
+    // by a close, as when a member's keep-alive timeout crosses a request.
+    let member = Scripted::start(|_, n| {
+        (n == 0).then(|| {
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                false,
+            )
+        })
+    })
+    .await;
+    let (port, _dp) = keel_before(member.addr).await;
+    let c = client();
+    for i in 0..20 {
+        let (status, body) = get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert!(member.connections.load(SeqCst) >= 20);
+
+    // A request with a body may have been acted on: it is not sent twice.
+    let out = raw(
+        port,
+        b"POST /order HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_responses_are_answered_502() {
+    let member = Scripted::start(|head, _| {
+        let answer: Vec<u8> = if head.starts_with("GET /status") {
+            b"HTTP/1.1 2000 Nope\r\n\r\n".to_vec()
+        } else if head.starts_with("GET /lengths") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd".to_vec()
+        } else if head.starts_with("GET /huge") {
+            let mut h = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..2000 {
+                h.extend_from_slice(format!("x-filler-{i}: {}\r\n", "y".repeat(40)).as_bytes());
+            }
+            h
+        } else if head.starts_with("GET /short") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\ntoo short".to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()
+        };
+        Some((answer, true))
+    })
+    .await;
+    let (port, _dp) = keel_before(member.addr).await;
+    let c = client();
+    for path in ["/status", "/lengths", "/huge"] {
+        let (status, _) = get(&c, &format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 502, "{path}");
+    }
+    // A body cut short: the head went out, so the client's connection is cut.
+    let short = get(&c, &format!("http://127.0.0.1:{port}/short")).await;
+    assert!(short.is_err(), "{short:?}");
+    // Nothing of that harmed the next request.
+    let (status, body) = get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_reaches_the_client_before_its_upload_ends() {
+    // The member refuses an upload from its head, without reading the body.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_head(&mut s, &mut buf).await.is_some() {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n")
+                        .await;
+                    // Keep reading (and dropping) so the refusal is not lost to a reset.
+                    let mut sink = [0u8; 65536];
+                    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+    let (port, _dp) = keel_before(addr).await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let size = 64 * 1024 * 1024;
+    s.write_all(
+        format!("PUT /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // Send slowly: the answer must come while most of the body is unsent.
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'x'; 16 * 1024];
+        for _ in 0..size / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let mut head = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), rd.read(&mut head))
+        .await
+        .expect("no answer while the upload was under way")
+        .unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    sender.abort();
+}
