@@ -45,7 +45,7 @@ pub(crate) struct Conn {
 pub(crate) enum SendError {
     /// The member closed a reused connection before it read anything of
     /// the request; the request comes back untouched, safe to send again.
-    Stale(Box<Request<RequestBody>>),
+    Stale(Unsent),
     /// The client's request body failed (malformed, cut, too slow).
     ClientBody(BoxError),
     /// The member or the connection failed.
@@ -85,12 +85,24 @@ impl Conn {
     /// Sends `req` and reads the member's response head. The body of the
     /// response is read later, as the caller polls it.
     pub(crate) async fn send(
-        mut self,
+        self,
         req: Box<Request<RequestBody>>,
     ) -> Result<Response<ResponseBody>, SendError> {
-        let head_only = req.method() == Method::HEAD;
-        let (parts, body) = (*req).into_parts();
-        let mut out = Outgoing::new(&parts, body);
+        // Encoded at once: the request's own fields (which share the
+        // client connection's read buffer) are let go before the wait.
+        let out = Outgoing::new(*req);
+        self.exchange(out).await
+    }
+
+    /// Sends a request that a stale connection gave back.
+    pub(crate) async fn resend(self, unsent: Unsent) -> Result<Response<ResponseBody>, SendError> {
+        let mut out = *unsent.0;
+        out.head = out.encoded.clone();
+        out.queued = out.head.len();
+        self.exchange(out).await
+    }
+
+    async fn exchange(mut self, mut out: Outgoing) -> Result<Response<ResponseBody>, SendError> {
         let mut head = None;
         let mut received = false;
         let result = poll_fn(|cx| {
@@ -133,11 +145,7 @@ impl Conn {
             Ok(()) => {}
             Err(Failure::ClientBody(e)) => return Err(SendError::ClientBody(e)),
             Err(Failure::Closed | Failure::Io(_)) if stale => {
-                let (parts, body) = (parts, out.into_body());
-                return match body {
-                    Some(body) => Err(SendError::Stale(Box::new(Request::from_parts(parts, body)))),
-                    None => Err(SendError::Upstream(closed())),
-                };
+                return Err(SendError::Stale(Unsent(Box::new(out))));
             }
             Err(Failure::Closed) => return Err(SendError::Upstream(closed())),
             Err(Failure::Io(e) | Failure::Upstream(e)) => return Err(SendError::Upstream(e)),
@@ -145,7 +153,7 @@ impl Conn {
         let Some(head) = head else {
             return Err(SendError::Upstream(closed()));
         };
-        let Some(framing) = head.framing(head_only) else {
+        let Some(framing) = head.framing(out.head_only) else {
             return Err(SendError::Upstream(invalid(
                 "response framing headers contradict each other",
             )));
@@ -186,9 +194,19 @@ fn closed() -> io::Error {
     )
 }
 
+/// A request that a stale connection gave back before any of it was
+/// taken: it can go out again on another connection.
+pub(crate) struct Unsent(Box<Outgoing>);
+
 /// A request on its way out: encoded bytes not yet written, and the body
 /// still to read.
 struct Outgoing {
+    /// The encoded request head, whole.
+    encoded: Bytes,
+    /// What of `encoded` is still to write; body bytes queue behind it.
+    head: Bytes,
+    /// The request was `HEAD`: its answer has no body.
+    head_only: bool,
     queue: VecDeque<Bytes>,
     queued: usize,
     body: Option<RequestBody>,
@@ -200,7 +218,8 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn new(parts: &http::request::Parts, body: RequestBody) -> Outgoing {
+    fn new(req: Request<RequestBody>) -> Outgoing {
+        let (parts, body) = req.into_parts();
         let sized = parts.headers.contains_key(header::CONTENT_LENGTH);
         let empty = body.is_end_stream();
         let chunked = !sized && !empty;
@@ -221,16 +240,17 @@ impl Outgoing {
         }
         head.extend_from_slice(b"\r\n");
         let head = head.freeze();
-        let mut out = Outgoing {
+        Outgoing {
+            queued: head.len(),
+            encoded: head.clone(),
+            head,
+            head_only: parts.method == Method::HEAD,
             queue: VecDeque::new(),
-            queued: 0,
             body: Some(body),
             chunked,
             started: false,
             body_done: empty,
-        };
-        out.push(head);
-        out
+        }
     }
 
     fn push(&mut self, bytes: Bytes) {
@@ -242,12 +262,7 @@ impl Outgoing {
 
     /// Everything of the request was written.
     fn finished(&self) -> bool {
-        self.body_done && self.queue.is_empty()
-    }
-
-    /// The untouched body, for a request sent again elsewhere.
-    fn into_body(self) -> Option<RequestBody> {
-        (!self.started).then_some(self.body).flatten()
+        self.body_done && self.queued == 0
     }
 
     /// Moves the request out as far as the connection and the body allow.
@@ -273,13 +288,17 @@ impl Outgoing {
                     }
                 }
             }
-            if self.queue.is_empty() {
+            if self.queued == 0 {
                 return Ok(());
             }
             let mut slices = [IoSlice::new(&[]); 16];
-            let n = self.queue.len().min(slices.len());
-            for (slot, bytes) in slices.iter_mut().zip(self.queue.iter()) {
+            let pending = std::iter::once(&self.head)
+                .chain(self.queue.iter())
+                .filter(|b| !b.is_empty());
+            let mut n = 0;
+            for (slot, bytes) in slices.iter_mut().zip(pending) {
                 *slot = IoSlice::new(bytes);
+                n += 1;
             }
             let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Pending => return Ok(()),
@@ -322,6 +341,9 @@ impl Outgoing {
 
     fn advance(&mut self, mut written: usize) {
         self.queued -= written;
+        let from_head = written.min(self.head.len());
+        self.head.advance(from_head);
+        written -= from_head;
         while written > 0 {
             let Some(front) = self.queue.front_mut() else {
                 return;
@@ -372,13 +394,17 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
         .reason
         .filter(|r| Some(*r) != status.canonical_reason() && !r.is_empty())
         .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes().to_vec()).ok());
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let base = buf.as_ptr() as usize;
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     let mut close = false;
     let mut keep_alive = false;
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| invalid("malformed response header name"))?;
-        let value = HeaderValue::from_bytes(field.value)
+        // Values share one copy of the head (one allocation, not one each).
+        let start = field.value.as_ptr() as usize - base;
+        let value = HeaderValue::from_maybe_shared(head.slice(start..start + field.value.len()))
             .map_err(|_| invalid("malformed response header value"))?;
         if name == header::CONNECTION {
             for token in value.to_str().unwrap_or("").split(',') {
@@ -520,14 +546,14 @@ impl Body for ResponseBody {
                 Framing::Length(left) => {
                     if let Some(buf) = this.buffered() {
                         let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                        let data = buf.split_to(take).freeze();
+                        let data = take_bytes(buf, take);
                         this.framing = Framing::Length(left - take as u64);
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                 }
                 Framing::Close => {
                     if let Some(buf) = this.buffered() {
-                        let data = buf.split().freeze();
+                        let data = take_bytes(buf, buf.len());
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                 }
@@ -632,7 +658,7 @@ fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<Step> {
                 return Ok(Step::More);
             }
             let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let data = buf.split_to(take).freeze();
+            let data = take_bytes(buf, take);
             let left = left - take as u64;
             *state = if left == 0 {
                 Chunk::DataEnd
@@ -681,6 +707,21 @@ fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<Step> {
             Ok(Step::Frame(Frame::trailers(trailers)))
         }
         Chunk::Done => Ok(Step::Next),
+    }
+}
+
+/// Bodies up to this size are copied out of the read buffer rather than
+/// split off it, so the buffer stays the connection's own and is reused.
+const COPY_BELOW: usize = 4096;
+
+/// The first `n` bytes of `buf`, as body data.
+fn take_bytes(buf: &mut BytesMut, n: usize) -> Bytes {
+    if n < COPY_BELOW {
+        let data = Bytes::copy_from_slice(&buf[..n]);
+        buf.advance(n);
+        data
+    } else {
+        buf.split_to(n).freeze()
     }
 }
 

@@ -332,7 +332,8 @@ impl Conn {
                 Some(None) => {}
             }
         }
-        let expired = Arc::new(AtomicBool::new(false));
+        // Set by the body when the deadline passes, so the failure is a 408.
+        let expired = deadline.map(|_| Arc::new(AtomicBool::new(false)));
         let wants_trailers = parts
             .headers
             .get_all(header::TE)
@@ -366,20 +367,27 @@ impl Conn {
                 expired: expired.clone(),
             },
         ));
-        let mut tried = Vec::new();
+        // The members tried so far (`attempts` of them), without allocating.
+        let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_ATTEMPTS];
+        let mut attempts = 0;
         let mut last_err = None;
-        while tried.len() < MAX_CONNECT_ATTEMPTS {
-            let member = match pinned.as_ref().filter(|m| !tried.contains(&m.address)) {
+        while attempts < MAX_CONNECT_ATTEMPTS {
+            let tried_so_far = &tried[..attempts];
+            let member = match pinned
+                .as_ref()
+                .filter(|m| !tried_so_far.contains(&m.address))
+            {
                 Some(m) => m.clone(),
                 None => match pool
                     .balancer
-                    .pick(self.peer.ip(), hash_key.as_deref(), &tried)
+                    .pick(self.peer.ip(), hash_key.as_deref(), tried_so_far)
                 {
                     Some(m) => m,
                     None => break,
                 },
             };
-            tried.push(member.address);
+            tried[attempts] = member.address;
+            attempts += 1;
             let guard = member.begin();
             let sender = match checkout(&member, pool, self.ends, upgrade.is_some()).await {
                 Ok(s) => s,
@@ -399,7 +407,7 @@ impl Conn {
                 }
             };
             let mut response = match sent {
-                Err(_) if expired.load(Relaxed) => {
+                Err(_) if expired.as_ref().is_some_and(|e| e.load(Relaxed)) => {
                     return Err(ProxyError::RequestTimeout {
                         timeout: request_timeout.unwrap_or_default(),
                     })
@@ -442,7 +450,7 @@ impl Conn {
         pool: &PoolPlan,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let member = guard.member().clone();
-        let response = send(sender, req, &member, pool, self.ends).await?;
+        let response = send(sender, req, &member, &member.cut_token(), pool, self.ends).await?;
         member.stats.requests.count(response.status().as_u16());
         let (mut parts, body) = response.into_parts();
         let member_side = match body {
@@ -455,7 +463,7 @@ impl Conn {
                 let body = UpstreamBody {
                     inner: body,
                     reuse: false,
-                    cut: Box::pin(member.cut_token().cancelled_owned()),
+                    cut: Cut::new(member.cut_token()),
                     _outstanding: guard,
                     member,
                     listener: listener.stats.clone(),
@@ -675,7 +683,7 @@ async fn exchange(
     let member = guard.member().clone();
     let started = Instant::now();
     let cut = member.cut_token();
-    let response = send(sender, req, &member, pool, ends).await?;
+    let response = send(sender, req, &member, &cut, pool, ends).await?;
     member.stats.latency.observe(started.elapsed());
     member.stats.requests.count(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
@@ -684,7 +692,7 @@ async fn exchange(
         inner: body,
         // A connection that carried a PROXY header names one client: never reused.
         reuse: pool.spec.proxy_protocol.is_none(),
-        cut: Box::pin(cut.cancelled_owned()),
+        cut: Cut::new(cut),
         _outstanding: guard,
         member,
         listener: listener.stats.clone(),
@@ -703,11 +711,11 @@ async fn send(
     sender: Sender,
     req: Box<Request<RequestBody>>,
     member: &MemberState,
+    cut: &CancellationToken,
     pool: &PoolPlan,
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
     let timeout = pool.spec.response_timeout;
-    let cut = member.cut_token();
     let sent = tokio::select! {
         r = tokio::time::timeout(timeout, deliver(sender, req, member, pool, ends)) => r,
         _ = cut.cancelled() => return Err(ProxyError::Drained { member: member.address }),
@@ -756,14 +764,14 @@ async fn deliver(
         }
         Sender::Http1(conn) => conn,
     };
-    let req = match conn.send(req).await {
+    let unsent = match conn.send(req).await {
         Ok(r) => return Ok(r.map(MemberBody::Http1)),
-        Err(SendError::Stale(req)) => req,
+        Err(SendError::Stale(unsent)) => unsent,
         Err(e) => return Err(failed(e)),
     };
     tracing::debug!(member = %member.address, "idle connection closed by the member; sending on a new one");
     let stream = Box::pin(open(member, pool, ends, Alpn::Http1)).await?;
-    match client::Conn::new(stream).send(req).await {
+    match client::Conn::new(stream).resend(unsent).await {
         Ok(r) => Ok(r.map(MemberBody::Http1)),
         Err(e) => Err(failed(e)),
     }
@@ -815,6 +823,9 @@ fn prepare_request(
     // A trusted proxy's forwarding headers are extended; anyone else's are
     // replaced, so a client cannot claim to be someone else.
     let prior = |name: &HeaderName| -> Option<String> {
+        if !trusted {
+            return None;
+        }
         let joined: Vec<&str> = parts
             .headers
             .get_all(name)
@@ -823,42 +834,47 @@ fn prepare_request(
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .collect();
-        (trusted && !joined.is_empty()).then(|| joined.join(", "))
+        (!joined.is_empty()).then(|| joined.join(", "))
     };
     let ip = client.to_str().unwrap_or("unknown");
     let xff = match prior(&X_FORWARDED_FOR) {
-        Some(p) => HeaderValue::from_str(&format!("{p}, {ip}")).ok(),
+        Some(p) => HeaderValue::try_from(format!("{p}, {ip}")).ok(),
         None => None,
     };
     let proto = listener.proto_header.to_str().unwrap_or("http");
-    let node = if ip.contains(':') {
-        format!("\"[{ip}]\"")
-    } else {
-        ip.to_owned()
-    };
     let host = parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()) && !h.contains('"'))
-        .map(|h| format!(";host=\"{h}\""))
-        .unwrap_or_default();
-    let element = format!("for={node};proto={proto}{host}");
-    let forwarded = match prior(&FORWARDED) {
-        Some(p) => format!("{p}, {element}"),
-        None => element,
-    };
+        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()) && !h.contains('"'));
+    // One string, built in place: `[prior, ]for=IP;proto=P[;host="H"]`.
+    let mut forwarded = prior(&FORWARDED).map(|p| p + ", ").unwrap_or_default();
+    forwarded.reserve(32 + ip.len() + host.map_or(0, str::len));
+    forwarded.push_str("for=");
+    if ip.contains(':') {
+        forwarded.push_str("\"[");
+        forwarded.push_str(ip);
+        forwarded.push_str("]\"");
+    } else {
+        forwarded.push_str(ip);
+    }
+    forwarded.push_str(";proto=");
+    forwarded.push_str(proto);
+    if let Some(h) = host {
+        forwarded.push_str(";host=\"");
+        forwarded.push_str(h);
+        forwarded.push('"');
+    }
     if !trusted {
         parts.headers.remove(X_FORWARDED_HOST);
     }
     parts
         .headers
         .insert(X_FORWARDED_FOR, xff.unwrap_or_else(|| client.clone()));
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        parts.headers.insert(FORWARDED, v);
-    } else {
-        parts.headers.remove(FORWARDED);
-    }
+    match HeaderValue::try_from(forwarded) {
+        Ok(v) => parts.headers.insert(FORWARDED, v),
+        Err(_) => parts.headers.remove(FORWARDED),
+    };
     parts
         .headers
         .insert(X_FORWARDED_PROTO, listener.proto_header.clone());
@@ -873,28 +889,44 @@ const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port")
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Removes the headers that describe one connection, not the message
-/// (RFC 9110 §7.6.1), including any that `Connection` names.
+/// The fields that describe one connection, not the message (RFC 9110 §7.6.1).
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Removes the hop-by-hop fields, including any that `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none, or only `Connection`: one pass over their
+    // names costs less than a lookup for each.
+    let mut found = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            found[i] = true;
+        }
+    }
+    if !found.contains(&true) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        // The common options name no other field (and keep-alive goes below).
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
+    for (name, _) in HOP_BY_HOP.iter().zip(found).filter(|(_, f)| *f) {
         headers.remove(name);
     }
 }
@@ -938,7 +970,7 @@ pub(crate) struct RequestBody {
     /// The listener's `request_timeout`: the body must be over by then.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Set when the deadline passed, so the failure is answered 408.
-    expired: Arc<AtomicBool>,
+    expired: Option<Arc<AtomicBool>>,
 }
 
 impl Body for RequestBody {
@@ -951,7 +983,9 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(d) = self.deadline.as_mut() {
             if d.as_mut().poll(cx).is_ready() {
-                self.expired.store(true, Relaxed);
+                if let Some(e) = &self.expired {
+                    e.store(true, Relaxed);
+                }
                 return Poll::Ready(Some(Err("request body not received in time".into())));
             }
         }
@@ -1031,7 +1065,7 @@ pub(crate) struct UpstreamBody {
     inner: MemberBody,
     /// The connection may carry other requests after this one.
     reuse: bool,
-    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    cut: Cut,
     _outstanding: Outstanding,
     member: Arc<MemberState>,
     listener: Arc<crate::metrics::ListenerStats>,
@@ -1045,10 +1079,16 @@ impl Body for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.cut.as_mut().poll(cx).is_ready() {
+        if self.cut.is_cancelled() {
             return Poll::Ready(Some(Err("member drained".into())));
         }
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending if self.cut.poll(cx).is_ready() => {
+                return Poll::Ready(Some(Err("member drained".into())))
+            }
+            Poll::Pending => return Poll::Pending,
+        };
         match &frame {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
@@ -1091,6 +1131,34 @@ impl UpstreamBody {
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+/// A member's drain cut, as a response body waits on it: most bodies are
+/// over at their first poll, so the wait is only set up when one is not.
+struct Cut {
+    token: CancellationToken,
+    waiting: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl Cut {
+    fn new(token: CancellationToken) -> Cut {
+        Cut {
+            token,
+            waiting: None,
+        }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let token = &self.token;
+        self.waiting
+            .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()))
+            .as_mut()
+            .poll(cx)
     }
 }
 
