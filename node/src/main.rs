@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use keel::cli::{Cli, Command};
 
+/// mimalloc: the data plane allocates and frees many small blocks per
+/// request, and glibc's allocator spent more instructions on them
+/// (BENCHMARKS.md, callgrind).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
