@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, Keel vs HAProxy, counted by
+# valgrind (callgrind) over a fixed number of requests:
+#
+#   tests/bench/instructions.sh [requests, default 20000]
+#
+# Timing figures on a shared machine swing by 20% from run to run; an
+# instruction count does not, so this is the figure to compare when a
+# change to the request path is small. It leaves out the kernel (about
+# two-thirds of a proxy's CPU here, and the same for both: two reads and
+# two writes per request) and how well the instructions run.
+#
+# Same setup as compare.sh: one worker each, two nginx backends, reused
+# backend connections. Clients: h2load over HTTP/1.1 (16 connections) and
+# over cleartext HTTP/2 (4 connections x 16 streams).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${1:-20000}
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v valgrind >/dev/null || need+=(valgrind)
+if [ ${#need[@]} -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+KEEL_BIN=${KEEL_BIN:-target/release/keel}
+[ "$KEEL_BIN" = target/release/keel ] && cargo build --release -p keel -q
+
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for b in 1 2; do
+  cat > "$work/backend$b.conf" <<CONF
+worker_processes 1;
+pid $work/backend$b.pid;
+error_log $work/backend$b.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:1810$b reuseport; location = / { return 200 "hello world\n"; } }
+}
+CONF
+  nginx -c "$work/backend$b.conf" -g 'daemon off;' & pids+=($!)
+done
+
+cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend web
+  bind 127.0.0.1:18181
+  bind 127.0.0.1:18182 proto h2
+  default_backend app
+backend app
+  balance roundrobin
+  http-reuse always
+  server a 127.0.0.1:18101
+  server b 127.0.0.1:18102
+CONF
+cat > "$work/keel.yaml" <<CONF
+load_balancers:
+  - name: bench
+    listeners:
+      - { port: 18180, protocol: http, bind: 127.0.0.1, default_pool: app }
+pools:
+  - name: app
+    algorithm: round_robin
+    members: [ { address: "127.0.0.1:18101" }, { address: "127.0.0.1:18102" } ]
+CONF
+
+grind() {
+  exec valgrind --tool=callgrind --callgrind-out-file="$work/$1.cg" --dump-instr=no \
+    --instr-atstart=no "${@:2}"
+}
+grind haproxy haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>"$work/haproxy.vg" & pids+=($!)
+hp=$!
+KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn grind keel "$KEEL_BIN" run --workers 1 \
+  --config "$work/keel.yaml" --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18199 \
+  --cluster-addr 127.0.0.1:18198 2>"$work/keel.vg" & pids+=($!)
+kp=$!
+for port in 18101 18102 18180 18181 18182; do
+  for _ in $(seq 300); do
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    sleep 0.2
+  done
+done
+
+# Instructions counted while `h2load ARGS` runs against process PID.
+count() {
+  local pid=$1 name=$2
+  shift 2
+  h2load "$@" -n 2000 >/dev/null  # warm up: member connections open
+  callgrind_control -i on "$pid" >/dev/null 2>&1
+  h2load "$@" -n "$N" | grep -q "$N succeeded" || { echo "$name: requests failed" >&2; exit 1; }
+  callgrind_control -i off "$pid" >/dev/null 2>&1
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  sleep 1
+  local total=0 f
+  for f in "$work/$name.cg"*; do
+    [ -s "$f" ] || continue
+    total=$((total + $(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')))
+    rm -f "$f"
+  done
+  echo $((total / N))
+}
+
+echo "## User-space instructions per request ($N requests, callgrind)"
+echo
+echo "| client | HAProxy | Keel | Keel vs HAProxy |"
+echo "|---|---|---|---|"
+h=$(count "$hp" haproxy --h1 -c16 http://127.0.0.1:18181/)
+k=$(count "$kp" keel --h1 -c16 http://127.0.0.1:18180/)
+echo "| HTTP/1.1, 16 connections | $h | $k | $(awk -v a="$k" -v b="$h" 'BEGIN { printf "%.2fx", a / b }') |"
+h=$(count "$hp" haproxy -c4 -m16 http://127.0.0.1:18182/)
+k=$(count "$kp" keel -c4 -m16 http://127.0.0.1:18180/)
+echo "| HTTP/2 (h2c), 4 connections x 16 streams | $h | $k | $(awk -v a="$k" -v b="$h" 'BEGIN { printf "%.2fx", a / b }') |"
