@@ -14,51 +14,18 @@ SECS=${1:-10}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-1}
 
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
-if [ ${#need[@]} -gt 0 ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-# KEEL_BIN picks another build (to compare two versions of Keel).
-KEEL_BIN=${KEEL_BIN:-target/release/keel}
-[ "$KEEL_BIN" = target/release/keel ] && cargo build --release -p keel -q
-
-work=$(mktemp -d)
-chmod 755 "$work"  # nginx workers (www-data) read the files in it
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. tests/bench/lib.sh
+bench_need haproxy=haproxy nginx=nginx-light wrk=wrk \
+  /usr/lib/nginx/modules/ngx_stream_module.so=libnginx-mod-stream
+bench_keel
+bench_work
 
 B1=127.0.0.1:18001 B2=127.0.0.1:18002
 mkdir -p "$work/www"
 head -c $((64 * 1024 * 1024)) /dev/zero > "$work/www/big"
 
 # Backends: two nginx servers, one worker each.
-for b in 1 2; do
-  cat > "$work/backend$b.conf" <<CONF
-worker_processes 1;
-pid $work/backend$b.pid;
-error_log $work/backend$b.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:1800$b reuseport;
-    location = / { return 200 "hello world\n"; }
-    location = /big { root $work/www; }
-  }
-}
-CONF
-  nginx -c "$work/backend$b.conf" -g 'daemon off;' & pids+=($!)
-done
+bench_backends 1800 "location = /big { root $work/www; }"
 
 # HAProxy: L7 on 18081, L4 on 18091.
 cat > "$work/haproxy.cfg" <<CONF

@@ -15,27 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-10}
 
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v openssl >/dev/null || need+=(openssl)
-if [ ${#need[@]} -gt 0 ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-KEEL_BIN=${KEEL_BIN:-target/release/keel}
-[ "$KEEL_BIN" = target/release/keel ] && cargo build --release -p keel -q
-
-work=$(mktemp -d)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. tests/bench/lib.sh
+bench_need haproxy=haproxy nginx=nginx-light wrk=wrk h2load=nghttp2-client openssl=openssl
+bench_keel
+bench_work
 
 # One certificate for both proxies.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -44,23 +27,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
 cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
 
 B1=127.0.0.1:18101 B2=127.0.0.1:18102
-for b in 1 2; do
-  cat > "$work/backend$b.conf" <<CONF
-worker_processes 1;
-pid $work/backend$b.pid;
-error_log $work/backend$b.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:1810$b reuseport;
-    location = / { return 200 "hello world\n"; }
-  }
-}
-CONF
-  nginx -c "$work/backend$b.conf" -g 'daemon off;' & pids+=($!)
-done
+bench_backends 1810
 
 cat > "$work/haproxy.cfg" <<CONF
 global

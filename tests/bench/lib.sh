@@ -1,0 +1,67 @@
+# What the benchmark scripts share; sourced, not run.
+#
+#   bench_need CMD=PACKAGE ...   install the packages whose command (or,
+#                                for a /path, whose file) is missing
+#   bench_keel                   KEEL_BIN (default: a fresh release build)
+#   bench_work                   $work, a scratch folder removed on exit with
+#                                every process whose pid is in $pids
+#   bench_backends PORT_BASE [NGINX_LINES]
+#                                two nginx backends, one worker each, on
+#                                127.0.0.1:${PORT_BASE}1 and ...2, answering
+#                                "hello world" at / (plus NGINX_LINES)
+
+bench_need() {
+  local need=() pair
+  for pair in "$@"; do
+    case $pair in
+      /*) [ -e "${pair%%=*}" ] || need+=("${pair#*=}") ;;
+      *) command -v "${pair%%=*}" >/dev/null || need+=("${pair#*=}") ;;
+    esac
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+
+bench_keel() {
+  # KEEL_BIN picks another build (to compare two versions of Keel).
+  KEEL_BIN=${KEEL_BIN:-target/release/keel}
+  if [ "$KEEL_BIN" = target/release/keel ]; then
+    cargo build --release -p keel -q
+  fi
+}
+
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+bench_work() {
+  work=$(mktemp -d)
+  chmod 755 "$work"  # nginx workers (www-data) read the files in it
+  pids=()
+  trap bench_cleanup EXIT
+}
+
+bench_backends() {
+  local base=$1 extra=${2:-} b
+  for b in 1 2; do
+    cat > "$work/backend$b.conf" <<CONF
+worker_processes 1;
+pid $work/backend$b.pid;
+error_log $work/backend$b.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$base$b reuseport;
+    location = / { return 200 "hello world\n"; }
+    $extra
+  }
+}
+CONF
+    nginx -c "$work/backend$b.conf" -g 'daemon off;' & pids+=($!)
+  done
+}
