@@ -37,7 +37,7 @@ fn main() -> ExitCode {
             return match runtime(Some(1)) {
                 Ok(rt) => rt.block_on(keel::client::run(client)),
                 Err(e) => {
-                    eprintln!("keel: {e:#}");
+                    eprintln!("keel: {}", report(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -46,10 +46,27 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("keel: {e:#}");
+            eprintln!("keel: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each once: some errors already spell out
+/// their cause in their own message, and printing it again would repeat
+/// every problem of an invalid config.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&line);
+        }
+    }
+    text
 }
 
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {

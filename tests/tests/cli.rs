@@ -98,7 +98,7 @@ fn run_refuses_invalid_config_and_busy_port() {
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, BROKEN).unwrap();
     let err = run_expecting_exit_1(&bad, dir.path());
-    assert!(err.contains("4 problems"), "{err}");
+    assert_eq!(err.matches("4 problems").count(), 1, "listed once:\n{err}");
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().port();

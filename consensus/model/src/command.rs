@@ -82,7 +82,7 @@ pub enum ApplyError {
     #[error("{kind} {name:?} does not exist")]
     NotFound { kind: &'static str, name: String },
     /// The spec the command would produce breaks a rule.
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] ValidationErrors),
 }
 

@@ -46,7 +46,7 @@ pub enum ParseError {
     #[error("{0}")]
     Syntax(String),
     /// The document is well-formed but breaks the rules listed.
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] ValidationErrors),
 }
 
