@@ -27,6 +27,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 use crate::client::{self, SendError};
+use crate::coalesce::Coalesce;
 use crate::error::{ProxyError, Retry, Side};
 use crate::member::{MemberState, Outstanding};
 use crate::plan::{ListenerPlan, PoolPlan, SharedPlan};
@@ -114,7 +115,7 @@ pub(crate) async fn serve<IO>(
     });
     // Requests travel boxed: a future that holds one stays small, and
     // moving it (hyper moves each request's future into place) stays cheap.
-    let io = TokioIo::new(stream);
+    let io = TokioIo::new(Coalesce(stream));
     match mode {
         Mode::Http1 => {
             let mut builder = hyper::server::conn::http1::Builder::new();

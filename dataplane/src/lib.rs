@@ -12,6 +12,7 @@
 
 mod balance;
 mod client;
+mod coalesce;
 mod error;
 mod health;
 mod http;

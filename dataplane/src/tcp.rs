@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use keel_model::ProxyProtocol;
 
+use crate::coalesce;
 use crate::error::ProxyError;
 use crate::member::Outstanding;
 use crate::plan::{ListenerPlan, PoolPlan};
@@ -143,16 +144,15 @@ impl AsyncWrite for Upstream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Upstream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Upstream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Upstream::Plain(s) => coalesce::poll_write_vectored(Pin::new(s), cx, bufs),
+            Upstream::Tls(s) => coalesce::poll_write_vectored(Pin::new(s), cx, bufs),
         }
     }
 
+    /// Vectored writes are taken as they come; small ones leave as one
+    /// write (`coalesce`).
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Upstream::Plain(s) => s.is_write_vectored(),
-            Upstream::Tls(s) => s.is_write_vectored(),
-        }
+        true
     }
 }
 

@@ -33,7 +33,11 @@ pub(crate) async fn watch<C: ControlPlane>(
             _ = ticks.tick() => false,
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => true,
         };
-        let text = match tokio::fs::read_to_string(&path).await {
+        // Read in place: a small local file takes microseconds, and going
+        // through the blocking pool once a second would keep its threads
+        // alive, making every socket call of the data plane pay for a
+        // shared file table (BENCHMARKS.md).
+        let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
                 if forced || last_text.is_some() {

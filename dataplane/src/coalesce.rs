@@ -1,0 +1,179 @@
+//! Small writes made of several pieces leave in one `send`.
+//!
+//! hyper hands a response over as a head and a body, and the member client
+//! a request head and its body, as separate slices. `writev` takes them in
+//! one call, but on Linux it goes through the file layer (position lock,
+//! iovec import) and costs about twice what a `send` of the same bytes
+//! does (`perf`, BENCHMARKS.md). When the pieces are small together,
+//! copying them into one buffer and sending that is cheaper than the
+//! vectored call; large bodies still go out vectored, uncopied.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Up to this many bytes in all are copied and sent at once. Copying more
+/// would cost more than the `writev` it saves.
+const MAX_COPY: usize = 4096;
+
+thread_local! {
+    /// Where the pieces are joined: one per thread, reused by every write.
+    static JOINED: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(MAX_COPY));
+}
+
+/// Writes `bufs` to `io`: a lone piece or small pieces with one plain
+/// write, anything larger vectored.
+pub(crate) fn poll_write_vectored<W: AsyncWrite + ?Sized>(
+    io: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    bufs: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    let mut pieces = bufs.iter().filter(|b| !b.is_empty());
+    let first = pieces.next();
+    if pieces.next().is_none() {
+        // Nothing, or one piece: a plain write of it.
+        return io.poll_write(cx, first.map_or(&[][..], |b| b));
+    }
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    if total > MAX_COPY {
+        return io.poll_write_vectored(cx, bufs);
+    }
+    JOINED.with(|joined| {
+        let mut joined = joined.borrow_mut();
+        joined.clear();
+        for b in bufs {
+            joined.extend_from_slice(b);
+        }
+        // A short write reports the bytes taken, which are the first ones
+        // of the slices in order, as a vectored write's would be.
+        io.poll_write(cx, &joined)
+    })
+}
+
+/// A stream whose vectored writes go through [`poll_write_vectored`].
+pub(crate) struct Coalesce<S>(pub S);
+
+impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        poll_write_vectored(Pin::new(&mut self.get_mut().0), cx, bufs)
+    }
+
+    /// Vectored: the caller hands over its pieces rather than copying
+    /// them into a buffer of its own first.
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Records each write call: how it was made and what it carried.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<(&'static str, Vec<u8>)>,
+        /// At most this many bytes taken per call.
+        limit: usize,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.limit);
+            self.calls.push(("write", buf[..n].to_vec()));
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let n = all.len().min(self.limit);
+            self.calls.push(("writev", all[..n].to_vec()));
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn write(limit: usize, pieces: &[&[u8]]) -> (usize, Vec<(&'static str, Vec<u8>)>) {
+        let mut w = Coalesce(Recorder {
+            limit,
+            ..Default::default()
+        });
+        let slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+        let n = w.write_vectored(&slices).await.unwrap();
+        (n, w.0.calls)
+    }
+
+    #[tokio::test]
+    async fn small_pieces_leave_in_one_plain_write() {
+        let (n, calls) = write(usize::MAX, &[b"head\r\n\r\n", b"", b"body"]).await;
+        assert_eq!(n, 12);
+        assert_eq!(calls, vec![("write", b"head\r\n\r\nbody".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn one_piece_is_written_plainly_and_large_ones_vectored() {
+        let (n, calls) = write(usize::MAX, &[b"", b"only"]).await;
+        assert_eq!((n, calls), (4, vec![("write", b"only".to_vec())]));
+        let big = vec![7u8; MAX_COPY];
+        let (n, calls) = write(usize::MAX, &[b"head", &big]).await;
+        assert_eq!(n, MAX_COPY + 4);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].0, "writev");
+    }
+
+    #[tokio::test]
+    async fn a_short_write_reports_the_leading_bytes_taken() {
+        let (n, calls) = write(6, &[b"head", b"body"]).await;
+        assert_eq!(n, 6);
+        assert_eq!(calls, vec![("write", b"headbo".to_vec())]);
+    }
+}
