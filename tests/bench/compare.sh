@@ -5,7 +5,9 @@
 #
 # Every proxy gets one worker thread (HAProxy nbthread 1, nginx
 # worker_processes 1, keel --workers 1), keep-alive to clients and reused
-# connections to the two backends, no access logs. wrk is the client.
+# connections to the two backends, no access logs, and the same request
+# headers added for the members (X-Forwarded-For, -Proto, -Port and
+# Forwarded, which Keel always adds). wrk is the client.
 # L7: a 13-byte response; L4: a 64 MiB file relayed by each proxy's TCP mode.
 # Prints a Markdown table; the figures to compare are the ratios.
 set -euo pipefail
@@ -39,6 +41,7 @@ defaults
 frontend web
   mode http
   bind 127.0.0.1:18081
+$(haproxy_forwarded http)
   default_backend app
 backend app
   mode http
@@ -70,7 +73,10 @@ http {
   upstream app { server $B1; server $B2; keepalive 128; }
   server {
     listen 127.0.0.1:18082;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location / {
+      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      $nginx_forwarded
+    }
   }
 }
 stream {
@@ -107,6 +113,18 @@ done
 # nginx's proxy worker is the child of its master.
 sleep 0.5
 pid[nginx]=$(pgrep -P "$(cat "$work/proxy.pid")" | head -1)
+
+# Steady state: a short warm-up run through each proxy (member connections
+# open, caches warm), and Keel's start-up work over: it opens its Raft
+# storage through tokio's blocking pool, whose idle threads exit after 10 s
+# (until then every socket call pays for a file table shared by threads).
+for port in 18080 18081 18082; do
+  wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null
+done
+for _ in $(seq 150); do
+  [ "$(ls "/proc/${pid[keel]}/task" | wc -l)" -le 1 ] && break
+  sleep 0.1
+done
 
 # CPU ticks (user + system) a process has used so far.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

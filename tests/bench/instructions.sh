@@ -34,6 +34,7 @@ defaults
 frontend web
   bind 127.0.0.1:18181
   bind 127.0.0.1:18182 proto h2
+$(haproxy_forwarded http)
   default_backend app
 backend app
   balance roundrobin

@@ -9,6 +9,12 @@
 #                                two nginx backends, one worker each, on
 #                                127.0.0.1:${PORT_BASE}1 and ...2, answering
 #                                "hello world" at / (plus NGINX_LINES)
+#   haproxy_forwarded SCHEME     HAProxy frontend lines, and $nginx_forwarded
+#                                nginx location directives, that add the
+#                                request headers Keel adds for its members
+#                                (X-Forwarded-For, -Proto, -Port and
+#                                Forwarded): every proxy sends the members
+#                                the same request, so does the same work
 
 bench_need() {
   local need=() pair
@@ -65,3 +71,18 @@ CONF
     nginx -c "$work/backend$b.conf" -g 'daemon off;' & pids+=($!)
   done
 }
+
+haproxy_forwarded() {
+  cat <<CONF
+  option forwardfor
+  http-request set-header X-Forwarded-Proto $1
+  http-request set-header X-Forwarded-Port %[dst_port]
+  http-request set-header Forwarded "for=%[src];proto=$1;host=\\"%[req.hdr(host)]\\""
+CONF
+}
+
+# shellcheck disable=SC2016 # nginx variables, for nginx to expand
+nginx_forwarded='proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Port $server_port;
+      proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$http_host\"";'

@@ -41,6 +41,7 @@ defaults
   timeout server 60s
 frontend web
   bind 127.0.0.1:18444 ssl crt $work/haproxy.pem alpn h2,http/1.1
+$(haproxy_forwarded https)
   default_backend app
 backend app
   balance roundrobin
