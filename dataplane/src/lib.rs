@@ -45,6 +45,7 @@ pub use http::{MAX_HEADERS, MAX_HEAD_BYTES, MAX_URI_BYTES};
 pub use metrics::BUCKETS as LATENCY_BUCKETS;
 
 use balance::Balancer;
+use coalesce::Coalesce;
 use member::MemberState;
 use metrics::{label, load, ListenerStats, PoolStats, Writer};
 use plan::{ListenerPlan, Plan, PoolPlan, SharedPlan};
@@ -1103,8 +1104,8 @@ async fn handshake(
     config: Arc<rustls::ServerConfig>,
     listener: &ListenerPlan,
     cut: &CancellationToken,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+) -> Option<tls::TlsFromClient> {
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(Coalesce(stream));
     let result = tokio::select! {
         r = tokio::time::timeout(listener.spec.header_timeout, accept) => r,
         _ = cut.cancelled() => return None,

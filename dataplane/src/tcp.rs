@@ -22,7 +22,7 @@ use crate::error::ProxyError;
 use crate::member::Outstanding;
 use crate::plan::{ListenerPlan, PoolPlan};
 use crate::proxy_protocol::{self, Addresses};
-use crate::tls::Alpn;
+use crate::tls::{Alpn, TlsFromClient, TlsToMember};
 
 /// Bytes moved per `splice` call: the default pipe capacity.
 const BUFFER: usize = 64 * 1024;
@@ -70,7 +70,7 @@ pub(crate) async fn connect(
 /// A connection to a member: a plain socket, or TLS over one.
 pub(crate) enum Upstream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<TlsToMember>),
 }
 
 /// A connection to `member`, with the pool's PROXY header sent (before
@@ -218,13 +218,13 @@ async fn connect_for(
 /// terminated here): bytes are copied through user space, both ways, with
 /// half-close, the idle timeout and drains as for [`serve`].
 pub(crate) async fn serve_stream(
-    client: tokio_rustls::server::TlsStream<TcpStream>,
+    client: TlsFromClient,
     ends: Addresses,
     listener: Arc<ListenerPlan>,
     cut: CancellationToken,
 ) {
     let pool = listener.pool.clone();
-    let Some((upstream, guard)) = connect_for(client.get_ref().0, ends, &pool).await else {
+    let Some((upstream, guard)) = connect_for(&client.get_ref().0 .0, ends, &pool).await else {
         return;
     };
     let member = guard.member().clone();

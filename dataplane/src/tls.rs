@@ -14,6 +14,15 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
+use crate::coalesce::Coalesce;
+
+/// A client's TLS connection. Records leave through [`Coalesce`], so one
+/// that rustls hands over in pieces goes out in one `send`.
+pub(crate) type TlsFromClient = tokio_rustls::server::TlsStream<Coalesce<tokio::net::TcpStream>>;
+
+/// A TLS connection to a member, written like [`TlsFromClient`].
+pub(crate) type TlsToMember = tokio_rustls::client::TlsStream<Coalesce<tokio::net::TcpStream>>;
+
 /// ALPN protocol id of HTTP/2.
 pub(crate) const H2: &[u8] = b"h2";
 const HTTP11: &[u8] = b"http/1.1";
@@ -226,7 +235,7 @@ impl MemberTlsPlan {
         stream: tokio::net::TcpStream,
         member: std::net::SocketAddr,
         alpn: Alpn,
-    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    ) -> std::io::Result<TlsToMember> {
         let config = match alpn {
             Alpn::None => &self.stream,
             Alpn::Http1 => &self.http1,
@@ -237,7 +246,7 @@ impl MemberTlsPlan {
             .clone()
             .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(member.ip().into()));
         tokio_rustls::TlsConnector::from(config.clone())
-            .connect(name, stream)
+            .connect(name, Coalesce(stream))
             .await
     }
 }

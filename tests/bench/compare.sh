@@ -115,16 +115,11 @@ sleep 0.5
 pid[nginx]=$(pgrep -P "$(cat "$work/proxy.pid")" | head -1)
 
 # Steady state: a short warm-up run through each proxy (member connections
-# open, caches warm), and Keel's start-up work over: it opens its Raft
-# storage through tokio's blocking pool, whose idle threads exit after 10 s
-# (until then every socket call pays for a file table shared by threads).
+# open, caches warm), and Keel's start-up work over.
 for port in 18080 18081 18082; do
   wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null
 done
-for _ in $(seq 150); do
-  [ "$(ls "/proc/${pid[keel]}/task" | wc -l)" -le 1 ] && break
-  sleep 0.1
-done
+bench_settle "${pid[keel]}"
 
 # CPU ticks (user + system) a process has used so far.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -80,7 +80,10 @@ for port in 18101 18102 18443 18444; do
     sleep 0.1
   done
 done
-sleep 0.5
+for port in 18443 18444; do
+  wrk -t1 -c64 -d2s "https://127.0.0.1:$port/" >/dev/null
+done
+bench_settle "${pid[keel]}"
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
