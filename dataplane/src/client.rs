@@ -19,7 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
-use crate::http::{RequestBody, MAX_HEADERS, MAX_HEAD_BYTES};
+use crate::http::{RequestBody, HOP_BY_HOP, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::tcp::Upstream;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -363,9 +363,23 @@ impl Outgoing {
 struct Head {
     status: StatusCode,
     version: Version,
+    /// The end-to-end fields: the hop-by-hop ones are read into the fields
+    /// below and not passed on.
     headers: HeaderMap,
     reason: Option<hyper::ext::ReasonPhrase>,
     keep_alive: bool,
+    /// With a `Transfer-Encoding`: whether its last coding is chunked.
+    chunked: Option<bool>,
+    length: Length,
+}
+
+/// What a response's `Content-Length` fields say.
+#[derive(Clone, Copy)]
+enum Length {
+    Absent,
+    Bytes(u64),
+    /// Unparsable, or more than one field.
+    Unusable,
 }
 
 /// Parses a response head off the front of `buf`; `None` until it is whole.
@@ -396,22 +410,57 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
         .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes().to_vec()).ok());
     let head = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
+    // Hop-by-hop fields and those `Connection` names are read here, not
+    // passed on; a 101 keeps `Upgrade`, which the tunnel answers with.
+    let connection_names = |name: &str| {
+        parsed
+            .headers
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|f| f.value.split(|b| *b == b','))
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    };
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    let mut close = false;
-    let mut keep_alive = false;
+    let (mut close, mut keep_alive, mut chunked) = (false, false, None);
+    let mut length = Length::Absent;
     for field in parsed.headers.iter() {
+        let hop = HOP_BY_HOP
+            .iter()
+            .find(|h| field.name.eq_ignore_ascii_case(h.as_str()));
+        let mut tokens = field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+        match hop {
+            Some(h) if h == header::CONNECTION => {
+                for token in tokens {
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            Some(h) if h == header::TRANSFER_ENCODING => {
+                chunked = Some(
+                    tokens
+                        .next_back()
+                        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+                );
+            }
+            None if field.name.eq_ignore_ascii_case("content-length") => {
+                length = match (length, parse_length(field.value)) {
+                    (Length::Absent, Some(n)) => Length::Bytes(n),
+                    _ => Length::Unusable,
+                };
+            }
+            _ => {}
+        }
+        let upgrade_kept =
+            hop == Some(&header::UPGRADE) && status == StatusCode::SWITCHING_PROTOCOLS;
+        if !upgrade_kept && (hop.is_some() || connection_names(field.name)) {
+            continue;
+        }
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| invalid("malformed response header name"))?;
         // Values share one copy of the head (one allocation, not one each).
         let start = field.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(head.slice(start..start + field.value.len()))
             .map_err(|_| invalid("malformed response header value"))?;
-        if name == header::CONNECTION {
-            for token in value.to_str().unwrap_or("").split(',') {
-                close |= token.trim().eq_ignore_ascii_case("close");
-                keep_alive |= token.trim().eq_ignore_ascii_case("keep-alive");
-            }
-        }
         headers.append(name, value);
     }
     buf.advance(len);
@@ -422,7 +471,14 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
         headers,
         reason,
         keep_alive,
+        chunked,
+        length,
     }))
+}
+
+/// A `Content-Length` value, if it is one.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 impl Head {
@@ -436,24 +492,11 @@ impl Head {
         if head_only || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED {
             return Some(Framing::Length(0));
         }
-        if let Some(te) = self
-            .headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-        {
-            let last = te.to_str().unwrap_or("").rsplit(',').next().unwrap_or("");
-            return Some(if last.trim().eq_ignore_ascii_case("chunked") {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                Framing::Close
-            });
-        }
-        let mut lengths = self.headers.get_all(header::CONTENT_LENGTH).iter();
-        match (lengths.next(), lengths.next()) {
-            (Some(v), None) => v.to_str().ok()?.trim().parse().ok().map(Framing::Length),
-            (Some(_), Some(_)) => None,
-            (None, _) => Some(Framing::Close),
+        match (self.chunked, self.length) {
+            (Some(true), _) => Some(Framing::Chunked(Chunk::Size)),
+            (Some(false), _) | (None, Length::Absent) => Some(Framing::Close),
+            (None, Length::Bytes(n)) => Some(Framing::Length(n)),
+            (None, Length::Unusable) => None,
         }
     }
 }
@@ -867,6 +910,33 @@ mod tests {
         assert!(h.framing(false).is_none());
         let h = head(b"HTTP/1.1 299 Fine Indeed\r\ncontent-length: 0\r\n\r\n");
         assert!(h.reason.is_some());
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_read_not_passed_on() {
+        let head = |raw: &[u8]| parse_head(&mut BytesMut::from(raw)).unwrap().unwrap();
+        let h = head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+              Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nServer: s\r\n\
+              Content-Length: 3\r\n\r\n",
+        );
+        let names: Vec<&str> = h.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["server", "content-length"]);
+        // `Trailer` declares the trailers to come: it stays.
+        let h = head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-digest\r\n\r\n");
+        assert_eq!(h.headers.get("trailer").unwrap(), "x-digest");
+        assert!(h.keep_alive);
+        assert!(matches!(
+            h.framing(false),
+            Some(Framing::Chunked(Chunk::Size))
+        ));
+        // A switch of protocols keeps the protocol it switches to.
+        let h = head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n");
+        assert_eq!(h.headers.get("upgrade").unwrap(), "websocket");
+        assert!(h.headers.get("connection").is_none());
+        let h =
+            head(b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: TLS/1.2\r\ncontent-length: 0\r\n\r\n");
+        assert!(h.headers.get("upgrade").is_none());
     }
 
     #[test]
