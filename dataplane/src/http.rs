@@ -342,8 +342,9 @@ impl Conn {
             .any(|v| v.to_str().is_ok_and(|v| v.contains("trailers")));
         prepare_request(&mut parts, &self.client_ip, self.trusted, listener);
         // Read before an HTTP/2 rewrite moves `Host` into the target.
-        let now = sticky::unix_now();
         let sticky = pool.sticky.as_ref();
+        // The clock is read only where sessions are sticky.
+        let now = sticky.map(|_| sticky::unix_now()).unwrap_or_default();
         let pinned = sticky
             .and_then(|s| s.pinned(&parts.headers, now))
             .and_then(|a| pool.balancer.available(a).cloned());
