@@ -19,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
+use crate::coalesce::Defer;
 use crate::http::{RequestBody, HOP_BY_HOP, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::tcp::Upstream;
 
@@ -215,6 +216,9 @@ struct Outgoing {
     started: bool,
     /// The body ended (and its last chunk is queued).
     body_done: bool,
+    /// Writes to a plain member connection wait for the reads of this
+    /// turn to be done.
+    defer: Defer,
 }
 
 impl Outgoing {
@@ -250,6 +254,7 @@ impl Outgoing {
             chunked,
             started: false,
             body_done: empty,
+            defer: Defer::default(),
         }
     }
 
@@ -289,7 +294,12 @@ impl Outgoing {
                 }
             }
             if self.queued == 0 {
-                return Ok(());
+                // A TLS stream may hold records it could not send yet;
+                // nothing else would ever ask it to.
+                return match Pin::new(&mut *io).poll_flush(cx) {
+                    Poll::Ready(Err(e)) => Err(Failure::Io(e)),
+                    _ => Ok(()),
+                };
             }
             let mut slices = [IoSlice::new(&[]); 16];
             let pending = std::iter::once(&self.head)
@@ -299,6 +309,10 @@ impl Outgoing {
             for (slot, bytes) in slices.iter_mut().zip(pending) {
                 *slot = IoSlice::new(bytes);
                 n += 1;
+            }
+            // A TLS stream defers its own writes (`Coalesce` under it).
+            if matches!(io, Upstream::Plain(_)) && self.defer.poll(cx).is_pending() {
+                return Ok(());
             }
             let written = match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
                 Poll::Pending => return Ok(()),

@@ -7,11 +7,13 @@
 //! does (`perf`, BENCHMARKS.md). When the pieces are small together,
 //! copying them into one buffer and sending that is cheaper than the
 //! vectored call; large bodies still go out vectored, uncopied.
+//!
+//! And writes wait for the reads: see [`Defer`].
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -53,8 +55,50 @@ pub(crate) fn poll_write_vectored<W: AsyncWrite + ?Sized>(
     })
 }
 
-/// A stream whose vectored writes go through [`poll_write_vectored`].
-pub(crate) struct Coalesce<S>(pub S);
+/// A stream whose vectored writes go through [`poll_write_vectored`], each
+/// write held back one turn by a [`Defer`].
+pub(crate) struct Coalesce<S> {
+    pub(crate) io: S,
+    defer: Defer,
+}
+
+impl<S> Coalesce<S> {
+    pub(crate) fn new(io: S) -> Self {
+        Coalesce {
+            io,
+            defer: Defer::default(),
+        }
+    }
+}
+
+/// Holds a write back until the tasks already runnable have had their turn.
+///
+/// One poll of the sockets makes many connections ready at once. Were each
+/// to write as soon as it has read, the writes would be spread out between
+/// the reads, and a member or client woken by one write would often go back
+/// to sleep before the next reached it: every write paying for a wake-up
+/// of the process at the other end. A write that yields first lets all the
+/// reads run, then the writes leave together, and the other end wakes once
+/// for the lot (HAProxy's loop has the same phases: receive everything,
+/// then send everything). The yield puts the task at the back of the run
+/// queue; it costs one more poll of the task per write.
+#[derive(Debug, Default)]
+pub(crate) struct Defer {
+    yielded: bool,
+}
+
+impl Defer {
+    /// `Pending` (with the task woken again) on a first call, `Ready` on the
+    /// next: call it before each write.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if std::mem::take(&mut self.yielded) {
+            return Poll::Ready(());
+        }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
 
 impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
     fn poll_read(
@@ -62,7 +106,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -72,7 +116,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        let this = self.get_mut();
+        ready!(this.defer.poll(cx));
+        Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -80,7 +126,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        poll_write_vectored(Pin::new(&mut self.get_mut().0), cx, bufs)
+        let this = self.get_mut();
+        ready!(this.defer.poll(cx));
+        poll_write_vectored(Pin::new(&mut this.io), cx, bufs)
     }
 
     /// Vectored: the caller hands over its pieces rather than copying
@@ -90,11 +138,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -143,13 +191,13 @@ mod tests {
     }
 
     async fn write(limit: usize, pieces: &[&[u8]]) -> (usize, Vec<(&'static str, Vec<u8>)>) {
-        let mut w = Coalesce(Recorder {
+        let mut w = Coalesce::new(Recorder {
             limit,
             ..Default::default()
         });
         let slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
         let n = w.write_vectored(&slices).await.unwrap();
-        (n, w.0.calls)
+        (n, w.io.calls)
     }
 
     #[tokio::test]
@@ -175,5 +223,37 @@ mod tests {
         let (n, calls) = write(6, &[b"head", b"body"]).await;
         assert_eq!(n, 6);
         assert_eq!(calls, vec![("write", b"headbo".to_vec())]);
+    }
+
+    #[test]
+    fn a_deferred_write_wakes_its_task_and_goes_ahead_next_time() {
+        let waker = std::sync::Arc::new(Wakes::default());
+        let waker_ref = std::task::Waker::from(waker.clone());
+        let mut cx = Context::from_waker(&waker_ref);
+        let mut defer = Defer::default();
+        assert!(defer.poll(&mut cx).is_pending());
+        assert_eq!(waker.count(), 1, "a yield without a wake would hang");
+        assert!(defer.poll(&mut cx).is_ready());
+        assert!(defer.poll(&mut cx).is_pending(), "each write yields once");
+        assert_eq!(waker.count(), 2);
+    }
+
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl Wakes {
+        fn count(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }

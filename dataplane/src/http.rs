@@ -115,7 +115,7 @@ pub(crate) async fn serve<IO>(
     });
     // Requests travel boxed: a future that holds one stays small, and
     // moving it (hyper moves each request's future into place) stays cheap.
-    let io = TokioIo::new(Coalesce(stream));
+    let io = TokioIo::new(Coalesce::new(stream));
     match mode {
         Mode::Http1 => {
             let mut builder = hyper::server::conn::http1::Builder::new();

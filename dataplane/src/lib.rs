@@ -1105,7 +1105,7 @@ async fn handshake(
     listener: &ListenerPlan,
     cut: &CancellationToken,
 ) -> Option<tls::TlsFromClient> {
-    let accept = tokio_rustls::TlsAcceptor::from(config).accept(Coalesce(stream));
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(Coalesce::new(stream));
     let result = tokio::select! {
         r = tokio::time::timeout(listener.spec.header_timeout, accept) => r,
         _ = cut.cancelled() => return None,

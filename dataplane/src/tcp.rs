@@ -224,7 +224,7 @@ pub(crate) async fn serve_stream(
     cut: CancellationToken,
 ) {
     let pool = listener.pool.clone();
-    let Some((upstream, guard)) = connect_for(&client.get_ref().0 .0, ends, &pool).await else {
+    let Some((upstream, guard)) = connect_for(&client.get_ref().0.io, ends, &pool).await else {
         return;
     };
     let member = guard.member().clone();
@@ -296,6 +296,10 @@ where
             return to.shutdown().await;
         }
         to.write_all(&buf[..n]).await?;
+        // A TLS stream may keep records it could not send yet (a full
+        // socket, or a deferred write): they must leave before the wait
+        // for more.
+        to.flush().await?;
         activity.touch();
         for c in counters {
             c.fetch_add(n as u64, Relaxed);

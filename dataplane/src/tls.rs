@@ -246,7 +246,7 @@ impl MemberTlsPlan {
             .clone()
             .unwrap_or_else(|| rustls::pki_types::ServerName::IpAddress(member.ip().into()));
         tokio_rustls::TlsConnector::from(config.clone())
-            .connect(name, Coalesce(stream))
+            .connect(name, Coalesce::new(stream))
             .await
     }
 }
