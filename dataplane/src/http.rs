@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -179,22 +179,48 @@ async fn drive<F, E>(
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    let mut closing_wait = std::pin::pin!(closing.cancelled());
+    let mut cut_wait = std::pin::pin!(cut.cancelled());
+    // The waker the two waits hold. A wait keeps the waker it was last
+    // polled with, so it is polled again only if that changed: polling it
+    // takes a lock, and the connection's task is polled several times per
+    // request. Between those, the tokens' flags tell.
+    let mut registered: Option<Waker> = None;
     let mut shutting_down = false;
-    loop {
-        tokio::select! {
-            r = serving.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(client.addr = %peer, error = %e, "http connection ended");
-                }
-                return;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = serving.as_mut().poll(cx) {
+            if let Err(e) = r {
+                tracing::debug!(client.addr = %peer, error = %e, "http connection ended");
             }
-            _ = closing.cancelled(), if !shutting_down => {
-                shutdown(serving.as_mut());
-                shutting_down = true;
-            }
-            _ = cut.cancelled() => return,
+            return Poll::Ready(());
         }
-    }
+        let fresh = !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if fresh {
+            registered = Some(cx.waker().clone());
+        }
+        if fired(&cut, cut_wait.as_mut(), fresh, cx) {
+            return Poll::Ready(());
+        }
+        if !shutting_down && fired(&closing, closing_wait.as_mut(), fresh, cx) {
+            shutdown(serving.as_mut());
+            shutting_down = true;
+            // The connection has more to do now: let it.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Whether `token` is cancelled; `wait` (its `cancelled()` future) is
+/// polled only when it must take a new waker.
+fn fired<W: Future>(
+    token: &CancellationToken,
+    wait: Pin<&mut W>,
+    new_waker: bool,
+    cx: &mut Context<'_>,
+) -> bool {
+    token.is_cancelled() || (new_waker && wait.poll(cx).is_ready())
 }
 
 /// What one client connection knows.

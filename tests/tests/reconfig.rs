@@ -231,6 +231,53 @@ async fn removed_listener_stops_accepting_and_finishes_in_flight() {
     );
 }
 
+/// A removed listener closes its idle keep-alive connections at once, and
+/// cuts one still busy when the drain time is over.
+#[tokio::test]
+async fn removed_listener_closes_idle_connections_and_cuts_busy_ones_at_drain_end() {
+    let a = HttpBackend::start("a").await;
+    let (port, other) = (free_port(), free_port());
+    let dp = Dataplane::new();
+    dp.apply(&spec(&one_member(port, a.addr, "1s")))
+        .await
+        .unwrap();
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    idle.write_all(request("/").as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut busy = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    busy.write_all(request("/slow/5000").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let removed = Instant::now();
+    dp.apply(&spec(&one_member(other, a.addr, "1s")))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(3), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection left open: {closed:?}"
+    );
+    assert!(
+        removed.elapsed() < Duration::from_millis(500),
+        "closed late"
+    );
+    let cut = tokio::time::timeout(Duration::from_secs(4), busy.read(&mut buf)).await;
+    assert!(
+        matches!(cut, Ok(Ok(0)) | Ok(Err(_))),
+        "busy connection not cut: {cut:?}"
+    );
+    let waited = removed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
+        "cut after {waited:?}, drain is 1 s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_failure_keeps_the_old_plan() {
     let a = HttpBackend::start("a").await;
