@@ -9,7 +9,10 @@
 # headers added for the members (X-Forwarded-For, -Proto, -Port and
 # Forwarded, which Keel always adds). wrk is the client.
 # L7: a 13-byte response; L4: a 64 MiB file relayed by each proxy's TCP mode.
-# Prints a Markdown table; the figures to compare are the ratios.
+# Prints a Markdown table; the figures to compare are the ratios. The
+# machine is shared and single runs swing by ±10%, so the proxies take
+# turns, ROUNDS times (default 5), and a last table gives the median of
+# each ratio over the rounds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-10}
@@ -140,12 +143,31 @@ measure() {
   echo "$rps $p50 $p99 $xfer ${errs:-}"
 }
 
+# wrk's latency ("850.00us", "3.10ms", "1.20s") in milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0
+    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000
+    printf "%.3f", n
+  }'
+}
+
+# The median of the numbers in column $2 of the lines in $1.
+median() {
+  awk -v c="$2" 'NF { print $c }' <<<"$1" | sort -g | awk '
+    { v[NR] = $1 }
+    END { if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+declare -A p99s
 echo "## L7 HTTP/1.1 keep-alive, $CONNS connections, ${SECS}s each, wrk -t$THREADS"
 echo
 echo "| proxy | req/s | p50 | p99 | req/s vs HAProxy | CPU µs/req | CPU/req vs HAProxy |"
 echo "|---|---|---|---|---|---|---|"
 declare -A rps cpu
-for round in $(seq "${ROUNDS:-1}"); do
+# Per proxy, one line per round: "req/s-ratio cpu-ratio p99-ratio".
+declare -A l7ratios
+for round in $(seq "${ROUNDS:-5}"); do
 for name in haproxy keel nginx; do
   case $name in keel) port=18080;; haproxy) port=18081;; nginx) port=18082;; esac
   t0=$(ticks "${pid[$name]}")
@@ -155,8 +177,20 @@ for name in haproxy keel nginx; do
   cpu[$name]=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v r="$r" -v s="$SECS" 'BEGIN { printf "%.1f", t / hz * 1e6 / (r * s) }')
   ratio=$(awk -v a="$r" -v b="${rps[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
   cratio=$(awk -v a="${cpu[$name]}" -v b="${cpu[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
+  p99s[$name]=$(to_ms "$p99")
+  pratio=$(awk -v a="${p99s[$name]}" -v b="${p99s[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
+  l7ratios[$name]+="$ratio $cratio $pratio"$'\n'
   echo "| $name | $r | $p50 | $p99 | ${ratio}x | ${cpu[$name]} | ${cratio}x ${errs} |"
 done
+done
+
+echo
+echo "### L7, medians over ${ROUNDS:-5} rounds"
+echo
+echo "| proxy | req/s vs HAProxy | CPU/req vs HAProxy | p99 vs HAProxy |"
+echo "|---|---|---|---|"
+for name in keel nginx; do
+  echo "| $name | $(median "${l7ratios[$name]}" 1)x | $(median "${l7ratios[$name]}" 2)x | $(median "${l7ratios[$name]}" 3)x |"
 done
 
 echo
@@ -164,8 +198,8 @@ echo "## L4 TCP bulk: 64 MiB responses relayed, 8 connections, ${SECS}s each"
 echo
 echo "| proxy | transfer/s | vs HAProxy | CPU ms/GiB | CPU/GiB vs HAProxy |"
 echo "|---|---|---|---|---|"
-declare -A l4 l4cpu
-for round in $(seq "${ROUNDS:-1}"); do
+declare -A l4 l4cpu l4ratios
+for round in $(seq "${ROUNDS:-5}"); do
 for name in haproxy keel nginx; do
   case $name in keel) port=18090;; haproxy) port=18091;; nginx) port=18092;; esac
   t0=$(ticks "${pid[$name]}")
@@ -176,6 +210,16 @@ for name in haproxy keel nginx; do
   l4cpu[$name]=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v r="$r" -v s="$SECS" 'BEGIN { printf "%.0f", t / hz * 1e3 / (r * s / 16) }')
   ratio=$(awk -v a="$r" -v b="${l4[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
   cratio=$(awk -v a="${l4cpu[$name]}" -v b="${l4cpu[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
+  l4ratios[$name]+="$ratio $cratio"$'\n'
   echo "| $name | $x | ${ratio}x | ${l4cpu[$name]} | ${cratio}x ${errs} |"
 done
+done
+
+echo
+echo "### L4, medians over ${ROUNDS:-5} rounds"
+echo
+echo "| proxy | transfer/s vs HAProxy | CPU/GiB vs HAProxy |"
+echo "|---|---|---|"
+for name in keel nginx; do
+  echo "| $name | $(median "${l4ratios[$name]}" 1)x | $(median "${l4ratios[$name]}" 2)x |"
 done
