@@ -7,8 +7,9 @@
 //! the next request.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
@@ -17,10 +18,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
 use crate::coalesce::Defer;
-use crate::http::{RequestBody, HOP_BY_HOP, MAX_HEADERS, MAX_HEAD_BYTES};
+use crate::http::{Forwarding, Outbound, RequestBody, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::tcp::Upstream;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -40,6 +42,11 @@ pub(crate) struct Conn {
     /// It carried a request before: a failure before any answer may mean
     /// the member closed it while idle, so the request may go elsewhere.
     reused: bool,
+    /// The deadline of the exchange under way. One timer per connection,
+    /// moved on at each exchange: moving a pending timer later is a store,
+    /// where a timer per request is an insert and a removal in the timer
+    /// wheel.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// Why an exchange failed.
@@ -51,6 +58,8 @@ pub(crate) enum SendError {
     ClientBody(BoxError),
     /// The member or the connection failed.
     Upstream(io::Error),
+    /// No response head by the deadline.
+    Timeout,
 }
 
 impl Conn {
@@ -59,6 +68,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             reused: false,
+            timer: None,
         }
     }
 
@@ -83,68 +93,63 @@ impl Conn {
         self
     }
 
-    /// Sends `req` and reads the member's response head. The body of the
-    /// response is read later, as the caller polls it.
+    /// Sends `req` and reads the member's response head, which must come
+    /// by `deadline`. The body of the response is read later, as the
+    /// caller polls it.
     pub(crate) async fn send(
         self,
-        req: Box<Request<RequestBody>>,
+        out: Box<Outbound>,
+        deadline: Instant,
     ) -> Result<Response<ResponseBody>, SendError> {
         // Encoded at once: the request's own fields (which share the
         // client connection's read buffer) are let go before the wait.
-        let out = Outgoing::new(*req);
-        self.exchange(out).await
+        let Outbound { req, forwarding } = *out;
+        let out = Outgoing::new(req, &forwarding);
+        self.exchange(out, deadline).await
     }
 
     /// Sends a request that a stale connection gave back.
-    pub(crate) async fn resend(self, unsent: Unsent) -> Result<Response<ResponseBody>, SendError> {
+    pub(crate) async fn resend(
+        self,
+        unsent: Unsent,
+        deadline: Instant,
+    ) -> Result<Response<ResponseBody>, SendError> {
         let mut out = *unsent.0;
         out.head = out.encoded.clone();
         out.queued = out.head.len();
-        self.exchange(out).await
+        self.exchange(out, deadline).await
     }
 
-    async fn exchange(mut self, mut out: Outgoing) -> Result<Response<ResponseBody>, SendError> {
+    async fn exchange(
+        mut self,
+        mut out: Outgoing,
+        deadline: Instant,
+    ) -> Result<Response<ResponseBody>, SendError> {
+        let mut timer = match self.timer.take() {
+            Some(mut t) => {
+                t.as_mut().reset(deadline);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
         let mut head = None;
         let mut received = false;
-        let result = poll_fn(|cx| {
-            // Write what can be written, then read what has arrived; the
-            // exchange ends with the response head, written out or not.
-            if let Err(e) = out.poll_write(&mut self.io, cx) {
-                return Poll::Ready(Err(e));
-            }
-            loop {
-                match parse_head(&mut self.buf) {
-                    Err(e) => return Poll::Ready(Err(Failure::Upstream(e))),
-                    // 1xx answers (100 Continue) are not passed on: the
-                    // client's server side answers its own `Expect`.
-                    Ok(Some(h))
-                        if h.status.is_informational()
-                            && h.status != StatusCode::SWITCHING_PROTOCOLS =>
-                    {
-                        continue
+        let result =
+            poll_fn(
+                |cx| match self.poll_exchange(&mut out, &mut head, &mut received, cx) {
+                    Poll::Pending if timer.as_mut().poll(cx).is_ready() => {
+                        Poll::Ready(Err(Failure::Timeout))
                     }
-                    Ok(Some(h)) => {
-                        head = Some(h);
-                        return Poll::Ready(Ok(()));
-                    }
-                    Ok(None) => {}
-                }
-                if self.buf.len() > MAX_HEAD_BYTES {
-                    return Poll::Ready(Err(Failure::Upstream(invalid("response head too large"))));
-                }
-                self.buf.reserve(READ_CHUNK);
-                match ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)) {
-                    Ok(0) => return Poll::Ready(Err(Failure::Closed)),
-                    Ok(_) => received = true,
-                    Err(e) => return Poll::Ready(Err(Failure::Io(e))),
-                }
-            }
-        })
-        .await;
+                    other => other,
+                },
+            )
+            .await;
+        self.timer = Some(timer);
         let stale = self.reused && !received && !out.started;
         match result {
             Ok(()) => {}
             Err(Failure::ClientBody(e)) => return Err(SendError::ClientBody(e)),
+            Err(Failure::Timeout) => return Err(SendError::Timeout),
             Err(Failure::Closed | Failure::Io(_)) if stale => {
                 return Err(SendError::Stale(Unsent(Box::new(out))));
             }
@@ -173,6 +178,47 @@ impl Conn {
         }
         Ok(response)
     }
+
+    /// Writes what can be written, then reads what has arrived; the
+    /// exchange ends with the response head, written out or not.
+    fn poll_exchange(
+        &mut self,
+        out: &mut Outgoing,
+        head: &mut Option<Head>,
+        received: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Failure>> {
+        if let Err(e) = out.poll_write(&mut self.io, cx) {
+            return Poll::Ready(Err(e));
+        }
+        loop {
+            match parse_head(&mut self.buf) {
+                Err(e) => return Poll::Ready(Err(Failure::Upstream(e))),
+                // 1xx answers (100 Continue) are not passed on: the
+                // client's server side answers its own `Expect`.
+                Ok(Some(h))
+                    if h.status.is_informational()
+                        && h.status != StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    continue
+                }
+                Ok(Some(h)) => {
+                    *head = Some(h);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(None) => {}
+            }
+            if self.buf.len() > MAX_HEAD_BYTES {
+                return Poll::Ready(Err(Failure::Upstream(invalid("response head too large"))));
+            }
+            self.buf.reserve(READ_CHUNK);
+            match ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)) {
+                Ok(0) => return Poll::Ready(Err(Failure::Closed)),
+                Ok(_) => *received = true,
+                Err(e) => return Poll::Ready(Err(Failure::Io(e))),
+            }
+        }
+    }
 }
 
 /// How a send failed, before it is told apart into a [`SendError`].
@@ -180,6 +226,8 @@ enum Failure {
     ClientBody(BoxError),
     /// The member closed the connection before a whole response head.
     Closed,
+    /// The deadline passed first.
+    Timeout,
     Io(io::Error),
     Upstream(io::Error),
 }
@@ -222,7 +270,7 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn new(req: Request<RequestBody>) -> Outgoing {
+    fn new(req: Request<RequestBody>, forwarding: &Forwarding) -> Outgoing {
         let (parts, body) = req.into_parts();
         let sized = parts.headers.contains_key(header::CONTENT_LENGTH);
         let empty = body.is_end_stream();
@@ -239,6 +287,7 @@ impl Outgoing {
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
+        forwarding.write_lines(&mut head);
         if chunked {
             head.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
@@ -396,14 +445,49 @@ enum Length {
     Unusable,
 }
 
+/// What a response field means to the client reading it.
+enum Field {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    Upgrade,
+    /// The other fields of [`HOP_BY_HOP`]: dropped.
+    OtherHop,
+    EndToEnd,
+}
+
+/// Sorts a field name by length first: a response's fields are compared
+/// with one or two names each, not with every hop-by-hop one.
+fn classify(name: &str) -> Field {
+    let is = |known: &str| name.eq_ignore_ascii_case(known);
+    match name.len() {
+        2 if is("te") => Field::OtherHop,
+        7 if is("upgrade") => Field::Upgrade,
+        10 if is("connection") => Field::Connection,
+        10 if is("keep-alive") => Field::OtherHop,
+        14 if is("content-length") => Field::ContentLength,
+        16 if is("proxy-connection") => Field::OtherHop,
+        17 if is("transfer-encoding") => Field::TransferEncoding,
+        18 if is("proxy-authenticate") => Field::OtherHop,
+        _ => Field::EndToEnd,
+    }
+}
+
+/// The items of a comma-separated field value, trimmed.
+fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}
+
 /// Parses a response head off the front of `buf`; `None` until it is whole.
 fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     if buf.is_empty() {
         return Ok(None);
     }
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(buf) {
+    // Left uninitialised: the parser writes the fields it finds.
+    let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(invalid("too many response headers")),
@@ -424,49 +508,54 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
         .and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes().to_vec()).ok());
     let head = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
-    // Hop-by-hop fields and those `Connection` names are read here, not
-    // passed on; a 101 keeps `Upgrade`, which the tunnel answers with.
-    let connection_names = |name: &str| {
-        parsed
-            .headers
-            .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|f| f.value.split(|b| *b == b','))
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-    };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    let (mut close, mut keep_alive, mut chunked) = (false, false, None);
-    let mut length = Length::Absent;
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let (mut close, mut keep_alive) = (false, false);
+    // Besides its options, `Connection` may name more hop-by-hop fields (rare).
+    let mut named: Vec<&[u8]> = Vec::new();
     for field in parsed.headers.iter() {
-        let hop = HOP_BY_HOP
-            .iter()
-            .find(|h| field.name.eq_ignore_ascii_case(h.as_str()));
-        let mut tokens = field.value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
-        match hop {
-            Some(h) if h == header::CONNECTION => {
-                for token in tokens {
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        if let Field::Connection = classify(field.name) {
+            for token in tokens(field.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else if !token.is_empty() {
+                    named.push(token);
                 }
             }
-            Some(h) if h == header::TRANSFER_ENCODING => {
+        }
+    }
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut chunked = None;
+    let mut length = Length::Absent;
+    for field in parsed.headers.iter() {
+        match classify(field.name) {
+            Field::TransferEncoding => {
                 chunked = Some(
-                    tokens
+                    tokens(field.value)
                         .next_back()
                         .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
                 );
+                continue;
             }
-            None if field.name.eq_ignore_ascii_case("content-length") => {
+            Field::ContentLength => {
                 length = match (length, parse_length(field.value)) {
                     (Length::Absent, Some(n)) => Length::Bytes(n),
                     _ => Length::Unusable,
                 };
             }
-            _ => {}
+            // A switch of protocols keeps the protocol it switches to.
+            Field::Upgrade if switching => {
+                let name = field.name.as_bytes();
+                named.retain(|t| !t.eq_ignore_ascii_case(name));
+            }
+            Field::Connection | Field::Upgrade | Field::OtherHop => continue,
+            Field::EndToEnd => {}
         }
-        let upgrade_kept =
-            hop == Some(&header::UPGRADE) && status == StatusCode::SWITCHING_PROTOCOLS;
-        if !upgrade_kept && (hop.is_some() || connection_names(field.name)) {
+        if named
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(field.name.as_bytes()))
+        {
             continue;
         }
         let name = HeaderName::from_bytes(field.name.as_bytes())
@@ -951,6 +1040,20 @@ mod tests {
         let h =
             head(b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: TLS/1.2\r\ncontent-length: 0\r\n\r\n");
         assert!(h.headers.get("upgrade").is_none());
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_is_classified_as_one() {
+        for name in &crate::http::HOP_BY_HOP {
+            for spelling in [name.as_str().to_owned(), name.as_str().to_ascii_uppercase()] {
+                assert!(
+                    !matches!(classify(&spelling), Field::EndToEnd | Field::ContentLength),
+                    "{spelling}"
+                );
+            }
+        }
+        assert!(matches!(classify("Content-Length"), Field::ContentLength));
+        assert!(matches!(classify("x-upgrade"), Field::EndToEnd));
     }
 
     #[test]

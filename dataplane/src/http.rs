@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -366,7 +366,7 @@ impl Conn {
             .get_all(header::TE)
             .iter()
             .any(|v| v.to_str().is_ok_and(|v| v.contains("trailers")));
-        prepare_request(&mut parts, &self.client_ip, self.trusted, listener);
+        let forwarding = prepare_request(&mut parts, &self.client_ip, self.trusted, listener);
         // Read before an HTTP/2 rewrite moves `Host` into the target.
         let sticky = pool.sticky.as_ref();
         // The clock is read only where sessions are sticky.
@@ -384,17 +384,20 @@ impl Conn {
         } else if pool.spec.http_version == HttpVersion::Http2 {
             to_http2(&mut parts, pool.tls.is_some(), listener, wants_trailers);
         }
-        let mut req = Box::new(Request::from_parts(
-            parts,
-            RequestBody {
-                first,
-                inner: body,
-                listener: listener.stats.clone(),
-                member: None,
-                deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-                expired: expired.clone(),
-            },
-        ));
+        let mut out = Box::new(Outbound {
+            req: Request::from_parts(
+                parts,
+                RequestBody {
+                    first,
+                    inner: body,
+                    listener: listener.stats.clone(),
+                    member: None,
+                    deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                    expired: expired.clone(),
+                },
+            ),
+            forwarding,
+        });
         // The members tried so far (`attempts` of them), without allocating.
         let mut tried = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_ATTEMPTS];
         let mut attempts = 0;
@@ -427,11 +430,11 @@ impl Conn {
                     continue;
                 }
             };
-            req.body_mut().member = Some(member.clone());
+            out.req.body_mut().member = Some(member.clone());
             let sent = match upgrade {
-                None => exchange(sender, req, guard, listener, pool, self.ends).await,
+                None => exchange(sender, out, guard, listener, pool, self.ends).await,
                 Some((_, client_side)) => {
-                    Box::pin(self.upgrade(sender, req, client_side, guard, listener, pool)).await
+                    Box::pin(self.upgrade(sender, out, client_side, guard, listener, pool)).await
                 }
             };
             let mut response = match sent {
@@ -471,14 +474,16 @@ impl Conn {
     async fn upgrade(
         &self,
         sender: Sender,
-        req: Box<Request<RequestBody>>,
+        out: Box<Outbound>,
         client_side: OnUpgrade,
         guard: Outstanding,
         listener: &ListenerPlan,
         pool: &PoolPlan,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let member = guard.member().clone();
-        let response = send(sender, req, &member, &member.cut_token(), pool, self.ends).await?;
+        let deadline = Instant::now() + pool.spec.response_timeout;
+        let cut = member.cut_token();
+        let response = send(sender, out, &member, &cut, deadline, pool, self.ends).await?;
         member.stats.requests.count(response.status().as_u16());
         let (mut parts, body) = response.into_parts();
         let member_side = match body {
@@ -654,6 +659,12 @@ async fn open(
     }
 }
 
+/// A request on its way to a member, and the forwarding fields it gets there.
+pub(crate) struct Outbound {
+    pub(crate) req: Request<RequestBody>,
+    pub(crate) forwarding: Forwarding,
+}
+
 /// Where a request to a member is sent: an HTTP/1.1 connection (one
 /// request at a time, pooled when idle) or a shared HTTP/2 connection.
 pub(crate) enum Sender {
@@ -702,7 +713,7 @@ fn to_http2(
 /// Sends the request and wraps the member's response for the client.
 async fn exchange(
     sender: Sender,
-    req: Box<Request<RequestBody>>,
+    out: Box<Outbound>,
     guard: Outstanding,
     listener: &ListenerPlan,
     pool: &PoolPlan,
@@ -711,11 +722,15 @@ async fn exchange(
     let member = guard.member().clone();
     let started = Instant::now();
     let cut = member.cut_token();
-    let response = send(sender, req, &member, &cut, pool, ends).await?;
+    let deadline = started + pool.spec.response_timeout;
+    let response = send(sender, out, &member, &cut, deadline, pool, ends).await?;
     member.stats.latency.observe(started.elapsed());
     member.stats.requests.count(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    // The HTTP/1.1 client leaves hop-by-hop fields out as it parses the head.
+    if let MemberBody::Http2(_) = body {
+        strip_hop_by_hop(&mut parts.headers);
+    }
     let mut body = UpstreamBody {
         inner: body,
         // A connection that carried a PROXY header names one client: never reused.
@@ -732,38 +747,29 @@ async fn exchange(
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
 }
 
-/// Sends `req` to `member` and waits for its response head, at most the
-/// pool's `response_timeout`; a drain that runs out meanwhile ends the
-/// wait. Failures are counted on the member as the status the client will see.
+/// Sends `req` to `member` and waits for its response head until
+/// `deadline` (the pool's `response_timeout` after it was sent); a drain
+/// that runs out meanwhile ends the wait. Failures are counted on the
+/// member as the status the client will see.
 async fn send(
     sender: Sender,
-    req: Box<Request<RequestBody>>,
+    out: Box<Outbound>,
     member: &MemberState,
     cut: &CancellationToken,
+    deadline: Instant,
     pool: &PoolPlan,
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
-    let timeout = pool.spec.response_timeout;
     let sent = tokio::select! {
-        r = tokio::time::timeout(timeout, deliver(sender, req, member, pool, ends)) => r,
+        r = deliver(sender, out, member, deadline, pool, ends) => r,
         _ = cut.cancelled() => return Err(ProxyError::Drained { member: member.address }),
     };
-    match sent {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => {
-            if e.side() == Side::Upstream {
-                member.stats.requests.count(e.status().as_u16());
-            }
-            Err(e)
-        }
-        Err(_) => {
-            member.stats.requests.count(504);
-            Err(ProxyError::ResponseTimeout {
-                member: member.address,
-                timeout,
-            })
+    if let Err(e) = &sent {
+        if e.side() == Side::Upstream {
+            member.stats.requests.count(e.status().as_u16());
         }
     }
+    sent
 }
 
 /// One exchange on `sender`. A reused HTTP/1.1 connection that the member
@@ -771,8 +777,9 @@ async fn send(
 /// is replaced by a new connection and the request sent again.
 async fn deliver(
     sender: Sender,
-    req: Box<Request<RequestBody>>,
+    out: Box<Outbound>,
     member: &MemberState,
+    deadline: Instant,
     pool: &PoolPlan,
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
@@ -780,26 +787,39 @@ async fn deliver(
         member: member.address,
         source,
     };
+    let timed_out = || ProxyError::ResponseTimeout {
+        member: member.address,
+        timeout: pool.spec.response_timeout,
+    };
     let failed = |e: SendError| match e {
         SendError::ClientBody(source) => ProxyError::ClientBody { source },
         SendError::Upstream(e) => upstream(e.into()),
         SendError::Stale(_) => upstream("connection closed by the member".into()),
+        SendError::Timeout => timed_out(),
     };
     let conn = match sender {
         Sender::Http2(mut s) => {
-            let r = s.send_request(*req).await.map_err(|e| upstream(e.into()))?;
+            let Outbound {
+                mut req,
+                forwarding,
+            } = *out;
+            forwarding.insert_into(req.headers_mut());
+            let r = tokio::time::timeout_at(deadline, s.send_request(req))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| upstream(e.into()))?;
             return Ok(r.map(MemberBody::Http2));
         }
         Sender::Http1(conn) => conn,
     };
-    let unsent = match conn.send(req).await {
+    let unsent = match conn.send(out, deadline).await {
         Ok(r) => return Ok(r.map(MemberBody::Http1)),
         Err(SendError::Stale(unsent)) => unsent,
         Err(e) => return Err(failed(e)),
     };
     tracing::debug!(member = %member.address, "idle connection closed by the member; sending on a new one");
     let stream = Box::pin(open(member, pool, ends, Alpn::Http1)).await?;
-    match client::Conn::new(stream).resend(unsent).await {
+    match client::Conn::new(stream).resend(unsent, deadline).await {
         Ok(r) => Ok(r.map(MemberBody::Http1)),
         Err(e) => Err(failed(e)),
     }
@@ -821,13 +841,14 @@ fn oversized(req: &Request<Incoming>) -> Option<StatusCode> {
     (target + fields > MAX_HEAD_BYTES).then_some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
 }
 
-/// Rewrites a client's request head for the member.
+/// Rewrites a client's request head for the member and returns the
+/// forwarding fields it gets there.
 fn prepare_request(
     parts: &mut http::request::Parts,
     client: &HeaderValue,
     trusted: bool,
     listener: &ListenerPlan,
-) {
+) -> Forwarding {
     if parts.uri.authority().is_some() && !parts.headers.contains_key(header::HOST) {
         if let Some(a) = parts
             .uri
@@ -866,8 +887,8 @@ fn prepare_request(
     };
     let ip = client.to_str().unwrap_or("unknown");
     let xff = match prior(&X_FORWARDED_FOR) {
-        Some(p) => HeaderValue::try_from(format!("{p}, {ip}")).ok(),
-        None => None,
+        Some(p) => HeaderValue::try_from(format!("{p}, {ip}")).unwrap_or_else(|_| client.clone()),
+        None => client.clone(),
     };
     let proto = listener.proto_header.to_str().unwrap_or("http");
     let host = parts
@@ -876,6 +897,8 @@ fn prepare_request(
         .and_then(|h| h.to_str().ok())
         .filter(|h| h.bytes().all(|b| b.is_ascii_graphic()) && !h.contains('"'));
     // One string, built in place: `[prior, ]for=IP;proto=P[;host="H"]`.
+    // Every piece is visible ASCII (header values, an IP, a scheme, a
+    // host checked above), so it is a valid field value.
     let mut forwarded = prior(&FORWARDED).map(|p| p + ", ").unwrap_or_default();
     forwarded.reserve(32 + ip.len() + host.map_or(0, str::len));
     forwarded.push_str("for=");
@@ -893,22 +916,76 @@ fn prepare_request(
         forwarded.push_str(h);
         forwarded.push('"');
     }
-    if !trusted {
-        parts.headers.remove(X_FORWARDED_HOST);
+    strip_forwarding(&mut parts.headers, trusted);
+    Forwarding {
+        forwarded_for: xff,
+        forwarded,
+        proto: listener.proto_header.clone(),
+        port: listener.port_header.clone(),
     }
-    parts
-        .headers
-        .insert(X_FORWARDED_FOR, xff.unwrap_or_else(|| client.clone()));
-    match HeaderValue::try_from(forwarded) {
-        Ok(v) => parts.headers.insert(FORWARDED, v),
-        Err(_) => parts.headers.remove(FORWARDED),
+}
+
+/// The fields Keel adds to every request for its member: the client's
+/// address, the scheme and port it came in on, and `Forwarding`. They are
+/// kept out of the request's header map and written after its fields
+/// (HTTP/1.1), or inserted into the map only for an HTTP/2 member.
+pub(crate) struct Forwarding {
+    forwarded_for: HeaderValue,
+    /// Valid as a field value by construction (see `prepare_request`).
+    forwarded: String,
+    proto: HeaderValue,
+    port: HeaderValue,
+}
+
+impl Forwarding {
+    /// Appends the fields as header lines (`name: value\r\n`).
+    pub(crate) fn write_lines(&self, head: &mut BytesMut) {
+        let fields: [(&[u8], &[u8]); 4] = [
+            (b"x-forwarded-for: ", self.forwarded_for.as_bytes()),
+            (b"forwarded: ", self.forwarded.as_bytes()),
+            (b"x-forwarded-proto: ", self.proto.as_bytes()),
+            (b"x-forwarded-port: ", self.port.as_bytes()),
+        ];
+        for (name, value) in fields {
+            head.extend_from_slice(name);
+            head.extend_from_slice(value);
+            head.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Adds the fields to a header map.
+    fn insert_into(self, headers: &mut HeaderMap) {
+        headers.insert(X_FORWARDED_FOR, self.forwarded_for);
+        if let Ok(v) = HeaderValue::try_from(self.forwarded) {
+            headers.insert(FORWARDED, v);
+        }
+        headers.insert(X_FORWARDED_PROTO, self.proto);
+        headers.insert(X_FORWARDED_PORT, self.port);
+    }
+}
+
+/// Removes the forwarding fields a client sent, which [`Forwarding`]
+/// replaces (a trusted proxy's are read into it first); `X-Forwarded-Host`
+/// stays only when the client is a trusted proxy. Most requests carry
+/// none: one pass over the names finds out.
+fn strip_forwarding(headers: &mut HeaderMap, trusted: bool) {
+    let replaced = |name: &HeaderName| {
+        name == X_FORWARDED_FOR
+            || name == FORWARDED
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_PORT
+            || (!trusted && name == X_FORWARDED_HOST)
     };
-    parts
-        .headers
-        .insert(X_FORWARDED_PROTO, listener.proto_header.clone());
-    parts
-        .headers
-        .insert(X_FORWARDED_PORT, listener.port_header.clone());
+    if !headers.keys().any(replaced) {
+        return;
+    }
+    headers.remove(X_FORWARDED_FOR);
+    headers.remove(FORWARDED);
+    headers.remove(X_FORWARDED_PROTO);
+    headers.remove(X_FORWARDED_PORT);
+    if !trusted {
+        headers.remove(X_FORWARDED_HOST);
+    }
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

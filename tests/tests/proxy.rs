@@ -29,6 +29,7 @@ async fn forwarded_headers_set_host_kept_hop_by_hop_removed() {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(
         b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.7\r\n\
+          X-Forwarded-Proto: https\r\nX-Forwarded-Port: 1\r\nForwarded: for=203.0.113.7\r\n\
           Connection: close, X-Private\r\nX-Private: secret\r\nKeep-Alive: timeout=5\r\n\
           Proxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\n",
     )
@@ -48,6 +49,17 @@ async fn forwarded_headers_set_host_kept_hop_by_hop_removed() {
     assert!(h.contains("x-forwarded-proto: http\n"), "{h}");
     assert!(h.contains(&format!("x-forwarded-port: {port}\n")), "{h}");
     assert!(h.contains("x-kept: yes\n"), "{h}");
+    // Each forwarding field once: the client's own are gone, not kept beside Keel's.
+    for name in [
+        "x-forwarded-for:",
+        "x-forwarded-proto:",
+        "x-forwarded-port:",
+        "forwarded:",
+    ] {
+        let lines = h.lines().filter(|l| l.starts_with(name)).count();
+        assert_eq!(lines, 1, "{name} {h}");
+    }
+    assert!(!h.contains("203.0.113.7"), "{h}");
     for gone in ["x-private", "keep-alive", "proxy-connection"] {
         assert!(!h.contains(gone), "{gone} reached the member: {h}");
     }
@@ -112,12 +124,18 @@ async fn clear_502_503_504() {
     )))
     .await
     .unwrap();
+    // A quick answer first: the slow request then goes out on a reused
+    // connection, whose response timer was set for the request before.
+    assert_eq!(get(&c, &url).await.unwrap().0, 200);
     let t = Instant::now();
     let r = get(&c, &format!("http://127.0.0.1:{port}/slow/3000"))
         .await
         .unwrap();
     assert_eq!(r, (504, "504 Gateway Timeout\n".into()));
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(slow.connections() <= 1, "the connection was not reused");
+    // The timed-out connection is gone; the next request is served.
+    assert_eq!(get(&c, &url).await.unwrap().0, 200);
 
     // A refused member is skipped in favour of a working one: no error at all.
     dp.apply(&spec(&http_lb(
