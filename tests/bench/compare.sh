@@ -13,6 +13,10 @@
 # machine is shared and single runs swing by ±10%, so the proxies take
 # turns, ROUNDS times (default 5), and a last table gives the median of
 # each ratio over the rounds.
+#
+# KEEL_B=PATH adds a second Keel build ("keel-b", L7 on 18083, L4 on
+# 18093) to every round: two builds compared in the same run, since a
+# change smaller than the machine's swing shows only that way.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-10}
@@ -105,8 +109,19 @@ KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_BIN" run --workers 1 --c
   --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18099 --cluster-addr 127.0.0.1:18098 \
   2>"$work/keel.err" & pids+=($!)
 pid[keel]=$!
+names="haproxy keel nginx"
+ports="18001 18002 18080 18081 18082 18090 18091 18092"
+if [ -n "${KEEL_B:-}" ]; then
+  sed -e 's/18080/18083/; s/18090/18093/' "$work/keel.yaml" > "$work/keel-b.yaml"
+  KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_B" run --workers 1 --config "$work/keel-b.yaml" \
+    --data-dir "$work/keel-b-data" --admin-addr 127.0.0.1:18097 --cluster-addr 127.0.0.1:18096 \
+    2>"$work/keel-b.err" & pids+=($!)
+  pid[keel-b]=$!
+  names="haproxy keel keel-b nginx"
+  ports="$ports 18083 18093"
+fi
 
-for port in 18001 18002 18080 18081 18082 18090 18091 18092; do
+for port in $ports; do
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
     sleep 0.1
@@ -119,10 +134,11 @@ pid[nginx]=$(pgrep -P "$(cat "$work/proxy.pid")" | head -1)
 
 # Steady state: a short warm-up run through each proxy (member connections
 # open, caches warm), and Keel's start-up work over.
-for port in 18080 18081 18082; do
+for port in 18080 18081 18082 ${KEEL_B:+18083}; do
   wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null
 done
 bench_settle "${pid[keel]}"
+[ -z "${KEEL_B:-}" ] || bench_settle "${pid[keel-b]}"
 
 # CPU ticks (user + system) a process has used so far.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -168,8 +184,8 @@ declare -A rps cpu
 # Per proxy, one line per round: "req/s-ratio cpu-ratio p99-ratio".
 declare -A l7ratios
 for round in $(seq "${ROUNDS:-5}"); do
-for name in haproxy keel nginx; do
-  case $name in keel) port=18080;; haproxy) port=18081;; nginx) port=18082;; esac
+for name in $names; do
+  case $name in keel) port=18080;; haproxy) port=18081;; nginx) port=18082;; keel-b) port=18083;; esac
   t0=$(ticks "${pid[$name]}")
   read -r r p50 p99 _ errs < <(measure "http://127.0.0.1:$port/" "$CONNS")
   t1=$(ticks "${pid[$name]}")
@@ -189,7 +205,7 @@ echo "### L7, medians over ${ROUNDS:-5} rounds"
 echo
 echo "| proxy | req/s vs HAProxy | CPU/req vs HAProxy | p99 vs HAProxy |"
 echo "|---|---|---|---|"
-for name in keel nginx; do
+for name in ${names#haproxy }; do
   echo "| $name | $(median "${l7ratios[$name]}" 1)x | $(median "${l7ratios[$name]}" 2)x | $(median "${l7ratios[$name]}" 3)x |"
 done
 
@@ -200,8 +216,8 @@ echo "| proxy | transfer/s | vs HAProxy | CPU ms/GiB | CPU/GiB vs HAProxy |"
 echo "|---|---|---|---|---|"
 declare -A l4 l4cpu l4ratios
 for round in $(seq "${ROUNDS:-5}"); do
-for name in haproxy keel nginx; do
-  case $name in keel) port=18090;; haproxy) port=18091;; nginx) port=18092;; esac
+for name in $names; do
+  case $name in keel) port=18090;; haproxy) port=18091;; nginx) port=18092;; keel-b) port=18093;; esac
   t0=$(ticks "${pid[$name]}")
   read -r r _ _ x errs < <(measure "http://127.0.0.1:$port/big" 8)
   t1=$(ticks "${pid[$name]}")
@@ -220,6 +236,6 @@ echo "### L4, medians over ${ROUNDS:-5} rounds"
 echo
 echo "| proxy | transfer/s vs HAProxy | CPU/GiB vs HAProxy |"
 echo "|---|---|---|"
-for name in keel nginx; do
+for name in ${names#haproxy }; do
   echo "| $name | $(median "${l4ratios[$name]}" 1)x | $(median "${l4ratios[$name]}" 2)x |"
 done
