@@ -115,18 +115,21 @@ async fn clear_502_503_504() {
         (503, "503 Service Unavailable\n".into())
     );
 
-    dp.apply(&spec(&http_lb(
-        port,
-        &format!(
-            "response_timeout: 300ms, members: [ {{ address: \"{}\" }} ]",
-            slow.addr
-        ),
-    )))
-    .await
-    .unwrap();
-    // A quick answer first: the slow request then goes out on a reused
-    // connection, whose response timer was set for the request before.
+    // A quick answer first, under a long timeout: the slow request then
+    // goes out on the same member connection, whose response timer was set
+    // for the request before and must now move to an earlier deadline.
+    let slow_member = |timeout: &str| {
+        spec(&http_lb(
+            port,
+            &format!(
+                "response_timeout: {timeout}, members: [ {{ address: \"{}\" }} ]",
+                slow.addr
+            ),
+        ))
+    };
+    dp.apply(&slow_member("30s")).await.unwrap();
     assert_eq!(get(&c, &url).await.unwrap().0, 200);
+    dp.apply(&slow_member("300ms")).await.unwrap();
     let t = Instant::now();
     let r = get(&c, &format!("http://127.0.0.1:{port}/slow/3000"))
         .await
