@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use keel_model::{HttpVersion, Protocol};
+use keel_model::{HashOn, HttpVersion, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -375,7 +375,12 @@ impl Conn {
             .and_then(|s| s.pinned(&parts.headers, now))
             .and_then(|a| pool.balancer.available(a).cloned());
         let had_app_cookie = sticky.is_some_and(|s| s.has_app_cookie(&parts.headers));
-        let hash_key = sticky::hash_key(&pool.spec, &parts.headers);
+        // A pool may hash on a forwarding field: it hashes what the member gets.
+        let hash_key = match &pool.spec.hash_on {
+            Some(HashOn::Header(name)) => forwarding.value(name).map(Bytes::copy_from_slice),
+            _ => None,
+        }
+        .or_else(|| sticky::hash_key(&pool.spec, &parts.headers));
         if let Some((proto, _)) = &upgrade {
             parts.headers.insert(header::UPGRADE, proto.clone());
             parts
@@ -938,16 +943,29 @@ pub(crate) struct Forwarding {
 }
 
 impl Forwarding {
+    /// The fields as (lower-case name, value).
+    fn fields(&self) -> [(&'static str, &[u8]); 4] {
+        [
+            ("x-forwarded-for", self.forwarded_for.as_bytes()),
+            ("forwarded", self.forwarded.as_bytes()),
+            ("x-forwarded-proto", self.proto.as_bytes()),
+            ("x-forwarded-port", self.port.as_bytes()),
+        ]
+    }
+
+    /// The value the member gets for field `name`, if it is one of these.
+    fn value(&self, name: &str) -> Option<&[u8]> {
+        self.fields()
+            .into_iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
     /// Appends the fields as header lines (`name: value\r\n`).
     pub(crate) fn write_lines(&self, head: &mut BytesMut) {
-        let fields: [(&[u8], &[u8]); 4] = [
-            (b"x-forwarded-for: ", self.forwarded_for.as_bytes()),
-            (b"forwarded: ", self.forwarded.as_bytes()),
-            (b"x-forwarded-proto: ", self.proto.as_bytes()),
-            (b"x-forwarded-port: ", self.port.as_bytes()),
-        ];
-        for (name, value) in fields {
-            head.extend_from_slice(name);
+        for (name, value) in self.fields() {
+            head.extend_from_slice(name.as_bytes());
+            head.extend_from_slice(b": ");
             head.extend_from_slice(value);
             head.extend_from_slice(b"\r\n");
         }

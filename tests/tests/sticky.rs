@@ -227,3 +227,41 @@ async fn consistent_hash_moves_only_the_removed_members_share() {
     }
     dp.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn consistent_hash_on_a_forwarding_field_hashes_what_the_member_gets() {
+    let b = backends(4).await;
+    let port = free_port();
+    let dp = Dataplane::new();
+    // The client is a trusted proxy, so X-Forwarded-For reaches the member
+    // as "<its value>, 127.0.0.1": a key per end client.
+    dp.apply(&spec(&format!(
+        "load_balancers:\n  - {{ name: web, listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, \
+         default_pool: app, trusted_proxies: [127.0.0.1/32] }} ] }}\n\
+         pools:\n  - {{ name: app, algorithm: consistent_hash, hash_on: \"header:x-forwarded-for\", members: {} }}\n",
+        members(&addrs(&b))
+    )))
+    .await
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    let c = client();
+    let route = |k: usize| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let ip = format!("192.0.2.{k}");
+            get_with(&c, &url, &[("x-forwarded-for", &ip)])
+                .await
+                .unwrap()
+                .2
+        }
+    };
+    let mut share = BTreeMap::new();
+    for k in 0..200 {
+        let first = route(k).await;
+        assert_eq!(route(k).await, first, "client {k} moved");
+        *share.entry(first).or_insert(0) += 1;
+    }
+    // Without the key every request would hash the same source address.
+    assert_eq!(share.len(), 4, "{share:?}");
+    dp.shutdown(Duration::from_millis(100)).await;
+}
