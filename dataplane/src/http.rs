@@ -36,6 +36,8 @@ use crate::route::{self, Route};
 use crate::tls::Alpn;
 use crate::{sticky, tcp};
 
+mod h1;
+
 /// The largest request head accepted; a larger one is answered 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// The most header fields accepted in a request; more are answered 431.
@@ -115,26 +117,24 @@ pub(crate) async fn serve<IO>(
     });
     // Requests travel boxed: a future that holds one stays small, and
     // moving it (hyper moves each request's future into place) stays cheap.
-    let io = TokioIo::new(Coalesce::new(stream));
     match mode {
         Mode::Http1 => {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .max_headers(MAX_HEADERS)
-                .keep_alive(true);
-            let service = service_fn(move |req| {
-                let conn = conn.clone();
-                async move { Ok::<_, Infallible>(conn.handle(Box::new(req)).await) }
-            });
-            // With upgrades: a websocket leaves this connection for a tunnel.
-            let serving = builder.serve_connection(io, service).with_upgrades();
+            // Set when the listener closes: the loop (or hyper, once it has
+            // the connection) finishes the request under way and closes.
+            let stop = Arc::new(AtomicBool::new(false));
+            let hyper = {
+                let (conn, stop) = (conn.clone(), stop.clone());
+                move |io| serve_http1(io, conn, header_timeout, stop)
+            };
+            let serving = async {
+                h1::serve(stream, conn, header_timeout, stop.clone(), hyper).await;
+                Ok::<_, Infallible>(())
+            };
             tokio::pin!(serving);
-            drive(serving, |c| c.graceful_shutdown(), peer, closing, cut).await;
+            drive(serving, |_| stop.store(true, Relaxed), peer, closing, cut).await;
         }
         Mode::Http2 => {
+            let io = TokioIo::new(Coalesce::new(stream));
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())
@@ -144,12 +144,56 @@ pub(crate) async fn serve<IO>(
             // that moves a pointer.
             let service = service_fn(move |req| {
                 let conn = conn.clone();
-                async move { Ok::<_, Infallible>(Box::pin(conn.handle(Box::new(req))).await) }
+                let req = Box::new(req.map(ClientBody::Hyper));
+                async move { Ok::<_, Infallible>(Box::pin(conn.handle(req)).await) }
             });
             let serving = builder.serve_connection(io, service);
             tokio::pin!(serving);
             drive(serving, |c| c.graceful_shutdown(), peer, closing, cut).await;
         }
+    }
+}
+
+/// Serves the rest of an HTTP/1 connection with hyper: the first request
+/// [`h1`] leaves to it and every one after. When `stop` is set, hyper
+/// finishes the request under way and closes.
+async fn serve_http1<IO>(
+    io: h1::Stream<IO>,
+    conn: Arc<Conn>,
+    header_timeout: Duration,
+    stop: Arc<AtomicBool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        .keep_alive(true);
+    let peer = conn.peer;
+    let service = service_fn(move |req: Request<Incoming>| {
+        let conn = conn.clone();
+        let req = Box::new(req.map(ClientBody::Hyper));
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    // With upgrades: a websocket leaves this connection for a tunnel.
+    let serving = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(serving);
+    let mut stopping = false;
+    let served = std::future::poll_fn(|cx| {
+        if !stopping && stop.load(Relaxed) {
+            stopping = true;
+            serving.as_mut().graceful_shutdown();
+        }
+        serving.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(e) = served {
+        tracing::debug!(client.addr = %peer, error = %e, "http connection ended");
     }
 }
 
@@ -254,7 +298,7 @@ impl Conn {
             .unwrap_or_else(|| self.first.clone())
     }
 
-    async fn handle(&self, req: Box<Request<Incoming>>) -> Response<ProxyBody> {
+    async fn handle(&self, req: Box<Request<ClientBody>>) -> Response<ProxyBody> {
         let started = Instant::now();
         let listener = self.listener();
         let mut pool = None;
@@ -306,7 +350,7 @@ impl Conn {
 
     async fn forward_or_error(
         &self,
-        req: Box<Request<Incoming>>,
+        req: Box<Request<ClientBody>>,
         listener: &ListenerPlan,
         pool: &PoolPlan,
         started: Instant,
@@ -329,7 +373,7 @@ impl Conn {
 
     async fn forward(
         &self,
-        req: Box<Request<Incoming>>,
+        req: Box<Request<ClientBody>>,
         listener: &ListenerPlan,
         pool: &PoolPlan,
         started: Instant,
@@ -565,7 +609,7 @@ impl Conn {
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Upgrade` with
 /// `Connection: upgrade`), such as `websocket`.
-fn upgrade_asked(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn upgrade_asked(req: &Request<ClientBody>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
@@ -832,7 +876,7 @@ async fn deliver(
 
 /// hyper bounds its read buffer, but a head that arrives whole can exceed
 /// it; these limits hold however the bytes arrive.
-fn oversized(req: &Request<Incoming>) -> Option<StatusCode> {
+fn oversized(req: &Request<ClientBody>) -> Option<StatusCode> {
     let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len())
         + req.uri().authority().map_or(0, |a| a.as_str().len());
     if target > MAX_URI_BYTES {
@@ -1084,11 +1128,47 @@ fn local_response(status: StatusCode) -> Response<ProxyBody> {
     r
 }
 
+/// A request's body as it comes from the client: hyper's, or none (the
+/// requests [`h1`] serves have none).
+pub(crate) enum ClientBody {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// A client's request body on its way to a member, counted as it goes.
 pub(crate) struct RequestBody {
     /// A frame read ahead of forwarding, sent before the rest.
     first: Option<Frame<Bytes>>,
-    inner: Incoming,
+    inner: ClientBody,
     listener: Arc<crate::metrics::ListenerStats>,
     member: Option<Arc<MemberState>>,
     /// The listener's `request_timeout`: the body must be over by then.

@@ -84,6 +84,98 @@ async fn upstream_connections_are_reused() {
     assert_eq!(b.connections(), 1, "upstream connections were not reused");
 }
 
+/// Splits `wire` into responses framed by `Content-Length`: (status line, body).
+fn responses(wire: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = wire;
+    while let Some(end) = rest.find("\r\n\r\n") {
+        let head = &rest[..end];
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_owned)
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let body = &rest[end + 4..end + 4 + length];
+        out.push((head.lines().next().unwrap().to_owned(), body.to_owned()));
+        rest = &rest[end + 4 + length..];
+    }
+    assert!(rest.is_empty(), "left over: {rest:?}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_with_and_without_bodies_share_one_connection() {
+    let (b, port, _dp) = one_backend().await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // Plain requests, then one with a body, then plain ones again, all
+    // sent at once: each is answered, in order, on the one connection.
+    s.write_all(
+        b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+          GET /nothing-here HTTP/1.1\r\nHost: a\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut wire = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut wire))
+        .await
+        .expect("the connection was not closed after the last request")
+        .unwrap();
+    let got = responses(&wire);
+    let bodies: Vec<&str> = got.iter().map(|(_, body)| body.as_str()).collect();
+    assert_eq!(got.len(), 5, "{wire}");
+    assert!(
+        got.iter().all(|(status, _)| status == "HTTP/1.1 200 OK"),
+        "{wire}"
+    );
+    assert!(bodies[0].contains("host: a\n"), "{wire}");
+    assert!(
+        !bodies[0].contains("connection"),
+        "hop-by-hop passed on: {wire}"
+    );
+    assert_eq!(bodies[1..], ["b", "5", "b", "b"], "{wire}");
+    assert!(wire.contains("date: "), "no Date: {wire}");
+    assert_eq!(b.hits(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_at_the_header_timeout() {
+    let b = HttpBackend::start("b").await;
+    let port = free_port();
+    let dp = Dataplane::new();
+    let members = format!("members: [ {{ address: \"{}\" }} ]", b.addr);
+    let config = http_lb(port, &members)
+        .replace("protocol: http,", "protocol: http, header_timeout: 300ms,");
+    assert_ne!(
+        config,
+        http_lb(port, &members),
+        "header_timeout not set: {config}"
+    );
+    dp.apply(&spec(&config)).await.unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut wire = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut wire))
+        .await
+        .expect("an idle connection was left open")
+        .unwrap();
+    let idle = t.elapsed();
+    assert_eq!(responses(&wire).len(), 1, "{wire}");
+    assert!(
+        idle >= Duration::from_millis(250) && idle < Duration::from_secs(2),
+        "closed after {idle:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clear_502_503_504() {
     let slow = HttpBackend::start("slow").await;
