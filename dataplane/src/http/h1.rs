@@ -228,7 +228,9 @@ async fn respond<IO: AsyncWrite + Unpin>(
         None => out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
-    let mut keep_alive = !closing;
+    // An interim answer no request here asked for (`101` without an
+    // `Upgrade`) leaves the connection's state unclear: it ends with it.
+    let mut keep_alive = !closing && !status.is_informational();
     let (mut has_length, mut has_date) = (false, false);
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
