@@ -24,6 +24,7 @@ use tokio_util::io::poll_read_buf;
 use crate::coalesce::Defer;
 use crate::http::{Forwarding, Outbound, RequestBody, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::tcp::Upstream;
+use crate::wire;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -282,10 +283,7 @@ impl Outgoing {
         head.extend_from_slice(target.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
         for (name, value) in &parts.headers {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
+            wire::field(&mut head, name.as_str().as_bytes(), value.as_bytes());
         }
         forwarding.write_lines(&mut head);
         if chunked {
@@ -377,7 +375,9 @@ impl Outgoing {
         match frame.into_data() {
             Ok(data) if data.is_empty() => {}
             Ok(data) if self.chunked => {
-                self.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                let mut size = BytesMut::with_capacity(18);
+                wire::chunk_size(&mut size, data.len());
+                self.push(size.freeze());
                 self.push(data);
                 self.push(Bytes::from_static(b"\r\n"));
             }
@@ -388,10 +388,7 @@ impl Outgoing {
                 if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
                     let mut last = BytesMut::from(&b"0\r\n"[..]);
                     for (name, value) in &trailers {
-                        last.extend_from_slice(name.as_str().as_bytes());
-                        last.extend_from_slice(b": ");
-                        last.extend_from_slice(value.as_bytes());
-                        last.extend_from_slice(b"\r\n");
+                        wire::field(&mut last, name.as_str().as_bytes(), value.as_bytes());
                     }
                     last.extend_from_slice(b"\r\n");
                     self.push(last.freeze());

@@ -1008,10 +1008,7 @@ impl Forwarding {
     /// Appends the fields as header lines (`name: value\r\n`).
     pub(crate) fn write_lines(&self, head: &mut BytesMut) {
         for (name, value) in self.fields() {
-            head.extend_from_slice(name.as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value);
-            head.extend_from_slice(b"\r\n");
+            crate::wire::field(head, name.as_bytes(), value);
         }
     }
 

@@ -26,6 +26,7 @@ mod sni;
 mod sticky;
 mod tcp;
 mod tls;
+mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};

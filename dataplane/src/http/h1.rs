@@ -31,6 +31,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::{ClientBody, Conn, ProxyBody, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::coalesce::Coalesce;
+use crate::wire;
 
 /// Room made in the read buffer before each read.
 const READ_SIZE: usize = 8 * 1024;
@@ -248,10 +249,7 @@ async fn respond<IO: AsyncWrite + Unpin>(
         {
             keep_alive = false;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        wire::field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !has_date {
         out.extend_from_slice(b"date: ");
@@ -307,8 +305,7 @@ async fn respond<IO: AsyncWrite + Unpin>(
             continue;
         }
         if chunked {
-            out.extend_from_slice(hex(data.len(), &mut [0; 16]));
-            out.extend_from_slice(b"\r\n");
+            wire::chunk_size(out, data.len());
         }
         if data.len() <= COPY_BODY {
             out.extend_from_slice(&data);
@@ -363,19 +360,6 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
         i -= 1;
         buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
-/// `n` in hexadecimal (a chunk size), written into `buf`.
-fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b"0123456789abcdef"[n % 16];
-        n /= 16;
         if n == 0 {
             return &buf[i..];
         }
@@ -585,8 +569,6 @@ mod tests {
             itoa(u64::MAX, &mut [0; 20]),
             u64::MAX.to_string().as_bytes()
         );
-        assert_eq!(hex(0, &mut [0; 16]), b"0");
-        assert_eq!(hex(0x1f40, &mut [0; 16]), b"1f40");
     }
 
     #[tokio::test]
