@@ -165,7 +165,12 @@ impl Conn {
                 "response framing headers contradict each other",
             )));
         };
-        let reusable = head.keep_alive && out.finished() && !matches!(framing, Framing::Close);
+        // Both a length and a coding may be an attempt at smuggling (RFC
+        // 9112 §6.3): the body is read by its chunks and the connection
+        // not trusted with another request.
+        let both = head.chunked.is_some() && !matches!(head.length, Length::Absent);
+        let reusable =
+            head.keep_alive && !both && out.finished() && !matches!(framing, Framing::Close);
         let mut response = Response::new(ResponseBody {
             conn: Some(self),
             framing,
@@ -174,6 +179,17 @@ impl Conn {
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
         *response.headers_mut() = head.headers;
+        // An answer without a body (to `HEAD`, or a 304) keeps the length
+        // of the representation it describes; a 204 has none (RFC 9110
+        // §8.6). Any other body is framed by the client's side from what
+        // it sends.
+        if let (Length::Bytes(n), true) =
+            (head.length, describes_length(out.head_only, head.status))
+        {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
         if let Some(reason) = head.reason {
             response.extensions_mut().insert(reason);
         }
@@ -220,6 +236,12 @@ impl Conn {
             }
         }
     }
+}
+
+/// Whether a response's `Content-Length` describes a representation it
+/// does not carry, and so is passed on: the answer to `HEAD`, or a 304.
+fn describes_length(head_only: bool, status: StatusCode) -> bool {
+    head_only || status == StatusCode::NOT_MODIFIED
 }
 
 /// How a send failed, before it is told apart into a [`SendError`].
@@ -428,7 +450,7 @@ struct Head {
     headers: HeaderMap,
     reason: Option<hyper::ext::ReasonPhrase>,
     keep_alive: bool,
-    /// With a `Transfer-Encoding`: whether its last coding is chunked.
+    /// With a `Transfer-Encoding`: whether it is `chunked` alone.
     chunked: Option<bool>,
     length: Length,
 }
@@ -527,19 +549,24 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     let mut length = Length::Absent;
     for field in parsed.headers.iter() {
         match classify(field.name) {
+            // Only `chunked`, once: Keel passes the body on decoded and
+            // without this field, so any other coding would reach the
+            // client undeclared.
             Field::TransferEncoding => {
-                chunked = Some(
-                    tokens(field.value)
-                        .next_back()
-                        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
-                );
+                for token in tokens(field.value) {
+                    chunked = Some(chunked.is_none() && token.eq_ignore_ascii_case(b"chunked"));
+                }
                 continue;
             }
+            // The length is framing: the client's side writes its own from
+            // the body it sends (a member's, passed on beside a chunked
+            // body, would end the body early and desync the client).
             Field::ContentLength => {
                 length = match (length, parse_length(field.value)) {
                     (Length::Absent, Some(n)) => Length::Bytes(n),
                     _ => Length::Unusable,
                 };
+                continue;
             }
             // A switch of protocols keeps the protocol it switches to.
             Field::Upgrade if switching => {
@@ -576,9 +603,15 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     }))
 }
 
-/// A `Content-Length` value, if it is one.
-fn parse_length(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.trim().parse().ok()
+/// A `Content-Length` value, if it is one: decimal digits only (no sign,
+/// no spaces inside, no list), without overflow (RFC 9112 §6.3).
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 impl Head {
@@ -594,9 +627,9 @@ impl Head {
         }
         match (self.chunked, self.length) {
             (Some(true), _) => Some(Framing::Chunked(Chunk::Size)),
-            (Some(false), _) | (None, Length::Absent) => Some(Framing::Close),
+            (Some(false), _) | (None, Length::Unusable) => None,
+            (None, Length::Absent) => Some(Framing::Close),
             (None, Length::Bytes(n)) => Some(Framing::Length(n)),
-            (None, Length::Unusable) => None,
         }
     }
 }
@@ -1021,7 +1054,14 @@ mod tests {
               Content-Length: 3\r\n\r\n",
         );
         let names: Vec<&str> = h.headers.keys().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["server", "content-length"]);
+        // The length is framing, not passed on: with a chunked body it
+        // would end that body early at the client.
+        assert_eq!(names, ["server"]);
+        assert!(matches!(h.length, Length::Bytes(3)));
+        assert!(matches!(
+            h.framing(false),
+            Some(Framing::Chunked(Chunk::Size))
+        ));
         // `Trailer` declares the trailers to come: it stays.
         let h = head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-digest\r\n\r\n");
         assert_eq!(h.headers.get("trailer").unwrap(), "x-digest");
@@ -1051,6 +1091,53 @@ mod tests {
         }
         assert!(matches!(classify("Content-Length"), Field::ContentLength));
         assert!(matches!(classify("x-upgrade"), Field::EndToEnd));
+    }
+
+    #[test]
+    fn lengths_are_digits_only_and_codings_chunked_only() {
+        for (value, want) in [
+            (&b"5"[..], Some(5)),
+            (b"0", Some(0)),
+            (b"18446744073709551615", None),
+            (b"9999999999999999999", Some(9_999_999_999_999_999_999)),
+            (b"+5", None),
+            (b"-1", None),
+            (b"1 2", None),
+            (b"5, 5", None),
+            (b"0x5", None),
+            (b"", None),
+            (b"99999999999999999999999", None),
+        ] {
+            assert_eq!(
+                parse_length(value),
+                want,
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        let framing = |raw: &[u8]| {
+            let h = parse_head(&mut BytesMut::from(raw)).unwrap().unwrap();
+            h.framing(false).map(|f| matches!(f, Framing::Chunked(_)))
+        };
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(true)
+        );
+        for refused in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\n",
+        ] {
+            assert_eq!(
+                framing(refused),
+                None,
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
     }
 
     #[test]

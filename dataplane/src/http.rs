@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -298,7 +298,7 @@ impl Conn {
             .unwrap_or_else(|| self.first.clone())
     }
 
-    async fn handle(&self, req: Box<Request<ClientBody>>) -> Response<ProxyBody> {
+    async fn handle(&self, mut req: Box<Request<ClientBody>>) -> Response<ProxyBody> {
         let started = Instant::now();
         let listener = self.listener();
         let mut pool = None;
@@ -309,6 +309,12 @@ impl Conn {
         let response = if let Some(status) = oversized(&req) {
             tracing::debug!(client.addr = %self.peer, status = status.as_u16(), "request head too large");
             local_response(status)
+        } else if let Err(why) = route::settle_authority(&mut req) {
+            tracing::debug!(client.addr = %self.peer, error = why, "request refused");
+            let mut r = local_response(StatusCode::BAD_REQUEST);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
         } else if limited {
             listener.stats.rate_limited.fetch_add(1, Relaxed);
             let mut r = local_response(StatusCode::TOO_MANY_REQUESTS);
@@ -772,13 +778,20 @@ async fn exchange(
     let started = Instant::now();
     let cut = member.cut_token();
     let deadline = started + pool.spec.response_timeout;
+    let head_only = out.req.method() == Method::HEAD;
     let response = send(sender, out, &member, &cut, deadline, pool, ends).await?;
     member.stats.latency.observe(started.elapsed());
     member.stats.requests.count(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     // The HTTP/1.1 client leaves hop-by-hop fields out as it parses the head.
+    // It also frames the body by what it sends, not by a member's length
+    // (which it passes on only for `HEAD` and 304); an HTTP/2 member's
+    // length goes the same way.
     if let MemberBody::Http2(_) = body {
         strip_hop_by_hop(&mut parts.headers);
+        if !(head_only || parts.status == StatusCode::NOT_MODIFIED) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
     }
     let mut body = UpstreamBody {
         inner: body,
@@ -898,15 +911,7 @@ fn prepare_request(
     trusted: bool,
     listener: &ListenerPlan,
 ) -> Forwarding {
-    if parts.uri.authority().is_some() && !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, a);
-        }
-    }
+    // `Host` already names the authority routed on (`settle_authority`).
     // Members get origin-form targets (`/path?query`), whatever the client sent.
     let origin = parts
         .uri

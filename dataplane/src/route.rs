@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, StatusCode};
+use http::{Request, StatusCode, Version};
 use keel_model::{glob_match, Action, Conditions, PathMatch, Redirect, Rule};
 
 use crate::plan::PoolPlan;
@@ -150,6 +150,85 @@ impl RulePlan {
             RouteAction::Redirect(_) | RouteAction::Fixed { .. } => None,
         }
     }
+}
+
+/// Settles the one authority a request is routed on and its member gets
+/// (RFC 9112 §3.2): an absolute-form target's (or HTTP/2's `:authority`)
+/// replaces `Host`; otherwise exactly one valid `Host` is required, except
+/// from an HTTP/1.0 client, whose request without one gets an empty one
+/// (what a client with no authority sends). `Err` names what is wrong; the
+/// request is then answered 400 and goes nowhere.
+pub(crate) fn settle_authority<B>(req: &mut Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host field");
+    }
+    if let Some(h) = host {
+        if !valid_host(h.as_bytes()) {
+            return Err("malformed Host field");
+        }
+    }
+    if let Some(authority) = req.uri().authority() {
+        let a = authority.as_str();
+        if !valid_host(a.as_bytes()) {
+            return Err("malformed authority in the request target");
+        }
+        // HTTP/2 carries both only if a client wrote both: they must agree.
+        if req.version() == Version::HTTP_2
+            && host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_bytes()))
+        {
+            return Err(":authority and Host differ");
+        }
+        let value =
+            HeaderValue::from_str(a).map_err(|_| "malformed authority in the request target")?;
+        req.headers_mut().insert(header::HOST, value);
+        return Ok(());
+    }
+    match host {
+        Some(_) => Ok(()),
+        None if matches!(req.version(), Version::HTTP_09 | Version::HTTP_10) => {
+            req.headers_mut()
+                .insert(header::HOST, HeaderValue::from_static(""));
+            Ok(())
+        }
+        None => Err("no Host field"),
+    }
+}
+
+/// Whether `v` is a `Host` value: `uri-host [":" port]` (RFC 9110 §7.2),
+/// a registered name or IPv4 address, or a bracketed IPv6 address. Stricter
+/// than RFC 3986 in one place: no comma, which members that read the field
+/// as a list would take for two hosts.
+fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let literal = &rest[..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        (&[][..], &rest[end + 1..])
+    } else {
+        let colon = v.iter().position(|b| *b == b':').unwrap_or(v.len());
+        (&v[..colon], &v[colon..])
+    };
+    let port_ok = port.is_empty()
+        || (port[0] == b':' && port.len() <= 6 && port[1..].iter().all(u8::is_ascii_digit));
+    let name_ok = host.iter().enumerate().all(|(i, b)| match b {
+        b'%' => host
+            .get(i + 1..i + 3)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)),
+        b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
+        | b';' | b'=' => true,
+        b => b.is_ascii_alphanumeric(),
+    });
+    port_ok && name_ok
 }
 
 /// The request's host: `Host` or the URI's authority, without port, lower-case.

@@ -335,3 +335,151 @@ async fn an_early_answer_reaches_the_client_before_its_upload_ends() {
     );
     sender.abort();
 }
+
+/// Sends `requests` on one client connection as a CDN in front of Keel
+/// would, reading until the proxy closes or `wait` passes.
+async fn pipelined(port: u16, requests: &[u8], wait: Duration) -> String {
+    raw(port, requests, wait).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_sending_both_lengths_cannot_desync_the_client_connection() {
+    // The first answer is chunked and also claims `Content-Length: 5`; its
+    // chunk carries a whole forged response. Trusting the length would end
+    // the first body after 5 bytes and serve the forgery as the answer to
+    // the client's second request.
+    let member = Scripted::start(|head, _| {
+        let answer: Vec<u8> = if head.contains(" /first ") {
+            let forged = "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged";
+            let chunk = format!("hello{forged}");
+            format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+                chunk.len()
+            )
+            .into_bytes()
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond".to_vec()
+        };
+        Some((answer, false))
+    })
+    .await;
+    let (port, _dp) = keel_before(member.addr).await;
+    // Both the server loop (a plain GET) and hyper's server (after a body)
+    // carry the answers.
+    for first in [
+        &b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+        &b"POST /first HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx"[..],
+    ] {
+        let mut requests = first.to_vec();
+        requests.extend_from_slice(b"GET /second HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let out = pipelined(port, &requests, Duration::from_secs(3)).await;
+        // Read as a client reads: each answer by its own framing.
+        let answers = framed(&out);
+        assert_eq!(answers.len(), 2, "two answers, no more: {out}");
+        assert_eq!(
+            answers[0].1,
+            "hello".to_owned() + "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged",
+            "{out}"
+        );
+        assert_eq!(
+            answers[1].1, "second",
+            "the second answer is the member's second response: {out}"
+        );
+    }
+}
+
+/// Splits what a client read into (head, body) answers, each delimited by
+/// its own `content-length` or chunked coding, as a client would.
+fn framed(mut out: &str) -> Vec<(String, String)> {
+    let mut answers = Vec::new();
+    while let Some(end) = out.find("\r\n\r\n") {
+        let head = out[..end].to_ascii_lowercase();
+        out = &out[end + 4..];
+        let field = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+        };
+        let body = if field("transfer-encoding:").as_deref() == Some("chunked") {
+            let mut body = String::new();
+            while let Some(line_end) = out.find("\r\n") {
+                let size = usize::from_str_radix(&out[..line_end], 16).unwrap();
+                out = &out[line_end + 2..];
+                if size == 0 {
+                    out = out.strip_prefix("\r\n").unwrap_or(out);
+                    break;
+                }
+                body.push_str(&out[..size]);
+                out = &out[size + 2..];
+            }
+            body
+        } else {
+            let n: usize = field("content-length:").map_or(out.len(), |v| v.parse().unwrap());
+            let body = out[..n.min(out.len())].to_owned();
+            out = &out[n.min(out.len())..];
+            body
+        };
+        answers.push((head, body));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_response_lengths_are_refused() {
+    let member = Scripted::start(|head, _| {
+        let answer: &[u8] = if head.starts_with("GET /plus") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello"
+        } else if head.starts_with("GET /space") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1 2\r\n\r\nhello"
+        } else if head.starts_with("GET /hex") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0x5\r\n\r\nhello"
+        } else if head.starts_with("GET /overflow") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\nhello"
+        } else if head.starts_with("GET /list") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\nhello"
+        } else if head.starts_with("GET /chunk-plus") {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n"
+        } else if head.starts_with("GET /chunk-huge") {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10000000000000005\r\nhello\r\n0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        };
+        Some((answer.to_vec(), true))
+    })
+    .await;
+    let (port, _dp) = keel_before(member.addr).await;
+    let c = client();
+    for path in ["/plus", "/space", "/hex", "/overflow", "/list"] {
+        let (status, body) = get(&c, &format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 502, "{path}: {body}");
+    }
+    for path in ["/chunk-plus", "/chunk-huge"] {
+        let r = get(&c, &format!("http://127.0.0.1:{port}{path}")).await;
+        assert!(
+            !matches!(&r, Ok((200, b)) if b.contains("hello")),
+            "{path}: {r:?}"
+        );
+    }
+    let (status, body) = get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_a_response_body_end_the_member_connection() {
+    // Each answer carries a second, unasked response after its body: the
+    // connection must not be reused, or the next client gets those bytes.
+    let member = Scripted::start(|_, n| {
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nr{n:02}HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nextra"
+        );
+        Some((answer.into_bytes(), false))
+    })
+    .await;
+    let (port, _dp) = keel_before(member.addr).await;
+    let c = client();
+    for _ in 0..5 {
+        let (status, body) = get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "r00"));
+    }
+}

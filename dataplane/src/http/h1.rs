@@ -232,10 +232,18 @@ async fn respond<IO: AsyncWrite + Unpin>(
     // An interim answer no request here asked for (`101` without an
     // `Upgrade`) leaves the connection's state unclear: it ends with it.
     let mut keep_alive = !closing && !status.is_informational();
-    let (mut has_length, mut has_date) = (false, false);
+    // No body after 1xx, 204 and 304 (RFC 9112 §6.3).
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut has_date = false;
     for (name, value) in &parts.headers {
         if name == header::CONTENT_LENGTH {
-            has_length = true;
+            // A body is framed by what is sent, never by a length a
+            // member claimed; a 304 keeps its representation's length.
+            if !bodiless || status == StatusCode::NO_CONTENT {
+                continue;
+            }
         } else if name == header::DATE {
             has_date = true;
         } else if name == header::TRANSFER_ENCODING {
@@ -259,11 +267,7 @@ async fn respond<IO: AsyncWrite + Unpin>(
     if closing && !parts.headers.contains_key(header::CONNECTION) {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    // No body after 1xx, 204 and 304 (RFC 9112 §6.3).
-    let bodiless = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let chunked = if bodiless || has_length {
+    let chunked = if bodiless {
         false
     } else if let Some(n) = body.size_hint().exact() {
         out.extend_from_slice(b"content-length: ");
@@ -538,6 +542,17 @@ mod tests {
         assert_eq!(
             String::from_utf8(wire).unwrap(),
             "HTTP/1.1 200 OK\r\ndate: then\r\ncontent-length: 5\r\n\r\nhello"
+        );
+
+        // A length in the fields is never trusted for a body.
+        let mut wire = Vec::new();
+        let mut r = local("hello, world");
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        respond(&mut wire, r, &mut out, false).await.unwrap();
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "HTTP/1.1 200 OK\r\ndate: then\r\ncontent-length: 12\r\n\r\nhello, world"
         );
 
         let mut wire = Vec::new();
