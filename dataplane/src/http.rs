@@ -921,6 +921,9 @@ fn prepare_request(
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         parts.uri = Uri::try_from(origin).unwrap_or_else(|_| Uri::from_static("/"));
     }
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     // A trusted proxy's forwarding headers are extended; anyone else's are
@@ -1070,15 +1073,42 @@ pub(crate) static HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
-/// Removes the hop-by-hop fields, including any that `Connection` names.
+/// HTTP/2 may carry a cookie per field (RFC 9113 §8.2.3); HTTP/1.1
+/// members expect one field, the pairs joined by "; ".
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Each piece was a valid value, and so is their join.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Removes the hop-by-hop fields, including any that `Connection` names,
+/// and `Expect`: Keel's server side answers a `100-continue` itself when
+/// the body is first read, so the member is not asked again.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none, or only `Connection`: one pass over their
     // names costs less than a lookup for each.
     let mut found = [false; HOP_BY_HOP.len()];
+    let mut expect = false;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             found[i] = true;
         }
+        expect |= name == header::EXPECT;
+    }
+    if expect {
+        headers.remove(header::EXPECT);
     }
     if !found.contains(&true) {
         return;

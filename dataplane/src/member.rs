@@ -2,9 +2,10 @@
 //! counters and idle upstream HTTP connections. It outlives plans: a member
 //! that stays in the config keeps its state across reconfigurations.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,9 @@ const MAX_IDLE: usize = 256;
 /// shorter than common backend keep-alive timeouts (Node.js closes after
 /// 5 s), so Keel rarely sends on a connection the member is closing.
 const IDLE_LIFETIME: Duration = Duration::from_secs(4);
+/// How often idle connections are looked over while there are any: one a
+/// member closed is let go within this (not left half-closed).
+const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
 pub struct MemberState {
     pub pool: String,
@@ -35,9 +39,17 @@ pub struct MemberState {
     draining: AtomicBool,
     drain: Mutex<Drain>,
     pub stats: MemberStats,
-    idle: Mutex<Vec<(Instant, client::Conn)>>,
+    idle: Mutex<Idle>,
     /// The HTTP/2 connection requests share, for pools that speak HTTP/2.
     http2: Mutex<Option<Http2Sender>>,
+}
+
+/// Idle upstream connections, oldest first, and whether a sweeper task
+/// looks over them.
+#[derive(Default)]
+struct Idle {
+    conns: VecDeque<(Instant, client::Conn)>,
+    swept: bool,
 }
 
 struct Drain {
@@ -65,7 +77,7 @@ impl MemberState {
                 cut: CancellationToken::new(),
             }),
             stats: MemberStats::default(),
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idle::default()),
             http2: Mutex::new(None),
         })
     }
@@ -80,7 +92,7 @@ impl MemberState {
         if changed {
             self.stats.health_flips.fetch_add(1, Relaxed);
             if !up {
-                lock(&self.idle).clear();
+                lock(&self.idle).conns.clear();
                 lock(&self.http2).take();
             }
         }
@@ -141,7 +153,7 @@ impl MemberState {
             self.draining.store(true, Relaxed);
             d.generation
         };
-        lock(&self.idle).clear();
+        lock(&self.idle).conns.clear();
         lock(&self.http2).take();
         tracing::info!(pool = %self.pool, member = %self.address, ?timeout, "member draining");
         let me = self.clone();
@@ -174,7 +186,7 @@ impl MemberState {
     /// enough to reuse; the caller checks that it is still open.
     pub(crate) fn take_idle(&self) -> Option<client::Conn> {
         let mut idle = lock(&self.idle);
-        while let Some((since, conn)) = idle.pop() {
+        while let Some((since, conn)) = idle.conns.pop_back() {
             if since.elapsed() < IDLE_LIFETIME {
                 return Some(conn);
             }
@@ -185,7 +197,7 @@ impl MemberState {
     /// Closes pooled connections (idle HTTP/1.1, shared HTTP/2): the way to
     /// reach the member changed. Requests under way finish on theirs.
     pub(crate) fn forget_connections(&self) {
-        lock(&self.idle).clear();
+        lock(&self.idle).conns.clear();
         lock(&self.http2).take();
     }
 
@@ -209,20 +221,50 @@ impl MemberState {
         }
     }
 
-    /// Returns a connection whose exchange finished cleanly.
-    pub(crate) fn put_idle(&self, conn: client::Conn) {
+    /// Returns a connection whose exchange finished cleanly. While any are
+    /// idle, a task looks them over each [`IDLE_SWEEP`].
+    pub(crate) fn put_idle(self: &Arc<Self>, conn: client::Conn) {
         if !self.is_up() || self.is_draining() {
             return;
         }
         let mut idle = lock(&self.idle);
         let now = Instant::now();
-        // Stale entries are skipped by `take_idle`; sweep them only when the
-        // list is full, so a return costs O(1), not a scan.
-        if idle.len() >= MAX_IDLE {
-            idle.retain(|(since, _)| now.duration_since(*since) < IDLE_LIFETIME);
+        // The oldest are at the front: expired ones leave from there, O(1)
+        // for each return.
+        while idle
+            .conns
+            .front()
+            .is_some_and(|(since, _)| now.duration_since(*since) >= IDLE_LIFETIME)
+        {
+            idle.conns.pop_front();
         }
-        if idle.len() < MAX_IDLE {
-            idle.push((now, conn));
+        if idle.conns.len() >= MAX_IDLE {
+            return;
+        }
+        idle.conns.push_back((now, conn));
+        if !idle.swept {
+            idle.swept = true;
+            tokio::spawn(sweep_idle(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Drops the member's idle connections that expired or that the member
+/// closed, until none is left (or the member is gone).
+async fn sweep_idle(member: Weak<MemberState>) {
+    loop {
+        tokio::time::sleep(IDLE_SWEEP).await;
+        let Some(member) = member.upgrade() else {
+            return;
+        };
+        let mut idle = lock(&member.idle);
+        let now = Instant::now();
+        idle.conns.retain_mut(|(since, conn)| {
+            now.duration_since(*since) < IDLE_LIFETIME && conn.is_open()
+        });
+        if idle.conns.is_empty() {
+            idle.swept = false;
+            return;
         }
     }
 }

@@ -483,3 +483,192 @@ async fn bytes_after_a_response_body_end_the_member_connection() {
         assert_eq!((status, body.as_str()), (200, "r00"));
     }
 }
+
+/// POST heads the member behind `only_idempotent_requests_are_sent_twice` read.
+static POSTS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_idempotent_requests_are_sent_twice() {
+    // Each connection answers its first request and closes on the second
+    // after reading its head, as a member restarting or timing out might.
+    let member = Scripted::start(|head, n| {
+        if head.starts_with("POST") {
+            POSTS_SEEN.fetch_add(1, SeqCst);
+        }
+        (n == 0).then(|| {
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                false,
+            )
+        })
+    })
+    .await;
+    let (port, _dp) = keel_before(member.addr).await;
+    let c = client();
+    // An idle connection to the member, so the next request reuses it.
+    let warm = |c| async move {
+        let (status, _) = get(c, &format!("http://127.0.0.1:{port}/warm"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    };
+    warm(&c).await;
+    // DELETE is idempotent: the failed attempt is repeated on a new connection.
+    let out = raw(
+        port,
+        b"DELETE /item HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // An empty POST reached the member (its head was read): the member
+    // may have acted on it, so it is not sent again.
+    warm(&c).await;
+    let out = raw(
+        port,
+        b"POST /order HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 502"), "{out}");
+    assert_eq!(POSTS_SEEN.load(SeqCst), 1, "the POST was sent once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_member_connections_the_member_closed_are_released() {
+    // The member closes every connection 100 ms after its answer; Keel's
+    // end must not linger half-closed (CLOSE_WAIT) in the idle list.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counted = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_head(&mut s, &mut buf).await.is_some() {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                drop(s);
+                counted.fetch_add(1, SeqCst);
+            });
+        }
+    });
+    let (port, _dp) = keel_before(addr).await;
+    // Several connections at once, so several go idle.
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        requests.spawn(async move {
+            let c = keel_tests::client::client_no_reuse();
+            get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap()
+        });
+    }
+    while let Some(answer) = requests.join_next().await {
+        assert_eq!(answer.unwrap().0, 200);
+    }
+    let closed = &closed;
+    keel_tests::eventually(
+        Duration::from_secs(3),
+        "the member closed them all",
+        || async move { closed.load(SeqCst) >= 8 },
+    )
+    .await;
+    keel_tests::eventually(
+        Duration::from_secs(3),
+        "no half-closed member connection",
+        || async move { half_closed_to(addr.port()) == 0 },
+    )
+    .await;
+}
+
+/// Sockets in CLOSE_WAIT whose peer is loopback port `port`.
+fn half_closed_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && cols[2].ends_with(&format!(":{port:04X}")) && cols[3] == "08"
+        })
+        .count()
+}
+
+/// A member that answers each request with the lines of its head that
+/// start with `expect` or `cookie` (lower-cased), or `none`.
+fn echo_fields(head: &str, _: usize) -> Option<(Vec<u8>, bool)> {
+    let seen: Vec<String> = head
+        .lines()
+        .map(str::to_ascii_lowercase)
+        .filter(|l| l.starts_with("expect") || l.starts_with("cookie"))
+        .collect();
+    let body = if seen.is_empty() {
+        "none".to_owned()
+    } else {
+        seen.join("\n")
+    };
+    Some((
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+        false,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_answered_by_keel_and_not_forwarded() {
+    let member = Scripted::start(echo_fields).await;
+    let (port, _dp) = keel_before(member.addr).await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut interim))
+        .await
+        .expect("a 100 Continue")
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "one interim answer only: {out}"
+    );
+    assert!(out.ends_with("none"), "the member got no Expect: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_clients_split_cookies_reach_an_http1_member_joined() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let member = Scripted::start(echo_fields).await;
+    let (port, _dp) = keel_before(member.addr).await;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // RFC 9113 §8.2.3: HTTP/2 may carry one cookie per field.
+    let req = http::Request::get("http://t/")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("cookie", "c=3")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "cookie: a=1; b=2; c=3");
+}
