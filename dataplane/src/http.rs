@@ -973,12 +973,24 @@ fn prepare_request(
         forwarded.push_str(h);
         forwarded.push('"');
     }
+    // The scheme and port the client first used: a trusted proxy's word
+    // (a CDN that terminated TLS on 443), else this listener's.
+    let first_hop = |name: &HeaderName, own: &HeaderValue| {
+        trusted
+            .then(|| parts.headers.get(name))
+            .flatten()
+            .filter(|v| !v.is_empty())
+            .unwrap_or(own)
+            .clone()
+    };
+    let first_proto = first_hop(&X_FORWARDED_PROTO, &listener.proto_header);
+    let first_port = first_hop(&X_FORWARDED_PORT, &listener.port_header);
     strip_forwarding(&mut parts.headers, trusted);
     Forwarding {
         forwarded_for: xff,
         forwarded,
-        proto: listener.proto_header.clone(),
-        port: listener.port_header.clone(),
+        proto: first_proto,
+        port: first_port,
     }
 }
 

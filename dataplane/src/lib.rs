@@ -1083,8 +1083,10 @@ async fn client_of(
     if !listener.spec.accept_proxy_protocol {
         return Some(tcp);
     }
+    // No trusted peer means no one may speak for a client (the config
+    // refuses that combination; a spec built another way gets the same).
     let trusted = &listener.spec.trusted_proxies;
-    if !trusted.is_empty() && !trusted.iter().any(|c| c.contains(peer.ip())) {
+    if !trusted.iter().any(|c| c.contains(peer.ip())) {
         tracing::debug!(client.addr = %peer, listener = %listener.bind, "PROXY header from an untrusted peer: refused");
         return None;
     }

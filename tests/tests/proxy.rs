@@ -66,6 +66,46 @@ async fn forwarded_headers_set_host_kept_hop_by_hop_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxys_forwarding_fields_are_kept_and_extended() {
+    let b = HttpBackend::start("b").await;
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&format!(
+        "load_balancers:\n  - {{ name: web, listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, \
+         default_pool: app, trusted_proxies: [127.0.0.1/32] }} ] }}\n\
+         pools:\n  - {{ name: app, members: [ {{ address: \"{}\" }} ] }}\n",
+        b.addr
+    )))
+    .await
+    .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // A CDN that terminated TLS on 443 says so.
+    s.write_all(
+        b"GET /headers HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.7\r\n\
+          X-Forwarded-Proto: https\r\nX-Forwarded-Port: 443\r\nX-Forwarded-Host: shop.example\r\n\
+          Forwarded: for=203.0.113.7;proto=https\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let h = b.last_headers();
+    assert!(
+        h.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+        "{h}"
+    );
+    assert!(h.contains("x-forwarded-proto: https\n"), "{h}");
+    assert!(h.contains("x-forwarded-port: 443\n"), "{h}");
+    assert!(h.contains("x-forwarded-host: shop.example\n"), "{h}");
+    assert!(
+        h.contains("forwarded: for=203.0.113.7;proto=https, for=127.0.0.1;proto=http;host=\"shop.example\"\n"),
+        "{h}"
+    );
+    drop(dp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused() {
     let (b, port, _dp) = one_backend().await;
     let c = client();

@@ -147,7 +147,7 @@ async fn a_listener_takes_the_client_from_a_trusted_proxy_header() {
         "load_balancers:\n  - {{ name: lb, listeners: [\n\
            {{ port: {open}, protocol: http, bind: 127.0.0.1, default_pool: web, accept_proxy_protocol: true, trusted_proxies: [127.0.0.0/8] }},\n\
            {{ port: {strict}, protocol: http, bind: 127.0.0.1, default_pool: web, accept_proxy_protocol: true, trusted_proxies: [10.0.0.0/8] }},\n\
-           {{ port: {tport}, protocol: tcp, bind: 127.0.0.1, default_pool: relay, accept_proxy_protocol: true }} ] }}\n\
+           {{ port: {tport}, protocol: tcp, bind: 127.0.0.1, default_pool: relay, accept_proxy_protocol: true, trusted_proxies: [127.0.0.1/32] }} ] }}\n\
          pools:\n\
            - {{ name: web, members: [ {{ address: \"{}\" }} ] }}\n\
            - {{ name: relay, proxy_protocol: v1, members: [ {{ address: \"{}\" }} ] }}\n",

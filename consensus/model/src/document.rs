@@ -572,6 +572,14 @@ impl ListenerDoc {
                     .map_or(per_second, |b| count(b, &rat.field("burst"), errors)),
             }
         });
+        // Without peers to trust, a PROXY header would let any client say
+        // it is anyone: such a listener could take no connection.
+        if self.accept_proxy_protocol == Some(true) && self.trusted_proxies.is_empty() {
+            errors.push(FieldError::new(
+                at.field("trusted_proxies"),
+                "accept_proxy_protocol needs the peers allowed to send a PROXY header",
+            ));
+        }
         Listener {
             request_timeout,
             max_connections,

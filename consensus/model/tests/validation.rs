@@ -411,6 +411,7 @@ load_balancers:
   - name: web
     listeners:
       - { port: 80, protocol: http, default_pool: p, accept_proxy_protocol: true, trusted_proxies: [10.0.0.0/8, nonsense] }
+      - { port: 81, protocol: tcp, default_pool: p, accept_proxy_protocol: true }
 pools:
   - { name: p, proxy_protocol: v3 }
 "#,
@@ -419,6 +420,7 @@ pools:
         got,
         vec![
             "load_balancers[0].listeners[0].trusted_proxies[1]: \"nonsense\" is not an IP address or CIDR range".to_string(),
+            "load_balancers[0].listeners[1].trusted_proxies: accept_proxy_protocol needs the peers allowed to send a PROXY header".to_string(),
             "pools[0].proxy_protocol: unknown PROXY protocol version \"v3\" (expected v1, v2 or none)".to_string(),
         ]
     );
