@@ -119,13 +119,13 @@ pub struct Listener {
     /// Connections open at once; more are refused (reset) and counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
-    /// Per client IP: HTTP requests (else 429) or, on L4 listeners, new
+    /// Per client (IPv4 address or IPv6 /64): HTTP requests (else 429) or, on L4 listeners, new
     /// connections (else refused) per second, with bursts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
 }
 
-/// A token bucket per client IP address.
+/// A token bucket per client IPv4 address or IPv6 /64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
     /// Tokens added per second.
