@@ -12,6 +12,7 @@ use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -94,58 +95,75 @@ impl Conn {
         self
     }
 
-    /// Sends `req` and reads the member's response head, which must come
-    /// by `deadline`. The body of the response is read later, as the
-    /// caller polls it.
+    /// Sends `req` and reads the member's response head. The member may
+    /// take up to `timeout` for each step it owes: taking the next bytes of
+    /// the request, and answering once the request is whole. A client that
+    /// pauses its upload does not count against the member (its own limit
+    /// is in the body it sends). The body of the response is read later,
+    /// as the caller polls it.
     pub(crate) async fn send(
         self,
         out: Box<Outbound>,
-        deadline: Instant,
+        timeout: Duration,
     ) -> Result<Response<ResponseBody>, SendError> {
         // Encoded at once: the request's own fields (which share the
         // client connection's read buffer) are let go before the wait.
         let Outbound { req, forwarding } = *out;
         let out = Outgoing::new(req, &forwarding);
-        self.exchange(out, deadline).await
+        self.exchange(out, timeout).await
     }
 
     /// Sends a request that a stale connection gave back.
     pub(crate) async fn resend(
         self,
         unsent: Unsent,
-        deadline: Instant,
+        timeout: Duration,
     ) -> Result<Response<ResponseBody>, SendError> {
         let mut out = *unsent.0;
         out.head = out.encoded.clone();
         out.queued = out.head.len();
         out.sent_any = false;
-        self.exchange(out, deadline).await
+        self.exchange(out, timeout).await
     }
 
     async fn exchange(
         mut self,
         mut out: Outgoing,
-        deadline: Instant,
+        timeout: Duration,
     ) -> Result<Response<ResponseBody>, SendError> {
-        let mut timer = match self.timer.take() {
-            Some(mut t) => {
-                t.as_mut().reset(deadline);
-                t
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
+        let mut timer = self
+            .timer
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep(timeout)));
+        // The timer counts only while Keel waits on the member, and starts
+        // again whenever the member takes more of the request.
+        let mut armed = false;
+        let mut written = out.written;
         let mut head = None;
         let mut received = false;
-        let result =
-            poll_fn(
-                |cx| match self.poll_exchange(&mut out, &mut head, &mut received, cx) {
-                    Poll::Pending if timer.as_mut().poll(cx).is_ready() => {
-                        Poll::Ready(Err(Failure::Timeout))
-                    }
-                    other => other,
-                },
-            )
-            .await;
+        let result = poll_fn(|cx| {
+            let polled = self.poll_exchange(&mut out, &mut head, &mut received, cx);
+            if polled.is_ready() {
+                return polled;
+            }
+            let on_member = out.queued > 0 || out.finished();
+            if !on_member || out.written != written {
+                armed = false;
+            }
+            written = out.written;
+            if !on_member {
+                return Poll::Pending;
+            }
+            if !armed {
+                armed = true;
+                timer.as_mut().reset(Instant::now() + timeout);
+            }
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(Failure::Timeout)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
         self.timer = Some(timer);
         // Sent again only if the member cannot have acted on it: nothing of
         // it left, or it is idempotent (RFC 9110 §9.2.2) and no byte of
@@ -302,6 +320,8 @@ struct Outgoing {
     idempotent: bool,
     /// Some of it was written to the connection.
     sent_any: bool,
+    /// Bytes written so far.
+    written: u64,
     queue: VecDeque<Bytes>,
     queued: usize,
     body: Option<RequestBody>,
@@ -343,6 +363,7 @@ impl Outgoing {
             head_only: parts.method == Method::HEAD,
             idempotent: is_idempotent(&parts.method),
             sent_any: false,
+            written: 0,
             queue: VecDeque::new(),
             body: Some(body),
             chunked,
@@ -448,6 +469,7 @@ impl Outgoing {
 
     fn advance(&mut self, mut written: usize) {
         self.sent_any |= written > 0;
+        self.written += written as u64;
         self.queued -= written;
         let from_head = written.min(self.head.len());
         self.head.advance(from_head);

@@ -61,6 +61,9 @@ pub enum ProxyError {
     /// The client did not send its whole request within `request_timeout`.
     #[error("request not received within {timeout:?}")]
     RequestTimeout { timeout: Duration },
+    /// The client's request body paused longer than `client_timeout`.
+    #[error("client sent nothing of its request body for {timeout:?}")]
+    ClientIdle { timeout: Duration },
     /// The member was removed or disabled and its drain time ran out.
     #[error("{member} was drained")]
     Drained { member: SocketAddr },
@@ -70,7 +73,9 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             ProxyError::NoMember { .. } | ProxyError::Drained { .. } => Side::Internal,
-            ProxyError::ClientBody { .. } | ProxyError::RequestTimeout { .. } => Side::Downstream,
+            ProxyError::ClientBody { .. }
+            | ProxyError::RequestTimeout { .. }
+            | ProxyError::ClientIdle { .. } => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -87,7 +92,9 @@ impl ProxyError {
         match self {
             ProxyError::NoMember { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
-            ProxyError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::RequestTimeout { .. } | ProxyError::ClientIdle { .. } => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }

@@ -5,9 +5,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -33,6 +33,7 @@ use crate::member::{MemberState, Outstanding};
 use crate::plan::{ListenerPlan, PoolPlan, SharedPlan};
 use crate::proxy_protocol::Addresses;
 use crate::route::{self, Route};
+use crate::stall::{Stall, WriteStall};
 use crate::tls::Alpn;
 use crate::{sticky, tcp};
 
@@ -98,6 +99,8 @@ pub(crate) async fn serve<IO>(
         tunnels,
     } = signals;
     let header_timeout = listener.spec.header_timeout;
+    // A client that stops taking its response is let go at this limit.
+    let stream = WriteStall::new(stream, listener.spec.client_timeout());
     let peer = ends.source;
     let trusted = listener
         .spec
@@ -131,7 +134,8 @@ pub(crate) async fn serve<IO>(
                 Ok::<_, Infallible>(())
             };
             tokio::pin!(serving);
-            drive(serving, |_| stop.store(true, Relaxed), peer, closing, cut).await;
+            let stopping = |_: Pin<&mut _>| stop.store(true, Relaxed);
+            drive(serving, stopping, peer, closing, cut, None).await;
         }
         Mode::Http2 => {
             let io = TokioIo::new(Coalesce::new(stream));
@@ -139,17 +143,29 @@ pub(crate) async fn serve<IO>(
             builder
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_HEAD_BYTES as u32)
-                .max_concurrent_streams(MAX_STREAMS);
+                .max_concurrent_streams(MAX_STREAMS)
+                // A peer that vanished while streams are open is noticed.
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT);
+            let streams = Arc::new(Streams::default());
+            let counted = streams.clone();
             // Each stream's future is moved into a task of its own: boxed,
             // that moves a pointer.
             let service = service_fn(move |req| {
                 let conn = conn.clone();
+                let open = counted.open();
                 let req = Box::new(req.map(ClientBody::Hyper));
-                async move { Ok::<_, Infallible>(Box::pin(conn.handle(req)).await) }
+                async move {
+                    let response = Box::pin(conn.handle(req)).await;
+                    Ok::<_, Infallible>(response.map(|body| Counted { body, _open: open }))
+                }
             });
             let serving = builder.serve_connection(io, service);
             tokio::pin!(serving);
-            drive(serving, |c| c.graceful_shutdown(), peer, closing, cut).await;
+            // Idle (no stream open) as long as a keep-alive HTTP/1
+            // connection may be: closed with GOAWAY.
+            let idle = Some((streams, header_timeout));
+            drive(serving, |c| c.graceful_shutdown(), peer, closing, cut, idle).await;
         }
     }
 }
@@ -210,15 +226,74 @@ pub(crate) struct Signals {
 
 /// Concurrent requests one HTTP/2 client connection may have open.
 const MAX_STREAMS: u32 = 256;
+/// How often an HTTP/2 client connection with streams open is pinged, and
+/// how long the answer may take before the connection is closed.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The streams of an HTTP/2 client connection: how many are open, and how
+/// many were ever opened (so an idle check sees one that came and went).
+#[derive(Default)]
+struct Streams {
+    open: std::sync::atomic::AtomicUsize,
+    opened: std::sync::atomic::AtomicU64,
+}
+
+impl Streams {
+    fn open(self: &Arc<Self>) -> OpenStream {
+        self.open.fetch_add(1, Relaxed);
+        self.opened.fetch_add(1, Relaxed);
+        OpenStream(self.clone())
+    }
+}
+
+/// One open stream; it closes when its response body is dropped.
+struct OpenStream(Arc<Streams>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A response body that keeps its stream counted as open until hyper is
+/// done with it.
+struct Counted {
+    body: ProxyBody,
+    _open: OpenStream,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// Polls a server connection to its end. When the listener closes, asks it
-/// to finish in-flight requests and stop; when it is cut, drops it.
+/// to finish in-flight requests and stop; when it is cut, drops it. With
+/// `idle`, a connection without an open stream for that long is asked to
+/// stop too (checked each half of it, so it goes after 1 to 1.5 times it).
 async fn drive<F, E>(
     mut serving: Pin<&mut F>,
     shutdown: impl Fn(Pin<&mut F>),
     peer: SocketAddr,
     closing: CancellationToken,
     cut: CancellationToken,
+    idle: Option<(Arc<Streams>, Duration)>,
 ) where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -231,6 +306,10 @@ async fn drive<F, E>(
     // request. Between those, the tokens' flags tell.
     let mut registered: Option<Waker> = None;
     let mut shutting_down = false;
+    let check = idle.as_ref().map(|(_, t)| *t / 2);
+    let mut idle_timer = check.map(|c| Box::pin(tokio::time::sleep(c)));
+    // Checks in a row that found no stream open and none opened since.
+    let (mut quiet, mut opened) = (0u8, 0u64);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = serving.as_mut().poll(cx) {
             if let Err(e) = r {
@@ -250,6 +329,24 @@ async fn drive<F, E>(
             shutting_down = true;
             // The connection has more to do now: let it.
             cx.waker().wake_by_ref();
+        }
+        if let (Some(timer), Some((streams, limit)), Some(period)) =
+            (idle_timer.as_mut(), idle.as_ref(), check)
+        {
+            while !shutting_down && timer.as_mut().poll(cx).is_ready() {
+                let now_opened = streams.opened.load(Relaxed);
+                let idle_now = streams.open.load(Relaxed) == 0 && now_opened == opened;
+                opened = now_opened;
+                quiet = if idle_now { quiet + 1 } else { 0 };
+                if quiet >= 2 {
+                    tracing::debug!(client.addr = %peer, timeout = ?limit, "idle http/2 connection closed");
+                    shutdown(serving.as_mut());
+                    shutting_down = true;
+                    cx.waker().wake_by_ref();
+                } else {
+                    timer.as_mut().reset(tokio::time::Instant::now() + period);
+                }
+            }
         }
         Poll::Pending
     })
@@ -391,26 +488,31 @@ impl Conn {
         // a malformed chunk size is answered 400 and nothing is forwarded.
         let request_timeout = listener.spec.request_timeout;
         let deadline = request_timeout.map(|t| started + t);
+        let client_timeout = listener.spec.client_timeout();
         let mut first = None;
         if parts.headers.contains_key(header::TRANSFER_ENCODING) && !body.is_end_stream() {
-            let next = body.frame();
-            let frame = match deadline {
-                Some(d) => tokio::time::timeout_at(d, next).await.ok(),
-                None => Some(next.await),
-            };
-            match frame {
-                None => {
+            let paused = Instant::now() + client_timeout;
+            let limit = deadline.map_or(paused, |d| d.min(paused));
+            match tokio::time::timeout_at(limit, body.frame()).await {
+                Err(_) if Some(limit) == deadline => {
                     return Err(ProxyError::RequestTimeout {
                         timeout: request_timeout.unwrap_or_default(),
                     })
                 }
-                Some(Some(Ok(frame))) => first = Some(frame),
-                Some(Some(Err(e))) => return Err(ProxyError::ClientBody { source: e.into() }),
-                Some(None) => {}
+                Err(_) => {
+                    return Err(ProxyError::ClientIdle {
+                        timeout: client_timeout,
+                    })
+                }
+                Ok(Some(Ok(frame))) => first = Some(frame),
+                Ok(Some(Err(e))) => return Err(ProxyError::ClientBody { source: e.into() }),
+                Ok(None) => {}
             }
         }
-        // Set by the body when the deadline passes, so the failure is a 408.
-        let expired = deadline.map(|_| Arc::new(AtomicBool::new(false)));
+        // Set by the body when the deadline passes or the client pauses
+        // too long, so the failure is a 408 (the client's, not the member's).
+        let has_body = first.is_some() || !body.is_end_stream();
+        let expired = (has_body || deadline.is_some()).then(|| Arc::new(AtomicU8::new(0)));
         let wants_trailers = parts
             .headers
             .get_all(header::TE)
@@ -448,6 +550,7 @@ impl Conn {
                     listener: listener.stats.clone(),
                     member: None,
                     deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+                    stall: has_body.then(|| Stall::new(client_timeout)),
                     expired: expired.clone(),
                 },
             ),
@@ -493,12 +596,18 @@ impl Conn {
                 }
             };
             let mut response = match sent {
-                Err(_) if expired.as_ref().is_some_and(|e| e.load(Relaxed)) => {
-                    return Err(ProxyError::RequestTimeout {
-                        timeout: request_timeout.unwrap_or_default(),
+                Err(e) => {
+                    return Err(match expired.as_ref().map(|x| x.load(Relaxed)) {
+                        Some(EXPIRED_DEADLINE) => ProxyError::RequestTimeout {
+                            timeout: request_timeout.unwrap_or_default(),
+                        },
+                        Some(EXPIRED_IDLE) => ProxyError::ClientIdle {
+                            timeout: client_timeout,
+                        },
+                        _ => e,
                     })
                 }
-                other => other?,
+                Ok(r) => r,
             };
             if let Some(s) = sticky {
                 let secure = listener.spec.protocol == Protocol::Https;
@@ -550,6 +659,7 @@ impl Conn {
                 strip_hop_by_hop(&mut parts.headers);
                 let body = UpstreamBody {
                     inner: body,
+                    stall: Stall::new(pool.spec.response_timeout),
                     reuse: false,
                     cut: Cut::new(member.cut_token()),
                     _outstanding: guard,
@@ -795,6 +905,7 @@ async fn exchange(
     }
     let mut body = UpstreamBody {
         inner: body,
+        stall: Stall::new(pool.spec.response_timeout),
         // A connection that carried a PROXY header names one client: never reused.
         reuse: pool.spec.proxy_protocol.is_none(),
         cut: Cut::new(cut),
@@ -874,14 +985,17 @@ async fn deliver(
         }
         Sender::Http1(conn) => conn,
     };
-    let unsent = match conn.send(out, deadline).await {
+    let unsent = match conn.send(out, pool.spec.response_timeout).await {
         Ok(r) => return Ok(r.map(MemberBody::Http1)),
         Err(SendError::Stale(unsent)) => unsent,
         Err(e) => return Err(failed(e)),
     };
     tracing::debug!(member = %member.address, "idle connection closed by the member; sending on a new one");
     let stream = Box::pin(open(member, pool, ends, Alpn::Http1)).await?;
-    match client::Conn::new(stream).resend(unsent, deadline).await {
+    match client::Conn::new(stream)
+        .resend(unsent, pool.spec.response_timeout)
+        .await
+    {
         Ok(r) => Ok(r.map(MemberBody::Http1)),
         Err(e) => Err(failed(e)),
     }
@@ -1217,9 +1331,17 @@ pub(crate) struct RequestBody {
     member: Option<Arc<MemberState>>,
     /// The listener's `request_timeout`: the body must be over by then.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Set when the deadline passed, so the failure is answered 408.
-    expired: Option<Arc<AtomicBool>>,
+    /// The listener's `client_timeout`: the longest the body may pause.
+    stall: Option<Stall>,
+    /// Set to why the body failed in time ([`EXPIRED_DEADLINE`],
+    /// [`EXPIRED_IDLE`]), so the failure is answered 408.
+    expired: Option<Arc<AtomicU8>>,
 }
+
+/// The request body missed the listener's `request_timeout`.
+const EXPIRED_DEADLINE: u8 = 1;
+/// The request body paused longer than the listener's `client_timeout`.
+const EXPIRED_IDLE: u8 = 2;
 
 impl Body for RequestBody {
     type Data = Bytes;
@@ -1232,15 +1354,30 @@ impl Body for RequestBody {
         if let Some(d) = self.deadline.as_mut() {
             if d.as_mut().poll(cx).is_ready() {
                 if let Some(e) = &self.expired {
-                    e.store(true, Relaxed);
+                    e.store(EXPIRED_DEADLINE, Relaxed);
                 }
                 return Poll::Ready(Some(Err("request body not received in time".into())));
             }
         }
         let frame = match self.first.take() {
             Some(f) => Some(Ok(f)),
-            None => ready!(Pin::new(&mut self.inner).poll_frame(cx)),
+            None => match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    let this = &mut *self;
+                    if this.stall.as_mut().is_some_and(|s| s.poll_expired(cx)) {
+                        if let Some(e) = &this.expired {
+                            e.store(EXPIRED_IDLE, Relaxed);
+                        }
+                        return Poll::Ready(Some(Err("request body paused too long".into())));
+                    }
+                    return Poll::Pending;
+                }
+            },
         };
+        if let Some(s) = self.stall.as_mut() {
+            s.progress();
+        }
         if frame.is_none() {
             // The whole request is in: the deadline no longer applies.
             self.deadline = None;
@@ -1311,6 +1448,9 @@ impl Body for MemberBody {
 /// streams, the request counts as outstanding on the member.
 pub(crate) struct UpstreamBody {
     inner: MemberBody,
+    /// The pool's `response_timeout`, as the longest the body may pause
+    /// while the client waits for more.
+    stall: Stall,
     /// The connection may carry other requests after this one.
     reuse: bool,
     cut: Cut,
@@ -1335,8 +1475,18 @@ impl Body for UpstreamBody {
             Poll::Pending if self.cut.poll(cx).is_ready() => {
                 return Poll::Ready(Some(Err("member drained".into())))
             }
+            Poll::Pending if self.stall.poll_expired(cx) => {
+                self.reuse = false;
+                let limit = self.stall.limit();
+                tracing::warn!(member = %self.member.address, timeout = ?limit, "member's response body paused too long: cut");
+                return Poll::Ready(Some(Err(format!(
+                    "member sent nothing of its response body for {limit:?}"
+                )
+                .into())));
+            }
             Poll::Pending => return Poll::Pending,
         };
+        self.stall.progress();
         match &frame {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {

@@ -23,6 +23,7 @@ mod plan;
 mod proxy_protocol;
 mod route;
 mod sni;
+mod stall;
 mod sticky;
 mod tcp;
 mod tls;

@@ -1545,6 +1545,7 @@ fn add_listener(
             default_pool: Some(pool),
             idle_timeout: idle,
             header_timeout: None,
+            client_timeout: None,
             certificates: l
                 .backend
                 .certificate

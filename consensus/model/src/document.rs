@@ -27,6 +27,8 @@ pub mod defaults {
     use std::time::Duration;
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// HTTP: how long a request body may pause, or a response go unread.
+    pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -119,6 +121,8 @@ pub struct ListenerDoc {
     pub trusted_proxies: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<DurationDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_timeout: Option<DurationDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -559,6 +563,14 @@ impl ListenerDoc {
                 errors,
             )
         });
+        let client_timeout = self.client_timeout.as_ref().map(|_| {
+            duration(
+                &self.client_timeout,
+                Duration::ZERO,
+                &at.field("client_timeout"),
+                errors,
+            )
+        });
         let max_connections = self
             .max_connections
             .map(|n| count(n, &at.field("max_connections"), errors));
@@ -582,6 +594,7 @@ impl ListenerDoc {
         }
         Listener {
             request_timeout,
+            client_timeout,
             max_connections,
             rate_limit,
             port,
@@ -1173,6 +1186,7 @@ impl From<&LoadBalancer> for LoadBalancerDoc {
                     accept_proxy_protocol: l.accept_proxy_protocol.then_some(true),
                     trusted_proxies: l.trusted_proxies.iter().map(|c| c.to_string()).collect(),
                     request_timeout: l.request_timeout.and_then(duration_doc),
+                    client_timeout: l.client_timeout.and_then(duration_doc),
                     max_connections: l.max_connections.map(i64::from),
                     rate_limit: l.rate_limit.map(|r| RateLimitDoc {
                         per_second: r.per_second.into(),

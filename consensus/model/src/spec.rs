@@ -116,6 +116,17 @@ pub struct Listener {
         with = "optional_duration_text"
     )]
     pub request_timeout: Option<Duration>,
+    /// HTTP only: how long Keel waits on the client in the middle of a
+    /// request: a request body that pauses this long is answered 408, and
+    /// a response the client stops reading for this long is abandoned (the
+    /// connection closes). HAProxy's `timeout client`. Unset: 60 s
+    /// ([`Listener::client_timeout`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration_text"
+    )]
+    pub client_timeout: Option<Duration>,
     /// Connections open at once; more are refused (reset) and counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
@@ -176,6 +187,12 @@ impl TlsPolicy {
 }
 
 impl Listener {
+    /// [`Listener::client_timeout`], or its default.
+    pub fn client_timeout(&self) -> Duration {
+        self.client_timeout
+            .unwrap_or(crate::defaults::CLIENT_TIMEOUT)
+    }
+
     /// The address this listener binds on, given its load balancer's VIP.
     pub fn bind_addr(&self, vip: Option<&Vip>) -> SocketAddr {
         let ip = match (vip, self.bind) {
@@ -821,6 +838,15 @@ fn check_affinity(pool: &Pool, at: &Path, errors: &mut Vec<FieldError>) {
 }
 
 fn check_limits(l: &Listener, at: &Path, errors: &mut Vec<FieldError>) {
+    if let Some(t) = l.client_timeout {
+        if !l.protocol.is_http() {
+            errors.push(FieldError::new(
+                at.field("client_timeout"),
+                "only applies to http and https listeners",
+            ));
+        }
+        check_positive(t, &at.field("client_timeout"), errors);
+    }
     if let Some(t) = l.request_timeout {
         if !l.protocol.is_http() {
             errors.push(FieldError::new(

@@ -81,9 +81,23 @@ pub(super) async fn serve<IO, H, F>(
             match read(&mut io, &mut buf, timer.as_mut(), &stop).await {
                 Read::Bytes => {}
                 Read::Closed => return,
+                // A head begun and not finished in time is answered 408
+                // (an idle keep-alive connection just closes).
+                Read::TimedOut if buf.is_empty() => return,
+                Read::TimedOut => {
+                    tracing::debug!(client.addr = %conn.peer, ?header_timeout, "request head not received in time: 408");
+                    let _ = io.write_all(TIMED_OUT).await;
+                    let _ = io.flush().await;
+                    return;
+                }
             }
         };
-        let response = conn.handle(req).await;
+        // A client that leaves while its member is silent is let go at
+        // once, and so is the member's connection.
+        let Some(response) = watch(&mut io, &mut buf, conn.handle(req)).await else {
+            tracing::debug!(client.addr = %conn.peer, "client closed the connection before its answer");
+            return;
+        };
         let closing = stop.load(Relaxed);
         match respond(&mut io, response, &mut out, closing).await {
             Ok(true) if !stop.load(Relaxed) => {}
@@ -96,12 +110,49 @@ pub(super) async fn serve<IO, H, F>(
     }
 }
 
+/// The answer to a request head that did not arrive in time.
+const TIMED_OUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
 /// What a read for a request head came to.
 enum Read {
     Bytes,
-    /// End of stream, an error, the head timeout, or the listener closing
-    /// while no request is under way: the connection ends.
+    /// End of stream, an error, or the listener closing while no request
+    /// is under way: the connection ends.
     Closed,
+    /// The head timeout passed.
+    TimedOut,
+}
+
+/// Waits for `answer` while watching the client: bytes it sends meanwhile
+/// (pipelined requests) are kept in `buf`, up to the largest head; `None`
+/// if it closes or fails first, and `answer` is dropped with whatever it
+/// held (the member's connection).
+async fn watch<IO, F>(io: &mut IO, buf: &mut BytesMut, answer: F) -> Option<F::Output>
+where
+    IO: AsyncRead + Unpin,
+    F: Future,
+{
+    let mut answer = pin!(answer);
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        if buf.len() >= MAX_HEAD_BYTES {
+            return Poll::Pending;
+        }
+        buf.reserve(READ_SIZE);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(None),
+            // Read again: until it is pending, no wake-up is due for it.
+            Poll::Ready(Ok(_)) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 async fn read<IO: AsyncRead + Unpin>(
@@ -118,7 +169,7 @@ async fn read<IO: AsyncRead + Unpin>(
         match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Read::Closed),
             Poll::Ready(Ok(_)) => Poll::Ready(Read::Bytes),
-            Poll::Pending if timer.as_mut().poll(cx).is_ready() => Poll::Ready(Read::Closed),
+            Poll::Pending if timer.as_mut().poll(cx).is_ready() => Poll::Ready(Read::TimedOut),
             Poll::Pending => Poll::Pending,
         }
     })

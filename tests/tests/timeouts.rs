@@ -1,0 +1,248 @@
+//! Every phase of an HTTP exchange has a limit, and a peer that goes quiet
+//! in it is let go at that limit: a client that stops sending its head or
+//! its body, stops reading its answer, keeps an HTTP/2 connection idle or
+//! leaves early; a member that stops sending its body. And a peer that is
+//! slow but moving is never cut. Limits are set short here (1 s).
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_dataplane::Dataplane;
+use keel_tests::backend::HttpBackend;
+use keel_tests::{eventually, free_port, spec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A data plane with one HTTP listener in front of `member`, every limit 1 s.
+async fn keel_before(member: SocketAddr) -> (u16, Dataplane) {
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&format!(
+        r#"
+load_balancers:
+  - name: lb
+    listeners:
+      - {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: p,
+          header_timeout: 1s, client_timeout: 1s }}
+pools:
+  - {{ name: p, response_timeout: 1s, members: [ {{ address: "{member}" }} ] }}
+"#
+    )))
+    .await
+    .unwrap();
+    (port, dp)
+}
+
+/// Reads until the peer closes (or fails); what came and how long it took.
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let _ = tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    (out, started.elapsed())
+}
+
+/// This process's open file descriptors (the data plane runs in it).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_not_finished_in_time_is_answered_408() {
+    let web = HttpBackend::start("web").await;
+    let (port, _dp) = keel_before(web.addr).await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let (out, took) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_upload_is_the_clients_fault_408_and_a_slow_one_passes() {
+    let web = HttpBackend::start("web").await;
+    let (port, _dp) = keel_before(web.addr).await;
+    // One chunk, then nothing: 408 at the client limit, not a 504.
+    for head in [
+        &b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"[..],
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nhello",
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(head).await.unwrap();
+        let (out, took) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+    }
+    // An upload that keeps moving for three times the member's response
+    // limit: that limit counts from the end of the request.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"x").await.unwrap();
+    }
+    let (out, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("30"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_let_go() {
+    let web = HttpBackend::start("web").await;
+    let (port, _dp) = keel_before(web.addr).await;
+    let baseline = open_fds();
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"GET /download/50000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // Nobody reads: after the client limit Keel gives up on every one.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for mut s in stalled {
+        let (out, took) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+        assert!(out.len() < 50_000_000, "the whole answer was held for it");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+    eventually(
+        Duration::from_secs(5),
+        "descriptors back to baseline",
+        || async move { open_fds() <= baseline },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stalls_mid_body_is_cut_at_its_limit() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
+                    .await;
+                // Then nothing, for longer than any test runs.
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            });
+        }
+    });
+    let (port, _dp) = keel_before(addr).await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (out, took) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("partial"), "{out}");
+    assert!(took < Duration::from_secs(3), "cut after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_releases_its_member_connection_at_once() {
+    // The member reads the request and never answers; it records when
+    // Keel closes the connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let released = Arc::new(AtomicUsize::new(0));
+    let counted = released.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                counted.fetch_add(1, SeqCst);
+            });
+        }
+    });
+    let port = free_port();
+    let dp = Dataplane::new();
+    // A long response limit: only the client's leaving can end the wait.
+    dp.apply(&spec(&format!(
+        "load_balancers:\n  - {{ name: lb, listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: p }} ] }}\n\
+         pools:\n  - {{ name: p, response_timeout: 60s, members: [ {{ address: \"{addr}\" }} ] }}\n"
+    )))
+    .await
+    .unwrap();
+    let baseline = open_fds();
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi",
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(request).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(s);
+    }
+    let left = Instant::now();
+    let released = &released;
+    eventually(
+        Duration::from_secs(1),
+        "both member connections closed",
+        || async move { released.load(SeqCst) == 2 },
+    )
+    .await;
+    assert!(left.elapsed() < Duration::from_secs(1));
+    eventually(
+        Duration::from_secs(2),
+        "descriptors back to baseline",
+        || async move { open_fds() <= baseline },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let web = HttpBackend::start("web").await;
+    let (port, _dp) = keel_before(web.addr).await;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let started = Instant::now();
+    let conn = tokio::spawn(conn);
+    // One request, then idle: Keel closes the connection after about the
+    // keep-alive limit (the head timeout, 1 s here).
+    let req = http::Request::get("http://t/")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "still open after 5 s");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
