@@ -10,7 +10,7 @@
 //!
 //! And writes wait for the reads: see [`Defer`].
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -23,7 +23,10 @@ const MAX_COPY: usize = 4096;
 
 thread_local! {
     /// Where the pieces are joined: one per thread, reused by every write.
-    static JOINED: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(MAX_COPY));
+    /// Taken out for a write and put back after, never borrowed across it:
+    /// a write that nests another (TLS over a coalescing stream) finds it
+    /// empty and uses a buffer of its own.
+    static JOINED: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// Writes `bufs` to `io`: a lone piece or small pieces with one plain
@@ -43,16 +46,17 @@ pub(crate) fn poll_write_vectored<W: AsyncWrite + ?Sized>(
     if total > MAX_COPY {
         return io.poll_write_vectored(cx, bufs);
     }
-    JOINED.with(|joined| {
-        let mut joined = joined.borrow_mut();
-        joined.clear();
-        for b in bufs {
-            joined.extend_from_slice(b);
-        }
-        // A short write reports the bytes taken, which are the first ones
-        // of the slices in order, as a vectored write's would be.
-        io.poll_write(cx, &joined)
-    })
+    let mut joined = JOINED.take();
+    joined.clear();
+    joined.reserve(MAX_COPY);
+    for b in bufs {
+        joined.extend_from_slice(b);
+    }
+    // A short write reports the bytes taken, which are the first ones of
+    // the slices in order, as a vectored write's would be.
+    let written = io.poll_write(cx, &joined);
+    JOINED.set(joined);
+    written
 }
 
 /// A stream whose vectored writes go through [`poll_write_vectored`], each
@@ -223,6 +227,44 @@ mod tests {
         let (n, calls) = write(6, &[b"head", b"body"]).await;
         assert_eq!(n, 6);
         assert_eq!(calls, vec![("write", b"headbo".to_vec())]);
+    }
+
+    /// A writer that joins its own pieces through the same buffer, as a TLS
+    /// stream over a coalescing stream does.
+    struct Nested(Recorder);
+
+    impl AsyncWrite for Nested {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let (head, rest) = buf.split_at(buf.len() / 2);
+            let pieces = [IoSlice::new(head), IoSlice::new(rest)];
+            poll_write_vectored(Pin::new(&mut self.0), cx, &pieces)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_nested_joining_write_does_not_panic() {
+        let mut w = Coalesce::new(Nested(Recorder {
+            limit: usize::MAX,
+            ..Default::default()
+        }));
+        let n = w
+            .write_vectored(&[IoSlice::new(b"outer "), IoSlice::new(b"pieces")])
+            .await
+            .unwrap();
+        assert_eq!(n, 12);
+        assert_eq!(w.io.0.calls, vec![("write", b"outer pieces".to_vec())]);
     }
 
     #[test]
