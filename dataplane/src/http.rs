@@ -65,9 +65,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// client sent nothing before `deadline` or closed.
 pub(crate) async fn sniff(stream: &TcpStream, deadline: Instant) -> Option<Mode> {
     let mut buf = [0u8; H2_PREFACE.len()];
+    let mut seen = 0;
     loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => n,
+        let more = crate::peek::peek_more(stream, &mut buf, seen);
+        let n = match tokio::time::timeout_at(deadline, more).await {
+            Ok(Ok(n)) if n > seen => n,
             _ => return None,
         };
         if buf[..n] != H2_PREFACE[..n] {
@@ -76,8 +78,8 @@ pub(crate) async fn sniff(stream: &TcpStream, deadline: Instant) -> Option<Mode>
         if n == H2_PREFACE.len() {
             return Some(Mode::Http2);
         }
-        // Part of the preface so far: peek again once more has arrived.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Part of the preface so far: wait until more has arrived.
+        seen = n;
     }
 }
 

@@ -19,6 +19,7 @@ mod http;
 mod limit;
 mod member;
 mod metrics;
+mod peek;
 mod plan;
 mod proxy_protocol;
 mod route;

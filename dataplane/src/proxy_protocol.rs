@@ -4,7 +4,6 @@
 //! members that ask for it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -155,9 +154,11 @@ pub(crate) async fn read(
     deadline: Instant,
 ) -> Result<Option<Addresses>, HeaderError> {
     let mut buf = vec![0u8; V2_MAX];
+    let mut seen = 0;
     loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => n,
+        let more = crate::peek::peek_more(stream, &mut buf, seen);
+        let n = match tokio::time::timeout_at(deadline, more).await {
+            Ok(Ok(n)) if n > seen => n,
             _ => return Err(HeaderError::Missing),
         };
         match parse(&buf[..n])? {
@@ -166,8 +167,8 @@ pub(crate) async fn read(
                 return Ok(addresses);
             }
             None if n == buf.len() => return Err(HeaderError::Malformed("header too long")),
-            // Part of a header so far: peek again once more has arrived.
-            None => tokio::time::sleep(Duration::from_millis(2)).await,
+            // Part of a header so far: wait until more has arrived.
+            None => seen = n,
         }
     }
 }

@@ -1,8 +1,6 @@
 //! Reading the server name (SNI) from a TLS ClientHello without consuming
 //! it: the bytes stay in the socket for the member, which does the TLS.
 
-use std::time::Duration;
-
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -24,9 +22,11 @@ pub(crate) enum Hello {
 /// Peeks at a connection until its ClientHello can be read or `deadline`.
 pub(crate) async fn read(stream: &TcpStream, deadline: Instant) -> Result<Option<String>, String> {
     let mut buf = vec![0u8; MAX_HELLO];
+    let mut seen = 0;
     loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(0)) => return Err("closed before a ClientHello".into()),
+        let more = crate::peek::peek_more(stream, &mut buf, seen);
+        let n = match tokio::time::timeout_at(deadline, more).await {
+            Ok(Ok(n)) if n <= seen => return Err("closed before a ClientHello".into()),
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err("no ClientHello in time".into()),
@@ -35,8 +35,8 @@ pub(crate) async fn read(stream: &TcpStream, deadline: Instant) -> Result<Option
             Hello::Tls(name) => return Ok(name),
             Hello::Invalid(why) => return Err(why.into()),
             Hello::Partial if n == buf.len() => return Err("ClientHello too large".into()),
-            // The rest is on its way: look again shortly.
-            Hello::Partial => tokio::time::sleep(Duration::from_millis(1)).await,
+            // The rest is on its way: wait until more has arrived.
+            Hello::Partial => seen = n,
         }
     }
 }

@@ -246,3 +246,65 @@ async fn an_idle_http2_connection_is_closed() {
         "{took:?}"
     );
 }
+
+/// CPU time this process has used (the data plane runs in it).
+fn cpu_used() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |u| {
+        let t = |tv: nix::sys::time::TimeVal| {
+            Duration::from_secs(tv.tv_sec() as u64) + Duration::from_micros(tv.tv_usec() as u64)
+        };
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_the_rest_of_a_preface_header_or_hello_costs_no_cpu() {
+    let web = HttpBackend::start("web").await;
+    let (h2c, proxied, passthrough) = (free_port(), free_port(), free_port());
+    let dp = Dataplane::new();
+    dp.apply(&spec(&format!(
+        r#"
+load_balancers:
+  - name: lb
+    listeners:
+      - {{ port: {h2c}, protocol: http, bind: 127.0.0.1, default_pool: p, header_timeout: 10s }}
+      - {{ port: {proxied}, protocol: http, bind: 127.0.0.1, default_pool: p, header_timeout: 10s,
+          accept_proxy_protocol: true, trusted_proxies: [127.0.0.1/32] }}
+      - {{ port: {passthrough}, protocol: tls_passthrough, bind: 127.0.0.1, default_pool: p, header_timeout: 10s }}
+pools:
+  - {{ name: p, members: [ {{ address: "{}" }} ] }}
+"#,
+        web.addr
+    )))
+    .await
+    .unwrap();
+    // Each waits for bytes that do not come: part of the h2c preface, of a
+    // PROXY header, of a TLS record.
+    let mut held = Vec::new();
+    for (port, start) in [
+        (h2c, &b"PRI * HTTP/2.0\r\n"[..]),
+        (proxied, b"PROXY TCP4 203.0.113.9 "),
+        (passthrough, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]),
+    ] {
+        for _ in 0..100 {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            s.write_all(start).await.unwrap();
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = cpu_used();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_used() - before;
+    // Polling each every few milliseconds costs hundreds of milliseconds a
+    // second here; waiting on readiness costs next to nothing.
+    assert!(
+        used < Duration::from_millis(60),
+        "{used:?} of CPU in 1 s of waiting"
+    );
+    // And the rest, when it comes, is read.
+    let mut s = held.swap_remove(0);
+    s.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+    drop(held);
+}
