@@ -31,6 +31,12 @@ pub(crate) async fn peek_more(
     if seen == 0 {
         return stream.peek(buf).await;
     }
+    // `with_interest` is deprecated because a caller could close the
+    // descriptor while it is registered; an `OwnedFd` moved into the
+    // `AsyncFd` stays open, and the same, until the registration is gone,
+    // which is the contract tokio's `unsafe` successor states (and this
+    // workspace forbids `unsafe`).
+    #[allow(deprecated)]
     let watch: AsyncFd<OwnedFd> =
         AsyncFd::with_interest(stream.as_fd().try_clone_to_owned()?, Interest::READABLE)?;
     loop {
