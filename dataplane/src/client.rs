@@ -113,6 +113,30 @@ impl Conn {
         self.exchange(out, timeout).await
     }
 
+    /// A health check: a bodiless request (`target` in origin form, for
+    /// `host`) on a connection of its own, answered by the status of a
+    /// response head read by the same rules as traffic's, within `timeout`.
+    pub(crate) async fn check(
+        self,
+        method: &Method,
+        target: &str,
+        host: &str,
+        timeout: Duration,
+    ) -> Result<StatusCode, SendError> {
+        let mut head = BytesMut::with_capacity(128);
+        head.extend_from_slice(method.as_str().as_bytes());
+        head.extend_from_slice(b" ");
+        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        wire::field(&mut head, b"host", host.as_bytes());
+        wire::field(&mut head, b"user-agent", b"keel-health-check");
+        wire::field(&mut head, b"connection", b"close");
+        head.extend_from_slice(b"\r\n");
+        let out = Outgoing::bodiless(head.freeze(), method);
+        let response = self.exchange(out, timeout).await?;
+        Ok(response.status())
+    }
+
     /// Sends a request that a stale connection gave back.
     pub(crate) async fn resend(
         self,
@@ -369,6 +393,25 @@ impl Outgoing {
             chunked,
             started: false,
             body_done: empty,
+            defer: Defer::default(),
+        }
+    }
+
+    /// A request that is only a head.
+    fn bodiless(head: Bytes, method: &Method) -> Outgoing {
+        Outgoing {
+            queued: head.len(),
+            encoded: head.clone(),
+            head,
+            head_only: method == Method::HEAD,
+            idempotent: is_idempotent(method),
+            sent_any: false,
+            written: 0,
+            queue: VecDeque::new(),
+            body: None,
+            chunked: false,
+            started: false,
+            body_done: true,
             defer: Defer::default(),
         }
     }

@@ -8,11 +8,14 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use keel_model::{CheckKind, HealthCheck, MemberTls};
+use keel_model::{CheckKind, HealthCheck, MemberTls, ProxyProtocol};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::{self, SendError};
 use crate::member::MemberState;
+use crate::proxy_protocol;
 use crate::tcp::Upstream;
 use crate::tls::{Alpn, MemberTlsPlan};
 
@@ -81,11 +84,19 @@ pub(crate) struct Probe {
     pub tls_spec: Option<MemberTls>,
     pub tls: Option<Arc<MemberTlsPlan>>,
     pub http2: bool,
+    /// The PROXY header the pool sends its members, if any.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl PartialEq for Probe {
     fn eq(&self, other: &Self) -> bool {
-        (&self.check, &self.tls_spec, self.http2) == (&other.check, &other.tls_spec, other.http2)
+        (&self.check, &self.tls_spec, self.http2, self.proxy_protocol)
+            == (
+                &other.check,
+                &other.tls_spec,
+                other.http2,
+                other.proxy_protocol,
+            )
     }
 }
 
@@ -93,7 +104,7 @@ async fn probe(member: &MemberState, with: &Probe) -> Result<(), String> {
     let target = with.check.port.map_or(member.address, |port| {
         std::net::SocketAddr::new(member.address.ip(), port)
     });
-    let stream = TcpStream::connect(target)
+    let mut stream = TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let CheckKind::Http {
@@ -106,22 +117,15 @@ async fn probe(member: &MemberState, with: &Probe) -> Result<(), String> {
         return Ok(());
     };
     let _ = stream.set_nodelay(true);
+    // A member that expects a PROXY header on every connection gets one
+    // that names no client, as a check is Keel's own connection.
+    if let Some(version) = with.proxy_protocol {
+        stream
+            .write_all(&proxy_protocol::encode_local(version))
+            .await
+            .map_err(|e| format!("proxy header: {e}"))?;
+    }
     let host = host.clone().unwrap_or_else(|| target.to_string());
-    let scheme = if with.tls.is_some() { "https" } else { "http" };
-    let mut request = http::Request::builder()
-        .method(method.as_str())
-        .header(http::header::USER_AGENT, "keel-health-check");
-    request = if with.http2 {
-        request.uri(format!("{scheme}://{host}{path}"))
-    } else {
-        request
-            .uri(path.as_str())
-            .header(http::header::HOST, host)
-            .header(http::header::CONNECTION, "close")
-    };
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("request: {e}"))?;
     let alpn = if with.http2 { Alpn::Http2 } else { Alpn::Http1 };
     let io = match &with.tls {
         None => Upstream::Plain(stream),
@@ -131,24 +135,40 @@ async fn probe(member: &MemberState, with: &Probe) -> Result<(), String> {
                 .map_err(|e| format!("tls: {e}"))?,
         )),
     };
-    let io = TokioIo::new(io);
-    let response = if with.http2 {
+    let method = http::Method::from_bytes(method.as_bytes()).map_err(|e| format!("method: {e}"))?;
+    let status = if with.http2 {
+        let scheme = if with.tls.is_some() { "https" } else { "http" };
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("{scheme}://{host}{path}"))
+            .header(http::header::USER_AGENT, "keel-health-check")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
         let (mut sender, conn) =
             hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .handshake(io)
+                .handshake(TokioIo::new(io))
                 .await
                 .map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(conn);
-        sender.send_request(request).await
-    } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        sender
+            .send_request(request)
             .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(conn);
-        sender.send_request(request).await
+            .map_err(|e| format!("request: {e}"))?
+            .status()
+    } else {
+        // HTTP/1.1 through the member client that carries traffic: a
+        // response traffic would refuse fails the check too.
+        client::Conn::new(io)
+            .check(&method, path, &host, with.check.timeout)
+            .await
+            .map_err(|e| match e {
+                SendError::Upstream(e) => format!("response: {e}"),
+                SendError::Timeout => format!("no answer within {:?}", with.check.timeout),
+                SendError::Stale(_) => "closed by the member".to_owned(),
+                SendError::ClientBody(e) => e.to_string(),
+            })?
     }
-    .map_err(|e| format!("request: {e}"))?;
-    let status = response.status().as_u16();
+    .as_u16();
     if expected_codes.contains(status) {
         Ok(())
     } else {

@@ -255,6 +255,7 @@ impl Dataplane {
                 tls_spec: pool.tls.clone(),
                 tls: pool_tls.clone(),
                 http2: pool.http_version == keel_model::HttpVersion::Http2,
+                proxy_protocol: pool.proxy_protocol,
             });
             let mut in_service = Vec::new();
             for m in &pool.members {

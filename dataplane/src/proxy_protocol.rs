@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use keel_model::ProxyProtocol;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -196,6 +197,21 @@ async fn consume(stream: &TcpStream, mut len: usize, deadline: Instant) -> Resul
     Ok(())
 }
 
+/// The header of a connection Keel opens on its own behalf (a health
+/// check), naming no client: v1 `PROXY UNKNOWN`, v2 the LOCAL command.
+pub(crate) fn encode_local(version: ProxyProtocol) -> Vec<u8> {
+    match version {
+        ProxyProtocol::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        ProxyProtocol::V2 => {
+            let mut out = V2_SIGNATURE.to_vec();
+            out.push(0x20); // version 2, LOCAL
+            out.push(0x00); // no address family
+            out.extend(0u16.to_be_bytes());
+            out
+        }
+    }
+}
+
 /// A version 1 header: `PROXY TCP4 <src> <dst> <sport> <dport>\r\n`.
 pub(crate) fn encode_v1(a: Addresses) -> Vec<u8> {
     let (src, dst) = same_family(a);
@@ -330,5 +346,13 @@ mod tests {
         let mut local = V2_SIGNATURE.to_vec();
         local.extend([0x20, 0x00, 0, 0]);
         assert_eq!(parse(&local).unwrap(), Some((16, None)));
+    }
+
+    #[test]
+    fn a_local_header_names_no_client_and_parses_as_such() {
+        for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
+            let bytes = encode_local(version);
+            assert_eq!(parse(&bytes).unwrap(), Some((bytes.len(), None)));
+        }
     }
 }

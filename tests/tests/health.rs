@@ -261,3 +261,96 @@ async fn a_check_port_probes_that_port_instead_of_the_members() {
         (200, "app".into())
     );
 }
+
+/// A member that requires a PROXY header (v2) on every connection before
+/// its HTTP/1.1 requests, as one behind a `proxy_protocol` pool does, and
+/// answers `/health` with `health` (raw bytes) and anything else with "ok".
+/// It counts the connections that came without a header.
+async fn proxied_member(health: &'static [u8]) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(AtomicU64::new(0));
+    let counted = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let refused = counted.clone();
+            tokio::spawn(async move {
+                let mut sig = [0u8; 16];
+                if s.read_exact(&mut sig).await.is_err() || &sig[..12] != b"\r\n\r\n\0\r\nQUIT\n" {
+                    refused.fetch_add(1, SeqCst);
+                    return;
+                }
+                let len = usize::from(u16::from_be_bytes([sig[14], sig[15]]));
+                let mut rest = vec![0u8; len];
+                if s.read_exact(&mut rest).await.is_err() {
+                    return;
+                }
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut more = [0u8; 4096];
+                        match s.read(&mut more).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&more[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let answer: &[u8] = if head.contains(" /health ") {
+                        health
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    };
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_send_the_pools_proxy_header_and_read_answers_as_traffic_does() {
+    let (good, refused_good) =
+        proxied_member(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+    // An answer traffic refuses (two lengths): the check refuses it too,
+    // so the member is down rather than up and failing every request.
+    let (bad, _) =
+        proxied_member(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&http_lb(
+        port,
+        &format!(
+            "proxy_protocol: v2, health_check: {{ type: http, path: /health, interval: {INTERVAL_MS}ms, \
+             timeout: 150ms, healthy_threshold: 1, unhealthy_threshold: 1 }}, members: {}",
+            members(&[good, bad])
+        ),
+    )))
+    .await
+    .unwrap();
+    let dp = &dp;
+    eventually(
+        Duration::from_secs(3),
+        "the bad member down",
+        || async move { !healthy(dp, bad) },
+    )
+    .await;
+    // Several check rounds later the good member is still up.
+    tokio::time::sleep(Duration::from_millis(INTERVAL_MS * 4)).await;
+    assert!(healthy(dp, good), "{:?}", dp.members());
+    assert_eq!(
+        refused_good.load(SeqCst),
+        0,
+        "a check came without a PROXY header"
+    );
+    let c = client();
+    for _ in 0..6 {
+        let (status, body) = get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+}
