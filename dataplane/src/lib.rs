@@ -350,6 +350,7 @@ impl Dataplane {
             version,
             listeners,
             pools,
+            max_client_connections: plan::client_capacity(),
         }));
 
         for (addr, socket) in fresh {
@@ -982,10 +983,19 @@ struct Admit {
 impl Admit {
     /// Serves an accepted connection on its own task, by the newest plan.
     fn spawn(&self, stream: TcpStream, peer: SocketAddr) {
-        let Some(listener) = self.plan.load().listeners.get(&self.bind).cloned() else {
+        let plan = self.plan.load();
+        let Some(listener) = plan.listeners.get(&self.bind).cloned() else {
             return;
         };
         listener.stats.connections.fetch_add(1, Relaxed);
+        if self.connections.len() >= plan.max_client_connections {
+            listener.stats.over_limit.fetch_add(1, Relaxed);
+            tracing::debug!(client.addr = %peer, listener = %self.bind, max = plan.max_client_connections,
+                "node connection limit (from the open-file limit) reached: refused");
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            return;
+        }
+        drop(plan);
         if let Some(max) = listener.spec.max_connections {
             if listener.stats.active.load(Relaxed) >= i64::from(max) {
                 listener.stats.over_limit.fetch_add(1, Relaxed);

@@ -21,6 +21,21 @@ pub(crate) struct Plan {
     /// By bound address.
     pub listeners: HashMap<SocketAddr, Arc<ListenerPlan>>,
     pub pools: BTreeMap<String, Arc<PoolPlan>>,
+    /// Client connections the node takes at once over all listeners, so a
+    /// flood cannot use up its file descriptors (see [`client_capacity`]).
+    pub max_client_connections: usize,
+}
+
+/// How many client connections fit in the process's open-file limit: each
+/// may need a member connection too, and a quarter of the limit (at most
+/// 1024) stays for everything else (Raft, gossip, health checks, the admin
+/// API, files).
+pub(crate) fn client_capacity() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    let reserve = (soft / 4).min(1024);
+    (soft.saturating_sub(reserve) / 2).max(16)
 }
 
 pub(crate) struct ListenerPlan {

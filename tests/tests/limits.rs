@@ -251,3 +251,53 @@ async fn a_member_that_cannot_be_reached_is_retried_on_another() {
     assert_eq!(live.hits(), 20);
     dp.shutdown(Duration::from_millis(100)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_cannot_use_up_the_nodes_file_descriptors() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // This test runs in a process of its own (nextest): a small open-file
+    // limit that the flood below would exhaust.
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, 600, hard).unwrap();
+    // A member that closes after each answer, so every request needs a
+    // new member connection (a descriptor) from Keel.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let member = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&config(port, "http", member, "")))
+        .await
+        .unwrap();
+    let mut good = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(status_on(&mut good).await, Some(200));
+    // Idle connections, as many as this process can open.
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => flood.push(s),
+            Err(_) => break,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The node stopped taking clients before it ran out: the client it
+    // already serves still gets answers, which need new descriptors.
+    for _ in 0..3 {
+        assert_eq!(status_on(&mut good).await, Some(200));
+    }
+    assert!(refused(&dp, "max_connections") > 0);
+    drop(flood);
+}
