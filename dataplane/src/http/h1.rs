@@ -69,8 +69,19 @@ pub(super) async fn serve<IO, H, F>(
         // A request's head must be whole within the header timeout, and an
         // idle connection is closed after as long.
         timer.as_mut().reset(Instant::now() + header_timeout);
+        // How far the buffer is known to hold no end of a head: a head that
+        // trickles in is scanned once, and parsed once it is whole, not
+        // parsed again from its start at every read.
+        let mut scanned = 0;
         let req = loop {
-            match parse(&mut buf) {
+            // Most heads come whole in one read: parsed at once.
+            let parsed = if scanned == 0 || head_end(&buf, scanned).is_some() {
+                parse(&mut buf)
+            } else {
+                Parsed::Partial
+            };
+            scanned = buf.len();
+            match parsed {
                 Parsed::Request(req) => break req,
                 Parsed::Partial if buf.len() < MAX_HEAD_BYTES => {}
                 Parsed::Partial | Parsed::Other => {
@@ -174,6 +185,26 @@ async fn read<IO: AsyncRead + Unpin>(
         }
     })
     .await
+}
+
+/// Where the first head in `buf` ends (after its empty line: `\n\n` or
+/// `\n\r\n`, as a parser that takes bare line feeds sees it), looking
+/// only past `scanned`, the length already known to hold no end.
+fn head_end(buf: &[u8], scanned: usize) -> Option<usize> {
+    // The end may straddle what was scanned: look back two bytes.
+    let from = scanned.saturating_sub(2);
+    let mut at = from;
+    while let Some(i) = buf.get(at..)?.iter().position(|b| *b == b'\n') {
+        let lf = at + i;
+        if buf.get(lf + 1) == Some(&b'\n') {
+            return Some(lf + 2);
+        }
+        if buf.get(lf + 1..lf + 3) == Some(&b"\r\n"[..]) {
+            return Some(lf + 3);
+        }
+        at = lf + 1;
+    }
+    None
 }
 
 /// What the front of the read buffer holds.
@@ -647,5 +678,20 @@ mod tests {
         let mut all = String::new();
         r.read_to_string(&mut all).await.unwrap();
         assert_eq!(all, "ahead then the stream");
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_once_whatever_the_pieces() {
+        let head = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+        assert_eq!(head_end(head, 0), Some(head.len()));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: t\n\n", 0), Some(24));
+        // Fed byte by byte, each look starts where the last one stopped.
+        let mut scanned = 0;
+        for end in 1..=head.len() {
+            let found = head_end(&head[..end], scanned);
+            assert_eq!(found.is_some(), end == head.len(), "at {end}");
+            scanned = end;
+        }
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: t\r\n", 0), None);
     }
 }
