@@ -521,6 +521,17 @@ impl ClusterNode {
             ca_key_pem: read(&tdir.join("ca.key"))?,
         };
         let bootstrap_err = |e: ControlError| ClusterError::Bootstrap(e.to_string());
+        // The config before the identity: the data plane follows the
+        // replicated state only once it has an identity, so its first step
+        // is to the whole config, not through an empty one (which would
+        // unbind the file's listeners and drain their members, then bind
+        // them again).
+        if let Some(spec) = initial {
+            control
+                .propose(ClusterCommand::Spec(Command::ReplaceSpec(spec.clone())))
+                .await
+                .map_err(bootstrap_err)?;
+        }
         control
             .propose(ClusterCommand::Init(identity))
             .await
@@ -543,12 +554,6 @@ impl ClusterNode {
             })
             .await
             .map_err(bootstrap_err)?;
-        if let Some(spec) = initial {
-            control
-                .propose(ClusterCommand::Spec(Command::ReplaceSpec(spec.clone())))
-                .await
-                .map_err(bootstrap_err)?;
-        }
         tracing::info!(cluster = %self.file.cluster_id, node = %self.file.name, "bootstrapped a new cluster");
         if let Some(password) = password {
             write_private(&opts.data_dir.join(INITIAL_PASSWORD_FILE), &password)?;

@@ -310,3 +310,21 @@ fn demo_balances_across_its_two_backends() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_goes_from_nothing_to_its_config_once() {
+    let backend = HttpBackend::start("a").await;
+    let port = free_port();
+    let node = KeelProcess::start(&config(port, &members(&[backend.addr])));
+    // Serving, then settled (the config committed and applied).
+    wait_for(Duration::from_secs(5), "serving", || body_at(port).is_some());
+    std::thread::sleep(Duration::from_millis(500));
+    let log = node.log_text();
+    let bound = log
+        .lines()
+        .filter(|l| l.contains("listening") && l.contains(&format!(":{port}")))
+        .count();
+    assert_eq!(bound, 1, "the listener was bound more than once:\n{log}");
+    assert!(!log.contains("listener removed"), "{log}");
+    assert!(!log.contains("member draining"), "{log}");
+}
