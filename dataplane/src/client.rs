@@ -887,6 +887,27 @@ enum Step {
     More,
 }
 
+/// Reads `buf` as a member's answer: its head, then its body by the
+/// framing that head gives (see `crate::fuzz`).
+pub(crate) fn fuzz_response(buf: &mut BytesMut) {
+    let Ok(Some(head)) = parse_head(buf) else {
+        return;
+    };
+    match head.framing(false) {
+        Some(Framing::Chunked(mut state)) => loop {
+            match decode_chunk(&mut state, buf) {
+                Ok(Step::Frame(_) | Step::Next) if !matches!(state, Chunk::Done) => {}
+                _ => return,
+            }
+        },
+        Some(Framing::Length(n)) => {
+            let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            let _ = take_bytes(buf, take);
+        }
+        _ => {}
+    }
+}
+
 /// Decodes the next piece of a chunked body off the front of `buf`.
 fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<Step> {
     match *state {

@@ -37,7 +37,7 @@ use crate::stall::{Stall, WriteStall};
 use crate::tls::Alpn;
 use crate::{sticky, tcp};
 
-mod h1;
+pub(crate) mod h1;
 
 /// The largest request head accepted; a larger one is answered 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;

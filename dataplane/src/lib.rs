@@ -14,6 +14,8 @@ mod balance;
 mod client;
 mod coalesce;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod health;
 mod http;
 mod limit;

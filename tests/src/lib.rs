@@ -8,6 +8,7 @@ pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod delay;
+pub mod fuzz;
 pub mod netns;
 pub mod node;
 pub mod tls;

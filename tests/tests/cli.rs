@@ -317,7 +317,9 @@ async fn a_new_node_goes_from_nothing_to_its_config_once() {
     let port = free_port();
     let node = KeelProcess::start(&config(port, &members(&[backend.addr])));
     // Serving, then settled (the config committed and applied).
-    wait_for(Duration::from_secs(5), "serving", || body_at(port).is_some());
+    wait_for(Duration::from_secs(5), "serving", || {
+        body_at(port).is_some()
+    });
     std::thread::sleep(Duration::from_millis(500));
     let log = node.log_text();
     let bound = log

@@ -20,6 +20,8 @@ mod certs;
 mod elb;
 mod elbv2;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod octavia;
 mod openapi;
 mod sigv4;

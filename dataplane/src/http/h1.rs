@@ -274,6 +274,17 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     Parsed::Request(Box::new(req))
 }
 
+/// Parses what `data` holds as request heads, one after another, the way
+/// [`serve`] does, and settles each one's authority (see `crate::fuzz`).
+pub(crate) fn fuzz_request(data: &[u8]) {
+    let mut buf = BytesMut::from(data);
+    let _ = head_end(&buf, buf.len() / 2);
+    while let Parsed::Request(mut req) = parse(&mut buf) {
+        let _ = crate::route::settle_authority(&mut req);
+        let _ = crate::route::host_of(&req);
+    }
+}
+
 /// Whether a request with this field is served here: not one with a body,
 /// one that changes what the connection does (`Upgrade`, `Expect`,
 /// `Connection` other than `keep-alive`), or one that asks for trailers.
