@@ -710,6 +710,11 @@ impl Head {
     /// member's `Content-Length` fields are unusable.
     fn framing(&self, head_only: bool) -> Option<Framing> {
         let s = self.status;
+        // Malformed framing fields are refused even where no body follows:
+        // a member that sends them cannot be trusted with the next answer.
+        if matches!(self.length, Length::Unusable) || self.chunked == Some(false) {
+            return None;
+        }
         if s == StatusCode::SWITCHING_PROTOCOLS {
             return Some(Framing::Upgraded);
         }

@@ -408,6 +408,12 @@ impl Conn {
         let response = if let Some(status) = oversized(&req) {
             tracing::debug!(client.addr = %self.peer, status = status.as_u16(), "request head too large");
             local_response(status)
+        } else if let Some(status) = refused_coding(&req) {
+            tracing::debug!(client.addr = %self.peer, status = status.as_u16(), "transfer coding refused");
+            let mut r = local_response(status);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
         } else if let Err(why) = route::settle_authority(&mut req) {
             tracing::debug!(client.addr = %self.peer, error = why, "request refused");
             let mut r = local_response(StatusCode::BAD_REQUEST);
@@ -727,6 +733,33 @@ impl Conn {
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Upgrade` with
 /// `Connection: upgrade`), such as `websocket`.
+/// A request's `Transfer-Encoding` must be `chunked` alone, in one field:
+/// Keel decodes the body and sends it on in framing of its own, so any
+/// other coding would reach the member undeclared. Another coding is 501
+/// (RFC 9112 §6.1), `chunked` twice or in two fields 400.
+fn refused_coding(req: &Request<ClientBody>) -> Option<StatusCode> {
+    // Keel's own loop takes no request with a coding.
+    if matches!(req.body(), ClientBody::Empty) {
+        return None;
+    }
+    let mut fields = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    let first = fields.next()?;
+    if fields.next().is_some() {
+        return Some(StatusCode::BAD_REQUEST);
+    }
+    let mut codings = first
+        .as_bytes()
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty());
+    let chunked = |t: &[u8]| t.eq_ignore_ascii_case(b"chunked");
+    match (codings.next(), codings.next()) {
+        (Some(only), None) if chunked(only) => None,
+        (Some(a), Some(b)) if chunked(a) && chunked(b) => Some(StatusCode::BAD_REQUEST),
+        _ => Some(StatusCode::NOT_IMPLEMENTED),
+    }
+}
+
 fn upgrade_asked(req: &Request<ClientBody>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
