@@ -312,6 +312,8 @@ async fn drive<F, E>(
     let mut idle_timer = check.map(|c| Box::pin(tokio::time::sleep(c)));
     // Checks in a row that found no stream open and none opened since.
     let (mut quiet, mut opened) = (0u8, 0u64);
+    // Asked to close for idleness: dropped at the next check if still open.
+    let mut idle_closing = false;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = serving.as_mut().poll(cx) {
             if let Err(e) = r {
@@ -335,19 +337,26 @@ async fn drive<F, E>(
         if let (Some(timer), Some((streams, limit)), Some(period)) =
             (idle_timer.as_mut(), idle.as_ref(), check)
         {
-            while !shutting_down && timer.as_mut().poll(cx).is_ready() {
+            while timer.as_mut().poll(cx).is_ready() {
+                if idle_closing {
+                    // A graceful close waits for the peer to answer its
+                    // PING; a peer that never does is not waited for.
+                    return Poll::Ready(());
+                }
                 let now_opened = streams.opened.load(Relaxed);
                 let idle_now = streams.open.load(Relaxed) == 0 && now_opened == opened;
                 opened = now_opened;
                 quiet = if idle_now { quiet + 1 } else { 0 };
                 if quiet >= 2 {
                     tracing::debug!(client.addr = %peer, timeout = ?limit, "idle http/2 connection closed");
-                    shutdown(serving.as_mut());
-                    shutting_down = true;
+                    if !shutting_down {
+                        shutdown(serving.as_mut());
+                        shutting_down = true;
+                    }
+                    idle_closing = true;
                     cx.waker().wake_by_ref();
-                } else {
-                    timer.as_mut().reset(tokio::time::Instant::now() + period);
                 }
+                timer.as_mut().reset(tokio::time::Instant::now() + period);
             }
         }
         Poll::Pending

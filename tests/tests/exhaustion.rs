@@ -1,0 +1,238 @@
+//! Thousands of peers that go quiet at once cannot exhaust a node: 5,000
+//! idle HTTP/2 connections, 2,000 stalled chunked uploads, 2,000 answers
+//! whose member stalls mid-body and 2,000 clients that stop reading are
+//! each let go at their limit (1 s here), the process's descriptors come
+//! back to where they were, its memory stays bounded, and a good client
+//! keeps getting answers in its usual time all along.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_dataplane::Dataplane;
+use keel_tests::backend::HttpBackend;
+use keel_tests::client::{client, get};
+use keel_tests::{eventually, free_port, spec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// Requests every 10 ms on one keep-alive connection; counts failures and
+/// keeps the slowest answer.
+struct GoodClient {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicU64>,
+    slowest: Arc<Mutex<Duration>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GoodClient {
+    fn start(port: u16) -> Self {
+        let (stop, failures) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let slowest = Arc::new(Mutex::new(Duration::ZERO));
+        let (s, f, sl) = (stop.clone(), failures.clone(), slowest.clone());
+        let task = tokio::spawn(async move {
+            let c = client();
+            while !s.load(SeqCst) {
+                let started = Instant::now();
+                match get(&c, &format!("http://127.0.0.1:{port}/")).await {
+                    Ok((200, _)) => {
+                        let took = started.elapsed();
+                        let mut slowest = sl.lock().unwrap();
+                        *slowest = (*slowest).max(took);
+                    }
+                    _ => {
+                        f.fetch_add(1, SeqCst);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        GoodClient {
+            stop,
+            failures,
+            slowest,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (u64, Duration) {
+        self.stop.store(true, SeqCst);
+        let _ = self.task.await;
+        let slowest = *self.slowest.lock().unwrap();
+        (self.failures.load(SeqCst), slowest)
+    }
+}
+
+/// How many of Keel's ends of connections from `peers` (their local
+/// ports) to its listener `port` are still open (established, or closed
+/// by the peer and not yet by Keel).
+fn still_held(port: u16, peers: &HashSet<u16>) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port_of = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3
+                && port_of(cols[1]) == Some(port)
+                && port_of(cols[2]).is_some_and(|p| peers.contains(&p))
+                && matches!(cols[3], "01" | "08")
+        })
+        .count()
+}
+
+/// A member that sends a head and part of its body, then nothing, until
+/// Keel closes the connection.
+async fn stalling_member() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
+                    .await;
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_quiet_peers_are_let_go_and_cost_nothing_after() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let web = HttpBackend::start("web").await;
+    let stalling = stalling_member().await;
+    let (port, stall_port) = (free_port(), free_port());
+    let dp = Dataplane::new();
+    dp.apply(&spec(&format!(
+        r#"
+load_balancers:
+  - name: lb
+    listeners:
+      - {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: web,
+          header_timeout: 1s, client_timeout: 1s }}
+      - {{ port: {stall_port}, protocol: http, bind: 127.0.0.1, default_pool: stalling,
+          header_timeout: 1s, client_timeout: 1s }}
+pools:
+  - {{ name: web, response_timeout: 1s, members: [ {{ address: "{}" }} ] }}
+  - {{ name: stalling, response_timeout: 1s, members: [ {{ address: "{stalling}" }} ] }}
+"#,
+        web.addr
+    )))
+    .await
+    .unwrap();
+    let good = GoodClient::start(port);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let baseline = open_fds();
+    let rss_before = rss_mib();
+    let mut peak_rss = rss_before;
+
+    type Phase = (&'static str, u16, usize, &'static [u8]);
+    // An HTTP/2 preface and empty SETTINGS, then nothing.
+    const H2: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let phases: [Phase; 4] = [
+        ("idle HTTP/2 connections", port, 5000, H2),
+        (
+            "stalled chunked uploads",
+            port,
+            2000,
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        ),
+        (
+            "members stalled mid-body",
+            stall_port,
+            2000,
+            b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+        ),
+        (
+            "clients that stop reading",
+            port,
+            2000,
+            b"GET /download/50000000 HTTP/1.1\r\nHost: t\r\n\r\n",
+        ),
+    ];
+    for (what, target, count, opening) in phases {
+        let started = Instant::now();
+        let mut peers = Vec::with_capacity(count);
+        let mut ports = HashSet::with_capacity(count);
+        for _ in 0..count {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            // A small window, as a phone's: a client that stops reading
+            // fills it soon.
+            socket.set_recv_buffer_size(16 * 1024).unwrap();
+            let mut s = socket
+                .connect(([127, 0, 0, 1], target).into())
+                .await
+                .unwrap();
+            s.write_all(opening).await.unwrap();
+            ports.insert(s.local_addr().unwrap().port());
+            peers.push(s);
+        }
+        let opened = started.elapsed();
+        // The peers stay quiet (and unread) while Keel lets them go.
+        let mut held = count;
+        let waited = Instant::now();
+        while held > 0 && waited.elapsed() < Duration::from_secs(15) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            peak_rss = peak_rss.max(rss_mib());
+            held = still_held(target, &ports);
+        }
+        assert_eq!(held, 0, "{what}: {held} of {count} still held after 15 s");
+        drop(peers);
+        eventually(
+            Duration::from_secs(5),
+            "descriptors back to baseline",
+            || async move { open_fds() <= baseline },
+        )
+        .await;
+        println!(
+            "{what}: {count} opened in {opened:?}, all let go {:?} after the last; RSS {} MiB",
+            waited.elapsed(),
+            rss_mib()
+        );
+    }
+    let (failures, slowest) = good.finish().await;
+    println!(
+        "RSS {rss_before} MiB before, {peak_rss} MiB at most; good client slowest {slowest:?}"
+    );
+    assert_eq!(failures, 0, "the good client saw failures");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "good client's slowest answer: {slowest:?}"
+    );
+    assert!(
+        peak_rss < rss_before + 512,
+        "RSS grew from {rss_before} to {peak_rss} MiB"
+    );
+}
