@@ -17,7 +17,7 @@ use keel_tests::backend::HttpBackend;
 use keel_tests::client::{client, get};
 use keel_tests::{eventually, free_port, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
