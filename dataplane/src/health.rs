@@ -118,8 +118,10 @@ async fn probe(member: &MemberState, with: &Probe) -> Result<(), String> {
     };
     let _ = stream.set_nodelay(true);
     // A member that expects a PROXY header on every connection gets one
-    // that names no client, as a check is Keel's own connection.
-    if let Some(version) = with.proxy_protocol {
+    // that names no client, as a check is Keel's own connection. A check
+    // on another port (`port`) reaches something else, which was not
+    // said to take one (HAProxy's `send-proxy` rule for checks).
+    if let Some(version) = with.proxy_protocol.filter(|_| target == member.address) {
         stream
             .write_all(&proxy_protocol::encode_local(version))
             .await

@@ -354,3 +354,32 @@ async fn checks_send_the_pools_proxy_header_and_read_answers_as_traffic_does() {
         assert_eq!((status, body.as_str()), (200, "ok"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_on_another_port_sends_no_proxy_header() {
+    // The members take PROXY headers on their traffic port; their health
+    // endpoint is a plain HTTP server on another port.
+    let health = HttpBackend::start("health").await;
+    let echo = EchoBackend::start().await;
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&format!(
+        "load_balancers:\n  - {{ name: l4, listeners: [ {{ port: {port}, protocol: tcp, bind: 127.0.0.1, default_pool: p }} ] }}\n\
+         pools:\n  - {{ name: p, proxy_protocol: v1, health_check: {{ type: http, path: /health, port: {}, \
+         interval: {INTERVAL_MS}ms, timeout: 150ms, healthy_threshold: 1, unhealthy_threshold: 1 }}, \
+         members: [ {{ address: \"{}\" }} ] }}\n",
+        health.addr.port(),
+        echo.addr
+    )))
+    .await
+    .unwrap();
+    let checks = health.health_checks();
+    let health = &health;
+    eventually(
+        Duration::from_secs(3),
+        "two checks answered",
+        || async move { health.health_checks() >= checks + 2 },
+    )
+    .await;
+    assert!(healthy(&dp, echo.addr), "{:?}", dp.members());
+}
