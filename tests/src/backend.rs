@@ -273,3 +273,26 @@ impl Drop for EchoBackend {
         self.stop.cancel();
     }
 }
+
+/// A member that answers each request with a head promising 1000 bytes
+/// and sends 7 of them (`partial`), then nothing until the connection is
+/// closed: a member stalled mid-body.
+pub async fn stalling_member() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
+                    .await;
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}

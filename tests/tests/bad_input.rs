@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use keel_dataplane::Dataplane;
 use keel_tests::backend::{EchoBackend, HttpBackend};
 use keel_tests::client::{client, get};
-use keel_tests::{free_port, spec};
+use keel_tests::{free_port, raise_fd_limit, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -49,13 +49,6 @@ pools:
         _echo: echo,
         http,
         tcp,
-    }
-}
-
-fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

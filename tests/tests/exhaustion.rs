@@ -13,15 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_dataplane::Dataplane;
-use keel_tests::backend::HttpBackend;
+use keel_tests::backend::{stalling_member, HttpBackend};
 use keel_tests::client::{client, get};
-use keel_tests::{eventually, free_port, spec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
-}
+use keel_tests::{eventually, free_port, open_fds, raise_fd_limit, spec};
+use tokio::io::AsyncWriteExt;
 
 fn rss_mib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -113,31 +108,9 @@ fn still_held(port: u16, peers: &HashSet<u16>) -> usize {
         .count()
 }
 
-/// A member that sends a head and part of its body, then nothing, until
-/// Keel closes the connection.
-async fn stalling_member() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
-                    .await;
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_quiet_peers_are_let_go_and_cost_nothing_after() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let hard = getrlimit(Resource::RLIMIT_NOFILE).map_or(4096, |(_, hard)| hard);
-    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    let hard = raise_fd_limit();
     // Up to three descriptors per peer live in this process (the peer's
     // end, Keel's, and a member connection's two ends for some): a machine
     // with a lower limit runs fewer peers, and says so.

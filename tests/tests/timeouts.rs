@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_dataplane::Dataplane;
-use keel_tests::backend::HttpBackend;
-use keel_tests::{eventually, free_port, spec};
+use keel_tests::backend::{stalling_member, HttpBackend};
+use keel_tests::{eventually, free_port, open_fds, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -52,11 +52,6 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, Dura
     })
     .await;
     (out, started.elapsed())
-}
-
-/// This process's open file descriptors (the data plane runs in it).
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,21 +133,7 @@ async fn a_client_that_stops_reading_is_let_go() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_stalls_mid_body_is_cut_at_its_limit() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
-                    .await;
-                // Then nothing, for longer than any test runs.
-                tokio::time::sleep(Duration::from_secs(600)).await;
-            });
-        }
-    });
+    let addr = stalling_member().await;
     let (port, _dp) = keel_before(addr).await;
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
