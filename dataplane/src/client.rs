@@ -25,7 +25,7 @@ use tokio_util::io::poll_read_buf;
 use crate::coalesce::Defer;
 use crate::http::{Forwarding, Outbound, RequestBody, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::tcp::Upstream;
-use crate::wire;
+use crate::wire::{self, decode_chunk, parse_length, take_bytes, Chunk, Step};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -33,8 +33,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const WRITE_AHEAD: usize = 64 * 1024;
 /// How much the read buffer grows by at a time.
 const READ_CHUNK: usize = 8 * 1024;
-/// The longest chunk-size line (with extensions) accepted from a member.
-const MAX_CHUNK_LINE: usize = 1024;
 
 /// An HTTP/1.1 connection to a member, idle or carrying one exchange.
 pub(crate) struct Conn {
@@ -694,17 +692,6 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     }))
 }
 
-/// A `Content-Length` value, if it is one: decimal digits only (no sign,
-/// no spaces inside, no list), without overflow (RFC 9112 §6.3).
-pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    value.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
 impl Head {
     /// How the body is delimited (RFC 9112 §6.3); `None` when the
     /// member's `Content-Length` fields are unusable.
@@ -740,17 +727,6 @@ enum Framing {
     Close,
     /// The connection left HTTP (101): it is handed over whole.
     Upgraded,
-}
-
-/// Where a chunked body's decoder stands.
-#[derive(Clone, Copy)]
-enum Chunk {
-    Size,
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    Trailers,
-    Done,
 }
 
 /// A member's response body, read off the connection as it is polled.
@@ -882,16 +858,6 @@ impl Body for ResponseBody {
     }
 }
 
-/// What one step of decoding a chunked body gave.
-enum Step {
-    /// Data or trailers for the client.
-    Frame(Frame<Bytes>),
-    /// Bytes were consumed and the state moved on: decode again.
-    Next,
-    /// More bytes are needed.
-    More,
-}
-
 /// Reads `buf` as a member's answer: its head, then its body by the
 /// framing that head gives (see `crate::fuzz`).
 pub(crate) fn fuzz_response(buf: &mut BytesMut) {
@@ -910,123 +876,6 @@ pub(crate) fn fuzz_response(buf: &mut BytesMut) {
             let _ = take_bytes(buf, take);
         }
         _ => {}
-    }
-}
-
-/// Decodes the next piece of a chunked body off the front of `buf`.
-fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<Step> {
-    match *state {
-        Chunk::Size => {
-            let Some(end) = find_crlf(buf) else {
-                if buf.len() > MAX_CHUNK_LINE {
-                    return Err(invalid("chunk size line too long"));
-                }
-                return Ok(Step::More);
-            };
-            let line = &buf[..end];
-            let digits = line
-                .iter()
-                .position(|b| !b.is_ascii_hexdigit())
-                .unwrap_or(line.len());
-            let extension = line[digits..].first();
-            if digits == 0
-                || digits > 15
-                || extension.is_some_and(|b| !matches!(b, b';' | b' ' | b'\t'))
-            {
-                return Err(invalid("malformed chunk size"));
-            }
-            let size = line[..digits]
-                .iter()
-                .fold(0u64, |n, b| n * 16 + u64::from(hex_value(*b)));
-            buf.advance(end + 2);
-            *state = if size == 0 {
-                Chunk::Trailers
-            } else {
-                Chunk::Data(size)
-            };
-            Ok(Step::Next)
-        }
-        Chunk::Data(left) => {
-            if buf.is_empty() {
-                return Ok(Step::More);
-            }
-            let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let data = take_bytes(buf, take);
-            let left = left - take as u64;
-            *state = if left == 0 {
-                Chunk::DataEnd
-            } else {
-                Chunk::Data(left)
-            };
-            Ok(Step::Frame(Frame::data(data)))
-        }
-        Chunk::DataEnd => {
-            if buf.len() < 2 {
-                return Ok(Step::More);
-            }
-            if &buf[..2] != b"\r\n" {
-                return Err(invalid("chunk data not followed by CRLF"));
-            }
-            buf.advance(2);
-            *state = Chunk::Size;
-            Ok(Step::Next)
-        }
-        Chunk::Trailers => {
-            if buf.starts_with(b"\r\n") {
-                buf.advance(2);
-                *state = Chunk::Done;
-                return Ok(Step::Next);
-            }
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let (len, trailers) = match httparse::parse_headers(buf, &mut fields) {
-                Ok(httparse::Status::Complete((len, fields))) => {
-                    let mut trailers = HeaderMap::new();
-                    for f in fields.iter() {
-                        let name = HeaderName::from_bytes(f.name.as_bytes())
-                            .map_err(|_| invalid("malformed trailer name"))?;
-                        let value = HeaderValue::from_bytes(f.value)
-                            .map_err(|_| invalid("malformed trailer value"))?;
-                        trailers.append(name, value);
-                    }
-                    (len, trailers)
-                }
-                Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => {
-                    return Ok(Step::More)
-                }
-                _ => return Err(invalid("malformed trailers")),
-            };
-            buf.advance(len);
-            *state = Chunk::Done;
-            Ok(Step::Frame(Frame::trailers(trailers)))
-        }
-        Chunk::Done => Ok(Step::Next),
-    }
-}
-
-/// Bodies up to this size are copied out of the read buffer rather than
-/// split off it, so the buffer stays the connection's own and is reused.
-const COPY_BELOW: usize = 4096;
-
-/// The first `n` bytes of `buf`, as body data.
-fn take_bytes(buf: &mut BytesMut, n: usize) -> Bytes {
-    if n < COPY_BELOW {
-        let data = Bytes::copy_from_slice(&buf[..n]);
-        buf.advance(n);
-        data
-    } else {
-        buf.split_to(n).freeze()
-    }
-}
-
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
-}
-
-fn hex_value(b: u8) -> u8 {
-    match b {
-        b'0'..=b'9' => b - b'0',
-        b'a'..=b'f' => b - b'a' + 10,
-        _ => b - b'A' + 10,
     }
 }
 
@@ -1074,64 +923,6 @@ impl AsyncWrite for Upgraded {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decode_all(input: &[u8]) -> io::Result<(Vec<u8>, Option<HeaderMap>, Chunk)> {
-        let mut buf = BytesMut::from(input);
-        let mut state = Chunk::Size;
-        let mut data = Vec::new();
-        let mut trailers = None;
-        while !matches!(state, Chunk::Done) {
-            match decode_chunk(&mut state, &mut buf)? {
-                Step::Frame(f) => match f.into_data() {
-                    Ok(d) => data.extend_from_slice(&d),
-                    Err(f) => trailers = f.into_trailers().ok(),
-                },
-                Step::Next => {}
-                Step::More => break,
-            }
-        }
-        Ok((data, trailers, state))
-    }
-
-    #[test]
-    fn chunked_bodies_decode_with_extensions_and_trailers() {
-        let (data, trailers, state) =
-            decode_all(b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\ngrpc-status: 0\r\n\r\n")
-                .unwrap();
-        assert_eq!(data, b"hello0123456789");
-        assert!(matches!(state, Chunk::Done));
-        let trailers = trailers.unwrap();
-        assert_eq!(trailers["grpc-status"], "0");
-        let (data, trailers, state) = decode_all(b"3\r\nabc\r\n0\r\n\r\n").unwrap();
-        assert_eq!(data, b"abc");
-        assert!(trailers.is_none() && matches!(state, Chunk::Done));
-    }
-
-    #[test]
-    fn an_incomplete_chunked_body_waits_for_more() {
-        let (data, _, state) = decode_all(b"5\r\nhel").unwrap();
-        assert_eq!(data, b"hel");
-        assert!(matches!(state, Chunk::Data(2)));
-    }
-
-    #[test]
-    fn malformed_chunk_sizes_are_refused() {
-        for bad in [
-            &b"zz\r\n"[..],
-            b"\r\n",
-            b"1234567890abcdef0\r\n",
-            b"3\r\nabcXY",
-            b"-1\r\n",
-        ] {
-            assert!(
-                decode_all(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        let long = vec![b'1'; MAX_CHUNK_LINE + 10];
-        assert!(decode_all(&long).is_err());
-    }
 
     #[test]
     fn response_framing_follows_rfc_9112() {

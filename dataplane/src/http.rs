@@ -17,7 +17,6 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keel_model::{HashOn, HttpVersion, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -124,15 +123,11 @@ pub(crate) async fn serve<IO>(
     // moving it (hyper moves each request's future into place) stays cheap.
     match mode {
         Mode::Http1 => {
-            // Set when the listener closes: the loop (or hyper, once it has
-            // the connection) finishes the request under way and closes.
+            // Set when the listener closes: the loop finishes the request
+            // under way and closes.
             let stop = Arc::new(AtomicBool::new(false));
-            let hyper = {
-                let (conn, stop) = (conn.clone(), stop.clone());
-                move |io| serve_http1(io, conn, header_timeout, stop)
-            };
             let serving = async {
-                h1::serve(stream, conn, header_timeout, stop.clone(), hyper).await;
+                h1::serve(stream, conn, header_timeout, stop.clone()).await;
                 Ok::<_, Infallible>(())
             };
             tokio::pin!(serving);
@@ -169,49 +164,6 @@ pub(crate) async fn serve<IO>(
             let idle = Some((streams, header_timeout));
             drive(serving, |c| c.graceful_shutdown(), peer, closing, cut, idle).await;
         }
-    }
-}
-
-/// Serves the rest of an HTTP/1 connection with hyper: the first request
-/// [`h1`] leaves to it and every one after. When `stop` is set, hyper
-/// finishes the request under way and closes.
-async fn serve_http1<IO>(
-    io: h1::Stream<IO>,
-    conn: Arc<Conn>,
-    header_timeout: Duration,
-    stop: Arc<AtomicBool>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADERS)
-        .keep_alive(true);
-    let peer = conn.peer;
-    let service = service_fn(move |req: Request<Incoming>| {
-        let conn = conn.clone();
-        let req = Box::new(req.map(ClientBody::Hyper));
-        async move { Ok::<_, Infallible>(conn.handle(req).await) }
-    });
-    // With upgrades: a websocket leaves this connection for a tunnel.
-    let serving = builder
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    tokio::pin!(serving);
-    let mut stopping = false;
-    let served = std::future::poll_fn(|cx| {
-        if !stopping && stop.load(Relaxed) {
-            stopping = true;
-            serving.as_mut().graceful_shutdown();
-        }
-        serving.as_mut().poll(cx)
-    })
-    .await;
-    if let Err(e) = served {
-        tracing::debug!(client.addr = %peer, error = %e, "http connection ended");
     }
 }
 
@@ -417,12 +369,6 @@ impl Conn {
         let response = if let Some(status) = oversized(&req) {
             tracing::debug!(client.addr = %self.peer, status = status.as_u16(), "request head too large");
             local_response(status)
-        } else if let Some(status) = refused_coding(&req) {
-            tracing::debug!(client.addr = %self.peer, status = status.as_u16(), "transfer coding refused");
-            let mut r = local_response(status);
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            r
         } else if let Err(why) = route::settle_authority(&mut req) {
             tracing::debug!(client.addr = %self.peer, error = why, "request refused");
             let mut r = local_response(StatusCode::BAD_REQUEST);
@@ -499,7 +445,8 @@ impl Conn {
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let mut req = req;
-        let upgrade = upgrade_asked(&req).map(|proto| (proto, hyper::upgrade::on(&mut *req)));
+        let upgrade =
+            upgrade_asked(&req).and_then(|proto| Some((proto, h1::ClientUpgrade::take(&mut req)?)));
         let (mut parts, mut body) = (*req).into_parts();
         // A chunked body's first chunk is read before any member is chosen:
         // a malformed chunk size is answered 400 and nothing is forwarded.
@@ -522,7 +469,7 @@ impl Conn {
                     })
                 }
                 Ok(Some(Ok(frame))) => first = Some(frame),
-                Ok(Some(Err(e))) => return Err(ProxyError::ClientBody { source: e.into() }),
+                Ok(Some(Err(e))) => return Err(ProxyError::ClientBody { source: e }),
                 Ok(None) => {}
             }
         }
@@ -656,7 +603,7 @@ impl Conn {
         &self,
         sender: Sender,
         out: Box<Outbound>,
-        client_side: OnUpgrade,
+        client_side: h1::ClientUpgrade,
         guard: Outstanding,
         listener: &ListenerPlan,
         pool: &PoolPlan,
@@ -709,8 +656,8 @@ impl Conn {
         self.tunnels.spawn(async move {
             let _open = open;
             stats.tunnels.fetch_add(1, Relaxed);
-            let client = match client_side.await {
-                Ok(c) => TokioIo::new(c),
+            let client = match client_side.connection().await {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(client.addr = %peer, error = %e, "upgrade not completed");
                     stats.tunnels.fetch_sub(1, Relaxed);
@@ -742,33 +689,6 @@ impl Conn {
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Upgrade` with
 /// `Connection: upgrade`), such as `websocket`.
-/// A request's `Transfer-Encoding` must be `chunked` alone, in one field:
-/// Keel decodes the body and sends it on in framing of its own, so any
-/// other coding would reach the member undeclared. Another coding is 501
-/// (RFC 9112 §6.1), `chunked` twice or in two fields 400.
-fn refused_coding(req: &Request<ClientBody>) -> Option<StatusCode> {
-    // Keel's own loop takes no request with a coding.
-    if matches!(req.body(), ClientBody::Empty) {
-        return None;
-    }
-    let mut fields = req.headers().get_all(header::TRANSFER_ENCODING).iter();
-    let first = fields.next()?;
-    if fields.next().is_some() {
-        return Some(StatusCode::BAD_REQUEST);
-    }
-    let mut codings = first
-        .as_bytes()
-        .split(|b| *b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty());
-    let chunked = |t: &[u8]| t.eq_ignore_ascii_case(b"chunked");
-    match (codings.next(), codings.next()) {
-        (Some(only), None) if chunked(only) => None,
-        (Some(a), Some(b)) if chunked(a) && chunked(b) => Some(StatusCode::BAD_REQUEST),
-        _ => Some(StatusCode::NOT_IMPLEMENTED),
-    }
-}
-
 fn upgrade_asked(req: &Request<ClientBody>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
@@ -1045,8 +965,8 @@ async fn deliver(
     }
 }
 
-/// hyper bounds its read buffer, but a head that arrives whole can exceed
-/// it; these limits hold however the bytes arrive.
+/// The limits on a head, for both servers (hyper's HTTP/2 one bounds only
+/// its header list): they hold however the bytes arrive.
 fn oversized(req: &Request<ClientBody>) -> Option<StatusCode> {
     let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len())
         + req.uri().authority().map_or(0, |a| a.as_str().len());
@@ -1330,29 +1250,32 @@ fn local_response(status: StatusCode) -> Response<ProxyBody> {
     r
 }
 
-/// A request's body as it comes from the client: hyper's, or none (the
-/// requests [`h1`] serves have none).
+/// A request's body as it comes from the client: read by [`h1`], by
+/// hyper's HTTP/2 server, or none.
 pub(crate) enum ClientBody {
+    Http1(h1::Upload),
     Hyper(Incoming),
     Empty,
 }
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Http1(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             ClientBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
+            ClientBody::Http1(b) => b.is_end_stream(),
             ClientBody::Hyper(b) => b.is_end_stream(),
             ClientBody::Empty => true,
         }
@@ -1360,6 +1283,7 @@ impl Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            ClientBody::Http1(b) => b.size_hint(),
             ClientBody::Hyper(b) => b.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
         }
@@ -1435,7 +1359,7 @@ impl Body for RequestBody {
                 }
             }
         }
-        Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

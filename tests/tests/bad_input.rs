@@ -247,9 +247,9 @@ async fn half_open_flood_does_not_starve_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_attempts_are_refused_and_never_forwarded() {
     let f = fixture().await;
-    // Both Content-Length and Transfer-Encoding: hyper lets the chunked
-    // coding decide, drops Content-Length before Keel sees the request, and
-    // closes the connection after the response (RFC 9112 §6.3). The member
+    // Both Content-Length and Transfer-Encoding: the chunked coding
+    // decides, Content-Length is dropped before forwarding, and the
+    // connection closes after the response (RFC 9112 §6.3). The member
     // gets one well-framed request; what follows the body is never read.
     let before = f._web.hits();
     let r = exchange(
@@ -267,7 +267,7 @@ async fn smuggling_attempts_are_refused_and_never_forwarded() {
     assert!(!seen.contains("content-length"), "{seen}");
 
     // Two equal Content-Length lines are one length (RFC 9110 §8.6 lets a
-    // recipient collapse them; hyper does, before Keel sees the request):
+    // recipient collapse them):
     // nothing is ambiguous, the member gets one request with one length.
     let before = f._web.hits();
     let r = exchange(

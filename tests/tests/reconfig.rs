@@ -345,6 +345,8 @@ async fn a_quiesced_listener_ignores_new_connections_and_finishes_old_ones() {
         .unwrap();
     let mut answer = String::new();
     open.read_to_string(&mut answer).await.unwrap();
-    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    // Answered as HTTP/1.1, the highest version of the client's major one
+    // (RFC 9110 §2.5), as nginx does.
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     dp.shutdown(Duration::from_secs(1)).await;
 }
