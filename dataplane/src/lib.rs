@@ -31,6 +31,7 @@ mod sticky;
 mod tcp;
 mod tls;
 mod wire;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -48,6 +49,7 @@ use tokio_util::task::TaskTracker;
 pub use error::{ApplyError, ProxyError, Retry, Side};
 pub use http::{MAX_HEADERS, MAX_HEAD_BYTES, MAX_URI_BYTES};
 pub use metrics::BUCKETS as LATENCY_BUCKETS;
+pub use workers::{default_count as default_workers, Workers};
 
 use balance::Balancer;
 use coalesce::Coalesce;
@@ -60,6 +62,9 @@ pub struct Dataplane {
     plan: SharedPlan,
     registry: tokio::sync::Mutex<Registry>,
     connections: TaskTracker,
+    /// Where connections are served: these threads, each with sockets of
+    /// its own for every listener; without them, the runtime that applies.
+    workers: Option<Workers>,
 }
 
 /// What outlives plans: bound sockets, member state, health checkers, counters.
@@ -83,9 +88,9 @@ struct RunningListener {
     /// Makes the listening socket drop new connection attempts silently
     /// while it still accepts what completed (see [`Dataplane::quiesce`]).
     quiet: CancellationToken,
-    /// Cancelled by the accept loop once it is quiet and has taken every
-    /// connection that was already waiting to be accepted.
-    quieted: CancellationToken,
+    /// One per accept loop (one per worker), cancelled once it is quiet and
+    /// has taken every connection that was already waiting to be accepted.
+    quieted: Vec<CancellationToken>,
     /// Asks established connections to finish what they are doing and close.
     closing: CancellationToken,
     /// Closes established connections at once.
@@ -164,12 +169,24 @@ impl Default for Dataplane {
 }
 
 impl Dataplane {
-    /// An engine serving nothing until the first [`apply`](Self::apply).
+    /// An engine serving nothing until the first [`apply`](Self::apply),
+    /// its connections on the runtime that applies.
     pub fn new() -> Self {
         Dataplane {
             plan: Arc::new(ArcSwap::from_pointee(Plan::default())),
             registry: tokio::sync::Mutex::new(Registry::default()),
             connections: TaskTracker::new(),
+            workers: None,
+        }
+    }
+
+    /// An engine whose connections are served on `workers`, each accepting
+    /// on a socket of its own; health checks and the rest stay on the
+    /// runtime that applies.
+    pub fn with_workers(workers: Workers) -> Self {
+        Dataplane {
+            workers: Some(workers),
+            ..Self::new()
         }
     }
 
@@ -229,11 +246,13 @@ impl Dataplane {
         let mut fresh = Vec::new();
         for (&addr, (lb, _)) in &wanted {
             if !reg.listeners.contains_key(&addr) {
-                let socket = bind(addr, lb.vip.is_some()).map_err(|source| ApplyError::Bind {
-                    lb: lb.name.clone(),
-                    addr,
-                    source,
-                })?;
+                let copies = self.workers.as_ref().map_or(1, Workers::len);
+                let socket =
+                    bind(addr, lb.vip.is_some(), copies).map_err(|source| ApplyError::Bind {
+                        lb: lb.name.clone(),
+                        addr,
+                        source,
+                    })?;
                 fresh.push((addr, socket));
             }
         }
@@ -379,13 +398,15 @@ impl Dataplane {
     fn start_listener(
         &self,
         addr: SocketAddr,
-        socket: TcpListener,
+        sockets: Vec<std::net::TcpListener>,
         pool: Option<&str>,
     ) -> RunningListener {
+        let quieted: Vec<CancellationToken> =
+            sockets.iter().map(|_| CancellationToken::new()).collect();
         let running = RunningListener {
             stop: CancellationToken::new(),
             quiet: CancellationToken::new(),
-            quieted: CancellationToken::new(),
+            quieted: quieted.clone(),
             closing: CancellationToken::new(),
             cut: CancellationToken::new(),
             drain_timeout: self
@@ -397,20 +418,30 @@ impl Dataplane {
                     p.spec.drain_timeout
                 }),
         };
-        tracing::info!(listener = %addr, "listening");
-        tokio::spawn(accept_loop(
-            socket,
-            addr,
-            self.plan.clone(),
-            self.connections.clone(),
-            ListenerSignals {
-                stop: running.stop.clone(),
-                quiet: running.quiet.clone(),
-                quieted: running.quieted.clone(),
-                closing: running.closing.clone(),
-                cut: running.cut.clone(),
-            },
-        ));
+        tracing::info!(listener = %addr, accept_loops = sockets.len(), "listening");
+        for (i, (socket, quieted)) in sockets.into_iter().zip(quieted).enumerate() {
+            let accepting = accept_loop(
+                socket,
+                addr,
+                self.plan.clone(),
+                self.connections.clone(),
+                ListenerSignals {
+                    stop: running.stop.clone(),
+                    quiet: running.quiet.clone(),
+                    quieted,
+                    closing: running.closing.clone(),
+                    cut: running.cut.clone(),
+                },
+            );
+            match &self.workers {
+                Some(w) => {
+                    w.handles()[i % w.len()].spawn(accepting);
+                }
+                None => {
+                    tokio::spawn(accepting);
+                }
+            }
+        }
         running
     }
 
@@ -420,7 +451,7 @@ impl Dataplane {
     /// to finish, so none is mid-request when the address goes. Returns how
     /// many were still open.
     pub async fn quiesce(&self, ips: &[IpAddr], wait: Duration) -> i64 {
-        let (stats, quieted): (Vec<Arc<ListenerStats>>, Vec<CancellationToken>) = {
+        let (stats, quieted): (Vec<Arc<ListenerStats>>, Vec<Vec<CancellationToken>>) = {
             let reg = self.registry.lock().await;
             reg.listeners
                 .iter()
@@ -431,6 +462,7 @@ impl Dataplane {
                 })
                 .unzip()
         };
+        let quieted: Vec<CancellationToken> = quieted.into_iter().flatten().collect();
         let deadline = tokio::time::Instant::now() + wait;
         // Connections already queued count too: wait until every accept
         // loop has taken its queue, then for the connections to finish.
@@ -874,11 +906,30 @@ impl RunningListener {
     }
 }
 
-/// Binds a listening socket. VIP listeners use `IP_FREEBIND`, so they bind
-/// before the address is on an interface and serve the moment it arrives.
-fn bind(addr: SocketAddr, freebind: bool) -> std::io::Result<TcpListener> {
+/// Binds `copies` listening sockets to `addr`, one per worker: with more
+/// than one, `SO_REUSEPORT` and the kernel spreads new connections over
+/// them. VIP listeners use `IP_FREEBIND`, so they bind before the address
+/// is on an interface and serve the moment it arrives.
+fn bind(
+    addr: SocketAddr,
+    freebind: bool,
+    copies: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    (0..copies.max(1))
+        .map(|_| bind_one(addr, freebind, copies > 1))
+        .collect()
+}
+
+fn bind_one(
+    addr: SocketAddr,
+    freebind: bool,
+    shared: bool,
+) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
         if freebind {
@@ -890,16 +941,24 @@ fn bind(addr: SocketAddr, freebind: bool) -> std::io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 async fn accept_loop(
-    socket: TcpListener,
+    socket: std::net::TcpListener,
     bind: SocketAddr,
     plan: SharedPlan,
     connections: TaskTracker,
     signals: ListenerSignals,
 ) {
+    // Registered with the runtime this loop runs on: its worker's.
+    let socket = match TcpListener::from_std(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(listener = %bind, error = %e, "cannot accept on the listening socket");
+            return;
+        }
+    };
     let ListenerSignals {
         stop,
         quiet,

@@ -387,10 +387,15 @@ pub struct RunArgs {
     pub leave: bool,
     #[arg(long, env = "KEEL_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
-    /// Proxy worker threads (default: one per CPU). With 1, the node runs
-    /// on a single-threaded scheduler, which costs less per request.
-    #[arg(long, env = "KEEL_WORKERS")]
+    /// Proxy worker threads (default: one per CPU this process may use),
+    /// each a single-threaded scheduler with listening sockets of its own.
+    /// The control plane runs on threads of its own beside them.
+    #[arg(long, env = "KEEL_WORKERS", value_parser = parse_workers)]
     pub workers: Option<usize>,
+    /// Pin each proxy worker to a CPU of its own (round robin over the CPUs
+    /// this process may use).
+    #[arg(long, env = "KEEL_CPU_AFFINITY")]
+    pub cpu_affinity: bool,
     /// Serve the AWS-compatible ELBv2 Query API (SigV4, keys from
     /// `keel aws-key create`) on this address; off when unset.
     #[arg(long, env = "KEEL_AWS_API_ADDR")]
@@ -474,4 +479,14 @@ pub struct DemoArgs {
 fn humantime_arg(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 2s, 1m)"))
+}
+
+/// A worker count: 1 to 1024.
+fn parse_workers(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a number of workers from 1 to 1024"
+        )),
+    }
 }

@@ -42,7 +42,10 @@ pub struct NodeConfig {
     pub leave: bool,
     pub vip_interface: Option<String>,
     pub log_format: LogFormat,
+    /// Data plane worker threads (default: one per CPU this process may use).
     pub workers: Option<usize>,
+    /// Pin each worker to a CPU of its own.
+    pub cpu_affinity: bool,
     /// The AWS-compatible API's address and region, when it is on.
     pub aws_api: Option<(SocketAddr, String)>,
     /// The Octavia-compatible API's address, when it is on.
@@ -89,6 +92,7 @@ impl TryFrom<RunArgs> for NodeConfig {
             vip_interface: a.vip_interface,
             log_format: a.log_format,
             workers: a.workers,
+            cpu_affinity: a.cpu_affinity,
             aws_api: a.aws_api_addr.map(|addr| (addr, a.aws_region)),
             octavia_api: a.octavia_api_addr,
         })
@@ -237,7 +241,23 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     raise_fd_limit();
     let opts = &config.cluster;
     let mut node = cluster::start(opts).await?;
-    let dataplane = Arc::new(Dataplane::new());
+    // The data plane's workers, apart from the runtime this runs on: the
+    // control plane (Raft, gossip, health checks, the APIs) stays here.
+    let count = config
+        .workers
+        .unwrap_or_else(keel_dataplane::default_workers);
+    let workers = keel_dataplane::Workers::start(count, config.cpu_affinity).map_err(|source| {
+        NodeError::Io {
+            what: format!("starting {count} data plane workers"),
+            source,
+        }
+    })?;
+    tracing::info!(
+        workers = count,
+        pinned = config.cpu_affinity,
+        "data plane workers started"
+    );
+    let dataplane = Arc::new(Dataplane::with_workers(workers));
     let control = cluster::Control::new(&node, opts, dataplane.clone())?;
     if let (true, Some(spec)) = (node.bootstrapped, &initial) {
         // A new cluster's first config must be servable here, or the node

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
                 }
             };
             keel::init_logging(config.log_format);
-            runtime(config.workers).and_then(|rt| rt.block_on(keel::run(config)))
+            control_runtime().and_then(|rt| rt.block_on(keel::run(config)))
         }
         Command::HashPassword => return keel::appliance::hash_password_stdin(),
         Command::Appliance { command } => return keel::appliance::run(command),
@@ -67,6 +67,16 @@ fn report(e: &anyhow::Error) -> String {
         }
     }
     text
+}
+
+/// The control plane's runtime: two threads, whatever the data plane's
+/// workers are doing (they run on threads of their own).
+fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("keel-control")
+        .enable_all()
+        .build()?)
 }
 
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {

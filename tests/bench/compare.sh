@@ -3,8 +3,8 @@
 #
 #   tests/bench/compare.sh [seconds per run, default 10]
 #
-# Every proxy gets one worker thread (HAProxy nbthread 1, nginx
-# worker_processes 1, keel --workers 1), keep-alive to clients and reused
+# Every proxy gets WORKERS workers (default 1: HAProxy nbthread, nginx
+# worker_processes, keel --workers), keep-alive to clients and reused
 # connections to the two backends, no access logs, and the same request
 # headers added for the members (X-Forwarded-For, -Proto, -Port and
 # Forwarded, which Keel always adds). wrk is the client.
@@ -22,6 +22,7 @@ cd "$(dirname "$0")/../.."
 SECS=${1:-10}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-1}
+WORKERS=${WORKERS:-1}
 
 . tests/bench/lib.sh
 bench_need haproxy=haproxy nginx=nginx-light wrk=wrk \
@@ -39,7 +40,7 @@ bench_backends 1800 "location = /big { root $work/www; }"
 # HAProxy: L7 on 18081, L4 on 18091.
 cat > "$work/haproxy.cfg" <<CONF
 global
-  nbthread 1
+  nbthread $WORKERS
   maxconn 8000
 defaults
   timeout connect 5s
@@ -70,7 +71,7 @@ pid[haproxy]=$!
 # nginx as proxy: L7 on 18082, L4 on 18092.
 cat > "$work/proxy.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes 1;
+worker_processes $WORKERS;
 pid $work/proxy.pid;
 error_log $work/proxy.err;
 events { worker_connections 8000; }
@@ -105,7 +106,7 @@ pools:
     algorithm: round_robin
     members: [ { address: "$B1" }, { address: "$B2" } ]
 CONF
-KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_BIN" run --workers 1 --config "$work/keel.yaml" \
+KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_BIN" run --workers "$WORKERS" --config "$work/keel.yaml" \
   --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18099 --cluster-addr 127.0.0.1:18098 \
   2>"$work/keel.err" & pids+=($!)
 pid[keel]=$!
@@ -113,7 +114,7 @@ names="haproxy keel nginx"
 ports="18001 18002 18080 18081 18082 18090 18091 18092"
 if [ -n "${KEEL_B:-}" ]; then
   sed -e 's/18080/18083/; s/18090/18093/' "$work/keel.yaml" > "$work/keel-b.yaml"
-  KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_B" run --workers 1 --config "$work/keel-b.yaml" \
+  KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_B" run --workers "$WORKERS" --config "$work/keel-b.yaml" \
     --data-dir "$work/keel-b-data" --admin-addr 127.0.0.1:18097 --cluster-addr 127.0.0.1:18096 \
     2>"$work/keel-b.err" & pids+=($!)
   pid[keel-b]=$!
@@ -128,9 +129,9 @@ for port in $ports; do
   done
 done
 
-# nginx's proxy worker is the child of its master.
+# nginx's proxy workers are the children of its master: counted with it.
 sleep 0.5
-pid[nginx]=$(pgrep -P "$(cat "$work/proxy.pid")" | head -1)
+pid[nginx]=$(cat "$work/proxy.pid")
 
 # Steady state: a short warm-up run through each proxy (member connections
 # open, caches warm), and Keel's start-up work over.
@@ -140,8 +141,15 @@ done
 bench_settle "${pid[keel]}"
 [ -z "${KEEL_B:-}" ] || bench_settle "${pid[keel-b]}"
 
-# CPU ticks (user + system) a process has used so far.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks (user + system) a process (every thread) and its child
+# processes (nginx's workers) have used so far.
+ticks() {
+  local p t=0
+  for p in "$1" $(pgrep -P "$1"); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
 HZ=$(getconf CLK_TCK)
 
 # wrk output → "req/s p50 p99 transfer/s"
@@ -176,7 +184,7 @@ median() {
 }
 
 declare -A p99s
-echo "## L7 HTTP/1.1 keep-alive, $CONNS connections, ${SECS}s each, wrk -t$THREADS"
+echo "## L7 HTTP/1.1 keep-alive, $CONNS connections, ${SECS}s each, wrk -t$THREADS, $WORKERS worker(s) per proxy"
 echo
 echo "| proxy | req/s | p50 | p99 | req/s vs HAProxy | CPU µs/req | CPU/req vs HAProxy |"
 echo "|---|---|---|---|---|---|---|"

@@ -1,4 +1,6 @@
 //! Hot reconfiguration: nothing dropped, removed things drain, then are cut.
+//! Each data plane here serves on two worker threads, as a node does: every
+//! listener has two sockets and two accept loops.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
 
@@ -6,12 +8,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_dataplane::Dataplane;
+use keel_dataplane::{Dataplane, Workers};
 use keel_tests::backend::{EchoBackend, HttpBackend};
 use keel_tests::client::{client, client_no_reuse, get};
 use keel_tests::{free_port, http_lb, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A data plane serving on two worker threads of its own.
+fn two_workers() -> Dataplane {
+    Dataplane::with_workers(Workers::start(2, false).unwrap())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_changes_a_second_under_load_fail_no_request() {
@@ -69,7 +76,7 @@ pools:
             echo = echo.addr,
         )
     };
-    let dp = Arc::new(Dataplane::new());
+    let dp = Arc::new(two_workers());
     dp.apply(&spec(&config(0))).await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -158,7 +165,7 @@ async fn removed_member_finishes_in_flight_within_drain_then_is_cut() {
     let a = HttpBackend::start("a").await;
     let b = HttpBackend::start("b").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = two_workers();
     dp.apply(&spec(&one_member(port, a.addr, "5s")))
         .await
         .unwrap();
@@ -207,7 +214,7 @@ async fn removed_member_finishes_in_flight_within_drain_then_is_cut() {
 async fn removed_listener_stops_accepting_and_finishes_in_flight() {
     let a = HttpBackend::start("a").await;
     let (port, other) = (free_port(), free_port());
-    let dp = Dataplane::new();
+    let dp = two_workers();
     dp.apply(&spec(&one_member(port, a.addr, "5s")))
         .await
         .unwrap();
@@ -237,7 +244,7 @@ async fn removed_listener_stops_accepting_and_finishes_in_flight() {
 async fn removed_listener_closes_idle_connections_and_cuts_busy_ones_at_drain_end() {
     let a = HttpBackend::start("a").await;
     let (port, other) = (free_port(), free_port());
-    let dp = Dataplane::new();
+    let dp = two_workers();
     dp.apply(&spec(&one_member(port, a.addr, "1s")))
         .await
         .unwrap();
@@ -282,7 +289,7 @@ async fn removed_listener_closes_idle_connections_and_cuts_busy_ones_at_drain_en
 async fn bind_failure_keeps_the_old_plan() {
     let a = HttpBackend::start("a").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = two_workers();
     dp.apply(&spec(&one_member(port, a.addr, "5s")))
         .await
         .unwrap();
@@ -313,7 +320,7 @@ async fn bind_failure_keeps_the_old_plan() {
 async fn a_quiesced_listener_ignores_new_connections_and_finishes_old_ones() {
     let backend = HttpBackend::start("a").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = two_workers();
     dp.apply(&spec(&http_lb(
         port,
         &format!("members: [ {{ address: \"{}\" }} ]", backend.addr),

@@ -1,0 +1,91 @@
+//! The data plane's worker threads: one single-threaded tokio runtime per
+//! thread, each with listening sockets of its own (`SO_REUSEPORT`: the
+//! kernel spreads new connections over them), so a connection is accepted,
+//! served and closed on one thread and never migrates. The control plane
+//! (Raft, gossip, health checks, the admin API) runs on the runtime that
+//! made the [`Workers`], which the data plane cannot starve.
+
+use std::io;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+/// Running worker threads; they stop when this is dropped.
+pub struct Workers {
+    handles: Vec<Handle>,
+    /// Dropped to stop the threads: each runtime then ends, and the
+    /// connections on it are dropped.
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+impl Workers {
+    /// Starts `count` worker threads (at least one); with `pin`, worker `i`
+    /// runs only on the `i`-th CPU this process may use (round robin when
+    /// there are more workers than CPUs).
+    pub fn start(count: usize, pin: bool) -> io::Result<Workers> {
+        let cpus = if pin { allowed_cpus()? } else { Vec::new() };
+        let mut handles = Vec::new();
+        let mut stops = Vec::new();
+        for i in 0..count.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            let (stop, stopped) = oneshot::channel::<()>();
+            stops.push(stop);
+            let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
+            std::thread::Builder::new()
+                .name(format!("keel-worker-{i}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = pin_to(cpu) {
+                            tracing::warn!(worker = i, cpu, error = %e, "cannot pin the worker to its CPU");
+                        }
+                    }
+                    let _ = rt.block_on(stopped);
+                    rt.shutdown_background();
+                })?;
+        }
+        Ok(Workers {
+            handles,
+            _stop: stops,
+        })
+    }
+
+    /// How many workers there are.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Never: there is at least one worker.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    pub(crate) fn handles(&self) -> &[Handle] {
+        &self.handles
+    }
+}
+
+/// The number of workers by default: one per CPU this process may run on.
+pub fn default_count() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> io::Result<Vec<usize>> {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let set = sched_getaffinity(Pid::from_raw(0)).map_err(io::Error::from)?;
+    Ok((0..CpuSet::count())
+        .filter(|c| set.is_set(*c).unwrap_or(false))
+        .collect())
+}
+
+fn pin_to(cpu: usize) -> io::Result<()> {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let mut set = CpuSet::new();
+    set.set(cpu).map_err(io::Error::from)?;
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(io::Error::from)
+}
