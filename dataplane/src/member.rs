@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client;
 use crate::http::Http2Sender;
 use crate::metrics::MemberStats;
+use crate::workers;
 
 /// Idle upstream connections kept per member.
 const MAX_IDLE: usize = 256;
@@ -39,10 +40,19 @@ pub struct MemberState {
     draining: AtomicBool,
     drain: Mutex<Drain>,
     pub stats: MemberStats,
-    idle: Mutex<Idle>,
-    /// The HTTP/2 connection requests share, for pools that speak HTTP/2.
-    http2: Mutex<Option<Http2Sender>>,
+    /// Idle connections, one list per worker: a connection is reused by
+    /// the worker whose runtime it is registered with, and no two workers
+    /// take the same lock.
+    idle: Box<[Padded<Mutex<Idle>>]>,
+    /// The HTTP/2 connection each worker's requests share, for pools that
+    /// speak HTTP/2.
+    http2: Box<[Padded<Mutex<Option<Http2Sender>>>]>,
 }
+
+/// A value on cache lines of its own, so workers writing neighbours do not
+/// slow each other down.
+#[repr(align(128))]
+struct Padded<T>(T);
 
 /// Idle upstream connections, oldest first, and whether a sweeper task
 /// looks over them.
@@ -77,9 +87,33 @@ impl MemberState {
                 cut: CancellationToken::new(),
             }),
             stats: MemberStats::default(),
-            idle: Mutex::new(Idle::default()),
-            http2: Mutex::new(None),
+            idle: (0..workers::shards())
+                .map(|_| Padded(Mutex::new(Idle::default())))
+                .collect(),
+            http2: (0..workers::shards())
+                .map(|_| Padded(Mutex::new(None)))
+                .collect(),
         })
+    }
+
+    /// This worker's idle connections.
+    fn idle(&self) -> MutexGuard<'_, Idle> {
+        lock(&self.idle[workers::current() % self.idle.len()].0)
+    }
+
+    /// This worker's shared HTTP/2 connection.
+    fn http2(&self) -> MutexGuard<'_, Option<Http2Sender>> {
+        lock(&self.http2[workers::current() % self.http2.len()].0)
+    }
+
+    /// Closes every worker's pooled connections.
+    fn forget_all(&self) {
+        for idle in self.idle.iter() {
+            lock(&idle.0).conns.clear();
+        }
+        for http2 in self.http2.iter() {
+            lock(&http2.0).take();
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -92,8 +126,7 @@ impl MemberState {
         if changed {
             self.stats.health_flips.fetch_add(1, Relaxed);
             if !up {
-                lock(&self.idle).conns.clear();
-                lock(&self.http2).take();
+                self.forget_all();
             }
         }
         changed
@@ -153,8 +186,7 @@ impl MemberState {
             self.draining.store(true, Relaxed);
             d.generation
         };
-        lock(&self.idle).conns.clear();
-        lock(&self.http2).take();
+        self.forget_all();
         tracing::info!(pool = %self.pool, member = %self.address, ?timeout, "member draining");
         let me = self.clone();
         tokio::spawn(async move {
@@ -185,7 +217,7 @@ impl MemberState {
     /// The most recently returned idle upstream connection that is young
     /// enough to reuse; the caller checks that it is still open.
     pub(crate) fn take_idle(&self) -> Option<client::Conn> {
-        let mut idle = lock(&self.idle);
+        let mut idle = self.idle();
         while let Some((since, conn)) = idle.conns.pop_back() {
             if since.elapsed() < IDLE_LIFETIME {
                 return Some(conn);
@@ -197,13 +229,12 @@ impl MemberState {
     /// Closes pooled connections (idle HTTP/1.1, shared HTTP/2): the way to
     /// reach the member changed. Requests under way finish on theirs.
     pub(crate) fn forget_connections(&self) {
-        lock(&self.idle).conns.clear();
-        lock(&self.http2).take();
+        self.forget_all();
     }
 
     /// The open HTTP/2 connection to this member, if there is one.
     pub(crate) fn shared_http2(&self) -> Option<Http2Sender> {
-        let mut shared = lock(&self.http2);
+        let mut shared = self.http2();
         match shared.as_ref() {
             Some(s) if !s.is_closed() => Some(s.clone()),
             Some(_) => {
@@ -217,7 +248,7 @@ impl MemberState {
     /// Makes `sender` the HTTP/2 connection new requests share.
     pub(crate) fn share_http2(&self, sender: Http2Sender) {
         if self.is_up() && !self.is_draining() {
-            *lock(&self.http2) = Some(sender);
+            *self.http2() = Some(sender);
         }
     }
 
@@ -227,7 +258,8 @@ impl MemberState {
         if !self.is_up() || self.is_draining() {
             return;
         }
-        let mut idle = lock(&self.idle);
+        let shard = workers::current() % self.idle.len();
+        let mut idle = lock(&self.idle[shard].0);
         let now = Instant::now();
         // The oldest are at the front: expired ones leave from there, O(1)
         // for each return.
@@ -244,20 +276,21 @@ impl MemberState {
         idle.conns.push_back((now, conn));
         if !idle.swept {
             idle.swept = true;
-            tokio::spawn(sweep_idle(Arc::downgrade(self)));
+            tokio::spawn(sweep_idle(Arc::downgrade(self), shard));
         }
     }
 }
 
-/// Drops the member's idle connections that expired or that the member
-/// closed, until none is left (or the member is gone).
-async fn sweep_idle(member: Weak<MemberState>) {
+/// Drops the idle connections of one worker's list (`shard`) that expired
+/// or that the member closed, until none is left (or the member is gone).
+/// It runs on that worker.
+async fn sweep_idle(member: Weak<MemberState>, shard: usize) {
     loop {
         tokio::time::sleep(IDLE_SWEEP).await;
         let Some(member) = member.upgrade() else {
             return;
         };
-        let mut idle = lock(&member.idle);
+        let mut idle = lock(&member.idle[shard].0);
         let now = Instant::now();
         idle.conns.retain_mut(|(since, conn)| {
             now.duration_since(*since) < IDLE_LIFETIME && conn.is_open()

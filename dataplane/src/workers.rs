@@ -5,10 +5,31 @@
 //! (Raft, gossip, health checks, the admin API) runs on the runtime that
 //! made the [`Workers`], which the data plane cannot starve.
 
+use std::cell::Cell;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+thread_local! {
+    /// The worker this thread is (0 on any other thread).
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The most workers started in this process: how many shards state kept
+/// per worker (a member's idle connections) has.
+static SHARDS: AtomicUsize = AtomicUsize::new(1);
+
+/// The worker the calling thread is: 0 to [`shards`] - 1 (0 off a worker).
+pub(crate) fn current() -> usize {
+    INDEX.with(Cell::get)
+}
+
+/// How many shards per-worker state has: every worker's index is below it.
+pub(crate) fn shards() -> usize {
+    SHARDS.load(Relaxed)
+}
 
 /// Running worker threads; they stop when this is dropped.
 pub struct Workers {
@@ -24,6 +45,7 @@ impl Workers {
     /// there are more workers than CPUs).
     pub fn start(count: usize, pin: bool) -> io::Result<Workers> {
         let cpus = if pin { allowed_cpus()? } else { Vec::new() };
+        SHARDS.fetch_max(count.max(1), Relaxed);
         let mut handles = Vec::new();
         let mut stops = Vec::new();
         for i in 0..count.max(1) {
@@ -37,6 +59,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("keel-worker-{i}"))
                 .spawn(move || {
+                    INDEX.with(|index| index.set(i));
                     if let Some(cpu) = cpu {
                         if let Err(e) = pin_to(cpu) {
                             tracing::warn!(worker = i, cpu, error = %e, "cannot pin the worker to its CPU");

@@ -138,7 +138,7 @@ pid[nginx]=$(cat "$work/proxy.pid")
 for port in 18080 18081 18082 ${KEEL_B:+18083}; do
   wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$port/" >/dev/null
 done
-bench_settle "${pid[keel]}"
+bench_settle "${pid[keel]}" $((WORKERS + 3))
 [ -z "${KEEL_B:-}" ] || bench_settle "${pid[keel-b]}"
 
 # CPU ticks (user + system) a process (every thread) and its child

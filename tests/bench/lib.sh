@@ -9,12 +9,14 @@
 #                                two nginx backends, one worker each, on
 #                                127.0.0.1:${PORT_BASE}1 and ...2, answering
 #                                "hello world" at / (plus NGINX_LINES)
-#   bench_settle PID             wait (at most 15 s) until Keel's start-up
+#   bench_settle PID [THREADS]   wait (at most 15 s) until Keel's start-up
 #                                work is over: it opens its Raft storage
 #                                through tokio's blocking pool, whose idle
 #                                threads exit after 10 s; until then every
 #                                socket call pays for a file table shared
-#                                by threads
+#                                by threads. THREADS: what it runs on once
+#                                settled (default 1; a node with W workers
+#                                has W + 3: main, two control, W workers)
 #   haproxy_forwarded SCHEME     HAProxy frontend lines, and $nginx_forwarded
 #                                nginx location directives, that add the
 #                                request headers Keel adds for its members
@@ -81,7 +83,7 @@ CONF
 bench_settle() {
   local _
   for _ in $(seq 150); do
-    [ "$(ls "/proc/$1/task" | wc -l)" -le 1 ] && return
+    [ "$(ls "/proc/$1/task" | wc -l)" -le "${2:-1}" ] && return
     sleep 0.1
   done
 }

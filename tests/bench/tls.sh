@@ -83,7 +83,7 @@ done
 for port in 18443 18444; do
   wrk -t1 -c64 -d2s "https://127.0.0.1:$port/" >/dev/null
 done
-bench_settle "${pid[keel]}"
+bench_settle "${pid[keel]}" 4
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)

@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# How Keel scales with cores, next to HAProxy and nginx, same machine, same
+# run, same backends:
+#
+#   tests/bench/scale.sh [seconds per run, default 10]
+#
+# For each W in WORKERS_LIST (default "1 2 4 8 16"): Keel (--workers W
+# --cpu-affinity), HAProxy (nbthread W) and nginx (worker_processes W),
+# each pinned with taskset to cores 0..W-1; two nginx backends with
+# max(1, W/4) workers each on the next cores; wrk on the rest. A row
+# needs W + 2·max(1, W/4) + 4 cores; rows that do not fit are skipped and
+# named (FORCE=1 runs them anyway, sharing cores: figures then mean less).
+# Scenarios (wrk, the same forwarding headers added by all three):
+#   keep-alive   HTTP/1.1, 256 keep-alive connections
+#   close        HTTP/1.1, a new connection per request, 64 connections
+#   tls          TLS 1.3 handshakes: HTTPS, a new connection per request
+#                (ECDSA P-256, no resumption), 64 connections
+#   https        HTTPS keep-alive, 256 connections
+# Each proxy runs ROUNDS times (default 3) per scenario, taking turns; the
+# tables give medians: requests/s, p50, p99, proxy CPU µs per request, and
+# the ratios of Keel's figures to each peer's.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECS=${1:-10}
+ROUNDS=${ROUNDS:-3}
+WORKERS_LIST=${WORKERS_LIST:-"1 2 4 8 16"}
+
+. tests/bench/lib.sh
+bench_need haproxy=haproxy nginx=nginx-light wrk=wrk openssl=openssl taskset=util-linux
+bench_keel
+bench_work
+
+CORES=$(nproc)
+HZ=$(getconf CLK_TCK)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+indent() { sed 's/^/      /'; }
+
+# CPU ticks (user + system) a process, its threads and its child processes
+# (nginx's workers) have used so far.
+ticks() {
+  local p t=0
+  for p in "$1" $(pgrep -P "$1"); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+
+# wrk's latency ("850.00us", "3.10ms", "1.20s") in milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0
+    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000
+    printf "%.3f", n
+  }'
+}
+
+# The median of the numbers on the lines of $1.
+median() {
+  sort -g <<<"$1" | awk 'NF { v[++n] = $1 }
+    END { if (n == 0) print 0; else if (n % 2) print v[(n + 1) / 2]; else print (v[n / 2] + v[n / 2 + 1]) / 2 }'
+}
+
+wait_ports() {
+  local port _
+  for port in "$@"; do
+    for _ in $(seq 150); do
+      (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break
+      sleep 0.1
+    done
+  done
+}
+
+# Starts the backends and the three proxies for W workers; sets pid[].
+start_row() {
+  local w=$1 bw=$2 proxy_cpus=$3 backend_cpus=$4 b
+  row_pids=()
+  for b in 1 2; do
+    cat > "$work/backend$b.conf" <<CONF
+worker_processes $bw;
+pid $work/backend$b.pid;
+error_log $work/backend$b.err;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:1820$b reuseport backlog=4096;
+    location = / { return 200 "hello world\n"; }
+  }
+}
+CONF
+    taskset -c "$backend_cpus" nginx -c "$work/backend$b.conf" -g 'daemon off;' & row_pids+=($!)
+  done
+  cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread $w
+  maxconn 100000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend web
+  bind 127.0.0.1:18281
+  bind 127.0.0.1:18284 ssl crt $work/haproxy.pem alpn http/1.1
+$(haproxy_forwarded http)
+  default_backend app
+backend app
+  balance roundrobin
+  http-reuse always
+  server a 127.0.0.1:18201
+  server b 127.0.0.1:18202
+CONF
+  taskset -c "$proxy_cpus" haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & row_pids+=($!)
+  pid[haproxy]=$!
+  cat > "$work/proxy.conf" <<CONF
+worker_processes $w;
+pid $work/proxy.pid;
+error_log $work/proxy.err;
+events { worker_connections 100000; }
+worker_rlimit_nofile 200000;
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:18201; server 127.0.0.1:18202; keepalive 256; }
+  server {
+    listen 127.0.0.1:18282 reuseport backlog=4096;
+    listen 127.0.0.1:18285 ssl reuseport backlog=4096;
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    ssl_protocols TLSv1.3;
+    ssl_session_tickets off;
+    ssl_session_cache off;
+    location / {
+      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      $nginx_forwarded
+    }
+  }
+}
+CONF
+  taskset -c "$proxy_cpus" nginx -c "$work/proxy.conf" -g 'daemon off;' & row_pids+=($!)
+  cat > "$work/keel.yaml" <<CONF
+load_balancers:
+  - name: bench
+    listeners:
+      - { port: 18280, protocol: http, bind: 127.0.0.1, default_pool: app }
+      - { port: 18283, protocol: https, bind: 127.0.0.1, default_pool: app, certificates: [site] }
+pools:
+  - name: app
+    algorithm: round_robin
+    members: [ { address: "127.0.0.1:18201" }, { address: "127.0.0.1:18202" } ]
+certificates:
+  - name: site
+    cert_pem: |
+$(indent < "$work/cert.pem")
+    key_pem: |
+$(indent < "$work/key.pem")
+CONF
+  rm -rf "$work/keel-data"
+  KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn taskset -c "$proxy_cpus" "$KEEL_BIN" run \
+    --workers "$w" --cpu-affinity --config "$work/keel.yaml" --data-dir "$work/keel-data" \
+    --admin-addr 127.0.0.1:18299 --cluster-addr 127.0.0.1:18298 2>"$work/keel.err" & row_pids+=($!)
+  pid[keel]=$!
+  pids+=("${row_pids[@]}")
+  wait_ports 18201 18202 18280 18281 18282 18283 18284 18285
+  sleep 0.5
+  pid[nginx]=$(cat "$work/proxy.pid")
+  bench_settle "${pid[keel]}" $((w + 3))
+}
+
+stop_row() {
+  kill "${row_pids[@]}" 2>/dev/null || true
+  wait "${row_pids[@]}" 2>/dev/null || true
+  sleep 1
+}
+
+port_of() { # proxy scenario
+  case $1-$2 in
+    keel-tls | keel-https) echo 18283;; haproxy-tls | haproxy-https) echo 18284;; nginx-tls | nginx-https) echo 18285;;
+    keel-*) echo 18280;; haproxy-*) echo 18281;; nginx-*) echo 18282;;
+  esac
+}
+
+# One wrk run: "req/s p50-ms p99-ms cpu-µs/req errors".
+measure() {
+  local name=$1 scenario=$2 wrk_cpus=$3 threads=$4
+  local port scheme=http conns=256 extra=() out t0 t1 r
+  port=$(port_of "$name" "$scenario")
+  case $scenario in
+    close) conns=64; extra=(-H "Connection: close");;
+    tls) scheme=https; conns=64; extra=(-H "Connection: close");;
+    https) scheme=https;;
+  esac
+  t0=$(ticks "${pid[$name]}")
+  out=$(taskset -c "$wrk_cpus" wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency "${extra[@]}" \
+    "$scheme://127.0.0.1:$port/" 2>&1)
+  t1=$(ticks "${pid[$name]}")
+  r=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  [ -n "$r" ] || r=0.001
+  local p50 p99 errs
+  p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+  p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+  errs=$(grep -cE 'Non-2xx|Socket errors' <<<"$out" || true)
+  echo "$r $p50 $p99 $(awk -v t=$((t1 - t0)) -v hz="$HZ" -v r="$r" -v s="$SECS" 'BEGIN { printf "%.1f", t / hz * 1e6 / (r * s) }') $errs"
+}
+
+declare -A pid
+skipped=()
+echo "# Scaling: Keel, HAProxy and nginx by workers (${SECS}s runs, medians of $ROUNDS, $CORES cores)"
+for w in $WORKERS_LIST; do
+  bw=$(( w / 4 > 1 ? w / 4 : 1 ))
+  need=$(( w + 2 * bw + 4 ))
+  if (( need > CORES )) && [ -z "${FORCE:-}" ]; then
+    skipped+=("W=$w (needs $need cores)")
+    continue
+  fi
+  proxy_cpus="0-$((w - 1))"
+  if (( need > CORES )); then
+    # FORCE: everything shares the machine's cores.
+    proxy_cpus="0-$((CORES - 1))"; backend_cpus=$proxy_cpus; wrk_cpus=$proxy_cpus
+    wrk_threads=$(( CORES < 4 ? CORES : 4 ))
+  else
+    backend_cpus="$w-$((w + 2 * bw - 1))"
+    wrk_cpus="$((w + 2 * bw))-$((CORES - 1))"
+    wrk_threads=$(( CORES - w - 2 * bw ))
+    (( wrk_threads > 8 )) && wrk_threads=8
+  fi
+  start_row "$w" "$bw" "$proxy_cpus" "$backend_cpus"
+  # Warm up: member connections open, caches warm.
+  for name in keel haproxy nginx; do
+    taskset -c "$wrk_cpus" wrk -t"$wrk_threads" -c256 -d2s "http://127.0.0.1:$(port_of $name keep-alive)/" >/dev/null
+  done
+  echo
+  echo "## W = $w (proxy cores $proxy_cpus, backends $backend_cpus with $bw workers each, wrk -t$wrk_threads on $wrk_cpus)"
+  echo
+  echo "| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | Keel ÷ HAProxy (req/s) | Keel ÷ nginx (req/s) | errors |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  for scenario in keep-alive close tls https; do
+    declare -A runs=()
+    for _ in $(seq "$ROUNDS"); do
+      for name in keel haproxy nginx; do
+        runs[$name]+="$(measure "$name" "$scenario" "$wrk_cpus" "$wrk_threads")"$'\n'
+      done
+    done
+    declare -A med=()
+    for name in keel haproxy nginx; do
+      med[$name]=$(median "$(awk '{print $1}' <<<"${runs[$name]}")")
+    done
+    for name in keel haproxy nginx; do
+      p50=$(median "$(awk '{print $2}' <<<"${runs[$name]}")")
+      p99=$(median "$(awk '{print $3}' <<<"${runs[$name]}")")
+      cpu=$(median "$(awk '{print $4}' <<<"${runs[$name]}")")
+      errs=$(awk '{s += $5} END {print s + 0}' <<<"${runs[$name]}")
+      ratios="| |"
+      if [ "$name" = keel ]; then
+        ratios=$(awk -v k="${med[keel]}" -v h="${med[haproxy]}" -v n="${med[nginx]}" \
+          'BEGIN { printf "%.2f | %.2f", k / h, k / n }')
+      fi
+      echo "| $scenario | $name | ${med[$name]} | $p50 | $p99 | $cpu | $ratios | $errs |"
+    done
+    unset runs med
+  done
+  stop_row
+done
+if ((${#skipped[@]})); then
+  echo
+  echo "Skipped (too few cores here; FORCE=1 runs them sharing cores): ${skipped[*]}"
+fi
