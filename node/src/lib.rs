@@ -198,7 +198,28 @@ pub fn load_config(path: &Path) -> Result<Spec, ConfigError> {
 
 /// `keel check FILE`: prints every problem; exit 1 if there are any.
 pub fn check_file(path: &Path) -> ExitCode {
+    let text = std::fs::read_to_string(path);
     match load_config(path) {
+        // Every problem, each with its line in the file where it has one.
+        Err(ConfigError::Parse(ParseError::Invalid(errors))) => {
+            let n = errors.0.len();
+            eprintln!(
+                "{}: {n} problem{}",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            for e in &errors.0 {
+                match text
+                    .as_deref()
+                    .ok()
+                    .and_then(|t| keel_model::line_of(t, &e.path))
+                {
+                    Some(line) => eprintln!("  line {line}: {e}"),
+                    None => eprintln!("  {e}"),
+                }
+            }
+            ExitCode::FAILURE
+        }
         Ok(spec) => {
             println!(
                 "{}: ok ({} load balancers, {} pools)",

@@ -22,6 +22,7 @@ load_balancers:
     listeners: [ { port: 80, protocol: udp, default_pool: missing } ]
 pools:
   - name: app
+    colour: blue
     members: [ { address: "nowhere" }, { address: "10.0.0.1:80", weight: 5000 } ]
 "#;
 
@@ -52,11 +53,13 @@ fn check_lists_every_problem_and_exits_1() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
+    // A misspelt field hides nothing else; each problem has its line.
     for line in [
-        "load_balancers[0].listeners[0].protocol: unknown protocol \"udp\"",
-        "pools[0].members[0].address: not a socket address",
-        "pools[0].members[1].weight: must be 0-1000",
-        "load_balancers[0].listeners[0].default_pool: no pool named \"missing\"",
+        "line 7: pools[0].colour: unknown field `colour`",
+        "line 4: load_balancers[0].listeners[0].protocol: unknown protocol \"udp\"",
+        "line 8: pools[0].members[0].address: not a socket address",
+        "line 8: pools[0].members[1].weight: must be 0-1000",
+        "line 4: load_balancers[0].listeners[0].default_pool: no pool named \"missing\"",
     ] {
         assert!(err.contains(line), "missing {line:?} in:\n{err}");
     }

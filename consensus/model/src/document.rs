@@ -330,6 +330,133 @@ pub enum DurationDoc {
     Text(String),
 }
 
+/// Unknown fields set aside in one document before giving up on it.
+const MAX_UNKNOWN_FIELDS: usize = 100;
+
+/// The field an "unknown field" message names: serde writes it in backticks.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split_once('`').map(|(name, _)| name)
+}
+
+/// Removes key `name` from the mapping at `at` in `value`; whether it was there.
+fn remove_key(
+    value: &mut serde_yaml_ng::Value,
+    at: &[serde_path_to_error::Segment],
+    name: &str,
+) -> bool {
+    use serde_path_to_error::Segment as S;
+    let mut here = value;
+    for seg in at {
+        let next = match (seg, here) {
+            (S::Seq { index }, serde_yaml_ng::Value::Sequence(items)) => items.get_mut(*index),
+            (S::Map { key }, serde_yaml_ng::Value::Mapping(map)) => map.get_mut(key.as_str()),
+            _ => None,
+        };
+        match next {
+            Some(v) => here = v,
+            None => return false,
+        }
+    }
+    match here {
+        serde_yaml_ng::Value::Mapping(map) => map.remove(name).is_some(),
+        _ => false,
+    }
+}
+
+/// The line (1-based) where the value at `path` starts in YAML `text`, if
+/// it is there: for pointing at a problem in the file.
+pub fn line_of(text: &str, path: &Path) -> Option<usize> {
+    use serde::de::DeserializeSeed;
+    let found = Probe(&path.0).deserialize(serde_yaml_ng::Deserializer::from_str(text));
+    found.err()?.location().map(|l| l.line())
+}
+
+/// Walks a document along a path; at its end it fails on purpose, and the
+/// parser's error carries the position of the value it stopped at.
+struct Probe<'a>(&'a [Segment]);
+
+/// A visitor that takes nothing: every value is an error, raised where the
+/// value starts.
+struct Here;
+
+impl serde::de::Visitor<'_> for Here {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("nothing")
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Probe<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.0.is_empty() {
+            d.deserialize_any(Here)
+        } else {
+            d.deserialize_any(self)
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Probe<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a document")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let want = match self.0.first() {
+            Some(Segment::Field(name)) => *name,
+            Some(Segment::Key(name)) => name.as_str(),
+            _ => "",
+        };
+        while let Some(key) = map.next_key::<serde_yaml_ng::Value>()? {
+            if !want.is_empty() && key.as_str() == Some(want) {
+                return map.next_value_seed(Probe(&self.0[1..]));
+            }
+            map.next_value::<serde::de::IgnoredAny>()?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let want = match self.0.first() {
+            Some(Segment::Index(i)) => Some(*i),
+            _ => None,
+        };
+        let mut i = 0;
+        loop {
+            if Some(i) == want {
+                return seq.next_element_seed(Probe(&self.0[1..])).map(|_| ());
+            }
+            if seq.next_element::<serde::de::IgnoredAny>()?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+
+    // Scalars hold nothing the path could lead into.
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
 /// A value YAML may read as a number or as text (`expected_codes: 200`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -352,9 +479,63 @@ impl Document {
         serde_json::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))
     }
 
-    /// Parses YAML or JSON and validates it into a [`Spec`].
+    /// Parses YAML or JSON and validates it into a [`Spec`]. Every problem
+    /// is reported at once: fields the model does not know (each set aside
+    /// so the rest is still read) as well as invalid values.
     pub fn parse_spec(text: &str) -> Result<Spec, ParseError> {
-        Ok(Self::from_yaml(text)?.into_spec()?)
+        let (doc, mut problems) = Self::from_yaml_lenient(text)?;
+        match doc.into_spec() {
+            Ok(spec) if problems.is_empty() => Ok(spec),
+            Ok(_) => Err(ParseError::Invalid(ValidationErrors(problems))),
+            Err(ValidationErrors(rest)) => {
+                problems.extend(rest);
+                Err(ParseError::Invalid(ValidationErrors(problems)))
+            }
+        }
+    }
+
+    /// Parses YAML text as [`Document::from_yaml`] does, except that a field
+    /// the model does not know is taken out and reported rather than
+    /// ending the parse, so one misspelt name hides no other mistake.
+    fn from_yaml_lenient(text: &str) -> Result<(Self, Vec<FieldError>), ParseError> {
+        let syntax = |e: serde_yaml_ng::Error| ParseError::Syntax(e.to_string());
+        // Most documents have no unknown field: one strict pass reads them.
+        let first = match Self::from_yaml(text) {
+            Ok(doc) => return Ok((doc, Vec::new())),
+            Err(ParseError::Syntax(message)) if message.contains("unknown field") => message,
+            Err(e) => return Err(e),
+        };
+        let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(syntax)?;
+        let mut unknown = Vec::new();
+        loop {
+            let e = match serde_path_to_error::deserialize::<_, Document>(value.clone()) {
+                Ok(doc) => return Ok((doc, unknown)),
+                Err(e) => e,
+            };
+            let message = e.inner().to_string();
+            let mut at: Vec<serde_path_to_error::Segment> = e.path().iter().cloned().collect();
+            let name = unknown_field(&message);
+            // The path may end at the map or at the unknown key itself.
+            if let (Some(serde_path_to_error::Segment::Map { key }), Some(name)) = (at.last(), name)
+            {
+                if key == name {
+                    at.pop();
+                }
+            }
+            let removed = name.is_some_and(|n| remove_key(&mut value, &at, n));
+            if !removed || unknown.len() >= MAX_UNKNOWN_FIELDS {
+                // Not a field that can be set aside: the strict pass's
+                // message, with its line, says what is wrong.
+                return Err(ParseError::Syntax(first));
+            }
+            let path = at.iter().fold(Path::root(), |p, seg| match seg {
+                serde_path_to_error::Segment::Seq { index } => p.index(*index),
+                serde_path_to_error::Segment::Map { key } => p.key(key),
+                _ => p,
+            });
+            let name = name.unwrap_or_default();
+            unknown.push(FieldError::new(path.key(name), message));
+        }
     }
 
     pub fn to_yaml(&self) -> String {

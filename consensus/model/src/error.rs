@@ -11,6 +11,8 @@ pub enum Segment {
     Index(usize),
     /// An object in a list found by its name, such as `[web]`.
     Name(String),
+    /// A field as the document named it (one the model does not know).
+    Key(String),
 }
 
 /// Where in a document a problem is, rendered like `pools[1].members[0].address`.
@@ -33,6 +35,11 @@ impl Path {
         self.with(Segment::Index(i))
     }
 
+    /// This path followed by a field the document named `name`.
+    pub fn key(&self, name: &str) -> Self {
+        self.with(Segment::Key(name.to_owned()))
+    }
+
     /// This path followed by a list entry named `name`.
     pub fn name(&self, name: &str) -> Self {
         self.with(Segment::Name(name.to_owned()))
@@ -51,6 +58,8 @@ impl fmt::Display for Path {
             match seg {
                 Segment::Field(name) if i == 0 => write!(f, "{name}")?,
                 Segment::Field(name) => write!(f, ".{name}")?,
+                Segment::Key(name) if i == 0 => write!(f, "{name}")?,
+                Segment::Key(name) => write!(f, ".{name}")?,
                 Segment::Index(n) => write!(f, "[{n}]")?,
                 Segment::Name(n) => write!(f, "[{n}]")?,
             }

@@ -19,8 +19,8 @@ pub use cluster::{
 };
 pub use command::{ApplyError, Command};
 pub use document::{
-    defaults, CertificateDoc, Document, DurationDoc, HealthCheckDoc, ListenerDoc, LoadBalancerDoc,
-    MemberDoc, MemberTlsDoc, ParseError, PoolDoc, RuleDoc, Scalar, StickinessDoc,
+    defaults, line_of, CertificateDoc, Document, DurationDoc, HealthCheckDoc, ListenerDoc,
+    LoadBalancerDoc, MemberDoc, MemberTlsDoc, ParseError, PoolDoc, RuleDoc, Scalar, StickinessDoc,
 };
 pub use error::{FieldError, Path, Segment, ValidationErrors};
 pub use rules::{

@@ -143,14 +143,52 @@ pools:
 }
 
 #[test]
-fn unknown_fields_are_errors() {
-    let err = Document::parse_spec("pools: [ { name: p, colour: red } ]").unwrap_err();
-    assert!(matches!(err, ParseError::Syntax(_)));
-    assert!(err.to_string().contains("unknown field `colour`"), "{err}");
-    let err = Document::parse_spec("frontends: []").unwrap_err();
+fn unknown_fields_are_errors_and_hide_no_other_problem() {
+    let got = problems(
+        "pools: [ { name: p, colour: red, members: [ { address: nowhere, wieght: 2 } ] } ]",
+    );
+    assert_eq!(got.len(), 3, "{got:#?}");
     assert!(
-        err.to_string().contains("unknown field `frontends`"),
+        got[0].starts_with("pools[0].colour: unknown field `colour`"),
+        "{got:#?}"
+    );
+    assert!(
+        got[1].starts_with("pools[0].members[0].wieght: unknown field `wieght`"),
+        "{got:#?}"
+    );
+    assert!(
+        got[2].starts_with("pools[0].members[0].address: not a socket address"),
+        "{got:#?}"
+    );
+    let err = Document::parse_spec("frontends: []").unwrap_err();
+    assert!(matches!(err, ParseError::Invalid(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("frontends: unknown field `frontends`"),
         "{err}"
+    );
+    // The strict readers refuse them as before.
+    assert!(Document::from_yaml("pools: [ { name: p, colour: red } ]").is_err());
+    assert!(Document::from_json(r#"{"pools": [{"name": "p", "colour": "red"}]}"#).is_err());
+}
+
+#[test]
+fn problems_are_found_at_their_line() {
+    let text = "load_balancers: []\npools:\n  - name: p\n    colour: red\n    members:\n      - { address: nowhere }\n";
+    let Err(ParseError::Invalid(errors)) = Document::parse_spec(text) else {
+        panic!("not invalid");
+    };
+    let lines: Vec<_> = errors
+        .0
+        .iter()
+        .map(|e| (e.path.to_string(), keel_model::line_of(text, &e.path)))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("pools[0].colour".to_owned(), Some(4)),
+            ("pools[0].members[0].address".to_owned(), Some(6)),
+        ]
     );
 }
 
