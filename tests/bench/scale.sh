@@ -32,6 +32,11 @@ bench_work
 
 CORES=$(nproc)
 HZ=$(getconf CLK_TCK)
+# Every process here may open as many files as the machine allows; each
+# proxy's connection limit follows (two descriptors per proxied connection).
+ulimit -n "$(ulimit -Hn)"
+MAXCONN=$(( $(ulimit -Hn) / 2 - 100 ))
+(( MAXCONN > 100000 )) && MAXCONN=100000
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
@@ -97,7 +102,7 @@ CONF
   cat > "$work/haproxy.cfg" <<CONF
 global
   nbthread $w
-  maxconn 100000
+  maxconn $MAXCONN
 defaults
   mode http
   timeout connect 5s
@@ -114,14 +119,13 @@ backend app
   server a 127.0.0.1:18201
   server b 127.0.0.1:18202
 CONF
-  taskset -c "$proxy_cpus" haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & row_pids+=($!)
+  taskset -c "$proxy_cpus" haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>"$work/haproxy.err" & row_pids+=($!)
   pid[haproxy]=$!
   cat > "$work/proxy.conf" <<CONF
 worker_processes $w;
 pid $work/proxy.pid;
 error_log $work/proxy.err;
-events { worker_connections 100000; }
-worker_rlimit_nofile 200000;
+events { worker_connections $MAXCONN; }
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -254,7 +258,7 @@ for w in $WORKERS_LIST; do
       p99=$(median "$(awk '{print $3}' <<<"${runs[$name]}")")
       cpu=$(median "$(awk '{print $4}' <<<"${runs[$name]}")")
       errs=$(awk '{s += $5} END {print s + 0}' <<<"${runs[$name]}")
-      ratios="| |"
+      ratios="|"
       if [ "$name" = keel ]; then
         ratios=$(awk -v k="${med[keel]}" -v h="${med[haproxy]}" -v n="${med[nginx]}" \
           'BEGIN { printf "%.2f | %.2f", k / h, k / n }')

@@ -132,10 +132,17 @@ impl Browser {
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
-    /// Saves a PNG of the viewport as `docs/screenshots/NAME.png`.
+    /// Saves a PNG of the viewport as `target/screenshots/NAME.png`, or in
+    /// the folder `KEEL_SCREENSHOTS` names (relative to the repository):
+    /// `KEEL_SCREENSHOTS=docs/screenshots` updates the README's images, on
+    /// purpose, never as a side effect of a test run.
     pub async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.unwrap();
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = match std::env::var_os("KEEL_SCREENSHOTS") {
+            Some(d) => root.join(d),
+            None => root.join("target/screenshots"),
+        };
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }

@@ -80,6 +80,22 @@ fn check_lists_every_problem_and_exits_1() {
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
 }
 
+#[test]
+fn a_worker_count_outside_1_to_1024_is_a_usage_error() {
+    for bad in ["0", "1025", "many"] {
+        let out = Command::new(keel_bin())
+            .args(["run", "--workers", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--workers {bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not a number of workers from 1 to 1024"),
+            "{err}"
+        );
+    }
+}
+
 /// Runs `keel run --config FILE`, asserts it exits 1, returns its stderr.
 fn run_expecting_exit_1(config: &std::path::Path, dir: &std::path::Path) -> String {
     let out = Command::new(keel_bin())
@@ -101,7 +117,7 @@ fn run_refuses_invalid_config_and_busy_port() {
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, BROKEN).unwrap();
     let err = run_expecting_exit_1(&bad, dir.path());
-    assert_eq!(err.matches("4 problems").count(), 1, "listed once:\n{err}");
+    assert_eq!(err.matches("5 problems").count(), 1, "listed once:\n{err}");
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().port();

@@ -2,7 +2,8 @@
 //! The web dashboard in real headless Chromium against real `keel` nodes:
 //! a lone node on loopback for the forms, traffic charts, drain and config
 //! pages; a 3-node namespace cluster for joining and losing nodes.
-//! Screenshots land in `docs/screenshots/`.
+//! Screenshots land in `target/screenshots/` (`KEEL_SCREENSHOTS=docs/screenshots`
+//! updates the README's).
 
 use std::time::Duration;
 
