@@ -412,4 +412,23 @@ async fn refused_requests_close_the_connection_and_never_reach_the_member() {
         a.head
     );
     assert_eq!(f.web.hits(), before);
+
+    // A client whose body is still unread when the answer comes gets the
+    // answer whole: Keel shuts its side and reads what is left for a while
+    // (a close with unread bytes resets the connection, and the reset can
+    // destroy the answer before the client reads it).
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).await.unwrap();
+    let mut req = b"POST /refused HTTP/1.1\r\nHost: a\r\nContent-Length: 8000000\r\n\r\n".to_vec();
+    req.extend(std::iter::repeat_n(b'x', 1_000_000));
+    s.write_all(&req).await.unwrap();
+    // The answer and Keel's close happen while the client is not reading.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut all))
+        .await
+        .expect("closed within 10 s")
+        .expect("the connection was reset: the answer may be lost");
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 403 "), "{text}");
+    assert_eq!(f.web.hits(), before);
 }

@@ -139,7 +139,12 @@ pub(super) async fn serve<IO>(
             http10: message.http10,
             trailers: message.trailers,
         };
-        match respond(&mut io, response, &mut out, asked).await {
+        let answered = respond(&mut io, response, &mut out, asked).await;
+        if !whole && answered.is_ok() {
+            linger(&mut io).await;
+            return;
+        }
+        match answered {
             Ok(_) if switching => {
                 // The connection leaves HTTP: what the client sent after
                 // its request is the tunnel's first bytes.
@@ -160,7 +165,7 @@ pub(super) async fn serve<IO>(
 }
 
 /// Answers a request this loop cannot serve with `status`, and closes.
-async fn refuse<IO: AsyncWrite + Unpin>(
+async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
     conn: &Conn,
     status: StatusCode,
@@ -175,7 +180,38 @@ async fn refuse<IO: AsyncWrite + Unpin>(
         http10: false,
         trailers: false,
     };
-    let _ = respond(io, super::local_response(status), out, asked).await;
+    if respond(io, super::local_response(status), out, asked)
+        .await
+        .is_ok()
+    {
+        linger(io).await;
+    }
+}
+
+/// How long, and for how many bytes, a connection closed while its client
+/// may still be sending is read and discarded first.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Closes a connection whose client may still be sending (a body the
+/// answer overtook, a refused request): Keel's side is shut first and what
+/// the client sends meanwhile is read and dropped, for a while. Closing
+/// with unread bytes would send a reset, which can destroy the answer
+/// before the client reads it (nginx's lingering close does the same).
+async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
+    use tokio::io::AsyncReadExt;
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut scratch = vec![0u8; READ_SIZE];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, io.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
+    }
 }
 
 /// The answer to a request head that did not arrive in time.
