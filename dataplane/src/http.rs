@@ -100,6 +100,7 @@ pub(crate) async fn serve<IO>(
         tunnels,
     } = signals;
     let header_timeout = listener.spec.header_timeout;
+    let keepalive_timeout = listener.spec.keepalive_timeout();
     // A client that stops taking its response is let go at this limit.
     let stream = WriteStall::new(stream, listener.spec.client_timeout());
     let peer = ends.source;
@@ -127,7 +128,11 @@ pub(crate) async fn serve<IO>(
             // under way and closes.
             let stop = Arc::new(AtomicBool::new(false));
             let serving = async {
-                h1::serve(stream, conn, header_timeout, stop.clone()).await;
+                let timeouts = h1::Timeouts {
+                    head: header_timeout,
+                    keep_alive: keepalive_timeout,
+                };
+                h1::serve(stream, conn, timeouts, stop.clone()).await;
                 Ok::<_, Infallible>(())
             };
             tokio::pin!(serving);
@@ -161,7 +166,7 @@ pub(crate) async fn serve<IO>(
             tokio::pin!(serving);
             // Idle (no stream open) as long as a keep-alive HTTP/1
             // connection may be: closed with GOAWAY.
-            let idle = Some((streams, header_timeout));
+            let idle = Some((streams, keepalive_timeout));
             drive(serving, |c| c.graceful_shutdown(), peer, closing, cut, idle).await;
         }
     }

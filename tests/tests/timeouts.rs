@@ -68,6 +68,85 @@ async fn a_head_not_finished_in_time_is_answered_408() {
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
 
+/// Reads one whole response (framed by `content-length`) off `s`.
+async fn one_response(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_idle_has_its_own_limit_apart_from_the_head() {
+    let web = HttpBackend::start("web").await;
+    let port = free_port();
+    let _dp = Dataplane::new();
+    _dp.apply(&spec(&format!(
+        r#"
+load_balancers:
+  - name: lb
+    listeners:
+      - {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: p,
+          header_timeout: 400ms, keepalive_timeout: 1500ms }}
+pools:
+  - {{ name: p, members: [ {{ address: "{}" }} ] }}
+"#,
+        web.addr
+    )))
+    .await
+    .unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(one_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Idle past the head timeout, within the keep-alive one: still served.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(one_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Then idle: closed at the keep-alive limit, without an answer.
+    let (got, took) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        took >= Duration::from_millis(1300) && took < Duration::from_millis(3000),
+        "idle connection closed after {took:?}, not at its 1.5 s keep-alive limit"
+    );
+    // A head begun after an idle wait has the head limit from its first byte.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    one_response(&mut s).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let (got, took) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(took < Duration::from_millis(1200), "408 after {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_upload_is_the_clients_fault_408_and_a_slow_one_passes() {
     let web = HttpBackend::start("web").await;

@@ -1546,6 +1546,7 @@ fn add_listener(
             idle_timeout: idle,
             header_timeout: None,
             client_timeout: None,
+            keepalive_timeout: None,
             certificates: l
                 .backend
                 .certificate

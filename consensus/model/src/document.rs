@@ -124,6 +124,8 @@ pub struct ListenerDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_timeout: Option<DurationDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_timeout: Option<DurationDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitDoc>,
@@ -752,6 +754,14 @@ impl ListenerDoc {
                 errors,
             )
         });
+        let keepalive_timeout = self.keepalive_timeout.as_ref().map(|_| {
+            duration(
+                &self.keepalive_timeout,
+                Duration::ZERO,
+                &at.field("keepalive_timeout"),
+                errors,
+            )
+        });
         let max_connections = self
             .max_connections
             .map(|n| count(n, &at.field("max_connections"), errors));
@@ -776,6 +786,7 @@ impl ListenerDoc {
         Listener {
             request_timeout,
             client_timeout,
+            keepalive_timeout,
             max_connections,
             rate_limit,
             port,
@@ -1368,6 +1379,7 @@ impl From<&LoadBalancer> for LoadBalancerDoc {
                     trusted_proxies: l.trusted_proxies.iter().map(|c| c.to_string()).collect(),
                     request_timeout: l.request_timeout.and_then(duration_doc),
                     client_timeout: l.client_timeout.and_then(duration_doc),
+                    keepalive_timeout: l.keepalive_timeout.and_then(duration_doc),
                     max_connections: l.max_connections.map(i64::from),
                     rate_limit: l.rate_limit.map(|r| RateLimitDoc {
                         per_second: r.per_second.into(),

@@ -127,6 +127,17 @@ pub struct Listener {
         with = "optional_duration_text"
     )]
     pub client_timeout: Option<Duration>,
+    /// HTTP only: how long a client connection may sit idle between
+    /// requests (HTTP/1.1 keep-alive, or an HTTP/2 connection with no
+    /// stream open) before Keel closes it. HAProxy's `timeout
+    /// http-keep-alive`. Unset: the listener's `header_timeout`
+    /// ([`Listener::keepalive_timeout`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration_text"
+    )]
+    pub keepalive_timeout: Option<Duration>,
     /// Connections open at once; more are refused (reset) and counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
@@ -191,6 +202,11 @@ impl Listener {
     pub fn client_timeout(&self) -> Duration {
         self.client_timeout
             .unwrap_or(crate::defaults::CLIENT_TIMEOUT)
+    }
+
+    /// [`Listener::keepalive_timeout`], or its default: the head timeout.
+    pub fn keepalive_timeout(&self) -> Duration {
+        self.keepalive_timeout.unwrap_or(self.header_timeout)
     }
 
     /// The address this listener binds on, given its load balancer's VIP.
@@ -838,6 +854,15 @@ fn check_affinity(pool: &Pool, at: &Path, errors: &mut Vec<FieldError>) {
 }
 
 fn check_limits(l: &Listener, at: &Path, errors: &mut Vec<FieldError>) {
+    if let Some(t) = l.keepalive_timeout {
+        if !l.protocol.is_http() {
+            errors.push(FieldError::new(
+                at.field("keepalive_timeout"),
+                "only applies to http and https listeners",
+            ));
+        }
+        check_positive(t, &at.field("keepalive_timeout"), errors);
+    }
     if let Some(t) = l.client_timeout {
         if !l.protocol.is_http() {
             errors.push(FieldError::new(

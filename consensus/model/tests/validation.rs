@@ -580,8 +580,8 @@ fn limits_are_checked() {
 load_balancers:
   - name: web
     listeners:
-      - { port: 80, protocol: tcp, default_pool: p, request_timeout: 1s, max_connections: 0 }
-      - { port: 81, protocol: http, default_pool: p, request_timeout: 0s, rate_limit: { per_second: 0, burst: -1 } }
+      - { port: 80, protocol: tcp, default_pool: p, request_timeout: 1s, max_connections: 0, keepalive_timeout: 5s }
+      - { port: 81, protocol: http, default_pool: p, request_timeout: 0s, rate_limit: { per_second: 0, burst: -1 }, keepalive_timeout: 0s }
       - { port: 82, protocol: http, default_pool: p, request_timeout: soon, max_connections: 99999999999 }
 pools:
   - { name: p }
@@ -591,8 +591,10 @@ pools:
     assert_eq!(
         got,
         vec![
+            "load_balancers[0].listeners[0].keepalive_timeout: only applies to http and https listeners",
             "load_balancers[0].listeners[0].max_connections: must be 1-10000000",
             "load_balancers[0].listeners[0].request_timeout: only applies to http and https listeners",
+            "load_balancers[0].listeners[1].keepalive_timeout: must be longer than zero",
             "load_balancers[0].listeners[1].rate_limit.burst: must be 1-10000000",
             "load_balancers[0].listeners[1].rate_limit.per_second: must be 1-10000000",
             "load_balancers[0].listeners[1].request_timeout: must be longer than zero",
@@ -601,7 +603,7 @@ pools:
         ]
     );
     let spec = Document::from_yaml(
-        "load_balancers:\n  - { name: w, listeners: [ { port: 80, protocol: http, default_pool: p, request_timeout: 30s, max_connections: 1000, rate_limit: { per_second: 50 } } ] }\npools:\n  - { name: p }\n",
+        "load_balancers:\n  - { name: w, listeners: [ { port: 80, protocol: http, default_pool: p, request_timeout: 30s, max_connections: 1000, rate_limit: { per_second: 50 }, keepalive_timeout: 75s } ] }\npools:\n  - { name: p }\n",
     )
     .unwrap()
     .into_spec()
@@ -612,6 +614,7 @@ pools:
         50,
         "burst defaults to the rate"
     );
+    assert_eq!(l.keepalive_timeout(), std::time::Duration::from_secs(75));
     let again = Document::from_yaml(&Document::from_spec(&spec).to_yaml())
         .unwrap()
         .into_spec()

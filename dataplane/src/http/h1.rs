@@ -50,16 +50,21 @@ const COPY_BODY: usize = 4 * 1024;
 /// reading the client when this much waits in the [`Inbox`].
 const INBOX_BYTES: usize = 64 * 1024;
 
-/// Serves requests on `io` until the client closes, the head timeout
-/// passes, a request ends the connection or `stop` is set (the listener
-/// is closing: the request under way finishes, then the connection
-/// closes).
-pub(super) async fn serve<IO>(
-    io: IO,
-    conn: Arc<Conn>,
-    header_timeout: Duration,
-    stop: Arc<AtomicBool>,
-) where
+/// How long a connection waits on its client between answers.
+#[derive(Clone, Copy)]
+pub(super) struct Timeouts {
+    /// For a whole request head, from its first byte (or, for the first
+    /// request, from the connection's start).
+    pub head: Duration,
+    /// For the first byte of the next request after an answer.
+    pub keep_alive: Duration,
+}
+
+/// Serves requests on `io` until the client closes, a timeout passes, a
+/// request ends the connection or `stop` is set (the listener is closing:
+/// the request under way finishes, then the connection closes).
+pub(super) async fn serve<IO>(io: IO, conn: Arc<Conn>, timeouts: Timeouts, stop: Arc<AtomicBool>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut io = Coalesce::new(Replay {
@@ -68,11 +73,21 @@ pub(super) async fn serve<IO>(
     });
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out = BytesMut::with_capacity(1024);
+    let header_timeout = timeouts.head;
     let mut timer = pin!(tokio::time::sleep(header_timeout));
+    let mut first = true;
     loop {
-        // A request's head must be whole within the header timeout, and an
-        // idle connection is closed after as long.
-        timer.as_mut().reset(Instant::now() + header_timeout);
+        // A request's head must be whole within the head timeout; between
+        // requests a connection may stay idle for the keep-alive timeout,
+        // and the head timeout starts with the next request's first byte.
+        let mut idle = !first && buf.is_empty();
+        first = false;
+        let wait = if idle {
+            timeouts.keep_alive
+        } else {
+            header_timeout
+        };
+        timer.as_mut().reset(Instant::now() + wait);
         // How far the buffer is known to hold no end of a head: a head that
         // trickles in is scanned once, and parsed once it is whole, not
         // parsed again from its start at every read.
@@ -98,6 +113,10 @@ pub(super) async fn serve<IO>(
                 }
             }
             match read(&mut io, &mut buf, timer.as_mut(), &stop).await {
+                Read::Bytes if idle => {
+                    idle = false;
+                    timer.as_mut().reset(Instant::now() + header_timeout);
+                }
                 Read::Bytes => {}
                 Read::Closed => return,
                 // A head begun and not finished in time is answered 408
