@@ -521,6 +521,7 @@ impl Conn {
                     deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
                     stall: has_body.then(|| Stall::new(client_timeout)),
                     expired: expired.clone(),
+                    ended: None,
                 },
             ),
             forwarding,
@@ -614,9 +615,8 @@ impl Conn {
         pool: &PoolPlan,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let member = guard.member().clone();
-        let deadline = Instant::now() + pool.spec.response_timeout;
         let cut = member.cut_token();
-        let response = send(sender, out, &member, &cut, deadline, pool, self.ends).await?;
+        let response = send(sender, out, &member, &cut, pool, self.ends).await?;
         member.stats.requests.count(response.status().as_u16());
         let (mut parts, body) = response.into_parts();
         let member_side = match body {
@@ -856,9 +856,8 @@ async fn exchange(
     let member = guard.member().clone();
     let started = Instant::now();
     let cut = member.cut_token();
-    let deadline = started + pool.spec.response_timeout;
     let head_only = out.req.method() == Method::HEAD;
-    let response = send(sender, out, &member, &cut, deadline, pool, ends).await?;
+    let response = send(sender, out, &member, &cut, pool, ends).await?;
     member.stats.latency.observe(started.elapsed());
     member.stats.requests.count(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
@@ -898,12 +897,11 @@ async fn send(
     out: Box<Outbound>,
     member: &MemberState,
     cut: &CancellationToken,
-    deadline: Instant,
     pool: &PoolPlan,
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
     let sent = tokio::select! {
-        r = deliver(sender, out, member, deadline, pool, ends) => r,
+        r = deliver(sender, out, member, pool, ends) => r,
         _ = cut.cancelled() => return Err(ProxyError::Drained { member: member.address }),
     };
     if let Err(e) = &sent {
@@ -921,7 +919,6 @@ async fn deliver(
     sender: Sender,
     out: Box<Outbound>,
     member: &MemberState,
-    deadline: Instant,
     pool: &PoolPlan,
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
@@ -946,7 +943,26 @@ async fn deliver(
                 forwarding,
             } = *out;
             forwarding.insert_into(req.headers_mut());
-            let r = tokio::time::timeout_at(deadline, s.send_request(req))
+            // As over HTTP/1.1, the member's limit counts from the end of
+            // the request: a slow upload that keeps moving is the client's
+            // limits' business, not the member's.
+            let ended = (!req.body().is_end_stream()).then(|| {
+                let ended = Arc::new(tokio::sync::Notify::new());
+                req.body_mut().ended = Some(ended.clone());
+                ended
+            });
+            let response = s.send_request(req);
+            tokio::pin!(response);
+            if let Some(ended) = ended {
+                tokio::select! {
+                    r = &mut response => {
+                        let r = r.map_err(|e| upstream(e.into()))?;
+                        return Ok(r.map(MemberBody::Http2));
+                    }
+                    () = ended.notified() => {}
+                }
+            }
+            let r = tokio::time::timeout(pool.spec.response_timeout, response)
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(|e| upstream(e.into()))?;
@@ -1309,6 +1325,9 @@ pub(crate) struct RequestBody {
     /// Set to why the body failed in time ([`EXPIRED_DEADLINE`],
     /// [`EXPIRED_IDLE`]), so the failure is answered 408.
     expired: Option<Arc<AtomicU8>>,
+    /// Told when the body is over (or failed): an HTTP/2 member's response
+    /// time starts then.
+    ended: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The request body missed the listener's `request_timeout`.
@@ -1354,6 +1373,11 @@ impl Body for RequestBody {
         if frame.is_none() {
             // The whole request is in: the deadline no longer applies.
             self.deadline = None;
+        }
+        if matches!(frame, None | Some(Err(_))) {
+            if let Some(ended) = self.ended.take() {
+                ended.notify_one();
+            }
         }
         if let Some(Ok(f)) = &frame {
             if let Some(data) = f.data_ref() {

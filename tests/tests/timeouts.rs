@@ -182,6 +182,69 @@ async fn a_paused_upload_is_the_clients_fault_408_and_a_slow_one_passes() {
     assert!(out.ends_with("30"), "{out}");
 }
 
+/// An HTTP/2 (h2c) member that answers each request with its body's length.
+async fn h2_counting_member() -> SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let count = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let n = match req.into_body().collect().await {
+                        Ok(b) => b.to_bytes().len(),
+                        Err(_) => 0,
+                    };
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        bytes::Bytes::from(n.to_string()),
+                    )))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), count)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_members_limit_counts_from_the_end_of_the_request_too() {
+    let member = h2_counting_member().await;
+    let port = free_port();
+    let _dp = Dataplane::new();
+    _dp.apply(&spec(&format!(
+        r#"
+load_balancers:
+  - name: lb
+    listeners:
+      - {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: p,
+          header_timeout: 1s, client_timeout: 1s }}
+pools:
+  - {{ name: p, http_version: http2, response_timeout: 1s, members: [ {{ address: "{member}" }} ] }}
+"#
+    )))
+    .await
+    .unwrap();
+    // An upload that keeps moving for three times the member's limit.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"x").await.unwrap();
+    }
+    let (out, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("30"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_let_go() {
     let web = HttpBackend::start("web").await;
