@@ -186,27 +186,10 @@ async fn bodies_by_length_and_chunks_share_a_connection_with_pipelined_requests(
     .await
     .unwrap();
     let mut buf = Vec::new();
-    let a = answer(&mut s, &mut buf, false).await;
-    assert_eq!(
-        (a.status, a.body.as_slice()),
-        (200, &b"11"[..]),
-        "{}",
-        a.head
-    );
-    let a = answer(&mut s, &mut buf, false).await;
-    assert_eq!(
-        (a.status, a.body.as_slice()),
-        (200, &b"11"[..]),
-        "{}",
-        a.head
-    );
-    let a = answer(&mut s, &mut buf, false).await;
-    assert_eq!(
-        (a.status, a.body.as_slice()),
-        (200, &b"web"[..]),
-        "{}",
-        a.head
-    );
+    for want in [&b"11"[..], b"11", b"web"] {
+        let a = answer(&mut s, &mut buf, false).await;
+        assert_eq!((a.status, a.body.as_slice()), (200, want), "{}", a.head);
+    }
 
     // A large upload, in pieces, then the connection carries on.
     let size = 8 * 1024 * 1024;
