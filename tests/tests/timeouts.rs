@@ -19,17 +19,32 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A data plane with one HTTP listener in front of `member`, every limit 1 s.
 async fn keel_before(member: SocketAddr) -> (u16, Dataplane) {
+    keel_with(
+        member,
+        "header_timeout: 1s, client_timeout: 1s",
+        "response_timeout: 1s",
+    )
+    .await
+}
+
+/// A data plane with one HTTP listener (with `limits`, YAML flow fields) in
+/// front of `member`, in a pool with `pool_fields` (or none).
+async fn keel_with(member: SocketAddr, limits: &str, pool_fields: &str) -> (u16, Dataplane) {
     let port = free_port();
+    let pool_fields = if pool_fields.is_empty() {
+        String::new()
+    } else {
+        format!("{pool_fields}, ")
+    };
     let dp = Dataplane::new();
     dp.apply(&spec(&format!(
         r#"
 load_balancers:
   - name: lb
     listeners:
-      - {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: p,
-          header_timeout: 1s, client_timeout: 1s }}
+      - {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: p, {limits} }}
 pools:
-  - {{ name: p, response_timeout: 1s, members: [ {{ address: "{member}" }} ] }}
+  - {{ name: p, {pool_fields}members: [ {{ address: "{member}" }} ] }}
 "#
     )))
     .await
@@ -96,22 +111,12 @@ async fn one_response(s: &mut TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_idle_has_its_own_limit_apart_from_the_head() {
     let web = HttpBackend::start("web").await;
-    let port = free_port();
-    let _dp = Dataplane::new();
-    _dp.apply(&spec(&format!(
-        r#"
-load_balancers:
-  - name: lb
-    listeners:
-      - {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: p,
-          header_timeout: 400ms, keepalive_timeout: 1500ms }}
-pools:
-  - {{ name: p, members: [ {{ address: "{}" }} ] }}
-"#,
-        web.addr
-    )))
-    .await
-    .unwrap();
+    let (port, _dp) = keel_with(
+        web.addr,
+        "header_timeout: 400ms, keepalive_timeout: 1500ms",
+        "",
+    )
+    .await;
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
@@ -219,21 +224,12 @@ async fn h2_counting_member() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_members_limit_counts_from_the_end_of_the_request_too() {
     let member = h2_counting_member().await;
-    let port = free_port();
-    let _dp = Dataplane::new();
-    _dp.apply(&spec(&format!(
-        r#"
-load_balancers:
-  - name: lb
-    listeners:
-      - {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: p,
-          header_timeout: 1s, client_timeout: 1s }}
-pools:
-  - {{ name: p, http_version: http2, response_timeout: 1s, members: [ {{ address: "{member}" }} ] }}
-"#
-    )))
-    .await
-    .unwrap();
+    let (port, _dp) = keel_with(
+        member,
+        "header_timeout: 1s, client_timeout: 1s",
+        "http_version: http2, response_timeout: 1s",
+    )
+    .await;
     // An upload that keeps moving for three times the member's limit.
     slow_upload_passes(port).await;
 }
