@@ -141,16 +141,6 @@ done
 bench_settle "${pid[keel]}" $((WORKERS + 3))
 [ -z "${KEEL_B:-}" ] || bench_settle "${pid[keel-b]}"
 
-# CPU ticks (user + system) a process (every thread) and its child
-# processes (nginx's workers) have used so far.
-ticks() {
-  local p t=0
-  for p in "$1" $(pgrep -P "$1"); do
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
-HZ=$(getconf CLK_TCK)
 
 # wrk output → "req/s p50 p99 transfer/s"
 measure() {
@@ -167,14 +157,6 @@ measure() {
   echo "$rps $p50 $p99 $xfer ${errs:-}"
 }
 
-# wrk's latency ("850.00us", "3.10ms", "1.20s") in milliseconds.
-to_ms() {
-  awk -v v="$1" 'BEGIN {
-    n = v + 0
-    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000
-    printf "%.3f", n
-  }'
-}
 
 # The median of the numbers in column $2 of the lines in $1.
 median() {

@@ -17,6 +17,13 @@
 #                                by threads. THREADS: what it runs on once
 #                                settled (default 1; a node with W workers
 #                                has W + 3: main, two control, W workers)
+#   bench_cert                   an ECDSA P-256 certificate for bench.example:
+#                                $work/cert.pem, key.pem, and haproxy.pem
+#                                (both); indent (for YAML block scalars)
+#   ticks PID                    CPU ticks (user + system; $HZ a second) the
+#                                process, its threads and its child processes
+#                                (nginx's workers) have used so far
+#   to_ms LATENCY                wrk's latency (850.00us, 3.10ms, 1.20s) in ms
 #   haproxy_forwarded SCHEME     HAProxy frontend lines, and $nginx_forwarded
 #                                nginx location directives, that add the
 #                                request headers Keel adds for its members
@@ -102,3 +109,29 @@ nginx_forwarded='proxy_set_header X-Forwarded-For $remote_addr;
       proxy_set_header X-Forwarded-Proto $scheme;
       proxy_set_header X-Forwarded-Port $server_port;
       proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$http_host\"";'
+
+bench_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+}
+
+indent() { sed 's/^/      /'; }
+
+HZ=$(getconf CLK_TCK)
+ticks() {
+  local p t=0
+  for p in "$1" $(pgrep -P "$1"); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
+
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0
+    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000
+    printf "%.3f", n
+  }'
+}

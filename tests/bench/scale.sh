@@ -31,36 +31,14 @@ bench_keel
 bench_work
 
 CORES=$(nproc)
-HZ=$(getconf CLK_TCK)
 # Every process here may open as many files as the machine allows; each
 # proxy's connection limit follows (two descriptors per proxied connection).
 ulimit -n "$(ulimit -Hn)"
 MAXCONN=$(( $(ulimit -Hn) / 2 - 100 ))
 (( MAXCONN > 100000 )) && MAXCONN=100000
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
-indent() { sed 's/^/      /'; }
+bench_cert
 
-# CPU ticks (user + system) a process, its threads and its child processes
-# (nginx's workers) have used so far.
-ticks() {
-  local p t=0
-  for p in "$1" $(pgrep -P "$1"); do
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
 
-# wrk's latency ("850.00us", "3.10ms", "1.20s") in milliseconds.
-to_ms() {
-  awk -v v="$1" 'BEGIN {
-    n = v + 0
-    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000
-    printf "%.3f", n
-  }'
-}
 
 # The median of the numbers on the lines of $1.
 median() {

@@ -21,10 +21,7 @@ bench_keel
 bench_work
 
 # One certificate for both proxies.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=bench.example -addext subjectAltName=DNS:bench.example \
-  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
-cat "$work/cert.pem" "$work/key.pem" > "$work/haproxy.pem"
+bench_cert
 
 B1=127.0.0.1:18101 B2=127.0.0.1:18102
 bench_backends 1810
@@ -53,7 +50,6 @@ haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
 declare -A pid
 pid[haproxy]=$!
 
-indent() { sed 's/^/      /'; }
 cat > "$work/keel.yaml" <<CONF
 load_balancers:
   - name: bench
@@ -85,8 +81,6 @@ for port in 18443 18444; do
 done
 bench_settle "${pid[keel]}" 4
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
 port_of() { case $1 in keel) echo 18443;; haproxy) echo 18444;; esac; }
 
 # Runs "$@" against each proxy ({port} replaced), printing one table row
