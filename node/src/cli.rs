@@ -410,6 +410,10 @@ pub struct RunArgs {
     /// scoped to it.
     #[arg(long, env = "KEEL_AWS_REGION", default_value = "us-east-1")]
     pub aws_region: String,
+    /// Password hashes (logins, Octavia HTTP Basic) checked at once; more
+    /// attempts at the same time get 429. Each takes about 19 MiB.
+    #[arg(long, env = "KEEL_MAX_PASSWORD_CHECKS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_password_checks: u16,
     /// On SIGTERM, how long connections may take to finish before they are cut.
     #[arg(long, env = "KEEL_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime_arg)]
     pub shutdown_grace: Duration,

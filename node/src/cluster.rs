@@ -103,6 +103,8 @@ pub struct ClusterOptions {
     pub settings: Settings,
     /// Where gossip binds (UDP).
     pub gossip_addr: SocketAddr,
+    /// Password hashes checked at once.
+    pub password_checks: usize,
 }
 
 /// A started cluster node.
@@ -676,6 +678,8 @@ pub struct Control {
     pub traffic: Arc<crate::traffic::TrafficLog>,
     /// What this node saw happen, for the dashboard.
     pub events: Arc<crate::events::EventLog>,
+    /// Every password check on this node goes through it.
+    pub passwords: keel_web::PasswordGate,
     leader_link: Mutex<Option<(NodeId, RpcClient)>>,
     ca_fingerprint: String,
 }
@@ -716,6 +720,7 @@ impl Control {
             gossip: watch::Sender::new(Default::default()),
             traffic: Arc::default(),
             events: Arc::default(),
+            passwords: keel_web::PasswordGate::new(opts.password_checks),
             leader_link: Mutex::new(None),
             ca_fingerprint: pki::fingerprint(&node.tls.ca_pem)?,
         }))

@@ -85,6 +85,7 @@ impl TryFrom<RunArgs> for NodeConfig {
                 join: a.join.zip(a.token),
                 settings,
                 gossip_addr,
+                password_checks: a.max_password_checks.into(),
             },
             shutdown_grace: a.shutdown_grace,
             watch_interval: a.watch_interval,
@@ -364,6 +365,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             control.clone(),
             keel_web::Options {
                 tls: admin_tls.is_some(),
+                passwords: control.passwords.clone(),
             },
         )),
         Some(control.clone()),
@@ -404,7 +406,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         serve_compat("aws", *addr, app, stop_rx.clone()).await?;
     }
     if let Some(addr) = config.octavia_api {
-        let app = keel_web::octavia_router(control.clone());
+        let app = keel_web::octavia_router(control.clone(), control.passwords.clone());
         serve_compat("octavia", addr, app, stop_rx.clone()).await?;
     }
 

@@ -18,9 +18,7 @@ use keel_model::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{
-    check_bearer, new_bearer, random_hex, sha256_hex, verify_password, LoginLimiter,
-};
+use crate::auth::{check_bearer, new_bearer, random_hex, sha256_hex};
 use crate::error::ApiError;
 use crate::{ControlPlane, NodeStatus};
 
@@ -32,7 +30,6 @@ const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 struct App<C> {
     control: Arc<C>,
-    limiter: LoginLimiter,
     options: crate::Options,
 }
 
@@ -88,11 +85,7 @@ fn set_cookie(value: &str, max_age: u64, tls: bool) -> String {
 struct ClientIp(IpAddr);
 
 pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) -> Router {
-    let app = Arc::new(App {
-        control,
-        limiter: LoginLimiter::default(),
-        options,
-    });
+    let app = Arc::new(App { control, options });
     Router::new()
         .route("/api/v1/openapi.json", get(crate::openapi::document))
         .route("/api/v1/login", post(login::<C>))
@@ -322,36 +315,28 @@ async fn login<C: ControlPlane>(
     body: Result<Json<LoginRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
-    if let Err(wait) = app.limiter.check(ip) {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "too many failed logins; try again in {} s",
-                wait.as_secs().max(1)
-            ),
-        ));
-    }
     let (_, state) = app.control.state();
     let user = state.users.get(&req.user).cloned();
-    let password = req.password;
-    // Verify even for unknown users so timing does not tell which exist.
-    let hash = user.as_ref().map_or_else(
-        || crate::auth::DUMMY_HASH.to_owned(),
-        |u| u.password_hash.clone(),
-    );
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+    let hash = user.as_ref().map(|u| u.password_hash.as_str());
+    let matched = app
+        .options
+        .passwords
+        .check(ip, &req.user, &req.password, hash)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(|refused| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                refused.message(),
+            )
+        })?;
     let user = match user {
-        Some(u) if ok => u,
+        Some(u) if matched => u,
         _ => {
-            app.limiter.failed(ip);
             tracing::warn!(client = %ip, user = %req.user, "failed admin login");
             return Err(ApiError::unauthorized("wrong user name or password"));
         }
     };
-    app.limiter.succeeded(ip);
     // Sessions expire; forget the expired ones as new ones are made.
     if state
         .api_tokens

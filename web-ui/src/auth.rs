@@ -1,11 +1,14 @@
 //! Authentication: passwords (argon2), bearer tokens (random, stored as a
-//! SHA-256), and a limiter on failed logins.
+//! SHA-256), attempt limiters, and the gate every password check goes
+//! through.
 //!
 //! A bearer token reads `keel_<id>_<secret>`: the id finds the record, the
 //! secret is compared (in constant time) through its hash.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,7 +52,7 @@ pub fn is_password_hash(text: &str) -> bool {
 
 /// A well-formed hash no password matches: verified against for unknown
 /// users, so the time taken does not tell which users exist.
-pub(crate) const DUMMY_HASH: &str =
+const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
 /// Does `password` match the stored hash?
@@ -117,57 +120,201 @@ pub fn check_bearer(state: &ClusterState, token: &str, now: u64) -> Option<Strin
     Some(state.api_tokens.get(id)?.user.clone())
 }
 
-/// Counts failed logins per client address; refuses more than `max` within
-/// `window` (HAProxy-style stick-table behaviour, kept in memory per node).
-#[derive(Clone)]
-pub struct LoginLimiter {
-    failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+/// Most keys an [`Attempts`] remembers; past it, new keys are refused until
+/// old windows end (memory stays bounded whatever the sources).
+const MAX_KEYS: usize = 50_000;
+
+/// Attempts per key (a client address, a user name) within a window,
+/// counted *before* the work they ask for, so a burst in parallel is cut at
+/// `max` however long each attempt takes. A success may [`Attempts::forget`]
+/// the key. Kept in memory per node, like an HAProxy stick table.
+pub struct Attempts<K> {
+    seen: Mutex<HashMap<K, (Instant, u32)>>,
     max: u32,
     window: Duration,
 }
 
-impl Default for LoginLimiter {
-    fn default() -> Self {
-        LoginLimiter {
-            failures: Arc::default(),
-            max: 5,
-            window: Duration::from_secs(60),
+impl<K: Eq + Hash + Clone> Attempts<K> {
+    /// At most `max` attempts per key in each `window`.
+    pub fn new(max: u32, window: Duration) -> Self {
+        Attempts {
+            seen: Mutex::default(),
+            max,
+            window,
+        }
+    }
+
+    /// Counts one attempt for `key`; `Err(retry_after)` when it has none left.
+    pub fn attempt(&self, key: &K) -> Result<(), Duration> {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let window = self.window;
+        if !seen.contains_key(key) && seen.len() >= MAX_KEYS {
+            seen.retain(|_, (since, _)| now.duration_since(*since) < window);
+            if seen.len() >= MAX_KEYS {
+                return Err(window);
+            }
+        }
+        let entry = seen.entry(key.clone()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.max {
+            return Err(window.saturating_sub(now.duration_since(entry.0)));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+
+    /// Forget `key`'s attempts (after a success).
+    pub fn forget(&self, key: &K) {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
+/// Why a password was not checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotChecked {
+    /// Too many attempts from this address or for this user; retry after.
+    TooMany(Duration),
+    /// Every password-hash slot is busy; retry shortly.
+    Busy,
+}
+
+impl NotChecked {
+    /// The refusal as a client should read it.
+    pub fn message(&self) -> String {
+        match self {
+            NotChecked::TooMany(wait) => format!(
+                "too many login attempts; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+            NotChecked::Busy => "too many logins in progress; try again in a moment".into(),
         }
     }
 }
 
-impl LoginLimiter {
-    /// `Err(retry_after)` when `client` has failed too often.
-    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
-        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        match failures.get(&client) {
-            Some((since, n)) if *n >= self.max && since.elapsed() < self.window => {
-                Err(self.window.saturating_sub(since.elapsed()))
-            }
-            _ => Ok(()),
-        }
+/// Password checks with a bounded cost. Each argon2 check takes about
+/// 19 MiB and tens of milliseconds of CPU on the node that also carries the
+/// traffic, so: attempts are counted per client address and per user name
+/// before any hashing, and at most `max_hashes` run at once (the rest are
+/// refused at once rather than queued). One gate per node, shared by the
+/// admin API and the Octavia API.
+#[derive(Clone)]
+pub struct PasswordGate(Arc<Gate>);
+
+struct Gate {
+    by_client: Attempts<IpAddr>,
+    by_user: Attempts<String>,
+    hashes: tokio::sync::Semaphore,
+    max_hashes: usize,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    /// Checks by outcome: matched, wrong, too many, busy.
+    outcomes: [AtomicU64; 4],
+}
+
+const OUTCOMES: [&str; 4] = ["matched", "wrong", "rate_limited", "busy"];
+
+impl Default for PasswordGate {
+    fn default() -> Self {
+        PasswordGate::new(2)
+    }
+}
+
+impl PasswordGate {
+    /// A gate running at most `max_hashes` (at least 1) checks at once; 5
+    /// attempts per client address and 20 per user name each minute.
+    pub fn new(max_hashes: usize) -> Self {
+        let max_hashes = max_hashes.max(1);
+        PasswordGate(Arc::new(Gate {
+            by_client: Attempts::new(5, Duration::from_secs(60)),
+            by_user: Attempts::new(20, Duration::from_secs(60)),
+            hashes: tokio::sync::Semaphore::new(max_hashes),
+            max_hashes,
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            outcomes: Default::default(),
+        }))
     }
 
-    /// Record a failed attempt.
-    pub fn failed(&self, client: IpAddr) {
-        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = failures.entry(client).or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= self.window {
-            *entry = (Instant::now(), 0);
+    /// Does `password` match `hash`, `user`'s stored hash (`None` for an
+    /// unknown user: a dummy hash is checked instead, so the time taken does
+    /// not tell which users exist)?
+    pub async fn check(
+        &self,
+        client: IpAddr,
+        user: &str,
+        password: &str,
+        hash: Option<&str>,
+    ) -> Result<bool, NotChecked> {
+        let gate = &self.0;
+        let counted = gate
+            .by_client
+            .attempt(&client)
+            .and_then(|()| gate.by_user.attempt(&user.to_owned()));
+        if let Err(wait) = counted {
+            gate.count(2);
+            return Err(NotChecked::TooMany(wait));
         }
-        entry.1 += 1;
-        if failures.len() > 10_000 {
-            let window = self.window;
-            failures.retain(|_, (since, _)| since.elapsed() < window);
+        let Ok(_permit) = gate.hashes.try_acquire() else {
+            gate.count(3);
+            return Err(NotChecked::Busy);
+        };
+        let now = gate.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        gate.peak.fetch_max(now, Ordering::SeqCst);
+        let (password, hash) = (password.to_owned(), hash.unwrap_or(DUMMY_HASH).to_owned());
+        let matched = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .unwrap_or(false);
+        gate.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if matched {
+            gate.by_client.forget(&client);
+            gate.by_user.forget(&user.to_owned());
+            gate.count(0);
+        } else {
+            gate.count(1);
         }
+        Ok(matched)
     }
 
-    /// Forget failures after a success.
-    pub fn succeeded(&self, client: IpAddr) {
-        self.failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&client);
+    /// Prometheus text: checks by outcome, in flight, most at once.
+    pub fn render_metrics(&self) -> String {
+        let gate = &self.0;
+        let mut out = String::from(
+            "# HELP keel_password_checks_total Password checks (logins, Octavia Basic) by outcome.\n\
+             # TYPE keel_password_checks_total counter\n",
+        );
+        for (name, n) in OUTCOMES.iter().zip(&gate.outcomes) {
+            out += &format!(
+                "keel_password_checks_total{{outcome=\"{name}\"}} {}\n",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        out += &format!(
+            "# HELP keel_password_hashes_in_flight Password hashes running now.\n\
+             # TYPE keel_password_hashes_in_flight gauge\n\
+             keel_password_hashes_in_flight {}\n\
+             # HELP keel_password_hashes_in_flight_peak Most password hashes that ran at once.\n\
+             # TYPE keel_password_hashes_in_flight_peak gauge\n\
+             keel_password_hashes_in_flight_peak {}\n\
+             # HELP keel_password_hashes_max Password hashes allowed at once.\n\
+             # TYPE keel_password_hashes_max gauge\n\
+             keel_password_hashes_max {}\n",
+            gate.in_flight.load(Ordering::Relaxed),
+            gate.peak.load(Ordering::Relaxed),
+            gate.max_hashes,
+        );
+        out
+    }
+}
+
+impl Gate {
+    fn count(&self, outcome: usize) {
+        self.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -204,14 +351,91 @@ mod tests {
     }
 
     #[test]
-    fn limiter_blocks_after_repeated_failures() {
-        let l = LoginLimiter::default();
+    fn attempts_are_cut_at_the_limit_per_key() {
+        let l = Attempts::new(5, Duration::from_secs(60));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..5 {
-            assert!(l.check(ip).is_ok());
-            l.failed(ip);
+            assert!(l.attempt(&ip).is_ok());
         }
-        assert!(l.check(ip).is_err());
-        assert!(l.check("10.0.0.2".parse().unwrap()).is_ok());
+        let wait = l.attempt(&ip).unwrap_err();
+        assert!(wait > Duration::from_secs(58) && wait <= Duration::from_secs(60));
+        assert!(l.attempt(&"10.0.0.2".parse().unwrap()).is_ok());
+        l.forget(&ip);
+        assert!(l.attempt(&ip).is_ok());
+    }
+
+    #[test]
+    fn attempts_start_over_when_the_window_ends() {
+        let l = Attempts::new(1, Duration::from_millis(50));
+        assert!(l.attempt(&1).is_ok());
+        assert!(l.attempt(&1).is_err());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(l.attempt(&1).is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_gate_counts_before_hashing_and_bounds_hashes_in_flight() {
+        let hash = hash_password("right").unwrap();
+        let gate = PasswordGate::new(2);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        // 50 at once from one address: 5 are checked, the rest refused
+        // without hashing; never more than 2 hashes at once.
+        let tries: Vec<_> = (0..50)
+            .map(|_| {
+                let (gate, hash) = (gate.clone(), hash.clone());
+                tokio::spawn(async move { gate.check(ip, "admin", "wrong", Some(&hash)).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tries {
+            results.push(t.await.unwrap());
+        }
+        let checked = results.iter().filter(|r| r.is_ok()).count();
+        let limited = results
+            .iter()
+            .filter(|r| matches!(r, Err(NotChecked::TooMany(_))))
+            .count();
+        let busy = results
+            .iter()
+            .filter(|r| **r == Err(NotChecked::Busy))
+            .count();
+        assert_eq!(checked + busy, 5, "{results:?}");
+        assert_eq!(limited, 45);
+        assert!(results.iter().all(|r| *r != Ok(true)));
+        let metrics = gate.render_metrics();
+        assert!(
+            metrics.contains("keel_password_hashes_in_flight 0\n"),
+            "{metrics}"
+        );
+        let peak: usize = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("keel_password_hashes_in_flight_peak "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&peak), "{metrics}");
+
+        // Per user too: 20 addresses, one wrong attempt each for "admin",
+        // leave the user limited from a 21st address ...
+        let gate = PasswordGate::new(1);
+        for i in 0..20u8 {
+            let ip = IpAddr::from([10, 0, 1, i]);
+            assert_eq!(
+                gate.check(ip, "admin", "wrong", Some(&hash)).await,
+                Ok(false)
+            );
+        }
+        let other = IpAddr::from([10, 0, 2, 1]);
+        assert!(matches!(
+            gate.check(other, "admin", "right", Some(&hash)).await,
+            Err(NotChecked::TooMany(_))
+        ));
+        // ... while another user from that address is checked, and a
+        // success forgets that address's attempts.
+        assert_eq!(
+            gate.check(other, "ops", "right", Some(&hash)).await,
+            Ok(true)
+        );
+        assert_eq!(gate.check(other, "ops", "wrong", None).await, Ok(false));
     }
 }

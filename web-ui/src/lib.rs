@@ -34,7 +34,9 @@ use axum::Router;
 use keel_model::{ClusterCommand, ClusterState, Refusal};
 use serde::{Deserialize, Serialize};
 
-pub use auth::{hash_password, is_password_hash, random_hex, sha256_hex, LoginLimiter};
+pub use auth::{
+    hash_password, is_password_hash, random_hex, sha256_hex, Attempts, NotChecked, PasswordGate,
+};
 pub use error::ApiError;
 
 /// What the API needs from the node.
@@ -252,10 +254,12 @@ pub struct NodeStatus {
 }
 
 /// How the admin surface is served.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct Options {
     /// The admin address serves TLS, so session cookies are marked `Secure`.
     pub tls: bool,
+    /// The node's password gate (shared with the Octavia API).
+    pub passwords: PasswordGate,
 }
 
 /// The `/api/v1` and `/ui/` routers over a control plane.

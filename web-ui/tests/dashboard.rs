@@ -131,7 +131,13 @@ async fn pages_need_a_session_and_the_cookie_is_locked_down() {
     assert_eq!(signed_in.headers[header::LOCATION], "/ui/");
 
     // Over TLS the cookie is Secure.
-    let tls = keel_web::router(fake(), Options { tls: true });
+    let tls = keel_web::router(
+        fake(),
+        Options {
+            tls: true,
+            ..Options::default()
+        },
+    );
     let (_, _, set_cookie) = cookie_login(&tls).await;
     assert!(set_cookie.contains("; Secure"), "{set_cookie}");
 }

@@ -28,26 +28,23 @@ use http::{header, HeaderMap, Method, StatusCode, Uri};
 use keel_model::{ClusterCommand, Command, Document};
 use serde_json::{json, Map, Value};
 
-use crate::auth::{check_bearer, verify_password, LoginLimiter};
+use crate::auth::{check_bearer, PasswordGate};
 use crate::ControlPlane;
 
 pub(crate) struct Octavia<C> {
     control: Arc<C>,
-    /// Failed HTTP Basic attempts, per client.
-    limiter: LoginLimiter,
+    /// HTTP Basic passwords are checked through the node's gate.
+    passwords: PasswordGate,
 }
 
 /// The Octavia-compatible API's router. Serve it with connect info
 /// (`into_make_service_with_connect_info::<SocketAddr>`) so failed
 /// passwords are limited per client.
-pub fn router<C: ControlPlane>(control: Arc<C>) -> Router {
+pub fn router<C: ControlPlane>(control: Arc<C>, passwords: PasswordGate) -> Router {
     Router::new()
         .fallback(handle::<C>)
         .layer(DefaultBodyLimit::max(1024 * 1024))
-        .with_state(Arc::new(Octavia {
-            control,
-            limiter: LoginLimiter::default(),
-        }))
+        .with_state(Arc::new(Octavia { control, passwords }))
 }
 
 /// An error as Octavia sends it: the CLI shows `faultstring`.
@@ -290,30 +287,16 @@ async fn authenticate<C: ControlPlane>(
             "The request you have made requires authentication: send X-Auth-Token (a Keel API token) or HTTP Basic credentials.",
         ));
     };
-    if let Err(wait) = octavia.limiter.check(ip) {
-        return Err(Fault::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "too many failed logins; try again in {} s",
-                wait.as_secs().max(1)
-            ),
-        ));
-    }
     let (user, password) = pair.split_once(':').unwrap_or((&pair, ""));
-    let hash = state.users.get(user).map(|u| u.password_hash.clone());
-    let password = password.to_owned();
-    // Verify even for unknown users so timing does not tell which exist.
-    let ok = tokio::task::spawn_blocking(move || {
-        let hash = hash.unwrap_or_else(|| crate::auth::DUMMY_HASH.to_owned());
-        verify_password(&password, &hash)
-    })
-    .await
-    .unwrap_or(false);
-    if ok && state.users.contains_key(user) {
-        octavia.limiter.succeeded(ip);
+    let hash = state.users.get(user).map(|u| u.password_hash.as_str());
+    let matched = octavia
+        .passwords
+        .check(ip, user, password, hash)
+        .await
+        .map_err(|refused| Fault::new(StatusCode::TOO_MANY_REQUESTS, refused.message()))?;
+    if matched && hash.is_some() {
         Ok(format!("{user} (octavia api)"))
     } else {
-        octavia.limiter.failed(ip);
         tracing::warn!(client = %ip, user, "octavia api: wrong user name or password");
         Err(unauthorized("wrong user name or password"))
     }
