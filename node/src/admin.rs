@@ -30,7 +30,7 @@ impl Readiness for crate::cluster::Control {
     }
 
     fn metrics(&self) -> String {
-        self.vip_metrics.render() + &self.passwords.render_metrics()
+        self.vip_metrics.render() + &self.passwords.render_metrics() + &self.joins.render_metrics()
     }
 }
 

@@ -9,7 +9,7 @@
 //! - `initial-admin-password` — the generated first password (0600), when
 //!   none was given; removed once the admin user has changed it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -680,6 +680,8 @@ pub struct Control {
     pub events: Arc<crate::events::EventLog>,
     /// Every password check on this node goes through it.
     pub passwords: keel_web::PasswordGate,
+    /// Anonymous join attempts.
+    pub joins: JoinLimits,
     leader_link: Mutex<Option<(NodeId, RpcClient)>>,
     ca_fingerprint: String,
 }
@@ -721,6 +723,7 @@ impl Control {
             traffic: Arc::default(),
             events: Arc::default(),
             passwords: keel_web::PasswordGate::new(opts.password_checks),
+            joins: JoinLimits::default(),
             leader_link: Mutex::new(None),
             ca_fingerprint: pki::fingerprint(&node.tls.ca_pem)?,
         }))
@@ -1089,22 +1092,108 @@ async fn join_certificate(
     peer: Option<axum::Extension<keel_consensus::rpc::Peer>>,
     Json(req): Json<CertificateRequest>,
 ) -> Json<Result<CertificateGrant, String>> {
-    let from = peer.map(|p| p.addr.to_string()).unwrap_or_default();
+    let from = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.addr.ip());
+    if let Err(wait) = control.joins.attempt(from) {
+        tracing::debug!(peer = %from, "join attempt over the limit");
+        return Json(Err(format!(
+            "too many join attempts; try again in {} s",
+            wait.as_secs().max(1)
+        )));
+    }
     let result = grant_certificate(&control, req).await;
     match &result {
         Ok(g) => {
+            control.joins.granted(from);
             tracing::info!(peer = %from, id = %format!("{:x}", g.node_id), "issued a node certificate to a joiner")
         }
-        Err(why) => tracing::warn!(peer = %from, %why, "refused a join"),
+        Err(why) => {
+            control.joins.refused();
+            tracing::warn!(peer = %from, %why, "refused a join")
+        }
     }
     Json(result)
 }
+
+/// Anonymous join attempts, limited before any work is done for them: 10 a
+/// minute from one address and 100 a minute in all (a success forgets its
+/// address's count). With the token judged before anything is proposed,
+/// a flood of joins costs neither Raft nor the VIP anything.
+pub struct JoinLimits {
+    by_source: keel_web::Attempts<IpAddr>,
+    total: keel_web::Attempts<()>,
+    /// Attempts by outcome: granted, refused, over the limit.
+    outcomes: [AtomicU64; 3],
+}
+
+impl Default for JoinLimits {
+    fn default() -> Self {
+        JoinLimits {
+            by_source: keel_web::Attempts::new(10, Duration::from_secs(60)),
+            total: keel_web::Attempts::new(100, Duration::from_secs(60)),
+            outcomes: Default::default(),
+        }
+    }
+}
+
+impl JoinLimits {
+    fn attempt(&self, from: IpAddr) -> Result<(), Duration> {
+        let counted = self
+            .by_source
+            .attempt(&from)
+            .and_then(|()| self.total.attempt(&()));
+        if counted.is_err() {
+            self.outcomes[2].fetch_add(1, Ordering::Relaxed);
+        }
+        counted
+    }
+
+    fn granted(&self, from: IpAddr) {
+        self.by_source.forget(&from);
+        self.outcomes[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn refused(&self) {
+        self.outcomes[1].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text.
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP keel_join_attempts_total Join requests on the cluster listener by outcome.\n\
+             # TYPE keel_join_attempts_total counter\n",
+        );
+        for (name, n) in ["granted", "refused", "rate_limited"]
+            .iter()
+            .zip(&self.outcomes)
+        {
+            out += &format!(
+                "keel_join_attempts_total{{outcome=\"{name}\"}} {}\n",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// How far ahead of this node's clock another node's may be: a join token
+/// is judged as if it were that much later, so no node applies a join this
+/// node thought was in time but which is expired by the leader's clock.
+const CLOCK_SKEW_MARGIN_SECS: u64 = 2;
 
 async fn grant_certificate(
     control: &Control,
     req: CertificateRequest,
 ) -> Result<CertificateGrant, String> {
     check_node_name(&req.name)?;
+    // Everything that can be judged here is, before Raft sees anything: only
+    // a token that the applied state would accept is proposed.
+    let secret_sha256 = keel_web::sha256_hex(&req.secret);
+    let now = unix_now() + CLOCK_SKEW_MARGIN_SECS;
+    control
+        .state()
+        .1
+        .join_token(&req.token_id, &secret_sha256, now)
+        .map_err(|refusal| refusal.to_string())?;
     if control
         .consensus
         .members()
@@ -1120,8 +1209,8 @@ async fn grant_certificate(
     control
         .propose(ClusterCommand::ConsumeJoinToken {
             id: req.token_id.clone(),
-            secret_sha256: keel_web::sha256_hex(&req.secret),
-            now: unix_now(),
+            secret_sha256,
+            now,
         })
         .await
         .map_err(|e| e.to_string())?;

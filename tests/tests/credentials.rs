@@ -1,5 +1,6 @@
-//! Credentials under attack, against a real `keel` process: password
-//! guessing cannot be turned into a memory or CPU weapon.
+//! Credentials under attack, against real `keel` processes: password
+//! guessing cannot be turned into a memory or CPU weapon, and anonymous
+//! join attempts cannot make the cluster write to Raft.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
 
@@ -10,7 +11,11 @@ use std::time::{Duration, Instant};
 
 use keel_tests::backend::HttpBackend;
 use keel_tests::client::{client, get};
+use keel_tests::cluster::{Cluster, A};
+use keel_tests::netns::{in_ns, wait_until};
 use keel_tests::node::{rss_of, KeelProcess};
+use keel_tests::tls::any_cert;
+use keel_tests::vip::holds;
 use keel_tests::{free_port, http_lb, members};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
@@ -169,4 +174,145 @@ async fn a_burst_of_wrong_logins_costs_bounded_memory_and_leaves_traffic_alone()
 
     // The right password still works from another address.
     node.login();
+}
+
+/// `bodies` posted to `/join/certificate` at `addr` over `conns` kept-alive
+/// TLS connections, as an anonymous client that checks nothing; every
+/// answer's body.
+async fn post_joins(addr: SocketAddr, bodies: Vec<String>, conns: usize) -> Vec<String> {
+    use http_body_util::{BodyExt, Full};
+    let per_conn = bodies.len().div_ceil(conns);
+    let mut tasks = Vec::new();
+    for chunk in bodies.chunks(per_conn) {
+        let chunk = chunk.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("keel").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(any_cert())
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let mut answers = Vec::new();
+            for body in chunk {
+                let request = http::Request::post("/join/certificate")
+                    .header("host", addr.to_string())
+                    .header("content-type", "application/json")
+                    .body(Full::new(bytes::Bytes::from(body)))
+                    .unwrap();
+                let answer = sender.send_request(request).await.unwrap();
+                let body = answer.into_body().collect().await.unwrap().to_bytes();
+                answers.push(String::from_utf8_lossy(&body).into_owned());
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.extend(t.await.unwrap());
+    }
+    answers
+}
+
+/// A well-formed certificate request, as a joiner sends it.
+fn csr_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    rcgen::CertificateParams::new(vec!["joiner".into()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+#[test]
+fn a_flood_of_wrong_join_tokens_writes_nothing_to_raft_and_moves_no_vip() {
+    const VIP: &str = "10.77.0.100";
+    let config = format!(
+        "load_balancers:\n  - {{ name: web, vip: {VIP}/24, listeners: [ {{ port: 8000, protocol: http, default_pool: app }} ] }}\n\
+         pools:\n  - {{ name: app, members: [ {{ address: \"{A}\" }} ] }}\n"
+    );
+    let c = Cluster::start_with(3, &config, &[]);
+    let holders = || -> Vec<usize> { (1..=3).filter(|i| holds(&c.ns(*i), VIP)).collect() };
+    wait_until(Duration::from_secs(10), "one VIP holder", || {
+        holders().len() == 1
+    });
+    let holder = holders();
+    // A real token's id with a wrong secret, and unknown ids: well-formed
+    // requests with a valid CSR, which reached Raft before the fix.
+    let real_id = c.join_token(&[]).split('.').nth(2).unwrap().to_owned();
+    let versions = || -> Vec<u64> {
+        (1..=3)
+            .map(|i| c.status(i)["applied_version"].as_u64().unwrap())
+            .collect()
+    };
+    let before = versions();
+    let csr = csr_pem();
+    let bodies: Vec<String> = (0..10_000)
+        .map(|i| {
+            let id = if i % 2 == 0 {
+                real_id.clone()
+            } else {
+                format!("{:08x}", i)
+            };
+            serde_json::json!({
+                "token_id": id,
+                "secret": format!("{:032x}", i),
+                "name": format!("evil{i}"),
+                "csr_pem": csr,
+            })
+            .to_string()
+        })
+        .collect();
+    let started = Instant::now();
+    let answers = in_ns(&c.topo.ns("c"), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            // A third to each node's cluster listener, 8 connections each.
+            let mut tasks = Vec::new();
+            for (n, part) in bodies.chunks(3334).enumerate() {
+                let addr: SocketAddr = format!("10.77.0.{}:9091", n + 1).parse().unwrap();
+                tasks.push(tokio::spawn(post_joins(addr, part.to_vec(), 8)));
+            }
+            let mut answers = Vec::new();
+            for t in tasks {
+                answers.extend(t.await.unwrap());
+            }
+            answers
+        })
+    });
+    let took = started.elapsed();
+    assert_eq!(answers.len(), 10_000);
+    let limited = answers
+        .iter()
+        .filter(|a| a.contains("too many join attempts"))
+        .count();
+    let judged = answers
+        .iter()
+        .filter(|a| a.contains("join token refused"))
+        .count();
+    assert_eq!(limited + judged, 10_000, "{:?}", &answers[..5]);
+    assert!((1..=30).contains(&judged), "{judged} attempts judged");
+    eprintln!("10,000 join attempts in {took:?}: {judged} judged, {limited} over the limit");
+
+    // Nothing reached the Raft log, and the VIP stayed put.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(versions(), before, "join attempts were written to Raft");
+    assert_eq!(holders(), holder, "the VIP moved");
+    let logged = c.logs().matches("refused a join").count();
+    assert!(logged <= 30, "{logged} log lines for refused joins");
+
+    // The refusals are counted where an operator looks.
+    let (_, metrics) = c.call(1, "GET", "/metrics", None).unwrap();
+    assert!(
+        metrics.contains("keel_join_attempts_total{outcome=\"rate_limited\"}"),
+        "{metrics}"
+    );
 }

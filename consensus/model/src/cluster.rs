@@ -317,6 +317,34 @@ pub enum Refusal {
 }
 
 impl ClusterState {
+    /// Join token `id`, if `secret_sha256` is its secret's hash and it has a
+    /// use left at `now`: what `ConsumeJoinToken` checks, so a node can
+    /// refuse a join against its applied state before proposing anything.
+    pub fn join_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        now: u64,
+    ) -> Result<&JoinToken, Refusal> {
+        let token = self
+            .join_tokens
+            .get(id)
+            .ok_or_else(|| Refusal::Token("unknown token".into()))?;
+        if !constant_time_eq(token.secret_sha256.as_bytes(), secret_sha256.as_bytes()) {
+            return Err(Refusal::Token("wrong secret".into()));
+        }
+        if token.revoked {
+            return Err(Refusal::Token("revoked".into()));
+        }
+        if now >= token.expires_at {
+            return Err(Refusal::Token("expired".into()));
+        }
+        if token.uses_left == 0 {
+            return Err(Refusal::Token("used up".into()));
+        }
+        Ok(token)
+    }
+
     /// Apply one command: all of it, or nothing and the reason.
     pub fn apply(&mut self, command: &ClusterCommand) -> Result<(), Refusal> {
         match command {
@@ -355,23 +383,10 @@ impl ClusterState {
                 secret_sha256,
                 now,
             } => {
-                let token = self
-                    .join_tokens
-                    .get_mut(id)
-                    .ok_or_else(|| Refusal::Token("unknown token".into()))?;
-                if !constant_time_eq(token.secret_sha256.as_bytes(), secret_sha256.as_bytes()) {
-                    return Err(Refusal::Token("wrong secret".into()));
+                self.join_token(id, secret_sha256, *now)?;
+                if let Some(token) = self.join_tokens.get_mut(id) {
+                    token.uses_left -= 1;
                 }
-                if token.revoked {
-                    return Err(Refusal::Token("revoked".into()));
-                }
-                if *now >= token.expires_at {
-                    return Err(Refusal::Token("expired".into()));
-                }
-                if token.uses_left == 0 {
-                    return Err(Refusal::Token("used up".into()));
-                }
-                token.uses_left -= 1;
             }
             ClusterCommand::CreateApiToken { id, token } => {
                 self.api_tokens.insert(id.clone(), token.clone());
