@@ -157,7 +157,7 @@ impl Drop for Hosts {
 }
 
 #[test]
-fn boto2_builds_a_classic_balancer_by_host_name_that_serves() {
+fn boto2_builds_a_classic_balancer_by_host_name_or_ip_address_that_serves() {
     let mut s = setup("i-boto");
     // boto 2 takes the SigV4 region and service from the endpoint's name.
     let _hosts = Hosts::write(
@@ -178,4 +178,10 @@ fn boto2_builds_a_classic_balancer_by_host_name_that_serves() {
     assert!(s.run(&script, "delete", &env).contains("deleted"));
     let (_, pools) = s.c.call(1, "GET", "/api/v1/pools", None).unwrap();
     assert_eq!(pools.trim(), "[]");
+
+    // Pointed at an IP address, boto 2 signs for region "0", service "127"
+    // (the address's first labels); that scope matches the Host it signed.
+    s.endpoint = "http://127.0.0.1:9443".into();
+    assert!(s.run(&script, "create", &env).contains("created"));
+    assert!(s.run(&script, "delete", &env).contains("deleted"));
 }

@@ -166,6 +166,18 @@ impl<K: Eq + Hash + Clone> Attempts<K> {
         Ok(())
     }
 
+    /// `Err(retry_after)` when `key` has no attempts left; counts nothing
+    /// (for limits on failures, counted with [`Attempts::attempt`] after).
+    pub fn left(&self, key: &K) -> Result<(), Duration> {
+        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        match seen.get(key) {
+            Some((since, n)) if *n >= self.max && since.elapsed() < self.window => {
+                Err(self.window.saturating_sub(since.elapsed()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Forget `key`'s attempts (after a success).
     pub fn forget(&self, key: &K) {
         self.seen

@@ -3,17 +3,19 @@
 //! SigV4-signed with a Keel-issued access key; `Action` and `Version` pick
 //! the call; answers are the XML the AWS SDKs parse.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http::{header, HeaderMap, Method, StatusCode, Uri};
 
 use keel_model::{ClusterCommand, ClusterState, Command, Document, Spec};
 
+use crate::auth::Attempts;
 use crate::ControlPlane;
 
 /// XML namespace of ELBv2 answers.
@@ -25,14 +27,66 @@ pub(crate) struct Aws<C> {
     pub control: Arc<C>,
     /// The one region this endpoint serves (signatures must be scoped to it).
     pub region: String,
+    /// Signatures of changes already made, within the clock-skew window.
+    replays: Replays,
+    /// Requests with bad signatures, per client address (20 a minute).
+    failures: Attempts<IpAddr>,
 }
 
-/// The AWS-compatible API's router.
+/// The AWS-compatible API's router. Serve it with connect info
+/// (`into_make_service_with_connect_info::<SocketAddr>`) so bad signatures
+/// are limited per client.
 pub fn router<C: ControlPlane>(control: Arc<C>, region: String) -> Router {
     Router::new()
         .fallback(handle::<C>)
-        .layer(DefaultBodyLimit::max(1024 * 1024))
-        .with_state(Arc::new(Aws { control, region }))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(Arc::new(Aws {
+            control,
+            region,
+            replays: Replays::default(),
+            failures: Attempts::new(20, Duration::from_secs(60)),
+        }))
+}
+
+const BODY_LIMIT: usize = 1024 * 1024;
+
+/// The signatures of changes made, each kept until its `X-Amz-Date` is out
+/// of the clock-skew window (after which the request is refused as expired
+/// anyway), with the connection that sent it: a captured change replayed
+/// from another connection is refused. A signature is the same for the same
+/// request in the same second, so a client may legitimately send the same
+/// bytes twice (`DeleteLoadBalancer` again, "gone already: no error"); it
+/// does so on its own connection, which an attacker cannot use. Changes that
+/// failed are forgotten (a client retries `DeleteLoadBalancerPolicy` after
+/// "policy in use" with the same bytes, perhaps on a new connection), and
+/// reads are not recorded: replaying either changes nothing now.
+#[derive(Default)]
+struct Replays(Mutex<HashMap<String, (u64, Option<SocketAddr>)>>);
+
+impl Replays {
+    /// Records `signature` (valid until `until`, Unix seconds) as sent on
+    /// connection `from`; false when another connection sent it first.
+    fn admit(&self, signature: &str, until: u64, from: Option<SocketAddr>, now: u64) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.len() >= 10_000 {
+            seen.retain(|_, (until, _)| *until > now);
+        }
+        match seen.get(signature) {
+            Some((until, first)) if *until > now => from.is_some() && *first == from,
+            _ => {
+                seen.insert(signature.to_owned(), (until, from));
+                true
+            }
+        }
+    }
+
+    /// Forgets `signature`: its change failed.
+    fn forget(&self, signature: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(signature);
+    }
 }
 
 /// The account number in ARNs (Keel has one).
@@ -293,9 +347,21 @@ async fn handle<C: ControlPlane>(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Response {
     let id = request_id();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let client = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip());
+    let body = match axum::body::to_bytes(request.into_body(), BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(_) => {
+            let e = AwsError::bad("InvalidRequest", "the request body is too large or broken");
+            return error_response(NS_V2, &e, &id);
+        }
+    };
     let query = uri.query().unwrap_or("");
     let form = headers
         .get(header::CONTENT_TYPE)
@@ -308,7 +374,19 @@ async fn handle<C: ControlPlane>(
     } else {
         NS_V2
     };
+    if let Err(wait) = aws.failures.left(&client) {
+        let e = AwsError::new(
+            400,
+            "Throttling",
+            format!(
+                "Rate exceeded: too many requests with bad signatures; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        );
+        return error_response(ns, &e, &id);
+    }
     let (_, state) = aws.control.state();
+    let now = crate::api::now();
     let signed = crate::sigv4::verify(
         &crate::sigv4::Request {
             method: method.as_str(),
@@ -319,12 +397,13 @@ async fn handle<C: ControlPlane>(
         },
         |key| crate::awskeys::secret_of(&state, key),
         &aws.region,
-        crate::api::now(),
+        now,
     );
     let signed = match signed {
         Ok(s) => s,
         Err(r) => {
-            tracing::info!(code = r.code, "aws api request refused");
+            let _ = aws.failures.attempt(&client);
+            tracing::info!(%client, code = r.code, "aws api request refused");
             return error_response(ns, &AwsError::new(r.status, r.code, r.message), &id);
         }
     };
@@ -340,6 +419,17 @@ async fn handle<C: ControlPlane>(
             &id,
         );
     };
+    let changes = !action.starts_with("Describe");
+    let until = signed.signed_at + crate::sigv4::MAX_SKEW_SECS;
+    if changes && !aws.replays.admit(&signed.signature, until, peer, now) {
+        tracing::warn!(%client, action = %action, "aws api request replayed");
+        let e = AwsError::new(
+            403,
+            "InvalidSignatureException",
+            "This signed request was already received: sign each request anew.",
+        );
+        return error_response(ns, &e, &id);
+    }
     let result = match version.as_str() {
         "2015-12-01" => crate::elbv2::call(&aws, &action, &params, &by).await,
         "2012-06-01" => crate::elb::call(&aws, &action, &params, &by).await,
@@ -348,6 +438,9 @@ async fn handle<C: ControlPlane>(
             format!("unknown API version {other:?} (expected 2012-06-01 or 2015-12-01)"),
         )),
     };
+    if changes && result.is_err() {
+        aws.replays.forget(&signed.signature);
+    }
     match result {
         Ok(inner) => xml(
             200,

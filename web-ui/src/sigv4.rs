@@ -35,6 +35,23 @@ fn refused(code: &'static str, status: u16, message: impl Into<String>) -> Refus
 pub struct Signed {
     pub access_key_id: String,
     pub region: String,
+    /// The signature (hex): the same bytes signed again give the same one,
+    /// so it names the request for a replay cache.
+    pub signature: String,
+    /// When it was signed (Unix seconds, from `X-Amz-Date`).
+    pub signed_at: u64,
+}
+
+/// The scope boto 2 derives from an IP-address `Host` (it reads the service
+/// and region from the host's first two labels: `127.0.0.1` signs for region
+/// `0`, service `127`): `(region, service)`.
+fn scope_from_ip_host(headers: &HeaderMap) -> Option<(&str, &str)> {
+    let host = headers.get(http::header::HOST)?.to_str().ok()?;
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    name.parse::<std::net::Ipv4Addr>().ok()?;
+    let mut labels = name.split('.');
+    let service = labels.next()?;
+    Some((labels.next()?, service))
 }
 
 /// The parts of a request a signature covers.
@@ -110,14 +127,17 @@ pub fn verify(
             "Credential must end with aws4_request",
         ));
     }
-    if service != SERVICE {
+    // The scope is this endpoint's, or the one a client derives from the IP
+    // address it was given (and signs in the `host` header, checked below).
+    let from_host = scope_from_ip_host(req.headers) == Some((cred_region, service));
+    if service != SERVICE && !from_host {
         return Err(refused(
             "SignatureDoesNotMatch",
             403,
             format!("Credential should be scoped to correct service: '{SERVICE}'"),
         ));
     }
-    if cred_region != region {
+    if cred_region != region && !from_host {
         return Err(refused(
             "SignatureDoesNotMatch",
             403,
@@ -158,6 +178,25 @@ pub fn verify(
             "the host header must be signed",
         ));
     }
+    // The body is covered by the signature whatever the client says: a
+    // payload hash it sends must be signed and must be the body's.
+    let body_hash = hex(&Sha256::digest(req.body));
+    if let Some(sent) = req.headers.get("x-amz-content-sha256") {
+        if !names.contains(&"x-amz-content-sha256") {
+            return Err(refused(
+                "SignatureDoesNotMatch",
+                403,
+                "x-amz-content-sha256 must be signed when it is sent",
+            ));
+        }
+        if sent.as_bytes() != body_hash.as_bytes() {
+            return Err(refused(
+                "XAmzContentSHA256Mismatch",
+                400,
+                "The provided 'x-amz-content-sha256' header does not match what was computed.",
+            ));
+        }
+    }
     let Some(secret) = secret(key_id) else {
         return Err(refused(
             "InvalidClientTokenId",
@@ -166,7 +205,7 @@ pub fn verify(
         ));
     };
 
-    let canonical = canonical_request(req, &names)
+    let canonical = canonical_request(req, &names, &body_hash)
         .ok_or_else(|| refused("SignatureDoesNotMatch", 403, "a signed header is missing"))?;
     let scope = format!("{date}/{cred_region}/{service}/aws4_request");
     let to_sign = format!(
@@ -188,10 +227,12 @@ pub fn verify(
     Ok(Signed {
         access_key_id: key_id.to_owned(),
         region: cred_region.to_owned(),
+        signature: expected,
+        signed_at: when,
     })
 }
 
-fn canonical_request(req: &Request<'_>, signed: &[&str]) -> Option<String> {
+fn canonical_request(req: &Request<'_>, signed: &[&str], body_hash: &str) -> Option<String> {
     let mut out = String::new();
     out.push_str(req.method);
     out.push('\n');
@@ -234,13 +275,7 @@ fn canonical_request(req: &Request<'_>, signed: &[&str]) -> Option<String> {
     out.push('\n');
     out.push_str(&signed.join(";"));
     out.push('\n');
-    let body_hash = req
-        .headers
-        .get("x-amz-content-sha256")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| hex(&Sha256::digest(req.body)));
-    out.push_str(&body_hash);
+    out.push_str(body_hash);
     Some(out)
 }
 
@@ -426,6 +461,122 @@ mod tests {
             code(Some(&cred(ok_scope)), good_date),
             "SignatureDoesNotMatch"
         );
+    }
+
+    const DATE: &str = "20260101T000000Z";
+
+    /// Headers for a request signed as a client does: `host`, the date,
+    /// `extra`, and an Authorization over `names` for `region`/`service`.
+    fn signed(
+        host: &str,
+        body: &[u8],
+        extra: &[(&'static str, &str)],
+        names: &[&str],
+        (region, service): (&str, &str),
+    ) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", host.parse().expect("ascii"));
+        headers.insert("x-amz-date", DATE.parse().expect("ascii"));
+        for (k, v) in extra {
+            headers.insert(*k, v.parse().expect("ascii"));
+        }
+        let req = Request {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body,
+        };
+        let canonical =
+            canonical_request(&req, names, &hex(&Sha256::digest(body))).expect("headers");
+        let scope = format!("20260101/{region}/{service}/aws4_request");
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256\n{DATE}\n{scope}\n{}",
+            hex(&Sha256::digest(canonical.as_bytes()))
+        );
+        let mut key = mac(b"AWS4secret", b"20260101");
+        for part in [region, service, "aws4_request"] {
+            key = mac(&key, part.as_bytes());
+        }
+        let auth = format!(
+            "AWS4-HMAC-SHA256 Credential=AKIA/{scope}, SignedHeaders={}, Signature={}",
+            names.join(";"),
+            hex(&mac(&key, to_sign.as_bytes()))
+        );
+        headers.insert("authorization", auth.parse().expect("ascii"));
+        headers
+    }
+
+    fn check(headers: &HeaderMap, body: &[u8]) -> Result<Signed, Refused> {
+        let req = Request {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers,
+            body,
+        };
+        let now = parse_amz_date(DATE).expect("date");
+        verify(&req, |_| Some("secret".into()), "us-east-1", now)
+    }
+
+    #[test]
+    fn the_body_is_covered_whatever_the_payload_header_says() {
+        let scope = ("us-east-1", SERVICE);
+        let body = b"Action=CreateTargetGroup&Name=a";
+        let swapped = b"Action=DeleteTargetGroup&Name=a";
+        let hash = hex(&Sha256::digest(body));
+        // Signed without the header: the body is hashed here.
+        let h = signed("lb", body, &[], &["host", "x-amz-date"], scope);
+        assert!(check(&h, body).is_ok());
+        assert_eq!(
+            check(&h, swapped).unwrap_err().code,
+            "SignatureDoesNotMatch"
+        );
+        // The original body's hash added unsigned, with another body.
+        let mut forged = h.clone();
+        forged.insert("x-amz-content-sha256", hash.parse().unwrap());
+        let e = check(&forged, swapped).unwrap_err();
+        assert_eq!((e.code, e.status), ("SignatureDoesNotMatch", 403));
+        // Signed, but not the body's hash (or UNSIGNED-PAYLOAD).
+        let names = ["host", "x-amz-content-sha256", "x-amz-date"];
+        let h = signed(
+            "lb",
+            body,
+            &[("x-amz-content-sha256", &hash)],
+            &names,
+            scope,
+        );
+        assert!(check(&h, body).is_ok());
+        assert_eq!(
+            check(&h, swapped).unwrap_err().code,
+            "XAmzContentSHA256Mismatch"
+        );
+        let unsigned = [("x-amz-content-sha256", "UNSIGNED-PAYLOAD")];
+        let h = signed("lb", body, &unsigned, &names, scope);
+        assert_eq!(
+            check(&h, body).unwrap_err().code,
+            "XAmzContentSHA256Mismatch"
+        );
+    }
+
+    #[test]
+    fn a_scope_derived_from_an_ip_host_is_accepted_for_that_host_only() {
+        let names = ["host", "x-amz-date"];
+        let h = signed("127.0.0.1:8080", b"", &[], &names, ("0", "127"));
+        let ok = check(&h, b"").expect("boto 2's scope for 127.0.0.1");
+        assert_eq!(ok.region, "0");
+        for (host, scope) in [
+            ("10.1.2.3", ("0", "127")),
+            ("127.0.0.1", ("1", "127")),
+            ("lb.example", ("example", "lb")),
+        ] {
+            let h = signed(host, b"", &[], &names, scope);
+            assert_eq!(
+                check(&h, b"").unwrap_err().code,
+                "SignatureDoesNotMatch",
+                "{host}"
+            );
+        }
     }
 
     #[test]
