@@ -3,10 +3,13 @@
 //!
 //! Every node certificate is signed by the cluster CA and names the node
 //! (`n<ID>.node.keel`, see [`node_server_name`]), so a client checks it talks
-//! to the node it meant, and the server learns whether the peer presented a
-//! cluster-signed certificate. Routes that need one (all of Raft) refuse
-//! anonymous peers with 403 before reading the body; other routes (joining,
-//! which happens before the joiner has a certificate) can be anonymous.
+//! to the node it meant, and the server learns which node is calling. A
+//! certificate is only as good as its node's standing: each route asks
+//! [`require`] for a [`Standing`] (Raft's RPCs: a voter; forwarded writes and
+//! status: a member), checked against the membership and the replicated
+//! list of retired nodes on every request, so `keel node remove` takes
+//! effect on the next RPC. Refusals are 403 before the body is read. Joining
+//! happens before the joiner has a certificate, so that route is anonymous.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,29 +63,103 @@ pub fn node_server_name(id: NodeId) -> String {
 pub struct Peer {
     /// The peer's address.
     pub addr: SocketAddr,
-    /// True when it presented a certificate signed by the cluster CA.
-    pub authenticated: bool,
+    /// The node its certificate names, when it presented one the cluster CA
+    /// signed (rustls checked that); `None` for an anonymous peer.
+    pub node: Option<NodeId>,
 }
 
-/// Refuse peers without a cluster certificate, before reading their body.
-pub async fn require_cluster_certificate(request: Request, next: Next) -> Response {
-    match request.extensions().get::<Peer>() {
-        Some(peer) if peer.authenticated => next.run(request).await,
-        peer => {
-            tracing::warn!(peer = ?peer.map(|p| p.addr), path = %request.uri().path(), "refused RPC from a peer without a cluster certificate");
-            (StatusCode::FORBIDDEN, "a cluster certificate is required\n").into_response()
+/// The node id a node certificate names (`n<ID>.node.keel`).
+pub fn node_of(cert: &rustls::pki_types::CertificateDer<'_>) -> Option<NodeId> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let names = x509.subject_alternative_name().ok()??;
+    names
+        .value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            GeneralName::DNSName(dns) => {
+                let hex = dns
+                    .strip_prefix('n')?
+                    .strip_suffix(&format!(".{ANY_NODE}"))?;
+                NodeId::from_str_radix(hex, 16).ok()
+            }
+            _ => None,
+        })
+}
+
+/// Why `peer` may not make a call that needs `what` of it (`None`: it may).
+/// A node certificate is only as good as its node's standing: a node that
+/// is not (or no longer) a member, or is retired, is refused even though
+/// the CA signed its certificate.
+pub fn refusal(consensus: &Consensus, peer: Option<&Peer>, what: Standing) -> Option<String> {
+    let Some(id) = peer.and_then(|p| p.node) else {
+        return Some("a cluster certificate is required".into());
+    };
+    if consensus
+        .applied()
+        .borrow()
+        .state
+        .retired_nodes
+        .contains(&id)
+    {
+        return Some(format!("node {id:x} was removed from the cluster"));
+    }
+    let members = consensus.members();
+    if members.is_empty() {
+        // A joiner before its first entry knows no membership yet: the
+        // leader replicating it is the first to call, certified by the CA
+        // the joiner pinned.
+        return None;
+    }
+    let standing = members.into_iter().find(|m| m.id == id);
+    match (what, standing) {
+        (Standing::Any, _) => None,
+        (_, None) => Some(format!("node {id:x} is not a member of this cluster")),
+        (Standing::Voter, Some(m)) if !m.voter => Some(format!("node {id:x} is not a voter")),
+        _ => None,
+    }
+}
+
+/// What a caller must be for a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Any node the CA certified and the cluster has not retired (a joiner
+    /// asking to be admitted).
+    Any,
+    /// A current member (voter or learner).
+    Member,
+    /// A current voter (Raft's own RPCs come from the leader or a candidate).
+    Voter,
+}
+
+/// Refuse, before reading the body, callers that are not of `standing`.
+pub async fn require(
+    State((consensus, standing)): State<(Consensus, Standing)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let peer = request.extensions().get::<Peer>();
+    match refusal(&consensus, peer, standing) {
+        None => next.run(request).await,
+        Some(why) => {
+            tracing::warn!(peer = ?peer.map(|p| p.addr), path = %request.uri().path(), %why, "refused a cluster RPC");
+            (StatusCode::FORBIDDEN, format!("{why}\n")).into_response()
         }
     }
 }
 
-/// The Raft routes, all behind [`require_cluster_certificate`].
+/// The Raft routes, for voters only (see [`require`]).
 pub fn raft_routes(consensus: Consensus) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
-        .layer(axum::middleware::from_fn(require_cluster_certificate))
+        .layer(axum::middleware::from_fn_with_state(
+            (consensus.clone(), Standing::Voter),
+            require,
+        ))
         .with_state(consensus)
 }
 
@@ -147,11 +224,12 @@ pub async fn serve(
             // against the cluster CA; an anonymous peer has none.
             let peer = Peer {
                 addr,
-                authenticated: tls
+                node: tls
                     .get_ref()
                     .1
                     .peer_certificates()
-                    .is_some_and(|c| !c.is_empty()),
+                    .and_then(|c| c.first())
+                    .and_then(node_of),
             };
             let service =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {

@@ -410,6 +410,11 @@ pub struct RunArgs {
     /// scoped to it.
     #[arg(long, env = "KEEL_AWS_REGION", default_value = "us-east-1")]
     pub aws_region: String,
+    /// How long the node certificates this node issues (at bootstrap, to
+    /// joiners, on renewal) are valid; every node renews its own with a
+    /// third of its life left. Give every node the same value.
+    #[arg(long, env = "KEEL_NODE_CERT_VALIDITY", default_value = "30d", value_parser = humantime_arg)]
+    pub node_cert_validity: Duration,
     /// Password hashes (logins, Octavia HTTP Basic) checked at once; more
     /// attempts at the same time get 429. Each takes about 19 MiB.
     #[arg(long, env = "KEEL_MAX_PASSWORD_CHECKS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]

@@ -105,6 +105,8 @@ pub struct ClusterOptions {
     pub gossip_addr: SocketAddr,
     /// Password hashes checked at once.
     pub password_checks: usize,
+    /// How long the node certificates this node issues are valid.
+    pub cert_validity: Duration,
 }
 
 /// A started cluster node.
@@ -113,8 +115,10 @@ pub struct ClusterNode {
     pub file: NodeFile,
     /// Raft.
     pub consensus: Consensus,
-    /// TLS identity.
+    /// TLS identity, as loaded at start.
     pub tls: NodeTls,
+    /// The certificate this node presents now (renewed while it runs).
+    pub identity: Arc<pki::LiveIdentity>,
     /// The bound cluster listener, until the RPC server takes it.
     pub listener: Option<tokio::net::TcpListener>,
     /// Where the cluster listener is bound.
@@ -366,7 +370,8 @@ pub async fn start(opts: &ClusterOptions) -> Result<ClusterNode, ClusterError> {
                 let cluster_id = keel_web::random_hex(8);
                 let (ca_pem, _) = ca_for_bootstrap(dir, &cluster_id)?;
                 let ca_key = read(&tls_dir(dir).join("ca.key"))?;
-                let (cert_pem, key_pem) = pki::new_node_cert(id, &ca_pem, &ca_key)?;
+                let (cert_pem, key_pem) =
+                    pki::new_node_cert(id, opts.cert_validity, &ca_pem, &ca_key)?;
                 let tls = NodeTls {
                     ca_pem,
                     cert_pem,
@@ -384,13 +389,15 @@ pub async fn start(opts: &ClusterOptions) -> Result<ClusterNode, ClusterError> {
             }
         },
     };
-    let network = TlsNetwork::new(tls.client_config()?);
+    let identity = pki::LiveIdentity::new(&tls)?;
+    let network = TlsNetwork::new(identity.client_config()?);
     let consensus = Consensus::start(file.id, &dir.join("raft"), &opts.settings, network).await?;
     let bound = listener.local_addr().map_err(io_err(&what))?;
     Ok(ClusterNode {
         file,
         consensus,
         tls,
+        identity,
         listener: Some(listener),
         bound,
         bootstrapped,
@@ -682,6 +689,11 @@ pub struct Control {
     pub passwords: keel_web::PasswordGate,
     /// Anonymous join attempts.
     pub joins: JoinLimits,
+    /// The certificate this node presents, renewed while it runs.
+    pub identity: Arc<pki::LiveIdentity>,
+    /// How long the node certificates this node issues are valid.
+    cert_validity: Duration,
+    data_dir: PathBuf,
     leader_link: Mutex<Option<(NodeId, RpcClient)>>,
     ca_fingerprint: String,
 }
@@ -713,7 +725,7 @@ impl Control {
                     .to_string(),
             },
             consensus: node.consensus.clone(),
-            client_tls: node.tls.client_config()?,
+            client_tls: node.identity.client_config()?,
             dataplane,
             serving: Arc::new(AtomicU64::new(0)),
             healthy: watch::Sender::new(true),
@@ -724,6 +736,9 @@ impl Control {
             events: Arc::default(),
             passwords: keel_web::PasswordGate::new(opts.password_checks),
             joins: JoinLimits::default(),
+            identity: node.identity.clone(),
+            cert_validity: opts.cert_validity,
+            data_dir: opts.data_dir.clone(),
             leader_link: Mutex::new(None),
             ca_fingerprint: pki::fingerprint(&node.tls.ca_pem)?,
         }))
@@ -827,7 +842,18 @@ impl Control {
                         tracing::info!(node = %info.name, voter, "admitted node");
                     })
             }
-            MembershipRequest::Remove { id } => self.consensus.remove(*id).await,
+            MembershipRequest::Remove { id } => {
+                // Retired first: from the moment it is applied, the node's
+                // certificate is refused everywhere, even if the membership
+                // change that follows is slow.
+                if self.consensus.members().iter().any(|m| m.id == *id) {
+                    self.consensus
+                        .propose(ClusterCommand::RetireNode { id: *id })
+                        .await
+                        .map_err(|e| ControlError::NoLeader(e.to_string()))?;
+                }
+                self.consensus.remove(*id).await
+            }
             MembershipRequest::Update { id, info } => {
                 self.consensus.update_node(*id, info.clone()).await
             }
@@ -859,16 +885,27 @@ impl Control {
 
     /// The cluster listener's routes (besides Raft's own).
     pub fn routes(self: &Arc<Self>) -> Router {
-        let authenticated = Router::new()
+        use keel_consensus::rpc::{require, Standing};
+        let members = Router::new()
             .route("/cluster/propose", post(forwarded_propose))
-            .route("/cluster/membership", post(forwarded_membership))
             .route("/cluster/status", post(local_status))
-            .layer(axum::middleware::from_fn(
-                keel_consensus::rpc::require_cluster_certificate,
+            .route("/cluster/renew", post(renew_certificate))
+            .layer(axum::middleware::from_fn_with_state(
+                (self.consensus.clone(), Standing::Member),
+                require,
+            ));
+        // A joiner is not a member yet when it asks to be admitted: the
+        // handler checks what each request needs of its caller.
+        let certified = Router::new()
+            .route("/cluster/membership", post(forwarded_membership))
+            .layer(axum::middleware::from_fn_with_state(
+                (self.consensus.clone(), Standing::Any),
+                require,
             ));
         Router::new()
             .route("/join/certificate", post(join_certificate))
-            .merge(authenticated)
+            .merge(members)
+            .merge(certified)
             .layer(axum::extract::DefaultBodyLimit::max(256 << 10))
             .with_state(self.clone())
     }
@@ -1078,9 +1115,31 @@ async fn forwarded_propose(
 
 async fn forwarded_membership(
     State(control): State<Arc<Control>>,
+    axum::Extension(peer): axum::Extension<keel_consensus::rpc::Peer>,
     Json(request): Json<MembershipRequest>,
-) -> Json<Result<(), String>> {
-    Json(control.membership(request).await.map_err(|e| e.to_string()))
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use keel_consensus::rpc::{refusal, Standing};
+    // A node asks to be admitted or updated only as itself; anything else
+    // (removing a node) only from a member.
+    let refused = match &request {
+        MembershipRequest::Admit { id, .. } | MembershipRequest::Update { id, .. }
+            if peer.node != Some(*id) =>
+        {
+            Some(format!(
+                "a node may only ask to admit or update itself, not node {id:x}"
+            ))
+        }
+        MembershipRequest::Remove { .. } => {
+            refusal(&control.consensus, Some(&peer), Standing::Member)
+        }
+        _ => None,
+    };
+    if let Some(why) = refused {
+        tracing::warn!(peer = %peer.addr, %why, "refused a membership request");
+        return (http::StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+    }
+    Json(control.membership(request).await.map_err(|e| e.to_string())).into_response()
 }
 
 async fn local_status(State(control): State<Arc<Control>>) -> Json<LocalStatus> {
@@ -1223,6 +1282,7 @@ async fn grant_certificate(
     let cert_pem = pki::sign_node_csr(
         &req.csr_pem,
         node_id,
+        control.cert_validity,
         &identity.ca_cert_pem,
         &identity.ca_key_pem,
     )
@@ -1233,6 +1293,112 @@ async fn grant_certificate(
         ca_pem: identity.ca_cert_pem.clone(),
         cert_pem,
     })
+}
+
+/// A member's request for a new certificate: a CSR for a key it made.
+#[derive(Serialize, Deserialize)]
+struct RenewRequest {
+    csr_pem: String,
+}
+
+/// `/cluster/renew`: a new certificate for the calling member (the id comes
+/// from the certificate it calls with, never from the request).
+async fn renew_certificate(
+    State(control): State<Arc<Control>>,
+    axum::Extension(peer): axum::Extension<keel_consensus::rpc::Peer>,
+    Json(req): Json<RenewRequest>,
+) -> Json<Result<String, String>> {
+    let Some(id) = peer.node else {
+        return Json(Err("a node certificate is required".into()));
+    };
+    let result = control.sign_for(id, &req.csr_pem);
+    match &result {
+        Ok(_) => tracing::info!(node = %format!("{id:x}"), "renewed a node certificate"),
+        Err(why) => {
+            tracing::warn!(node = %format!("{id:x}"), %why, "refused to renew a node certificate")
+        }
+    }
+    Json(result)
+}
+
+impl Control {
+    /// A certificate for node `id` from its CSR, signed with the cluster CA.
+    fn sign_for(&self, id: NodeId, csr_pem: &str) -> Result<String, String> {
+        let (_, state) = self.state();
+        let identity = state
+            .identity
+            .as_ref()
+            .ok_or("the cluster is not initialised yet")?;
+        pki::sign_node_csr(
+            csr_pem,
+            id,
+            self.cert_validity,
+            &identity.ca_cert_pem,
+            &identity.ca_key_pem,
+        )
+        .map_err(|e| format!("bad certificate request: {e}"))
+    }
+
+    /// Get a new certificate for this node from the leader (signed here
+    /// when this node leads), save it and present it from now on.
+    async fn renew(&self) -> Result<(), String> {
+        let (key_pem, csr_pem) = pki::new_csr(&self.me.name).map_err(|e| e.to_string())?;
+        let leader = self
+            .leader(Instant::now() + WRITE_DEADLINE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let cert_pem = if leader.0 == self.consensus.id() {
+            self.sign_for(leader.0, &csr_pem)?
+        } else {
+            let request = RenewRequest { csr_pem };
+            self.to_leader::<_, Result<String, String>>(
+                &leader,
+                "/cluster/renew",
+                &request,
+                WRITE_DEADLINE,
+            )
+            .await
+            .map_err(|e| e.to_string())??
+        };
+        let tls = NodeTls {
+            ca_pem: self.identity.tls().ca_pem,
+            cert_pem,
+            key_pem,
+        };
+        save_tls(&self.data_dir, &tls).map_err(|e| e.to_string())?;
+        self.identity.replace(&tls).map_err(|e| e.to_string())
+    }
+
+    /// When this node's certificate expires (Unix seconds; 0 if unreadable).
+    pub fn certificate_expires(&self) -> u64 {
+        pki::validity(&self.identity.tls().cert_pem).map_or(0, |(_, not_after)| not_after)
+    }
+}
+
+/// Renews this node's certificate with a third of its life left, retrying
+/// every few seconds on failure, until `stop`.
+pub async fn keep_certificate_fresh(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let validity = pki::validity(&control.identity.tls().cert_pem).unwrap_or((0, 0));
+        let wait = pki::renew_at(validity).saturating_sub(pki::unix_now());
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(Duration::from_secs(wait)) => {}
+        }
+        match control.renew().await {
+            Ok(()) => tracing::info!(
+                expires = control.certificate_expires(),
+                "renewed this node's certificate"
+            ),
+            Err(why) => {
+                tracing::warn!(%why, "could not renew this node's certificate; retrying");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ impl TryFrom<RunArgs> for NodeConfig {
                 settings,
                 gossip_addr,
                 password_checks: a.max_password_checks.into(),
+                cert_validity: a.node_cert_validity,
             },
             shutdown_grace: a.shutdown_grace,
             watch_interval: a.watch_interval,
@@ -298,7 +299,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut rpc_stop = stop_rx.clone();
     let rpc_server = tokio::spawn(keel_consensus::rpc::serve(
         listener,
-        node.tls.server_config()?,
+        node.identity.server_config()?,
         rpc_routes,
         async move {
             let _ = rpc_stop.wait_for(|s| *s).await;
@@ -410,6 +411,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         serve_compat("octavia", addr, app, stop_rx.clone()).await?;
     }
 
+    let renewal = tokio::spawn(cluster::keep_certificate_fresh(
+        control.clone(),
+        stop_rx.clone(),
+    ));
     let gossip = tokio::spawn(gossip::run(
         control.clone(),
         dataplane.clone(),
@@ -472,7 +477,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining connections");
     let _ = stop_tx.send(true);
     dataplane.shutdown(config.shutdown_grace).await;
-    for task in [rpc_server, reconciler, gossip, traffic, events, forget] {
+    for task in [
+        rpc_server, reconciler, gossip, traffic, events, forget, renewal,
+    ] {
         let _ = task.await;
     }
     if let Some(g) = guard {

@@ -8,8 +8,12 @@
 //!   `node.keel`; it is used as both server and client certificate.
 //! - A joiner makes its own key and sends a CSR: private keys never cross the
 //!   network.
+//! - Node certificates expire (`--node-cert-validity`, 30 days by default)
+//!   and are renewed over mutual TLS before they do; a [`LiveIdentity`]
+//!   swaps the new one in without a restart.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keel_consensus::rpc::{node_server_name, ANY_NODE};
 use keel_consensus::NodeId;
@@ -18,11 +22,13 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
@@ -80,36 +86,48 @@ pub fn check_csr(csr_pem: &str) -> Result<(), PkiError> {
     Ok(())
 }
 
-/// Sign a node certificate for `id` from a CSR. The names come from us, not
-/// from the CSR.
+/// Sign a node certificate for `id` from a CSR, valid for `validity`. The
+/// names come from us, not from the CSR.
 pub fn sign_node_csr(
     csr_pem: &str,
     id: NodeId,
+    validity: Duration,
     ca_cert_pem: &str,
     ca_key_pem: &str,
 ) -> Result<String, PkiError> {
     let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
-    csr.params = node_params(id)?;
+    csr.params = node_params(id, validity)?;
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
     Ok(csr.signed_by(&ca, &ca_key)?.pem())
 }
 
-/// A node certificate and key for `id`, signed directly (the bootstrap node).
+/// A node certificate and key for `id`, valid for `validity`, signed
+/// directly (the bootstrap node).
 pub fn new_node_cert(
     id: NodeId,
+    validity: Duration,
     ca_cert_pem: &str,
     ca_key_pem: &str,
 ) -> Result<(String, String), PkiError> {
     let key = KeyPair::generate()?;
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
-    let cert = node_params(id)?.signed_by(&key, &ca, &ca_key)?;
+    let cert = node_params(id, validity)?.signed_by(&key, &ca, &ca_key)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-fn node_params(id: NodeId) -> Result<CertificateParams, PkiError> {
+/// How long before now a certificate's validity starts, for clocks a little
+/// behind this one: a tenth of its validity, at most a minute.
+fn backdate(validity: Duration) -> Duration {
+    (validity / 10).min(Duration::from_secs(60))
+}
+
+fn node_params(id: NodeId, validity: Duration) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(vec![node_server_name(id), ANY_NODE.to_owned()])?;
+    let now = SystemTime::now();
+    params.not_before = (now - backdate(validity)).into();
+    params.not_after = (now + validity).into();
     params
         .distinguished_name
         .push(DnType::CommonName, node_server_name(id));
@@ -169,6 +187,133 @@ pub fn client_trusting(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, PkiErr
     Ok(Arc::new(config))
 }
 
+/// The validity of the first certificate in `pem`: (not before, not after),
+/// Unix seconds.
+pub fn validity(cert_pem: &str) -> Result<(u64, u64), PkiError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let der = first_cert(cert_pem)?;
+    let (_, x509) =
+        X509Certificate::from_der(der.as_ref()).map_err(|e| PkiError::Pem(e.to_string()))?;
+    let seconds = |t: x509_parser::time::ASN1Time| u64::try_from(t.timestamp()).unwrap_or(0);
+    Ok((
+        seconds(x509.validity().not_before),
+        seconds(x509.validity().not_after),
+    ))
+}
+
+/// Longest validity a node certificate is kept with: older clusters' (rcgen's
+/// default, to the year 4096) are replaced at once.
+const LONGEST_KEPT: u64 = 400 * 86_400;
+
+/// When (Unix seconds) a certificate valid from `not_before` to `not_after`
+/// should be renewed: with a third of its life left, or at once if it was
+/// made to last for years.
+pub fn renew_at((not_before, not_after): (u64, u64)) -> u64 {
+    let life = not_after.saturating_sub(not_before);
+    if life > LONGEST_KEPT {
+        return 0;
+    }
+    not_after - life / 3
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// This node's certificate and key, replaceable while the node runs: the
+/// cluster listener and every client present whatever it holds at the time
+/// of each handshake, so a renewed certificate needs no restart.
+pub struct LiveIdentity {
+    roots: Arc<RootCertStore>,
+    current: RwLock<(NodeTls, Arc<CertifiedKey>)>,
+}
+
+impl LiveIdentity {
+    /// The identity in `tls`.
+    pub fn new(tls: &NodeTls) -> Result<Arc<Self>, PkiError> {
+        Ok(Arc::new(LiveIdentity {
+            roots: Arc::new(tls.roots()?),
+            current: RwLock::new((tls.clone(), tls.certified_key()?)),
+        }))
+    }
+
+    /// Present `tls`'s certificate from the next handshake on.
+    pub fn replace(&self, tls: &NodeTls) -> Result<(), PkiError> {
+        let key = tls.certified_key()?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (tls.clone(), key);
+        Ok(())
+    }
+
+    /// The certificate, key and CA presented now.
+    pub fn tls(&self) -> NodeTls {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .clone()
+    }
+
+    /// The cluster listener's TLS: presents this node's certificate; verifies
+    /// a client certificate against the CA (validity included) when one is
+    /// sent (joiners have none yet, and only reach the routes that allow
+    /// that).
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Pem(e.to_string()))?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(self.clone());
+        Ok(Arc::new(config))
+    }
+
+    /// TLS for calls to other nodes: trusts only the CA, presents this node's
+    /// certificate.
+    pub fn client_config(self: &Arc<Self>) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(self.roots.clone())
+            .with_client_cert_resolver(self.clone());
+        Ok(Arc::new(config))
+    }
+}
+
+impl std::fmt::Debug for LiveIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.write_str("LiveIdentity")
+    }
+}
+
+impl ResolvesServerCert for LiveIdentity {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl ResolvesClientCert for LiveIdentity {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// SHA-256 of the first certificate in `pem`, lower-case hex.
 pub fn fingerprint(cert_pem: &str) -> Result<String, PkiError> {
     let der = first_cert(cert_pem)?;
@@ -205,32 +350,9 @@ impl NodeTls {
         Ok((chain, key))
     }
 
-    /// The cluster listener's TLS: presents this node's certificate; verifies
-    /// a client certificate against the CA when one is sent (joiners have
-    /// none yet, and only reach the routes that allow that).
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| PkiError::Pem(e.to_string()))?;
+    fn certified_key(&self) -> Result<Arc<CertifiedKey>, PkiError> {
         let (chain, key) = self.chain_and_key()?;
-        let config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)?;
-        Ok(Arc::new(config))
-    }
-
-    /// TLS for calls to other nodes: trusts only the CA, presents this node's
-    /// certificate.
-    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, PkiError> {
-        let (chain, key) = self.chain_and_key()?;
-        let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(chain, key)?;
-        Ok(Arc::new(config))
+        Ok(Arc::new(CertifiedKey::from_der(chain, key, &provider())?))
     }
 }
 
@@ -322,17 +444,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    const DAY: Duration = Duration::from_secs(86_400);
+
     #[test]
     fn node_certificates_chain_to_the_ca_and_csrs_are_signed() {
         let (ca_pem, ca_key) = new_ca("test").unwrap();
-        let (cert_pem, key_pem) = new_node_cert(7, &ca_pem, &ca_key).unwrap();
+        let (cert_pem, key_pem) = new_node_cert(7, DAY, &ca_pem, &ca_key).unwrap();
         let tls = NodeTls {
             ca_pem: ca_pem.clone(),
             cert_pem,
             key_pem,
         };
-        tls.server_config().unwrap();
-        tls.client_config().unwrap();
+        let identity = LiveIdentity::new(&tls).unwrap();
+        identity.server_config().unwrap();
+        identity.client_config().unwrap();
         let (key, csr) = new_csr("joiner").unwrap();
         check_csr(&csr).unwrap();
         assert!(check_csr(
@@ -340,13 +465,35 @@ mod tests {
         )
         .is_err());
         assert!(check_csr(&csr.replace('A', "B")).is_err());
-        let signed = sign_node_csr(&csr, 9, &ca_pem, &ca_key).unwrap();
+        let signed = sign_node_csr(&csr, 9, DAY, &ca_pem, &ca_key).unwrap();
         let joiner = NodeTls {
             ca_pem: ca_pem.clone(),
             cert_pem: signed,
             key_pem: key,
         };
-        joiner.client_config().unwrap();
+        identity.replace(&joiner).unwrap();
+        assert_eq!(identity.tls().cert_pem, joiner.cert_pem);
         assert_eq!(fingerprint(&ca_pem).unwrap().len(), 64);
+    }
+
+    #[test]
+    fn certificates_expire_and_are_renewed_with_a_third_of_their_life_left() {
+        let (ca_pem, ca_key) = new_ca("test").unwrap();
+        let (cert_pem, _) = new_node_cert(7, 30 * DAY, &ca_pem, &ca_key).unwrap();
+        let (not_before, not_after) = validity(&cert_pem).unwrap();
+        let now = unix_now();
+        assert!(
+            not_before <= now - 59 && not_before >= now - 61,
+            "backdated a minute"
+        );
+        assert!(not_after.abs_diff(now + 30 * 86_400) <= 1);
+        let at = renew_at((not_before, not_after));
+        assert_eq!(at, not_after - (not_after - not_before) / 3);
+        // Short validities are backdated by a tenth, so renewal still waits.
+        let (cert_pem, _) = new_node_cert(7, Duration::from_secs(12), &ca_pem, &ca_key).unwrap();
+        let life = validity(&cert_pem).unwrap();
+        assert!(renew_at(life) > unix_now() + 5, "{life:?}");
+        // Certificates made to last for years (older clusters') at once.
+        assert_eq!(renew_at((0, 4_000_000_000)), 0);
     }
 }

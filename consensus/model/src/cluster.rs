@@ -6,7 +6,7 @@
 //! enters as a field of the command (the proposer's clock), never by reading a
 //! clock during apply, so every node reaches the same state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,10 @@ pub struct ClusterState {
     /// [`HISTORY_LEN`] (the dashboard's "who changed what").
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// Raft ids of nodes removed from the cluster: their certificates are
+    /// refused on every cluster route, and they cannot be admitted again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub retired_nodes: BTreeSet<u64>,
 }
 
 /// How many [`HistoryEntry`]s the state keeps.
@@ -229,6 +233,8 @@ pub enum ClusterCommand {
     },
     /// Forget API tokens (login sessions) that expired before `now`.
     PurgeExpiredApiTokens { now: u64 },
+    /// Node `id` is being removed: refuse its certificate from now on.
+    RetireNode { id: u64 },
     /// Several commands applied as one: all of them, or (one refused)
     /// none. A compatibility API's change to the spec and to the
     /// annotations that describe it is one of these.
@@ -288,6 +294,7 @@ impl fmt::Display for ClusterCommand {
             ClusterCommand::RevokeAwsKey { id } => write!(f, "revoke aws access key {id}"),
             ClusterCommand::Annotate { object, .. } => write!(f, "annotate {object}"),
             ClusterCommand::PurgeExpiredApiTokens { .. } => f.write_str("purge expired api tokens"),
+            ClusterCommand::RetireNode { id } => write!(f, "retire node {id:x}"),
             ClusterCommand::Atomic(commands) => {
                 let all: Vec<String> = commands.iter().map(ToString::to_string).collect();
                 f.write_str(&all.join("; "))
@@ -435,6 +442,9 @@ impl ClusterState {
             ClusterCommand::PurgeExpiredApiTokens { now } => {
                 self.api_tokens
                     .retain(|_, t| t.expires_at.is_none_or(|at| at > *now));
+            }
+            ClusterCommand::RetireNode { id } => {
+                self.retired_nodes.insert(*id);
             }
             ClusterCommand::Atomic(commands) => {
                 let mut next = self.clone();
