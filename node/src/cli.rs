@@ -268,6 +268,15 @@ pub enum RegistrationTokenCommand {
         /// Optional lifetime (default: until revoked).
         #[arg(long)]
         ttl: Option<String>,
+        /// Only registrations from this range (CIDR; repeat for more).
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        /// Only members in this range (CIDR; repeat for more). Without
+        /// one, loopback and link-local addresses are refused; with one,
+        /// exactly its ranges are allowed. The cluster's own addresses are
+        /// refused either way.
+        #[arg(long = "member-range")]
+        members: Vec<String>,
     },
     /// List registration tokens.
     List(ClientArgs),

@@ -470,11 +470,13 @@ async fn get(a: GetArgs) -> Result<()> {
                     s(&item["user"])
                 ),
                 "/api/v1/registration-tokens" => format!(
-                    "{}  {}  pool={}  expires_at={}",
+                    "{}  {}  pool={}  expires_at={}  sources={}  members={}",
                     s(&item["id"]),
                     s(&item["name"]),
                     s(&item["pool"]),
-                    s(&item["expires_at"])
+                    s(&item["expires_at"]),
+                    item["sources"],
+                    item["members"]
                 ),
                 "/api/v1/api-tokens" => format!(
                     "{}  {}  user={}  expires_at={}",
@@ -677,13 +679,15 @@ async fn registration_token(command: RegistrationTokenCommand) -> Result<()> {
             name,
             pool,
             ttl,
+            sources,
+            members,
         } => {
             let api = Api::new(&client)?;
             let v = api
                 .send(
                     Method::POST,
                     "/api/v1/registration-tokens",
-                    &json!({"name": name, "pool": pool, "ttl": ttl}),
+                    &json!({"name": name, "pool": pool, "ttl": ttl, "sources": sources, "members": members}),
                 )
                 .await?;
             print(client.output, &v, |v| format!("{}\n", s(&v["token"])));

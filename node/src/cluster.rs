@@ -1047,6 +1047,26 @@ impl ControlPlane for Control {
         self.ca_fingerprint.clone()
     }
 
+    fn cluster_addresses(&self) -> Vec<SocketAddr> {
+        self.consensus
+            .members()
+            .iter()
+            .flat_map(|m| {
+                [
+                    &m.info.admin_addr,
+                    &m.info.cluster_addr,
+                    &m.info.gossip_addr,
+                ]
+            })
+            .chain([
+                &self.me.admin_addr,
+                &self.me.cluster_addr,
+                &self.me.gossip_addr,
+            ])
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
     fn traffic(&self) -> keel_web::Traffic {
         self.traffic.snapshot()
     }

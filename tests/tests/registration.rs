@@ -53,7 +53,8 @@ async fn a_backend_registers_and_deregisters_itself_with_a_pool_token() {
     let admin = node.admin.to_string();
     let admin_token = node.login();
 
-    // The operator makes a token for pool `app`; it is shown once.
+    // The operator makes a token for pool `app` (its backends are on
+    // loopback here, which a token must name); it is shown once.
     let (ok, out, err) = keel(
         &server,
         &[
@@ -62,6 +63,8 @@ async fn a_backend_registers_and_deregisters_itself_with_a_pool_token() {
             "web servers",
             "--pool",
             "app",
+            "--member-range",
+            "127.0.0.1/32",
         ],
         &[("KEEL_TOKEN", &admin_token)],
     );
@@ -120,6 +123,22 @@ async fn a_backend_registers_and_deregisters_itself_with_a_pool_token() {
         &[("KEEL_REGISTRATION_TOKEN", &token)],
     );
     assert!(!ok && err.contains("address"), "{err}");
+    // Nor may it register the cluster's own addresses (the admin API), or
+    // a member outside its range.
+    let at = |address: &str| {
+        keel(
+            &server,
+            &["member", "register", "--pool", "app", "--address", address],
+            &[("KEEL_REGISTRATION_TOKEN", &token)],
+        )
+    };
+    let (ok, _, err) = at(&admin);
+    assert!(!ok && err.contains("cluster's own addresses"), "{err}");
+    let (ok, _, err) = at("10.1.2.3:80");
+    assert!(
+        !ok && err.contains("only register members in 127.0.0.1/32"),
+        "{err}"
+    );
 
     // Deregistration drains: the member leaves and gets no new requests.
     let (ok, out, err) = reg("deregister", "app", &token);
@@ -153,4 +172,81 @@ async fn a_backend_registers_and_deregisters_itself_with_a_pool_token() {
         &[("KEEL_TOKEN", &admin_token)],
     );
     assert!(!ok && err.contains("does not exist"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_token_is_bound_to_its_sources_and_refuses_loopback_by_default() {
+    let port = free_port();
+    let node = KeelProcess::start(&http_lb(port, "members: []"));
+    let server = format!("http://{}", node.admin);
+    let admin = node.admin.to_string();
+    let admin_token = node.login();
+    let create = |extra: &[&str]| {
+        let mut args = vec!["registration-token", "create", "t", "--pool", "app"];
+        args.extend(extra);
+        let (ok, out, err) = keel(&server, &args, &[("KEEL_TOKEN", &admin_token)]);
+        assert!(ok, "{err}");
+        out.trim().to_owned()
+    };
+    let register = |token: &str, address: &str| {
+        keel(
+            &server,
+            &["member", "register", "--pool", "app", "--address", address],
+            &[("KEEL_REGISTRATION_TOKEN", token)],
+        )
+    };
+
+    // Without member ranges: loopback and link-local are refused, an
+    // ordinary address is let in.
+    let plain = create(&[]);
+    for address in [
+        "127.0.0.1:8080",
+        "169.254.169.254:80",
+        "[::1]:80",
+        "0.0.0.0:80",
+    ] {
+        let (ok, _, err) = register(&plain, address);
+        assert!(
+            !ok && err.contains("loopback, link-local"),
+            "{address}: {err}"
+        );
+    }
+    assert!(register(&plain, "10.1.2.3:80").0);
+
+    // Bound to sources: used from elsewhere (this test calls from
+    // 127.0.0.1), refused; from a listed range, accepted.
+    let elsewhere = create(&["--source", "10.0.0.0/8", "--member-range", "10.0.0.0/8"]);
+    let (ok, _, err) = register(&elsewhere, "10.1.2.4:80");
+    assert!(
+        !ok && err.contains("may only be used from 10.0.0.0/8"),
+        "{err}"
+    );
+    let here = create(&["--source", "127.0.0.0/8", "--member-range", "10.0.0.0/8"]);
+    assert!(register(&here, "10.1.2.4:80").0);
+
+    // Malformed ranges are refused when the token is made, naming the field.
+    let (ok, _, err) = keel(
+        &server,
+        &[
+            "registration-token",
+            "create",
+            "t",
+            "--pool",
+            "app",
+            "--source",
+            "10.0.0.0/33",
+        ],
+        &[("KEEL_TOKEN", &admin_token)],
+    );
+    assert!(!ok && err.contains("sources[0]"), "{err}");
+
+    let (_, pool) = raw_call(&admin, "GET", "/api/v1/pools/app", Some(&admin_token), None).unwrap();
+    assert!(
+        pool.contains("10.1.2.3:80") && pool.contains("10.1.2.4:80"),
+        "{pool}"
+    );
+    assert!(
+        !pool.contains("127.0.0.1") && !pool.contains("169.254"),
+        "{pool}"
+    );
 }

@@ -1149,6 +1149,8 @@ struct RegistrationTokenView {
     pool: String,
     created_at: u64,
     expires_at: Option<u64>,
+    sources: Vec<String>,
+    members: Vec<String>,
 }
 
 async fn list_registration_tokens<C: ControlPlane>(
@@ -1165,6 +1167,8 @@ async fn list_registration_tokens<C: ControlPlane>(
                 pool: t.pool.clone(),
                 created_at: t.created_at,
                 expires_at: t.expires_at,
+                sources: t.sources.clone(),
+                members: t.members.clone(),
             })
             .collect(),
     )
@@ -1177,6 +1181,30 @@ struct NewRegistrationToken {
     pool: String,
     /// Default: until revoked.
     ttl: Option<String>,
+    /// CIDRs registrations may come from (default: anywhere).
+    #[serde(default)]
+    sources: Vec<String>,
+    /// CIDRs registered members must be in (default: any but loopback,
+    /// link-local, unspecified, multicast and the cluster's own addresses).
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+/// Each of `ranges` as a CIDR, or a 422 naming `field[i]`.
+fn cidrs(field: &str, ranges: &[String]) -> Result<Vec<keel_model::Cidr>, ApiError> {
+    ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.parse::<keel_model::Cidr>().map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    format!("{field}[{i}]: {e}"),
+                )
+            })
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -1198,6 +1226,8 @@ async fn create_registration_token<C: ControlPlane>(
     let Json(req) = body?;
     check_token_name(&req.name)?;
     let expires_at = expiry(req.ttl.as_deref())?;
+    cidrs("sources", &req.sources)?;
+    cidrs("members", &req.members)?;
     let (id, token, secret_sha256) = crate::auth::new_registration_token();
     commit(
         &*app.control,
@@ -1210,6 +1240,8 @@ async fn create_registration_token<C: ControlPlane>(
                 secret_sha256,
                 created_at: now(),
                 expires_at,
+                sources: req.sources,
+                members: req.members,
             },
         },
     )
@@ -1251,10 +1283,73 @@ struct Registration {
     weight: Option<u32>,
 }
 
+/// Why a registration token may not register `member` from `client`, if it
+/// may not. The cluster's own addresses are never members by registration
+/// (a backend must not expose the admin API through the load balancer);
+/// loopback, link-local, unspecified and multicast ones only when the
+/// token's member ranges name them.
+fn registration_refusal(
+    token: &keel_model::RegistrationToken,
+    client: IpAddr,
+    member: SocketAddr,
+    cluster: &[SocketAddr],
+) -> Option<String> {
+    let within = |ranges: &[String], ip: IpAddr| {
+        ranges
+            .iter()
+            .filter_map(|r| r.parse::<keel_model::Cidr>().ok())
+            .any(|c| c.contains(ip))
+    };
+    if !token.sources.is_empty() && !within(&token.sources, client) {
+        return Some(format!(
+            "this token may only be used from {}",
+            token.sources.join(", ")
+        ));
+    }
+    let ip = member.ip().to_canonical();
+    if cluster
+        .iter()
+        .any(|a| a.ip().to_canonical() == ip && a.port() == member.port())
+    {
+        return Some(format!("{member} is one of the cluster's own addresses"));
+    }
+    if !token.members.is_empty() {
+        return (!within(&token.members, ip)).then(|| {
+            format!(
+                "this token may only register members in {}",
+                token.members.join(", ")
+            )
+        });
+    }
+    let special = match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unicast_link_local()
+        }
+    };
+    special.then(|| {
+        format!(
+            "{ip} is a loopback, link-local, unspecified or multicast address; \
+             a token may register it only if its member ranges include it"
+        )
+    })
+}
+
 /// The pool and address a (de)registration may change: the bearer must be
-/// a registration token for that pool, or an admin API token.
+/// a registration token for that pool (used from where it allows, for a
+/// member it allows), or an admin API token.
 fn registration_scope<C: ControlPlane>(
     app: &App<C>,
+    client: IpAddr,
     headers: &HeaderMap,
     body: Result<Json<Registration>, JsonRejection>,
 ) -> Result<(String, Registration, SocketAddr), ApiError> {
@@ -1265,7 +1360,8 @@ fn registration_scope<C: ControlPlane>(
         .map(str::trim)
         .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <registration token>"))?;
     let (_, state) = app.control.state();
-    let by = match crate::auth::check_registration(&state, token, now()) {
+    let registration = crate::auth::check_registration(&state, token, now());
+    let by = match registration.as_ref().map(|(_, pool)| pool.clone()) {
         Some(pool) => (format!("registration token for {pool}"), Some(pool)),
         None => match check_bearer(&state, token, now()) {
             Some(user) => (user, None),
@@ -1300,6 +1396,13 @@ fn registration_scope<C: ControlPlane>(
             "address: not a socket address (expected IP:PORT, [IPv6]:PORT for IPv6)",
         )
     })?;
+    let token = registration.and_then(|(id, _)| state.registration_tokens.get(&id));
+    if let Some(token) = token {
+        let cluster = app.control.cluster_addresses();
+        if let Some(why) = registration_refusal(token, client, address, &cluster) {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", why));
+        }
+    }
     Ok((by.0, reg, address))
 }
 
@@ -1307,10 +1410,11 @@ fn registration_scope<C: ControlPlane>(
 /// pool. Idempotent.
 async fn register<C: ControlPlane>(
     State(app): AppState<C>,
+    Extension(ClientIp(client)): Extension<ClientIp>,
     headers: HeaderMap,
     body: Result<Json<Registration>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let (by, reg, address) = registration_scope(&app, &headers, body)?;
+    let (by, reg, address) = registration_scope(&app, client, &headers, body)?;
     let weight = reg.weight.unwrap_or(1);
     commit(
         &*app.control,
@@ -1333,10 +1437,11 @@ async fn register<C: ControlPlane>(
 /// (requests under way finish within the pool's drain timeout).
 async fn deregister<C: ControlPlane>(
     State(app): AppState<C>,
+    Extension(ClientIp(client)): Extension<ClientIp>,
     headers: HeaderMap,
     body: Result<Json<Registration>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let (by, reg, address) = registration_scope(&app, &headers, body)?;
+    let (by, reg, address) = registration_scope(&app, client, &headers, body)?;
     let (_, state) = app.control.state();
     let present = state
         .spec

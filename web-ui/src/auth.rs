@@ -102,13 +102,17 @@ fn check_secret_token<'a>(
     Some(id)
 }
 
-/// The pool a registration token may change, if it is valid at `now`.
-pub fn check_registration(state: &ClusterState, token: &str, now: u64) -> Option<String> {
+/// A registration token's id and the pool it may change, if it is valid at
+/// `now`.
+pub fn check_registration(state: &ClusterState, token: &str, now: u64) -> Option<(String, String)> {
     let id = check_secret_token(token, "keelreg", now, |id| {
         let r = state.registration_tokens.get(id)?;
         Some((r.secret_sha256.as_str(), r.expires_at))
     })?;
-    Some(state.registration_tokens.get(id)?.pool.clone())
+    Some((
+        id.to_owned(),
+        state.registration_tokens.get(id)?.pool.clone(),
+    ))
 }
 
 /// The user a bearer token acts as, if it is valid at `now` (unix seconds).

@@ -60,6 +60,12 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// The fingerprint of the cluster CA, for join tokens.
     fn ca_fingerprint(&self) -> String;
 
+    /// Every member's admin, cluster and gossip addresses: never a pool
+    /// member by registration.
+    fn cluster_addresses(&self) -> Vec<std::net::SocketAddr> {
+        Vec::new()
+    }
+
     /// Recent traffic per load balancer and pool, cluster-wide.
     fn traffic(&self) -> Traffic {
         Traffic::default()

@@ -144,6 +144,16 @@ pub struct RegistrationToken {
     pub created_at: u64,
     /// Unix seconds after which it is refused; `None` = until revoked.
     pub expires_at: Option<u64>,
+    /// The address ranges (CIDR) registrations with it may come from;
+    /// empty: anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    /// The address ranges (CIDR) the members it registers must be in.
+    /// Empty: any address but loopback, link-local, unspecified and
+    /// multicast ones (a range given here may name those). The cluster's own
+    /// addresses are refused either way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
 }
 
 /// An access key for the AWS-compatible (ELB, ELBv2) API.
@@ -606,6 +616,8 @@ mod tests {
             secret_sha256: "aa".repeat(32),
             created_at: 0,
             expires_at: None,
+            sources: Vec::new(),
+            members: Vec::new(),
         };
         let create = ClusterCommand::CreateRegistrationToken {
             id: "r1".into(),
