@@ -177,11 +177,47 @@ async fn vote(
     Json(c.raft().vote(rpc).await)
 }
 
+/// A snapshot chunk on the wire: openraft's request with the bytes as
+/// base64 (see `b64`; the array form older nodes send still reads).
+#[derive(Serialize, serde::Deserialize)]
+struct SnapshotChunk {
+    vote: openraft::Vote<NodeId>,
+    meta: openraft::SnapshotMeta<NodeId, NodeInfo>,
+    offset: u64,
+    #[serde(with = "crate::b64")]
+    data: Vec<u8>,
+    done: bool,
+}
+
+impl From<InstallSnapshotRequest<TypeConfig>> for SnapshotChunk {
+    fn from(r: InstallSnapshotRequest<TypeConfig>) -> Self {
+        SnapshotChunk {
+            vote: r.vote,
+            meta: r.meta,
+            offset: r.offset,
+            data: r.data,
+            done: r.done,
+        }
+    }
+}
+
+impl From<SnapshotChunk> for InstallSnapshotRequest<TypeConfig> {
+    fn from(c: SnapshotChunk) -> Self {
+        InstallSnapshotRequest {
+            vote: c.vote,
+            meta: c.meta,
+            offset: c.offset,
+            data: c.data,
+            done: c.done,
+        }
+    }
+}
+
 async fn snapshot(
     State(c): State<Consensus>,
-    Json(rpc): Json<InstallSnapshotRequest<TypeConfig>>,
+    Json(chunk): Json<SnapshotChunk>,
 ) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(c.raft().install_snapshot(rpc).await)
+    Json(c.raft().install_snapshot(chunk.into()).await)
 }
 
 /// Serve `app` on `listener` over TLS until `shutdown` completes. Each
@@ -526,7 +562,8 @@ impl RaftNetwork<TypeConfig> for TlsPeer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("/raft/snapshot", &rpc, &option).await
+        self.call("/raft/snapshot", &SnapshotChunk::from(rpc), &option)
+            .await
     }
 
     async fn vote(

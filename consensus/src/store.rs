@@ -4,15 +4,17 @@
 //!   (`raft.redb`); every write transaction is committed with fsync before
 //!   openraft is told the entries are durable.
 //! - The state machine lives in memory and is persisted through snapshots
-//!   (`snapshot.json`, written to a temporary file, fsynced, renamed). On
-//!   restart it is rebuilt from the snapshot, and openraft re-applies the
-//!   committed entries after it (we persist `committed` for that).
+//!   (`snapshot.json`, the state as base64: written to a temporary file of
+//!   its own, fsynced, renamed, the directory fsynced; one write at a time,
+//!   never an older snapshot over a newer one). On restart it is rebuilt
+//!   from the snapshot, and openraft re-applies the committed entries after
+//!   it (we persist `committed` for that).
 
 use std::fmt::Debug;
 use std::io::{self, Cursor, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use keel_model::ClusterState;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -234,9 +236,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, NodeInfo>,
-    /// The serialised [`ClusterState`].
+    /// The serialised [`ClusterState`] (base64 in the file).
+    #[serde(with = "crate::b64")]
     data: Vec<u8>,
 }
+
+/// Temporary snapshot files of this process, each named once.
+static TEMPORARY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 struct Machine {
     last_applied: Option<LogId<NodeId>>,
@@ -252,6 +258,11 @@ pub struct StateMachineStore {
     machine: Arc<Mutex<Machine>>,
     snapshot_path: PathBuf,
     applied: Arc<watch::Sender<Applied>>,
+    /// The log id of the snapshot in the file. Held while a snapshot is
+    /// written: openraft builds snapshots on a task of its own while
+    /// installs run on the state machine's, so writes take turns, and one
+    /// never replaces a newer snapshot with an older one.
+    on_disk: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
 }
 
 impl StateMachineStore {
@@ -259,6 +270,14 @@ impl StateMachineStore {
     /// there is one.
     pub fn open(dir: &Path) -> io::Result<Self> {
         let snapshot_path = dir.join("snapshot.json");
+        // A crash mid-write leaves a temporary file: never read, removed.
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("snapshot.json.") && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let mut machine = Machine {
             last_applied: None,
             membership: StoredMembership::default(),
@@ -280,6 +299,7 @@ impl StateMachineStore {
             state: machine.state.clone(),
         };
         Ok(StateMachineStore {
+            on_disk: Arc::new(std::sync::Mutex::new(machine.last_applied)),
             machine: Arc::new(Mutex::new(machine)),
             snapshot_path,
             applied: Arc::new(watch::Sender::new(applied)),
@@ -291,13 +311,49 @@ impl StateMachineStore {
         self.applied.subscribe()
     }
 
+    /// Writes `snapshot` to the file (a temporary file of its own, fsynced,
+    /// renamed, the directory fsynced), unless the file already holds a
+    /// newer one. A failed attempt is tried twice more before it is an
+    /// error (which stops Raft: it must not purge logs a snapshot on disk
+    /// does not cover).
     fn write_snapshot(&self, snapshot: &StoredSnapshot) -> io::Result<()> {
+        let mut on_disk = self.on_disk.lock().unwrap_or_else(PoisonError::into_inner);
+        if snapshot.meta.last_log_id < *on_disk {
+            tracing::debug!(snapshot = %snapshot.meta.snapshot_id, "a newer snapshot is already on disk");
+            return Ok(());
+        }
         let bytes = serde_json::to_vec(snapshot).map_err(io_error)?;
-        let tmp = self.snapshot_path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.snapshot_path)?;
+        let mut tries = 0;
+        loop {
+            match self.write_file(&bytes) {
+                Ok(()) => break,
+                Err(e) if tries < 2 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "writing the snapshot failed; trying again");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        *on_disk = snapshot.meta.last_log_id;
+        Ok(())
+    }
+
+    fn write_file(&self, bytes: &[u8]) -> io::Result<()> {
+        let n = TEMPORARY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .snapshot_path
+            .with_extension(format!("json.{}-{n}.tmp", std::process::id()));
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.snapshot_path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
         if let Some(dir) = self.snapshot_path.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
@@ -439,5 +495,82 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use openraft::{CommittedLeaderId, RaftSnapshotBuilder};
+
+    fn meta(index: u64) -> SnapshotMeta<NodeId, NodeInfo> {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("installed-{index}"),
+        }
+    }
+
+    /// openraft builds snapshots on a task of its own while installs run on
+    /// the state machine's: both at once, round after round, leave the
+    /// newest snapshot whole on disk and no temporary file behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn snapshots_built_and_installed_at_once_leave_the_newest_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateMachineStore::open(dir.path()).unwrap();
+        let mut state = ClusterState::default();
+        for round in 1..=200u64 {
+            state.retired_nodes.insert(round);
+            let data = serde_json::to_vec(&state).unwrap();
+            let (mut builder, mut installer) = (store.clone(), store.clone());
+            let (built, installed) = tokio::join!(
+                tokio::spawn(async move { builder.build_snapshot().await.map(|_| ()) }),
+                tokio::spawn(async move {
+                    installer
+                        .install_snapshot(&meta(round * 2), Box::new(Cursor::new(data)))
+                        .await
+                }),
+            );
+            built.unwrap().unwrap();
+            installed.unwrap().unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        drop(store);
+        let reopened = StateMachineStore::open(dir.path()).unwrap();
+        let applied = reopened.subscribe().borrow().clone();
+        assert_eq!(applied.index, 400);
+        assert_eq!(applied.state.retired_nodes.len(), 200);
+        // On disk, the state is base64 text, not an array of numbers.
+        let file = std::fs::read_to_string(dir.path().join("snapshot.json")).unwrap();
+        assert!(
+            !file.contains("\"data\":["),
+            "{}",
+            &file[..200.min(file.len())]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateMachineStore::open(dir.path()).unwrap();
+        let data = serde_json::to_vec(&ClusterState::default()).unwrap();
+        store
+            .install_snapshot(&meta(10), Box::new(Cursor::new(data.clone())))
+            .await
+            .unwrap();
+        let stored = StoredSnapshot {
+            meta: meta(5),
+            data,
+        };
+        store.write_snapshot(&stored).unwrap();
+        let on_disk = store.read_snapshot().unwrap().unwrap();
+        assert_eq!(on_disk.meta.snapshot_id, "installed-10");
     }
 }

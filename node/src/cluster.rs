@@ -147,7 +147,13 @@ fn write_private(path: &Path, text: &str) -> Result<(), ClusterError> {
         .map_err(io_err(&tmp))?;
     f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+    // The rename is durable only once the directory is: `node.json` and the
+    // keys decide this node's identity after a power loss.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 fn read(path: &Path) -> Result<String, ClusterError> {
@@ -366,6 +372,7 @@ pub async fn start(opts: &ClusterOptions) -> Result<ClusterNode, ClusterError> {
                 (file, tls, false)
             }
             None => {
+                refuse_bootstrap_over_raft_state(dir)?;
                 let id = random_id();
                 let cluster_id = keel_web::random_hex(8);
                 let (ca_pem, _) = ca_for_bootstrap(dir, &cluster_id)?;
@@ -402,6 +409,27 @@ pub async fn start(opts: &ClusterOptions) -> Result<ClusterNode, ClusterError> {
         bound,
         bootstrapped,
     })
+}
+
+/// A data directory without `node.json` but with a Raft log is a node whose
+/// identity file was lost (say, a power loss before it reached the disk):
+/// bootstrapping a new identity over its log would fork the cluster, so the
+/// node stops and says what to do.
+fn refuse_bootstrap_over_raft_state(dir: &Path) -> Result<(), ClusterError> {
+    let raft = dir.join("raft");
+    let holds_state = std::fs::read_dir(&raft)
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false);
+    if holds_state {
+        return Err(ClusterError::Bootstrap(format!(
+            "{} holds Raft state but {} is missing: this node was a member; restore \
+             node.json from a backup, or remove {} to start a new node",
+            raft.display(),
+            dir.join("node.json").display(),
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The bootstrap CA lives in `tls/ca.key` until it is replicated (and stays,
@@ -919,6 +947,12 @@ impl ControlPlane for Control {
 
     async fn propose(&self, command: ClusterCommand) -> Result<u64, ControlError> {
         let deadline = Instant::now() + WRITE_DEADLINE;
+        // One id for every try: a try whose answer was lost after it
+        // committed must not apply again when the next one does.
+        let command = ClusterCommand::Once {
+            request: keel_web::random_hex(12),
+            command: Box::new(command),
+        };
         loop {
             let leader = self.leader(deadline).await?;
             let attempt = if leader.0 == self.consensus.id() {
@@ -1140,19 +1174,22 @@ async fn forwarded_membership(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     use keel_consensus::rpc::{refusal, Standing};
-    // A node asks to be admitted or updated only as itself; anything else
-    // (removing a node) only from a member.
+    // A node asks to be admitted or updated only as itself (a member may
+    // pass such a request on to the leader: it checked the asker); anything
+    // else (removing a node) only a member asks.
+    let member = refusal(&control.consensus, Some(&peer), Standing::Member);
     let refused = match &request {
         MembershipRequest::Admit { id, .. } | MembershipRequest::Update { id, .. }
-            if peer.node != Some(*id) =>
+            if peer.node != Some(*id) && member.is_some() =>
         {
             Some(format!(
                 "a node may only ask to admit or update itself, not node {id:x}"
             ))
         }
-        MembershipRequest::Remove { .. } => {
-            refusal(&control.consensus, Some(&peer), Standing::Member)
+        MembershipRequest::Admit { id, .. } if control.state().1.retired_nodes.contains(id) => {
+            Some(format!("node {id:x} was removed from the cluster"))
         }
+        MembershipRequest::Remove { .. } => member,
         _ => None,
     };
     if let Some(why) = refused {

@@ -391,14 +391,26 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     if let Some(password) = generated {
-        // Shown once on the terminal, never in the log; also kept in a
-        // private file until the operator changes it.
+        // Kept in a private file until the operator changes it (the
+        // appliance's console shows it from there). Shown once on a
+        // terminal; never where output is kept (systemd's journal, a log
+        // collector), nor in the log.
+        use std::io::IsTerminal;
+        let file = opts.data_dir.join(cluster::INITIAL_PASSWORD_FILE);
+        let shown = if std::io::stdout().is_terminal() {
+            password
+        } else {
+            format!(
+                "(not shown: this output is not a terminal; read {})",
+                file.display()
+            )
+        };
         println!(
-            "Dashboard: {scheme}://{addr}/ui/  user: admin  password: {password}\n\
+            "Dashboard: {scheme}://{addr}/ui/  user: admin  password: {shown}\n\
              Admin API: {scheme}://{addr}/api/v1 (keel login --server {scheme}://{addr})\n\
-             The password is also in {file}; the dashboard asks you to change it.",
+             The password is in {file} (mode 0600) until you change it; the dashboard asks you to.",
             addr = opts.admin_addr,
-            file = opts.data_dir.join(cluster::INITIAL_PASSWORD_FILE).display(),
+            file = file.display(),
         );
     }
 

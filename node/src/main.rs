@@ -24,6 +24,14 @@ fn main() -> ExitCode {
                 }
             };
             keel::init_logging(config.log_format);
+            let token_in_argv = std::env::args_os()
+                .any(|a| a == "--token" || a.to_string_lossy().starts_with("--token="));
+            if token_in_argv {
+                tracing::warn!(
+                    "--token on the command line is visible to every user of this host (ps, \
+                     /proc); pass the join token in KEEL_JOIN_TOKEN instead"
+                );
+            }
             control_runtime().and_then(|rt| rt.block_on(keel::run(config)))
         }
         Command::HashPassword => return keel::appliance::hash_password_stdin(),

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// The `keel` binary: `KEEL_BIN`, or the one built by the same cargo run
@@ -82,7 +82,7 @@ impl KeelProcess {
             .arg(format!("127.0.0.1:{}", crate::free_port()))
             .args(extra)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
@@ -110,6 +110,12 @@ impl KeelProcess {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the process wrote to its standard output (a file, as under
+    /// systemd).
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stdout")).unwrap_or_default()
     }
 
     pub fn pid(&self) -> nix::unistd::Pid {

@@ -130,6 +130,39 @@ fn run_refuses_invalid_config_and_busy_port() {
     );
 }
 
+#[test]
+fn a_node_that_lost_its_identity_file_refuses_to_bootstrap_over_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("keel.yaml");
+    std::fs::write(&cfg, "{}\n").unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut first = Command::new(keel_bin())
+        .args(["run", "--admin-addr", &admin])
+        .args(["--cluster-addr", &format!("127.0.0.1:{}", free_port())])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .env("KEEL_ADMIN_PASSWORD", "a-password-for-this-test")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "the first start serves", || {
+        raw_get(admin.parse().unwrap(), "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // node.json lost (as after a power loss before it reached the disk):
+    // a new identity over the old log would fork the cluster.
+    std::fs::remove_file(dir.path().join("d/node.json")).unwrap();
+    let err = run_expecting_exit_1(&cfg, dir.path());
+    assert!(
+        err.contains("holds Raft state") && err.contains("node.json"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_change_and_sighup_reload_and_bad_files_keep_serving() {
     let a = HttpBackend::start("a").await;

@@ -199,6 +199,12 @@ fn joining_needs_a_valid_token_from_the_pinned_cluster() {
         assert!(log.contains(expect), "expected {expect:?} in:\n{log}");
     };
     attempt(&mut c, "KEEL1.nonsense", "malformed");
+    // A token on the command line is visible in `ps`: the node says so.
+    let log = c.nodes[1].log_text();
+    assert!(
+        log.contains("pass the join token in KEEL_JOIN_TOKEN"),
+        "{log}"
+    );
     let good = c.join_token(&["--uses", "1"]);
     let fp = good.split('.').nth(1).unwrap().to_owned();
     let wrong_secret = format!("{}{}", &good[..good.len() - 4], "0000");

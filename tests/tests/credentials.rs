@@ -450,3 +450,35 @@ fn node_certificates_expire_and_are_renewed_before_they_do_without_a_restart() {
     let (_, metrics) = c.call(3, "GET", "/metrics", None).unwrap();
     assert!(metrics.contains("keel_node_certificate_expiry_timestamp_seconds"));
 }
+
+#[test]
+fn a_generated_password_stays_out_of_kept_output_and_the_log() {
+    // Standard output is a file here, as under systemd (the journal).
+    let node = KeelProcess::start_generated("{}\n");
+    let password = node.initial_password();
+    let file = node
+        .config
+        .parent()
+        .unwrap()
+        .join("data/initial-admin-password");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !node.stdout_text().contains("Dashboard") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = node.stdout_text();
+    assert!(
+        out.contains("not a terminal") && out.contains(&file.display().to_string()),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&password),
+        "the password is in the output: {out}"
+    );
+    assert!(
+        !node.log_text().contains(&password),
+        "the password is in the log"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}

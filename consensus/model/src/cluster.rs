@@ -6,7 +6,7 @@
 //! enters as a field of the command (the proposer's clock), never by reading a
 //! clock during apply, so every node reaches the same state.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -49,7 +49,17 @@ pub struct ClusterState {
     /// refused on every cluster route, and they cannot be admitted again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub retired_nodes: BTreeSet<u64>,
+    /// The outcomes of the latest [`ClusterCommand::Once`] requests, oldest
+    /// first, at most [`REQUESTS_KEPT`]: a request retried after it was
+    /// committed (its answer lost on the way) gets its first outcome again
+    /// instead of applying twice.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub requests: VecDeque<(String, Result<(), Refusal>)>,
 }
+
+/// How many request outcomes the state keeps: a retry comes within seconds
+/// of its first try, and writes are few per second.
+pub const REQUESTS_KEPT: usize = 1000;
 
 /// How many [`HistoryEntry`]s the state keeps.
 pub const HISTORY_LEN: usize = 200;
@@ -249,6 +259,12 @@ pub enum ClusterCommand {
     /// none. A compatibility API's change to the spec and to the
     /// annotations that describe it is one of these.
     Atomic(Vec<ClusterCommand>),
+    /// `command` under a request id the proposer chose: applied once
+    /// however many times it is proposed (a retry after a lost answer).
+    Once {
+        request: String,
+        command: Box<ClusterCommand>,
+    },
     /// `command`, asked for by `by` at `at` (unix seconds, the proposer's
     /// clock); applied, it is also recorded in [`ClusterState::history`].
     Authored {
@@ -265,7 +281,9 @@ impl ClusterCommand {
             ClusterCommand::Spec(Command::Batch(changes)) => {
                 changes.iter().map(ToString::to_string).collect()
             }
-            ClusterCommand::Authored { command, .. } => command.describe(),
+            ClusterCommand::Authored { command, .. } | ClusterCommand::Once { command, .. } => {
+                command.describe()
+            }
             ClusterCommand::Atomic(commands) => {
                 commands.iter().flat_map(ClusterCommand::describe).collect()
             }
@@ -310,6 +328,7 @@ impl fmt::Display for ClusterCommand {
                 f.write_str(&all.join("; "))
             }
             ClusterCommand::Authored { by, command, .. } => write!(f, "{command} (by {by})"),
+            ClusterCommand::Once { command, .. } => command.fmt(f),
         }
     }
 }
@@ -463,6 +482,17 @@ impl ClusterState {
                 }
                 *self = next;
             }
+            ClusterCommand::Once { request, command } => {
+                if let Some((_, first)) = self.requests.iter().find(|(r, _)| r == request) {
+                    return first.clone();
+                }
+                let outcome = self.apply(command);
+                if self.requests.len() >= REQUESTS_KEPT {
+                    self.requests.pop_front();
+                }
+                self.requests.push_back((request.clone(), outcome.clone()));
+                return outcome;
+            }
             ClusterCommand::Authored { by, at, command } => {
                 self.apply(command)?;
                 if self.history.len() >= HISTORY_LEN {
@@ -605,6 +635,44 @@ mod tests {
         ] {
             assert_eq!(annotated_exists(&spec, key), exists, "{key}");
         }
+    }
+
+    #[test]
+    fn a_request_proposed_twice_applies_once_with_one_outcome() {
+        let mut s = ClusterState::default();
+        let token = |name: &str| ClusterCommand::CreateApiToken {
+            id: name.into(),
+            token: ApiToken {
+                name: name.into(),
+                user: "admin".into(),
+                secret_sha256: "aa".repeat(32),
+                created_at: 0,
+                expires_at: Some(100),
+            },
+        };
+        let once = |request: &str, command: ClusterCommand| ClusterCommand::Once {
+            request: request.into(),
+            command: Box::new(command),
+        };
+        // Retried after its answer was lost: applied once.
+        assert_eq!(s.apply(&once("r1", token("a"))), Ok(()));
+        s.apply(&ClusterCommand::RevokeApiToken { id: "a".into() })
+            .unwrap();
+        assert_eq!(s.apply(&once("r1", token("a"))), Ok(()));
+        assert!(s.api_tokens.is_empty(), "the retry applied again");
+        // A refusal is the answer to its retries too.
+        let revoke = ClusterCommand::RevokeApiToken { id: "nope".into() };
+        let first = s.apply(&once("r2", revoke.clone()));
+        assert!(matches!(first, Err(Refusal::NotFound(_))));
+        assert_eq!(s.apply(&once("r2", revoke)), first);
+        // Another request id is another request; the memory is bounded.
+        assert_eq!(s.apply(&once("r3", token("b"))), Ok(()));
+        assert_eq!(s.api_tokens.len(), 1);
+        for i in 0..REQUESTS_KEPT + 5 {
+            s.apply(&once(&format!("x{i}"), ClusterCommand::Noop))
+                .unwrap();
+        }
+        assert_eq!(s.requests.len(), REQUESTS_KEPT);
     }
 
     #[test]
