@@ -30,15 +30,7 @@ impl Readiness for crate::cluster::Control {
     }
 
     fn metrics(&self) -> String {
-        format!(
-            "{}{}{}# HELP keel_node_certificate_expiry_timestamp_seconds When this node's cluster certificate expires.\n\
-             # TYPE keel_node_certificate_expiry_timestamp_seconds gauge\n\
-             keel_node_certificate_expiry_timestamp_seconds {}\n",
-            self.vip_metrics.render(),
-            self.passwords.render_metrics(),
-            self.joins.render_metrics(),
-            self.certificate_expires()
-        )
+        crate::metrics::render(self)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod events;
 mod gossip;
 pub mod guard;
+mod metrics;
 mod notify;
 pub mod pki;
 mod reconcile;

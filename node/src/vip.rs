@@ -178,7 +178,7 @@ pub async fn run<A: Addresses>(
 }
 
 /// The VIPs the config asks for.
-fn vips_of(applied: &Applied) -> BTreeSet<Vip> {
+pub(crate) fn vips_of(applied: &Applied) -> BTreeSet<Vip> {
     applied
         .state
         .spec

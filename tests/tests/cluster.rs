@@ -449,3 +449,89 @@ fn a_node_restarted_on_another_address_is_found_there() {
         c.pools(2).contains(&"moved".to_owned())
     });
 }
+
+/// The value of `name{labels}` (exactly) in Prometheus text.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn the_cluster_reports_leadership_positions_vip_holders_and_peers_in_metrics() {
+    let vip = "10.77.0.100/24";
+    let config = format!(
+        "load_balancers:\n  - {{ name: web, vip: {vip}, listeners: [ {{ port: 8000, protocol: http, default_pool: app }} ] }}\n\
+         pools:\n  - {{ name: app, members: [ {{ address: \"{A}\" }} ] }}\n"
+    );
+    let c = Cluster::start_with(3, &config, &[]);
+    let metrics = |i: usize| c.call(i, "GET", "/metrics", None).unwrap().1;
+    let held = format!("keel_vip_holder{{vip=\"{vip}\"}}");
+    wait_until(
+        Duration::from_secs(10),
+        "one VIP holder in the metrics",
+        || {
+            (1..=3)
+                .filter_map(|i| sample(&metrics(i), &held))
+                .sum::<f64>()
+                == 1.0
+        },
+    );
+    wait_until(Duration::from_secs(10), "every peer live in gossip", || {
+        (1..=3).all(|i| {
+            let m = metrics(i);
+            ["n1", "n2", "n3"]
+                .iter()
+                .all(|n| sample(&m, &format!("keel_gossip_peer_live{{node=\"{n}\"}}")) == Some(1.0))
+        })
+    });
+    let all: Vec<String> = (1..=3).map(metrics).collect();
+    let leaders: Vec<usize> = (0..3)
+        .filter(|i| sample(&all[*i], "keel_raft_leader") == Some(1.0))
+        .collect();
+    assert_eq!(leaders.len(), 1, "one leader");
+    let leader = &all[leaders[0]];
+    let term = sample(leader, "keel_raft_term").unwrap();
+    for m in &all {
+        assert_eq!(sample(m, "keel_raft_term"), Some(term));
+        assert_eq!(sample(m, "keel_raft_has_leader"), Some(1.0));
+        assert_eq!(sample(m, "keel_cluster_members{role=\"voter\"}"), Some(3.0));
+        assert_eq!(
+            sample(m, &format!("keel_vip_configured{{vip=\"{vip}\"}}")),
+            Some(1.0)
+        );
+        for n in ["n1", "n2", "n3"] {
+            assert_eq!(
+                sample(m, &format!("keel_gossip_peer_live{{node=\"{n}\"}}")),
+                Some(1.0),
+                "{n}"
+            );
+        }
+        assert!(sample(m, "keel_node_certificate_expiry_timestamp_seconds").unwrap() > 1.7e9);
+        let applied = sample(m, "keel_raft_applied_index").unwrap();
+        assert!(applied > 0.0 && applied <= sample(m, "keel_raft_last_log_index").unwrap());
+    }
+    // The leader sees both followers caught up, and holds its lease.
+    let followers: Vec<&str> = leader
+        .lines()
+        .filter(|l| l.starts_with("keel_raft_follower_entries_behind{"))
+        .collect();
+    assert_eq!(followers.len(), 2, "{followers:?}");
+    assert!(followers.iter().all(|l| l.ends_with(" 0")), "{followers:?}");
+    assert!(sample(leader, "keel_raft_lease_remaining_seconds").unwrap() > 0.0);
+
+    // Every metric the sample alert rules read is one a node exports.
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/alerts.yml"))
+        .unwrap();
+    let names: std::collections::BTreeSet<&str> = rules
+        .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+        .filter(|w| w.starts_with("keel_"))
+        .collect();
+    assert!(names.len() >= 7, "{names:?}");
+    for name in names {
+        assert!(
+            leader.contains(&format!("# TYPE {name} ")),
+            "docs/alerts.yml reads {name}, which no node exports"
+        );
+    }
+}
