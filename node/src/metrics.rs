@@ -49,7 +49,7 @@ pub fn render(control: &Control) -> String {
     let consensus = control.consensus();
     let raft = consensus.raft().metrics().borrow().clone();
     let leadership = consensus.leadership().borrow().clone();
-    let lease = consensus.lease().borrow().clone();
+    let lease = *consensus.lease().borrow();
     let members = consensus.members();
     let last_log = raft.last_log_index.unwrap_or(0);
     let name_of = |id: u64| {
