@@ -114,6 +114,12 @@ pub struct ClientArgs {
     /// https:// admin API with.
     #[arg(long, env = "KEEL_CA_FILE", global = true)]
     pub ca_file: Option<PathBuf>,
+    /// Or trust an https:// admin API whose chain holds the cluster CA with
+    /// this fingerprint (`SHA256:…`, as the console and `keel status`
+    /// show it): a fresh node needs no copied file. `keel login` remembers
+    /// it for that server.
+    #[arg(long, env = "KEEL_CA_FINGERPRINT", global = true)]
+    pub ca_fingerprint: Option<String>,
     /// Output: text for people, or json / yaml for scripts.
     #[arg(
         short = 'o',

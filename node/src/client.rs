@@ -70,6 +70,19 @@ fn stored_tokens() -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Where `keel login --ca-fingerprint` remembers the fingerprint each
+/// https:// server is trusted by.
+fn trust_path() -> Option<PathBuf> {
+    credentials_path().map(|p| p.with_file_name("trust.json"))
+}
+
+fn stored_trust() -> BTreeMap<String, String> {
+    trust_path()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
 fn token_for(server: &str) -> Option<String> {
     std::env::var("KEEL_TOKEN")
         .ok()
@@ -105,13 +118,30 @@ impl Api {
             return Err(format!("--server {server:?}: expected http(s)://HOST:PORT"));
         }
         let tls = if https {
-            let file = args.ca_file.as_ref().ok_or_else(|| {
-                format!("--server {server}: an https admin API needs --ca-file (the cluster CA, DATA_DIR/tls/ca.pem)")
-            })?;
-            let pem =
-                std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let config = crate::pki::client_trusting(&pem)
-                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let pinned = args
+                .ca_fingerprint
+                .clone()
+                .or_else(|| stored_trust().remove(&server));
+            let config = match (&args.ca_file, pinned) {
+                (Some(file), _) => {
+                    let pem = std::fs::read_to_string(file)
+                        .map_err(|e| format!("{}: {e}", file.display()))?;
+                    crate::pki::client_trusting(&pem)
+                        .map_err(|e| format!("{}: {e}", file.display()))?
+                }
+                (None, Some(fingerprint)) => {
+                    let hex = crate::pki::parse_fingerprint(&fingerprint)
+                        .map_err(|e| format!("--ca-fingerprint: {e}"))?;
+                    crate::pki::pinned_client_config(&hex).map_err(|e| e.to_string())?
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "--server {server}: an https admin API needs --ca-file (the cluster CA, \
+                     DATA_DIR/tls/ca.pem) or --ca-fingerprint (SHA256:…, on the node's console \
+                     and in keel status)"
+                    ))
+                }
+            };
             let host = match authority.rsplit_once(':') {
                 Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
                 None => authority.clone(),
@@ -280,6 +310,15 @@ async fn login(a: LoginArgs) -> Result<()> {
     let mut tokens = stored_tokens();
     tokens.insert(api.server.clone(), token.to_owned());
     write_credentials(&path, &tokens)?;
+    if let (Some(fingerprint), None) = (&a.client.ca_fingerprint, &a.client.ca_file) {
+        let path = trust_path().ok_or("no home directory to store the fingerprint in")?;
+        let mut trust = stored_trust();
+        trust.insert(
+            api.server.clone(),
+            crate::pki::parse_fingerprint(fingerprint)?,
+        );
+        write_credentials(&path, &trust)?;
+    }
     println!("logged in to {} as {}", api.server, a.user);
     if answer["must_change_password"].as_bool() == Some(true) {
         println!(
@@ -509,10 +548,11 @@ async fn status(c: ClientArgs) -> Result<()> {
     let value = api.get("/api/v1/status").await?;
     print(c.output, &value, |v| {
         let mut out = format!(
-            "leader: {}  term: {}  version: {}\n",
+            "leader: {}  term: {}  version: {}  CA fingerprint: {}\n",
             s(&v["leader"]),
             s(&v["term"]),
-            s(&v["applied_version"])
+            s(&v["applied_version"]),
+            s(&v["ca_fingerprint"])
         );
         for n in v["nodes"].as_array().into_iter().flatten() {
             out.push_str(&format!(

@@ -614,12 +614,45 @@ impl ClusterNode {
         .ok()
         .and_then(|r| r.ok().and_then(|a| a.state.identity.clone()))
         .ok_or_else(|| ClusterError::Bootstrap("the cluster identity never arrived".into()))?;
-        Ok(pki::admin_server_config(
-            &self.file.name,
-            opts.admin_addr.ip(),
-            &identity.ca_cert_pem,
-            &identity.ca_key_pem,
-        )?)
+        // The node's name, localhost, and the admin address, or with a
+        // wildcard one every address of the host: kept across restarts, so
+        // clients that pinned it keep working.
+        let mut names = vec![self.file.name.clone(), "localhost".to_owned()];
+        let ip = opts.admin_addr.ip();
+        if ip.is_unspecified() {
+            names.extend(["127.0.0.1".to_owned(), "::1".to_owned()]);
+            names.extend(
+                keel_vip::host_addresses()
+                    .into_iter()
+                    .map(|(_, ip, _)| ip.to_string()),
+            );
+        } else {
+            names.push(ip.to_string());
+        }
+        names.sort();
+        names.dedup();
+        let dir = tls_dir(&opts.data_dir);
+        let (cert_path, key_path) = (dir.join("admin.pem"), dir.join("admin.key"));
+        let kept = read(&cert_path)
+            .and_then(|cert| Ok((cert, read(&key_path)?)))
+            .ok()
+            .filter(|(cert, _)| pki::admin_cert_fits(cert, &identity.ca_cert_pem, &names));
+        let (cert, key) = match kept {
+            Some(kept) => kept,
+            None => {
+                let (cert, key) = pki::new_admin_cert(
+                    &self.file.name,
+                    &names,
+                    &identity.ca_cert_pem,
+                    &identity.ca_key_pem,
+                )?;
+                write_private(&key_path, &key)?;
+                write_private(&cert_path, &cert)?;
+                tracing::info!(names = %names.join(","), "made a new admin API certificate");
+                (cert, key)
+            }
+        };
+        Ok(pki::server_config_for(&cert, &key, &identity.ca_cert_pem)?)
     }
 
     async fn admit(&self, control: &Control, join_addr: &str) -> Result<(), ClusterError> {
@@ -1032,6 +1065,7 @@ impl ControlPlane for Control {
             .map(|m| m.info.name.clone());
         ClusterStatus {
             this_node: self.me.name.clone(),
+            ca_fingerprint: format!("SHA256:{}", self.ca_fingerprint),
             leader: leader_name,
             term: leadership.term,
             applied_version: self.consensus.applied().borrow().index,

@@ -139,36 +139,96 @@ fn node_params(id: NodeId, validity: Duration) -> Result<CertificateParams, PkiE
     Ok(params)
 }
 
-/// TLS for the admin API on a non-loopback address: a certificate signed by
-/// the cluster CA naming the node, its admin IP and `localhost`. Clients
-/// trust it with the cluster CA (`keel --ca-file`, curl `--cacert`).
-pub fn admin_server_config(
+/// How long an admin API certificate is valid; a node makes a new one at
+/// start when less than a third is left.
+pub const ADMIN_VALIDITY: Duration = Duration::from_secs(397 * 86_400);
+
+/// A certificate for the admin API on a non-loopback address, signed by the
+/// cluster CA, naming `names` (DNS names and IP addresses: the node's name,
+/// `localhost` and every address it answers on): (certificate, key) PEM.
+/// Clients trust it with the CA file or its fingerprint.
+pub fn new_admin_cert(
     node_name: &str,
-    ip: std::net::IpAddr,
+    names: &[String],
     ca_cert_pem: &str,
     ca_key_pem: &str,
-) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+) -> Result<(String, String), PkiError> {
     let key = KeyPair::generate()?;
-    let mut names = vec![node_name.to_owned(), "localhost".to_owned()];
-    if !ip.is_unspecified() {
-        names.push(ip.to_string());
-    }
-    let mut params = CertificateParams::new(names)?;
+    let mut params = CertificateParams::new(names.to_vec())?;
     params
         .distinguished_name
         .push(DnType::CommonName, format!("keel admin {node_name}"));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let now = SystemTime::now();
+    params.not_before = (now - backdate(ADMIN_VALIDITY)).into();
+    params.not_after = (now + ADMIN_VALIDITY).into();
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
     let cert = params.signed_by(&key, &ca, &ca_key)?;
-    let chain = vec![cert.der().clone(), first_cert(ca_cert_pem)?];
-    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Whether a kept admin certificate will do: signed by the CA in `ca_pem`,
+/// valid now with more than a third of its life left, and naming every one
+/// of `names` (checked as a client would, with rustls).
+pub fn admin_cert_fits(cert_pem: &str, ca_pem: &str, names: &[String]) -> bool {
+    let fits = || -> Result<bool, PkiError> {
+        let leaf = first_cert(cert_pem)?;
+        if renew_at(validity(cert_pem)?) <= unix_now() {
+            return Ok(false);
+        }
+        let mut roots = RootCertStore::empty();
+        roots.add(first_cert(ca_pem)?)?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| PkiError::Pem(e.to_string()))?;
+        Ok(names.iter().all(|name| {
+            ServerName::try_from(name.clone()).is_ok_and(|name| {
+                verifier
+                    .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+                    .is_ok()
+            })
+        }))
+    };
+    fits().unwrap_or(false)
+}
+
+/// A server configuration presenting `cert_pem` (and the CA after it, so a
+/// client can pin the CA by fingerprint).
+pub fn server_config_for(
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    let chain = vec![first_cert(cert_pem)?, first_cert(ca_pem)?];
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| PkiError::Pem(e.to_string()))?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     Ok(Arc::new(config))
+}
+
+/// `SHA256:<hex>` (as the console and `keel status` show a fingerprint), or
+/// the bare hex, colons allowed: the 64 lower-case hex digits.
+pub fn parse_fingerprint(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let hex: String = text
+        .strip_prefix("SHA256:")
+        .or_else(|| text.strip_prefix("sha256:"))
+        .unwrap_or(text)
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(hex)
+    } else {
+        Err(format!(
+            "{text:?} is not a CA fingerprint (expected SHA256: and 64 hex digits)"
+        ))
+    }
 }
 
 /// A client configuration trusting only the CA certificates in `ca_pem`.
@@ -392,7 +452,7 @@ impl ServerCertVerifier for PinnedCa {
             .find(|c| hex(&Sha256::digest(c.as_ref())) == self.fingerprint)
             .ok_or_else(|| {
                 rustls::Error::General(
-                    "the server's CA does not match the token's fingerprint".into(),
+                    "the server's CA does not have the pinned fingerprint".into(),
                 )
             })?;
         let mut roots = RootCertStore::empty();

@@ -362,6 +362,56 @@ fn an_unconfigured_appliance_bootstraps_alone_and_shows_its_password_until_chang
         "DHCP address in the banner"
     );
 
+    // The CLI trusts the node by the CA fingerprint on its console: nothing
+    // copied off the appliance, no certificate check skipped.
+    let fingerprint = console
+        .rsplit("Keel load balancer appliance")
+        .next()
+        .and_then(|b| b.split("SHA256:").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .map(|hex| format!("SHA256:{hex}"))
+        .unwrap_or_else(|| panic!("no CA fingerprint on the console: {console}"));
+    let home = tempfile::tempdir().unwrap();
+    let keel = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(keel_tests::node::keel_bin())
+            .args(args)
+            .args(["--server", &format!("https://127.0.0.1:{admin}")])
+            .env("XDG_CONFIG_HOME", home.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = keel(
+        &[
+            "login",
+            "--password-stdin",
+            "--ca-fingerprint",
+            &fingerprint,
+        ],
+        &generated,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = keel(&["status"], "");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&fingerprint),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let token = login_with(admin, &generated);
     let (code, text) = api(
         admin,

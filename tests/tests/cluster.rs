@@ -535,3 +535,81 @@ fn the_cluster_reports_leadership_positions_vip_holders_and_peers_in_metrics() {
         );
     }
 }
+
+#[test]
+fn a_fresh_node_is_trusted_by_its_ca_fingerprint_and_keeps_its_admin_certificate() {
+    let topo = Topology::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = node_args(1);
+    let at = args.iter().position(|a| a == ADMIN).unwrap();
+    args[at] = "0.0.0.0:9090".into();
+    let mut node = NsKeel::start(
+        &topo.ns("n1"),
+        dir.path(),
+        "n1",
+        &args,
+        &[("KEEL_ADMIN_PASSWORD", PASSWORD)],
+    );
+    let ca = dir.path().join("n1/tls/ca.pem").display().to_string();
+    let client = topo.ns("c");
+    let xdg = dir.path().join("config").display().to_string();
+    let env = [("XDG_CONFIG_HOME", xdg.as_str())];
+    let server = ["--server", "https://10.77.0.1:9090"];
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        keel_cli(&client, &env, &[args, &server[..]].concat(), stdin)
+    };
+    // The fingerprint, as `keel status` (and the appliance's console) shows it.
+    wait_until(Duration::from_secs(20), "https admin up", || {
+        cli(
+            &["login", "--password-stdin", "--ca-file", &ca],
+            Some(PASSWORD),
+        )
+        .0 == 0
+    });
+    let (code, out, err) = cli(&["status", "--ca-file", &ca], None);
+    assert_eq!(code, 0, "{err}");
+    let fingerprint = out
+        .split("CA fingerprint: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert!(
+        fingerprint.starts_with("SHA256:") && fingerprint.len() == 71,
+        "{out}"
+    );
+    std::fs::remove_dir_all(dir.path().join("config")).unwrap();
+
+    // A wrong fingerprint is refused before the password is sent.
+    let wrong = format!("SHA256:{}", "0".repeat(64));
+    let (code, _, err) = cli(
+        &["login", "--password-stdin", "--ca-fingerprint", &wrong],
+        Some(PASSWORD),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("pinned fingerprint"), "{err}");
+    // The right one: log in with nothing but it, and it is remembered.
+    let (code, _, err) = cli(
+        &[
+            "login",
+            "--password-stdin",
+            "--ca-fingerprint",
+            &fingerprint,
+        ],
+        Some(PASSWORD),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&["status"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("n1"), "{out}");
+
+    // The wildcard admin address's certificate names the host's addresses,
+    // and survives a restart: what the client pinned still works.
+    let cert = dir.path().join("n1/tls/admin.pem");
+    let before = std::fs::read_to_string(&cert).unwrap();
+    node.restart();
+    wait_until(Duration::from_secs(20), "https admin back", || {
+        cli(&["status"], None).0 == 0
+    });
+    assert_eq!(std::fs::read_to_string(&cert).unwrap(), before);
+}

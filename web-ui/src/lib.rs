@@ -204,6 +204,10 @@ pub enum ControlError {
 pub struct ClusterStatus {
     /// The node answering.
     pub this_node: String,
+    /// The cluster CA's fingerprint (`SHA256:…`), to pin with `keel login
+    /// --ca-fingerprint`.
+    #[serde(default)]
+    pub ca_fingerprint: String,
     /// The leader's name, if known.
     pub leader: Option<String>,
     /// The current Raft term.

@@ -1,5 +1,6 @@
 //! The console banner (`/etc/issue`): node name, addresses, the dashboard's
-//! URL and, until it is changed, the generated admin password. Addresses
+//! URL, the cluster CA's fingerprint (to pin with `keel login
+//! --ca-fingerprint`) and, until it is changed, the generated admin password. Addresses
 //! are agetty escapes (`\4{ens3}`), so the login prompt shows them as they
 //! are now and agetty redraws it when they change.
 
@@ -15,6 +16,7 @@ pub struct Paths {
     pub hostname: PathBuf,
     pub setup_error: PathBuf,
     pub initial_password: PathBuf,
+    pub ca: PathBuf,
     pub issue: PathBuf,
 }
 
@@ -26,6 +28,7 @@ impl Default for Paths {
             setup_error: "/run/keel/setup-error".into(),
             initial_password: PathBuf::from("/var/lib/keel/node")
                 .join(crate::cluster::INITIAL_PASSWORD_FILE),
+            ca: "/var/lib/keel/node/tls/ca.pem".into(),
             issue: "/etc/issue".into(),
         }
     }
@@ -40,6 +43,7 @@ fn literal(text: &str) -> String {
 pub fn render(
     name: &str,
     interfaces: &[String],
+    ca_fingerprint: Option<&str>,
     password: Option<&str>,
     problems: Option<&str>,
 ) -> String {
@@ -65,6 +69,10 @@ pub fn render(
             "  Dashboard:  https://\\4:{ADMIN_PORT}/ui/   (user admin)"
         );
         let _ = writeln!(t, "  Admin API:  https://\\4:{ADMIN_PORT}/api/v1");
+        if let Some(fp) = ca_fingerprint {
+            let _ = writeln!(t, "  Cluster CA (keel login --ca-fingerprint):");
+            let _ = writeln!(t, "    {}", literal(fp));
+        }
         if let Some(p) = password {
             let _ = writeln!(
                 t,
@@ -86,9 +94,14 @@ pub fn write(paths: &Paths) -> std::io::Result<()> {
         .collect();
     let password = std::fs::read_to_string(&paths.initial_password).ok();
     let problems = std::fs::read_to_string(&paths.setup_error).ok();
+    let ca_fingerprint = std::fs::read_to_string(&paths.ca)
+        .ok()
+        .and_then(|pem| crate::pki::fingerprint(&pem).ok())
+        .map(|hex| format!("SHA256:{hex}"));
     let text = render(
         name.trim(),
         &interfaces,
+        ca_fingerprint.as_deref(),
         password.as_deref(),
         problems.as_deref(),
     );
@@ -103,13 +116,21 @@ mod tests {
 
     #[test]
     fn shows_the_dashboard_and_the_password_until_it_is_changed() {
-        let t = render("edge-1", &["ens3".into()], Some("0123abcd\n"), None);
+        let fp = format!("SHA256:{}", "ab".repeat(32));
+        let t = render(
+            "edge-1",
+            &["ens3".into()],
+            Some(&fp),
+            Some("0123abcd\n"),
+            None,
+        );
         assert!(t.contains("node edge-1"));
         assert!(t.contains("ens3       \\4{ens3}"));
         assert!(t.contains("https://\\4:9090/ui/"));
         assert!(t.contains("Password:   0123abcd "));
-        let t = render("edge-1", &["ens3".into()], None, None);
-        assert!(!t.contains("Password"));
+        assert!(t.contains(&fp) && t.lines().all(|l| l.len() <= 80));
+        let t = render("edge-1", &["ens3".into()], None, None, None);
+        assert!(!t.contains("Password") && !t.contains("Cluster CA"));
     }
 
     #[test]
@@ -117,6 +138,7 @@ mod tests {
         let t = render(
             "n",
             &[],
+            None,
             None,
             Some("keel.yaml: admin.password: use at least 8\\n"),
         );
