@@ -12,7 +12,8 @@
 //! gone by the time another node claims it (overlap at most the lease).
 //! When the deadline passes without a newer line, the guard removes the
 //! VIPs; when stdin closes (keel exited or was killed), it removes them and
-//! exits.
+//! exits. A guard that dies is started again (at most once a second) and
+//! told at once what it guards.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
@@ -32,10 +33,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// The node's end: the child process and the pipe to it.
 pub struct Guard {
-    _child: Child,
+    child: Child,
     feed: ChildStdin,
     last_empty: bool,
-    broken: bool,
+    /// When the guard was last started (a new one waits a second after).
+    started: Instant,
 }
 
 impl Guard {
@@ -55,16 +57,38 @@ impl Guard {
             .take()
             .ok_or_else(|| std::io::Error::other("no stdin for the VIP guard"))?;
         Ok(Guard {
-            _child: child,
+            child,
             feed,
             last_empty: false,
-            broken: false,
+            started: Instant::now(),
         })
+    }
+
+    /// Starts a new guard if this one has died; false while there is none.
+    fn alive(&mut self) -> bool {
+        if self.child.try_wait().ok().flatten().is_none() {
+            return true;
+        }
+        if self.started.elapsed() < Duration::from_secs(1) {
+            return false;
+        }
+        match Guard::spawn() {
+            Ok(new) => {
+                tracing::warn!("the VIP guard died; started a new one");
+                *self = new;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the VIP guard died and cannot be started again; retrying");
+                self.started = Instant::now();
+                false
+            }
+        }
     }
 
     /// Tells the guard to let `vips` (`addr/len`) live `remaining` more.
     async fn hold(&mut self, vips: &BTreeSet<String>, remaining: Duration) {
-        if self.broken || (vips.is_empty() && self.last_empty) {
+        if !self.alive() || (vips.is_empty() && self.last_empty) {
             return;
         }
         let mut line = remaining.as_millis().to_string();
@@ -76,8 +100,9 @@ impl Guard {
         match tokio::time::timeout(WRITE_TIMEOUT, self.feed.write_all(line.as_bytes())).await {
             Ok(Ok(())) => self.last_empty = vips.is_empty(),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "the VIP guard is gone: a paused node keeps its VIPs until their kernel lifetime ends");
-                self.broken = true;
+                // It died since `alive` looked: the next renewal starts a
+                // new one (`try_wait` reaps it by then).
+                tracing::debug!(error = %e, "the VIP guard's pipe is closed");
             }
             Err(_) => tracing::debug!("the VIP guard is not reading; skipped a renewal"),
         }
@@ -99,10 +124,13 @@ pub async fn feed(
             h.saturating_duration_since(Instant::now())
         });
         guard.hold(&vips, remaining).await;
+        // Renewals come every heartbeat while VIPs are held; the tick
+        // notices a dead guard when they do not.
         tokio::select! {
             r = stop.changed() => if r.is_err() || *stop.borrow() { return },
             r = lease.changed() => if r.is_err() { return },
             r = held.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }

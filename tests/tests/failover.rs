@@ -75,6 +75,18 @@ impl Ha {
         holder
     }
 
+    /// The pid of node `i`'s `keel run`. `ip netns exec` execs keel in
+    /// place on current iproute2; older ones fork, and keel is its child.
+    fn keel_pid(&self, i: usize) -> String {
+        let pid = self.c.nodes[i - 1].child.as_ref().unwrap().id().to_string();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "ip" {
+            children_of(&pid).into_iter().next().unwrap_or(pid)
+        } else {
+            pid
+        }
+    }
+
     fn all_ready(&self) {
         wait_until(Duration::from_secs(20), "three ready members", || {
             let s = self.c.status(1);
@@ -367,26 +379,9 @@ fn partitions_and_pauses_never_leave_two_holders() {
     // address; its VIP guard does, at the lease's hard deadline (the lease
     // plus the longest election timeout), before a new leader can claim.
     let owner = ha.wait_single_holder(VIP4, Duration::from_secs(5));
-    let pid = ha.c.nodes[owner - 1]
-        .child
-        .as_ref()
-        .unwrap()
-        .id()
-        .to_string();
-    // `ip netns exec` execs keel in place on current iproute2; older ones
-    // fork, and keel is then its child. (keel's own child is its VIP guard,
-    // which is left running: pausing the node is the fault.)
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let keel_pid = if comm.trim() == "ip" {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .next()
-            .map(str::to_owned)
-            .unwrap_or(pid)
-    } else {
-        pid
-    };
+    // (keel's own child is its VIP guard, which is left running: pausing
+    // the node is the fault.)
+    let keel_pid = ha.keel_pid(owner);
     let before = sampler.samples().len();
     ns_run(&ha.c.ns(owner), &["kill", "-STOP", &keel_pid]);
     let new = ha.wait_moved(VIP4, owner, Duration::from_secs(5));
@@ -605,4 +600,69 @@ fn an_owner_that_cannot_serve_hands_the_vip_over() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(ha.holders(VIP4), vec![new], "no fail-back once healthy");
     eprintln!("unhealthy owner n{owner} handed the VIP to n{new}");
+}
+
+/// The child processes of `pid` (of any of its threads).
+fn children_of(pid: &str) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    tasks
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The pid of the VIP guard `keel run` (`keel_pid`) runs, if it runs one.
+fn guard_of(keel_pid: &str) -> Option<String> {
+    children_of(keel_pid).into_iter().find(|child| {
+        std::fs::read(format!("/proc/{child}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("vip-guard"))
+    })
+}
+
+#[test]
+fn a_killed_vip_guard_is_started_again_and_still_guards() {
+    let ha = Ha::start(&[]);
+    let owner = ha.wait_single_holder(VIP4, Duration::from_secs(5));
+    let keel = ha.keel_pid(owner);
+    let guard = guard_of(&keel).expect("the owner runs a VIP guard");
+    let sampler = Sampler::start(ha.node_namespaces(), VIP4, POLL);
+    let killed = Instant::now();
+    ns_run(&ha.c.ns(owner), &["kill", "-KILL", &guard]);
+    wait_until(Duration::from_secs(5), "a new VIP guard", || {
+        guard_of(&keel).is_some_and(|g| g != guard)
+    });
+    eprintln!("a new guard after {:?}", killed.elapsed());
+    std::thread::sleep(Duration::from_secs(1));
+    // The VIP never left its owner meanwhile.
+    let kept = sampler.samples();
+    assert!(
+        kept.iter().all(|(_, h)| *h == vec![owner]),
+        "the VIP moved while the guard was replaced"
+    );
+    // The new guard guards: a paused owner's VIP is gone before another
+    // node's lease can claim it, as with the first guard.
+    ns_run(&ha.c.ns(owner), &["kill", "-STOP", &keel]);
+    let new = ha.wait_moved(VIP4, owner, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(2));
+    let overlap = sampler.longest_overlap();
+    let still = holds(&ha.c.ns(owner), VIP4);
+    ns_run(&ha.c.ns(owner), &["kill", "-CONT", &keel]);
+    ha.all_ready();
+    assert!(
+        !still,
+        "the paused owner kept the VIP: the new guard did not remove it"
+    );
+    assert!(
+        overlap <= Duration::from_millis(400),
+        "two holders for {overlap:?}"
+    );
+    assert_eq!(ha.holders(VIP4), vec![new]);
 }
