@@ -118,11 +118,55 @@ struct Rule<A> {
     held: Held,
     interface: Option<String>,
     claims: BTreeMap<Vip, Claim>,
-    /// Set once this node stepped down for being unhealthy; cleared when it
-    /// is healthy again, so it steps down once per episode.
-    stepped_down: bool,
+    /// Stepping down when this node leads but must not hold the VIPs.
+    stepping: StepDowns,
     /// The last error logged per VIP, so a lasting problem is logged once.
     last_errors: BTreeMap<Vip, String>,
+}
+
+/// Step-downs for a reason that lasts: one task at a time, repeated with a
+/// backoff while the reason lasts (a node re-elected while still unable to
+/// hold its VIPs steps down again), reset once the reason is gone.
+struct StepDowns {
+    running: Arc<std::sync::atomic::AtomicBool>,
+    next: Instant,
+    backoff: Duration,
+    attempts: u32,
+}
+
+impl Default for StepDowns {
+    fn default() -> Self {
+        StepDowns {
+            running: Arc::default(),
+            next: Instant::now(),
+            backoff: Duration::from_secs(1),
+            attempts: 0,
+        }
+    }
+}
+
+impl StepDowns {
+    /// Whether to step down now (`Some(attempt)`), counting it if so.
+    fn begin(&mut self) -> Option<u32> {
+        let now = Instant::now();
+        if self.running.load(Ordering::SeqCst) || now < self.next {
+            return None;
+        }
+        self.running.store(true, Ordering::SeqCst);
+        self.attempts += 1;
+        self.next = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+        Some(self.attempts)
+    }
+
+    fn reason_cleared(&mut self) {
+        if self.attempts > 0 && !self.running.load(Ordering::SeqCst) {
+            *self = StepDowns {
+                running: self.running.clone(),
+                ..StepDowns::default()
+            };
+        }
+    }
 }
 
 /// Runs the rule until `stop`; releases everything on the way out.
@@ -142,7 +186,7 @@ pub async fn run<A: Addresses>(
         held,
         interface: inputs.interface.take(),
         claims: BTreeMap::new(),
-        stepped_down: false,
+        stepping: StepDowns::default(),
         last_errors: BTreeMap::new(),
         timing,
     };
@@ -197,9 +241,6 @@ impl<A: Addresses> Rule<A> {
         reconcile: bool,
     ) {
         let term = lease.term;
-        if healthy {
-            self.stepped_down = false;
-        }
         // Why this node must not hold VIPs, if it must not.
         let refuse = if !lease.is_valid() {
             Some(if self.consensus.leadership().borrow().is_leader {
@@ -226,10 +267,11 @@ impl<A: Addresses> Rule<A> {
                 }
             }
             if reason == "data plane cannot serve the applied config"
-                && !self.stepped_down
                 && self.consensus.leadership().borrow().is_leader
             {
                 self.step_down(reason, term);
+            } else if healthy {
+                self.stepping.reason_cleared();
             }
             return;
         }
@@ -252,8 +294,10 @@ impl<A: Addresses> Rule<A> {
             }
             self.hold(*vip, interface, term, reconcile).await;
         }
-        if interface_down && !self.stepped_down {
+        if interface_down {
             self.step_down("a VIP interface is down", term);
+        } else {
+            self.stepping.reason_cleared();
         }
         self.announce_due().await;
     }
@@ -357,13 +401,19 @@ impl<A: Addresses> Rule<A> {
 
     /// Hands leadership on without waiting here; this node stands for
     /// election again once someone else leads (or the attempt times out).
+    /// One step-down at a time; while the reason lasts and this node is
+    /// elected again, again, one second later, then two, four… up to 30.
     fn step_down(&mut self, reason: &str, term: u64) {
-        self.stepped_down = true;
-        tracing::warn!(term, reason, "stepping down as leader");
+        let Some(attempt) = self.stepping.begin() else {
+            return;
+        };
+        tracing::warn!(term, reason, attempt, "stepping down as leader");
         let consensus = self.consensus.clone();
+        let running = self.stepping.running.clone();
         tokio::spawn(async move {
             consensus.step_down(Duration::from_secs(3)).await;
             consensus.stand_again();
+            running.store(false, Ordering::SeqCst);
         });
     }
 
@@ -381,5 +431,29 @@ impl<A: Addresses> Rule<A> {
             tracing::warn!(%vip, error = message, "VIP operation failed");
             self.last_errors.insert(vip, message.to_owned());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn step_downs_take_turns_and_back_off_while_the_reason_lasts() {
+        let mut s = StepDowns::default();
+        assert_eq!(s.begin(), Some(1));
+        assert_eq!(s.begin(), None, "one at a time");
+        s.running.store(false, Ordering::SeqCst);
+        assert_eq!(s.begin(), None, "not before the backoff");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(s.begin(), Some(2));
+        s.running.store(false, Ordering::SeqCst);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(s.begin(), None, "two seconds after the second");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(s.begin(), Some(3));
+        s.running.store(false, Ordering::SeqCst);
+        s.reason_cleared();
+        assert_eq!(s.begin(), Some(1), "a new episode starts over");
     }
 }

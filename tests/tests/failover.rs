@@ -564,16 +564,8 @@ fn an_owner_that_cannot_serve_hands_the_vip_over() {
     // Something else on the owner's host has port 9000, so of the three
     // nodes only the owner cannot serve a listener on it.
     let squatter = ha.c.topo.listen(&format!("n{owner}"), "0.0.0.0:9000");
-    let listeners = r#"[{"port": 8000, "protocol": "http", "default_pool": "app"},
-                        {"port": 9000, "protocol": "http", "default_pool": "app"}]"#;
-    let body = format!(
-        r#"{{"load_balancers": [
-              {{"name": "web", "vip": "{VIP4}/24", "listeners": {listeners}}},
-              {{"name": "web6", "vip": "{VIP6}/64", "listeners": {listeners}}}],
-            "pools": [{{"name": "app", "members": [{{"address": "{A}"}}]}}]}}"#
-    );
     let (status, text) =
-        ha.c.call(owner, "PUT", "/api/v1/config", Some(&body))
+        ha.c.call(owner, "PUT", "/api/v1/config", Some(&with_port_9000()))
             .unwrap();
     assert_eq!(status, 200, "{text}");
     let new = ha.wait_moved(VIP4, owner, Duration::from_secs(10));
@@ -665,4 +657,49 @@ fn a_killed_vip_guard_is_started_again_and_still_guards() {
         "two holders for {overlap:?}"
     );
     assert_eq!(ha.holders(VIP4), vec![new]);
+}
+
+/// The config with a second listener, on port 9000, on both VIPs.
+fn with_port_9000() -> String {
+    let listeners = r#"[{"port": 8000, "protocol": "http", "default_pool": "app"},
+                        {"port": 9000, "protocol": "http", "default_pool": "app"}]"#;
+    format!(
+        r#"{{"load_balancers": [
+              {{"name": "web", "vip": "{VIP4}/24", "listeners": {listeners}}},
+              {{"name": "web6", "vip": "{VIP6}/64", "listeners": {listeners}}}],
+            "pools": [{{"name": "app", "members": [{{"address": "{A}"}}]}}]}}"#
+    )
+}
+
+#[test]
+fn unhealthy_nodes_keep_stepping_down_until_a_healthy_one_leads() {
+    let ha = Ha::start(&[]);
+    let owner = ha.wait_single_holder(VIP4, Duration::from_secs(10));
+    // Two nodes cannot serve port 9000 (the owner and one more): leadership
+    // may come back to an unhealthy node several times, and each time it
+    // must step down again, until the healthy one leads and holds the VIP.
+    let healthy = (1..=3).find(|i| *i != owner).unwrap();
+    let squatters: Vec<_> = (1..=3)
+        .filter(|i| *i != healthy)
+        .map(|i| ha.c.topo.listen(&format!("n{i}"), "0.0.0.0:9000"))
+        .collect();
+    let changed = Instant::now();
+    let (status, text) =
+        ha.c.call(healthy, "PUT", "/api/v1/config", Some(&with_port_9000()))
+            .unwrap();
+    assert_eq!(status, 200, "{text}");
+    wait_until(
+        Duration::from_secs(30),
+        "the VIP on the healthy node",
+        || ha.holders(VIP4) == vec![healthy],
+    );
+    eprintln!(
+        "the healthy n{healthy} holds the VIP {:?} after the change",
+        changed.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ha.holders(VIP4), vec![healthy], "the VIP did not stay");
+    let leader = ha.c.status(healthy)["leader"].as_str().map(str::to_owned);
+    assert_eq!(leader, Some(format!("n{healthy}")));
+    drop(squatters);
 }
