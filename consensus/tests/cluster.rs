@@ -122,6 +122,19 @@ impl Cluster {
         }
     }
 
+    /// Stop every node, start each again from its data directory, and wait
+    /// until they have a leader and have applied `last`.
+    async fn restart_all(&mut self, last: u64) {
+        for id in [1, 2, 3] {
+            self.crash(id).await;
+        }
+        for id in [1, 2, 3] {
+            self.start(id).await;
+        }
+        self.wait_leader(&[1, 2, 3]).await;
+        self.all_applied(&[1, 2, 3], last).await;
+    }
+
     fn pools(&self, id: NodeId) -> Vec<String> {
         self.nodes[&id]
             .applied()
@@ -213,14 +226,7 @@ async fn restart_of_the_whole_cluster_keeps_every_entry() {
         last = c.propose(&[1, 2, 3], pool(&format!("p{i:02}"))).await;
     }
     c.all_applied(&[1, 2, 3], last).await;
-    for id in [1, 2, 3] {
-        c.crash(id).await;
-    }
-    for id in [1, 2, 3] {
-        c.start(id).await;
-    }
-    c.wait_leader(&[1, 2, 3]).await;
-    c.all_applied(&[1, 2, 3], last).await;
+    c.restart_all(last).await;
     for id in [1, 2, 3] {
         assert_eq!(c.pools(id).len(), 20, "node {id}");
     }
@@ -421,14 +427,7 @@ async fn snapshots_installed_while_others_are_built_leave_every_node_restartable
         assert!(state(&c, id) == expected, "node {id} differs");
     }
     // Every data directory opens again, with the same state.
-    for id in [1, 2, 3] {
-        c.crash(id).await;
-    }
-    for id in [1, 2, 3] {
-        c.start(id).await;
-    }
-    c.wait_leader(&[1, 2, 3]).await;
-    c.all_applied(&[1, 2, 3], last).await;
+    c.restart_all(last).await;
     for id in [1, 2, 3] {
         assert!(
             state(&c, id) == expected,
