@@ -10,7 +10,13 @@
 //! bound on loopback, and every envelope goes through it to a private
 //! loopback socket of ours (encoding) or from ours to it (decoding). Both
 //! sides check the other's address, so nothing else on the host can slip a
-//! message in between.
+//! message in between. Each encode and each decode uses a loopback socket
+//! of its own: chitchat cancels `recv` on its tick, and a decode cancelled
+//! half-way leaves its answer in the codec's queue, addressed from a socket
+//! no later decode uses, so it is skipped instead of being taken for the
+//! next datagram's (which would credit every later message to the wrong
+//! sender). A datagram the codec cannot read is dropped and counted; it
+//! never ends the transport.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +34,9 @@ const TAG_LEN: usize = 16;
 const AAD: &[u8] = b"keel-gossip/1";
 /// The largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
+/// Where the codec loop runs.
+const LOOPBACK: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
 /// Opens [`SealedSocket`]s under one key.
 pub struct SealedTransport {
@@ -55,17 +64,12 @@ impl Transport for SealedTransport {
         let socket = tokio::net::UdpSocket::bind(listen)
             .await
             .with_context(|| format!("cannot bind {listen}/udp"))?;
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let codec = UdpSocket::open(loopback).await?;
+        let codec = UdpSocket::open(LOOPBACK).await?;
         let codec_addr = codec.local_addr()?;
-        let tap = tokio::net::UdpSocket::bind(loopback).await?;
-        let tap_addr = tap.local_addr()?;
         Ok(Box::new(SealedSocket {
             socket,
             codec,
             codec_addr,
-            tap,
-            tap_addr,
             cipher: self.cipher.clone(),
             rejected: self.rejected.clone(),
             buf: vec![0; MAX_DATAGRAM],
@@ -79,9 +83,6 @@ pub struct SealedSocket {
     /// chitchat's socket, used only to encode and decode envelopes.
     codec: UdpSocket,
     codec_addr: SocketAddr,
-    /// Our end of the codec loop.
-    tap: tokio::net::UdpSocket,
-    tap_addr: SocketAddr,
     cipher: ChaCha20Poly1305,
     rejected: Arc<AtomicU64>,
     buf: Vec<u8>,
@@ -90,9 +91,10 @@ pub struct SealedSocket {
 impl SealedSocket {
     /// chitchat's wire bytes for `envelope`.
     async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<Vec<u8>> {
-        self.codec.send(self.tap_addr, envelope).await?;
+        let tap = tokio::net::UdpSocket::bind(LOOPBACK).await?;
+        self.codec.send(tap.local_addr()?, envelope).await?;
         loop {
-            let (len, from) = self.tap.recv_from(&mut self.buf).await?;
+            let (len, from) = tap.recv_from(&mut self.buf).await?;
             if from == self.codec_addr {
                 return Ok(self.buf[..len].to_vec());
             }
@@ -101,13 +103,16 @@ impl SealedSocket {
 
     /// The envelope in chitchat's wire bytes, or `None` if they are not one.
     async fn decode(&mut self, bytes: &[u8]) -> anyhow::Result<Option<ChitchatEnvelope>> {
-        self.tap.send_to(bytes, self.codec_addr).await?;
+        let tap = tokio::net::UdpSocket::bind(LOOPBACK).await?;
+        let tap_addr = tap.local_addr()?;
+        tap.send_to(bytes, self.codec_addr).await?;
         // chitchat's socket skips (and logs) bytes it cannot decode; a short
         // wait tells that apart from an answer.
         let wait = std::time::Duration::from_millis(100);
         loop {
             match tokio::time::timeout(wait, self.codec.recv()).await {
-                Ok(Ok(r)) if r.from_addr == self.tap_addr => return Ok(Some(r.envelope)),
+                Ok(Ok(r)) if r.from_addr == tap_addr => return Ok(Some(r.envelope)),
+                // An answer to a decode that was cancelled: not this one.
                 Ok(Ok(_)) => continue,
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Ok(None),
@@ -199,19 +204,82 @@ impl Socket for SealedSocket {
                 tracing::debug!(peer = %from, bytes = len, "dropped a gossip datagram that does not open with the cluster key");
                 continue;
             };
-            match self.decode(&plain).await? {
-                Some(envelope) => {
+            match self.decode(&plain).await {
+                Ok(Some(envelope)) => {
                     return Ok(RecvOutcome {
                         from_addr: from,
                         envelope,
                         num_bytes_received: len,
                     })
                 }
-                None => {
+                Ok(None) => {
                     self.rejected.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(peer = %from, "sealed gossip datagram is not a chitchat message");
                 }
+                Err(e) => {
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %from, error = %e, "could not decode a gossip datagram; dropped");
+                }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use chitchat::{ChitchatMessage, ProtocolVersion};
+    use std::future::Future;
+    use std::time::Duration;
+
+    fn syn(from: &str) -> ChitchatEnvelope {
+        ChitchatEnvelope {
+            version: ProtocolVersion::V0,
+            message: ChitchatMessage::Syn {
+                cluster_id: from.into(),
+                digest: Default::default(),
+            },
+        }
+    }
+
+    /// chitchat cancels `recv` on its tick, at any await: here, half-way
+    /// through decoding b's message. The next message, c's, comes out as
+    /// c's (before the fix it came out as b's, credited to c, and every
+    /// later one a message behind).
+    #[tokio::test]
+    async fn a_cancelled_decode_never_credits_a_message_to_another_sender() {
+        let transport = SealedTransport::new(&[7; 32]);
+        let mut a = transport.open(LOOPBACK).await.unwrap();
+        let a_addr = a.local_addr().unwrap();
+        let mut b = transport.open(LOOPBACK).await.unwrap();
+        let mut c = transport.open(LOOPBACK).await.unwrap();
+        let c_addr = c.local_addr().unwrap();
+        b.send(a_addr, syn("b")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        {
+            // One poll reads b's datagram and hands it to the codec, whose
+            // answer the reactor has not seen yet: then chitchat's tick wins.
+            let mut recv = std::pin::pin!(a.recv());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(
+                recv.as_mut().poll(&mut cx).is_pending(),
+                "the decode finished within one poll: nothing was cancelled"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.send(a_addr, syn("c")).await.unwrap();
+        for _ in 0..3 {
+            let out = tokio::time::timeout(Duration::from_secs(2), a.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let ChitchatMessage::Syn { cluster_id, .. } = out.envelope.message else {
+                panic!("not a message that was sent");
+            };
+            assert_eq!(out.from_addr, c_addr);
+            assert_eq!(cluster_id, "c", "b's message credited to c");
+            c.send(a_addr, syn("c")).await.unwrap();
         }
     }
 }
