@@ -1,9 +1,14 @@
 //! chitchat over UDP, every datagram sealed with the cluster's gossip key.
 //!
-//! Wire format: a 12-byte random nonce, then the ChaCha20-Poly1305
-//! ciphertext of chitchat's serialized envelope (with its 16-byte tag); the
-//! associated data names the format, so a datagram of another protocol
-//! sealed with the same key does not open here.
+//! Wire format: a 24-byte random nonce (XChaCha20: random nonces of that
+//! size do not collide), then the XChaCha20-Poly1305 ciphertext (with its
+//! 16-byte tag) of the sending time (milliseconds since the Unix epoch, 8
+//! bytes) and chitchat's serialized envelope; the associated data names the
+//! format, so a datagram of another protocol sealed with the same key does
+//! not open here. A datagram sent more than [`REPLAY_WINDOW`] from this
+//! node's clock, or whose nonce was already seen within it, is dropped and
+//! counted: a captured datagram cannot be replayed (say, a `Syn` with a
+//! spoofed source, to make a node send its state to a victim).
 //!
 //! chitchat 0.13 lets a transport be replaced but keeps its wire encoding
 //! private, so this one uses chitchat's own UDP socket as the codec: it is
@@ -25,13 +30,19 @@ use std::sync::Arc;
 use anyhow::Context;
 use async_trait::async_trait;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket};
 use chitchat::ChitchatEnvelope;
 
-const NONCE_LEN: usize = 12;
+const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
-const AAD: &[u8] = b"keel-gossip/1";
+const TIME_LEN: usize = 8;
+const AAD: &[u8] = b"keel-gossip/2";
+/// How far a datagram's sending time may be from this node's clock.
+pub const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+/// Nonces remembered at most (a few thousand datagrams a minute is a busy
+/// cluster); past it, the oldest are forgotten early.
+const NONCES_KEPT: usize = 100_000;
 /// The largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
 /// Where the codec loop runs.
@@ -40,14 +51,14 @@ const LOOPBACK: SocketAddr =
 
 /// Opens [`SealedSocket`]s under one key.
 pub struct SealedTransport {
-    cipher: ChaCha20Poly1305,
+    cipher: XChaCha20Poly1305,
     rejected: Arc<AtomicU64>,
 }
 
 impl SealedTransport {
     pub fn new(key: &[u8; 32]) -> Self {
         SealedTransport {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(key)),
+            cipher: XChaCha20Poly1305::new(Key::from_slice(key)),
             rejected: Arc::default(),
         }
     }
@@ -72,6 +83,7 @@ impl Transport for SealedTransport {
             codec_addr,
             cipher: self.cipher.clone(),
             rejected: self.rejected.clone(),
+            seen: Seen::default(),
             buf: vec![0; MAX_DATAGRAM],
         }))
     }
@@ -83,9 +95,43 @@ pub struct SealedSocket {
     /// chitchat's socket, used only to encode and decode envelopes.
     codec: UdpSocket,
     codec_addr: SocketAddr,
-    cipher: ChaCha20Poly1305,
+    cipher: XChaCha20Poly1305,
     rejected: Arc<AtomicU64>,
+    seen: Seen,
     buf: Vec<u8>,
+}
+
+/// The nonces of datagrams accepted within the replay window, with when
+/// each may be forgotten (its sending time plus the window).
+#[derive(Default)]
+struct Seen {
+    nonces: std::collections::HashMap<[u8; NONCE_LEN], u64>,
+    order: std::collections::VecDeque<([u8; NONCE_LEN], u64)>,
+}
+
+impl Seen {
+    /// Records `nonce`; false if it was seen before.
+    fn first(&mut self, nonce: [u8; NONCE_LEN], forget_at: u64, now: u64) -> bool {
+        while let Some((old, at)) = self.order.front().copied() {
+            if at > now && self.order.len() < NONCES_KEPT {
+                break;
+            }
+            self.order.pop_front();
+            self.nonces.remove(&old);
+        }
+        if self.nonces.insert(nonce, forget_at).is_some() {
+            return false;
+        }
+        self.order.push_back((nonce, forget_at));
+        true
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl SealedSocket {
@@ -120,15 +166,18 @@ impl SealedSocket {
         }
     }
 
-    fn seal(&self, plain: &[u8]) -> anyhow::Result<Vec<u8>> {
+    fn seal(&self, plain: &[u8], sent_ms: u64) -> anyhow::Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let mut msg = Vec::with_capacity(TIME_LEN + plain.len());
+        msg.extend_from_slice(&sent_ms.to_be_bytes());
+        msg.extend_from_slice(plain);
         let sealed = self
             .cipher
             .encrypt(
-                Nonce::from_slice(&nonce),
+                XNonce::from_slice(&nonce),
                 Payload {
-                    msg: plain,
+                    msg: &msg,
                     aad: AAD,
                 },
             )
@@ -139,20 +188,37 @@ impl SealedSocket {
         Ok(out)
     }
 
-    fn open(&self, datagram: &[u8]) -> Option<Vec<u8>> {
-        if datagram.len() < NONCE_LEN + TAG_LEN {
-            return None;
+    /// The envelope bytes in `datagram`, if it opens with the key and is
+    /// neither stale nor a replay; why not otherwise.
+    fn open(&mut self, datagram: &[u8], now: u64) -> Result<Vec<u8>, &'static str> {
+        if datagram.len() < NONCE_LEN + TAG_LEN + TIME_LEN {
+            return Err("too short");
         }
         let (nonce, sealed) = datagram.split_at(NONCE_LEN);
-        self.cipher
+        let msg = self
+            .cipher
             .decrypt(
-                Nonce::from_slice(nonce),
+                XNonce::from_slice(nonce),
                 Payload {
                     msg: sealed,
                     aad: AAD,
                 },
             )
-            .ok()
+            .map_err(|_| "does not open with the cluster key")?;
+        let (time, plain) = msg.split_at(TIME_LEN);
+        let mut sent = [0u8; TIME_LEN];
+        sent.copy_from_slice(time);
+        let sent = u64::from_be_bytes(sent);
+        let window = REPLAY_WINDOW.as_millis() as u64;
+        if sent.abs_diff(now) > window {
+            return Err("sent too long ago or ahead (clocks more than the replay window apart?)");
+        }
+        let mut key = [0u8; NONCE_LEN];
+        key.copy_from_slice(nonce);
+        if !self.seen.first(key, sent.saturating_add(window), now) {
+            return Err("a replay");
+        }
+        Ok(plain.to_vec())
     }
 }
 
@@ -168,7 +234,7 @@ impl Socket for SealedSocket {
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
         let plain = self.encode(envelope).await?;
-        let datagram = self.seal(&plain)?;
+        let datagram = self.seal(&plain, now_ms())?;
         if datagram.len() > MAX_DATAGRAM {
             // chitchat sizes its deltas for a bare datagram; the seal adds 28
             // bytes. A Keel cluster's state is far smaller; drop rather than
@@ -199,10 +265,14 @@ impl Socket for SealedSocket {
                     continue;
                 }
             };
-            let Some(plain) = self.open(&self.buf[..len]) else {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(peer = %from, bytes = len, "dropped a gossip datagram that does not open with the cluster key");
-                continue;
+            let datagram = self.buf[..len].to_vec();
+            let plain = match self.open(&datagram, now_ms()) {
+                Ok(plain) => plain,
+                Err(why) => {
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = %from, bytes = len, why, "dropped a gossip datagram");
+                    continue;
+                }
             };
             match self.decode(&plain).await {
                 Ok(Some(envelope)) => {
@@ -241,6 +311,55 @@ mod tests {
                 digest: Default::default(),
             },
         }
+    }
+
+    /// A datagram captured on the wire and sent again is dropped and
+    /// counted, as is one sealed outside the replay window.
+    #[tokio::test]
+    async fn replayed_and_stale_datagrams_are_dropped_and_counted() {
+        let transport = SealedTransport::new(&[7; 32]);
+        let rejected = transport.rejected();
+        let mut a = transport.open(LOOPBACK).await.unwrap();
+        let a_addr = a.local_addr().unwrap();
+        let mut b = transport.open(LOOPBACK).await.unwrap();
+        // Capture what b sends.
+        let wire = tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap();
+        b.send(wire.local_addr().unwrap(), syn("b")).await.unwrap();
+        let mut captured = vec![0u8; MAX_DATAGRAM];
+        let (len, _) = wire.recv_from(&mut captured).await.unwrap();
+        captured.truncate(len);
+        // Delivered once: accepted. Again: dropped.
+        let attacker = tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap();
+        attacker.send_to(&captured, a_addr).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(2), a.recv()).await;
+        assert!(matches!(first, Ok(Ok(_))), "the first copy is a message");
+        attacker.send_to(&captured, a_addr).await.unwrap();
+        let again = tokio::time::timeout(Duration::from_millis(300), a.recv()).await;
+        assert!(again.is_err(), "a replay came out as a message");
+        assert_eq!(rejected.load(Ordering::Relaxed), 1);
+
+        // Sealed with the key but far outside the window: dropped too.
+        let mut lone = SealedSocket {
+            socket: tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap(),
+            codec: UdpSocket::open(LOOPBACK).await.unwrap(),
+            codec_addr: LOOPBACK,
+            cipher: XChaCha20Poly1305::new(Key::from_slice(&[7; 32])),
+            rejected: Arc::default(),
+            seen: Seen::default(),
+            buf: vec![0; MAX_DATAGRAM],
+        };
+        lone.codec_addr = lone.codec.local_addr().unwrap();
+        let plain = lone.encode(syn("b")).await.unwrap();
+        let stale = lone.seal(&plain, now_ms() - 10 * 60 * 1000).unwrap();
+        attacker.send_to(&stale, a_addr).await.unwrap();
+        let late = tokio::time::timeout(Duration::from_millis(300), a.recv()).await;
+        assert!(late.is_err(), "a stale datagram came out as a message");
+        assert_eq!(rejected.load(Ordering::Relaxed), 2);
+        // The same bytes within the window open (the seal is right).
+        let fresh = lone.seal(&plain, now_ms()).unwrap();
+        attacker.send_to(&fresh, a_addr).await.unwrap();
+        let ok = tokio::time::timeout(Duration::from_secs(2), a.recv()).await;
+        assert!(matches!(ok, Ok(Ok(_))));
     }
 
     /// chitchat cancels `recv` on its tick, at any await: here, half-way
