@@ -120,9 +120,15 @@ struct Rule<A> {
     claims: BTreeMap<Vip, Claim>,
     /// Stepping down when this node leads but must not hold the VIPs.
     stepping: StepDowns,
+    /// Whether the data plane serves the applied config (for step-downs).
+    healthy: watch::Receiver<bool>,
     /// The last error logged per VIP, so a lasting problem is logged once.
     last_errors: BTreeMap<Vip, String>,
 }
+
+/// How long a node that stepped down for being unable to serve stays out
+/// of elections while it still cannot.
+const SIT_OUT: Duration = Duration::from_secs(3);
 
 /// Step-downs for a reason that lasts: one task at a time, repeated with a
 /// backoff while the reason lasts (a node re-elected while still unable to
@@ -187,6 +193,7 @@ pub async fn run<A: Addresses>(
         interface: inputs.interface.take(),
         claims: BTreeMap::new(),
         stepping: StepDowns::default(),
+        healthy: inputs.healthy.clone(),
         last_errors: BTreeMap::new(),
         timing,
     };
@@ -410,8 +417,14 @@ impl<A: Addresses> Rule<A> {
         tracing::warn!(term, reason, attempt, "stepping down as leader");
         let consensus = self.consensus.clone();
         let running = self.stepping.running.clone();
+        let mut healthy = self.healthy.clone();
         tokio::spawn(async move {
             consensus.step_down(Duration::from_secs(3)).await;
+            // Still unable to serve, it sits out the next election too, so a
+            // node that can serve wins it; for at most `SIT_OUT`, so that a
+            // cluster where no node can serve still elects a leader (to take
+            // the config that mends it).
+            let _ = tokio::time::timeout(SIT_OUT, healthy.wait_for(|h| *h)).await;
             consensus.stand_again();
             running.store(false, Ordering::SeqCst);
         });
