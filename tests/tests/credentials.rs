@@ -46,6 +46,22 @@ async fn login_from(source: IpAddr, admin: SocketAddr, user: String, password: &
         .unwrap_or(0)
 }
 
+/// Wrong logins all at once, one per (source address, user name): their
+/// status codes, in order.
+async fn logins_at_once(
+    admin: SocketAddr,
+    attempts: impl Iterator<Item = (IpAddr, String)>,
+) -> Vec<u16> {
+    let tasks: Vec<_> = attempts
+        .map(|(source, user)| tokio::spawn(login_from(source, admin, user, "guess")))
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses
+}
+
 /// A metric's value from the node's `/metrics`.
 fn metric(node: &KeelProcess, line_start: &str) -> u64 {
     let (_, text) = node.admin_get("/metrics").unwrap();
@@ -114,13 +130,8 @@ async fn a_burst_of_wrong_logins_costs_bounded_memory_and_leaves_traffic_alone()
     let stop = Arc::new(AtomicBool::new(false));
     let busy = tokio::spawn(probe(url.clone(), stop.clone()));
     let attacker: IpAddr = "127.0.0.2".parse().unwrap();
-    let attempts: Vec<_> = (0..500)
-        .map(|_| tokio::spawn(login_from(attacker, node.admin, "admin".into(), "guess")))
-        .collect();
-    let mut statuses = Vec::new();
-    for a in attempts {
-        statuses.push(a.await.unwrap());
-    }
+    let statuses =
+        logins_at_once(node.admin, (0..500).map(|_| (attacker, "admin".to_owned()))).await;
     let count = |code| statuses.iter().filter(|&&s| s == code).count();
     assert_eq!(count(401) + count(429), 500, "{statuses:?}");
     assert!(
@@ -133,16 +144,11 @@ async fn a_burst_of_wrong_logins_costs_bounded_memory_and_leaves_traffic_alone()
     // but at most two hashes run at a time and the rest are turned away.
     let busy_metric = "keel_password_checks_total{outcome=\"busy\"}";
     let busy_before = metric(&node, busy_metric);
-    let attempts: Vec<_> = (0..200u8)
-        .map(|i| {
-            let source = IpAddr::from([127, 0, 1, i]);
-            tokio::spawn(login_from(source, node.admin, format!("u{i}"), "guess"))
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for a in attempts {
-        statuses.push(a.await.unwrap());
-    }
+    let statuses = logins_at_once(
+        node.admin,
+        (0..200u8).map(|i| (IpAddr::from([127, 0, 1, i]), format!("u{i}"))),
+    )
+    .await;
     let count = |code| statuses.iter().filter(|&&s| s == code).count();
     assert_eq!(count(401) + count(429), 200, "{statuses:?}");
     assert!(count(429) > 0, "no attempt was turned away: {statuses:?}");
