@@ -18,7 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a node serving the config file.
     Run(Box<RunArgs>),
-    /// Run a node with two built-in demo backends behind one HTTP listener.
+    /// Run a three-node cluster on this machine with built-in backends and
+    /// demo traffic; `keel demo kill n1` stops a node to watch failover.
     Demo(DemoArgs),
     /// Internal: the helper `keel run` starts to remove VIPs it stops
     /// renewing (when the node is paused, wedged or killed).
@@ -489,15 +490,38 @@ fn range_arg(s: &str) -> Result<(Duration, Duration), String> {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DemoArgs {
-    /// The demo load balancer's HTTP port, on 127.0.0.1.
+    #[command(subcommand)]
+    pub action: Option<DemoAction>,
+    /// The demo load balancer's HTTP port, on 127.0.0.1 (every node serves it).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Address of the admin endpoints.
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub admin_addr: SocketAddr,
+    /// The first node's admin port (dashboard, API, metrics) on 127.0.0.1;
+    /// the others take the next ones. 0: any free ports.
+    #[arg(long, default_value_t = 9090)]
+    pub admin_port: u16,
+    /// The first node's cluster port (its gossip port is the next one); the
+    /// other nodes take ports 10 and 20 above it. 0: any free ports.
+    #[arg(long, default_value_t = 9110)]
+    pub cluster_port: u16,
+    /// Where the demo keeps its nodes' data directories and logs while it
+    /// runs (removed when it stops). Default: keel-demo in the temporary
+    /// directory.
+    #[arg(long, global = true, env = "KEEL_DEMO_DIR")]
+    pub dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoAction {
+    /// Kill one node of a running demo (SIGKILL, as if it lost power): the
+    /// others elect a leader and keep serving.
+    Kill {
+        /// The node: n1, n2 or n3.
+        node: String,
+    },
 }
 
 fn humantime_arg(s: &str) -> Result<Duration, String> {

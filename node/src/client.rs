@@ -90,7 +90,8 @@ fn token_for(server: &str) -> Option<String> {
         .or_else(|| stored_tokens().remove(server.trim_end_matches('/')))
 }
 
-struct Api {
+/// A client of one node's admin API.
+pub(crate) struct Api {
     server: String,
     authority: String,
     token: Option<String>,
@@ -100,6 +101,17 @@ struct Api {
 }
 
 impl Api {
+    /// A client of a plain-HTTP admin API on this host, with a session
+    /// token or none (`keel demo` drives its nodes with it).
+    pub(crate) fn local(addr: std::net::SocketAddr, token: Option<String>) -> Api {
+        Api {
+            server: format!("http://{addr}"),
+            authority: addr.to_string(),
+            token,
+            tls: None,
+        }
+    }
+
     fn new(args: &ClientArgs) -> Result<Self> {
         let server = args.server.trim_end_matches('/').to_owned();
         let (authority, https) = match (
@@ -253,11 +265,11 @@ impl Api {
         Ok((status, body))
     }
 
-    async fn get(&self, path: &str) -> Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
         self.call(Method::GET, path, None).await
     }
 
-    async fn send(&self, method: Method, path: &str, body: &Value) -> Result<Value> {
+    pub(crate) async fn send(&self, method: Method, path: &str, body: &Value) -> Result<Value> {
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         self.call(method, path, Some(("application/json", bytes)))
             .await

@@ -17,6 +17,9 @@ use serde_json::json;
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    /// Chromium's profile and scratch files (it writes them under
+    /// `TMPDIR`); removed with the browser so runs leave nothing in /tmp.
+    _scratch: tempfile::TempDir,
 }
 
 fn chromedriver() -> String {
@@ -30,8 +33,10 @@ impl Browser {
     /// Starts chromedriver and a 1280×800 headless Chromium session.
     pub async fn start() -> Browser {
         let port = crate::free_port();
+        let scratch = tempfile::tempdir().expect("browser scratch dir");
         let mut driver = Command::new(chromedriver())
             .arg(format!("--port={port}"))
+            .env("TMPDIR", scratch.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -66,7 +71,11 @@ impl Browser {
                 let _ = driver.kill();
                 panic!("WebDriver session: {e}")
             });
-        Browser { client, driver }
+        Browser {
+            client,
+            driver,
+            _scratch: scratch,
+        }
     }
 
     /// Waits up to `timeout` for an element matching `css`.

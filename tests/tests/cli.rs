@@ -315,54 +315,6 @@ async fn ten_megabytes_stream_through_with_bounded_memory() {
     );
 }
 
-#[test]
-fn demo_balances_across_its_two_backends() {
-    let (port, admin) = (free_port(), free_port());
-    let mut child = Command::new(keel_bin())
-        .args([
-            "demo",
-            "--port",
-            &port.to_string(),
-            "--admin-addr",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(&mut child);
-    wait_for(Duration::from_secs(10), "demo serving", || {
-        body_at(port).is_some()
-    });
-    let bodies: Vec<String> = (0..4).map(|_| body_at(port).unwrap()).collect();
-    assert!(
-        bodies
-            .iter()
-            .any(|b| b.starts_with("Hello from demo backend 1")),
-        "{bodies:?}"
-    );
-    assert!(
-        bodies
-            .iter()
-            .any(|b| b.starts_with("Hello from demo backend 2")),
-        "{bodies:?}"
-    );
-    let metrics = raw_get(format!("127.0.0.1:{admin}").parse().unwrap(), "/metrics")
-        .unwrap()
-        .1;
-    assert!(
-        metrics.contains("keel_member_requests_total{pool=\"demo\""),
-        "{metrics}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_node_goes_from_nothing_to_its_config_once() {
     let backend = HttpBackend::start("a").await;
