@@ -58,7 +58,8 @@ fi
 [[ -x "$keel" ]] || { echo "build.sh: $keel is not an executable" >&2; exit 1; }
 
 start=$SECONDS
-mkdir -p "$out/cache"
+cache="${KEEL_IMAGE_CACHE:-${KEEL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/keel}/image-debs}"
+mkdir -p "$cache"
 work="$(mktemp -d "$out/work.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 root="$work/root"
@@ -72,16 +73,17 @@ packages=(
   ca-certificates openssh-server
 )
 
-# Downloaded packages are kept in $out/cache so a rebuild does not fetch
-# them again.
+# Downloaded packages are kept outside the clone (KEEL_IMAGE_CACHE) so a
+# rebuild, or a fresh clone, does not fetch them again; each build leaves
+# exactly the packages it used there, so old versions do not pile up.
 echo "== root file system (mmdebstrap)"
 mmdebstrap --mode=root --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" \
   --aptopt='Acquire::Retries "3"' \
   --setup-hook='mkdir -p "$1"/var/cache/apt/archives "$1"/etc/initramfs-tools/conf.d' \
-  --setup-hook="cp -a '$out/cache/.' \"\$1\"/var/cache/apt/archives/ 2>/dev/null || true" \
+  --setup-hook="cp -a '$cache/.' \"\$1\"/var/cache/apt/archives/ 2>/dev/null || true" \
   --setup-hook="cp '$here/rootfs/etc/initramfs-tools/conf.d/keel.conf' \"\$1\"/etc/initramfs-tools/conf.d/" \
   --essential-hook='printf "path-exclude=/usr/share/doc/*\npath-exclude=/usr/share/man/*\npath-exclude=/usr/share/locale/*\npath-include=/usr/share/locale/locale.alias\n" > "$1"/etc/dpkg/dpkg.cfg.d/keel-slim' \
-  --customize-hook="cp -a \"\$1\"/var/cache/apt/archives/*.deb '$out/cache/' 2>/dev/null || true" \
+  --customize-hook="if ls \"\$1\"/var/cache/apt/archives/*.deb >/dev/null 2>&1; then rm -f '$cache'/*.deb; cp -a \"\$1\"/var/cache/apt/archives/*.deb '$cache/'; fi" \
   --customize-hook="'$here/customize.sh' \"\$1\" '$keel'" \
   bookworm "$root" \
   "deb $mirror bookworm main" \

@@ -70,24 +70,25 @@ pub fn image_qcow2() -> PathBuf {
 }
 
 /// The raw appliance image (and its qcow2 form), built by `images/build.sh` from the release
-/// binary unless one newer than the binary and the recipe is there. Test
-/// processes take turns through a lock file, so it is built once.
+/// binary unless one newer than the binary and the recipe is there, or one
+/// built from the same binary and recipe is in the cache outside the
+/// clone. Test processes take turns through a lock file, so it is built
+/// once.
 pub fn image() -> PathBuf {
     let repo = repo();
     let out = repo.join("target/image");
     std::fs::create_dir_all(&out).unwrap();
     let lock = std::fs::File::create(out.join(".lock")).unwrap();
     lock.lock().unwrap();
+    // Up to date, or waits for the build tests/run started (cargo's lock).
     let keel = repo.join("target/release/keel");
-    if !keel.exists() {
-        run_bounded(
-            Command::new("cargo")
-                .args(["build", "--release", "--bin", "keel"])
-                .current_dir(&repo),
-            Duration::from_secs(1200),
-            "cargo-build-release",
-        );
-    }
+    run_bounded(
+        Command::new("cargo")
+            .args(["build", "--release", "--bin", "keel"])
+            .current_dir(&repo),
+        Duration::from_secs(1200),
+        "cargo-build-release",
+    );
     let raw = out.join("keel-appliance.raw");
     let built = [&raw, &raw.with_extension("qcow2")]
         .iter()
@@ -97,21 +98,99 @@ pub fn image() -> PathBuf {
     let inputs = newest_under(&repo.join("images"))
         .max(std::fs::metadata(&keel).and_then(|m| m.modified()).unwrap());
     if built.is_none_or(|b| b < inputs) {
-        let started = Instant::now();
-        run_bounded(
-            Command::new("bash")
-                .arg(repo.join("images/build.sh"))
-                .arg("--keel")
-                .arg(&keel)
-                .arg("--out")
-                .arg(&out),
-            Duration::from_secs(1500),
-            "image-build",
-        );
-        eprintln!("image built in {:.0?}", started.elapsed());
+        let names = ["keel-appliance.raw", "keel-appliance.qcow2"];
+        let cached = cache_dir().join(format!("image-{}", image_key(&repo)));
+        if names
+            .iter()
+            .all(|n| link_or_copy(&cached.join(n), &out.join(n)))
+        {
+            eprintln!("image from the cache: {}", cached.display());
+        } else {
+            // New files, never written through a link into the cache.
+            for n in names {
+                let _ = std::fs::remove_file(out.join(n));
+            }
+            let started = Instant::now();
+            run_bounded(
+                Command::new("bash")
+                    .arg(repo.join("images/build.sh"))
+                    .arg("--keel")
+                    .arg(&keel)
+                    .arg("--out")
+                    .arg(&out),
+                Duration::from_secs(1500),
+                "image-build",
+            );
+            eprintln!("image built in {:.0?}", started.elapsed());
+            keep_in_cache(&out, &names, &cached);
+        }
     }
     drop(lock);
     raw
+}
+
+/// Where test runs keep what a fresh clone can reuse (tests/run puts the
+/// Python environment there too).
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KEEL_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+        (Some(xdg), _) => PathBuf::from(xdg).join("keel"),
+        (None, Some(home)) => PathBuf::from(home).join(".cache/keel"),
+        (None, None) => std::env::temp_dir().join("keel-cache"),
+    }
+}
+
+/// What an image is built from, as a hash: the release binary and every
+/// file of the recipe (path and content). The packages come from the
+/// mirror as they are that day: a cached image is for tests, not for
+/// shipping.
+fn image_key(repo: &Path) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(
+            "set -o pipefail; { find images -type f -print0 | sort -z | xargs -0 sha256sum; \
+             sha256sum target/release/keel; } | sha256sum | cut -c1-32",
+        )
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cannot hash the image's inputs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Puts `from` at `to` (a hard link, or a copy across file systems);
+/// false when `from` is missing.
+fn link_or_copy(from: &Path, to: &Path) -> bool {
+    if !from.exists() {
+        return false;
+    }
+    let _ = std::fs::remove_file(to);
+    std::fs::hard_link(from, to).is_ok() || std::fs::copy(from, to).is_ok()
+}
+
+/// Keeps the image just built as the cache's only one.
+fn keep_in_cache(out: &Path, names: &[&str], cached: &Path) {
+    let Some(parent) = cached.parent() else {
+        return;
+    };
+    if let Ok(entries) = std::fs::read_dir(parent) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("image-") || name.starts_with("partial-image-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let partial = parent.join(format!("partial-image-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&partial);
+    let whole = names
+        .iter()
+        .all(|n| link_or_copy(&out.join(n), &partial.join(n)));
+    if !(whole && std::fs::rename(&partial, cached).is_ok()) {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
 }
 
 /// UEFI firmware for qemu (package `ovmf`).
