@@ -40,6 +40,10 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Show the cluster: nodes, roles, leader, what each node serves.
     Status(ClientArgs),
+    /// Save the whole cluster state (config, users, tokens, keys, CA)
+    /// sealed with a passphrase; `keel run --restore FILE` seeds a new
+    /// cluster from it.
+    Backup(BackupArgs),
     /// Join tokens: create, list, revoke.
     Token {
         #[command(subcommand)]
@@ -100,9 +104,25 @@ pub enum ApplianceCommand {
     Banner,
 }
 
-/// How a client subcommand reaches the admin API.
+/// How a client subcommand reaches the admin API, and how it prints.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
+    #[command(flatten)]
+    pub connect: Connect,
+    /// Output: text for people, or json / yaml for scripts.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    pub output: Output,
+}
+
+/// How a client reaches the admin API.
+#[derive(Debug, Clone, Args)]
+pub struct Connect {
     /// The admin API of any node.
     #[arg(
         long,
@@ -121,15 +141,6 @@ pub struct ClientArgs {
     /// it for that server.
     #[arg(long, env = "KEEL_CA_FINGERPRINT", global = true)]
     pub ca_fingerprint: Option<String>,
-    /// Output: text for people, or json / yaml for scripts.
-    #[arg(
-        short = 'o',
-        long = "output",
-        value_enum,
-        default_value_t,
-        global = true
-    )]
-    pub output: Output,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -149,6 +160,20 @@ pub struct LoginArgs {
     /// Read the password from standard input (otherwise it is asked for).
     #[arg(long)]
     pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub connect: Connect,
+    /// Where to write the backup (created 0600; an existing file is not
+    /// overwritten).
+    #[arg(short = 'o', long = "output-file")]
+    pub file: PathBuf,
+    /// A file holding the passphrase (at least 12 characters); otherwise
+    /// KEEL_BACKUP_PASSPHRASE, or it is asked for.
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -398,6 +423,15 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Seed a new cluster from a backup (`keel backup`): its config, users,
+    /// tokens, keys and CA. Needs an empty data directory; the other nodes
+    /// then join it with tokens.
+    #[arg(long, env = "KEEL_RESTORE", conflicts_with = "join")]
+    pub restore: Option<PathBuf>,
+    /// A file holding the backup's passphrase; otherwise
+    /// KEEL_BACKUP_PASSPHRASE.
+    #[arg(long, env = "KEEL_BACKUP_PASSPHRASE_FILE", requires = "restore")]
+    pub backup_passphrase_file: Option<PathBuf>,
     /// On SIGTERM, leave the cluster (remove this node from the membership).
     #[arg(long, env = "KEEL_LEAVE")]
     pub leave: bool,

@@ -18,9 +18,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    ApiTokenCommand, ApplyArgs, AwsKeyCommand, ClientArgs, Command, DeleteArgs, GetArgs,
-    InstanceCommand, LoginArgs, MemberCommand, NodeCommand, Output, RegistrationTokenCommand,
-    TokenCommand,
+    ApiTokenCommand, ApplyArgs, AwsKeyCommand, BackupArgs, ClientArgs, Command, Connect,
+    DeleteArgs, GetArgs, InstanceCommand, LoginArgs, MemberCommand, NodeCommand, Output,
+    RegistrationTokenCommand, TokenCommand,
 };
 
 type Result<T> = std::result::Result<T, String>;
@@ -33,6 +33,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Get(a) => get(a).await,
         Command::Delete(a) => delete(a).await,
         Command::Status(c) => status(c).await,
+        Command::Backup(b) => backup(b).await,
         Command::Token { command } => token(command).await,
         Command::ApiToken { command } => api_token(command).await,
         Command::Node { command } => node(command).await,
@@ -112,7 +113,7 @@ impl Api {
         }
     }
 
-    fn new(args: &ClientArgs) -> Result<Self> {
+    fn new(args: &Connect) -> Result<Self> {
         let server = args.server.trim_end_matches('/').to_owned();
         let (authority, https) = match (
             server.strip_prefix("http://"),
@@ -176,6 +177,16 @@ impl Api {
         path: &str,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<Value> {
+        Ok(json_or_text(&self.call_raw(method, path, body).await?))
+    }
+
+    /// The body of a successful answer, as it came.
+    async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Bytes> {
         let fut = self.call_inner(method, path, body);
         tokio::time::timeout(Duration::from_secs(30), fut)
             .await
@@ -187,7 +198,7 @@ impl Api {
         method: Method,
         path: &str,
         body: Option<(&str, Vec<u8>)>,
-    ) -> Result<Value> {
+    ) -> Result<Bytes> {
         let tcp = tokio::net::TcpStream::connect(&self.authority)
             .await
             .map_err(|e| format!("cannot reach {}: {e}", self.server))?;
@@ -215,15 +226,10 @@ impl Api {
             }
             None => self.exchange(tcp, request).await?,
         };
-        let value: Value = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
-        };
         if status.is_success() {
-            return Ok(value);
+            return Ok(body);
         }
+        let value = json_or_text(&body);
         let message = value["error"]["message"]
             .as_str()
             .map(str::to_owned)
@@ -276,6 +282,15 @@ impl Api {
     }
 }
 
+/// An answer's body as JSON, or as a string when it is not JSON.
+fn json_or_text(body: &[u8]) -> Value {
+    if body.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+}
+
 fn print(output: Output, value: &Value, text: impl FnOnce(&Value) -> String) {
     match output {
         Output::Json => println!(
@@ -296,7 +311,7 @@ fn s(v: &Value) -> String {
 }
 
 async fn login(a: LoginArgs) -> Result<()> {
-    let mut api = Api::new(&a.client)?;
+    let mut api = Api::new(&a.client.connect)?;
     api.token = None;
     let mut password = String::new();
     if a.password_stdin {
@@ -322,7 +337,8 @@ async fn login(a: LoginArgs) -> Result<()> {
     let mut tokens = stored_tokens();
     tokens.insert(api.server.clone(), token.to_owned());
     write_credentials(&path, &tokens)?;
-    if let (Some(fingerprint), None) = (&a.client.ca_fingerprint, &a.client.ca_file) {
+    if let (Some(fingerprint), None) = (&a.client.connect.ca_fingerprint, &a.client.connect.ca_file)
+    {
         let path = trust_path().ok_or("no home directory to store the fingerprint in")?;
         let mut trust = stored_trust();
         trust.insert(
@@ -381,7 +397,7 @@ fn write_credentials(path: &PathBuf, tokens: &BTreeMap<String, String>) -> Resul
 }
 
 async fn apply(a: ApplyArgs) -> Result<()> {
-    let api = Api::new(&a.client)?;
+    let api = Api::new(&a.client.connect)?;
     let text =
         std::fs::read_to_string(&a.file).map_err(|e| format!("{}: {e}", a.file.display()))?;
     // Check locally first, so problems are listed without a round trip.
@@ -431,7 +447,7 @@ fn kind_path(kind: &str) -> Result<&'static str> {
 }
 
 async fn get(a: GetArgs) -> Result<()> {
-    let api = Api::new(&a.client)?;
+    let api = Api::new(&a.client.connect)?;
     let base = kind_path(&a.kind)?;
     let path = match &a.name {
         Some(n) if base.ends_with("load-balancers") || base.ends_with("pools") => {
@@ -556,7 +572,7 @@ async fn delete(a: DeleteArgs) -> Result<()> {
 }
 
 async fn status(c: ClientArgs) -> Result<()> {
-    let api = Api::new(&c)?;
+    let api = Api::new(&c.connect)?;
     let value = api.get("/api/v1/status").await?;
     print(c.output, &value, |v| {
         let mut out = format!(
@@ -592,6 +608,45 @@ async fn status(c: ClientArgs) -> Result<()> {
     Ok(())
 }
 
+/// `keel backup -o FILE`: the sealed state, written 0600 to a new file.
+async fn backup(b: BackupArgs) -> Result<()> {
+    let passphrase = match (&b.passphrase_file, std::env::var("KEEL_BACKUP_PASSPHRASE")) {
+        (None, Err(_)) => {
+            eprint!("backup passphrase (at least 12 characters): ");
+            read_password()?
+        }
+        (file, _) => crate::backup_passphrase(file.as_deref())?,
+    };
+    let api = Api::new(&b.connect)?;
+    let body =
+        serde_json::to_vec(&json!({ "passphrase": passphrase })).map_err(|e| e.to_string())?;
+    let sealed = api
+        .call_raw(
+            Method::POST,
+            "/api/v1/backup",
+            Some(("application/json", body)),
+        )
+        .await?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&b.file)
+        .map_err(|e| format!("{}: {e}", b.file.display()))?;
+    file.write_all(&sealed)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", b.file.display()))?;
+    println!(
+        "backup written to {} ({} bytes); restore with: keel run --restore {} (passphrase in KEEL_BACKUP_PASSPHRASE)",
+        b.file.display(),
+        sealed.len(),
+        b.file.display()
+    );
+    Ok(())
+}
+
 /// `keel <kind> list`: the same as `keel get <kind>`.
 async fn list(client: ClientArgs, kind: &str) -> Result<()> {
     get(GetArgs {
@@ -604,7 +659,9 @@ async fn list(client: ClientArgs, kind: &str) -> Result<()> {
 
 /// DELETE `path` and say `done` on success.
 async fn remove(client: &ClientArgs, path: &str, done: &str) -> Result<()> {
-    Api::new(client)?.call(Method::DELETE, path, None).await?;
+    Api::new(&client.connect)?
+        .call(Method::DELETE, path, None)
+        .await?;
     println!("{done}");
     Ok(())
 }
@@ -612,7 +669,7 @@ async fn remove(client: &ClientArgs, path: &str, done: &str) -> Result<()> {
 async fn token(command: TokenCommand) -> Result<()> {
     match command {
         TokenCommand::Create { client, ttl, uses } => {
-            let api = Api::new(&client)?;
+            let api = Api::new(&client.connect)?;
             let v = api
                 .send(
                     Method::POST,
@@ -638,7 +695,7 @@ async fn token(command: TokenCommand) -> Result<()> {
 async fn api_token(command: ApiTokenCommand) -> Result<()> {
     match command {
         ApiTokenCommand::Create { client, name, ttl } => {
-            let api = Api::new(&client)?;
+            let api = Api::new(&client.connect)?;
             let v = api
                 .send(
                     Method::POST,
@@ -664,7 +721,7 @@ async fn api_token(command: ApiTokenCommand) -> Result<()> {
 async fn aws_key(command: AwsKeyCommand) -> Result<()> {
     match command {
         AwsKeyCommand::Create { client, name } => {
-            let api = Api::new(&client)?;
+            let api = Api::new(&client.connect)?;
             let v = api
                 .send(Method::POST, "/api/v1/aws-keys", &json!({"name": name}))
                 .await?;
@@ -699,7 +756,7 @@ async fn instance(command: InstanceCommand) -> Result<()> {
             id,
             address,
         } => {
-            let api = Api::new(&client)?;
+            let api = Api::new(&client.connect)?;
             let v = api
                 .send(
                     Method::PUT,
@@ -734,7 +791,7 @@ async fn registration_token(command: RegistrationTokenCommand) -> Result<()> {
             sources,
             members,
         } => {
-            let api = Api::new(&client)?;
+            let api = Api::new(&client.connect)?;
             let v = api
                 .send(
                     Method::POST,
@@ -779,7 +836,7 @@ async fn member(command: MemberCommand) -> Result<()> {
             (registration, "/api/v1/deregister", body, done)
         }
     };
-    let mut api = Api::new(&reg.client)?;
+    let mut api = Api::new(&reg.client.connect)?;
     api.token = Some(reg.token.clone());
     api.send(Method::POST, path, &body).await?;
     println!("{done}");

@@ -107,6 +107,9 @@ pub struct ClusterOptions {
     pub password_checks: usize,
     /// How long the node certificates this node issues are valid.
     pub cert_validity: Duration,
+    /// `--restore`: a new cluster seeded from this backup (its CA, cluster
+    /// id and state; new node ids and membership).
+    pub restore: Option<Box<keel_web::backup::Backup>>,
 }
 
 /// A started cluster node.
@@ -357,6 +360,15 @@ pub async fn start(opts: &ClusterOptions) -> Result<ClusterNode, ClusterError> {
             Err(e) => return Err(io_err(&node_path)(e)),
         };
     let (file, tls, bootstrapped) = match existing {
+        Some(file) if opts.restore.is_some() => {
+            return Err(ClusterError::Bootstrap(format!(
+                "--restore seeds a new cluster and needs an empty data directory: {} holds \
+                 node {} of cluster {}",
+                dir.display(),
+                file.name,
+                file.cluster_id
+            )))
+        }
         Some(file) => {
             if opts.join.is_some() && file.pending_join.is_none() {
                 tracing::info!(
@@ -374,9 +386,15 @@ pub async fn start(opts: &ClusterOptions) -> Result<ClusterNode, ClusterError> {
             None => {
                 refuse_bootstrap_over_raft_state(dir)?;
                 let id = random_id();
-                let cluster_id = keel_web::random_hex(8);
-                let (ca_pem, _) = ca_for_bootstrap(dir, &cluster_id)?;
-                let ca_key = read(&tls_dir(dir).join("ca.key"))?;
+                let (cluster_id, ca_pem, ca_key) = match &opts.restore {
+                    Some(backup) => restored_ca(dir, backup)?,
+                    None => {
+                        let cluster_id = keel_web::random_hex(8);
+                        let (ca_pem, _) = ca_for_bootstrap(dir, &cluster_id)?;
+                        let ca_key = read(&tls_dir(dir).join("ca.key"))?;
+                        (cluster_id, ca_pem, ca_key)
+                    }
+                };
                 let (cert_pem, key_pem) =
                     pki::new_node_cert(id, opts.cert_validity, &ca_pem, &ca_key)?;
                 let tls = NodeTls {
@@ -430,6 +448,27 @@ fn refuse_bootstrap_over_raft_state(dir: &Path) -> Result<(), ClusterError> {
         )));
     }
     Ok(())
+}
+
+/// A restored cluster keeps its backup's CA and cluster id (so clients that
+/// trust its fingerprint, and the AWS keys sealed with a key derived from
+/// it, still work): written where a bootstrap keeps its new one.
+fn restored_ca(
+    dir: &Path,
+    backup: &keel_web::backup::Backup,
+) -> Result<(String, String, String), ClusterError> {
+    let identity = backup.state.identity.as_ref().ok_or_else(|| {
+        ClusterError::Bootstrap("the backup holds no cluster identity (CA)".into())
+    })?;
+    let tdir = tls_dir(dir);
+    std::fs::create_dir_all(&tdir).map_err(io_err(&tdir))?;
+    write_private(&tdir.join("ca.key"), &identity.ca_key_pem)?;
+    write_private(&tdir.join("ca.pem"), &identity.ca_cert_pem)?;
+    Ok((
+        identity.cluster_id.clone(),
+        identity.ca_cert_pem.clone(),
+        identity.ca_key_pem.clone(),
+    ))
 }
 
 /// The bootstrap CA lives in `tls/ca.key` until it is replicated (and stays,
@@ -558,6 +597,27 @@ impl ClusterNode {
             ca_key_pem: read(&tdir.join("ca.key"))?,
         };
         let bootstrap_err = |e: ControlError| ClusterError::Bootstrap(e.to_string());
+        if let Some(backup) = &opts.restore {
+            // The backup's state (users, tokens, keys, config) before the
+            // identity, as a fresh cluster's config comes before it.
+            control
+                .propose(ClusterCommand::Restore(Box::new(backup.state.clone())))
+                .await
+                .map_err(bootstrap_err)?;
+            control
+                .propose(ClusterCommand::Init(identity))
+                .await
+                .map_err(bootstrap_err)?;
+            tracing::info!(
+                cluster = %self.file.cluster_id,
+                node = %self.file.name,
+                backup_version = backup.version,
+                backup_taken_at = backup.taken_at,
+                backup_node = %backup.node,
+                "restored a new cluster from a backup"
+            );
+            return Ok(None);
+        }
         // The config before the identity: the data plane follows the
         // replicated state only once it has an identity, so its first step
         // is to the whole config, not through an empty one (which would

@@ -88,6 +88,13 @@ impl TryFrom<RunArgs> for NodeConfig {
                 gossip_addr,
                 password_checks: a.max_password_checks.into(),
                 cert_validity: a.node_cert_validity,
+                restore: match &a.restore {
+                    Some(file) => Some(Box::new(read_backup(
+                        file,
+                        a.backup_passphrase_file.as_deref(),
+                    )?)),
+                    None => None,
+                },
             },
             shutdown_grace: a.shutdown_grace,
             watch_interval: a.watch_interval,
@@ -99,6 +106,32 @@ impl TryFrom<RunArgs> for NodeConfig {
             aws_api: a.aws_api_addr.map(|addr| (addr, a.aws_region)),
             octavia_api: a.octavia_api_addr,
         })
+    }
+}
+
+/// Opens the backup `--restore` names, with the passphrase from `file` or
+/// KEEL_BACKUP_PASSPHRASE, before anything is written: a wrong passphrase
+/// or a damaged file changes nothing.
+fn read_backup(
+    path: &std::path::Path,
+    passphrase_file: Option<&std::path::Path>,
+) -> Result<keel_web::backup::Backup, String> {
+    let passphrase = backup_passphrase(passphrase_file)?;
+    let bytes = std::fs::read(path).map_err(|e| format!("--restore {}: {e}", path.display()))?;
+    keel_web::backup::open(&bytes, &passphrase)
+        .map_err(|e| format!("--restore {}: {e}", path.display()))
+}
+
+/// A backup passphrase: from `file` (trailing newline dropped), else from
+/// KEEL_BACKUP_PASSPHRASE.
+pub fn backup_passphrase(file: Option<&std::path::Path>) -> Result<String, String> {
+    match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map(|t| t.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| format!("--passphrase-file {}: {e}", f.display())),
+        None => std::env::var("KEEL_BACKUP_PASSPHRASE").map_err(|_| {
+            "no backup passphrase: set KEEL_BACKUP_PASSPHRASE or pass a passphrase file".to_owned()
+        }),
     }
 }
 
@@ -256,6 +289,12 @@ pub fn init_logging(format: LogFormat) {
 /// Runs a node until SIGTERM or SIGINT.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let initial = match &config.config_file {
+        // The backup's config is the new cluster's first; the file is
+        // applied over it only when it changes or on SIGHUP.
+        Some(path) if config.cluster.restore.is_some() => {
+            tracing::warn!(file = %path.display(), "restoring a backup: the config file is not applied at the start");
+            None
+        }
         Some(path) => Some(load_config(path).map_err(|source| NodeError::Config {
             path: path.clone(),
             source,

@@ -95,6 +95,7 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
         .route("/api/v1/traffic", get(traffic::<C>))
         .route("/api/v1/events", get(events::<C>))
         .route("/api/v1/config", get(get_config::<C>).put(put_config::<C>))
+        .route("/api/v1/backup", post(backup::<C>))
         .route(
             "/api/v1/load-balancers",
             get(list::<C, LoadBalancerDoc>).post(create::<C, LoadBalancerDoc>),
@@ -691,6 +692,52 @@ async fn put_config<C: ControlPlane>(
         changes: described,
         dry_run: false,
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupRequest {
+    passphrase: String,
+}
+
+/// `POST /api/v1/backup`: the whole replicated state sealed with the
+/// passphrase (`crate::backup`), as a file `keel run --restore` reads.
+/// A read barrier first, so it holds every write committed before it.
+async fn backup<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    body: Result<Json<BackupRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    if req.passphrase.chars().count() < crate::backup::MIN_PASSPHRASE {
+        return Err(ApiError::invalid(&ValidationErrors(vec![FieldError::new(
+            FieldPath::root().field("passphrase"),
+            format!(
+                "must have at least {} characters",
+                crate::backup::MIN_PASSPHRASE
+            ),
+        )])));
+    }
+    app.control.propose(ClusterCommand::Noop).await?;
+    let (version, state) = app.control.state();
+    let node = app.control.status().await.this_node;
+    let backup = crate::backup::backup_of(&state, version, &node, now());
+    let sealed = tokio::task::spawn_blocking(move || crate::backup::seal(&backup, &req.passphrase))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    tracing::info!(user = %caller, version, bytes = sealed.len(), "backup taken");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"keel-backup-{version}.keel\""),
+            ),
+        ],
+        sealed,
+    )
+        .into_response())
 }
 
 /// A kind of object edited through the document: load balancers or pools.

@@ -16,6 +16,7 @@ pub use octavia::router as octavia_router;
 mod auth;
 mod aws;
 mod awskeys;
+pub mod backup;
 mod certs;
 mod elb;
 mod elbv2;

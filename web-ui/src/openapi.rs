@@ -66,6 +66,13 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     (
+        "/api/v1/backup",
+        &[(
+            "post",
+            "The whole replicated state sealed with {\"passphrase\"} (at least 12 characters): a file `keel run --restore` seeds a new cluster from",
+        )],
+    ),
+    (
         "/api/v1/load-balancers",
         &[
             ("get", "List load balancers"),

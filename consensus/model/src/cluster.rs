@@ -272,6 +272,11 @@ pub enum ClusterCommand {
         at: u64,
         command: Box<ClusterCommand>,
     },
+    /// A new cluster's state from a backup: everything but the identity
+    /// (the first node sets that, from the same backup, with `Init`) and the
+    /// request outcomes. Refused once the cluster has an identity: a backup
+    /// seeds a new cluster, it never rolls a running one back.
+    Restore(Box<ClusterState>),
 }
 
 impl ClusterCommand {
@@ -328,6 +333,7 @@ impl fmt::Display for ClusterCommand {
                 f.write_str(&all.join("; "))
             }
             ClusterCommand::Authored { by, command, .. } => write!(f, "{command} (by {by})"),
+            ClusterCommand::Restore(_) => f.write_str("restore the state from a backup"),
             ClusterCommand::Once { command, .. } => command.fmt(f),
         }
     }
@@ -504,6 +510,17 @@ impl ClusterState {
                     what: command.describe(),
                 });
             }
+            ClusterCommand::Restore(backup) => {
+                if self.identity.is_some() {
+                    return Err(Refusal::AlreadyInitialised);
+                }
+                let requests = std::mem::take(&mut self.requests);
+                *self = ClusterState {
+                    identity: None,
+                    requests,
+                    ..(**backup).clone()
+                };
+            }
         }
         Ok(())
     }
@@ -596,6 +613,45 @@ mod tests {
                 what: vec!["no-op".into()],
             }
         );
+    }
+
+    #[test]
+    fn a_backup_seeds_a_new_state_and_never_rolls_a_running_one_back() {
+        let identity = ClusterIdentity {
+            cluster_id: "c".into(),
+            ca_cert_pem: "cert".into(),
+            ca_key_pem: "key".into(),
+        };
+        let mut backup = ClusterState {
+            identity: Some(identity.clone()),
+            ..ClusterState::default()
+        };
+        backup.apply(&ClusterCommand::RetireNode { id: 9 }).unwrap();
+        backup.requests.push_back(("old".into(), Ok(())));
+
+        let mut fresh = ClusterState::default();
+        let restore = ClusterCommand::Once {
+            request: "r1".into(),
+            command: Box::new(ClusterCommand::Restore(Box::new(backup.clone()))),
+        };
+        fresh.apply(&restore).unwrap();
+        assert!(fresh.retired_nodes.contains(&9));
+        // The identity comes with Init; the backup's request outcomes stay
+        // behind, this cluster's own are kept.
+        assert!(fresh.identity.is_none());
+        let requests: Vec<&str> = fresh.requests.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(requests, ["r1"]);
+        fresh.apply(&ClusterCommand::Init(identity)).unwrap();
+
+        let mut running = fresh.clone();
+        running
+            .apply(&ClusterCommand::RetireNode { id: 10 })
+            .unwrap();
+        assert_eq!(
+            running.apply(&ClusterCommand::Restore(Box::new(backup))),
+            Err(Refusal::AlreadyInitialised)
+        );
+        assert!(running.retired_nodes.contains(&10));
     }
 
     #[test]
