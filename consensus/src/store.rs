@@ -574,3 +574,56 @@ mod tests {
         assert_eq!(on_disk.meta.snapshot_id, "installed-10");
     }
 }
+
+/// What a stopped node's storage holds as committed: `keel recover` makes
+/// a new one-node cluster from it.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The index of the last committed entry the node knows.
+    pub index: u64,
+    /// The state after it.
+    pub state: ClusterState,
+    /// The voters of the last membership the node knows, with their
+    /// addresses.
+    pub voters: Vec<(NodeId, NodeInfo)>,
+}
+
+/// Reads the committed state from the storage in `dir`: the snapshot, then
+/// every committed entry after it, applied as the running node would.
+/// Opening fails while a node runs on `dir` (the log database is locked).
+/// Entries after the commit index (possibly never committed) are left out.
+pub async fn committed(dir: &Path) -> io::Result<Committed> {
+    let mut log = LogStore::open(dir)?;
+    let mut machine = StateMachineStore::open(dir)?;
+    let committed = log.read_committed().await.map_err(io_error)?;
+    let (applied, _) = machine.applied_state().await.map_err(io_error)?;
+    let from = applied.map_or(0, |l| l.index + 1);
+    if let Some(committed) = committed {
+        if committed.index >= from {
+            let entries = log
+                .try_get_log_entries(from..=committed.index)
+                .await
+                .map_err(io_error)?;
+            machine.apply(entries).await.map_err(io_error)?;
+        }
+    }
+    let (last, membership) = machine.applied_state().await.map_err(io_error)?;
+    let voters = membership
+        .membership()
+        .voter_ids()
+        .map(|id| {
+            let info = membership
+                .membership()
+                .get_node(&id)
+                .cloned()
+                .unwrap_or_default();
+            (id, info)
+        })
+        .collect();
+    let state = (*machine.subscribe().borrow().state).clone();
+    Ok(Committed {
+        index: last.map_or(0, |l| l.index),
+        state,
+        voters,
+    })
+}

@@ -40,6 +40,10 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Show the cluster: nodes, roles, leader, what each node serves.
     Status(ClientArgs),
+    /// After a quorum is lost for good: make this stopped node a one-node
+    /// cluster with its last committed state (the others rejoin with
+    /// tokens). Refused while a quorum of the cluster still answers.
+    Recover(RecoverArgs),
     /// Save the whole cluster state (config, users, tokens, keys, CA)
     /// sealed with a passphrase; `keel run --restore FILE` seeds a new
     /// cluster from it.
@@ -160,6 +164,16 @@ pub struct LoginArgs {
     /// Read the password from standard input (otherwise it is asked for).
     #[arg(long)]
     pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Required: this starts a new cluster from this node's state.
+    #[arg(long, required = true)]
+    pub force_new_cluster: bool,
+    /// The stopped node's data directory.
+    #[arg(long, env = "KEEL_DATA_DIR", default_value = "./keel-data")]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -42,6 +42,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Instance { command } => instance(command).await,
         Command::Member { command } => member(command).await,
         Command::Run(_)
+        | Command::Recover(_)
         | Command::Demo(_)
         | Command::Check { .. }
         | Command::VipGuard

@@ -128,6 +128,33 @@ pub struct ClusterNode {
     pub bound: SocketAddr,
     /// True when this start created a new cluster.
     pub bootstrapped: bool,
+    /// The state `keel recover` left for this node to restart into.
+    pub recovered: Option<Box<keel_web::backup::Backup>>,
+}
+
+/// Where `keel recover` leaves the state a node restarts into as a
+/// one-node cluster (read only while its Raft directory is empty).
+pub const RECOVERY_FILE: &str = "recover.json";
+
+fn read_recovery(dir: &Path) -> Result<Option<Box<keel_web::backup::Backup>>, ClusterError> {
+    let path = dir.join(RECOVERY_FILE);
+    let raft_empty = std::fs::read_dir(dir.join("raft"))
+        .map(|mut entries| entries.next().is_none())
+        .unwrap_or(true);
+    match std::fs::read(&path) {
+        Ok(_) if !raft_empty => {
+            tracing::warn!(file = %path.display(), "ignored: the Raft directory is not empty");
+            Ok(None)
+        }
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClusterError::Corrupt {
+                path,
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(&path)(e)),
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
@@ -137,7 +164,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
     }
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), ClusterError> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), ClusterError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -414,6 +441,7 @@ pub async fn start(opts: &ClusterOptions) -> Result<ClusterNode, ClusterError> {
             }
         },
     };
+    let recovered = read_recovery(dir)?;
     let identity = pki::LiveIdentity::new(&tls)?;
     let network = TlsNetwork::new(identity.client_config()?);
     let consensus = Consensus::start(file.id, &dir.join("raft"), &opts.settings, network).await?;
@@ -426,6 +454,7 @@ pub async fn start(opts: &ClusterOptions) -> Result<ClusterNode, ClusterError> {
         listener: Some(listener),
         bound,
         bootstrapped,
+        recovered,
     })
 }
 
@@ -590,14 +619,17 @@ impl ClusterNode {
         }
         // First entries of a new cluster (or a bootstrap interrupted before
         // they were committed).
-        let tdir = tls_dir(&opts.data_dir);
-        let identity = ClusterIdentity {
-            cluster_id: self.file.cluster_id.clone(),
-            ca_cert_pem: self.tls.ca_pem.clone(),
-            ca_key_pem: read(&tdir.join("ca.key"))?,
+        let restore = opts.restore.clone().or_else(|| self.recovered.clone());
+        let identity = match restore.as_ref().and_then(|b| b.state.identity.clone()) {
+            Some(identity) => identity,
+            None => ClusterIdentity {
+                cluster_id: self.file.cluster_id.clone(),
+                ca_cert_pem: self.tls.ca_pem.clone(),
+                ca_key_pem: read(&tls_dir(&opts.data_dir).join("ca.key"))?,
+            },
         };
         let bootstrap_err = |e: ControlError| ClusterError::Bootstrap(e.to_string());
-        if let Some(backup) = &opts.restore {
+        if let Some(backup) = &restore {
             // The backup's state (users, tokens, keys, config) before the
             // identity, as a fresh cluster's config comes before it.
             control
@@ -608,14 +640,26 @@ impl ClusterNode {
                 .propose(ClusterCommand::Init(identity))
                 .await
                 .map_err(bootstrap_err)?;
-            tracing::info!(
-                cluster = %self.file.cluster_id,
-                node = %self.file.name,
-                backup_version = backup.version,
-                backup_taken_at = backup.taken_at,
-                backup_node = %backup.node,
-                "restored a new cluster from a backup"
-            );
+            if self.recovered.take().is_some() {
+                let file = opts.data_dir.join(RECOVERY_FILE);
+                std::fs::remove_file(&file).map_err(io_err(&file))?;
+                tracing::warn!(
+                    cluster = %self.file.cluster_id,
+                    node = %self.file.name,
+                    index = backup.version,
+                    "recovered: a one-node cluster with this node's last committed state; \
+                     the other nodes rejoin with tokens"
+                );
+            } else {
+                tracing::info!(
+                    cluster = %self.file.cluster_id,
+                    node = %self.file.name,
+                    backup_version = backup.version,
+                    backup_taken_at = backup.taken_at,
+                    backup_node = %backup.node,
+                    "restored a new cluster from a backup"
+                );
+            }
             return Ok(None);
         }
         // The config before the identity: the data plane follows the

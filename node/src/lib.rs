@@ -17,6 +17,7 @@ mod metrics;
 mod notify;
 pub mod pki;
 mod reconcile;
+pub mod recover;
 mod source;
 pub mod traffic;
 pub mod vip;

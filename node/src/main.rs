@@ -35,6 +35,9 @@ fn main() -> ExitCode {
             control_runtime().and_then(|rt| rt.block_on(keel::run(config)))
         }
         Command::HashPassword => return keel::appliance::hash_password_stdin(),
+        Command::Recover(args) => {
+            runtime(Some(1)).and_then(|rt| rt.block_on(keel::recover::run(args)))
+        }
         Command::Appliance { command } => return keel::appliance::run(command),
         Command::VipGuard => runtime(Some(1)).and_then(|rt| rt.block_on(keel::guard::run())),
         Command::Demo(args) => {

@@ -613,3 +613,96 @@ fn a_fresh_node_is_trusted_by_its_ca_fingerprint_and_keeps_its_admin_certificate
     });
     assert_eq!(std::fs::read_to_string(&cert).unwrap(), before);
 }
+
+#[test]
+fn a_survivor_recovers_the_cluster_after_two_of_three_nodes_are_lost() {
+    let mut c = Cluster::start(3);
+    // A change every node has: pool app now points at backend b.
+    let file = c.dir.path().join("b.yaml");
+    std::fs::write(&file, config(B)).unwrap();
+    let args = [
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--server",
+        "http://127.0.0.1:9090",
+    ];
+    let (code, _, err) = keel_cli(&c.ns(1), &[("KEEL_TOKEN", &c.bearer)], &args, None);
+    assert_eq!(code, 0, "apply: {err}");
+    wait_until(Duration::from_secs(10), "n3 serves b", || {
+        c.served_by(3).as_deref() == Some("b")
+    });
+    let data = c.nodes[2].data_dir.display().to_string();
+    let recover = |c: &Cluster| {
+        keel_cli(
+            &c.ns(3),
+            &[],
+            &["recover", "--force-new-cluster", "--data-dir", &data],
+            None,
+        )
+    };
+
+    // Refused while the node runs, and while a quorum answers.
+    let (code, _, err) = recover(&c);
+    assert_ne!(code, 0);
+    assert!(err.contains("stop the node first"), "{err}");
+    c.nodes[2].kill();
+    let (code, _, err) = recover(&c);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("a quorum of the cluster is still reachable") && err.contains("n1"),
+        "{err}"
+    );
+    c.nodes[2].restart();
+    c.wait_ready(3);
+
+    // n1 and n2 are lost for good; n3 alone cannot commit anything.
+    c.nodes[0].kill();
+    c.nodes[1].kill();
+    wait_until(Duration::from_secs(10), "n3 without a leader", || {
+        c.status(3)["leader"].is_null()
+    });
+    c.nodes[2].kill();
+    let (code, out, err) = recover(&c);
+    assert_eq!(code, 0, "recover: {err}");
+    println!("{}", out.trim());
+    assert!(out.contains("one-node cluster"), "{out}");
+
+    // Started as before, n3 leads a cluster of one with the last committed
+    // state, and takes writes again.
+    c.nodes[2].restart();
+    c.wait_ready(3);
+    wait_until(Duration::from_secs(10), "n3 leads alone", || {
+        let s = c.status(3);
+        s["leader"] == "n3" && s["nodes"].as_array().is_some_and(|n| n.len() == 1)
+    });
+    assert_eq!(c.served_by(3).as_deref(), Some("b"));
+    assert!(c.nodes[2]
+        .log_text()
+        .contains("recovered: a one-node cluster"));
+    let (code, token, err) = keel_cli(
+        &c.ns(3),
+        &[("KEEL_TOKEN", &c.bearer)],
+        &["token", "create", "--server", "http://127.0.0.1:9090"],
+        None,
+    );
+    assert_eq!(code, 0, "token create on the recovered node: {err}");
+
+    // n1 rejoins it with a token, its old data directory cleared.
+    std::fs::remove_dir_all(&c.nodes[0].data_dir).unwrap();
+    let mut args = node_args(1);
+    args.extend([
+        "--join".to_owned(),
+        "10.77.0.3:9091".to_owned(),
+        "--token".to_owned(),
+        token.trim().to_owned(),
+    ]);
+    c.nodes[0] = NsKeel::start(&c.ns(1), c.dir.path(), "n1", &args, &[]);
+    c.wait_ready(1);
+    wait_until(Duration::from_secs(15), "n1 a member again", || {
+        c.status(3)["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 2 && n.iter().all(|n| n["ready"] == true))
+    });
+    assert_eq!(c.served_by(1).as_deref(), Some("b"));
+}
