@@ -585,7 +585,7 @@ async fn status(c: ClientArgs) -> Result<()> {
         );
         for n in v["nodes"].as_array().into_iter().flatten() {
             out.push_str(&format!(
-                "  {:<16} {:<9} {:<22} {:<9} applied={} serving={} ready={}{}\n",
+                "  {:<16} {:<9} {:<22} {:<9} applied={} serving={} ready={} keel={}{}\n",
                 s(&n["name"]),
                 s(&n["role"]),
                 s(&n["cluster_addr"]),
@@ -597,6 +597,7 @@ async fn status(c: ClientArgs) -> Result<()> {
                 s(&n["applied_version"]),
                 s(&n["serving_version"]),
                 s(&n["ready"]),
+                s(&n["keel_version"]),
                 match n["vips"].as_array() {
                     Some(v) if !v.is_empty() =>
                         format!("  vips={}", v.iter().map(s).collect::<Vec<_>>().join(",")),

@@ -705,4 +705,14 @@ fn a_survivor_recovers_the_cluster_after_two_of_three_nodes_are_lost() {
             .is_some_and(|n| n.len() == 2 && n.iter().all(|n| n["ready"] == true))
     });
     assert_eq!(c.served_by(1).as_deref(), Some("b"));
+    // `keel status` says which version each node runs.
+    let (code, out, err) = keel_cli(
+        &c.ns(3),
+        &[("KEEL_TOKEN", &c.bearer)],
+        &["status", "--server", "http://127.0.0.1:9090"],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let running = format!("keel={}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(out.matches(&running).count(), 2, "{out}");
 }
