@@ -629,17 +629,24 @@ impl ClusterNode {
             },
         };
         let bootstrap_err = |e: ControlError| ClusterError::Bootstrap(e.to_string());
+        // The config before the identity: the data plane follows the
+        // replicated state only once it has an identity, so its first step
+        // is to the whole config, not through an empty one (which would
+        // unbind the file's listeners and drain their members, then bind
+        // them again). A restored cluster's first config is its backup's,
+        // with its users, tokens and keys.
+        let first = match &restore {
+            Some(backup) => Some(ClusterCommand::Restore(Box::new(backup.state.clone()))),
+            None => initial.map(|spec| ClusterCommand::Spec(Command::ReplaceSpec(spec.clone()))),
+        };
+        if let Some(first) = first {
+            control.propose(first).await.map_err(bootstrap_err)?;
+        }
+        control
+            .propose(ClusterCommand::Init(identity))
+            .await
+            .map_err(bootstrap_err)?;
         if let Some(backup) = &restore {
-            // The backup's state (users, tokens, keys, config) before the
-            // identity, as a fresh cluster's config comes before it.
-            control
-                .propose(ClusterCommand::Restore(Box::new(backup.state.clone())))
-                .await
-                .map_err(bootstrap_err)?;
-            control
-                .propose(ClusterCommand::Init(identity))
-                .await
-                .map_err(bootstrap_err)?;
             if self.recovered.take().is_some() {
                 let file = opts.data_dir.join(RECOVERY_FILE);
                 std::fs::remove_file(&file).map_err(io_err(&file))?;
@@ -662,21 +669,6 @@ impl ClusterNode {
             }
             return Ok(None);
         }
-        // The config before the identity: the data plane follows the
-        // replicated state only once it has an identity, so its first step
-        // is to the whole config, not through an empty one (which would
-        // unbind the file's listeners and drain their members, then bind
-        // them again).
-        if let Some(spec) = initial {
-            control
-                .propose(ClusterCommand::Spec(Command::ReplaceSpec(spec.clone())))
-                .await
-                .map_err(bootstrap_err)?;
-        }
-        control
-            .propose(ClusterCommand::Init(identity))
-            .await
-            .map_err(bootstrap_err)?;
         let (hash, password) = match admin_password {
             Some(AdminPassword::Hash(hash)) => (hash, None),
             Some(AdminPassword::Plain(p)) => (hash_off_thread(p).await?, None),

@@ -26,6 +26,25 @@ pub fn keel_bin() -> PathBuf {
     bin
 }
 
+/// `keel ARGS` run to completion with `env`, `stdin` written to it (and
+/// closed): its output.
+pub fn keel_command(args: &[&str], env: &[(&str, &str)], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(keel_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// A running `keel run` process, killed on drop.
 pub struct KeelProcess {
     pub child: Child,

@@ -372,24 +372,14 @@ fn an_unconfigured_appliance_bootstraps_alone_and_shows_its_password_until_chang
         .map(|hex| format!("SHA256:{hex}"))
         .unwrap_or_else(|| panic!("no CA fingerprint on the console: {console}"));
     let home = tempfile::tempdir().unwrap();
+    let server = format!("https://127.0.0.1:{admin}");
     let keel = |args: &[&str], stdin: &str| {
-        use std::io::Write;
-        let mut child = std::process::Command::new(keel_tests::node::keel_bin())
-            .args(args)
-            .args(["--server", &format!("https://127.0.0.1:{admin}")])
-            .env("XDG_CONFIG_HOME", home.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let args: Vec<&str> = args.iter().copied().chain(["--server", &server]).collect();
+        keel_tests::node::keel_command(
+            &args,
+            &[("XDG_CONFIG_HOME", home.path().to_str().unwrap())],
+            stdin,
+        )
     };
     let out = keel(
         &[

@@ -10,33 +10,10 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use keel_tests::backend::HttpBackend;
-use keel_tests::node::{keel_bin, raw_call, raw_get, KeelProcess};
+use keel_tests::node::{keel_bin, keel_command as keel, raw_call, raw_get, KeelProcess};
 use keel_tests::{free_port, http_lb, members};
 
 const PASSPHRASE: &str = "a long backup passphrase";
-
-/// `keel ARGS` as the operator runs it, with `env`.
-fn keel(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
-    let mut command = Command::new(keel_bin());
-    command.args(args).envs(env.iter().copied());
-    let Some(input) = stdin else {
-        return command.output().unwrap();
-    };
-    use std::io::Write;
-    let mut child = command
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
 
 fn text(out: &Output) -> String {
     format!(
@@ -104,11 +81,11 @@ async fn a_backup_restores_into_a_new_cluster_that_serves_the_same_config() {
     let out = keel(
         &["login", "--password-stdin"],
         &env,
-        Some("test-admin-password\n"),
+        "test-admin-password\n",
     );
     assert!(out.status.success(), "{}", text(&out));
     // A token for automation: it must work on the restored cluster.
-    let out = keel(&["api-token", "create", "ci", "-o", "json"], &env, None);
+    let out = keel(&["api-token", "create", "ci", "-o", "json"], &env, "");
     assert!(out.status.success(), "{}", text(&out));
     let ci: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ci = ci["token"].as_str().unwrap().to_owned();
@@ -123,7 +100,7 @@ async fn a_backup_restores_into_a_new_cluster_that_serves_the_same_config() {
         .copied()
         .chain([("KEEL_BACKUP_PASSPHRASE", "short")])
         .collect();
-    let out = keel(&["backup", "-o", file_arg], &short, None);
+    let out = keel(&["backup", "-o", file_arg], &short, "");
     assert!(!out.status.success());
     assert!(text(&out).contains("passphrase"), "{}", text(&out));
     assert!(!file.exists());
@@ -133,7 +110,7 @@ async fn a_backup_restores_into_a_new_cluster_that_serves_the_same_config() {
         .copied()
         .chain([("KEEL_BACKUP_PASSPHRASE", PASSPHRASE)])
         .collect();
-    let out = keel(&["backup", "-o", file_arg], &with_passphrase, None);
+    let out = keel(&["backup", "-o", file_arg], &with_passphrase, "");
     assert!(out.status.success(), "{}", text(&out));
     println!("{}", text(&out).trim());
     let sealed = std::fs::read(&file).unwrap();
@@ -146,7 +123,7 @@ async fn a_backup_restores_into_a_new_cluster_that_serves_the_same_config() {
     let readable = String::from_utf8_lossy(&sealed);
     assert!(!readable.contains("PRIVATE KEY") && !readable.contains("argon2"));
     // An existing file is not overwritten.
-    let out = keel(&["backup", "-o", file_arg], &with_passphrase, None);
+    let out = keel(&["backup", "-o", file_arg], &with_passphrase, "");
     assert!(!out.status.success(), "{}", text(&out));
 
     // The cluster is lost.
