@@ -249,6 +249,7 @@ pub struct Consensus {
     applied: watch::Receiver<Applied>,
     leadership: watch::Receiver<Leadership>,
     lease: watch::Receiver<Lease>,
+    snapshots: Arc<store::SnapshotStats>,
 }
 
 impl Consensus {
@@ -270,6 +271,7 @@ impl Consensus {
         let log = store::LogStore::open(dir).map_err(storage_err)?;
         let machine = store::StateMachineStore::open(dir).map_err(storage_err)?;
         let applied = machine.subscribe();
+        let snapshots = machine.stats();
         settings.check().map_err(StartError::Raft)?;
         let config = Config {
             cluster_name: "keel".into(),
@@ -298,7 +300,13 @@ impl Consensus {
             applied,
             leadership,
             lease,
+            snapshots,
         })
+    }
+
+    /// What this node's snapshots cost (size, build time, count).
+    pub fn snapshots(&self) -> &store::SnapshotStats {
+        &self.snapshots
     }
 
     /// This node's id.

@@ -14,6 +14,7 @@ use std::fmt::Debug;
 use std::io::{self, Cursor, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 
 use keel_model::ClusterState;
@@ -232,6 +233,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// The snapshots this node wrote, for metrics.
+#[derive(Debug, Default)]
+pub struct SnapshotStats {
+    /// Size of the snapshot file last written (built here or installed from
+    /// the leader), in bytes.
+    pub bytes: AtomicU64,
+    /// How long building and writing the last one built here took, in
+    /// microseconds.
+    pub build_micros: AtomicU64,
+    /// Snapshots built here since the node started.
+    pub built: AtomicU64,
+}
+
 /// A snapshot as stored on disk and sent to lagging nodes.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
@@ -263,6 +277,7 @@ pub struct StateMachineStore {
     /// installs run on the state machine's, so writes take turns, and one
     /// never replaces a newer snapshot with an older one.
     on_disk: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
+    stats: Arc<SnapshotStats>,
 }
 
 impl StateMachineStore {
@@ -298,7 +313,12 @@ impl StateMachineStore {
             index: machine.last_applied.map_or(0, |l| l.index),
             state: machine.state.clone(),
         };
+        let stats = SnapshotStats::default();
+        if let Ok(meta) = std::fs::metadata(&snapshot_path) {
+            stats.bytes.store(meta.len(), Ordering::Relaxed);
+        }
         Ok(StateMachineStore {
+            stats: Arc::new(stats),
             on_disk: Arc::new(std::sync::Mutex::new(machine.last_applied)),
             machine: Arc::new(Mutex::new(machine)),
             snapshot_path,
@@ -309,6 +329,11 @@ impl StateMachineStore {
     /// A receiver of every applied state.
     pub fn subscribe(&self) -> watch::Receiver<Applied> {
         self.applied.subscribe()
+    }
+
+    /// What the snapshots this node wrote cost.
+    pub fn stats(&self) -> Arc<SnapshotStats> {
+        self.stats.clone()
     }
 
     /// Writes `snapshot` to the file (a temporary file of its own, fsynced,
@@ -326,7 +351,12 @@ impl StateMachineStore {
         let mut tries = 0;
         loop {
             match self.write_file(&bytes) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.stats
+                        .bytes
+                        .store(bytes.len() as u64, Ordering::Relaxed);
+                    break;
+                }
                 Err(e) if tries < 2 => {
                     tries += 1;
                     tracing::warn!(error = %e, "writing the snapshot failed; trying again");
@@ -371,6 +401,7 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let started = std::time::Instant::now();
         let stored = {
             let mut m = self.machine.lock().await;
             m.snapshot_count += 1;
@@ -394,6 +425,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 .await
                 .map_err(|e| StorageIOError::write_snapshot(None, &io_error(e)))?
                 .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.build_micros.store(took, Ordering::Relaxed);
+        self.stats.built.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),

@@ -2,6 +2,7 @@
 //! A 3-node cluster on the in-memory transport, with real on-disk storage.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use keel_consensus::mem::Router;
@@ -258,6 +259,10 @@ async fn a_lagging_node_gets_a_snapshot() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let built = &leader_node.snapshots();
+    assert!(built.built.load(Relaxed) >= 3, "{built:?}");
+    assert!(built.bytes.load(Relaxed) > 1000, "{built:?}");
+    assert!(built.build_micros.load(Relaxed) > 0, "{built:?}");
     let restarted = c.start(lagging).await;
     c.all_applied(&[lagging], last).await;
     assert_eq!(c.pools(lagging).len(), 40);
@@ -265,6 +270,10 @@ async fn a_lagging_node_gets_a_snapshot() {
         restarted.raft().metrics().borrow().snapshot.is_some(),
         "no snapshot installed"
     );
+    // The installed snapshot's size is counted; none was built there.
+    let installed = restarted.snapshots();
+    assert!(installed.bytes.load(Relaxed) > 1000, "{installed:?}");
+    assert_eq!(installed.built.load(Relaxed), 0, "{installed:?}");
 }
 
 #[tokio::test]

@@ -1,10 +1,12 @@
 //! The cluster's own metrics for `/metrics`, beside the data plane's: Raft
-//! (term, leadership, log, apply and snapshot positions, how far each
+//! (term, leadership, log, apply and snapshot positions, snapshot sizes and
+//! build times, the version this node runs, how far each
 //! follower is behind, the lease), the VIPs this node holds, gossip's view
 //! of its peers, this node's certificate, password checks and joins.
 //! `docs/alerts.yml` alerts on them.
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
 use tokio::time::Instant;
 
 use crate::cluster::Control;
@@ -47,6 +49,7 @@ fn flag(on: bool) -> f64 {
 /// Prometheus text for the cluster as this node sees it.
 pub fn render(control: &Control) -> String {
     let consensus = control.consensus();
+    let snapshots = consensus.snapshots();
     let raft = consensus.raft().metrics().borrow().clone();
     let leadership = consensus.leadership().borrow().clone();
     let lease = *consensus.lease().borrow();
@@ -109,6 +112,31 @@ pub fn render(control: &Control) -> String {
             "The last index this node's snapshot covers.",
             raft.snapshot.map_or(0, |l| l.index) as f64,
         ),
+        gauge(
+            "keel_raft_snapshot_bytes",
+            "Size of the snapshot file this node last wrote (built here or installed from the leader).",
+            snapshots.bytes.load(Relaxed) as f64,
+        ),
+        gauge(
+            "keel_raft_snapshot_build_seconds",
+            "How long building and writing the last snapshot built here took.",
+            snapshots.build_micros.load(Relaxed) as f64 / 1e6,
+        ),
+        Family {
+            name: "keel_raft_snapshots_built_total",
+            help: "Snapshots built here since the node started.",
+            kind: "counter",
+            samples: vec![(String::new(), snapshots.built.load(Relaxed) as f64)],
+        },
+        Family {
+            name: "keel_build_info",
+            help: "1, labelled with the Keel version this node runs.",
+            kind: "gauge",
+            samples: vec![(
+                format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")),
+                1.0,
+            )],
+        },
         Family {
             name: "keel_raft_follower_entries_behind",
             help: "On the leader: entries each follower has yet to match.",

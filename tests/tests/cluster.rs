@@ -510,6 +510,15 @@ fn the_cluster_reports_leadership_positions_vip_holders_and_peers_in_metrics() {
         assert!(sample(m, "keel_node_certificate_expiry_timestamp_seconds").unwrap() > 1.7e9);
         let applied = sample(m, "keel_raft_applied_index").unwrap();
         assert!(applied > 0.0 && applied <= sample(m, "keel_raft_last_log_index").unwrap());
+        // No snapshot yet (one every 1000 entries), but the families are there.
+        assert_eq!(sample(m, "keel_raft_snapshots_built_total"), Some(0.0));
+        assert!(sample(m, "keel_raft_snapshot_bytes").is_some());
+        assert!(sample(m, "keel_raft_snapshot_build_seconds").is_some());
+        let version = format!(
+            "keel_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(sample(m, &version), Some(1.0));
     }
     // The leader sees both followers caught up, and holds its lease.
     let followers: Vec<&str> = leader
