@@ -5,6 +5,7 @@ SITE and BLOG (backend ip:port). Phase "create" builds the load balancer
 and prints its ARNs as JSON; phase "errors" checks refusals; phase
 "delete" removes everything.
 """
+import datetime
 import json
 import os
 import sys
@@ -35,9 +36,22 @@ def target(addr):
 
 def create():
     elb = client()
+    asked = datetime.datetime.now(datetime.timezone.utc)
     lb = elb.create_load_balancer(Name="web", Subnets=["subnet-1"], Tags=[{"Key": "team", "Value": "blue"}])
     lb_arn = lb["LoadBalancers"][0]["LoadBalancerArn"]
     assert lb["LoadBalancers"][0]["State"]["Code"] == "active"
+    # Its creation time is the commit's, and stays what it was.
+    created = lb["LoadBalancers"][0]["CreatedTime"]
+    assert abs((created - asked).total_seconds()) < 2, (created, asked)
+    time.sleep(1.1)
+    again = elb.describe_load_balancers(Names=["web"])["LoadBalancers"][0]
+    assert again["CreatedTime"] == created, (again["CreatedTime"], created)
+    # A network load balancer is reported as one.
+    nlb = elb.create_load_balancer(Name="edge", Type="network", Subnets=["subnet-1"])
+    assert nlb["LoadBalancers"][0]["Type"] == "network"
+    assert elb.describe_load_balancers(Names=["edge"])["LoadBalancers"][0]["Type"] == "network"
+    assert elb.describe_load_balancers(Names=["web"])["LoadBalancers"][0]["Type"] == "application"
+    elb.delete_load_balancer(LoadBalancerArn=nlb["LoadBalancers"][0]["LoadBalancerArn"])
     elb.get_waiter("load_balancer_available").wait(LoadBalancerArns=[lb_arn])
     # An instance target group: its target is an ID from Keel's instance registry.
     site = elb.create_target_group(

@@ -219,31 +219,56 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         }
         let exists = self.call.state().spec.load_balancers.contains_key(&name);
         if !exists {
+            // What ELBv2 reports beyond the spec (its type, when it was
+            // made) is noted in the entry that creates it.
+            let record = BTreeMap::from([
+                ("created".to_owned(), crate::api::now().to_string()),
+                (
+                    "type".to_owned(),
+                    p.get("Type").unwrap_or("application").to_owned(),
+                ),
+            ]);
             self.call
-                .change(|doc| {
-                    doc.load_balancers.push(keel_model::LoadBalancerDoc {
-                        name: name.clone(),
-                        vip: None,
-                        listeners: Vec::new(),
-                    });
-                    Ok(())
-                })
+                .change_noting(
+                    |doc| {
+                        doc.load_balancers.push(keel_model::LoadBalancerDoc {
+                            name: name.clone(),
+                            vip: None,
+                            listeners: Vec::new(),
+                        });
+                        Ok(())
+                    },
+                    vec![(format!("loadbalancer/{name}"), record)],
+                )
                 .await?;
         }
         self.put_tags(&format!("loadbalancer/{name}"), p).await?;
         Ok(format!(
             "<LoadBalancers>{}</LoadBalancers>",
-            self.lb_xml(&name, p.get("Type").unwrap_or("application"))
+            self.lb_xml(&name)
         ))
     }
 
-    fn lb_xml(&self, name: &str, kind: &str) -> String {
+    fn lb_xml(&self, name: &str) -> String {
+        let record = self.call.annotations(&format!("loadbalancer/{name}"));
+        let kind = record.get("type").map_or("application", String::as_str);
+        // Made some other way (keel apply, the dashboard): when the
+        // replicated history first names it, if it still does.
+        let created = record
+            .get("created")
+            .and_then(|t| t.parse::<u64>().ok())
+            .or_else(|| first_mention(&self.call.state(), name))
+            .unwrap_or(0);
+        let created = humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(created),
+        )
+        .to_string();
         format!(
             "<member>{}{}{}{}{}{}<State><Code>active</Code></State>{}{}{}<AvailabilityZones/><SecurityGroups/></member>",
             el("LoadBalancerArn", &self.lb_arn(name)),
             el("DNSName", &dns_name(name)),
             el("CanonicalHostedZoneId", "ZKEEL"),
-            el("CreatedTime", "2026-01-01T00:00:00.000Z"),
+            el("CreatedTime", &created),
             el("LoadBalancerName", name),
             el("Scheme", "internet-facing"),
             el("VpcId", VPC),
@@ -271,10 +296,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         } else {
             names.iter().collect()
         };
-        let items = all
-            .iter()
-            .map(|n| ((*n).clone(), self.lb_xml(n, "application")))
-            .collect();
+        let items = all.iter().map(|n| ((*n).clone(), self.lb_xml(n))).collect();
         let (members, next) = page(items, p)?;
         Ok(format!("<LoadBalancers>{members}</LoadBalancers>{next}"))
     }
@@ -1604,6 +1626,17 @@ impl<C: ControlPlane> Elbv2<'_, C> {
 }
 
 /// Whether any listener of `lb` sends traffic to `pool`.
+/// When the replicated history (the last changes people and tools made)
+/// first upserted load balancer `name`.
+fn first_mention(state: &keel_model::ClusterState, name: &str) -> Option<u64> {
+    let line = format!("upsert load balancer {name}");
+    state
+        .history
+        .iter()
+        .find(|h| h.what.contains(&line))
+        .map(|h| h.at)
+}
+
 fn uses(lb: &keel_model::LoadBalancer, pool: &str) -> bool {
     lb.listeners.iter().any(|l| {
         l.default_pool.as_deref() == Some(pool) || l.rules.iter().any(|r| r.pools().contains(&pool))
