@@ -516,3 +516,101 @@ fn the_octavia_api_refuses_bad_calls_and_changes_nothing() {
         404
     );
 }
+
+#[test]
+fn objects_belong_to_their_load_balancers_project_and_lists_filter_on_it() {
+    let s = setup();
+    let auth = s.token_header();
+    let h = [auth.as_str()];
+    let subnets = s.raw("GET", "/v2.0/subnets?name=10.77.0.0/16", &h, None).1;
+    let subnet = subnets["subnets"][0]["id"].as_str().unwrap().to_owned();
+    let create = |body: String| {
+        let (status, answer) = s.raw("POST", "/v2.0/lbaas/loadbalancers", &h, Some(&body));
+        assert_eq!(status, 201, "{answer}");
+        answer["loadbalancer"].clone()
+    };
+    let blue = create(format!(
+        r#"{{"loadbalancer": {{"name": "blue", "vip_subnet_id": "{subnet}", "project_id": "p-blue"}}}}"#
+    ));
+    assert_eq!(blue["project_id"], "p-blue");
+    assert_eq!(blue["tenant_id"], "p-blue");
+    let plain = create(format!(
+        r#"{{"loadbalancer": {{"name": "plain", "vip_subnet_id": "{subnet}"}}}}"#
+    ));
+    assert_eq!(plain["project_id"], "keel");
+    // Children belong to their load balancer's project.
+    let blue_id = blue["id"].as_str().unwrap();
+    let (status, l) = s.raw(
+        "POST",
+        "/v2.0/lbaas/listeners",
+        &h,
+        Some(&format!(
+            r#"{{"listener": {{"loadbalancer_id": "{blue_id}", "protocol": "TCP", "protocol_port": 7100}}}}"#
+        )),
+    );
+    assert_eq!(status, 201, "{l}");
+    assert_eq!(l["listener"]["project_id"], "p-blue");
+    let l_id = l["listener"]["id"].as_str().unwrap();
+    let (status, p) = s.raw(
+        "POST",
+        "/v2.0/lbaas/pools",
+        &h,
+        Some(&format!(
+            r#"{{"pool": {{"listener_id": "{l_id}", "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN"}}}}"#
+        )),
+    );
+    assert_eq!(status, 201, "{p}");
+    assert_eq!(p["pool"]["project_id"], "p-blue");
+    let p_id = p["pool"]["id"].as_str().unwrap();
+    let members = format!("/v2.0/lbaas/pools/{p_id}/members");
+    let (status, m) = s.raw(
+        "POST",
+        &members,
+        &h,
+        Some(r#"{"member": {"address": "10.77.1.1", "protocol_port": 8080}}"#),
+    );
+    assert_eq!(status, 201, "{m}");
+    assert_eq!(m["member"]["project_id"], "p-blue");
+
+    // A client filtering on its project sees its objects, all of them, and
+    // another project's filter sees none of them.
+    let names = |path: &str, collection: &str| -> Vec<String> {
+        let (status, answer) = s.raw("GET", path, &h, None);
+        assert_eq!(status, 200, "{path}: {answer}");
+        answer[collection]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let lbs = "/v2.0/lbaas/loadbalancers";
+    assert_eq!(
+        names(&format!("{lbs}?project_id=p-blue"), "loadbalancers"),
+        [blue_id]
+    );
+    assert_eq!(
+        names(&format!("{lbs}?project_id=keel"), "loadbalancers"),
+        [plain["id"].as_str().unwrap()]
+    );
+    assert!(names(&format!("{lbs}?project_id=p-red"), "loadbalancers").is_empty());
+    for (path, collection, id) in [
+        ("/v2.0/lbaas/listeners", "listeners", l_id),
+        ("/v2.0/lbaas/pools", "pools", p_id),
+        (
+            members.as_str(),
+            "members",
+            m["member"]["id"].as_str().unwrap(),
+        ),
+    ] {
+        assert_eq!(
+            names(&format!("{path}?project_id=p-blue"), collection),
+            [id],
+            "{path}"
+        );
+        assert!(
+            names(&format!("{path}?project_id=p-red"), collection).is_empty(),
+            "{path}"
+        );
+    }
+}

@@ -35,7 +35,7 @@ use crate::{HostNetwork, MemberHealth, Serving};
 /// position.
 pub(crate) const POLICY_PRIORITY: u32 = 40_000;
 
-/// The project every object is in (Keel has one tenant).
+/// The project of objects made without one (and of the Neutron objects).
 pub(crate) const PROJECT: &str = "keel";
 
 /// Everything a view needs, read once per request.
@@ -256,6 +256,13 @@ impl View {
         } else {
             "ACTIVE"
         }
+    }
+
+    /// The project an object is in: its load balancer's, as given when
+    /// that was created, else [`PROJECT`]. Lists filter on it.
+    pub(crate) fn project(&self, lb: Option<&str>) -> String {
+        lb.and_then(|lb| self.note(&lb_key(lb)).get("project_id").cloned())
+            .unwrap_or_else(|| PROJECT.to_owned())
     }
 
     fn times(&self, note: &BTreeMap<String, String>) -> (Value, Value) {
@@ -539,6 +546,7 @@ impl View {
     }
 
     pub fn lb_json(&self, lb: &str) -> Value {
+        let project = self.project(Some(lb));
         let note = self.note(&lb_key(lb));
         let (created, updated) = self.times(&note);
         let vip = self.vip_address(lb);
@@ -567,8 +575,8 @@ impl View {
             "admin_state_up": true,
             "provisioning_status": self.provisioning(),
             "operating_status": self.lb_status(lb),
-            "project_id": PROJECT,
-            "tenant_id": PROJECT,
+            "project_id": project,
+            "tenant_id": project,
             "provider": "keel",
             "flavor_id": null,
             "availability_zone": null,
@@ -589,6 +597,7 @@ impl View {
     }
 
     pub fn listener_json(&self, lb: &str, l: &Listener) -> Value {
+        let project = self.project(Some(lb));
         let note = self.note(&listener_key(lb, l.port));
         let (created, updated) = self.times(&note);
         let policies: Vec<Value> = self
@@ -610,8 +619,8 @@ impl View {
             "default_pool_id": l.default_pool.as_ref().map(|p| uuid("pool", p)),
             "default_tls_container_ref": if tls { json!(l.certificates.first()) } else { json!(null) },
             "sni_container_refs": if tls { json!(l.certificates.iter().skip(1).collect::<Vec<_>>()) } else { json!([]) },
-            "project_id": PROJECT,
-            "tenant_id": PROJECT,
+            "project_id": project,
+            "tenant_id": project,
             "loadbalancers": [ { "id": uuid("loadbalancer", lb) } ],
             "l7policies": policies,
             "insert_headers": if l.protocol.is_http() {
@@ -685,6 +694,7 @@ impl View {
         let note = self.note(&pool_key(&pool.name));
         let (created, updated) = self.times(&note);
         let lb = self.pool_lb(&pool.name);
+        let project = self.project(lb.as_deref());
         let listeners: Vec<Value> = self
             .state
             .spec
@@ -733,8 +743,8 @@ impl View {
             "listeners": listeners,
             "members": pool.members.iter().map(|m| json!({ "id": member_id(&pool.name, m.address) })).collect::<Vec<_>>(),
             "healthmonitor_id": pool.health_check.as_ref().map(|_| uuid("healthmonitor", &pool.name)),
-            "project_id": PROJECT,
-            "tenant_id": PROJECT,
+            "project_id": project,
+            "tenant_id": project,
             "created_at": created,
             "updated_at": updated,
             "tls_enabled": pool.tls.is_some(),
@@ -752,6 +762,7 @@ impl View {
         let Some(p) = self.state.spec.pools.get(pool) else {
             return Vec::new();
         };
+        let project = self.project(self.pool_lb(pool).as_deref());
         p.members
             .iter()
             .map(|m| {
@@ -774,8 +785,8 @@ impl View {
                     "weight": m.weight,
                     "backup": false,
                     "subnet_id": subnet,
-                    "project_id": PROJECT,
-                    "tenant_id": PROJECT,
+                    "project_id": project,
+                    "tenant_id": project,
                     "created_at": created,
                     "updated_at": updated,
                     "monitor_address": null,
@@ -793,6 +804,7 @@ impl View {
         let Some(hc) = &pool.health_check else {
             return json!(null);
         };
+        let project = self.project(self.pool_lb(&pool.name).as_deref());
         let (kind, method, path, host, codes) = match &hc.kind {
             CheckKind::Tcp => ("TCP", None, None, None, None),
             CheckKind::Http {
@@ -823,8 +835,8 @@ impl View {
             "http_version": if kind == "TCP" { json!(null) } else { json!(1.1) },
             "admin_state_up": true,
             "pools": [ { "id": uuid("pool", &pool.name) } ],
-            "project_id": PROJECT,
-            "tenant_id": PROJECT,
+            "project_id": project,
+            "tenant_id": project,
             "provisioning_status": self.provisioning(),
             "operating_status": "ONLINE",
             "created_at": created,
@@ -834,6 +846,7 @@ impl View {
     }
 
     pub fn policy_json(&self, p: &Policy) -> Value {
+        let project = self.project(Some(&p.lb));
         json!({
             "id": p.id,
             "name": p.name,
@@ -849,8 +862,8 @@ impl View {
             "redirect_prefix": p.redirect_prefix,
             "redirect_http_code": p.redirect_http_code,
             "rules": p.rules.iter().map(|r| json!({ "id": r.id })).collect::<Vec<_>>(),
-            "project_id": PROJECT,
-            "tenant_id": PROJECT,
+            "project_id": project,
+            "tenant_id": project,
             "created_at": p.created_at,
             "updated_at": p.updated_at,
             "tags": p.tags,
@@ -1049,6 +1062,7 @@ fn port_json(id: &str, name: &str, s: &Subnet, ip: IpAddr, owner: &str) -> Value
 
 /// The rules of a policy as Octavia objects.
 pub(crate) fn rules_json(v: &View, p: &Policy) -> Vec<Value> {
+    let project = v.project(Some(&p.lb));
     p.rules
         .iter()
         .map(|r| {
@@ -1062,8 +1076,8 @@ pub(crate) fn rules_json(v: &View, p: &Policy) -> Vec<Value> {
                 "admin_state_up": true,
                 "provisioning_status": v.provisioning(),
                 "operating_status": "ONLINE",
-                "project_id": PROJECT,
-                "tenant_id": PROJECT,
+                "project_id": project,
+                "tenant_id": project,
                 "created_at": r.created_at,
                 "updated_at": r.updated_at,
                 "tags": r.tags,

@@ -351,6 +351,11 @@ pub(super) async fn create_lb<C: ControlPlane>(call: &Call<'_, C>, b: Body) -> R
     let mut note = BTreeMap::new();
     note.insert("name".into(), name.unwrap_or_default());
     describe(&b, &mut note)?;
+    // The project it and everything under it belong to (lists filter on
+    // it); an admin may create in another project than its own.
+    if let Some(project) = text(&b, "project_id")?.or(text(&b, "tenant_id")?) {
+        note.insert("project_id".into(), project);
+    }
     if keel_vip.is_none() {
         note.insert(
             "vip_address".into(),
