@@ -80,15 +80,19 @@ pub fn image() -> PathBuf {
     std::fs::create_dir_all(&out).unwrap();
     let lock = std::fs::File::create(out.join(".lock")).unwrap();
     lock.lock().unwrap();
-    // Up to date, or waits for the build tests/run started (cargo's lock).
+    // tests/run builds it first; built here when a test runs alone. (Not
+    // rebuilt when present: cargo run from a test's environment would
+    // rebuild ring and every crate above it.)
     let keel = repo.join("target/release/keel");
-    run_bounded(
-        Command::new("cargo")
-            .args(["build", "--release", "--bin", "keel"])
-            .current_dir(&repo),
-        Duration::from_secs(1200),
-        "cargo-build-release",
-    );
+    if !keel.exists() {
+        run_bounded(
+            Command::new("cargo")
+                .args(["build", "--release", "--bin", "keel"])
+                .current_dir(&repo),
+            Duration::from_secs(1200),
+            "cargo-build-release",
+        );
+    }
     let raw = out.join("keel-appliance.raw");
     let built = [&raw, &raw.with_extension("qcow2")]
         .iter()
