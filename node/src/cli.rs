@@ -560,6 +560,12 @@ pub struct DemoArgs {
     pub dir: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
+    /// Give the load balancer a VIP that the leader holds and that moves
+    /// when it dies: each node runs in a network namespace of its own
+    /// (needs root). The dashboards and the load balancer stay on
+    /// 127.0.0.1, relayed into the demo's network.
+    #[arg(long)]
+    pub vip: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -24,13 +24,14 @@ struct Demo {
 }
 
 impl Demo {
-    fn start(port: u16) -> Demo {
+    fn start(port: u16, extra: &[&str]) -> Demo {
         let scratch = tempfile::tempdir().unwrap();
         let dir = scratch.path().join("demo");
         let stdout = scratch.path().join("stdout");
         let child = Command::new(keel_bin())
             .args(["demo", "--port", &port.to_string()])
             .args(["--admin-port", "0", "--cluster-port", "0"])
+            .args(extra)
             .arg("--dir")
             .arg(&dir)
             .stdout(std::fs::File::create(&stdout).unwrap())
@@ -67,6 +68,55 @@ impl Demo {
                 self.stderr()
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The printed dashboards: (node, base URL).
+    fn dashboards(&mut self) -> Vec<(String, String)> {
+        self.line("Dashboards", SECOND)
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [url, name] if url.starts_with("http://") => Some((
+                    name.trim_matches(|c| c == '(' || c == ')').to_owned(),
+                    url.trim_end_matches("/ui/").to_owned(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The printed one-time password.
+    fn password(&mut self) -> String {
+        let login = self.line("Log in", SECOND);
+        login
+            .split("password ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The first leader the demo reports.
+    fn leader(&mut self) -> String {
+        self.line("Leader:", 10 * SECOND)
+            .trim_start_matches("Leader: ")
+            .trim_end_matches('.')
+            .to_owned()
+    }
+
+    /// Sends SIGINT and waits for the demo to end; its exit status.
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        signal(self.child.id() as i32, nix::sys::signal::Signal::SIGINT).unwrap();
+        let deadline = Instant::now() + 15 * SECOND;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the demo did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -145,6 +195,23 @@ fn requests(port: u16, count: usize) -> Vec<String> {
         .collect()
 }
 
+/// A browser logged in to the dashboard at `base` with the demo's one-time
+/// password, which it changes as the dashboard asks.
+async fn log_in(base: &str, password: &str) -> Browser {
+    let browser = Browser::start().await;
+    browser.client.goto(&format!("{base}/ui/")).await.unwrap();
+    browser.fill("#login-password", password).await;
+    browser.click("#login-submit").await;
+    browser.find("#password-form", 5 * SECOND).await;
+    browser
+        .fill("[data-field=password]", "demo-password-2")
+        .await;
+    browser.fill("[data-field=repeat]", "demo-password-2").await;
+    browser.click("#password-form button[type=submit]").await;
+    browser.find("#member-counts", 5 * SECOND).await;
+    browser
+}
+
 /// The number on a traffic chart ("12.3 req/s").
 fn rate(text: &str) -> f64 {
     text.split_whitespace()
@@ -156,7 +223,7 @@ fn rate(text: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_is_a_cluster_that_keeps_serving_when_its_leader_is_killed() {
     let port = free_port();
-    let mut demo = Demo::start(port);
+    let mut demo = Demo::start(port, &[]);
 
     // What it prints: how long it took, the dashboards, the password.
     let up = demo.line("Keel demo:", 60 * SECOND);
@@ -169,34 +236,11 @@ async fn the_demo_is_a_cluster_that_keeps_serving_when_its_leader_is_killed() {
     println!("the demo was up in {took} s");
     // The target is under 10 s; CI machines are shared.
     assert!(took < 20.0, "{up}");
-    let dashboards: Vec<(String, String)> = demo
-        .line("Dashboards", SECOND)
-        .split_whitespace()
-        .skip(1)
-        .collect::<Vec<_>>()
-        .chunks(2)
-        .filter_map(|pair| match pair {
-            [url, name] if url.starts_with("http://") => Some((
-                name.trim_matches(|c| c == '(' || c == ')').to_owned(),
-                url.trim_end_matches("/ui/").to_owned(),
-            )),
-            _ => None,
-        })
-        .collect();
+    let dashboards = demo.dashboards();
     let names: Vec<&str> = dashboards.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["n1", "n2", "n3"], "{}", demo.output());
-    let login = demo.line("Log in", SECOND);
-    let password = login
-        .split("password ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .unwrap()
-        .to_owned();
-    let leader = demo.line("Leader:", 10 * SECOND);
-    let leader = leader
-        .trim_start_matches("Leader: ")
-        .trim_end_matches('.')
-        .to_owned();
+    let password = demo.password();
+    let leader = demo.leader();
     assert!(names.contains(&leader.as_str()), "leader {leader:?}");
 
     // The load balancer answers from every backend.
@@ -211,18 +255,8 @@ async fn the_demo_is_a_cluster_that_keeps_serving_when_its_leader_is_killed() {
     // must be changed first.
     let (viewer, base) = dashboards.iter().find(|(n, _)| *n != leader).unwrap();
     println!("watching on {viewer}'s dashboard, {base}; the leader is {leader}");
-    let browser = Browser::start().await;
+    let browser = log_in(base, &password).await;
     let c = &browser.client;
-    c.goto(&format!("{base}/ui/")).await.unwrap();
-    browser.fill("#login-password", &password).await;
-    browser.click("#login-submit").await;
-    browser.find("#password-form", 5 * SECOND).await;
-    browser
-        .fill("[data-field=password]", "demo-password-2")
-        .await;
-    browser.fill("[data-field=repeat]", "demo-password-2").await;
-    browser.click("#password-form button[type=submit]").await;
-    browser.find("#member-counts", 5 * SECOND).await;
 
     // Three nodes, the leader, every member healthy.
     let node_rows = "return document.querySelectorAll('#nodes tr[data-node]').length;";
@@ -311,15 +345,7 @@ async fn the_demo_is_a_cluster_that_keeps_serving_when_its_leader_is_killed() {
     // Ctrl-C stops every node and removes what the demo made.
     let pids = demo.node_pids();
     assert_eq!(pids.len(), 3);
-    signal(demo.child.id() as i32, nix::sys::signal::Signal::SIGINT).unwrap();
-    let deadline = Instant::now() + 15 * SECOND;
-    let status = loop {
-        if let Some(status) = demo.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the demo did not stop on SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = demo.interrupt();
     assert!(status.success(), "{status}: {}", demo.stderr());
     for pid in pids {
         assert!(!alive(pid), "node process {pid} outlived the demo");
@@ -329,4 +355,131 @@ async fn the_demo_is_a_cluster_that_keeps_serving_when_its_leader_is_killed() {
         "the demo left its directory"
     );
     assert!(demo.output().contains("Demo stopped"));
+}
+
+/// The node namespaces holding `ip` (`ip -n NS addr`: the test only looks,
+/// it never dials into the demo's network).
+fn holders(namespaces: &[(String, String)], ip: &str) -> Vec<String> {
+    namespaces
+        .iter()
+        .filter(|(_, ns)| {
+            let out = Command::new("ip")
+                .args(["-n", ns, "-o", "-4", "addr", "show", "dev", "eth0"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains(&format!(" {ip}/"))
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+fn namespaces_left(supervisor: u32) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("keel-demo-{supervisor}-")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_vip_the_leader_holds_the_demos_vip_and_it_moves_when_the_leader_is_killed() {
+    keel_tests::netns::require_root();
+    const VIP: &str = "10.77.0.100";
+    let port = free_port();
+    let mut demo = Demo::start(port, &["--vip"]);
+    let up = demo.line("Keel demo:", 60 * SECOND);
+    println!("{up}");
+    let network = demo.line("Network", SECOND);
+    assert!(network.contains("namespace"), "{network}");
+    let dashboards = demo.dashboards();
+    let password = demo.password();
+    let leader = demo.leader();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(demo.dir.join("demo.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["vip"], VIP.to_owned() + "/24");
+    let namespaces: Vec<(String, String)> = state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_owned(),
+                n["namespace"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(namespaces.len(), 3);
+
+    // The leader holds the VIP, in its own namespace only, and says so.
+    let on = demo.line(&format!("VIP {VIP} is on"), 10 * SECOND);
+    assert_eq!(on, format!("VIP {VIP} is on {leader}."));
+    assert_eq!(holders(&namespaces, VIP), std::slice::from_ref(&leader));
+
+    // Through the relay on 127.0.0.1, the VIP answers from every backend.
+    let bodies = requests(port, 30);
+    assert_eq!(bodies.len(), 30, "{bodies:?}");
+    let mut backends: Vec<&str> = bodies.iter().filter_map(|b| b.split(" (").next()).collect();
+    backends.sort_unstable();
+    backends.dedup();
+    assert_eq!(backends.len(), 3, "{backends:?}");
+
+    // A follower's dashboard shows who holds it.
+    let (_, base) = dashboards.iter().find(|(n, _)| *n != leader).unwrap();
+    let browser = log_in(base, &password).await;
+    let held_by = format!("[data-vip-holder='{VIP}/24']");
+    browser
+        .wait_text(&held_by, 10 * SECOND, "the VIP's holder", |t| t == leader)
+        .await;
+    browser.screenshot("demo-vip").await;
+
+    // Kill the leader: the dead node's guard removes the address from its
+    // namespace, and exactly one other node holds it.
+    let killed_at = Instant::now();
+    let (ok, text) = demo.kill(&leader);
+    assert!(ok, "{text}");
+    let deadline = Instant::now() + 5 * SECOND;
+    let new = loop {
+        let now = holders(&namespaces, VIP);
+        if let [one] = now.as_slice() {
+            if *one != leader {
+                break one.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the VIP did not move within 5 s: {now:?}\n{}",
+            demo.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!(
+        "the VIP moved from {leader} to {new} {:?} after the kill",
+        killed_at.elapsed()
+    );
+    let moved = demo.line(&format!("VIP {VIP} moved to"), 5 * SECOND);
+    assert_eq!(
+        moved,
+        format!("VIP {VIP} moved to {new} (was on {leader}).")
+    );
+    browser.open(&format!("{base}/ui/")).await;
+    browser
+        .wait_text(&held_by, 15 * SECOND, "the new holder", |t| t == new)
+        .await;
+    browser.screenshot("demo-vip-moved").await;
+    browser.close().await;
+
+    // The traffic goes on through the VIP.
+    let bodies = requests(port, 30);
+    assert_eq!(bodies.len(), 30, "after the kill: {bodies:?}");
+    assert_eq!(holders(&namespaces, VIP), [new]);
+
+    // Ctrl-C removes the namespaces too.
+    let supervisor = demo.child.id();
+    assert_eq!(namespaces_left(supervisor).len(), 5);
+    let status = demo.interrupt();
+    assert!(status.success(), "{status}: {}", demo.stderr());
+    assert_eq!(namespaces_left(supervisor), Vec::<String>::new());
+    assert!(!Path::new(&demo.dir).exists());
 }

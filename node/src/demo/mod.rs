@@ -6,6 +6,13 @@
 //! `SO_REUSEPORT` sockets), so killing one (`keel demo kill n1`) leaves the
 //! port served while the others elect a leader. Ctrl-C stops the nodes and
 //! removes the directory.
+//!
+//! With `--vip` (as root) each node runs in a network namespace of its own
+//! (`net.rs`), the demo load balancer has a VIP that the leader holds, and
+//! killing the leader shows the VIP move; the dashboards and the load
+//! balancer are reached through relays on 127.0.0.1.
+
+mod net;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -59,20 +66,31 @@ pub struct DemoState {
     /// The load balancer's port on 127.0.0.1.
     pub port: u16,
     pub nodes: Vec<DemoNode>,
+    /// With `--vip`: the VIP's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DemoNode {
     pub name: String,
     pub pid: u32,
-    /// Its admin API and dashboard.
+    /// Its admin API and dashboard (with `--vip`, a relay to it).
     pub admin: SocketAddr,
+    /// With `--vip`: its network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// One node of the demo: a `keel run` child process.
 struct Node {
     name: String,
+    /// Where the supervisor and the dashboards reach its admin API.
     admin: SocketAddr,
+    /// Where it listens for it: `admin`, or in its namespace with `--vip`.
+    listen_admin: SocketAddr,
+    /// With `--vip`: its network namespace.
+    ns: Option<String>,
     cluster: SocketAddr,
     gossip: SocketAddr,
     data: PathBuf,
@@ -82,20 +100,29 @@ struct Node {
 }
 
 impl Node {
-    fn new(dir: &Path, i: usize, args: &DemoArgs) -> anyhow::Result<Node> {
+    fn new(dir: &Path, i: usize, args: &DemoArgs, net: Option<&net::Net>) -> anyhow::Result<Node> {
         let name = format!("n{}", i + 1);
-        let nth = |base: u16, step: usize, udp: bool| -> anyhow::Result<SocketAddr> {
-            if base == 0 {
-                return free_port(udp);
-            }
-            let port = usize::from(base) + step;
-            let port = u16::try_from(port).map_err(|_| anyhow!("port {port} is out of range"))?;
-            Ok(SocketAddr::from(([127, 0, 0, 1], port)))
-        };
+        let admin = nth_port(args.admin_port, i, false)?;
+        if let Some(net) = net {
+            let ip = net::Net::node_ip(i + 1);
+            return Ok(Node {
+                admin,
+                listen_admin: net::NODE_ADMIN,
+                ns: Some(net.ns(&name)),
+                cluster: SocketAddr::from((ip, net::NODE_CLUSTER_PORT)),
+                gossip: SocketAddr::from((ip, net::NODE_CLUSTER_PORT + 1)),
+                data: dir.join(&name),
+                log: dir.join(format!("{name}.log")),
+                name,
+                child: None,
+            });
+        }
         Ok(Node {
-            admin: nth(args.admin_port, i, false)?,
-            cluster: nth(args.cluster_port, 10 * i, false)?,
-            gossip: nth(args.cluster_port, 10 * i + 1, true)?,
+            admin,
+            listen_admin: admin,
+            ns: None,
+            cluster: nth_port(args.cluster_port, 10 * i, false)?,
+            gossip: nth_port(args.cluster_port, 10 * i + 1, true)?,
             data: dir.join(&name),
             log: dir.join(format!("{name}.log")),
             name,
@@ -114,13 +141,20 @@ impl Node {
         let exe = std::env::current_exe().context("cannot find the keel binary")?;
         let log = std::fs::File::create(&self.log)
             .with_context(|| format!("cannot create {}", self.log.display()))?;
-        let mut command = Command::new(exe);
+        let mut command = match &self.ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
         command
             .arg("run")
             .args(["--node-name", &self.name])
             .arg("--data-dir")
             .arg(&self.data)
-            .args(["--admin-addr", &self.admin.to_string()])
+            .args(["--admin-addr", &self.listen_admin.to_string()])
             .args(["--cluster-addr", &self.cluster.to_string()])
             .args(["--gossip-addr", &self.gossip.to_string()])
             // Two workers: their listening sockets share the port with
@@ -209,13 +243,24 @@ impl Node {
 /// cleans up on SIGINT or SIGTERM (or when starting fails).
 async fn serve(args: &DemoArgs, dir: PathBuf) -> anyhow::Result<()> {
     prepare(&dir)?;
+    let net = if args.vip {
+        match net::Net::create(NODES, BACKENDS).await {
+            Ok(net) => Some(net),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     let mut nodes = Vec::new();
     for i in 0..NODES {
-        nodes.push(Node::new(&dir, i, args)?);
+        nodes.push(Node::new(&dir, i, args, net.as_ref())?);
     }
     let started = Instant::now();
     let result = tokio::select! {
-        r = start(args, &dir, &mut nodes) => r,
+        r = start(args, &dir, &mut nodes, net.as_ref()) => r,
         () = crate::shutdown_signal() => Err(anyhow!("interrupted while starting")),
     };
     let outcome = match result {
@@ -224,7 +269,7 @@ async fn serve(args: &DemoArgs, dir: PathBuf) -> anyhow::Result<()> {
                 "{}",
                 banner(args, &dir, &nodes, &session, started.elapsed())
             );
-            watch(args.port, &mut nodes, &session).await;
+            watch(args.port, &mut nodes, &session, net.as_ref()).await;
             Ok(())
         }
         Err(e) => Err(e),
@@ -232,6 +277,8 @@ async fn serve(args: &DemoArgs, dir: PathBuf) -> anyhow::Result<()> {
     for node in &mut nodes {
         node.stop(Duration::from_secs(3)).await;
     }
+    // The namespaces go once their processes have.
+    drop(net);
     let _ = std::fs::remove_dir_all(&dir);
     if outcome.is_ok() {
         println!("Demo stopped; removed {}.", dir.display());
@@ -272,13 +319,38 @@ struct Session {
     traffic: Arc<Traffic>,
 }
 
-async fn start(args: &DemoArgs, dir: &Path, nodes: &mut [Node]) -> anyhow::Result<Session> {
+async fn start(
+    args: &DemoArgs,
+    dir: &Path,
+    nodes: &mut [Node],
+    net: Option<&net::Net>,
+) -> anyhow::Result<Session> {
     let mut backends = Vec::new();
     for n in 1..=BACKENDS {
-        backends.push(start_backend(n).await?);
+        let listener = match net {
+            Some(net) => net::listen_in(&net.ns("out"), net::Net::backend_addr(n)).await,
+            None => TcpListener::bind("127.0.0.1:0").await,
+        }
+        .with_context(|| format!("cannot start demo backend {n}"))?;
+        backends.push(start_backend(n, listener)?);
+    }
+    if let Some(net) = net {
+        // The dashboards and the load balancer, reached from this machine.
+        for node in nodes.iter() {
+            let ns = node.ns.clone().unwrap_or_default();
+            tokio::spawn(net::relay(
+                relay_listener(node.admin).await?,
+                ns,
+                node.listen_admin,
+            ));
+        }
+        let local = SocketAddr::from(([127, 0, 0, 1], args.port));
+        let vip = SocketAddr::from((net::VIP_ADDR, args.port));
+        tokio::spawn(net::relay(relay_listener(local).await?, net.ns("out"), vip));
     }
     let config = dir.join("keel.yaml");
-    std::fs::write(&config, demo_config(args.port, &backends))?;
+    let vip = net.map(|_| net::VIP);
+    std::fs::write(&config, demo_config(args.port, &backends, vip))?;
     let (first, others) = nodes.split_first_mut().ok_or_else(|| anyhow!("no nodes"))?;
     first.start(Some(&config), None, args.log_format)?;
     first.ready().await?;
@@ -320,7 +392,7 @@ async fn start(args: &DemoArgs, dir: &Path, nodes: &mut [Node]) -> anyhow::Resul
     for node in others.iter_mut() {
         node.ready().await?;
     }
-    write_state(dir, args.port, nodes)?;
+    write_state(dir, args.port, nodes, vip)?;
     let traffic = Arc::new(Traffic::default());
     tokio::spawn(generate(args.port, traffic.clone()));
     Ok(Session {
@@ -342,25 +414,49 @@ fn banner(
         .map(|n| format!("http://{}/ui/ ({})", n.admin, n.name))
         .collect();
     let mut me = command_name();
+    if args.vip {
+        // The nodes are root's processes.
+        me = format!("sudo {me}");
+    }
     if let Some(dir) = &args.dir {
         me = format!("{me} demo --dir {}", dir.display());
     } else {
         me.push_str(" demo");
     }
+    let port = args.port;
+    let (serving, network, failover) = match nodes.first().and_then(|n| n.ns.as_deref()) {
+        Some(ns) => (
+            format!(
+                "on the VIP {vip}:{port}, which the leader holds; reached from here through a relay \
+                 into the demo's network",
+                vip = net::VIP_ADDR
+            ),
+            format!(
+                "\n\x20 Network        each node in a network namespace of its own on one bridge \
+                 ({}…): sudo ip -n {ns} addr show eth0",
+                ns.trim_end_matches("n1")
+            ),
+            "the others elect a leader, the VIP moves to it, and the traffic goes on",
+        ),
+        None => (
+            "served by every node".to_owned(),
+            String::new(),
+            "the others elect a leader and keep serving",
+        ),
+    };
     format!(
         "\nKeel demo: a cluster of {NODES} nodes on this machine, up in {:.1} s. Each node is a \
          `keel run` process with its own data directory and log in {dir}.\n\n\
-         \x20 Load balancer  http://127.0.0.1:{port}/  served by every node; {BACKENDS} built-in \
-         backends behind it and {RATE} requests/s of demo traffic\n\
+         \x20 Load balancer  http://127.0.0.1:{port}/  {serving}; {BACKENDS} built-in \
+         backends behind it and {RATE} requests/s of demo traffic{network}\n\
          \x20 Dashboards     {dashboards}\n\
          \x20 Log in         user admin, password {password} (one-time: the dashboard asks for a new one)\n\
          \x20 Try            for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:{port}/; done\n\
-         \x20 Failover       {me} kill n1   (kills n1; the others elect a leader and keep serving: \
+         \x20 Failover       {me} kill n1   (kills n1; {failover}: \
          watch it on another node's dashboard)\n\
          \x20 Stop           Ctrl-C (stops the nodes and removes {dir})\n",
         took.as_secs_f64(),
         dir = dir.display(),
-        port = args.port,
         dashboards = dashboards.join("  "),
         password = session.password,
     )
@@ -388,11 +484,12 @@ fn command_name() -> String {
 
 /// Reports nodes that stop, leader changes and how the traffic fares,
 /// until SIGINT or SIGTERM.
-async fn watch(port: u16, nodes: &mut [Node], session: &Session) {
+async fn watch(port: u16, nodes: &mut [Node], session: &Session, net: Option<&net::Net>) {
     let stop = crate::shutdown_signal();
     tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut leader: Option<String> = None;
+    let mut holders: Vec<String> = Vec::new();
     // After a node stops, the traffic is reported every few seconds for a
     // while, so the terminal shows it kept flowing.
     let mut report_until = Instant::now();
@@ -426,6 +523,23 @@ async fn watch(port: u16, nodes: &mut [Node], session: &Session) {
                 leader = Some(now);
             }
         }
+        if let Some(net) = net {
+            // Between holders (a failover takes well under a second) no
+            // node holds it: that is not worth a line.
+            let now = net.holders(NODES).await;
+            if !now.is_empty() && now != holders {
+                let vip = net::VIP_ADDR;
+                match holders.as_slice() {
+                    [] => println!("VIP {vip} is on {}.", now.join(" and ")),
+                    before => println!(
+                        "VIP {vip} moved to {} (was on {}).",
+                        now.join(" and "),
+                        before.join(" and ")
+                    ),
+                }
+                holders = now;
+            }
+        }
         if Instant::now() < report_until && last_report.elapsed() >= Duration::from_secs(5) {
             let now = session.traffic.snapshot();
             println!(
@@ -453,6 +567,13 @@ async fn current_leader(nodes: &[Node], token: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// A listener on this machine for a relay into the demo's network.
+async fn relay_listener(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (give other ports)"))
 }
 
 /// `keel demo kill NODE`: SIGKILL to one node of the demo in `dir`.
@@ -507,16 +628,18 @@ fn read_state(dir: &Path) -> anyhow::Result<DemoState> {
     Ok(serde_json::from_str(&text)?)
 }
 
-fn write_state(dir: &Path, port: u16, nodes: &[Node]) -> anyhow::Result<()> {
+fn write_state(dir: &Path, port: u16, nodes: &[Node], vip: Option<&str>) -> anyhow::Result<()> {
     let state = DemoState {
         supervisor: std::process::id(),
         port,
+        vip: vip.map(str::to_owned),
         nodes: nodes
             .iter()
             .map(|n| DemoNode {
                 name: n.name.clone(),
                 pid: n.pid().unwrap_or(0),
                 admin: n.admin,
+                namespace: n.ns.clone(),
             })
             .collect(),
     };
@@ -537,6 +660,16 @@ fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+/// Port `base + step` on 127.0.0.1, or a free one when `base` is 0.
+fn nth_port(base: u16, step: usize, udp: bool) -> anyhow::Result<SocketAddr> {
+    if base == 0 {
+        return free_port(udp);
+    }
+    let port = usize::from(base) + step;
+    let port = u16::try_from(port).map_err(|_| anyhow!("port {port} is out of range"))?;
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
 /// A free loopback port (TCP or UDP), for `--admin-port 0`.
 fn free_port(udp: bool) -> anyhow::Result<SocketAddr> {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -547,18 +680,22 @@ fn free_port(udp: bool) -> anyhow::Result<SocketAddr> {
     })
 }
 
-/// The demo's config: one HTTP listener on 127.0.0.1, one health-checked
-/// pool of the built-in backends.
-pub fn demo_config(port: u16, backends: &[SocketAddr]) -> String {
+/// The demo's config: one HTTP listener on 127.0.0.1 (or on `vip`), one
+/// health-checked pool of the built-in backends.
+pub fn demo_config(port: u16, backends: &[SocketAddr], vip: Option<&str>) -> String {
     let members: Vec<String> = backends
         .iter()
         .map(|b| format!("{{ address: \"{b}\" }}"))
         .collect();
+    let (vip, bind) = match vip {
+        Some(vip) => (format!("\n    vip: {vip}"), String::new()),
+        None => (String::new(), " bind: 127.0.0.1,".to_owned()),
+    };
     format!(
         r#"load_balancers:
-  - name: demo
+  - name: demo{vip}
     listeners:
-      - {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: demo }}
+      - {{ port: {port}, protocol: http,{bind} default_pool: demo }}
 pools:
   - name: demo
     algorithm: round_robin
@@ -623,9 +760,8 @@ async fn request(port: u16) -> std::io::Result<String> {
     Ok(body.to_owned())
 }
 
-/// A tiny HTTP backend on an ephemeral loopback port that names itself.
-async fn start_backend(n: usize) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// A tiny HTTP backend on `listener` that names itself.
+fn start_backend(n: usize, listener: TcpListener) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     let body = Bytes::from(format!("Hello from demo backend {n} ({addr})\n"));
     tokio::spawn(async move {
