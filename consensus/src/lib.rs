@@ -223,6 +223,18 @@ pub enum ProposeError {
     /// Raft has stopped (shutdown or a storage failure).
     #[error("raft has stopped: {0}")]
     Stopped(String),
+    /// The command needs a cluster version the cluster is not at yet: some
+    /// member could not read it.
+    #[error(
+        "this change needs cluster version {needs}; the cluster is at version {version} until \
+         every node runs a Keel that understands it"
+    )]
+    NeedsVersion {
+        /// What the command needs.
+        needs: u32,
+        /// What the cluster is at.
+        version: u32,
+    },
 }
 
 /// Why the node could not start.
@@ -250,6 +262,8 @@ pub struct Consensus {
     leadership: watch::Receiver<Leadership>,
     lease: watch::Receiver<Lease>,
     snapshots: Arc<store::SnapshotStats>,
+    /// Drained by an operator: stands for no election until undrained.
+    drained: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Consensus {
@@ -301,6 +315,7 @@ impl Consensus {
             leadership,
             lease,
             snapshots,
+            drained: Arc::default(),
         })
     }
 
@@ -338,6 +353,15 @@ impl Consensus {
     /// Propose a command. Returns the log index once it is committed and
     /// applied on this node (which is the leader).
     pub async fn propose(&self, command: ClusterCommand) -> Result<u64, ProposeError> {
+        // Never into the log: an older member could not decode it and its
+        // replication would stop there.
+        let version = self.applied.borrow().state.version();
+        if command.needs() > version {
+            return Err(ProposeError::NeedsVersion {
+                needs: command.needs(),
+                version,
+            });
+        }
         match self.raft.client_write(command).await {
             Ok(resp) => match resp.data {
                 Ok(()) => Ok(resp.log_id.index),
@@ -492,10 +516,25 @@ impl Consensus {
         let _ = tokio::time::timeout(deadline, moved).await;
     }
 
-    /// Undo [`Consensus::step_down`]: heartbeat if leading, stand for election.
+    /// Undo [`Consensus::step_down`]: heartbeat if leading, stand for
+    /// election (unless drained).
     pub fn stand_again(&self) {
         self.raft.runtime_config().heartbeat(true);
-        self.raft.runtime_config().elect(true);
+        self.raft
+            .runtime_config()
+            .elect(!self.drained.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    /// Drained, this node stands for no election (it still votes and
+    /// replicates) until undrained; a leader also has to
+    /// [`Consensus::step_down`].
+    pub fn set_drained(&self, drained: bool) {
+        self.drained
+            .store(drained, std::sync::atomic::Ordering::SeqCst);
+        self.raft.runtime_config().elect(!drained);
+        if !drained {
+            self.raft.runtime_config().heartbeat(true);
+        }
     }
 
     /// Stop Raft.

@@ -182,6 +182,38 @@ async fn replicates_to_every_node() {
 }
 
 #[tokio::test]
+async fn a_command_above_the_cluster_version_never_reaches_the_log() {
+    let c = Cluster::three(Settings::default()).await;
+    let leader = c.wait_leader(&[1, 2, 3]).await;
+    let node = &c.nodes[&leader];
+    let drain = ClusterCommand::DrainNode {
+        id: 2,
+        drained: true,
+    };
+    let before = node.applied().borrow().index;
+    match node.propose(drain.clone()).await {
+        Err(ProposeError::NeedsVersion {
+            needs: 2,
+            version: 1,
+        }) => {}
+        other => panic!("expected NeedsVersion, got {other:?}"),
+    }
+    assert_eq!(node.applied().borrow().index, before, "it reached the log");
+    let index = node
+        .propose(ClusterCommand::SetVersion { version: 2 })
+        .await
+        .unwrap();
+    c.all_applied(&[1, 2, 3], index).await;
+    let index = node.propose(drain).await.unwrap();
+    c.all_applied(&[1, 2, 3], index).await;
+    for id in [1, 2, 3] {
+        let state = c.nodes[&id].applied().borrow().state.clone();
+        assert_eq!(state.version(), 2);
+        assert!(state.drained_nodes.contains(&2));
+    }
+}
+
+#[tokio::test]
 async fn survives_leader_loss_and_the_old_leader_catches_up() {
     let mut c = Cluster::three(Settings::default()).await;
     let first = c.propose(&[1, 2, 3], pool("a")).await;

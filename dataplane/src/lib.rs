@@ -43,6 +43,7 @@ use arc_swap::ArcSwap;
 use keel_model::{Protocol, Spec};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -85,12 +86,13 @@ struct Registry {
 struct RunningListener {
     /// Stops the accept loop (and so closes the listening socket).
     stop: CancellationToken,
-    /// Makes the listening socket drop new connection attempts silently
-    /// while it still accepts what completed (see [`Dataplane::quiesce`]).
-    quiet: CancellationToken,
-    /// One per accept loop (one per worker), cancelled once it is quiet and
-    /// has taken every connection that was already waiting to be accepted.
-    quieted: Vec<CancellationToken>,
+    /// True: the listening socket drops new connection attempts silently
+    /// while it still accepts what completed (see [`Dataplane::quiesce`]);
+    /// false again: it answers them ([`Dataplane::resume`]).
+    quiet: watch::Sender<bool>,
+    /// One per accept loop (one per worker), true once it is quiet and has
+    /// taken every connection that was already waiting to be accepted.
+    quieted: Vec<watch::Receiver<bool>>,
     /// Asks established connections to finish what they are doing and close.
     closing: CancellationToken,
     /// Closes established connections at once.
@@ -101,8 +103,8 @@ struct RunningListener {
 /// The accept loop's copies of a [`RunningListener`]'s tokens.
 struct ListenerSignals {
     stop: CancellationToken,
-    quiet: CancellationToken,
-    quieted: CancellationToken,
+    quiet: watch::Receiver<bool>,
+    quieted: watch::Sender<bool>,
     closing: CancellationToken,
     cut: CancellationToken,
 }
@@ -401,12 +403,12 @@ impl Dataplane {
         sockets: Vec<std::net::TcpListener>,
         pool: Option<&str>,
     ) -> RunningListener {
-        let quieted: Vec<CancellationToken> =
-            sockets.iter().map(|_| CancellationToken::new()).collect();
+        let (quieted_tx, quieted): (Vec<_>, Vec<_>) =
+            sockets.iter().map(|_| watch::channel(false)).unzip();
         let running = RunningListener {
             stop: CancellationToken::new(),
-            quiet: CancellationToken::new(),
-            quieted: quieted.clone(),
+            quiet: watch::channel(false).0,
+            quieted,
             closing: CancellationToken::new(),
             cut: CancellationToken::new(),
             drain_timeout: self
@@ -419,7 +421,7 @@ impl Dataplane {
                 }),
         };
         tracing::info!(listener = %addr, accept_loops = sockets.len(), "listening");
-        for (i, (socket, quieted)) in sockets.into_iter().zip(quieted).enumerate() {
+        for (i, (socket, quieted)) in sockets.into_iter().zip(quieted_tx).enumerate() {
             let accepting = accept_loop(
                 socket,
                 addr,
@@ -427,7 +429,7 @@ impl Dataplane {
                 self.connections.clone(),
                 ListenerSignals {
                     stop: running.stop.clone(),
-                    quiet: running.quiet.clone(),
+                    quiet: running.quiet.subscribe(),
                     quieted,
                     closing: running.closing.clone(),
                     cut: running.cut.clone(),
@@ -451,29 +453,41 @@ impl Dataplane {
     /// to finish, so none is mid-request when the address goes. Returns how
     /// many were still open.
     pub async fn quiesce(&self, ips: &[IpAddr], wait: Duration) -> i64 {
-        let (stats, quieted): (Vec<Arc<ListenerStats>>, Vec<Vec<CancellationToken>>) = {
+        let (stats, quieted): (Vec<Arc<ListenerStats>>, Vec<Vec<watch::Receiver<bool>>>) = {
             let reg = self.registry.lock().await;
             reg.listeners
                 .iter()
                 .filter(|(addr, _)| ips.contains(&addr.ip()))
                 .filter_map(|(addr, l)| {
-                    l.quiet.cancel();
+                    l.quiet.send_replace(true);
                     Some((reg.listener_stats.get(addr)?.clone(), l.quieted.clone()))
                 })
                 .unzip()
         };
-        let quieted: Vec<CancellationToken> = quieted.into_iter().flatten().collect();
         let deadline = tokio::time::Instant::now() + wait;
         // Connections already queued count too: wait until every accept
         // loop has taken its queue, then for the connections to finish.
-        for q in quieted {
-            let _ = tokio::time::timeout_at(deadline, q.cancelled()).await;
+        for mut q in quieted.into_iter().flatten() {
+            let _ = tokio::time::timeout_at(deadline, q.wait_for(|quiet| *quiet)).await;
         }
         let open = || stats.iter().map(|s| s.active.load(Relaxed)).sum::<i64>();
         while open() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         open()
+    }
+
+    /// Undoes [`Dataplane::quiesce`]: listeners bound to `ips` answer new
+    /// connection attempts again (a drained node brought back).
+    pub async fn resume(&self, ips: &[IpAddr]) {
+        let reg = self.registry.lock().await;
+        for (_, l) in reg
+            .listeners
+            .iter()
+            .filter(|(addr, _)| ips.contains(&addr.ip()))
+        {
+            l.quiet.send_replace(false);
+        }
     }
 
     /// Every member of every pool, with its health and load.
@@ -961,7 +975,7 @@ async fn accept_loop(
     };
     let ListenerSignals {
         stop,
-        quiet,
+        mut quiet,
         quieted,
         closing,
         cut,
@@ -973,12 +987,28 @@ async fn accept_loop(
         closing,
         cut,
     };
-    let mut is_quiet = false;
+    let (mut is_quiet, mut quiet_open) = (false, true);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = quiet.cancelled(), if !is_quiet => {
-                is_quiet = true;
+            changed = quiet.changed(), if quiet_open => {
+                if changed.is_err() {
+                    quiet_open = false;
+                    continue;
+                }
+                let want = *quiet.borrow_and_update();
+                if want == is_quiet {
+                    continue;
+                }
+                is_quiet = want;
+                if !want {
+                    if let Err(e) = socket2::SockRef::from(&socket).detach_filter() {
+                        tracing::warn!(listener = %bind, error = %e, "cannot resume the listener");
+                    }
+                    quieted.send_replace(false);
+                    tracing::info!(listener = %bind, "listener resumed");
+                    continue;
+                }
                 // A socket filter that drops connection requests (SYN
                 // without ACK) before the kernel answers them. Handshakes
                 // already under way still complete (their ACK passes), and
@@ -1007,7 +1037,7 @@ async fn accept_loop(
                 {
                     conn.spawn(stream, peer);
                 }
-                quieted.cancel();
+                quieted.send_replace(true);
                 continue;
             }
             r = socket.accept() => match r {

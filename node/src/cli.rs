@@ -378,6 +378,21 @@ pub enum NodeCommand {
         client: ClientArgs,
         name: String,
     },
+    /// Move VIPs and leadership away from a node that keeps running (for
+    /// maintenance): it keeps serving on its own addresses and voting, but
+    /// holds no VIP and does not lead until undrained. Connections on its
+    /// VIPs get to finish; new ones reach the next holder.
+    Drain {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+    },
+    /// Let a drained node hold VIPs and lead again.
+    Undrain {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]

@@ -577,15 +577,16 @@ async fn status(c: ClientArgs) -> Result<()> {
     let value = api.get("/api/v1/status").await?;
     print(c.output, &value, |v| {
         let mut out = format!(
-            "leader: {}  term: {}  version: {}  CA fingerprint: {}\n",
+            "leader: {}  term: {}  version: {}  cluster version: {}  CA fingerprint: {}\n",
             s(&v["leader"]),
             s(&v["term"]),
             s(&v["applied_version"]),
+            s(&v["cluster_version"]),
             s(&v["ca_fingerprint"])
         );
         for n in v["nodes"].as_array().into_iter().flatten() {
             out.push_str(&format!(
-                "  {:<16} {:<9} {:<22} {:<9} applied={} serving={} ready={} keel={}{}\n",
+                "  {:<16} {:<9} {:<22} {:<9} applied={} serving={} ready={} keel={} runs={}{}{}\n",
                 s(&n["name"]),
                 s(&n["role"]),
                 s(&n["cluster_addr"]),
@@ -598,10 +599,16 @@ async fn status(c: ClientArgs) -> Result<()> {
                 s(&n["serving_version"]),
                 s(&n["ready"]),
                 s(&n["keel_version"]),
+                s(&n["cluster_version"]),
                 match n["vips"].as_array() {
                     Some(v) if !v.is_empty() =>
                         format!("  vips={}", v.iter().map(s).collect::<Vec<_>>().join(",")),
                     _ => String::new(),
+                },
+                if n["drained"] == true {
+                    "  DRAINED"
+                } else {
+                    ""
                 },
             ));
         }
@@ -855,6 +862,20 @@ async fn node(command: NodeCommand) -> Result<()> {
                 &format!("removed node {name}"),
             )
             .await
+        }
+        NodeCommand::Drain { client, name } => {
+            Api::new(&client.connect)?
+                .call(Method::POST, &format!("/api/v1/nodes/{name}/drain"), None)
+                .await?;
+            println!("drained node {name}: it holds no VIP and does not lead until undrained");
+            Ok(())
+        }
+        NodeCommand::Undrain { client, name } => {
+            Api::new(&client.connect)?
+                .call(Method::POST, &format!("/api/v1/nodes/{name}/undrain"), None)
+                .await?;
+            println!("undrained node {name}");
+            Ok(())
         }
     }
 }

@@ -1075,6 +1075,14 @@ impl ControlPlane for Control {
     }
 
     async fn propose(&self, command: ClusterCommand) -> Result<u64, ControlError> {
+        let version = self.consensus.applied().borrow().state.version();
+        if command.needs() > version {
+            return Err(ControlError::Conflict(crate::upgrade::conflict(
+                self,
+                command.needs(),
+                version,
+            )));
+        }
         let deadline = Instant::now() + WRITE_DEADLINE;
         // One id for every try: a try whose answer was lost after it
         // committed must not apply again when the next one does.
@@ -1088,6 +1096,11 @@ impl ControlPlane for Control {
                 match self.consensus.propose(command.clone()).await {
                     Ok(index) => Ok(index),
                     Err(ProposeError::Refused(r)) => return Err(ControlError::Refused(r)),
+                    Err(ProposeError::NeedsVersion { needs, version }) => {
+                        return Err(ControlError::Conflict(crate::upgrade::conflict(
+                            self, needs, version,
+                        )))
+                    }
                     Err(e) => Err(e.to_string()),
                 }
             } else {
@@ -1155,6 +1168,15 @@ impl ControlPlane for Control {
             });
         }
         let view = self.gossip.borrow().clone();
+        let drained = self
+            .consensus
+            .applied()
+            .borrow()
+            .state
+            .drained_nodes
+            .clone();
+        let versions: std::collections::BTreeMap<String, Option<u32>> =
+            crate::upgrade::member_versions(self).into_iter().collect();
         let leader_name = leadership
             .leader
             .and_then(|l| members.iter().find(|m| m.id == l))
@@ -1165,6 +1187,7 @@ impl ControlPlane for Control {
             leader: leader_name,
             term: leadership.term,
             applied_version: self.consensus.applied().borrow().index,
+            cluster_version: self.consensus.applied().borrow().state.version(),
             nodes: members
                 .iter()
                 .zip(reports)
@@ -1188,6 +1211,8 @@ impl ControlPlane for Control {
                     vips: report.as_ref().map(|r| r.vips.clone()).unwrap_or_default(),
                     live: view.get(&m.info.name).map(|p| p.live),
                     keel_version: report.map(|r| r.keel_version),
+                    drained: drained.contains(&m.id),
+                    cluster_version: versions.get(&m.info.name).copied().flatten(),
                 })
                 .collect(),
             members: crate::gossip::member_health(&view),

@@ -114,6 +114,7 @@ fn report(control: &Control, dataplane: &Dataplane) -> Report {
         connections: dataplane.active_connections() as u64,
         vips: control.held_vips.borrow().iter().cloned().collect(),
         traffic: control.traffic.latest(),
+        cluster_version: keel_model::CLUSTER_VERSION,
         members: dataplane
             .members()
             .into_iter()

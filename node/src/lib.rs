@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod demo;
+mod drain;
 pub mod events;
 mod gossip;
 pub mod guard;
@@ -20,6 +21,7 @@ mod reconcile;
 pub mod recover;
 mod source;
 pub mod traffic;
+mod upgrade;
 pub mod vip;
 
 use std::net::SocketAddr;
@@ -29,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_dataplane::Dataplane;
-use keel_model::{Document, ParseError, Spec};
+use keel_model::{Document, ParseError, Spec, CLUSTER_VERSION};
 use tokio::sync::watch;
 
 use cli::{LogFormat, RunArgs};
@@ -167,7 +169,7 @@ async fn serve_compat(
 
 /// How long a node shutting down lets connections on its VIPs finish before
 /// it releases them (short: the VIP is unreachable meanwhile).
-const VIP_QUIESCE: Duration = Duration::from_millis(300);
+pub(crate) const VIP_QUIESCE: Duration = Duration::from_millis(300);
 
 /// The address this host sends from on its default route: what a node
 /// listening on a wildcard address advertises. (Connecting a UDP socket
@@ -214,6 +216,14 @@ pub enum NodeError {
         what: String,
         source: std::io::Error,
     },
+    /// The cluster runs a newer version than this Keel understands (a
+    /// downgrade after every node was upgraded).
+    #[error(
+        "this node's cluster is at cluster version {cluster}, and this Keel understands up to \
+         {CLUSTER_VERSION}: run the newer Keel (a downgrade is possible only before every node \
+         was upgraded)"
+    )]
+    TooOld { cluster: u32 },
 }
 
 /// Why a config file could not be used.
@@ -305,6 +315,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     raise_fd_limit();
     let opts = &config.cluster;
     let mut node = cluster::start(opts).await?;
+    let cluster_version = node.consensus.applied().borrow().state.version();
+    if cluster_version > CLUSTER_VERSION {
+        return Err(anyhow::Error::from(NodeError::TooOld {
+            cluster: cluster_version,
+        }));
+    }
     // The data plane's workers, apart from the runtime this runs on: the
     // control plane (Raft, gossip, health checks, the APIs) stays here.
     let count = config
@@ -355,6 +371,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let (vip_stop_tx, vip_stop_rx) = watch::channel(false);
+    let (drained_tx, drained_rx) = watch::channel(false);
+    let drainer = tokio::spawn(drain::run(
+        node.consensus.clone(),
+        dataplane.clone(),
+        control.held_vips.subscribe(),
+        drained_tx.clone(),
+        stop_rx.clone(),
+    ));
     let mut guard = None;
     let vips = match keel_vip::Netlink::open() {
         Ok(netlink) => Some(tokio::spawn(vip::run(
@@ -364,6 +388,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 lease: node.consensus.lease(),
                 applied: node.consensus.applied(),
                 healthy: healthy_rx,
+                drained: drained_rx,
                 interface: config.vip_interface.clone(),
             },
             vip::Timing::default(),
@@ -468,6 +493,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         control.clone(),
         stop_rx.clone(),
     ));
+    let upgrades = tokio::spawn(upgrade::run(control.clone(), stop_rx.clone()));
     let gossip = tokio::spawn(gossip::run(
         control.clone(),
         dataplane.clone(),
@@ -503,12 +529,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     // Hand the VIPs over: first let the connections on them finish while
     // new attempts are dropped unanswered (clients retransmit and reach the
     // next owner), then release them, so no request is cut mid-way.
-    let held: Vec<std::net::IpAddr> = control
-        .held_vips
-        .borrow()
-        .iter()
-        .filter_map(|v| v.split_once('/').and_then(|(ip, _)| ip.parse().ok()))
-        .collect();
+    let held = drain::ips(&control.held_vips.borrow());
     if !held.is_empty() {
         let open = dataplane.quiesce(&held, VIP_QUIESCE).await;
         tracing::info!(open, "VIP listeners quiet; releasing the VIPs");
@@ -531,7 +552,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     dataplane.shutdown(config.shutdown_grace).await;
     for task in [
-        rpc_server, reconciler, gossip, traffic, events, forget, renewal,
+        rpc_server, reconciler, gossip, traffic, events, forget, renewal, drainer, upgrades,
     ] {
         let _ = task.await;
     }
@@ -542,6 +563,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let _ = r.await;
     }
     let _ = admin.await;
+    drop(drained_tx);
     node.consensus.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -97,6 +97,9 @@ pub struct Inputs {
     pub applied: watch::Receiver<Applied>,
     /// True while the data plane serves the applied config.
     pub healthy: watch::Receiver<bool>,
+    /// True while this node is drained (`drain.rs`), once its VIP
+    /// listeners are quiet.
+    pub drained: watch::Receiver<bool>,
     /// `--vip-interface`, or found by subnet.
     pub interface: Option<String>,
 }
@@ -202,11 +205,13 @@ pub async fn run<A: Addresses>(
         let lease = *inputs.lease.borrow_and_update();
         let wanted = vips_of(&inputs.applied.borrow_and_update());
         let healthy = *inputs.healthy.borrow_and_update();
+        let drained = *inputs.drained.borrow_and_update();
         let reconcile = Instant::now() >= next_reconcile;
         if reconcile {
             next_reconcile = Instant::now() + rule.timing.reconcile;
         }
-        rule.evaluate(lease, &wanted, healthy, reconcile).await;
+        rule.evaluate(lease, &wanted, healthy, drained, reconcile)
+            .await;
 
         let mut wake = Instant::now() + rule.timing.refresh;
         wake = wake.min(next_reconcile);
@@ -221,6 +226,7 @@ pub async fn run<A: Addresses>(
             _ = inputs.lease.changed() => {}
             _ = inputs.applied.changed() => {}
             _ = inputs.healthy.changed() => {}
+            _ = inputs.drained.changed() => {}
             _ = tokio::time::sleep_until(wake) => {}
         }
     }
@@ -245,6 +251,7 @@ impl<A: Addresses> Rule<A> {
         lease: Lease,
         wanted: &BTreeSet<Vip>,
         healthy: bool,
+        drained: bool,
         reconcile: bool,
     ) {
         let term = lease.term;
@@ -255,6 +262,9 @@ impl<A: Addresses> Rule<A> {
             } else {
                 "not the leader"
             })
+        } else if drained {
+            // drain.rs steps down; this rule only lets go.
+            Some("this node is drained")
         } else if !healthy {
             Some("data plane cannot serve the applied config")
         } else {

@@ -5,9 +5,22 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// The `keel` binary: `KEEL_BIN`, or the one built by the same cargo run
-/// (next to a binary, or one level up from a test in `deps/`).
+/// What [`use_keel_bin`] set, in this test process.
+static CHOSEN: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// From now on in this test process, [`keel_bin`] is `bin` (`None`: back to
+/// the usual one): a rolling upgrade starts nodes on another build.
+pub fn use_keel_bin(bin: Option<PathBuf>) {
+    *CHOSEN.lock().unwrap_or_else(|e| e.into_inner()) = bin;
+}
+
+/// The `keel` binary: the one [`use_keel_bin`] chose, `KEEL_BIN`, or the
+/// one built by the same cargo run (next to a binary, or one level up from
+/// a test in `deps/`).
 pub fn keel_bin() -> PathBuf {
+    if let Some(bin) = CHOSEN.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        return bin;
+    }
     if let Some(bin) = std::env::var_os("KEEL_BIN") {
         return PathBuf::from(bin);
     }

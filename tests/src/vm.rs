@@ -182,7 +182,9 @@ fn keep_in_cache(out: &Path, names: &[&str], cached: &Path) {
     if let Ok(entries) = std::fs::read_dir(parent) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("image-") || name.starts_with("partial-image-") {
+            // image-debs is the build's package download (images/build.sh).
+            let image = name.starts_with("image-") && name != "image-debs";
+            if image || name.starts_with("partial-image-") {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use keel_tests::cluster::{Cluster, A};
 use keel_tests::delay::Delayer;
-use keel_tests::netns::wait_until;
+use keel_tests::netns::{keel_cli, wait_until};
 use keel_tests::vip::{gap, holds, median_max, ns_run, Poller, Sampler};
 
 const VIP4: &str = "10.77.0.100";
@@ -316,6 +316,100 @@ fn a_planned_hand_off_fails_no_request() {
         ha.c.nodes[owner - 1].restart();
         ha.all_ready();
     }
+}
+
+/// `keel node ACTION NAME` from node `from`'s namespace: exit code and
+/// output.
+fn node_cli(ha: &Ha, from: usize, action: &str, name: &str) -> (i32, String) {
+    let (code, out, err) = keel_cli(
+        &ha.c.ns(from),
+        &[("KEEL_TOKEN", &ha.c.bearer)],
+        &["node", action, name, "--server", "http://127.0.0.1:9090"],
+        None,
+    );
+    (code, format!("{out}{err}"))
+}
+
+/// Moves the VIP off its holder with `keel node drain` (or undrain then
+/// drain); the requests polled meanwhile, none of which may fail.
+fn hand_off(ha: &Ha, owner: usize, steps: &[(&str, usize)]) -> usize {
+    let poller = Poller::start(
+        &ha.c.topo.ns("c"),
+        target(VIP4),
+        POLL,
+        Duration::from_secs(5),
+    );
+    assert!(poller.wait_success_after(Instant::now(), Duration::from_secs(5)));
+    for (action, node) in steps {
+        let (code, out) = node_cli(ha, 1, action, &format!("n{node}"));
+        assert_eq!(code, 0, "node {action} n{node}: {out}");
+    }
+    let new = ha.wait_moved(VIP4, owner, Duration::from_secs(10));
+    assert!(poller.wait_success_after(Instant::now(), Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_secs(1));
+    let attempts = poller.stop();
+    let failed = attempts.iter().filter(|a| !a.ok).count();
+    eprintln!(
+        "drain: n{owner} -> n{new}, {} requests, {failed} failed",
+        attempts.len()
+    );
+    assert_eq!(failed, 0, "requests failed while n{owner} was drained");
+    new
+}
+
+#[test]
+fn a_drained_node_hands_over_its_vip_and_leadership_and_fails_no_request() {
+    let ha = Ha::start(&[]);
+    let owner = ha.wait_single_holder(VIP4, Duration::from_secs(10));
+    let new = hand_off(&ha, owner, &[("drain", owner)]);
+    assert!(
+        ha.c.nodes[owner - 1]
+            .log_text()
+            .contains("VIP listeners quiet"),
+        "the owner did not quiesce before releasing"
+    );
+    // The drained node keeps running and voting, leads no more, and says
+    // so; it does not take the VIP back.
+    let leader = ha.c.leader(new);
+    assert_ne!(leader, owner);
+    let status = ha.c.status(owner);
+    let me = &status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == format!("n{owner}"))
+        .unwrap()
+        .clone();
+    assert_eq!(me["drained"], true, "{status}");
+    assert_eq!(me["reachable"], true, "{status}");
+    let (code, out, _) = keel_cli(
+        &ha.c.ns(1),
+        &[("KEEL_TOKEN", &ha.c.bearer)],
+        &["status", "--server", "http://127.0.0.1:9090"],
+        None,
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.contains(&format!("n{owner} ")) && l.contains("DRAINED")),
+        "{out}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ha.holders(VIP4), [new]);
+
+    // The last voter not drained cannot be drained.
+    let third = (1..=3).find(|i| *i != owner && *i != new).unwrap();
+    assert_eq!(node_cli(&ha, 1, "drain", &format!("n{third}")).0, 0);
+    let (code, out) = node_cli(&ha, 1, "drain", &format!("n{new}"));
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("no other voter"), "{out}");
+    assert_eq!(ha.holders(VIP4), [new]);
+
+    // Undrained, the first node can hold the VIP again: its listeners on
+    // it answer again. Draining the holder now leaves it the only one.
+    let back = hand_off(&ha, new, &[("undrain", owner), ("drain", new)]);
+    assert_eq!(back, owner);
+    assert_eq!(ha.c.leader(owner), owner);
 }
 
 #[test]

@@ -193,16 +193,21 @@
         const [word] = memberState(mem, health[`${p.name}/${mem.address}`]);
         if (word === 'up') up += 1; else if (word === 'disabled' || word === 'draining') off += 1; else down += 1;
       }
+      // Nodes run different Keels, or the cluster waits for one to raise
+      // its version: an upgrade under way.
+      const upgrading = st.nodes.some((n) => n.cluster_version !== st.cluster_version);
       const nodeRows = st.nodes.map((n) => h('tr', { 'data-node': n.name },
         h('td', {}, n.name, n.name === st.this_node ? h('span', { class: 'muted' }, ' (this node)') : ''),
-        h('td', {}, n.role),
+        h('td', { class: 'role' }, n.role, n.drained ? [' ', badge('drained', 'warn')] : ''),
         h('td', { class: 'reach' }, n.reachable ? badge('reachable', 'ok') : badge('unreachable', 'bad'),
           n.live === false ? h('span', { class: 'muted' }, ' gossip: dead') : ''),
         h('td', {}, n.applied_version ?? '—',
           leaderVersion !== null && n.applied_version !== null && n.applied_version !== leaderVersion
             ? badge(`behind leader (${leaderVersion})`, 'warn') : ''),
         h('td', {}, n.ready === true ? badge('serving', 'ok') : n.ready === false ? badge('not ready', 'bad') : '—'),
-        h('td', {}, (n.vips || []).join(', ') || '—')));
+        h('td', {}, (n.vips || []).join(', ') || '—'),
+        h('td', { class: 'keel' }, n.keel_version ?? '—',
+          n.cluster_version ? h('span', { class: 'muted' }, ` (cluster version ${n.cluster_version})`) : '')));
       const vipRows = vips.map((v) => h('tr', {},
         h('td', {}, v.load_balancer), h('td', {}, v.vip),
         h('td', { 'data-vip-holder': v.vip }, v.holders.length ? v.holders.join(', ') : badge('no holder (moving)', 'warn'))));
@@ -213,12 +218,14 @@
         h('div', { class: 'grid' },
           h('div', { class: 'card' }, h('h2', {}, 'Cluster'),
             h('div', { class: 'stat', id: 'leader' }, st.leader ? `leader: ${st.leader}` : 'no leader'),
-            h('p', {}, `term ${st.term} · config version ${st.applied_version} · ${reachable} of ${st.nodes.length} nodes reachable`)),
+            h('p', {}, `term ${st.term} · config version ${st.applied_version} · ${reachable} of ${st.nodes.length} nodes reachable`),
+            h('p', { id: 'cluster-version' }, `cluster version ${st.cluster_version}`,
+              upgrading ? [' ', badge('upgrade in progress', 'warn')] : '')),
           h('div', { class: 'card' }, h('h2', {}, 'Members'),
             h('div', { class: 'stat', id: 'member-counts' }, `${up} healthy · ${down} unhealthy`),
             h('p', {}, `${off} disabled or draining, in ${pools.length} pools`))),
         h('div', { class: 'card' }, h('h2', {}, 'Nodes'),
-          table(['Node', 'Role', 'Reachability', 'Config version', 'Data plane', 'VIPs'], nodeRows, { id: 'nodes' })),
+          table(['Node', 'Role', 'Reachability', 'Config version', 'Data plane', 'VIPs', 'Keel'], nodeRows, { id: 'nodes' })),
         h('div', { class: 'card' }, h('h2', {}, 'Virtual IPs'),
           vips.length ? table(['Load balancer', 'VIP', 'Held by'], vipRows) : h('p', { class: 'muted' }, 'No load balancer has a VIP.')),
         h('div', { class: 'card' }, h('h2', {}, 'Recent events'),

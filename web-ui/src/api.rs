@@ -137,6 +137,14 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
             axum::routing::delete(remove_node::<C>),
         )
         .route(
+            "/api/v1/nodes/{name}/drain",
+            axum::routing::post(drain_node::<C>),
+        )
+        .route(
+            "/api/v1/nodes/{name}/undrain",
+            axum::routing::post(undrain_node::<C>),
+        )
+        .route(
             "/api/v1/tokens",
             get(list_join_tokens::<C>).post(create_join_token::<C>),
         )
@@ -595,6 +603,60 @@ async fn remove_node<C: ControlPlane>(
     app.control.remove_node(&name).await?;
     tracing::info!(node = %name, by = %caller, "node removed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `keel node drain NAME`: the node hands its VIPs and leadership to
+/// another and keeps serving on its own addresses. Refused when no other
+/// voter would be left to lead.
+async fn drain_node<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_drained(&*app.control, &caller, &name, true).await?;
+    tracing::info!(node = %name, by = %caller, "node drained");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `keel node undrain NAME`: the node may hold VIPs and lead again.
+async fn undrain_node<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_drained(&*app.control, &caller, &name, false).await?;
+    tracing::info!(node = %name, by = %caller, "node undrained");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_drained<C: ControlPlane>(
+    control: &C,
+    caller: &str,
+    name: &str,
+    drained: bool,
+) -> Result<(), ApiError> {
+    let nodes = control.status().await.nodes;
+    let node = nodes
+        .iter()
+        .find(|n| n.name == name)
+        .ok_or_else(|| crate::ControlError::NotFound(format!("node {name:?} is not a member")))?;
+    let id = u64::from_str_radix(&node.id, 16)
+        .map_err(|_| crate::ControlError::NotFound(format!("node {name:?} has no valid id")))?;
+    if drained {
+        let leaders = nodes
+            .iter()
+            .filter(|n| n.name != name && n.role != "learner" && !n.drained)
+            .count();
+        if leaders == 0 {
+            return Err(crate::ControlError::Conflict(format!(
+                "cannot drain {name}: no other voter is left undrained to lead the cluster \
+                 (undrain one first)"
+            ))
+            .into());
+        }
+    }
+    commit(control, caller, ClusterCommand::DrainNode { id, drained }).await?;
+    Ok(())
 }
 
 #[derive(Deserialize)]

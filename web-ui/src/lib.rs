@@ -215,6 +215,10 @@ pub struct ClusterStatus {
     pub term: u64,
     /// The version (log index) this node has applied.
     pub applied_version: u64,
+    /// The cluster version (see `keel_model::CLUSTER_VERSION`): raised once
+    /// every node runs a Keel that understands the next one.
+    #[serde(default)]
+    pub cluster_version: u32,
     /// Every member.
     pub nodes: Vec<NodeStatus>,
     /// Every pool member's health as each node sees it (from gossip).
@@ -262,6 +266,13 @@ pub struct NodeStatus {
     /// Alive by the answering node's gossip failure detector.
     #[serde(default)]
     pub live: Option<bool>,
+    /// Drained (`keel node drain`): serves, votes, holds no VIP, does not
+    /// lead.
+    #[serde(default)]
+    pub drained: bool,
+    /// The newest cluster version its Keel runs, by gossip.
+    #[serde(default)]
+    pub cluster_version: Option<u32>,
 }
 
 /// How the admin surface is served.

@@ -136,6 +136,18 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         &[("delete", "Remove a node from the cluster")],
     ),
     (
+        "/api/v1/nodes/{name}/drain",
+        &[(
+            "post",
+            "Drain a node: it hands over its VIPs and leadership and keeps serving (409 when no \
+             other voter would be left undrained)",
+        )],
+    ),
+    (
+        "/api/v1/nodes/{name}/undrain",
+        &[("post", "Let a drained node hold VIPs and lead again")],
+    ),
+    (
         "/api/v1/tokens",
         &[
             ("get", "List join tokens"),

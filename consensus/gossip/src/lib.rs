@@ -115,6 +115,10 @@ pub struct Report {
     /// `pool/NAME`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub traffic: BTreeMap<String, TrafficRate>,
+    /// The newest cluster version this node's Keel runs (0: a Keel from
+    /// before versions, which runs 1).
+    #[serde(default)]
+    pub cluster_version: u32,
 }
 
 /// One node as gossip knows it.

@@ -14,6 +14,12 @@ use serde::{Deserialize, Serialize};
 use crate::command::{ApplyError, Command};
 use crate::spec::Spec;
 
+/// The cluster version this build reads and writes. Raised with every
+/// [`ClusterCommand`] variant or state field an earlier Keel cannot read
+/// (see [`ClusterCommand::needs`]): 1, everything before drains; 2,
+/// [`ClusterCommand::DrainNode`] and [`ClusterCommand::SetVersion`].
+pub const CLUSTER_VERSION: u32 = 2;
+
 /// Everything the cluster agrees on.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -49,6 +55,16 @@ pub struct ClusterState {
     /// refused on every cluster route, and they cannot be admitted again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub retired_nodes: BTreeSet<u64>,
+    /// Raft ids of drained nodes: they keep serving on their own addresses
+    /// and keep voting, but hold no VIP and do not stand for election.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub drained_nodes: BTreeSet<u64>,
+    /// The cluster version: the newest [`CLUSTER_VERSION`] every member
+    /// runs, raised by the leader once they all do. A command that needs a
+    /// higher one is refused before it reaches the log (an older node could
+    /// not read it). 0 (absent, as earlier versions wrote it) reads as 1.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u32,
     /// The outcomes of the latest [`ClusterCommand::Once`] requests, oldest
     /// first, at most [`REQUESTS_KEPT`]: a request retried after it was
     /// committed (its answer lost on the way) gets its first outcome again
@@ -255,6 +271,11 @@ pub enum ClusterCommand {
     PurgeExpiredApiTokens { now: u64 },
     /// Node `id` is being removed: refuse its certificate from now on.
     RetireNode { id: u64 },
+    /// Drain node `id` (`drained`), or bring it back.
+    DrainNode { id: u64, drained: bool },
+    /// Raise the cluster version (never lowers it). Proposed by the leader
+    /// once every member reports running that version.
+    SetVersion { version: u32 },
     /// Several commands applied as one: all of them, or (one refused)
     /// none. A compatibility API's change to the spec and to the
     /// annotations that describe it is one of these.
@@ -280,6 +301,24 @@ pub enum ClusterCommand {
 }
 
 impl ClusterCommand {
+    /// The cluster version every node must run to read this command: it is
+    /// refused while the cluster is below it. (`SetVersion` is proposed
+    /// only once every member runs its version, so it needs nothing.)
+    pub fn needs(&self) -> u32 {
+        match self {
+            ClusterCommand::DrainNode { .. } => 2,
+            ClusterCommand::Authored { command, .. } | ClusterCommand::Once { command, .. } => {
+                command.needs()
+            }
+            ClusterCommand::Atomic(commands) => commands
+                .iter()
+                .map(ClusterCommand::needs)
+                .max()
+                .unwrap_or(1),
+            _ => 1,
+        }
+    }
+
     /// What the command changes, one line per change, for people.
     pub fn describe(&self) -> Vec<String> {
         match self {
@@ -328,6 +367,13 @@ impl fmt::Display for ClusterCommand {
             ClusterCommand::Annotate { object, .. } => write!(f, "annotate {object}"),
             ClusterCommand::PurgeExpiredApiTokens { .. } => f.write_str("purge expired api tokens"),
             ClusterCommand::RetireNode { id } => write!(f, "retire node {id:x}"),
+            ClusterCommand::DrainNode { id, drained: true } => write!(f, "drain node {id:x}"),
+            ClusterCommand::DrainNode { id, drained: false } => {
+                write!(f, "undrain node {id:x}")
+            }
+            ClusterCommand::SetVersion { version } => {
+                write!(f, "raise the cluster version to {version}")
+            }
             ClusterCommand::Atomic(commands) => {
                 let all: Vec<String> = commands.iter().map(ToString::to_string).collect();
                 f.write_str(&all.join("; "))
@@ -358,7 +404,16 @@ pub enum Refusal {
     Token(String),
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 impl ClusterState {
+    /// The cluster version (1 for a state written before versions).
+    pub fn version(&self) -> u32 {
+        self.version.max(1)
+    }
+
     /// Join token `id`, if `secret_sha256` is its secret's hash and it has a
     /// use left at `now`: what `ConsumeJoinToken` checks, so a node can
     /// refuse a join against its applied state before proposing anything.
@@ -480,6 +535,17 @@ impl ClusterState {
             }
             ClusterCommand::RetireNode { id } => {
                 self.retired_nodes.insert(*id);
+                self.drained_nodes.remove(id);
+            }
+            ClusterCommand::SetVersion { version } => {
+                self.version = self.version().max(*version);
+            }
+            ClusterCommand::DrainNode { id, drained } => {
+                if *drained {
+                    self.drained_nodes.insert(*id);
+                } else {
+                    self.drained_nodes.remove(id);
+                }
             }
             ClusterCommand::Atomic(commands) => {
                 let mut next = self.clone();
@@ -515,9 +581,11 @@ impl ClusterState {
                     return Err(Refusal::AlreadyInitialised);
                 }
                 let requests = std::mem::take(&mut self.requests);
+                // The backup's node ids are not this cluster's.
                 *self = ClusterState {
                     identity: None,
                     requests,
+                    drained_nodes: BTreeSet::new(),
                     ..(**backup).clone()
                 };
             }
@@ -652,6 +720,67 @@ mod tests {
             Err(Refusal::AlreadyInitialised)
         );
         assert!(running.retired_nodes.contains(&10));
+    }
+
+    #[test]
+    fn commands_name_the_cluster_version_they_need_and_it_only_rises() {
+        let drain = ClusterCommand::DrainNode {
+            id: 1,
+            drained: true,
+        };
+        assert_eq!(ClusterCommand::Noop.needs(), 1);
+        assert_eq!(drain.needs(), 2);
+        let wrapped = ClusterCommand::Authored {
+            by: "admin".into(),
+            at: 1,
+            command: Box::new(ClusterCommand::Once {
+                request: "r".into(),
+                command: Box::new(ClusterCommand::Atomic(vec![
+                    ClusterCommand::Noop,
+                    drain.clone(),
+                ])),
+            }),
+        };
+        assert_eq!(wrapped.needs(), 2);
+        // Proposed only once every member runs it.
+        assert_eq!(ClusterCommand::SetVersion { version: 2 }.needs(), 1);
+        const { assert!(CLUSTER_VERSION >= 2) };
+
+        let mut s = ClusterState::default();
+        assert_eq!(s.version(), 1);
+        let plain = serde_json::to_value(&s).unwrap();
+        assert!(plain.get("version").is_none(), "{plain}");
+        s.apply(&ClusterCommand::SetVersion { version: 2 }).unwrap();
+        s.apply(&ClusterCommand::SetVersion { version: 1 }).unwrap();
+        assert_eq!(s.version(), 2);
+        let raised = serde_json::to_value(&s).unwrap();
+        assert_eq!(raised["version"], 2);
+    }
+
+    #[test]
+    fn drained_nodes_are_kept_until_undrained_retired_or_restored_elsewhere() {
+        let mut s = ClusterState::default();
+        let drain = |id, drained| ClusterCommand::DrainNode { id, drained };
+        s.apply(&drain(7, true)).unwrap();
+        s.apply(&drain(8, true)).unwrap();
+        // Twice is the same as once; undraining one not drained is no error.
+        s.apply(&drain(7, true)).unwrap();
+        s.apply(&drain(9, false)).unwrap();
+        assert_eq!(s.drained_nodes, BTreeSet::from([7, 8]));
+        s.apply(&drain(7, false)).unwrap();
+        assert_eq!(s.drained_nodes, BTreeSet::from([8]));
+        assert_eq!(drain(8, true).to_string(), "drain node 8");
+        // A backup's node ids mean nothing in the cluster it seeds.
+        let mut fresh = ClusterState::default();
+        fresh
+            .apply(&ClusterCommand::Restore(Box::new(s.clone())))
+            .unwrap();
+        assert!(fresh.drained_nodes.is_empty());
+        s.apply(&ClusterCommand::RetireNode { id: 8 }).unwrap();
+        assert!(s.drained_nodes.is_empty());
+        // No one drained: the snapshot reads as an earlier version wrote it.
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("drained"), "{json}");
     }
 
     #[test]

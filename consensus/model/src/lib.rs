@@ -15,7 +15,7 @@ mod spec;
 
 pub use cluster::{
     constant_time_eq, ApiToken, AwsKey, ClusterCommand, ClusterIdentity, ClusterState,
-    HistoryEntry, JoinToken, Refusal, RegistrationToken, User, HISTORY_LEN,
+    HistoryEntry, JoinToken, Refusal, RegistrationToken, User, CLUSTER_VERSION, HISTORY_LEN,
 };
 pub use command::{ApplyError, Command};
 pub use document::{
