@@ -503,17 +503,68 @@ impl Consensus {
     /// standing for election until [`Consensus::stand_again`]. Returns once
     /// another node leads or `deadline` passes.
     pub async fn step_down(&self, deadline: Duration) {
-        // openraft 0.9 has no leadership-transfer API; the next best thing is
-        // to stop heartbeating so a follower times out and takes over.
+        if self.stop_leading().is_some() {
+            self.wait_for_another_leader(deadline).await;
+        }
+    }
+
+    /// The first half of [`Consensus::step_down`]: stop standing for
+    /// election and, if leading, stop heartbeating, so that a follower's
+    /// election timer runs out (openraft 0.9 has no leadership transfer; see
+    /// [`Consensus::elect_now`] for the faster way). The term this node
+    /// led, if it led.
+    pub fn stop_leading(&self) -> Option<u64> {
         self.raft.runtime_config().elect(false);
-        if !self.leadership.borrow().is_leader {
-            return;
+        let leadership = self.leadership.borrow().clone();
+        if !leadership.is_leader {
+            return None;
         }
         self.raft.runtime_config().heartbeat(false);
+        Some(leadership.term)
+    }
+
+    /// Waits until another node leads, at most `deadline`.
+    pub async fn wait_for_another_leader(&self, deadline: Duration) {
         let me = self.id;
         let mut leadership = self.leadership.clone();
         let moved = leadership.wait_for(|l| l.leader.is_some_and(|id| id != me));
         let _ = tokio::time::timeout(deadline, moved).await;
+    }
+
+    /// The voters other than this one, most up to date first (by the last
+    /// log index this leader knows each has matched); empty unless leading.
+    pub fn successors(&self) -> Vec<NodeId> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        let mut progress: Vec<(u64, NodeId)> = metrics
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != self.id && voters.contains(id))
+            .map(|(id, matched)| (matched.as_ref().map_or(0, |l| l.index), *id))
+            .collect();
+        progress.sort_by(|a, b| b.cmp(a));
+        progress.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Asked by a leader handing over after [`Consensus::stop_leading`]:
+    /// stand for election now instead of waiting for the election timer.
+    /// Only while `term` (the hand-over's) is still the current term, this
+    /// node does not lead and is not drained: a late or repeated request
+    /// changes nothing. It wins at once when the old leader grants its
+    /// vote: openraft refuses votes only while its leader lease holds, and
+    /// a leader's own lease dates from its election
+    /// (`Engine::handle_vote_req`, openraft 0.9.25); the other followers
+    /// grant theirs once the old leader's heartbeats are a lease old.
+    pub async fn elect_now(&self, term: u64) -> bool {
+        let leadership = self.leadership.borrow().clone();
+        if leadership.is_leader
+            || leadership.term != term
+            || self.drained.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return false;
+        }
+        self.raft.trigger().elect().await.is_ok()
     }
 
     /// Undo [`Consensus::step_down`]: heartbeat if leading, stand for

@@ -155,6 +155,7 @@ pub fn raft_routes(consensus: Consensus) -> Router {
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
+        .route("/raft/elect", post(elect))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             (consensus.clone(), Standing::Voter),
@@ -175,6 +176,12 @@ async fn vote(
     Json(rpc): Json<VoteRequest<NodeId>>,
 ) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
     Json(c.raft().vote(rpc).await)
+}
+
+/// A leader handing over asks this node to stand for election now (the
+/// body is the term it led); see [`Consensus::elect_now`].
+async fn elect(State(c): State<Consensus>, Json(term): Json<u64>) -> Json<bool> {
+    Json(c.elect_now(term).await)
 }
 
 /// A snapshot chunk on the wire: openraft's request with the bytes as

@@ -393,6 +393,40 @@ async fn step_down_hands_leadership_to_a_follower() {
 /// 20 ms ± 10 ms each way between nodes (netem's `delay 20ms 10ms`): the
 /// default timing keeps one leader and its lease the whole time.
 #[tokio::test]
+async fn a_follower_asked_to_stand_takes_over_without_waiting_for_its_timer() {
+    let c = Cluster::three(Settings::default()).await;
+    let old = c.wait_leader(&[1, 2, 3]).await;
+    let index = c.propose(&[1, 2, 3], pool("app")).await;
+    c.all_applied(&[1, 2, 3], index).await;
+    // The old leader's own lease (openraft refuses votes while it holds)
+    // dates from its election: let it run out, as on a cluster that has
+    // been up a while.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let successors = c.nodes[&old].successors();
+    assert_eq!(successors.len(), 2, "{successors:?}");
+    let next = successors[0];
+    let other = successors[1];
+    let term = c.nodes[&old].stop_leading().unwrap();
+    // A stale or foreign request changes nothing, nor does one to a
+    // drained node.
+    assert!(!c.nodes[&next].elect_now(term + 7).await);
+    c.nodes[&other].set_drained(true);
+    assert!(!c.nodes[&other].elect_now(term).await);
+    let started = tokio::time::Instant::now();
+    assert!(c.nodes[&next].elect_now(term).await);
+    let new = c.wait_leader(&[next, other]).await;
+    let took = started.elapsed();
+    eprintln!("the asked follower led {took:?} after it was asked");
+    assert_eq!(new, next);
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(!c.nodes[&old].leadership().borrow().is_leader);
+    c.nodes[&other].set_drained(false);
+    c.nodes[&old].stand_again();
+    let index = c.propose(&[1, 2, 3], pool("after")).await;
+    c.all_applied(&[1, 2, 3], index).await;
+}
+
+#[tokio::test]
 async fn jitter_changes_no_leader_and_keeps_the_lease() {
     let soak = std::env::var("KEEL_SOAK_SECS")
         .ok()

@@ -575,6 +575,32 @@ async fn delete(a: DeleteArgs) -> Result<()> {
 async fn status(c: ClientArgs) -> Result<()> {
     let api = Api::new(&c.connect)?;
     let value = api.get("/api/v1/status").await?;
+    // The last backup and the last restore or recovery, from the history.
+    let events = api.get("/api/v1/events").await.unwrap_or_default();
+    let last = |kinds: &[&str]| {
+        events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .rfind(|e| kinds.iter().any(|k| e["kind"] == *k))
+            .map(|e| {
+                let message = s(&e["message"]);
+                let kind = format!("{}: ", s(&e["kind"]));
+                let at = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(e["at"].as_u64().unwrap_or(0));
+                format!(
+                    "{} ({}, by {})",
+                    message.strip_prefix(&kind).unwrap_or(&message),
+                    humantime::format_rfc3339_seconds(at),
+                    s(&e["by"])
+                )
+            })
+    };
+    let operations = format!(
+        "last backup: {}\nlast restore or recovery: {}\n",
+        last(&["backup"]).unwrap_or_else(|| "none".into()),
+        last(&["restore", "recovery"]).unwrap_or_else(|| "none".into()),
+    );
     print(c.output, &value, |v| {
         let mut out = format!(
             "leader: {}  term: {}  version: {}  cluster version: {}  CA fingerprint: {}\n",
@@ -612,6 +638,7 @@ async fn status(c: ClientArgs) -> Result<()> {
                 },
             ));
         }
+        out.push_str(&operations);
         out
     });
     Ok(())

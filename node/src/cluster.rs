@@ -647,6 +647,46 @@ impl ClusterNode {
             .await
             .map_err(bootstrap_err)?;
         if let Some(backup) = &restore {
+            // This node is the whole cluster: it is at this Keel's version,
+            // and the history says where the state came from.
+            control
+                .propose(ClusterCommand::SetVersion {
+                    version: keel_model::CLUSTER_VERSION,
+                })
+                .await
+                .map_err(bootstrap_err)?;
+            let (kind, what) = if self.recovered.is_some() {
+                (
+                    "recovery",
+                    format!(
+                        "{} became a one-node cluster with its last committed state (config \
+                         version {}) after the loss of a quorum (keel recover \
+                         --force-new-cluster)",
+                        self.file.name, backup.version
+                    ),
+                )
+            } else {
+                (
+                    "restore",
+                    format!(
+                        "a new cluster on {} from a backup taken on {} at config version {}",
+                        self.file.name, backup.node, backup.version
+                    ),
+                )
+            };
+            control
+                .propose(ClusterCommand::Authored {
+                    by: self.file.name.clone(),
+                    at: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    command: Box::new(ClusterCommand::Record {
+                        kind: kind.into(),
+                        what,
+                    }),
+                })
+                .await
+                .map_err(bootstrap_err)?;
             if self.recovered.take().is_some() {
                 let file = opts.data_dir.join(RECOVERY_FILE);
                 std::fs::remove_file(&file).map_err(io_err(&file))?;
@@ -946,6 +986,22 @@ impl Control {
                 reason: "no link".into(),
             }),
         }
+    }
+
+    /// Asks node `id` to stand for election now, after this node stopped
+    /// leading `term` (`/raft/elect`); whether it did.
+    pub(crate) async fn ask_to_elect(&self, id: NodeId, info: &NodeInfo, term: u64) -> bool {
+        let Ok(mut client) = RpcClient::new(
+            self.client_tls.clone(),
+            info.cluster_addr.clone(),
+            &node_server_name(id),
+        ) else {
+            return false;
+        };
+        client
+            .post::<u64, bool>("/raft/elect", &term, Duration::from_millis(500))
+            .await
+            .unwrap_or(false)
     }
 
     async fn membership(&self, request: MembershipRequest) -> Result<(), ControlError> {

@@ -15,18 +15,20 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_consensus::Consensus;
 use keel_dataplane::Dataplane;
 use tokio::sync::watch;
 
+use crate::cluster::Control;
+
 /// Follows this node's drained flag until `stop`.
-pub async fn run(
-    consensus: Consensus,
+pub(crate) async fn run(
+    control: Arc<Control>,
     dataplane: Arc<Dataplane>,
     held: watch::Receiver<BTreeSet<String>>,
     drained_tx: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let consensus = control.consensus().clone();
     let mut applied = consensus.applied();
     let mut leadership = consensus.leadership();
     let me = consensus.id();
@@ -61,9 +63,7 @@ pub async fn run(
         }
         was = drained;
         if drained && leads {
-            // Heartbeats stop, a follower's election timer runs out, and it
-            // takes over (openraft 0.9 has no leadership transfer).
-            consensus.step_down(Duration::from_secs(3)).await;
+            hand_over(&control, Duration::from_secs(3)).await;
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -71,6 +71,36 @@ pub async fn run(
             _ = leadership.changed() => {}
         }
     }
+}
+
+/// Hands leadership over, if this node leads: it stops heartbeating and
+/// standing for election, and asks the most up-to-date follower that gossip
+/// sees live and ready to stand at once (openraft 0.9 has no leadership
+/// transfer; see `Consensus::elect_now`); then waits up to `deadline` for
+/// another leader. If none can be asked, or the one asked cannot win yet, a
+/// follower's election timer ends the wait, as before.
+pub(crate) async fn hand_over(control: &Control, deadline: Duration) {
+    let consensus = control.consensus();
+    let Some(term) = consensus.stop_leading() else {
+        return;
+    };
+    let members = consensus.members();
+    let healthy = |name: &str| {
+        control
+            .gossip
+            .borrow()
+            .get(name)
+            .is_some_and(|p| p.live && p.report.as_ref().is_some_and(|r| r.ready))
+    };
+    let next = consensus.successors().into_iter().find_map(|id| {
+        let member = members.iter().find(|m| m.id == id)?;
+        healthy(&member.info.name).then(|| member.clone())
+    });
+    if let Some(next) = next {
+        let asked = control.ask_to_elect(next.id, &next.info, term).await;
+        tracing::info!(to = %next.info.name, term, asked, "handing leadership over");
+    }
+    consensus.wait_for_another_leader(deadline).await;
 }
 
 /// The addresses of `addr/len` VIP strings.

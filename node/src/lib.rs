@@ -373,7 +373,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let (vip_stop_tx, vip_stop_rx) = watch::channel(false);
     let (drained_tx, drained_rx) = watch::channel(false);
     let drainer = tokio::spawn(drain::run(
-        node.consensus.clone(),
+        control.clone(),
         dataplane.clone(),
         control.held_vips.subscribe(),
         drained_tx.clone(),
@@ -544,9 +544,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "could not leave the cluster cleanly");
         }
     } else {
-        node.consensus
-            .step_down(std::time::Duration::from_secs(3))
-            .await;
+        drain::hand_over(&control, Duration::from_secs(3)).await;
     }
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining connections");
     let _ = stop_tx.send(true);

@@ -125,6 +125,16 @@ async fn a_backup_restores_into_a_new_cluster_that_serves_the_same_config() {
     // An existing file is not overwritten.
     let out = keel(&["backup", "-o", file_arg], &with_passphrase, "");
     assert!(!out.status.success(), "{}", text(&out));
+    // The history (keel status, the dashboard) says a backup was taken.
+    let out = keel(&["status"], &env, "");
+    assert!(out.status.success(), "{}", text(&out));
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("last backup: taken on ") && l.contains("by admin")),
+        "{status}"
+    );
 
     // The cluster is lost.
     drop(node);
@@ -202,6 +212,25 @@ async fn a_backup_restores_into_a_new_cluster_that_serves_the_same_config() {
             .iter()
             .any(|e| e["message"].as_str().unwrap_or("").contains("api token")),
         "{events}"
+    );
+
+    // ... and so does where this cluster came from.
+    let restore = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|e| e["kind"] == "restore")
+        .unwrap_or_else(|| panic!("no restore in the history: {events}"));
+    assert!(
+        restore["message"]
+            .as_str()
+            .unwrap()
+            .contains("from a backup taken on"),
+        "{restore}"
+    );
+    assert_eq!(
+        get_json(&restored, &ci, "/api/v1/status")["cluster_version"],
+        keel_model::CLUSTER_VERSION
     );
 
     // A used data directory is refused: a backup seeds a new cluster only.

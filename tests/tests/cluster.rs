@@ -726,4 +726,11 @@ fn a_survivor_recovers_the_cluster_after_two_of_three_nodes_are_lost() {
     assert_eq!(code, 0, "{err}");
     let running = format!("keel={}", env!("CARGO_PKG_VERSION"));
     assert_eq!(out.matches(&running).count(), 2, "{out}");
+    // ... and the history, where the cluster came from.
+    assert!(
+        out.lines().any(|l| l
+            .starts_with("last restore or recovery: n3 became a one-node cluster")
+            && l.contains("keel recover --force-new-cluster")),
+        "{out}"
+    );
 }

@@ -74,6 +74,46 @@ async fn dashboard_drives_a_node_through_its_forms() {
         .await
         .unwrap());
 
+    // The overview says which cluster version it runs, and the last backup
+    // once one is taken.
+    let version = format!("cluster version {}", keel_model::CLUSTER_VERSION);
+    browser
+        .wait_text("#cluster-version", 5 * SECOND, "the cluster version", |t| {
+            t.starts_with(&version)
+        })
+        .await;
+    browser
+        .wait_text("#last-backup", 5 * SECOND, "no backup yet", |t| {
+            t.starts_with("No backup")
+        })
+        .await;
+    let admin = node.admin.to_string();
+    let login = format!("{{\"password\": \"{NEW_PASSWORD}\"}}");
+    let (status, body) =
+        keel_tests::node::raw_call(&admin, "POST", "/api/v1/login", None, Some(&login)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let bearer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let bearer = bearer["token"].as_str().unwrap().to_owned();
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("cluster.keel");
+    let server = format!("http://{admin}");
+    let out = keel_tests::node::keel_command(
+        &["backup", "-o", file.to_str().unwrap()],
+        &[
+            ("KEEL_SERVER", &server),
+            ("KEEL_TOKEN", &bearer),
+            ("KEEL_BACKUP_PASSPHRASE", "a long enough passphrase"),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    browser.open(&format!("{base}/ui/")).await;
+    browser
+        .wait_text("#last-backup", 5 * SECOND, "the backup", |t| {
+            t.starts_with("last backup") && t.contains("by admin")
+        })
+        .await;
+
     // A pool with two members, through the form; a bad address is named.
     browser.open(&format!("{base}/ui/pools")).await;
     browser.click("#new-pool").await;

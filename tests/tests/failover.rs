@@ -340,11 +340,16 @@ fn hand_off(ha: &Ha, owner: usize, steps: &[(&str, usize)]) -> usize {
         Duration::from_secs(5),
     );
     assert!(poller.wait_success_after(Instant::now(), Duration::from_secs(5)));
+    let asked = Instant::now();
     for (action, node) in steps {
         let (code, out) = node_cli(ha, 1, action, &format!("n{node}"));
         assert_eq!(code, 0, "node {action} n{node}: {out}");
     }
     let new = ha.wait_moved(VIP4, owner, Duration::from_secs(10));
+    eprintln!(
+        "the VIP was on n{new} {:?} after the command",
+        asked.elapsed()
+    );
     assert!(poller.wait_success_after(Instant::now(), Duration::from_secs(5)));
     std::thread::sleep(Duration::from_secs(1));
     let attempts = poller.stop();

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use keel_model::CLUSTER_VERSION;
 use keel_tests::cluster::{Cluster, A};
 use keel_tests::netns::{keel_cli, wait_until};
 use keel_tests::node::{keel_bin, use_keel_bin};
@@ -112,13 +113,22 @@ fn a_cluster_upgraded_one_node_at_a_time_fails_no_request() {
         }
     }
     // Every node runs this Keel: the leader raises the version.
-    wait_until(Duration::from_secs(10), "cluster version 2", || {
-        c.status(1)["cluster_version"] == 2
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the cluster version raised",
+        || c.status(1)["cluster_version"] == CLUSTER_VERSION,
+    );
     let (code, out) = cli(&c, &["status"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("cluster version: 2"), "{out}");
-    assert_eq!(out.matches("runs=2").count(), 3, "{out}");
+    assert!(
+        out.contains(&format!("cluster version: {CLUSTER_VERSION}")),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches(&format!("runs={CLUSTER_VERSION}")).count(),
+        3,
+        "{out}"
+    );
     std::thread::sleep(Duration::from_secs(1));
     let attempts = poller.stop();
     let failed = attempts.iter().filter(|a| !a.ok).count();

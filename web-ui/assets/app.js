@@ -211,6 +211,9 @@
       const vipRows = vips.map((v) => h('tr', {},
         h('td', {}, v.load_balancer), h('td', {}, v.vip),
         h('td', { 'data-vip-holder': v.vip }, v.holders.length ? v.holders.join(', ') : badge('no holder (moving)', 'warn'))));
+      const lastOf = (...kinds) => events.filter((e) => kinds.includes(e.kind)).pop();
+      const backup = lastOf('backup');
+      const recovery = lastOf('restore', 'recovery');
       const recent = events.slice(-25).reverse().map((e) => h('li', {},
         h('span', { class: 'muted' }, time(e.at)), ' ', badge(e.kind, 'muted'), ' ', e.message,
         e.by ? h('span', { class: 'muted' }, ` — by ${e.by}`) : ''));
@@ -223,7 +226,14 @@
               upgrading ? [' ', badge('upgrade in progress', 'warn')] : '')),
           h('div', { class: 'card' }, h('h2', {}, 'Members'),
             h('div', { class: 'stat', id: 'member-counts' }, `${up} healthy · ${down} unhealthy`),
-            h('p', {}, `${off} disabled or draining, in ${pools.length} pools`))),
+            h('p', {}, `${off} disabled or draining, in ${pools.length} pools`)),
+          h('div', { class: 'card' }, h('h2', {}, 'Backups and recovery'),
+            h('p', { id: 'last-backup' }, backup
+              ? `last backup ${time(backup.at)} by ${backup.by}: ${backup.message.replace(/^backup: /, '')}`
+              : 'No backup taken yet (keel backup -o FILE).'),
+            h('p', { id: 'last-recovery' }, recovery
+              ? `${recovery.kind} ${time(recovery.at)}: ${recovery.message.replace(/^\w+: /, '')}`
+              : 'No restore or recovery.'))),
         h('div', { class: 'card' }, h('h2', {}, 'Nodes'),
           table(['Node', 'Role', 'Reachability', 'Config version', 'Data plane', 'VIPs', 'Keel'], nodeRows, { id: 'nodes' })),
         h('div', { class: 'card' }, h('h2', {}, 'Virtual IPs'),

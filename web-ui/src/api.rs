@@ -460,7 +460,7 @@ async fn events<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<crate::Eve
         .iter()
         .map(|h| crate::Event {
             at: h.at,
-            kind: "config".into(),
+            kind: h.kind.clone().unwrap_or_else(|| "config".into()),
             message: h.what.join("; "),
             by: Some(h.by.clone()),
         })
@@ -789,6 +789,20 @@ async fn backup<C: ControlPlane>(
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
     tracing::info!(user = %caller, version, bytes = sealed.len(), "backup taken");
+    // In the history, for the dashboard; a cluster mid-upgrade (below
+    // version 3) cannot record it, and the backup is no worse for that.
+    let record = ClusterCommand::Record {
+        kind: "backup".into(),
+        what: format!(
+            "taken on {node} at config version {version}, {} bytes",
+            sealed.len()
+        ),
+    };
+    if state.version() >= record.needs() {
+        if let Err(e) = commit(&*app.control, &caller, record).await {
+            tracing::warn!(error = %e.message(), "could not record the backup in the history");
+        }
+    }
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),

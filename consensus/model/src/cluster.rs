@@ -17,8 +17,9 @@ use crate::spec::Spec;
 /// The cluster version this build reads and writes. Raised with every
 /// [`ClusterCommand`] variant or state field an earlier Keel cannot read
 /// (see [`ClusterCommand::needs`]): 1, everything before drains; 2,
-/// [`ClusterCommand::DrainNode`] and [`ClusterCommand::SetVersion`].
-pub const CLUSTER_VERSION: u32 = 2;
+/// [`ClusterCommand::DrainNode`] and [`ClusterCommand::SetVersion`]; 3,
+/// [`ClusterCommand::Record`].
+pub const CLUSTER_VERSION: u32 = 3;
 
 /// Everything the cluster agrees on.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +90,10 @@ pub struct HistoryEntry {
     pub by: String,
     /// What changed, for people: one line per change.
     pub what: Vec<String>,
+    /// An operation on the whole cluster rather than a change
+    /// ([`ClusterCommand::Record`]'s kind: `backup`, `restore`, `recovery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 /// The cluster's id and certificate authority. Every voter holds the CA key so
@@ -276,6 +281,10 @@ pub enum ClusterCommand {
     /// Raise the cluster version (never lowers it). Proposed by the leader
     /// once every member reports running that version.
     SetVersion { version: u32 },
+    /// Changes nothing; recorded in the history when authored: an
+    /// operation on the cluster as a whole (`kind` `backup`, `restore`,
+    /// `recovery`) and what it did.
+    Record { kind: String, what: String },
     /// Several commands applied as one: all of them, or (one refused)
     /// none. A compatibility API's change to the spec and to the
     /// annotations that describe it is one of these.
@@ -307,6 +316,7 @@ impl ClusterCommand {
     pub fn needs(&self) -> u32 {
         match self {
             ClusterCommand::DrainNode { .. } => 2,
+            ClusterCommand::Record { .. } => 3,
             ClusterCommand::Authored { command, .. } | ClusterCommand::Once { command, .. } => {
                 command.needs()
             }
@@ -316,6 +326,15 @@ impl ClusterCommand {
                 .max()
                 .unwrap_or(1),
             _ => 1,
+        }
+    }
+
+    /// The kind of a [`ClusterCommand::Record`] (under `Once`), if it is one.
+    pub fn record_kind(&self) -> Option<&str> {
+        match self {
+            ClusterCommand::Record { kind, .. } => Some(kind),
+            ClusterCommand::Once { command, .. } => command.record_kind(),
+            _ => None,
         }
     }
 
@@ -374,6 +393,7 @@ impl fmt::Display for ClusterCommand {
             ClusterCommand::SetVersion { version } => {
                 write!(f, "raise the cluster version to {version}")
             }
+            ClusterCommand::Record { kind, what } => write!(f, "{kind}: {what}"),
             ClusterCommand::Atomic(commands) => {
                 let all: Vec<String> = commands.iter().map(ToString::to_string).collect();
                 f.write_str(&all.join("; "))
@@ -540,6 +560,7 @@ impl ClusterState {
             ClusterCommand::SetVersion { version } => {
                 self.version = self.version().max(*version);
             }
+            ClusterCommand::Record { .. } => {}
             ClusterCommand::DrainNode { id, drained } => {
                 if *drained {
                     self.drained_nodes.insert(*id);
@@ -574,6 +595,7 @@ impl ClusterState {
                     at: *at,
                     by: by.clone(),
                     what: command.describe(),
+                    kind: command.record_kind().map(str::to_owned),
                 });
             }
             ClusterCommand::Restore(backup) => {
@@ -679,6 +701,7 @@ mod tests {
                 at: 7,
                 by: "admin".into(),
                 what: vec!["no-op".into()],
+                kind: None,
             }
         );
     }
@@ -730,6 +753,12 @@ mod tests {
         };
         assert_eq!(ClusterCommand::Noop.needs(), 1);
         assert_eq!(drain.needs(), 2);
+        let record = ClusterCommand::Record {
+            kind: "backup".into(),
+            what: "taken".into(),
+        };
+        assert_eq!(record.needs(), 3);
+        assert_eq!(record.describe(), ["backup: taken"]);
         let wrapped = ClusterCommand::Authored {
             by: "admin".into(),
             at: 1,
@@ -744,7 +773,7 @@ mod tests {
         assert_eq!(wrapped.needs(), 2);
         // Proposed only once every member runs it.
         assert_eq!(ClusterCommand::SetVersion { version: 2 }.needs(), 1);
-        const { assert!(CLUSTER_VERSION >= 2) };
+        const { assert!(CLUSTER_VERSION >= 3) };
 
         let mut s = ClusterState::default();
         assert_eq!(s.version(), 1);
