@@ -128,6 +128,16 @@ pub fn render(control: &Control) -> String {
             kind: "counter",
             samples: vec![(String::new(), snapshots.built.load(Relaxed) as f64)],
         },
+        gauge(
+            "keel_cluster_version",
+            "The cluster version (replicated): raised once every node runs a Keel that understands the next.",
+            f64::from(consensus.applied().borrow().state.version()),
+        ),
+        gauge(
+            "keel_node_cluster_version",
+            "The newest cluster version this node's Keel runs.",
+            f64::from(keel_model::CLUSTER_VERSION),
+        ),
         Family {
             name: "keel_build_info",
             help: "1, labelled with the Keel version this node runs.",

@@ -521,6 +521,10 @@ fn the_cluster_reports_leadership_positions_vip_holders_and_peers_in_metrics() {
             env!("CARGO_PKG_VERSION")
         );
         assert_eq!(sample(m, &version), Some(1.0));
+        let runs = f64::from(keel_model::CLUSTER_VERSION);
+        assert_eq!(sample(m, "keel_node_cluster_version"), Some(runs));
+        // A fresh cluster's leader raises the version within a second or so.
+        assert!(sample(m, "keel_cluster_version").is_some_and(|v| (1.0..=runs).contains(&v)));
     }
     // The leader sees both followers caught up, and holds its lease.
     let followers: Vec<&str> = leader
