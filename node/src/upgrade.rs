@@ -45,7 +45,7 @@ pub(crate) fn conflict(control: &Control, needs: u32, version: u32) -> String {
         .filter(|(_, v)| v.is_none_or(|v| v < needs))
         .map(|(name, v)| match v {
             Some(v) => format!("{name} runs version {v}"),
-            None => format!("{name} is not reachable"),
+            None => format!("{name}'s version is not known (not live in gossip)"),
         })
         .collect();
     format!(

@@ -469,3 +469,142 @@ async fn join_and_lose(cluster: &mut Cluster) {
     browser.close().await;
     drop(relay);
 }
+
+/// A browser logged in to the dashboard at `base` (a node started with
+/// `KeelProcess::start`, whose password needs no change).
+async fn session(base: &str) -> Browser {
+    let browser = Browser::start().await;
+    browser.client.goto(&format!("{base}/ui/")).await.unwrap();
+    browser.fill("#login-password", "test-admin-password").await;
+    browser.click("#login-submit").await;
+    browser.find("#member-counts", 5 * SECOND).await;
+    browser
+}
+
+/// Opens pool `app`'s edit form (a fresh copy, with its entity tag).
+async fn edit_pool(browser: &Browser, base: &str) {
+    browser.open(&format!("{base}/ui/pools")).await;
+    browser
+        .click("[data-pool=app] .actions button.secondary")
+        .await;
+    browser.find("#pool-form", 5 * SECOND).await;
+}
+
+/// Sets the first member's weight in the open pool form and saves.
+async fn save_weight(browser: &Browser, weight: &str) {
+    browser
+        .fill("[data-field='members[0].weight']", weight)
+        .await;
+    browser.click("#pool-form button[type=submit]").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_editing_one_pool_never_overwrite_each_other() {
+    let a = HttpBackend::start("a").await;
+    let node = KeelProcess::start(&keel_tests::http_lb(
+        free_port(),
+        &format!("members: {}", keel_tests::members(&[a.addr])),
+    ));
+    let base = format!("http://{}", node.admin);
+    let admin = node.admin.to_string();
+    let token = node.login();
+    let pool = || {
+        let (status, body) =
+            keel_tests::node::raw_call(&admin, "GET", "/api/v1/pools/app", Some(&token), None)
+                .unwrap();
+        assert_eq!(status, 200, "{body}");
+        json(&body)
+    };
+    let weight = || pool()["members"][0]["weight"].as_u64();
+    let conflict = |t: &str| t.contains("was changed since it was read");
+
+    // Two operators open the same pool.
+    let first = session(&base).await;
+    let second = session(&base).await;
+    edit_pool(&first, &base).await;
+    edit_pool(&second, &base).await;
+    // The first saves ...
+    save_weight(&first, "5").await;
+    eventually(5 * SECOND, "the first save", || async {
+        weight() == Some(5)
+    })
+    .await;
+    // ... and the second, opened before that, is told and changes nothing.
+    save_weight(&second, "7").await;
+    second
+        .wait_text(
+            "#pool-form .form-error",
+            5 * SECOND,
+            "the conflict",
+            conflict,
+        )
+        .await;
+    second.screenshot("pool-conflict").await;
+    assert_eq!(weight(), Some(5));
+
+    // A backend registers itself while the second has the form open: the
+    // save is refused, and the registered member survives it.
+    edit_pool(&second, &base).await;
+    let server = format!("http://{admin}");
+    let out = keel_tests::node::keel_command(
+        &[
+            "registration-token",
+            "create",
+            "web",
+            "--pool",
+            "app",
+            "--member-range",
+            "127.0.0.1/32",
+        ],
+        &[("KEEL_SERVER", &server), ("KEEL_TOKEN", &token)],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let registration = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let newcomer = format!("127.0.0.1:{}", free_port());
+    let out = keel_tests::node::keel_command(
+        &[
+            "member",
+            "register",
+            "--pool",
+            "app",
+            "--address",
+            &newcomer,
+        ],
+        &[
+            ("KEEL_SERVER", &server),
+            ("KEEL_REGISTRATION_TOKEN", &registration),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    save_weight(&second, "7").await;
+    second
+        .wait_text(
+            "#pool-form .form-error",
+            5 * SECOND,
+            "the conflict",
+            conflict,
+        )
+        .await;
+    let members = || {
+        pool()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["address"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(members().contains(&newcomer), "{:?}", members());
+
+    // Opened again, the save goes through and keeps the newcomer.
+    edit_pool(&second, &base).await;
+    save_weight(&second, "7").await;
+    eventually(5 * SECOND, "the second save", || async {
+        weight() == Some(7)
+    })
+    .await;
+    assert!(members().contains(&newcomer), "{:?}", members());
+    first.close().await;
+    second.close().await;
+}

@@ -60,6 +60,9 @@
       if (!csrf) await session();
       headers['X-CSRF-Token'] = csrf;
     }
+    // The entity tag the object had when the form was opened: the server
+    // refuses the write (412) if it changed since.
+    if (opts && opts.ifMatch) headers['If-Match'] = opts.ifMatch;
     const r = await fetch('/api/v1' + path, { method, headers, body: payload, credentials: 'same-origin' });
     if (r.status === 401 && PAGE === 'app') {
       location.href = '/ui/login';
@@ -69,7 +72,14 @@
     let data = text;
     try { data = text ? JSON.parse(text) : null; } catch (_) { /* not JSON: keep the text */ }
     if (!r.ok) throw new ApiError(r.status, data);
-    return data;
+    return opts && opts.withTag ? { data, etag: r.headers.get('ETag') } : data;
+  }
+  // Opens an edit form on a fresh copy of the object and its entity tag.
+  async function openEdit(area, kind, name, form) {
+    try {
+      const { data, etag } = await api('GET', `/${kind}/${encodeURIComponent(name)}`, undefined, { withTag: true });
+      area.replaceChildren(form(data, etag));
+    } catch (e) { failed(e); }
   }
   async function session() {
     const me = await api('GET', '/session');
@@ -253,7 +263,7 @@
       h('td', {}, lb.name), h('td', {}, lb.vip || '—'),
       h('td', {}, lb.listeners.map((l) => h('div', {}, `${l.port}/${l.protocol} → ${l.default_pool || '(no default pool)'}${l.rules && l.rules.length ? ` (+${l.rules.length} rules)` : ''}`))),
       h('td', {}, h('div', { class: 'actions' },
-        h('button', { class: 'secondary', type: 'button', onclick: () => area.replaceChildren(lbForm(lb, poolNames)) }, 'Edit'),
+        h('button', { class: 'secondary', type: 'button', onclick: () => openEdit(area, 'load-balancers', lb.name, (fresh, etag) => lbForm(fresh, poolNames, etag)) }, 'Edit'),
         h('button', { class: 'danger', type: 'button', onclick: () => remove('load-balancers', lb.name) }, 'Delete')))));
     m.append(h('h1', {}, 'Load balancers'),
       h('div', { class: 'actions' }, h('button', { id: 'new-lb', type: 'button', onclick: () => area.replaceChildren(lbForm(null, poolNames)) }, 'New load balancer')),
@@ -262,7 +272,7 @@
     loaded();
   }
 
-  function lbForm(lb, poolNames) {
+  function lbForm(lb, poolNames, etag) {
     const listeners = h('div');
     const addListener = (l) => {
       const i = listeners.children.length;
@@ -305,7 +315,7 @@
         doc.listeners.push(l);
       });
       try {
-        if (lb) await api('PUT', `/load-balancers/${encodeURIComponent(lb.name)}`, doc);
+        if (lb) await api('PUT', `/load-balancers/${encodeURIComponent(lb.name)}`, doc, { ifMatch: etag });
         else await api('POST', '/load-balancers', doc);
         toast(`Load balancer ${doc.name} saved`);
         render();
@@ -349,7 +359,7 @@
             }, enabled ? 'Drain' : 'Enable')));
         })),
         h('div', { class: 'actions' },
-          h('button', { class: 'secondary', type: 'button', onclick: () => area.replaceChildren(poolForm(p)) }, 'Edit'),
+          h('button', { class: 'secondary', type: 'button', onclick: () => openEdit(area, 'pools', p.name, poolForm) }, 'Edit'),
           h('button', { class: 'danger', type: 'button', onclick: () => remove('pools', p.name) }, 'Delete')))));
       if (!pools.length) list.replaceChildren(h('p', { class: 'card muted' }, 'No pools yet.'));
       loaded();
@@ -364,7 +374,7 @@
     } catch (e) { failed(e); }
   }
 
-  function poolForm(p) {
+  function poolForm(p, etag) {
     const members = h('div');
     const addMember = (mem) => {
       const i = members.children.length;
@@ -409,7 +419,7 @@
         doc.members.push(mem);
       });
       try {
-        if (p) await api('PUT', `/pools/${encodeURIComponent(p.name)}`, doc);
+        if (p) await api('PUT', `/pools/${encodeURIComponent(p.name)}`, doc, { ifMatch: etag });
         else await api('POST', '/pools', doc);
         toast(`Pool ${doc.name} saved`);
         render();
@@ -573,6 +583,7 @@
     if (r.status === 401) { location.href = '/ui/login'; return; }
     const current = await r.text();
     const version = r.headers.get('x-keel-version');
+    const etag = r.headers.get('ETag');
     const editor = h('textarea', { id: 'config-editor', rows: 18, spellcheck: 'false', 'data-field': 'config' });
     editor.value = current;
     const preview = h('div', { id: 'config-preview' });
@@ -589,7 +600,7 @@
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       try {
-        const res = await api('PUT', '/config?dry_run=true', editor.value, { yaml: true });
+        const res = await api('PUT', '/config?dry_run=true', editor.value, { yaml: true, ifMatch: etag });
         showErrors(form, null);
         const diff = lineDiff(current, editor.value);
         preview.replaceChildren(
@@ -602,7 +613,7 @@
     });
     applyButton.addEventListener('click', async () => {
       try {
-        const res = await api('PUT', '/config', editor.value, { yaml: true });
+        const res = await api('PUT', '/config', editor.value, { yaml: true, ifMatch: etag });
         toast(`Applied as version ${res.version}`);
         render();
       } catch (e) { showErrors(form, e); }

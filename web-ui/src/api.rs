@@ -14,7 +14,8 @@ use bytes::Bytes;
 use http::{header, HeaderMap, StatusCode};
 use keel_model::{
     ApiToken, CertificateDoc, ClusterCommand, ClusterState, Command, Document, FieldError,
-    JoinToken, LoadBalancerDoc, Path as FieldPath, PoolDoc, Segment, User, ValidationErrors,
+    JoinToken, LoadBalancerDoc, Object, Path as FieldPath, PoolDoc, Segment, User,
+    ValidationErrors,
 };
 use serde::{Deserialize, Serialize};
 
@@ -678,7 +679,13 @@ async fn get_config<C: ControlPlane>(
     let (version, state) = app.control.state();
     let mut doc = Document::from_spec(&state.spec);
     doc.certificates.iter_mut().for_each(Kind::redact);
-    let version_header = [("x-keel-version", version.to_string())];
+    let version_header = [
+        ("x-keel-version", version.to_string()),
+        (
+            header::ETAG.as_str(),
+            quoted(&state.spec.etag(&Object::Config).unwrap_or_default()),
+        ),
+    ];
     if q.format.as_deref() == Some("yaml") {
         (
             version_header,
@@ -734,6 +741,7 @@ async fn put_config<C: ControlPlane>(
         }
     }
     let spec = doc.into_spec().map_err(|e| ApiError::invalid(&e))?;
+    let expect = expectation(&state, Object::Config, if_match(&headers))?;
     let changes = state.spec.diff(&spec);
     let described = changes.iter().map(ToString::to_string).collect();
     if changes.is_empty() || query.dry_run {
@@ -746,7 +754,7 @@ async fn put_config<C: ControlPlane>(
     let version = commit(
         &*app.control,
         &caller,
-        ClusterCommand::Spec(Command::Batch(changes)),
+        guarded(expect, ClusterCommand::Spec(Command::Batch(changes))),
     )
     .await?;
     Ok(Json(Applied {
@@ -821,6 +829,8 @@ trait Kind: Serialize + for<'de> Deserialize<'de> + Clone + Send + 'static {
     const FIELD: &'static str;
     const NAME: &'static str;
     fn items(doc: &mut Document) -> &mut Vec<Self>;
+    /// What its entity tag is of.
+    fn object(name: &str) -> Object;
     fn name(&self) -> &str;
     fn set_name(&mut self, name: String);
     /// Complete and check a submitted object against the current state.
@@ -836,6 +846,9 @@ impl Kind for CertificateDoc {
     const NAME: &'static str = "certificate";
     fn items(doc: &mut Document) -> &mut Vec<Self> {
         &mut doc.certificates
+    }
+    fn object(name: &str) -> Object {
+        Object::Certificate(name.to_owned())
     }
     fn name(&self) -> &str {
         &self.name
@@ -889,6 +902,9 @@ impl Kind for LoadBalancerDoc {
     fn items(doc: &mut Document) -> &mut Vec<Self> {
         &mut doc.load_balancers
     }
+    fn object(name: &str) -> Object {
+        Object::LoadBalancer(name.to_owned())
+    }
     fn name(&self) -> &str {
         &self.name
     }
@@ -902,6 +918,9 @@ impl Kind for PoolDoc {
     const NAME: &'static str = "pool";
     fn items(doc: &mut Document) -> &mut Vec<Self> {
         &mut doc.pools
+    }
+    fn object(name: &str) -> Object {
+        Object::Pool(name.to_owned())
     }
     fn name(&self) -> &str {
         &self.name
@@ -917,9 +936,14 @@ impl Kind for PoolDoc {
 async fn edit<C: ControlPlane, K: Kind>(
     control: &C,
     by: &str,
+    condition: Option<(Object, String)>,
     edit: impl FnOnce(&mut Document) -> Result<usize, ApiError>,
 ) -> Result<u64, ApiError> {
     let (version, state) = control.state();
+    let expect = match condition {
+        Some((object, tag)) => expectation(&state, object, Some(tag))?,
+        None => None,
+    };
     let mut doc = Document::from_spec(&state.spec);
     let index = edit(&mut doc)?;
     let spec = doc.into_spec().map_err(|mut errors| {
@@ -937,7 +961,52 @@ async fn edit<C: ControlPlane, K: Kind>(
     if changes.is_empty() {
         return Ok(version);
     }
-    commit(control, by, ClusterCommand::Spec(Command::Batch(changes))).await
+    let command = guarded(expect, ClusterCommand::Spec(Command::Batch(changes)));
+    commit(control, by, command).await
+}
+
+/// The tag an `If-Match` header names (quotes and a weak prefix dropped).
+fn if_match(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::IF_MATCH)?.to_str().ok()?.trim();
+    Some(value.trim_start_matches("W/").trim_matches('"').to_owned())
+}
+
+fn quoted(tag: &str) -> String {
+    format!("\"{tag}\"")
+}
+
+/// The condition of an `If-Match` write on `object`: refused at once (412)
+/// when the tag is already stale; otherwise an `Expect` to commit with the
+/// write, so the state machine checks again (a change that lands in between
+/// is caught), when every node can read one. `*` asks only that it exists.
+fn expectation(
+    state: &ClusterState,
+    object: Object,
+    tag: Option<String>,
+) -> Result<Option<ClusterCommand>, ApiError> {
+    let Some(tag) = tag else {
+        return Ok(None);
+    };
+    let now = state.spec.etag(&object);
+    if now.is_none() || (tag != "*" && now.as_deref() != Some(tag.as_str())) {
+        return Err(ApiError::stale(format!(
+            "{object} was changed since it was read (by someone else, a registration or an \
+             API): read it again and make the change again"
+        )));
+    }
+    let expect = ClusterCommand::Expect {
+        object,
+        etag: now.unwrap_or(tag),
+    };
+    Ok((state.version() >= expect.needs()).then_some(expect))
+}
+
+/// `command`, committed only while `expect` holds.
+fn guarded(expect: Option<ClusterCommand>, command: ClusterCommand) -> ClusterCommand {
+    match expect {
+        Some(expect) => ClusterCommand::Atomic(vec![expect, command]),
+        None => command,
+    }
 }
 
 async fn list<C: ControlPlane, K: Kind>(State(app): AppState<C>) -> Json<Vec<K>> {
@@ -948,21 +1017,21 @@ async fn list<C: ControlPlane, K: Kind>(State(app): AppState<C>) -> Json<Vec<K>>
     Json(items)
 }
 
+/// One object, with its entity tag (`ETag`) for an `If-Match` write.
 async fn fetch<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
     Path(name): Path<String>,
-) -> Result<Json<K>, ApiError> {
+) -> Result<Response, ApiError> {
     let (_, state) = app.control.state();
     let mut doc = Document::from_spec(&state.spec);
-    K::items(&mut doc)
+    let mut item = K::items(&mut doc)
         .iter()
         .find(|k| k.name() == name)
         .cloned()
-        .map(|mut k| {
-            k.redact();
-            Json(k)
-        })
-        .ok_or_else(|| ApiError::not_found(format!("{} {name:?} does not exist", K::NAME)))
+        .ok_or_else(|| ApiError::not_found(format!("{} {name:?} does not exist", K::NAME)))?;
+    item.redact();
+    let tag = state.spec.etag(&K::object(&name)).unwrap_or_default();
+    Ok(([(header::ETAG, quoted(&tag))], Json(item)).into_response())
 }
 
 async fn create<C: ControlPlane, K: Kind>(
@@ -974,7 +1043,7 @@ async fn create<C: ControlPlane, K: Kind>(
     item.prepare(&app.control.state().1)?;
     let mut created = item.clone();
     created.redact();
-    edit::<C, K>(&*app.control, &caller, |doc| {
+    edit::<C, K>(&*app.control, &caller, None, |doc| {
         let items = K::items(doc);
         if items.iter().any(|k| k.name() == item.name()) {
             return Err(ApiError::new(
@@ -994,6 +1063,7 @@ async fn replace<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
     Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Json<K>, JsonRejection>,
 ) -> Result<Json<K>, ApiError> {
     let Json(mut item) = body?;
@@ -1008,7 +1078,8 @@ async fn replace<C: ControlPlane, K: Kind>(
     item.prepare(&app.control.state().1)?;
     let mut stored = item.clone();
     stored.redact();
-    edit::<C, K>(&*app.control, &caller, |doc| {
+    let condition = if_match(&headers).map(|tag| (K::object(&name), tag));
+    edit::<C, K>(&*app.control, &caller, condition, |doc| {
         let items = K::items(doc);
         match items.iter().position(|k| k.name() == name) {
             Some(i) => {
@@ -1029,8 +1100,10 @@ async fn remove<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
     Extension(Caller(caller)): Extension<Caller>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    edit::<C, K>(&*app.control, &caller, |doc| {
+    let condition = if_match(&headers).map(|tag| (K::object(&name), tag));
+    edit::<C, K>(&*app.control, &caller, condition, |doc| {
         let items = K::items(doc);
         let before = items.len();
         items.retain(|k| k.name() != name);

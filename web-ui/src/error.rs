@@ -97,6 +97,11 @@ impl ApiError {
         self.status
     }
 
+    /// 412: an `If-Match` write whose object changed since it was read.
+    pub fn stale(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::PRECONDITION_FAILED, "stale", message)
+    }
+
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -163,6 +168,7 @@ impl From<ControlError> for ApiError {
             ControlError::Refused(r) => match r {
                 Refusal::NotFound(m) => ApiError::not_found(m),
                 Refusal::Spec(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+                Refusal::Stale(m) => ApiError::stale(m),
                 other => ApiError::new(StatusCode::CONFLICT, "conflict", other.to_string()),
             },
         }

@@ -57,11 +57,11 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         &[
             (
                 "get",
-                "The whole declarative config (JSON, or YAML with ?format=yaml)",
+                "The whole declarative config (JSON, or YAML with ?format=yaml), with its ETag",
             ),
             (
                 "put",
-                "Apply a whole declarative config; only the differences are committed (?dry_run=true: only list them)",
+                "Apply a whole declarative config; only the differences are committed (?dry_run=true: only list them; If-Match: 412 if it changed since)",
             ),
         ],
     ),
@@ -82,7 +82,7 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
     (
         "/api/v1/load-balancers/{name}",
         &[
-            ("get", "Read a load balancer"),
+            ("get", "Read a load balancer (with its ETag)"),
             ("put", "Create or replace a load balancer"),
             ("delete", "Delete a load balancer"),
         ],
@@ -97,9 +97,9 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
     (
         "/api/v1/pools/{name}",
         &[
-            ("get", "Read a pool"),
-            ("put", "Create or replace a pool"),
-            ("delete", "Delete a pool no listener uses"),
+            ("get", "Read a pool (with its ETag)"),
+            ("put", "Create or replace a pool (If-Match: 412 if it changed since)"),
+            ("delete", "Delete a pool no listener uses (If-Match: 412 if it changed since)"),
         ],
     ),
     (
@@ -122,7 +122,7 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
     (
         "/api/v1/certificates/{name}",
         &[
-            ("get", "Read a certificate (without its key)"),
+            ("get", "Read a certificate (without its key; with its ETag)"),
             (
                 "put",
                 "Create or replace a certificate; without key_pem the stored key is kept",

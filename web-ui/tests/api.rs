@@ -365,3 +365,99 @@ proptest::proptest! {
         });
     }
 }
+
+/// A call with an optional `If-Match`: status, the answer's `ETag`, body.
+async fn tagged(
+    api: &Api,
+    method: &str,
+    path: &str,
+    if_match: Option<&str>,
+    body: Value,
+) -> (StatusCode, Option<String>, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", api.token));
+    if let Some(tag) = if_match {
+        req = req.header("if-match", tag);
+    }
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let resp = api
+        .app
+        .clone()
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let etag = resp
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        etag,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn a_write_with_a_stale_if_match_gets_412_and_changes_nothing() {
+    let api = Api::logged_in(fake()).await;
+    let pool = |weight: u32| json!({"name": "app", "members": [{"address": "10.0.0.1:80", "weight": weight}]});
+    let (status, _) = api.send("POST", "/api/v1/pools", pool(1).to_string()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, read, v) = tagged(&api, "GET", "/api/v1/pools/app", None, Value::Null).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let read = read.expect("an ETag");
+    assert!(read.starts_with('"') && read.len() == 18, "{read}");
+
+    // Someone changes the pool (a registration, another session) ...
+    let (status, _, _) = tagged(&api, "PUT", "/api/v1/pools/app", Some(&read), pool(2)).await;
+    assert_eq!(status, StatusCode::OK);
+    // ... so a write from the first read is refused and changes nothing.
+    let (status, _, v) = tagged(&api, "PUT", "/api/v1/pools/app", Some(&read), pool(3)).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{v}");
+    assert_eq!(v["error"]["code"], "stale");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pool \"app\" was changed"),
+        "{v}"
+    );
+    let (status, _, _) = tagged(
+        &api,
+        "DELETE",
+        "/api/v1/pools/app",
+        Some(&read),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    let (_, now, v) = tagged(&api, "GET", "/api/v1/pools/app", None, Value::Null).await;
+    assert_eq!(v["members"][0]["weight"], 2, "{v}");
+    assert_ne!(now.as_deref(), Some(read.as_str()));
+
+    // The whole config has a tag too; a weak tag or `*` are understood.
+    let (_, config_tag, _) = tagged(&api, "GET", "/api/v1/config", None, Value::Null).await;
+    let config_tag = config_tag.expect("the config's ETag");
+    let doc = json!({"load_balancers": [], "pools": [pool(4)]});
+    let (status, _, v) = tagged(&api, "PUT", "/api/v1/config", Some(&read), doc.clone()).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{v}");
+    let weak = format!("W/{config_tag}");
+    let (status, _, v) = tagged(&api, "PUT", "/api/v1/config", Some(&weak), doc).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, _, _) = tagged(&api, "DELETE", "/api/v1/pools/app", Some("*"), Value::Null).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = tagged(&api, "DELETE", "/api/v1/pools/app", Some("*"), Value::Null).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    // Without If-Match, writes go through as before.
+    let (status, _) = api.send("POST", "/api/v1/pools", pool(5).to_string()).await;
+    assert_eq!(status, StatusCode::CREATED);
+}

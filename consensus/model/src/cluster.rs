@@ -18,8 +18,9 @@ use crate::spec::Spec;
 /// [`ClusterCommand`] variant or state field an earlier Keel cannot read
 /// (see [`ClusterCommand::needs`]): 1, everything before drains; 2,
 /// [`ClusterCommand::DrainNode`] and [`ClusterCommand::SetVersion`]; 3,
-/// [`ClusterCommand::Record`].
-pub const CLUSTER_VERSION: u32 = 3;
+/// [`ClusterCommand::Record`]; 4, [`ClusterCommand::Expect`] and
+/// [`Refusal::Stale`].
+pub const CLUSTER_VERSION: u32 = 4;
 
 /// Everything the cluster agrees on.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,6 +282,10 @@ pub enum ClusterCommand {
     /// Raise the cluster version (never lowers it). Proposed by the leader
     /// once every member reports running that version.
     SetVersion { version: u32 },
+    /// Refused unless `object`'s entity tag is still `etag` (see
+    /// [`crate::Object`]): the condition of an `If-Match` write, in an
+    /// [`ClusterCommand::Atomic`] with the write.
+    Expect { object: crate::Object, etag: String },
     /// Changes nothing; recorded in the history when authored: an
     /// operation on the cluster as a whole (`kind` `backup`, `restore`,
     /// `recovery`) and what it did.
@@ -317,6 +322,7 @@ impl ClusterCommand {
         match self {
             ClusterCommand::DrainNode { .. } => 2,
             ClusterCommand::Record { .. } => 3,
+            ClusterCommand::Expect { .. } => 4,
             ClusterCommand::Authored { command, .. } | ClusterCommand::Once { command, .. } => {
                 command.needs()
             }
@@ -350,6 +356,8 @@ impl ClusterCommand {
             ClusterCommand::Atomic(commands) => {
                 commands.iter().flat_map(ClusterCommand::describe).collect()
             }
+            // A condition, not a change.
+            ClusterCommand::Expect { .. } => Vec::new(),
             other => vec![other.to_string()],
         }
     }
@@ -394,6 +402,7 @@ impl fmt::Display for ClusterCommand {
                 write!(f, "raise the cluster version to {version}")
             }
             ClusterCommand::Record { kind, what } => write!(f, "{kind}: {what}"),
+            ClusterCommand::Expect { object, etag } => write!(f, "expect {object} at {etag}"),
             ClusterCommand::Atomic(commands) => {
                 let all: Vec<String> = commands.iter().map(ToString::to_string).collect();
                 f.write_str(&all.join("; "))
@@ -422,6 +431,9 @@ pub enum Refusal {
     /// text says which, for the operator; the joiner sees it too.
     #[error("join token refused: {0}")]
     Token(String),
+    /// An `If-Match` write whose object changed since it was read.
+    #[error("{0}")]
+    Stale(String),
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -561,6 +573,14 @@ impl ClusterState {
                 self.version = self.version().max(*version);
             }
             ClusterCommand::Record { .. } => {}
+            ClusterCommand::Expect { object, etag } => {
+                if self.spec.etag(object).as_deref() != Some(etag.as_str()) {
+                    return Err(Refusal::Stale(format!(
+                        "{object} was changed since it was read (by someone else, a \
+                         registration or an API): read it again and make the change again"
+                    )));
+                }
+            }
             ClusterCommand::DrainNode { id, drained } => {
                 if *drained {
                     self.drained_nodes.insert(*id);
@@ -784,6 +804,51 @@ mod tests {
         assert_eq!(s.version(), 2);
         let raised = serde_json::to_value(&s).unwrap();
         assert_eq!(raised["version"], 2);
+    }
+
+    #[test]
+    fn a_write_expecting_a_tag_applies_only_while_it_matches() {
+        let mut s = ClusterState::default();
+        let pool = |weight: u32| {
+            let spec = crate::Document::parse_spec(&format!(
+                "load_balancers: []\npools:\n  - name: app\n    members: [ {{ address: \"10.0.0.1:80\", weight: {weight} }} ]\n"
+            ))
+            .unwrap();
+            ClusterCommand::Spec(Command::ReplaceSpec(spec))
+        };
+        s.apply(&pool(1)).unwrap();
+        let object = crate::Object::Pool("app".into());
+        let read = s.spec.etag(&object).unwrap();
+        let guarded = |etag: &str, weight| {
+            ClusterCommand::Atomic(vec![
+                ClusterCommand::Expect {
+                    object: object.clone(),
+                    etag: etag.to_owned(),
+                },
+                pool(weight),
+            ])
+        };
+        assert_eq!(guarded(&read, 2).needs(), 4);
+        assert_eq!(guarded(&read, 2).describe(), pool(2).describe());
+        // Someone else changes the pool after it was read ...
+        s.apply(&pool(3)).unwrap();
+        let before = s.clone();
+        // ... so the write made from the old read is refused, whole.
+        match s.apply(&guarded(&read, 2)) {
+            Err(Refusal::Stale(m)) => assert!(m.contains("pool \"app\" was changed"), "{m}"),
+            other => panic!("expected Stale, got {other:?}"),
+        }
+        assert!(s == before);
+        // Read again, it goes through.
+        let fresh = s.spec.etag(&object).unwrap();
+        s.apply(&guarded(&fresh, 2)).unwrap();
+        assert_ne!(s.spec.etag(&object).unwrap(), fresh);
+        // A tag for an object that is gone never matches.
+        let gone = ClusterCommand::Expect {
+            object: crate::Object::Pool("gone".into()),
+            etag: fresh,
+        };
+        assert!(matches!(s.apply(&gone), Err(Refusal::Stale(_))));
     }
 
     #[test]

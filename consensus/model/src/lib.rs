@@ -10,6 +10,7 @@ mod cluster;
 mod command;
 mod document;
 mod error;
+mod etag;
 mod rules;
 mod spec;
 
@@ -23,6 +24,7 @@ pub use document::{
     LoadBalancerDoc, MemberDoc, MemberTlsDoc, ParseError, PoolDoc, RuleDoc, Scalar, StickinessDoc,
 };
 pub use error::{FieldError, Path, Segment, ValidationErrors};
+pub use etag::Object;
 pub use rules::{
     glob_match, Action, Cidr, Conditions, FixedResponse, HeaderMatch, PathMatch, QueryMatch,
     Redirect, Rule, WeightedPool, MAX_FIXED_BODY, MAX_RULES,
