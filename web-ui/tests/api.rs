@@ -461,3 +461,35 @@ async fn a_write_with_a_stale_if_match_gets_412_and_changes_nothing() {
     let (status, _) = api.send("POST", "/api/v1/pools", pool(5).to_string()).await;
     assert_eq!(status, StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn draining_a_node_that_is_not_a_member_is_404_and_garbage_tags_are_stale() {
+    let api = Api::logged_in(fake()).await;
+    for action in ["drain", "undrain"] {
+        let (status, v) = api
+            .send("POST", &format!("/api/v1/nodes/nope/{action}"), "")
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("\"nope\" is not a member"),
+            "{v}"
+        );
+    }
+    let pool = json!({"name": "app", "members": []});
+    let (status, _) = api.send("POST", "/api/v1/pools", pool.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for garbage in ["", "\"\"", "W/", "not a tag at all", "\"0000000000000000\""] {
+        let (status, _, v) = tagged(
+            &api,
+            "PUT",
+            "/api/v1/pools/app",
+            Some(garbage),
+            pool.clone(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{garbage:?}: {v}");
+    }
+}
