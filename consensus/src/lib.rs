@@ -15,6 +15,7 @@
 #![allow(clippy::result_large_err)]
 
 mod b64;
+mod lease;
 pub mod mem;
 pub mod rpc;
 pub mod store;
@@ -26,13 +27,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use keel_model::{ClusterCommand, ClusterState, Refusal};
+use keel_model::{ClusterCommand, ClusterState, Refusal, Timing};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Config, Raft, RaftNetworkFactory, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub use lease::{Lease, GUARD_MARGIN};
 
 /// A node's id in Raft: random at bootstrap or join, never reused.
 pub type NodeId = u64;
@@ -156,52 +158,36 @@ impl Settings {
         }
     }
 
-    /// Rejects timings that are unsafe or cannot work, naming the setting.
+    /// Rejects timings that are unsafe or cannot work, naming the setting
+    /// ([`keel_model::Timing::check`]: the one set of rules).
     pub fn check(&self) -> Result<(), String> {
-        let (min, max) = self.election_timeout;
-        if self.heartbeat.is_zero() {
-            return Err("heartbeat: must be more than 0".into());
-        }
-        if min <= self.heartbeat || max <= min {
-            return Err(format!(
-                "election timeout: must be a range above the heartbeat ({:?}), \
-                 lowest first; got {min:?}..{max:?}",
-                self.heartbeat
-            ));
-        }
-        // A quarter of the vote lease is kept as margin for the time between
-        // the acknowledgement and the holder noticing its lease ran out.
-        if self.lease.is_zero() || self.lease > max * 3 / 4 {
-            return Err(format!(
-                "lease: must be more than 0 and at most 3/4 of the longest election \
-                 timeout ({max:?}); got {:?}",
-                self.lease
-            ));
-        }
-        Ok(())
+        self.timing()
+            .check()
+            .map_err(|(field, why)| format!("{}: {why}", field.replace('_', " ")))
     }
-}
 
-/// The leader's right to act alone (hold the VIP): valid until `until`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Lease {
-    /// The term the lease belongs to.
-    pub term: u64,
-    /// When it runs out; `None` when this node does not lead or no quorum
-    /// has acknowledged it yet.
-    pub until: Option<Instant>,
-    /// The lease's end plus the longest election timeout. No other node can
-    /// lead before the longest election timeout after the acknowledgement
-    /// (followers refuse candidates that long), so an owner that is gone by
-    /// `hard_until` overlaps a new one by at most the lease: the deadline
-    /// for a watchdog acting for a paused or wedged node.
-    pub hard_until: Option<Instant>,
-}
+    /// The timing part, as the cluster state keeps it.
+    pub fn timing(&self) -> Timing {
+        let ms = |d: Duration| d.as_millis() as u64;
+        Timing {
+            heartbeat_ms: ms(self.heartbeat),
+            election_min_ms: ms(self.election_timeout.0),
+            election_max_ms: ms(self.election_timeout.1),
+            lease_ms: ms(self.lease),
+        }
+    }
 
-impl Lease {
-    /// True while the lease has not run out.
-    pub fn is_valid(&self) -> bool {
-        self.until.is_some_and(|u| Instant::now() < u)
+    /// These settings with `timing` instead of their own.
+    pub fn with_timing(&self, timing: &Timing) -> Settings {
+        Settings {
+            heartbeat: Duration::from_millis(timing.heartbeat_ms),
+            election_timeout: (
+                Duration::from_millis(timing.election_min_ms),
+                Duration::from_millis(timing.election_max_ms),
+            ),
+            lease: Duration::from_millis(timing.lease_ms),
+            ..self.clone()
+        }
     }
 }
 
@@ -223,6 +209,9 @@ pub enum ProposeError {
     /// Raft has stopped (shutdown or a storage failure).
     #[error("raft has stopped: {0}")]
     Stopped(String),
+    /// This leader could not confirm with a quorum that it still leads.
+    #[error("leadership not confirmed by a quorum: {0}")]
+    Unconfirmed(String),
     /// The command needs a cluster version the cluster is not at yet: some
     /// member could not read it.
     #[error(
@@ -261,6 +250,7 @@ pub struct Consensus {
     applied: watch::Receiver<Applied>,
     leadership: watch::Receiver<Leadership>,
     lease: watch::Receiver<Lease>,
+    book: Arc<lease::Book>,
     snapshots: Arc<store::SnapshotStats>,
     /// Drained by an operator: stands for no election until undrained.
     drained: Arc<std::sync::atomic::AtomicBool>,
@@ -303,20 +293,27 @@ impl Consensus {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
+        let book = lease::Book::new(id, settings.lease);
+        let network = lease::Acking {
+            inner: network,
+            book: book.clone(),
+        };
         let raft = Raft::new(id, Arc::new(config), network, log, machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let (leadership, lease) =
-            watch_leadership(&raft, settings.lease, settings.election_timeout.1);
-        Ok(Consensus {
+        let leadership = watch_leadership(&raft, &book);
+        let consensus = Consensus {
             id,
             raft,
             applied,
             leadership,
-            lease,
+            lease: book.subscribe(),
+            book,
             snapshots,
             drained: Arc::default(),
-        })
+        };
+        tokio::spawn(consensus.clone().fence(settings.election_timeout.1));
+        Ok(consensus)
     }
 
     /// What this node's snapshots cost (size, build time, count).
@@ -368,6 +365,24 @@ impl Consensus {
                 Err(refusal) => Err(ProposeError::Refused(refusal)),
             },
             Err(e) => Err(write_error(e)),
+        }
+    }
+
+    /// The read index of a linearizable read (Raft's ReadIndex): on the
+    /// leader, after a quorum confirmed it still leads, the log index up to
+    /// which any node must have applied before it answers a read that
+    /// began before this call. Not the leader: [`ProposeError::NotLeader`].
+    pub async fn read_index(&self) -> Result<u64, ProposeError> {
+        use openraft::error::CheckIsLeaderError;
+        match self.raft.get_read_log_id().await {
+            Ok((read, applied)) => Ok(read.max(applied).map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(ProposeError::Unconfirmed(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(ProposeError::Stopped(f.to_string())),
         }
     }
 
@@ -520,7 +535,78 @@ impl Consensus {
             return None;
         }
         self.raft.runtime_config().heartbeat(false);
+        self.book.hand_over(true);
         Some(leadership.term)
+    }
+
+    /// A vote request, answered by openraft unless this node leads with a
+    /// valid lease: then it is refused (with this node's vote, as openraft
+    /// refuses while its own lease holds), because a quorum it counted on
+    /// for the lease could otherwise elect someone before the lease ends.
+    /// openraft 0.9 would grant it once its own vote is an election timeout
+    /// old. The refusal gives no last log id (the candidate reads it only to
+    /// delay its next election).
+    pub async fn vote(
+        &self,
+        rpc: openraft::raft::VoteRequest<NodeId>,
+    ) -> Result<openraft::raft::VoteResponse<NodeId>, RaftError<NodeId>> {
+        if self.book.refuses_votes() {
+            let vote = self.raft.metrics().borrow().vote;
+            tracing::debug!(candidate = %rpc.vote, "refused a vote: leading with a valid lease");
+            return Ok(openraft::raft::VoteResponse {
+                vote,
+                vote_granted: false,
+                last_log_id: None,
+            });
+        }
+        self.raft.vote(rpc).await
+    }
+
+    /// Keeps the lease safe against followers that run a shorter election
+    /// timeout than this node (a timing change rolling through the
+    /// cluster): the lease is shortened to fit `longest_election`, the
+    /// shortest any voter runs, as [`Settings::check`] would fit it.
+    pub fn limit_lease(&self, longest_election: Duration) {
+        self.book.limit(longest_election);
+    }
+
+    /// Steps down a leader that has had no quorum acknowledgement for the
+    /// longest election timeout (its lease long gone, its VIPs released):
+    /// followers that still hear it but whose answers do not come back
+    /// would otherwise never elect anyone, and no node would hold the VIP.
+    /// It stops heartbeating and standing until another node leads (or
+    /// twice the timeout passes), then stands again.
+    async fn fence(self, longest_election: Duration) {
+        let mut leadership = self.leadership.clone();
+        let mut warned = 0;
+        loop {
+            let Some(since) = self.book.unacknowledged_since() else {
+                if leadership.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let deadline = since + longest_election;
+            if Instant::now() < deadline {
+                let mut lease = self.lease.clone();
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    r = lease.changed() => if r.is_err() { return },
+                    r = leadership.changed() => if r.is_err() { return },
+                }
+                continue;
+            }
+            let term = self.leadership.borrow().term;
+            if warned != term {
+                warned = term;
+                tracing::warn!(
+                    term,
+                    "no quorum has acknowledged this leader for {longest_election:?}: stepping down"
+                );
+            }
+            self.step_down(longest_election * 2).await;
+            self.stand_again();
+        }
     }
 
     /// Waits until another node leads, at most `deadline`.
@@ -552,10 +638,11 @@ impl Consensus {
     /// Only while `term` (the hand-over's) is still the current term, this
     /// node does not lead and is not drained: a late or repeated request
     /// changes nothing. It wins at once when the old leader grants its
-    /// vote: openraft refuses votes only while its leader lease holds, and
-    /// a leader's own lease dates from its election
+    /// vote: having stopped leading it gave up its lease (so
+    /// [`Consensus::vote`] refuses nothing), and openraft's own refusal
+    /// runs only an election timeout from a leader's election
     /// (`Engine::handle_vote_req`, openraft 0.9.25); the other followers
-    /// grant theirs once the old leader's heartbeats are a lease old.
+    /// grant theirs once the old leader's heartbeats are that old.
     pub async fn elect_now(&self, term: u64) -> bool {
         let leadership = self.leadership.borrow().clone();
         if leadership.is_leader
@@ -570,6 +657,7 @@ impl Consensus {
     /// Undo [`Consensus::step_down`]: heartbeat if leading, stand for
     /// election (unless drained).
     pub fn stand_again(&self) {
+        self.book.hand_over(false);
         self.raft.runtime_config().heartbeat(true);
         self.raft
             .runtime_config()
@@ -584,6 +672,7 @@ impl Consensus {
             .store(drained, std::sync::atomic::Ordering::SeqCst);
         self.raft.runtime_config().elect(!drained);
         if !drained {
+            self.book.hand_over(false);
             self.raft.runtime_config().heartbeat(true);
         }
     }
@@ -608,49 +697,33 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Prop
     }
 }
 
-fn watch_leadership(
-    raft: &KeelRaft,
-    lease: Duration,
-    longest_election: Duration,
-) -> (watch::Receiver<Leadership>, watch::Receiver<Lease>) {
+/// Publishes who leads and tells the lease's book.
+fn watch_leadership(raft: &KeelRaft, book: &Arc<lease::Book>) -> watch::Receiver<Leadership> {
     let mut metrics = raft.metrics();
     let to_leadership = |m: &openraft::RaftMetrics<NodeId, NodeInfo>| Leadership {
         leader: m.current_leader,
         term: m.current_term,
         is_leader: m.state == ServerState::Leader,
     };
-    // openraft reports how long ago a quorum acknowledged a heartbeat *sent*
-    // at some time; rounding up a millisecond keeps the estimate early, and
-    // the lease margin (see `Settings`) covers the delay before we read it.
-    let to_lease = move |m: &openraft::RaftMetrics<NodeId, NodeInfo>| {
-        let acked = m
-            .millis_since_quorum_ack
-            .filter(|_| m.state == ServerState::Leader)
-            .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms + 1)));
-        Lease {
-            term: m.current_term,
-            until: acked.map(|a| a + lease),
-            hard_until: acked.map(|a| a + lease + longest_election),
-        }
+    let observe = |book: &lease::Book, m: &openraft::RaftMetrics<NodeId, NodeInfo>| {
+        let leading = (m.state == ServerState::Leader).then_some(m.current_term);
+        let configs = m.membership_config.membership().get_joint_config().clone();
+        book.observe(leading, configs);
     };
+    observe(book, &metrics.borrow());
     let (tx, rx) = watch::channel(to_leadership(&metrics.borrow()));
-    let (lease_tx, lease_rx) = watch::channel(to_lease(&metrics.borrow()));
+    let book = book.clone();
     tokio::spawn(async move {
         while metrics.changed().await.is_ok() {
             let m = metrics.borrow_and_update().clone();
+            observe(&book, &m);
             let next = to_leadership(&m);
             tx.send_if_modified(|current| {
                 let changed = *current != next;
                 *current = next;
                 changed
             });
-            let next = to_lease(&m);
-            lease_tx.send_if_modified(|current| {
-                let changed = *current != next;
-                *current = next;
-                changed
-            });
         }
     });
-    (rx, lease_rx)
+    rx
 }

@@ -16,13 +16,17 @@ use openraft::raft::{
 };
 use openraft::{RaftNetwork, RaftNetworkFactory};
 
-use crate::{KeelRaft, NodeId, NodeInfo, TypeConfig};
+use crate::{Consensus, NodeId, NodeInfo, TypeConfig};
 
 #[derive(Default)]
 struct Links {
-    nodes: BTreeMap<NodeId, KeelRaft>,
+    nodes: BTreeMap<NodeId, Consensus>,
     /// Nodes cut off from everyone else.
     isolated: BTreeSet<NodeId>,
+    /// Links that carry nothing one way: `(from, to)`.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes whose requests arrive but whose answers never come back.
+    deaf: BTreeSet<NodeId>,
     /// One-way delay of every message: base ± spread, uniformly.
     jitter: Option<(Duration, Duration)>,
 }
@@ -34,9 +38,10 @@ pub struct Router {
 }
 
 impl Router {
-    /// Make `raft` reachable as node `id` (replacing a previous incarnation).
-    pub fn register(&self, id: NodeId, raft: KeelRaft) {
-        self.lock().nodes.insert(id, raft);
+    /// Make `node` reachable as node `id` (replacing a previous
+    /// incarnation).
+    pub fn register(&self, id: NodeId, node: Consensus) {
+        self.lock().nodes.insert(id, node);
     }
 
     /// Make node `id` unreachable (a crash, from the others' point of view).
@@ -49,9 +54,24 @@ impl Router {
         self.lock().isolated.insert(id);
     }
 
-    /// Reconnect every isolated node.
+    /// Drop every request `from` sends `to` (`to` can still reach `from`):
+    /// an asymmetric partition.
+    pub fn cut(&self, from: NodeId, to: NodeId) {
+        self.lock().cut.insert((from, to));
+    }
+
+    /// Deliver node `id`'s requests but lose every answer to them (replies
+    /// slower than any timeout).
+    pub fn deafen(&self, id: NodeId) {
+        self.lock().deaf.insert(id);
+    }
+
+    /// Reconnect every isolated node, cut link and deaf node.
     pub fn heal(&self) {
-        self.lock().isolated.clear();
+        let mut links = self.lock();
+        links.isolated.clear();
+        links.cut.clear();
+        links.deaf.clear();
     }
 
     /// Delay every message, each way, by `base` ± `spread` (like
@@ -83,9 +103,12 @@ impl Router {
         self.links.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn route(&self, from: NodeId, to: NodeId) -> Result<KeelRaft, Unreachable> {
+    fn route(&self, from: NodeId, to: NodeId) -> Result<Consensus, Unreachable> {
         let links = self.lock();
-        if links.isolated.contains(&from) || links.isolated.contains(&to) {
+        if links.isolated.contains(&from)
+            || links.isolated.contains(&to)
+            || links.cut.contains(&(from, to))
+        {
             return Err(Unreachable::new(&std::io::Error::other("partitioned")));
         }
         links
@@ -127,11 +150,24 @@ impl MemPeer {
     /// The target after the outbound delay; the caller delays the answer.
     async fn target<E: std::error::Error>(
         &self,
-    ) -> Result<KeelRaft, RPCError<NodeId, NodeInfo, E>> {
+    ) -> Result<Consensus, RPCError<NodeId, NodeInfo, E>> {
         self.router.delay().await;
         self.router
             .route(self.from, self.to)
             .map_err(RPCError::Unreachable)
+    }
+
+    /// The answer, unless this node is deaf.
+    fn answer<T, E: std::error::Error>(
+        &self,
+        answer: Result<T, RPCError<NodeId, NodeInfo, E>>,
+    ) -> Result<T, RPCError<NodeId, NodeInfo, E>> {
+        if self.router.lock().deaf.contains(&self.from) {
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other("the answer was lost"),
+            )));
+        }
+        answer
     }
 
     fn remote<E: std::error::Error>(
@@ -152,10 +188,10 @@ impl RaftNetwork<TypeConfig> for MemPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        let raft = self.target().await?;
-        let answer = raft.append_entries(rpc).await;
+        let node = self.target().await?;
+        let answer = node.raft().append_entries(rpc).await;
         self.router.delay().await;
-        answer.map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        self.answer(answer.map_err(|e| RPCError::Network(NetworkError::new(&e))))
     }
 
     async fn install_snapshot(
@@ -166,14 +202,14 @@ impl RaftNetwork<TypeConfig> for MemPeer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let raft = self.target().await?;
-        let answer = raft.install_snapshot(rpc).await;
+        let node = self.target().await?;
+        let answer = node.raft().install_snapshot(rpc).await;
         self.router.delay().await;
-        match answer {
+        self.answer(match answer {
             Ok(r) => Ok(r),
             Err(RaftError::APIError(e)) => Err(self.remote(e)),
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
-        }
+        })
     }
 
     async fn vote(
@@ -181,9 +217,9 @@ impl RaftNetwork<TypeConfig> for MemPeer {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        let raft = self.target().await?;
-        let answer = raft.vote(rpc).await;
+        let node = self.target().await?;
+        let answer = node.vote(rpc).await;
         self.router.delay().await;
-        answer.map_err(|e| RPCError::Network(NetworkError::new(&e)))
+        self.answer(answer.map_err(|e| RPCError::Network(NetworkError::new(&e))))
     }
 }

@@ -175,7 +175,7 @@ async fn vote(
     State(c): State<Consensus>,
     Json(rpc): Json<VoteRequest<NodeId>>,
 ) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
-    Json(c.raft().vote(rpc).await)
+    Json(c.vote(rpc).await)
 }
 
 /// A leader handing over asks this node to stand for election now (the

@@ -84,6 +84,13 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// The cluster's Raft timing: `keel timing set --timing fast` (or
+    /// --heartbeat, --election-timeout, --lease). Every node runs it from
+    /// its next start; `keel status` names those still to restart.
+    Timing {
+        #[command(subcommand)]
+        command: TimingCommand,
+    },
     /// Print the argon2 hash of a password read from standard input (for
     /// keel.yaml's admin.password_hash or KEEL_ADMIN_PASSWORD_FILE).
     HashPassword,
@@ -395,6 +402,18 @@ pub enum NodeCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TimingCommand {
+    /// Set the cluster's timing (checked; applied by each node at its next
+    /// start).
+    Set {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        timing: TimingArgs,
+    },
+}
+
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
 pub enum LogFormat {
     /// Lines for people.
@@ -508,6 +527,22 @@ pub struct RunArgs {
     /// the VIP's subnet).
     #[arg(long, env = "KEEL_VIP_INTERFACE")]
     pub vip_interface: Option<String>,
+    /// Raft timing: seeds a new cluster (a joiner and a restarted node run
+    /// the cluster's; `keel timing set` changes it).
+    #[command(flatten)]
+    pub timing: TimingArgs,
+}
+
+impl RunArgs {
+    /// The Raft timing these flags ask for, checked.
+    pub fn settings(&self) -> Result<keel_consensus::Settings, String> {
+        self.timing.settings()
+    }
+}
+
+/// The Raft timing flags.
+#[derive(Debug, Clone, Args)]
+pub struct TimingArgs {
     /// Failure-detection timing preset.
     #[arg(long, env = "KEEL_TIMING", value_enum, default_value_t)]
     pub timing: TimingProfile,
@@ -524,8 +559,8 @@ pub struct RunArgs {
     pub lease: Option<Duration>,
 }
 
-impl RunArgs {
-    /// The Raft timing these flags ask for, checked.
+impl TimingArgs {
+    /// The timing these flags ask for, checked.
     pub fn settings(&self) -> Result<keel_consensus::Settings, String> {
         let mut s = match self.timing {
             TimingProfile::Default => keel_consensus::Settings::default(),

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::cli::{
     ApiTokenCommand, ApplyArgs, AwsKeyCommand, BackupArgs, ClientArgs, Command, Connect,
     DeleteArgs, GetArgs, InstanceCommand, LoginArgs, MemberCommand, NodeCommand, Output,
-    RegistrationTokenCommand, TokenCommand,
+    RegistrationTokenCommand, TimingCommand, TokenCommand,
 };
 
 type Result<T> = std::result::Result<T, String>;
@@ -37,6 +37,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Token { command } => token(command).await,
         Command::ApiToken { command } => api_token(command).await,
         Command::Node { command } => node(command).await,
+        Command::Timing { command } => timing(command).await,
         Command::RegistrationToken { command } => registration_token(command).await,
         Command::AwsKey { command } => aws_key(command).await,
         Command::Instance { command } => instance(command).await,
@@ -610,9 +611,22 @@ async fn status(c: ClientArgs) -> Result<()> {
             s(&v["cluster_version"]),
             s(&v["ca_fingerprint"])
         );
+        let timing = |t: &Value| serde_json::from_value::<keel_model::Timing>(t.clone()).ok();
+        let cluster_timing = timing(&v["timing"]);
+        if let Some(t) = cluster_timing {
+            out.push_str(&format!("timing: {t}\n"));
+        }
         for n in v["nodes"].as_array().into_iter().flatten() {
+            // A node still running another timing runs the cluster's from
+            // its next start.
+            let restart = match (timing(&n["timing"]), cluster_timing) {
+                (Some(runs), Some(cluster)) if runs != cluster => {
+                    format!("  RESTART TO APPLY TIMING (runs {runs})")
+                }
+                _ => String::new(),
+            };
             out.push_str(&format!(
-                "  {:<16} {:<9} {:<22} {:<9} applied={} serving={} ready={} keel={} runs={}{}{}\n",
+                "  {:<16} {:<9} {:<22} {:<9} applied={} serving={} ready={} keel={} runs={}{}{}{}\n",
                 s(&n["name"]),
                 s(&n["role"]),
                 s(&n["cluster_addr"]),
@@ -636,6 +650,7 @@ async fn status(c: ClientArgs) -> Result<()> {
                 } else {
                     ""
                 },
+                restart,
             ));
         }
         out.push_str(&operations);
@@ -877,6 +892,22 @@ async fn member(command: MemberCommand) -> Result<()> {
     api.send(Method::POST, path, &body).await?;
     println!("{done}");
     Ok(())
+}
+
+async fn timing(command: TimingCommand) -> Result<()> {
+    match command {
+        TimingCommand::Set { client, timing } => {
+            let timing = timing.settings()?.timing();
+            Api::new(&client.connect)?
+                .send(Method::PUT, "/api/v1/cluster/timing", &json!(timing))
+                .await?;
+            println!(
+                "cluster timing set to {timing}: each node runs it from its next start \
+                 (keel status names the nodes still to restart)"
+            );
+            Ok(())
+        }
+    }
 }
 
 async fn node(command: NodeCommand) -> Result<()> {

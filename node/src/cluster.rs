@@ -116,6 +116,8 @@ pub struct ClusterOptions {
 pub struct ClusterNode {
     /// This node's identity.
     pub file: NodeFile,
+    /// The Raft settings it runs (the cluster's timing, see `timing`).
+    pub settings: Settings,
     /// Raft.
     pub consensus: Consensus,
     /// TLS identity, as loaded at start.
@@ -157,7 +159,7 @@ fn read_recovery(dir: &Path) -> Result<Option<Box<keel_web::backup::Backup>>, Cl
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
     move |source| ClusterError::Io {
         path: path.to_owned(),
         source,
@@ -322,6 +324,9 @@ struct CertificateGrant {
     cluster_id: String,
     ca_pem: String,
     cert_pem: String,
+    /// The cluster's Raft timing, which the joiner runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timing: Option<keel_model::Timing>,
 }
 
 /// Membership changes, carried out by the leader.
@@ -358,6 +363,9 @@ struct LocalStatus {
     keel_version: String,
     #[serde(default)]
     vips: Vec<String>,
+    /// The Raft timing it runs.
+    #[serde(default)]
+    timing: Option<keel_model::Timing>,
 }
 
 /// Start the cluster side of a node: restart, join or bootstrap.
@@ -444,10 +452,12 @@ pub async fn start(opts: &ClusterOptions) -> Result<ClusterNode, ClusterError> {
     let recovered = read_recovery(dir)?;
     let identity = pki::LiveIdentity::new(&tls)?;
     let network = TlsNetwork::new(identity.client_config()?);
-    let consensus = Consensus::start(file.id, &dir.join("raft"), &opts.settings, network).await?;
+    let settings = crate::timing::running(dir, &opts.settings)?;
+    let consensus = Consensus::start(file.id, &dir.join("raft"), &settings, network).await?;
     let bound = listener.local_addr().map_err(io_err(&what))?;
     Ok(ClusterNode {
         file,
+        settings,
         consensus,
         tls,
         identity,
@@ -549,6 +559,9 @@ async fn obtain_certificate(
         key_pem,
     };
     save_tls(&opts.data_dir, &tls)?;
+    if let Some(timing) = &grant.timing {
+        crate::timing::save(&opts.data_dir, timing)?;
+    }
     let file = NodeFile {
         id: grant.node_id,
         name,
@@ -890,6 +903,8 @@ pub struct Control {
     pub identity: Arc<pki::LiveIdentity>,
     /// How long the node certificates this node issues are valid.
     cert_validity: Duration,
+    /// The Raft timing this node runs.
+    pub timing: keel_model::Timing,
     data_dir: PathBuf,
     leader_link: Mutex<Option<(NodeId, RpcClient)>>,
     ca_fingerprint: String,
@@ -935,6 +950,7 @@ impl Control {
             joins: JoinLimits::default(),
             identity: node.identity.clone(),
             cert_validity: opts.cert_validity,
+            timing: node.settings.timing(),
             data_dir: opts.data_dir.clone(),
             leader_link: Mutex::new(None),
             ca_fingerprint: pki::fingerprint(&node.tls.ca_pem)?,
@@ -1084,6 +1100,7 @@ impl Control {
             ready: self.ready(),
             keel_version: env!("CARGO_PKG_VERSION").into(),
             vips: self.held_vips.borrow().iter().cloned().collect(),
+            timing: Some(self.timing),
         }
     }
 
@@ -1101,6 +1118,7 @@ impl Control {
         use keel_consensus::rpc::{require, Standing};
         let members = Router::new()
             .route("/cluster/propose", post(forwarded_propose))
+            .route("/cluster/read-index", post(forwarded_read_index))
             .route("/cluster/status", post(local_status))
             .route("/cluster/renew", post(renew_certificate))
             .layer(axum::middleware::from_fn_with_state(
@@ -1195,6 +1213,51 @@ impl ControlPlane for Control {
         }
     }
 
+    async fn read(&self) -> Result<(u64, Arc<ClusterState>), ControlError> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        loop {
+            let leader = self.leader(deadline).await.map_err(|e| match e {
+                ControlError::NoLeader(why) => ControlError::Unconfirmed(why),
+                other => other,
+            })?;
+            let index = if leader.0 == self.consensus.id() {
+                self.consensus.read_index().await.map_err(|e| e.to_string())
+            } else {
+                match self
+                    .to_leader::<_, Result<u64, ForwardError>>(
+                        &leader,
+                        "/cluster/read-index",
+                        &(),
+                        WRITE_DEADLINE,
+                    )
+                    .await
+                {
+                    Ok(Ok(index)) => Ok(index),
+                    Ok(Err(e)) => Err(format!("{e:?}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            match index {
+                Ok(index) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if !self.consensus.wait_applied(index, left).await {
+                        return Err(ControlError::Unconfirmed(format!(
+                            "this node has not applied version {index} yet"
+                        )));
+                    }
+                    return Ok(self.state());
+                }
+                Err(why) if Instant::now() >= deadline => {
+                    return Err(ControlError::Unconfirmed(why))
+                }
+                Err(why) => {
+                    tracing::debug!(%why, "read not confirmed yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
     async fn status(&self) -> ClusterStatus {
         let leadership = self.consensus.leadership().borrow().clone();
         let members = self.consensus.members();
@@ -1244,6 +1307,7 @@ impl ControlPlane for Control {
             term: leadership.term,
             applied_version: self.consensus.applied().borrow().index,
             cluster_version: self.consensus.applied().borrow().state.version(),
+            timing: self.consensus.applied().borrow().state.timing,
             nodes: members
                 .iter()
                 .zip(reports)
@@ -1266,6 +1330,7 @@ impl ControlPlane for Control {
                     ready: report.as_ref().map(|r| r.ready),
                     vips: report.as_ref().map(|r| r.vips.clone()).unwrap_or_default(),
                     live: view.get(&m.info.name).map(|p| p.live),
+                    timing: report.as_ref().and_then(|r| r.timing),
                     keel_version: report.map(|r| r.keel_version),
                     drained: drained.contains(&m.id),
                     cluster_version: versions.get(&m.info.name).copied().flatten(),
@@ -1374,6 +1439,17 @@ async fn forwarded_propose(
         Ok(index) => Ok(index),
         Err(ProposeError::NotLeader { .. }) => Err(ForwardError::NotLeader),
         Err(ProposeError::Refused(r)) => Err(ForwardError::Refused(r)),
+        Err(e) => Err(ForwardError::Failed(e.to_string())),
+    })
+}
+
+/// A member's linearizable read: this leader's read index.
+async fn forwarded_read_index(
+    State(control): State<Arc<Control>>,
+) -> Json<Result<u64, ForwardError>> {
+    Json(match control.consensus.read_index().await {
+        Ok(index) => Ok(index),
+        Err(ProposeError::NotLeader { .. }) => Err(ForwardError::NotLeader),
         Err(e) => Err(ForwardError::Failed(e.to_string())),
     })
 }
@@ -1560,6 +1636,7 @@ async fn grant_certificate(
         cluster_id: identity.cluster_id.clone(),
         ca_pem: identity.ca_cert_pem.clone(),
         cert_pem,
+        timing: state.timing,
     })
 }
 

@@ -115,6 +115,7 @@ fn report(control: &Control, dataplane: &Dataplane) -> Report {
         vips: control.held_vips.borrow().iter().cloned().collect(),
         traffic: control.traffic.latest(),
         cluster_version: keel_model::CLUSTER_VERSION,
+        timing: Some(control.timing),
         members: dataplane
             .members()
             .into_iter()

@@ -5,15 +5,18 @@
 //!
 //! `keel run` starts `keel vip-guard` (the same executable) as a child and
 //! writes a line on its stdin whenever its lease is renewed or the set of
-//! VIPs it holds changes: `<ms> <vip> <vip>…`, hold these for `ms` more
-//! milliseconds. The deadline is the lease's `hard_until` (the lease's end
-//! plus the longest election timeout): a busy but healthy node renews long
-//! before it, and no new leader can exist much before it, so the address is
-//! gone by the time another node claims it (overlap at most the lease).
-//! When the deadline passes without a newer line, the guard removes the
-//! VIPs; when stdin closes (keel exited or was killed), it removes them and
-//! exits. A guard that dies is started again (at most once a second) and
-//! told at once what it guards.
+//! VIPs it holds changes: `@<ms> <vip> <vip>…`, hold these until `ms` on
+//! the system's monotonic clock (`CLOCK_MONOTONIC`, shared by both
+//! processes, so a line written late, after a pause, still names the right
+//! instant). The deadline is the lease's `hard_until`: its end plus
+//! `keel_consensus::GUARD_MARGIN` (20 ms) for the guard's own lateness. A
+//! busy but healthy node renews long before it, and no other node can lead
+//! before the longest election timeout after the acknowledged heartbeat,
+//! later still, so a paused node's VIPs are gone before another node claims
+//! them. When the deadline passes without a newer line, the guard removes
+//! the VIPs; when stdin closes (keel exited or was killed), it removes them
+//! and exits. A guard that dies is started again (at most once a second)
+//! and told at once what it guards.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
@@ -86,12 +89,17 @@ impl Guard {
         }
     }
 
-    /// Tells the guard to let `vips` (`addr/len`) live `remaining` more.
-    async fn hold(&mut self, vips: &BTreeSet<String>, remaining: Duration) {
+    /// Tells the guard to let `vips` (`addr/len`) live until `deadline`.
+    async fn hold(&mut self, vips: &BTreeSet<String>, deadline: Option<Instant>) {
         if !self.alive() || (vips.is_empty() && self.last_empty) {
             return;
         }
-        let mut line = remaining.as_millis().to_string();
+        let remaining = deadline.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        // Read right after `Instant::now()`: the two clocks are one.
+        let Some(now) = monotonic() else { return };
+        let mut line = format!("@{}", (now + remaining).as_millis());
         for v in vips {
             line.push(' ');
             line.push_str(v);
@@ -120,10 +128,7 @@ pub async fn feed(
     loop {
         let vips = held.borrow_and_update().clone();
         let hard_until = lease.borrow_and_update().hard_until;
-        let remaining = hard_until.map_or(Duration::ZERO, |h| {
-            h.saturating_duration_since(Instant::now())
-        });
-        guard.hold(&vips, remaining).await;
+        guard.hold(&vips, hard_until).await;
         // Renewals come every heartbeat while VIPs are held; the tick
         // notices a dead guard when they do not.
         tokio::select! {
@@ -159,8 +164,10 @@ pub async fn run() -> anyhow::Result<()> {
                     if let Some((ms, vips)) = parse(&line) {
                         // VIPs dropped from the set were released by the node.
                         held = vips;
-                        deadline = (!held.is_empty())
-                            .then(|| Instant::now() + Duration::from_millis(ms));
+                        let left = monotonic().map_or(Duration::ZERO, |now| {
+                            Duration::from_millis(ms).saturating_sub(now)
+                        });
+                        deadline = (!held.is_empty()).then(|| Instant::now() + left);
                     }
                 }
                 _ => {
@@ -177,9 +184,17 @@ pub async fn run() -> anyhow::Result<()> {
     }
 }
 
+/// The system's monotonic clock (the one `Instant` reads), as a duration
+/// since its start; `None` if it cannot be read.
+fn monotonic() -> Option<Duration> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    Some(Duration::from(t))
+}
+
+/// `@<ms> <vip>…`: the deadline on the monotonic clock and the VIPs.
 fn parse(line: &str) -> Option<(u64, BTreeSet<Vip>)> {
     let mut words = line.split_whitespace();
-    let ms = words.next()?.parse().ok()?;
+    let ms = words.next()?.strip_prefix('@')?.parse().ok()?;
     let vips = words
         .map(|w| {
             let (addr, len) = w.split_once('/')?;
@@ -208,14 +223,18 @@ mod tests {
 
     #[test]
     fn feed_lines_parse() {
-        let (ms, vips) = parse("250 10.0.0.100/24 fd00::100/64").unwrap();
+        let (ms, vips) = parse("@250 10.0.0.100/24 fd00::100/64").unwrap();
         assert_eq!(ms, 250);
         assert_eq!(vips.len(), 2);
-        assert_eq!(parse("0").unwrap().1.len(), 0);
+        assert_eq!(parse("@0").unwrap().1.len(), 0);
         assert!(parse("").is_none());
-        assert!(parse("soon 10.0.0.1/24").is_none());
         assert!(
-            parse("10 10.0.0.1").is_none(),
+            parse("250 10.0.0.1/24").is_none(),
+            "a deadline starts with @"
+        );
+        assert!(parse("@soon 10.0.0.1/24").is_none());
+        assert!(
+            parse("@10 10.0.0.1").is_none(),
             "a malformed VIP spoils the line"
         );
     }

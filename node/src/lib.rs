@@ -20,6 +20,7 @@ pub mod pki;
 mod reconcile;
 pub mod recover;
 mod source;
+mod timing;
 pub mod traffic;
 mod upgrade;
 pub mod vip;
@@ -494,6 +495,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let upgrades = tokio::spawn(upgrade::run(control.clone(), stop_rx.clone()));
+    let timing = tokio::spawn(timing::run(
+        control.clone(),
+        opts.data_dir.clone(),
+        stop_rx.clone(),
+    ));
     let gossip = tokio::spawn(gossip::run(
         control.clone(),
         dataplane.clone(),
@@ -550,7 +556,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     dataplane.shutdown(config.shutdown_grace).await;
     for task in [
-        rpc_server, reconciler, gossip, traffic, events, forget, renewal, drainer, upgrades,
+        rpc_server, reconciler, gossip, traffic, events, forget, renewal, drainer, upgrades, timing,
     ] {
         let _ = task.await;
     }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod cluster;
 pub mod delay;
 pub mod fuzz;
+pub mod linearizable;
 pub mod netns;
 pub mod node;
 pub mod tls;

@@ -165,61 +165,163 @@ pub fn gap(attempts: &[Attempt], fault: Instant) -> Option<Duration> {
 /// When a sample was taken, and which nodes (1-based) held the VIP.
 pub type Sample = (Instant, Vec<usize>);
 
-/// Which node namespaces held the VIP, sampled every `every`.
+/// True when the calling thread's namespace has `vip` on an interface
+/// (`getifaddrs`, a netlink dump: no process to start).
+fn here(vip: std::net::IpAddr) -> bool {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return false;
+    };
+    addrs.filter_map(|a| a.address).any(|a| {
+        a.as_sockaddr_in().map(|s| std::net::IpAddr::V4(s.ip())) == Some(vip)
+            || a.as_sockaddr_in6().map(|s| std::net::IpAddr::V6(s.ip())) == Some(vip)
+    })
+}
+
+/// One tick of the sampler: when it was due, and per node when it was
+/// taken and whether that node held the VIP.
+type Tick = (Instant, Vec<Option<(Instant, bool)>>);
+
+/// Which node namespaces held the VIP, sampled every `every`: one thread
+/// per namespace (entered once, so a sample is a netlink dump, not a
+/// process), all on one schedule, each sample recording how late it was.
 pub struct Sampler {
     stop: Arc<AtomicBool>,
-    samples: Arc<Mutex<Vec<Sample>>>,
-    thread: Option<JoinHandle<()>>,
+    ticks: Arc<Mutex<Vec<Tick>>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Sampler {
     /// `nodes[i]` is the namespace of node `i + 1`.
     pub fn start(nodes: Vec<String>, vip: &str, every: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let (s, out, vip) = (stop.clone(), samples.clone(), vip.to_owned());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let at = Instant::now();
-                let holders: Vec<usize> = nodes
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, ns)| holds(ns, &vip))
-                    .map(|(i, _)| i + 1)
-                    .collect();
-                out.lock().expect("samples").push((at, holders));
-                std::thread::sleep(every.saturating_sub(at.elapsed()));
-            }
-        });
+        let ticks: Arc<Mutex<Vec<Tick>>> = Arc::default();
+        let vip: std::net::IpAddr = vip.parse().expect("a VIP address");
+        let first = Instant::now() + Duration::from_millis(20);
+        let count = nodes.len();
+        let threads = nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let (stop, ticks) = (stop.clone(), ticks.clone());
+                std::thread::spawn(move || {
+                    crate::netns::enter(&ns).expect("enter a node namespace");
+                    let mut k: u32 = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let due = first + every * k;
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        let taken = Instant::now();
+                        let held = here(vip);
+                        let mut ticks = ticks.lock().expect("ticks");
+                        let n = k as usize;
+                        while ticks.len() <= n {
+                            let at = first + every * ticks.len() as u32;
+                            ticks.push((at, vec![None; count]));
+                        }
+                        ticks[n].1[i] = Some((taken, held));
+                        drop(ticks);
+                        // A sample taken late skips the ticks it missed.
+                        k = k.max(((taken - first).as_nanos() / every.as_nanos()) as u32) + 1;
+                    }
+                })
+            })
+            .collect();
         Sampler {
             stop,
-            samples,
-            thread: Some(thread),
+            ticks,
+            threads,
         }
     }
 
+    /// The ticks every namespace sampled: when each was due and who held
+    /// the VIP.
     pub fn samples(&self) -> Vec<Sample> {
-        self.samples.lock().expect("samples").clone()
+        let ticks = self.ticks.lock().expect("ticks");
+        ticks
+            .iter()
+            .filter(|(_, per)| per.iter().all(Option::is_some))
+            .map(|(at, per)| {
+                let holders = per
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.is_some_and(|(_, held)| held))
+                    .map(|(i, _)| i + 1)
+                    .collect();
+                (*at, holders)
+            })
+            .collect()
     }
 
-    /// The longest stretch during which two or more nodes held the VIP,
-    /// from the first such sample to the first sample after it with at most
-    /// one.
-    pub fn longest_overlap(&self) -> Duration {
-        let mut longest = Duration::ZERO;
-        let mut since: Option<Instant> = None;
-        for (at, holders) in self.samples() {
-            match (holders.len() > 1, since) {
-                (true, None) => since = Some(at),
-                (false, Some(s)) => {
-                    longest = longest.max(at - s);
-                    since = None;
-                }
-                _ => {}
+    /// How late the latest sample came after the tick it was due at, over
+    /// every sample so far; and how many ticks were missed by some node.
+    pub fn lateness(&self) -> (Duration, usize) {
+        let ticks = self.ticks.lock().expect("ticks");
+        let mut late = Duration::ZERO;
+        let mut missed = 0;
+        for (at, per) in ticks.iter() {
+            if per.iter().any(Option::is_none) {
+                missed += 1;
+            }
+            for (taken, _) in per.iter().flatten() {
+                late = late.max(taken.saturating_duration_since(*at));
             }
         }
-        if let Some(s) = since {
-            longest = longest.max(s.elapsed());
+        (late, missed)
+    }
+
+    /// How many ticks have begun: a mark for [`Sampler::overlap_since`].
+    pub fn ticks(&self) -> usize {
+        self.ticks.lock().expect("ticks").len()
+    }
+
+    /// The longest time two nodes held the VIP at once over every sample
+    /// so far: [`Sampler::overlap_since`] the first.
+    pub fn longest_overlap(&self) -> Duration {
+        self.overlap_since(0)
+    }
+
+    /// The longest time two nodes held the VIP at once, from the ticks
+    /// since `from`. Each node's holding is judged on its own sample times
+    /// (a node held from its first sample that saw the VIP to its first
+    /// sample that did not), so a sample taken late on one node cannot
+    /// pair with another node's sample of a different moment: an upper
+    /// bound, coarse by one sampling interval.
+    pub fn overlap_since(&self, from: usize) -> Duration {
+        let ticks = self.ticks.lock().expect("ticks");
+        let nodes = ticks.first().map_or(0, |(_, per)| per.len());
+        // Per node, the intervals it held: [first seen, first not seen).
+        let held: Vec<Vec<(Instant, Instant)>> = (0..nodes)
+            .map(|i| {
+                let mut runs = Vec::new();
+                let mut since: Option<Instant> = None;
+                for (taken, holds) in ticks[from.min(ticks.len())..]
+                    .iter()
+                    .filter_map(|(_, per)| per[i])
+                {
+                    match (holds, since) {
+                        (true, None) => since = Some(taken),
+                        (false, Some(s)) => {
+                            runs.push((s, taken));
+                            since = None;
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(s) = since {
+                    runs.push((s, Instant::now()));
+                }
+                runs
+            })
+            .collect();
+        let mut longest = Duration::ZERO;
+        for a in 0..nodes {
+            for b in a + 1..nodes {
+                for (sa, ea) in &held[a] {
+                    for (sb, eb) in &held[b] {
+                        let (start, end) = ((*sa).max(*sb), (*ea).min(*eb));
+                        longest = longest.max(end.saturating_duration_since(start));
+                    }
+                }
+            }
         }
         longest
     }
@@ -228,7 +330,7 @@ impl Sampler {
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }

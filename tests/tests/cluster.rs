@@ -160,11 +160,17 @@ fn an_isolated_node_refuses_writes_keeps_its_config_and_catches_up() {
     assert_eq!(status, 503, "{answer}");
     assert_eq!(json(&answer)["error"]["code"], "no_leader", "{answer}");
     eprintln!("isolated node refused the write after {:?}", t0.elapsed());
-    // It keeps its last config and its listener.
+    // It keeps its last config (a stale read shows it) and its listener;
+    // a default, linearizable read is refused: it cannot know it is fresh.
     assert_eq!(
-        c.call(isolated, "GET", "/api/v1/config", None).unwrap().1,
+        c.call(isolated, "GET", "/api/v1/config?stale=true", None)
+            .unwrap()
+            .1,
         before
     );
+    let (status, answer) = c.call(isolated, "GET", "/api/v1/config", None).unwrap();
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.contains("may be out of date"), "{answer}");
     assert!(
         get_from(&c.ns(isolated), "127.0.0.1:8000", "/").is_some(),
         "listener still up"
@@ -737,4 +743,100 @@ fn a_survivor_recovers_the_cluster_after_two_of_three_nodes_are_lost() {
             && l.contains("keel recover --force-new-cluster")),
         "{out}"
     );
+}
+
+/// The Raft timing is the cluster's, not each node's: recorded from the
+/// bootstrap node's flags, given to a joiner whatever its flags say,
+/// changed with `keel timing set` (an unsafe one refused naming the field)
+/// and run by each node from its next start, `keel status` naming the
+/// nodes still to restart.
+#[test]
+fn the_raft_timing_is_the_clusters_and_each_node_runs_it_from_its_next_start() {
+    let mut c = Cluster::bootstrap(3);
+    let token = c.join_token(&["--uses", "2"]);
+    c.join(2, &token);
+    c.wait_ready(2);
+    let lease_of = |v: &Value| v["timing"]["lease_ms"].as_u64();
+    wait_until(Duration::from_secs(10), "the timing recorded", || {
+        lease_of(&c.status(1)) == Some(300)
+    });
+
+    let unsafe_timing =
+        r#"{"heartbeat_ms":30,"election_min_ms":80,"election_max_ms":160,"lease_ms":150}"#;
+    let (status, body) = c
+        .call(1, "PUT", "/api/v1/cluster/timing", Some(unsafe_timing))
+        .unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        json(&body)["error"]["fields"][0]["field"],
+        "lease",
+        "{body}"
+    );
+    assert_eq!(lease_of(&c.status(1)), Some(300), "nothing changed");
+
+    let (ns1, bearer) = (c.ns(1), c.bearer.clone());
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", "http://127.0.0.1:9090"]);
+        keel_cli(&ns1, &[("KEEL_TOKEN", &bearer)], &all, None)
+    };
+    let (code, out, err) = cli(&["timing", "set", "--timing", "fast"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, status_text, _) = cli(&["status"]);
+    assert!(
+        status_text.contains("timing: heartbeat 30ms, election timeout 80ms-160ms, lease 110ms"),
+        "{status_text}"
+    );
+    assert_eq!(
+        status_text.matches("RESTART TO APPLY TIMING").count(),
+        2,
+        "{status_text}"
+    );
+
+    // A joiner with the default flags runs the cluster's timing at once.
+    c.join(3, &token);
+    c.wait_ready(3);
+    let node_lease = |c: &Cluster, name: &str| {
+        c.status(1)["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == name).cloned())
+            .and_then(|n| lease_of(&n))
+    };
+    wait_until(Duration::from_secs(10), "n3 in the status", || {
+        node_lease(&c, "n3") == Some(110)
+    });
+    assert!(
+        c.nodes[2]
+            .log_text()
+            .contains("running the cluster's timing"),
+        "n3 says whose timing it runs"
+    );
+
+    // Restarted, the first two run it too.
+    for i in [1, 2] {
+        c.nodes[i - 1].terminate();
+        c.nodes[i - 1].wait_exit(Duration::from_secs(15));
+        c.nodes[i - 1].restart();
+        for j in 1..=3 {
+            c.wait_ready(j);
+        }
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "every node on the new timing",
+        || {
+            ["n1", "n2", "n3"]
+                .iter()
+                .all(|n| node_lease(&c, n) == Some(110))
+        },
+    );
+    let (_, status_text, _) = cli(&["status"]);
+    assert!(
+        !status_text.contains("RESTART TO APPLY TIMING"),
+        "{status_text}"
+    );
+    // And the cluster still commits.
+    let body = format!("{{\"name\": \"after\", \"members\": [{{\"address\": \"{A}\"}}]}}");
+    let (status, _) = c.call(3, "POST", "/api/v1/pools", Some(&body)).unwrap();
+    assert_eq!(status, 201);
 }

@@ -146,6 +146,10 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
             axum::routing::post(undrain_node::<C>),
         )
         .route(
+            "/api/v1/cluster/timing",
+            axum::routing::put(set_timing::<C>),
+        )
+        .route(
             "/api/v1/tokens",
             get(list_join_tokens::<C>).post(create_join_token::<C>),
         )
@@ -630,6 +634,24 @@ async fn undrain_node<C: ControlPlane>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `PUT /api/v1/cluster/timing` (`keel timing set`): the Raft timing every
+/// node runs from its next start. Checked before it is proposed; every node
+/// keeps it and `keel status` names the nodes still to restart.
+async fn set_timing<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let timing: keel_model::Timing = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("not a timing: {e}")))?;
+    if let Err((field, why)) = timing.check() {
+        return Err(ApiError::field(field, why));
+    }
+    commit(&*app.control, &caller, ClusterCommand::SetTiming(timing)).await?;
+    tracing::info!(%timing, by = %caller, "cluster timing set");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn set_drained<C: ControlPlane>(
     control: &C,
     caller: &str,
@@ -663,6 +685,31 @@ async fn set_drained<C: ControlPlane>(
 #[derive(Deserialize)]
 struct FormatQuery {
     format: Option<String>,
+    /// `?stale=true`: [`ReadQuery`].
+    #[serde(default)]
+    stale: bool,
+}
+
+/// How fresh a read must be. By default a read is linearizable
+/// ([`ControlPlane::read`]); `?stale=true` answers from this node's own
+/// copy at once, which works in a minority partition but may be out of
+/// date (as Consul's `?stale` and etcd's serializable reads).
+#[derive(Deserialize)]
+struct ReadQuery {
+    #[serde(default)]
+    stale: bool,
+}
+
+/// The state a read answers from (see [`ReadQuery`]).
+async fn read_state<C: ControlPlane>(
+    control: &C,
+    stale: bool,
+) -> Result<(u64, Arc<ClusterState>), ApiError> {
+    if stale {
+        Ok(control.state())
+    } else {
+        Ok(control.read().await?)
+    }
 }
 
 #[derive(Deserialize)]
@@ -675,8 +722,8 @@ struct ApplyQuery {
 async fn get_config<C: ControlPlane>(
     State(app): AppState<C>,
     Query(q): Query<FormatQuery>,
-) -> Response {
-    let (version, state) = app.control.state();
+) -> Result<Response, ApiError> {
+    let (version, state) = read_state(&*app.control, q.stale).await?;
     let mut doc = Document::from_spec(&state.spec);
     doc.certificates.iter_mut().for_each(Kind::redact);
     let version_header = [
@@ -686,7 +733,7 @@ async fn get_config<C: ControlPlane>(
             quoted(&state.spec.etag(&Object::Config).unwrap_or_default()),
         ),
     ];
-    if q.format.as_deref() == Some("yaml") {
+    Ok(if q.format.as_deref() == Some("yaml") {
         (
             version_header,
             [(header::CONTENT_TYPE, "application/yaml")],
@@ -695,7 +742,7 @@ async fn get_config<C: ControlPlane>(
             .into_response()
     } else {
         (version_header, Json(doc)).into_response()
-    }
+    })
 }
 
 #[derive(Serialize)]
@@ -729,7 +776,7 @@ async fn put_config<C: ControlPlane>(
     } else {
         Document::from_json(text)?
     };
-    let (version, state) = app.control.state();
+    let (version, state) = app.control.read().await?;
     for (i, cert) in doc.certificates.iter_mut().enumerate() {
         keep_stored_key(cert, &state);
         let stored = state.spec.certificates.get(&cert.name);
@@ -939,7 +986,10 @@ async fn edit<C: ControlPlane, K: Kind>(
     condition: Option<(Object, String)>,
     edit: impl FnOnce(&mut Document) -> Result<usize, ApiError>,
 ) -> Result<u64, ApiError> {
-    let (version, state) = control.state();
+    // The latest state, not this node's (possibly lagging) copy: the
+    // changes are computed against it, and an `If-Match` is checked
+    // against it at once.
+    let (version, state) = control.read().await?;
     let expect = match condition {
         Some((object, tag)) => expectation(&state, object, Some(tag))?,
         None => None,
@@ -1009,20 +1059,24 @@ fn guarded(expect: Option<ClusterCommand>, command: ClusterCommand) -> ClusterCo
     }
 }
 
-async fn list<C: ControlPlane, K: Kind>(State(app): AppState<C>) -> Json<Vec<K>> {
-    let (_, state) = app.control.state();
+async fn list<C: ControlPlane, K: Kind>(
+    State(app): AppState<C>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Json<Vec<K>>, ApiError> {
+    let (_, state) = read_state(&*app.control, q.stale).await?;
     let mut doc = Document::from_spec(&state.spec);
     let mut items = std::mem::take(K::items(&mut doc));
     items.iter_mut().for_each(K::redact);
-    Json(items)
+    Ok(Json(items))
 }
 
 /// One object, with its entity tag (`ETag`) for an `If-Match` write.
 async fn fetch<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
     Path(name): Path<String>,
+    Query(q): Query<ReadQuery>,
 ) -> Result<Response, ApiError> {
-    let (_, state) = app.control.state();
+    let (_, state) = read_state(&*app.control, q.stale).await?;
     let mut doc = Document::from_spec(&state.spec);
     let mut item = K::items(&mut doc)
         .iter()

@@ -82,6 +82,18 @@ impl ApiError {
         e
     }
 
+    /// 422 naming one field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("{field}: {message}"),
+        );
+        e.fields = vec![(field.to_owned(), message)];
+        e
+    }
+
     /// 500 with a generic message; the detail goes to the log only.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error in the admin API");
@@ -160,7 +172,7 @@ impl From<JsonRejection> for ApiError {
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
         match e {
-            ControlError::NoLeader(_) => {
+            ControlError::NoLeader(_) | ControlError::Unconfirmed(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", e.to_string())
             }
             ControlError::NotFound(m) => ApiError::not_found(m),

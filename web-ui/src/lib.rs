@@ -45,6 +45,16 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// The applied state and its version (log index).
     fn state(&self) -> (u64, Arc<ClusterState>);
 
+    /// The applied state and its version as of a linearizable read: after
+    /// the leader confirmed with a quorum that it leads, and once this node
+    /// applied everything committed before the read began (Raft's
+    /// ReadIndex), so no read returns older state than a write that
+    /// completed before it. A single node's own state is that already.
+    fn read(&self) -> impl Future<Output = Result<(u64, Arc<ClusterState>), ControlError>> + Send {
+        let state = self.state();
+        async move { Ok(state) }
+    }
+
     /// Commit a command through the leader (forwarding if needed); resolves
     /// once it is applied on this node, with its log index.
     fn propose(
@@ -189,6 +199,9 @@ pub enum ControlError {
     /// No leader is reachable (this node is cut off, or an election is on).
     #[error("no leader is reachable, so the change cannot be committed: {0}")]
     NoLeader(String),
+    /// No leader confirmed a read, so this node's state may be stale.
+    #[error("no leader confirmed this read, so the state here may be out of date: {0}")]
+    Unconfirmed(String),
     /// The state machine refused the command.
     #[error("{0}")]
     Refused(Refusal),
@@ -219,6 +232,9 @@ pub struct ClusterStatus {
     /// every node runs a Keel that understands the next one.
     #[serde(default)]
     pub cluster_version: u32,
+    /// The Raft timing every node runs from its next start.
+    #[serde(default)]
+    pub timing: Option<keel_model::Timing>,
     /// Every member.
     pub nodes: Vec<NodeStatus>,
     /// Every pool member's health as each node sees it (from gossip).
@@ -273,6 +289,10 @@ pub struct NodeStatus {
     /// The newest cluster version its Keel runs, by gossip.
     #[serde(default)]
     pub cluster_version: Option<u32>,
+    /// The Raft timing it runs, when reachable (it runs the cluster's
+    /// after a restart when the two differ).
+    #[serde(default)]
+    pub timing: Option<keel_model::Timing>,
 }
 
 /// How the admin surface is served.

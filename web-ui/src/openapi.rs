@@ -148,6 +148,14 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         &[("post", "Let a drained node hold VIPs and lead again")],
     ),
     (
+        "/api/v1/cluster/timing",
+        &[(
+            "put",
+            "Set the Raft timing every node runs from its next start (heartbeat_ms, \
+             election_min_ms, election_max_ms, lease_ms; 422 naming the field when unsafe)",
+        )],
+    ),
+    (
         "/api/v1/tokens",
         &[
             ("get", "List join tokens"),

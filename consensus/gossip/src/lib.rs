@@ -119,6 +119,10 @@ pub struct Report {
     /// before versions, which runs 1).
     #[serde(default)]
     pub cluster_version: u32,
+    /// The Raft timing this node runs (absent from a Keel before timing
+    /// was replicated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<keel_model::Timing>,
 }
 
 /// One node as gossip knows it.

@@ -10,6 +10,17 @@
 //! counted: a captured datagram cannot be replayed (say, a `Syn` with a
 //! spoofed source, to make a node send its state to a victim).
 //!
+//! chitchat sizes a message to fill a whole UDP datagram (65,507 bytes) and
+//! its budget is a constant of the crate, so the seal's 48 bytes cannot be
+//! taken off it. A message too large to seal in one datagram is sent in
+//! parts instead: each part sealed on its own (its own nonce and time, so
+//! each is checked for replay), under other associated data
+//! (`keel-gossip/2-part`, which a node that predates parts drops and
+//! counts), carrying a random message id, its index and the count. The
+//! receiver keeps at most [`PARTS_KEPT`] incomplete messages for
+//! [`PARTS_WAIT`], per sender address, and decodes a message once all its
+//! parts are in.
+//!
 //! chitchat 0.13 lets a transport be replaced but keeps its wire encoding
 //! private, so this one uses chitchat's own UDP socket as the codec: it is
 //! bound on loopback, and every envelope goes through it to a private
@@ -38,6 +49,15 @@ const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const TIME_LEN: usize = 8;
 const AAD: &[u8] = b"keel-gossip/2";
+/// The associated data of one part of a message sent in parts.
+const PART_AAD: &[u8] = b"keel-gossip/2-part";
+/// A part's header inside the seal: message id, index, count.
+const PART_HEADER: usize = 8 + 1 + 1;
+/// The most parts a message is sent in (two suffice for chitchat's largest).
+const MAX_PARTS: usize = 4;
+/// Incomplete messages kept at most, and for how long.
+pub const PARTS_KEPT: usize = 64;
+pub const PARTS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How far a datagram's sending time may be from this node's clock.
 pub const REPLAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
 /// Nonces remembered at most (a few thousand datagrams a minute is a busy
@@ -84,8 +104,64 @@ impl Transport for SealedTransport {
             cipher: self.cipher.clone(),
             rejected: self.rejected.clone(),
             seen: Seen::default(),
+            parts: Parts::default(),
             buf: vec![0; MAX_DATAGRAM],
         }))
+    }
+}
+
+/// What a datagram held once opened.
+#[derive(Debug, PartialEq)]
+enum Opened {
+    /// A whole message.
+    Whole(Vec<u8>),
+    /// One part of a message sent in parts.
+    Part {
+        id: u64,
+        index: usize,
+        count: usize,
+        bytes: Vec<u8>,
+    },
+}
+
+/// One message's parts so far, and when the first came.
+type Pieces = (std::time::Instant, Vec<Option<Vec<u8>>>);
+
+/// Messages sent in parts, waiting for the rest: per sender and message id.
+#[derive(Default)]
+struct Parts {
+    waiting: std::collections::HashMap<(SocketAddr, u64), Pieces>,
+}
+
+impl Parts {
+    /// Adds a part; the whole message once every part is in.
+    fn add(
+        &mut self,
+        from: SocketAddr,
+        id: u64,
+        index: usize,
+        count: usize,
+        bytes: Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        let now = std::time::Instant::now();
+        self.waiting
+            .retain(|_, (since, _)| now.duration_since(*since) < PARTS_WAIT);
+        if !self.waiting.contains_key(&(from, id)) && self.waiting.len() >= PARTS_KEPT {
+            return None;
+        }
+        let (_, parts) = self
+            .waiting
+            .entry((from, id))
+            .or_insert_with(|| (now, vec![None; count]));
+        if parts.len() != count || index >= count {
+            return None;
+        }
+        parts[index] = Some(bytes);
+        if parts.iter().any(Option::is_none) {
+            return None;
+        }
+        let (_, parts) = self.waiting.remove(&(from, id))?;
+        Some(parts.into_iter().flatten().flatten().collect())
     }
 }
 
@@ -98,6 +174,7 @@ pub struct SealedSocket {
     cipher: XChaCha20Poly1305,
     rejected: Arc<AtomicU64>,
     seen: Seen,
+    parts: Parts,
     buf: Vec<u8>,
 }
 
@@ -167,6 +244,39 @@ impl SealedSocket {
     }
 
     fn seal(&self, plain: &[u8], sent_ms: u64) -> anyhow::Result<Vec<u8>> {
+        self.seal_with(AAD, plain, sent_ms)
+    }
+
+    /// The datagrams that carry `plain`: one, or (too large for one) parts.
+    fn seal_all(&self, plain: &[u8], sent_ms: u64) -> anyhow::Result<Vec<Vec<u8>>> {
+        let overhead = NONCE_LEN + TIME_LEN + TAG_LEN;
+        if plain.len() + overhead <= MAX_DATAGRAM {
+            return Ok(vec![self.seal(plain, sent_ms)?]);
+        }
+        let room = MAX_DATAGRAM - overhead - PART_HEADER;
+        let count = plain.len().div_ceil(room);
+        anyhow::ensure!(
+            count <= MAX_PARTS,
+            "a gossip message of {} bytes",
+            plain.len()
+        );
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        plain
+            .chunks(plain.len().div_ceil(count))
+            .enumerate()
+            .map(|(index, chunk)| {
+                let mut part = Vec::with_capacity(PART_HEADER + chunk.len());
+                part.extend_from_slice(&id);
+                part.push(index as u8);
+                part.push(count as u8);
+                part.extend_from_slice(chunk);
+                self.seal_with(PART_AAD, &part, sent_ms)
+            })
+            .collect()
+    }
+
+    fn seal_with(&self, aad: &[u8], plain: &[u8], sent_ms: u64) -> anyhow::Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
         let mut msg = Vec::with_capacity(TIME_LEN + plain.len());
@@ -174,13 +284,7 @@ impl SealedSocket {
         msg.extend_from_slice(plain);
         let sealed = self
             .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &msg,
-                    aad: AAD,
-                },
-            )
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: &msg, aad })
             .map_err(|_| anyhow::anyhow!("sealing failed"))?;
         let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
         out.extend_from_slice(&nonce);
@@ -188,23 +292,25 @@ impl SealedSocket {
         Ok(out)
     }
 
-    /// The envelope bytes in `datagram`, if it opens with the key and is
-    /// neither stale nor a replay; why not otherwise.
-    fn open(&mut self, datagram: &[u8], now: u64) -> Result<Vec<u8>, &'static str> {
+    /// The envelope bytes (or a part of them) in `datagram`, if it opens
+    /// with the key and is neither stale nor a replay; why not otherwise.
+    fn open(&mut self, datagram: &[u8], now: u64) -> Result<Opened, &'static str> {
         if datagram.len() < NONCE_LEN + TAG_LEN + TIME_LEN {
             return Err("too short");
         }
         let (nonce, sealed) = datagram.split_at(NONCE_LEN);
-        let msg = self
-            .cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: AAD,
-                },
-            )
-            .map_err(|_| "does not open with the cluster key")?;
+        let decrypt = |aad| {
+            self.cipher
+                .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+                .ok()
+        };
+        let (msg, part) = match decrypt(AAD) {
+            Some(msg) => (msg, false),
+            None => (
+                decrypt(PART_AAD).ok_or("does not open with the cluster key")?,
+                true,
+            ),
+        };
         let (time, plain) = msg.split_at(TIME_LEN);
         let mut sent = [0u8; TIME_LEN];
         sent.copy_from_slice(time);
@@ -218,7 +324,25 @@ impl SealedSocket {
         if !self.seen.first(key, sent.saturating_add(window), now) {
             return Err("a replay");
         }
-        Ok(plain.to_vec())
+        if !part {
+            return Ok(Opened::Whole(plain.to_vec()));
+        }
+        if plain.len() < PART_HEADER {
+            return Err("a part too short");
+        }
+        let (header, bytes) = plain.split_at(PART_HEADER);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&header[..8]);
+        let (index, count) = (usize::from(header[8]), usize::from(header[9]));
+        if !(2..=MAX_PARTS).contains(&count) || index >= count {
+            return Err("a part numbered out of range");
+        }
+        Ok(Opened::Part {
+            id: u64::from_be_bytes(id),
+            index,
+            count,
+            bytes: bytes.to_vec(),
+        })
     }
 }
 
@@ -234,26 +358,28 @@ impl Socket for SealedSocket {
         envelope: ChitchatEnvelope,
     ) -> anyhow::Result<SendOutcome> {
         let plain = self.encode(envelope).await?;
-        let datagram = self.seal(&plain, now_ms())?;
-        if datagram.len() > MAX_DATAGRAM {
-            // chitchat sizes its deltas for a bare datagram; the seal adds 28
-            // bytes. A Keel cluster's state is far smaller; drop rather than
-            // fail the whole transport.
-            tracing::warn!(
-                bytes = datagram.len(),
-                "gossip message too large to seal; dropped"
-            );
-            return Ok(SendOutcome { num_bytes_sent: 0 });
-        }
-        match self.socket.send_to(&datagram, to).await {
-            Ok(n) => Ok(SendOutcome { num_bytes_sent: n }),
-            // A peer that is down or unreachable is chitchat's business (its
-            // failure detector), not a broken transport.
+        let datagrams = match self.seal_all(&plain, now_ms()) {
+            Ok(d) => d,
             Err(e) => {
-                tracing::debug!(peer = %to, error = %e, "gossip send failed");
-                Ok(SendOutcome { num_bytes_sent: 0 })
+                tracing::warn!(error = %e, "gossip message too large to send; dropped");
+                return Ok(SendOutcome { num_bytes_sent: 0 });
+            }
+        };
+        let mut sent = 0;
+        for datagram in datagrams {
+            match self.socket.send_to(&datagram, to).await {
+                Ok(n) => sent += n,
+                // A peer that is down or unreachable is chitchat's business
+                // (its failure detector), not a broken transport.
+                Err(e) => {
+                    tracing::debug!(peer = %to, error = %e, "gossip send failed");
+                    return Ok(SendOutcome { num_bytes_sent: 0 });
+                }
             }
         }
+        Ok(SendOutcome {
+            num_bytes_sent: sent,
+        })
     }
 
     async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
@@ -267,7 +393,16 @@ impl Socket for SealedSocket {
             };
             let datagram = self.buf[..len].to_vec();
             let plain = match self.open(&datagram, now_ms()) {
-                Ok(plain) => plain,
+                Ok(Opened::Whole(plain)) => plain,
+                Ok(Opened::Part {
+                    id,
+                    index,
+                    count,
+                    bytes,
+                }) => match self.parts.add(from, id, index, count, bytes) {
+                    Some(plain) => plain,
+                    None => continue,
+                },
                 Err(why) => {
                     self.rejected.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(peer = %from, bytes = len, why, "dropped a gossip datagram");
@@ -346,6 +481,7 @@ mod tests {
             cipher: XChaCha20Poly1305::new(Key::from_slice(&[7; 32])),
             rejected: Arc::default(),
             seen: Seen::default(),
+            parts: Parts::default(),
             buf: vec![0; MAX_DATAGRAM],
         };
         lone.codec_addr = lone.codec.local_addr().unwrap();
@@ -400,5 +536,63 @@ mod tests {
             assert_eq!(cluster_id, "c", "b's message credited to c");
             c.send(a_addr, syn("c")).await.unwrap();
         }
+    }
+
+    /// chitchat fills a whole datagram; sealed, such a message goes in two
+    /// parts and comes out whole, credited to its sender. A lone part
+    /// never comes out.
+    #[tokio::test]
+    async fn a_message_too_large_for_one_sealed_datagram_goes_in_parts() {
+        let transport = SealedTransport::new(&[7; 32]);
+        let rejected = transport.rejected();
+        let mut a = transport.open(LOOPBACK).await.unwrap();
+        let a_addr = a.local_addr().unwrap();
+        let mut b = transport.open(LOOPBACK).await.unwrap();
+        let b_addr = b.local_addr().unwrap();
+        // Encoded, a few bytes short of the largest datagram: too large
+        // once sealed.
+        let big = "x".repeat(65_480);
+        // Capture the parts on the wire first.
+        let wire = tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap();
+        b.send(wire.local_addr().unwrap(), syn(&big)).await.unwrap();
+        let mut parts = Vec::new();
+        for _ in 0..2 {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            let (len, _) = tokio::time::timeout(Duration::from_secs(2), wire.recv_from(&mut buf))
+                .await
+                .expect("two datagrams")
+                .unwrap();
+            buf.truncate(len);
+            parts.push(buf);
+        }
+        assert!(parts.iter().all(|p| p.len() < MAX_DATAGRAM));
+
+        b.send(a_addr, syn(&big)).await.unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(2), a.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.from_addr, b_addr);
+        let ChitchatMessage::Syn { cluster_id, .. } = out.envelope.message else {
+            panic!("not the message sent");
+        };
+        assert_eq!(cluster_id, big);
+
+        // One captured part alone (from another address): nothing; the
+        // same part again: a replay, dropped and counted; the other part
+        // completes the message (a captured message is delivered once, as
+        // a whole datagram would be).
+        let attacker = tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap();
+        attacker.send_to(&parts[0], a_addr).await.unwrap();
+        let lone = tokio::time::timeout(Duration::from_millis(300), a.recv()).await;
+        assert!(lone.is_err(), "half a message came out");
+        assert_eq!(rejected.load(Ordering::Relaxed), 0);
+        attacker.send_to(&parts[0], a_addr).await.unwrap();
+        let replay = tokio::time::timeout(Duration::from_millis(300), a.recv()).await;
+        assert!(replay.is_err(), "a replayed part came out");
+        attacker.send_to(&parts[1], a_addr).await.unwrap();
+        let whole = tokio::time::timeout(Duration::from_secs(2), a.recv()).await;
+        assert!(matches!(whole, Ok(Ok(_))), "both parts make the message");
+        assert_eq!(rejected.load(Ordering::Relaxed), 1);
     }
 }

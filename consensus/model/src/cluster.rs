@@ -19,8 +19,72 @@ use crate::spec::Spec;
 /// (see [`ClusterCommand::needs`]): 1, everything before drains; 2,
 /// [`ClusterCommand::DrainNode`] and [`ClusterCommand::SetVersion`]; 3,
 /// [`ClusterCommand::Record`]; 4, [`ClusterCommand::Expect`] and
-/// [`Refusal::Stale`].
-pub const CLUSTER_VERSION: u32 = 4;
+/// [`Refusal::Stale`]; 5, [`ClusterCommand::SetTiming`] and
+/// [`ClusterState::timing`].
+pub const CLUSTER_VERSION: u32 = 5;
+
+/// The cluster's Raft timing, in milliseconds: every node runs it, because
+/// the leader's lease is safe only if every follower refuses other
+/// candidates at least as long as the leader assumes. Checked (by the
+/// consensus crate's `Settings`) before it is proposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    pub lease_ms: u64,
+}
+
+/// How long after the lease ends the VIP guard may act for a paused node
+/// (its own timer's lateness), in milliseconds: the lease must end at
+/// least this much before any other node can lead.
+pub const GUARD_MARGIN_MS: u64 = 20;
+
+impl Timing {
+    /// Refuses timings that are unsafe or cannot work: the field and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let (min, max) = (self.election_min_ms, self.election_max_ms);
+        if self.heartbeat_ms == 0 {
+            return Err(("heartbeat", "must be more than 0".into()));
+        }
+        if min <= self.heartbeat_ms || max <= min {
+            return Err((
+                "election_timeout",
+                format!(
+                    "must be a range above the heartbeat ({}ms), lowest first; got {min}ms-{max}ms",
+                    self.heartbeat_ms
+                ),
+            ));
+        }
+        // A quarter of the vote lease is kept as margin for the time between
+        // the acknowledgement and the holder noticing its lease ran out; the
+        // VIP guard may act GUARD_MARGIN_MS after it, before anyone leads.
+        if self.lease_ms == 0
+            || self.lease_ms > max * 3 / 4
+            || self.lease_ms + GUARD_MARGIN_MS >= max
+        {
+            return Err((
+                "lease",
+                format!(
+                    "must be more than 0, at most 3/4 of the longest election timeout ({max}ms) \
+                     and more than {GUARD_MARGIN_MS}ms shorter; got {}ms",
+                    self.lease_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Timing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "heartbeat {}ms, election timeout {}ms-{}ms, lease {}ms",
+            self.heartbeat_ms, self.election_min_ms, self.election_max_ms, self.lease_ms
+        )
+    }
+}
 
 /// Everything the cluster agrees on.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +131,12 @@ pub struct ClusterState {
     /// not read it). 0 (absent, as earlier versions wrote it) reads as 1.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub version: u32,
+    /// The Raft timing every node runs (set at bootstrap, or by the leader
+    /// once the cluster reaches version 5; changed with
+    /// [`ClusterCommand::SetTiming`]). A node applies a change at its next
+    /// start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<Timing>,
     /// The outcomes of the latest [`ClusterCommand::Once`] requests, oldest
     /// first, at most [`REQUESTS_KEPT`]: a request retried after it was
     /// committed (its answer lost on the way) gets its first outcome again
@@ -282,6 +352,8 @@ pub enum ClusterCommand {
     /// Raise the cluster version (never lowers it). Proposed by the leader
     /// once every member reports running that version.
     SetVersion { version: u32 },
+    /// Set the cluster's Raft timing (checked before it is proposed).
+    SetTiming(Timing),
     /// Refused unless `object`'s entity tag is still `etag` (see
     /// [`crate::Object`]): the condition of an `If-Match` write, in an
     /// [`ClusterCommand::Atomic`] with the write.
@@ -323,6 +395,7 @@ impl ClusterCommand {
             ClusterCommand::DrainNode { .. } => 2,
             ClusterCommand::Record { .. } => 3,
             ClusterCommand::Expect { .. } => 4,
+            ClusterCommand::SetTiming(_) => 5,
             ClusterCommand::Authored { command, .. } | ClusterCommand::Once { command, .. } => {
                 command.needs()
             }
@@ -401,6 +474,7 @@ impl fmt::Display for ClusterCommand {
             ClusterCommand::SetVersion { version } => {
                 write!(f, "raise the cluster version to {version}")
             }
+            ClusterCommand::SetTiming(timing) => write!(f, "set the cluster's timing: {timing}"),
             ClusterCommand::Record { kind, what } => write!(f, "{kind}: {what}"),
             ClusterCommand::Expect { object, etag } => write!(f, "expect {object} at {etag}"),
             ClusterCommand::Atomic(commands) => {
@@ -572,6 +646,7 @@ impl ClusterState {
             ClusterCommand::SetVersion { version } => {
                 self.version = self.version().max(*version);
             }
+            ClusterCommand::SetTiming(timing) => self.timing = Some(*timing),
             ClusterCommand::Record { .. } => {}
             ClusterCommand::Expect { object, etag } => {
                 if self.spec.etag(object).as_deref() != Some(etag.as_str()) {

@@ -16,7 +16,8 @@ mod spec;
 
 pub use cluster::{
     constant_time_eq, ApiToken, AwsKey, ClusterCommand, ClusterIdentity, ClusterState,
-    HistoryEntry, JoinToken, Refusal, RegistrationToken, User, CLUSTER_VERSION, HISTORY_LEN,
+    HistoryEntry, JoinToken, Refusal, RegistrationToken, Timing, User, CLUSTER_VERSION,
+    GUARD_MARGIN_MS, HISTORY_LEN,
 };
 pub use command::{ApplyError, Command};
 pub use document::{
