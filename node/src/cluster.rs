@@ -655,19 +655,36 @@ impl ClusterNode {
         if let Some(first) = first {
             control.propose(first).await.map_err(bootstrap_err)?;
         }
+        // This node is the whole cluster: it is at this Keel's version, and
+        // a new cluster (or a restored one without them) starts with this
+        // node's timing and a secret of its own, all before the identity
+        // makes it ready, so no write of its own follows a ready cluster.
+        control
+            .propose(ClusterCommand::SetVersion {
+                version: keel_model::CLUSTER_VERSION,
+            })
+            .await
+            .map_err(bootstrap_err)?;
+        let state = self.consensus.applied().borrow().state.clone();
+        if state.timing.is_none() {
+            control
+                .propose(ClusterCommand::SetTiming(control.timing))
+                .await
+                .map_err(bootstrap_err)?;
+        }
+        if state.secret.is_none() {
+            let secret = keel_model::ClusterSecret::new(keel_web::random_hex(32));
+            control
+                .propose(ClusterCommand::SetSecret(secret))
+                .await
+                .map_err(bootstrap_err)?;
+        }
         control
             .propose(ClusterCommand::Init(identity))
             .await
             .map_err(bootstrap_err)?;
         if let Some(backup) = &restore {
-            // This node is the whole cluster: it is at this Keel's version,
-            // and the history says where the state came from.
-            control
-                .propose(ClusterCommand::SetVersion {
-                    version: keel_model::CLUSTER_VERSION,
-                })
-                .await
-                .map_err(bootstrap_err)?;
+            // The history says where the state came from.
             let (kind, what) = if self.recovered.is_some() {
                 (
                     "recovery",

@@ -1,9 +1,13 @@
 //! Wiring of gossip: start it with the cluster's key once the node is a
 //! member, publish this node's report, and keep [`Control::gossip`] current.
 //!
-//! The gossip key is derived from the cluster CA's private key, which every
-//! member receives at join with the replicated cluster identity; a host
-//! without a node certificate never sees it.
+//! The gossip key derives (HKDF-SHA256, label `keel gossip key v2`) from
+//! the cluster secret in the replicated state, which every member receives
+//! with it; a host without a node certificate never sees it. A cluster from
+//! before the secret derived it from the CA key: until the leader sets a
+//! secret, that key is used, and for [`ROLL`] after a node first seals with
+//! a new key it still opens the one before, so gossip keeps running while
+//! the entry that changes it reaches every node.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,8 +32,22 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 /// cluster.
 const CHECKERS: usize = 2;
 
-/// The 32-byte gossip key of a cluster whose CA key is `ca_key_pem`.
-pub fn gossip_key(ca_key_pem: &str) -> [u8; 32] {
+/// How long a node still opens datagrams sealed with the key it replaced.
+const ROLL: Duration = Duration::from_secs(60);
+
+/// The 32-byte gossip key of a cluster with `secret`.
+pub fn gossip_key(secret: &keel_model::ClusterSecret) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    let kdf = hkdf::Hkdf::<Sha256>::new(None, secret.expose().as_bytes());
+    // 32 bytes is well within what HKDF-SHA256 gives.
+    if kdf.expand(b"keel gossip key v2", &mut key).is_err() {
+        tracing::error!("gossip key derivation failed");
+    }
+    key
+}
+
+/// The gossip key of a cluster without a secret yet: from its CA key.
+pub fn legacy_gossip_key(ca_key_pem: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"keel gossip key v1\0");
     h.update(ca_key_pem.as_bytes());
@@ -43,8 +61,8 @@ pub(crate) async fn run(
     listen: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
-    let applied = control.consensus().applied();
-    let identity = applied.borrow().state.identity.clone();
+    let mut applied = control.consensus().applied();
+    let identity = applied.borrow_and_update().state.identity.clone();
     let Some(identity) = identity else {
         tracing::error!("no cluster identity: gossip not started");
         return;
@@ -56,9 +74,13 @@ pub(crate) async fn run(
         listen,
         advertise,
         seeds: peers(&control),
-        key: gossip_key(&identity.ca_key_pem),
+        key: key_of(&applied.borrow().state),
+        also_accept: vec![legacy_gossip_key(&identity.ca_key_pem)],
         interval: INTERVAL,
     };
+    let mut key = config.key;
+    // Until when the key before `key` still opens.
+    let mut rolling = Some(tokio::time::Instant::now() + ROLL);
     let gossip = match keel_gossip::spawn_gossip(config).await {
         Ok(g) => g,
         Err(e) => {
@@ -73,6 +95,10 @@ pub(crate) async fn run(
         tokio::select! {
             r = stop.changed() => if r.is_err() || *stop.borrow() { break },
             _ = tick.tick() => {
+                if rolling.is_some_and(|until| tokio::time::Instant::now() >= until) {
+                    gossip.set_keys(&key, &[]);
+                    rolling = None;
+                }
                 assign_checks(&control.me.name, &dataplane, &view.borrow());
                 gossip.publish(&report(&control, &dataplane)).await;
                 // Members that joined after this node started are not seeds.
@@ -83,6 +109,16 @@ pub(crate) async fn run(
                     }
                 }
             }
+            changed = applied.changed() => {
+                if changed.is_err() { break }
+                let next = key_of(&applied.borrow_and_update().state);
+                if next != key {
+                    tracing::info!("the cluster secret changed: sealing gossip with the new key");
+                    gossip.set_keys(&next, &[key]);
+                    key = next;
+                    rolling = Some(tokio::time::Instant::now() + ROLL);
+                }
+            }
             changed = view.changed() => {
                 if changed.is_err() { break }
                 let v = view.borrow_and_update().clone();
@@ -91,6 +127,16 @@ pub(crate) async fn run(
         }
     }
     gossip.shutdown().await;
+}
+
+/// The key `state` seals gossip with: from its secret, or (a cluster from
+/// before secrets) from its CA key.
+fn key_of(state: &keel_model::ClusterState) -> [u8; 32] {
+    match (&state.secret, &state.identity) {
+        (Some(secret), _) => gossip_key(secret),
+        (None, Some(identity)) => legacy_gossip_key(&identity.ca_key_pem),
+        (None, None) => [0; 32],
+    }
 }
 
 fn members(control: &Control) -> Vec<(String, SocketAddr)> {
@@ -240,5 +286,25 @@ mod tests {
         for (n, count) in per_node {
             assert!((50..=110).contains(&count), "{n} checks {count} members");
         }
+    }
+
+    #[test]
+    fn the_gossip_key_follows_the_cluster_secret_not_the_ca_key() {
+        let mut state = keel_model::ClusterState {
+            identity: Some(keel_model::ClusterIdentity {
+                cluster_id: "c".into(),
+                ca_cert_pem: String::new(),
+                ca_key_pem: "ca key".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(super::key_of(&state), super::legacy_gossip_key("ca key"));
+        state.secret = Some(keel_model::ClusterSecret::new("one".into()));
+        let one = super::key_of(&state);
+        assert_ne!(one, super::legacy_gossip_key("ca key"));
+        state.secret = Some(keel_model::ClusterSecret::new("two".into()));
+        assert_ne!(super::key_of(&state), one, "a new secret, a new key");
+        state.identity = None;
+        assert_ne!(super::key_of(&state), one);
     }
 }

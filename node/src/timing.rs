@@ -3,8 +3,8 @@
 //! the leader assumes, so the timing lives in the replicated state
 //! (`ClusterState::timing`), not in each node's flags.
 //!
-//! - A new cluster takes its bootstrap node's flags: the leader records its
-//!   own timing once the cluster is at version 5 and none is recorded.
+//! - A new cluster takes its bootstrap node's flags (one of its first
+//!   entries); a cluster upgraded to version 5 gets its leader's timing.
 //! - A joiner gets the cluster's timing with its certificate and runs it,
 //!   whatever its flags say.
 //! - `keel timing set` changes it (checked before it is proposed). openraft

@@ -73,6 +73,25 @@ pub(crate) async fn run(control: Arc<Control>, mut stop: watch::Receiver<bool>) 
             continue;
         }
         let current = control.consensus().applied().borrow().state.version();
+        let secret = control
+            .consensus()
+            .applied()
+            .borrow()
+            .state
+            .secret
+            .is_some();
+        if current >= 5 && !secret {
+            // The cluster secret the gossip key derives from (see `gossip`).
+            let secret = keel_model::ClusterSecret::new(keel_web::random_hex(32));
+            match control
+                .consensus()
+                .propose(ClusterCommand::SetSecret(secret))
+                .await
+            {
+                Ok(_) => tracing::info!("set the cluster secret"),
+                Err(e) => tracing::warn!(error = %e, "could not set the cluster secret"),
+            }
+        }
         let Some(lowest) = member_versions(&control)
             .into_iter()
             .map(|(_, v)| v)

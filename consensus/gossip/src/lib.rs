@@ -22,7 +22,7 @@ use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, Failu
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use transport::SealedTransport;
+pub use transport::{Keys, SealedTransport};
 
 /// The key a node's report is published under.
 const REPORT_KEY: &str = "report";
@@ -41,8 +41,11 @@ pub struct GossipConfig {
     pub advertise: SocketAddr,
     /// Peers to start from (other members' gossip addresses).
     pub seeds: Vec<SocketAddr>,
-    /// The cluster's 32-byte gossip key.
+    /// The cluster's 32-byte gossip key: it seals, and opens.
     pub key: [u8; 32],
+    /// Keys that also open (one being replaced), until
+    /// [`GossipHandle::set_keys`] says otherwise.
+    pub also_accept: Vec<[u8; 32]>,
     /// Time between gossip rounds.
     pub interval: Duration,
 }
@@ -143,6 +146,7 @@ pub struct GossipHandle {
     chitchat: ChitchatHandle,
     view: watch::Receiver<ClusterView>,
     rejected: Arc<AtomicU64>,
+    keys: transport::Keys,
     refresher: tokio::task::JoinHandle<()>,
 }
 
@@ -174,7 +178,8 @@ pub async fn spawn_gossip(config: GossipConfig) -> Result<GossipHandle, GossipEr
         extra_liveness_predicate: None,
         protocol_version: chitchat::ProtocolVersion::V0,
     };
-    let transport = SealedTransport::new(&config.key);
+    let keys = transport::Keys::new(&config.key, &config.also_accept);
+    let transport = SealedTransport::new(keys.clone());
     let rejected = transport.rejected();
     let chitchat = spawn_chitchat(chitchat_config, Vec::new(), &transport)
         .await
@@ -231,11 +236,17 @@ pub async fn spawn_gossip(config: GossipConfig) -> Result<GossipHandle, GossipEr
         chitchat,
         view,
         rejected,
+        keys,
         refresher,
     })
 }
 
 impl GossipHandle {
+    /// Seal with `key` from now on; open with it and `also_accept`.
+    pub fn set_keys(&self, key: &[u8; 32], also_accept: &[[u8; 32]]) {
+        self.keys.set(key, also_accept);
+    }
+
     /// Replaces this node's report.
     pub async fn publish(&self, report: &Report) {
         let Ok(text) = serde_json::to_string(report) else {

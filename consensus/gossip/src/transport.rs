@@ -69,16 +69,50 @@ const MAX_DATAGRAM: usize = 65_507;
 const LOOPBACK: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
-/// Opens [`SealedSocket`]s under one key.
+/// The keys a transport's sockets use, shared and replaceable while they
+/// run: the first seals, every one opens (a key being replaced is still
+/// accepted until every node seals with the new one).
+#[derive(Clone)]
+pub struct Keys(Arc<std::sync::RwLock<Vec<XChaCha20Poly1305>>>);
+
+impl Keys {
+    /// Seal with `seal`; open with it and with `also_open`.
+    pub fn new(seal: &[u8; 32], also_open: &[[u8; 32]]) -> Self {
+        let keys = Keys(Arc::default());
+        keys.set(seal, also_open);
+        keys
+    }
+
+    /// Replaces the keys.
+    pub fn set(&self, seal: &[u8; 32], also_open: &[[u8; 32]]) {
+        let ciphers = std::iter::once(seal)
+            .chain(also_open.iter().filter(|k| *k != seal))
+            .map(|k| XChaCha20Poly1305::new(Key::from_slice(k)))
+            .collect();
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ciphers;
+    }
+
+    fn all(&self) -> Vec<XChaCha20Poly1305> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Opens [`SealedSocket`]s under one set of [`Keys`].
 pub struct SealedTransport {
-    cipher: XChaCha20Poly1305,
+    keys: Keys,
     rejected: Arc<AtomicU64>,
 }
 
 impl SealedTransport {
-    pub fn new(key: &[u8; 32]) -> Self {
+    pub fn new(keys: Keys) -> Self {
         SealedTransport {
-            cipher: XChaCha20Poly1305::new(Key::from_slice(key)),
+            keys,
             rejected: Arc::default(),
         }
     }
@@ -101,7 +135,7 @@ impl Transport for SealedTransport {
             socket,
             codec,
             codec_addr,
-            cipher: self.cipher.clone(),
+            keys: self.keys.clone(),
             rejected: self.rejected.clone(),
             seen: Seen::default(),
             parts: Parts::default(),
@@ -171,7 +205,7 @@ pub struct SealedSocket {
     /// chitchat's socket, used only to encode and decode envelopes.
     codec: UdpSocket,
     codec_addr: SocketAddr,
-    cipher: XChaCha20Poly1305,
+    keys: Keys,
     rejected: Arc<AtomicU64>,
     seen: Seen,
     parts: Parts,
@@ -282,8 +316,11 @@ impl SealedSocket {
         let mut msg = Vec::with_capacity(TIME_LEN + plain.len());
         msg.extend_from_slice(&sent_ms.to_be_bytes());
         msg.extend_from_slice(plain);
-        let sealed = self
-            .cipher
+        let keys = self.keys.all();
+        let sealer = keys
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no gossip key"))?;
+        let sealed = sealer
             .encrypt(XNonce::from_slice(&nonce), Payload { msg: &msg, aad })
             .map_err(|_| anyhow::anyhow!("sealing failed"))?;
         let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
@@ -299,10 +336,12 @@ impl SealedSocket {
             return Err("too short");
         }
         let (nonce, sealed) = datagram.split_at(NONCE_LEN);
+        let keys = self.keys.all();
         let decrypt = |aad| {
-            self.cipher
-                .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
-                .ok()
+            keys.iter().find_map(|key| {
+                key.decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+                    .ok()
+            })
         };
         let (msg, part) = match decrypt(AAD) {
             Some(msg) => (msg, false),
@@ -452,7 +491,7 @@ mod tests {
     /// counted, as is one sealed outside the replay window.
     #[tokio::test]
     async fn replayed_and_stale_datagrams_are_dropped_and_counted() {
-        let transport = SealedTransport::new(&[7; 32]);
+        let transport = SealedTransport::new(Keys::new(&[7; 32], &[]));
         let rejected = transport.rejected();
         let mut a = transport.open(LOOPBACK).await.unwrap();
         let a_addr = a.local_addr().unwrap();
@@ -478,7 +517,7 @@ mod tests {
             socket: tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap(),
             codec: UdpSocket::open(LOOPBACK).await.unwrap(),
             codec_addr: LOOPBACK,
-            cipher: XChaCha20Poly1305::new(Key::from_slice(&[7; 32])),
+            keys: Keys::new(&[7; 32], &[]),
             rejected: Arc::default(),
             seen: Seen::default(),
             parts: Parts::default(),
@@ -504,7 +543,7 @@ mod tests {
     /// later one a message behind).
     #[tokio::test]
     async fn a_cancelled_decode_never_credits_a_message_to_another_sender() {
-        let transport = SealedTransport::new(&[7; 32]);
+        let transport = SealedTransport::new(Keys::new(&[7; 32], &[]));
         let mut a = transport.open(LOOPBACK).await.unwrap();
         let a_addr = a.local_addr().unwrap();
         let mut b = transport.open(LOOPBACK).await.unwrap();
@@ -543,7 +582,7 @@ mod tests {
     /// never comes out.
     #[tokio::test]
     async fn a_message_too_large_for_one_sealed_datagram_goes_in_parts() {
-        let transport = SealedTransport::new(&[7; 32]);
+        let transport = SealedTransport::new(Keys::new(&[7; 32], &[]));
         let rejected = transport.rejected();
         let mut a = transport.open(LOOPBACK).await.unwrap();
         let a_addr = a.local_addr().unwrap();
@@ -594,5 +633,35 @@ mod tests {
         let whole = tokio::time::timeout(Duration::from_secs(2), a.recv()).await;
         assert!(matches!(whole, Ok(Ok(_))), "both parts make the message");
         assert_eq!(rejected.load(Ordering::Relaxed), 1);
+    }
+
+    /// While a key is replaced, a socket opens what was sealed with either
+    /// and seals with the new one; once the old is dropped, it opens only
+    /// the new.
+    #[tokio::test]
+    async fn a_new_key_rolls_in_without_a_gap() {
+        let old_keys = Keys::new(&[1; 32], &[]);
+        let new_keys = Keys::new(&[2; 32], &[]);
+        let rolling = Keys::new(&[2; 32], &[[1; 32]]);
+        let a_keys = rolling.clone();
+        let mut a = SealedTransport::new(a_keys).open(LOOPBACK).await.unwrap();
+        let a_addr = a.local_addr().unwrap();
+        let mut old = SealedTransport::new(old_keys).open(LOOPBACK).await.unwrap();
+        let mut new = SealedTransport::new(new_keys).open(LOOPBACK).await.unwrap();
+        for (sender, name) in [(&mut old, "old"), (&mut new, "new")] {
+            sender.send(a_addr, syn(name)).await.unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(2), a.recv()).await;
+            assert!(
+                matches!(got, Ok(Ok(_))),
+                "{name} key refused during the roll"
+            );
+        }
+        rolling.set(&[2; 32], &[]);
+        old.send(a_addr, syn("old")).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_millis(300), a.recv()).await;
+        assert!(refused.is_err(), "the old key still opens after the roll");
+        new.send(a_addr, syn("new")).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), a.recv()).await;
+        assert!(matches!(got, Ok(Ok(_))));
     }
 }

@@ -22,6 +22,7 @@ async fn node(name: &str, addr: SocketAddr, seeds: &[SocketAddr], key: [u8; 32])
         advertise: addr,
         seeds: seeds.to_vec(),
         key,
+        also_accept: Vec::new(),
         interval: INTERVAL,
     })
     .await

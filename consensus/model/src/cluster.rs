@@ -19,8 +19,9 @@ use crate::spec::Spec;
 /// (see [`ClusterCommand::needs`]): 1, everything before drains; 2,
 /// [`ClusterCommand::DrainNode`] and [`ClusterCommand::SetVersion`]; 3,
 /// [`ClusterCommand::Record`]; 4, [`ClusterCommand::Expect`] and
-/// [`Refusal::Stale`]; 5, [`ClusterCommand::SetTiming`] and
-/// [`ClusterState::timing`].
+/// [`Refusal::Stale`]; 5, [`ClusterCommand::SetTiming`],
+/// [`ClusterCommand::SetSecret`], [`ClusterState::timing`] and
+/// [`ClusterState::secret`].
 pub const CLUSTER_VERSION: u32 = 5;
 
 /// The cluster's Raft timing, in milliseconds: every node runs it, because
@@ -33,6 +34,32 @@ pub struct Timing {
     pub election_min_ms: u64,
     pub election_max_ms: u64,
     pub lease_ms: u64,
+}
+
+/// The cluster secret: random bytes (hex) the cluster's own keys derive
+/// from, each under a label of its own (the gossip key first). Separate
+/// from the CA key, so certificates and these keys have lives of their own.
+/// Its `Debug` does not show it, and no history entry names it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClusterSecret(String);
+
+impl ClusterSecret {
+    /// A secret from its hex text.
+    pub fn new(hex: String) -> Self {
+        ClusterSecret(hex)
+    }
+
+    /// The secret's text, to derive keys from.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
 }
 
 /// How long after the lease ends the VIP guard may act for a paused node
@@ -137,6 +164,10 @@ pub struct ClusterState {
     /// start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timing: Option<Timing>,
+    /// The cluster secret (set by the leader once the cluster reaches
+    /// version 5): the gossip key derives from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<ClusterSecret>,
     /// The outcomes of the latest [`ClusterCommand::Once`] requests, oldest
     /// first, at most [`REQUESTS_KEPT`]: a request retried after it was
     /// committed (its answer lost on the way) gets its first outcome again
@@ -354,6 +385,8 @@ pub enum ClusterCommand {
     SetVersion { version: u32 },
     /// Set the cluster's Raft timing (checked before it is proposed).
     SetTiming(Timing),
+    /// Set the cluster secret.
+    SetSecret(ClusterSecret),
     /// Refused unless `object`'s entity tag is still `etag` (see
     /// [`crate::Object`]): the condition of an `If-Match` write, in an
     /// [`ClusterCommand::Atomic`] with the write.
@@ -395,7 +428,7 @@ impl ClusterCommand {
             ClusterCommand::DrainNode { .. } => 2,
             ClusterCommand::Record { .. } => 3,
             ClusterCommand::Expect { .. } => 4,
-            ClusterCommand::SetTiming(_) => 5,
+            ClusterCommand::SetTiming(_) | ClusterCommand::SetSecret(_) => 5,
             ClusterCommand::Authored { command, .. } | ClusterCommand::Once { command, .. } => {
                 command.needs()
             }
@@ -475,6 +508,7 @@ impl fmt::Display for ClusterCommand {
                 write!(f, "raise the cluster version to {version}")
             }
             ClusterCommand::SetTiming(timing) => write!(f, "set the cluster's timing: {timing}"),
+            ClusterCommand::SetSecret(_) => f.write_str("set the cluster secret"),
             ClusterCommand::Record { kind, what } => write!(f, "{kind}: {what}"),
             ClusterCommand::Expect { object, etag } => write!(f, "expect {object} at {etag}"),
             ClusterCommand::Atomic(commands) => {
@@ -647,6 +681,7 @@ impl ClusterState {
                 self.version = self.version().max(*version);
             }
             ClusterCommand::SetTiming(timing) => self.timing = Some(*timing),
+            ClusterCommand::SetSecret(secret) => self.secret = Some(secret.clone()),
             ClusterCommand::Record { .. } => {}
             ClusterCommand::Expect { object, etag } => {
                 if self.spec.etag(object).as_deref() != Some(etag.as_str()) {
@@ -866,6 +901,30 @@ mod tests {
             }),
         };
         assert_eq!(wrapped.needs(), 2);
+        let timing = Timing {
+            heartbeat_ms: 30,
+            election_min_ms: 80,
+            election_max_ms: 160,
+            lease_ms: 110,
+        };
+        assert_eq!(timing.check(), Ok(()));
+        assert_eq!(ClusterCommand::SetTiming(timing).needs(), 5);
+        let secret = ClusterSecret::new("5ec2e7".into());
+        let set = ClusterCommand::SetSecret(secret.clone());
+        assert_eq!(set.needs(), 5);
+        // The secret shows in neither the history nor a debug print.
+        assert_eq!(set.to_string(), "set the cluster secret");
+        assert!(!format!("{set:?}").contains("5ec2e7"));
+        let mut state = ClusterState::default();
+        state.apply(&set).unwrap();
+        state.apply(&ClusterCommand::SetTiming(timing)).unwrap();
+        assert_eq!(state.secret, Some(secret));
+        assert_eq!(state.timing, Some(timing));
+        let unsafe_lease = Timing {
+            lease_ms: 150,
+            ..timing
+        };
+        assert_eq!(unsafe_lease.check().unwrap_err().0, "lease");
         // Proposed only once every member runs it.
         assert_eq!(ClusterCommand::SetVersion { version: 2 }.needs(), 1);
         const { assert!(CLUSTER_VERSION >= 3) };

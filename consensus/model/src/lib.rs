@@ -15,9 +15,9 @@ mod rules;
 mod spec;
 
 pub use cluster::{
-    constant_time_eq, ApiToken, AwsKey, ClusterCommand, ClusterIdentity, ClusterState,
-    HistoryEntry, JoinToken, Refusal, RegistrationToken, Timing, User, CLUSTER_VERSION,
-    GUARD_MARGIN_MS, HISTORY_LEN,
+    constant_time_eq, ApiToken, AwsKey, ClusterCommand, ClusterIdentity, ClusterSecret,
+    ClusterState, HistoryEntry, JoinToken, Refusal, RegistrationToken, Timing, User,
+    CLUSTER_VERSION, GUARD_MARGIN_MS, HISTORY_LEN,
 };
 pub use command::{ApplyError, Command};
 pub use document::{
