@@ -84,6 +84,12 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// The cluster secret the gossip key derives from: `keel secrets
+    /// rotate` makes a new one (gossip runs through the change).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// The cluster's Raft timing: `keel timing set --timing fast` (or
     /// --heartbeat, --election-timeout, --lease). Every node runs it from
     /// its next start; `keel status` names those still to restart.
@@ -400,6 +406,13 @@ pub enum NodeCommand {
         client: ClientArgs,
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Make a new cluster secret: every node seals gossip with the new key
+    /// once it applies the change and opens the old one for 10 s after.
+    Rotate(ClientArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::cli::{
     ApiTokenCommand, ApplyArgs, AwsKeyCommand, BackupArgs, ClientArgs, Command, Connect,
     DeleteArgs, GetArgs, InstanceCommand, LoginArgs, MemberCommand, NodeCommand, Output,
-    RegistrationTokenCommand, TimingCommand, TokenCommand,
+    RegistrationTokenCommand, SecretsCommand, TimingCommand, TokenCommand,
 };
 
 type Result<T> = std::result::Result<T, String>;
@@ -38,6 +38,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::ApiToken { command } => api_token(command).await,
         Command::Node { command } => node(command).await,
         Command::Timing { command } => timing(command).await,
+        Command::Secrets { command } => secrets(command).await,
         Command::RegistrationToken { command } => registration_token(command).await,
         Command::AwsKey { command } => aws_key(command).await,
         Command::Instance { command } => instance(command).await,
@@ -892,6 +893,21 @@ async fn member(command: MemberCommand) -> Result<()> {
     api.send(Method::POST, path, &body).await?;
     println!("{done}");
     Ok(())
+}
+
+async fn secrets(command: SecretsCommand) -> Result<()> {
+    match command {
+        SecretsCommand::Rotate(client) => {
+            Api::new(&client.connect)?
+                .call(Method::POST, "/api/v1/cluster/secret/rotate", None)
+                .await?;
+            println!(
+                "rotated the cluster secret: gossip is sealed with the new key on every node \
+                 that applied the change, and the old key is still opened for 10 s"
+            );
+            Ok(())
+        }
+    }
 }
 
 async fn timing(command: TimingCommand) -> Result<()> {

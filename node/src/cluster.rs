@@ -908,6 +908,9 @@ pub struct Control {
     pub vip_metrics: Arc<crate::vip::VipMetrics>,
     /// The cluster as gossip shows it.
     pub gossip: watch::Sender<keel_gossip::ClusterView>,
+    /// Gossip datagrams dropped (not sealed with a key this node opens,
+    /// stale, replayed or unreadable), as the gossip task last saw.
+    pub gossip_rejected: AtomicU64,
     /// Traffic history for the dashboard.
     pub traffic: Arc<crate::traffic::TrafficLog>,
     /// What this node saw happen, for the dashboard.
@@ -961,6 +964,7 @@ impl Control {
             held_vips: watch::Sender::new(Default::default()),
             vip_metrics: Default::default(),
             gossip: watch::Sender::new(Default::default()),
+            gossip_rejected: AtomicU64::new(0),
             traffic: Arc::default(),
             events: Arc::default(),
             passwords: keel_web::PasswordGate::new(opts.password_checks),

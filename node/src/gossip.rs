@@ -7,7 +7,7 @@
 //! before the secret derived it from the CA key: until the leader sets a
 //! secret, that key is used, and for [`ROLL`] after a node first seals with
 //! a new key it still opens the one before, so gossip keeps running while
-//! the entry that changes it reaches every node.
+//! the entry that changes it (`keel secrets rotate`) reaches every node.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,8 +32,9 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 /// cluster.
 const CHECKERS: usize = 2;
 
-/// How long a node still opens datagrams sealed with the key it replaced.
-const ROLL: Duration = Duration::from_secs(60);
+/// How long a node still opens datagrams sealed with the key it replaced:
+/// every live node applies the entry that changes it within milliseconds.
+const ROLL: Duration = Duration::from_secs(10);
 
 /// The 32-byte gossip key of a cluster with `secret`.
 pub fn gossip_key(secret: &keel_model::ClusterSecret) -> [u8; 32] {
@@ -99,6 +100,9 @@ pub(crate) async fn run(
                     gossip.set_keys(&key, &[]);
                     rolling = None;
                 }
+                control
+                    .gossip_rejected
+                    .store(gossip.rejected(), std::sync::atomic::Ordering::Relaxed);
                 assign_checks(&control.me.name, &dataplane, &view.borrow());
                 gossip.publish(&report(&control, &dataplane)).await;
                 // Members that joined after this node started are not seeds.

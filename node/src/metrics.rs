@@ -196,6 +196,18 @@ pub fn render(control: &Control) -> String {
                 .map(|(name, peer)| (format!("{{node=\"{name}\"}}"), flag(peer.live)))
                 .collect(),
         },
+        Family {
+            name: "keel_gossip_datagrams_rejected_total",
+            help: "Gossip datagrams dropped: not sealed with a key this node opens, stale, \
+                   replayed or unreadable.",
+            kind: "counter",
+            samples: vec![(
+                String::new(),
+                control
+                    .gossip_rejected
+                    .load(std::sync::atomic::Ordering::Relaxed) as f64,
+            )],
+        },
         gauge(
             "keel_node_certificate_expiry_timestamp_seconds",
             "When this node's cluster certificate expires (Unix seconds).",

@@ -840,3 +840,73 @@ fn the_raft_timing_is_the_clusters_and_each_node_runs_it_from_its_next_start() {
     let (status, _) = c.call(3, "POST", "/api/v1/pools", Some(&body)).unwrap();
     assert_eq!(status, 201);
 }
+
+/// `keel secrets rotate` makes a new cluster secret, and gossip runs
+/// through it: both nodes stay live in each other's view while the old key
+/// is still opened (10 s after a node switched), no datagram is dropped
+/// after, and a node that joins later (which knows only the new secret)
+/// gossips with them: so they seal with the new key.
+#[test]
+fn rotating_the_cluster_secret_keeps_gossip_running() {
+    let mut c = Cluster::bootstrap(3);
+    let token = c.join_token(&["--uses", "2"]);
+    c.join(2, &token);
+    c.wait_ready(2);
+    let all_live = |c: &Cluster, n: usize| {
+        (1..=n).all(|i| {
+            c.status(i)["nodes"]
+                .as_array()
+                .is_some_and(|nodes| nodes.len() == n && nodes.iter().all(|m| m["live"] == true))
+        })
+    };
+    wait_until(Duration::from_secs(10), "both nodes live in gossip", || {
+        all_live(&c, 2)
+    });
+    let rejected = |c: &Cluster, i: usize| -> f64 {
+        let text = c.call(i, "GET", "/metrics", None).unwrap().1;
+        text.lines()
+            .find_map(|l| l.strip_prefix("keel_gossip_datagrams_rejected_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the rejected-datagram counter")
+    };
+    let before: Vec<f64> = (1..=2).map(|i| rejected(&c, i)).collect();
+    let (code, out, err) = keel_cli(
+        &c.ns(2),
+        &[("KEEL_TOKEN", &c.bearer)],
+        &["secrets", "rotate", "--server", "http://127.0.0.1:9090"],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let rotated = Instant::now();
+    let mut samples = 0;
+    while rotated.elapsed() < Duration::from_secs(12) {
+        assert!(
+            all_live(&c, 2),
+            "a node dropped out of gossip {:?} after the rotation",
+            rotated.elapsed()
+        );
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after: Vec<f64> = (1..=2).map(|i| rejected(&c, i)).collect();
+    eprintln!("{samples} samples, all live; rejected datagrams before {before:?}, after {after:?}");
+    for i in 0..2 {
+        assert!(
+            after[i] - before[i] <= 3.0,
+            "n{} dropped {} gossip datagrams after the rotation",
+            i + 1,
+            after[i] - before[i]
+        );
+    }
+    // A newcomer knows only the new secret: it gossips with both.
+    c.join(3, &token);
+    c.wait_ready(3);
+    wait_until(
+        Duration::from_secs(10),
+        "the newcomer live in gossip",
+        || all_live(&c, 3),
+    );
+    // The history names the rotation, not the secret.
+    let events = c.call(1, "GET", "/api/v1/events", None).unwrap().1;
+    assert!(events.contains("set the cluster secret"), "{events}");
+}

@@ -150,6 +150,10 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
             axum::routing::put(set_timing::<C>),
         )
         .route(
+            "/api/v1/cluster/secret/rotate",
+            axum::routing::post(rotate_secret::<C>),
+        )
+        .route(
             "/api/v1/tokens",
             get(list_join_tokens::<C>).post(create_join_token::<C>),
         )
@@ -649,6 +653,20 @@ async fn set_timing<C: ControlPlane>(
     }
     commit(&*app.control, &caller, ClusterCommand::SetTiming(timing)).await?;
     tracing::info!(%timing, by = %caller, "cluster timing set");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/cluster/secret/rotate` (`keel secrets rotate`): a new
+/// cluster secret. Every node seals gossip with the key derived from it as
+/// soon as it applies the change, and opens the old one for a while after,
+/// so gossip runs through it.
+async fn rotate_secret<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller(caller)): Extension<Caller>,
+) -> Result<StatusCode, ApiError> {
+    let secret = keel_model::ClusterSecret::new(crate::random_hex(32));
+    commit(&*app.control, &caller, ClusterCommand::SetSecret(secret)).await?;
+    tracing::info!(by = %caller, "cluster secret rotated");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -148,6 +148,13 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         &[("post", "Let a drained node hold VIPs and lead again")],
     ),
     (
+        "/api/v1/cluster/secret/rotate",
+        &[(
+            "post",
+            "Rotate the cluster secret the gossip key derives from (gossip runs through it)",
+        )],
+    ),
+    (
         "/api/v1/cluster/timing",
         &[(
             "put",
