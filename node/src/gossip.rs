@@ -63,10 +63,16 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut applied = control.consensus().applied();
-    let identity = applied.borrow_and_update().state.identity.clone();
-    let Some(identity) = identity else {
-        tracing::error!("no cluster identity: gossip not started");
-        return;
+    // A joiner is admitted before it has applied the state that names the
+    // cluster (and its secret): gossip starts once it has.
+    let identity = loop {
+        if let Some(identity) = applied.borrow_and_update().state.identity.clone() {
+            break identity;
+        }
+        tokio::select! {
+            r = applied.changed() => if r.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
     };
     let advertise = control.me.gossip_addr.parse().unwrap_or(listen);
     let config = GossipConfig {
