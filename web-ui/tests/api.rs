@@ -493,3 +493,64 @@ async fn draining_a_node_that_is_not_a_member_is_404_and_garbage_tags_are_stale(
         assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{garbage:?}: {v}");
     }
 }
+
+/// Garbage for the cluster's timing is refused before anything is
+/// proposed (400 for what is not a timing, 422 naming the unsafe field);
+/// a safe one and a secret rotation are committed, the secret named
+/// nowhere in the history.
+#[tokio::test]
+async fn timing_garbage_is_refused_and_changes_nothing_and_a_rotation_commits() {
+    let control = fake();
+    let api = Api::logged_in(control.clone()).await;
+    let version = control.state().0;
+    for body in [
+        "not json".to_owned(),
+        json!({"heartbeat_ms": "fast"}).to_string(),
+        json!({"heartbeat_ms": -1, "election_min_ms": 80, "election_max_ms": 160, "lease_ms": 110})
+            .to_string(),
+    ] {
+        let (status, v) = api.send("PUT", "/api/v1/cluster/timing", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    }
+    for (timing, field) in [
+        ((0, 80, 160, 110), "heartbeat"),
+        ((30, 160, 80, 50), "election_timeout"),
+        ((30, 80, 160, 150), "lease"),
+        ((30, 80, 160, 0), "lease"),
+    ] {
+        let body = json!({"heartbeat_ms": timing.0, "election_min_ms": timing.1,
+                          "election_max_ms": timing.2, "lease_ms": timing.3});
+        let (status, v) = api
+            .send("PUT", "/api/v1/cluster/timing", body.to_string())
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+        assert_eq!(fields(&v), [field], "{v}");
+    }
+    assert_eq!(control.state().0, version, "a refused timing was proposed");
+
+    let fast =
+        json!({"heartbeat_ms": 30, "election_min_ms": 80, "election_max_ms": 160, "lease_ms": 110});
+    let (status, v) = api
+        .send("PUT", "/api/v1/cluster/timing", fast.to_string())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(control.state().1.timing.map(|t| t.lease_ms), Some(110));
+
+    let (status, v) = api.send("POST", "/api/v1/cluster/secret/rotate", "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
+    let state = control.state().1;
+    let secret = state.secret.clone().expect("a secret");
+    let (status, first) = api.send("POST", "/api/v1/cluster/secret/rotate", "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{first}");
+    assert_ne!(
+        control.state().1.secret,
+        Some(secret.clone()),
+        "a new secret"
+    );
+    let (_, events) = api.send("GET", "/api/v1/events", "").await;
+    assert!(
+        events.to_string().contains("set the cluster secret"),
+        "{events}"
+    );
+    assert!(!events.to_string().contains(secret.expose()), "{events}");
+}
