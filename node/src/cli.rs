@@ -53,6 +53,12 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Users and their roles (admin, operator, viewer): list, add, role,
+    /// delete, passwd.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// API tokens for automation: create, list, revoke.
     ApiToken {
         #[command(subcommand)]
@@ -255,6 +261,53 @@ pub enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// List users with their roles.
+    List(ClientArgs),
+    /// Add a user; the first password (read like `keel login` reads one)
+    /// must be changed at their first login.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+        /// admin, operator (changes load balancers, pools, certificates) or
+        /// viewer (reads).
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's role (at once, for every token they hold).
+    Role {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+        role: String,
+    },
+    /// Delete a user with their API tokens and AWS keys.
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        name: String,
+    },
+    /// Change your own password (asks for the current one and the new
+    /// one), or as an admin reset another user's (`--user`; they must
+    /// change it at their next login). Ends that user's other sessions.
+    Passwd {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Another user's, as an admin.
+        #[arg(long)]
+        user: Option<String>,
+        /// Read the passwords from standard input, one per line: the
+        /// current one (for your own), then the new one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ApiTokenCommand {
     /// Create an API token and print it once.
     Create {
@@ -264,6 +317,18 @@ pub enum ApiTokenCommand {
         /// Optional lifetime (default: until revoked).
         #[arg(long)]
         ttl: Option<String>,
+        /// The user it acts as (default: you; another user's, as an admin).
+        #[arg(long)]
+        user: Option<String>,
+        /// At most this role (default: the user's).
+        #[arg(long)]
+        role: Option<String>,
+        /// Only these load balancers may it change (repeat the flag).
+        #[arg(long = "load-balancer")]
+        load_balancers: Vec<String>,
+        /// Only these pools may it change (repeat the flag).
+        #[arg(long = "pool")]
+        pools: Vec<String>,
     },
     /// List API tokens.
     List(ClientArgs),

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::cli::{
     ApiTokenCommand, ApplyArgs, AwsKeyCommand, BackupArgs, ClientArgs, Command, Connect,
     DeleteArgs, GetArgs, InstanceCommand, LoginArgs, MemberCommand, NodeCommand, Output,
-    RegistrationTokenCommand, SecretsCommand, TimingCommand, TokenCommand,
+    RegistrationTokenCommand, SecretsCommand, TimingCommand, TokenCommand, UserCommand,
 };
 
 type Result<T> = std::result::Result<T, String>;
@@ -35,6 +35,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Status(c) => status(c).await,
         Command::Backup(b) => backup(b).await,
         Command::Token { command } => token(command).await,
+        Command::User { command } => user(command).await,
         Command::ApiToken { command } => api_token(command).await,
         Command::Node { command } => node(command).await,
         Command::Timing { command } => timing(command).await,
@@ -437,16 +438,28 @@ fn kind_path(kind: &str) -> Result<&'static str> {
         "nodes" | "node" => "/api/v1/nodes",
         "tokens" | "token" => "/api/v1/tokens",
         "api-tokens" | "api-token" => "/api/v1/api-tokens",
+        "users" | "user" => "/api/v1/users",
         "registration-tokens" | "registration-token" => "/api/v1/registration-tokens",
         "aws-keys" | "aws-key" => "/api/v1/aws-keys",
         "instances" | "instance" => "/api/v1/instances",
         "config" => "/api/v1/config",
         other => {
             return Err(format!(
-                "unknown kind {other:?}: use load-balancers, pools, nodes, tokens, api-tokens, registration-tokens, aws-keys, instances or config"
+                "unknown kind {other:?}: use load-balancers, pools, nodes, tokens, api-tokens, users, registration-tokens, aws-keys, instances or config"
             ))
         }
     })
+}
+
+/// `  load_balancers=a,b  pools=c` for a scoped token; empty otherwise.
+fn scope_text(item: &Value) -> String {
+    ["load_balancers", "pools"]
+        .iter()
+        .filter_map(|k| {
+            let names: Vec<String> = item[*k].as_array()?.iter().map(s).collect();
+            Some(format!("  {k}={}", names.join(",")))
+        })
+        .collect()
 }
 
 async fn get(a: GetArgs) -> Result<()> {
@@ -549,11 +562,26 @@ async fn get(a: GetArgs) -> Result<()> {
                     item["members"]
                 ),
                 "/api/v1/api-tokens" => format!(
-                    "{}  {}  user={}  expires_at={}",
+                    "{}  {}  user={}  expires_at={}{}{}",
                     s(&item["id"]),
                     s(&item["name"]),
                     s(&item["user"]),
-                    s(&item["expires_at"])
+                    s(&item["expires_at"]),
+                    item["role"]
+                        .as_str()
+                        .map(|r| format!("  role={r}"))
+                        .unwrap_or_default(),
+                    scope_text(&item),
+                ),
+                "/api/v1/users" => format!(
+                    "{}  {}{}",
+                    s(&item["name"]),
+                    s(&item["role"]),
+                    if item["must_change_password"] == true {
+                        "  must-change-password"
+                    } else {
+                        ""
+                    }
                 ),
                 _ => item.to_string(),
             };
@@ -746,13 +774,22 @@ async fn token(command: TokenCommand) -> Result<()> {
 
 async fn api_token(command: ApiTokenCommand) -> Result<()> {
     match command {
-        ApiTokenCommand::Create { client, name, ttl } => {
+        ApiTokenCommand::Create {
+            client,
+            name,
+            ttl,
+            user,
+            role,
+            load_balancers,
+            pools,
+        } => {
             let api = Api::new(&client.connect)?;
             let v = api
                 .send(
                     Method::POST,
                     "/api/v1/api-tokens",
-                    &json!({"name": name, "ttl": ttl}),
+                    &json!({"name": name, "ttl": ttl, "user": user, "role": role,
+                            "load_balancers": load_balancers, "pools": pools}),
                 )
                 .await?;
             print(client.output, &v, |v| format!("{}\n", s(&v["token"])));
@@ -768,6 +805,107 @@ async fn api_token(command: ApiTokenCommand) -> Result<()> {
             .await
         }
     }
+}
+
+async fn user(command: UserCommand) -> Result<()> {
+    match command {
+        UserCommand::List(client) => list(client, "users").await,
+        UserCommand::Add {
+            client,
+            name,
+            role,
+            password_stdin,
+        } => {
+            let api = Api::new(&client.connect)?;
+            let password = ask(password_stdin, &format!("first password for {name}: "))?;
+            api.send(
+                Method::POST,
+                "/api/v1/users",
+                &json!({"name": name, "role": role, "password": password}),
+            )
+            .await?;
+            println!(
+                "added user {name} ({role}); they must change the password at their first login"
+            );
+            Ok(())
+        }
+        UserCommand::Role { client, name, role } => {
+            let api = Api::new(&client.connect)?;
+            api.send(
+                Method::PATCH,
+                &format!("/api/v1/users/{name}"),
+                &json!({"role": role}),
+            )
+            .await?;
+            println!("user {name} is now {role}");
+            Ok(())
+        }
+        UserCommand::Delete { client, name } => {
+            remove(
+                &client,
+                &format!("/api/v1/users/{name}"),
+                &format!("deleted user {name}"),
+            )
+            .await
+        }
+        UserCommand::Passwd {
+            client,
+            user,
+            password_stdin,
+        } => {
+            let api = Api::new(&client.connect)?;
+            let (name, body) = match user {
+                Some(name) => {
+                    let password = ask(password_stdin, &format!("new password for {name}: "))?;
+                    (name, json!({"password": password}))
+                }
+                None => {
+                    let me = api.get("/api/v1/session").await?;
+                    let name = s(&me["user"]);
+                    let (current, password) = if password_stdin {
+                        let mut text = String::new();
+                        std::io::stdin()
+                            .read_to_string(&mut text)
+                            .map_err(|e| format!("cannot read standard input: {e}"))?;
+                        let mut lines = text.lines();
+                        let current = lines.next().unwrap_or_default().to_owned();
+                        (current, lines.next().unwrap_or_default().to_owned())
+                    } else {
+                        (
+                            ask(false, &format!("current password for {name}: "))?,
+                            ask(false, &format!("new password for {name}: "))?,
+                        )
+                    };
+                    (
+                        name,
+                        json!({"password": password, "current_password": current}),
+                    )
+                }
+            };
+            api.send(
+                Method::POST,
+                &format!("/api/v1/users/{name}/password"),
+                &body,
+            )
+            .await?;
+            println!("changed the password of {name}; their other sessions are logged out");
+            Ok(())
+        }
+    }
+}
+
+/// A password from standard input (`stdin`) or asked for on the terminal.
+fn ask(stdin: bool, prompt: &str) -> Result<String> {
+    let mut password = String::new();
+    if stdin {
+        std::io::stdin()
+            .read_to_string(&mut password)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    } else {
+        eprint!("{prompt}");
+        password = read_password()?;
+    }
+    Ok(password.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 async fn aws_key(command: AwsKeyCommand) -> Result<()> {

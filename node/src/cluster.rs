@@ -753,6 +753,7 @@ impl ClusterNode {
                 user: User {
                     password_hash: hash,
                     must_change_password: password.is_some(),
+                    role: keel_model::Role::Admin,
                 },
             })
             .await

@@ -232,8 +232,10 @@ pub fn raw_call(
     ));
     s.write_all(head.as_bytes()).ok()?;
     s.write_all(body.as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).ok()?;
+    // A binary body (a backup) reads as text with replacement characters.
+    let out = String::from_utf8_lossy(&bytes);
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))

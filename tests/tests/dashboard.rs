@@ -12,7 +12,7 @@ use keel_tests::browser::{Browser, Relay};
 use keel_tests::client::{client, get};
 use keel_tests::cluster::{json, node_args, Cluster, ADMIN, PASSWORD};
 use keel_tests::netns::{require_root, wait_until, NsKeel};
-use keel_tests::node::KeelProcess;
+use keel_tests::node::{raw_call, KeelProcess};
 use keel_tests::{eventually, free_port};
 
 const NEW_PASSWORD: &str = "dashboard-password-2";
@@ -60,8 +60,11 @@ async fn dashboard_drives_a_node_through_its_forms() {
     browser.find("#password-form", 5 * SECOND).await;
     browser
         .wait_text("#banner", 5 * SECOND, "the first-login prompt", |t| {
-            t.contains("generated password")
+            t.contains("change it to go on")
         })
+        .await;
+    browser
+        .fill("[data-field=current_password]", &node.initial_password())
         .await;
     browser.fill("[data-field=password]", NEW_PASSWORD).await;
     browser.fill("[data-field=repeat]", NEW_PASSWORD).await;
@@ -321,6 +324,78 @@ async fn dashboard_drives_a_node_through_its_forms() {
         )
         .await;
     browser.screenshot("overview").await;
+
+    // Users: add an operator, make them a viewer, delete them.
+    browser.open(&format!("{base}/ui/users")).await;
+    browser.fill("#user-form [data-field=name]", "ops").await;
+    browser
+        .find("#user-form [data-field=role]", SECOND)
+        .await
+        .select_by_value("operator")
+        .await
+        .unwrap();
+    browser
+        .fill(
+            "#user-form [data-field=password]",
+            "a first password for ops",
+        )
+        .await;
+    browser.click("#user-form button[type=submit]").await;
+    browser
+        .wait_text("#users-table", 5 * SECOND, "the new user", |t| {
+            t.contains("ops") && t.contains("must change password")
+        })
+        .await;
+    let token = {
+        let body = format!("{{\"password\": \"{NEW_PASSWORD}\"}}");
+        let (_, answer) = raw_call(
+            &node.admin.to_string(),
+            "POST",
+            "/api/v1/login",
+            None,
+            Some(&body),
+        )
+        .unwrap();
+        serde_json::from_str::<serde_json::Value>(&answer).unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let role_of_ops = || {
+        let (_, list) = raw_call(
+            &node.admin.to_string(),
+            "GET",
+            "/api/v1/users",
+            Some(&token),
+            None,
+        )
+        .unwrap();
+        let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == "ops")
+            .map(|u| u["role"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(role_of_ops().as_deref(), Some("operator"));
+    browser
+        .find("[data-role-of=ops]", SECOND)
+        .await
+        .select_by_value("viewer")
+        .await
+        .unwrap();
+    eventually(5 * SECOND, "ops becomes a viewer", || async {
+        role_of_ops().as_deref() == Some("viewer")
+    })
+    .await;
+    browser.screenshot("users").await;
+    browser.click("tr[data-user=ops] button.danger").await;
+    c.accept_alert().await.unwrap();
+    eventually(5 * SECOND, "ops is deleted", || async {
+        role_of_ops().is_none()
+    })
+    .await;
+
     time_pages(
         &browser,
         &base,
@@ -332,6 +407,7 @@ async fn dashboard_drives_a_node_through_its_forms() {
             "/ui/traffic",
             "/ui/cluster",
             "/ui/config",
+            "/ui/users",
         ],
     )
     .await;

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! `keel demo` as a newcomer meets it: started as the README says (here
 //! with free ports and a directory of the test's own), then driven through
-//! what it prints: the dashboard URL and one-time password in real
+//! what it prints: the dashboard URL and admin password in real
 //! Chromium, and `keel demo kill` on the leader.
 
 use std::path::{Path, PathBuf};
@@ -88,7 +88,7 @@ impl Demo {
             .collect()
     }
 
-    /// The printed one-time password.
+    /// The printed admin password.
     fn password(&mut self) -> String {
         let login = self.line("Log in", SECOND);
         login
@@ -195,19 +195,13 @@ fn requests(port: u16, count: usize) -> Vec<String> {
         .collect()
 }
 
-/// A browser logged in to the dashboard at `base` with the demo's one-time
-/// password, which it changes as the dashboard asks.
+/// A browser logged in to the dashboard at `base` with the demo's
+/// password.
 async fn log_in(base: &str, password: &str) -> Browser {
     let browser = Browser::start().await;
     browser.client.goto(&format!("{base}/ui/")).await.unwrap();
     browser.fill("#login-password", password).await;
     browser.click("#login-submit").await;
-    browser.find("#password-form", 5 * SECOND).await;
-    browser
-        .fill("[data-field=password]", "demo-password-2")
-        .await;
-    browser.fill("[data-field=repeat]", "demo-password-2").await;
-    browser.click("#password-form button[type=submit]").await;
     browser.find("#member-counts", 5 * SECOND).await;
     browser
 }

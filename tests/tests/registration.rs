@@ -106,8 +106,9 @@ async fn a_backend_registers_and_deregisters_itself_with_a_pool_token() {
     // The token does nothing else: another pool, the admin API, a bad token.
     let (ok, _, err) = reg("register", "other", &token);
     assert!(!ok && err.contains("may only change pool \"app\""), "{err}");
-    let (status, _) = raw_call(&admin, "GET", "/api/v1/pools", Some(&token), None).unwrap();
-    assert_eq!(status, 401);
+    let (status, body) = raw_call(&admin, "GET", "/api/v1/pools", Some(&token), None).unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("may only register and deregister"), "{body}");
     let (ok, _, err) = reg("register", "app", "keelreg_nope_nope");
     assert!(!ok && err.contains("unknown, revoked or expired"), "{err}");
     let (ok, _, err) = keel(

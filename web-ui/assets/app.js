@@ -626,10 +626,11 @@
     loaded();
   }
 
-  // ---- Password.
+  // ---- Password: your own, with the current one.
   async function password(m) {
     const me = await session();
     const form = h('form', { class: 'card', id: 'password-form' }, h('h2', {}, `Change the password of ${me.user}`),
+      input('Current password', 'current_password', { type: 'password', autocomplete: 'current-password', required: true }),
       input('New password (at least 12 characters)', 'password', { type: 'password', autocomplete: 'new-password', required: true }),
       input('Repeat it', 'repeat', { type: 'password', autocomplete: 'new-password', required: true }),
       h('p', { class: 'error form-error', role: 'alert' }),
@@ -642,14 +643,72 @@
         return;
       }
       try {
-        await api('POST', `/users/${encodeURIComponent(me.user)}/password`, { password: v('password') });
+        await api('POST', `/users/${encodeURIComponent(me.user)}/password`,
+          { password: v('password'), current_password: v('current_password') });
         document.getElementById('banner').hidden = true;
-        toast('Password changed');
+        toast('Password changed; your other sessions are logged out');
         go('/ui/');
       } catch (e) { showErrors(form, e); }
     });
     m.append(h('h1', {}, 'Password'), form);
     loaded();
+  }
+
+  // ---- Users (admins): roles, first passwords, deletion.
+  const ROLES = ['viewer', 'operator', 'admin'];
+  async function users(m) {
+    const list = h('div', { class: 'card', id: 'users' });
+    const form = h('form', { class: 'card', id: 'user-form' }, h('h2', {}, 'Add a user'),
+      h('p', { class: 'muted' }, 'Viewers read; operators also change load balancers, pools and certificates; admins also manage users, tokens, nodes and the cluster. The new user must change this first password when they log in.'),
+      h('div', { class: 'row' }, input('Name', 'name', { required: true, autocomplete: 'off' }), select('Role', 'role', ROLES, 'viewer'),
+        input('First password (at least 12 characters)', 'password', { type: 'password', autocomplete: 'new-password', required: true })),
+      h('p', { class: 'error form-error', role: 'alert' }),
+      h('button', { type: 'submit' }, 'Add user'));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const v = (n) => form.querySelector(`[data-field="${n}"]`).value;
+      try {
+        await api('POST', '/users', { name: v('name').trim(), role: v('role'), password: v('password') });
+        showErrors(form, null);
+        form.reset();
+        toast('User added');
+        draw();
+      } catch (e) { showErrors(form, e); }
+    });
+    const me = await session();
+    async function draw() {
+      const all = await api('GET', '/users');
+      list.replaceChildren(h('h2', {}, 'Users'), table(['User', 'Role', 'State', 'Sessions', 'API tokens', ''],
+        all.map((u) => {
+          const role = h('select', { 'aria-label': `Role of ${u.name}`, 'data-role-of': u.name },
+            ROLES.map((r) => h('option', { value: r, selected: r === u.role }, r)));
+          role.addEventListener('change', async () => {
+            try { await api('PATCH', `/users/${encodeURIComponent(u.name)}`, { role: role.value }); toast(`${u.name} is now ${role.value}`); } catch (e) { failed(e); }
+            draw();
+          });
+          const reset = async () => {
+            const next = prompt(`A new password for ${u.name} (at least 12 characters); they must change it at their next login:`);
+            if (!next) return;
+            try { await api('POST', `/users/${encodeURIComponent(u.name)}/password`, { password: next }); toast(`Password of ${u.name} reset; their sessions are logged out`); } catch (e) { failed(e); }
+            draw();
+          };
+          const remove = async () => {
+            if (!confirm(`Delete user ${u.name} with their API tokens and AWS keys?`)) return;
+            try { await api('DELETE', `/users/${encodeURIComponent(u.name)}`); toast(`${u.name} deleted`); } catch (e) { failed(e); }
+            draw();
+          };
+          return h('tr', { 'data-user': u.name },
+            h('td', {}, u.name), h('td', {}, role),
+            h('td', {}, u.must_change_password ? badge('must change password', 'warn') : badge('active', 'ok')),
+            h('td', {}, u.sessions), h('td', {}, u.api_tokens),
+            h('td', {}, u.name === me.user ? '' : [
+              h('button', { type: 'button', class: 'secondary', onclick: reset }, 'Reset password'), ' ',
+              h('button', { type: 'button', class: 'danger', onclick: remove }, 'Delete')]));
+        }), { id: 'users-table' }));
+      loaded();
+    }
+    m.append(h('h1', {}, 'Users'), list, form);
+    await draw();
   }
 
   const VIEWS = {
@@ -661,6 +720,7 @@
     cluster: { title: 'Cluster', draw: clusterView },
     config: { title: 'Config', draw: config },
     password: { title: 'Password', draw: password },
+    users: { title: 'Users', draw: users },
   };
 
   // ---- Start.
@@ -677,16 +737,20 @@
       sessionStorage.removeItem('keel.csrf');
       location.href = '/ui/login';
     });
-    render();
     try {
       const me = await session();
-      document.getElementById('who').textContent = me.user;
+      document.getElementById('who').textContent = `${me.user} (${me.role})`;
+      // Only admins manage users.
+      if (me.role === 'admin') document.getElementById('nav-users').hidden = false;
       if (me.must_change_password) {
+        // The server refuses everything else until then.
         const banner = document.getElementById('banner');
-        banner.replaceChildren('This node still uses its generated password. ', h('a', { href: '/ui/password' }, 'Change it now'), '.');
+        banner.replaceChildren('Your password is a generated one or was set by an admin: change it to go on.');
         banner.hidden = false;
+        if (!location.pathname.startsWith('/ui/password')) history.replaceState(null, '', '/ui/password');
       }
     } catch (e) { failed(e); }
+    render();
   }
 
   function startLogin() {

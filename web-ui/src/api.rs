@@ -14,13 +14,15 @@ use bytes::Bytes;
 use http::{header, HeaderMap, StatusCode};
 use keel_model::{
     ApiToken, CertificateDoc, ClusterCommand, ClusterState, Command, Document, FieldError,
-    JoinToken, LoadBalancerDoc, Object, Path as FieldPath, PoolDoc, Segment, User,
-    ValidationErrors,
+    JoinToken, LoadBalancerDoc, Object, Path as FieldPath, PoolDoc, Segment, ValidationErrors,
+    SESSION_PREFIX,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{check_bearer, new_bearer, random_hex, sha256_hex};
+use crate::access::{authorize, Caller};
+use crate::auth::{check_bearer, check_registration, new_bearer, random_hex, sha256_hex};
 use crate::error::ApiError;
+use crate::users;
 use crate::{ControlPlane, NodeStatus};
 
 /// Largest request body the API reads.
@@ -29,9 +31,9 @@ const BODY_LIMIT: usize = 1 << 20;
 /// How long a login session token lasts.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
-struct App<C> {
-    control: Arc<C>,
-    options: crate::Options,
+pub(crate) struct App<C> {
+    pub(crate) control: Arc<C>,
+    pub(crate) options: crate::Options,
 }
 
 /// The dashboard's session cookie: an API token, HttpOnly so scripts never
@@ -42,11 +44,7 @@ pub(crate) const SESSION_COOKIE: &str = "keel_session";
 /// made with the session cookie.
 const CSRF_HEADER: &str = "x-csrf-token";
 
-type AppState<C> = State<Arc<App<C>>>;
-
-/// Who is calling, once authenticated, and with which token.
-#[derive(Clone)]
-struct Caller(String);
+pub(crate) type AppState<C> = State<Arc<App<C>>>;
 
 /// The token the caller authenticated with, and whether it came as the
 /// session cookie.
@@ -83,7 +81,7 @@ fn set_cookie(value: &str, max_age: u64, tls: bool) -> String {
 
 /// The client's address (unspecified when unknown, e.g. in-process tests).
 #[derive(Clone, Copy)]
-struct ClientIp(IpAddr);
+pub(crate) struct ClientIp(pub(crate) IpAddr);
 
 pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) -> Router {
     let app = Arc::new(App { control, options });
@@ -163,13 +161,24 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
         )
         .route(
             "/api/v1/api-tokens",
-            get(list_api_tokens::<C>).post(create_api_token::<C>),
+            get(users::list_api_tokens::<C>).post(users::create_api_token::<C>),
         )
         .route(
             "/api/v1/api-tokens/{id}",
-            axum::routing::delete(revoke_api_token::<C>),
+            axum::routing::delete(users::revoke_api_token::<C>),
         )
-        .route("/api/v1/users/{name}/password", post(set_password::<C>))
+        .route(
+            "/api/v1/users",
+            get(users::list::<C>).post(users::create::<C>),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            axum::routing::patch(users::change::<C>).delete(users::delete::<C>),
+        )
+        .route(
+            "/api/v1/users/{name}/password",
+            post(users::set_password::<C>),
+        )
         .route(
             "/api/v1/registration-tokens",
             get(list_registration_tokens::<C>).post(create_registration_token::<C>),
@@ -256,9 +265,21 @@ async fn authenticate<C: ControlPlane>(
             .into_response(),
         };
     let (_, state) = app.control.state();
-    let Some(user) = check_bearer(&state, &credential.token, now()) else {
+    let Some(caller) = check_bearer(&state, &credential.token, now()) else {
+        if let Some((_, pool)) = check_registration(&state, &credential.token, now()) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "a registration token may only register and deregister members of pool \
+                     {pool:?} (POST /api/v1/register, /api/v1/deregister)"
+                ),
+            )
+            .into_response();
+        }
         return ApiError::unauthorized("the token is unknown, revoked or expired").into_response();
     };
+    let user = caller.user.clone();
     let safe = matches!(
         *request.method(),
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
@@ -279,7 +300,11 @@ async fn authenticate<C: ControlPlane>(
             .into_response();
         }
     }
-    request.extensions_mut().insert(Caller(user));
+    if let Err(refused) = authorize(&caller, request.method(), path) {
+        tracing::info!(client = %ip, user = %user, method = %request.method(), path = %path, "request refused: {}", refused.message());
+        return refused.into_response();
+    }
+    request.extensions_mut().insert(caller);
     request.extensions_mut().insert(credential);
     next.run(request).await
 }
@@ -371,11 +396,14 @@ async fn login<C: ControlPlane>(
         .propose(ClusterCommand::CreateApiToken {
             id,
             token: ApiToken {
-                name: format!("session:{}", req.user),
+                name: format!("{SESSION_PREFIX}{}", req.user),
                 user: req.user.clone(),
                 secret_sha256,
                 created_at: now(),
                 expires_at: Some(expires_at),
+                role: None,
+                load_balancers: Vec::new(),
+                pools: Vec::new(),
             },
         })
         .await?;
@@ -404,19 +432,14 @@ async fn login<C: ControlPlane>(
 /// session, for the dashboard) and clear the cookie.
 async fn logout<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(user)): Extension<Caller>,
-    Extension(credential): Extension<Credential>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    if let Some((id, _)) = credential
-        .token
-        .strip_prefix("keel_")
-        .and_then(|rest| rest.split_once('_'))
-    {
-        app.control
-            .propose(ClusterCommand::RevokeApiToken { id: id.to_owned() })
-            .await?;
-    }
-    tracing::info!(user = %user, "logout");
+    app.control
+        .propose(ClusterCommand::RevokeApiToken {
+            id: caller.token.clone(),
+        })
+        .await?;
+    tracing::info!(user = %caller.user, "logout");
     let cookie = set_cookie("", 0, app.options.tls);
     Ok(([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response())
 }
@@ -424,6 +447,9 @@ async fn logout<C: ControlPlane>(
 #[derive(Serialize)]
 struct SessionView {
     user: String,
+    /// What the caller may do (the lesser of the user's role and the
+    /// token's).
+    role: keel_model::Role,
     /// For cookie sessions: the `X-CSRF-Token` value.
     #[serde(skip_serializing_if = "Option::is_none")]
     csrf: Option<String>,
@@ -435,23 +461,19 @@ struct SessionView {
 /// a reload) the CSRF token of its cookie session.
 async fn session<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(user)): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
     Extension(credential): Extension<Credential>,
 ) -> Json<SessionView> {
     let (_, state) = app.control.state();
-    let expires_at = credential
-        .token
-        .strip_prefix("keel_")
-        .and_then(|rest| rest.split_once('_'))
-        .and_then(|(id, _)| state.api_tokens.get(id))
+    let expires_at = state
+        .api_tokens
+        .get(&caller.token)
         .and_then(|t| t.expires_at);
     Json(SessionView {
-        must_change_password: state
-            .users
-            .get(&user)
-            .is_some_and(|u| u.must_change_password),
+        must_change_password: caller.must_change_password,
         csrf: credential.cookie.then(|| csrf_token(&credential.token)),
-        user,
+        role: caller.role,
+        user: caller.user,
         expires_at,
     })
 }
@@ -490,7 +512,7 @@ struct MemberChange {
 /// drain timeout); `true` puts it back.
 async fn set_member<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     Path((pool, address)): Path<(String, String)>,
     body: Result<Json<MemberChange>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
@@ -518,47 +540,6 @@ async fn set_member<C: ControlPlane>(
         }),
     )
     .await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PasswordRequest {
-    password: String,
-}
-
-async fn set_password<C: ControlPlane>(
-    State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
-    Path(name): Path<String>,
-    body: Result<Json<PasswordRequest>, JsonRejection>,
-) -> Result<StatusCode, ApiError> {
-    let Json(req) = body?;
-    if req.password.chars().count() < 12 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            "password: at least 12 characters",
-        ));
-    }
-    let password = req.password;
-    let password_hash = tokio::task::spawn_blocking(move || crate::hash_password(&password))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    commit(
-        &*app.control,
-        &caller,
-        ClusterCommand::SetUser {
-            name: name.clone(),
-            user: User {
-                password_hash,
-                must_change_password: false,
-            },
-        },
-    )
-    .await?;
-    tracing::info!(user = %name, by = %caller, "password changed");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -606,7 +587,7 @@ async fn vips<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<VipStatus>> 
 
 async fn remove_node<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     app.control.remove_node(&name).await?;
@@ -619,7 +600,7 @@ async fn remove_node<C: ControlPlane>(
 /// voter would be left to lead.
 async fn drain_node<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     set_drained(&*app.control, &caller, &name, true).await?;
@@ -630,7 +611,7 @@ async fn drain_node<C: ControlPlane>(
 /// `keel node undrain NAME`: the node may hold VIPs and lead again.
 async fn undrain_node<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     set_drained(&*app.control, &caller, &name, false).await?;
@@ -643,7 +624,7 @@ async fn undrain_node<C: ControlPlane>(
 /// keeps it and `keel status` names the nodes still to restart.
 async fn set_timing<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     let timing: keel_model::Timing = serde_json::from_slice(&body)
@@ -662,7 +643,7 @@ async fn set_timing<C: ControlPlane>(
 /// so gossip runs through it.
 async fn rotate_secret<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
 ) -> Result<StatusCode, ApiError> {
     let secret = keel_model::ClusterSecret::new(crate::random_hex(32));
     commit(&*app.control, &caller, ClusterCommand::SetSecret(secret)).await?;
@@ -777,7 +758,7 @@ struct Applied {
 /// are committed, so applying the same document twice changes nothing.
 async fn put_config<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     Query(query): Query<ApplyQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -840,7 +821,7 @@ struct BackupRequest {
 /// A read barrier first, so it holds every write committed before it.
 async fn backup<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     body: Result<Json<BackupRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
@@ -1108,7 +1089,7 @@ async fn fetch<C: ControlPlane, K: Kind>(
 
 async fn create<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     body: Result<Json<K>, JsonRejection>,
 ) -> Result<(StatusCode, Json<K>), ApiError> {
     let Json(mut item) = body?;
@@ -1133,7 +1114,7 @@ async fn create<C: ControlPlane, K: Kind>(
 
 async fn replace<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Json<K>, JsonRejection>,
@@ -1170,7 +1151,7 @@ async fn replace<C: ControlPlane, K: Kind>(
 
 async fn remove<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
@@ -1260,7 +1241,7 @@ fn parse_ttl(ttl: Option<&str>, default: Duration) -> Result<Duration, ApiError>
 
 async fn create_join_token<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     body: Result<Json<NewJoinToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedJoinToken>), ApiError> {
     let Json(req) = body?;
@@ -1306,105 +1287,13 @@ async fn create_join_token<C: ControlPlane>(
 
 async fn revoke_join_token<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     commit(
         &*app.control,
         &caller,
         ClusterCommand::RevokeJoinToken { id },
-    )
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Serialize)]
-struct ApiTokenView {
-    id: String,
-    name: String,
-    user: String,
-    created_at: u64,
-    expires_at: Option<u64>,
-}
-
-async fn list_api_tokens<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<ApiTokenView>> {
-    let (_, state) = app.control.state();
-    Json(
-        state
-            .api_tokens
-            .iter()
-            .map(|(id, t)| ApiTokenView {
-                id: id.clone(),
-                name: t.name.clone(),
-                user: t.user.clone(),
-                created_at: t.created_at,
-                expires_at: t.expires_at,
-            })
-            .collect(),
-    )
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewApiToken {
-    name: String,
-    /// Default: until revoked.
-    ttl: Option<String>,
-}
-
-#[derive(Serialize)]
-struct CreatedApiToken {
-    id: String,
-    name: String,
-    token: String,
-    expires_at: Option<u64>,
-}
-
-async fn create_api_token<C: ControlPlane>(
-    State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
-    body: Result<Json<NewApiToken>, JsonRejection>,
-) -> Result<(StatusCode, Json<CreatedApiToken>), ApiError> {
-    let Json(req) = body?;
-    check_token_name(&req.name)?;
-    let expires_at = expiry(req.ttl.as_deref())?;
-    let (id, token, secret_sha256) = new_bearer();
-    commit(
-        &*app.control,
-        &caller,
-        ClusterCommand::CreateApiToken {
-            id: id.clone(),
-            token: ApiToken {
-                name: req.name.clone(),
-                user: caller.clone(),
-                secret_sha256,
-                created_at: now(),
-                expires_at,
-            },
-        },
-    )
-    .await?;
-    tracing::info!(token = %id, name = %req.name, by = %caller, "api token created");
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedApiToken {
-            id,
-            name: req.name,
-            token,
-            expires_at,
-        }),
-    ))
-}
-
-async fn revoke_api_token<C: ControlPlane>(
-    State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    commit(
-        &*app.control,
-        &caller,
-        ClusterCommand::RevokeApiToken { id },
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -1488,7 +1377,7 @@ struct CreatedRegistrationToken {
 /// remove themselves in one pool. The token is shown once.
 async fn create_registration_token<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     body: Result<Json<NewRegistrationToken>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedRegistrationToken>), ApiError> {
     let Json(req) = body?;
@@ -1529,7 +1418,7 @@ async fn create_registration_token<C: ControlPlane>(
 
 async fn revoke_registration_token<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     commit(
@@ -1629,10 +1518,14 @@ fn registration_scope<C: ControlPlane>(
         .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <registration token>"))?;
     let (_, state) = app.control.state();
     let registration = crate::auth::check_registration(&state, token, now());
+    let mut bearer = None;
     let by = match registration.as_ref().map(|(_, pool)| pool.clone()) {
         Some(pool) => (format!("registration token for {pool}"), Some(pool)),
         None => match check_bearer(&state, token, now()) {
-            Some(user) => (user, None),
+            Some(caller) => {
+                bearer = Some(caller.clone());
+                (caller.user, None)
+            }
             None => {
                 return Err(ApiError::unauthorized(
                     "the token is unknown, revoked or expired",
@@ -1641,6 +1534,14 @@ fn registration_scope<C: ControlPlane>(
         },
     };
     let Json(reg) = body?;
+    if let Some(caller) = &bearer {
+        // An API token registers as it would change the pool.
+        authorize(
+            caller,
+            &http::Method::PUT,
+            &format!("/api/v1/pools/{}", reg.pool),
+        )?;
+    }
     if by.1.as_ref().is_some_and(|p| *p != reg.pool) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -1772,7 +1673,7 @@ struct CreatedAwsKey {
 /// secret is shown once.
 async fn create_aws_key<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     body: Result<Json<NewAwsKey>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedAwsKey>), ApiError> {
     let Json(req) = body?;
@@ -1813,7 +1714,7 @@ async fn create_aws_key<C: ControlPlane>(
 
 async fn revoke_aws_key<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     commit(&*app.control, &caller, ClusterCommand::RevokeAwsKey { id }).await?;
@@ -1853,7 +1754,7 @@ async fn fetch_instance<C: ControlPlane>(
 /// `PUT /api/v1/instances/{id}` `{"address": IP}`: adds or moves an instance.
 async fn put_instance<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Json<Instance>, JsonRejection>,
 ) -> Result<Json<Instance>, ApiError> {
@@ -1879,7 +1780,7 @@ async fn put_instance<C: ControlPlane>(
 
 async fn remove_instance<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller(caller)): Extension<Caller>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let (_, state) = app.control.state();
@@ -1896,7 +1797,7 @@ async fn remove_instance<C: ControlPlane>(
 }
 
 /// The name given to a new token or key: 1 to 100 characters.
-fn check_token_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_token_name(name: &str) -> Result<(), ApiError> {
     if name.trim().is_empty() || name.len() > 100 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1908,7 +1809,7 @@ fn check_token_name(name: &str) -> Result<(), ApiError> {
 }
 
 /// When a token with lifetime `ttl` expires (unix seconds); never without one.
-fn expiry(ttl: Option<&str>) -> Result<Option<u64>, ApiError> {
+pub(crate) fn expiry(ttl: Option<&str>) -> Result<Option<u64>, ApiError> {
     ttl.map(|t| Ok(now() + parse_ttl(Some(t), Duration::ZERO)?.as_secs()))
         .transpose()
 }

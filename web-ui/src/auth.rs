@@ -17,6 +17,8 @@ use argon2::Argon2;
 use keel_model::{constant_time_eq, ClusterState};
 use sha2::{Digest, Sha256};
 
+use crate::access::Caller;
+
 /// Hex SHA-256 of `text`.
 pub fn sha256_hex(text: &str) -> String {
     Sha256::digest(text.as_bytes())
@@ -115,13 +117,14 @@ pub fn check_registration(state: &ClusterState, token: &str, now: u64) -> Option
     ))
 }
 
-/// The user a bearer token acts as, if it is valid at `now` (unix seconds).
-pub fn check_bearer(state: &ClusterState, token: &str, now: u64) -> Option<String> {
+/// Who a bearer token stands for, if it is valid at `now` (unix seconds)
+/// and its user still exists.
+pub(crate) fn check_bearer(state: &ClusterState, token: &str, now: u64) -> Option<Caller> {
     let id = check_secret_token(token, "keel", now, |id| {
         let r = state.api_tokens.get(id)?;
         Some((r.secret_sha256.as_str(), r.expires_at))
     })?;
-    Some(state.api_tokens.get(id)?.user.clone())
+    Caller::of_token(state, id, state.api_tokens.get(id)?)
 }
 
 /// Most keys an [`Attempts`] remembers; past it, new keys are refused until
@@ -357,13 +360,39 @@ mod tests {
                 secret_sha256,
                 created_at: 0,
                 expires_at: Some(100),
+                role: None,
+                load_balancers: Vec::new(),
+                pools: Vec::new(),
             },
         );
-        assert_eq!(check_bearer(&state, &token, 10).as_deref(), Some("admin"));
-        assert_eq!(check_bearer(&state, &token, 100), None, "expired");
-        assert_eq!(check_bearer(&state, &format!("{token}x"), 10), None);
-        assert_eq!(check_bearer(&state, "keel_", 10), None);
-        assert_eq!(check_bearer(&state, "garbage", 10), None);
+        let user = |state: &ClusterState, token: &str, now| {
+            check_bearer(state, token, now).map(|c| c.user)
+        };
+        assert_eq!(user(&state, &token, 10), None, "no such user");
+        state.users.insert(
+            "admin".into(),
+            keel_model::User {
+                password_hash: String::new(),
+                must_change_password: false,
+                role: keel_model::Role::Operator,
+            },
+        );
+        assert_eq!(user(&state, &token, 10).as_deref(), Some("admin"));
+        assert_eq!(user(&state, &token, 100), None, "expired");
+        assert_eq!(user(&state, &format!("{token}x"), 10), None);
+        assert_eq!(user(&state, "keel_", 10), None);
+        assert_eq!(user(&state, "garbage", 10), None);
+        // The token may be less than its user, never more.
+        if let Some(t) = state.api_tokens.get_mut(&id) {
+            t.role = Some(keel_model::Role::Admin);
+        }
+        let caller = check_bearer(&state, &token, 10).unwrap();
+        assert_eq!(caller.role, keel_model::Role::Operator);
+        if let Some(t) = state.api_tokens.get_mut(&id) {
+            t.role = Some(keel_model::Role::Viewer);
+        }
+        let caller = check_bearer(&state, &token, 10).unwrap();
+        assert_eq!(caller.role, keel_model::Role::Viewer);
     }
 
     #[test]

@@ -420,6 +420,15 @@ async fn handle<C: ControlPlane>(
         );
     };
     let changes = !action.starts_with("Describe");
+    let allowed = crate::access::Caller::of_user(&state, &user)
+        .ok_or_else(|| format!("user {user:?} does not exist"))
+        .and_then(|caller| {
+            crate::access::authorize_compat(&caller, changes).map_err(|e| e.message().to_owned())
+        });
+    if let Err(message) = allowed {
+        tracing::info!(%client, action = %action, user = %user, "aws api request refused: {message}");
+        return error_response(ns, &AwsError::new(403, "AccessDenied", message), &id);
+    }
     let until = signed.signed_at + crate::sigv4::MAX_SKEW_SECS;
     if changes && !aws.replays.admit(&signed.signature, until, peer, now) {
         tracing::warn!(%client, action = %action, "aws api request replayed");

@@ -134,6 +134,7 @@ mod tests {
             User {
                 password_hash: "$argon2id$x".into(),
                 must_change_password: false,
+                role: keel_model::Role::Admin,
             },
         );
         for name in ["session:admin", "ci"] {
@@ -145,6 +146,9 @@ mod tests {
                     secret_sha256: "00".into(),
                     created_at: 1,
                     expires_at: None,
+                    role: None,
+                    load_balancers: Vec::new(),
+                    pools: Vec::new(),
                 },
             );
         }

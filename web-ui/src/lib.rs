@@ -10,6 +10,7 @@
 //! the binary) that call the same API with a session cookie; requests made
 //! with the cookie must also carry a CSRF token (see `api::authenticate`).
 
+mod access;
 mod api;
 pub use aws::router as aws_router;
 pub use octavia::router as octavia_router;
@@ -27,6 +28,7 @@ mod octavia;
 mod openapi;
 mod sigv4;
 mod ui;
+mod users;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,7 +38,8 @@ use keel_model::{ClusterCommand, ClusterState, Refusal};
 use serde::{Deserialize, Serialize};
 
 pub use auth::{
-    hash_password, is_password_hash, random_hex, sha256_hex, Attempts, NotChecked, PasswordGate,
+    hash_password, is_password_hash, random_hex, sha256_hex, verify_password, Attempts, NotChecked,
+    PasswordGate,
 };
 pub use error::ApiError;
 

@@ -4,6 +4,8 @@
 use axum::Json;
 use serde_json::{json, Value};
 
+use crate::access::{required, Permission};
+
 /// Every path the API routes, with its methods and a one-line summary.
 pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
     (
@@ -174,7 +176,10 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         "/api/v1/api-tokens",
         &[
             ("get", "List API tokens"),
-            ("post", "Create an API token (shown once)"),
+            (
+                "post",
+                "Create an API token (shown once): {name, ttl, user, role, load_balancers, pools}",
+            ),
         ],
     ),
     (
@@ -182,8 +187,28 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         &[("delete", "Revoke an API token")],
     ),
     (
+        "/api/v1/users",
+        &[
+            ("get", "List users with their roles"),
+            (
+                "post",
+                "Add a user: {name, role (admin, operator, viewer), password}; they must change the password at their first login",
+            ),
+        ],
+    ),
+    (
+        "/api/v1/users/{name}",
+        &[
+            ("patch", "Change a user's role: {role}"),
+            ("delete", "Delete a user with their API tokens and AWS keys"),
+        ],
+    ),
+    (
         "/api/v1/users/{name}/password",
-        &[("post", "Set a user's password")],
+        &[(
+            "post",
+            "Change your own password ({password, current_password}; any user) or, as an admin, reset another user's ({password}; they must change it at their next login); ends that user's other sessions",
+        )],
     ),
     (
         "/api/v1/registration-tokens",
@@ -244,6 +269,19 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
     ),
 ];
 
+/// The permission an operation needs (none for login, the document and
+/// (de)registration, which check their own credentials).
+fn permission(method: &str, path: &str) -> Option<Permission> {
+    if matches!(
+        path,
+        "/api/v1/login" | "/api/v1/openapi.json" | "/api/v1/register" | "/api/v1/deregister"
+    ) {
+        return None;
+    }
+    let method = http::Method::from_bytes(method.to_uppercase().as_bytes()).ok()?;
+    Some(required(&method, path, ""))
+}
+
 pub(crate) async fn document() -> Json<Value> {
     let mut paths = serde_json::Map::new();
     for (path, methods) in PATHS {
@@ -260,6 +298,10 @@ pub(crate) async fn document() -> Json<Value> {
             });
             if *path != "/api/v1/login" {
                 op["security"] = json!([{"bearer": []}, {"session": []}]);
+            }
+            if let Some(need) = permission(method, path) {
+                op["x-keel-permission"] = json!(need.name());
+                op["x-keel-role"] = json!(need.role());
             }
             ops.insert((*method).to_owned(), op);
         }

@@ -309,6 +309,9 @@ async fn logging_in_forgets_expired_sessions() {
                 secret_sha256: "00".repeat(32),
                 created_at: 0,
                 expires_at: Some(1),
+                role: None,
+                load_balancers: Vec::new(),
+                pools: Vec::new(),
             },
         );
         guard.1 = Arc::new(next);

@@ -11,12 +11,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 mod common;
-use common::{fake_with, PASSWORD};
-
-/// An admin still on a generated password.
-fn fake() -> std::sync::Arc<common::Fake> {
-    fake_with(true)
-}
+use common::{fake, fake_with, PASSWORD};
 
 struct Answer {
     status: StatusCode,
@@ -73,7 +68,6 @@ async fn cookie_login(app: &axum::Router) -> (String, String, String) {
         body.get("token").is_none(),
         "the token goes only into the HttpOnly cookie"
     );
-    assert_eq!(body["must_change_password"], true);
     let set_cookie = a.headers[header::SET_COOKIE].to_str().unwrap().to_owned();
     let pair = set_cookie.split(';').next().unwrap().to_owned();
     (pair, body["csrf"].as_str().unwrap().to_owned(), set_cookie)
@@ -336,4 +330,54 @@ async fn the_dashboard_weighs_under_200_kb() {
     );
     let missing = send(&app, "GET", "/ui/assets/../../etc/passwd", &[], "").await;
     assert_ne!(missing.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_generated_password_must_be_changed_before_anything_else() {
+    let control = fake_with(true);
+    let app = keel_web::router(control.clone(), Options::default());
+    let (cookie, csrf, _) = cookie_login(&app).await;
+    let (other, _, _) = cookie_login(&app).await;
+    let with_cookie = [
+        ("cookie", cookie.as_str()),
+        ("x-csrf-token", csrf.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let me = send(&app, "GET", "/api/v1/session", &with_cookie, "").await;
+    assert_eq!(me.json()["must_change_password"], true, "{}", me.text);
+    // The server, not the dashboard's script, holds the line.
+    for (method, path) in [("GET", "/api/v1/pools"), ("POST", "/api/v1/tokens")] {
+        let a = send(&app, method, path, &with_cookie, "{}").await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{method} {path}");
+        assert_eq!(a.json()["error"]["code"], "password_change_required");
+    }
+    let change = |body: Value| {
+        let app = app.clone();
+        async move {
+            send(
+                &app,
+                "POST",
+                "/api/v1/users/admin/password",
+                &with_cookie,
+                &body.to_string(),
+            )
+            .await
+        }
+    };
+    let new = "a new password for admin";
+    let a = change(json!({"password": new})).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    assert!(a.text.contains("current_password"), "{}", a.text);
+    let a = change(json!({"password": new, "current_password": "wrong one"})).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text);
+    let a = change(json!({"password": new, "current_password": PASSWORD})).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
+    // This session goes on, now allowed everything; the other one ended.
+    let a = send(&app, "GET", "/api/v1/pools", &with_cookie, "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let a = send(&app, "GET", "/api/v1/pools", &[("cookie", &other)], "").await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let admin = &control.state().1.users["admin"];
+    assert!(!admin.must_change_password);
+    assert!(keel_web::verify_password(new, &admin.password_hash));
 }

@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::Role;
 use crate::command::{ApplyError, Command};
 use crate::spec::Spec;
 
@@ -21,8 +22,11 @@ use crate::spec::Spec;
 /// [`ClusterCommand::Record`]; 4, [`ClusterCommand::Expect`] and
 /// [`Refusal::Stale`]; 5, [`ClusterCommand::SetTiming`],
 /// [`ClusterCommand::SetSecret`], [`ClusterState::timing`] and
-/// [`ClusterState::secret`].
-pub const CLUSTER_VERSION: u32 = 5;
+/// [`ClusterState::secret`]; 6, roles: [`User::role`], [`ApiToken`]'s role
+/// and scope, [`ClusterCommand::CreateUser`], [`ClusterCommand::SetRole`],
+/// [`ClusterCommand::SetPassword`], [`ClusterCommand::DeleteUser`] and
+/// [`Refusal::Conflict`].
+pub const CLUSTER_VERSION: u32 = 6;
 
 /// The cluster's Raft timing, in milliseconds: every node runs it, because
 /// the leader's lease is safe only if every follower refuses other
@@ -261,6 +265,30 @@ pub struct ApiToken {
     pub created_at: u64,
     /// Unix seconds after which it is refused; `None` = until revoked.
     pub expires_at: Option<u64>,
+    /// At most this role (the user's own, if less, wins); `None`: the
+    /// user's role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// The load balancers it may change; with `pools`, empty both: any.
+    /// A token with a scope changes only the objects it names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancers: Vec<String>,
+    /// The pools it may change (see `load_balancers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<String>,
+}
+
+impl ApiToken {
+    /// Does it carry a role or a scope, which a Keel before roles would
+    /// not read?
+    fn restricted(&self) -> bool {
+        self.role.is_some() || !self.load_balancers.is_empty() || !self.pools.is_empty()
+    }
+
+    /// Is it limited to some load balancers and pools?
+    pub fn scoped(&self) -> bool {
+        !self.load_balancers.is_empty() || !self.pools.is_empty()
+    }
 }
 
 /// A token a backend uses to register and deregister itself as a member
@@ -312,19 +340,25 @@ impl fmt::Debug for AwsKey {
     }
 }
 
-/// An admin user.
+/// A user of the admin API and dashboard.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     /// Argon2 hash in PHC string form.
     pub password_hash: String,
-    /// True while the password is the generated one and should be changed.
+    /// True while the password is one someone else chose (generated, or
+    /// set by an admin): until the user changes it, the API does nothing
+    /// else for them.
     pub must_change_password: bool,
+    /// What the user may do.
+    #[serde(default, skip_serializing_if = "crate::access::is_admin")]
+    pub role: Role,
 }
 
 impl fmt::Debug for User {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("User")
             .field("must_change_password", &self.must_change_password)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
@@ -338,8 +372,23 @@ pub enum ClusterCommand {
     Init(ClusterIdentity),
     /// A change to the load-balancer spec.
     Spec(Command),
-    /// Create or replace a user's password.
+    /// Create or replace a user (bootstrap, recovery).
     SetUser { name: String, user: User },
+    /// Create a user; refused if the name is taken.
+    CreateUser { name: String, user: User },
+    /// Change a user's role; refused if no admin would be left.
+    SetRole { name: String, role: Role },
+    /// Change a user's password, ending their login sessions but
+    /// `keep_session` (the token id of the session that changed it).
+    SetPassword {
+        name: String,
+        password_hash: String,
+        must_change_password: bool,
+        keep_session: Option<String>,
+    },
+    /// Delete a user with their API tokens and AWS access keys; refused
+    /// for the last admin.
+    DeleteUser { name: String },
     /// Create a join token.
     CreateJoinToken { id: String, token: JoinToken },
     /// Revoke a join token.
@@ -429,6 +478,12 @@ impl ClusterCommand {
             ClusterCommand::Record { .. } => 3,
             ClusterCommand::Expect { .. } => 4,
             ClusterCommand::SetTiming(_) | ClusterCommand::SetSecret(_) => 5,
+            ClusterCommand::CreateUser { .. }
+            | ClusterCommand::SetRole { .. }
+            | ClusterCommand::SetPassword { .. }
+            | ClusterCommand::DeleteUser { .. } => 6,
+            ClusterCommand::SetUser { user, .. } if user.role != Role::Admin => 6,
+            ClusterCommand::CreateApiToken { token, .. } if token.restricted() => 6,
             ClusterCommand::Authored { command, .. } | ClusterCommand::Once { command, .. } => {
                 command.needs()
             }
@@ -475,6 +530,22 @@ impl fmt::Display for ClusterCommand {
             ClusterCommand::Init(id) => write!(f, "init cluster {}", id.cluster_id),
             ClusterCommand::Spec(c) => c.fmt(f),
             ClusterCommand::SetUser { name, .. } => write!(f, "set password of user {name}"),
+            ClusterCommand::CreateUser { name, user } => {
+                write!(f, "create user {name} ({})", user.role)
+            }
+            ClusterCommand::SetRole { name, role } => write!(f, "make user {name} {role}"),
+            ClusterCommand::SetPassword {
+                name,
+                must_change_password,
+                ..
+            } => {
+                if *must_change_password {
+                    write!(f, "reset the password of user {name}")
+                } else {
+                    write!(f, "change the password of user {name}")
+                }
+            }
+            ClusterCommand::DeleteUser { name } => write!(f, "delete user {name}"),
             ClusterCommand::CreateJoinToken { id, token } => {
                 write!(f, "create join token {id} ({} uses)", token.uses_left)
             }
@@ -542,6 +613,10 @@ pub enum Refusal {
     /// An `If-Match` write whose object changed since it was read.
     #[error("{0}")]
     Stale(String),
+    /// The change would break a rule about the cluster's users (a name
+    /// taken, no admin left).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -604,6 +679,33 @@ impl ClusterState {
             ClusterCommand::SetUser { name, user } => {
                 self.users.insert(name.clone(), user.clone());
             }
+            ClusterCommand::CreateUser { name, user } => {
+                if self.users.contains_key(name) {
+                    return Err(Refusal::Conflict(format!("user {name:?} already exists")));
+                }
+                self.users.insert(name.clone(), user.clone());
+            }
+            ClusterCommand::SetRole { name, role } => {
+                self.user(name)?;
+                self.keep_an_admin(name, Some(*role))?;
+                if let Some(user) = self.users.get_mut(name) {
+                    user.role = *role;
+                }
+            }
+            ClusterCommand::SetPassword {
+                name,
+                password_hash,
+                must_change_password,
+                keep_session,
+            } => {
+                self.user(name)?;
+                if let Some(user) = self.users.get_mut(name) {
+                    user.password_hash.clone_from(password_hash);
+                    user.must_change_password = *must_change_password;
+                }
+                self.end_sessions(name, keep_session.as_deref());
+            }
+            ClusterCommand::DeleteUser { name } => self.delete_user(name)?,
             ClusterCommand::CreateJoinToken { id, token } => {
                 self.join_tokens.insert(id.clone(), token.clone());
             }
@@ -1061,6 +1163,9 @@ mod tests {
                 secret_sha256: "aa".repeat(32),
                 created_at: 0,
                 expires_at: Some(100),
+                role: None,
+                load_balancers: Vec::new(),
+                pools: Vec::new(),
             },
         };
         let once = |request: &str, command: ClusterCommand| ClusterCommand::Once {
@@ -1222,6 +1327,7 @@ mod tests {
             User {
                 password_hash: "$argon2id$SECRET".into(),
                 must_change_password: false,
+                role: Role::Admin,
             },
         );
         let text = format!("{s:?}");

@@ -6,6 +6,7 @@
 //! This crate is pure: no I/O, no async runtime, no network. Maps are
 //! `BTreeMap`s so iteration, serialisation and diffs are deterministic.
 
+mod access;
 mod cluster;
 mod command;
 mod document;
@@ -14,6 +15,7 @@ mod etag;
 mod rules;
 mod spec;
 
+pub use access::{check_user_name, Role, SESSION_PREFIX};
 pub use cluster::{
     constant_time_eq, ApiToken, AwsKey, ClusterCommand, ClusterIdentity, ClusterSecret,
     ClusterState, HistoryEntry, JoinToken, Refusal, RegistrationToken, Timing, User,

@@ -130,11 +130,12 @@ impl Node {
         })
     }
 
-    /// Starts `keel run` for this node; `join` is the first node's cluster
-    /// address and a join token.
+    /// Starts `keel run` for this node: the first with `config` and the
+    /// admin password, the others with `join` (the first node's cluster
+    /// address and a join token).
     fn start(
         &mut self,
-        config: Option<&Path>,
+        first: Option<(&Path, &str)>,
         join: Option<(SocketAddr, &str)>,
         log_format: LogFormat,
     ) -> anyhow::Result<()> {
@@ -175,8 +176,11 @@ impl Node {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
-        if let Some(config) = config {
-            command.arg("--config").arg(config);
+        if let Some((config, password)) = first {
+            command
+                .arg("--config")
+                .arg(config)
+                .env("KEEL_ADMIN_PASSWORD", password);
         }
         if let Some((leader, token)) = join {
             command
@@ -352,15 +356,11 @@ async fn start(
     let vip = net.map(|_| net::VIP);
     std::fs::write(&config, demo_config(args.port, &backends, vip))?;
     let (first, others) = nodes.split_first_mut().ok_or_else(|| anyhow!("no nodes"))?;
-    first.start(Some(&config), None, args.log_format)?;
+    // The demo chooses the admin password (to log in here and make the
+    // join token) and prints it.
+    let password = keel_web::random_hex(8);
+    first.start(Some((&config, &password)), None, args.log_format)?;
     first.ready().await?;
-    // The first node made a one-time admin password (the dashboard asks for
-    // a new one at the first login).
-    let password_file = first.data.join(crate::cluster::INITIAL_PASSWORD_FILE);
-    let password = std::fs::read_to_string(&password_file)
-        .with_context(|| format!("cannot read {}", password_file.display()))?
-        .trim()
-        .to_owned();
     let answer = Api::local(first.admin, None)
         .send(
             Method::POST,
@@ -450,7 +450,7 @@ fn banner(
          \x20 Load balancer  http://127.0.0.1:{port}/  {serving}; {BACKENDS} built-in \
          backends behind it and {RATE} requests/s of demo traffic{network}\n\
          \x20 Dashboards     {dashboards}\n\
-         \x20 Log in         user admin, password {password} (one-time: the dashboard asks for a new one)\n\
+         \x20 Log in         user admin, password {password}\n\
          \x20 Try            for i in 1 2 3 4 5 6; do curl -s http://127.0.0.1:{port}/; done\n\
          \x20 Failover       {me} kill n1   (kills n1; {failover}: \
          watch it on another node's dashboard)\n\

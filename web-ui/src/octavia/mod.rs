@@ -28,6 +28,7 @@ use http::{header, HeaderMap, Method, StatusCode, Uri};
 use keel_model::{ClusterCommand, Command, Document};
 use serde_json::{json, Map, Value};
 
+use crate::access::{authorize_compat, Caller};
 use crate::auth::{check_bearer, PasswordGate};
 use crate::ControlPlane;
 
@@ -224,10 +225,14 @@ async fn handle<C: ControlPlane>(
         return Json(versions(&host)).into_response();
     }
     let ip = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.ip());
-    let by = match authenticate(&octavia, &headers, ip).await {
-        Ok(by) => by,
+    let caller = match authenticate(&octavia, &headers, ip).await {
+        Ok(caller) => caller,
         Err(f) => return f.into_response(),
     };
+    if let Err(refused) = authorize_compat(&caller, method != Method::GET) {
+        return Fault::new(StatusCode::FORBIDDEN, refused.message()).into_response();
+    }
+    let by = format!("{} (octavia api)", caller.user);
     let query = crate::sigv4::form_pairs(uri.query().unwrap_or(""));
     let call = Call {
         octavia: &octavia,
@@ -258,18 +263,17 @@ async fn handle<C: ControlPlane>(
     }
 }
 
-/// Checks `X-Auth-Token` (a Keel API token) or HTTP Basic (a Keel user);
-/// the name changes are recorded under.
+/// Checks `X-Auth-Token` (a Keel API token) or HTTP Basic (a Keel user):
+/// who is calling.
 async fn authenticate<C: ControlPlane>(
     octavia: &Octavia<C>,
     headers: &HeaderMap,
     ip: IpAddr,
-) -> Result<String, Fault> {
+) -> Result<Caller, Fault> {
     let unauthorized = |m: &str| Fault::new(StatusCode::UNAUTHORIZED, m);
     let (_, state) = octavia.control.state();
     if let Some(token) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) {
         return check_bearer(&state, token.trim(), crate::api::now())
-            .map(|user| format!("{user} (octavia api)"))
             .ok_or_else(|| unauthorized("The request you have made requires authentication: the X-Auth-Token is not a valid Keel API token."));
     }
     let basic = headers
@@ -294,11 +298,12 @@ async fn authenticate<C: ControlPlane>(
         .check(ip, user, password, hash)
         .await
         .map_err(|refused| Fault::new(StatusCode::TOO_MANY_REQUESTS, refused.message()))?;
-    if matched && hash.is_some() {
-        Ok(format!("{user} (octavia api)"))
-    } else {
-        tracing::warn!(client = %ip, user, "octavia api: wrong user name or password");
-        Err(unauthorized("wrong user name or password"))
+    match Caller::of_user(&state, user) {
+        Some(caller) if matched => Ok(caller),
+        _ => {
+            tracing::warn!(client = %ip, user, "octavia api: wrong user name or password");
+            Err(unauthorized("wrong user name or password"))
+        }
     }
 }
 

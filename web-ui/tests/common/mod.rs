@@ -55,6 +55,7 @@ pub fn fake_with(must_change_password: bool) -> Arc<Fake> {
         User {
             password_hash: keel_web::hash_password(PASSWORD).unwrap(),
             must_change_password,
+            role: keel_model::Role::Admin,
         },
     );
     Arc::new(Fake {
