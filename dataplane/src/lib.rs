@@ -77,8 +77,9 @@ struct Registry {
     listener_stats: HashMap<SocketAddr, Arc<ListenerStats>>,
     /// Rate limiters by listener, kept across plans while their limits hold.
     limiters: HashMap<SocketAddr, Arc<limit::RateLimiter>>,
-    /// Signs sticky-session cookies.
-    cookie_key: Option<sticky::CookieKey>,
+    /// Sign sticky-session cookies (the first) and are honoured in them
+    /// (all); empty until set: a random key of this process.
+    cookie_keys: Vec<sticky::CookieKey>,
     version: u64,
     shut_down: bool,
 }
@@ -198,12 +199,15 @@ impl Dataplane {
         self.plan.load().version
     }
 
-    /// Sets the secret sticky-session cookies are signed with, from the
-    /// next apply on. Nodes of one cluster pass the same secret so a client
-    /// keeps its member whichever node answers; without one, a random key
-    /// of this process is used.
-    pub async fn set_cookie_secret(&self, secret: &[u8]) {
-        self.registry.lock().await.cookie_key = Some(sticky::CookieKey::derive(secret));
+    /// Sets the secrets sticky-session cookies are signed with (the first)
+    /// and honoured with (all), from the next apply on. Nodes of one
+    /// cluster pass the same secrets so a client keeps its member whichever
+    /// node answers; without them, a random key of this process is used.
+    pub async fn set_cookie_secrets(&self, secrets: &[Vec<u8>]) {
+        self.registry.lock().await.cookie_keys = secrets
+            .iter()
+            .map(|s| sticky::CookieKey::derive(s))
+            .collect();
     }
 
     /// Makes `spec` the served configuration, or changes nothing and says why.
@@ -302,10 +306,12 @@ impl Dataplane {
                 members.insert(key, entry);
             }
             let stats = reg.pool_stats.entry(pool.name.clone()).or_default().clone();
-            let key = reg.cookie_key.get_or_insert_with(sticky::CookieKey::random);
+            if reg.cookie_keys.is_empty() {
+                reg.cookie_keys.push(sticky::CookieKey::random());
+            }
             let plan = PoolPlan {
                 spec: pool.clone(),
-                sticky: sticky::StickyPlan::new(pool, key),
+                sticky: sticky::StickyPlan::new(pool, &reg.cookie_keys),
                 tls: pool_tls,
                 balancer: Balancer::new(pool.algorithm, in_service),
                 stats,

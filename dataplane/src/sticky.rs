@@ -6,7 +6,10 @@
 //! Unix seconds, and `MAC` signs both with the cluster's cookie key, so a
 //! client can neither forge a member choice nor extend its session. Every
 //! node of a cluster derives the same key, so a client keeps its member
-//! whichever node answers (after a VIP failover too).
+//! whichever node answers (after a VIP failover too). A plan signs with
+//! its first key and honours cookies signed with any of its keys (the key
+//! before a rotation of the cluster secret), so a rotation moves no
+//! client: its next answer carries a cookie signed with the new key.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -66,14 +69,15 @@ pub(crate) struct StickyPlan {
     /// app_cookie: the application's cookie that must accompany Keel's.
     follows: Option<String>,
     duration: Duration,
-    key: CookieKey,
     pool: String,
-    /// Each member's cookie id.
-    ids: Vec<(String, SocketAddr)>,
+    /// Per key, the first signing: the key and each member's cookie id
+    /// under it.
+    keys: Vec<(CookieKey, Vec<(String, SocketAddr)>)>,
 }
 
 impl StickyPlan {
-    pub fn new(pool: &Pool, key: &CookieKey) -> Option<Self> {
+    /// `keys`: the first signs, every one is honoured; none, no stickiness.
+    pub fn new(pool: &Pool, keys: &[CookieKey]) -> Option<Self> {
         let (cookie, follows, duration) = match pool.stickiness.as_ref()? {
             Stickiness::LbCookie { duration } => (format!("keel-{}", pool.name), None, *duration),
             Stickiness::AppCookie { cookie, duration } => (
@@ -82,18 +86,26 @@ impl StickyPlan {
                 *duration,
             ),
         };
-        let ids = pool
-            .members
+        let keys: Vec<_> = keys
             .iter()
-            .map(|m| (member_id(key, &pool.name, m.address), m.address))
+            .map(|key| {
+                let ids = pool
+                    .members
+                    .iter()
+                    .map(|m| (member_id(key, &pool.name, m.address), m.address))
+                    .collect();
+                (key.clone(), ids)
+            })
             .collect();
+        if keys.is_empty() {
+            return None;
+        }
         Some(StickyPlan {
             cookie,
             follows,
             duration,
-            key: key.clone(),
             pool: pool.name.clone(),
-            ids,
+            keys,
         })
     }
 
@@ -109,11 +121,13 @@ impl StickyPlan {
         if parts.next().is_some() || u64::from_str_radix(expiry, 16).ok()? < now {
             return None;
         }
-        let want = self.sign(id, expiry);
-        if !keel_model::constant_time_eq(want.as_bytes(), mac.as_bytes()) {
-            return None;
-        }
-        self.ids.iter().find(|(i, _)| i == id).map(|(_, a)| *a)
+        self.keys.iter().find_map(|(key, ids)| {
+            let want = self.sign(key, id, expiry);
+            if !keel_model::constant_time_eq(want.as_bytes(), mac.as_bytes()) {
+                return None;
+            }
+            ids.iter().find(|(i, _)| i == id).map(|(_, a)| *a)
+        })
     }
 
     /// Adds Keel's cookie for `member` to a response: always for
@@ -137,11 +151,14 @@ impl StickyPlan {
                 return;
             }
         }
-        let Some((id, _)) = self.ids.iter().find(|(_, a)| *a == member) else {
+        let Some((key, ids)) = self.keys.first() else {
+            return;
+        };
+        let Some((id, _)) = ids.iter().find(|(_, a)| *a == member) else {
             return;
         };
         let expiry = format!("{:x}", now + self.duration.as_secs());
-        let mac = self.sign(id, &expiry);
+        let mac = self.sign(key, id, &expiry);
         let text = format!(
             "{}={id}.{expiry}.{mac}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax{}",
             self.cookie,
@@ -160,10 +177,8 @@ impl StickyPlan {
             .is_some_and(|app| cookie_value(headers, app).is_some())
     }
 
-    fn sign(&self, id: &str, expiry: &str) -> String {
-        hex(&self
-            .key
-            .mac(&[self.pool.as_bytes(), id.as_bytes(), expiry.as_bytes()])[..16])
+    fn sign(&self, key: &CookieKey, id: &str, expiry: &str) -> String {
+        hex(&key.mac(&[self.pool.as_bytes(), id.as_bytes(), expiry.as_bytes()])[..16])
     }
 }
 
@@ -246,7 +261,7 @@ mod tests {
             &pool(Stickiness::LbCookie {
                 duration: Duration::from_secs(60),
             }),
-            &key,
+            std::slice::from_ref(&key),
         )
         .expect("sticky");
         let member: SocketAddr = "10.0.0.2:80".parse().expect("addr");
@@ -274,10 +289,25 @@ mod tests {
             &pool(Stickiness::LbCookie {
                 duration: Duration::from_secs(60),
             }),
-            &CookieKey::derive(b"another"),
+            &[CookieKey::derive(b"another")],
         )
         .expect("sticky");
         assert_eq!(other.pinned(&request(&c), 1000), None);
+        // After a rotation the old key is still honoured, and the next
+        // cookie is signed with the new one.
+        let rotated = StickyPlan::new(
+            &pool(Stickiness::LbCookie {
+                duration: Duration::from_secs(60),
+            }),
+            &[CookieKey::derive(b"another"), key.clone()],
+        )
+        .expect("sticky");
+        assert_eq!(rotated.pinned(&request(&c), 1000), Some(member));
+        let mut fresh = HeaderMap::new();
+        rotated.stamp(&mut fresh, false, member, 1000, true);
+        let fresh = cookie_of(&fresh);
+        assert_eq!(other.pinned(&request(&fresh), 1000), Some(member));
+        assert_eq!(plan.pinned(&request(&fresh), 1000), None);
         let (name, value) = c.split_once('=').expect("pair");
         let parts: Vec<&str> = value.split('.').collect();
         let later = format!("{name}={}.{:x}.{}", parts[0], 999_999, parts[2]);
@@ -295,7 +325,7 @@ mod tests {
                 cookie: "SESSION".into(),
                 duration: Duration::from_secs(60),
             }),
-            &key,
+            std::slice::from_ref(&key),
         )
         .expect("sticky");
         let member: SocketAddr = "10.0.0.1:80".parse().expect("addr");

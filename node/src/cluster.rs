@@ -336,6 +336,8 @@ enum MembershipRequest {
         id: NodeId,
         info: NodeInfo,
     },
+    /// From a Keel before retirement drove removals: refused (see
+    /// `retire_members`).
     Remove {
         id: NodeId,
     },
@@ -1093,17 +1095,8 @@ impl Control {
                         tracing::info!(node = %info.name, voter, "admitted node");
                     })
             }
-            MembershipRequest::Remove { id } => {
-                // Retired first: from the moment it is applied, the node's
-                // certificate is refused everywhere, even if the membership
-                // change that follows is slow.
-                if self.consensus.members().iter().any(|m| m.id == *id) {
-                    self.consensus
-                        .propose(ClusterCommand::RetireNode { id: *id })
-                        .await
-                        .map_err(|e| ControlError::NoLeader(e.to_string()))?;
-                }
-                self.consensus.remove(*id).await
+            MembershipRequest::Remove { .. } => {
+                return Err(ControlError::Conflict(REMOVE_BY_RETIRING.into()))
             }
             MembershipRequest::Update { id, info } => {
                 self.consensus.update_node(*id, info.clone()).await
@@ -1362,16 +1355,48 @@ impl ControlPlane for Control {
         }
     }
 
-    async fn remove_node(&self, name: &str) -> Result<(), ControlError> {
-        let member = self
-            .consensus
-            .members()
-            .into_iter()
+    async fn remove_node(&self, name: &str, by: &str) -> Result<(), ControlError> {
+        let members = self.consensus.members();
+        let member = members
+            .iter()
             .find(|m| m.info.name == name)
             .ok_or_else(|| ControlError::NotFound(format!("node {name:?} is not a member")))?;
-        self.membership(MembershipRequest::Remove { id: member.id })
-            .await?;
-        tracing::info!(node = %name, "removed node from the cluster");
+        let voters: Vec<_> = members.iter().filter(|m| m.voter).collect();
+        if member.voter && voters.len() == 1 {
+            return Err(ControlError::Conflict(format!(
+                "node {name:?} is the last voter: a cluster needs one"
+            )));
+        }
+        // Retired in the replicated state: from the moment that applies,
+        // its certificate is refused everywhere; the leader then takes it
+        // out of the membership (`retire_members`).
+        self.propose(ClusterCommand::Authored {
+            by: by.to_owned(),
+            at: unix_now(),
+            command: Box::new(ClusterCommand::RetireNode { id: member.id }),
+        })
+        .await?;
+        let id = member.id;
+        // A node leaving does not hear of its own removal once it is out.
+        let wait = if id == self.consensus.id() {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_secs(30)
+        };
+        let deadline = Instant::now() + wait;
+        while self.consensus.members().iter().any(|m| m.id == id) {
+            if Instant::now() >= deadline {
+                if id == self.consensus.id() {
+                    break;
+                }
+                return Err(ControlError::NoLeader(format!(
+                    "node {name:?} is retired (its certificate is refused) but the leader has \
+                     not taken it out of the membership yet"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(node = %name, by, "removed node from the cluster");
         Ok(())
     }
 
@@ -1453,16 +1478,87 @@ impl ControlPlane for Control {
     }
 }
 
+/// Why a member's request to remove a node is refused.
+const REMOVE_BY_RETIRING: &str = "membership changes are the leader's own: a node is removed by \
+     committing its retirement (`keel node remove`), and the leader then takes it out";
+
+/// On the leader: takes retired nodes out of the membership (the second
+/// half of `keel node remove`, and of a removal a leader that lost its
+/// leadership left unfinished). Until `stop`.
+pub(crate) async fn retire_members(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    let mut applied = control.consensus.applied().clone();
+    loop {
+        let leads = control.consensus.leadership().borrow().is_leader;
+        if leads {
+            let retired = applied.borrow_and_update().state.retired_nodes.clone();
+            for member in control.consensus.members() {
+                if !retired.contains(&member.id) {
+                    continue;
+                }
+                match control.consensus.remove(member.id).await {
+                    Ok(()) => {
+                        tracing::info!(node = %member.info.name, "took a retired node out of the membership")
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %member.info.name, error = %e, "cannot take a retired node out of the membership yet")
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = applied.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// A write a member forwards: only what a follower's own API makes (see
+/// `ClusterCommand::forwardable`), and a change a user made is recorded as
+/// made through that node.
 async fn forwarded_propose(
     State(control): State<Arc<Control>>,
+    axum::Extension(peer): axum::Extension<keel_consensus::rpc::Peer>,
     Json(command): Json<ClusterCommand>,
-) -> Json<Result<u64, ForwardError>> {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let from = peer.node.map_or_else(
+        || peer.addr.to_string(),
+        |id| {
+            control
+                .consensus
+                .members()
+                .into_iter()
+                .find(|m| m.id == id)
+                .map_or_else(|| format!("{id:x}"), |m| m.info.name)
+        },
+    );
+    if let Err(why) = command.forwardable() {
+        tracing::warn!(peer = %peer.addr, node = %from, %why, "refused a forwarded write");
+        return (http::StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+    }
+    tracing::info!(node = %from, change = %command, "a member forwarded a write");
+    let command = match command {
+        ClusterCommand::Once { request, command } => ClusterCommand::Once {
+            request,
+            command: Box::new(match *command {
+                ClusterCommand::Authored { by, at, command } => ClusterCommand::Authored {
+                    by: format!("{by} via {from}"),
+                    at,
+                    command,
+                },
+                other => other,
+            }),
+        },
+        other => other,
+    };
     Json(match control.consensus.propose(command).await {
         Ok(index) => Ok(index),
         Err(ProposeError::NotLeader { .. }) => Err(ForwardError::NotLeader),
         Err(ProposeError::Refused(r)) => Err(ForwardError::Refused(r)),
         Err(e) => Err(ForwardError::Failed(e.to_string())),
     })
+    .into_response()
 }
 
 /// A member's linearizable read: this leader's read index.
@@ -1498,7 +1594,7 @@ async fn forwarded_membership(
         MembershipRequest::Admit { id, .. } if control.state().1.retired_nodes.contains(id) => {
             Some(format!("node {id:x} was removed from the cluster"))
         }
-        MembershipRequest::Remove { .. } => member,
+        MembershipRequest::Remove { .. } => Some(REMOVE_BY_RETIRING.into()),
         _ => None,
     };
     if let Some(why) = refused {

@@ -36,24 +36,7 @@ const CHECKERS: usize = 2;
 /// every live node applies the entry that changes it within milliseconds.
 const ROLL: Duration = Duration::from_secs(10);
 
-/// The 32-byte gossip key of a cluster with `secret`.
-pub fn gossip_key(secret: &keel_model::ClusterSecret) -> [u8; 32] {
-    let mut key = [0u8; 32];
-    let kdf = hkdf::Hkdf::<Sha256>::new(None, secret.expose().as_bytes());
-    // 32 bytes is well within what HKDF-SHA256 gives.
-    if kdf.expand(b"keel gossip key v2", &mut key).is_err() {
-        tracing::error!("gossip key derivation failed");
-    }
-    key
-}
-
-/// The gossip key of a cluster without a secret yet: from its CA key.
-pub fn legacy_gossip_key(ca_key_pem: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"keel gossip key v1\0");
-    h.update(ca_key_pem.as_bytes());
-    h.finalize().into()
-}
+pub use crate::secrets::{gossip_key, legacy_gossip_key};
 
 /// Gossips until `stop`.
 pub(crate) async fn run(

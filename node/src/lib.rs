@@ -19,6 +19,7 @@ mod notify;
 pub mod pki;
 mod reconcile;
 pub mod recover;
+mod secrets;
 mod source;
 mod timing;
 pub mod traffic;
@@ -495,6 +496,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let upgrades = tokio::spawn(upgrade::run(control.clone(), stop_rx.clone()));
+    let retirements = tokio::spawn(cluster::retire_members(control.clone(), stop_rx.clone()));
     let timing = tokio::spawn(timing::run(
         control.clone(),
         opts.data_dir.clone(),
@@ -546,7 +548,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     }
     if config.leave {
         tracing::info!("leaving the cluster");
-        if let Err(e) = keel_web::ControlPlane::remove_node(&*control, &node.file.name).await {
+        let by = format!("node {} leaving", node.file.name);
+        if let Err(e) = keel_web::ControlPlane::remove_node(&*control, &node.file.name, &by).await {
             tracing::warn!(error = %e, "could not leave the cluster cleanly");
         }
     } else {
@@ -556,7 +559,17 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     dataplane.shutdown(config.shutdown_grace).await;
     for task in [
-        rpc_server, reconciler, gossip, traffic, events, forget, renewal, drainer, upgrades, timing,
+        rpc_server,
+        reconciler,
+        gossip,
+        traffic,
+        events,
+        forget,
+        renewal,
+        drainer,
+        upgrades,
+        timing,
+        retirements,
     ] {
         let _ = task.await;
     }

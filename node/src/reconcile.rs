@@ -24,16 +24,24 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut current: Option<Spec> = None;
+    let mut cookies: Vec<Vec<u8>> = Vec::new();
     let mut failed = false;
     loop {
         let next = applied.borrow_and_update().clone();
-        if let Some(identity) = &next.state.identity {
-            if current.is_none() {
-                // Every node holds the cluster's CA key: a secret they all
-                // share, from which the sticky-cookie key is derived.
-                dataplane
-                    .set_cookie_secret(identity.ca_key_pem.as_bytes())
-                    .await;
+        if next.state.identity.is_some() {
+            // Every node derives the same sticky-cookie keys from the
+            // replicated cluster secret; new ones need the plans compiled
+            // again.
+            let wanted = crate::secrets::cookie_secrets(&next.state);
+            if wanted != cookies {
+                dataplane.set_cookie_secrets(&wanted).await;
+                if current.is_some() {
+                    tracing::info!(
+                        "the cluster secret changed: signing sticky cookies with the new key"
+                    );
+                }
+                cookies = wanted;
+                current = None;
             }
             if current.as_ref() == Some(&next.state.spec) {
                 serving.store(next.index, Ordering::Relaxed);

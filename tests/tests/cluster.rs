@@ -841,14 +841,57 @@ fn the_raft_timing_is_the_clusters_and_each_node_runs_it_from_its_next_start() {
     assert_eq!(status, 201);
 }
 
+/// A GET of `/` on node `i`'s listener from the client namespace with
+/// `cookie`: the body (the backend's name) and Keel's sticky cookie in the
+/// answer (`name=value`).
+fn sticky_get(c: &Cluster, i: usize, cookie: Option<&str>) -> (String, Option<String>) {
+    use std::io::{Read, Write};
+    let cookie = cookie.map(str::to_owned);
+    let text = keel_tests::netns::in_ns(&c.topo.ns("c"), move || {
+        let mut s = std::net::TcpStream::connect(format!("10.77.0.{i}:8000")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let cookie = cookie
+            .map(|c| format!("Cookie: {c}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: web\r\n{cookie}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let set = head
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or(l.strip_prefix("Set-Cookie: "))
+        })
+        .find(|v| v.starts_with("keel-app="))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
+    (body.to_owned(), set)
+}
+
 /// `keel secrets rotate` makes a new cluster secret, and gossip runs
 /// through it: both nodes stay live in each other's view while the old key
 /// is still opened (10 s after a node switched), no datagram is dropped
 /// after, and a node that joins later (which knows only the new secret)
-/// gossips with them: so they seal with the new key.
+/// gossips with them: so they seal with the new key. A sticky cookie from
+/// before keeps its member on every node, and the next answer signs it
+/// with the new key.
 #[test]
 fn rotating_the_cluster_secret_keeps_gossip_running() {
-    let mut c = Cluster::bootstrap(3);
+    let sticky = config(A).replace(
+        &format!("members: [ {{ address: \"{A}\" }} ]"),
+        &format!(
+            "stickiness: {{ type: lb_cookie, duration: 1h }}\n    members: [ {{ address: \"{A}\" }}, {{ address: \"{B}\" }} ]"
+        ),
+    );
+    assert!(sticky.contains("lb_cookie"), "{sticky}");
+    let mut c = Cluster::bootstrap_with(3, &sticky, &[]);
     let token = c.join_token(&["--uses", "2"]);
     c.join(2, &token);
     c.wait_ready(2);
@@ -870,6 +913,11 @@ fn rotating_the_cluster_secret_keeps_gossip_running() {
             .expect("the rejected-datagram counter")
     };
     let before: Vec<f64> = (1..=2).map(|i| rejected(&c, i)).collect();
+    let (member, cookie) = sticky_get(&c, 1, None);
+    let cookie = cookie.expect("a sticky cookie");
+    for i in [1, 2] {
+        assert_eq!(sticky_get(&c, i, Some(&cookie)).0, member, "n{i} before");
+    }
     let (code, out, err) = keel_cli(
         &c.ns(2),
         &[("KEEL_TOKEN", &c.bearer)],
@@ -877,6 +925,29 @@ fn rotating_the_cluster_secret_keeps_gossip_running() {
         None,
     );
     assert_eq!(code, 0, "{out}{err}");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // In a row on each node: without the old key, the balancer would
+    // take turns between the two members.
+    let mut renewed = Vec::new();
+    for i in [1, 2] {
+        for _ in 0..4 {
+            let (body, fresh) = sticky_get(&c, i, Some(&cookie));
+            assert_eq!(
+                body, member,
+                "n{i} moved a client with a cookie from before the rotation"
+            );
+            renewed.push(fresh.expect("a renewed cookie"));
+        }
+    }
+    for (n, fresh) in renewed.iter().enumerate() {
+        assert_ne!(
+            *fresh, cookie,
+            "the renewed cookie is signed with the new key"
+        );
+        let other = if n < 4 { 2 } else { 1 };
+        assert_eq!(sticky_get(&c, other, Some(fresh)).0, member);
+    }
     let rotated = Instant::now();
     let mut samples = 0;
     while rotated.elapsed() < Duration::from_secs(12) {

@@ -424,6 +424,104 @@ fn a_removed_nodes_certificate_is_refused_on_every_cluster_route_at_once() {
         .contains("was removed from the cluster"));
 }
 
+/// `POST path` with a JSON `body` on node `to`'s cluster listener, from
+/// node `from`'s namespace with its node certificate: (status, body).
+fn cluster_post_as(
+    c: &Cluster,
+    from: usize,
+    to: usize,
+    path: &str,
+    body: &str,
+) -> (String, String) {
+    let tls = c.dir.path().join(format!("n{from}/tls"));
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.ns(from), "curl", "-sk", "-m", "5"])
+        .arg("--cert")
+        .arg(tls.join("node.pem"))
+        .arg("--key")
+        .arg(tls.join("node.key"))
+        .args(["-w", "\n%{http_code}", "-X", "POST"])
+        .args(["-H", "content-type: application/json", "-d", body])
+        .arg(format!("https://10.77.0.{to}:9091{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (answer, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_owned(), answer.to_owned())
+}
+
+#[test]
+fn a_followers_certificate_writes_only_what_a_followers_api_would() {
+    let c = Cluster::start(3);
+    let leader = c.leader(1);
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let other = (1..=3).find(|i| *i != leader && *i != follower).unwrap();
+    let version = || c.status(leader)["applied_version"].as_u64().unwrap();
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let set_user = serde_json::json!({"set_user": {"name": "admin", "user": {
+        "password_hash": hash, "must_change_password": false}}});
+    let once = |command: &serde_json::Value| serde_json::json!({"once": {"request": "r1", "command": command}});
+    let authored = |command: &serde_json::Value| serde_json::json!({"authored": {"by": "admin", "at": 1, "command": command}});
+    let before = version();
+    // A new admin password, bare, under a request id, or claimed as a
+    // user's change; the cluster's identity; a restore: none is anything a
+    // follower's API writes.
+    for forged in [
+        set_user.clone(),
+        once(&set_user),
+        once(&authored(&set_user)),
+        once(&serde_json::json!({"set_version": {"version": 99}})),
+        once(
+            &serde_json::json!({"create_api_token": {"id": "x", "token": {
+            "name": "ci", "user": "admin", "secret_sha256": "00", "created_at": 1, "expires_at": null}}}),
+        ),
+    ] {
+        let (status, answer) = cluster_post_as(
+            &c,
+            follower,
+            leader,
+            "/cluster/propose",
+            &forged.to_string(),
+        );
+        assert_eq!(status, "403", "{forged}: {answer}");
+    }
+    // Nor may it change the membership: removing a node is the leader's,
+    // once the node's retirement is committed.
+    let other_id = c.status(leader)["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == format!("n{other}"))
+        .map(|n| u64::from_str_radix(n["id"].as_str().unwrap(), 16).unwrap())
+        .unwrap();
+    let remove = serde_json::json!({"Remove": {"id": other_id}});
+    let (status, answer) = cluster_post_as(
+        &c,
+        follower,
+        leader,
+        "/cluster/membership",
+        &remove.to_string(),
+    );
+    assert_eq!(status, "403", "{answer}");
+    assert_eq!(version(), before, "a refused write was committed");
+    assert_eq!(c.status(leader)["nodes"].as_array().unwrap().len(), 3);
+
+    // What a follower's API does write is recorded as made through it.
+    let (code, _, err) = keel_cli(
+        &c.ns(follower),
+        &[("KEEL_TOKEN", &c.bearer)],
+        &["token", "create", "--server", "http://127.0.0.1:9090"],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (_, events) = c.call(leader, "GET", "/api/v1/events", None).unwrap();
+    assert!(
+        events.contains(&format!("admin via n{follower}")),
+        "{events}"
+    );
+    assert!(c.logs().contains("refused a forwarded write"));
+}
+
 #[test]
 fn node_certificates_expire_and_are_renewed_before_they_do_without_a_restart() {
     let c = Cluster::start_with(

@@ -51,7 +51,8 @@ async fn lb_cookie_keeps_a_client_on_its_member_while_it_is_healthy() {
         )
     };
     let dp = Dataplane::new();
-    dp.set_cookie_secret(b"shared by the cluster").await;
+    dp.set_cookie_secrets(&[b"shared by the cluster".to_vec()])
+        .await;
     dp.apply(&spec(&http_lb(port, &pool(&addrs(&b)))))
         .await
         .unwrap();
@@ -90,7 +91,9 @@ async fn lb_cookie_keeps_a_client_on_its_member_while_it_is_healthy() {
     // Another node of the same cluster (same secret) honours the cookie.
     let port2 = free_port();
     let other = Dataplane::new();
-    other.set_cookie_secret(b"shared by the cluster").await;
+    other
+        .set_cookie_secrets(&[b"shared by the cluster".to_vec()])
+        .await;
     other
         .apply(&spec(&http_lb(port2, &pool(&addrs(&b)))))
         .await

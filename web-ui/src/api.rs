@@ -590,7 +590,7 @@ async fn remove_node<C: ControlPlane>(
     Extension(Caller { user: caller, .. }): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.control.remove_node(&name).await?;
+    app.control.remove_node(&name, &caller).await?;
     tracing::info!(node = %name, by = %caller, "node removed");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -646,7 +646,15 @@ async fn rotate_secret<C: ControlPlane>(
     Extension(Caller { user: caller, .. }): Extension<Caller>,
 ) -> Result<StatusCode, ApiError> {
     let secret = keel_model::ClusterSecret::new(crate::random_hex(32));
-    commit(&*app.control, &caller, ClusterCommand::SetSecret(secret)).await?;
+    let (_, state) = app.control.state();
+    // The AWS secrets go under the new secret in the same entry.
+    let reseal = crate::awskeys::reseal(&state, &secret);
+    commit(
+        &*app.control,
+        &caller,
+        ClusterCommand::Atomic(vec![ClusterCommand::SetSecret(secret), reseal]),
+    )
+    .await?;
     tracing::info!(by = %caller, "cluster secret rotated");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -68,8 +68,13 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// Nodes, roles and what each one serves.
     fn status(&self) -> impl Future<Output = ClusterStatus> + Send;
 
-    /// Remove a node from the cluster by name.
-    fn remove_node(&self, name: &str) -> impl Future<Output = Result<(), ControlError>> + Send;
+    /// Remove a node from the cluster by name, on behalf of `by` (recorded
+    /// in the history).
+    fn remove_node(
+        &self,
+        name: &str,
+        by: &str,
+    ) -> impl Future<Output = Result<(), ControlError>> + Send;
 
     /// The fingerprint of the cluster CA, for join tokens.
     fn ca_fingerprint(&self) -> String;

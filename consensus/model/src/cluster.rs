@@ -24,8 +24,8 @@ use crate::spec::Spec;
 /// [`ClusterCommand::SetSecret`], [`ClusterState::timing`] and
 /// [`ClusterState::secret`]; 6, roles: [`User::role`], [`ApiToken`]'s role
 /// and scope, [`ClusterCommand::CreateUser`], [`ClusterCommand::SetRole`],
-/// [`ClusterCommand::SetPassword`], [`ClusterCommand::DeleteUser`] and
-/// [`Refusal::Conflict`].
+/// [`ClusterCommand::SetPassword`], [`ClusterCommand::DeleteUser`],
+/// [`Refusal::Conflict`] and [`ClusterState::previous_secret`].
 pub const CLUSTER_VERSION: u32 = 6;
 
 /// The cluster's Raft timing, in milliseconds: every node runs it, because
@@ -57,6 +57,16 @@ impl ClusterSecret {
     /// The secret's text, to derive keys from.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// The 32-byte key `label` names (HKDF-SHA256): each use of the secret
+    /// has a label of its own, so one key tells nothing of another.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        let kdf = hkdf::Hkdf::<sha2::Sha256>::new(None, self.0.as_bytes());
+        // 32 bytes is well within what HKDF-SHA256 gives (255 × 32).
+        let _ = kdf.expand(label.as_bytes(), &mut key);
+        key
     }
 }
 
@@ -169,9 +179,14 @@ pub struct ClusterState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timing: Option<Timing>,
     /// The cluster secret (set by the leader once the cluster reaches
-    /// version 5): the gossip key derives from it.
+    /// version 5): the gossip and sticky-cookie keys derive from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<ClusterSecret>,
+    /// The secret before the last rotation (from version 6): sticky
+    /// cookies signed with its key are still honoured until they expire or
+    /// the secret rotates again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<ClusterSecret>,
     /// The outcomes of the latest [`ClusterCommand::Once`] requests, oldest
     /// first, at most [`REQUESTS_KEPT`]: a request retried after it was
     /// committed (its answer lost on the way) gets its first outcome again
@@ -436,6 +451,10 @@ pub enum ClusterCommand {
     SetTiming(Timing),
     /// Set the cluster secret.
     SetSecret(ClusterSecret),
+    /// AWS access keys sealed again (after a rotation of the secret they
+    /// are sealed under): id → the new `secret_sealed`; ids since removed
+    /// are skipped.
+    ResealAwsKeys(BTreeMap<String, String>),
     /// Refused unless `object`'s entity tag is still `etag` (see
     /// [`crate::Object`]): the condition of an `If-Match` write, in an
     /// [`ClusterCommand::Atomic`] with the write.
@@ -481,7 +500,8 @@ impl ClusterCommand {
             ClusterCommand::CreateUser { .. }
             | ClusterCommand::SetRole { .. }
             | ClusterCommand::SetPassword { .. }
-            | ClusterCommand::DeleteUser { .. } => 6,
+            | ClusterCommand::DeleteUser { .. }
+            | ClusterCommand::ResealAwsKeys(_) => 6,
             ClusterCommand::SetUser { user, .. } if user.role != Role::Admin => 6,
             ClusterCommand::CreateApiToken { token, .. } if token.restricted() => 6,
             ClusterCommand::Authored { command, .. } | ClusterCommand::Once { command, .. } => {
@@ -493,6 +513,56 @@ impl ClusterCommand {
                 .max()
                 .unwrap_or(1),
             _ => 1,
+        }
+    }
+
+    /// May a follower forward this to the leader? A node's own API wraps
+    /// every write in [`ClusterCommand::Once`]: a change a user made,
+    /// [`ClusterCommand::Authored`] (anything but what only a leader or a
+    /// bootstrap writes: the identity, a restore, the version, a user set
+    /// whole); a login's session, a logout, the purge of expired sessions,
+    /// a join's use of its token, a read barrier, its config file's spec.
+    /// Anything else from a follower's certificate is refused, so a leaked
+    /// node certificate cannot write what no API of a follower would.
+    pub fn forwardable(&self) -> Result<(), String> {
+        let ClusterCommand::Once { command, .. } = self else {
+            return Err("a forwarded write comes under a request id (Once)".into());
+        };
+        match &**command {
+            ClusterCommand::Authored { command, .. } => command.authorable(),
+            ClusterCommand::CreateApiToken { token, .. }
+                if token.name.starts_with(crate::SESSION_PREFIX)
+                    && token.expires_at.is_some()
+                    && !token.restricted() =>
+            {
+                Ok(())
+            }
+            ClusterCommand::RevokeApiToken { .. }
+            | ClusterCommand::PurgeExpiredApiTokens { .. }
+            | ClusterCommand::ConsumeJoinToken { .. }
+            | ClusterCommand::Noop
+            | ClusterCommand::Spec(_) => Ok(()),
+            other => Err(format!("a follower does not forward this: {other}")),
+        }
+    }
+
+    /// Could a user's API request have made this (see
+    /// [`ClusterCommand::forwardable`])?
+    fn authorable(&self) -> Result<(), String> {
+        match self {
+            ClusterCommand::Init(_)
+            | ClusterCommand::Restore(_)
+            | ClusterCommand::SetVersion { .. }
+            | ClusterCommand::SetUser { .. }
+            | ClusterCommand::Authored { .. }
+            | ClusterCommand::Once { .. } => Err(format!(
+                "no user's request makes {}",
+                self.describe().join("; ")
+            )),
+            ClusterCommand::Atomic(commands) => {
+                commands.iter().try_for_each(ClusterCommand::authorable)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -580,6 +650,13 @@ impl fmt::Display for ClusterCommand {
             }
             ClusterCommand::SetTiming(timing) => write!(f, "set the cluster's timing: {timing}"),
             ClusterCommand::SetSecret(_) => f.write_str("set the cluster secret"),
+            ClusterCommand::ResealAwsKeys(keys) => {
+                write!(
+                    f,
+                    "seal {} AWS access key(s) under the new secret",
+                    keys.len()
+                )
+            }
             ClusterCommand::Record { kind, what } => write!(f, "{kind}: {what}"),
             ClusterCommand::Expect { object, etag } => write!(f, "expect {object} at {etag}"),
             ClusterCommand::Atomic(commands) => {
@@ -783,7 +860,21 @@ impl ClusterState {
                 self.version = self.version().max(*version);
             }
             ClusterCommand::SetTiming(timing) => self.timing = Some(*timing),
-            ClusterCommand::SetSecret(secret) => self.secret = Some(secret.clone()),
+            ClusterCommand::ResealAwsKeys(keys) => {
+                for (id, sealed) in keys {
+                    if let Some(key) = self.aws_keys.get_mut(id) {
+                        key.secret_sealed.clone_from(sealed);
+                    }
+                }
+            }
+            ClusterCommand::SetSecret(secret) => {
+                let previous = self.secret.replace(secret.clone());
+                // A Keel before version 6 keeps no previous secret: every
+                // node applies the same change whatever it runs.
+                if self.version() >= 6 {
+                    self.previous_secret = previous;
+                }
+            }
             ClusterCommand::Record { .. } => {}
             ClusterCommand::Expect { object, etag } => {
                 if self.spec.etag(object).as_deref() != Some(etag.as_str()) {

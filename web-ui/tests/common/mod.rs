@@ -30,7 +30,7 @@ impl ControlPlane for Fake {
         ClusterStatus::default()
     }
 
-    async fn remove_node(&self, name: &str) -> Result<(), ControlError> {
+    async fn remove_node(&self, name: &str, _by: &str) -> Result<(), ControlError> {
         Err(ControlError::NotFound(format!(
             "node {name:?} is not a member"
         )))
