@@ -492,6 +492,27 @@ pub enum TimingCommand {
     },
 }
 
+/// When the AWS and Octavia endpoints serve TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum CompatTls {
+    /// On an address off loopback.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl CompatTls {
+    /// Does an endpoint on `addr` serve TLS?
+    pub fn on(self, addr: SocketAddr) -> bool {
+        match self {
+            CompatTls::Auto => !addr.ip().is_loopback(),
+            CompatTls::Always => true,
+            CompatTls::Never => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
 pub enum LogFormat {
     /// Lines for people.
@@ -582,6 +603,19 @@ pub struct RunArgs {
     /// HTTP Basic.
     #[arg(long, env = "KEEL_OCTAVIA_API_ADDR")]
     pub octavia_api_addr: Option<SocketAddr>,
+    /// TLS on the AWS and Octavia endpoints: `auto` off loopback (as the
+    /// admin API), `always`, or `never` (plain HTTP, for a proxy in front
+    /// that terminates TLS).
+    #[arg(long, env = "KEEL_COMPAT_TLS", value_enum, default_value_t)]
+    pub compat_tls: CompatTls,
+    /// The certificate chain (PEM) the AWS and Octavia endpoints present,
+    /// with --compat-tls-key; default: the admin API's, which the cluster
+    /// CA signs for every address the node serves them on.
+    #[arg(long, env = "KEEL_COMPAT_TLS_CERT", requires = "compat_tls_key")]
+    pub compat_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --compat-tls-cert.
+    #[arg(long, env = "KEEL_COMPAT_TLS_KEY", requires = "compat_tls_cert")]
+    pub compat_tls_key: Option<PathBuf>,
     /// The region the AWS-compatible API serves: signatures must be
     /// scoped to it.
     #[arg(long, env = "KEEL_AWS_REGION", default_value = "us-east-1")]

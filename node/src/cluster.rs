@@ -773,6 +773,7 @@ impl ClusterNode {
     pub async fn admin_tls(
         &self,
         opts: &ClusterOptions,
+        also: &[SocketAddr],
     ) -> Result<Arc<rustls::ServerConfig>, ClusterError> {
         let mut applied = self.consensus.applied();
         let identity = tokio::time::timeout(
@@ -787,16 +788,18 @@ impl ClusterNode {
         // wildcard one every address of the host: kept across restarts, so
         // clients that pinned it keep working.
         let mut names = vec![self.file.name.clone(), "localhost".to_owned()];
-        let ip = opts.admin_addr.ip();
-        if ip.is_unspecified() {
-            names.extend(["127.0.0.1".to_owned(), "::1".to_owned()]);
-            names.extend(
-                keel_vip::host_addresses()
-                    .into_iter()
-                    .map(|(_, ip, _)| ip.to_string()),
-            );
-        } else {
-            names.push(ip.to_string());
+        // The AWS and Octavia endpoints (`also`) present it too.
+        for ip in std::iter::once(opts.admin_addr.ip()).chain(also.iter().map(SocketAddr::ip)) {
+            if ip.is_unspecified() {
+                names.extend(["127.0.0.1".to_owned(), "::1".to_owned()]);
+                names.extend(
+                    keel_vip::host_addresses()
+                        .into_iter()
+                        .map(|(_, ip, _)| ip.to_string()),
+                );
+            } else {
+                names.push(ip.to_string());
+            }
         }
         names.sort();
         names.dedup();

@@ -56,6 +56,11 @@ pub struct NodeConfig {
     pub aws_api: Option<(SocketAddr, String)>,
     /// The Octavia-compatible API's address, when it is on.
     pub octavia_api: Option<SocketAddr>,
+    /// When those two serve TLS.
+    pub compat_tls: cli::CompatTls,
+    /// The certificate and key files they present, instead of the admin
+    /// API's.
+    pub compat_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl TryFrom<RunArgs> for NodeConfig {
@@ -110,6 +115,8 @@ impl TryFrom<RunArgs> for NodeConfig {
             cpu_affinity: a.cpu_affinity,
             aws_api: a.aws_api_addr.map(|addr| (addr, a.aws_region)),
             octavia_api: a.octavia_api_addr,
+            compat_tls: a.compat_tls,
+            compat_cert: a.compat_tls_cert.zip(a.compat_tls_key),
         })
     }
 }
@@ -145,6 +152,7 @@ async fn serve_compat(
     what: &'static str,
     addr: SocketAddr,
     app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), NodeError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -153,11 +161,19 @@ async fn serve_compat(
             what: format!("{what} api address {addr}"),
             source,
         })?;
-    tracing::info!(%addr, api = what, "compatibility api running");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, api = what, "compatibility api without TLS off loopback (--compat-tls never): signed requests and passwords cross the network in the clear");
+    }
+    tracing::info!(url = %format!("{scheme}://{addr}"), api = what, "compatibility api running");
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Some(tls) = tls {
+        tokio::spawn(keel_consensus::rpc::serve(listener, tls, app, shutdown));
+        return Ok(());
+    }
     tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -167,6 +183,41 @@ async fn serve_compat(
         }
     });
     Ok(())
+}
+
+/// The TLS the AWS and Octavia endpoints present: the configured
+/// certificate, or the admin API's (which then names their addresses too).
+async fn compat_tls(
+    config: &NodeConfig,
+    node: &cluster::ClusterNode,
+) -> Result<Arc<rustls::ServerConfig>, NodeError> {
+    if let Some((cert, key)) = &config.compat_cert {
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).map_err(|source| NodeError::Io {
+                what: format!("--compat-tls-cert/--compat-tls-key {}", path.display()),
+                source,
+            })
+        };
+        return pki::server_config_from(&read(cert)?, &read(key)?).map_err(|e| {
+            NodeError::Setting {
+                what: format!("--compat-tls-cert {}", cert.display()),
+                message: e.to_string(),
+            }
+        });
+    }
+    Ok(node
+        .admin_tls(&config.cluster, &compat_addrs(config))
+        .await?)
+}
+
+/// The addresses the AWS and Octavia endpoints listen on.
+fn compat_addrs(config: &NodeConfig) -> Vec<SocketAddr> {
+    config
+        .aws_api
+        .iter()
+        .map(|(addr, _)| *addr)
+        .chain(config.octavia_api)
+        .collect()
 }
 
 /// How long a node shutting down lets connections on its VIPs finish before
@@ -226,6 +277,10 @@ pub enum NodeError {
          was upgraded)"
     )]
     TooOld { cluster: u32 },
+    /// A setting names something that cannot be used (a certificate that
+    /// does not parse).
+    #[error("{what}: {message}")]
+    Setting { what: String, message: String },
 }
 
 /// Why a config file could not be used.
@@ -424,7 +479,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let admin_tls = if opts.admin_addr.ip().is_loopback() {
         None
     } else {
-        Some(node.admin_tls(opts).await?)
+        Some(node.admin_tls(opts, &compat_addrs(&config)).await?)
     };
     let scheme = if admin_tls.is_some() { "https" } else { "http" };
     let admin = admin::serve(
@@ -482,13 +537,22 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         );
     }
 
+    let tls_for = |addr: SocketAddr| config.compat_tls.on(addr);
+    let compat = if compat_addrs(&config).into_iter().any(tls_for) {
+        Some(compat_tls(&config, &node).await?)
+    } else {
+        None
+    };
     if let Some((addr, region)) = &config.aws_api {
         let app = keel_web::aws_router(control.clone(), region.clone());
-        serve_compat("aws", *addr, app, stop_rx.clone()).await?;
+        let tls = compat.clone().filter(|_| tls_for(*addr));
+        serve_compat("aws", *addr, app, tls, stop_rx.clone()).await?;
     }
     if let Some(addr) = config.octavia_api {
-        let app = keel_web::octavia_router(control.clone(), control.passwords.clone());
-        serve_compat("octavia", addr, app, stop_rx.clone()).await?;
+        let tls = compat.clone().filter(|_| tls_for(addr));
+        let app =
+            keel_web::octavia_router(control.clone(), control.passwords.clone(), tls.is_some());
+        serve_compat("octavia", addr, app, tls, stop_rx.clone()).await?;
     }
 
     let renewal = tokio::spawn(cluster::keep_certificate_fresh(

@@ -210,6 +210,27 @@ pub fn server_config_for(
     Ok(Arc::new(config))
 }
 
+/// A server configuration presenting a configured certificate chain and
+/// its key (PEM), as given.
+pub fn server_config_from(
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Pem(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(PkiError::Pem("no certificate in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| PkiError::Pem(e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
 /// `SHA256:<hex>` (as the console and `keel status` show a fingerprint), or
 /// the bare hex, colons allowed: the 64 lower-case hex digits.
 pub fn parse_fingerprint(text: &str) -> Result<String, String> {

@@ -2,17 +2,19 @@
 tutorial. The endpoint is a host name (ENDPOINT's), so boto derives the
 SigV4 scope from it as it would from AWS's.
 
-Environment: ENDPOINT (http://elasticloadbalancing.us-east-1.NAME:PORT),
-AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, INSTANCES (two IDs in Keel's
+Environment: ENDPOINT (https://elasticloadbalancing.us-east-1.NAME:PORT),
+SSL_CERT_FILE (the CA to trust), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, INSTANCES (two IDs in Keel's
 instance registry, comma-separated), INSTANCE_PORT (where they serve HTTP
 and /health). Phases: "create" (the balancer, its health check and
 instances, in service), "delete".
 """
+import ipaddress
 import os
 import sys
 import time
 from urllib.parse import urlparse
 
+import boto
 from boto.ec2.elb import ELBConnection, HealthCheck
 from boto.exception import BotoServerError
 from boto.regioninfo import RegionInfo
@@ -21,10 +23,27 @@ INSTANCE_PORT = int(os.environ["INSTANCE_PORT"])
 INSTANCES = os.environ["INSTANCES"].split(",")
 
 
+def by_address(host):
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 def connect():
     url = urlparse(os.environ["ENDPOINT"])
+    secure = url.scheme == "https"
+    if secure:
+        # boto 2 reads the CA to trust from its own configuration.
+        if not boto.config.has_section("Boto"):
+            boto.config.add_section("Boto")
+        boto.config.set("Boto", "ca_certificates_file", os.environ["SSL_CERT_FILE"])
+    # boto 2 matches a certificate's DNS names only, and cannot check one
+    # against an address: there it runs over TLS without checking it.
     return ELBConnection(os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"],
-                         is_secure=False, port=url.port,
+                         is_secure=secure, port=url.port,
+                         validate_certs=not by_address(url.hostname),
                          region=RegionInfo(name="us-east-1", endpoint=url.hostname))
 
 

@@ -28,7 +28,8 @@ def driver(provider):
                              "us-east-1")
     # The drivers hard-code AWS's host; point the connection at Keel.
     url = urlparse(os.environ["ENDPOINT"])
-    d.connection.host, d.connection.port, d.connection.secure = url.hostname, url.port, False
+    d.connection.host, d.connection.port = url.hostname, url.port
+    d.connection.secure = url.scheme == "https"  # the CA: REQUESTS_CA_BUNDLE
     d.connection.connect(base_url=os.environ["ENDPOINT"])
     return d
 

@@ -26,8 +26,9 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A node serving the AWS-compatible API, an admin session and an access
-/// key made with `keel aws-key create`.
+/// A node serving the AWS-compatible API over TLS (`--compat-tls
+/// always`: on loopback too), an admin session and an access key made with
+/// `keel aws-key create`.
 pub struct AwsNode {
     pub node: KeelProcess,
     pub admin: String,
@@ -35,6 +36,24 @@ pub struct AwsNode {
     pub aws_addr: String,
     pub id: String,
     pub secret: String,
+    /// The cluster CA, which signs the API's certificate.
+    pub ca: PathBuf,
+}
+
+/// The environment that makes the Python clients trust `ca` (boto3 and the
+/// AWS CLI, requests-based libcloud, Python's own `ssl`, the `openstack`
+/// CLI).
+pub fn trust_env(ca: &std::path::Path) -> Vec<(&'static str, String)> {
+    let ca = ca.display().to_string();
+    [
+        "AWS_CA_BUNDLE",
+        "REQUESTS_CA_BUNDLE",
+        "SSL_CERT_FILE",
+        "OS_CACERT",
+    ]
+    .into_iter()
+    .map(|k| (k, ca.clone()))
+    .collect()
 }
 
 impl AwsNode {
@@ -42,9 +61,10 @@ impl AwsNode {
         let aws_addr = format!("127.0.0.1:{}", free_port());
         let node = KeelProcess::start_with(
             "load_balancers: []\npools: []\n",
-            &["--aws-api-addr", &aws_addr],
+            &["--aws-api-addr", &aws_addr, "--compat-tls", "always"],
         );
         let admin = node.admin.to_string();
+        let ca = node.config.with_file_name("data").join("tls/ca.pem");
         let token = node.login();
         let mut n = AwsNode {
             node,
@@ -53,6 +73,7 @@ impl AwsNode {
             aws_addr,
             id: String::new(),
             secret: String::new(),
+            ca,
         };
         let key: serde_json::Value =
             serde_json::from_str(&n.keel(&["aws-key", "create", "ci", "-o", "json"])).unwrap();
@@ -85,7 +106,8 @@ impl AwsNode {
         let mut command = Command::new(&program);
         command
             .args(args)
-            .env("ENDPOINT", format!("http://{}", self.aws_addr))
+            .env("ENDPOINT", format!("https://{}", self.aws_addr))
+            .envs(trust_env(&self.ca))
             .env("AWS_ACCESS_KEY_ID", &self.id)
             .env("AWS_SECRET_ACCESS_KEY", &self.secret)
             .env("AWS_CONFIG_FILE", "/dev/null")

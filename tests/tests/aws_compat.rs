@@ -166,15 +166,15 @@ fn a_captured_boto3_request_cannot_be_replayed_or_given_another_body() {
 
     // Guessing signatures is limited per client address: 20 bad ones a
     // minute (the script's forgeries count), then Throttling at once.
-    let codes: Vec<String> = (0..25).map(|_| bad_signature_code(&n.aws_addr)).collect();
+    let codes: Vec<String> = (0..25).map(|_| bad_signature_code(&n)).collect();
     let throttled = codes.iter().filter(|c| *c == "Throttling").count();
     assert!((5..=8).contains(&throttled), "{codes:?}");
     assert_eq!(codes.last().unwrap(), "Throttling");
 }
 
-/// A request signed with a made-up key from this address; the error code.
-fn bad_signature_code(addr: &str) -> String {
-    use std::io::{Read, Write};
+/// A request signed with a made-up key from this address (over the API's
+/// TLS); the error code.
+fn bad_signature_code(n: &AwsNode) -> String {
     let date = String::from_utf8(
         std::process::Command::new("date")
             .args(["-u", "+%Y%m%dT%H%M%SZ"])
@@ -185,23 +185,31 @@ fn bad_signature_code(addr: &str) -> String {
     .unwrap();
     let date = date.trim();
     let body = "Action=DescribeLoadBalancers&Version=2015-12-01";
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nX-Amz-Date: {date}\r\n\
-         Authorization: AWS4-HMAC-SHA256 Credential=AKIAGUESS/{}/us-east-1/elasticloadbalancing/aws4_request, \
-         SignedHeaders=host;x-amz-date, Signature={}\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+    let authorization = format!(
+        "Authorization: AWS4-HMAC-SHA256 Credential=AKIAGUESS/{}/us-east-1/elasticloadbalancing/aws4_request, \
+         SignedHeaders=host;x-amz-date, Signature={}",
         &date[..8],
         "0".repeat(64),
-        body.len()
     );
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&n.ca)
+        .args(["-H", &format!("X-Amz-Date: {date}"), "-H", &authorization])
+        .args(["-H", "Content-Type: application/x-www-form-urlencoded"])
+        .args(["--data-binary", body])
+        .arg(format!("https://{}/", n.aws_addr))
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
     let code = answer
         .split("<Code>")
         .nth(1)
         .and_then(|c| c.split('<').next());
-    code.unwrap_or_else(|| panic!("no error code in {answer}"))
-        .to_owned()
+    code.unwrap_or_else(|| {
+        panic!(
+            "no error code in {answer}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+    .to_owned()
 }

@@ -359,6 +359,17 @@ fn an_admin_api_off_loopback_serves_tls_signed_by_the_cluster_ca() {
     let mut args = node_args(1);
     let at = args.iter().position(|a| a == ADMIN).unwrap();
     args[at] = "10.77.0.1:9090".into();
+    // The AWS and Octavia endpoints off loopback serve TLS too, with the
+    // same certificate (naming their addresses as well).
+    args.extend(
+        [
+            "--aws-api-addr",
+            "10.77.0.1:9443",
+            "--octavia-api-addr",
+            "0.0.0.0:9876",
+        ]
+        .map(String::from),
+    );
     let node = NsKeel::start(
         &topo.ns("n1"),
         dir.path(),
@@ -400,6 +411,18 @@ fn an_admin_api_off_loopback_serves_tls_signed_by_the_cluster_ca() {
         "200",
         "trusted without the CA"
     );
+    for api in ["10.77.0.1:9443", "10.77.0.1:9876"] {
+        let code = curl(&["--cacert", &ca_arg, &format!("https://{api}/")]);
+        assert!(
+            code.starts_with('2') || code.starts_with('4'),
+            "{api} over TLS: {code}"
+        );
+        assert_eq!(
+            curl(&[&format!("http://{api}/")]),
+            "000",
+            "{api} in plain HTTP"
+        );
+    }
 
     let xdg = dir.path().join("config");
     let xdg = xdg.display().to_string();

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ fn setup() -> Setup {
     let c = Cluster::bootstrap_with(
         1,
         "load_balancers: []\npools: []\n",
-        &["--octavia-api-addr", OCTAVIA],
+        &["--octavia-api-addr", OCTAVIA, "--compat-tls", "always"],
     );
     let (code, out, err) = keel_cli(
         &c.ns(1),
@@ -60,7 +61,8 @@ impl Setup {
             .args(["netns", "exec", &self.c.ns(1)])
             .arg(&bin)
             .args(args)
-            .env("OS_ENDPOINT", format!("http://{OCTAVIA}"))
+            .env("OS_ENDPOINT", format!("https://{OCTAVIA}"))
+            .env("OS_CACERT", self.ca())
             .env_remove("OS_CLOUD");
         for (k, v) in auth {
             command.env(k, v);
@@ -126,7 +128,8 @@ impl Setup {
                 "--max-time",
                 "10",
             ])
-            .args(["-X", method, "-w", "\n%{http_code}"]);
+            .args(["-X", method, "-w", "\n%{http_code}", "--cacert"])
+            .arg(self.ca());
         for h in headers {
             command.args(["-H", h]);
         }
@@ -134,13 +137,18 @@ impl Setup {
             command.args(["-H", "Content-Type: application/json", "--data-binary", b]);
         }
         let out = command
-            .arg(format!("http://{OCTAVIA}{path}"))
+            .arg(format!("https://{OCTAVIA}{path}"))
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, status) = text.rsplit_once('\n').unwrap();
         let value = serde_json::from_str(body).unwrap_or(Value::Null);
         (status.trim().parse().unwrap(), value)
+    }
+
+    /// The cluster CA, which signs the API's certificate.
+    fn ca(&self) -> PathBuf {
+        self.c.dir.path().join("n1/tls/ca.pem")
     }
 
     fn token_header(&self) -> String {
@@ -421,6 +429,7 @@ fn the_octavia_api_refuses_bad_calls_and_changes_nothing() {
         let Some(next) = page["subnets_links"][0]["href"].as_str() else {
             break;
         };
+        assert!(next.starts_with("https://"), "a link off TLS: {next}");
         path = next.split_once(OCTAVIA).unwrap().1.to_owned();
     }
     assert!(all.as_array().unwrap().len() >= 2, "{all}");

@@ -36,16 +36,23 @@ pub(crate) struct Octavia<C> {
     control: Arc<C>,
     /// HTTP Basic passwords are checked through the node's gate.
     passwords: PasswordGate,
+    /// `https` when served over TLS: the links it answers with name it.
+    scheme: &'static str,
 }
 
 /// The Octavia-compatible API's router. Serve it with connect info
 /// (`into_make_service_with_connect_info::<SocketAddr>`) so failed
-/// passwords are limited per client.
-pub fn router<C: ControlPlane>(control: Arc<C>, passwords: PasswordGate) -> Router {
+/// passwords are limited per client; `tls` when it is served over TLS.
+pub fn router<C: ControlPlane>(control: Arc<C>, passwords: PasswordGate, tls: bool) -> Router {
+    let scheme = if tls { "https" } else { "http" };
     Router::new()
         .fallback(handle::<C>)
         .layer(DefaultBodyLimit::max(1024 * 1024))
-        .with_state(Arc::new(Octavia { control, passwords }))
+        .with_state(Arc::new(Octavia {
+            control,
+            passwords,
+            scheme,
+        }))
 }
 
 /// An error as Octavia sends it: the CLI shows `faultstring`.
@@ -98,7 +105,7 @@ pub(crate) struct Call<'a, C> {
     octavia: &'a Octavia<C>,
     by: String,
     query: Vec<(String, String)>,
-    /// `http://HOST/PATH` of the request, for pagination links.
+    /// `SCHEME://HOST/PATH` of the request, for pagination links.
     base: String,
 }
 
@@ -191,12 +198,12 @@ impl<C: ControlPlane> Call<'_, C> {
 }
 
 /// The version document keystoneauth discovers the API with.
-fn versions(host: &str) -> Value {
+fn versions(scheme: &str, host: &str) -> Value {
     json!({ "versions": [ {
         "id": "v2.0",
         "status": "CURRENT",
         "updated": "2026-01-01T00:00:00Z",
-        "links": [ { "rel": "self", "href": format!("http://{host}/v2.0") } ],
+        "links": [ { "rel": "self", "href": format!("{scheme}://{host}/v2.0") } ],
     } ] })
 }
 
@@ -222,7 +229,7 @@ async fn handle<C: ControlPlane>(
         .to_owned();
     let path = uri.path().trim_end_matches('/');
     if method == Method::GET && path.is_empty() {
-        return Json(versions(&host)).into_response();
+        return Json(versions(octavia.scheme, &host)).into_response();
     }
     let ip = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.ip());
     let caller = match authenticate(&octavia, &headers, ip).await {
@@ -238,7 +245,7 @@ async fn handle<C: ControlPlane>(
         octavia: &octavia,
         by,
         query,
-        base: format!("http://{host}{path}"),
+        base: format!("{}://{host}{path}", octavia.scheme),
     };
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let segments = match segments.split_first() {
@@ -248,7 +255,7 @@ async fn handle<C: ControlPlane>(
     let reply = if segments.is_empty() && method == Method::GET {
         Ok((
             StatusCode::OK,
-            json!({ "version": versions(&host)["versions"][0] }),
+            json!({ "version": versions(octavia.scheme, &host)["versions"][0] }),
         ))
     } else {
         route(&call, &method, segments, &body).await
