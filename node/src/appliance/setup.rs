@@ -400,7 +400,10 @@ fn scrub_keel_yaml(paths: &Paths, settings: &Settings) {
         .ok()
         .and_then(|hash| scrub_password(&text, &hash));
     match scrubbed {
-        Some(new) => match std::fs::write(&paths.config_file, new) {
+        // A new file put in place by a rename, flushed with its directory: a
+        // power loss leaves the old keel.yaml or the new one, never half of
+        // one (and the next boot scrubs again if it was the old).
+        Some(new) => match crate::cluster::write_private(&paths.config_file, &new) {
             Ok(()) => {
                 println!("keel: keel.yaml now holds the admin password's hash, not the password")
             }
@@ -579,6 +582,37 @@ mod tests {
             .find(|f| f.path.ends_with("keel.env"))
             .unwrap();
         assert_eq!(secret.mode, 0o600);
+    }
+
+    #[test]
+    fn keel_yaml_is_rewritten_whole_by_a_rename_once_the_node_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths(dir.path());
+        std::fs::create_dir_all(paths.config_file.parent().unwrap()).unwrap();
+        let text = "node_name: n1\nadmin:\n  password: appliance password\n";
+        std::fs::write(&paths.config_file, text).unwrap();
+        let settings = load(&paths).1.unwrap();
+        // Before the node has its identity, the password is still needed.
+        scrub_keel_yaml(&paths, &settings);
+        assert_eq!(std::fs::read_to_string(&paths.config_file).unwrap(), text);
+        std::fs::create_dir_all(&paths.data_dir).unwrap();
+        std::fs::write(paths.data_dir.join("node.json"), "{}").unwrap();
+        // Another name for the old file sees it whole: it was replaced, not
+        // truncated and written over.
+        let old = dir.path().join("old-link");
+        std::fs::hard_link(&paths.config_file, &old).unwrap();
+        scrub_keel_yaml(&paths, &settings);
+        let now = std::fs::read_to_string(&paths.config_file).unwrap();
+        assert!(
+            now.contains("password_hash: '$argon2") && !now.contains("appliance password"),
+            "{now}"
+        );
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), text);
+        let left: Vec<_> = std::fs::read_dir(paths.config_file.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["keel.yaml"], "no temporary file left");
     }
 
     #[test]
