@@ -252,6 +252,7 @@ pub struct Consensus {
     lease: watch::Receiver<Lease>,
     book: Arc<lease::Book>,
     snapshots: Arc<store::SnapshotStats>,
+    log: store::LogStore,
     /// Drained by an operator: stands for no election until undrained.
     drained: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -298,7 +299,7 @@ impl Consensus {
             inner: network,
             book: book.clone(),
         };
-        let raft = Raft::new(id, Arc::new(config), network, log, machine)
+        let raft = Raft::new(id, Arc::new(config), network, log.clone(), machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let leadership = watch_leadership(&raft, &book);
@@ -310,6 +311,7 @@ impl Consensus {
             lease: book.subscribe(),
             book,
             snapshots,
+            log,
             drained: Arc::default(),
         };
         tokio::spawn(consensus.clone().fence(settings.election_timeout.1));
@@ -407,6 +409,42 @@ impl Consensus {
         tokio::time::timeout(timeout, rx.wait_for(|a| a.index >= index))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Snapshot what this node has applied, purge the log up to it and
+    /// rewrite the log's file: no entry from before stays on disk, not even
+    /// in freed pages. Waits at most ten seconds for the snapshot and the
+    /// purge.
+    pub async fn compact(&self) -> Result<(), String> {
+        let target = self.applied.borrow().index;
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut metrics = self.raft.metrics();
+        let built = tokio::time::timeout(
+            Duration::from_secs(10),
+            metrics.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= target)),
+        )
+        .await
+        .map_err(|_| format!("no snapshot at index {target} within ten seconds"))?
+        .map_err(|e| e.to_string())?
+        .snapshot
+        .map_or(target, |s| s.index);
+        self.raft
+            .trigger()
+            .purge_log(built)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            metrics.wait_for(|m| m.purged.is_some_and(|p| p.index >= built)),
+        )
+        .await
+        .map_err(|_| format!("the log not purged to index {built} within ten seconds"))?
+        .map_err(|e| e.to_string())?;
+        self.log.rewrite().await.map_err(|e| e.to_string())
     }
 
     /// Members of the cluster with their roles, from the latest membership.

@@ -49,10 +49,12 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_logs(&io_error(e)).into()
 }
 
-/// The Raft log and vote, in redb. Cloning shares the database.
+/// The Raft log and vote, in redb. Cloning shares the database. Every
+/// transaction holds the lock shared; rewriting the file
+/// ([`LogStore::rewrite`]) holds it alone.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: Arc<std::sync::RwLock<Database>>,
 }
 
 impl LogStore {
@@ -63,7 +65,9 @@ impl LogStore {
         txn.open_table(LOG).map_err(io_error)?;
         txn.open_table(META).map_err(io_error)?;
         txn.commit().map_err(io_error)?;
-        Ok(LogStore { db: Arc::new(db) })
+        Ok(LogStore {
+            db: Arc::new(std::sync::RwLock::new(db)),
+        })
     }
 
     /// Run blocking database work off the async threads.
@@ -72,9 +76,26 @@ impl LogStore {
         work: impl FnOnce(&Database) -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || work(&db))
-            .await
-            .map_err(write_err)?
+        tokio::task::spawn_blocking(move || {
+            let db = db.read().unwrap_or_else(PoisonError::into_inner);
+            work(&db)
+        })
+        .await
+        .map_err(write_err)?
+    }
+
+    /// Rewrite the database file with only what it holds now: redb reuses
+    /// freed pages but does not clear them, so the bytes of purged entries
+    /// stay in the file until this (or later writes) replace them.
+    pub async fn rewrite(&self) -> io::Result<()> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut db = db.write().unwrap_or_else(PoisonError::into_inner);
+            while db.compact().map_err(io_error)? {}
+            Ok(())
+        })
+        .await
+        .map_err(io_error)?
     }
 
     async fn read_meta<T: for<'de> Deserialize<'de> + Send + 'static>(

@@ -625,6 +625,11 @@ pub struct RunArgs {
     /// third of its life left. Give every node the same value.
     #[arg(long, env = "KEEL_NODE_CERT_VALIDITY", default_value = "30d", value_parser = humantime_arg)]
     pub node_cert_validity: Duration,
+    /// How many voters the leader promotes joiners to (the rest stay
+    /// learners: they serve traffic, replicate the config and hold no CA
+    /// key). 3 or 5 is usual.
+    #[arg(long, env = "KEEL_MAX_VOTERS", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub max_voters: u16,
     /// Password hashes (logins, Octavia HTTP Basic) checked at once; more
     /// attempts at the same time get 429. Each takes about 19 MiB.
     #[arg(long, env = "KEEL_MAX_PASSWORD_CHECKS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]

@@ -28,9 +28,6 @@ use tokio::sync::{watch, Mutex};
 
 use crate::pki::{self, NodeTls};
 
-/// Most voters a cluster promotes joiners to; later joiners stay learners.
-pub const MAX_VOTERS: usize = 5;
-
 /// How long a write waits for a leader before giving up.
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -107,6 +104,8 @@ pub struct ClusterOptions {
     pub password_checks: usize,
     /// How long the node certificates this node issues are valid.
     pub cert_validity: Duration,
+    /// How many voters this node, leading, promotes joiners to.
+    pub max_voters: usize,
     /// `--restore`: a new cluster seeded from this backup (its CA, cluster
     /// id and state; new node ids and membership).
     pub restore: Option<Box<keel_web::backup::Backup>>,
@@ -503,12 +502,22 @@ fn restored_ca(
     })?;
     let tdir = tls_dir(dir);
     std::fs::create_dir_all(&tdir).map_err(io_err(&tdir))?;
-    write_private(&tdir.join("ca.key"), &identity.ca_key_pem)?;
+    // A backup holds the key; a survivor's own state (a recovery) does
+    // not: it kept its key on disk, as a voter does.
+    let key = match identity.legacy_key() {
+        Some(key) => key.to_owned(),
+        None => read(&tdir.join("ca.key")).map_err(|_| {
+            ClusterError::Bootstrap(
+                "the backup holds no CA key, and this node has none (only voters keep it)".into(),
+            )
+        })?,
+    };
+    write_private(&tdir.join("ca.key"), &key)?;
     write_private(&tdir.join("ca.pem"), &identity.ca_cert_pem)?;
     Ok((
         identity.cluster_id.clone(),
         identity.ca_cert_pem.clone(),
-        identity.ca_key_pem.clone(),
+        key,
     ))
 }
 
@@ -640,8 +649,16 @@ impl ClusterNode {
             None => ClusterIdentity {
                 cluster_id: self.file.cluster_id.clone(),
                 ca_cert_pem: self.tls.ca_pem.clone(),
-                ca_key_pem: read(&tls_dir(&opts.data_dir).join("ca.key"))?,
+                ca_key_pem: String::new(),
+                ca_key_moved: false,
             },
+        };
+        // The CA key stays on this node's disk (`restored_ca` put a
+        // backup's there): it is never replicated.
+        let identity = ClusterIdentity {
+            ca_key_pem: String::new(),
+            ca_key_moved: false,
+            ..identity
         };
         let bootstrap_err = |e: ControlError| ClusterError::Bootstrap(e.to_string());
         // The config before the identity: the data plane follows the
@@ -651,7 +668,11 @@ impl ClusterNode {
         // them again). A restored cluster's first config is its backup's,
         // with its users, tokens and keys.
         let first = match &restore {
-            Some(backup) => Some(ClusterCommand::Restore(Box::new(backup.state.clone()))),
+            // Without the identity (`Init` sets it, without the CA key).
+            Some(backup) => Some(ClusterCommand::Restore(Box::new(ClusterState {
+                identity: None,
+                ..backup.state.clone()
+            }))),
             None => initial.map(|spec| ClusterCommand::Spec(Command::ReplaceSpec(spec.clone()))),
         };
         if let Some(first) = first {
@@ -768,10 +789,61 @@ impl ClusterNode {
         Ok(None)
     }
 
+    /// A new admin certificate for `names` and its key: signed here on a
+    /// voter, by the leader on a learner (which holds no CA key).
+    async fn new_admin_cert(
+        &self,
+        control: &Control,
+        names: &[String],
+    ) -> Result<(String, String), ClusterError> {
+        let identity = control.state().1.identity.clone();
+        if let (Some(key), Some(identity)) = (control.ca_key.get(), identity) {
+            return Ok(pki::new_admin_cert(
+                &self.file.name,
+                names,
+                &identity.ca_cert_pem,
+                &key,
+            )?);
+        }
+        let (key_pem, csr_pem) = pki::new_csr(&self.file.name)?;
+        let request = AdminCertRequest {
+            csr_pem,
+            names: names.to_vec(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let asked = async {
+                let leader = control.leader(deadline).await.map_err(|e| e.to_string())?;
+                control
+                    .to_leader::<_, Result<String, String>>(
+                        &leader,
+                        "/cluster/admin-cert",
+                        &request,
+                        WRITE_DEADLINE,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+            };
+            match asked.await {
+                Ok(cert) => return Ok((cert, key_pem)),
+                Err(why) if Instant::now() >= deadline => {
+                    return Err(ClusterError::Bootstrap(format!(
+                        "no admin certificate from the leader: {why}"
+                    )))
+                }
+                Err(why) => {
+                    tracing::debug!(%why, "asking the leader for an admin certificate again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
     /// The admin API's TLS, signed by the cluster CA (once this node has
     /// the replicated identity).
     pub async fn admin_tls(
         &self,
+        control: &Control,
         opts: &ClusterOptions,
         also: &[SocketAddr],
     ) -> Result<Arc<rustls::ServerConfig>, ClusterError> {
@@ -812,12 +884,7 @@ impl ClusterNode {
         let (cert, key) = match kept {
             Some(kept) => kept,
             None => {
-                let (cert, key) = pki::new_admin_cert(
-                    &self.file.name,
-                    &names,
-                    &identity.ca_cert_pem,
-                    &identity.ca_key_pem,
-                )?;
+                let (cert, key) = self.new_admin_cert(control, &names).await?;
                 write_private(&key_path, &key)?;
                 write_private(&cert_path, &cert)?;
                 tracing::info!(names = %names.join(","), "made a new admin API certificate");
@@ -929,11 +996,15 @@ pub struct Control {
     pub identity: Arc<pki::LiveIdentity>,
     /// How long the node certificates this node issues are valid.
     cert_validity: Duration,
+    /// How many voters this node, leading, promotes joiners to.
+    max_voters: usize,
     /// The Raft timing this node runs.
     pub timing: keel_model::Timing,
     data_dir: PathBuf,
     leader_link: Mutex<Option<(NodeId, RpcClient)>>,
     ca_fingerprint: String,
+    /// The CA key, on a voter (see `ca.rs`).
+    pub(crate) ca_key: crate::ca::CaKey,
 }
 
 impl Control {
@@ -977,11 +1048,35 @@ impl Control {
             joins: JoinLimits::default(),
             identity: node.identity.clone(),
             cert_validity: opts.cert_validity,
+            max_voters: opts.max_voters,
             timing: node.settings.timing(),
             data_dir: opts.data_dir.clone(),
             leader_link: Mutex::new(None),
             ca_fingerprint: pki::fingerprint(&node.tls.ca_pem)?,
+            ca_key: crate::ca::CaKey::load(tls_dir(&opts.data_dir).join("ca.key")),
         }))
+    }
+
+    /// The client configuration for calls to other nodes.
+    pub(crate) fn client_tls(&self) -> Arc<rustls::ClientConfig> {
+        self.client_tls.clone()
+    }
+
+    /// The CA key, or why this node cannot sign with it.
+    fn ca_key_here(&self) -> Result<String, String> {
+        self.ca_key.get().ok_or_else(|| {
+            let voters: Vec<String> = self
+                .consensus
+                .members()
+                .into_iter()
+                .filter(|m| m.voter)
+                .map(|m| format!("{} at {}", m.info.name, m.info.cluster_addr))
+                .collect();
+            format!(
+                "this node does not hold the cluster CA key (only voters do): ask a voter ({})",
+                voters.join(", ")
+            )
+        })
     }
 
     /// The Raft node behind this control plane.
@@ -1092,7 +1187,7 @@ impl Control {
                     )));
                 }
                 self.consensus
-                    .admit(*id, info.clone(), MAX_VOTERS)
+                    .admit(*id, info.clone(), self.max_voters)
                     .await
                     .map(|voter| {
                         tracing::info!(node = %info.name, voter, "admitted node");
@@ -1139,10 +1234,17 @@ impl Control {
             .route("/cluster/read-index", post(forwarded_read_index))
             .route("/cluster/status", post(local_status))
             .route("/cluster/renew", post(renew_certificate))
+            .route("/cluster/admin-cert", post(admin_certificate))
             .layer(axum::middleware::from_fn_with_state(
                 (self.consensus.clone(), Standing::Member),
                 require,
             ));
+        let voters = Router::new().route("/cluster/ca-key", post(ca_key)).layer(
+            axum::middleware::from_fn_with_state(
+                (self.consensus.clone(), Standing::Voter),
+                require,
+            ),
+        );
         // A joiner is not a member yet when it asks to be admitted: the
         // handler checks what each request needs of its caller.
         let certified = Router::new()
@@ -1154,6 +1256,7 @@ impl Control {
         Router::new()
             .route("/join/certificate", post(join_certificate))
             .merge(members)
+            .merge(voters)
             .merge(certified)
             .layer(axum::extract::DefaultBodyLimit::max(256 << 10))
             .with_state(self.clone())
@@ -1405,6 +1508,10 @@ impl ControlPlane for Control {
 
     fn ca_fingerprint(&self) -> String {
         self.ca_fingerprint.clone()
+    }
+
+    fn ca_key(&self) -> Option<String> {
+        self.ca_key.get()
     }
 
     fn cluster_addresses(&self) -> Vec<SocketAddr> {
@@ -1730,6 +1837,7 @@ async fn grant_certificate(
         ));
     }
     pki::check_csr(&req.csr_pem).map_err(|e| format!("bad certificate request: {e}"))?;
+    let ca_key = control.ca_key_here()?;
     control
         .propose(ClusterCommand::ConsumeJoinToken {
             id: req.token_id.clone(),
@@ -1749,7 +1857,7 @@ async fn grant_certificate(
         node_id,
         control.cert_validity,
         &identity.ca_cert_pem,
-        &identity.ca_key_pem,
+        &ca_key,
     )
     .map_err(|e| format!("bad certificate request: {e}"))?;
     Ok(CertificateGrant {
@@ -1765,6 +1873,48 @@ async fn grant_certificate(
 #[derive(Serialize, Deserialize)]
 struct RenewRequest {
     csr_pem: String,
+}
+
+/// A learner's request for an admin certificate: a CSR for a key it made,
+/// and the names it is reached by.
+#[derive(Serialize, Deserialize)]
+struct AdminCertRequest {
+    csr_pem: String,
+    names: Vec<String>,
+}
+
+/// `/cluster/admin-cert`: an admin certificate for the calling member.
+async fn admin_certificate(
+    State(control): State<Arc<Control>>,
+    axum::Extension(peer): axum::Extension<keel_consensus::rpc::Peer>,
+    Json(req): Json<AdminCertRequest>,
+) -> Json<Result<String, String>> {
+    let Some(id) = peer.node else {
+        return Json(Err("a node certificate is required".into()));
+    };
+    let result = control.sign_admin_for(id, &req);
+    match &result {
+        Ok(_) => {
+            tracing::info!(node = %format!("{id:x}"), names = %req.names.join(","), "issued an admin certificate")
+        }
+        Err(why) => {
+            tracing::warn!(node = %format!("{id:x}"), %why, "refused an admin certificate")
+        }
+    }
+    Json(result)
+}
+
+/// `/cluster/ca-key`: the CA key, for a voter (the route admits voters
+/// only) that lacks it.
+async fn ca_key(
+    State(control): State<Arc<Control>>,
+    axum::Extension(peer): axum::Extension<keel_consensus::rpc::Peer>,
+) -> Json<Result<String, String>> {
+    let result = control.ca_key_here();
+    if result.is_ok() {
+        tracing::info!(node = ?peer.node.map(|id| format!("{id:x}")), "gave the CA key to a voter");
+    }
+    Json(result)
 }
 
 /// `/cluster/renew`: a new certificate for the calling member (the id comes
@@ -1800,7 +1950,57 @@ impl Control {
             id,
             self.cert_validity,
             &identity.ca_cert_pem,
-            &identity.ca_key_pem,
+            &self.ca_key_here()?,
+        )
+        .map_err(|e| format!("bad certificate request: {e}"))
+    }
+
+    /// An admin certificate for member `id` (a learner, which holds no CA
+    /// key) from its CSR: for its own name, loopback and addresses, never
+    /// for a name or address another member is known by.
+    fn sign_admin_for(&self, id: NodeId, request: &AdminCertRequest) -> Result<String, String> {
+        let members = self.consensus.members();
+        let name = members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.info.name.clone())
+            .ok_or("not a member")?;
+        let host = |addr: &str| {
+            addr.parse::<SocketAddr>()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default()
+        };
+        for asked in &request.names {
+            let loopback =
+                asked == "localhost" || asked.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            let others = members.iter().filter(|m| m.id != id);
+            let taken = others.into_iter().any(|m| {
+                m.info.name == *asked
+                    || [
+                        &m.info.cluster_addr,
+                        &m.info.admin_addr,
+                        &m.info.gossip_addr,
+                    ]
+                    .iter()
+                    .any(|addr| host(addr) == *asked)
+            });
+            if taken && !loopback {
+                return Err(format!(
+                    "{asked:?} is another member's name or address: not in {name}'s certificate"
+                ));
+            }
+        }
+        let (_, state) = self.state();
+        let identity = state
+            .identity
+            .as_ref()
+            .ok_or("the cluster is not initialised yet")?;
+        pki::sign_admin_csr(
+            &request.csr_pem,
+            &name,
+            &request.names,
+            &identity.ca_cert_pem,
+            &self.ca_key_here()?,
         )
         .map_err(|e| format!("bad certificate request: {e}"))
     }

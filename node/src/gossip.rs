@@ -65,7 +65,11 @@ pub(crate) async fn run(
         advertise,
         seeds: peers(&control),
         key: key_of(&applied.borrow().state),
-        also_accept: vec![legacy_gossip_key(&identity.ca_key_pem)],
+        also_accept: identity
+            .legacy_key()
+            .map(legacy_gossip_key)
+            .into_iter()
+            .collect(),
         interval: INTERVAL,
     };
     let mut key = config.key;
@@ -127,7 +131,7 @@ pub(crate) async fn run(
 fn key_of(state: &keel_model::ClusterState) -> [u8; 32] {
     match (&state.secret, &state.identity) {
         (Some(secret), _) => gossip_key(secret),
-        (None, Some(identity)) => legacy_gossip_key(&identity.ca_key_pem),
+        (None, Some(identity)) => identity.legacy_key().map_or([0; 32], legacy_gossip_key),
         (None, None) => [0; 32],
     }
 }
@@ -288,6 +292,7 @@ mod tests {
                 cluster_id: "c".into(),
                 ca_cert_pem: String::new(),
                 ca_key_pem: "ca key".into(),
+                ca_key_moved: false,
             }),
             ..Default::default()
         };

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod appliance;
+mod ca;
 pub mod cli;
 pub mod client;
 pub mod cluster;
@@ -98,6 +99,7 @@ impl TryFrom<RunArgs> for NodeConfig {
                 gossip_addr,
                 password_checks: a.max_password_checks.into(),
                 cert_validity: a.node_cert_validity,
+                max_voters: a.max_voters.into(),
                 restore: match &a.restore {
                     Some(file) => Some(Box::new(read_backup(
                         file,
@@ -190,6 +192,7 @@ async fn serve_compat(
 async fn compat_tls(
     config: &NodeConfig,
     node: &cluster::ClusterNode,
+    control: &cluster::Control,
 ) -> Result<Arc<rustls::ServerConfig>, NodeError> {
     if let Some((cert, key)) = &config.compat_cert {
         let read = |path: &PathBuf| {
@@ -206,7 +209,7 @@ async fn compat_tls(
         });
     }
     Ok(node
-        .admin_tls(&config.cluster, &compat_addrs(config))
+        .admin_tls(control, &config.cluster, &compat_addrs(config))
         .await?)
 }
 
@@ -479,7 +482,10 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let admin_tls = if opts.admin_addr.ip().is_loopback() {
         None
     } else {
-        Some(node.admin_tls(opts, &compat_addrs(&config)).await?)
+        Some(
+            node.admin_tls(&control, opts, &compat_addrs(&config))
+                .await?,
+        )
     };
     let scheme = if admin_tls.is_some() { "https" } else { "http" };
     let admin = admin::serve(
@@ -539,7 +545,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 
     let tls_for = |addr: SocketAddr| config.compat_tls.on(addr);
     let compat = if compat_addrs(&config).into_iter().any(tls_for) {
-        Some(compat_tls(&config, &node).await?)
+        Some(compat_tls(&config, &node, &control).await?)
     } else {
         None
     };
@@ -559,6 +565,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         control.clone(),
         stop_rx.clone(),
     ));
+    let ca_key = tokio::spawn(ca::keep_placed(control.clone(), stop_rx.clone()));
     let upgrades = tokio::spawn(upgrade::run(control.clone(), stop_rx.clone()));
     let retirements = tokio::spawn(cluster::retire_members(control.clone(), stop_rx.clone()));
     let timing = tokio::spawn(timing::run(
@@ -630,6 +637,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         events,
         forget,
         renewal,
+        ca_key,
         drainer,
         upgrades,
         timing,

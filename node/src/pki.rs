@@ -147,13 +147,7 @@ pub const ADMIN_VALIDITY: Duration = Duration::from_secs(397 * 86_400);
 /// cluster CA, naming `names` (DNS names and IP addresses: the node's name,
 /// `localhost` and every address it answers on): (certificate, key) PEM.
 /// Clients trust it with the CA file or its fingerprint.
-pub fn new_admin_cert(
-    node_name: &str,
-    names: &[String],
-    ca_cert_pem: &str,
-    ca_key_pem: &str,
-) -> Result<(String, String), PkiError> {
-    let key = KeyPair::generate()?;
+fn admin_params(node_name: &str, names: &[String]) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(names.to_vec())?;
     params
         .distinguished_name
@@ -162,10 +156,48 @@ pub fn new_admin_cert(
     let now = SystemTime::now();
     params.not_before = (now - backdate(ADMIN_VALIDITY)).into();
     params.not_after = (now + ADMIN_VALIDITY).into();
+    Ok(params)
+}
+
+pub fn new_admin_cert(
+    node_name: &str,
+    names: &[String],
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let params = admin_params(node_name, names)?;
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
     let cert = params.signed_by(&key, &ca, &ca_key)?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// An admin certificate for `names` from a CSR (a learner's, which holds no
+/// CA key), as [`new_admin_cert`] makes them; the names come from the
+/// caller, checked by it.
+pub fn sign_admin_csr(
+    csr_pem: &str,
+    node_name: &str,
+    names: &[String],
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+) -> Result<String, PkiError> {
+    let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+    csr.params = admin_params(node_name, names)?;
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
+    Ok(csr.signed_by(&ca, &ca_key)?.pem())
+}
+
+/// Whether `key_pem` is the private key of the CA certificate `ca_pem`.
+pub fn key_matches_ca(key_pem: &str, ca_pem: &str) -> bool {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (Ok(key), Ok(cert)) = (KeyPair::from_pem(key_pem), first_cert(ca_pem)) else {
+        return false;
+    };
+    X509Certificate::from_der(cert.as_ref())
+        .is_ok_and(|(_, x509)| x509.public_key().raw == key.public_key_der().as_slice())
 }
 
 /// Whether a kept admin certificate will do: signed by the CA in `ca_pem`,

@@ -31,7 +31,8 @@ pub fn cookie_secrets(state: &ClusterState) -> Vec<Vec<u8>> {
     let legacy = state
         .identity
         .as_ref()
-        .map(|identity| identity.ca_key_pem.as_bytes().to_vec());
+        .and_then(|identity| identity.legacy_key())
+        .map(|key| key.as_bytes().to_vec());
     match (&state.secret, &state.previous_secret) {
         (Some(secret), Some(previous)) => {
             vec![
@@ -58,6 +59,7 @@ mod tests {
             cluster_id: "c".into(),
             ca_cert_pem: "cert".into(),
             ca_key_pem: "ca key".into(),
+            ca_key_moved: false,
         });
         assert_eq!(cookie_secrets(&state), vec![b"ca key".to_vec()]);
         state.secret = Some(ClusterSecret::new("one".into()));

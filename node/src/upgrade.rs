@@ -11,6 +11,7 @@ use keel_model::{ClusterCommand, CLUSTER_VERSION};
 use tokio::sync::watch;
 
 use crate::cluster::Control;
+use keel_web::ControlPlane;
 
 /// How often the leader looks at what its members run.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -90,6 +91,26 @@ pub(crate) async fn run(control: Arc<Control>, mut stop: watch::Receiver<bool>) 
             {
                 Ok(_) => tracing::info!("set the cluster secret"),
                 Err(e) => tracing::warn!(error = %e, "could not set the cluster secret"),
+            }
+        }
+        if let (Some(forget), Some(secret)) = (
+            crate::ca::forget_replicated_key(&control),
+            control.state().1.secret.clone(),
+        ) {
+            // AWS secrets sealed under the CA key lose it: sealed again
+            // under the cluster secret in the same entry.
+            let reseal = keel_web::awskeys::reseal(&control.state().1, &secret);
+            match control
+                .consensus()
+                .propose(ClusterCommand::Atomic(vec![reseal, forget]))
+                .await
+            {
+                Ok(_) => tracing::info!(
+                    "the CA key is out of the replicated state: on voters' disks only"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not take the CA key out of the replicated state")
+                }
             }
         }
         let Some(lowest) = member_versions(&control)

@@ -90,3 +90,46 @@ pub fn raise_fd_limit() -> u64 {
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
+
+/// A line of a PEM key's body that only that key has (every P-256 key's
+/// first line starts alike).
+pub fn key_needle(pem: &str) -> String {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----"))
+        .nth(1)
+        .expect("a PEM key of more than one line")
+        .to_owned()
+}
+
+/// Files under `dir` that hold `needle`: as written, or inside base64 text
+/// (a snapshot keeps the state as base64).
+pub fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    use base64::Engine;
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(at) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&at) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let plain = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+            let b64 = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+            let encoded = bytes
+                .split(|b| !b64(b))
+                .filter(|run| run.len() >= 64)
+                .filter_map(|run| base64::engine::general_purpose::STANDARD.decode(run).ok())
+                .any(|text| text.windows(needle.len()).any(|w| w == needle.as_bytes()));
+            if plain || encoded {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}

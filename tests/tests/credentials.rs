@@ -1,24 +1,24 @@
 //! Credentials under attack, against real `keel` processes: password
 //! guessing cannot be turned into a memory or CPU weapon, and anonymous
-//! join attempts cannot make the cluster write to Raft, and a removed node's
-//! certificate opens nothing.
+//! join attempts cannot make the cluster write to Raft, a removed node's
+//! certificate opens nothing, and only voters hold the CA key.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_tests::backend::HttpBackend;
 use keel_tests::client::{client, get};
-use keel_tests::cluster::{Cluster, A};
-use keel_tests::netns::{in_ns, keel_cli, wait_until};
+use keel_tests::cluster::{config, node_args, Cluster, A, ADMIN};
+use keel_tests::netns::{in_ns, keel_cli, wait_until, NsKeel};
 use keel_tests::node::{rss_of, KeelProcess};
 use keel_tests::tls::any_cert;
 use keel_tests::vip::holds;
-use keel_tests::{free_port, http_lb, members};
+use keel_tests::{files_holding, free_port, http_lb, key_needle, members};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -350,13 +350,16 @@ fn cluster_call_with(c: &Cluster, from: usize, to: usize, path: &str, tls: &Path
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-const CLUSTER_ROUTES: [&str; 6] = [
+const CLUSTER_ROUTES: [&str; 9] = [
     "/raft/append",
     "/raft/vote",
     "/raft/snapshot",
     "/cluster/propose",
     "/cluster/membership",
     "/cluster/status",
+    "/cluster/renew",
+    "/cluster/admin-cert",
+    "/cluster/ca-key",
 ];
 
 #[test]
@@ -598,4 +601,113 @@ fn a_generated_password_stays_out_of_kept_output_and_the_log() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+}
+
+fn role_of(c: &Cluster, name: &str) -> Option<String> {
+    c.status(1)["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["name"] == name && n["ready"] == true)
+        .and_then(|n| n["role"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn a_learner_holds_no_ca_key_and_a_learner_made_voter_takes_it() {
+    // Two voters; n3 stays a learner, its admin API off loopback (its
+    // certificate must come from the leader: it cannot sign one).
+    let mut c = Cluster::bootstrap_with(4, &config(A), &["--max-voters", "2"]);
+    let token = c.join_token(&["--uses", "3"]);
+    c.join(2, &token);
+    c.wait_ready(2);
+    let mut args = node_args(3);
+    let at = args.iter().position(|a| a == ADMIN).unwrap();
+    args[at] = "10.77.0.3:9090".into();
+    args.extend(["--join", "10.77.0.1:9091", "--token", &token].map(String::from));
+    args.extend(c.extra_args.iter().cloned());
+    let n3 = NsKeel::start(&c.ns(3), c.dir.path(), "n3", &args, &[]);
+    c.nodes.push(n3);
+    wait_until(Duration::from_secs(20), "n3 a ready learner", || {
+        role_of(&c, "n3").as_deref() == Some("learner")
+    });
+    let data = |i: usize| c.dir.path().join(format!("n{i}"));
+    let ca_key = std::fs::read_to_string(data(1).join("tls/ca.key")).unwrap();
+    let needle = key_needle(&ca_key);
+    // The second voter took the key from the first.
+    wait_until(Duration::from_secs(10), "n2 keeps the CA key", || {
+        std::fs::read_to_string(data(2).join("tls/ca.key")).is_ok_and(|k| k == ca_key)
+    });
+    // Only the key file holds it: not the Raft log or snapshot (the
+    // search does find it where it is).
+    assert_eq!(
+        files_holding(&data(1), &needle),
+        vec![data(1).join("tls/ca.key")]
+    );
+    assert_eq!(files_holding(&data(3), &needle), Vec::<PathBuf>::new());
+    // The learner's admin API serves a certificate the CA signed.
+    let ca_pem = data(1).join("tls/ca.pem").display().to_string();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.ns(3),
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-w", "%{http_code}", "--cacert", &ca_pem])
+        .arg("https://10.77.0.3:9090/readyz")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "the learner's admin API over TLS"
+    );
+    // The learner's certificate is not a voter's: no key for it.
+    assert_eq!(cluster_call_as(&c, 3, 1, "/cluster/ca-key"), "403");
+    assert_eq!(cluster_call_as(&c, 2, 1, "/cluster/ca-key"), "200");
+
+    // A join through the learner is refused, naming the voters, and
+    // spends none of the token's uses.
+    let mut args = node_args(4);
+    args.extend(["--join", "10.77.0.3:9091", "--token", &token].map(String::from));
+    args.extend(c.extra_args.iter().cloned());
+    let n4 = NsKeel::start(&c.ns(4), c.dir.path(), "n4", &args, &[]);
+    wait_until(Duration::from_secs(10), "n4's join refused", || {
+        n4.log_text().contains("only voters do")
+    });
+    let log = n4.log_text();
+    assert!(log.contains("n1 at 10.77.0.1:9091"), "{log}");
+    drop(n4);
+    let _ = std::fs::remove_dir_all(data(4));
+
+    // n2 leaves: the learner becomes a voter and takes the key; n2
+    // deletes its copy.
+    let (code, _, err) = keel_cli(
+        &c.ns(1),
+        &[("KEEL_TOKEN", &c.bearer)],
+        &["node", "remove", "n2", "--server", "http://127.0.0.1:9090"],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    wait_until(
+        Duration::from_secs(15),
+        "n3 a voter with the CA key",
+        || {
+            role_of(&c, "n3").as_deref() == Some("follower")
+                && std::fs::read_to_string(data(3).join("tls/ca.key")).is_ok_and(|k| k == ca_key)
+        },
+    );
+    wait_until(Duration::from_secs(10), "n2 without the CA key", || {
+        !data(2).join("tls/ca.key").exists()
+    });
+    // Now n3 admits the joiner it refused (the token's third use: the
+    // refused join spent none).
+    c.nodes
+        .push(NsKeel::start(&c.ns(4), c.dir.path(), "n4", &args, &[]));
+    c.wait_ready(4);
+    assert_eq!(role_of(&c, "n4").as_deref(), Some("learner"));
 }

@@ -16,6 +16,7 @@ use keel_tests::cluster::{Cluster, A};
 use keel_tests::netns::{keel_cli, wait_until};
 use keel_tests::node::{keel_bin, use_keel_bin};
 use keel_tests::vip::{Poller, Sampler};
+use keel_tests::{files_holding, key_needle};
 
 const VIP: &str = "10.77.0.100";
 
@@ -158,4 +159,21 @@ fn a_cluster_upgraded_one_node_at_a_time_fails_no_request() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = cli(&c, &["node", "undrain", "n1"]);
     assert_eq!(code, 0, "{out}");
+
+    // The previous Keel replicated the CA key; now each voter keeps it on
+    // disk and no node's Raft log or snapshot holds it.
+    let data = |i: usize| c.dir.path().join(format!("n{i}"));
+    let ca_key = std::fs::read_to_string(data(1).join("tls/ca.key")).unwrap();
+    let needle = key_needle(&ca_key);
+    let holding = || -> Vec<_> {
+        (1..=3)
+            .flat_map(|i| files_holding(&data(i), &needle))
+            .collect()
+    };
+    let wanted: Vec<_> = (1..=3).map(|i| data(i).join("tls/ca.key")).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while holding() != wanted && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(holding(), wanted, "{}", c.logs());
 }

@@ -845,7 +845,21 @@ async fn backup<C: ControlPlane>(
     app.control.propose(ClusterCommand::Noop).await?;
     let (version, state) = app.control.state();
     let node = app.control.status().await.this_node;
-    let backup = crate::backup::backup_of(&state, version, &node, now());
+    let mut backup = crate::backup::backup_of(&state, version, &node, now());
+    // A backup restores the CA too: its key comes from this node's disk.
+    if let Some(identity) = &mut backup.state.identity {
+        if identity.ca_key_pem.is_empty() {
+            identity.ca_key_pem = app.control.ca_key().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!(
+                        "{node} holds no CA key (only voters do): take the backup through a voter"
+                    ),
+                )
+            })?;
+        }
+    }
     let sealed = tokio::task::spawn_blocking(move || crate::backup::seal(&backup, &req.passphrase))
         .await
         .map_err(ApiError::internal)?

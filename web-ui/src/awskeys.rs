@@ -18,10 +18,10 @@ fn aead(key: &[u8]) -> Option<LessSafeKey> {
 
 /// The key a cluster seals with before it has a secret: from its CA key.
 fn legacy_key(state: &ClusterState) -> Option<LessSafeKey> {
-    let identity = state.identity.as_ref()?;
+    let key = state.identity.as_ref()?.legacy_key()?;
     let mut h = Sha256::new();
     h.update(b"keel aws secret sealing key\0");
-    h.update(identity.ca_key_pem.as_bytes());
+    h.update(key.as_bytes());
     aead(&h.finalize())
 }
 
@@ -128,6 +128,7 @@ mod tests {
                 cluster_id: "c".into(),
                 ca_cert_pem: String::new(),
                 ca_key_pem: ca_key.into(),
+                ca_key_moved: false,
             }),
             ..ClusterState::default()
         }

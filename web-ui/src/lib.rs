@@ -16,7 +16,7 @@ pub use aws::router as aws_router;
 pub use octavia::router as octavia_router;
 mod auth;
 mod aws;
-mod awskeys;
+pub mod awskeys;
 pub mod backup;
 mod certs;
 mod elb;
@@ -78,6 +78,12 @@ pub trait ControlPlane: Send + Sync + 'static {
 
     /// The fingerprint of the cluster CA, for join tokens.
     fn ca_fingerprint(&self) -> String;
+
+    /// The CA key, where this node holds it (a voter), for a backup: the
+    /// replicated state does not.
+    fn ca_key(&self) -> Option<String> {
+        None
+    }
 
     /// Every member's admin, cluster and gossip addresses: never a pool
     /// member by registration.

@@ -25,8 +25,10 @@ use crate::spec::Spec;
 /// [`ClusterState::secret`]; 6, roles: [`User::role`], [`ApiToken`]'s role
 /// and scope, [`ClusterCommand::CreateUser`], [`ClusterCommand::SetRole`],
 /// [`ClusterCommand::SetPassword`], [`ClusterCommand::DeleteUser`],
-/// [`Refusal::Conflict`] and [`ClusterState::previous_secret`].
-pub const CLUSTER_VERSION: u32 = 6;
+/// [`Refusal::Conflict`] and [`ClusterState::previous_secret`]; 7,
+/// [`ClusterCommand::ForgetCaKey`] (the CA key leaves the replicated state
+/// for the voters' disks).
+pub const CLUSTER_VERSION: u32 = 7;
 
 /// The cluster's Raft timing, in milliseconds: every node runs it, because
 /// the leader's lease is safe only if every follower refuses other
@@ -217,16 +219,32 @@ pub struct HistoryEntry {
     pub kind: Option<String>,
 }
 
-/// The cluster's id and certificate authority. Every voter holds the CA key so
-/// that any node can admit a joiner; the data directory is private to `keel`.
+/// The cluster's id and certificate authority. The CA key is not
+/// replicated (from cluster version 7): each voter keeps it in its data
+/// directory and a learner never has it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIdentity {
     /// Random id chosen at bootstrap.
     pub cluster_id: String,
     /// The CA certificate, PEM.
     pub ca_cert_pem: String,
-    /// The CA private key, PEM. Never logged.
+    /// The CA private key, PEM: empty, except in a cluster from before
+    /// version 7 until its leader moves the key to the voters' disks
+    /// ([`ClusterCommand::ForgetCaKey`]), and in a backup. Never logged.
+    #[serde(default)]
     pub ca_key_pem: String,
+    /// Set by [`ClusterCommand::ForgetCaKey`]: entries from before it held
+    /// the key, so each node compacts its log once it has applied it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ca_key_moved: bool,
+}
+
+impl ClusterIdentity {
+    /// The CA key a cluster from before its secret derived its keys from,
+    /// while the replicated state still holds it.
+    pub fn legacy_key(&self) -> Option<&str> {
+        (!self.ca_key_pem.is_empty()).then_some(self.ca_key_pem.as_str())
+    }
 }
 
 impl fmt::Debug for ClusterIdentity {
@@ -455,6 +473,9 @@ pub enum ClusterCommand {
     /// are sealed under): id → the new `secret_sealed`; ids since removed
     /// are skipped.
     ResealAwsKeys(BTreeMap<String, String>),
+    /// Take the CA key out of the replicated state (proposed by a leader
+    /// that keeps it on disk, as every voter does from version 7).
+    ForgetCaKey,
     /// Refused unless `object`'s entity tag is still `etag` (see
     /// [`crate::Object`]): the condition of an `If-Match` write, in an
     /// [`ClusterCommand::Atomic`] with the write.
@@ -502,6 +523,7 @@ impl ClusterCommand {
             | ClusterCommand::SetPassword { .. }
             | ClusterCommand::DeleteUser { .. }
             | ClusterCommand::ResealAwsKeys(_) => 6,
+            ClusterCommand::ForgetCaKey => 7,
             ClusterCommand::SetUser { user, .. } if user.role != Role::Admin => 6,
             ClusterCommand::CreateApiToken { token, .. } if token.restricted() => 6,
             ClusterCommand::Authored { command, .. } | ClusterCommand::Once { command, .. } => {
@@ -552,6 +574,7 @@ impl ClusterCommand {
         match self {
             ClusterCommand::Init(_)
             | ClusterCommand::Restore(_)
+            | ClusterCommand::ForgetCaKey
             | ClusterCommand::SetVersion { .. }
             | ClusterCommand::SetUser { .. }
             | ClusterCommand::Authored { .. }
@@ -656,6 +679,9 @@ impl fmt::Display for ClusterCommand {
                     "seal {} AWS access key(s) under the new secret",
                     keys.len()
                 )
+            }
+            ClusterCommand::ForgetCaKey => {
+                f.write_str("keep the CA key on the voters only, out of the replicated state")
             }
             ClusterCommand::Record { kind, what } => write!(f, "{kind}: {what}"),
             ClusterCommand::Expect { object, etag } => write!(f, "expect {object} at {etag}"),
@@ -875,6 +901,12 @@ impl ClusterState {
                     self.previous_secret = previous;
                 }
             }
+            ClusterCommand::ForgetCaKey => {
+                if let Some(identity) = &mut self.identity {
+                    identity.ca_key_pem.clear();
+                    identity.ca_key_moved = true;
+                }
+            }
             ClusterCommand::Record { .. } => {}
             ClusterCommand::Expect { object, etag } => {
                 if self.spec.etag(object).as_deref() != Some(etag.as_str()) {
@@ -1035,6 +1067,7 @@ mod tests {
             cluster_id: "c".into(),
             ca_cert_pem: "cert".into(),
             ca_key_pem: "key".into(),
+            ca_key_moved: false,
         };
         let mut backup = ClusterState {
             identity: Some(identity.clone()),
@@ -1411,6 +1444,7 @@ mod tests {
             cluster_id: "c".into(),
             ca_cert_pem: "CERT".into(),
             ca_key_pem: "SECRET-KEY".into(),
+            ca_key_moved: false,
         }))
         .unwrap();
         s.users.insert(
@@ -1423,5 +1457,46 @@ mod tests {
         );
         let text = format!("{s:?}");
         assert!(!text.contains("SECRET"), "{text}");
+    }
+
+    #[test]
+    fn the_ca_key_leaves_the_replicated_state_at_version_7_and_only_by_the_leader() {
+        let mut s = ClusterState::default();
+        s.apply(&ClusterCommand::Init(ClusterIdentity {
+            cluster_id: "c".into(),
+            ca_cert_pem: "CERT".into(),
+            ca_key_pem: "KEY".into(),
+            ca_key_moved: false,
+        }))
+        .unwrap();
+        assert_eq!(
+            s.identity.as_ref().and_then(|i| i.legacy_key()),
+            Some("KEY")
+        );
+        assert_eq!(ClusterCommand::ForgetCaKey.needs(), 7);
+        s.apply(&ClusterCommand::ForgetCaKey).unwrap();
+        let identity = s.identity.clone().unwrap();
+        assert_eq!(
+            (identity.legacy_key(), identity.ca_cert_pem.as_str()),
+            (None, "CERT")
+        );
+        assert!(
+            identity.ca_key_moved,
+            "nodes compact their logs once they apply it"
+        );
+        // A follower's certificate cannot make the cluster forget it.
+        let forwarded = ClusterCommand::Once {
+            request: "r".into(),
+            command: Box::new(ClusterCommand::Authored {
+                by: "admin".into(),
+                at: 1,
+                command: Box::new(ClusterCommand::ForgetCaKey),
+            }),
+        };
+        assert!(forwarded.forwardable().is_err());
+        // A state written without the field (a backup's identity) reads.
+        let read: ClusterIdentity =
+            serde_json::from_str(r#"{"cluster_id": "c", "ca_cert_pem": "CERT"}"#).unwrap();
+        assert_eq!(read.legacy_key(), None);
     }
 }
