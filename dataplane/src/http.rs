@@ -162,8 +162,9 @@ pub(crate) async fn serve<IO>(
                     Ok::<_, Infallible>(response.map(|body| Counted { body, _open: open }))
                 }
             });
-            let serving = builder.serve_connection(io, service);
-            tokio::pin!(serving);
+            // Boxed: an HTTP/1 connection's future does not carry it.
+            let mut serving = Box::pin(builder.serve_connection(io, service));
+            let serving = serving.as_mut();
             // Idle (no stream open) as long as a keep-alive HTTP/1
             // connection may be: closed with GOAWAY.
             let idle = Some((streams, keepalive_timeout));

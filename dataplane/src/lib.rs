@@ -1108,7 +1108,9 @@ impl Admit {
             cut: cut.clone(),
             tunnels: self.connections.clone(),
         };
-        self.connections.spawn(async move {
+        // Each protocol's work is boxed below: the task of an idle
+        // connection is as small as its own state, not the largest of them.
+        let connection = async move {
             let _active = active;
             let _ = stream.set_nodelay(true);
             let Some(peer) = client_of(&stream, peer, &listener).await else {
@@ -1116,7 +1118,11 @@ impl Admit {
             };
             // L4 listeners limit new connections per client; HTTP ones limit
             // requests (see `http.rs`).
-            if let Some(limiter) = listener.limiter.as_ref().filter(|_| !listener.spec.protocol.is_http()) {
+            if let Some(limiter) = listener
+                .limiter
+                .as_ref()
+                .filter(|_| !listener.spec.protocol.is_http())
+            {
                 if !limiter.allow(peer.source.ip()) {
                     listener.stats.rate_limited.fetch_add(1, Relaxed);
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
@@ -1126,7 +1132,7 @@ impl Admit {
             match (listener.spec.protocol, listener.tls.clone()) {
                 (Protocol::Tcp, _) => {
                     let pool = listener.pool.clone();
-                    tcp::serve(stream, peer, listener, pool, cut).await
+                    Box::pin(tcp::serve(stream, peer, listener, pool, cut)).await
                 }
                 (Protocol::TlsPassthrough, _) => {
                     let deadline = tokio::time::Instant::now() + listener.spec.header_timeout;
@@ -1138,10 +1144,14 @@ impl Admit {
                             return;
                         }
                     };
-                    let pool =
-                        route::route_name(&listener.rules, &listener.pool, name.as_deref(), peer.source.ip())
-                            .clone();
-                    tcp::serve(stream, peer, listener, pool, cut).await
+                    let pool = route::route_name(
+                        &listener.rules,
+                        &listener.pool,
+                        name.as_deref(),
+                        peer.source.ip(),
+                    )
+                    .clone();
+                    Box::pin(tcp::serve(stream, peer, listener, pool, cut)).await
                 }
                 (Protocol::Http, _) => {
                     let mode = if listener.spec.http2 {
@@ -1153,28 +1163,30 @@ impl Admit {
                     } else {
                         http::Mode::Http1
                     };
-                    http::serve(stream, mode, peer, plan, listener, signals).await
+                    Box::pin(http::serve(stream, mode, peer, plan, listener, signals)).await
                 }
                 (Protocol::Https | Protocol::Tls, Some(config)) => {
-                    let Some(tls) = handshake(stream, peer.source, config, &listener, &cut).await
+                    let Some(tls) =
+                        Box::pin(handshake(stream, peer.source, config, &listener, &cut)).await
                     else {
                         return;
                     };
                     if listener.spec.protocol == Protocol::Tls {
-                        tcp::serve_stream(tls, peer, listener, cut).await;
+                        Box::pin(tcp::serve_stream(tls, peer, listener, cut)).await;
                         return;
                     }
                     let mode = match tls.get_ref().1.alpn_protocol() {
                         Some(tls::H2) => http::Mode::Http2,
                         _ => http::Mode::Http1,
                     };
-                    http::serve(tls, mode, peer, plan, listener, signals).await
+                    Box::pin(http::serve(tls, mode, peer, plan, listener, signals)).await
                 }
                 (Protocol::Https | Protocol::Tls, None) => {
                     debug_assert!(false, "a TLS listener was planned without a configuration");
                 }
             }
-        });
+        };
+        self.connections.spawn(connection);
     }
 }
 

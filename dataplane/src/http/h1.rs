@@ -71,8 +71,11 @@ where
         ahead: Bytes::new(),
         io,
     });
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
-    let mut out = BytesMut::with_capacity(1024);
+    // No buffer until the first bytes come (`read` waits for them with one
+    // on its stack), and none again between requests: a connection that is
+    // open and idle costs its socket and its task only.
+    let mut buf = BytesMut::new();
+    let mut out = BytesMut::new();
     let header_timeout = timeouts.head;
     let mut timer = pin!(tokio::time::sleep(header_timeout));
     let mut first = true;
@@ -82,6 +85,10 @@ where
         // and the head timeout starts with the next request's first byte.
         let mut idle = !first && buf.is_empty();
         first = false;
+        if idle {
+            buf = BytesMut::new();
+            out = BytesMut::new();
+        }
         let wait = if idle {
             timeouts.keep_alive
         } else {
@@ -143,8 +150,10 @@ where
         });
         // A client that leaves while its member is silent is let go at
         // once, and so is the member's connection.
-        let Some(response) = watch(&mut io, &mut buf, intake.as_mut(), conn.handle(req)).await
-        else {
+        // Boxed: the request's state is allocated while it is under way,
+        // not carried by every idle connection's future.
+        let answer = Box::pin(conn.handle(req));
+        let Some(response) = watch(&mut io, &mut buf, intake.as_mut(), answer).await else {
             tracing::debug!(client.addr = %conn.peer, "client closed the connection before its answer");
             return;
         };
@@ -158,7 +167,7 @@ where
             http10: message.http10,
             trailers: message.trailers,
         };
-        let answered = respond(&mut io, response, &mut out, asked).await;
+        let answered = Box::pin(respond(&mut io, response, &mut out, asked)).await;
         if !whole && answered.is_ok() {
             linger(&mut io).await;
             return;
@@ -301,6 +310,21 @@ async fn read<IO: AsyncRead + Unpin>(
     poll_fn(|cx| {
         if stop.load(Relaxed) {
             return Poll::Ready(Read::Closed);
+        }
+        if buf.capacity() == 0 {
+            // Idle: a buffer on the stack, kept only for this poll.
+            let mut first = [0u8; 512];
+            let mut small = tokio::io::ReadBuf::new(&mut first);
+            return match Pin::new(&mut *io).poll_read(cx, &mut small) {
+                Poll::Ready(Ok(())) if !small.filled().is_empty() => {
+                    buf.reserve(READ_SIZE);
+                    buf.extend_from_slice(small.filled());
+                    Poll::Ready(Read::Bytes)
+                }
+                Poll::Ready(_) => Poll::Ready(Read::Closed),
+                Poll::Pending if timer.as_mut().poll(cx).is_ready() => Poll::Ready(Read::TimedOut),
+                Poll::Pending => Poll::Pending,
+            };
         }
         buf.reserve(READ_SIZE);
         match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
