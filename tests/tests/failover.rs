@@ -685,6 +685,147 @@ fn jitter_between_nodes_causes_no_failover() {
     );
 }
 
+/// Reads one HTTP/1.1 response (head, then the body its length names)
+/// from `stream`, keeping what follows in `buf`.
+async fn read_response(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                buf.drain(..end + 4 + length);
+                return Ok(());
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Keep-alive GETs on `conns` connections from namespace `ns` to `target`
+/// until `until`, on a thread of its own; how many were answered.
+fn hammer(
+    ns: String,
+    target: SocketAddr,
+    conns: usize,
+    until: Instant,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        keel_tests::netns::enter(&ns).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use tokio::io::AsyncWriteExt;
+            let tasks: Vec<_> = (0..conns)
+                .map(|_| {
+                    tokio::spawn(async move {
+                        let mut answered = 0u64;
+                        while Instant::now() < until {
+                            let Ok(mut stream) = tokio::net::TcpStream::connect(target).await
+                            else {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            };
+                            let mut buf = Vec::new();
+                            while Instant::now() < until {
+                                let get = b"GET / HTTP/1.1\r\nHost: load\r\n\r\n";
+                                if stream.write_all(get).await.is_err()
+                                    || read_response(&mut stream, &mut buf).await.is_err()
+                                {
+                                    break;
+                                }
+                                answered += 1;
+                            }
+                        }
+                        answered
+                    })
+                })
+                .collect();
+            let mut total = 0;
+            for task in tasks {
+                total += task.await.unwrap_or(0);
+            }
+            total
+        })
+    })
+}
+
+/// CPU seconds process `pid` has used (user and system).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are
+    // the 12th and 13th, in clock ticks (100 a second).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+#[test]
+fn a_leader_with_its_data_plane_saturated_keeps_leadership_and_its_vip() {
+    let secs = std::env::var("KEEL_SATURATE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mut ha = Ha::start(&[]);
+    let owner = ha.wait_single_holder(VIP4, Duration::from_secs(10));
+    let term = ha.c.status(owner)["term"].as_u64().unwrap();
+    let pid = ha.keel_pid(owner);
+    let sampler = Sampler::start(ha.node_namespaces(), VIP4, Duration::from_millis(100));
+    // Two client threads of keep-alive requests through the VIP: the
+    // owner's data plane (a worker per core) has every core busy.
+    let (cpu_before, started) = (cpu_seconds(&pid), Instant::now());
+    let until = started + Duration::from_secs(secs);
+    let load: Vec<_> = (0..2)
+        .map(|_| hammer(ha.c.topo.ns("c"), target(VIP4), 64, until))
+        .collect();
+    let answered: u64 = load.into_iter().map(|t| t.join().unwrap()).sum();
+    let wall = started.elapsed().as_secs_f64();
+    let cores = (cpu_seconds(&pid) - cpu_before) / wall;
+    let status = ha.c.status(owner);
+    let moved = sampler
+        .samples()
+        .iter()
+        .filter(|(_, h)| h != &vec![owner])
+        .count();
+    drop(sampler);
+    eprintln!(
+        "{secs} s of load on n{owner}: {answered} requests ({:.0}/s), its keel used {cores:.2} \
+         cores; term {term} -> {}",
+        answered as f64 / wall,
+        status["term"]
+    );
+    assert!(answered > 0, "no request was answered under load");
+    assert_eq!(moved, 0, "the VIP left n{owner} under load");
+    assert_eq!(
+        status["term"].as_u64(),
+        Some(term),
+        "leadership changed while the leader's data plane was saturated"
+    );
+    // Failover when the loaded leader then dies is as fast as ever.
+    let gaps = failovers(&mut ha, VIP4, Fault::Kill, 1);
+    report("failover right after the load", &gaps, DEFAULT_BOUND);
+}
+
 #[test]
 fn an_owner_that_cannot_serve_hands_the_vip_over() {
     let ha = Ha::start(&[]);
