@@ -382,7 +382,7 @@ impl Conn {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             r
         } else if limited {
-            listener.stats.rate_limited.fetch_add(1, Relaxed);
+            listener.stats.here().rate_limited.fetch_add(1, Relaxed);
             let mut r = local_response(StatusCode::TOO_MANY_REQUESTS);
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -412,11 +412,11 @@ impl Conn {
             }
         };
         let status = response.status().as_u16();
-        listener.stats.requests.count(status);
+        listener.stats.here().requests.count(status);
         if let Some(p) = pool {
-            p.stats.requests.count(status);
+            p.stats.here().requests.count(status);
         }
-        listener.stats.latency.observe(started.elapsed());
+        listener.stats.here().latency.observe(started.elapsed());
         response
     }
 
@@ -552,7 +552,7 @@ impl Conn {
             let sender = match checkout(&member, pool, self.ends, upgrade.is_some()).await {
                 Ok(s) => s,
                 Err(e) => {
-                    member.stats.connect_failures.fetch_add(1, Relaxed);
+                    member.stats.here().connect_failures.fetch_add(1, Relaxed);
                     tracing::warn!(pool = %pool.spec.name, member = %member.address, error = %e, "member connection failed");
                     debug_assert_eq!(e.retry(), Retry::Yes);
                     last_err = Some(e);
@@ -593,7 +593,7 @@ impl Conn {
             return Ok(response);
         }
         if last_err.is_none() {
-            pool.stats.no_member.fetch_add(1, Relaxed);
+            pool.stats.here().no_member.fetch_add(1, Relaxed);
         }
         Err(last_err.unwrap_or_else(|| ProxyError::NoMember {
             pool: pool.spec.name.clone(),
@@ -618,7 +618,11 @@ impl Conn {
         let member = guard.member().clone();
         let cut = member.cut_token();
         let response = send(sender, out, &member, &cut, pool, self.ends).await?;
-        member.stats.requests.count(response.status().as_u16());
+        member
+            .stats
+            .here()
+            .requests
+            .count(response.status().as_u16());
         let (mut parts, body) = response.into_parts();
         let member_side = match body {
             MemberBody::Http1(body) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
@@ -655,24 +659,24 @@ impl Conn {
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 
         let stats = listener.stats.clone();
-        stats.upgrades.fetch_add(1, Relaxed);
+        stats.here().upgrades.fetch_add(1, Relaxed);
         let open = crate::Active::new(&stats);
         let idle = listener.spec.idle_timeout;
         let (cut, peer) = (self.cut.clone(), self.peer);
         self.tunnels.spawn(async move {
             let _open = open;
-            stats.tunnels.fetch_add(1, Relaxed);
+            stats.here().tunnels.fetch_add(1, Relaxed);
             let client = match client_side.connection().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(client.addr = %peer, error = %e, "upgrade not completed");
-                    stats.tunnels.fetch_sub(1, Relaxed);
+                    stats.here().tunnels.fetch_sub(1, Relaxed);
                     return;
                 }
             };
             let counters = tcp::Counters {
-                client_to_member: [&stats.bytes_in, &member.stats.bytes_out],
-                member_to_client: [&stats.bytes_out, &member.stats.bytes_in],
+                client_to_member: [&stats.here().bytes_in, &member.stats.here().bytes_out],
+                member_to_client: [&stats.here().bytes_out, &member.stats.here().bytes_in],
             };
             let member_cut = member.cut_token();
             let result = tokio::select! {
@@ -683,7 +687,7 @@ impl Conn {
             if let Err(e) = result {
                 tracing::debug!(client.addr = %peer, member = %member.address, error = %e, "upgraded connection ended");
             }
-            stats.tunnels.fetch_sub(1, Relaxed);
+            stats.here().tunnels.fetch_sub(1, Relaxed);
             drop(guard);
         });
         Ok(Response::from_parts(
@@ -780,7 +784,7 @@ async fn open(
     let opening = tcp::open(member.address, pool, ends, alpn);
     match tokio::time::timeout(timeout, opening).await {
         Ok(Ok(s)) => {
-            member.stats.connections.fetch_add(1, Relaxed);
+            member.stats.here().connections.fetch_add(1, Relaxed);
             Ok(s)
         }
         Ok(Err(source)) => Err(ProxyError::Connect {
@@ -859,8 +863,12 @@ async fn exchange(
     let cut = member.cut_token();
     let head_only = out.req.method() == Method::HEAD;
     let response = send(sender, out, &member, &cut, pool, ends).await?;
-    member.stats.latency.observe(started.elapsed());
-    member.stats.requests.count(response.status().as_u16());
+    member.stats.here().latency.observe(started.elapsed());
+    member
+        .stats
+        .here()
+        .requests
+        .count(response.status().as_u16());
     let (mut parts, body) = response.into_parts();
     // The HTTP/1.1 client leaves hop-by-hop fields out as it parses the head.
     // It also frames the body by what it sends, not by a member's length
@@ -907,7 +915,7 @@ async fn send(
     };
     if let Err(e) = &sent {
         if e.side() == Side::Upstream {
-            member.stats.requests.count(e.status().as_u16());
+            member.stats.here().requests.count(e.status().as_u16());
         }
     }
     sent
@@ -1383,9 +1391,9 @@ impl Body for RequestBody {
         if let Some(Ok(f)) = &frame {
             if let Some(data) = f.data_ref() {
                 let n = data.len() as u64;
-                self.listener.bytes_in.fetch_add(n, Relaxed);
+                self.listener.here().bytes_in.fetch_add(n, Relaxed);
                 if let Some(m) = &self.member {
-                    m.stats.bytes_out.fetch_add(n, Relaxed);
+                    m.stats.here().bytes_out.fetch_add(n, Relaxed);
                 }
             }
         }
@@ -1489,8 +1497,8 @@ impl Body for UpstreamBody {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
                     let n = data.len() as u64;
-                    self.member.stats.bytes_in.fetch_add(n, Relaxed);
-                    self.listener.bytes_out.fetch_add(n, Relaxed);
+                    self.member.stats.here().bytes_in.fetch_add(n, Relaxed);
+                    self.listener.here().bytes_out.fetch_add(n, Relaxed);
                 }
                 // With a known length, hyper stops polling at the last byte
                 // and never asks for the end: release the connection now.

@@ -55,7 +55,7 @@ pub use workers::{default_count as default_workers, Workers};
 use balance::Balancer;
 use coalesce::Coalesce;
 use member::MemberState;
-use metrics::{label, load, ListenerStats, PoolStats, Writer};
+use metrics::{label, ListenerStats, PoolStats, Writer};
 use plan::{ListenerPlan, Plan, PoolPlan, SharedPlan};
 
 /// The running proxy engine. Cheap to share behind an `Arc`.
@@ -476,7 +476,12 @@ impl Dataplane {
         for mut q in quieted.into_iter().flatten() {
             let _ = tokio::time::timeout_at(deadline, q.wait_for(|quiet| *quiet)).await;
         }
-        let open = || stats.iter().map(|s| s.active.load(Relaxed)).sum::<i64>();
+        let open = || {
+            stats
+                .iter()
+                .map(|s| s.sum(|s| s.active.load(Relaxed)))
+                .sum::<i64>()
+        };
         while open() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -582,22 +587,23 @@ impl Dataplane {
         for l in plan.listeners.values() {
             let c = out.entry(format!("load_balancer/{}", l.lb)).or_default();
             c.requests += if l.spec.protocol.is_http() {
-                l.stats.requests.total()
+                l.stats.sum(|s| s.requests.total())
             } else {
-                load(&l.stats.connections)
+                l.stats.total(|s| &s.connections)
             };
-            c.errors += l.stats.requests.server_errors();
-            c.active += u64::try_from(l.stats.active.load(Relaxed)).unwrap_or(0);
-            l.stats.latency.add_to(&mut c.latency);
+            c.errors += l.stats.sum(|s| s.requests.server_errors());
+            c.active += u64::try_from(l.stats.sum(|s| s.active.load(Relaxed))).unwrap_or(0);
+            l.stats.histogram(|s| &s.latency).add_to(&mut c.latency);
         }
         for p in plan.pools.values() {
             let c = out.entry(format!("pool/{}", p.spec.name)).or_default();
-            c.requests += p.stats.requests.total() + load(&p.stats.connections);
-            c.errors += p.stats.requests.server_errors() + load(&p.stats.no_member);
+            c.requests += p.stats.sum(|s| s.requests.total()) + p.stats.total(|s| &s.connections);
+            c.errors +=
+                p.stats.sum(|s| s.requests.server_errors()) + p.stats.total(|s| &s.no_member);
             for m in p.balancer.members() {
                 c.active += m.outstanding();
-                c.errors += load(&m.stats.connect_failures);
-                m.stats.latency.add_to(&mut c.latency);
+                c.errors += m.stats.total(|s| &s.connect_failures);
+                m.stats.histogram(|s| &s.latency).add_to(&mut c.latency);
             }
         }
         out
@@ -611,11 +617,11 @@ impl Dataplane {
             .values()
             .map(|l| {
                 let counters = ListenerCounters {
-                    connections: load(&l.stats.connections),
-                    active: u64::try_from(l.stats.active.load(Relaxed)).unwrap_or(0),
-                    bytes_in: load(&l.stats.bytes_in),
-                    bytes_out: load(&l.stats.bytes_out),
-                    errors: l.stats.requests.server_errors(),
+                    connections: l.stats.total(|s| &s.connections),
+                    active: u64::try_from(l.stats.sum(|s| s.active.load(Relaxed))).unwrap_or(0),
+                    bytes_in: l.stats.total(|s| &s.bytes_in),
+                    bytes_out: l.stats.total(|s| &s.bytes_out),
+                    errors: l.stats.sum(|s| s.requests.server_errors()),
                 };
                 (l.lb.clone(), l.bind, counters)
             })
@@ -695,21 +701,21 @@ impl Dataplane {
             "counter",
             "Connections accepted.",
             &listeners,
-            |w, n, l| w.value(n, &ll(l), load(&l.stats.connections)),
+            |w, n, l| w.value(n, &ll(l), l.stats.total(|s| &s.connections)),
         );
         w.family(
             "keel_listener_active_connections",
             "gauge",
             "Connections open now.",
             &listeners,
-            |w, n, l| w.value(n, &ll(l), l.stats.active.load(Relaxed)),
+            |w, n, l| w.value(n, &ll(l), l.stats.sum(|s| s.active.load(Relaxed))),
         );
         w.family(
             "keel_listener_tls_handshake_failures_total",
             "counter",
             "TLS handshakes that failed or timed out (passthrough: unreadable ClientHellos).",
             &tls,
-            |w, n, l| w.value(n, &ll(l), load(&l.stats.tls_failures)),
+            |w, n, l| w.value(n, &ll(l), l.stats.total(|s| &s.tls_failures)),
         );
         w.family(
             "keel_listener_refused_total",
@@ -720,12 +726,12 @@ impl Dataplane {
                 w.value(
                     n,
                     &format!("{},limit=\"max_connections\"", ll(l)),
-                    load(&l.stats.over_limit),
+                    l.stats.total(|s| &s.over_limit),
                 );
                 w.value(
                     n,
                     &format!("{},limit=\"rate_limit\"", ll(l)),
-                    load(&l.stats.rate_limited),
+                    l.stats.total(|s| &s.rate_limited),
                 );
             },
         );
@@ -734,21 +740,21 @@ impl Dataplane {
             "counter",
             "HTTP connections upgraded to another protocol (websockets).",
             &http,
-            |w, n, l| w.value(n, &ll(l), load(&l.stats.upgrades)),
+            |w, n, l| w.value(n, &ll(l), l.stats.total(|s| &s.upgrades)),
         );
         w.family(
             "keel_listener_upgraded_connections",
             "gauge",
             "Upgraded connections (websockets) open now.",
             &http,
-            |w, n, l| w.value(n, &ll(l), l.stats.tunnels.load(Relaxed)),
+            |w, n, l| w.value(n, &ll(l), l.stats.sum(|s| s.tunnels.load(Relaxed))),
         );
         w.family(
             "keel_listener_requests_total",
             "counter",
             "HTTP responses sent, by status class.",
             &http,
-            |w, n, l| w.classes(n, &ll(l), &l.stats.requests),
+            |w, n, l| w.classes(n, &ll(l), &l.stats.classes(|s| &s.requests)),
         );
         w.family(
             "keel_listener_bytes_total",
@@ -759,12 +765,12 @@ impl Dataplane {
                 w.value(
                     n,
                     &format!("{},direction=\"in\"", ll(l)),
-                    load(&l.stats.bytes_in),
+                    l.stats.total(|s| &s.bytes_in),
                 );
                 w.value(
                     n,
                     &format!("{},direction=\"out\"", ll(l)),
-                    load(&l.stats.bytes_out),
+                    l.stats.total(|s| &s.bytes_out),
                 );
             },
         );
@@ -773,7 +779,7 @@ impl Dataplane {
             "histogram",
             "Time from request head to response head.",
             &http,
-            |w, n, l| w.histogram(n, &ll(l), &l.stats.latency),
+            |w, n, l| w.histogram(n, &ll(l), &l.stats.histogram(|s| &s.latency)),
         );
 
         let pools: Vec<&PoolPlan> = plan.pools.values().map(|p| &**p).collect();
@@ -783,21 +789,21 @@ impl Dataplane {
             "counter",
             "HTTP responses for requests routed to the pool.",
             &pools,
-            |w, n, p| w.classes(n, &pl(p), &p.stats.requests),
+            |w, n, p| w.classes(n, &pl(p), &p.stats.classes(|s| &s.requests)),
         );
         w.family(
             "keel_pool_connections_total",
             "counter",
             "TCP connections routed to the pool.",
             &pools,
-            |w, n, p| w.value(n, &pl(p), load(&p.stats.connections)),
+            |w, n, p| w.value(n, &pl(p), p.stats.total(|s| &s.connections)),
         );
         w.family(
             "keel_pool_no_member_total",
             "counter",
             "Requests or connections refused: no healthy member.",
             &pools,
-            |w, n, p| w.value(n, &pl(p), load(&p.stats.no_member)),
+            |w, n, p| w.value(n, &pl(p), p.stats.total(|s| &s.no_member)),
         );
         w.family(
             "keel_pool_members_healthy",
@@ -837,28 +843,28 @@ impl Dataplane {
             "counter",
             "Connections opened to the member.",
             &members,
-            |w, n, pm| w.value(n, &ml(pm), load(&pm.1.stats.connections)),
+            |w, n, pm| w.value(n, &ml(pm), pm.1.stats.total(|s| &s.connections)),
         );
         w.family(
             "keel_member_connect_failures_total",
             "counter",
             "Connections to the member refused or timed out.",
             &members,
-            |w, n, pm| w.value(n, &ml(pm), load(&pm.1.stats.connect_failures)),
+            |w, n, pm| w.value(n, &ml(pm), pm.1.stats.total(|s| &s.connect_failures)),
         );
         w.family(
             "keel_member_health_changes_total",
             "counter",
             "Health state flips.",
             &members,
-            |w, n, pm| w.value(n, &ml(pm), load(&pm.1.stats.health_flips)),
+            |w, n, pm| w.value(n, &ml(pm), pm.1.stats.total(|s| &s.health_flips)),
         );
         w.family(
             "keel_member_requests_total",
             "counter",
             "HTTP responses from the member, by status class.",
             &members,
-            |w, n, pm| w.classes(n, &ml(pm), &pm.1.stats.requests),
+            |w, n, pm| w.classes(n, &ml(pm), &pm.1.stats.classes(|s| &s.requests)),
         );
         w.family(
             "keel_member_bytes_total",
@@ -869,12 +875,12 @@ impl Dataplane {
                 w.value(
                     n,
                     &format!("{},direction=\"in\"", ml(pm)),
-                    load(&pm.1.stats.bytes_in),
+                    pm.1.stats.total(|s| &s.bytes_in),
                 );
                 w.value(
                     n,
                     &format!("{},direction=\"out\"", ml(pm)),
-                    load(&pm.1.stats.bytes_out),
+                    pm.1.stats.total(|s| &s.bytes_out),
                 );
             },
         );
@@ -883,7 +889,7 @@ impl Dataplane {
             "histogram",
             "Time from sending a request to the member's response head.",
             &members,
-            |w, n, pm| w.histogram(n, &ml(pm), &pm.1.stats.latency),
+            |w, n, pm| w.histogram(n, &ml(pm), &pm.1.stats.histogram(|s| &s.latency)),
         );
         w.out
     }
@@ -1084,9 +1090,9 @@ impl Admit {
         let Some(listener) = plan.listeners.get(&self.bind).cloned() else {
             return;
         };
-        listener.stats.connections.fetch_add(1, Relaxed);
+        listener.stats.here().connections.fetch_add(1, Relaxed);
         if self.connections.len() >= plan.max_client_connections {
-            listener.stats.over_limit.fetch_add(1, Relaxed);
+            listener.stats.here().over_limit.fetch_add(1, Relaxed);
             tracing::debug!(client.addr = %peer, listener = %self.bind, max = plan.max_client_connections,
                 "node connection limit (from the open-file limit) reached: refused");
             let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
@@ -1094,8 +1100,8 @@ impl Admit {
         }
         drop(plan);
         if let Some(max) = listener.spec.max_connections {
-            if listener.stats.active.load(Relaxed) >= i64::from(max) {
-                listener.stats.over_limit.fetch_add(1, Relaxed);
+            if listener.stats.sum(|s| s.active.load(Relaxed)) >= i64::from(max) {
+                listener.stats.here().over_limit.fetch_add(1, Relaxed);
                 tracing::debug!(client.addr = %peer, listener = %self.bind, max, "connection limit reached: refused");
                 let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                 return;
@@ -1124,7 +1130,7 @@ impl Admit {
                 .filter(|_| !listener.spec.protocol.is_http())
             {
                 if !limiter.allow(peer.source.ip()) {
-                    listener.stats.rate_limited.fetch_add(1, Relaxed);
+                    listener.stats.here().rate_limited.fetch_add(1, Relaxed);
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                     return;
                 }
@@ -1139,7 +1145,7 @@ impl Admit {
                     let name = match sni::read(&stream, deadline).await {
                         Ok(name) => name,
                         Err(e) => {
-                            listener.stats.tls_failures.fetch_add(1, Relaxed);
+                            listener.stats.here().tls_failures.fetch_add(1, Relaxed);
                             tracing::debug!(client.addr = %peer.source, listener = %listener.bind, error = %e, "no ClientHello: closed");
                             return;
                         }
@@ -1238,12 +1244,12 @@ async fn handshake(
     match result {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
-            listener.stats.tls_failures.fetch_add(1, Relaxed);
+            listener.stats.here().tls_failures.fetch_add(1, Relaxed);
             tracing::debug!(client.addr = %peer, listener = %listener.bind, error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
-            listener.stats.tls_failures.fetch_add(1, Relaxed);
+            listener.stats.here().tls_failures.fetch_add(1, Relaxed);
             tracing::debug!(client.addr = %peer, listener = %listener.bind, "TLS handshake timed out");
             None
         }
@@ -1255,13 +1261,13 @@ pub(crate) struct Active(Arc<ListenerStats>);
 
 impl Active {
     pub(crate) fn new(stats: &Arc<ListenerStats>) -> Self {
-        stats.active.fetch_add(1, Relaxed);
+        stats.here().active.fetch_add(1, Relaxed);
         Active(stats.clone())
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
+        self.0.here().active.fetch_sub(1, Relaxed);
     }
 }

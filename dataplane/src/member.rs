@@ -14,6 +14,7 @@ use crate::client;
 use crate::http::Http2Sender;
 use crate::metrics::MemberStats;
 use crate::workers;
+use crate::workers::Padded;
 
 /// Idle upstream connections kept per member.
 const MAX_IDLE: usize = 256;
@@ -48,11 +49,6 @@ pub struct MemberState {
     /// speak HTTP/2.
     http2: Box<[Padded<Mutex<Option<Http2Sender>>>]>,
 }
-
-/// A value on cache lines of its own, so workers writing neighbours do not
-/// slow each other down.
-#[repr(align(128))]
-struct Padded<T>(T);
 
 /// Idle upstream connections, oldest first, and whether a sweeper task
 /// looks over them.
@@ -124,7 +120,7 @@ impl MemberState {
     pub fn set_up(&self, up: bool) -> bool {
         let changed = self.up.swap(up, Relaxed) != up;
         if changed {
-            self.stats.health_flips.fetch_add(1, Relaxed);
+            self.stats.here().health_flips.fetch_add(1, Relaxed);
             if !up {
                 self.forget_all();
             }

@@ -2,6 +2,9 @@
 //!
 //! Counters live in the runtime objects they describe (listeners, pools,
 //! members), so the hot path touches a few atomics and never a registry.
+//! Each object keeps one set per worker ([`PerWorker`]), each on cache lines
+//! of its own: a worker only ever writes its own set, and readers (the
+//! metrics page, the traffic view) add the sets up.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -89,9 +92,74 @@ impl ByClass {
     }
 }
 
-/// Traffic through one listener.
+/// One set of `T` per worker, each on cache lines of its own: the worker
+/// running a connection adds to its own ([`PerWorker::here`]), so no two
+/// workers write the same line; readers add them up.
+pub struct PerWorker<T>(Box<[crate::workers::Padded<T>]>);
+
+impl<T: Default> Default for PerWorker<T> {
+    fn default() -> Self {
+        PerWorker(
+            (0..crate::workers::shards())
+                .map(|_| crate::workers::Padded(T::default()))
+                .collect(),
+        )
+    }
+}
+
+impl<T> PerWorker<T> {
+    /// The calling worker's set (the first one off the workers).
+    pub fn here(&self) -> &T {
+        &self.0[crate::workers::current() % self.0.len()].0
+    }
+
+    /// `count` over every worker's set, added up.
+    pub fn sum<N: std::iter::Sum>(&self, count: impl Fn(&T) -> N) -> N {
+        self.0.iter().map(|p| count(&p.0)).sum()
+    }
+
+    /// A counter's value over every worker's set.
+    pub fn total(&self, counter: impl Fn(&T) -> &AtomicU64) -> u64 {
+        self.sum(|t| counter(t).load(Relaxed))
+    }
+
+    /// Every worker's responses by class, added up.
+    pub fn classes(&self, of: impl Fn(&T) -> &ByClass) -> ByClass {
+        let all = ByClass::default();
+        for p in self.0.iter() {
+            for (into, from) in all.0.iter().zip(&of(&p.0).0) {
+                into.fetch_add(from.load(Relaxed), Relaxed);
+            }
+        }
+        all
+    }
+
+    /// Every worker's latency histogram, added up.
+    pub fn histogram(&self, of: impl Fn(&T) -> &Histogram) -> Histogram {
+        let all = Histogram::default();
+        for p in self.0.iter() {
+            let h = of(&p.0);
+            for (into, from) in all.buckets.iter().zip(&h.buckets) {
+                into.fetch_add(from.load(Relaxed), Relaxed);
+            }
+            all.count.fetch_add(h.count.load(Relaxed), Relaxed);
+            all.sum_micros
+                .fetch_add(h.sum_micros.load(Relaxed), Relaxed);
+        }
+        all
+    }
+}
+
+/// Traffic through one listener, on every worker.
+pub type ListenerStats = PerWorker<ListenerCounts>;
+/// Traffic through one pool, on every worker.
+pub type PoolStats = PerWorker<PoolCounts>;
+/// Traffic to one member, on every worker.
+pub type MemberStats = PerWorker<MemberCounts>;
+
+/// Traffic through one listener (on one worker).
 #[derive(Default)]
-pub struct ListenerStats {
+pub struct ListenerCounts {
     pub connections: AtomicU64,
     pub active: AtomicI64,
     pub requests: ByClass,
@@ -109,17 +177,17 @@ pub struct ListenerStats {
     pub rate_limited: AtomicU64,
 }
 
-/// Traffic through one pool, whichever member served it.
+/// Traffic through one pool, whichever member served it (on one worker).
 #[derive(Default)]
-pub struct PoolStats {
+pub struct PoolCounts {
     pub requests: ByClass,
     pub connections: AtomicU64,
     pub no_member: AtomicU64,
 }
 
-/// Traffic to one member.
+/// Traffic to one member (on one worker).
 #[derive(Default)]
-pub struct MemberStats {
+pub struct MemberCounts {
     pub connections: AtomicU64,
     pub requests: ByClass,
     pub connect_failures: AtomicU64,
@@ -178,6 +246,47 @@ pub(crate) fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub(crate) fn load(a: &AtomicU64) -> u64 {
-    a.load(Relaxed)
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn each_worker_counts_on_its_own_lines_and_readers_add_them_up() {
+        let workers = crate::workers::Workers::start(2, false).unwrap();
+        let stats = Arc::new(ListenerStats::default());
+        let mut lines = Vec::new();
+        for (i, worker) in workers.handles().iter().enumerate() {
+            let stats = stats.clone();
+            let line = worker
+                .spawn(async move {
+                    let here = stats.here();
+                    here.connections.fetch_add(10 * (i as u64 + 1), Relaxed);
+                    here.requests.count(200);
+                    here.requests.count(503);
+                    here.latency.observe(Duration::from_millis(3));
+                    here.active.fetch_add(1, Relaxed);
+                    std::ptr::from_ref(here) as usize
+                })
+                .await
+                .unwrap();
+            lines.push(line);
+        }
+        // Each worker wrote a set of its own, at least a cache line pair apart.
+        assert!(lines[0].abs_diff(lines[1]) >= 128, "{lines:?}");
+        // One worker's connection ends on another: the gauge adds up.
+        stats.here().active.fetch_sub(1, Relaxed);
+        assert_eq!(stats.total(|s| &s.connections), 30);
+        assert_eq!(stats.sum(|s| s.active.load(Relaxed)), 1);
+        let classes = stats.classes(|s| &s.requests);
+        assert_eq!((classes.total(), classes.server_errors()), (4, 2));
+        let mut buckets = [0; BUCKETS.len() + 1];
+        stats.histogram(|s| &s.latency).add_to(&mut buckets);
+        assert_eq!(buckets.iter().sum::<u64>(), 2);
+        assert_eq!(
+            buckets[BUCKETS.iter().position(|b| *b >= 0.003).unwrap()],
+            2
+        );
+    }
 }

@@ -55,11 +55,12 @@ pub(crate) async fn connect(
                 timeout,
             },
         };
-        member.stats.connect_failures.fetch_add(1, Relaxed);
+        member.stats.here().connect_failures.fetch_add(1, Relaxed);
         tracing::warn!(pool = %pool.spec.name, member = %member.address, error = %err, "member connection failed");
         last = Some(err);
     }
     pool.stats
+        .here()
         .no_member
         .fetch_add(u64::from(last.is_none()), Relaxed);
     Err(last.unwrap_or_else(|| ProxyError::NoMember {
@@ -171,8 +172,14 @@ pub(crate) async fn serve(
     let member = guard.member().clone();
     let member_cut = member.cut_token();
     let counters = Counters {
-        client_to_member: [&listener.stats.bytes_in, &member.stats.bytes_out],
-        member_to_client: [&listener.stats.bytes_out, &member.stats.bytes_in],
+        client_to_member: [
+            &listener.stats.here().bytes_in,
+            &member.stats.here().bytes_out,
+        ],
+        member_to_client: [
+            &listener.stats.here().bytes_out,
+            &member.stats.here().bytes_in,
+        ],
     };
     let idle = listener.spec.idle_timeout;
     let work = async {
@@ -200,10 +207,15 @@ async fn connect_for(
     ends: Addresses,
     pool: &PoolPlan,
 ) -> Option<(Upstream, Outstanding)> {
-    pool.stats.connections.fetch_add(1, Relaxed);
+    pool.stats.here().connections.fetch_add(1, Relaxed);
     match connect(pool, ends).await {
         Ok((upstream, guard)) => {
-            guard.member().stats.connections.fetch_add(1, Relaxed);
+            guard
+                .member()
+                .stats
+                .here()
+                .connections
+                .fetch_add(1, Relaxed);
             Some((upstream, guard))
         }
         Err(e) => {
@@ -230,8 +242,14 @@ pub(crate) async fn serve_stream(
     let member = guard.member().clone();
     let member_cut = member.cut_token();
     let counters = Counters {
-        client_to_member: [&listener.stats.bytes_in, &member.stats.bytes_out],
-        member_to_client: [&listener.stats.bytes_out, &member.stats.bytes_in],
+        client_to_member: [
+            &listener.stats.here().bytes_in,
+            &member.stats.here().bytes_out,
+        ],
+        member_to_client: [
+            &listener.stats.here().bytes_out,
+            &member.stats.here().bytes_in,
+        ],
     };
     let result = tokio::select! {
         r = pipe(client, upstream, listener.spec.idle_timeout, &counters) => r,

@@ -31,6 +31,12 @@ pub(crate) fn shards() -> usize {
     SHARDS.load(Relaxed)
 }
 
+/// A value on cache lines of its own, so workers writing neighbours do not
+/// slow each other down (128 bytes: the pair of lines x86 prefetches
+/// together).
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
 /// Running worker threads; they stop when this is dropped.
 pub struct Workers {
     handles: Vec<Handle>,

@@ -201,7 +201,7 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
     out: &mut BytesMut,
 ) {
     tracing::debug!(client.addr = %conn.peer, status = status.as_u16(), why, "request refused");
-    conn.listener().stats.requests.count(status.as_u16());
+    conn.listener().stats.here().requests.count(status.as_u16());
     let asked = Asked {
         keep_alive: false,
         head_only: false,
