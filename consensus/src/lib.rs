@@ -252,7 +252,7 @@ pub struct Consensus {
     lease: watch::Receiver<Lease>,
     book: Arc<lease::Book>,
     snapshots: Arc<store::SnapshotStats>,
-    log: store::LogStore,
+    log: store::LogStoreRef,
     /// Drained by an operator: stands for no election until undrained.
     drained: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -299,7 +299,8 @@ impl Consensus {
             inner: network,
             book: book.clone(),
         };
-        let raft = Raft::new(id, Arc::new(config), network, log.clone(), machine)
+        let log_ref = log.downgrade();
+        let raft = Raft::new(id, Arc::new(config), network, log, machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let leadership = watch_leadership(&raft, &book);
@@ -311,7 +312,7 @@ impl Consensus {
             lease: book.subscribe(),
             book,
             snapshots,
-            log,
+            log: log_ref,
             drained: Arc::default(),
         };
         tokio::spawn(consensus.clone().fence(settings.election_timeout.1));
@@ -444,7 +445,8 @@ impl Consensus {
         .await
         .map_err(|_| format!("the log not purged to index {built} within ten seconds"))?
         .map_err(|e| e.to_string())?;
-        self.log.rewrite().await.map_err(|e| e.to_string())
+        let log = self.log.upgrade().ok_or("the Raft log is closed")?;
+        log.rewrite().await.map_err(|e| e.to_string())
     }
 
     /// Members of the cluster with their roles, from the latest membership.

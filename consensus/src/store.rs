@@ -84,6 +84,13 @@ impl LogStore {
         .map_err(write_err)?
     }
 
+    /// A handle that does not keep the database open: the Raft that owns
+    /// the store does, and a node restarted in the same process opens it
+    /// again once that Raft has shut down.
+    pub fn downgrade(&self) -> LogStoreRef {
+        LogStoreRef(Arc::downgrade(&self.db))
+    }
+
     /// Rewrite the database file with only what it holds now: redb reuses
     /// freed pages but does not clear them, so the bytes of purged entries
     /// stay in the file until this (or later writes) replace them.
@@ -124,6 +131,17 @@ impl LogStore {
             txn.commit().map_err(write_err)
         })
         .await
+    }
+}
+
+/// A [`LogStore`] that does not keep its database open ([`LogStore::downgrade`]).
+#[derive(Clone)]
+pub struct LogStoreRef(std::sync::Weak<std::sync::RwLock<Database>>);
+
+impl LogStoreRef {
+    /// The store, while its database is open.
+    pub fn upgrade(&self) -> Option<LogStore> {
+        self.0.upgrade().map(|db| LogStore { db })
     }
 }
 
