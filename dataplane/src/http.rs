@@ -674,10 +674,7 @@ impl Conn {
                     return;
                 }
             };
-            let counters = tcp::Counters {
-                client_to_member: [&stats.here().bytes_in, &member.stats.here().bytes_out],
-                member_to_client: [&stats.here().bytes_out, &member.stats.here().bytes_in],
-            };
+            let counters = tcp::Counters::between(&stats, &member.stats);
             let member_cut = member.cut_token();
             let result = tokio::select! {
                 r = tcp::pipe(client, member_side, idle, &counters) => r,

@@ -171,16 +171,7 @@ pub(crate) async fn serve(
     };
     let member = guard.member().clone();
     let member_cut = member.cut_token();
-    let counters = Counters {
-        client_to_member: [
-            &listener.stats.here().bytes_in,
-            &member.stats.here().bytes_out,
-        ],
-        member_to_client: [
-            &listener.stats.here().bytes_out,
-            &member.stats.here().bytes_in,
-        ],
-    };
+    let counters = Counters::between(&listener.stats, &member.stats);
     let idle = listener.spec.idle_timeout;
     let work = async {
         match upstream {
@@ -241,16 +232,7 @@ pub(crate) async fn serve_stream(
     };
     let member = guard.member().clone();
     let member_cut = member.cut_token();
-    let counters = Counters {
-        client_to_member: [
-            &listener.stats.here().bytes_in,
-            &member.stats.here().bytes_out,
-        ],
-        member_to_client: [
-            &listener.stats.here().bytes_out,
-            &member.stats.here().bytes_in,
-        ],
-    };
+    let counters = Counters::between(&listener.stats, &member.stats);
     let result = tokio::select! {
         r = pipe(client, upstream, listener.spec.idle_timeout, &counters) => r,
         _ = cut.cancelled() => Err(io::Error::other("listener drained")),
@@ -348,6 +330,20 @@ where
 pub(crate) struct Counters<'a> {
     pub client_to_member: [&'a AtomicU64; 2],
     pub member_to_client: [&'a AtomicU64; 2],
+}
+
+impl<'a> Counters<'a> {
+    /// The calling worker's byte counters of `listener` and `member`.
+    pub(crate) fn between(
+        listener: &'a crate::metrics::ListenerStats,
+        member: &'a crate::metrics::MemberStats,
+    ) -> Self {
+        let (l, m) = (listener.here(), member.here());
+        Counters {
+            client_to_member: [&l.bytes_in, &m.bytes_out],
+            member_to_client: [&l.bytes_out, &m.bytes_in],
+        }
+    }
 }
 
 /// Copies both ways. When one side finishes sending, its FIN is passed on

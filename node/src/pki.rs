@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use keel_consensus::rpc::{node_server_name, ANY_NODE};
 use keel_consensus::NodeId;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    BasicConstraints, Certificate, CertificateParams, CertificateSigningRequestParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -79,6 +79,13 @@ pub fn new_csr(name: &str) -> Result<(String, String), PkiError> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
+/// The CA as rcgen signs with it: its certificate and key.
+fn issuer(ca_cert_pem: &str, ca_key_pem: &str) -> Result<(Certificate, KeyPair), PkiError> {
+    let ca_key = KeyPair::from_pem(ca_key_pem)?;
+    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
+    Ok((ca, ca_key))
+}
+
 /// Check that `csr_pem` is a well-formed, self-signed CSR (before a join
 /// token's use is spent on it).
 pub fn check_csr(csr_pem: &str) -> Result<(), PkiError> {
@@ -97,8 +104,7 @@ pub fn sign_node_csr(
 ) -> Result<String, PkiError> {
     let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
     csr.params = node_params(id, validity)?;
-    let ca_key = KeyPair::from_pem(ca_key_pem)?;
-    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
+    let (ca, ca_key) = issuer(ca_cert_pem, ca_key_pem)?;
     Ok(csr.signed_by(&ca, &ca_key)?.pem())
 }
 
@@ -111,8 +117,7 @@ pub fn new_node_cert(
     ca_key_pem: &str,
 ) -> Result<(String, String), PkiError> {
     let key = KeyPair::generate()?;
-    let ca_key = KeyPair::from_pem(ca_key_pem)?;
-    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
+    let (ca, ca_key) = issuer(ca_cert_pem, ca_key_pem)?;
     let cert = node_params(id, validity)?.signed_by(&key, &ca, &ca_key)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -167,8 +172,7 @@ pub fn new_admin_cert(
 ) -> Result<(String, String), PkiError> {
     let key = KeyPair::generate()?;
     let params = admin_params(node_name, names)?;
-    let ca_key = KeyPair::from_pem(ca_key_pem)?;
-    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
+    let (ca, ca_key) = issuer(ca_cert_pem, ca_key_pem)?;
     let cert = params.signed_by(&key, &ca, &ca_key)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
@@ -185,8 +189,7 @@ pub fn sign_admin_csr(
 ) -> Result<String, PkiError> {
     let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
     csr.params = admin_params(node_name, names)?;
-    let ca_key = KeyPair::from_pem(ca_key_pem)?;
-    let ca = CertificateParams::from_ca_cert_pem(ca_cert_pem)?.self_signed(&ca_key)?;
+    let (ca, ca_key) = issuer(ca_cert_pem, ca_key_pem)?;
     Ok(csr.signed_by(&ca, &ca_key)?.pem())
 }
 
