@@ -18,5 +18,8 @@ for _ in $(seq 1 600); do
 done
 answers=$(for i in $(seq 1 12); do curl -fs -m 2 http://127.0.0.1:8080/; echo; done | sort -u | grep -c . || true)
 [[ "$answers" -ge 2 ]] || { cat "$log" >&2; echo "expected several backends, got $answers" >&2; exit 1; }
-curl -fs -m 2 http://127.0.0.1:9090/metrics | grep -q keel_member_requests_total
+# Read the page whole before searching it: `curl | grep -q` fails under
+# pipefail whenever grep stops reading before curl has written everything.
+metrics=$(curl -fs -m 2 http://127.0.0.1:9090/metrics) || { echo "no metrics page on :9090" >&2; exit 1; }
+grep -q keel_member_requests_total <<<"$metrics" || { echo "the metrics page has no keel_member_requests_total" >&2; exit 1; }
 echo "quick start: ok"

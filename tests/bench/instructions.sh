@@ -76,7 +76,7 @@ count() {
   shift 2
   h2load "$@" -n 2000 >/dev/null  # warm up: member connections open
   callgrind_control -i on "$pid" >/dev/null 2>&1
-  h2load "$@" -n "$N" | grep -q "$N succeeded" || { echo "$name: requests failed" >&2; exit 1; }
+  out=$(h2load "$@" -n "$N") && grep -q "$N succeeded" <<<"$out" || { echo "$name: requests failed" >&2; exit 1; }
   callgrind_control -i off "$pid" >/dev/null 2>&1
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1

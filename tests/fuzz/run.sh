@@ -44,7 +44,7 @@ for t in "${targets[@]}"; do
   if ((rc != 0)); then
     crashes=1
     failed=1
-    grep -E 'panicked|ERROR|SUMMARY|Test unit written' "$log" | head -5 >&2
+    grep -E 'panicked|ERROR|SUMMARY|Test unit written' "$log" | head -5 >&2 || true
   fi
   printf '| %s | %s | %s | %s | %s | %s |\n' "$t" "$runs" "$speed" "$cov" "$ft" "$crashes"
 done
