@@ -39,3 +39,40 @@ fn entries_written_by_0_1_0_decode_and_apply() {
     let membership = membership.unwrap();
     assert_eq!(membership.get_node(&7).unwrap().name, "n1");
 }
+
+/// Entries of the version that records managers (cluster version 8): a
+/// managed change and an `Own`, after the 0.1.0 ones.
+#[test]
+fn managed_entries_decode_and_record_their_managers() {
+    let text = include_str!("fixtures/entries-cluster-v8-managers.json");
+    let entries: Vec<Entry<TypeConfig>> = serde_json::from_str(text).unwrap();
+    assert_eq!(
+        serde_json::to_string_pretty(&entries).unwrap(),
+        text.trim_end()
+    );
+    let mut state = ClusterState::default();
+    for entry in &entries {
+        if let EntryPayload::Normal(command) = &entry.payload {
+            state.apply(command).unwrap();
+        }
+    }
+    let managers: Vec<(String, String)> = state
+        .managers
+        .iter()
+        .map(|(o, m)| (o.key(), m.clone()))
+        .collect();
+    assert_eq!(
+        managers,
+        [
+            ("load-balancer/web", "file"),
+            ("pool/app", "file"),
+            ("member/app/10.0.0.2:8080", "file"),
+            ("member/app/10.0.0.9:8080", "registration"),
+        ]
+        .map(|(o, m)| (o.to_owned(), m.to_owned()))
+    );
+    // A snapshot keeps them.
+    let snapshot = serde_json::to_string(&state).unwrap();
+    let back: ClusterState = serde_json::from_str(&snapshot).unwrap();
+    assert_eq!(back.managers, state.managers);
+}

@@ -216,6 +216,26 @@ pub struct ApplyArgs {
     /// The YAML or JSON config file.
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
+    /// The manager the file's objects are recorded under: an apply changes
+    /// and removes only what its manager set (objects others set are
+    /// conflicts).
+    #[arg(long, default_value = "cli")]
+    pub manager: String,
+    /// Also remove the load balancers, pools and certificates this manager
+    /// applied before that the file no longer has.
+    #[arg(long)]
+    pub prune: bool,
+    /// Take over objects other managers set instead of refusing.
+    #[arg(long)]
+    pub force: bool,
+    /// The file is the whole config: remove whatever it lacks, whoever set
+    /// it (as the dashboard's config editor does).
+    #[arg(long, conflicts_with_all = ["prune", "force"])]
+    pub replace: bool,
+    /// Show what the apply would change, object by object, and change
+    /// nothing.
+    #[arg(long)]
+    pub diff: bool,
 }
 
 #[derive(Debug, Args)]

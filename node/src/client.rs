@@ -103,6 +103,9 @@ pub(crate) struct Api {
     /// Set for https:// servers: TLS trusting the cluster CA, and the name
     /// to check the certificate against.
     tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
+    /// Sent as `Keel-Manager`: what this client creates or changes is
+    /// recorded as this manager's.
+    manager: String,
 }
 
 impl Api {
@@ -114,6 +117,7 @@ impl Api {
             authority: addr.to_string(),
             token,
             tls: None,
+            manager: "cli".to_owned(),
         }
     }
 
@@ -172,6 +176,7 @@ impl Api {
             server,
             authority,
             tls,
+            manager: "cli".to_owned(),
         })
     }
 
@@ -213,6 +218,7 @@ impl Api {
         if let Some(token) = &self.token {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
+        request = request.header("keel-manager", &self.manager);
         let (content_type, bytes) = body.unwrap_or(("application/json", Vec::new()));
         let request = request
             .header(http::header::CONTENT_TYPE, content_type)
@@ -401,32 +407,44 @@ fn write_credentials(path: &PathBuf, tokens: &BTreeMap<String, String>) -> Resul
 }
 
 async fn apply(a: ApplyArgs) -> Result<()> {
-    let api = Api::new(&a.client.connect)?;
+    let mut api = Api::new(&a.client.connect)?;
+    keel_model::check_manager(&a.manager).map_err(|e| format!("--manager: {e}"))?;
+    api.manager.clone_from(&a.manager);
     let text =
         std::fs::read_to_string(&a.file).map_err(|e| format!("{}: {e}", a.file.display()))?;
     // Check locally first, so problems are listed without a round trip.
     if let Err(e) = keel_model::Document::parse_spec(&text) {
         return Err(format!("{}: {e}", a.file.display()));
     }
+    // A PATCH applies the file as its manager; a PUT replaces everything.
+    let (method, path) = if a.replace {
+        (Method::PUT, format!("/api/v1/config?dry_run={}", a.diff))
+    } else {
+        let query = format!("prune={}&force={}&dry_run={}", a.prune, a.force, a.diff);
+        (Method::PATCH, format!("/api/v1/config?{query}"))
+    };
     let answer = api
-        .call(
-            Method::PUT,
-            "/api/v1/config",
-            Some(("application/yaml", text.into_bytes())),
-        )
+        .call(method, &path, Some(("application/yaml", text.into_bytes())))
         .await?;
     print(a.client.output, &answer, |v| {
-        let changes = v["changes"].as_array().cloned().unwrap_or_default();
-        if changes.is_empty() {
-            format!("unchanged (version {})\n", s(&v["version"]))
-        } else {
-            let mut out = String::new();
-            for c in changes {
-                out.push_str(&format!("{}\n", s(&c)));
-            }
-            out.push_str(&format!("applied as version {}\n", s(&v["version"])));
-            out
+        let list = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+        let mut out = String::new();
+        for o in list("objects") {
+            out.push_str(&format!("{}\n", s(&o)));
         }
+        for c in list("conflicts") {
+            out.push_str(&format!("conflict: {} (--force takes it over)\n", s(&c)));
+        }
+        if a.diff {
+            if list("objects").is_empty() {
+                out.push_str("no changes\n");
+            }
+        } else if list("changes").is_empty() {
+            out.push_str(&format!("unchanged (version {})\n", s(&v["version"])));
+        } else {
+            out.push_str(&format!("applied as version {}\n", s(&v["version"])));
+        }
+        out
     });
     Ok(())
 }
@@ -473,6 +491,14 @@ async fn get(a: GetArgs) -> Result<()> {
         None => base.to_owned(),
     };
     let value = api.get(&path).await?;
+    // Who manages what (an older server has no such page: none shown).
+    let managers = match base {
+        "/api/v1/load-balancers" | "/api/v1/pools" => {
+            api.get("/api/v1/managers").await.unwrap_or_default()
+        }
+        _ => Value::Null,
+    };
+    let manager = |key: String| s(&managers[key]);
     let output = match (a.client.output, base) {
         (Output::Text, "/api/v1/config") => Output::Yaml,
         (o, _) => o,
@@ -500,22 +526,31 @@ async fn get(a: GetArgs) -> Result<()> {
                         })
                         .collect();
                     format!(
-                        "{}  vip={}  {}",
+                        "{}  vip={}  {}  manager={}",
                         s(&item["name"]),
                         s(&item["vip"]),
-                        listeners.join(" ")
+                        listeners.join(" "),
+                        manager(format!("load-balancer/{}", s(&item["name"])))
                     )
                 }
                 "/api/v1/pools" => {
+                    let name = s(&item["name"]);
+                    let own = manager(format!("pool/{name}"));
+                    // A member another manager set says whose it is.
                     let members: Vec<String> = item["members"]
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .map(|m| s(&m["address"]))
+                        .map(|m| {
+                            let address = s(&m["address"]);
+                            match manager(format!("member/{name}/{address}")) {
+                                by if by == own => address,
+                                by => format!("{address}({by})"),
+                            }
+                        })
                         .collect();
                     format!(
-                        "{}  {}  {}",
-                        s(&item["name"]),
+                        "{name}  {}  {}  manager={own}",
                         s(&item["algorithm"]),
                         members.join(" ")
                     )

@@ -688,6 +688,16 @@ impl ClusterNode {
             })
             .await
             .map_err(bootstrap_err)?;
+        // The file's objects are the file's: a later edit of it that drops
+        // one removes it (see `source`).
+        if let (None, Some(spec)) = (&restore, initial) {
+            let own = ClusterCommand::Own {
+                manager: "file".to_owned(),
+                objects: spec.objects(),
+                force: false,
+            };
+            control.propose(own).await.map_err(bootstrap_err)?;
+        }
         let state = self.consensus.applied().borrow().state.clone();
         if state.timing.is_none() {
             control

@@ -1,12 +1,13 @@
 //! The config file as a way to change the cluster: re-read on SIGHUP and
-//! when its contents change, and applied like `keel apply -f` (only the
-//! differences are proposed). A bad file is reported and nothing changes.
+//! when its contents change, and applied like `keel apply -f --prune` as
+//! the manager `file` (only the differences are proposed). A bad file is reported and nothing changes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_model::{ClusterCommand, Command};
+use keel_model::ClusterCommand;
+use keel_web::apply::{Mode, Plan};
 use keel_web::ControlPlane;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -58,16 +59,34 @@ pub(crate) async fn watch<C: ControlPlane>(
                 continue;
             }
         };
+        // The file is its manager's whole say: what it no longer has that
+        // it applied before goes; what others set stays.
         let (_, state) = control.state();
-        let changes = state.spec.diff(&spec);
-        if changes.is_empty() {
+        let mode = Mode {
+            prune: true,
+            ..Mode::default()
+        };
+        let plan = match Plan::new(&state, "file", &spec, mode) {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::error!(file = %path.display(), "config not applied; keeping the running one: {e}");
+                continue;
+            }
+        };
+        if let Some(refusal) = plan.refusal() {
+            tracing::error!(file = %path.display(), "config not applied: {refusal}");
             continue;
         }
-        let described: Vec<String> = changes.iter().map(ToString::to_string).collect();
-        match control
-            .propose(ClusterCommand::Spec(Command::Batch(changes)))
-            .await
-        {
+        let described = plan.objects.clone();
+        let Some(command) = plan.command(None) else {
+            continue;
+        };
+        let command = ClusterCommand::Authored {
+            by: "config file".to_owned(),
+            at: keel_web::now(),
+            command: Box::new(command),
+        };
+        match control.propose(command).await {
             Ok(version) => {
                 for change in described {
                     tracing::info!(version, %change, file = %path.display(), "config change from file");

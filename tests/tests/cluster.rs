@@ -28,6 +28,7 @@ fn three_nodes_serve_every_apply_made_through_a_follower() {
     let apply = || {
         let args = [
             "apply",
+            "--replace",
             "-f",
             &file_arg,
             "--server",
@@ -37,7 +38,12 @@ fn three_nodes_serve_every_apply_made_through_a_follower() {
     };
     let (code, out, err) = apply();
     assert_eq!(code, 0, "apply: {err}");
-    assert!(out.contains("upsert pool app"), "{out}");
+    // The file replaces the bootstrap file's member.
+    assert!(
+        out.contains(&format!("create member {B} of pool \"app\""))
+            && out.contains(&format!("remove member {A} of pool \"app\"")),
+        "{out}"
+    );
     for i in 1..=3 {
         wait_until(Duration::from_secs(5), &format!("n{i} serves b"), || {
             c.served_by(i).as_deref() == Some("b")
@@ -666,6 +672,7 @@ fn a_survivor_recovers_the_cluster_after_two_of_three_nodes_are_lost() {
     std::fs::write(&file, config(B)).unwrap();
     let args = [
         "apply",
+        "--replace",
         "-f",
         file.to_str().unwrap(),
         "--server",

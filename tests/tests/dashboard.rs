@@ -154,6 +154,15 @@ async fn dashboard_drives_a_node_through_its_forms() {
         .await;
     browser.click("#lb-form button[type=submit]").await;
     browser.find("[data-lb=web]", 5 * SECOND).await;
+    // What the dashboard made is the dashboard's, and it says so.
+    browser
+        .wait_text(
+            "[data-lb=web] .manager",
+            5 * SECOND,
+            "the load balancer's manager",
+            |t| t == "dashboard",
+        )
+        .await;
     browser.screenshot("load-balancers").await;
     let http = client();
     let url = format!("http://127.0.0.1:{port}/");
@@ -214,6 +223,14 @@ async fn dashboard_drives_a_node_through_its_forms() {
     // then goes to a only.
     browser.open(&format!("{base}/ui/pools")).await;
     let member_b = format!("[data-pool=app] tr[data-member='{}']", b.addr);
+    browser
+        .wait_text(
+            &format!("{member_b} .manager"),
+            5 * SECOND,
+            "the member's manager",
+            |t| t == "dashboard",
+        )
+        .await;
     browser.click(&format!("{member_b} button.drain")).await;
     let state = browser
         .wait_text(

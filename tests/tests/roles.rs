@@ -146,6 +146,7 @@ fn matrix(me: &str, port: u16, cert: &keel_tests::tls::Issued, setup: &Setup) ->
         step(Viewer, "GET", "/api/v1/traffic", None),
         step(Viewer, "GET", "/api/v1/events", None),
         step(Viewer, "GET", "/api/v1/config", None),
+        step(Viewer, "GET", "/api/v1/managers", None),
         step(Viewer, "GET", "/api/v1/load-balancers", None),
         step(Viewer, "GET", "/api/v1/load-balancers/web", None),
         step(Viewer, "GET", "/api/v1/pools", None),
@@ -159,6 +160,12 @@ fn matrix(me: &str, port: u16, cert: &keel_tests::tls::Issued, setup: &Setup) ->
         step(
             Operator,
             "PUT",
+            "/api/v1/config?dry_run=true",
+            Some(setup.config.clone()),
+        ),
+        step(
+            Operator,
+            "PATCH",
             "/api/v1/config?dry_run=true",
             Some(setup.config.clone()),
         ),

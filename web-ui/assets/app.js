@@ -256,19 +256,20 @@
 
   // ---- Load balancers.
   async function loadBalancers(m) {
-    const [lbs, pools] = await Promise.all([api('GET', '/load-balancers'), api('GET', '/pools')]);
+    const [lbs, pools, managers] = await Promise.all([api('GET', '/load-balancers'), api('GET', '/pools'), api('GET', '/managers')]);
     const poolNames = pools.map((p) => p.name);
     const area = h('div');
     const rows = lbs.map((lb) => h('tr', { 'data-lb': lb.name },
       h('td', {}, lb.name), h('td', {}, lb.vip || '—'),
       h('td', {}, lb.listeners.map((l) => h('div', {}, `${l.port}/${l.protocol} → ${l.default_pool || '(no default pool)'}${l.rules && l.rules.length ? ` (+${l.rules.length} rules)` : ''}`))),
+      h('td', { class: 'manager' }, managers[`load-balancer/${lb.name}`] || '—'),
       h('td', {}, h('div', { class: 'actions' },
         h('button', { class: 'secondary', type: 'button', onclick: () => openEdit(area, 'load-balancers', lb.name, (fresh, etag) => lbForm(fresh, poolNames, etag)) }, 'Edit'),
         h('button', { class: 'danger', type: 'button', onclick: () => remove('load-balancers', lb.name) }, 'Delete')))));
     m.append(h('h1', {}, 'Load balancers'),
       h('div', { class: 'actions' }, h('button', { id: 'new-lb', type: 'button', onclick: () => area.replaceChildren(lbForm(null, poolNames)) }, 'New load balancer')),
       area,
-      h('div', { class: 'card' }, lbs.length ? table(['Name', 'VIP', 'Listeners', ''], rows, { id: 'lb-table' }) : h('p', { class: 'muted' }, 'No load balancers yet.')));
+      h('div', { class: 'card' }, lbs.length ? table(['Name', 'VIP', 'Listeners', 'Managed by', ''], rows, { id: 'lb-table' }) : h('p', { class: 'muted' }, 'No load balancers yet.')));
     loaded();
   }
 
@@ -341,18 +342,19 @@
       h('div', { class: 'actions' }, h('button', { id: 'new-pool', type: 'button', onclick: () => area.replaceChildren(poolForm(null)) }, 'New pool')),
       area, list);
     every(POLL_MS, async () => {
-      const [pools, st] = await Promise.all([api('GET', '/pools'), api('GET', '/status')]);
+      const [pools, st, managers] = await Promise.all([api('GET', '/pools'), api('GET', '/status'), api('GET', '/managers')]);
       const health = healthIndex(st);
       list.replaceChildren(...pools.map((p) => h('div', { class: 'card', 'data-pool': p.name },
         h('h2', {}, `Pool ${p.name}`),
-        h('p', { class: 'muted' }, `${p.algorithm || 'round_robin'} · health check: ${p.health_check ? `${p.health_check.type} ${p.health_check.path || ''}` : 'none'}`),
-        table(['Member', 'Weight', 'State', 'As each node sees it', ''], p.members.map((mem) => {
+        h('p', { class: 'muted' }, `${p.algorithm || 'round_robin'} · health check: ${p.health_check ? `${p.health_check.type} ${p.health_check.path || ''}` : 'none'} · managed by ${managers[`pool/${p.name}`] || '—'}`),
+        table(['Member', 'Weight', 'State', 'As each node sees it', 'Managed by', ''], p.members.map((mem) => {
           const [word, kind, detail] = memberState(mem, health[`${p.name}/${mem.address}`]);
           const enabled = mem.enabled !== false;
           return h('tr', { 'data-member': mem.address },
             h('td', {}, mem.address), h('td', {}, mem.weight ?? 1),
             h('td', { class: 'member-state' }, badge(word, kind)),
             h('td', { class: 'muted' }, detail),
+            h('td', { class: 'manager' }, managers[`member/${p.name}/${mem.address}`] || '—'),
             h('td', {}, h('button', {
               type: 'button', class: enabled ? 'secondary drain' : 'secondary enable',
               onclick: () => setMember(p.name, mem.address, !enabled),

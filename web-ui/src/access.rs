@@ -118,7 +118,7 @@ pub(crate) fn required(method: &Method, path: &str, user: &str) -> Permission {
         (["session"], true) | (["logout"], false) => Permission::Own,
         (["users", name, "password"], false) if decoded(name) == user => Permission::Own,
         (
-            ["status" | "traffic" | "events" | "config" | "nodes" | "vips"]
+            ["status" | "traffic" | "events" | "config" | "managers" | "nodes" | "vips"]
             | ["load-balancers" | "pools" | "certificates" | "instances"]
             | ["load-balancers" | "pools" | "certificates" | "instances", _],
             true,

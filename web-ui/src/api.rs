@@ -1,5 +1,6 @@
 //! The `/api/v1` handlers.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -93,7 +94,13 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
         .route("/api/v1/status", get(status::<C>))
         .route("/api/v1/traffic", get(traffic::<C>))
         .route("/api/v1/events", get(events::<C>))
-        .route("/api/v1/config", get(get_config::<C>).put(put_config::<C>))
+        .route(
+            "/api/v1/config",
+            get(get_config::<C>)
+                .put(put_config::<C>)
+                .patch(patch_config::<C>),
+        )
+        .route("/api/v1/managers", get(managers::<C>))
         .route("/api/v1/backup", post(backup::<C>))
         .route(
             "/api/v1/load-balancers",
@@ -214,7 +221,7 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
 }
 
 /// Unix seconds now.
-pub(crate) fn now() -> u64 {
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -235,6 +242,11 @@ async fn authenticate<C: ControlPlane>(
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
     request.extensions_mut().insert(ClientIp(ip));
+    let manager = match request_manager(request.headers()) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    request.extensions_mut().insert(manager);
     let path = request.uri().path();
     // Login proves itself; (de)registration checks its own pool-scoped token.
     if matches!(
@@ -304,9 +316,48 @@ async fn authenticate<C: ControlPlane>(
         tracing::info!(client = %ip, user = %user, method = %request.method(), path = %path, "request refused: {}", refused.message());
         return refused.into_response();
     }
+    if credential.cookie && request.headers().get(MANAGER_HEADER).is_none() {
+        request
+            .extensions_mut()
+            .insert(Manager("dashboard".to_owned()));
+    }
     request.extensions_mut().insert(caller);
     request.extensions_mut().insert(credential);
     next.run(request).await
+}
+
+/// The header a client names its manager in (`keel` sends `cli`).
+pub(crate) const MANAGER_HEADER: &str = "keel-manager";
+
+/// Who a request writes as (see [`keel_model::ObjectRef`]'s managers): the
+/// `Keel-Manager` header, else `dashboard` for the session cookie, else
+/// `api`.
+#[derive(Debug, Clone)]
+pub(crate) struct Manager(pub String);
+
+fn request_manager(headers: &HeaderMap) -> Result<Manager, ApiError> {
+    let Some(value) = headers.get(MANAGER_HEADER) else {
+        return Ok(Manager("api".to_owned()));
+    };
+    let name = value.to_str().unwrap_or("\u{fffd}").trim();
+    keel_model::check_manager(name).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{MANAGER_HEADER}: {e}"),
+        )
+    })?;
+    Ok(Manager(name.to_owned()))
+}
+
+/// `command` made by `manager`, who is then recorded as the manager of what
+/// it creates or changes (once every node runs a version that keeps them).
+pub(crate) fn managed<C: ControlPlane>(
+    control: &C,
+    manager: &str,
+    command: ClusterCommand,
+) -> ClusterCommand {
+    crate::apply::managed(&control.state().1, manager, command)
 }
 
 /// Commit `command` on behalf of `by`, recorded in the cluster's history.
@@ -513,6 +564,7 @@ struct MemberChange {
 async fn set_member<C: ControlPlane>(
     State(app): AppState<C>,
     Extension(Caller { user: caller, .. }): Extension<Caller>,
+    Extension(Manager(manager)): Extension<Manager>,
     Path((pool, address)): Path<(String, String)>,
     body: Result<Json<MemberChange>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
@@ -530,14 +582,15 @@ async fn set_member<C: ControlPlane>(
             "pool {pool:?} has no member {address:?}"
         )));
     };
+    let command = ClusterCommand::Spec(Command::SetMemberEnabled {
+        pool,
+        address: member.address,
+        enabled: change.enabled,
+    });
     commit(
         &*app.control,
         &caller,
-        ClusterCommand::Spec(Command::SetMemberEnabled {
-            pool,
-            address: member.address,
-            enabled: change.enabled,
-        }),
+        managed(&*app.control, &manager, command),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -724,6 +777,13 @@ struct ApplyQuery {
     /// Only report what would change.
     #[serde(default)]
     dry_run: bool,
+    /// Also remove the load balancers, pools and certificates this
+    /// manager applied before that the document no longer has.
+    #[serde(default)]
+    prune: bool,
+    /// Take over objects other managers set instead of refusing.
+    #[serde(default)]
+    force: bool,
 }
 
 async fn get_config<C: ControlPlane>(
@@ -756,18 +816,79 @@ async fn get_config<C: ControlPlane>(
 struct Applied {
     version: u64,
     changes: Vec<String>,
+    /// The same, object by object: `create`, `change` or `remove`.
+    objects: Vec<String>,
+    /// Objects other managers set that the apply would change (a dry run
+    /// lists them; a real apply is refused with 409 unless forced).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    conflicts: Vec<String>,
     /// True when nothing was committed (`?dry_run=true`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     dry_run: bool,
 }
 
-/// `PUT /api/v1/config`: the declarative apply. The body (JSON, or YAML when
-/// sent as `application/yaml`) replaces the whole spec; only the differences
-/// are committed, so applying the same document twice changes nothing.
+/// `GET /api/v1/managers`: who manages each load balancer, pool, member
+/// and certificate, by object key (`pool/app`, `member/app/10.0.0.1:80`);
+/// objects no manager has set since version 8 are absent.
+async fn managers<C: ControlPlane>(
+    State(app): AppState<C>,
+    Query(q): Query<ReadQuery>,
+) -> Result<Json<BTreeMap<String, String>>, ApiError> {
+    let (_, state) = read_state(&*app.control, q.stale).await?;
+    Ok(Json(
+        state
+            .managers
+            .iter()
+            .map(|(o, m)| (o.key(), m.clone()))
+            .collect(),
+    ))
+}
+
+/// `PUT /api/v1/config`: the body (JSON, or YAML when sent as
+/// `application/yaml`) is the whole config: what it lacks is removed,
+/// whoever set it (the dashboard's editor, `keel apply --replace`). Only
+/// the differences are committed, so the same document twice changes
+/// nothing.
 async fn put_config<C: ControlPlane>(
     State(app): AppState<C>,
-    Extension(Caller { user: caller, .. }): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
+    Extension(manager): Extension<Manager>,
     Query(query): Query<ApplyQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Applied>, ApiError> {
+    if query.prune || query.force {
+        return Err(ApiError::bad_request(
+            "prune and force are for an apply (PATCH /api/v1/config); a PUT replaces the whole config",
+        ));
+    }
+    write_config(app, caller, manager, query, true, headers, body).await
+}
+
+/// `PATCH /api/v1/config`: the declarative apply (`keel apply -f`, a
+/// node's config file). The body is applied as the caller's manager
+/// (`keel_model::Spec::apply_as`): what it names is created or replaced,
+/// members of its pools that this manager set and it no longer lists are
+/// removed, everything else stays (with `prune`, also the load balancers,
+/// pools and certificates this manager applied before). A change to what
+/// another manager set is refused with 409 naming them, unless `force`.
+async fn patch_config<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(caller): Extension<Caller>,
+    Extension(manager): Extension<Manager>,
+    Query(query): Query<ApplyQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Applied>, ApiError> {
+    write_config(app, caller, manager, query, false, headers, body).await
+}
+
+async fn write_config<C: ControlPlane>(
+    app: Arc<App<C>>,
+    Caller { user: caller, .. }: Caller,
+    Manager(manager): Manager,
+    query: ApplyQuery,
+    replace: bool,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Applied>, ApiError> {
@@ -796,26 +917,30 @@ async fn put_config<C: ControlPlane>(
     }
     let spec = doc.into_spec().map_err(|e| ApiError::invalid(&e))?;
     let expect = expectation(&state, Object::Config, if_match(&headers))?;
-    let changes = state.spec.diff(&spec);
-    let described = changes.iter().map(ToString::to_string).collect();
-    if changes.is_empty() || query.dry_run {
-        return Ok(Json(Applied {
-            version,
-            changes: described,
-            dry_run: query.dry_run,
-        }));
-    }
-    let version = commit(
-        &*app.control,
-        &caller,
-        guarded(expect, ClusterCommand::Spec(Command::Batch(changes))),
-    )
-    .await?;
-    Ok(Json(Applied {
+    let mode = crate::apply::Mode {
+        replace,
+        prune: query.prune,
+        force: query.force,
+    };
+    let plan = crate::apply::Plan::new(&state, &manager, &spec, mode)
+        .map_err(|e| ApiError::invalid(&e))?;
+    let mut applied = Applied {
         version,
-        changes: described,
-        dry_run: false,
-    }))
+        changes: plan.changes.iter().map(ToString::to_string).collect(),
+        objects: plan.objects.clone(),
+        conflicts: plan.conflicts.clone(),
+        dry_run: query.dry_run,
+    };
+    if query.dry_run {
+        return Ok(Json(applied));
+    }
+    if let Some(refusal) = plan.refusal() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", refusal));
+    }
+    if let Some(command) = plan.command(expect) {
+        applied.version = commit(&*app.control, &caller, command).await?;
+    }
+    Ok(Json(applied))
 }
 
 #[derive(Deserialize)]
@@ -1004,6 +1129,7 @@ impl Kind for PoolDoc {
 async fn edit<C: ControlPlane, K: Kind>(
     control: &C,
     by: &str,
+    manager: &str,
     condition: Option<(Object, String)>,
     edit: impl FnOnce(&mut Document) -> Result<usize, ApiError>,
 ) -> Result<u64, ApiError> {
@@ -1033,7 +1159,7 @@ async fn edit<C: ControlPlane, K: Kind>(
         return Ok(version);
     }
     let command = guarded(expect, ClusterCommand::Spec(Command::Batch(changes)));
-    commit(control, by, command).await
+    commit(control, by, managed(control, manager, command)).await
 }
 
 /// The tag an `If-Match` header names (quotes and a weak prefix dropped).
@@ -1112,13 +1238,14 @@ async fn fetch<C: ControlPlane, K: Kind>(
 async fn create<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
     Extension(Caller { user: caller, .. }): Extension<Caller>,
+    Extension(Manager(manager)): Extension<Manager>,
     body: Result<Json<K>, JsonRejection>,
 ) -> Result<(StatusCode, Json<K>), ApiError> {
     let Json(mut item) = body?;
     item.prepare(&app.control.state().1)?;
     let mut created = item.clone();
     created.redact();
-    edit::<C, K>(&*app.control, &caller, None, |doc| {
+    edit::<C, K>(&*app.control, &caller, &manager, None, |doc| {
         let items = K::items(doc);
         if items.iter().any(|k| k.name() == item.name()) {
             return Err(ApiError::new(
@@ -1137,6 +1264,7 @@ async fn create<C: ControlPlane, K: Kind>(
 async fn replace<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
     Extension(Caller { user: caller, .. }): Extension<Caller>,
+    Extension(Manager(manager)): Extension<Manager>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Json<K>, JsonRejection>,
@@ -1154,7 +1282,7 @@ async fn replace<C: ControlPlane, K: Kind>(
     let mut stored = item.clone();
     stored.redact();
     let condition = if_match(&headers).map(|tag| (K::object(&name), tag));
-    edit::<C, K>(&*app.control, &caller, condition, |doc| {
+    edit::<C, K>(&*app.control, &caller, &manager, condition, |doc| {
         let items = K::items(doc);
         match items.iter().position(|k| k.name() == name) {
             Some(i) => {
@@ -1174,11 +1302,12 @@ async fn replace<C: ControlPlane, K: Kind>(
 async fn remove<C: ControlPlane, K: Kind>(
     State(app): AppState<C>,
     Extension(Caller { user: caller, .. }): Extension<Caller>,
+    Extension(Manager(manager)): Extension<Manager>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let condition = if_match(&headers).map(|tag| (K::object(&name), tag));
-    edit::<C, K>(&*app.control, &caller, condition, |doc| {
+    edit::<C, K>(&*app.control, &caller, &manager, condition, |doc| {
         let items = K::items(doc);
         let before = items.len();
         items.retain(|k| k.name() != name);
@@ -1607,17 +1736,18 @@ async fn register<C: ControlPlane>(
 ) -> Result<StatusCode, ApiError> {
     let (by, reg, address) = registration_scope(&app, client, &headers, body)?;
     let weight = reg.weight.unwrap_or(1);
+    let command = ClusterCommand::Spec(Command::UpsertMember {
+        pool: reg.pool.clone(),
+        member: keel_model::Member {
+            address,
+            weight,
+            enabled: true,
+        },
+    });
     commit(
         &*app.control,
         &by,
-        ClusterCommand::Spec(Command::UpsertMember {
-            pool: reg.pool.clone(),
-            member: keel_model::Member {
-                address,
-                weight,
-                enabled: true,
-            },
-        }),
+        managed(&*app.control, "registration", command),
     )
     .await?;
     tracing::info!(pool = %reg.pool, member = %address, by = %by, "member registered");

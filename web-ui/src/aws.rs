@@ -98,6 +98,8 @@ pub(crate) struct Call<'a, C> {
     pub aws: &'a Aws<C>,
     /// Who the change is recorded as made by.
     pub by: &'a str,
+    /// The manager of what it creates or changes: `elb` or `elbv2`.
+    pub manager: &'static str,
 }
 
 impl<C: ControlPlane> Call<'_, C> {
@@ -152,6 +154,7 @@ impl<C: ControlPlane> Call<'_, C> {
     }
 
     pub async fn commit(&self, command: ClusterCommand) -> Result<(), AwsError> {
+        let command = crate::api::managed(&*self.aws.control, self.manager, command);
         crate::api::commit(&*self.aws.control, self.by, command)
             .await
             .map(|_| ())

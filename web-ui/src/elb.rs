@@ -54,7 +54,11 @@ pub(crate) async fn call<C: ControlPlane>(
     by: &str,
 ) -> Result<String, AwsError> {
     let e = Elb {
-        call: Call { aws, by },
+        call: Call {
+            aws,
+            by,
+            manager: "elb",
+        },
     };
     match action {
         "CreateLoadBalancer" => e.create_load_balancer(p).await,

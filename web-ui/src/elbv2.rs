@@ -34,7 +34,11 @@ pub(crate) async fn call<C: ControlPlane>(
     by: &str,
 ) -> Result<String, AwsError> {
     let e = Elbv2 {
-        call: Call { aws, by },
+        call: Call {
+            aws,
+            by,
+            manager: "elbv2",
+        },
     };
     match action {
         "CreateLoadBalancer" => e.create_load_balancer(p).await,

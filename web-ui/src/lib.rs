@@ -12,6 +12,7 @@
 
 mod access;
 mod api;
+pub mod apply;
 pub use aws::router as aws_router;
 pub use octavia::router as octavia_router;
 mod auth;
@@ -37,6 +38,7 @@ use axum::Router;
 use keel_model::{ClusterCommand, ClusterState, Refusal};
 use serde::{Deserialize, Serialize};
 
+pub use api::now;
 pub use auth::{
     hash_password, is_password_hash, random_hex, sha256_hex, verify_password, Attempts, NotChecked,
     PasswordGate,

@@ -63,9 +63,20 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
             ),
             (
                 "put",
-                "Apply a whole declarative config; only the differences are committed (?dry_run=true: only list them; If-Match: 412 if it changed since)",
+                "Replace the whole config with the document, whoever set what it lacks; only the differences are committed (?dry_run=true: only list them; If-Match: 412 if it changed since)",
+            ),
+            (
+                "patch",
+                "Apply a declarative config as the caller's manager (Keel-Manager header): create or replace what it names, leave what other managers set; 409 naming what another manager set that it would change (?force=true takes it over); ?prune=true also removes what this manager applied before and the document dropped; ?dry_run=true lists the changes and conflicts",
             ),
         ],
+    ),
+    (
+        "/api/v1/managers",
+        &[(
+            "get",
+            "Who manages each load balancer, pool, member and certificate, by object key (pool/NAME, member/POOL/ADDRESS, ...)",
+        )],
     ),
     (
         "/api/v1/backup",

@@ -28,7 +28,7 @@ use crate::spec::Spec;
 /// [`Refusal::Conflict`] and [`ClusterState::previous_secret`]; 7,
 /// [`ClusterCommand::ForgetCaKey`] (the CA key leaves the replicated state
 /// for the voters' disks).
-pub const CLUSTER_VERSION: u32 = 7;
+pub const CLUSTER_VERSION: u32 = 8;
 
 /// The cluster's Raft timing, in milliseconds: every node runs it, because
 /// the leader's lease is safe only if every follower refuses other
@@ -156,6 +156,11 @@ pub struct ClusterState {
     /// as `targetgroup/NAME`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, BTreeMap<String, String>>,
+    /// The manager that last created or changed each load balancer, pool,
+    /// member and certificate (from version 8; objects from before have
+    /// none until a manager changes or applies them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub managers: crate::Managers,
     /// The latest changes made by people or tools, oldest first, at most
     /// [`HISTORY_LEN`] (the dashboard's "who changed what").
     #[serde(default)]
@@ -476,6 +481,20 @@ pub enum ClusterCommand {
     /// Take the CA key out of the replicated state (proposed by a leader
     /// that keeps it on disk, as every voter does from version 7).
     ForgetCaKey,
+    /// `command`, made by `manager`: every object it creates or changes
+    /// becomes that manager's (see [`ClusterState::managers`]).
+    Managed {
+        manager: String,
+        command: Box<ClusterCommand>,
+    },
+    /// Make `objects` `manager`'s; refused, naming them, where another
+    /// manager has one, unless `force` (a declarative apply taking what it
+    /// changes, and adopting matching objects that had no manager).
+    Own {
+        manager: String,
+        objects: Vec<crate::ObjectRef>,
+        force: bool,
+    },
     /// Refused unless `object`'s entity tag is still `etag` (see
     /// [`crate::Object`]): the condition of an `If-Match` write, in an
     /// [`ClusterCommand::Atomic`] with the write.
@@ -524,6 +543,8 @@ impl ClusterCommand {
             | ClusterCommand::DeleteUser { .. }
             | ClusterCommand::ResealAwsKeys(_) => 6,
             ClusterCommand::ForgetCaKey => 7,
+            ClusterCommand::Own { .. } => 8,
+            ClusterCommand::Managed { command, .. } => command.needs().max(8),
             ClusterCommand::SetUser { user, .. } if user.role != Role::Admin => 6,
             ClusterCommand::CreateApiToken { token, .. } if token.restricted() => 6,
             ClusterCommand::Authored { command, .. } | ClusterCommand::Once { command, .. } => {
@@ -585,6 +606,7 @@ impl ClusterCommand {
             ClusterCommand::Atomic(commands) => {
                 commands.iter().try_for_each(ClusterCommand::authorable)
             }
+            ClusterCommand::Managed { command, .. } => command.authorable(),
             _ => Ok(()),
         }
     }
@@ -604,9 +626,9 @@ impl ClusterCommand {
             ClusterCommand::Spec(Command::Batch(changes)) => {
                 changes.iter().map(ToString::to_string).collect()
             }
-            ClusterCommand::Authored { command, .. } | ClusterCommand::Once { command, .. } => {
-                command.describe()
-            }
+            ClusterCommand::Authored { command, .. }
+            | ClusterCommand::Once { command, .. }
+            | ClusterCommand::Managed { command, .. } => command.describe(),
             ClusterCommand::Atomic(commands) => {
                 commands.iter().flat_map(ClusterCommand::describe).collect()
             }
@@ -685,6 +707,10 @@ impl fmt::Display for ClusterCommand {
             }
             ClusterCommand::Record { kind, what } => write!(f, "{kind}: {what}"),
             ClusterCommand::Expect { object, etag } => write!(f, "expect {object} at {etag}"),
+            ClusterCommand::Managed { manager, command } => write!(f, "{command} (as {manager})"),
+            ClusterCommand::Own {
+                manager, objects, ..
+            } => write!(f, "{manager} manages {} objects", objects.len()),
             ClusterCommand::Atomic(commands) => {
                 let all: Vec<String> = commands.iter().map(ToString::to_string).collect();
                 f.write_str(&all.join("; "))
@@ -778,6 +804,7 @@ impl ClusterState {
                 let spec = &self.spec;
                 self.annotations
                     .retain(|object, _| annotated_exists(spec, object));
+                self.managers.retain(|object, _| spec.has(object));
             }
             ClusterCommand::SetUser { name, user } => {
                 self.users.insert(name.clone(), user.clone());
@@ -914,6 +941,36 @@ impl ClusterState {
                         "{object} was changed since it was read (by someone else, a \
                          registration or an API): read it again and make the change again"
                     )));
+                }
+            }
+            ClusterCommand::Managed { manager, command } => {
+                let before = self.spec.clone();
+                self.apply(command)?;
+                for object in before.changed_objects(&self.spec) {
+                    self.managers.insert(object, manager.clone());
+                }
+            }
+            ClusterCommand::Own {
+                manager,
+                objects,
+                force,
+            } => {
+                let taken: Vec<String> = objects
+                    .iter()
+                    .filter_map(|o| {
+                        let by = self.managers.get(o)?;
+                        (by != manager).then(|| format!("{o} (managed by {by})"))
+                    })
+                    .collect();
+                if !taken.is_empty() && !force {
+                    return Err(Refusal::Conflict(format!(
+                        "{manager} would change what other managers set: {}; \
+                         leave them out, or force to take them over",
+                        taken.join(", ")
+                    )));
+                }
+                for object in objects.iter().filter(|o| self.spec.has(o)) {
+                    self.managers.insert(object.clone(), manager.clone());
                 }
             }
             ClusterCommand::DrainNode { id, drained } => {
@@ -1347,6 +1404,80 @@ mod tests {
         let revoke = ClusterCommand::RevokeRegistrationToken { id: "r1".into() };
         s.apply(&revoke).expect("revoked");
         assert!(matches!(s.apply(&revoke), Err(Refusal::NotFound(_))));
+    }
+
+    #[test]
+    fn a_managed_change_records_its_manager_and_own_refuses_anothers_objects() {
+        let mut s = ClusterState::default();
+        let pool = crate::Document::parse_spec(
+            "load_balancers: []\npools:\n  - { name: app, members: [{ address: 10.0.0.1:80 }] }\n",
+        )
+        .expect("valid")
+        .pools["app"]
+            .clone();
+        let as_file = |command| ClusterCommand::Managed {
+            manager: "file".into(),
+            command: Box::new(ClusterCommand::Spec(command)),
+        };
+        s.apply(&as_file(Command::UpsertPool(Box::new(pool))))
+            .expect("pool");
+        let app = crate::ObjectRef::Pool("app".into());
+        let member = |a: &str| crate::ObjectRef::Member {
+            pool: "app".into(),
+            address: a.parse().expect("address"),
+        };
+        assert_eq!(s.managers.get(&app).map(String::as_str), Some("file"));
+        assert_eq!(
+            s.managers.get(&member("10.0.0.1:80")).map(String::as_str),
+            Some("file")
+        );
+        // A registration changes only its member; the pool stays the file's.
+        let registered = ClusterCommand::Managed {
+            manager: "registration".into(),
+            command: Box::new(ClusterCommand::Spec(Command::UpsertMember {
+                pool: "app".into(),
+                member: crate::Member {
+                    address: "10.0.0.2:80".parse().expect("address"),
+                    weight: 1,
+                    enabled: true,
+                },
+            })),
+        };
+        s.apply(&registered).expect("registered");
+        assert_eq!(
+            s.managers.get(&member("10.0.0.2:80")).map(String::as_str),
+            Some("registration")
+        );
+        assert_eq!(s.managers.get(&app).map(String::as_str), Some("file"));
+        assert_eq!(registered.needs(), 8);
+        // Taking another's object is refused, naming it, unless forced.
+        let own = |force| ClusterCommand::Own {
+            manager: "cli".into(),
+            objects: vec![member("10.0.0.2:80")],
+            force,
+        };
+        let before = s.clone();
+        match s.apply(&own(false)) {
+            Err(Refusal::Conflict(m)) => {
+                assert!(
+                    m.contains("member 10.0.0.2:80 of pool \"app\" (managed by registration)"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s, before);
+        s.apply(&own(true)).expect("forced");
+        assert_eq!(
+            s.managers.get(&member("10.0.0.2:80")).map(String::as_str),
+            Some("cli")
+        );
+        // Records go with their objects, whoever removes them.
+        s.apply(&ClusterCommand::Spec(Command::RemovePool {
+            name: "app".into(),
+        }))
+        .expect("removed");
+        assert!(s.managers.is_empty(), "{:?}", s.managers);
     }
 
     #[test]

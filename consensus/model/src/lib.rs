@@ -12,6 +12,7 @@ mod command;
 mod document;
 mod error;
 mod etag;
+mod manager;
 mod rules;
 mod spec;
 
@@ -28,6 +29,7 @@ pub use document::{
 };
 pub use error::{FieldError, Path, Segment, ValidationErrors};
 pub use etag::Object;
+pub use manager::{check_manager, ManagedApply, Managers, ObjectRef};
 pub use rules::{
     glob_match, Action, Cidr, Conditions, FixedResponse, HeaderMatch, PathMatch, QueryMatch,
     Redirect, Rule, WeightedPool, MAX_FIXED_BODY, MAX_RULES,

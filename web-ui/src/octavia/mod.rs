@@ -183,13 +183,14 @@ impl<C: ControlPlane> Call<'_, C> {
         if commands.is_empty() {
             return Ok(());
         }
-        crate::api::commit(
+        let command = crate::api::managed(
             &*self.octavia.control,
-            &self.by,
+            "octavia",
             ClusterCommand::Atomic(commands),
-        )
-        .await
-        .map_err(|e| Fault::new(e.status(), e.message()))?;
+        );
+        crate::api::commit(&*self.octavia.control, &self.by, command)
+            .await
+            .map_err(|e| Fault::new(e.status(), e.message()))?;
         // The answer (and the CLI's first `--wait` poll) should see the
         // change served: ACTIVE, not PENDING_UPDATE.
         self.caught_up().await;

@@ -1,0 +1,487 @@
+//! Who manages what. Every load balancer, pool, member and certificate
+//! records the manager that last created or changed it (`file`, `cli`,
+//! `dashboard`, `api`, `registration`, `elb`, `elbv2`, `octavia`, or a name
+//! a script passes), in [`crate::ClusterState::managers`]. A declarative
+//! apply ([`Spec::apply_as`]) then changes only what its document names,
+//! removes only what its own manager set before, and lists as conflicts the
+//! objects it would change that another manager set.
+//!
+//! A listener's rules belong to its load balancer's manager: no API writes
+//! rules onto another API's listener.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{Pool, Spec};
+
+/// An object a manager can own. Stored as a string key
+/// (`load-balancer/NAME`, `pool/NAME`, `member/POOL/ADDRESS`,
+/// `certificate/NAME`): names never hold a `/`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum ObjectRef {
+    LoadBalancer(String),
+    Pool(String),
+    Member { pool: String, address: SocketAddr },
+    Certificate(String),
+}
+
+impl ObjectRef {
+    /// The stored key.
+    pub fn key(&self) -> String {
+        match self {
+            ObjectRef::LoadBalancer(name) => format!("load-balancer/{name}"),
+            ObjectRef::Pool(name) => format!("pool/{name}"),
+            ObjectRef::Member { pool, address } => format!("member/{pool}/{address}"),
+            ObjectRef::Certificate(name) => format!("certificate/{name}"),
+        }
+    }
+
+    /// The object a stored key names.
+    pub fn parse(key: &str) -> Result<ObjectRef, String> {
+        let bad = || format!("{key:?} names no load balancer, pool, member or certificate");
+        let (kind, rest) = key.split_once('/').ok_or_else(bad)?;
+        Ok(match kind {
+            "load-balancer" => ObjectRef::LoadBalancer(rest.to_owned()),
+            "pool" => ObjectRef::Pool(rest.to_owned()),
+            "certificate" => ObjectRef::Certificate(rest.to_owned()),
+            "member" => {
+                let (pool, address) = rest.split_once('/').ok_or_else(bad)?;
+                ObjectRef::Member {
+                    pool: pool.to_owned(),
+                    address: address.parse().map_err(|_| bad())?,
+                }
+            }
+            _ => return Err(bad()),
+        })
+    }
+}
+
+impl From<ObjectRef> for String {
+    fn from(r: ObjectRef) -> String {
+        r.key()
+    }
+}
+
+impl TryFrom<String> for ObjectRef {
+    type Error = String;
+    fn try_from(key: String) -> Result<ObjectRef, String> {
+        ObjectRef::parse(&key)
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectRef::LoadBalancer(name) => write!(f, "load balancer {name:?}"),
+            ObjectRef::Pool(name) => write!(f, "pool {name:?}"),
+            ObjectRef::Member { pool, address } => write!(f, "member {address} of pool {pool:?}"),
+            ObjectRef::Certificate(name) => write!(f, "certificate {name:?}"),
+        }
+    }
+}
+
+/// Who manages each object.
+pub type Managers = BTreeMap<ObjectRef, String>;
+
+/// Is `name` usable as a manager: 1 to 64 letters, digits, `.`, `_`, `-`.
+pub fn check_manager(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "manager {name:?}: 1 to 64 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
+/// What a declarative apply by one manager would do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedApply {
+    /// The spec after the apply.
+    pub spec: Spec,
+    /// Objects the apply would change that another manager set, with
+    /// that manager.
+    pub conflicts: Vec<(ObjectRef, String)>,
+    /// Objects that become the applying manager's: those it creates or
+    /// changes, and those of its document that match and had no manager
+    /// (written before managers were kept).
+    pub claims: Vec<ObjectRef>,
+    /// Objects it removes.
+    pub removed: Vec<ObjectRef>,
+}
+
+impl Spec {
+    /// Every object in the spec that can have a manager.
+    pub fn objects(&self) -> Vec<ObjectRef> {
+        let mut out: Vec<ObjectRef> = Vec::new();
+        out.extend(
+            self.load_balancers
+                .keys()
+                .cloned()
+                .map(ObjectRef::LoadBalancer),
+        );
+        for (name, pool) in &self.pools {
+            out.push(ObjectRef::Pool(name.clone()));
+            out.extend(pool.members.iter().map(|m| ObjectRef::Member {
+                pool: name.clone(),
+                address: m.address,
+            }));
+        }
+        out.extend(
+            self.certificates
+                .keys()
+                .cloned()
+                .map(ObjectRef::Certificate),
+        );
+        out
+    }
+
+    /// Is `object` in the spec?
+    pub fn has(&self, object: &ObjectRef) -> bool {
+        match object {
+            ObjectRef::LoadBalancer(name) => self.load_balancers.contains_key(name),
+            ObjectRef::Pool(name) => self.pools.contains_key(name),
+            ObjectRef::Certificate(name) => self.certificates.contains_key(name),
+            ObjectRef::Member { pool, address } => self
+                .pools
+                .get(pool)
+                .is_some_and(|p| p.members.iter().any(|m| m.address == *address)),
+        }
+    }
+
+    /// Is `object` the same in `self` and `other` (both absent counts)?
+    /// A pool is compared without its members: each member is an object
+    /// of its own.
+    fn same(&self, other: &Spec, object: &ObjectRef) -> bool {
+        match object {
+            ObjectRef::LoadBalancer(name) => {
+                self.load_balancers.get(name) == other.load_balancers.get(name)
+            }
+            ObjectRef::Certificate(name) => {
+                self.certificates.get(name) == other.certificates.get(name)
+            }
+            ObjectRef::Pool(name) => {
+                self.pools.get(name).map(settings) == other.pools.get(name).map(settings)
+            }
+            ObjectRef::Member { pool, address } => {
+                let member = |s: &Spec| {
+                    s.pools
+                        .get(pool)
+                        .and_then(|p| p.members.iter().find(|m| m.address == *address))
+                        .cloned()
+                };
+                member(self) == member(other)
+            }
+        }
+    }
+
+    /// The objects `after` has that `self` has not, or has otherwise.
+    pub fn changed_objects(&self, after: &Spec) -> Vec<ObjectRef> {
+        after
+            .objects()
+            .into_iter()
+            .filter(|o| !self.same(after, o))
+            .collect()
+    }
+
+    /// What turning `self` into `after` does, one line per object:
+    /// `create`, `change` or `remove`, then the object.
+    pub fn object_changes(&self, after: &Spec) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .changed_objects(after)
+            .into_iter()
+            .map(|o| {
+                let verb = if self.has(&o) { "change" } else { "create" };
+                format!("{verb} {o}")
+            })
+            .collect();
+        out.extend(
+            self.objects()
+                .into_iter()
+                .filter(|o| !after.has(o))
+                .map(|o| format!("remove {o}")),
+        );
+        out
+    }
+
+    /// `doc` applied by `manager`: its objects created or replaced; the
+    /// members of each pool it names that `manager` set and `doc` no
+    /// longer lists removed (a pool's member list is its manager's whole
+    /// say over its members; members others set stay); with `prune`, the
+    /// load balancers, pools and certificates `manager` set that `doc` no
+    /// longer has removed too. Nothing else is touched.
+    pub fn apply_as(
+        &self,
+        managers: &Managers,
+        manager: &str,
+        doc: &Spec,
+        prune: bool,
+    ) -> ManagedApply {
+        let mine = |o: &ObjectRef| managers.get(o).is_some_and(|m| m == manager);
+        let mut next = self.clone();
+        for (name, cert) in &doc.certificates {
+            next.certificates.insert(name.clone(), cert.clone());
+        }
+        for (name, pool) in &doc.pools {
+            let mut merged = pool.clone();
+            if let Some(live) = self.pools.get(name) {
+                // In the order the pool has them, new ones last.
+                merged.members = live
+                    .members
+                    .iter()
+                    .filter_map(|m| {
+                        let listed = pool.members.iter().find(|d| d.address == m.address);
+                        let member = ObjectRef::Member {
+                            pool: name.clone(),
+                            address: m.address,
+                        };
+                        match listed {
+                            Some(d) => Some(d.clone()),
+                            None if mine(&member) => None,
+                            None => Some(m.clone()),
+                        }
+                    })
+                    .collect();
+                for d in &pool.members {
+                    if !merged.members.iter().any(|m| m.address == d.address) {
+                        merged.members.push(d.clone());
+                    }
+                }
+            }
+            next.pools.insert(name.clone(), merged);
+        }
+        for (name, lb) in &doc.load_balancers {
+            next.load_balancers.insert(name.clone(), lb.clone());
+        }
+        if prune {
+            for object in managers.keys().filter(|o| mine(o) && !doc.has(o)) {
+                match object {
+                    ObjectRef::LoadBalancer(name) => {
+                        next.load_balancers.remove(name);
+                    }
+                    ObjectRef::Pool(name) => {
+                        next.pools.remove(name);
+                    }
+                    ObjectRef::Certificate(name) => {
+                        next.certificates.remove(name);
+                    }
+                    // Gone with its pool, or dropped above.
+                    ObjectRef::Member { .. } => {}
+                }
+            }
+        }
+        let changed = self.changed_objects(&next);
+        let removed: Vec<ObjectRef> = self
+            .objects()
+            .into_iter()
+            .filter(|o| !next.has(o))
+            .collect();
+        let conflicts = changed
+            .iter()
+            .chain(&removed)
+            .filter_map(|o| {
+                let by = managers.get(o)?;
+                (by != manager).then(|| (o.clone(), by.clone()))
+            })
+            .collect();
+        let adopted = doc
+            .objects()
+            .into_iter()
+            .filter(|o| !managers.contains_key(o) && self.has(o) && !changed.contains(o));
+        let mut claims = changed.clone();
+        claims.extend(adopted);
+        ManagedApply {
+            spec: next,
+            conflicts,
+            claims,
+            removed,
+        }
+    }
+}
+
+/// A pool's own settings: everything but its members.
+fn settings(pool: &Pool) -> Pool {
+    Pool {
+        members: Vec::new(),
+        ..pool.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Document;
+
+    fn spec(yaml: &str) -> Spec {
+        Document::parse_spec(yaml).expect("valid spec")
+    }
+
+    const FILE: &str = "
+load_balancers:
+  - name: web
+    listeners:
+      - port: 8080
+        protocol: http
+        default_pool: app
+pools:
+  - name: app
+    members:
+      - address: 10.0.0.1:80
+      - address: 10.0.0.2:80
+";
+
+    fn owned(spec: &Spec, manager: &str) -> Managers {
+        spec.objects()
+            .into_iter()
+            .map(|o| (o, manager.to_owned()))
+            .collect()
+    }
+
+    fn member(address: &str) -> ObjectRef {
+        ObjectRef::Member {
+            pool: "app".into(),
+            address: address.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_and_refuse_nonsense() {
+        for o in [
+            ObjectRef::LoadBalancer("web".into()),
+            ObjectRef::Pool("app".into()),
+            ObjectRef::Certificate("site".into()),
+            member("10.0.0.1:80"),
+            ObjectRef::Member {
+                pool: "app".into(),
+                address: "[2001:db8::1]:443".parse().unwrap(),
+            },
+        ] {
+            assert_eq!(ObjectRef::parse(&o.key()), Ok(o.clone()));
+            let json = serde_json::to_string(&BTreeMap::from([(o.clone(), "cli")])).unwrap();
+            let back: BTreeMap<ObjectRef, String> = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.keys().next(), Some(&o));
+        }
+        for bad in ["", "pool", "member/app", "member/app/nope", "rule/x"] {
+            assert!(ObjectRef::parse(bad).is_err(), "{bad}");
+        }
+        assert!(check_manager("gitops-prod.1").is_ok());
+        for bad in ["", "a b", "x/y", &"m".repeat(65)] {
+            assert!(check_manager(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_apply_leaves_other_managers_objects_alone() {
+        let applied = spec(FILE);
+        let mut live = applied.clone();
+        let mut managers = owned(&applied, "file");
+        // A registration adds a member, an API a load balancer and pool.
+        let extra = spec(
+            "
+load_balancers:
+  - name: boto
+    listeners:
+      - port: 9090
+        protocol: http
+        default_pool: tg
+pools:
+  - name: tg
+    members:
+      - address: 10.0.1.1:80
+",
+        );
+        live.load_balancers.extend(extra.load_balancers.clone());
+        live.pools.extend(extra.pools.clone());
+        managers.extend(owned(&extra, "elbv2"));
+        let newcomer = "10.0.0.9:80".parse().unwrap();
+        live.pools
+            .get_mut("app")
+            .unwrap()
+            .members
+            .push(crate::Member {
+                address: newcomer,
+                weight: 1,
+                enabled: true,
+            });
+        managers.insert(member("10.0.0.9:80"), "registration".into());
+
+        for prune in [false, true] {
+            let out = live.apply_as(&managers, "file", &applied, prune);
+            assert_eq!(out.spec, live, "prune {prune}: nothing changes");
+            assert!(out.conflicts.is_empty() && out.removed.is_empty() && out.claims.is_empty());
+        }
+
+        // The file drops a member and the load balancer: the member goes at
+        // once, the load balancer only with prune; the newcomer stays.
+        let mut smaller = applied.clone();
+        smaller.pools.get_mut("app").unwrap().members.remove(1);
+        smaller.load_balancers.clear();
+        let out = live.apply_as(&managers, "file", &smaller, false);
+        assert_eq!(out.removed, vec![member("10.0.0.2:80")]);
+        assert!(out.spec.has(&ObjectRef::LoadBalancer("web".into())));
+        assert!(out.spec.has(&member("10.0.0.9:80")));
+        let mut no_lb = smaller.clone();
+        no_lb.pools.remove("app");
+        let out = live.apply_as(&managers, "file", &no_lb, true);
+        assert_eq!(
+            out.removed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [
+                "load balancer \"web\"",
+                "pool \"app\"",
+                "member 10.0.0.1:80 of pool \"app\"",
+                "member 10.0.0.2:80 of pool \"app\"",
+                "member 10.0.0.9:80 of pool \"app\"",
+            ]
+        );
+        assert!(out.spec.has(&ObjectRef::LoadBalancer("boto".into())));
+        assert!(out.spec.has(&ObjectRef::Pool("tg".into())));
+        // The registered member went with its pool: a conflict to report.
+        assert_eq!(
+            out.conflicts,
+            vec![(member("10.0.0.9:80"), "registration".to_owned())]
+        );
+    }
+
+    #[test]
+    fn changing_another_managers_object_is_a_conflict_and_unmanaged_ones_are_adopted() {
+        let live = spec(FILE);
+        let mut managers = owned(&live, "dashboard");
+        managers.remove(&member("10.0.0.1:80"));
+        let mut doc = live.clone();
+        doc.pools.get_mut("app").unwrap().members[1].weight = 5;
+        let out = live.apply_as(&managers, "cli", &doc, false);
+        assert_eq!(
+            out.conflicts,
+            vec![(member("10.0.0.2:80"), "dashboard".to_owned())]
+        );
+        // The changed member, and the unmanaged one the document matches.
+        assert_eq!(
+            out.claims,
+            vec![member("10.0.0.2:80"), member("10.0.0.1:80")]
+        );
+        // A pool's settings are one object, its members others.
+        let mut doc = live.clone();
+        doc.pools.get_mut("app").unwrap().algorithm = crate::Algorithm::LeastOutstanding;
+        let out = live.apply_as(&managers, "cli", &doc, false);
+        assert_eq!(
+            out.conflicts,
+            vec![(ObjectRef::Pool("app".into()), "dashboard".to_owned())]
+        );
+        assert_eq!(
+            live.changed_objects(&out.spec),
+            vec![ObjectRef::Pool("app".into())]
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! The declarative apply, as the admin API (`PUT /api/v1/config`, `keel
+//! apply -f`) and a node's config file do it: the document applied as its
+//! manager ([`keel_model::Spec::apply_as`]), the changes it makes, the
+//! conflicts with other managers, and the one command that commits it.
+
+use keel_model::{ClusterCommand, ClusterState, Command, ObjectRef, Spec, ValidationErrors};
+
+/// How a document is applied.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    /// The document is the whole config: what it lacks is removed,
+    /// whoever set it (the dashboard's editor, which shows all of it).
+    pub replace: bool,
+    /// Also remove the load balancers, pools and certificates the manager
+    /// applied before that the document no longer has.
+    pub prune: bool,
+    /// Take over what other managers set instead of refusing.
+    pub force: bool,
+}
+
+/// What applying a document would do.
+#[derive(Debug)]
+pub struct Plan {
+    manager: String,
+    mode: Mode,
+    /// The spec changes, in commit order.
+    pub changes: Vec<Command>,
+    /// The same, object by object (`create`, `change`, `remove`).
+    pub objects: Vec<String>,
+    /// What other managers set that the apply would change or remove.
+    pub conflicts: Vec<String>,
+    claims: Vec<ObjectRef>,
+    keeps_managers: bool,
+}
+
+impl Plan {
+    /// The plan for `doc` applied by `manager` to `state`; refused when
+    /// the spec it leads to breaks a rule.
+    pub fn new(
+        state: &ClusterState,
+        manager: &str,
+        doc: &Spec,
+        mode: Mode,
+    ) -> Result<Plan, ValidationErrors> {
+        let (next, conflicts, claims) = if mode.replace {
+            (doc.clone(), Vec::new(), Vec::new())
+        } else {
+            let out = state
+                .spec
+                .apply_as(&state.managers, manager, doc, mode.prune);
+            let conflicts = out
+                .conflicts
+                .iter()
+                .map(|(o, by)| format!("{o} (managed by {by})"))
+                .collect();
+            (out.spec, conflicts, out.claims)
+        };
+        let errors = next.check();
+        if !errors.is_empty() {
+            return Err(ValidationErrors(errors));
+        }
+        Ok(Plan {
+            manager: manager.to_owned(),
+            mode,
+            changes: state.spec.diff(&next),
+            objects: state.spec.object_changes(&next),
+            conflicts,
+            claims,
+            keeps_managers: state.version() >= 8,
+        })
+    }
+
+    /// Why the apply must not go ahead: it would change what other
+    /// managers set and is not forced.
+    pub fn refusal(&self) -> Option<String> {
+        if self.conflicts.is_empty() || self.mode.force {
+            return None;
+        }
+        Some(format!(
+            "this would change what other managers set: {}. Leave them out of the document, \
+             or apply with force to take them over (keel apply --force)",
+            self.conflicts.join(", ")
+        ))
+    }
+
+    /// The one command that makes the change (after `expect`, an
+    /// `If-Match` condition), recording the manager: the objects it
+    /// creates or changes, and those of the document that matched and had
+    /// none. `None` when there is nothing to do.
+    pub fn command(self, expect: Option<ClusterCommand>) -> Option<ClusterCommand> {
+        let adopt = self.keeps_managers && !self.mode.replace && !self.claims.is_empty();
+        if self.changes.is_empty() && !adopt {
+            return None;
+        }
+        let mut commands: Vec<ClusterCommand> = expect.into_iter().collect();
+        if adopt {
+            commands.push(ClusterCommand::Own {
+                manager: self.manager.clone(),
+                objects: self.claims,
+                force: self.mode.force,
+            });
+        }
+        if !self.changes.is_empty() {
+            let change = ClusterCommand::Spec(Command::Batch(self.changes));
+            commands.push(if self.keeps_managers {
+                ClusterCommand::Managed {
+                    manager: self.manager,
+                    command: Box::new(change),
+                }
+            } else {
+                change
+            });
+        }
+        Some(match commands.len() {
+            1 => commands.remove(0),
+            _ => ClusterCommand::Atomic(commands),
+        })
+    }
+}
+
+/// `command` made by `manager`, who is then recorded as the manager of what
+/// it creates or changes (once every node runs a version that keeps them).
+pub fn managed(state: &ClusterState, manager: &str, command: ClusterCommand) -> ClusterCommand {
+    if state.version() < 8 {
+        return command;
+    }
+    ClusterCommand::Managed {
+        manager: manager.to_owned(),
+        command: Box::new(command),
+    }
+}
