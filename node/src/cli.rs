@@ -464,6 +464,44 @@ pub enum MemberCommand {
         #[command(flatten)]
         registration: Registration,
     },
+    /// Add a member to a pool, or replace it (the pool's other members are
+    /// untouched).
+    Add {
+        #[command(flatten)]
+        member: MemberArgs,
+        /// Share of new traffic, 0-1000.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Remove a member; requests under way finish within the pool's drain
+    /// timeout.
+    Remove {
+        #[command(flatten)]
+        member: MemberArgs,
+    },
+    /// Send a member no new requests; those under way finish.
+    Drain {
+        #[command(flatten)]
+        member: MemberArgs,
+    },
+    /// Put a drained member back.
+    Enable {
+        #[command(flatten)]
+        member: MemberArgs,
+    },
+}
+
+/// One member, changed with an admin API token.
+#[derive(Debug, Args)]
+pub struct MemberArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The pool.
+    #[arg(long)]
+    pub pool: String,
+    /// The member's address (IP:PORT).
+    #[arg(long)]
+    pub address: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -636,6 +674,12 @@ pub struct RunArgs {
     /// The private key (PEM) of --compat-tls-cert.
     #[arg(long, env = "KEEL_COMPAT_TLS_KEY", requires = "compat_tls_cert")]
     pub compat_tls_key: Option<PathBuf>,
+    /// Let the AWS and Octavia APIs see and change every load balancer,
+    /// pool and certificate; by default each sees only what it made (and
+    /// what no manager has set), so a file's or another API's objects are
+    /// not theirs to change.
+    #[arg(long, env = "KEEL_COMPAT_ADOPT")]
+    pub compat_adopt: bool,
     /// The region the AWS-compatible API serves: signatures must be
     /// scoped to it.
     #[arg(long, env = "KEEL_AWS_REGION", default_value = "us-east-1")]

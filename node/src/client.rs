@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 
 use crate::cli::{
     ApiTokenCommand, ApplyArgs, AwsKeyCommand, BackupArgs, ClientArgs, Command, Connect,
-    DeleteArgs, GetArgs, InstanceCommand, LoginArgs, MemberCommand, NodeCommand, Output,
-    RegistrationTokenCommand, SecretsCommand, TimingCommand, TokenCommand, UserCommand,
+    DeleteArgs, GetArgs, InstanceCommand, LoginArgs, MemberArgs, MemberCommand, NodeCommand,
+    Output, RegistrationTokenCommand, SecretsCommand, TimingCommand, TokenCommand, UserCommand,
 };
 
 type Result<T> = std::result::Result<T, String>;
@@ -447,6 +447,39 @@ async fn apply(a: ApplyArgs) -> Result<()> {
         out
     });
     Ok(())
+}
+
+/// One member's own URL, changed by `method` with `body`.
+async fn change_member(
+    m: &MemberArgs,
+    method: Method,
+    body: Option<&Value>,
+    done: &str,
+) -> Result<()> {
+    let api = Api::new(&m.client.connect)?;
+    let path = format!(
+        "/api/v1/pools/{}/members/{}",
+        path_segment(&m.pool),
+        path_segment(&m.address)
+    );
+    match body {
+        Some(body) => api.send(method, &path, body).await?,
+        None => api.call(method, &path, None).await?,
+    };
+    println!("{done}");
+    Ok(())
+}
+
+/// `text` as one URL path segment (an IPv6 member's brackets encoded).
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                char::from(b).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 fn kind_path(kind: &str) -> Result<&'static str> {
@@ -1041,6 +1074,28 @@ async fn registration_token(command: RegistrationTokenCommand) -> Result<()> {
 
 async fn member(command: MemberCommand) -> Result<()> {
     let (reg, path, body, done) = match command {
+        MemberCommand::Add { member, weight } => {
+            let body = json!({ "weight": weight });
+            let done = format!("added {} to pool {}", member.address, member.pool);
+            return change_member(&member, Method::PUT, Some(&body), &done).await;
+        }
+        MemberCommand::Remove { member } => {
+            let done = format!(
+                "removed {} from pool {} (it drains)",
+                member.address, member.pool
+            );
+            return change_member(&member, Method::DELETE, None, &done).await;
+        }
+        MemberCommand::Drain { member } => {
+            let body = json!({ "enabled": false });
+            let done = format!("draining {} in pool {}", member.address, member.pool);
+            return change_member(&member, Method::PATCH, Some(&body), &done).await;
+        }
+        MemberCommand::Enable { member } => {
+            let body = json!({ "enabled": true });
+            let done = format!("enabled {} in pool {}", member.address, member.pool);
+            return change_member(&member, Method::PATCH, Some(&body), &done).await;
+        }
         MemberCommand::Register {
             registration,
             weight,

@@ -62,6 +62,8 @@ pub struct NodeConfig {
     /// The certificate and key files they present, instead of the admin
     /// API's.
     pub compat_cert: Option<(PathBuf, PathBuf)>,
+    /// May those APIs see and change what other managers set?
+    pub compat_adopt: bool,
 }
 
 impl TryFrom<RunArgs> for NodeConfig {
@@ -119,6 +121,7 @@ impl TryFrom<RunArgs> for NodeConfig {
             octavia_api: a.octavia_api_addr,
             compat_tls: a.compat_tls,
             compat_cert: a.compat_tls_cert.zip(a.compat_tls_key),
+            compat_adopt: a.compat_adopt,
         })
     }
 }
@@ -550,14 +553,18 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         None
     };
     if let Some((addr, region)) = &config.aws_api {
-        let app = keel_web::aws_router(control.clone(), region.clone());
+        let app = keel_web::aws_router(control.clone(), region.clone(), config.compat_adopt);
         let tls = compat.clone().filter(|_| tls_for(*addr));
         serve_compat("aws", *addr, app, tls, stop_rx.clone()).await?;
     }
     if let Some(addr) = config.octavia_api {
         let tls = compat.clone().filter(|_| tls_for(addr));
-        let app =
-            keel_web::octavia_router(control.clone(), control.passwords.clone(), tls.is_some());
+        let app = keel_web::octavia_router(
+            control.clone(),
+            control.passwords.clone(),
+            tls.is_some(),
+            config.compat_adopt,
+        );
         serve_compat("octavia", addr, app, tls, stop_rx.clone()).await?;
     }
 

@@ -4,7 +4,10 @@
 //! file's pool. Applying the file again leaves the others alone (and
 //! `--diff` says so first); a change to what another manager set is a
 //! conflict until forced; `--prune` removes only what the file applied
-//! before and dropped since. One node in a namespace (DESIGN.md's plan).
+//! before and dropped since. ELBv2 and Octavia see only what they made,
+//! and ELBv2 cannot change the file's pool by its ARN. One node in a
+//! namespace (DESIGN.md's plan). Then members changed one at a time with
+//! `keel member add/drain/enable/remove`.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is how a test fails
 
@@ -123,6 +126,25 @@ ip, port = os.environ["TARGET"].rsplit(":", 1)
 tg = elb.create_target_group(Name="boto-tg", Protocol="HTTP", Port=80, VpcId="vpc-1",
                              TargetType="ip")["TargetGroups"][0]
 elb.register_targets(TargetGroupArn=tg["TargetGroupArn"], Targets=[{"Id": ip, "Port": int(port)}])
+# ELBv2 sees what it made, not the file's load balancers or pool.
+seen = [lb["LoadBalancerName"] for lb in elb.describe_load_balancers()["LoadBalancers"]]
+assert seen == ["boto"], seen
+seen = [tg["TargetGroupName"] for tg in elb.describe_target_groups()["TargetGroups"]]
+assert seen == ["boto-tg"], seen
+try:
+    elb.describe_load_balancers(Names=["web"])
+    raise SystemExit("the file's load balancer is visible through ELBv2")
+except elb.exceptions.LoadBalancerNotFoundException:
+    pass
+# The file's pool by its ARN: not found, and its members stay as they are.
+import hashlib
+app = "arn:aws:elasticloadbalancing:us-east-1:000000000000:targetgroup/app/" + \
+    hashlib.sha256(b"app").hexdigest()[:16]
+try:
+    elb.register_targets(TargetGroupArn=app, Targets=[{"Id": "10.77.1.9", "Port": 80}])
+    raise SystemExit("ELBv2 changed the file's pool")
+except elb.exceptions.TargetGroupNotFoundException:
+    pass
 print("made")
 "#;
 
@@ -245,10 +267,29 @@ fn an_apply_changes_only_what_its_manager_set_and_prunes_only_that() {
         &[
             ("OS_ENDPOINT", format!("https://{OCTAVIA}")),
             ("OS_AUTH_TYPE", "admin_token".into()),
-            ("OS_TOKEN", token),
+            ("OS_TOKEN", token.clone()),
         ],
     );
     assert_eq!(json(&made)["provisioning_status"], "ACTIVE", "{made}");
+    // Octavia sees what it made, not the file's or ELBv2's.
+    let listed = s.run(
+        &python().with_file_name("openstack"),
+        &["loadbalancer", "list", "-f", "json"],
+        &[
+            ("OS_ENDPOINT", format!("https://{OCTAVIA}")),
+            ("OS_AUTH_TYPE", "admin_token".into()),
+            ("OS_TOKEN", token.clone()),
+        ],
+    );
+    let listed: Vec<Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|l| l["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["lb1"],
+        "{listed:?}"
+    );
 
     let before = s.config();
     let lbs = names(&before, "load_balancers");
@@ -341,4 +382,119 @@ fn an_apply_changes_only_what_its_manager_set_and_prunes_only_that() {
         names(&before, "pools").len(),
         "{after}"
     );
+}
+
+#[test]
+fn members_are_added_drained_and_removed_one_at_a_time() {
+    let first: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let node = keel_tests::node::KeelProcess::start(&keel_tests::http_lb(
+        keel_tests::free_port(),
+        &format!("members: {}", keel_tests::members(&[first])),
+    ));
+    let token = node.login();
+    let server = format!("http://{}", node.admin);
+    let keel = |args: &[&str]| {
+        let out = keel_tests::node::keel_command(
+            args,
+            &[("KEEL_SERVER", &server), ("KEEL_TOKEN", &token)],
+            "",
+        );
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let pool = || {
+        let (status, body) = keel_tests::node::raw_call(
+            &node.admin.to_string(),
+            "GET",
+            "/api/v1/pools/app",
+            Some(&token),
+            None,
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+        json(&body)["members"].clone()
+    };
+    let at = |address: &str| {
+        pool()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["address"] == address)
+            .cloned()
+    };
+    let one = ["--pool", "app", "--address", "[::1]:8080"];
+
+    let (ok, out) = keel(&[&["member", "add"][..], &one, &["--weight", "3"]].concat());
+    assert!(ok, "{out}");
+    let added = at("[::1]:8080").unwrap();
+    assert_eq!(
+        (added["weight"].as_u64(), added["enabled"].as_bool()),
+        (Some(3), Some(true))
+    );
+    assert!(at("127.0.0.1:9").is_some(), "the others are untouched");
+    let (status, managers) = keel_tests::node::raw_call(
+        &node.admin.to_string(),
+        "GET",
+        "/api/v1/managers",
+        Some(&token),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&managers)["member/app/[::1]:8080"],
+        "cli",
+        "{managers}"
+    );
+
+    let (ok, out) = keel(&[&["member", "drain"][..], &one].concat());
+    assert!(ok, "{out}");
+    assert_eq!(at("[::1]:8080").unwrap()["enabled"], false);
+    let (ok, out) = keel(&[&["member", "enable"][..], &one].concat());
+    assert!(ok, "{out}");
+    assert_eq!(at("[::1]:8080").unwrap()["enabled"], true);
+    let (ok, out) = keel(&[&["member", "remove"][..], &one].concat());
+    assert!(ok, "{out}");
+    assert!(at("[::1]:8080").is_none());
+    assert_eq!(pool().as_array().unwrap().len(), 1);
+
+    // Refusals name what is wrong and change nothing.
+    let (ok, out) = keel(&[
+        "member",
+        "remove",
+        "--pool",
+        "app",
+        "--address",
+        "[::1]:8080",
+    ]);
+    assert!(!ok && out.contains("does not exist"), "{out}");
+    let (ok, out) = keel(&["member", "add", "--pool", "app", "--address", "nope"]);
+    assert!(!ok && out.contains("is not IP:PORT"), "{out}");
+    let (ok, out) = keel(&[
+        "member",
+        "add",
+        "--pool",
+        "gone",
+        "--address",
+        "10.0.0.1:80",
+    ]);
+    assert!(!ok && out.contains("pool \"gone\" does not exist"), "{out}");
+    let (ok, out) = keel(&[
+        "member",
+        "add",
+        "--pool",
+        "app",
+        "--address",
+        "10.0.0.1:80",
+        "--weight",
+        "5000",
+    ]);
+    assert!(!ok && out.contains("weight"), "{out}");
+    assert_eq!(pool().as_array().unwrap().len(), 1);
 }

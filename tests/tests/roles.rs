@@ -177,6 +177,18 @@ fn matrix(me: &str, port: u16, cert: &keel_tests::tls::Issued, setup: &Setup) ->
             format!("/api/v1/pools/p-{me}/members/10.0.9.3:80"),
             Some(json!({"enabled": false})),
         ),
+        step(
+            Operator,
+            "PUT",
+            format!("/api/v1/pools/p-{me}/members/10.0.9.4:80"),
+            Some(json!({"weight": 2})),
+        ),
+        step(
+            Operator,
+            "DELETE",
+            format!("/api/v1/pools/p-{me}/members/10.0.9.4:80"),
+            None,
+        ),
         step(Operator, "POST", "/api/v1/load-balancers", Some(lb.clone())),
         step(
             Operator,

@@ -124,7 +124,9 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
         )
         .route(
             "/api/v1/pools/{name}/members/{address}",
-            axum::routing::patch(set_member::<C>),
+            axum::routing::patch(set_member::<C>)
+                .put(put_member::<C>)
+                .delete(delete_member::<C>),
         )
         .route(
             "/api/v1/certificates",
@@ -587,6 +589,85 @@ async fn set_member<C: ControlPlane>(
         address: member.address,
         enabled: change.enabled,
     });
+    commit(
+        &*app.control,
+        &caller,
+        managed(&*app.control, &manager, command),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberBody {
+    /// Share of new traffic, 0-1000 (default 1).
+    #[serde(default)]
+    weight: Option<u32>,
+    /// False: added drained (default true).
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+/// The member address in a URL, or a 422 naming it.
+fn member_address(address: &str) -> Result<SocketAddr, ApiError> {
+    address.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("address: {address:?} is not IP:PORT"),
+        )
+    })
+}
+
+/// `PUT /api/v1/pools/{name}/members/{address}` with `{"weight": 3}`:
+/// adds the member, or replaces it (one member: the rest of the pool is
+/// untouched, so a registration or another writer loses nothing).
+async fn put_member<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
+    Extension(Manager(manager)): Extension<Manager>,
+    Path((pool, address)): Path<(String, String)>,
+    body: Result<Json<MemberBody>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(body) = body?;
+    let address = member_address(&address)?;
+    let (_, state) = app.control.read().await?;
+    let Some(spec) = state.spec.pools.get(&pool) else {
+        return Err(ApiError::not_found(format!("pool {pool:?} does not exist")));
+    };
+    let existed = spec.members.iter().any(|m| m.address == address);
+    let command = ClusterCommand::Spec(Command::UpsertMember {
+        pool,
+        member: keel_model::Member {
+            address,
+            weight: body.weight.unwrap_or(1),
+            enabled: body.enabled.unwrap_or(true),
+        },
+    });
+    commit(
+        &*app.control,
+        &caller,
+        managed(&*app.control, &manager, command),
+    )
+    .await?;
+    Ok(if existed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CREATED
+    })
+}
+
+/// `DELETE /api/v1/pools/{name}/members/{address}`: removes one member; it
+/// drains (requests under way finish within the pool's drain timeout).
+async fn delete_member<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
+    Extension(Manager(manager)): Extension<Manager>,
+    Path((pool, address)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let address = member_address(&address)?;
+    let command = ClusterCommand::Spec(Command::RemoveMember { pool, address });
     commit(
         &*app.control,
         &caller,

@@ -13,9 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http::{header, HeaderMap, Method, StatusCode, Uri};
 
-use keel_model::{ClusterCommand, ClusterState, Command, Document, Spec};
+use keel_model::{ClusterCommand, ClusterState, Document, Spec};
 
 use crate::auth::Attempts;
+use crate::compat::{Notes, Refused, Writer};
 use crate::ControlPlane;
 
 /// XML namespace of ELBv2 answers.
@@ -31,12 +32,17 @@ pub(crate) struct Aws<C> {
     replays: Replays,
     /// Requests with bad signatures, per client address (20 a minute).
     failures: Attempts<IpAddr>,
+    /// May ELB and ELBv2 see and change what other managers set
+    /// (`crate::compat::visible`)?
+    adopt: bool,
 }
 
 /// The AWS-compatible API's router. Serve it with connect info
 /// (`into_make_service_with_connect_info::<SocketAddr>`) so bad signatures
 /// are limited per client.
-pub fn router<C: ControlPlane>(control: Arc<C>, region: String) -> Router {
+/// With `adopt`, ELB and ELBv2 see and change everything, not only what
+/// they made (and what no manager has).
+pub fn router<C: ControlPlane>(control: Arc<C>, region: String, adopt: bool) -> Router {
     Router::new()
         .fallback(handle::<C>)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -45,6 +51,7 @@ pub fn router<C: ControlPlane>(control: Arc<C>, region: String) -> Router {
             region,
             replays: Replays::default(),
             failures: Attempts::new(20, Duration::from_secs(60)),
+            adopt,
         }))
 }
 
@@ -103,8 +110,20 @@ pub(crate) struct Call<'a, C> {
 }
 
 impl<C: ControlPlane> Call<'_, C> {
+    /// The compatibility kernel for this caller.
+    fn writer(&self) -> Writer<'_, C> {
+        Writer {
+            control: &*self.aws.control,
+            by: self.by,
+            manager: self.manager,
+            adopt: self.aws.adopt,
+        }
+    }
+
+    /// The config as this API sees it: its own objects, and those no
+    /// manager has set (`crate::compat::visible`).
     pub fn state(&self) -> Arc<ClusterState> {
-        self.aws.control.state().1
+        Arc::new(self.writer().state())
     }
 
     pub fn arn(&self, rest: &str) -> String {
@@ -127,38 +146,25 @@ impl<C: ControlPlane> Call<'_, C> {
     pub async fn change_noting(
         &self,
         edit: impl FnOnce(&mut Document) -> Result<(), AwsError>,
-        notes: Vec<(String, BTreeMap<String, String>)>,
+        notes: Notes,
     ) -> Result<Spec, AwsError> {
-        let state = self.state();
-        let mut doc = Document::from_spec(&state.spec);
-        edit(&mut doc)?;
-        let spec = doc
-            .into_spec()
-            .map_err(|e| AwsError::bad("ValidationError", e.to_string().replace("\n  ", "; ")))?;
-        let mut commands = Vec::new();
-        let changes = state.spec.diff(&spec);
-        if !changes.is_empty() {
-            commands.push(ClusterCommand::Spec(Command::Batch(changes)));
-        }
-        for (object, values) in notes {
-            if self.annotations(&object) != values {
-                commands.push(ClusterCommand::Annotate { object, values });
-            }
-        }
-        match commands.len() {
-            0 => {}
-            1 => self.commit(commands.remove(0)).await?,
-            _ => self.commit(ClusterCommand::Atomic(commands)).await?,
-        }
-        Ok(spec)
+        self.writer()
+            .change(edit, notes)
+            .await
+            .map_err(|refused| match refused {
+                Refused::Edit(e) => e,
+                Refused::Invalid(e) => AwsError::bad("ValidationError", e.replace("\n  ", "; ")),
+                Refused::NotOurs(e) => AwsError::bad("ValidationError", e),
+                Refused::Commit(e) => commit_error(&e),
+            })
     }
 
     pub async fn commit(&self, command: ClusterCommand) -> Result<(), AwsError> {
-        let command = crate::api::managed(&*self.aws.control, self.manager, command);
-        crate::api::commit(&*self.aws.control, self.by, command)
+        self.writer()
+            .commit(command)
             .await
             .map(|_| ())
-            .map_err(|e| AwsError::new(e.status().as_u16(), "ValidationError", e.message()))
+            .map_err(|e| commit_error(&e))
     }
 
     /// `object`'s annotations (empty when it has none).
@@ -201,6 +207,10 @@ impl<C: ControlPlane> Call<'_, C> {
         })
         .await
     }
+}
+
+fn commit_error(e: &crate::ApiError) -> AwsError {
+    AwsError::new(e.status().as_u16(), "ValidationError", e.message())
 }
 
 /// An error as the SDKs parse it: `<ErrorResponse><Error><Code>`.

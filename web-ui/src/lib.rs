@@ -20,6 +20,7 @@ mod aws;
 pub mod awskeys;
 pub mod backup;
 mod certs;
+mod compat;
 mod elb;
 mod elbv2;
 mod error;

@@ -117,10 +117,20 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
     ),
     (
         "/api/v1/pools/{name}/members/{address}",
-        &[(
-            "patch",
-            "Drain ({\"enabled\": false}) or re-enable a member",
-        )],
+        &[
+            (
+                "put",
+                "Add or replace one member ({\"weight\": 0-1000, \"enabled\": bool}); the pool's other members are untouched",
+            ),
+            (
+                "patch",
+                "Drain ({\"enabled\": false}) or re-enable a member",
+            ),
+            (
+                "delete",
+                "Remove one member; it drains within the pool's drain timeout",
+            ),
+        ],
     ),
     (
         "/api/v1/certificates",

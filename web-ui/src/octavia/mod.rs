@@ -15,21 +15,20 @@
 mod view;
 mod write;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use base64::Engine;
 use http::{header, HeaderMap, Method, StatusCode, Uri};
-use keel_model::{ClusterCommand, Command, Document};
+use keel_model::Document;
 use serde_json::{json, Map, Value};
 
 use crate::access::{authorize_compat, Caller};
 use crate::auth::{check_bearer, PasswordGate};
+use crate::compat::{Notes, Refused, Writer};
 use crate::ControlPlane;
 
 pub(crate) struct Octavia<C> {
@@ -38,12 +37,22 @@ pub(crate) struct Octavia<C> {
     passwords: PasswordGate,
     /// `https` when served over TLS: the links it answers with name it.
     scheme: &'static str,
+    /// May it see and change what other managers set
+    /// (`crate::compat::visible`)?
+    adopt: bool,
 }
 
 /// The Octavia-compatible API's router. Serve it with connect info
 /// (`into_make_service_with_connect_info::<SocketAddr>`) so failed
-/// passwords are limited per client; `tls` when it is served over TLS.
-pub fn router<C: ControlPlane>(control: Arc<C>, passwords: PasswordGate, tls: bool) -> Router {
+/// passwords are limited per client; `tls` when it is served over TLS;
+/// with `adopt`, it sees and changes everything, not only what it made
+/// (and what no manager has).
+pub fn router<C: ControlPlane>(
+    control: Arc<C>,
+    passwords: PasswordGate,
+    tls: bool,
+    adopt: bool,
+) -> Router {
     let scheme = if tls { "https" } else { "http" };
     Router::new()
         .fallback(handle::<C>)
@@ -52,6 +61,7 @@ pub fn router<C: ControlPlane>(control: Arc<C>, passwords: PasswordGate, tls: bo
             control,
             passwords,
             scheme,
+            adopt,
         }))
 }
 
@@ -118,13 +128,24 @@ impl<C: ControlPlane> Call<'_, C> {
             .map(|(_, v)| v.as_str())
     }
 
-    /// A snapshot of everything the views need.
+    /// The compatibility kernel for this caller.
+    fn writer(&self) -> Writer<'_, C> {
+        Writer {
+            control: &*self.octavia.control,
+            by: &self.by,
+            manager: "octavia",
+            adopt: self.octavia.adopt,
+        }
+    }
+
+    /// A snapshot of everything the views need: the config as this API
+    /// sees it (`crate::compat::visible`).
     async fn view(&self) -> view::View {
         let control = &*self.octavia.control;
-        let (version, state) = control.state();
+        let version = control.state().0;
         view::View {
             version,
-            state,
+            state: Arc::new(self.writer().state()),
             serving: control.serving(),
             health: control.status().await.members,
             networks: control.host_networks(),
@@ -134,15 +155,7 @@ impl<C: ControlPlane> Call<'_, C> {
     /// Waits (up to two seconds) until this node's data plane serves the
     /// newest config, or refuses it; false if it still has not.
     async fn caught_up(&self) -> bool {
-        let control = &*self.octavia.control;
-        for _ in 0..40 {
-            let serving = control.serving();
-            if serving.refused || serving.version >= control.state().0 {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        self.writer().caught_up().await
     }
 
     /// Refuses a change while the data plane has not caught up: Octavia
@@ -158,43 +171,23 @@ impl<C: ControlPlane> Call<'_, C> {
     }
 
     /// Commits `edit` of the config together with `notes` (annotations to
-    /// set, or with no values to remove), as one entry.
+    /// set, or with no values to remove), as one entry, and waits until
+    /// this node serves it.
     async fn commit(
         &self,
         edit: impl FnOnce(&mut Document) -> Result<(), Fault>,
-        notes: Vec<(String, BTreeMap<String, String>)>,
+        notes: Notes,
     ) -> Result<(), Fault> {
-        let (_, state) = self.octavia.control.state();
-        let mut doc = Document::from_spec(&state.spec);
-        edit(&mut doc)?;
-        let spec = doc
-            .into_spec()
-            .map_err(|e| Fault::bad(format!("Validation failure: {e}")))?;
-        let mut commands = Vec::new();
-        let changes = state.spec.diff(&spec);
-        if !changes.is_empty() {
-            commands.push(ClusterCommand::Spec(Command::Batch(changes)));
-        }
-        for (object, values) in notes {
-            if state.annotations.get(&object).cloned().unwrap_or_default() != values {
-                commands.push(ClusterCommand::Annotate { object, values });
-            }
-        }
-        if commands.is_empty() {
-            return Ok(());
-        }
-        let command = crate::api::managed(
-            &*self.octavia.control,
-            "octavia",
-            ClusterCommand::Atomic(commands),
-        );
-        crate::api::commit(&*self.octavia.control, &self.by, command)
+        self.writer()
+            .change(edit, notes)
             .await
-            .map_err(|e| Fault::new(e.status(), e.message()))?;
-        // The answer (and the CLI's first `--wait` poll) should see the
-        // change served: ACTIVE, not PENDING_UPDATE.
-        self.caught_up().await;
-        Ok(())
+            .map(|_| ())
+            .map_err(|refused| match refused {
+                Refused::Edit(fault) => fault,
+                Refused::Invalid(e) => Fault::bad(format!("Validation failure: {e}")),
+                Refused::NotOurs(e) => Fault::new(StatusCode::NOT_FOUND, e),
+                Refused::Commit(e) => Fault::new(e.status(), e.message()),
+            })
     }
 }
 

@@ -1,0 +1,241 @@
+//! What the three compatibility APIs (ELB, ELBv2, Octavia) share: the one
+//! transaction each change is (edit the document, note what the API keeps
+//! beyond the spec, commit both as one Raft entry under the API's manager,
+//! then wait until this node serves it), and what each API sees of the
+//! config (its own objects, and those no manager has set, unless the node
+//! lets them adopt everything).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use keel_model::{ClusterCommand, ClusterState, Document, ObjectRef, Spec};
+
+use crate::error::ApiError;
+use crate::ControlPlane;
+
+/// Notes to set with a change: annotation key, values (none removes it).
+pub(crate) type Notes = Vec<(String, BTreeMap<String, String>)>;
+
+/// Why a compatibility change was not made.
+#[derive(Debug)]
+pub(crate) enum Refused<E> {
+    /// The API's own edit refused it.
+    Edit(E),
+    /// The config it would lead to breaks a rule (the text names them).
+    Invalid(String),
+    /// It would change what another manager set (the text names them).
+    NotOurs(String),
+    /// The cluster did not commit it.
+    Commit(ApiError),
+}
+
+/// One caller of one compatibility API.
+pub(crate) struct Writer<'a, C> {
+    pub control: &'a C,
+    /// Who the change is recorded as made by.
+    pub by: &'a str,
+    /// The API: `elb`, `elbv2` or `octavia`.
+    pub manager: &'static str,
+    /// May it see and change what other managers set?
+    pub adopt: bool,
+}
+
+impl<C: ControlPlane> Writer<'_, C> {
+    /// The config as this API sees it (see [`visible`]).
+    pub fn state(&self) -> ClusterState {
+        visible(&self.control.state().1, self.manager, self.adopt)
+    }
+
+    /// Applies `edit` to the whole current document and commits the
+    /// difference with `notes` as one entry; then waits (briefly) until
+    /// this node serves it. The spec after the change.
+    pub async fn change<E>(
+        &self,
+        edit: impl FnOnce(&mut Document) -> Result<(), E>,
+        notes: Notes,
+    ) -> Result<Spec, Refused<E>> {
+        let (_, state) = self.control.state();
+        let mut doc = Document::from_spec(&state.spec);
+        edit(&mut doc).map_err(Refused::Edit)?;
+        let spec = doc
+            .into_spec()
+            .map_err(|e| Refused::Invalid(e.to_string()))?;
+        self.check_ours(&state, &spec).map_err(Refused::NotOurs)?;
+        let mut commands = Vec::new();
+        let changes = state.spec.diff(&spec);
+        if !changes.is_empty() {
+            commands.push(ClusterCommand::Spec(keel_model::Command::Batch(changes)));
+        }
+        for (object, values) in notes {
+            if state.annotations.get(&object).cloned().unwrap_or_default() != values {
+                commands.push(ClusterCommand::Annotate { object, values });
+            }
+        }
+        let command = match commands.len() {
+            0 => return Ok(spec),
+            1 => commands.remove(0),
+            _ => ClusterCommand::Atomic(commands),
+        };
+        self.commit(command).await.map_err(Refused::Commit)?;
+        // The answer (and a client's first poll) should see it served:
+        // ACTIVE, not PENDING_UPDATE.
+        self.caught_up().await;
+        Ok(spec)
+    }
+
+    /// Commits `command` as this API's, recorded as made by its caller.
+    pub async fn commit(&self, command: ClusterCommand) -> Result<u64, ApiError> {
+        let command = crate::api::managed(self.control, self.manager, command);
+        crate::api::commit(self.control, self.by, command).await
+    }
+
+    /// Waits (up to two seconds) until this node's data plane serves the
+    /// newest config, or refuses it; false if it still has not.
+    pub async fn caught_up(&self) -> bool {
+        for _ in 0..40 {
+            let serving = self.control.serving();
+            if serving.refused || serving.version >= self.control.state().0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Refuses a change to a load balancer, pool or certificate another
+    /// manager set (one the API cannot see: to it, it does not exist).
+    fn check_ours(&self, state: &ClusterState, after: &Spec) -> Result<(), String> {
+        let theirs = theirs(state, after, self.manager);
+        if self.adopt || theirs.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = theirs.iter().map(ToString::to_string).collect();
+        Err(format!(
+            "{} not found (managed outside this API)",
+            names.join(", ")
+        ))
+    }
+}
+
+/// The load balancers, pools and certificates of `state` that turning it
+/// into `after` changes or removes and that a manager other than
+/// `manager` set. A member counts as its pool: the pool's manager says
+/// who its members are.
+fn theirs(state: &ClusterState, after: &Spec, manager: &str) -> Vec<ObjectRef> {
+    let removed = state.spec.objects().into_iter().filter(|o| !after.has(o));
+    let mut out: Vec<ObjectRef> = Vec::new();
+    for object in state.spec.changed_objects(after).into_iter().chain(removed) {
+        let object = match object {
+            ObjectRef::Member { pool, .. } => ObjectRef::Pool(pool),
+            other => other,
+        };
+        if state.spec.has(&object) && !ours(state, &object, manager) && !out.contains(&object) {
+            out.push(object);
+        }
+    }
+    out
+}
+
+/// May `manager` see `object`: it set it, or no manager has.
+fn ours(state: &ClusterState, object: &ObjectRef, manager: &str) -> bool {
+    state.managers.get(object).is_none_or(|m| m == manager)
+}
+
+/// `state` as the API writing as `manager` sees it: with `adopt`,
+/// everything; otherwise the load balancers, pools and certificates it
+/// set or no manager has (objects from before managers were kept), with
+/// all their members.
+pub(crate) fn visible(state: &ClusterState, manager: &str, adopt: bool) -> ClusterState {
+    let mut seen = state.clone();
+    if adopt {
+        return seen;
+    }
+    seen.spec
+        .load_balancers
+        .retain(|name, _| ours(state, &ObjectRef::LoadBalancer(name.clone()), manager));
+    seen.spec
+        .pools
+        .retain(|name, _| ours(state, &ObjectRef::Pool(name.clone()), manager));
+    seen.spec
+        .certificates
+        .retain(|name, _| ours(state, &ObjectRef::Certificate(name.clone()), manager));
+    seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_sees_and_changes_only_its_own_and_unmanaged_objects() {
+        let spec = Document::parse_spec(
+            "
+load_balancers:
+  - { name: file-lb, listeners: [{ port: 80, protocol: tcp, default_pool: file-pool }] }
+  - { name: v2-lb, listeners: [{ port: 81, protocol: tcp, default_pool: v2-pool }] }
+  - { name: old-lb, listeners: [{ port: 82, protocol: tcp, default_pool: v2-pool }] }
+pools:
+  - { name: file-pool, members: [{ address: 10.0.0.1:80 }] }
+  - { name: v2-pool, members: [{ address: 10.0.0.2:80 }] }
+",
+        )
+        .expect("valid");
+        let mut state = ClusterState {
+            spec,
+            ..ClusterState::default()
+        };
+        for (object, manager) in [
+            (ObjectRef::LoadBalancer("file-lb".into()), "file"),
+            (ObjectRef::Pool("file-pool".into()), "file"),
+            (ObjectRef::LoadBalancer("v2-lb".into()), "elbv2"),
+            (ObjectRef::Pool("v2-pool".into()), "elbv2"),
+            (
+                ObjectRef::Member {
+                    pool: "v2-pool".into(),
+                    address: "10.0.0.2:80".parse().expect("address"),
+                },
+                "registration",
+            ),
+        ] {
+            state.managers.insert(object, manager.into());
+        }
+        let seen = visible(&state, "elbv2", false);
+        assert_eq!(
+            seen.spec.load_balancers.keys().collect::<Vec<_>>(),
+            ["old-lb", "v2-lb"]
+        );
+        assert_eq!(seen.spec.pools.keys().collect::<Vec<_>>(), ["v2-pool"]);
+        assert_eq!(seen.spec.pools["v2-pool"].members.len(), 1);
+        assert_eq!(visible(&state, "elbv2", true).spec, state.spec);
+
+        // Its own pool's members, its own and unmanaged load balancers: fine.
+        let mut after = state.spec.clone();
+        after
+            .pools
+            .get_mut("v2-pool")
+            .expect("pool")
+            .members
+            .clear();
+        after.load_balancers.remove("old-lb");
+        after.load_balancers.remove("v2-lb");
+        assert!(theirs(&state, &after, "elbv2").is_empty());
+        // The file's load balancer or pool: refused.
+        let mut after = state.spec.clone();
+        after.load_balancers.remove("file-lb");
+        after.pools.get_mut("file-pool").expect("pool").members[0].weight = 9;
+        assert_eq!(
+            theirs(&state, &after, "elbv2"),
+            [
+                ObjectRef::Pool("file-pool".into()),
+                ObjectRef::LoadBalancer("file-lb".into()),
+            ]
+        );
+        let mut after = state.spec.clone();
+        after.pools.get_mut("file-pool").expect("pool").algorithm =
+            keel_model::Algorithm::SourceHash;
+        assert_eq!(
+            theirs(&state, &after, "octavia"),
+            [ObjectRef::Pool("file-pool".into()),]
+        );
+    }
+}
