@@ -314,8 +314,8 @@ async fn dashboard_drives_a_node_through_its_forms() {
         .wait_text(
             "#config-changes",
             5 * SECOND,
-            "the preview lists the change",
-            |t| t.contains("upsert pool app"),
+            "the preview lists the change, object by object",
+            |t| t.contains(&format!("change member {} of pool \"app\"", b.addr)),
         )
         .await;
     browser.find("#config-preview pre.diff .del", SECOND).await;

@@ -606,8 +606,8 @@
         showErrors(form, null);
         const diff = lineDiff(current, editor.value);
         preview.replaceChildren(
-          h('h2', {}, res.changes.length ? `${res.changes.length} change(s)` : 'No changes'),
-          h('ul', { id: 'config-changes' }, res.changes.map((c) => h('li', {}, c))),
+          h('h2', {}, res.objects.length ? `${res.objects.length} change(s)` : 'No changes'),
+          h('ul', { id: 'config-changes' }, res.objects.map((c) => h('li', {}, c))),
           diff ? h('pre', { class: 'diff' }, diff.filter(([k]) => k !== ' ').map(([k, line]) =>
             h('div', { class: k === '+' ? 'add' : 'del' }, `${k} ${line}`))) : '');
         applyButton.disabled = !res.changes.length;

@@ -1967,7 +1967,7 @@ struct Instance {
 async fn list_instances<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<Instance>> {
     let (_, state) = app.control.state();
     Json(
-        crate::elb::instances(&state)
+        crate::instances::all(&state)
             .map(|(id, address)| Instance { id, address })
             .collect(),
     )
@@ -1978,7 +1978,7 @@ async fn fetch_instance<C: ControlPlane>(
     Path(id): Path<String>,
 ) -> Result<Json<Instance>, ApiError> {
     let (_, state) = app.control.state();
-    let found = crate::elb::instances(&state).find(|(i, _)| *i == id);
+    let found = crate::instances::all(&state).find(|(i, _)| *i == id);
     found
         .map(|(id, address)| Json(Instance { id, address }))
         .ok_or_else(|| ApiError::not_found(format!("no instance {id:?}")))
@@ -1992,7 +1992,7 @@ async fn put_instance<C: ControlPlane>(
     body: Result<Json<Instance>, JsonRejection>,
 ) -> Result<Json<Instance>, ApiError> {
     let Json(req) = body?;
-    crate::elb::check_instance_id(&id).map_err(|m| {
+    crate::instances::check_id(&id).map_err(|m| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
@@ -2002,7 +2002,7 @@ async fn put_instance<C: ControlPlane>(
     commit(
         &*app.control,
         &caller,
-        crate::elb::register_instance(&id, Some(req.address)),
+        crate::instances::register(&id, Some(req.address)),
     )
     .await?;
     Ok(Json(Instance {
@@ -2017,13 +2017,13 @@ async fn remove_instance<C: ControlPlane>(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let (_, state) = app.control.state();
-    if !crate::elb::instances(&state).any(|(i, _)| i == id) {
+    if !crate::instances::all(&state).any(|(i, _)| i == id) {
         return Err(ApiError::not_found(format!("no instance {id:?}")));
     }
     commit(
         &*app.control,
         &caller,
-        crate::elb::register_instance(&id, None),
+        crate::instances::register(&id, None),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -15,6 +15,8 @@ use http::{header, HeaderMap, Method, StatusCode, Uri};
 
 use keel_model::{ClusterCommand, ClusterState, Document, Spec};
 
+use sha2::{Digest, Sha256};
+
 use crate::auth::Attempts;
 use crate::compat::{Notes, Refused, Writer};
 use crate::ControlPlane;
@@ -98,6 +100,23 @@ impl Replays {
 
 /// The account number in ARNs (Keel has one).
 pub(crate) const ACCOUNT: &str = "000000000000";
+
+/// Keel's answer to the DNS-name question: names resolve however the
+/// operator arranges; the VIP (if any) is what clients use.
+const DNS_SUFFIX: &str = "elb.keel.internal";
+
+/// A load balancer's DNS name (the same in both ELB APIs).
+pub(crate) fn dns_name(lb: &str) -> String {
+    format!("{lb}-{}.{DNS_SUFFIX}", &id16(lb)[..8])
+}
+
+/// 16 hex digits naming `text`, for ARNs.
+pub(crate) fn id16(text: &str) -> String {
+    Sha256::digest(text.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// One signed call: the endpoint and who is calling, with what both ELB
 /// APIs share.

@@ -25,13 +25,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use keel_model::{
-    CheckKind, ClusterCommand, ClusterState, Document, DurationDoc, HealthCheckDoc,
-    LoadBalancerDoc, MemberDoc, PoolDoc, Protocol, Scalar, StickinessDoc,
+    CheckKind, ClusterState, Document, DurationDoc, HealthCheckDoc, LoadBalancerDoc, MemberDoc,
+    PoolDoc, Protocol, Scalar, StickinessDoc,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::aws::{el, Aws, AwsError, Call, Params};
-use crate::elbv2::dns_name;
+use crate::aws::{dns_name, el, Aws, AwsError, Call, Params};
+use crate::instances::{address_of, id_of};
 use crate::ControlPlane;
 
 /// The annotation key that holds an ELB's [`Record`].
@@ -112,54 +112,6 @@ pub(crate) async fn call<C: ControlPlane>(
             format!("{other} is not a classic ELB action Keel serves"),
         )),
     }
-}
-
-// ---- The instance registry.
-
-/// Every registered instance ID and its address.
-pub(crate) fn instances(state: &ClusterState) -> impl Iterator<Item = (String, IpAddr)> + '_ {
-    state.annotations.iter().filter_map(|(object, values)| {
-        let id = object.strip_prefix("instance/")?;
-        let address = values.get("address")?.parse().ok()?;
-        Some((id.to_owned(), address))
-    })
-}
-
-/// Instance IDs: 1-64 letters, digits, `-`, `_` or `.`.
-pub(crate) fn check_instance_id(id: &str) -> Result<(), String> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if id.is_empty() || id.len() > 64 || !id.chars().all(ok) {
-        return Err("must be 1-64 letters, digits, '-', '_' or '.'".into());
-    }
-    Ok(())
-}
-
-/// The command that adds (or moves) instance `id`, or with no address
-/// removes it.
-pub(crate) fn register_instance(id: &str, address: Option<IpAddr>) -> ClusterCommand {
-    ClusterCommand::Annotate {
-        object: format!("instance/{id}"),
-        values: address
-            .map(|a| BTreeMap::from([("address".to_owned(), a.to_string())]))
-            .unwrap_or_default(),
-    }
-}
-
-/// The address an instance ID stands for: the registry's, or the ID
-/// itself when it is an IP address.
-pub(crate) fn address_of(state: &ClusterState, id: &str) -> Option<IpAddr> {
-    instances(state)
-        .find(|(i, _)| i == id)
-        .map(|(_, a)| a)
-        .or_else(|| id.parse().ok())
-}
-
-/// The instance ID an address stands for (the address itself when no
-/// registered instance has it).
-pub(crate) fn id_of(state: &ClusterState, ip: IpAddr) -> String {
-    instances(state)
-        .find(|(_, a)| *a == ip)
-        .map_or_else(|| ip.to_string(), |(id, _)| id)
 }
 
 // ---- What Keel's model has no place for.

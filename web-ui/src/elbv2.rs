@@ -17,15 +17,11 @@ use std::collections::BTreeMap;
 
 use keel_model::{Action, Algorithm, Conditions, ListenerDoc, PoolDoc, RuleDoc, Spec, Stickiness};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
-use crate::aws::{el, Aws, AwsError, Call, Params};
+use crate::aws::{dns_name, el, id16, Aws, AwsError, Call, Params};
 use crate::ControlPlane;
 
 const VPC: &str = "vpc-keel";
-/// Keel's answer to the DNS-name question: names resolve however the
-/// operator arranges; the VIP (if any) is what clients use.
-const DNS_SUFFIX: &str = "elb.keel.internal";
 
 pub(crate) async fn call<C: ControlPlane>(
     aws: &Aws<C>,
@@ -73,19 +69,6 @@ pub(crate) async fn call<C: ControlPlane>(
 
 struct Elbv2<'a, C> {
     call: Call<'a, C>,
-}
-
-/// A load balancer's DNS name (the same in both ELB APIs).
-pub(crate) fn dns_name(lb: &str) -> String {
-    format!("{lb}-{}.{DNS_SUFFIX}", &id16(lb)[..8])
-}
-
-/// 16 hex digits naming `text`, for ARNs.
-fn id16(text: &str) -> String {
-    Sha256::digest(text.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn tg_key(name: &str) -> String {
@@ -535,7 +518,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             .map(|t| {
                 let id = t.get("Id").map(String::as_str).unwrap_or("");
                 let ip = if instances {
-                    crate::elb::address_of(&state, id).ok_or_else(|| {
+                    crate::instances::address_of(&state, id).ok_or_else(|| {
                         AwsError::bad(
                             "InvalidTarget",
                             format!("The following targets are not registered instances (keel instance add ID ADDRESS) or IP addresses: '{id}'"),
@@ -601,7 +584,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         };
         let instances = self.target_type(&tg) == "instance";
         let target_id = |ip: &str| match ip.parse() {
-            Ok(ip) if instances => crate::elb::id_of(&state, ip),
+            Ok(ip) if instances => crate::instances::id_of(&state, ip),
             _ => ip.to_owned(),
         };
         let status = self.call.aws.control.status().await;

@@ -26,6 +26,7 @@ mod elbv2;
 mod error;
 #[doc(hidden)]
 pub mod fuzz;
+mod instances;
 mod octavia;
 mod openapi;
 mod sigv4;

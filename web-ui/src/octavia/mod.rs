@@ -234,7 +234,9 @@ async fn handle<C: ControlPlane>(
         return Fault::new(StatusCode::FORBIDDEN, refused.message()).into_response();
     }
     let by = format!("{} (octavia api)", caller.user);
-    let query = crate::sigv4::form_pairs(uri.query().unwrap_or(""));
+    let query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
     let call = Call {
         octavia: &octavia,
         by,
