@@ -15,10 +15,8 @@ use http::{header, HeaderMap, Method, StatusCode, Uri};
 
 use keel_model::{ClusterCommand, ClusterState, Document, Spec};
 
-use sha2::{Digest, Sha256};
-
 use crate::auth::Attempts;
-use crate::compat::{Notes, Refused, Writer};
+use crate::compat::{hex_id, Notes, Refused, Writer};
 use crate::ControlPlane;
 
 /// XML namespace of ELBv2 answers.
@@ -107,15 +105,7 @@ const DNS_SUFFIX: &str = "elb.keel.internal";
 
 /// A load balancer's DNS name (the same in both ELB APIs).
 pub(crate) fn dns_name(lb: &str) -> String {
-    format!("{lb}-{}.{DNS_SUFFIX}", &id16(lb)[..8])
-}
-
-/// 16 hex digits naming `text`, for ARNs.
-pub(crate) fn id16(text: &str) -> String {
-    Sha256::digest(text.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    format!("{lb}-{}.{DNS_SUFFIX}", &hex_id(lb)[..8])
 }
 
 /// One signed call: the endpoint and who is calling, with what both ELB
@@ -137,6 +127,11 @@ impl<C: ControlPlane> Call<'_, C> {
             manager: self.manager,
             adopt: self.aws.adopt,
         }
+    }
+
+    /// This node's provisioning status (`crate::compat::Provisioning`).
+    pub fn provisioning(&self) -> crate::compat::Provisioning {
+        self.writer().provisioning()
     }
 
     /// The config as this API sees it: its own objects, and those no

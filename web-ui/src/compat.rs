@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use keel_model::{ClusterCommand, ClusterState, Document, ObjectRef, Spec};
+use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::ControlPlane;
@@ -136,6 +137,65 @@ fn theirs(state: &ClusterState, after: &Spec, manager: &str) -> Vec<ObjectRef> {
     out
 }
 
+/// Where this node's data plane is with the newest config: the one
+/// provisioning status all three APIs report (ELBv2's `State`, Octavia's
+/// `provisioning_status`), from what it really serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Provisioning {
+    /// It serves the newest config.
+    Active,
+    /// It has not caught up yet.
+    Pending,
+    /// It refuses the newest config (and keeps serving the one before).
+    Failed,
+}
+
+impl Provisioning {
+    /// The status of a data plane serving `serving` when the newest config
+    /// is `version`.
+    pub fn of(serving: crate::Serving, version: u64) -> Provisioning {
+        if serving.refused {
+            Provisioning::Failed
+        } else if serving.version < version {
+            Provisioning::Pending
+        } else {
+            Provisioning::Active
+        }
+    }
+}
+
+impl<C: ControlPlane> Writer<'_, C> {
+    /// This node's [`Provisioning`] now.
+    pub fn provisioning(&self) -> Provisioning {
+        Provisioning::of(self.control.serving(), self.control.state().0)
+    }
+}
+
+/// The IDs the APIs derive from Keel's names, so no table maps IDs to
+/// objects and every object has one: 16 hex digits of `text`'s SHA-256
+/// (the id part of ELB ARNs).
+pub(crate) fn hex_id(text: &str) -> String {
+    Sha256::digest(text.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A UUID-shaped ID (version 5 layout) for the `kind` object `key`
+/// (Octavia's IDs).
+pub(crate) fn uuid(kind: &str, key: &str) -> String {
+    let h = Sha256::digest(format!("keel/octavia/{kind}/{key}"));
+    let hex: String = h.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-5{}-8{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
 /// May `manager` see `object`: it set it, or no manager has.
 fn ours(state: &ClusterState, object: &ObjectRef, manager: &str) -> bool {
     state.managers.get(object).is_none_or(|m| m == manager)
@@ -165,6 +225,20 @@ pub(crate) fn visible(state: &ClusterState, manager: &str, adopt: bool) -> Clust
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_is_what_the_data_plane_serves_and_ids_stay_put() {
+        let at = |version, refused| crate::Serving { version, refused };
+        assert_eq!(Provisioning::of(at(7, false), 7), Provisioning::Active);
+        assert_eq!(Provisioning::of(at(6, false), 7), Provisioning::Pending);
+        assert_eq!(Provisioning::of(at(7, true), 7), Provisioning::Failed);
+        // IDs clients already hold must not change.
+        assert_eq!(hex_id("web"), "4b5e57f6eb2f42b9");
+        assert_eq!(
+            uuid("loadbalancer", "lb1"),
+            "59e649dd-170d-5b53-8e42-8cb0a97e0d77"
+        );
+    }
 
     #[test]
     fn an_api_sees_and_changes_only_its_own_and_unmanaged_objects() {

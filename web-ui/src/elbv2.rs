@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use keel_model::{Action, Algorithm, Conditions, ListenerDoc, PoolDoc, RuleDoc, Spec, Stickiness};
 use serde_json::{json, Value};
 
-use crate::aws::{dns_name, el, id16, Aws, AwsError, Call, Params};
+use crate::aws::{dns_name, el, Aws, AwsError, Call, Params};
+use crate::compat::{hex_id as id16, Provisioning};
 use crate::ControlPlane;
 
 const VPC: &str = "vpc-keel";
@@ -250,8 +251,13 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(created),
         )
         .to_string();
+        let state = match self.call.provisioning() {
+            Provisioning::Active => "active",
+            Provisioning::Pending => "provisioning",
+            Provisioning::Failed => "failed",
+        };
         format!(
-            "<member>{}{}{}{}{}{}<State><Code>active</Code></State>{}{}{}<AvailabilityZones/><SecurityGroups/></member>",
+            "<member>{}{}{}{}{}{}<State><Code>{state}</Code></State>{}{}{}<AvailabilityZones/><SecurityGroups/></member>",
             el("LoadBalancerArn", &self.lb_arn(name)),
             el("DNSName", &dns_name(name)),
             el("CanonicalHostedZoneId", "ZKEEL"),

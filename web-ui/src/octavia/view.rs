@@ -23,10 +23,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+pub(crate) use crate::compat::uuid;
+use crate::compat::Provisioning;
 use keel_model::{CheckKind, ClusterState, Listener, Pool, Protocol, ProxyProtocol, Stickiness};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::Fault;
 use crate::{HostNetwork, MemberHealth, Serving};
@@ -45,20 +46,6 @@ pub(crate) struct View {
     pub serving: Serving,
     pub health: Vec<MemberHealth>,
     pub networks: Vec<HostNetwork>,
-}
-
-/// A stable UUID-shaped ID for the object `key` of `kind`.
-pub(crate) fn uuid(kind: &str, key: &str) -> String {
-    let h = Sha256::digest(format!("keel/octavia/{kind}/{key}"));
-    let hex: String = h.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-5{}-8{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[13..16],
-        &hex[17..20],
-        &hex[20..32]
-    )
 }
 
 /// A fresh random UUID (for L7 policies and rules).
@@ -249,12 +236,10 @@ impl View {
     /// Every object shares one provisioning status: whether this node's
     /// data plane serves the newest config.
     pub fn provisioning(&self) -> &'static str {
-        if self.serving.refused {
-            "ERROR"
-        } else if self.serving.version < self.version {
-            "PENDING_UPDATE"
-        } else {
-            "ACTIVE"
+        match Provisioning::of(self.serving, self.version) {
+            Provisioning::Active => "ACTIVE",
+            Provisioning::Pending => "PENDING_UPDATE",
+            Provisioning::Failed => "ERROR",
         }
     }
 
