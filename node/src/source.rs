@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_model::ClusterCommand;
+use keel_model::{ClusterCommand, Object, Refusal};
 use keel_web::apply::{Mode, Plan};
-use keel_web::ControlPlane;
+use keel_web::{ControlError, ControlPlane};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -60,33 +60,57 @@ pub(crate) async fn watch<C: ControlPlane>(
             }
         };
         // The file is its manager's whole say: what it no longer has that
-        // it applied before goes; what others set stays.
-        let (_, state) = control.state();
-        let mode = Mode {
-            prune: true,
-            ..Mode::default()
-        };
-        let plan = match Plan::new(&state, "file", &spec, mode) {
-            Ok(plan) => plan,
-            Err(e) => {
-                tracing::error!(file = %path.display(), "config not applied; keeping the running one: {e}");
-                continue;
+        // it applied before goes; what others set stays. Committed only
+        // while the config is the one planned against (a registration that
+        // came between is not undone), else planned again.
+        let mut outcome = None;
+        for _ in 0..5 {
+            let (_, state) = control.state();
+            let mode = Mode {
+                prune: true,
+                ..Mode::default()
+            };
+            let plan = match Plan::new(&state, "file", &spec, mode) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    tracing::error!(file = %path.display(), "config not applied; keeping the running one: {e}");
+                    break;
+                }
+            };
+            if let Some(refusal) = plan.refusal() {
+                tracing::error!(file = %path.display(), "config not applied: {refusal}");
+                break;
             }
-        };
-        if let Some(refusal) = plan.refusal() {
-            tracing::error!(file = %path.display(), "config not applied: {refusal}");
-            continue;
+            let described = plan.objects.clone();
+            let expect = state
+                .spec
+                .etag(&Object::Config)
+                .filter(|_| state.version() >= 4)
+                .map(|etag| ClusterCommand::Expect {
+                    object: Object::Config,
+                    etag,
+                });
+            let Some(command) = plan.command(expect) else {
+                break;
+            };
+            let command = ClusterCommand::Authored {
+                by: "config file".to_owned(),
+                at: keel_web::now(),
+                command: Box::new(command),
+            };
+            let result = control.propose(command).await;
+            // This node's copy was behind, or a write came between.
+            let stale = matches!(result, Err(ControlError::Refused(Refusal::Stale(_))));
+            outcome = Some((result, described));
+            if !stale {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let described = plan.objects.clone();
-        let Some(command) = plan.command(None) else {
+        let Some((result, described)) = outcome else {
             continue;
         };
-        let command = ClusterCommand::Authored {
-            by: "config file".to_owned(),
-            at: keel_web::now(),
-            command: Box::new(command),
-        };
-        match control.propose(command).await {
+        match result {
             Ok(version) => {
                 for change in described {
                     tracing::info!(version, %change, file = %path.display(), "config change from file");

@@ -980,48 +980,66 @@ async fn write_config<C: ControlPlane>(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("yaml"));
-    let mut doc = if yaml {
+    let sent = if yaml {
         Document::from_yaml(text)?
     } else {
         Document::from_json(text)?
     };
-    let (version, state) = app.control.read().await?;
-    for (i, cert) in doc.certificates.iter_mut().enumerate() {
-        keep_stored_key(cert, &state);
-        let stored = state.spec.certificates.get(&cert.name);
-        let unchanged = stored.is_some_and(|s| {
-            s.cert_pem == cert.cert_pem && Some(&s.key_pem) == cert.key_pem.as_ref()
-        });
-        if !unchanged {
-            check_certificate(cert, &FieldPath::root().field("certificates").index(i))?;
-        }
-    }
-    let spec = doc.into_spec().map_err(|e| ApiError::invalid(&e))?;
-    let expect = expectation(&state, Object::Config, if_match(&headers))?;
+    let explicit = if_match(&headers);
     let mode = crate::apply::Mode {
         replace,
         prune: query.prune,
         force: query.force,
     };
-    let plan = crate::apply::Plan::new(&state, &manager, &spec, mode)
-        .map_err(|e| ApiError::invalid(&e))?;
-    let mut applied = Applied {
-        version,
-        changes: plan.changes.iter().map(ToString::to_string).collect(),
-        objects: plan.objects.clone(),
-        conflicts: plan.conflicts.clone(),
-        dry_run: query.dry_run,
-    };
-    if query.dry_run {
-        return Ok(Json(applied));
+    // Planned against the config it read and committed only while that is
+    // still the config (without If-Match too): a write that came between,
+    // a registration say, makes it read and plan again, so that write is
+    // not undone by a plan made before it.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (version, state) = app.control.read().await?;
+        let mut doc = sent.clone();
+        for (i, cert) in doc.certificates.iter_mut().enumerate() {
+            keep_stored_key(cert, &state);
+            let stored = state.spec.certificates.get(&cert.name);
+            let unchanged = stored.is_some_and(|s| {
+                s.cert_pem == cert.cert_pem && Some(&s.key_pem) == cert.key_pem.as_ref()
+            });
+            if !unchanged {
+                check_certificate(cert, &FieldPath::root().field("certificates").index(i))?;
+            }
+        }
+        let spec = doc.into_spec().map_err(|e| ApiError::invalid(&e))?;
+        let tag = explicit.clone().unwrap_or_else(|| "*".to_owned());
+        let expect = expectation(&state, Object::Config, Some(tag))?;
+        let plan = crate::apply::Plan::new(&state, &manager, &spec, mode)
+            .map_err(|e| ApiError::invalid(&e))?;
+        let mut applied = Applied {
+            version,
+            changes: plan.changes.iter().map(ToString::to_string).collect(),
+            objects: plan.objects.clone(),
+            conflicts: plan.conflicts.clone(),
+            dry_run: query.dry_run,
+        };
+        if query.dry_run {
+            return Ok(Json(applied));
+        }
+        if let Some(refusal) = plan.refusal() {
+            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", refusal));
+        }
+        let Some(command) = plan.command(expect) else {
+            return Ok(Json(applied));
+        };
+        match commit(&*app.control, &caller, command).await {
+            Ok(version) => {
+                applied.version = version;
+                return Ok(Json(applied));
+            }
+            Err(e) if e.is_stale() && explicit.is_none() && attempt < 5 => {}
+            Err(e) => return Err(e),
+        }
     }
-    if let Some(refusal) = plan.refusal() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", refusal));
-    }
-    if let Some(command) = plan.command(expect) {
-        applied.version = commit(&*app.control, &caller, command).await?;
-    }
-    Ok(Json(applied))
 }
 
 #[derive(Deserialize)]

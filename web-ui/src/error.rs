@@ -117,6 +117,11 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// Is it a 412: what the write was planned against changed first?
+    pub fn is_stale(&self) -> bool {
+        self.code == "stale"
+    }
 }
 
 impl IntoResponse for ApiError {

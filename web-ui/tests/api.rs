@@ -196,6 +196,61 @@ async fn objects_round_trip_and_config_apply_is_idempotent() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
 }
 
+/// An apply planned before a registration landed must not undo it: the
+/// apply is committed only while the config is the one it read, and is
+/// planned again when another write came between.
+#[tokio::test]
+async fn an_apply_never_undoes_a_write_that_landed_while_it_was_planned() {
+    let control = fake();
+    {
+        let mut guard = control.state.lock().unwrap();
+        let mut state = (*guard.1).clone();
+        state.version = keel_model::CLUSTER_VERSION;
+        *guard = (guard.0, Arc::new(state));
+    }
+    let api = Api::logged_in(control.clone()).await;
+    let file = |algorithm: &str| {
+        json!({"pools": [{"name": "app", "algorithm": algorithm,
+                          "members": [{"address": "10.0.0.1:80"}]}]})
+        .to_string()
+    };
+    let (status, v) = api
+        .send("PATCH", "/api/v1/config", file("round_robin"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    // A backend registers itself while the next apply is being planned.
+    *control.interloper.lock().unwrap() = Some(keel_model::ClusterCommand::Managed {
+        manager: "registration".into(),
+        command: Box::new(keel_model::ClusterCommand::Spec(
+            keel_model::Command::UpsertMember {
+                pool: "app".into(),
+                member: keel_model::Member {
+                    address: "10.0.0.2:80".parse().unwrap(),
+                    weight: 1,
+                    enabled: true,
+                },
+            },
+        )),
+    });
+    let (status, v) = api
+        .send("PATCH", "/api/v1/config", file("random_two"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (_, pool) = api.send("GET", "/api/v1/pools/app", "").await;
+    assert_eq!(pool["algorithm"], "random_two");
+    let members: Vec<&str> = pool["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        members,
+        ["10.0.0.1:80", "10.0.0.2:80"],
+        "the registration survives"
+    );
+}
+
 #[tokio::test]
 async fn every_documented_path_is_routed() {
     let api = Api::logged_in(fake()).await;

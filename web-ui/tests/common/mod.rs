@@ -11,6 +11,10 @@ pub const PASSWORD: &str = "a-long-admin-password";
 
 pub struct Fake {
     pub state: Mutex<(u64, Arc<ClusterState>)>,
+    /// A write that lands just before the next proposal: another writer
+    /// (a registration, another API) between a handler's read and its
+    /// commit.
+    pub interloper: Mutex<Option<ClusterCommand>>,
 }
 
 impl ControlPlane for Fake {
@@ -20,6 +24,11 @@ impl ControlPlane for Fake {
 
     async fn propose(&self, command: ClusterCommand) -> Result<u64, ControlError> {
         let mut guard = self.state.lock().unwrap();
+        if let Some(first) = self.interloper.lock().unwrap().take() {
+            let mut next = (*guard.1).clone();
+            next.apply(&first).unwrap();
+            *guard = (guard.0 + 1, Arc::new(next));
+        }
         let mut next = (*guard.1).clone();
         next.apply(&command).map_err(ControlError::Refused)?;
         *guard = (guard.0 + 1, Arc::new(next));
@@ -60,5 +69,6 @@ pub fn fake_with(must_change_password: bool) -> Arc<Fake> {
     );
     Arc::new(Fake {
         state: Mutex::new((1, Arc::new(state))),
+        interloper: Mutex::new(None),
     })
 }
