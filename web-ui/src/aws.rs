@@ -150,7 +150,7 @@ impl<C: ControlPlane> Call<'_, C> {
     /// Applies `edit` to the current config and commits the difference.
     pub async fn change(
         &self,
-        edit: impl FnOnce(&mut Document) -> Result<(), AwsError>,
+        edit: impl FnMut(&mut Document) -> Result<(), AwsError>,
     ) -> Result<Spec, AwsError> {
         self.change_noting(edit, Vec::new()).await
     }
@@ -159,7 +159,7 @@ impl<C: ControlPlane> Call<'_, C> {
     /// removes them) set in the same atomic entry.
     pub async fn change_noting(
         &self,
-        edit: impl FnOnce(&mut Document) -> Result<(), AwsError>,
+        edit: impl FnMut(&mut Document) -> Result<(), AwsError>,
         notes: Notes,
     ) -> Result<Spec, AwsError> {
         self.writer()

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use keel_model::{ClusterCommand, ClusterState, Document, ObjectRef, Spec};
+use keel_model::{ClusterCommand, ClusterState, Document, Object, ObjectRef, Spec};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -49,35 +49,66 @@ impl<C: ControlPlane> Writer<'_, C> {
 
     /// Applies `edit` to the whole current document and commits the
     /// difference with `notes` as one entry; then waits (briefly) until
-    /// this node serves it. The spec after the change.
+    /// this node serves it. The entry holds only while the config is the
+    /// one edited: when another write came between (a registration,
+    /// another API), the edit is made again on the newer config rather
+    /// than undo that write. The spec after the change.
     pub async fn change<E>(
         &self,
-        edit: impl FnOnce(&mut Document) -> Result<(), E>,
+        mut edit: impl FnMut(&mut Document) -> Result<(), E>,
         notes: Notes,
     ) -> Result<Spec, Refused<E>> {
-        let (_, state) = self.control.state();
-        let mut doc = Document::from_spec(&state.spec);
-        edit(&mut doc).map_err(Refused::Edit)?;
-        let spec = doc
-            .into_spec()
-            .map_err(|e| Refused::Invalid(e.to_string()))?;
-        self.check_ours(&state, &spec).map_err(Refused::NotOurs)?;
-        let mut commands = Vec::new();
-        let changes = state.spec.diff(&spec);
-        if !changes.is_empty() {
-            commands.push(ClusterCommand::Spec(keel_model::Command::Batch(changes)));
-        }
-        for (object, values) in notes {
-            if state.annotations.get(&object).cloned().unwrap_or_default() != values {
-                commands.push(ClusterCommand::Annotate { object, values });
+        let mut attempt = 0;
+        let spec = loop {
+            attempt += 1;
+            let (_, state) = self
+                .control
+                .read()
+                .await
+                .map_err(|e| Refused::Commit(e.into()))?;
+            let mut doc = Document::from_spec(&state.spec);
+            edit(&mut doc).map_err(Refused::Edit)?;
+            let spec = doc
+                .into_spec()
+                .map_err(|e| Refused::Invalid(e.to_string()))?;
+            self.check_ours(&state, &spec).map_err(Refused::NotOurs)?;
+            let mut commands = Vec::new();
+            let changes = state.spec.diff(&spec);
+            if !changes.is_empty() {
+                commands.push(ClusterCommand::Spec(keel_model::Command::Batch(changes)));
             }
-        }
-        let command = match commands.len() {
-            0 => return Ok(spec),
-            1 => commands.remove(0),
-            _ => ClusterCommand::Atomic(commands),
+            for (object, values) in &notes {
+                if state.annotations.get(object).cloned().unwrap_or_default() != *values {
+                    commands.push(ClusterCommand::Annotate {
+                        object: object.clone(),
+                        values: values.clone(),
+                    });
+                }
+            }
+            if commands.is_empty() {
+                return Ok(spec);
+            }
+            if let Some(etag) = state.spec.etag(&Object::Config) {
+                let expect = ClusterCommand::Expect {
+                    object: Object::Config,
+                    etag,
+                };
+                if state.version() >= expect.needs() {
+                    commands.insert(0, expect);
+                }
+            }
+            let command = match commands.len() {
+                1 => commands.remove(0),
+                _ => ClusterCommand::Atomic(commands),
+            };
+            match self.commit(command).await {
+                Ok(_) => break spec,
+                Err(e) if e.is_stale() && attempt < 5 => {
+                    tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+                }
+                Err(e) => return Err(Refused::Commit(e)),
+            }
         };
-        self.commit(command).await.map_err(Refused::Commit)?;
         // The answer (and a client's first poll) should see it served:
         // ACTIVE, not PENDING_UPDATE.
         self.caught_up().await;
@@ -224,7 +255,106 @@ pub(crate) fn visible(state: &ClusterState, manager: &str, adopt: bool) -> Clust
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+    use crate::{ClusterStatus, ControlError};
+
+    /// A control plane whose next proposal first applies `interloper`:
+    /// another writer between a change's read and its commit.
+    struct Racy {
+        state: Mutex<(u64, Arc<ClusterState>)>,
+        interloper: Mutex<Option<ClusterCommand>>,
+    }
+
+    impl ControlPlane for Racy {
+        fn state(&self) -> (u64, Arc<ClusterState>) {
+            self.state.lock().expect("lock").clone()
+        }
+
+        async fn propose(&self, command: ClusterCommand) -> Result<u64, ControlError> {
+            let mut guard = self.state.lock().expect("lock");
+            if let Some(first) = self.interloper.lock().expect("lock").take() {
+                let mut next = (*guard.1).clone();
+                next.apply(&first).map_err(ControlError::Refused)?;
+                *guard = (guard.0 + 1, Arc::new(next));
+            }
+            let mut next = (*guard.1).clone();
+            next.apply(&command).map_err(ControlError::Refused)?;
+            *guard = (guard.0 + 1, Arc::new(next));
+            Ok(guard.0)
+        }
+
+        async fn status(&self) -> ClusterStatus {
+            ClusterStatus::default()
+        }
+
+        async fn remove_node(&self, _: &str, _: &str) -> Result<(), ControlError> {
+            Ok(())
+        }
+
+        fn ca_fingerprint(&self) -> String {
+            String::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_never_undoes_a_write_that_landed_while_it_was_made() {
+        let spec =
+            Document::parse_spec("pools:\n  - { name: tg, members: [{ address: 10.0.0.1:80 }] }\n")
+                .expect("valid");
+        let state = ClusterState {
+            spec,
+            version: keel_model::CLUSTER_VERSION,
+            ..ClusterState::default()
+        };
+        let registered = keel_model::Member {
+            address: "10.0.0.2:80".parse().expect("address"),
+            weight: 1,
+            enabled: true,
+        };
+        let control = Racy {
+            state: Mutex::new((1, Arc::new(state))),
+            interloper: Mutex::new(Some(ClusterCommand::Spec(
+                keel_model::Command::UpsertMember {
+                    pool: "tg".into(),
+                    member: registered,
+                },
+            ))),
+        };
+        let writer = Writer {
+            control: &control,
+            by: "ci",
+            manager: "elbv2",
+            adopt: false,
+        };
+        // An ELBv2-style edit: the pool's health check, member list as read.
+        let mut edits = 0;
+        writer
+            .change(
+                |doc| {
+                    edits += 1;
+                    let pool = doc.pools.iter_mut().find(|p| p.name == "tg").ok_or(())?;
+                    pool.drain_timeout = Some(keel_model::DurationDoc::Text("5s".into()));
+                    Ok::<(), ()>(())
+                },
+                Vec::new(),
+            )
+            .await
+            .expect("committed");
+        assert_eq!(edits, 2, "made again on the newer config");
+        let (_, state) = control.state();
+        let addresses: Vec<String> = state.spec.pools["tg"]
+            .members
+            .iter()
+            .map(|m| m.address.to_string())
+            .collect();
+        assert_eq!(addresses, ["10.0.0.1:80", "10.0.0.2:80"]);
+        assert_eq!(
+            state.spec.pools["tg"].drain_timeout,
+            std::time::Duration::from_secs(5)
+        );
+    }
 
     #[test]
     fn the_status_is_what_the_data_plane_serves_and_ids_stay_put() {

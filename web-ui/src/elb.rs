@@ -500,7 +500,7 @@ impl<C: ControlPlane> Elb<'_, C> {
         &self,
         lb: &str,
         record: &Record,
-        edit: impl FnOnce(&mut Document) -> Result<(), AwsError>,
+        edit: impl FnMut(&mut Document) -> Result<(), AwsError>,
     ) -> Result<(), AwsError> {
         let note = record_note(lb, record)?;
         self.call.change_noting(edit, vec![note]).await.map(|_| ())
@@ -1341,7 +1341,7 @@ impl<C: ControlPlane> Elb<'_, C> {
         self.call
             .change(|doc| {
                 if let Some(pool) = pool_mut(doc, &pool) {
-                    pool.stickiness = stickiness;
+                    pool.stickiness = stickiness.clone();
                 }
                 Ok(())
             })

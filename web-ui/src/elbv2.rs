@@ -373,7 +373,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         self.call
             .change_noting(
                 |doc| {
-                    doc.pools.push(pool);
+                    doc.pools.push(pool.clone());
                     Ok(())
                 },
                 vec![(tg_key(&name), values)],
@@ -798,7 +798,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         self.call
             .change(|doc| {
                 if let Some(l) = doc.load_balancers.iter_mut().find(|l| l.name == lb) {
-                    l.listeners.push(listener);
+                    l.listeners.push(listener.clone());
                 }
                 Ok(())
             })
@@ -880,14 +880,14 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         self.call
             .change(|doc| {
                 let l = listener_doc(doc, &lb, port)?;
-                if let Some(x) = protocol {
+                if let Some(x) = protocol.clone() {
                     l.protocol = x;
                 }
                 if pool.is_some() {
-                    l.default_pool = pool;
+                    l.default_pool = pool.clone();
                 }
                 if !certificates.is_empty() {
-                    l.certificates = certificates;
+                    l.certificates = certificates.clone();
                 }
                 if let Some(x) = policy {
                     l.tls_policy = Some(x.to_owned());
@@ -945,7 +945,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
         self.call
             .change(|doc| {
                 if let Some(pool) = doc.pools.iter_mut().find(|x| x.name == name) {
-                    pool.health_check = check;
+                    pool.health_check = check.clone();
                 }
                 Ok(())
             })
@@ -1088,7 +1088,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                     .find(|l| l.name == lb)
                     .and_then(|l| l.listeners.iter_mut().find(|x| x.port == port));
                 if let Some(l) = l {
-                    l.rules.push(rule);
+                    l.rules.push(rule.clone());
                 }
                 Ok(())
             })
@@ -1287,7 +1287,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             .change(|doc| {
                 let l = listener_doc(doc, &lb, port)?;
                 if let Some(r) = l.rules.iter_mut().find(|r| r.priority == priority) {
-                    *r = rule;
+                    *r = rule.clone();
                 }
                 Ok(())
             })
@@ -1558,7 +1558,7 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                             Some(keel_model::DurationDoc::Seconds(d.max(1) as f64));
                     }
                     if touches_stickiness {
-                        pool.stickiness = stickiness;
+                        pool.stickiness = stickiness.clone();
                     }
                     if let Some(a) = algorithm {
                         pool.algorithm = Some(a.to_owned());

@@ -175,7 +175,7 @@ impl<C: ControlPlane> Call<'_, C> {
     /// this node serves it.
     async fn commit(
         &self,
-        edit: impl FnOnce(&mut Document) -> Result<(), Fault>,
+        edit: impl FnMut(&mut Document) -> Result<(), Fault>,
         notes: Notes,
     ) -> Result<(), Fault> {
         self.writer()

@@ -220,7 +220,7 @@ fn deleted() -> Reply {
 async fn remove<C: ControlPlane>(
     call: &Call<'_, C>,
     owner: &str,
-    edit: impl FnOnce(&mut Document) -> Result<(), Fault>,
+    edit: impl FnMut(&mut Document) -> Result<(), Fault>,
 ) -> Reply {
     call.settled(owner).await?;
     call.commit(edit, Vec::new()).await?;
@@ -366,7 +366,7 @@ pub(super) async fn create_lb<C: ControlPlane>(call: &Call<'_, C>, b: Body) -> R
         |doc| {
             doc.load_balancers.push(LoadBalancerDoc {
                 name: lb.clone(),
-                vip: keel_vip,
+                vip: keel_vip.clone(),
                 listeners: Vec::new(),
             });
             Ok(())
@@ -580,7 +580,7 @@ pub(super) async fn create_listener<C: ControlPlane>(call: &Call<'_, C>, b: Body
     call.commit(
         |doc| {
             if let Some(x) = doc.load_balancers.iter_mut().find(|x| x.name == lb) {
-                x.listeners.push(listener);
+                x.listeners.push(listener.clone());
             }
             Ok(())
         },
@@ -618,7 +618,7 @@ pub(super) async fn update_listener<C: ControlPlane>(
     call.settled(&uuid("loadbalancer", &lb)).await?;
     call.commit(
         |doc| {
-            *listener_mut(doc, &lb, port)? = listener;
+            *listener_mut(doc, &lb, port)? = listener.clone();
             Ok(())
         },
         vec![(key, note)],
@@ -816,7 +816,7 @@ pub(super) async fn create_pool<C: ControlPlane>(call: &Call<'_, C>, b: Body) ->
     call.settled(&uuid("loadbalancer", &lb)).await?;
     call.commit(
         |doc| {
-            doc.pools.push(doc_pool);
+            doc.pools.push(doc_pool.clone());
             if let Some((_, (lb, port))) = &listener {
                 listener_mut(doc, lb, *port)?.default_pool = Some(pool.clone());
             }
@@ -860,7 +860,7 @@ pub(super) async fn update_pool<C: ControlPlane>(call: &Call<'_, C>, id: &str, b
     }
     call.commit(
         |doc| {
-            *pool_mut(doc, &pool)? = updated;
+            *pool_mut(doc, &pool)? = updated.clone();
             Ok(())
         },
         vec![(key, note)],
@@ -1008,7 +1008,7 @@ pub(super) async fn create_member<C: ControlPlane>(
     call.settled(&pool_owner(&v, &pool)).await?;
     call.commit(
         |doc| {
-            pool_mut(doc, &pool)?.members.push(member);
+            pool_mut(doc, &pool)?.members.push(member.clone());
             Ok(())
         },
         vec![(member_key(&pool, address), note)],
@@ -1054,7 +1054,7 @@ pub(super) async fn update_member<C: ControlPlane>(
                 .iter_mut()
                 .find(|m| m.address == address.to_string())
             {
-                *m = member;
+                *m = member.clone();
             }
             Ok(())
         },
@@ -1128,7 +1128,7 @@ pub(super) async fn replace_members<C: ControlPlane>(
     call.settled(&pool_owner(&v, &pool)).await?;
     call.commit(
         |doc| {
-            pool_mut(doc, &pool)?.members = members;
+            pool_mut(doc, &pool)?.members = members.clone();
             Ok(())
         },
         notes,
@@ -1250,7 +1250,7 @@ pub(super) async fn create_monitor<C: ControlPlane>(call: &Call<'_, C>, b: Body)
     call.settled(&pool_owner(&v, &pool)).await?;
     call.commit(
         |doc| {
-            pool_mut(doc, &pool)?.health_check = Some(doc_value(hc)?);
+            pool_mut(doc, &pool)?.health_check = Some(doc_value(hc.clone())?);
             Ok(())
         },
         vec![(monitor_key(&pool), note)],
@@ -1283,7 +1283,7 @@ pub(super) async fn update_monitor<C: ControlPlane>(
     call.settled(&pool_owner(&v, &pool)).await?;
     call.commit(
         |doc| {
-            pool_mut(doc, &pool)?.health_check = Some(doc_value(hc)?);
+            pool_mut(doc, &pool)?.health_check = Some(doc_value(hc.clone())?);
             Ok(())
         },
         vec![(key, note)],
@@ -1444,7 +1444,7 @@ async fn save_policies<C: ControlPlane>(
         |doc| {
             let l = listener_mut(doc, lb, port)?;
             l.rules.retain(|r| r.priority <= i64::from(POLICY_PRIORITY));
-            l.rules.extend(rules);
+            l.rules.extend(rules.clone());
             Ok(())
         },
         notes,
