@@ -251,6 +251,54 @@ async fn an_apply_never_undoes_a_write_that_landed_while_it_was_planned() {
     );
 }
 
+/// A writer names itself in `Keel-Manager`; a name that is not one is
+/// refused before anything is read or written, and says what a name is.
+#[tokio::test]
+async fn a_bad_manager_name_is_refused_and_changes_nothing() {
+    let control = fake();
+    {
+        let mut guard = control.state.lock().unwrap();
+        let mut state = (*guard.1).clone();
+        state.version = keel_model::CLUSTER_VERSION;
+        *guard = (guard.0, Arc::new(state));
+    }
+    let api = Api::logged_in(control.clone()).await;
+    let body = json!({"pools": [{"name": "app"}]}).to_string();
+    let before = control.state().0;
+    for bad in ["has space", "a/b", &"m".repeat(65), ""] {
+        let req = Request::builder()
+            .method("PATCH")
+            .uri("/api/v1/config")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {}", api.token))
+            .header("keel-manager", bad)
+            .body(Body::from(body.clone()))
+            .unwrap();
+        let resp = api.app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains("keel-manager") && text.contains("letters, digits"),
+            "{text}"
+        );
+    }
+    assert_eq!(control.state().0, before);
+    // A good name is recorded as the manager of what it made.
+    let req = Request::builder()
+        .method("PATCH")
+        .uri("/api/v1/config")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", api.token))
+        .header("keel-manager", "gitops.prod-1")
+        .body(Body::from(body))
+        .unwrap();
+    let resp = api.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (_, managers) = api.send("GET", "/api/v1/managers", "").await;
+    assert_eq!(managers["pool/app"], "gitops.prod-1", "{managers}");
+}
+
 #[tokio::test]
 async fn every_documented_path_is_routed() {
     let api = Api::logged_in(fake()).await;
