@@ -96,6 +96,13 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// The cluster CA: `keel ca` shows it (and a rotation's progress);
+    /// `keel ca rotate` replaces it without a restart (trust a new CA,
+    /// sign with it, drop the old one).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// The cluster's Raft timing: `keel timing set --timing fast` (or
     /// --heartbeat, --election-timeout, --lease). Every node runs it from
     /// its next start; `keel status` names those still to restart.
@@ -536,6 +543,36 @@ pub enum SecretsCommand {
     /// Make a new cluster secret: every node seals gossip with the new key
     /// once it applies the change and opens the old one for 10 s after.
     Rotate(ClientArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// The CA that signs, those trusted, and how far a rotation has come on
+    /// every member.
+    Show {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print every trusted CA certificate (PEM) instead: a --ca-file.
+        #[arg(long)]
+        pem: bool,
+    },
+    /// Rotate the cluster CA: trust a new one beside the old, sign with it
+    /// and make every certificate again, then drop the old one. Each step
+    /// waits until every member is ready; a rotation left half done goes
+    /// on from where it stopped. This CLI's pinned fingerprint follows.
+    Rotate {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Take one step only.
+        #[arg(long)]
+        step: bool,
+        /// Drop the new CA of a rotation that has not begun to sign.
+        #[arg(long, conflicts_with = "step")]
+        abandon: bool,
+        /// Give up waiting for the members after this long.
+        #[arg(long, default_value = "5m", value_parser = humantime_arg)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]

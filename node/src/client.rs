@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    ApiTokenCommand, ApplyArgs, AwsKeyCommand, BackupArgs, ClientArgs, Command, Connect,
+    ApiTokenCommand, ApplyArgs, AwsKeyCommand, BackupArgs, CaCommand, ClientArgs, Command, Connect,
     DeleteArgs, GetArgs, InstanceCommand, LoginArgs, MemberArgs, MemberCommand, NodeCommand,
     Output, RegistrationTokenCommand, SecretsCommand, TimingCommand, TokenCommand, UserCommand,
 };
@@ -40,6 +40,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Node { command } => node(command).await,
         Command::Timing { command } => timing(command).await,
         Command::Secrets { command } => secrets(command).await,
+        Command::Ca { command } => ca(command).await,
         Command::RegistrationToken { command } => registration_token(command).await,
         Command::AwsKey { command } => aws_key(command).await,
         Command::Instance { command } => instance(command).await,
@@ -86,6 +87,14 @@ fn stored_trust() -> BTreeMap<String, String> {
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default()
+}
+
+/// Keep `fingerprints` as the CAs this CLI trusts for `server`.
+fn pin(server: &str, fingerprints: &[String]) -> Result<()> {
+    let path = trust_path().ok_or("no home directory to store the fingerprint in")?;
+    let mut trust = stored_trust();
+    trust.insert(server.to_owned(), fingerprints.join(","));
+    write_credentials(&path, &trust)
 }
 
 fn token_for(server: &str) -> Option<String> {
@@ -150,8 +159,12 @@ impl Api {
                     crate::pki::client_trusting(&pem)
                         .map_err(|e| format!("{}: {e}", file.display()))?
                 }
-                (None, Some(fingerprint)) => {
-                    let hex = crate::pki::parse_fingerprint(&fingerprint)
+                (None, Some(fingerprints)) => {
+                    // Two, comma-separated, while a CA rotation trusts both.
+                    let hex = fingerprints
+                        .split(',')
+                        .map(crate::pki::parse_fingerprint)
+                        .collect::<Result<Vec<_>>>()
                         .map_err(|e| format!("--ca-fingerprint: {e}"))?;
                     crate::pki::pinned_client_config(&hex).map_err(|e| e.to_string())?
                 }
@@ -347,15 +360,14 @@ async fn login(a: LoginArgs) -> Result<()> {
     let mut tokens = stored_tokens();
     tokens.insert(api.server.clone(), token.to_owned());
     write_credentials(&path, &tokens)?;
-    if let (Some(fingerprint), None) = (&a.client.connect.ca_fingerprint, &a.client.connect.ca_file)
+    if let (Some(fingerprints), None) =
+        (&a.client.connect.ca_fingerprint, &a.client.connect.ca_file)
     {
-        let path = trust_path().ok_or("no home directory to store the fingerprint in")?;
-        let mut trust = stored_trust();
-        trust.insert(
-            api.server.clone(),
-            crate::pki::parse_fingerprint(fingerprint)?,
-        );
-        write_credentials(&path, &trust)?;
+        let hex = fingerprints
+            .split(',')
+            .map(crate::pki::parse_fingerprint)
+            .collect::<Result<Vec<_>>>()?;
+        pin(&api.server, &hex)?;
     }
     println!("logged in to {} as {}", api.server, a.user);
     if answer["must_change_password"].as_bool() == Some(true) {
@@ -1136,6 +1148,173 @@ async fn secrets(command: SecretsCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn ca(command: CaCommand) -> Result<()> {
+    match command {
+        CaCommand::Show { client, pem } => {
+            let status = Api::new(&client.connect)?.get("/api/v1/cluster/ca").await?;
+            if pem {
+                print!("{}", status["bundle_pem"].as_str().unwrap_or_default());
+            } else {
+                print(client.output, &status, ca_text);
+            }
+            Ok(())
+        }
+        CaCommand::Rotate {
+            client,
+            step,
+            abandon,
+            timeout,
+        } => rotate_ca(&client.connect, step, abandon, timeout).await,
+    }
+}
+
+fn ca_text(status: &Value) -> String {
+    let list = |v: &Value, width: usize| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(|f| f.chars().take(width).collect::<String>())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let short = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        v => list(&Value::Array(vec![v.clone()]), 19),
+    };
+    let mut out = format!(
+        "signing:  {}\ntrusted:  {}\nrotation: {}\nnext:     {}\n",
+        s(&status["signing"]),
+        list(&status["trusted"], 80),
+        s(&status["stage"]),
+        s(&status["next"])
+    );
+    for why in status["waiting_for"].as_array().into_iter().flatten() {
+        out += &format!("waiting:  {}\n", why.as_str().unwrap_or_default());
+    }
+    for m in status["members"].as_array().into_iter().flatten() {
+        let role = if m["voter"].as_bool() == Some(true) {
+            "voter"
+        } else {
+            "learner"
+        };
+        out += &format!("{:<12} {role:<8}", s(&m["name"]));
+        if let Some(why) = m["error"].as_str() {
+            out += &format!("does not answer: {why}\n");
+            continue;
+        }
+        out += &format!(
+            "trusts {}; node certificate from {}; admin certificate from {}; keys {}\n",
+            list(&m["trusts"], 19),
+            short(&m["node_certificate_ca"]),
+            short(&m["admin_certificate_ca"]),
+            list(&m["keys"], 19)
+        );
+    }
+    out
+}
+
+/// `keel ca rotate`: each step through the API, waiting for the members
+/// between steps. The CAs this CLI trusts follow the rotation: the bundle
+/// is read over TLS this CLI already trusts, and pinned by fingerprint for
+/// the next call; where the trust was pinned by `keel login`, the new pin
+/// is kept.
+async fn rotate_ca(connect: &Connect, step: bool, abandon: bool, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let https = connect.server.starts_with("https://");
+    let stored_pin = connect.ca_file.is_none() && connect.ca_fingerprint.is_none();
+    let mut connect = connect.clone();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
+    // Trust what the cluster trusts, as read over TLS this CLI trusts.
+    let follow = |status: &Value, connect: &mut Connect| -> Result<()> {
+        if !https {
+            return Ok(());
+        }
+        let pins: Vec<String> = strings(&status["trusted"])
+            .iter()
+            .map(|f| f.trim_start_matches("SHA256:").to_owned())
+            .collect();
+        connect.ca_file = None;
+        connect.ca_fingerprint = Some(pins.join(","));
+        if stored_pin {
+            pin(connect.server.trim_end_matches('/'), &pins)?;
+        }
+        Ok(())
+    };
+    let mut status = Api::new(&connect)?.get("/api/v1/cluster/ca").await?;
+    follow(&status, &mut connect)?;
+    if abandon {
+        status = Api::new(&connect)?
+            .call(Method::POST, "/api/v1/cluster/ca/rotate?abandon=true", None)
+            .await?;
+        follow(&status, &mut connect)?;
+        println!(
+            "abandoned the rotation: trusted: {}",
+            strings(&status["trusted"]).join(", ")
+        );
+        return Ok(());
+    }
+    let mut steps = 0;
+    let mut said = String::new();
+    loop {
+        let stage = status["stage"].as_str().unwrap_or_default().to_owned();
+        if steps > 0 && (step || stage == "none") {
+            break;
+        }
+        let waiting = strings(&status["waiting_for"]).join("; ");
+        if stage != "none" && !waiting.is_empty() {
+            if waiting != said {
+                println!("waiting: {waiting}");
+                said = waiting;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "gave up after {}: the rotation stays at {stage} (run keel ca rotate again \
+                     to go on, or keel ca rotate --abandon before it signs)",
+                    humantime::format_duration(timeout)
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            status = Api::new(&connect)?.get("/api/v1/cluster/ca").await?;
+            continue;
+        }
+        let next = status["next"].as_str().unwrap_or_default().to_owned();
+        status = Api::new(&connect)?
+            .call(Method::POST, "/api/v1/cluster/ca/rotate", None)
+            .await?;
+        steps += 1;
+        println!(
+            "{next}: now {} (trusted: {})",
+            status["stage"].as_str().unwrap_or_default(),
+            strings(&status["trusted"]).join(", ")
+        );
+        follow(&status, &mut connect)?;
+    }
+    if https && !stored_pin {
+        println!(
+            "this CLI was given its trust (--ca-file or --ca-fingerprint): trust {} from now \
+             on (keel ca show --pem writes the CA file)",
+            strings(&status["trusted"]).join(" and ")
+        );
+    }
+    if status["stage"] != "trusting" {
+        println!(
+            "join tokens made before the new CA signed pin the old one: make new ones \
+             (keel token create)"
+        );
+    }
+    Ok(())
 }
 
 async fn timing(command: TimingCommand) -> Result<()> {

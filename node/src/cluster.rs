@@ -542,7 +542,7 @@ async fn obtain_certificate(
     // The pinned configuration refuses the handshake unless the server's
     // chain holds the CA with the token's fingerprint, so the secret below
     // is only ever sent to the real cluster.
-    let tls = pki::pinned_client_config(&token.ca_fingerprint)?;
+    let tls = pki::pinned_client_config(std::slice::from_ref(&token.ca_fingerprint))?;
     let mut client =
         RpcClient::new(tls, addr, ANY_NODE).map_err(|e| ClusterError::Join(e.to_string()))?;
     let grant: Result<CertificateGrant, String> = client
@@ -587,7 +587,7 @@ async fn obtain_certificate(
 fn join_failure(e: RpcError) -> String {
     match e {
         RpcError::Unreachable { reason, addr } if reason.contains("fingerprint") => format!(
-            "{addr} is not the cluster the token belongs to (its CA fingerprint differs); nothing secret was sent"
+            "{addr} is not the cluster the token belongs to (its CA fingerprint differs; a token made before a CA rotation pins the old CA: make a new one); nothing secret was sent"
         ),
         other => other.to_string(),
     }
@@ -651,6 +651,7 @@ impl ClusterNode {
                 ca_cert_pem: self.tls.ca_pem.clone(),
                 ca_key_pem: String::new(),
                 ca_key_moved: false,
+                ca_rotation: None,
             },
         };
         // The CA key stays on this node's disk (`restored_ca` put a
@@ -658,6 +659,7 @@ impl ClusterNode {
         let identity = ClusterIdentity {
             ca_key_pem: String::new(),
             ca_key_moved: false,
+            ca_rotation: None,
             ..identity
         };
         let bootstrap_err = |e: ControlError| ClusterError::Bootstrap(e.to_string());
@@ -799,56 +801,6 @@ impl ClusterNode {
         Ok(None)
     }
 
-    /// A new admin certificate for `names` and its key: signed here on a
-    /// voter, by the leader on a learner (which holds no CA key).
-    async fn new_admin_cert(
-        &self,
-        control: &Control,
-        names: &[String],
-    ) -> Result<(String, String), ClusterError> {
-        let identity = control.state().1.identity.clone();
-        if let (Some(key), Some(identity)) = (control.ca_key.get(), identity) {
-            return Ok(pki::new_admin_cert(
-                &self.file.name,
-                names,
-                &identity.ca_cert_pem,
-                &key,
-            )?);
-        }
-        let (key_pem, csr_pem) = pki::new_csr(&self.file.name)?;
-        let request = AdminCertRequest {
-            csr_pem,
-            names: names.to_vec(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let asked = async {
-                let leader = control.leader(deadline).await.map_err(|e| e.to_string())?;
-                control
-                    .to_leader::<_, Result<String, String>>(
-                        &leader,
-                        "/cluster/admin-cert",
-                        &request,
-                        WRITE_DEADLINE,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?
-            };
-            match asked.await {
-                Ok(cert) => return Ok((cert, key_pem)),
-                Err(why) if Instant::now() >= deadline => {
-                    return Err(ClusterError::Bootstrap(format!(
-                        "no admin certificate from the leader: {why}"
-                    )))
-                }
-                Err(why) => {
-                    tracing::debug!(%why, "asking the leader for an admin certificate again");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
-    }
-
     /// The admin API's TLS, signed by the cluster CA (once this node has
     /// the replicated identity).
     pub async fn admin_tls(
@@ -885,6 +837,9 @@ impl ClusterNode {
         }
         names.sort();
         names.dedup();
+        if let Some((live, _)) = control.admin_cert.get() {
+            return Ok(live.server_config()?);
+        }
         let dir = tls_dir(&opts.data_dir);
         let (cert_path, key_path) = (dir.join("admin.pem"), dir.join("admin.key"));
         let kept = read(&cert_path)
@@ -893,15 +848,11 @@ impl ClusterNode {
             .filter(|(cert, _)| pki::admin_cert_fits(cert, &identity.ca_cert_pem, &names));
         let (cert, key) = match kept {
             Some(kept) => kept,
-            None => {
-                let (cert, key) = self.new_admin_cert(control, &names).await?;
-                write_private(&key_path, &key)?;
-                write_private(&cert_path, &cert)?;
-                tracing::info!(names = %names.join(","), "made a new admin API certificate");
-                (cert, key)
-            }
+            None => control.save_admin_cert(&names).await?,
         };
-        Ok(pki::server_config_for(&cert, &key, &identity.ca_cert_pem)?)
+        let live = pki::LiveCert::new(&cert, &key, &identity.ca_cert_pem)?;
+        let (live, _) = control.admin_cert.get_or_init(|| (live, names));
+        Ok(live.server_config()?)
     }
 
     async fn admit(&self, control: &Control, join_addr: &str) -> Result<(), ClusterError> {
@@ -1012,9 +963,20 @@ pub struct Control {
     pub timing: keel_model::Timing,
     data_dir: PathBuf,
     leader_link: Mutex<Option<(NodeId, RpcClient)>>,
+    /// The fingerprint of the CA this node started with, until the
+    /// replicated identity is applied.
     ca_fingerprint: String,
     /// The CA key, on a voter (see `ca.rs`).
     pub(crate) ca_key: crate::ca::CaKey,
+    /// A rotation's new CA key, on a voter while every node comes to trust
+    /// the new CA (see `ca.rs`).
+    pub(crate) ca_next_key: crate::ca::CaKey,
+    /// Held while the CA keys are placed or a rotation begins (so the new
+    /// key is never taken for a stray one before its entry applies).
+    pub(crate) ca_placing: tokio::sync::Mutex<()>,
+    /// The admin API's certificate, once made, and the names it must carry:
+    /// made again when the CA that signs changes.
+    pub(crate) admin_cert: std::sync::OnceLock<(Arc<pki::LiveCert>, Vec<String>)>,
 }
 
 impl Control {
@@ -1064,7 +1026,103 @@ impl Control {
             leader_link: Mutex::new(None),
             ca_fingerprint: pki::fingerprint(&node.tls.ca_pem)?,
             ca_key: crate::ca::CaKey::load(tls_dir(&opts.data_dir).join("ca.key")),
+            ca_next_key: crate::ca::CaKey::load(tls_dir(&opts.data_dir).join("ca-next.key")),
+            ca_placing: tokio::sync::Mutex::new(()),
+            admin_cert: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The fingerprint of the CA that signs now (join tokens pin it).
+    pub(crate) fn ca_fingerprint_now(&self) -> String {
+        let (_, state) = self.state();
+        state
+            .identity
+            .as_ref()
+            .and_then(|i| pki::fingerprint(&i.ca_cert_pem).ok())
+            .unwrap_or_else(|| self.ca_fingerprint.clone())
+    }
+
+    /// A new admin certificate for `names` and its key: signed here on a
+    /// voter, by the leader on a learner (which holds no CA key).
+    pub(crate) async fn new_admin_cert(
+        &self,
+        names: &[String],
+    ) -> Result<(String, String), ClusterError> {
+        let control = self;
+        let identity = control.state().1.identity.clone();
+        if let (Ok(key), Some(identity)) = (control.ca_key_here(), identity) {
+            return Ok(pki::new_admin_cert(
+                &self.me.name,
+                names,
+                &identity.ca_cert_pem,
+                &key,
+            )?);
+        }
+        let (key_pem, csr_pem) = pki::new_csr(&self.me.name)?;
+        let request = AdminCertRequest {
+            csr_pem,
+            names: names.to_vec(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let asked = async {
+                let leader = control.leader(deadline).await.map_err(|e| e.to_string())?;
+                control
+                    .to_leader::<_, Result<String, String>>(
+                        &leader,
+                        "/cluster/admin-cert",
+                        &request,
+                        WRITE_DEADLINE,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+            };
+            match asked.await {
+                Ok(cert) => return Ok((cert, key_pem)),
+                Err(why) if Instant::now() >= deadline => {
+                    return Err(ClusterError::Bootstrap(format!(
+                        "no admin certificate from the leader: {why}"
+                    )))
+                }
+                Err(why) => {
+                    tracing::debug!(%why, "asking the leader for an admin certificate again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// A new admin certificate for `names`, kept in the data directory:
+    /// (certificate, key) PEM.
+    async fn save_admin_cert(&self, names: &[String]) -> Result<(String, String), ClusterError> {
+        let (cert, key) = self.new_admin_cert(names).await?;
+        let dir = tls_dir(&self.data_dir);
+        write_private(&dir.join("admin.key"), &key)?;
+        write_private(&dir.join("admin.pem"), &cert)?;
+        tracing::info!(names = %names.join(","), "made a new admin API certificate");
+        Ok((cert, key))
+    }
+
+    /// Makes the admin API's certificate again when it no longer fits (the
+    /// CA that signs changed, or a third of its life is left), and presents
+    /// the new one from the next handshake on.
+    pub(crate) async fn refresh_admin_cert(&self) -> Result<(), String> {
+        let Some((live, names)) = self.admin_cert.get() else {
+            return Ok(());
+        };
+        let (_, state) = self.state();
+        let Some(identity) = state.identity.as_ref() else {
+            return Ok(());
+        };
+        if pki::admin_cert_fits(&live.cert_pem(), &identity.ca_cert_pem, names) {
+            return Ok(());
+        }
+        let (cert, key) = self
+            .save_admin_cert(names)
+            .await
+            .map_err(|e| e.to_string())?;
+        live.replace(&cert, &key, &identity.ca_cert_pem)
+            .map_err(|e| e.to_string())
     }
 
     /// The client configuration for calls to other nodes.
@@ -1074,6 +1132,17 @@ impl Control {
 
     /// The CA key, or why this node cannot sign with it.
     fn ca_key_here(&self) -> Result<String, String> {
+        let (_, state) = self.state();
+        let signing = state.identity.as_ref().map(|i| i.ca_cert_pem.as_str());
+        if let (Some(key), Some(signing)) = (self.ca_key.get(), signing) {
+            if !pki::key_matches_ca(&key, signing) {
+                return Err(
+                    "this node does not hold the key of the CA that signs now yet \
+                            (a CA rotation moves it to every voter): retry shortly"
+                        .into(),
+                );
+            }
+        }
         self.ca_key.get().ok_or_else(|| {
             let voters: Vec<String> = self
                 .consensus
@@ -1245,16 +1314,18 @@ impl Control {
             .route("/cluster/status", post(local_status))
             .route("/cluster/renew", post(renew_certificate))
             .route("/cluster/admin-cert", post(admin_certificate))
+            .route("/cluster/ca-report", post(ca_report))
             .layer(axum::middleware::from_fn_with_state(
                 (self.consensus.clone(), Standing::Member),
                 require,
             ));
-        let voters = Router::new().route("/cluster/ca-key", post(ca_key)).layer(
-            axum::middleware::from_fn_with_state(
+        let voters = Router::new()
+            .route("/cluster/ca-key", post(ca_key))
+            .route("/cluster/ca-next-key", post(ca_next_key))
+            .layer(axum::middleware::from_fn_with_state(
                 (self.consensus.clone(), Standing::Voter),
                 require,
-            ),
-        );
+            ));
         // A joiner is not a member yet when it asks to be admitted: the
         // handler checks what each request needs of its caller.
         let certified = Router::new()
@@ -1433,7 +1504,7 @@ impl ControlPlane for Control {
             .map(|m| m.info.name.clone());
         ClusterStatus {
             this_node: self.me.name.clone(),
-            ca_fingerprint: format!("SHA256:{}", self.ca_fingerprint),
+            ca_fingerprint: format!("SHA256:{}", self.ca_fingerprint_now()),
             leader: leader_name,
             term: leadership.term,
             applied_version: self.consensus.applied().borrow().index,
@@ -1516,8 +1587,16 @@ impl ControlPlane for Control {
         Ok(())
     }
 
+    async fn ca(&self) -> Result<keel_web::CaStatus, ControlError> {
+        crate::ca::status(self).await
+    }
+
+    async fn rotate_ca(&self, by: &str, abandon: bool) -> Result<keel_web::CaStatus, ControlError> {
+        crate::ca::rotate(self, by, abandon).await
+    }
+
     fn ca_fingerprint(&self) -> String {
-        self.ca_fingerprint.clone()
+        self.ca_fingerprint_now()
     }
 
     fn ca_key(&self) -> Option<String> {
@@ -1927,6 +2006,34 @@ async fn ca_key(
     Json(result)
 }
 
+/// `/cluster/ca-next-key`: the key of the CA a rotation brings, for a
+/// voter (the route admits voters only), while every node comes to trust
+/// it.
+async fn ca_next_key(
+    State(control): State<Arc<Control>>,
+    axum::Extension(peer): axum::Extension<keel_consensus::rpc::Peer>,
+) -> Json<Result<String, String>> {
+    let (_, state) = control.state();
+    let next = state
+        .identity
+        .as_ref()
+        .and_then(|i| i.ca_rotation.as_ref())
+        .filter(|r| r.stage == keel_model::CaStage::Trusting)
+        .map(|r| r.other_pem.clone());
+    let result = next
+        .and_then(|pem| control.ca_next_key.of(&pem))
+        .ok_or_else(|| "this node holds no key of a CA a rotation brings".to_owned());
+    if result.is_ok() {
+        tracing::info!(node = ?peer.node.map(|id| format!("{id:x}")), "gave the new CA's key to a voter");
+    }
+    Json(result)
+}
+
+/// `/cluster/ca-report`: this node's part in a CA rotation (for `keel ca`).
+async fn ca_report(State(control): State<Arc<Control>>) -> Json<crate::ca::CaReport> {
+    Json(crate::ca::report(&control))
+}
+
 /// `/cluster/renew`: a new certificate for the calling member (the id comes
 /// from the certificate it calls with, never from the request).
 async fn renew_certificate(
@@ -2036,8 +2143,20 @@ impl Control {
             .await
             .map_err(|e| e.to_string())??
         };
+        // The CA that signed it: the one that signs now, as the leader
+        // (which may have applied a rotation's step first) saw it.
+        let (_, state) = self.state();
+        let ca_pem = state
+            .identity
+            .as_ref()
+            .and_then(|i| {
+                i.trusted()
+                    .into_iter()
+                    .find(|ca| pki::signed_by(&cert_pem, ca))
+            })
+            .map_or_else(|| self.identity.tls().ca_pem, str::to_owned);
         let tls = NodeTls {
-            ca_pem: self.identity.tls().ca_pem,
+            ca_pem,
             cert_pem,
             key_pem,
         };
@@ -2051,14 +2170,33 @@ impl Control {
     }
 }
 
-/// Renews this node's certificate with a third of its life left, retrying
-/// every few seconds on failure, until `stop`.
+/// Renews this node's certificate with a third of its life left, or at once
+/// when the CA that signs is no longer the one that signed it (a CA
+/// rotation), retrying every few seconds on failure, until `stop`.
 pub async fn keep_certificate_fresh(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    let mut applied = control.consensus.applied();
     loop {
-        let validity = pki::validity(&control.identity.tls().cert_pem).unwrap_or((0, 0));
-        let wait = pki::renew_at(validity).saturating_sub(pki::unix_now());
+        let cert_pem = control.identity.tls().cert_pem;
+        let validity = pki::validity(&cert_pem).unwrap_or((0, 0));
+        let signing = applied
+            .borrow_and_update()
+            .state
+            .identity
+            .as_ref()
+            .map(|i| i.ca_cert_pem.clone());
+        let wait = if signing.is_some_and(|ca| !pki::signed_by(&cert_pem, &ca)) {
+            0
+        } else {
+            pki::renew_at(validity).saturating_sub(pki::unix_now())
+        };
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
+            r = applied.changed(), if wait > 0 => {
+                if r.is_err() {
+                    return;
+                }
+                continue;
+            }
             () = tokio::time::sleep(Duration::from_secs(wait)) => {}
         }
         match control.renew().await {

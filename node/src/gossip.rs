@@ -293,6 +293,7 @@ mod tests {
                 ca_cert_pem: String::new(),
                 ca_key_pem: "ca key".into(),
                 ca_key_moved: false,
+                ca_rotation: None,
             }),
             ..Default::default()
         };

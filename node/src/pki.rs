@@ -27,9 +27,10 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
 /// Why a certificate operation failed.
@@ -59,12 +60,20 @@ pub struct NodeTls {
 
 /// A new CA: (certificate PEM, key PEM).
 pub fn new_ca(cluster_id: &str) -> Result<(String, String), PkiError> {
+    ca_named(format!("keel cluster {cluster_id} CA"))
+}
+
+/// A CA to rotate to: named apart from the one in use (by when it was
+/// made), so a certificate's issuer says which of the two signed it.
+pub fn next_ca(cluster_id: &str) -> Result<(String, String), PkiError> {
+    ca_named(format!("keel cluster {cluster_id} CA {}", unix_now()))
+}
+
+fn ca_named(name: String) -> Result<(String, String), PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("keel cluster {cluster_id} CA"));
+    params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -203,6 +212,22 @@ pub fn key_matches_ca(key_pem: &str, ca_pem: &str) -> bool {
         .is_ok_and(|(_, x509)| x509.public_key().raw == key.public_key_der().as_slice())
 }
 
+/// Whether the first certificate in `cert_pem` was signed by the CA in
+/// `ca_pem` (its issuer is the CA's name and the CA's key verifies it).
+pub fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (Ok(cert), Ok(ca)) = (first_cert(cert_pem), first_cert(ca_pem)) else {
+        return false;
+    };
+    let (Ok((_, cert)), Ok((_, ca))) = (
+        X509Certificate::from_der(cert.as_ref()),
+        X509Certificate::from_der(ca.as_ref()),
+    ) else {
+        return false;
+    };
+    cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 /// Whether a kept admin certificate will do: signed by the CA in `ca_pem`,
 /// valid now with more than a third of its life left, and naming every one
 /// of `names` (checked as a client would, with rustls).
@@ -228,21 +253,72 @@ pub fn admin_cert_fits(cert_pem: &str, ca_pem: &str, names: &[String]) -> bool {
     fits().unwrap_or(false)
 }
 
-/// A server configuration presenting `cert_pem` (and the CA after it, so a
-/// client can pin the CA by fingerprint).
-pub fn server_config_for(
-    cert_pem: &str,
-    key_pem: &str,
-    ca_pem: &str,
-) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+/// A server certificate (the admin API's) replaceable while the server
+/// runs: presented with the CA after it, so a client can pin the CA by
+/// fingerprint.
+pub struct LiveCert {
+    current: RwLock<(String, Arc<CertifiedKey>)>,
+}
+
+impl LiveCert {
+    /// Presents `cert_pem`, signed by `ca_pem`.
+    pub fn new(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Arc<Self>, PkiError> {
+        let key = served_key(cert_pem, key_pem, ca_pem)?;
+        Ok(Arc::new(LiveCert {
+            current: RwLock::new((cert_pem.to_owned(), key)),
+        }))
+    }
+
+    /// Presents `cert_pem` from the next handshake on.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<(), PkiError> {
+        let key = served_key(cert_pem, key_pem, ca_pem)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (cert_pem.to_owned(), key);
+        Ok(())
+    }
+
+    /// The certificate presented now, PEM.
+    pub fn cert_pem(&self) -> String {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone()
+    }
+
+    /// A server configuration presenting whatever this holds.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        Ok(Arc::new(config))
+    }
+}
+
+impl std::fmt::Debug for LiveCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.write_str("LiveCert")
+    }
+}
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .1
+                .clone(),
+        )
+    }
+}
+
+fn served_key(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Arc<CertifiedKey>, PkiError> {
     let chain = vec![first_cert(cert_pem)?, first_cert(ca_pem)?];
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| PkiError::Pem(e.to_string()))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    Ok(Arc::new(config))
+    Ok(Arc::new(CertifiedKey::from_der(chain, key, &provider())?))
 }
 
 /// A server configuration presenting a configured certificate chain and
@@ -339,21 +415,62 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// This node's certificate and key, replaceable while the node runs: the
-/// cluster listener and every client present whatever it holds at the time
-/// of each handshake, so a renewed certificate needs no restart.
+/// This node's certificate and key, and the CAs it trusts, replaceable
+/// while the node runs: the cluster listener and every client present and
+/// verify with whatever it holds at the time of each handshake, so a
+/// renewed certificate or a CA rotation needs no restart.
 pub struct LiveIdentity {
-    roots: Arc<RootCertStore>,
+    trust: Arc<LiveTrust>,
     current: RwLock<(NodeTls, Arc<CertifiedKey>)>,
 }
 
 impl LiveIdentity {
-    /// The identity in `tls`.
+    /// The identity in `tls`, trusting its CA.
     pub fn new(tls: &NodeTls) -> Result<Arc<Self>, PkiError> {
         Ok(Arc::new(LiveIdentity {
-            roots: Arc::new(tls.roots()?),
+            trust: Arc::new(LiveTrust {
+                current: RwLock::new(Trust::of(&[tls.ca_pem.as_str()])?),
+            }),
             current: RwLock::new((tls.clone(), tls.certified_key()?)),
         }))
+    }
+
+    /// Trust the CA certificates in `ca_pems` (and no other) from the next
+    /// handshake on.
+    pub fn trust(&self, ca_pems: &[&str]) -> Result<(), PkiError> {
+        let same = {
+            let now = self
+                .trust
+                .current
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            now.pems
+                .iter()
+                .map(String::as_str)
+                .eq(ca_pems.iter().copied())
+        };
+        if !same {
+            let next = Trust::of(ca_pems)?;
+            *self
+                .trust
+                .current
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = next;
+        }
+        Ok(())
+    }
+
+    /// The fingerprints of the CAs trusted now.
+    pub fn trusted(&self) -> Vec<String> {
+        let now = self
+            .trust
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        now.pems
+            .iter()
+            .filter_map(|pem| fingerprint(pem).ok())
+            .collect()
     }
 
     /// Present `tls`'s certificate from the next handshake on.
@@ -385,25 +502,168 @@ impl LiveIdentity {
     /// sent (joiners have none yet, and only reach the routes that allow
     /// that).
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| PkiError::Pem(e.to_string()))?;
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(self.trust.clone())
             .with_cert_resolver(self.clone());
         Ok(Arc::new(config))
     }
 
-    /// TLS for calls to other nodes: trusts only the CA, presents this node's
-    /// certificate.
+    /// TLS for calls to other nodes: trusts only the cluster's CAs,
+    /// presents this node's certificate.
     pub fn client_config(self: &Arc<Self>) -> Result<Arc<rustls::ClientConfig>, PkiError> {
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(self.roots.clone())
+            .dangerous()
+            .with_custom_certificate_verifier(self.trust.clone())
             .with_client_cert_resolver(self.clone());
         Ok(Arc::new(config))
+    }
+}
+
+/// The CAs a node trusts, as rustls verifiers of both sides, replaced
+/// whole when the set changes.
+struct Trust {
+    pems: Vec<String>,
+    client: Arc<dyn ClientCertVerifier>,
+    server: Arc<WebPkiServerVerifier>,
+}
+
+impl Trust {
+    fn of(ca_pems: &[&str]) -> Result<Self, PkiError> {
+        let mut roots = RootCertStore::empty();
+        for pem in ca_pems {
+            roots.add(first_cert(pem)?)?;
+        }
+        let roots = Arc::new(roots);
+        let bad = |e: rustls::server::VerifierBuilderError| PkiError::Pem(e.to_string());
+        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(bad)?;
+        let server = WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| PkiError::Pem(e.to_string()))?;
+        Ok(Trust {
+            pems: ca_pems.iter().map(|p| (*p).to_owned()).collect(),
+            client,
+            server,
+        })
+    }
+}
+
+/// The verifiers of a [`LiveIdentity`]: whatever [`Trust`] it holds at the
+/// time of a handshake. A client certificate is verified when one is sent
+/// (joiners have none yet, and only reach the routes that allow that).
+struct LiveTrust {
+    current: RwLock<Trust>,
+}
+
+impl LiveTrust {
+    fn client(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .client
+            .clone()
+    }
+
+    fn server(&self) -> Arc<WebPkiServerVerifier> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .server
+            .clone()
+    }
+}
+
+impl std::fmt::Debug for LiveTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveTrust")
+    }
+}
+
+impl ClientCertVerifier for LiveTrust {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints would have to outlive a change of trust; a node presents
+        // its one certificate whatever they say.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.client()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.client().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.client().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.client().supported_verify_schemes()
+    }
+}
+
+impl ServerCertVerifier for LiveTrust {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.server()
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.server().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.server().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.server().supported_verify_schemes()
     }
 }
 
@@ -450,12 +710,6 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 impl NodeTls {
-    fn roots(&self) -> Result<RootCertStore, PkiError> {
-        let mut roots = RootCertStore::empty();
-        roots.add(first_cert(&self.ca_pem)?)?;
-        Ok(roots)
-    }
-
     fn chain_and_key(
         &self,
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
@@ -472,12 +726,19 @@ impl NodeTls {
     }
 }
 
-/// TLS for a joiner's first contact: it has no certificate yet and trusts
-/// the server only if the server's chain contains the CA whose fingerprint
-/// the token carries, and the server's certificate is signed by that CA.
-pub fn pinned_client_config(ca_fingerprint: &str) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+/// TLS for a joiner's first contact (and a CLI that pinned the CA): it has
+/// no certificate and trusts the server only if the server's chain
+/// contains a CA with one of `ca_fingerprints` (the token's; a CLI's
+/// during a CA rotation, two), and the server's certificate is signed by
+/// that CA.
+pub fn pinned_client_config(
+    ca_fingerprints: &[String],
+) -> Result<Arc<rustls::ClientConfig>, PkiError> {
     let verifier = PinnedCa {
-        fingerprint: ca_fingerprint.to_ascii_lowercase(),
+        fingerprints: ca_fingerprints
+            .iter()
+            .map(|f| f.to_ascii_lowercase())
+            .collect(),
         provider: provider(),
     };
     let config = rustls::ClientConfig::builder_with_provider(provider())
@@ -490,7 +751,7 @@ pub fn pinned_client_config(ca_fingerprint: &str) -> Result<Arc<rustls::ClientCo
 
 #[derive(Debug)]
 struct PinnedCa {
-    fingerprint: String,
+    fingerprints: Vec<String>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -505,10 +766,16 @@ impl ServerCertVerifier for PinnedCa {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let ca = intermediates
             .iter()
-            .find(|c| hex(&Sha256::digest(c.as_ref())) == self.fingerprint)
+            .find(|c| {
+                self.fingerprints
+                    .contains(&hex(&Sha256::digest(c.as_ref())))
+            })
             .ok_or_else(|| {
                 rustls::Error::General(
-                    "the server's CA does not have the pinned fingerprint".into(),
+                    "the server's CA does not have the pinned fingerprint (after a CA \
+                     rotation, pin the new CA: a new join token, or keel login \
+                     --ca-fingerprint)"
+                        .into(),
                 )
             })?;
         let mut roots = RootCertStore::empty();

@@ -60,6 +60,7 @@ mod tests {
             ca_cert_pem: "cert".into(),
             ca_key_pem: "ca key".into(),
             ca_key_moved: false,
+            ca_rotation: None,
         });
         assert_eq!(cookie_secrets(&state), vec![b"ca key".to_vec()]);
         state.secret = Some(ClusterSecret::new("one".into()));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use keel_tests::backend::HttpBackend;
 use keel_tests::client::{client, get};
-use keel_tests::cluster::{config, node_args, Cluster, A, ADMIN};
+use keel_tests::cluster::{config, json, node_args, Cluster, A, ADMIN, PASSWORD};
 use keel_tests::netns::{in_ns, keel_cli, wait_until, NsKeel};
 use keel_tests::node::{rss_of, KeelProcess};
 use keel_tests::tls::any_cert;
@@ -710,4 +710,229 @@ fn a_learner_holds_no_ca_key_and_a_learner_made_voter_takes_it() {
         .push(NsKeel::start(&c.ns(4), c.dir.path(), "n4", &args, &[]));
     c.wait_ready(4);
     assert_eq!(role_of(&c, "n4").as_deref(), Some("learner"));
+}
+
+/// `openssl verify` of node `i`'s certificate against the CA file `ca`.
+fn verifies(c: &Cluster, i: usize, cert: &str, ca: &Path) -> bool {
+    std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(ca)
+        .arg(c.dir.path().join(format!("n{i}/tls/{cert}")))
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// The status of `GET /readyz` on n3's admin API over TLS, trusting the
+/// CA certificates in `ca` (`000` when the handshake fails).
+fn admin_over_tls(c: &Cluster, ca: &Path) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.ns(1), "curl", "-s", "-m", "5"])
+        .args(["-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(ca)
+        .arg("https://10.77.0.3:9090/readyz")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_cluster_ca_is_rotated_while_it_runs_and_then_the_old_one_is_refused() {
+    // n3's admin API is off loopback: TLS, with a CLI that pinned the CA.
+    // n4 joins after the rotation.
+    let mut c = Cluster::bootstrap(4);
+    let token = c.join_token(&["--uses", "2"]);
+    let old_token = c.join_token(&[]);
+    c.join(2, &token);
+    let mut args = node_args(3);
+    let at = args.iter().position(|a| a == ADMIN).unwrap();
+    args[at] = "10.77.0.3:9090".into();
+    args.extend(["--join", "10.77.0.1:9091", "--token", &token].map(String::from));
+    c.nodes
+        .push(NsKeel::start(&c.ns(3), c.dir.path(), "n3", &args, &[]));
+    c.wait_ready(2);
+    let all_ready = |c: &Cluster| {
+        c.status(1)["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == c.nodes.len() && n.iter().all(|n| n["ready"] == true))
+    };
+    wait_until(Duration::from_secs(20), "every node a ready member", || {
+        all_ready(&c)
+    });
+    let root = c.dir.path().to_owned();
+    let data = |i: usize| root.join(format!("n{i}"));
+    let scratch = tempfile::tempdir().unwrap();
+    let old_ca = scratch.path().join("old-ca.pem");
+    std::fs::copy(data(1).join("tls/ca.pem"), &old_ca).unwrap();
+    wait_until(Duration::from_secs(20), "n3's admin API over TLS", || {
+        admin_over_tls(&c, &old_ca) == "200"
+    });
+    let old_key = key_needle(&std::fs::read_to_string(data(1).join("tls/ca.key")).unwrap());
+    let kept = scratch.path().join("n3-before");
+    std::fs::create_dir(&kept).unwrap();
+    for file in ["node.pem", "node.key"] {
+        std::fs::copy(data(3).join("tls").join(file), kept.join(file)).unwrap();
+    }
+    let old_fp = c.status(1)["ca_fingerprint"].as_str().unwrap().to_owned();
+
+    // A CLI that pinned the CA with `keel login --ca-fingerprint`.
+    let config_home = scratch.path().join("config").display().to_string();
+    let server = "https://10.77.0.3:9090";
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", server]);
+        let (code, out, err) = keel_cli(&c.ns(1), &[("XDG_CONFIG_HOME", &config_home)], &all, None);
+        assert_eq!(code, 0, "keel {args:?}: {err}");
+        out
+    };
+    let (code, _, err) = keel_cli(
+        &c.ns(1),
+        &[("XDG_CONFIG_HOME", &config_home)],
+        &[
+            "login",
+            "--password-stdin",
+            "--server",
+            server,
+            "--ca-fingerprint",
+            &old_fp,
+        ],
+        Some(PASSWORD),
+    );
+    assert_eq!(code, 0, "{err}");
+    let show = || json(&cli(&["ca", "show", "-o", "json"]));
+    let ready = |what: &str| {
+        wait_until(Duration::from_secs(30), what, || {
+            show()["waiting_for"].as_array().is_some_and(Vec::is_empty)
+        })
+    };
+
+    let term = c.status(1)["term"].as_u64();
+
+    // 1. Trust the new CA beside the old one: every node trusts both, and
+    // every voter holds the new key; the old CA still signs.
+    let out = cli(&["ca", "rotate", "--step"]);
+    assert!(out.contains("now trusting"), "{out}");
+    ready("every member trusts the new CA");
+    let status = show();
+    assert_eq!(status["trusted"].as_array().unwrap().len(), 2, "{status}");
+    assert_eq!(status["signing"], old_fp.as_str());
+    let next_key = std::fs::read_to_string(data(1).join("tls/ca-next.key")).unwrap();
+    for i in 2..=3 {
+        assert_eq!(
+            std::fs::read_to_string(data(i).join("tls/ca-next.key")).unwrap(),
+            next_key,
+            "n{i} holds the new key"
+        );
+    }
+    // (Abandoning is possible until the new CA signs: refused after.)
+
+    // 2. Sign with it: every node and admin certificate is made again,
+    // without a restart; a certificate from the old CA is still let in.
+    let out = cli(&["ca", "rotate", "--step"]);
+    assert!(out.contains("now reissuing"), "{out}");
+    let (code, _, err) = keel_cli(
+        &c.ns(1),
+        &[("XDG_CONFIG_HOME", &config_home)],
+        &["ca", "rotate", "--abandon", "--server", server],
+        None,
+    );
+    assert_ne!(code, 0, "abandoned after the new CA signs");
+    assert!(err.contains("signs already"), "{err}");
+    ready("every certificate made again");
+    let new_ca = scratch.path().join("new-ca.pem");
+    let status = show();
+    let bundle = status["bundle_pem"].as_str().unwrap();
+    let new_pem = format!(
+        "-----BEGIN CERTIFICATE-----{}",
+        bundle.split("-----BEGIN CERTIFICATE-----").nth(1).unwrap()
+    );
+    std::fs::write(&new_ca, &new_pem).unwrap();
+    assert_ne!(status["signing"], old_fp.as_str());
+    for i in 1..=3 {
+        assert!(
+            verifies(&c, i, "node.pem", &new_ca),
+            "n{i}'s node certificate"
+        );
+        assert!(!verifies(&c, i, "node.pem", &old_ca));
+        assert!(
+            !data(i).join("tls/ca-next.key").exists(),
+            "n{i}: the new key is its CA key now"
+        );
+        assert_eq!(
+            key_needle(&std::fs::read_to_string(data(i).join("tls/ca.key")).unwrap()),
+            key_needle(&next_key)
+        );
+    }
+    assert!(verifies(&c, 3, "admin.pem", &new_ca));
+    assert_eq!(cluster_call_with(&c, 3, 1, "/cluster/status", &kept), "200");
+
+    // 3. Drop the old CA: its certificates are refused at the handshake,
+    // the new ones let in; the cluster still commits.
+    let out = cli(&["ca", "rotate"]);
+    assert!(out.contains("now none"), "{out}");
+    wait_until(
+        Duration::from_secs(10),
+        "the old CA's certificate refused",
+        || {
+            cluster_call_with(&c, 3, 1, "/cluster/status", &kept) == "000"
+                && cluster_call_with(&c, 3, 2, "/cluster/status", &kept) == "000"
+        },
+    );
+    for (from, to) in [(1, 2), (2, 3), (3, 1)] {
+        assert_eq!(cluster_call_as(&c, from, to, "/cluster/status"), "200");
+    }
+    assert_eq!(
+        c.status(1)["term"].as_u64(),
+        term,
+        "no election: Raft's links held through the rotation"
+    );
+    assert_eq!(admin_over_tls(&c, &old_ca), "000");
+    assert_eq!(admin_over_tls(&c, &new_ca), "200");
+    // The CLI's pin followed: it needs no flag to trust the new CA.
+    let out = cli(&["status"]);
+    assert!(out.contains("n3"), "{out}");
+    // (n3's admin API is not on loopback: one of the others.)
+    let leader = c.leader(1);
+    let follower = (1..=2).find(|i| *i != leader).unwrap();
+    let (status, body) = c
+        .call(
+            follower,
+            "POST",
+            "/api/v1/tokens",
+            Some(r#"{"ttl": "1h", "uses": 1}"#),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "a write forwarded over mutual TLS: {body}");
+    let new_token = json(&body)["token"].as_str().unwrap().to_owned();
+
+    // A join token from before pins the old CA: the joiner refuses the
+    // cluster before it sends the secret. One made now works.
+    let mut args = node_args(4);
+    args.extend(["--join", "10.77.0.1:9091", "--token", &old_token].map(String::from));
+    let refused = NsKeel::start(&c.ns(4), c.dir.path(), "n4", &args, &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !refused.log_text().contains("before a CA rotation") {
+        assert!(
+            Instant::now() < deadline,
+            "the old token's join not refused: {}",
+            refused.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(refused);
+    let _ = std::fs::remove_dir_all(data(4));
+    c.join(4, &new_token);
+    c.wait_ready(4);
+
+    // Nothing on any disk holds the old CA key, and a node restarted
+    // comes back with the new CA alone.
+    for i in 1..=4 {
+        assert_eq!(files_holding(&data(i), &old_key), Vec::<PathBuf>::new());
+    }
+    c.nodes[1].restart();
+    c.wait_ready(2);
+    wait_until(Duration::from_secs(15), "n2 a ready member again", || {
+        all_ready(&c)
+    });
 }

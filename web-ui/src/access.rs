@@ -119,6 +119,7 @@ pub(crate) fn required(method: &Method, path: &str, user: &str) -> Permission {
         (["users", name, "password"], false) if decoded(name) == user => Permission::Own,
         (
             ["status" | "traffic" | "events" | "config" | "managers" | "nodes" | "vips"]
+            | ["cluster", "ca"]
             | ["load-balancers" | "pools" | "certificates" | "instances"]
             | ["load-balancers" | "pools" | "certificates" | "instances", _],
             true,

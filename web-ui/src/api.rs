@@ -160,6 +160,11 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
             "/api/v1/cluster/secret/rotate",
             axum::routing::post(rotate_secret::<C>),
         )
+        .route("/api/v1/cluster/ca", get(cluster_ca::<C>))
+        .route(
+            "/api/v1/cluster/ca/rotate",
+            axum::routing::post(rotate_ca::<C>),
+        )
         .route(
             "/api/v1/tokens",
             get(list_join_tokens::<C>).post(create_join_token::<C>),
@@ -791,6 +796,35 @@ async fn rotate_secret<C: ControlPlane>(
     .await?;
     tracing::info!(by = %caller, "cluster secret rotated");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/cluster/ca` (`keel ca`): the CA that signs, those
+/// trusted, and how far a rotation has come on every member.
+async fn cluster_ca<C: ControlPlane>(
+    State(app): AppState<C>,
+) -> Result<Json<crate::CaStatus>, ApiError> {
+    Ok(Json(app.control.ca().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateCaQuery {
+    /// Drop the new CA before it signs.
+    #[serde(default)]
+    abandon: bool,
+}
+
+/// `POST /api/v1/cluster/ca/rotate` (`keel ca rotate`): the next step of a
+/// CA rotation (begin: trust a new CA; then sign with it; then drop the
+/// old one), or `?abandon=true`. 409 naming the members it waits for.
+async fn rotate_ca<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
+    Query(query): Query<RotateCaQuery>,
+) -> Result<Json<crate::CaStatus>, ApiError> {
+    let status = app.control.rotate_ca(&caller, query.abandon).await?;
+    tracing::info!(by = %caller, stage = %status.stage, "cluster CA rotation: took a step");
+    Ok(Json(status))
 }
 
 async fn set_drained<C: ControlPlane>(

@@ -129,6 +129,7 @@ mod tests {
                 ca_cert_pem: String::new(),
                 ca_key_pem: ca_key.into(),
                 ca_key_moved: false,
+                ca_rotation: None,
             }),
             ..ClusterState::default()
         }

@@ -83,6 +83,32 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// The fingerprint of the cluster CA, for join tokens.
     fn ca_fingerprint(&self) -> String;
 
+    /// The cluster CA, any rotation under way, and every member's part in
+    /// it.
+    fn ca(&self) -> impl Future<Output = Result<CaStatus, ControlError>> + Send {
+        async {
+            Err(ControlError::NotFound(
+                "this node keeps no cluster CA".into(),
+            ))
+        }
+    }
+
+    /// Takes the next step of a CA rotation (see [`CaStatus::next`]) on
+    /// behalf of `by`, or with `abandon` drops the new CA before it signs;
+    /// refused, naming what it waits for, until every member is ready.
+    fn rotate_ca(
+        &self,
+        by: &str,
+        abandon: bool,
+    ) -> impl Future<Output = Result<CaStatus, ControlError>> + Send {
+        let _ = (by, abandon);
+        async {
+            Err(ControlError::NotFound(
+                "this node keeps no cluster CA".into(),
+            ))
+        }
+    }
+
     /// The CA key, where this node holds it (a voter), for a backup: the
     /// replicated state does not.
     fn ca_key(&self) -> Option<String> {
@@ -229,6 +255,45 @@ pub enum ControlError {
     /// The request conflicts with the cluster's rules (removing the last voter).
     #[error("{0}")]
     Conflict(String),
+}
+
+/// The cluster CA and a rotation of it (`GET /api/v1/cluster/ca`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CaStatus {
+    /// `none`, `trusting` (every node trusts the new CA; the old one still
+    /// signs) or `reissuing` (the new one signs; the old one is trusted
+    /// until every certificate is made again).
+    pub stage: String,
+    /// The fingerprint (`SHA256:…`) of the CA that signs.
+    pub signing: String,
+    /// The fingerprints of every CA trusted, the signing one first.
+    pub trusted: Vec<String>,
+    /// Every trusted CA certificate, PEM: what a client trusts meanwhile.
+    pub bundle_pem: String,
+    /// What the next step does, if a rotation is under way or can begin.
+    pub next: String,
+    /// Why the next step cannot be taken yet (empty when it can).
+    pub waiting_for: Vec<String>,
+    pub members: Vec<CaMember>,
+}
+
+/// One member's part in a CA rotation, as it reports it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CaMember {
+    pub name: String,
+    pub voter: bool,
+    /// The fingerprints of the CAs it trusts now.
+    pub trusts: Vec<String>,
+    /// The fingerprint of the CA that signed its node certificate.
+    pub node_certificate_ca: Option<String>,
+    /// The fingerprint of the CA that signed its admin API certificate
+    /// (none when its admin API is plain HTTP on loopback).
+    pub admin_certificate_ca: Option<String>,
+    /// The fingerprints of the CA keys it holds (voters only).
+    pub keys: Vec<String>,
+    /// Why it did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The cluster as one node sees it.

@@ -178,6 +178,23 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         )],
     ),
     (
+        "/api/v1/cluster/ca",
+        &[(
+            "get",
+            "The cluster CA: the one that signs, those trusted (with their certificates), \
+             and how far a rotation has come on every member",
+        )],
+    ),
+    (
+        "/api/v1/cluster/ca/rotate",
+        &[(
+            "post",
+            "Take the next step of a CA rotation: trust a new CA, then sign with it and make \
+             every certificate again, then drop the old one (?abandon=true drops the new one \
+             before it signs; 409 naming the members it waits for)",
+        )],
+    ),
+    (
         "/api/v1/cluster/timing",
         &[(
             "put",

@@ -27,8 +27,11 @@ use crate::spec::Spec;
 /// [`ClusterCommand::SetPassword`], [`ClusterCommand::DeleteUser`],
 /// [`Refusal::Conflict`] and [`ClusterState::previous_secret`]; 7,
 /// [`ClusterCommand::ForgetCaKey`] (the CA key leaves the replicated state
-/// for the voters' disks).
-pub const CLUSTER_VERSION: u32 = 8;
+/// for the voters' disks); 8, managers ([`ClusterCommand::Managed`],
+/// [`ClusterCommand::Own`]); 9, CA rotation ([`ClusterIdentity::ca_rotation`],
+/// [`ClusterCommand::TrustCa`], [`ClusterCommand::SignWithCa`],
+/// [`ClusterCommand::DropCa`]).
+pub const CLUSTER_VERSION: u32 = 9;
 
 /// The cluster's Raft timing, in milliseconds: every node runs it, because
 /// the leader's lease is safe only if every follower refuses other
@@ -242,9 +245,50 @@ pub struct ClusterIdentity {
     /// the key, so each node compacts its log once it has applied it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ca_key_moved: bool,
+    /// A CA rotation under way: while it lasts every node trusts two CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rotation: Option<CaRotation>,
+}
+
+/// A rotation of the cluster CA, in the order it goes: every node first
+/// trusts the new CA while the old one still signs ([`CaStage::Trusting`]),
+/// then the new one signs and every certificate is made again while the
+/// old one is still trusted ([`CaStage::Reissuing`]); dropping the old one
+/// ends it ([`ClusterCommand::DropCa`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRotation {
+    pub stage: CaStage,
+    /// The CA certificate trusted besides [`ClusterIdentity::ca_cert_pem`]:
+    /// the new one while trusting, the old one while reissuing.
+    pub other_pem: String,
+}
+
+/// See [`CaRotation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaStage {
+    Trusting,
+    Reissuing,
+}
+
+impl fmt::Display for CaStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CaStage::Trusting => "trusting",
+            CaStage::Reissuing => "reissuing",
+        })
+    }
 }
 
 impl ClusterIdentity {
+    /// Every CA certificate a node trusts now: the one that signs, then
+    /// the other one of a rotation.
+    pub fn trusted(&self) -> Vec<&str> {
+        std::iter::once(self.ca_cert_pem.as_str())
+            .chain(self.ca_rotation.as_ref().map(|r| r.other_pem.as_str()))
+            .collect()
+    }
+
     /// The CA key a cluster from before its secret derived its keys from,
     /// while the replicated state still holds it.
     pub fn legacy_key(&self) -> Option<&str> {
@@ -481,6 +525,15 @@ pub enum ClusterCommand {
     /// Take the CA key out of the replicated state (proposed by a leader
     /// that keeps it on disk, as every voter does from version 7).
     ForgetCaKey,
+    /// Begin a CA rotation: trust `cert_pem` too (see [`CaRotation`]).
+    /// Refused while one is under way.
+    TrustCa { cert_pem: String },
+    /// Sign with `cert_pem`, the CA a rotation trusts already, keeping the
+    /// old one trusted while every certificate is made again.
+    SignWithCa { cert_pem: String },
+    /// Stop trusting `cert_pem`, a rotation's other CA: the old one (the
+    /// rotation is done) or the new one before it signs (abandoned).
+    DropCa { cert_pem: String },
     /// `command`, made by `manager`: every object it creates or changes
     /// becomes that manager's (see [`ClusterState::managers`]).
     Managed {
@@ -543,6 +596,9 @@ impl ClusterCommand {
             | ClusterCommand::DeleteUser { .. }
             | ClusterCommand::ResealAwsKeys(_) => 6,
             ClusterCommand::ForgetCaKey => 7,
+            ClusterCommand::TrustCa { .. }
+            | ClusterCommand::SignWithCa { .. }
+            | ClusterCommand::DropCa { .. } => 9,
             ClusterCommand::Own { .. } => 8,
             ClusterCommand::Managed { command, .. } => command.needs().max(8),
             ClusterCommand::SetUser { user, .. } if user.role != Role::Admin => 6,
@@ -705,6 +761,13 @@ impl fmt::Display for ClusterCommand {
             ClusterCommand::ForgetCaKey => {
                 f.write_str("keep the CA key on the voters only, out of the replicated state")
             }
+            ClusterCommand::TrustCa { .. } => {
+                f.write_str("rotate the cluster CA: trust a new CA besides the old one")
+            }
+            ClusterCommand::SignWithCa { .. } => f.write_str(
+                "rotate the cluster CA: sign with the new CA, and make every certificate again",
+            ),
+            ClusterCommand::DropCa { .. } => f.write_str("rotate the cluster CA: drop a CA"),
             ClusterCommand::Record { kind, what } => write!(f, "{kind}: {what}"),
             ClusterCommand::Expect { object, etag } => write!(f, "expect {object} at {etag}"),
             ClusterCommand::Managed { manager, command } => write!(f, "{command} (as {manager})"),
@@ -756,6 +819,12 @@ impl ClusterState {
     /// The cluster version (1 for a state written before versions).
     pub fn version(&self) -> u32 {
         self.version.max(1)
+    }
+
+    fn identity_mut(&mut self) -> Result<&mut ClusterIdentity, Refusal> {
+        self.identity
+            .as_mut()
+            .ok_or_else(|| Refusal::NotFound("the cluster has no identity yet".into()))
     }
 
     /// Join token `id`, if `secret_sha256` is its secret's hash and it has a
@@ -933,6 +1002,53 @@ impl ClusterState {
                     identity.ca_key_pem.clear();
                     identity.ca_key_moved = true;
                 }
+            }
+            ClusterCommand::TrustCa { cert_pem } => {
+                let identity = self.identity_mut()?;
+                if let Some(rotation) = &identity.ca_rotation {
+                    return Err(Refusal::Conflict(format!(
+                        "a CA rotation is under way ({}): finish or abandon it first",
+                        rotation.stage
+                    )));
+                }
+                if *cert_pem == identity.ca_cert_pem {
+                    return Err(Refusal::Conflict("that CA is the one in use".into()));
+                }
+                identity.ca_rotation = Some(CaRotation {
+                    stage: CaStage::Trusting,
+                    other_pem: cert_pem.clone(),
+                });
+            }
+            ClusterCommand::SignWithCa { cert_pem } => {
+                let identity = self.identity_mut()?;
+                match &identity.ca_rotation {
+                    Some(r) if r.stage == CaStage::Trusting && r.other_pem == *cert_pem => {}
+                    _ => {
+                        return Err(Refusal::Conflict(
+                            "only a CA every node trusts already (a rotation's new CA, before \
+                             it signs) can sign"
+                                .into(),
+                        ))
+                    }
+                }
+                let old = std::mem::replace(&mut identity.ca_cert_pem, cert_pem.clone());
+                identity.ca_rotation = Some(CaRotation {
+                    stage: CaStage::Reissuing,
+                    other_pem: old,
+                });
+            }
+            ClusterCommand::DropCa { cert_pem } => {
+                let identity = self.identity_mut()?;
+                if identity
+                    .ca_rotation
+                    .as_ref()
+                    .is_none_or(|r| r.other_pem != *cert_pem)
+                {
+                    return Err(Refusal::Conflict(
+                        "only a rotation's other CA can be dropped: the CA that signs stays".into(),
+                    ));
+                }
+                identity.ca_rotation = None;
             }
             ClusterCommand::Record { .. } => {}
             ClusterCommand::Expect { object, etag } => {
@@ -1125,6 +1241,7 @@ mod tests {
             ca_cert_pem: "cert".into(),
             ca_key_pem: "key".into(),
             ca_key_moved: false,
+            ca_rotation: None,
         };
         let mut backup = ClusterState {
             identity: Some(identity.clone()),
@@ -1576,6 +1693,7 @@ mod tests {
             ca_cert_pem: "CERT".into(),
             ca_key_pem: "SECRET-KEY".into(),
             ca_key_moved: false,
+            ca_rotation: None,
         }))
         .unwrap();
         s.users.insert(
@@ -1598,6 +1716,7 @@ mod tests {
             ca_cert_pem: "CERT".into(),
             ca_key_pem: "KEY".into(),
             ca_key_moved: false,
+            ca_rotation: None,
         }))
         .unwrap();
         assert_eq!(
@@ -1629,5 +1748,74 @@ mod tests {
         let read: ClusterIdentity =
             serde_json::from_str(r#"{"cluster_id": "c", "ca_cert_pem": "CERT"}"#).unwrap();
         assert_eq!(read.legacy_key(), None);
+    }
+    #[test]
+    fn a_ca_rotation_trusts_both_then_signs_with_the_new_then_drops_the_old() {
+        let mut s = ClusterState::default();
+        s.apply(&ClusterCommand::Init(ClusterIdentity {
+            cluster_id: "c".into(),
+            ca_cert_pem: "OLD".into(),
+            ca_key_pem: String::new(),
+            ca_key_moved: true,
+            ca_rotation: None,
+        }))
+        .unwrap();
+        let trusted = |s: &ClusterState| -> Vec<String> {
+            let identity = s.identity.as_ref().unwrap();
+            identity.trusted().into_iter().map(str::to_owned).collect()
+        };
+        let new = || "NEW".to_owned();
+        assert_eq!(ClusterCommand::TrustCa { cert_pem: new() }.needs(), 9);
+        // Nothing signs with a CA that not every node trusts yet.
+        let before = s.clone();
+        assert!(s
+            .apply(&ClusterCommand::SignWithCa { cert_pem: new() })
+            .is_err());
+        assert!(s
+            .apply(&ClusterCommand::DropCa {
+                cert_pem: "OLD".into()
+            })
+            .is_err());
+        assert_eq!(s, before);
+        s.apply(&ClusterCommand::TrustCa { cert_pem: new() })
+            .unwrap();
+        assert_eq!(trusted(&s), ["OLD", "NEW"]);
+        assert!(
+            s.apply(&ClusterCommand::TrustCa {
+                cert_pem: "THIRD".into()
+            })
+            .is_err(),
+            "one rotation at a time"
+        );
+        s.apply(&ClusterCommand::SignWithCa { cert_pem: new() })
+            .unwrap();
+        assert_eq!(trusted(&s), ["NEW", "OLD"], "the new one signs");
+        assert!(
+            s.apply(&ClusterCommand::DropCa { cert_pem: new() })
+                .is_err(),
+            "the CA that signs stays"
+        );
+        s.apply(&ClusterCommand::DropCa {
+            cert_pem: "OLD".into(),
+        })
+        .unwrap();
+        assert_eq!(trusted(&s), ["NEW"]);
+        // Abandoned before it signs: back to the one CA.
+        s.apply(&ClusterCommand::TrustCa {
+            cert_pem: "THIRD".into(),
+        })
+        .unwrap();
+        s.apply(&ClusterCommand::DropCa {
+            cert_pem: "THIRD".into(),
+        })
+        .unwrap();
+        assert_eq!(trusted(&s), ["NEW"]);
+        // A snapshot keeps a rotation under way.
+        s.apply(&ClusterCommand::TrustCa {
+            cert_pem: "FOURTH".into(),
+        })
+        .unwrap();
+        let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 }

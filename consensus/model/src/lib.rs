@@ -18,8 +18,8 @@ mod spec;
 
 pub use access::{check_user_name, Role, SESSION_PREFIX};
 pub use cluster::{
-    constant_time_eq, ApiToken, AwsKey, ClusterCommand, ClusterIdentity, ClusterSecret,
-    ClusterState, HistoryEntry, JoinToken, Refusal, RegistrationToken, Timing, User,
+    constant_time_eq, ApiToken, AwsKey, CaRotation, CaStage, ClusterCommand, ClusterIdentity,
+    ClusterSecret, ClusterState, HistoryEntry, JoinToken, Refusal, RegistrationToken, Timing, User,
     CLUSTER_VERSION, GUARD_MARGIN_MS, HISTORY_LEN,
 };
 pub use command::{ApplyError, Command};
