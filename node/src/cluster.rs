@@ -1600,7 +1600,9 @@ impl ControlPlane for Control {
     }
 
     fn ca_key(&self) -> Option<String> {
-        self.ca_key.get()
+        // The key of the CA that signs: during a CA rotation's hand-over a
+        // voter may still hold the old one for a moment.
+        self.ca_key_here().ok()
     }
 
     fn cluster_addresses(&self) -> Vec<SocketAddr> {
