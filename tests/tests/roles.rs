@@ -305,7 +305,12 @@ fn matrix(me: &str, port: u16, cert: &keel_tests::tls::Issued, setup: &Setup) ->
         step(Viewer, "GET", "/api/v1/cluster/ca", None),
         // Begins a CA rotation, then abandons it.
         step(Admin, "POST", "/api/v1/cluster/ca/rotate", None),
-        step(Admin, "POST", "/api/v1/cluster/ca/rotate?abandon=true", None),
+        step(
+            Admin,
+            "POST",
+            "/api/v1/cluster/ca/rotate?abandon=true",
+            None,
+        ),
         // The only node is not to be removed or drained here: a name no
         // node has shows the route let the caller through.
         Step {
