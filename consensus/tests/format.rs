@@ -76,3 +76,39 @@ fn managed_entries_decode_and_record_their_managers() {
     let back: ClusterState = serde_json::from_str(&snapshot).unwrap();
     assert_eq!(back.managers, state.managers);
 }
+
+/// Entries of cluster versions 9 and 10: a CA rotation's three steps, and
+/// annotations that name their object (`Note`) beside one that does not.
+#[test]
+fn ca_rotation_and_note_entries_decode_and_apply() {
+    let text = include_str!("fixtures/entries-cluster-v10-ca-rotation-and-notes.json");
+    let entries: Vec<Entry<TypeConfig>> = serde_json::from_str(text).unwrap();
+    assert_eq!(
+        serde_json::to_string_pretty(&entries).unwrap(),
+        text.trim_end()
+    );
+    let mut state = ClusterState::default();
+    for entry in &entries {
+        if let EntryPayload::Normal(command) = &entry.payload {
+            state.apply(command).unwrap();
+        }
+    }
+    let identity = state.identity.as_ref().unwrap();
+    assert_eq!(identity.ca_cert_pem, "NEW");
+    assert_eq!(identity.ca_rotation, None);
+    // The last entry took the load balancer and the health check away,
+    // and their notes with them; the member's note and the key without an
+    // object (which the legacy rules do not know) stay.
+    assert_eq!(
+        state.annotations.keys().collect::<Vec<_>>(),
+        ["api-x/member", "api-x/pool/app"]
+    );
+    assert_eq!(
+        state
+            .annotated
+            .values()
+            .map(|o| o.key())
+            .collect::<Vec<_>>(),
+        ["member/app/10.0.0.1:8080"]
+    );
+}

@@ -215,11 +215,9 @@ impl<C: ControlPlane> Call<'_, C> {
         if self.annotations(object) == values {
             return Ok(());
         }
-        self.commit(ClusterCommand::Annotate {
-            object: object.to_owned(),
-            values,
-        })
-        .await
+        let (_, state) = self.aws.control.state();
+        self.commit(crate::compat::annotate(&state, object, values))
+            .await
     }
 }
 

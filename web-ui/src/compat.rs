@@ -77,12 +77,9 @@ impl<C: ControlPlane> Writer<'_, C> {
             if !changes.is_empty() {
                 commands.push(ClusterCommand::Spec(keel_model::Command::Batch(changes)));
             }
-            for (object, values) in &notes {
-                if state.annotations.get(object).cloned().unwrap_or_default() != *values {
-                    commands.push(ClusterCommand::Annotate {
-                        object: object.clone(),
-                        values: values.clone(),
-                    });
+            for (key, values) in &notes {
+                if state.annotations.get(key).cloned().unwrap_or_default() != *values {
+                    commands.push(annotate(&state, key, values.clone()));
                 }
             }
             if commands.is_empty() {
@@ -199,6 +196,67 @@ impl<C: ControlPlane> Writer<'_, C> {
     /// This node's [`Provisioning`] now.
     pub fn provisioning(&self) -> Provisioning {
         Provisioning::of(self.control.serving(), self.control.state().0)
+    }
+}
+
+/// The cluster version whose nodes read [`ClusterCommand::Note`].
+const NOTES: u32 = 10;
+
+/// The command that sets the annotations under `key` (none: removes them):
+/// naming the object they describe ([`about`]) once every node reads that
+/// (cluster version 10), so the replicated state drops them with it
+/// without reading the key.
+pub(crate) fn annotate(
+    state: &ClusterState,
+    key: &str,
+    values: BTreeMap<String, String>,
+) -> ClusterCommand {
+    match about(key) {
+        Some(about) if state.version() >= NOTES => ClusterCommand::Note {
+            key: key.to_owned(),
+            about,
+            values,
+        },
+        _ => ClusterCommand::Annotate {
+            object: key.to_owned(),
+            values,
+        },
+    }
+}
+
+/// The object an annotation key of the compatibility APIs describes
+/// (`tags/…` as what it tags): `octavia/loadbalancer/LB`,
+/// `octavia/listener/LB/PORT`, `octavia/l7policy/LB/PORT/ID`,
+/// `octavia/pool/POOL`, `octavia/healthmonitor/POOL`,
+/// `octavia/member/POOL/ADDRESS`, `rules/LB/PORT` (ELBv2's rules of a
+/// listener), `targetgroup/NAME` (a pool), `loadbalancer/NAME` and
+/// `elb/NAME` (a classic ELB's record). None for
+/// keys about no object (the instance registry's).
+pub(crate) fn about(key: &str) -> Option<ObjectRef> {
+    let key = key.strip_prefix("tags/").unwrap_or(key);
+    let listener = |lb: &str, port: &str| {
+        Some(ObjectRef::Listener {
+            load_balancer: lb.to_owned(),
+            port: port.parse().ok()?,
+        })
+    };
+    let parts: Vec<&str> = key.split('/').collect();
+    match parts.as_slice() {
+        ["octavia", "loadbalancer", lb] | ["loadbalancer" | "elb", lb] => {
+            Some(ObjectRef::LoadBalancer((*lb).to_owned()))
+        }
+        ["octavia", "listener", lb, port]
+        | ["octavia", "l7policy", lb, port, _]
+        | ["rules", lb, port] => listener(lb, port),
+        ["octavia", "pool", pool] | ["targetgroup", pool] => {
+            Some(ObjectRef::Pool((*pool).to_owned()))
+        }
+        ["octavia", "healthmonitor", pool] => Some(ObjectRef::HealthCheck((*pool).to_owned())),
+        ["octavia", "member", pool, address] => Some(ObjectRef::Member {
+            pool: (*pool).to_owned(),
+            address: address.parse().ok()?,
+        }),
+        _ => None,
     }
 }
 
@@ -441,5 +499,45 @@ pools:
             theirs(&state, &after, "octavia"),
             [ObjectRef::Pool("file-pool".into()),]
         );
+    }
+    /// Every key format the APIs write names its object, and a cluster
+    /// whose nodes cannot all read that gets the key alone.
+    #[test]
+    fn annotation_keys_name_their_objects_once_every_node_reads_it() {
+        for (key, object) in [
+            ("octavia/loadbalancer/w", Some("load-balancer/w")),
+            ("tags/loadbalancer/w", Some("load-balancer/w")),
+            ("elb/w", Some("load-balancer/w")),
+            ("octavia/listener/w/80", Some("listener/w/80")),
+            ("octavia/l7policy/w/80/id", Some("listener/w/80")),
+            ("rules/w/80", Some("listener/w/80")),
+            ("octavia/pool/p", Some("pool/p")),
+            ("targetgroup/p", Some("pool/p")),
+            ("tags/targetgroup/p", Some("pool/p")),
+            ("octavia/healthmonitor/p", Some("health-check/p")),
+            ("octavia/member/p/10.0.0.1:80", Some("member/p/10.0.0.1:80")),
+            ("instance/i-1", None),
+            ("rules/w/not-a-port", None),
+        ] {
+            assert_eq!(about(key).map(|o| o.key()).as_deref(), object, "{key}");
+        }
+        let values = BTreeMap::from([("id".to_owned(), "1".to_owned())]);
+        let mut state = ClusterState {
+            version: NOTES,
+            ..ClusterState::default()
+        };
+        assert!(matches!(
+            annotate(&state, "targetgroup/p", values.clone()),
+            ClusterCommand::Note { .. }
+        ));
+        assert!(matches!(
+            annotate(&state, "instance/i-1", values.clone()),
+            ClusterCommand::Annotate { .. }
+        ));
+        state.version = NOTES - 1;
+        assert!(matches!(
+            annotate(&state, "targetgroup/p", values),
+            ClusterCommand::Annotate { .. }
+        ));
     }
 }

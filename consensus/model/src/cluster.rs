@@ -30,8 +30,9 @@ use crate::spec::Spec;
 /// for the voters' disks); 8, managers ([`ClusterCommand::Managed`],
 /// [`ClusterCommand::Own`]); 9, CA rotation ([`ClusterIdentity::ca_rotation`],
 /// [`ClusterCommand::TrustCa`], [`ClusterCommand::SignWithCa`],
-/// [`ClusterCommand::DropCa`]).
-pub const CLUSTER_VERSION: u32 = 9;
+/// [`ClusterCommand::DropCa`]); 10, annotations that name their object
+/// ([`ClusterCommand::Note`], [`ClusterState::annotated`]).
+pub const CLUSTER_VERSION: u32 = 10;
 
 /// The cluster's Raft timing, in milliseconds: every node runs it, because
 /// the leader's lease is safe only if every follower refuses other
@@ -154,11 +155,17 @@ pub struct ClusterState {
     /// from the cluster CA key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub aws_keys: BTreeMap<String, AwsKey>,
-    /// What compatibility APIs remember about objects beyond the spec (an
-    /// ELBv2 target group's port and protocol, tags), by object key such
-    /// as `targetgroup/NAME`.
+    /// What compatibility APIs remember about objects beyond the spec
+    /// (their own names, ids and tags), by a key each API makes; opaque
+    /// here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, BTreeMap<String, String>>,
+    /// The object each annotation describes (from version 10,
+    /// [`ClusterCommand::Note`]): it goes when that object goes. Keys
+    /// written before are matched to their object by
+    /// [`crate::legacy::annotated_exists`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotated: BTreeMap<String, crate::ObjectRef>,
     /// The manager that last created or changed each load balancer, pool,
     /// member and certificate (from version 8; objects from before have
     /// none until a manager changes or applies them).
@@ -399,7 +406,8 @@ pub struct RegistrationToken {
     pub members: Vec<String>,
 }
 
-/// An access key for the AWS-compatible (ELB, ELBv2) API.
+/// An access key for the AWS-compatible API (SigV4): a credential, like
+/// the API tokens.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AwsKey {
     /// Who or what it is for.
@@ -500,9 +508,20 @@ pub enum ClusterCommand {
     CreateAwsKey { id: String, key: AwsKey },
     /// Revoke (delete) an AWS access key.
     RevokeAwsKey { id: String },
-    /// Replace an object's annotations; empty `values` removes them.
+    /// Replace the annotations under `object` (a key the writing API
+    /// made); empty `values` removes them. For annotations about no object
+    /// of the spec (an API's registry); written before version 10, the
+    /// object they describe is read from the key ([`crate::legacy`]).
     Annotate {
         object: String,
+        values: BTreeMap<String, String>,
+    },
+    /// Replace the annotations under `key`, which describe `about` and go
+    /// when it goes; empty `values` removes them. Refused when `about` does
+    /// not exist.
+    Note {
+        key: String,
+        about: crate::ObjectRef,
         values: BTreeMap<String, String>,
     },
     /// Forget API tokens (login sessions) that expired before `now`.
@@ -599,6 +618,7 @@ impl ClusterCommand {
             ClusterCommand::TrustCa { .. }
             | ClusterCommand::SignWithCa { .. }
             | ClusterCommand::DropCa { .. } => 9,
+            ClusterCommand::Note { .. } => 10,
             ClusterCommand::Own { .. } => 8,
             ClusterCommand::Managed { command, .. } => command.needs().max(8),
             ClusterCommand::SetUser { user, .. } if user.role != Role::Admin => 6,
@@ -740,6 +760,7 @@ impl fmt::Display for ClusterCommand {
             }
             ClusterCommand::RevokeAwsKey { id } => write!(f, "revoke aws access key {id}"),
             ClusterCommand::Annotate { object, .. } => write!(f, "annotate {object}"),
+            ClusterCommand::Note { key, about, .. } => write!(f, "annotate {key} ({about})"),
             ClusterCommand::PurgeExpiredApiTokens { .. } => f.write_str("purge expired api tokens"),
             ClusterCommand::RetireNode { id } => write!(f, "retire node {id:x}"),
             ClusterCommand::DrainNode { id, drained: true } => write!(f, "drain node {id:x}"),
@@ -871,8 +892,13 @@ impl ClusterState {
                 })?;
                 // Annotations go with their object, however it was removed.
                 let spec = &self.spec;
-                self.annotations
-                    .retain(|object, _| annotated_exists(spec, object));
+                let about = &self.annotated;
+                self.annotations.retain(|key, _| match about.get(key) {
+                    Some(object) => spec.has(object),
+                    None => crate::legacy::annotated_exists(spec, key),
+                });
+                self.annotated
+                    .retain(|key, _| self.annotations.contains_key(key));
                 self.managers.retain(|object, _| spec.has(object));
             }
             ClusterCommand::SetUser { name, user } => {
@@ -947,10 +973,24 @@ impl ClusterState {
                 self.registration_tokens.insert(id.clone(), token.clone());
             }
             ClusterCommand::Annotate { object, values } => {
+                self.annotated.remove(object);
                 if values.is_empty() {
                     self.annotations.remove(object);
                 } else {
                     self.annotations.insert(object.clone(), values.clone());
+                }
+            }
+            ClusterCommand::Note { key, about, values } => {
+                if values.is_empty() {
+                    self.annotations.remove(key);
+                    self.annotated.remove(key);
+                } else if self.spec.has(about) {
+                    self.annotations.insert(key.clone(), values.clone());
+                    self.annotated.insert(key.clone(), about.clone());
+                } else {
+                    return Err(Refusal::NotFound(format!(
+                        "{about} does not exist: nothing to note about it"
+                    )));
                 }
             }
             ClusterCommand::CreateAwsKey { id, key } => {
@@ -1085,7 +1125,7 @@ impl ClusterState {
                         taken.join(", ")
                     )));
                 }
-                for object in objects.iter().filter(|o| self.spec.has(o)) {
+                for object in objects.iter().filter(|o| o.ownable() && self.spec.has(o)) {
                     self.managers.insert(object.clone(), manager.clone());
                 }
             }
@@ -1150,52 +1190,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Whether the object an annotation key names is still in `spec`
-/// (`targetgroup/NAME` and `tags/targetgroup/NAME` are pools,
-/// `tags/loadbalancer/NAME` load balancers, `rules/LB/PORT` listeners;
-/// other keys always are).
-fn annotated_exists(spec: &crate::Spec, object: &str) -> bool {
-    let object = object.strip_prefix("tags/").unwrap_or(object);
-    if let Some(rest) = object.strip_prefix("octavia/") {
-        return octavia_exists(spec, rest);
-    }
-    if let Some(rest) = object.strip_prefix("rules/") {
-        // ELBv2's rule IDs, per listener: `rules/LB/PORT`.
-        return octavia_exists(spec, &format!("listener/{rest}"));
-    }
-    match object.split_once('/') {
-        Some(("targetgroup", name)) => spec.pools.contains_key(name),
-        Some(("loadbalancer" | "elb", name)) => spec.load_balancers.contains_key(name),
-        _ => true,
-    }
-}
-
-/// The Octavia API's annotations: `loadbalancer/LB`, `listener/LB/PORT`,
-/// `l7policy/LB/PORT/ID`, `pool/POOL`, `healthmonitor/POOL`,
-/// `member/POOL/ADDRESS`.
-fn octavia_exists(spec: &crate::Spec, key: &str) -> bool {
-    let parts: Vec<&str> = key.split('/').collect();
-    let listener = |lb: &str, port: &str| {
-        spec.load_balancers
-            .get(lb)
-            .is_some_and(|l| l.listeners.iter().any(|x| x.port.to_string() == port))
-    };
-    match parts.as_slice() {
-        ["loadbalancer", lb] => spec.load_balancers.contains_key(*lb),
-        ["listener", lb, port] | ["l7policy", lb, port, _] => listener(lb, port),
-        ["pool", pool] => spec.pools.contains_key(*pool),
-        ["healthmonitor", pool] => spec
-            .pools
-            .get(*pool)
-            .is_some_and(|p| p.health_check.is_some()),
-        ["member", pool, address] => spec
-            .pools
-            .get(*pool)
-            .is_some_and(|p| p.members.iter().any(|m| m.address.to_string() == *address)),
-        _ => true,
-    }
 }
 
 #[cfg(test)]
@@ -1446,7 +1440,7 @@ mod tests {
             ("rules/w/80", true),
             ("rules/w/81", false),
         ] {
-            assert_eq!(annotated_exists(&spec, key), exists, "{key}");
+            assert_eq!(crate::legacy::annotated_exists(&spec, key), exists, "{key}");
         }
     }
 
@@ -1817,5 +1811,88 @@ mod tests {
         .unwrap();
         let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+    #[test]
+    fn a_note_goes_with_the_object_it_names_whatever_its_key() {
+        let mut s = ClusterState::default();
+        let doc = "load_balancers:\n  - name: w\n    listeners:\n      - { port: 80, protocol: http, default_pool: p }\n      - { port: 81, protocol: http, default_pool: p }\npools:\n  - name: p\n    health_check: { type: http, path: /h }\n    members: [ { address: \"10.0.0.1:80\" } ]\n";
+        let spec = crate::Document::parse_spec(doc).unwrap();
+        s.apply(&ClusterCommand::Spec(Command::ReplaceSpec(spec.clone())))
+            .unwrap();
+        let values = BTreeMap::from([("id".to_owned(), "1".to_owned())]);
+        let note = |key: &str, about: &str| ClusterCommand::Note {
+            key: key.into(),
+            about: crate::ObjectRef::parse(about).unwrap(),
+            values: values.clone(),
+        };
+        assert_eq!(note("k", "pool/p").needs(), 10);
+        // Keys mean nothing to the model: any key, any object.
+        for (key, about) in [
+            ("x/1", "load-balancer/w"),
+            ("x/2", "listener/w/81"),
+            ("x/3", "health-check/p"),
+            ("x/4", "member/p/10.0.0.1:80"),
+            ("x/5", "pool/p"),
+        ] {
+            s.apply(&note(key, about)).unwrap();
+        }
+        let before = s.clone();
+        assert!(
+            s.apply(&note("x/6", "listener/w/82")).is_err(),
+            "a note about nothing"
+        );
+        assert_eq!(s, before);
+        // The listener on 81 and the health check go: so do their notes.
+        let mut less = spec.clone();
+        less.load_balancers.get_mut("w").unwrap().listeners.pop();
+        less.pools.get_mut("p").unwrap().health_check = None;
+        s.apply(&ClusterCommand::Spec(Command::ReplaceSpec(less)))
+            .unwrap();
+        assert_eq!(
+            s.annotations.keys().collect::<Vec<_>>(),
+            ["x/1", "x/4", "x/5"]
+        );
+        assert_eq!(s.annotated.len(), 3);
+        // Written before version 10, the same keys are read as the API
+        // that made them meant: `x/…` names nothing it knows, so it stays.
+        s.apply(&ClusterCommand::Annotate {
+            object: "x/1".into(),
+            values: values.clone(),
+        })
+        .unwrap();
+        s.apply(&ClusterCommand::Spec(Command::ReplaceSpec(
+            crate::Spec::default(),
+        )))
+        .unwrap();
+        assert_eq!(s.annotations.keys().collect::<Vec<_>>(), ["x/1"]);
+        assert!(s.annotated.is_empty());
+        // A snapshot keeps what each note names.
+        s.apply(&ClusterCommand::Spec(Command::ReplaceSpec(spec)))
+            .unwrap();
+        s.apply(&note("x/7", "listener/w/80")).unwrap();
+        let back: ClusterState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+    }
+
+    /// Entries from before version 10 replay by `legacy.rs` forever: its
+    /// text may not change (a changed rule would make a node that replays
+    /// them differ from one that applied them).
+    #[test]
+    fn the_legacy_annotation_rules_are_frozen() {
+        use sha2::{Digest, Sha256};
+        let text = include_str!("legacy.rs");
+        let code: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let hash: String = Sha256::digest(code.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hash, "af62de5c2bd2b7a5e63d7aa7131380c69d916b4a3a662c1fdf80b751fed01ee0",
+            "legacy.rs changed"
+        );
     }
 }

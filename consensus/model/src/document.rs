@@ -37,7 +37,7 @@ pub mod defaults {
     pub const HEALTHY_THRESHOLD: u32 = 2;
     pub const UNHEALTHY_THRESHOLD: u32 = 3;
     pub const WEIGHT: u32 = 1;
-    /// How long a sticky session lasts (as ELBv2's default: one day).
+    /// How long a sticky session lasts (default: one day).
     pub const STICKINESS: Duration = Duration::from_secs(24 * 3600);
 }
 

@@ -12,6 +12,7 @@ mod command;
 mod document;
 mod error;
 mod etag;
+mod legacy;
 mod manager;
 mod rules;
 mod spec;

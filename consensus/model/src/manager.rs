@@ -1,7 +1,7 @@
 //! Who manages what. Every load balancer, pool, member and certificate
 //! records the manager that last created or changed it (`file`, `cli`,
-//! `dashboard`, `api`, `registration`, `elb`, `elbv2`, `octavia`, or a name
-//! a script passes), in [`crate::ClusterState::managers`]. A declarative
+//! `dashboard`, `api`, `registration`, a compatibility API's name, or a
+//! name a script passes), in [`crate::ClusterState::managers`]. A declarative
 //! apply ([`Spec::apply_as`]) then changes only what its document names,
 //! removes only what its own manager set before, and lists as conflicts the
 //! objects it would change that another manager set.
@@ -17,16 +17,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{Pool, Spec};
 
-/// An object a manager can own. Stored as a string key
+/// An object of the spec: one a manager can own (a load balancer, pool,
+/// member or certificate), or a part of one that annotations can describe
+/// (a listener, a pool's health check). Stored as a string key
 /// (`load-balancer/NAME`, `pool/NAME`, `member/POOL/ADDRESS`,
-/// `certificate/NAME`): names never hold a `/`.
+/// `certificate/NAME`, `listener/LB/PORT`, `health-check/POOL`): names
+/// never hold a `/`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum ObjectRef {
     LoadBalancer(String),
     Pool(String),
-    Member { pool: String, address: SocketAddr },
+    Member {
+        pool: String,
+        address: SocketAddr,
+    },
     Certificate(String),
+    /// A load balancer's listener: its load balancer's manager's.
+    Listener {
+        load_balancer: String,
+        port: u16,
+    },
+    /// A pool's health check: its pool's manager's.
+    HealthCheck(String),
 }
 
 impl ObjectRef {
@@ -37,17 +50,28 @@ impl ObjectRef {
             ObjectRef::Pool(name) => format!("pool/{name}"),
             ObjectRef::Member { pool, address } => format!("member/{pool}/{address}"),
             ObjectRef::Certificate(name) => format!("certificate/{name}"),
+            ObjectRef::Listener {
+                load_balancer,
+                port,
+            } => format!("listener/{load_balancer}/{port}"),
+            ObjectRef::HealthCheck(pool) => format!("health-check/{pool}"),
         }
     }
 
     /// The object a stored key names.
     pub fn parse(key: &str) -> Result<ObjectRef, String> {
-        let bad = || format!("{key:?} names no load balancer, pool, member or certificate");
+        let bad = || {
+            format!(
+                "{key:?} names no load balancer, pool, member, certificate, listener or \
+                 health check"
+            )
+        };
         let (kind, rest) = key.split_once('/').ok_or_else(bad)?;
         Ok(match kind {
             "load-balancer" => ObjectRef::LoadBalancer(rest.to_owned()),
             "pool" => ObjectRef::Pool(rest.to_owned()),
             "certificate" => ObjectRef::Certificate(rest.to_owned()),
+            "health-check" => ObjectRef::HealthCheck(rest.to_owned()),
             "member" => {
                 let (pool, address) = rest.split_once('/').ok_or_else(bad)?;
                 ObjectRef::Member {
@@ -55,8 +79,20 @@ impl ObjectRef {
                     address: address.parse().map_err(|_| bad())?,
                 }
             }
+            "listener" => {
+                let (load_balancer, port) = rest.split_once('/').ok_or_else(bad)?;
+                ObjectRef::Listener {
+                    load_balancer: load_balancer.to_owned(),
+                    port: port.parse().map_err(|_| bad())?,
+                }
+            }
             _ => return Err(bad()),
         })
+    }
+
+    /// Can a manager own it (or is it a part of something it owns)?
+    pub fn ownable(&self) -> bool {
+        !matches!(self, ObjectRef::Listener { .. } | ObjectRef::HealthCheck(_))
     }
 }
 
@@ -80,6 +116,11 @@ impl fmt::Display for ObjectRef {
             ObjectRef::Pool(name) => write!(f, "pool {name:?}"),
             ObjectRef::Member { pool, address } => write!(f, "member {address} of pool {pool:?}"),
             ObjectRef::Certificate(name) => write!(f, "certificate {name:?}"),
+            ObjectRef::Listener {
+                load_balancer,
+                port,
+            } => write!(f, "listener {port} of load balancer {load_balancer:?}"),
+            ObjectRef::HealthCheck(pool) => write!(f, "the health check of pool {pool:?}"),
         }
     }
 }
@@ -155,6 +196,17 @@ impl Spec {
                 .pools
                 .get(pool)
                 .is_some_and(|p| p.members.iter().any(|m| m.address == *address)),
+            ObjectRef::Listener {
+                load_balancer,
+                port,
+            } => self
+                .load_balancers
+                .get(load_balancer)
+                .is_some_and(|lb| lb.listeners.iter().any(|l| l.port == *port)),
+            ObjectRef::HealthCheck(pool) => self
+                .pools
+                .get(pool)
+                .is_some_and(|p| p.health_check.is_some()),
         }
     }
 
@@ -180,6 +232,22 @@ impl Spec {
                         .cloned()
                 };
                 member(self) == member(other)
+            }
+            ObjectRef::Listener {
+                load_balancer,
+                port,
+            } => {
+                let listener = |s: &Spec| {
+                    s.load_balancers
+                        .get(load_balancer)
+                        .and_then(|lb| lb.listeners.iter().find(|l| l.port == *port))
+                        .cloned()
+                };
+                listener(self) == listener(other)
+            }
+            ObjectRef::HealthCheck(pool) => {
+                let check = |s: &Spec| s.pools.get(pool).and_then(|p| p.health_check.clone());
+                check(self) == check(other)
             }
         }
     }
@@ -274,8 +342,11 @@ impl Spec {
                     ObjectRef::Certificate(name) => {
                         next.certificates.remove(name);
                     }
-                    // Gone with its pool, or dropped above.
-                    ObjectRef::Member { .. } => {}
+                    // Gone with its pool, or dropped above; parts have no
+                    // manager of their own.
+                    ObjectRef::Member { .. }
+                    | ObjectRef::Listener { .. }
+                    | ObjectRef::HealthCheck(_) => {}
                 }
             }
         }

@@ -382,7 +382,7 @@ pub enum Stickiness {
     },
 }
 
-/// The longest stickiness accepted (as ELBv2: seven days).
+/// The longest stickiness accepted: seven days.
 pub const MAX_STICKINESS: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The PROXY protocol version a pool sends to its members.
