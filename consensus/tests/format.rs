@@ -44,18 +44,7 @@ fn entries_written_by_0_1_0_decode_and_apply() {
 /// managed change and an `Own`, after the 0.1.0 ones.
 #[test]
 fn managed_entries_decode_and_record_their_managers() {
-    let text = include_str!("fixtures/entries-cluster-v8-managers.json");
-    let entries: Vec<Entry<TypeConfig>> = serde_json::from_str(text).unwrap();
-    assert_eq!(
-        serde_json::to_string_pretty(&entries).unwrap(),
-        text.trim_end()
-    );
-    let mut state = ClusterState::default();
-    for entry in &entries {
-        if let EntryPayload::Normal(command) = &entry.payload {
-            state.apply(command).unwrap();
-        }
-    }
+    let state = replay(include_str!("fixtures/entries-cluster-v8-managers.json"));
     let managers: Vec<(String, String)> = state
         .managers
         .iter()
@@ -81,18 +70,9 @@ fn managed_entries_decode_and_record_their_managers() {
 /// annotations that name their object (`Note`) beside one that does not.
 #[test]
 fn ca_rotation_and_note_entries_decode_and_apply() {
-    let text = include_str!("fixtures/entries-cluster-v10-ca-rotation-and-notes.json");
-    let entries: Vec<Entry<TypeConfig>> = serde_json::from_str(text).unwrap();
-    assert_eq!(
-        serde_json::to_string_pretty(&entries).unwrap(),
-        text.trim_end()
-    );
-    let mut state = ClusterState::default();
-    for entry in &entries {
-        if let EntryPayload::Normal(command) = &entry.payload {
-            state.apply(command).unwrap();
-        }
-    }
+    let state = replay(include_str!(
+        "fixtures/entries-cluster-v10-ca-rotation-and-notes.json"
+    ));
     let identity = state.identity.as_ref().unwrap();
     assert_eq!(identity.ca_cert_pem, "NEW");
     assert_eq!(identity.ca_rotation, None);
@@ -111,4 +91,21 @@ fn ca_rotation_and_note_entries_decode_and_apply() {
             .collect::<Vec<_>>(),
         ["member/app/10.0.0.1:8080"]
     );
+}
+
+/// The state `text`'s entries apply to, once they are shown to decode and
+/// re-encode byte for byte.
+fn replay(text: &str) -> ClusterState {
+    let entries: Vec<Entry<TypeConfig>> = serde_json::from_str(text).unwrap();
+    assert_eq!(
+        serde_json::to_string_pretty(&entries).unwrap(),
+        text.trim_end()
+    );
+    let mut state = ClusterState::default();
+    for entry in &entries {
+        if let EntryPayload::Normal(command) = &entry.payload {
+            state.apply(command).unwrap();
+        }
+    }
+    state
 }

@@ -89,6 +89,11 @@ fn stored_trust() -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// CA fingerprints, comma-separated (two while a CA rotation trusts both).
+fn parse_fingerprints(text: &str) -> Result<Vec<String>> {
+    text.split(',').map(crate::pki::parse_fingerprint).collect()
+}
+
 /// Keep `fingerprints` as the CAs this CLI trusts for `server`.
 fn pin(server: &str, fingerprints: &[String]) -> Result<()> {
     let path = trust_path().ok_or("no home directory to store the fingerprint in")?;
@@ -160,11 +165,7 @@ impl Api {
                         .map_err(|e| format!("{}: {e}", file.display()))?
                 }
                 (None, Some(fingerprints)) => {
-                    // Two, comma-separated, while a CA rotation trusts both.
-                    let hex = fingerprints
-                        .split(',')
-                        .map(crate::pki::parse_fingerprint)
-                        .collect::<Result<Vec<_>>>()
+                    let hex = parse_fingerprints(&fingerprints)
                         .map_err(|e| format!("--ca-fingerprint: {e}"))?;
                     crate::pki::pinned_client_config(&hex).map_err(|e| e.to_string())?
                 }
@@ -363,11 +364,7 @@ async fn login(a: LoginArgs) -> Result<()> {
     if let (Some(fingerprints), None) =
         (&a.client.connect.ca_fingerprint, &a.client.connect.ca_file)
     {
-        let hex = fingerprints
-            .split(',')
-            .map(crate::pki::parse_fingerprint)
-            .collect::<Result<Vec<_>>>()?;
-        pin(&api.server, &hex)?;
+        pin(&api.server, &parse_fingerprints(fingerprints)?)?;
     }
     println!("logged in to {} as {}", api.server, a.user);
     if answer["must_change_password"].as_bool() == Some(true) {

@@ -614,7 +614,7 @@ impl ClientCertVerifier for LiveTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.client().verify_tls12_signature(message, cert, dss)
+        tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -623,11 +623,11 @@ impl ClientCertVerifier for LiveTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.client().verify_tls13_signature(message, cert, dss)
+        tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.client().supported_verify_schemes()
+        schemes()
     }
 }
 
@@ -650,7 +650,7 @@ impl ServerCertVerifier for LiveTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.server().verify_tls12_signature(message, cert, dss)
+        tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -659,11 +659,11 @@ impl ServerCertVerifier for LiveTrust {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.server().verify_tls13_signature(message, cert, dss)
+        tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.server().supported_verify_schemes()
+        schemes()
     }
 }
 
@@ -706,7 +706,36 @@ fn first_cert(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static RING: std::sync::LazyLock<Arc<CryptoProvider>> =
+        std::sync::LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
+    RING.clone()
+}
+
+// A handshake's signature is checked the same way whichever CAs are
+// trusted: every verifier here does it with these.
+
+fn tls12(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let algorithms = provider().signature_verification_algorithms;
+    rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
+}
+
+fn tls13(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let algorithms = provider().signature_verification_algorithms;
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
+}
+
+fn schemes() -> Vec<SignatureScheme> {
+    provider()
+        .signature_verification_algorithms
+        .supported_schemes()
 }
 
 impl NodeTls {
@@ -793,12 +822,7 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -807,18 +831,11 @@ impl ServerCertVerifier for PinnedCa {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        schemes()
     }
 }
 
