@@ -15,13 +15,13 @@ use bytes::Bytes;
 use http::{header, HeaderMap, StatusCode};
 use keel_model::{
     ApiToken, CertificateDoc, ClusterCommand, ClusterState, Command, Document, FieldError,
-    JoinToken, LoadBalancerDoc, Object, Path as FieldPath, PoolDoc, Segment, ValidationErrors,
-    SESSION_PREFIX,
+    LoadBalancerDoc, Object, Path as FieldPath, PoolDoc, Segment, ValidationErrors, SESSION_PREFIX,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::access::{authorize, Caller};
-use crate::auth::{check_bearer, check_registration, new_bearer, random_hex, sha256_hex};
+use crate::auth::{check_bearer, check_registration, new_bearer, sha256_hex};
+use crate::credentials;
 use crate::error::ApiError;
 use crate::users;
 use crate::{ControlPlane, NodeStatus};
@@ -166,22 +166,6 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
             axum::routing::post(rotate_ca::<C>),
         )
         .route(
-            "/api/v1/tokens",
-            get(list_join_tokens::<C>).post(create_join_token::<C>),
-        )
-        .route(
-            "/api/v1/tokens/{id}",
-            axum::routing::delete(revoke_join_token::<C>),
-        )
-        .route(
-            "/api/v1/api-tokens",
-            get(users::list_api_tokens::<C>).post(users::create_api_token::<C>),
-        )
-        .route(
-            "/api/v1/api-tokens/{id}",
-            axum::routing::delete(users::revoke_api_token::<C>),
-        )
-        .route(
             "/api/v1/users",
             get(users::list::<C>).post(users::create::<C>),
         )
@@ -193,22 +177,18 @@ pub(crate) fn router<C: ControlPlane>(control: Arc<C>, options: crate::Options) 
             "/api/v1/users/{name}/password",
             post(users::set_password::<C>),
         )
-        .route(
+        .merge(credentials::routes::<C, credentials::Join>(
+            "/api/v1/tokens",
+        ))
+        .merge(credentials::routes::<C, credentials::Api>(
+            "/api/v1/api-tokens",
+        ))
+        .merge(credentials::routes::<C, credentials::Registration>(
             "/api/v1/registration-tokens",
-            get(list_registration_tokens::<C>).post(create_registration_token::<C>),
-        )
-        .route(
-            "/api/v1/registration-tokens/{id}",
-            axum::routing::delete(revoke_registration_token::<C>),
-        )
-        .route(
+        ))
+        .merge(credentials::routes::<C, credentials::AwsKey>(
             "/api/v1/aws-keys",
-            get(list_aws_keys::<C>).post(create_aws_key::<C>),
-        )
-        .route(
-            "/api/v1/aws-keys/{id}",
-            axum::routing::delete(revoke_aws_key::<C>),
-        )
+        ))
         .route("/api/v1/instances", get(list_instances::<C>))
         .route(
             "/api/v1/instances/{id}",
@@ -1456,264 +1436,6 @@ async fn remove<C: ControlPlane, K: Kind>(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
-struct JoinTokenView {
-    id: String,
-    created_at: u64,
-    expires_at: u64,
-    uses_left: u32,
-    revoked: bool,
-    expired: bool,
-}
-
-async fn list_join_tokens<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<JoinTokenView>> {
-    let (_, state) = app.control.state();
-    let now = now();
-    Json(
-        state
-            .join_tokens
-            .iter()
-            .map(|(id, t)| JoinTokenView {
-                id: id.clone(),
-                created_at: t.created_at,
-                expires_at: t.expires_at,
-                uses_left: t.uses_left,
-                revoked: t.revoked,
-                expired: now >= t.expires_at,
-            })
-            .collect(),
-    )
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewJoinToken {
-    /// e.g. "1h"; default 1 hour.
-    ttl: Option<String>,
-    /// Default 1.
-    uses: Option<u32>,
-}
-
-#[derive(Serialize)]
-struct CreatedJoinToken {
-    id: String,
-    token: String,
-    expires_at: u64,
-    uses: u32,
-}
-
-fn parse_ttl(ttl: Option<&str>, default: Duration) -> Result<Duration, ApiError> {
-    let ttl = match ttl {
-        None => default,
-        Some(t) => humantime::parse_duration(t).map_err(|_| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                format!("ttl: {t:?} is not a duration (examples: 30m, 1h, 7d)"),
-            )
-        })?,
-    };
-    if ttl.is_zero() || ttl > Duration::from_secs(365 * 86400) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            "ttl: must be more than zero and at most a year",
-        ));
-    }
-    Ok(ttl)
-}
-
-async fn create_join_token<C: ControlPlane>(
-    State(app): AppState<C>,
-    Extension(Caller { user: caller, .. }): Extension<Caller>,
-    body: Result<Json<NewJoinToken>, JsonRejection>,
-) -> Result<(StatusCode, Json<CreatedJoinToken>), ApiError> {
-    let Json(req) = body?;
-    let ttl = parse_ttl(req.ttl.as_deref(), Duration::from_secs(3600))?;
-    let uses = req.uses.unwrap_or(1);
-    if uses == 0 || uses > 1000 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            "uses: must be between 1 and 1000",
-        ));
-    }
-    let id = random_hex(4);
-    let secret = random_hex(16);
-    let expires_at = now() + ttl.as_secs();
-    commit(
-        &*app.control,
-        &caller,
-        ClusterCommand::CreateJoinToken {
-            id: id.clone(),
-            token: JoinToken {
-                secret_sha256: sha256_hex(&secret),
-                created_at: now(),
-                expires_at,
-                uses_left: uses,
-                revoked: false,
-            },
-        },
-    )
-    .await?;
-    tracing::info!(token = %id, uses, by = %caller, "join token created");
-    let token = format!("KEEL1.{}.{id}.{secret}", app.control.ca_fingerprint());
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedJoinToken {
-            id,
-            token,
-            expires_at,
-            uses,
-        }),
-    ))
-}
-
-async fn revoke_join_token<C: ControlPlane>(
-    State(app): AppState<C>,
-    Extension(Caller { user: caller, .. }): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    commit(
-        &*app.control,
-        &caller,
-        ClusterCommand::RevokeJoinToken { id },
-    )
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Serialize)]
-struct RegistrationTokenView {
-    id: String,
-    name: String,
-    pool: String,
-    created_at: u64,
-    expires_at: Option<u64>,
-    sources: Vec<String>,
-    members: Vec<String>,
-}
-
-async fn list_registration_tokens<C: ControlPlane>(
-    State(app): AppState<C>,
-) -> Json<Vec<RegistrationTokenView>> {
-    let (_, state) = app.control.state();
-    Json(
-        state
-            .registration_tokens
-            .iter()
-            .map(|(id, t)| RegistrationTokenView {
-                id: id.clone(),
-                name: t.name.clone(),
-                pool: t.pool.clone(),
-                created_at: t.created_at,
-                expires_at: t.expires_at,
-                sources: t.sources.clone(),
-                members: t.members.clone(),
-            })
-            .collect(),
-    )
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewRegistrationToken {
-    name: String,
-    pool: String,
-    /// Default: until revoked.
-    ttl: Option<String>,
-    /// CIDRs registrations may come from (default: anywhere).
-    #[serde(default)]
-    sources: Vec<String>,
-    /// CIDRs registered members must be in (default: any but loopback,
-    /// link-local, unspecified, multicast and the cluster's own addresses).
-    #[serde(default)]
-    members: Vec<String>,
-}
-
-/// Each of `ranges` as a CIDR, or a 422 naming `field[i]`.
-fn cidrs(field: &str, ranges: &[String]) -> Result<Vec<keel_model::Cidr>, ApiError> {
-    ranges
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.parse::<keel_model::Cidr>().map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid",
-                    format!("{field}[{i}]: {e}"),
-                )
-            })
-        })
-        .collect()
-}
-
-#[derive(Serialize)]
-struct CreatedRegistrationToken {
-    id: String,
-    name: String,
-    pool: String,
-    token: String,
-    expires_at: Option<u64>,
-}
-
-/// `POST /api/v1/registration-tokens`: a token that lets backends add and
-/// remove themselves in one pool. The token is shown once.
-async fn create_registration_token<C: ControlPlane>(
-    State(app): AppState<C>,
-    Extension(Caller { user: caller, .. }): Extension<Caller>,
-    body: Result<Json<NewRegistrationToken>, JsonRejection>,
-) -> Result<(StatusCode, Json<CreatedRegistrationToken>), ApiError> {
-    let Json(req) = body?;
-    check_token_name(&req.name)?;
-    let expires_at = expiry(req.ttl.as_deref())?;
-    cidrs("sources", &req.sources)?;
-    cidrs("members", &req.members)?;
-    let (id, token, secret_sha256) = crate::auth::new_registration_token();
-    commit(
-        &*app.control,
-        &caller,
-        ClusterCommand::CreateRegistrationToken {
-            id: id.clone(),
-            token: keel_model::RegistrationToken {
-                name: req.name.clone(),
-                pool: req.pool.clone(),
-                secret_sha256,
-                created_at: now(),
-                expires_at,
-                sources: req.sources,
-                members: req.members,
-            },
-        },
-    )
-    .await?;
-    tracing::info!(token = %id, name = %req.name, pool = %req.pool, by = %caller, "registration token created");
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedRegistrationToken {
-            id,
-            name: req.name,
-            pool: req.pool,
-            token,
-            expires_at,
-        }),
-    ))
-}
-
-async fn revoke_registration_token<C: ControlPlane>(
-    State(app): AppState<C>,
-    Extension(Caller { user: caller, .. }): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    commit(
-        &*app.control,
-        &caller,
-        ClusterCommand::RevokeRegistrationToken { id },
-    )
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 /// What a backend sends to register or deregister itself.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1917,95 +1639,6 @@ async fn deregister<C: ControlPlane>(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
-struct AwsKeyView {
-    access_key_id: String,
-    name: String,
-    user: String,
-    created_at: u64,
-}
-
-async fn list_aws_keys<C: ControlPlane>(State(app): AppState<C>) -> Json<Vec<AwsKeyView>> {
-    let (_, state) = app.control.state();
-    Json(
-        state
-            .aws_keys
-            .iter()
-            .map(|(id, k)| AwsKeyView {
-                access_key_id: id.clone(),
-                name: k.name.clone(),
-                user: k.user.clone(),
-                created_at: k.created_at,
-            })
-            .collect(),
-    )
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewAwsKey {
-    name: String,
-}
-
-#[derive(Serialize)]
-struct CreatedAwsKey {
-    access_key_id: String,
-    secret_access_key: String,
-    name: String,
-}
-
-/// `POST /api/v1/aws-keys`: an access key for the AWS-compatible API; the
-/// secret is shown once.
-async fn create_aws_key<C: ControlPlane>(
-    State(app): AppState<C>,
-    Extension(Caller { user: caller, .. }): Extension<Caller>,
-    body: Result<Json<NewAwsKey>, JsonRejection>,
-) -> Result<(StatusCode, Json<CreatedAwsKey>), ApiError> {
-    let Json(req) = body?;
-    check_token_name(&req.name)?;
-    let (_, state) = app.control.state();
-    let (id, secret) = crate::awskeys::new_key();
-    let Some(sealed) = crate::awskeys::seal(&state, &id, &secret) else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the cluster has no identity yet",
-        ));
-    };
-    commit(
-        &*app.control,
-        &caller,
-        ClusterCommand::CreateAwsKey {
-            id: id.clone(),
-            key: keel_model::AwsKey {
-                name: req.name.clone(),
-                user: caller.clone(),
-                secret_sealed: sealed,
-                created_at: now(),
-            },
-        },
-    )
-    .await?;
-    tracing::info!(access_key_id = %id, name = %req.name, by = %caller, "aws access key created");
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedAwsKey {
-            access_key_id: id,
-            secret_access_key: secret,
-            name: req.name,
-        }),
-    ))
-}
-
-async fn revoke_aws_key<C: ControlPlane>(
-    State(app): AppState<C>,
-    Extension(Caller { user: caller, .. }): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    commit(&*app.control, &caller, ClusterCommand::RevokeAwsKey { id }).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
 /// An entry of the instance registry: the address an instance ID stands
 /// for in the classic ELB API.
 #[derive(Serialize, Deserialize)]
@@ -2079,22 +1712,4 @@ async fn remove_instance<C: ControlPlane>(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The name given to a new token or key: 1 to 100 characters.
-pub(crate) fn check_token_name(name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() || name.len() > 100 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            "name: 1 to 100 characters",
-        ));
-    }
-    Ok(())
-}
-
-/// When a token with lifetime `ttl` expires (unix seconds); never without one.
-pub(crate) fn expiry(ttl: Option<&str>) -> Result<Option<u64>, ApiError> {
-    ttl.map(|t| Ok(now() + parse_ttl(Some(t), Duration::ZERO)?.as_secs()))
-        .transpose()
 }

@@ -21,6 +21,7 @@ pub mod awskeys;
 pub mod backup;
 mod certs;
 mod compat;
+mod credentials;
 mod elb;
 mod elbv2;
 mod error;

@@ -1,4 +1,4 @@
-//! Users and API tokens: `/api/v1/users` and `/api/v1/api-tokens`.
+//! Users: `/api/v1/users` (API tokens are in `credentials.rs`).
 //!
 //! An admin creates users (with a password the user must change at their
 //! first login), changes their role and deletes them; a password someone
@@ -10,12 +10,11 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use http::StatusCode;
-use keel_model::{check_user_name, ApiToken, ClusterCommand, ClusterState, Role, User};
+use keel_model::{check_user_name, ClusterCommand, Role, User};
 use serde::{Deserialize, Serialize};
 
 use crate::access::Caller;
-use crate::api::{check_token_name, commit, expiry, now, AppState, ClientIp};
-use crate::auth::new_bearer;
+use crate::api::{commit, AppState, ClientIp};
 use crate::error::ApiError;
 use crate::ControlPlane;
 
@@ -233,155 +232,4 @@ async fn hash(password: String) -> Result<String, ApiError> {
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)
-}
-
-#[derive(Serialize)]
-pub(crate) struct ApiTokenView {
-    id: String,
-    name: String,
-    user: String,
-    created_at: u64,
-    expires_at: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<Role>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    load_balancers: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pools: Vec<String>,
-}
-
-/// `GET /api/v1/api-tokens`.
-pub(crate) async fn list_api_tokens<C: ControlPlane>(
-    State(app): AppState<C>,
-) -> Json<Vec<ApiTokenView>> {
-    let (_, state) = app.control.state();
-    Json(
-        state
-            .api_tokens
-            .iter()
-            .map(|(id, t)| ApiTokenView {
-                id: id.clone(),
-                name: t.name.clone(),
-                user: t.user.clone(),
-                created_at: t.created_at,
-                expires_at: t.expires_at,
-                role: t.role,
-                load_balancers: t.load_balancers.clone(),
-                pools: t.pools.clone(),
-            })
-            .collect(),
-    )
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewApiToken {
-    name: String,
-    /// Default: until revoked.
-    ttl: Option<String>,
-    /// The user it acts as; default: the caller.
-    user: Option<String>,
-    /// At most this role; default: the user's.
-    role: Option<Role>,
-    /// Only these load balancers and pools may it change (default: any).
-    #[serde(default)]
-    load_balancers: Vec<String>,
-    #[serde(default)]
-    pools: Vec<String>,
-}
-
-#[derive(Serialize)]
-pub(crate) struct CreatedApiToken {
-    id: String,
-    name: String,
-    token: String,
-    expires_at: Option<u64>,
-}
-
-/// `POST /api/v1/api-tokens`.
-pub(crate) async fn create_api_token<C: ControlPlane>(
-    State(app): AppState<C>,
-    Extension(caller): Extension<Caller>,
-    body: Result<Json<NewApiToken>, JsonRejection>,
-) -> Result<(StatusCode, Json<CreatedApiToken>), ApiError> {
-    let Json(req) = body?;
-    check_token_name(&req.name)?;
-    let expires_at = expiry(req.ttl.as_deref())?;
-    let (_, state) = app.control.state();
-    let user = req.user.unwrap_or_else(|| caller.user.clone());
-    if !state.users.contains_key(&user) {
-        return Err(ApiError::field(
-            "user",
-            format!("user {user:?} does not exist"),
-        ));
-    }
-    check_scope(&state, &req.load_balancers, &req.pools)?;
-    let (id, token, secret_sha256) = new_bearer();
-    commit(
-        &*app.control,
-        &caller.user,
-        ClusterCommand::CreateApiToken {
-            id: id.clone(),
-            token: ApiToken {
-                name: req.name.clone(),
-                user: user.clone(),
-                secret_sha256,
-                created_at: now(),
-                expires_at,
-                role: req.role,
-                load_balancers: req.load_balancers,
-                pools: req.pools,
-            },
-        },
-    )
-    .await?;
-    tracing::info!(token = %id, name = %req.name, user = %user, by = %caller.user, "api token created");
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedApiToken {
-            id,
-            name: req.name,
-            token,
-            expires_at,
-        }),
-    ))
-}
-
-/// A scope names only load balancers and pools that exist.
-fn check_scope(
-    state: &ClusterState,
-    load_balancers: &[String],
-    pools: &[String],
-) -> Result<(), ApiError> {
-    if let Some(lb) = load_balancers
-        .iter()
-        .find(|n| !state.spec.load_balancers.contains_key(*n))
-    {
-        return Err(ApiError::field(
-            "load_balancers",
-            format!("load balancer {lb:?} does not exist"),
-        ));
-    }
-    if let Some(pool) = pools.iter().find(|n| !state.spec.pools.contains_key(*n)) {
-        return Err(ApiError::field(
-            "pools",
-            format!("pool {pool:?} does not exist"),
-        ));
-    }
-    Ok(())
-}
-
-/// `DELETE /api/v1/api-tokens/{id}`.
-pub(crate) async fn revoke_api_token<C: ControlPlane>(
-    State(app): AppState<C>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    commit(
-        &*app.control,
-        &caller.user,
-        ClusterCommand::RevokeApiToken { id },
-    )
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
 }
