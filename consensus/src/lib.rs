@@ -17,6 +17,7 @@
 mod b64;
 mod lease;
 pub mod mem;
+mod prevote;
 pub mod rpc;
 pub mod store;
 
@@ -35,6 +36,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use lease::{Lease, GUARD_MARGIN};
+pub use prevote::{PreVote, PreVotePeer};
 
 /// A node's id in Raft: random at bootstrap or join, never reused.
 pub type NodeId = u64;
@@ -253,8 +255,9 @@ pub struct Consensus {
     book: Arc<lease::Book>,
     snapshots: Arc<store::SnapshotStats>,
     log: store::LogStoreRef,
-    /// Drained by an operator: stands for no election until undrained.
-    drained: Arc<std::sync::atomic::AtomicBool>,
+    /// When this node may stand for election (pre-vote, drained, stepped
+    /// down).
+    gate: Arc<prevote::Gate>,
 }
 
 impl Consensus {
@@ -266,7 +269,8 @@ impl Consensus {
         network: N,
     ) -> Result<Self, StartError>
     where
-        N: RaftNetworkFactory<TypeConfig>,
+        N: RaftNetworkFactory<TypeConfig> + Clone,
+        N::Network: PreVotePeer,
     {
         let storage_err = |source| StartError::Storage {
             dir: dir.display().to_string(),
@@ -290,11 +294,14 @@ impl Consensus {
             // default (3 MiB in 200 ms) let a large state never install.
             snapshot_max_chunk_size: 1 << 20,
             install_snapshot_timeout: 5_000,
+            // Opened by the pre-vote gate (`prevote.rs`).
+            enable_elect: false,
             ..Config::default()
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let book = lease::Book::new(id, settings.lease);
+        let asking = network.clone();
         let network = lease::Acking {
             inner: network,
             book: book.clone(),
@@ -313,9 +320,14 @@ impl Consensus {
             book,
             snapshots,
             log: log_ref,
-            drained: Arc::default(),
+            gate: prevote::Gate::new(settings.election_timeout.1),
         };
         tokio::spawn(consensus.clone().fence(settings.election_timeout.1));
+        tokio::spawn(
+            consensus
+                .clone()
+                .keep_gate(asking, settings.election_timeout.0),
+        );
         Ok(consensus)
     }
 
@@ -569,7 +581,10 @@ impl Consensus {
     /// [`Consensus::elect_now`] for the faster way). The term this node
     /// led, if it led.
     pub fn stop_leading(&self) -> Option<u64> {
-        self.raft.runtime_config().elect(false);
+        self.gate
+            .standing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.update_elect();
         let leadership = self.leadership.borrow().clone();
         if !leadership.is_leader {
             return None;
@@ -577,6 +592,39 @@ impl Consensus {
         self.raft.runtime_config().heartbeat(false);
         self.book.hand_over(true);
         Some(leadership.term)
+    }
+
+    /// A leader's `AppendEntries`, for openraft; one it takes as from its
+    /// leader is noted for the pre-vote gate.
+    pub async fn append_entries(
+        &self,
+        rpc: openraft::raft::AppendEntriesRequest<TypeConfig>,
+    ) -> Result<openraft::raft::AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        let from_leader = rpc.vote.is_committed();
+        let answer = self.raft.append_entries(rpc).await;
+        if from_leader
+            && matches!(&answer, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+        {
+            self.gate.heard();
+        }
+        answer
+    }
+
+    /// A leader's snapshot chunk, for openraft; noted like
+    /// [`Consensus::append_entries`].
+    pub async fn install_snapshot(
+        &self,
+        rpc: openraft::raft::InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<
+        openraft::raft::InstallSnapshotResponse<NodeId>,
+        RaftError<NodeId, openraft::error::InstallSnapshotError>,
+    > {
+        let ours = rpc.vote;
+        let answer = self.raft.install_snapshot(rpc).await;
+        if matches!(&answer, Ok(r) if r.vote == ours) {
+            self.gate.heard();
+        }
+        answer
     }
 
     /// A vote request, answered by openraft unless this node leads with a
@@ -687,7 +735,7 @@ impl Consensus {
         let leadership = self.leadership.borrow().clone();
         if leadership.is_leader
             || leadership.term != term
-            || self.drained.load(std::sync::atomic::Ordering::SeqCst)
+            || self.gate.drained.load(std::sync::atomic::Ordering::SeqCst)
         {
             return false;
         }
@@ -699,18 +747,20 @@ impl Consensus {
     pub fn stand_again(&self) {
         self.book.hand_over(false);
         self.raft.runtime_config().heartbeat(true);
-        self.raft
-            .runtime_config()
-            .elect(!self.drained.load(std::sync::atomic::Ordering::SeqCst));
+        self.gate
+            .standing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.update_elect();
     }
 
     /// Drained, this node stands for no election (it still votes and
     /// replicates) until undrained; a leader also has to
     /// [`Consensus::step_down`].
     pub fn set_drained(&self, drained: bool) {
-        self.drained
+        self.gate
+            .drained
             .store(drained, std::sync::atomic::Ordering::SeqCst);
-        self.raft.runtime_config().elect(!drained);
+        self.update_elect();
         if !drained {
             self.book.hand_over(false);
             self.raft.runtime_config().heartbeat(true);

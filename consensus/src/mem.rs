@@ -120,6 +120,7 @@ impl Router {
 }
 
 /// Node `from`'s view of the router.
+#[derive(Clone)]
 pub struct MemNetwork {
     router: Router,
     from: NodeId,
@@ -189,7 +190,7 @@ impl RaftNetwork<TypeConfig> for MemPeer {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         let node = self.target().await?;
-        let answer = node.raft().append_entries(rpc).await;
+        let answer = node.append_entries(rpc).await;
         self.router.delay().await;
         self.answer(answer.map_err(|e| RPCError::Network(NetworkError::new(&e))))
     }
@@ -203,7 +204,7 @@ impl RaftNetwork<TypeConfig> for MemPeer {
         RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
     > {
         let node = self.target().await?;
-        let answer = node.raft().install_snapshot(rpc).await;
+        let answer = node.install_snapshot(rpc).await;
         self.router.delay().await;
         self.answer(match answer {
             Ok(r) => Ok(r),
@@ -221,5 +222,18 @@ impl RaftNetwork<TypeConfig> for MemPeer {
         let answer = node.vote(rpc).await;
         self.router.delay().await;
         self.answer(answer.map_err(|e| RPCError::Network(NetworkError::new(&e))))
+    }
+}
+
+impl crate::PreVotePeer for MemPeer {
+    async fn pre_vote(&mut self, ask: crate::PreVote) -> Result<bool, String> {
+        let node = self
+            .target::<openraft::error::Infallible>()
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = node.pre_vote(ask);
+        self.router.delay().await;
+        self.answer::<bool, openraft::error::Infallible>(Ok(answer))
+            .map_err(|e| e.to_string())
     }
 }

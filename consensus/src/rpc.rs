@@ -156,6 +156,7 @@ pub fn raft_routes(consensus: Consensus) -> Router {
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/elect", post(elect))
+        .route("/raft/pre-vote", post(pre_vote))
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             (consensus.clone(), Standing::Voter),
@@ -168,7 +169,7 @@ async fn append(
     State(c): State<Consensus>,
     Json(rpc): Json<AppendEntriesRequest<TypeConfig>>,
 ) -> Json<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>> {
-    Json(c.raft().append_entries(rpc).await)
+    Json(c.append_entries(rpc).await)
 }
 
 async fn vote(
@@ -176,6 +177,11 @@ async fn vote(
     Json(rpc): Json<VoteRequest<NodeId>>,
 ) -> Json<Result<VoteResponse<NodeId>, RaftError<NodeId>>> {
     Json(c.vote(rpc).await)
+}
+
+/// "Would you vote for me now?" (see `prevote.rs`).
+async fn pre_vote(State(c): State<Consensus>, Json(ask): Json<crate::PreVote>) -> Json<bool> {
+    Json(c.pre_vote(ask))
 }
 
 /// A leader handing over asks this node to stand for election now (the
@@ -224,7 +230,7 @@ async fn snapshot(
     State(c): State<Consensus>,
     Json(chunk): Json<SnapshotChunk>,
 ) -> Json<Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>> {
-    Json(c.raft().install_snapshot(chunk.into()).await)
+    Json(c.install_snapshot(chunk.into()).await)
 }
 
 /// Serve `app` on `listener` over TLS until `shutdown` completes. Each
@@ -537,6 +543,21 @@ impl TlsPeer {
                 e,
             ))
         })
+    }
+}
+
+impl crate::PreVotePeer for TlsPeer {
+    async fn pre_vote(&mut self, ask: crate::PreVote) -> Result<bool, String> {
+        let client = self.client.as_mut().map_err(|e| e.to_string())?;
+        match client
+            .post::<_, bool>("/raft/pre-vote", &ask, Duration::from_secs(1))
+            .await
+        {
+            Ok(answer) => Ok(answer),
+            // A node from before pre-vote: its real vote decides.
+            Err(RpcError::Status { status, .. }) if status == StatusCode::NOT_FOUND => Ok(true),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
