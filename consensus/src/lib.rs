@@ -258,6 +258,7 @@ pub struct Consensus {
     /// When this node may stand for election (pre-vote, drained, stepped
     /// down).
     gate: Arc<prevote::Gate>,
+    leadership_tx: Arc<watch::Sender<Leadership>>,
 }
 
 impl Consensus {
@@ -310,7 +311,8 @@ impl Consensus {
         let raft = Raft::new(id, Arc::new(config), network, log, machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let leadership = watch_leadership(&raft, &book);
+        let gate = prevote::Gate::new(settings.election_timeout.1);
+        let (leadership, leadership_tx) = watch_leadership(&raft, &book, &gate);
         let consensus = Consensus {
             id,
             raft,
@@ -320,7 +322,8 @@ impl Consensus {
             book,
             snapshots,
             log: log_ref,
-            gate: prevote::Gate::new(settings.election_timeout.1),
+            gate,
+            leadership_tx,
         };
         tokio::spawn(consensus.clone().fence(settings.election_timeout.1));
         tokio::spawn(
@@ -478,8 +481,8 @@ impl Consensus {
 
     /// The leader's id and info, if known.
     pub fn leader(&self) -> Option<(NodeId, NodeInfo)> {
+        let id = self.leadership.borrow().leader?;
         let metrics = self.raft.metrics().borrow().clone();
-        let id = metrics.current_leader?;
         let info = metrics
             .membership_config
             .membership()
@@ -788,32 +791,56 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Prop
 }
 
 /// Publishes who leads and tells the lease's book.
-fn watch_leadership(raft: &KeelRaft, book: &Arc<lease::Book>) -> watch::Receiver<Leadership> {
-    let mut metrics = raft.metrics();
-    let to_leadership = |m: &openraft::RaftMetrics<NodeId, NodeInfo>| Leadership {
-        leader: m.current_leader,
+/// Who leads, as this node sees it: openraft's view, except that a
+/// follower that has not heard from its leader for the longest election
+/// timeout knows of no leader (with pre-vote it may stay a follower of a
+/// dead leader for as long as no quorum would elect it).
+pub(crate) fn leadership_of(
+    m: &openraft::RaftMetrics<NodeId, NodeInfo>,
+    gate: &prevote::Gate,
+) -> Leadership {
+    let is_leader = m.state == ServerState::Leader;
+    Leadership {
+        leader: m
+            .current_leader
+            .filter(|_| is_leader || gate.hears_a_leader()),
         term: m.current_term,
-        is_leader: m.state == ServerState::Leader,
-    };
+        is_leader,
+    }
+}
+
+/// Publishes `next` if it differs.
+pub(crate) fn publish(tx: &watch::Sender<Leadership>, next: Leadership) {
+    tx.send_if_modified(|current| {
+        let changed = *current != next;
+        *current = next;
+        changed
+    });
+}
+
+fn watch_leadership(
+    raft: &KeelRaft,
+    book: &Arc<lease::Book>,
+    gate: &Arc<prevote::Gate>,
+) -> (watch::Receiver<Leadership>, Arc<watch::Sender<Leadership>>) {
+    let mut metrics = raft.metrics();
     let observe = |book: &lease::Book, m: &openraft::RaftMetrics<NodeId, NodeInfo>| {
         let leading = (m.state == ServerState::Leader).then_some(m.current_term);
         let configs = m.membership_config.membership().get_joint_config().clone();
         book.observe(leading, configs);
     };
     observe(book, &metrics.borrow());
-    let (tx, rx) = watch::channel(to_leadership(&metrics.borrow()));
+    let (tx, rx) = watch::channel(leadership_of(&metrics.borrow(), gate));
+    let tx = Arc::new(tx);
     let book = book.clone();
+    let gate = gate.clone();
+    let sender = tx.clone();
     tokio::spawn(async move {
         while metrics.changed().await.is_ok() {
             let m = metrics.borrow_and_update().clone();
             observe(&book, &m);
-            let next = to_leadership(&m);
-            tx.send_if_modified(|current| {
-                let changed = *current != next;
-                *current = next;
-                changed
-            });
+            publish(&sender, leadership_of(&m, &gate));
         }
     });
-    rx
+    (rx, tx)
 }

@@ -85,6 +85,12 @@ impl Gate {
             .elapsed()
     }
 
+    /// Whether a leader was heard from within the longest election
+    /// timeout.
+    pub(crate) fn hears_a_leader(&self) -> bool {
+        self.silent() < self.quiet
+    }
+
     /// Whether openraft may run its election timer.
     pub(crate) fn elects(&self) -> bool {
         self.open.load(Ordering::SeqCst)
@@ -118,6 +124,8 @@ impl Consensus {
         let mut metrics = self.raft.metrics();
         loop {
             let m = metrics.borrow_and_update().clone();
+            // A leader no longer heard from is no longer shown.
+            crate::publish(&self.leadership_tx, crate::leadership_of(&m, &self.gate));
             let configs = m.membership_config.membership().get_joint_config().clone();
             let alone = configs.iter().all(|c| c.len() == 1 && c.contains(&self.id));
             let leading = self.leadership.borrow().is_leader;
