@@ -189,19 +189,27 @@ impl Consensus {
                 (id, matches!(answer, Ok(Ok(true))))
             });
         }
+        // Done at the first quorum: a dead voter's answer never comes, and
+        // waiting for it would delay every failover.
         let mut yes = BTreeSet::from([self.id]);
-        while let Some(answer) = asks.join_next().await {
-            if let Ok((id, true)) = answer {
-                yes.insert(id);
+        let quorum = |yes: &BTreeSet<NodeId>| {
+            configs
+                .iter()
+                .all(|c| c.iter().filter(|id| yes.contains(id)).count() > c.len() / 2)
+        };
+        while !quorum(&yes) {
+            match asks.join_next().await {
+                Some(Ok((id, true))) => {
+                    yes.insert(id);
+                }
+                Some(_) => {}
+                None => {
+                    tracing::debug!(?yes, "pre-vote: no quorum would vote for this node");
+                    return false;
+                }
             }
         }
-        let granted = configs
-            .iter()
-            .all(|c| c.iter().filter(|id| yes.contains(id)).count() > c.len() / 2);
-        if !granted {
-            tracing::debug!(?yes, "pre-vote: no quorum would vote for this node");
-        }
-        granted
+        true
     }
 
     /// openraft's election timer runs only while the gate says so.
