@@ -763,6 +763,12 @@ impl Consensus {
         self.gate
             .drained
             .store(drained, std::sync::atomic::Ordering::SeqCst);
+        if !drained {
+            // Undrained, it stands again (a drained leader stepped down).
+            self.gate
+                .standing
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         self.update_elect();
         if !drained {
             self.book.hand_over(false);

@@ -405,6 +405,24 @@ async fn step_down_hands_leadership_to_a_follower() {
     eprintln!("hand-off took {took:?}");
 }
 
+/// A leader drained steps down; undrained, it stands again by its own
+/// timer: here the only node that may lead once the new leader is lost.
+#[tokio::test]
+async fn an_undrained_node_stands_for_election_again() {
+    let c = Cluster::three(Settings::default()).await;
+    let old = c.wait_leader(&[1, 2, 3]).await;
+    c.nodes[&old].set_drained(true);
+    c.nodes[&old].step_down(Duration::from_secs(5)).await;
+    let rest: Vec<NodeId> = [1, 2, 3].into_iter().filter(|i| *i != old).collect();
+    let new = c.wait_leader(&rest).await;
+    let other = rest.into_iter().find(|i| *i != new).unwrap();
+    c.nodes[&other].set_drained(true);
+    c.nodes[&old].set_drained(false);
+    c.router.isolate(new);
+    assert_eq!(c.wait_leader(&[old, other]).await, old);
+    c.router.heal();
+}
+
 /// 20 ms ± 10 ms each way between nodes (netem's `delay 20ms 10ms`): the
 /// default timing keeps one leader and its lease the whole time.
 #[tokio::test]
