@@ -1,5 +1,5 @@
 //! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, and (on a
-//! cluster node) the `/api/v1` router of `keel-web`.
+//! cluster node) the `/api/v1` and `/ui/` routers of `keel-api` and `keel-dashboard`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

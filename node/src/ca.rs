@@ -42,7 +42,7 @@ use std::time::Duration;
 use keel_consensus::rpc::{node_server_name, RpcClient};
 use keel_consensus::NodeId;
 use keel_model::{CaStage, ClusterCommand, ClusterIdentity};
-use keel_web::{CaMember, CaStatus, ControlError, ControlPlane};
+use keel_web_core::{CaMember, CaStatus, ControlError, ControlPlane};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 

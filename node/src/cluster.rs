@@ -22,7 +22,7 @@ use keel_consensus::rpc::{node_server_name, RpcClient, RpcError, TlsNetwork, ANY
 use keel_consensus::{Consensus, NodeId, NodeInfo, ProposeError, Settings};
 use keel_dataplane::Dataplane;
 use keel_model::{ClusterCommand, ClusterIdentity, ClusterState, Command, Refusal, Spec, User};
-use keel_web::{ClusterStatus, ControlError, ControlPlane, NodeStatus};
+use keel_web_core::{ClusterStatus, ControlError, ControlPlane, NodeStatus};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
@@ -108,7 +108,7 @@ pub struct ClusterOptions {
     pub max_voters: usize,
     /// `--restore`: a new cluster seeded from this backup (its CA, cluster
     /// id and state; new node ids and membership).
-    pub restore: Option<Box<keel_web::backup::Backup>>,
+    pub restore: Option<Box<keel_api::backup::Backup>>,
 }
 
 /// A started cluster node.
@@ -130,14 +130,14 @@ pub struct ClusterNode {
     /// True when this start created a new cluster.
     pub bootstrapped: bool,
     /// The state `keel recover` left for this node to restart into.
-    pub recovered: Option<Box<keel_web::backup::Backup>>,
+    pub recovered: Option<Box<keel_api::backup::Backup>>,
 }
 
 /// Where `keel recover` leaves the state a node restarts into as a
 /// one-node cluster (read only while its Raft directory is empty).
 pub const RECOVERY_FILE: &str = "recover.json";
 
-fn read_recovery(dir: &Path) -> Result<Option<Box<keel_web::backup::Backup>>, ClusterError> {
+fn read_recovery(dir: &Path) -> Result<Option<Box<keel_api::backup::Backup>>, ClusterError> {
     let path = dir.join(RECOVERY_FILE);
     let raft_empty = std::fs::read_dir(dir.join("raft"))
         .map(|mut entries| entries.next().is_none())
@@ -425,7 +425,7 @@ pub async fn start(opts: &ClusterOptions) -> Result<ClusterNode, ClusterError> {
                 let (cluster_id, ca_pem, ca_key) = match &opts.restore {
                     Some(backup) => restored_ca(dir, backup)?,
                     None => {
-                        let cluster_id = keel_web::random_hex(8);
+                        let cluster_id = keel_web_core::random_hex(8);
                         let (ca_pem, _) = ca_for_bootstrap(dir, &cluster_id)?;
                         let ca_key = read(&tls_dir(dir).join("ca.key"))?;
                         (cluster_id, ca_pem, ca_key)
@@ -495,7 +495,7 @@ fn refuse_bootstrap_over_raft_state(dir: &Path) -> Result<(), ClusterError> {
 /// it, still work): written where a bootstrap keeps its new one.
 fn restored_ca(
     dir: &Path,
-    backup: &keel_web::backup::Backup,
+    backup: &keel_api::backup::Backup,
 ) -> Result<(String, String, String), ClusterError> {
     let identity = backup.state.identity.as_ref().ok_or_else(|| {
         ClusterError::Bootstrap("the backup holds no cluster identity (CA)".into())
@@ -606,7 +606,7 @@ pub enum AdminPassword {
 pub const INITIAL_PASSWORD_FILE: &str = "initial-admin-password";
 
 async fn hash_off_thread(password: String) -> Result<String, ClusterError> {
-    tokio::task::spawn_blocking(move || keel_web::hash_password(&password))
+    tokio::task::spawn_blocking(move || keel_web_core::hash_password(&password))
         .await
         .map_err(|e| ClusterError::Bootstrap(e.to_string()))?
         .map_err(ClusterError::Bootstrap)
@@ -708,7 +708,7 @@ impl ClusterNode {
                 .map_err(bootstrap_err)?;
         }
         if state.secret.is_none() {
-            let secret = keel_model::ClusterSecret::new(keel_web::random_hex(32));
+            let secret = keel_model::ClusterSecret::new(keel_web_core::random_hex(32));
             control
                 .propose(ClusterCommand::SetSecret(secret))
                 .await
@@ -778,7 +778,7 @@ impl ClusterNode {
             Some(AdminPassword::Hash(hash)) => (hash, None),
             Some(AdminPassword::Plain(p)) => (hash_off_thread(p).await?, None),
             None => {
-                let p = keel_web::random_hex(12);
+                let p = keel_web_core::random_hex(12);
                 (hash_off_thread(p.clone()).await?, Some(p))
             }
         };
@@ -950,7 +950,7 @@ pub struct Control {
     /// What this node saw happen, for the dashboard.
     pub events: Arc<crate::events::EventLog>,
     /// Every password check on this node goes through it.
-    pub passwords: keel_web::PasswordGate,
+    pub passwords: keel_web_core::PasswordGate,
     /// Anonymous join attempts.
     pub joins: JoinLimits,
     /// The certificate this node presents, renewed while it runs.
@@ -1016,7 +1016,7 @@ impl Control {
             gossip_rejected: AtomicU64::new(0),
             traffic: Arc::default(),
             events: Arc::default(),
-            passwords: keel_web::PasswordGate::new(opts.password_checks),
+            passwords: keel_web_core::PasswordGate::new(opts.password_checks),
             joins: JoinLimits::default(),
             identity: node.identity.clone(),
             cert_validity: opts.cert_validity,
@@ -1363,7 +1363,7 @@ impl ControlPlane for Control {
         // One id for every try: a try whose answer was lost after it
         // committed must not apply again when the next one does.
         let command = ClusterCommand::Once {
-            request: keel_web::random_hex(12),
+            request: keel_web_core::random_hex(12),
             command: Box::new(command),
         };
         loop {
@@ -1587,11 +1587,15 @@ impl ControlPlane for Control {
         Ok(())
     }
 
-    async fn ca(&self) -> Result<keel_web::CaStatus, ControlError> {
+    async fn ca(&self) -> Result<keel_web_core::CaStatus, ControlError> {
         crate::ca::status(self).await
     }
 
-    async fn rotate_ca(&self, by: &str, abandon: bool) -> Result<keel_web::CaStatus, ControlError> {
+    async fn rotate_ca(
+        &self,
+        by: &str,
+        abandon: bool,
+    ) -> Result<keel_web_core::CaStatus, ControlError> {
         crate::ca::rotate(self, by, abandon).await
     }
 
@@ -1625,22 +1629,22 @@ impl ControlPlane for Control {
             .collect()
     }
 
-    fn traffic(&self) -> keel_web::Traffic {
+    fn traffic(&self) -> keel_web_core::Traffic {
         self.traffic.snapshot()
     }
 
-    fn serving(&self) -> keel_web::Serving {
-        keel_web::Serving {
+    fn serving(&self) -> keel_web_core::Serving {
+        keel_web_core::Serving {
             version: self.serving.load(Ordering::Relaxed),
             refused: !*self.healthy.borrow(),
         }
     }
 
-    fn listener_counters(&self) -> Vec<keel_web::ListenerCounters> {
+    fn listener_counters(&self) -> Vec<keel_web_core::ListenerCounters> {
         self.dataplane
             .listener_counters()
             .into_iter()
-            .map(|(lb, addr, c)| keel_web::ListenerCounters {
+            .map(|(lb, addr, c)| keel_web_core::ListenerCounters {
                 load_balancer: lb,
                 port: addr.port(),
                 connections: c.connections,
@@ -1652,7 +1656,7 @@ impl ControlPlane for Control {
             .collect()
     }
 
-    fn host_networks(&self) -> Vec<keel_web::HostNetwork> {
+    fn host_networks(&self) -> Vec<keel_web_core::HostNetwork> {
         let vips: Vec<std::net::IpAddr> = self
             .consensus
             .applied()
@@ -1666,15 +1670,17 @@ impl ControlPlane for Control {
         keel_vip::host_addresses()
             .into_iter()
             .filter(|(_, ip, _)| !vips.contains(ip))
-            .map(|(interface, address, prefix_len)| keel_web::HostNetwork {
-                interface,
-                address,
-                prefix_len,
-            })
+            .map(
+                |(interface, address, prefix_len)| keel_web_core::HostNetwork {
+                    interface,
+                    address,
+                    prefix_len,
+                },
+            )
             .collect()
     }
 
-    fn events(&self) -> Vec<keel_web::Event> {
+    fn events(&self) -> Vec<keel_web_core::Event> {
         self.events.list()
     }
 }
@@ -1841,8 +1847,8 @@ async fn join_certificate(
 /// address's count). With the token judged before anything is proposed,
 /// a flood of joins costs neither Raft nor the VIP anything.
 pub struct JoinLimits {
-    by_source: keel_web::Attempts<IpAddr>,
-    total: keel_web::Attempts<()>,
+    by_source: keel_web_core::Attempts<IpAddr>,
+    total: keel_web_core::Attempts<()>,
     /// Attempts by outcome: granted, refused, over the limit.
     outcomes: [AtomicU64; 3],
 }
@@ -1850,8 +1856,8 @@ pub struct JoinLimits {
 impl Default for JoinLimits {
     fn default() -> Self {
         JoinLimits {
-            by_source: keel_web::Attempts::new(10, Duration::from_secs(60)),
-            total: keel_web::Attempts::new(100, Duration::from_secs(60)),
+            by_source: keel_web_core::Attempts::new(10, Duration::from_secs(60)),
+            total: keel_web_core::Attempts::new(100, Duration::from_secs(60)),
             outcomes: Default::default(),
         }
     }
@@ -1909,7 +1915,7 @@ async fn grant_certificate(
     check_node_name(&req.name)?;
     // Everything that can be judged here is, before Raft sees anything: only
     // a token that the applied state would accept is proposed.
-    let secret_sha256 = keel_web::sha256_hex(&req.secret);
+    let secret_sha256 = keel_web_core::sha256_hex(&req.secret);
     let now = unix_now() + CLOCK_SKEW_MARGIN_SECS;
     control
         .state()

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use keel_consensus::Consensus;
 use keel_gossip::ClusterView;
-use keel_web::Event;
+use keel_web_core::Event;
 use tokio::sync::watch;
 
 /// How many events are kept.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use keel_dataplane::Dataplane;
 use keel_gossip::{ClusterView, GossipConfig, MemberView, Report};
-use keel_web::MemberHealth;
+use keel_web_core::MemberHealth;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 

@@ -132,10 +132,10 @@ impl TryFrom<RunArgs> for NodeConfig {
 fn read_backup(
     path: &std::path::Path,
     passphrase_file: Option<&std::path::Path>,
-) -> Result<keel_web::backup::Backup, String> {
+) -> Result<keel_api::backup::Backup, String> {
     let passphrase = backup_passphrase(passphrase_file)?;
     let bytes = std::fs::read(path).map_err(|e| format!("--restore {}: {e}", path.display()))?;
-    keel_web::backup::open(&bytes, &passphrase)
+    keel_api::backup::open(&bytes, &passphrase)
         .map_err(|e| format!("--restore {}: {e}", path.display()))
 }
 
@@ -494,13 +494,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let admin = admin::serve(
         opts.admin_addr,
         dataplane.clone(),
-        Some(keel_web::router(
-            control.clone(),
-            keel_web::Options {
-                tls: admin_tls.is_some(),
-                passwords: control.passwords.clone(),
-            },
-        )),
+        Some(
+            keel_api::router(
+                control.clone(),
+                keel_api::Options {
+                    tls: admin_tls.is_some(),
+                    passwords: control.passwords.clone(),
+                },
+            )
+            .merge(keel_dashboard::router(control.clone())),
+        ),
         Some(control.clone()),
         admin_tls,
         stop_rx.clone(),
@@ -553,13 +556,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         None
     };
     if let Some((addr, region)) = &config.aws_api {
-        let app = keel_web::aws_router(control.clone(), region.clone(), config.compat_adopt);
+        let app = keel_aws::router(control.clone(), region.clone(), config.compat_adopt);
         let tls = compat.clone().filter(|_| tls_for(*addr));
         serve_compat("aws", *addr, app, tls, stop_rx.clone()).await?;
     }
     if let Some(addr) = config.octavia_api {
         let tls = compat.clone().filter(|_| tls_for(addr));
-        let app = keel_web::octavia_router(
+        let app = keel_octavia::router(
             control.clone(),
             control.passwords.clone(),
             tls.is_some(),
@@ -627,7 +630,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if config.leave {
         tracing::info!("leaving the cluster");
         let by = format!("node {} leaving", node.file.name);
-        if let Err(e) = keel_web::ControlPlane::remove_node(&*control, &node.file.name, &by).await {
+        if let Err(e) =
+            keel_web_core::ControlPlane::remove_node(&*control, &node.file.name, &by).await
+        {
             tracing::warn!(error = %e, "could not leave the cluster cleanly");
         }
     } else {
@@ -686,7 +691,7 @@ fn admin_password() -> Result<Option<cluster::AdminPassword>, NodeError> {
     let text = text.trim_end_matches(['\n', '\r']);
     Ok(if text.is_empty() {
         None
-    } else if keel_web::is_password_hash(text) {
+    } else if keel_web_core::is_password_hash(text) {
         Some(AdminPassword::Hash(text.to_string()))
     } else {
         Some(AdminPassword::Plain(text.to_string()))

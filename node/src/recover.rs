@@ -62,7 +62,7 @@ pub async fn run(args: RecoverArgs) -> anyhow::Result<()> {
             }
         );
     }
-    let backup = keel_web::backup::Backup {
+    let backup = keel_api::backup::Backup {
         taken_at: unix_now(),
         version: committed.index,
         node: file.name.clone(),

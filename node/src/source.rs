@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_model::{ClusterCommand, Object, Refusal};
-use keel_web::apply::{Mode, Plan};
-use keel_web::{ControlError, ControlPlane};
+use keel_web_core::apply::{Mode, Plan};
+use keel_web_core::{ControlError, ControlPlane};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -95,7 +95,7 @@ pub(crate) async fn watch<C: ControlPlane>(
             };
             let command = ClusterCommand::Authored {
                 by: "config file".to_owned(),
-                at: keel_web::now(),
+                at: keel_web_core::now(),
                 command: Box::new(command),
             };
             let result = control.propose(command).await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keel_dataplane::{Dataplane, TrafficCounters, LATENCY_BUCKETS};
 use keel_gossip::{ClusterView, TrafficRate};
-use keel_web::{Traffic, TrafficPoint, TrafficSeries};
+use keel_web_core::{Traffic, TrafficPoint, TrafficSeries};
 use tokio::sync::watch;
 
 /// Time between samples.

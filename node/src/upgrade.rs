@@ -11,7 +11,7 @@ use keel_model::{ClusterCommand, CLUSTER_VERSION};
 use tokio::sync::watch;
 
 use crate::cluster::Control;
-use keel_web::ControlPlane;
+use keel_web_core::ControlPlane;
 
 /// How often the leader looks at what its members run.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -83,7 +83,7 @@ pub(crate) async fn run(control: Arc<Control>, mut stop: watch::Receiver<bool>) 
             .is_some();
         if current >= 5 && !secret {
             // The cluster secret the gossip key derives from (see `gossip`).
-            let secret = keel_model::ClusterSecret::new(keel_web::random_hex(32));
+            let secret = keel_model::ClusterSecret::new(keel_web_core::random_hex(32));
             match control
                 .consensus()
                 .propose(ClusterCommand::SetSecret(secret))
@@ -99,7 +99,7 @@ pub(crate) async fn run(control: Arc<Control>, mut stop: watch::Receiver<bool>) 
         ) {
             // AWS secrets sealed under the CA key lose it: sealed again
             // under the cluster secret in the same entry.
-            let reseal = keel_web::awskeys::reseal(&control.state().1, &secret);
+            let reseal = keel_web_core::awskeys::reseal(&control.state().1, &secret);
             match control
                 .consensus()
                 .propose(ClusterCommand::Atomic(vec![reseal, forget]))

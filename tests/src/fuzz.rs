@@ -15,8 +15,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("proxy_header", keel_dataplane::fuzz::proxy_header),
     ("client_hello", keel_dataplane::fuzz::client_hello),
     ("config", config),
-    ("sigv4", keel_web::fuzz::sigv4),
-    ("api_token", keel_web::fuzz::token),
+    ("sigv4", keel_aws::fuzz::sigv4),
+    ("api_token", keel_web_core::fuzz::token),
     ("join_token", join_token),
 ];
 

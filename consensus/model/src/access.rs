@@ -2,7 +2,7 @@
 //! state machine keeps about users (there is always an admin; a password
 //! change ends the user's sessions).
 //!
-//! Which API route needs which role is the API's business (`keel-web`);
+//! Which API route needs which role is the API's business (`keel-web-core`);
 //! this module holds only what must be agreed on by every node.
 
 use std::fmt;

@@ -58,7 +58,7 @@ pub fn hash_password_stdin() -> ExitCode {
         eprintln!("keel: use at least 12 characters");
         return ExitCode::FAILURE;
     }
-    match keel_web::hash_password(password) {
+    match keel_web_core::hash_password(password) {
         Ok(hash) => {
             println!("{hash}");
             ExitCode::SUCCESS

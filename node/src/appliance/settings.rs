@@ -152,7 +152,7 @@ impl Settings {
                 (Some(p), None) if p.chars().count() < 12 => {
                     out.push("admin.password: use at least 12 characters".into())
                 }
-                (None, Some(h)) if !keel_web::is_password_hash(h) => out.push(
+                (None, Some(h)) if !keel_web_core::is_password_hash(h) => out.push(
                     "admin.password_hash: not an argon2 hash (make one with `keel hash-password`)"
                         .into(),
                 ),

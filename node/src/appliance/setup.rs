@@ -396,7 +396,7 @@ fn scrub_keel_yaml(paths: &Paths, settings: &Settings) {
     let Ok(text) = std::fs::read_to_string(&paths.config_file) else {
         return;
     };
-    let scrubbed = keel_web::hash_password(password)
+    let scrubbed = keel_web_core::hash_password(password)
         .ok()
         .and_then(|hash| scrub_password(&text, &hash));
     match scrubbed {
@@ -617,7 +617,7 @@ mod tests {
 
     #[test]
     fn the_plaintext_password_is_replaced_by_its_hash_in_place() {
-        let hash = keel_web::hash_password("appliance password").unwrap();
+        let hash = keel_web_core::hash_password("appliance password").unwrap();
         let text = "node_name: n1\nadmin:\n  # the first password\n  password: appliance password\ncluster: {}\n";
         let out = scrub_password(text, &hash).unwrap();
         assert!(

@@ -358,7 +358,7 @@ async fn start(
     let (first, others) = nodes.split_first_mut().ok_or_else(|| anyhow!("no nodes"))?;
     // The demo chooses the admin password (to log in here and make the
     // join token) and prints it.
-    let password = keel_web::random_hex(8);
+    let password = keel_web_core::random_hex(8);
     first.start(Some((&config, &password)), None, args.log_format)?;
     first.ready().await?;
     let answer = Api::local(first.admin, None)
