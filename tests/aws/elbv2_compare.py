@@ -90,6 +90,10 @@ def scenario(elb, subnets, vpc):
         time.sleep(0.1)
     rec("describe_target_health", health)
     rec("describe_tags", elb.describe_tags(ResourceArns=[lb_arn])["TagDescriptions"][0]["Tags"])
+    elb.add_tags(ResourceArns=[lb_arn, tg_arn], Tags=[{"Key": "stage", "Value": "blue"}])
+    elb.remove_tags(ResourceArns=[lb_arn], TagKeys=["stage"])
+    rec("remove_tags", [sorted(t["Key"] for t in d["Tags"]) for d in
+                        elb.describe_tags(ResourceArns=[lb_arn, tg_arn])["TagDescriptions"]])
 
     changed = elb.modify_rule(RuleArn=rule["RuleArn"], Actions=[{"Type": "fixed-response", "FixedResponseConfig": {
         "StatusCode": "503", "ContentType": "text/plain", "MessageBody": "soon"}}])["Rules"][0]

@@ -107,6 +107,11 @@ def create():
     assert [r["Priority"] for r in rules] == ["10", "20", "default"], rules
     tags = elb.describe_tags(ResourceArns=[lb_arn])["TagDescriptions"][0]["Tags"]
     assert tags == [{"Key": "team", "Value": "blue"}], tags
+    elb.add_tags(ResourceArns=[lb_arn, site["TargetGroupArn"]], Tags=[{"Key": "stage", "Value": "1"}])
+    elb.remove_tags(ResourceArns=[lb_arn], TagKeys=["stage", "team"])
+    both = elb.describe_tags(ResourceArns=[lb_arn, site["TargetGroupArn"]])["TagDescriptions"]
+    assert [d["Tags"] for d in both] == [[], [{"Key": "stage", "Value": "1"}]], both
+    elb.add_tags(ResourceArns=[lb_arn], Tags=[{"Key": "team", "Value": "blue"}])
     names = [t["TargetGroupName"] for t in elb.describe_target_groups(LoadBalancerArn=lb_arn)["TargetGroups"]]
     assert sorted(names) == ["blog", "site"], names
     listeners = elb.describe_listeners(LoadBalancerArn=lb_arn)["Listeners"]

@@ -12,6 +12,7 @@ mod elbv2;
 #[doc(hidden)]
 pub mod fuzz;
 mod sigv4;
+mod tags;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -198,22 +199,6 @@ impl<C: ControlPlane> Call<'_, C> {
             .get(object)
             .cloned()
             .unwrap_or_default()
-    }
-
-    /// Adds the tags `Tags.member.N.{Key,Value}` to those kept as the
-    /// annotation `object` (a tag without a `Key` is skipped).
-    pub async fn add_tags(&self, object: &str, p: &Params) -> Result<(), AwsError> {
-        let tags = p.structs("Tags");
-        if tags.is_empty() {
-            return Ok(());
-        }
-        let mut values = self.annotations(object);
-        for t in tags {
-            if let Some(k) = t.get("Key") {
-                values.insert(k.clone(), t.get("Value").cloned().unwrap_or_default());
-            }
-        }
-        self.annotate(object, values).await
     }
 
     /// Replaces `object`'s annotations (none: removes them), if they differ.
