@@ -460,9 +460,14 @@ async fn handle<C: ControlPlane>(
         );
         return error_response(ns, &e, &id);
     }
+    let call = |manager| Call {
+        aws: &aws,
+        by: &by,
+        manager,
+    };
     let result = match version.as_str() {
-        "2015-12-01" => crate::elbv2::call(&aws, &action, &params, &by).await,
-        "2012-06-01" => crate::elb::call(&aws, &action, &params, &by).await,
+        "2015-12-01" => elbv2::serve(call("elbv2"), &action, &params).await,
+        "2012-06-01" => elb::serve(call("elb"), &action, &params).await,
         other => Err(AwsError::bad(
             "InvalidAction",
             format!("unknown API version {other:?} (expected 2012-06-01 or 2015-12-01)"),

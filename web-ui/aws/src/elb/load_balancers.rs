@@ -1,6 +1,5 @@
 //! Classic load balancers: create, describe, delete, availability zones.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use keel_model::{ClusterState, LoadBalancerDoc};
@@ -200,9 +199,6 @@ impl<C: ControlPlane> Elb<'_, C> {
                 remove_unused_pools(doc, &name, &pools);
                 Ok(())
             })
-            .await?;
-        self.call
-            .annotate(&format!("tags/loadbalancer/{name}"), BTreeMap::new())
             .await?;
         Ok(String::new())
     }

@@ -31,7 +31,7 @@ use keel_model::{ClusterState, Document, LoadBalancerDoc, PoolDoc};
 use keel_web_core::ControlPlane;
 use serde::{Deserialize, Serialize};
 
-use crate::{Aws, AwsError, Call, Params};
+use crate::{AwsError, Call, Params};
 
 mod attributes;
 mod health_check;
@@ -49,19 +49,13 @@ const LB_COOKIE: &str = "LBCookieStickinessPolicyType";
 const APP_COOKIE: &str = "AppCookieStickinessPolicyType";
 const PROXY_PROTOCOL: &str = "ProxyProtocolPolicyType";
 
-pub(crate) async fn call<C: ControlPlane>(
-    aws: &Aws<C>,
+/// Serves `action` for `call`'s caller.
+pub(crate) async fn serve<C: ControlPlane>(
+    call: Call<'_, C>,
     action: &str,
     p: &Params,
-    by: &str,
 ) -> Result<String, AwsError> {
-    let e = Elb {
-        call: Call {
-            aws,
-            by,
-            manager: "elb",
-        },
-    };
+    let e = Elb { call };
     match action {
         "CreateLoadBalancer" => e.create_load_balancer(p).await,
         "DescribeLoadBalancers" => e.describe_load_balancers(p),

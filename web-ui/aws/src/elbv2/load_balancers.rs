@@ -123,9 +123,6 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                 Ok(())
             })
             .await?;
-        self.call
-            .annotate(&format!("tags/loadbalancer/{name}"), BTreeMap::new())
-            .await?;
         Ok(String::new())
     }
 }

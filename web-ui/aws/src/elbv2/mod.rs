@@ -20,7 +20,7 @@
 use keel_compat::hex_id as id16;
 use keel_web_core::ControlPlane;
 
-use crate::{el, Aws, AwsError, Call, Params};
+use crate::{el, AwsError, Call, Params};
 
 mod listeners;
 mod load_balancers;
@@ -33,19 +33,13 @@ use rules::rules_key;
 
 const VPC: &str = "vpc-keel";
 
-pub(crate) async fn call<C: ControlPlane>(
-    aws: &Aws<C>,
+/// Serves `action` for `call`'s caller.
+pub(crate) async fn serve<C: ControlPlane>(
+    call: Call<'_, C>,
     action: &str,
     p: &Params,
-    by: &str,
 ) -> Result<String, AwsError> {
-    let e = Elbv2 {
-        call: Call {
-            aws,
-            by,
-            manager: "elbv2",
-        },
-    };
+    let e = Elbv2 { call };
     match action {
         "CreateLoadBalancer" => e.create_load_balancer(p).await,
         "DescribeLoadBalancers" => e.describe_load_balancers(p),
