@@ -11,7 +11,20 @@
 //! How Octavia objects map onto Keel's is in `view.rs`; every change is one
 //! atomic Raft entry (the spec change and the annotations that carry what
 //! Keel's model has no field for), validated like any other.
+//!
+//! One file per resource holds its body's fields, its create, update and
+//! delete, and how it is shown: `load_balancers`, `listeners`, `pools`,
+//! `members`, `health_monitors`, `l7policies`, `l7rules`. `view.rs` is the
+//! config as Octavia sees it (lookups, keys and IDs, statuses, the status
+//! tree, statistics, Neutron); `write.rs` what every change shares.
 
+mod health_monitors;
+mod l7policies;
+mod l7rules;
+mod listeners;
+mod load_balancers;
+mod members;
+mod pools;
 mod view;
 mod write;
 
@@ -23,13 +36,12 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use base64::Engine;
 use http::{header, HeaderMap, Method, StatusCode, Uri};
-use keel_model::Document;
-use serde_json::{json, Map, Value};
-
 use keel_compat::{Notes, Refused, Writer};
+use keel_model::Document;
 use keel_web_core::access::{authorize_compat, Caller};
 use keel_web_core::auth::{check_bearer, PasswordGate};
 use keel_web_core::ControlPlane;
+use serde_json::{json, Map, Value};
 
 pub(crate) struct Octavia<C> {
     control: Arc<C>,
@@ -355,13 +367,19 @@ async fn lbaas<C: ControlPlane>(
             let v = call.view().await;
             Ok(list(call, kind, v.all(kind)))
         }
-        ["loadbalancers"] if post => write::create_lb(call, envelope(body, "loadbalancer")?).await,
-        ["listeners"] if post => write::create_listener(call, envelope(body, "listener")?).await,
-        ["pools"] if post => write::create_pool(call, envelope(body, "pool")?).await,
-        ["healthmonitors"] if post => {
-            write::create_monitor(call, envelope(body, "healthmonitor")?).await
+        ["loadbalancers"] if post => {
+            load_balancers::create_lb(call, envelope(body, "loadbalancer")?).await
         }
-        ["l7policies"] if post => write::create_policy(call, envelope(body, "l7policy")?).await,
+        ["listeners"] if post => {
+            listeners::create_listener(call, envelope(body, "listener")?).await
+        }
+        ["pools"] if post => pools::create_pool(call, envelope(body, "pool")?).await,
+        ["healthmonitors"] if post => {
+            health_monitors::create_monitor(call, envelope(body, "healthmonitor")?).await
+        }
+        ["l7policies"] if post => {
+            l7policies::create_policy(call, envelope(body, "l7policy")?).await
+        }
         // Objects.
         [kind @ ("loadbalancers" | "listeners" | "pools" | "healthmonitors" | "l7policies"), id]
             if get =>
@@ -370,23 +388,23 @@ async fn lbaas<C: ControlPlane>(
             one(singular(kind), id, v.all(kind))
         }
         ["loadbalancers", id] if put => {
-            write::update_lb(call, id, envelope(body, "loadbalancer")?).await
+            load_balancers::update_lb(call, id, envelope(body, "loadbalancer")?).await
         }
-        ["loadbalancers", id] if delete => write::delete_lb(call, id).await,
+        ["loadbalancers", id] if delete => load_balancers::delete_lb(call, id).await,
         ["listeners", id] if put => {
-            write::update_listener(call, id, envelope(body, "listener")?).await
+            listeners::update_listener(call, id, envelope(body, "listener")?).await
         }
-        ["listeners", id] if delete => write::delete_listener(call, id).await,
-        ["pools", id] if put => write::update_pool(call, id, envelope(body, "pool")?).await,
-        ["pools", id] if delete => write::delete_pool(call, id).await,
+        ["listeners", id] if delete => listeners::delete_listener(call, id).await,
+        ["pools", id] if put => pools::update_pool(call, id, envelope(body, "pool")?).await,
+        ["pools", id] if delete => pools::delete_pool(call, id).await,
         ["healthmonitors", id] if put => {
-            write::update_monitor(call, id, envelope(body, "healthmonitor")?).await
+            health_monitors::update_monitor(call, id, envelope(body, "healthmonitor")?).await
         }
-        ["healthmonitors", id] if delete => write::delete_monitor(call, id).await,
+        ["healthmonitors", id] if delete => health_monitors::delete_monitor(call, id).await,
         ["l7policies", id] if put => {
-            write::update_policy(call, id, envelope(body, "l7policy")?).await
+            l7policies::update_policy(call, id, envelope(body, "l7policy")?).await
         }
-        ["l7policies", id] if delete => write::delete_policy(call, id).await,
+        ["l7policies", id] if delete => l7policies::delete_policy(call, id).await,
         // Load balancer and listener extras.
         ["loadbalancers", id, "status"] if get => {
             let v = call.view().await;
@@ -406,36 +424,38 @@ async fn lbaas<C: ControlPlane>(
             Ok(list(call, "members", v.members(&pool)))
         }
         ["pools", pool, "members"] if post => {
-            write::create_member(call, pool, envelope(body, "member")?).await
+            members::create_member(call, pool, envelope(body, "member")?).await
         }
-        ["pools", pool, "members"] if put => write::replace_members(call, pool, body).await,
+        ["pools", pool, "members"] if put => members::replace_members(call, pool, body).await,
         ["pools", pool, "members", id] if get => {
             let v = call.view().await;
             let pool = v.pool_named(pool)?;
             one("member", id, v.members(&pool))
         }
         ["pools", pool, "members", id] if put => {
-            write::update_member(call, pool, id, envelope(body, "member")?).await
+            members::update_member(call, pool, id, envelope(body, "member")?).await
         }
-        ["pools", pool, "members", id] if delete => write::delete_member(call, pool, id).await,
+        ["pools", pool, "members", id] if delete => members::delete_member(call, pool, id).await,
         // L7 rules.
         ["l7policies", policy, "rules"] if get => {
             let v = call.view().await;
             let (_, policy) = v.policy(policy)?;
-            Ok(list(call, "rules", view::rules_json(&v, &policy)))
+            Ok(list(call, "rules", l7rules::rules_json(&v, &policy)))
         }
         ["l7policies", policy, "rules"] if post => {
-            write::create_rule(call, policy, envelope(body, "rule")?).await
+            l7rules::create_rule(call, policy, envelope(body, "rule")?).await
         }
         ["l7policies", policy, "rules", id] if get => {
             let v = call.view().await;
             let (_, policy) = v.policy(policy)?;
-            one("rule", id, view::rules_json(&v, &policy))
+            one("rule", id, l7rules::rules_json(&v, &policy))
         }
         ["l7policies", policy, "rules", id] if put => {
-            write::update_rule(call, policy, id, envelope(body, "rule")?).await
+            l7rules::update_rule(call, policy, id, envelope(body, "rule")?).await
         }
-        ["l7policies", policy, "rules", id] if delete => write::delete_rule(call, policy, id).await,
+        ["l7policies", policy, "rules", id] if delete => {
+            l7rules::delete_rule(call, policy, id).await
+        }
         _ if matches!(
             segments.first(),
             Some(&("loadbalancers" | "listeners" | "pools" | "healthmonitors" | "l7policies"))

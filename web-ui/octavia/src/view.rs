@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub(crate) use keel_compat::uuid;
 use keel_compat::Provisioning;
-use keel_model::{CheckKind, ClusterState, Listener, Pool, Protocol, ProxyProtocol, Stickiness};
+use keel_model::{ClusterState, Listener, Pool, Protocol};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -170,7 +170,7 @@ impl Subnet {
     }
 }
 
-fn network_of(ip: IpAddr, len: u8) -> (bool, u128) {
+pub(super) fn network_of(ip: IpAddr, len: u8) -> (bool, u128) {
     match ip {
         IpAddr::V4(v4) => {
             let bits = u128::from(u32::from(v4));
@@ -193,7 +193,7 @@ fn network_of(ip: IpAddr, len: u8) -> (bool, u128) {
     }
 }
 
-fn cidr_of(ip: IpAddr, len: u8) -> String {
+pub(super) fn cidr_of(ip: IpAddr, len: u8) -> String {
     let (v4, bits) = network_of(ip, len);
     if v4 {
         let n = u32::try_from(bits).unwrap_or(0);
@@ -203,7 +203,7 @@ fn cidr_of(ip: IpAddr, len: u8) -> String {
     }
 }
 
-fn octavia_protocol(p: Protocol) -> &'static str {
+pub(super) fn octavia_protocol(p: Protocol) -> &'static str {
     match p {
         Protocol::Http => "HTTP",
         Protocol::Tcp | Protocol::Tls => "TCP",
@@ -212,16 +212,16 @@ fn octavia_protocol(p: Protocol) -> &'static str {
     }
 }
 
-fn secs(d: std::time::Duration) -> u64 {
+pub(super) fn secs(d: std::time::Duration) -> u64 {
     d.as_secs().max(u64::from(d.subsec_nanos() > 0))
 }
 
-fn millis(d: std::time::Duration) -> u64 {
+pub(super) fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Annotation text as a JSON list (`tags`, comma-joined).
-fn tags(note: &BTreeMap<String, String>) -> Value {
+pub(super) fn tags(note: &BTreeMap<String, String>) -> Value {
     json!(note
         .get("tags")
         .map(|t| t.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>())
@@ -229,7 +229,7 @@ fn tags(note: &BTreeMap<String, String>) -> Value {
 }
 
 impl View {
-    fn note(&self, key: &str) -> BTreeMap<String, String> {
+    pub(super) fn note(&self, key: &str) -> BTreeMap<String, String> {
         self.state.annotations.get(key).cloned().unwrap_or_default()
     }
 
@@ -250,7 +250,7 @@ impl View {
             .unwrap_or_else(|| PROJECT.to_owned())
     }
 
-    fn times(&self, note: &BTreeMap<String, String>) -> (Value, Value) {
+    pub(super) fn times(&self, note: &BTreeMap<String, String>) -> (Value, Value) {
         let created = note.get("created_at").cloned();
         let updated = note.get("updated_at").cloned().or_else(|| created.clone());
         (json!(created), json!(updated))
@@ -296,8 +296,6 @@ impl View {
             _ => Vec::new(),
         }
     }
-
-    // ---- Lookups by ID.
 
     pub fn lb_named(&self, id: &str) -> Result<String, Fault> {
         self.state
@@ -349,36 +347,6 @@ impl View {
             .ok_or_else(|| Fault::not_found("Member", id))
     }
 
-    /// The L7 policy `id` and its annotation key.
-    pub fn policy(&self, id: &str) -> Result<(String, Policy), Fault> {
-        self.policies()
-            .into_iter()
-            .find(|p| p.id == id)
-            .map(|p| (policy_key(&p.lb, p.port, &p.id), p))
-            .ok_or_else(|| Fault::not_found("L7 Policy", id))
-    }
-
-    /// Every L7 policy, by listener and position.
-    pub fn policies(&self) -> Vec<Policy> {
-        let mut all: Vec<Policy> = self
-            .state
-            .annotations
-            .iter()
-            .filter(|(k, _)| k.starts_with("octavia/l7policy/"))
-            .filter_map(|(_, v)| Policy::from_note(v))
-            .collect();
-        all.sort_by(|a, b| (&a.lb, a.port, a.position).cmp(&(&b.lb, b.port, b.position)));
-        all
-    }
-
-    /// The policies of one listener, by position.
-    pub fn listener_policies(&self, lb: &str, port: u16) -> Vec<Policy> {
-        self.policies()
-            .into_iter()
-            .filter(|p| p.lb == lb && p.port == port)
-            .collect()
-    }
-
     /// The load balancer a pool belongs to: the one recorded when it was
     /// made here, else the first whose listeners use it.
     pub fn pool_lb(&self, pool: &str) -> Option<String> {
@@ -400,9 +368,7 @@ impl View {
             .map(|lb| lb.name.clone())
     }
 
-    // ---- Health.
-
-    fn member_status(&self, pool: &Pool, m: &keel_model::Member) -> &'static str {
+    pub(super) fn member_status(&self, pool: &Pool, m: &keel_model::Member) -> &'static str {
         if !m.enabled {
             return "OFFLINE";
         }
@@ -425,7 +391,7 @@ impl View {
         }
     }
 
-    fn pool_status(&self, pool: &Pool) -> &'static str {
+    pub(super) fn pool_status(&self, pool: &Pool) -> &'static str {
         let all: Vec<&str> = pool
             .members
             .iter()
@@ -442,14 +408,14 @@ impl View {
         }
     }
 
-    fn listener_status(&self, l: &Listener) -> &'static str {
+    pub(super) fn listener_status(&self, l: &Listener) -> &'static str {
         l.default_pool
             .as_ref()
             .and_then(|p| self.state.spec.pools.get(p))
             .map_or("ONLINE", |p| self.pool_status(p))
     }
 
-    fn lb_status(&self, lb: &str) -> &'static str {
+    pub(super) fn lb_status(&self, lb: &str) -> &'static str {
         let Some(x) = self.state.spec.load_balancers.get(lb) else {
             return "OFFLINE";
         };
@@ -483,8 +449,6 @@ impl View {
             .cloned()
             .collect()
     }
-
-    // ---- Objects.
 
     /// The subnets of this node's interfaces (one per network; IPv6
     /// link-local ones left out).
@@ -528,331 +492,6 @@ impl View {
             .find(|s| !s.address.is_loopback())
             .or(subnets.first())
             .map(|s| s.address)
-    }
-
-    pub fn lb_json(&self, lb: &str) -> Value {
-        let project = self.project(Some(lb));
-        let note = self.note(&lb_key(lb));
-        let (created, updated) = self.times(&note);
-        let vip = self.vip_address(lb);
-        let subnet = vip.and_then(|ip| self.subnets().into_iter().find(|s| s.contains(ip)));
-        let listeners: Vec<Value> = self
-            .state
-            .spec
-            .load_balancers
-            .get(lb)
-            .map(|x| {
-                x.listeners
-                    .iter()
-                    .map(|l| json!({ "id": listener_id(lb, l.port) }))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let pools: Vec<Value> = self
-            .lb_pools(lb)
-            .iter()
-            .map(|p| json!({ "id": uuid("pool", p) }))
-            .collect();
-        json!({
-            "id": uuid("loadbalancer", lb),
-            "name": note.get("name").map_or(lb, String::as_str),
-            "description": note.get("description").cloned().unwrap_or_default(),
-            "admin_state_up": true,
-            "provisioning_status": self.provisioning(),
-            "operating_status": self.lb_status(lb),
-            "project_id": project,
-            "tenant_id": project,
-            "provider": "keel",
-            "flavor_id": null,
-            "availability_zone": null,
-            "created_at": created,
-            "updated_at": updated,
-            "vip_address": vip.map(|ip| ip.to_string()),
-            "vip_port_id": uuid("port", &format!("vip/{lb}")),
-            "vip_subnet_id": subnet.as_ref().map(|s| s.id.clone()),
-            "vip_network_id": subnet.as_ref().map(|s| uuid("network", &s.interface)),
-            "vip_qos_policy_id": null,
-            "vip_vnic_type": "normal",
-            "vip_sg_ids": [],
-            "additional_vips": [],
-            "listeners": listeners,
-            "pools": pools,
-            "tags": tags(&note),
-        })
-    }
-
-    pub fn listener_json(&self, lb: &str, l: &Listener) -> Value {
-        let project = self.project(Some(lb));
-        let note = self.note(&listener_key(lb, l.port));
-        let (created, updated) = self.times(&note);
-        let policies: Vec<Value> = self
-            .listener_policies(lb, l.port)
-            .iter()
-            .map(|p| json!({ "id": p.id }))
-            .collect();
-        let tls = l.protocol == Protocol::Https;
-        json!({
-            "id": listener_id(lb, l.port),
-            "name": note.get("name").cloned().unwrap_or_default(),
-            "description": note.get("description").cloned().unwrap_or_default(),
-            "admin_state_up": true,
-            "provisioning_status": self.provisioning(),
-            "operating_status": self.listener_status(l),
-            "protocol": octavia_protocol(l.protocol),
-            "protocol_port": l.port,
-            "connection_limit": l.max_connections.map_or(-1, i64::from),
-            "default_pool_id": l.default_pool.as_ref().map(|p| uuid("pool", p)),
-            "default_tls_container_ref": if tls { json!(l.certificates.first()) } else { json!(null) },
-            "sni_container_refs": if tls { json!(l.certificates.iter().skip(1).collect::<Vec<_>>()) } else { json!([]) },
-            "project_id": project,
-            "tenant_id": project,
-            "loadbalancers": [ { "id": uuid("loadbalancer", lb) } ],
-            "l7policies": policies,
-            "insert_headers": if l.protocol.is_http() {
-                json!({ "X-Forwarded-For": "true", "X-Forwarded-Port": "true", "X-Forwarded-Proto": "true" })
-            } else { json!({}) },
-            "created_at": created,
-            "updated_at": updated,
-            "timeout_client_data": millis(l.idle_timeout),
-            "timeout_member_connect": null,
-            "timeout_member_data": null,
-            "timeout_tcp_inspect": 0,
-            "tags": tags(&note),
-            "client_ca_tls_container_ref": null,
-            "client_authentication": "NONE",
-            "client_crl_container_ref": null,
-            "allowed_cidrs": null,
-            "tls_ciphers": null,
-            "tls_versions": if tls { json!([if l.tls_policy == keel_model::TlsPolicy::Modern { "TLSv1.3" } else { "TLSv1.2" }]) } else { json!(null) },
-            "alpn_protocols": if tls && l.http2 { json!(["h2", "http/1.1"]) } else { json!(null) },
-            "hsts_max_age": null,
-            "hsts_include_subdomains": false,
-            "hsts_preload": false,
-        })
-    }
-
-    /// The listener on `lb`'s `port` (null if it is gone meanwhile).
-    pub fn listener_at(&self, lb: &str, port: u16) -> Value {
-        self.state
-            .spec
-            .load_balancers
-            .get(lb)
-            .and_then(|x| x.listeners.iter().find(|l| l.port == port))
-            .map_or(Value::Null, |l| self.listener_json(lb, l))
-    }
-
-    /// The health monitor of `pool` (null if it is gone meanwhile).
-    pub fn monitor_of(&self, pool: &str) -> Value {
-        self.state
-            .spec
-            .pools
-            .get(pool)
-            .map_or(Value::Null, |p| self.monitor_json(p))
-    }
-
-    fn pool_protocol(&self, pool: &Pool, note: &BTreeMap<String, String>) -> String {
-        if let Some(p) = note.get("protocol") {
-            return p.clone();
-        }
-        match pool.proxy_protocol {
-            Some(ProxyProtocol::V1) => return "PROXY".into(),
-            Some(ProxyProtocol::V2) => return "PROXYV2".into(),
-            None => {}
-        }
-        let user = self
-            .state
-            .spec
-            .load_balancers
-            .values()
-            .flat_map(|lb| &lb.listeners)
-            .find(|l| l.default_pool.as_deref() == Some(pool.name.as_str()));
-        match user.map(|l| l.protocol) {
-            Some(Protocol::Http | Protocol::Https) => "HTTP".into(),
-            Some(Protocol::TlsPassthrough) => "HTTPS".into(),
-            Some(Protocol::Tcp | Protocol::Tls) => "TCP".into(),
-            None if pool.tls.is_some() => "HTTPS".into(),
-            None => "HTTP".into(),
-        }
-    }
-
-    pub fn pool_json(&self, pool: &Pool) -> Value {
-        let note = self.note(&pool_key(&pool.name));
-        let (created, updated) = self.times(&note);
-        let lb = self.pool_lb(&pool.name);
-        let project = self.project(lb.as_deref());
-        let listeners: Vec<Value> = self
-            .state
-            .spec
-            .load_balancers
-            .values()
-            .flat_map(|x| {
-                x.listeners
-                    .iter()
-                    .filter(|l| l.default_pool.as_deref() == Some(pool.name.as_str()))
-                    .map(|l| json!({ "id": listener_id(&x.name, l.port) }))
-            })
-            .collect();
-        let algorithm = note.get("lb_algorithm").cloned().unwrap_or_else(|| {
-            match pool.algorithm {
-                keel_model::Algorithm::LeastOutstanding => "LEAST_CONNECTIONS",
-                keel_model::Algorithm::SourceHash => "SOURCE_IP",
-                _ => "ROUND_ROBIN",
-            }
-            .to_owned()
-        });
-        let persistence = match (&pool.stickiness, pool.algorithm) {
-            (Some(Stickiness::LbCookie { .. }), _) => {
-                json!({ "type": "HTTP_COOKIE", "cookie_name": null, "persistence_timeout": null, "persistence_granularity": null })
-            }
-            (Some(Stickiness::AppCookie { cookie, .. }), _) => {
-                json!({ "type": "APP_COOKIE", "cookie_name": cookie, "persistence_timeout": null, "persistence_granularity": null })
-            }
-            (None, keel_model::Algorithm::ConsistentHash)
-                if note.contains_key("source_ip_persistence") =>
-            {
-                json!({ "type": "SOURCE_IP", "cookie_name": null, "persistence_timeout": null, "persistence_granularity": null })
-            }
-            _ => json!(null),
-        };
-        json!({
-            "id": uuid("pool", &pool.name),
-            "name": note.get("name").map_or(pool.name.as_str(), String::as_str),
-            "description": note.get("description").cloned().unwrap_or_default(),
-            "admin_state_up": true,
-            "provisioning_status": self.provisioning(),
-            "operating_status": self.pool_status(pool),
-            "protocol": self.pool_protocol(pool, &note),
-            "lb_algorithm": algorithm,
-            "session_persistence": persistence,
-            "loadbalancers": lb.map(|lb| vec![json!({ "id": uuid("loadbalancer", &lb) })]).unwrap_or_default(),
-            "listeners": listeners,
-            "members": pool.members.iter().map(|m| json!({ "id": member_id(&pool.name, m.address) })).collect::<Vec<_>>(),
-            "healthmonitor_id": pool.health_check.as_ref().map(|_| uuid("healthmonitor", &pool.name)),
-            "project_id": project,
-            "tenant_id": project,
-            "created_at": created,
-            "updated_at": updated,
-            "tls_enabled": pool.tls.is_some(),
-            "tls_container_ref": null,
-            "ca_tls_container_ref": null,
-            "crl_container_ref": null,
-            "tls_ciphers": null,
-            "tls_versions": null,
-            "alpn_protocols": null,
-            "tags": tags(&note),
-        })
-    }
-
-    pub fn members(&self, pool: &str) -> Vec<Value> {
-        let Some(p) = self.state.spec.pools.get(pool) else {
-            return Vec::new();
-        };
-        let project = self.project(self.pool_lb(pool).as_deref());
-        p.members
-            .iter()
-            .map(|m| {
-                let note = self.note(&member_key(pool, m.address));
-                let (created, updated) = self.times(&note);
-                let subnet = note.get("subnet_id").cloned().or_else(|| {
-                    self.subnets()
-                        .into_iter()
-                        .find(|s| s.contains(m.address.ip()))
-                        .map(|s| s.id)
-                });
-                json!({
-                    "id": member_id(pool, m.address),
-                    "name": note.get("name").cloned().unwrap_or_default(),
-                    "operating_status": self.member_status(p, m),
-                    "provisioning_status": self.provisioning(),
-                    "admin_state_up": m.enabled,
-                    "address": m.address.ip().to_string(),
-                    "protocol_port": m.address.port(),
-                    "weight": m.weight,
-                    "backup": false,
-                    "subnet_id": subnet,
-                    "project_id": project,
-                    "tenant_id": project,
-                    "created_at": created,
-                    "updated_at": updated,
-                    "monitor_address": null,
-                    "monitor_port": p.health_check.as_ref().and_then(|h| h.port),
-                    "vnic_type": "normal",
-                    "tags": tags(&note),
-                })
-            })
-            .collect()
-    }
-
-    pub fn monitor_json(&self, pool: &Pool) -> Value {
-        let note = self.note(&monitor_key(&pool.name));
-        let (created, updated) = self.times(&note);
-        let Some(hc) = &pool.health_check else {
-            return json!(null);
-        };
-        let project = self.project(self.pool_lb(&pool.name).as_deref());
-        let (kind, method, path, host, codes) = match &hc.kind {
-            CheckKind::Tcp => ("TCP", None, None, None, None),
-            CheckKind::Http {
-                method,
-                path,
-                host,
-                expected_codes,
-            } => (
-                if pool.tls.is_some() { "HTTPS" } else { "HTTP" },
-                Some(method.clone()),
-                Some(path.clone()),
-                host.clone(),
-                Some(expected_codes.to_string()),
-            ),
-        };
-        json!({
-            "id": uuid("healthmonitor", &pool.name),
-            "name": note.get("name").cloned().unwrap_or_default(),
-            "type": kind,
-            "delay": secs(hc.interval),
-            "timeout": secs(hc.timeout),
-            "max_retries": hc.healthy_threshold,
-            "max_retries_down": hc.unhealthy_threshold,
-            "http_method": method,
-            "url_path": path,
-            "expected_codes": codes,
-            "domain_name": host,
-            "http_version": if kind == "TCP" { json!(null) } else { json!(1.1) },
-            "admin_state_up": true,
-            "pools": [ { "id": uuid("pool", &pool.name) } ],
-            "project_id": project,
-            "tenant_id": project,
-            "provisioning_status": self.provisioning(),
-            "operating_status": "ONLINE",
-            "created_at": created,
-            "updated_at": updated,
-            "tags": tags(&note),
-        })
-    }
-
-    pub fn policy_json(&self, p: &Policy) -> Value {
-        let project = self.project(Some(&p.lb));
-        json!({
-            "id": p.id,
-            "name": p.name,
-            "description": p.description,
-            "admin_state_up": true,
-            "provisioning_status": self.provisioning(),
-            "operating_status": "ONLINE",
-            "listener_id": listener_id(&p.lb, p.port),
-            "action": p.action,
-            "position": p.position,
-            "redirect_pool_id": p.redirect_pool.as_ref().map(|pool| uuid("pool", pool)),
-            "redirect_url": p.redirect_url,
-            "redirect_prefix": p.redirect_prefix,
-            "redirect_http_code": p.redirect_http_code,
-            "rules": p.rules.iter().map(|r| json!({ "id": r.id })).collect::<Vec<_>>(),
-            "project_id": project,
-            "tenant_id": project,
-            "created_at": p.created_at,
-            "updated_at": p.updated_at,
-            "tags": p.tags,
-        })
     }
 
     /// `GET .../loadbalancers/ID/status`: the tree of statuses.
@@ -1031,7 +670,7 @@ impl View {
     }
 }
 
-fn port_json(id: &str, name: &str, s: &Subnet, ip: IpAddr, owner: &str) -> Value {
+pub(super) fn port_json(id: &str, name: &str, s: &Subnet, ip: IpAddr, owner: &str) -> Value {
     json!({
         "id": id,
         "name": name,
@@ -1045,100 +684,4 @@ fn port_json(id: &str, name: &str, s: &Subnet, ip: IpAddr, owner: &str) -> Value
         "tenant_id": PROJECT,
         "tags": [],
     })
-}
-
-/// The rules of a policy as Octavia objects.
-pub(crate) fn rules_json(v: &View, p: &Policy) -> Vec<Value> {
-    let project = v.project(Some(&p.lb));
-    p.rules
-        .iter()
-        .map(|r| {
-            json!({
-                "id": r.id,
-                "type": r.kind,
-                "compare_type": r.compare_type,
-                "key": r.key,
-                "value": r.value,
-                "invert": false,
-                "admin_state_up": true,
-                "provisioning_status": v.provisioning(),
-                "operating_status": "ONLINE",
-                "project_id": project,
-                "tenant_id": project,
-                "created_at": r.created_at,
-                "updated_at": r.updated_at,
-                "tags": r.tags,
-            })
-        })
-        .collect()
-}
-
-/// The Keel rule an L7 policy becomes (`None` while it has no rules: an
-/// Octavia policy without rules matches nothing).
-pub(crate) fn keel_rule(p: &Policy, index: usize) -> Option<Value> {
-    if p.rules.is_empty() {
-        return None;
-    }
-    let mut rule = json!({
-        "priority": POLICY_PRIORITY + u32::try_from(index).unwrap_or(0) + 1,
-    });
-    let glob = |compare: &str, value: &str| match compare {
-        "STARTS_WITH" => format!("{value}*"),
-        "ENDS_WITH" => format!("*{value}"),
-        "CONTAINS" => format!("*{value}*"),
-        _ => value.to_owned(),
-    };
-    for r in &p.rules {
-        match (r.kind.as_str(), r.compare_type.as_str()) {
-            ("PATH", "STARTS_WITH") => rule["path_prefix"] = json!(r.value),
-            ("PATH", "EQUAL_TO") => rule["path"] = json!(r.value),
-            ("PATH", compare) => rule["path_glob"] = json!(glob(compare, &r.value)),
-            ("FILE_TYPE", _) => rule["path_glob"] = json!(format!("*.{}", r.value)),
-            ("HOST_NAME", compare) => rule["host"] = json!(glob(compare, &r.value)),
-            ("HEADER", compare) => {
-                let key = r.key.clone().unwrap_or_default();
-                if rule.get("header").is_none() {
-                    rule["header"] = json!({});
-                }
-                rule["header"][key] = json!(glob(compare, &r.value));
-            }
-            _ => {}
-        }
-    }
-    match p.action.as_str() {
-        "REDIRECT_TO_POOL" => rule["pool"] = json!(p.redirect_pool),
-        "REJECT" => {
-            rule["fixed_response"] =
-                json!({ "status": 403, "content_type": "text/plain", "body": "Forbidden\n" });
-        }
-        "REDIRECT_TO_URL" | "REDIRECT_PREFIX" => {
-            let url = p
-                .redirect_url
-                .as_deref()
-                .or(p.redirect_prefix.as_deref())
-                .unwrap_or_default();
-            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-            let (authority, tail) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
-            let (host, port) = match authority.rsplit_once(':') {
-                Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h, Some(p)),
-                _ => (authority, None),
-            };
-            let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
-            let mut redirect = json!({
-                "status": p.redirect_http_code.unwrap_or(302),
-                "scheme": scheme,
-                "host": host,
-                "port": port.unwrap_or(if scheme == "https" { "443" } else { "80" }),
-            });
-            if p.action == "REDIRECT_TO_URL" {
-                redirect["path"] = json!(if path.is_empty() { "/" } else { path });
-                redirect["query"] = json!(query);
-            } else {
-                redirect["path"] = json!(format!("{}#{{path}}", path.trim_end_matches('/')));
-            }
-            rule["redirect"] = redirect;
-        }
-        _ => {}
-    }
-    Some(rule)
 }
