@@ -8,11 +8,10 @@ use keel_model::{CheckKind, Document, Pool};
 use keel_web_core::ControlPlane;
 use serde_json::{json, Value};
 
-use super::members::pool_owner;
 use super::view::{monitor_key, secs, tags, uuid, View};
 use super::write::{
-    admin_up, created, describe, doc_value, int, known, need_int, need_text, note_of, pool_mut,
-    remove, text, Body,
+    admin_up, as_settings, created, describe, doc_value, int, known, need_int, need_text, note_of,
+    pool_mut, pool_owner, remove, text, Body,
 };
 use super::{Call, Fault, Reply};
 
@@ -124,8 +123,8 @@ pub(super) async fn create_monitor<C: ControlPlane>(call: &Call<'_, C>, b: Body)
     monitor_settings(&b, &mut hc, p.tls.is_some())?;
     let mut note = BTreeMap::new();
     describe(&b, &mut note)?;
-    call.settled(&pool_owner(&v, &pool)).await?;
     call.commit(
+        Some(&pool_owner(&v, &pool)),
         |doc| {
             pool_mut(doc, &pool)?.health_check = Some(doc_value(hc.clone())?);
             Ok(())
@@ -151,14 +150,14 @@ pub(super) async fn update_monitor<C: ControlPlane>(
         .into_iter()
         .find(|x| x.name == pool)
         .and_then(|x| x.health_check)
-        .map(|h| serde_json::to_value(h).unwrap_or_default())
+        .map(as_settings)
         .ok_or_else(|| Fault::not_found("Health Monitor", id))?;
     monitor_settings(&b, &mut hc, p.tls.is_some())?;
     let key = monitor_key(&pool);
     let mut note = note_of(&v, &key);
     describe(&b, &mut note)?;
-    call.settled(&pool_owner(&v, &pool)).await?;
     call.commit(
+        Some(&pool_owner(&v, &pool)),
         |doc| {
             pool_mut(doc, &pool)?.health_check = Some(doc_value(hc.clone())?);
             Ok(())

@@ -150,8 +150,8 @@ pub(super) async fn save_policies<C: ControlPlane>(
         }
         notes.push((policy_key(lb, port, &p.id), p.note()));
     }
-    call.settled(&uuid("loadbalancer", lb)).await?;
     call.commit(
+        Some(&uuid("loadbalancer", lb)),
         |doc| {
             let l = listener_mut(doc, lb, port)?;
             l.rules.retain(|r| r.priority <= i64::from(POLICY_PRIORITY));

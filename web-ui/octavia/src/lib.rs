@@ -170,26 +170,24 @@ impl<C: ControlPlane> Call<'_, C> {
         self.writer().caught_up().await
     }
 
-    /// Refuses a change while the data plane has not caught up: Octavia
-    /// answers 409 while an object is `PENDING_*`.
-    async fn settled(&self, lb_id: &str) -> Result<(), Fault> {
-        if self.caught_up().await {
-            Ok(())
-        } else {
-            Err(Fault::conflict(format!(
-                "Load Balancer {lb_id} is immutable and cannot be updated."
-            )))
-        }
-    }
-
     /// Commits `edit` of the config together with `notes` (annotations to
     /// set, or with no values to remove), as one entry, and waits until
-    /// this node serves it.
+    /// this node serves it. A change to what load balancer `settled` names
+    /// (the ID in the message) is refused while the data plane has not
+    /// caught up: Octavia answers 409 while an object is `PENDING_*`.
     async fn commit(
         &self,
+        settled: Option<&str>,
         edit: impl FnMut(&mut Document) -> Result<(), Fault>,
         notes: Notes,
     ) -> Result<(), Fault> {
+        if let Some(lb_id) = settled {
+            if !self.caught_up().await {
+                return Err(Fault::conflict(format!(
+                    "Load Balancer {lb_id} is immutable and cannot be updated."
+                )));
+            }
+        }
         self.writer()
             .change(edit, notes)
             .await

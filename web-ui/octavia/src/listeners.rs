@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use super::view::{listener_id, listener_key, millis, octavia_protocol, tags, uuid, View};
 use super::write::{
-    admin_up, created, describe, doc_value, int, known, listener_mut, need_int, need_text, note_of,
-    remove, text, unset, Body,
+    admin_up, as_settings, created, describe, doc_value, from_settings, int, known, listener_mut,
+    need_int, need_text, note_of, remove, text, unset, Body,
 };
 use super::{Call, Fault, Reply};
 
@@ -173,8 +173,8 @@ pub(super) async fn create_listener<C: ControlPlane>(call: &Call<'_, C>, b: Body
     let listener: ListenerDoc = doc_value(l)?;
     let mut note = BTreeMap::new();
     describe(&b, &mut note)?;
-    call.settled(&lb_id).await?;
     call.commit(
+        Some(&lb_id),
         |doc| {
             if let Some(x) = doc.load_balancers.iter_mut().find(|x| x.name == lb) {
                 x.listeners.push(listener.clone());
@@ -202,18 +202,15 @@ pub(super) async fn update_listener<C: ControlPlane>(
         .iter()
         .find(|x| x.name == lb)
         .and_then(|x| x.listeners.iter().find(|l| l.port == i64::from(port)))
-        .map(|l| serde_json::to_value(l).unwrap_or_default())
+        .map(as_settings)
         .ok_or_else(|| Fault::not_found("Listener", id))?;
     listener_settings(&b, &mut current, &v)?;
-    if let Value::Object(m) = &mut current {
-        m.retain(|_, v| !v.is_null());
-    }
-    let listener: ListenerDoc = doc_value(current)?;
+    let listener: ListenerDoc = from_settings(current)?;
     let key = listener_key(&lb, port);
     let mut note = note_of(&v, &key);
     describe(&b, &mut note)?;
-    call.settled(&uuid("loadbalancer", &lb)).await?;
     call.commit(
+        Some(&uuid("loadbalancer", &lb)),
         |doc| {
             *listener_mut(doc, &lb, port)? = listener.clone();
             Ok(())

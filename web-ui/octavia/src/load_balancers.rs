@@ -144,6 +144,7 @@ pub(super) async fn create_lb<C: ControlPlane>(call: &Call<'_, C>, b: Body) -> R
         );
     }
     call.commit(
+        None,
         |doc| {
             doc.load_balancers.push(LoadBalancerDoc {
                 name: lb.clone(),
@@ -164,11 +165,10 @@ pub(super) async fn update_lb<C: ControlPlane>(call: &Call<'_, C>, id: &str, b: 
     unset(&b, &["vip_qos_policy_id", "vip_sg_ids"])?;
     let v = call.view().await;
     let lb = v.lb_named(id)?;
-    call.settled(id).await?;
     let key = lb_key(&lb);
     let mut note = note_of(&v, &key);
     describe(&b, &mut note)?;
-    call.commit(|_| Ok(()), vec![(key, note)]).await?;
+    call.commit(Some(id), |_| Ok(()), vec![(key, note)]).await?;
     Ok((
         StatusCode::OK,
         json!({ "loadbalancer": call.view().await.lb_json(&lb) }),

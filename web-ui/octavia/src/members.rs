@@ -9,10 +9,10 @@ use keel_model::{Document, MemberDoc};
 use keel_web_core::ControlPlane;
 use serde_json::{json, Value};
 
-use super::view::{member_id, member_key, tags, uuid, View};
+use super::view::{member_id, member_key, tags, View};
 use super::write::{
-    boolean, created, describe, int, known, need_int, need_text, note_of, pool_mut, remove, text,
-    unset, Body,
+    boolean, created, describe, int, known, need_int, need_text, note_of, pool_mut, pool_owner,
+    remove, text, unset, Body,
 };
 use super::{Call, Fault, Reply};
 
@@ -44,12 +44,6 @@ pub(super) fn member_settings(
     describe(b, note)
 }
 
-/// The settle-check ID for a pool's changes: its load balancer's.
-pub(super) fn pool_owner(v: &View, pool: &str) -> String {
-    v.pool_lb(pool)
-        .map_or_else(|| uuid("pool", pool), |lb| uuid("loadbalancer", &lb))
-}
-
 pub(super) fn parse_member(b: &Body, v: &View) -> Result<(SocketAddr, Option<String>), Fault> {
     let address = need_text(b, "address")?;
     let ip: IpAddr = address.parse().map_err(|_| {
@@ -67,25 +61,52 @@ pub(super) fn parse_member(b: &Body, v: &View) -> Result<(SocketAddr, Option<Str
     Ok((SocketAddr::new(ip, port), subnet))
 }
 
+/// What a new member's body may hold beyond [`MEMBER_FIELDS`].
+const NEW_MEMBER_FIELDS: &[&str] = &[
+    "address",
+    "protocol_port",
+    "subnet_id",
+    "project_id",
+    "tenant_id",
+    "vnic_type",
+    "request_sriov",
+];
+
+/// A new member of `pool` from its body (a create, or one of a batch):
+/// its address, its Keel document and its note.
+fn new_member(
+    b: &Body,
+    v: &View,
+    pool: &str,
+) -> Result<(SocketAddr, MemberDoc, BTreeMap<String, String>), Fault> {
+    let allowed: Vec<&str> = MEMBER_FIELDS
+        .iter()
+        .chain(NEW_MEMBER_FIELDS)
+        .copied()
+        .collect();
+    known(b, &allowed)?;
+    let (address, subnet) = parse_member(b, v)?;
+    let mut member = MemberDoc {
+        address: address.to_string(),
+        weight: None,
+        enabled: None,
+    };
+    let mut note = note_of(v, &member_key(pool, address));
+    if let Some(s) = subnet {
+        note.insert("subnet_id".into(), s);
+    }
+    member_settings(b, &mut member, &mut note)?;
+    Ok((address, member, note))
+}
+
 pub(super) async fn create_member<C: ControlPlane>(
     call: &Call<'_, C>,
     pool_id: &str,
     b: Body,
 ) -> Reply {
-    let mut allowed = MEMBER_FIELDS.to_vec();
-    allowed.extend([
-        "address",
-        "protocol_port",
-        "subnet_id",
-        "project_id",
-        "tenant_id",
-        "vnic_type",
-        "request_sriov",
-    ]);
-    known(&b, &allowed)?;
     let v = call.view().await;
     let pool = v.pool_named(pool_id)?;
-    let (address, subnet) = parse_member(&b, &v)?;
+    let (address, member, note) = new_member(&b, &v, &pool)?;
     if v.state.spec.pools[&pool]
         .members
         .iter()
@@ -97,18 +118,8 @@ pub(super) async fn create_member<C: ControlPlane>(
             address.port()
         )));
     }
-    let mut member = MemberDoc {
-        address: address.to_string(),
-        weight: None,
-        enabled: None,
-    };
-    let mut note = BTreeMap::new();
-    if let Some(s) = subnet {
-        note.insert("subnet_id".into(), s);
-    }
-    member_settings(&b, &mut member, &mut note)?;
-    call.settled(&pool_owner(&v, &pool)).await?;
     call.commit(
+        Some(&pool_owner(&v, &pool)),
         |doc| {
             pool_mut(doc, &pool)?.members.push(member.clone());
             Ok(())
@@ -116,13 +127,7 @@ pub(super) async fn create_member<C: ControlPlane>(
         vec![(member_key(&pool, address), note)],
     )
     .await?;
-    let v = call.view().await;
-    let id = member_id(&pool, address);
-    let m = v
-        .members(&pool)
-        .into_iter()
-        .find(|m| m["id"] == id.as_str());
-    created("member", m.unwrap_or(Value::Null))
+    created("member", call.view().await.member(&pool, address))
 }
 
 pub(super) async fn update_member<C: ControlPlane>(
@@ -148,8 +153,8 @@ pub(super) async fn update_member<C: ControlPlane>(
         })
         .ok_or_else(|| Fault::not_found("Member", id))?;
     member_settings(&b, &mut member, &mut note)?;
-    call.settled(&pool_owner(&v, &pool)).await?;
     call.commit(
+        Some(&pool_owner(&v, &pool)),
         |doc| {
             if let Some(m) = pool_mut(doc, &pool)?
                 .members
@@ -163,8 +168,7 @@ pub(super) async fn update_member<C: ControlPlane>(
         vec![(key, note)],
     )
     .await?;
-    let v = call.view().await;
-    let m = v.members(&pool).into_iter().find(|m| m["id"] == id);
+    let m = call.view().await.member(&pool, address);
     Ok((StatusCode::OK, json!({ "member": m })))
 }
 
@@ -204,31 +208,12 @@ pub(super) async fn replace_members<C: ControlPlane>(
         let Value::Object(b) = item else {
             return Err(Fault::bad("Each member must be an object."));
         };
-        let mut allowed = MEMBER_FIELDS.to_vec();
-        allowed.extend([
-            "address",
-            "protocol_port",
-            "subnet_id",
-            "project_id",
-            "tenant_id",
-        ]);
-        known(b, &allowed)?;
-        let (address, subnet) = parse_member(b, &v)?;
-        let mut member = MemberDoc {
-            address: address.to_string(),
-            weight: None,
-            enabled: None,
-        };
-        let mut note = note_of(&v, &member_key(&pool, address));
-        if let Some(s) = subnet {
-            note.insert("subnet_id".into(), s);
-        }
-        member_settings(b, &mut member, &mut note)?;
+        let (address, member, note) = new_member(b, &v, &pool)?;
         members.push(member);
         notes.push((member_key(&pool, address), note));
     }
-    call.settled(&pool_owner(&v, &pool)).await?;
     call.commit(
+        Some(&pool_owner(&v, &pool)),
         |doc| {
             pool_mut(doc, &pool)?.members = members.clone();
             Ok(())
@@ -240,6 +225,15 @@ pub(super) async fn replace_members<C: ControlPlane>(
 }
 
 impl View {
+    /// The member of `pool` at `address`, as Octavia shows it.
+    pub(super) fn member(&self, pool: &str, address: SocketAddr) -> Value {
+        let id = member_id(pool, address);
+        self.members(pool)
+            .into_iter()
+            .find(|m| m["id"] == id.as_str())
+            .unwrap_or(Value::Null)
+    }
+
     pub fn members(&self, pool: &str) -> Vec<Value> {
         let Some(p) = self.state.spec.pools.get(pool) else {
             return Vec::new();

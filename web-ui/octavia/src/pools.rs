@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use super::view::{listener_id, member_id, pool_key, tags, uuid, View};
 use super::write::{
-    admin_up, boolean, created, deleted, describe, doc_value, int, keel_name, known, listener_mut,
-    need_text, note_of, pool_mut, text, unset, Body,
+    admin_up, as_settings, boolean, created, deleted, describe, from_settings, int, keel_name,
+    known, listener_mut, need_text, note_of, pool_mut, pool_owner, text, unset, Body,
 };
 use super::{Call, Fault, Reply};
 
@@ -181,12 +181,9 @@ pub(super) async fn create_pool<C: ControlPlane>(call: &Call<'_, C>, b: Body) ->
         ("protocol".to_owned(), protocol),
     ]);
     pool_settings(&b, &mut p, &mut note)?;
-    if let Value::Object(m) = &mut p {
-        m.retain(|_, v| !v.is_null());
-    }
-    let doc_pool: PoolDoc = doc_value(p)?;
-    call.settled(&uuid("loadbalancer", &lb)).await?;
+    let doc_pool: PoolDoc = from_settings(p)?;
     call.commit(
+        Some(&uuid("loadbalancer", &lb)),
         |doc| {
             doc.pools.push(doc_pool.clone());
             if let Some((_, (lb, port))) = &listener {
@@ -218,19 +215,14 @@ pub(super) async fn update_pool<C: ControlPlane>(call: &Call<'_, C>, id: &str, b
         .pools
         .iter()
         .find(|p| p.name == pool)
-        .map(|p| serde_json::to_value(p).unwrap_or_default())
+        .map(as_settings)
         .ok_or_else(|| Fault::not_found("Pool", id))?;
     let key = pool_key(&pool);
     let mut note = note_of(&v, &key);
     pool_settings(&b, &mut current, &mut note)?;
-    if let Value::Object(m) = &mut current {
-        m.retain(|_, v| !v.is_null());
-    }
-    let updated: PoolDoc = doc_value(current)?;
-    if let Some(lb) = v.pool_lb(&pool) {
-        call.settled(&uuid("loadbalancer", &lb)).await?;
-    }
+    let updated: PoolDoc = from_settings(current)?;
     call.commit(
+        Some(&pool_owner(&v, &pool)),
         |doc| {
             *pool_mut(doc, &pool)? = updated.clone();
             Ok(())
@@ -261,10 +253,8 @@ pub(super) async fn delete_pool<C: ControlPlane>(call: &Call<'_, C>, id: &str) -
             p.id
         )));
     }
-    if let Some(lb) = v.pool_lb(&pool) {
-        call.settled(&uuid("loadbalancer", &lb)).await?;
-    }
     call.commit(
+        Some(&pool_owner(&v, &pool)),
         |doc| {
             for l in doc
                 .load_balancers

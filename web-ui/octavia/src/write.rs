@@ -189,6 +189,20 @@ pub(super) fn doc_value<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, F
     serde_json::from_value(v).map_err(|e| Fault::bad(format!("Validation failure: {e}")))
 }
 
+/// A Keel document object as the JSON the settings functions edit.
+pub(super) fn as_settings<T: serde::Serialize>(object: T) -> Value {
+    serde_json::to_value(object).unwrap_or_default()
+}
+
+/// A Keel document object from the JSON the settings functions edited: a
+/// setting left null takes its default.
+pub(super) fn from_settings<T: serde::de::DeserializeOwned>(mut v: Value) -> Result<T, Fault> {
+    if let Value::Object(m) = &mut v {
+        m.retain(|_, v| !v.is_null());
+    }
+    doc_value(v)
+}
+
 pub(super) fn listener_mut<'a>(
     doc: &'a mut Document,
     lb: &str,
@@ -223,8 +237,7 @@ pub(super) async fn remove<C: ControlPlane>(
     owner: &str,
     edit: impl FnMut(&mut Document) -> Result<(), Fault>,
 ) -> Reply {
-    call.settled(owner).await?;
-    call.commit(edit, Vec::new()).await?;
+    call.commit(Some(owner), edit, Vec::new()).await?;
     deleted()
 }
 
@@ -243,3 +256,9 @@ pub(super) fn note_of(v: &View, key: &str) -> BTreeMap<String, String> {
 // ---- Health monitors.
 
 // ---- L7 policies and rules.
+
+/// The settle-check ID for a pool's changes: its load balancer's.
+pub(super) fn pool_owner(v: &View, pool: &str) -> String {
+    v.pool_lb(pool)
+        .map_or_else(|| uuid("pool", pool), |lb| uuid("loadbalancer", &lb))
+}
