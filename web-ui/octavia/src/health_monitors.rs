@@ -1,8 +1,6 @@
 //! Octavia health monitors (a pool's health check): create, update, delete,
 //! and how one is shown.
 
-use std::collections::BTreeMap;
-
 use http::StatusCode;
 use keel_model::{CheckKind, Document, Pool};
 use keel_web_core::ControlPlane;
@@ -121,18 +119,31 @@ pub(super) async fn create_monitor<C: ControlPlane>(call: &Call<'_, C>, b: Body)
     need_int(&b, "max_retries", 1, 10)?;
     let mut hc = json!({ "unhealthy_threshold": 3 });
     monitor_settings(&b, &mut hc, p.tls.is_some())?;
-    let mut note = BTreeMap::new();
-    describe(&b, &mut note)?;
+    created("healthmonitor", save(call, &v, &pool, hc, &b).await?)
+}
+
+/// Sets `pool`'s health check to `hc` and its note from body `b`; what
+/// then shows.
+async fn save<C: ControlPlane>(
+    call: &Call<'_, C>,
+    v: &View,
+    pool: &str,
+    hc: Value,
+    b: &Body,
+) -> Result<Value, Fault> {
+    let key = monitor_key(pool);
+    let mut note = note_of(v, &key);
+    describe(b, &mut note)?;
     call.commit(
-        Some(&pool_owner(&v, &pool)),
+        Some(&pool_owner(v, pool)),
         |doc| {
-            pool_mut(doc, &pool)?.health_check = Some(doc_value(hc.clone())?);
+            pool_mut(doc, pool)?.health_check = Some(doc_value(hc.clone())?);
             Ok(())
         },
-        vec![(monitor_key(&pool), note)],
+        vec![(key.clone(), note.clone())],
     )
     .await?;
-    created("healthmonitor", call.view().await.monitor_of(&pool))
+    Ok(call.view().await.monitor_of(pool))
 }
 
 pub(super) async fn update_monitor<C: ControlPlane>(
@@ -153,19 +164,7 @@ pub(super) async fn update_monitor<C: ControlPlane>(
         .map(as_settings)
         .ok_or_else(|| Fault::not_found("Health Monitor", id))?;
     monitor_settings(&b, &mut hc, p.tls.is_some())?;
-    let key = monitor_key(&pool);
-    let mut note = note_of(&v, &key);
-    describe(&b, &mut note)?;
-    call.commit(
-        Some(&pool_owner(&v, &pool)),
-        |doc| {
-            pool_mut(doc, &pool)?.health_check = Some(doc_value(hc.clone())?);
-            Ok(())
-        },
-        vec![(key, note)],
-    )
-    .await?;
-    let hm = call.view().await.monitor_of(&pool);
+    let hm = save(call, &v, &pool, hc, &b).await?;
     Ok((StatusCode::OK, json!({ "healthmonitor": hm })))
 }
 
