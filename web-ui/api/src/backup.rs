@@ -9,10 +9,19 @@
 //! JSON of [`Backup`] (with its 16-byte tag). The magic and salt are
 //! authenticated with it.
 
-use keel_model::ClusterState;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use http::{header, StatusCode};
+use keel_model::{ClusterCommand, ClusterState, FieldError, Path as FieldPath, ValidationErrors};
+use keel_web_core::access::Caller;
+use keel_web_core::{commit, now, ApiError, ControlPlane};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::AppState;
 
 const MAGIC: &[u8] = b"KEEL-BACKUP-1\n";
 const SALT_LEN: usize = 16;
@@ -119,6 +128,80 @@ pub fn open(file: &[u8], passphrase: &str) -> Result<Backup, BackupError> {
         .open_in_place(nonce, Aad::from(aad(salt)), &mut plain)
         .map_err(|_| BackupError::WrongPassphrase)?;
     serde_json::from_slice(opened).map_err(|e| BackupError::Contents(e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BackupRequest {
+    pub(super) passphrase: String,
+}
+
+/// `POST /api/v1/backup`: the whole replicated state sealed with the
+/// passphrase (`crate::backup`), as a file `keel run --restore` reads.
+/// A read barrier first, so it holds every write committed before it.
+pub(super) async fn backup<C: ControlPlane>(
+    State(app): AppState<C>,
+    Extension(Caller { user: caller, .. }): Extension<Caller>,
+    body: Result<Json<BackupRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    if req.passphrase.chars().count() < crate::backup::MIN_PASSPHRASE {
+        return Err(ApiError::invalid(&ValidationErrors(vec![FieldError::new(
+            FieldPath::root().field("passphrase"),
+            format!(
+                "must have at least {} characters",
+                crate::backup::MIN_PASSPHRASE
+            ),
+        )])));
+    }
+    app.control.propose(ClusterCommand::Noop).await?;
+    let (version, state) = app.control.state();
+    let node = app.control.status().await.this_node;
+    let mut backup = crate::backup::backup_of(&state, version, &node, now());
+    // A backup restores the CA too: its key comes from this node's disk.
+    if let Some(identity) = &mut backup.state.identity {
+        if identity.ca_key_pem.is_empty() {
+            identity.ca_key_pem = app.control.ca_key().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!(
+                        "{node} holds no CA key (only voters do): take the backup through a voter"
+                    ),
+                )
+            })?;
+        }
+    }
+    let sealed = tokio::task::spawn_blocking(move || crate::backup::seal(&backup, &req.passphrase))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    tracing::info!(user = %caller, version, bytes = sealed.len(), "backup taken");
+    // In the history, for the dashboard; a cluster mid-upgrade (below
+    // version 3) cannot record it, and the backup is no worse for that.
+    let record = ClusterCommand::Record {
+        kind: "backup".into(),
+        what: format!(
+            "taken on {node} at config version {version}, {} bytes",
+            sealed.len()
+        ),
+    };
+    if state.version() >= record.needs() {
+        if let Err(e) = commit(&*app.control, &caller, record).await {
+            tracing::warn!(error = %e.message(), "could not record the backup in the history");
+        }
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"keel-backup-{version}.keel\""),
+            ),
+        ],
+        sealed,
+    )
+        .into_response())
 }
 
 #[cfg(test)]

@@ -14,16 +14,15 @@ use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
 use http::StatusCode;
 use keel_model::{ApiToken, ClusterCommand, ClusterState, JoinToken, Role};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-
 use keel_web_core::access::Caller;
-use keel_web_core::{commit, now};
-
-use crate::{App, AppState};
 use keel_web_core::auth::{new_bearer, random_hex, sha256_hex};
 use keel_web_core::ApiError;
 use keel_web_core::ControlPlane;
+use keel_web_core::{commit, now};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{App, AppState};
 
 /// What making a credential may read.
 pub(crate) struct Making<'a> {

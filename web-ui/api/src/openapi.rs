@@ -2,9 +2,8 @@
 //! the router; a test checks every routed path appears here.
 
 use axum::Json;
-use serde_json::{json, Value};
-
 use keel_web_core::access::{required, Permission};
+use serde_json::{json, Value};
 
 /// Every path the API routes, with its methods and a one-line summary.
 pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[

@@ -11,14 +11,13 @@ use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use http::StatusCode;
 use keel_model::{check_user_name, ClusterCommand, Role, User};
-use serde::{Deserialize, Serialize};
-
 use keel_web_core::access::Caller;
 use keel_web_core::commit;
-
-use crate::{AppState, ClientIp};
 use keel_web_core::ApiError;
 use keel_web_core::ControlPlane;
+use serde::{Deserialize, Serialize};
+
+use crate::{AppState, ClientIp};
 
 /// Fewest characters a password may have.
 const MIN_PASSWORD: usize = 12;
@@ -188,14 +187,7 @@ pub(crate) async fn set_password<C: ControlPlane>(
             .options
             .passwords
             .check(ip, &name, current, stored)
-            .await
-            .map_err(|refused| {
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    refused.message(),
-                )
-            })?;
+            .await?;
         if !matched {
             tracing::warn!(client = %ip, user = %name, "password change refused: wrong current password");
             return Err(ApiError::new(

@@ -191,3 +191,15 @@ impl From<ControlError> for ApiError {
         }
     }
 }
+
+impl From<crate::NotChecked> for ApiError {
+    /// A password that was not checked (too many attempts, or no hashing
+    /// slot free) is a 429.
+    fn from(refused: crate::NotChecked) -> Self {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            refused.message(),
+        )
+    }
+}
