@@ -350,12 +350,15 @@ fn an_apply_changes_only_what_its_manager_set_and_prunes_only_that() {
     let diff = s.ok(&["apply", "--diff", "-f", &path]);
     assert!(
         diff.contains("change pool \"app\"")
-            && diff.contains("conflict: pool \"app\" (managed by api)"),
+            && diff.contains("conflict: pool \"app\" (managed by api): algorithm "),
         "{diff}"
     );
     let (code, out) = s.keel(&["apply", "-f", &path]);
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("pool \"app\" (managed by api)"), "{out}");
+    assert!(
+        out.contains("pool \"app\" (managed by api): algorithm."),
+        "{out}"
+    );
     assert_eq!(s.managers()["pool/app"], "api");
     s.ok(&["apply", "--force", "-f", &path]);
     assert_eq!(s.managers()["pool/app"], "cli");

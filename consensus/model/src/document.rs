@@ -1391,6 +1391,16 @@ impl From<&LoadBalancer> for LoadBalancerDoc {
     }
 }
 
+impl From<&Member> for MemberDoc {
+    fn from(m: &Member) -> Self {
+        MemberDoc {
+            address: m.address.to_string(),
+            weight: Some(m.weight.into()),
+            enabled: Some(m.enabled),
+        }
+    }
+}
+
 impl From<&Pool> for PoolDoc {
     fn from(p: &Pool) -> Self {
         PoolDoc {
@@ -1410,15 +1420,7 @@ impl From<&Pool> for PoolDoc {
             }),
             http_version: (p.http_version != HttpVersion::Http1)
                 .then(|| p.http_version.as_str().into()),
-            members: p
-                .members
-                .iter()
-                .map(|m| MemberDoc {
-                    address: m.address.to_string(),
-                    weight: Some(m.weight.into()),
-                    enabled: Some(m.enabled),
-                })
-                .collect(),
+            members: p.members.iter().map(MemberDoc::from).collect(),
         }
     }
 }

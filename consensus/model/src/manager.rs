@@ -4,7 +4,11 @@
 //! name a script passes), in [`crate::ClusterState::managers`]. A declarative
 //! apply ([`Spec::apply_as`]) then changes only what its document names,
 //! removes only what its own manager set before, and lists as conflicts the
-//! objects it would change that another manager set.
+//! objects it would change that another manager set, each with the fields
+//! it would change ([`Conflict`]). Ownership is kept per object (a pool's
+//! settings, each member, a load balancer with its listeners and rules, a
+//! certificate), not per field: two managers that set different fields of
+//! one pool conflict, and the conflict names the fields.
 //!
 //! A listener's rules belong to its load balancer's manager: no API writes
 //! rules onto another API's listener.
@@ -15,6 +19,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::document::{CertificateDoc, LoadBalancerDoc, MemberDoc, PoolDoc};
 use crate::spec::{Pool, Spec};
 
 /// An object of the spec: one a manager can own (a load balancer, pool,
@@ -144,14 +149,36 @@ pub fn check_manager(name: &str) -> Result<(), String> {
     }
 }
 
+/// A change a declarative apply would make to what another manager set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub object: ObjectRef,
+    /// The manager that set it.
+    pub manager: String,
+    /// The fields the apply would change, as paths in the document
+    /// (`algorithm`, `health_check.path`, `listeners[8080].default_pool`);
+    /// empty when it would remove the object.
+    pub fields: Vec<String>,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (managed by {})", self.object, self.manager)?;
+        if self.fields.is_empty() {
+            write!(f, ": removed")
+        } else {
+            write!(f, ": {}", self.fields.join(", "))
+        }
+    }
+}
+
 /// What a declarative apply by one manager would do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManagedApply {
     /// The spec after the apply.
     pub spec: Spec,
-    /// Objects the apply would change that another manager set, with
-    /// that manager.
-    pub conflicts: Vec<(ObjectRef, String)>,
+    /// What the apply would change that another manager set.
+    pub conflicts: Vec<Conflict>,
     /// Objects that become the applying manager's: those it creates or
     /// changes, and those of its document that match and had no manager
     /// (written before managers were kept).
@@ -281,6 +308,47 @@ impl Spec {
         out
     }
 
+    /// The fields of `object` that differ between `self` and `after`, as
+    /// paths in its document form (a pool without its members, which are
+    /// objects of their own); none when either side lacks it. Names only:
+    /// a certificate's key never shows.
+    pub fn changed_fields(&self, after: &Spec, object: &ObjectRef) -> Vec<String> {
+        let mut fields = Vec::new();
+        if let (Some(before), Some(now)) = (self.object_doc(object), after.object_doc(object)) {
+            diff_fields("", &before, &now, &mut fields);
+        }
+        fields
+    }
+
+    /// `object` as its document says it (JSON), if it is here.
+    fn object_doc(&self, object: &ObjectRef) -> Option<serde_json::Value> {
+        let doc = match object {
+            ObjectRef::LoadBalancer(name) => {
+                serde_json::to_value(LoadBalancerDoc::from(self.load_balancers.get(name)?))
+            }
+            ObjectRef::Pool(name) => {
+                serde_json::to_value(PoolDoc::from(&settings(self.pools.get(name)?)))
+            }
+            ObjectRef::Certificate(name) => {
+                let c = self.certificates.get(name)?;
+                serde_json::to_value(CertificateDoc {
+                    name: c.name.clone(),
+                    cert_pem: c.cert_pem.clone(),
+                    key_pem: Some(c.key_pem.clone()),
+                })
+            }
+            ObjectRef::Member { pool, address } => serde_json::to_value(MemberDoc::from(
+                self.pools
+                    .get(pool)?
+                    .members
+                    .iter()
+                    .find(|m| m.address == *address)?,
+            )),
+            ObjectRef::Listener { .. } | ObjectRef::HealthCheck(_) => return None,
+        };
+        doc.ok()
+    }
+
     /// `doc` applied by `manager`: its objects created or replaced; the
     /// members of each pool it names that `manager` set and `doc` no
     /// longer lists removed (a pool's member list is its manager's whole
@@ -361,7 +429,11 @@ impl Spec {
             .chain(&removed)
             .filter_map(|o| {
                 let by = managers.get(o)?;
-                (by != manager).then(|| (o.clone(), by.clone()))
+                (by != manager).then(|| Conflict {
+                    object: o.clone(),
+                    manager: by.clone(),
+                    fields: self.changed_fields(&next, o),
+                })
             })
             .collect();
         let adopted = doc
@@ -377,6 +449,71 @@ impl Spec {
             removed,
         }
     }
+}
+
+/// The paths under `at` where `before` and `now` differ. A list of
+/// objects that each have a `port`, `name` or `address` is matched item by
+/// item on it (`listeners[8080]`); any other list is one value.
+fn diff_fields(
+    at: &str,
+    before: &serde_json::Value,
+    now: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    if before == now {
+        return;
+    }
+    let join = |key: &str| {
+        if at.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{at}.{key}")
+        }
+    };
+    match (before, now) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            let null = Value::Null;
+            for key in keys {
+                let (x, y) = (a.get(key).unwrap_or(&null), b.get(key).unwrap_or(&null));
+                diff_fields(&join(key), x, y, out);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => match (keyed(a), keyed(b)) {
+            (Some(a), Some(b)) => {
+                let ids: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                let null = Value::Null;
+                for id in ids {
+                    let (x, y) = (
+                        a.get(id).copied().unwrap_or(&null),
+                        b.get(id).copied().unwrap_or(&null),
+                    );
+                    diff_fields(&format!("{at}[{id}]"), x, y, out);
+                }
+            }
+            _ => out.push(at.to_owned()),
+        },
+        _ => out.push(at.to_owned()),
+    }
+}
+
+/// A list of objects by their `port`, `name` or `address`, when every one
+/// has the same one of them and no two share it.
+fn keyed(list: &[serde_json::Value]) -> Option<BTreeMap<String, &serde_json::Value>> {
+    ["port", "name", "address"].iter().find_map(|key| {
+        let map: BTreeMap<String, &serde_json::Value> = list
+            .iter()
+            .map(|item| {
+                let id = item.get(key)?;
+                Some((
+                    id.as_str().map_or_else(|| id.to_string(), str::to_owned),
+                    item,
+                ))
+            })
+            .collect::<Option<_>>()?;
+        (map.len() == list.len()).then_some(map)
+    })
 }
 
 /// A pool's own settings: everything but its members.
@@ -521,7 +658,15 @@ pools:
         // The registered member went with its pool: a conflict to report.
         assert_eq!(
             out.conflicts,
-            vec![(member("10.0.0.9:80"), "registration".to_owned())]
+            vec![Conflict {
+                object: member("10.0.0.9:80"),
+                manager: "registration".to_owned(),
+                fields: Vec::new(),
+            }]
+        );
+        assert_eq!(
+            out.conflicts[0].to_string(),
+            "member 10.0.0.9:80 of pool \"app\" (managed by registration): removed"
         );
     }
 
@@ -535,7 +680,11 @@ pools:
         let out = live.apply_as(&managers, "cli", &doc, false);
         assert_eq!(
             out.conflicts,
-            vec![(member("10.0.0.2:80"), "dashboard".to_owned())]
+            vec![Conflict {
+                object: member("10.0.0.2:80"),
+                manager: "dashboard".to_owned(),
+                fields: vec!["weight".to_owned()],
+            }]
         );
         // The changed member, and the unmanaged one the document matches.
         assert_eq!(
@@ -548,11 +697,92 @@ pools:
         let out = live.apply_as(&managers, "cli", &doc, false);
         assert_eq!(
             out.conflicts,
-            vec![(ObjectRef::Pool("app".into()), "dashboard".to_owned())]
+            vec![Conflict {
+                object: ObjectRef::Pool("app".into()),
+                manager: "dashboard".to_owned(),
+                fields: vec!["algorithm".to_owned()],
+            }]
         );
         assert_eq!(
             live.changed_objects(&out.spec),
             vec![ObjectRef::Pool("app".into())]
+        );
+    }
+
+    #[test]
+    fn a_conflict_names_the_fields_the_apply_would_change() {
+        let live = spec(
+            "
+load_balancers:
+  - name: web
+    listeners:
+      - { port: 8080, protocol: http, default_pool: app }
+      - { port: 8443, protocol: tcp, default_pool: app }
+pools:
+  - name: app
+    drain_timeout: 5s
+    health_check: { type: http, path: /health }
+    members: [{ address: 10.0.0.1:80 }]
+  - name: other
+    members: []
+",
+        );
+        let managers = owned(&live, "dashboard");
+        let doc = spec(
+            "
+load_balancers:
+  - name: web
+    listeners:
+      - { port: 8080, protocol: http, default_pool: other }
+      - { port: 8443, protocol: tcp, default_pool: app }
+      - { port: 9000, protocol: tcp, default_pool: app }
+pools:
+  - name: app
+    health_check: { type: http, path: /ready }
+    members: [{ address: 10.0.0.1:80, weight: 1 }]
+  - name: other
+    members: []
+",
+        );
+        let out = live.apply_as(&managers, "file", &doc, false);
+        let fields: Vec<(String, Vec<String>)> = out
+            .conflicts
+            .iter()
+            .map(|c| (c.object.to_string(), c.fields.clone()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (
+                    "load balancer \"web\"".to_owned(),
+                    vec![
+                        "listeners[8080].default_pool".to_owned(),
+                        "listeners[9000]".to_owned()
+                    ]
+                ),
+                (
+                    "pool \"app\"".to_owned(),
+                    vec!["drain_timeout".to_owned(), "health_check.path".to_owned()]
+                ),
+            ]
+        );
+        // Nothing of a certificate's key shows, only which field changed.
+        let with_cert = |key: &str| {
+            let mut s = live.clone();
+            s.certificates.insert(
+                "c".into(),
+                crate::Certificate {
+                    name: "c".into(),
+                    cert_pem: "CERT".into(),
+                    key_pem: key.into(),
+                },
+            );
+            s
+        };
+        assert_eq!(
+            with_cert("SECRET-1")
+                .changed_fields(&with_cert("SECRET-2"), &ObjectRef::Certificate("c".into())),
+            ["key_pem"]
         );
     }
 }

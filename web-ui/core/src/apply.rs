@@ -27,7 +27,8 @@ pub struct Plan {
     pub changes: Vec<Command>,
     /// The same, object by object (`create`, `change`, `remove`).
     pub objects: Vec<String>,
-    /// What other managers set that the apply would change or remove.
+    /// What other managers set that the apply would change (naming the
+    /// fields) or remove.
     pub conflicts: Vec<String>,
     claims: Vec<ObjectRef>,
     keeps_managers: bool,
@@ -48,11 +49,7 @@ impl Plan {
             let out = state
                 .spec
                 .apply_as(&state.managers, manager, doc, mode.prune);
-            let conflicts = out
-                .conflicts
-                .iter()
-                .map(|(o, by)| format!("{o} (managed by {by})"))
-                .collect();
+            let conflicts = out.conflicts.iter().map(ToString::to_string).collect();
             (out.spec, conflicts, out.claims)
         };
         let errors = next.check();
