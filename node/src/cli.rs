@@ -51,7 +51,7 @@ pub enum Command {
     /// Join tokens: create, list, revoke.
     Token {
         #[command(subcommand)]
-        command: TokenCommand,
+        command: CredentialCommand<JoinTokenArgs>,
     },
     /// Users and their roles (admin, operator, viewer): list, add, role,
     /// delete, passwd.
@@ -62,12 +62,12 @@ pub enum Command {
     /// API tokens for automation: create, list, revoke.
     ApiToken {
         #[command(subcommand)]
-        command: ApiTokenCommand,
+        command: CredentialCommand<ApiTokenArgs>,
     },
     /// Access keys for the AWS-compatible (ELB/ELBv2) API: create, list, revoke.
     AwsKey {
         #[command(subcommand)]
-        command: AwsKeyCommand,
+        command: CredentialCommand<AwsKeyArgs>,
     },
     /// The instance registry: what instance IDs in the classic ELB API
     /// stand for (add, list, remove).
@@ -78,7 +78,7 @@ pub enum Command {
     /// Pool-scoped registration tokens for backends: create, list, revoke.
     RegistrationToken {
         #[command(subcommand)]
-        command: RegistrationTokenCommand,
+        command: CredentialCommand<RegistrationTokenArgs>,
     },
     /// A backend adds itself to a pool or removes itself (it drains).
     Member {
@@ -265,29 +265,6 @@ pub struct DeleteArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TokenCommand {
-    /// Create a join token and print it once.
-    Create {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// How long it is valid.
-        #[arg(long, default_value = "1h")]
-        ttl: String,
-        /// How many nodes may join with it.
-        #[arg(long, default_value_t = 1)]
-        uses: u32,
-    },
-    /// List join tokens.
-    List(ClientArgs),
-    /// Revoke a join token by id.
-    Revoke {
-        #[command(flatten)]
-        client: ClientArgs,
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// List users with their roles.
     List(ClientArgs),
@@ -335,57 +312,6 @@ pub enum UserCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ApiTokenCommand {
-    /// Create an API token and print it once.
-    Create {
-        #[command(flatten)]
-        client: ClientArgs,
-        name: String,
-        /// Optional lifetime (default: until revoked).
-        #[arg(long)]
-        ttl: Option<String>,
-        /// The user it acts as (default: you; another user's, as an admin).
-        #[arg(long)]
-        user: Option<String>,
-        /// At most this role (default: the user's).
-        #[arg(long)]
-        role: Option<String>,
-        /// Only these load balancers may it change (repeat the flag).
-        #[arg(long = "load-balancer")]
-        load_balancers: Vec<String>,
-        /// Only these pools may it change (repeat the flag).
-        #[arg(long = "pool")]
-        pools: Vec<String>,
-    },
-    /// List API tokens.
-    List(ClientArgs),
-    /// Revoke an API token by id.
-    Revoke {
-        #[command(flatten)]
-        client: ClientArgs,
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AwsKeyCommand {
-    /// Create an access key; the secret is printed once.
-    Create {
-        #[command(flatten)]
-        client: ClientArgs,
-        name: String,
-    },
-    /// List access keys (never their secrets).
-    List(ClientArgs),
-    /// Revoke an access key by its id.
-    Revoke {
-        #[command(flatten)]
-        client: ClientArgs,
-        access_key_id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 pub enum InstanceCommand {
     /// Add an instance ID, or move it to a new address.
     Add {
@@ -406,37 +332,87 @@ pub enum InstanceCommand {
     },
 }
 
+/// What the cluster issues to let something in (a join token, an API
+/// token, a registration token, an AWS access key): one family, made,
+/// listed and revoked the same way. Its secret is printed once.
 #[derive(Debug, Subcommand)]
-pub enum RegistrationTokenCommand {
-    /// Create a token that may only register and deregister members of
-    /// one pool; printed once.
-    Create {
-        #[command(flatten)]
-        client: ClientArgs,
-        name: String,
-        #[arg(long)]
-        pool: String,
-        /// Optional lifetime (default: until revoked).
-        #[arg(long)]
-        ttl: Option<String>,
-        /// Only registrations from this range (CIDR; repeat for more).
-        #[arg(long = "source")]
-        sources: Vec<String>,
-        /// Only members in this range (CIDR; repeat for more). Without
-        /// one, loopback and link-local addresses are refused; with one,
-        /// exactly its ranges are allowed. The cluster's own addresses are
-        /// refused either way.
-        #[arg(long = "member-range")]
-        members: Vec<String>,
-    },
-    /// List registration tokens.
+pub enum CredentialCommand<T: Args> {
+    /// Create one and print its secret, once.
+    Create(T),
+    /// List them (never their secrets).
     List(ClientArgs),
-    /// Revoke a registration token by id.
+    /// Revoke one by its id.
     Revoke {
         #[command(flatten)]
         client: ClientArgs,
         id: String,
     },
+}
+
+/// A join token.
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// How long it is valid.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// How many nodes may join with it.
+    #[arg(long, default_value_t = 1)]
+    pub uses: u32,
+}
+
+/// An API token for automation.
+#[derive(Debug, Args)]
+pub struct ApiTokenArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub name: String,
+    /// Optional lifetime (default: until revoked).
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// The user it acts as (default: you; another user's, as an admin).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// At most this role (default: the user's).
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Only these load balancers may it change (repeat the flag).
+    #[arg(long = "load-balancer")]
+    pub load_balancers: Vec<String>,
+    /// Only these pools may it change (repeat the flag).
+    #[arg(long = "pool")]
+    pub pools: Vec<String>,
+}
+
+/// An access key for the AWS-compatible API.
+#[derive(Debug, Args)]
+pub struct AwsKeyArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub name: String,
+}
+
+/// A token that may only register and deregister members of one pool.
+#[derive(Debug, Args)]
+pub struct RegistrationTokenArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub name: String,
+    #[arg(long)]
+    pub pool: String,
+    /// Optional lifetime (default: until revoked).
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Only registrations from this range (CIDR; repeat for more).
+    #[arg(long = "source")]
+    pub sources: Vec<String>,
+    /// Only members in this range (CIDR; repeat for more). Without one,
+    /// loopback and link-local addresses are refused; with one, exactly
+    /// its ranges are allowed. The cluster's own addresses are refused
+    /// either way.
+    #[arg(long = "member-range")]
+    pub members: Vec<String>,
 }
 
 /// Where a backend registers, and with what.

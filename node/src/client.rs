@@ -18,9 +18,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::cli::{
-    ApiTokenCommand, ApplyArgs, AwsKeyCommand, BackupArgs, CaCommand, ClientArgs, Command, Connect,
-    DeleteArgs, GetArgs, InstanceCommand, LoginArgs, MemberArgs, MemberCommand, NodeCommand,
-    Output, RegistrationTokenCommand, SecretsCommand, TimingCommand, TokenCommand, UserCommand,
+    ApiTokenArgs, ApplyArgs, AwsKeyArgs, BackupArgs, CaCommand, ClientArgs, Command, Connect,
+    CredentialCommand, DeleteArgs, GetArgs, InstanceCommand, JoinTokenArgs, LoginArgs, MemberArgs,
+    MemberCommand, NodeCommand, Output, RegistrationTokenArgs, SecretsCommand, TimingCommand,
+    UserCommand,
 };
 
 type Result<T> = std::result::Result<T, String>;
@@ -34,15 +35,15 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Delete(a) => delete(a).await,
         Command::Status(c) => status(c).await,
         Command::Backup(b) => backup(b).await,
-        Command::Token { command } => token(command).await,
+        Command::Token { command } => credential(command).await,
         Command::User { command } => user(command).await,
-        Command::ApiToken { command } => api_token(command).await,
+        Command::ApiToken { command } => credential(command).await,
         Command::Node { command } => node(command).await,
         Command::Timing { command } => timing(command).await,
         Command::Secrets { command } => secrets(command).await,
         Command::Ca { command } => ca(command).await,
-        Command::RegistrationToken { command } => registration_token(command).await,
-        Command::AwsKey { command } => aws_key(command).await,
+        Command::RegistrationToken { command } => credential(command).await,
+        Command::AwsKey { command } => credential(command).await,
         Command::Instance { command } => instance(command).await,
         Command::Member { command } => member(command).await,
         Command::Run(_)
@@ -823,61 +824,89 @@ async fn remove(client: &ClientArgs, path: &str, done: &str) -> Result<()> {
     Ok(())
 }
 
-async fn token(command: TokenCommand) -> Result<()> {
-    match command {
-        TokenCommand::Create { client, ttl, uses } => {
-            let api = Api::new(&client.connect)?;
-            let v = api
-                .send(
-                    Method::POST,
-                    "/api/v1/tokens",
-                    &json!({"ttl": ttl, "uses": uses}),
-                )
-                .await?;
-            print(client.output, &v, |v| format!("{}\n", s(&v["token"])));
-            Ok(())
-        }
-        TokenCommand::List(client) => list(client, "tokens").await,
-        TokenCommand::Revoke { client, id } => {
-            remove(
-                &client,
-                &format!("/api/v1/tokens/{id}"),
-                &format!("revoked join token {id}"),
-            )
-            .await
-        }
+/// What one kind of credential takes and how its new secret shows.
+trait Credential: clap::Args {
+    /// Its API collection under `/api/v1`.
+    const PATH: &'static str;
+    /// What it is called in messages.
+    const NAME: &'static str;
+    fn client(&self) -> &ClientArgs;
+    /// The create request's body.
+    fn body(&self) -> Value;
+    /// The create answer as a person reads it.
+    fn shown(answer: &Value) -> String {
+        format!("{}\n", s(&answer["token"]))
     }
 }
 
-async fn api_token(command: ApiTokenCommand) -> Result<()> {
+impl Credential for JoinTokenArgs {
+    const PATH: &'static str = "tokens";
+    const NAME: &'static str = "join token";
+    fn client(&self) -> &ClientArgs {
+        &self.client
+    }
+    fn body(&self) -> Value {
+        json!({"ttl": self.ttl, "uses": self.uses})
+    }
+}
+
+impl Credential for ApiTokenArgs {
+    const PATH: &'static str = "api-tokens";
+    const NAME: &'static str = "api token";
+    fn client(&self) -> &ClientArgs {
+        &self.client
+    }
+    fn body(&self) -> Value {
+        json!({"name": self.name, "ttl": self.ttl, "user": self.user, "role": self.role,
+               "load_balancers": self.load_balancers, "pools": self.pools})
+    }
+}
+
+impl Credential for RegistrationTokenArgs {
+    const PATH: &'static str = "registration-tokens";
+    const NAME: &'static str = "registration token";
+    fn client(&self) -> &ClientArgs {
+        &self.client
+    }
+    fn body(&self) -> Value {
+        json!({"name": self.name, "pool": self.pool, "ttl": self.ttl,
+               "sources": self.sources, "members": self.members})
+    }
+}
+
+impl Credential for AwsKeyArgs {
+    const PATH: &'static str = "aws-keys";
+    const NAME: &'static str = "aws access key";
+    fn client(&self) -> &ClientArgs {
+        &self.client
+    }
+    fn body(&self) -> Value {
+        json!({"name": self.name})
+    }
+    fn shown(answer: &Value) -> String {
+        format!(
+            "access_key_id     {}\nsecret_access_key {}\n",
+            s(&answer["access_key_id"]),
+            s(&answer["secret_access_key"])
+        )
+    }
+}
+
+async fn credential<K: Credential>(command: CredentialCommand<K>) -> Result<()> {
     match command {
-        ApiTokenCommand::Create {
-            client,
-            name,
-            ttl,
-            user,
-            role,
-            load_balancers,
-            pools,
-        } => {
-            let api = Api::new(&client.connect)?;
-            let v = api
-                .send(
-                    Method::POST,
-                    "/api/v1/api-tokens",
-                    &json!({"name": name, "ttl": ttl, "user": user, "role": role,
-                            "load_balancers": load_balancers, "pools": pools}),
-                )
-                .await?;
-            print(client.output, &v, |v| format!("{}\n", s(&v["token"])));
+        CredentialCommand::Create(args) => {
+            let api = Api::new(&args.client().connect)?;
+            let path = format!("/api/v1/{}", K::PATH);
+            let v = api.send(Method::POST, &path, &args.body()).await?;
+            print(args.client().output, &v, K::shown);
             Ok(())
         }
-        ApiTokenCommand::List(client) => list(client, "api-tokens").await,
-        ApiTokenCommand::Revoke { client, id } => {
+        CredentialCommand::List(client) => list(client, K::PATH).await,
+        CredentialCommand::Revoke { client, id } => {
             remove(
                 &client,
-                &format!("/api/v1/api-tokens/{id}"),
-                &format!("revoked api token {id}"),
+                &format!("/api/v1/{}/{id}", K::PATH),
+                &format!("revoked {} {id}", K::NAME),
             )
             .await
         }
@@ -985,37 +1014,6 @@ fn ask(stdin: bool, prompt: &str) -> Result<String> {
     Ok(password.trim_end_matches(['\n', '\r']).to_owned())
 }
 
-async fn aws_key(command: AwsKeyCommand) -> Result<()> {
-    match command {
-        AwsKeyCommand::Create { client, name } => {
-            let api = Api::new(&client.connect)?;
-            let v = api
-                .send(Method::POST, "/api/v1/aws-keys", &json!({"name": name}))
-                .await?;
-            print(client.output, &v, |v| {
-                format!(
-                    "access_key_id     {}\nsecret_access_key {}\n",
-                    s(&v["access_key_id"]),
-                    s(&v["secret_access_key"])
-                )
-            });
-            Ok(())
-        }
-        AwsKeyCommand::List(client) => list(client, "aws-keys").await,
-        AwsKeyCommand::Revoke {
-            client,
-            access_key_id,
-        } => {
-            remove(
-                &client,
-                &format!("/api/v1/aws-keys/{access_key_id}"),
-                &format!("revoked aws access key {access_key_id}"),
-            )
-            .await
-        }
-    }
-}
-
 async fn instance(command: InstanceCommand) -> Result<()> {
     match command {
         InstanceCommand::Add {
@@ -1042,39 +1040,6 @@ async fn instance(command: InstanceCommand) -> Result<()> {
                 &client,
                 &format!("/api/v1/instances/{id}"),
                 &format!("removed instance {id}"),
-            )
-            .await
-        }
-    }
-}
-
-async fn registration_token(command: RegistrationTokenCommand) -> Result<()> {
-    match command {
-        RegistrationTokenCommand::Create {
-            client,
-            name,
-            pool,
-            ttl,
-            sources,
-            members,
-        } => {
-            let api = Api::new(&client.connect)?;
-            let v = api
-                .send(
-                    Method::POST,
-                    "/api/v1/registration-tokens",
-                    &json!({"name": name, "pool": pool, "ttl": ttl, "sources": sources, "members": members}),
-                )
-                .await?;
-            print(client.output, &v, |v| format!("{}\n", s(&v["token"])));
-            Ok(())
-        }
-        RegistrationTokenCommand::List(client) => list(client, "registration-tokens").await,
-        RegistrationTokenCommand::Revoke { client, id } => {
-            remove(
-                &client,
-                &format!("/api/v1/registration-tokens/{id}"),
-                &format!("revoked registration token {id}"),
             )
             .await
         }
