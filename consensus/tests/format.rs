@@ -93,6 +93,32 @@ fn ca_rotation_and_note_entries_decode_and_apply() {
     );
 }
 
+/// Entries of cluster version 11: a rule another manager adds to a load
+/// balancer is that manager's, the load balancer stays its own; an `Own`
+/// takes a rule.
+#[test]
+fn rule_manager_entries_decode_and_record_their_managers() {
+    let state = replay(include_str!(
+        "fixtures/entries-cluster-v11-rule-managers.json"
+    ));
+    let managers: Vec<(String, String)> = state
+        .managers
+        .iter()
+        .map(|(o, m)| (o.key(), m.clone()))
+        .collect();
+    assert_eq!(
+        managers,
+        [
+            ("load-balancer/web", "file"),
+            ("pool/app", "file"),
+            ("member/app/10.0.0.1:8080", "file"),
+            ("rule/web/80/10", "cli"),
+            ("rule/web/80/20", "api"),
+        ]
+        .map(|(o, m)| (o.to_owned(), m.to_owned()))
+    );
+}
+
 /// The state `text`'s entries apply to, once they are shown to decode and
 /// re-encode byte for byte.
 fn replay(text: &str) -> ClusterState {

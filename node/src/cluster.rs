@@ -695,7 +695,7 @@ impl ClusterNode {
         if let (None, Some(spec)) = (&restore, initial) {
             let own = ClusterCommand::Own {
                 manager: "file".to_owned(),
-                objects: spec.objects(),
+                objects: spec.objects(true),
                 force: false,
             };
             control.propose(own).await.map_err(bootstrap_err)?;

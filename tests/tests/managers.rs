@@ -385,6 +385,77 @@ fn an_apply_changes_only_what_its_manager_set_and_prunes_only_that() {
         names(&before, "pools").len(),
         "{after}"
     );
+
+    // A rule someone else puts on the file's listener is theirs: the load
+    // balancer stays the file's, and the file applied again leaves the
+    // rule, which it says nothing of (--diff first says nothing changes).
+    let rules = |v: &Value| -> Vec<i64> {
+        v["load_balancers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|lb| lb["name"] == "web")
+            .unwrap()["listeners"][0]["rules"]
+            .as_array()
+            .map(|r| r.iter().map(|r| r["priority"].as_i64().unwrap()).collect())
+            .unwrap_or_default()
+    };
+    let (_, lb) =
+        s.c.call(1, "GET", "/api/v1/load-balancers/web", None)
+            .unwrap();
+    let mut lb = json(&lb);
+    lb["listeners"][0]["rules"] =
+        serde_json::json!([{ "priority": 20, "path_prefix": "/admin", "pool": "app" }]);
+    let (status, body) =
+        s.c.call(
+            1,
+            "PUT",
+            "/api/v1/load-balancers/web",
+            Some(&lb.to_string()),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let managers = s.managers();
+    assert_eq!(managers["rule/web/8080/20"], "api", "{managers}");
+    assert_eq!(managers["load-balancer/web"], "cli", "{managers}");
+    let diff = s.ok(&["apply", "--diff", "-f", &path]);
+    assert_eq!(diff.trim(), "no changes");
+    s.ok(&["apply", "-f", &path]);
+    assert_eq!(rules(&s.config()), [20]);
+    // The file adds a rule of its own beside it; one at the other's
+    // priority is a conflict that names that rule.
+    let with_rule = |priority: u32| {
+        let rule = format!("rules: [{{ priority: {priority}, path_prefix: /api, pool: app }}]");
+        let text = file(false).replace(
+            "default_pool: app }",
+            &format!("default_pool: app, {rule} }}"),
+        );
+        let path = s.dir.path().join("rules.yaml");
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ours = with_rule(10);
+    let diff = s.ok(&["apply", "--diff", "-f", &ours]);
+    assert_eq!(
+        diff.trim(),
+        "create rule 10 of listener 8080 of load balancer \"web\""
+    );
+    s.ok(&["apply", "-f", &ours]);
+    assert_eq!(rules(&s.config()), [10, 20]);
+    let managers = s.managers();
+    assert_eq!(managers["rule/web/8080/10"], "cli", "{managers}");
+    assert_eq!(managers["rule/web/8080/20"], "api", "{managers}");
+    let (code, out) = s.keel(&["apply", "-f", &with_rule(20)]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "rule 20 of listener 8080 of load balancer \"web\" (managed by api): path_prefix"
+        ),
+        "{out}"
+    );
+    // The file without its rule drops it, and only it.
+    s.ok(&["apply", "-f", &path]);
+    assert_eq!(rules(&s.config()), [20]);
 }
 
 #[test]

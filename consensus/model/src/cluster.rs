@@ -31,8 +31,9 @@ use crate::spec::Spec;
 /// [`ClusterCommand::Own`]); 9, CA rotation ([`ClusterIdentity::ca_rotation`],
 /// [`ClusterCommand::TrustCa`], [`ClusterCommand::SignWithCa`],
 /// [`ClusterCommand::DropCa`]); 10, annotations that name their object
-/// ([`ClusterCommand::Note`], [`ClusterState::annotated`]).
-pub const CLUSTER_VERSION: u32 = 10;
+/// ([`ClusterCommand::Note`], [`ClusterState::annotated`]); 11, a listener
+/// rule has a manager of its own ([`crate::RULES_APART`]).
+pub const CLUSTER_VERSION: u32 = 11;
 
 /// The cluster's Raft timing, in milliseconds: every node runs it, because
 /// the leader's lease is safe only if every follower refuses other
@@ -619,7 +620,16 @@ impl ClusterCommand {
             | ClusterCommand::SignWithCa { .. }
             | ClusterCommand::DropCa { .. } => 9,
             ClusterCommand::Note { .. } => 10,
-            ClusterCommand::Own { .. } => 8,
+            ClusterCommand::Own { objects, .. } => {
+                if objects
+                    .iter()
+                    .any(|o| matches!(o, crate::ObjectRef::Rule { .. }))
+                {
+                    crate::RULES_APART
+                } else {
+                    8
+                }
+            }
             ClusterCommand::Managed { command, .. } => command.needs().max(8),
             ClusterCommand::SetUser { user, .. } if user.role != Role::Admin => 6,
             ClusterCommand::CreateApiToken { token, .. } if token.restricted() => 6,
@@ -1102,7 +1112,8 @@ impl ClusterState {
             ClusterCommand::Managed { manager, command } => {
                 let before = self.spec.clone();
                 self.apply(command)?;
-                for object in before.changed_objects(&self.spec) {
+                let rules_apart = self.version() >= crate::RULES_APART;
+                for object in before.changed_objects(&self.spec, rules_apart) {
                     self.managers.insert(object, manager.clone());
                 }
             }
@@ -1125,7 +1136,13 @@ impl ClusterState {
                         taken.join(", ")
                     )));
                 }
-                for object in objects.iter().filter(|o| o.ownable() && self.spec.has(o)) {
+                let rules_apart = self.version() >= crate::RULES_APART;
+                let owns = |o: &&crate::ObjectRef| {
+                    o.ownable()
+                        && self.spec.has(o)
+                        && (rules_apart || !matches!(o, crate::ObjectRef::Rule { .. }))
+                };
+                for object in objects.iter().filter(owns) {
                     self.managers.insert(object.clone(), manager.clone());
                 }
             }
@@ -1515,6 +1532,63 @@ mod tests {
         let revoke = ClusterCommand::RevokeRegistrationToken { id: "r1".into() };
         s.apply(&revoke).expect("revoked");
         assert!(matches!(s.apply(&revoke), Err(Refusal::NotFound(_))));
+    }
+
+    #[test]
+    fn a_rule_has_a_manager_of_its_own_from_cluster_version_11() {
+        let spec = |rules: &str| {
+            crate::Document::parse_spec(&format!(
+                "load_balancers:\n  - {{ name: web, listeners: [{{ port: 8080, protocol: http, \
+                 default_pool: app, rules: [{rules}] }}] }}\npools:\n  - {{ name: app, members: [] }}\n"
+            ))
+            .expect("valid")
+        };
+        let managed = |manager: &str, spec: Spec| ClusterCommand::Managed {
+            manager: manager.into(),
+            command: Box::new(ClusterCommand::Spec(Command::ReplaceSpec(spec))),
+        };
+        let lb = crate::ObjectRef::LoadBalancer("web".into());
+        let rule = crate::ObjectRef::Rule {
+            load_balancer: "web".into(),
+            port: 8080,
+            priority: 20,
+        };
+        for (version, lb_manager, rule_manager) in
+            [(10, "api", None), (crate::RULES_APART, "file", Some("api"))]
+        {
+            let mut s = ClusterState::default();
+            s.apply(&ClusterCommand::SetVersion { version })
+                .expect("version");
+            s.apply(&managed("file", spec(""))).expect("file");
+            s.apply(&managed(
+                "api",
+                spec("{ priority: 20, path_prefix: /b, pool: app }"),
+            ))
+            .expect("rule");
+            assert_eq!(s.managers.get(&lb).map(String::as_str), Some(lb_manager));
+            assert_eq!(s.managers.get(&rule).map(String::as_str), rule_manager);
+            // The rule's manager goes with the rule.
+            s.apply(&managed("file", spec(""))).expect("file again");
+            assert_eq!(s.managers.get(&rule), None);
+        }
+        // Owning a rule needs the version that knows rules apart, and
+        // before it an Own naming one takes nothing.
+        let own = ClusterCommand::Own {
+            manager: "cli".into(),
+            objects: vec![rule.clone()],
+            force: true,
+        };
+        assert_eq!(own.needs(), crate::RULES_APART);
+        let mut s = ClusterState::default();
+        s.apply(&ClusterCommand::SetVersion { version: 10 })
+            .expect("version");
+        s.apply(&managed(
+            "api",
+            spec("{ priority: 20, path_prefix: /b, pool: app }"),
+        ))
+        .expect("rule");
+        s.apply(&own).expect("own");
+        assert_eq!(s.managers.get(&rule), None);
     }
 
     #[test]

@@ -1,17 +1,16 @@
-//! Who manages what. Every load balancer, pool, member and certificate
-//! records the manager that last created or changed it (`file`, `cli`,
+//! Who manages what. Every load balancer, pool, member, certificate and
+//! (from cluster version [`RULES_APART`]) listener rule records the
+//! manager that last created or changed it (`file`, `cli`,
 //! `dashboard`, `api`, `registration`, a compatibility API's name, or a
 //! name a script passes), in [`crate::ClusterState::managers`]. A declarative
 //! apply ([`Spec::apply_as`]) then changes only what its document names,
 //! removes only what its own manager set before, and lists as conflicts the
 //! objects it would change that another manager set, each with the fields
 //! it would change ([`Conflict`]). Ownership is kept per object (a pool's
-//! settings, each member, a load balancer with its listeners and rules, a
-//! certificate), not per field: two managers that set different fields of
-//! one pool conflict, and the conflict names the fields.
-//!
-//! A listener's rules belong to its load balancer's manager: no API writes
-//! rules onto another API's listener.
+//! settings, each member, a load balancer's settings with its listeners,
+//! each rule, a certificate), not per field: two managers that set
+//! different fields of one pool conflict, and the conflict names the
+//! fields.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,8 +18,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::document::{CertificateDoc, LoadBalancerDoc, MemberDoc, PoolDoc};
-use crate::spec::{Pool, Spec};
+use crate::document::{CertificateDoc, LoadBalancerDoc, MemberDoc, PoolDoc, RuleDoc};
+use crate::spec::{LoadBalancer, Pool, Spec};
 
 /// An object of the spec: one a manager can own (a load balancer, pool,
 /// member or certificate), or a part of one that annotations can describe
@@ -45,7 +44,19 @@ pub enum ObjectRef {
     },
     /// A pool's health check: its pool's manager's.
     HealthCheck(String),
+    /// A listener rule, by its priority (unique within its listener).
+    /// Owned on its own from cluster version [`RULES_APART`]: before, a
+    /// listener's rules were its load balancer's.
+    Rule {
+        load_balancer: String,
+        port: u16,
+        priority: u32,
+    },
 }
+
+/// The cluster version from which a listener rule has a manager of its own
+/// (before, its load balancer's manager said what its rules are).
+pub const RULES_APART: u32 = 11;
 
 impl ObjectRef {
     /// The stored key.
@@ -60,6 +71,11 @@ impl ObjectRef {
                 port,
             } => format!("listener/{load_balancer}/{port}"),
             ObjectRef::HealthCheck(pool) => format!("health-check/{pool}"),
+            ObjectRef::Rule {
+                load_balancer,
+                port,
+                priority,
+            } => format!("rule/{load_balancer}/{port}/{priority}"),
         }
     }
 
@@ -67,8 +83,8 @@ impl ObjectRef {
     pub fn parse(key: &str) -> Result<ObjectRef, String> {
         let bad = || {
             format!(
-                "{key:?} names no load balancer, pool, member, certificate, listener or \
-                 health check"
+                "{key:?} names no load balancer, pool, member, certificate, listener, \
+                 rule or health check"
             )
         };
         let (kind, rest) = key.split_once('/').ok_or_else(bad)?;
@@ -89,6 +105,15 @@ impl ObjectRef {
                 ObjectRef::Listener {
                     load_balancer: load_balancer.to_owned(),
                     port: port.parse().map_err(|_| bad())?,
+                }
+            }
+            "rule" => {
+                let (load_balancer, rest) = rest.split_once('/').ok_or_else(bad)?;
+                let (port, priority) = rest.split_once('/').ok_or_else(bad)?;
+                ObjectRef::Rule {
+                    load_balancer: load_balancer.to_owned(),
+                    port: port.parse().map_err(|_| bad())?,
+                    priority: priority.parse().map_err(|_| bad())?,
                 }
             }
             _ => return Err(bad()),
@@ -126,6 +151,14 @@ impl fmt::Display for ObjectRef {
                 port,
             } => write!(f, "listener {port} of load balancer {load_balancer:?}"),
             ObjectRef::HealthCheck(pool) => write!(f, "the health check of pool {pool:?}"),
+            ObjectRef::Rule {
+                load_balancer,
+                port,
+                priority,
+            } => write!(
+                f,
+                "rule {priority} of listener {port} of load balancer {load_balancer:?}"
+            ),
         }
     }
 }
@@ -188,15 +221,23 @@ pub struct ManagedApply {
 }
 
 impl Spec {
-    /// Every object in the spec that can have a manager.
-    pub fn objects(&self) -> Vec<ObjectRef> {
+    /// Every object in the spec that can have a manager; with
+    /// `rules_apart` (cluster version [`RULES_APART`]), each listener rule
+    /// too.
+    pub fn objects(&self, rules_apart: bool) -> Vec<ObjectRef> {
         let mut out: Vec<ObjectRef> = Vec::new();
-        out.extend(
-            self.load_balancers
-                .keys()
-                .cloned()
-                .map(ObjectRef::LoadBalancer),
-        );
+        for (name, lb) in &self.load_balancers {
+            out.push(ObjectRef::LoadBalancer(name.clone()));
+            if rules_apart {
+                for l in &lb.listeners {
+                    out.extend(l.rules.iter().map(|r| ObjectRef::Rule {
+                        load_balancer: name.clone(),
+                        port: l.port,
+                        priority: r.priority,
+                    }));
+                }
+            }
+        }
         for (name, pool) in &self.pools {
             out.push(ObjectRef::Pool(name.clone()));
             out.extend(pool.members.iter().map(|m| ObjectRef::Member {
@@ -234,17 +275,44 @@ impl Spec {
                 .pools
                 .get(pool)
                 .is_some_and(|p| p.health_check.is_some()),
+            ObjectRef::Rule { .. } => self.rule(object).is_some(),
         }
+    }
+
+    /// The rule `object` names, if it names one that is here.
+    fn rule(&self, object: &ObjectRef) -> Option<&crate::Rule> {
+        let ObjectRef::Rule {
+            load_balancer,
+            port,
+            priority,
+        } = object
+        else {
+            return None;
+        };
+        self.load_balancers
+            .get(load_balancer)?
+            .listeners
+            .iter()
+            .find(|l| l.port == *port)?
+            .rules
+            .iter()
+            .find(|r| r.priority == *priority)
     }
 
     /// Is `object` the same in `self` and `other` (both absent counts)?
     /// A pool is compared without its members: each member is an object
-    /// of its own.
-    fn same(&self, other: &Spec, object: &ObjectRef) -> bool {
+    /// of its own; with `rules_apart`, so is a load balancer without its
+    /// listeners' rules.
+    fn same(&self, other: &Spec, object: &ObjectRef, rules_apart: bool) -> bool {
         match object {
+            ObjectRef::LoadBalancer(name) if rules_apart => {
+                self.load_balancers.get(name).map(without_rules)
+                    == other.load_balancers.get(name).map(without_rules)
+            }
             ObjectRef::LoadBalancer(name) => {
                 self.load_balancers.get(name) == other.load_balancers.get(name)
             }
+            ObjectRef::Rule { .. } => self.rule(object) == other.rule(object),
             ObjectRef::Certificate(name) => {
                 self.certificates.get(name) == other.certificates.get(name)
             }
@@ -279,20 +347,21 @@ impl Spec {
         }
     }
 
-    /// The objects `after` has that `self` has not, or has otherwise.
-    pub fn changed_objects(&self, after: &Spec) -> Vec<ObjectRef> {
+    /// The objects `after` has that `self` has not, or has otherwise
+    /// (with `rules_apart`, rules are objects of their own).
+    pub fn changed_objects(&self, after: &Spec, rules_apart: bool) -> Vec<ObjectRef> {
         after
-            .objects()
+            .objects(rules_apart)
             .into_iter()
-            .filter(|o| !self.same(after, o))
+            .filter(|o| !self.same(after, o, rules_apart))
             .collect()
     }
 
     /// What turning `self` into `after` does, one line per object:
     /// `create`, `change` or `remove`, then the object.
-    pub fn object_changes(&self, after: &Spec) -> Vec<String> {
+    pub fn object_changes(&self, after: &Spec, rules_apart: bool) -> Vec<String> {
         let mut out: Vec<String> = self
-            .changed_objects(after)
+            .changed_objects(after, rules_apart)
             .into_iter()
             .map(|o| {
                 let verb = if self.has(&o) { "change" } else { "create" };
@@ -300,7 +369,7 @@ impl Spec {
             })
             .collect();
         out.extend(
-            self.objects()
+            self.objects(rules_apart)
                 .into_iter()
                 .filter(|o| !after.has(o))
                 .map(|o| format!("remove {o}")),
@@ -312,20 +381,35 @@ impl Spec {
     /// paths in its document form (a pool without its members, which are
     /// objects of their own); none when either side lacks it. Names only:
     /// a certificate's key never shows.
-    pub fn changed_fields(&self, after: &Spec, object: &ObjectRef) -> Vec<String> {
+    pub fn changed_fields(
+        &self,
+        after: &Spec,
+        object: &ObjectRef,
+        rules_apart: bool,
+    ) -> Vec<String> {
         let mut fields = Vec::new();
-        if let (Some(before), Some(now)) = (self.object_doc(object), after.object_doc(object)) {
+        if let (Some(before), Some(now)) = (
+            self.object_doc(object, rules_apart),
+            after.object_doc(object, rules_apart),
+        ) {
             diff_fields("", &before, &now, &mut fields);
         }
         fields
     }
 
     /// `object` as its document says it (JSON), if it is here.
-    fn object_doc(&self, object: &ObjectRef) -> Option<serde_json::Value> {
+    fn object_doc(&self, object: &ObjectRef, rules_apart: bool) -> Option<serde_json::Value> {
         let doc = match object {
             ObjectRef::LoadBalancer(name) => {
-                serde_json::to_value(LoadBalancerDoc::from(self.load_balancers.get(name)?))
+                let lb = self.load_balancers.get(name)?;
+                let lb = if rules_apart {
+                    without_rules(lb)
+                } else {
+                    lb.clone()
+                };
+                serde_json::to_value(LoadBalancerDoc::from(&lb))
             }
+            ObjectRef::Rule { .. } => serde_json::to_value(RuleDoc::from(self.rule(object)?)),
             ObjectRef::Pool(name) => {
                 serde_json::to_value(PoolDoc::from(&settings(self.pools.get(name)?)))
             }
@@ -361,6 +445,7 @@ impl Spec {
         manager: &str,
         doc: &Spec,
         prune: bool,
+        rules_apart: bool,
     ) -> ManagedApply {
         let mine = |o: &ObjectRef| managers.get(o).is_some_and(|m| m == manager);
         let mut next = self.clone();
@@ -396,7 +481,30 @@ impl Spec {
             next.pools.insert(name.clone(), merged);
         }
         for (name, lb) in &doc.load_balancers {
-            next.load_balancers.insert(name.clone(), lb.clone());
+            let mut merged = lb.clone();
+            if let (true, Some(live)) = (rules_apart, self.load_balancers.get(name)) {
+                // A listener's rules as the document says them, and those
+                // another manager set at priorities the document leaves
+                // free; a rule goes with its listener.
+                for listener in &mut merged.listeners {
+                    let Some(was) = live.listeners.iter().find(|l| l.port == listener.port) else {
+                        continue;
+                    };
+                    for rule in &was.rules {
+                        let object = ObjectRef::Rule {
+                            load_balancer: name.clone(),
+                            port: listener.port,
+                            priority: rule.priority,
+                        };
+                        let taken = listener.rules.iter().any(|r| r.priority == rule.priority);
+                        if !taken && !mine(&object) {
+                            listener.rules.push(rule.clone());
+                        }
+                    }
+                    listener.rules.sort_by_key(|r| r.priority);
+                }
+            }
+            next.load_balancers.insert(name.clone(), merged);
         }
         if prune {
             for object in managers.keys().filter(|o| mine(o) && !doc.has(o)) {
@@ -410,6 +518,19 @@ impl Spec {
                     ObjectRef::Certificate(name) => {
                         next.certificates.remove(name);
                     }
+                    ObjectRef::Rule {
+                        load_balancer,
+                        port,
+                        priority,
+                    } => {
+                        let listener = next
+                            .load_balancers
+                            .get_mut(load_balancer)
+                            .and_then(|lb| lb.listeners.iter_mut().find(|l| l.port == *port));
+                        if let Some(listener) = listener {
+                            listener.rules.retain(|r| r.priority != *priority);
+                        }
+                    }
                     // Gone with its pool, or dropped above; parts have no
                     // manager of their own.
                     ObjectRef::Member { .. }
@@ -418,9 +539,9 @@ impl Spec {
                 }
             }
         }
-        let changed = self.changed_objects(&next);
+        let changed = self.changed_objects(&next, rules_apart);
         let removed: Vec<ObjectRef> = self
-            .objects()
+            .objects(rules_apart)
             .into_iter()
             .filter(|o| !next.has(o))
             .collect();
@@ -432,12 +553,12 @@ impl Spec {
                 (by != manager).then(|| Conflict {
                     object: o.clone(),
                     manager: by.clone(),
-                    fields: self.changed_fields(&next, o),
+                    fields: self.changed_fields(&next, o, rules_apart),
                 })
             })
             .collect();
         let adopted = doc
-            .objects()
+            .objects(rules_apart)
             .into_iter()
             .filter(|o| !managers.contains_key(o) && self.has(o) && !changed.contains(o));
         let mut claims = changed.clone();
@@ -516,6 +637,16 @@ fn keyed(list: &[serde_json::Value]) -> Option<BTreeMap<String, &serde_json::Val
     })
 }
 
+/// A load balancer without its listeners' rules, which are objects of
+/// their own from cluster version [`RULES_APART`].
+fn without_rules(lb: &LoadBalancer) -> LoadBalancer {
+    let mut lb = lb.clone();
+    for l in &mut lb.listeners {
+        l.rules.clear();
+    }
+    lb
+}
+
 /// A pool's own settings: everything but its members.
 fn settings(pool: &Pool) -> Pool {
     Pool {
@@ -548,7 +679,7 @@ pools:
 ";
 
     fn owned(spec: &Spec, manager: &str) -> Managers {
-        spec.objects()
+        spec.objects(true)
             .into_iter()
             .map(|o| (o, manager.to_owned()))
             .collect()
@@ -572,13 +703,25 @@ pools:
                 pool: "app".into(),
                 address: "[2001:db8::1]:443".parse().unwrap(),
             },
+            ObjectRef::Rule {
+                load_balancer: "web".into(),
+                port: 8080,
+                priority: 20,
+            },
         ] {
             assert_eq!(ObjectRef::parse(&o.key()), Ok(o.clone()));
             let json = serde_json::to_string(&BTreeMap::from([(o.clone(), "cli")])).unwrap();
             let back: BTreeMap<ObjectRef, String> = serde_json::from_str(&json).unwrap();
             assert_eq!(back.keys().next(), Some(&o));
         }
-        for bad in ["", "pool", "member/app", "member/app/nope", "rule/x"] {
+        for bad in [
+            "",
+            "pool",
+            "member/app",
+            "member/app/nope",
+            "rule/x",
+            "rule/web/80/x",
+        ] {
             assert!(ObjectRef::parse(bad).is_err(), "{bad}");
         }
         assert!(check_manager("gitops-prod.1").is_ok());
@@ -623,7 +766,7 @@ pools:
         managers.insert(member("10.0.0.9:80"), "registration".into());
 
         for prune in [false, true] {
-            let out = live.apply_as(&managers, "file", &applied, prune);
+            let out = live.apply_as(&managers, "file", &applied, prune, true);
             assert_eq!(out.spec, live, "prune {prune}: nothing changes");
             assert!(out.conflicts.is_empty() && out.removed.is_empty() && out.claims.is_empty());
         }
@@ -633,13 +776,13 @@ pools:
         let mut smaller = applied.clone();
         smaller.pools.get_mut("app").unwrap().members.remove(1);
         smaller.load_balancers.clear();
-        let out = live.apply_as(&managers, "file", &smaller, false);
+        let out = live.apply_as(&managers, "file", &smaller, false, true);
         assert_eq!(out.removed, vec![member("10.0.0.2:80")]);
         assert!(out.spec.has(&ObjectRef::LoadBalancer("web".into())));
         assert!(out.spec.has(&member("10.0.0.9:80")));
         let mut no_lb = smaller.clone();
         no_lb.pools.remove("app");
-        let out = live.apply_as(&managers, "file", &no_lb, true);
+        let out = live.apply_as(&managers, "file", &no_lb, true, true);
         assert_eq!(
             out.removed
                 .iter()
@@ -677,7 +820,7 @@ pools:
         managers.remove(&member("10.0.0.1:80"));
         let mut doc = live.clone();
         doc.pools.get_mut("app").unwrap().members[1].weight = 5;
-        let out = live.apply_as(&managers, "cli", &doc, false);
+        let out = live.apply_as(&managers, "cli", &doc, false, true);
         assert_eq!(
             out.conflicts,
             vec![Conflict {
@@ -694,7 +837,7 @@ pools:
         // A pool's settings are one object, its members others.
         let mut doc = live.clone();
         doc.pools.get_mut("app").unwrap().algorithm = crate::Algorithm::LeastOutstanding;
-        let out = live.apply_as(&managers, "cli", &doc, false);
+        let out = live.apply_as(&managers, "cli", &doc, false, true);
         assert_eq!(
             out.conflicts,
             vec![Conflict {
@@ -704,7 +847,7 @@ pools:
             }]
         );
         assert_eq!(
-            live.changed_objects(&out.spec),
+            live.changed_objects(&out.spec, true),
             vec![ObjectRef::Pool("app".into())]
         );
     }
@@ -744,7 +887,7 @@ pools:
     members: []
 ",
         );
-        let out = live.apply_as(&managers, "file", &doc, false);
+        let out = live.apply_as(&managers, "file", &doc, false, true);
         let fields: Vec<(String, Vec<String>)> = out
             .conflicts
             .iter()
@@ -780,9 +923,81 @@ pools:
             s
         };
         assert_eq!(
-            with_cert("SECRET-1")
-                .changed_fields(&with_cert("SECRET-2"), &ObjectRef::Certificate("c".into())),
+            with_cert("SECRET-1").changed_fields(
+                &with_cert("SECRET-2"),
+                &ObjectRef::Certificate("c".into()),
+                true
+            ),
             ["key_pem"]
         );
+    }
+
+    #[test]
+    fn a_rule_another_manager_set_stays_when_its_load_balancer_is_applied_again() {
+        let with_rules = |rules: &str| {
+            spec(&format!(
+                "
+load_balancers:
+  - name: web
+    listeners:
+      - {{ port: 8080, protocol: http, default_pool: app, rules: [{rules}] }}
+pools:
+  - name: app
+    members: [{{ address: 10.0.0.1:80 }}]
+"
+            ))
+        };
+        let rule = |priority| ObjectRef::Rule {
+            load_balancer: "web".into(),
+            port: 8080,
+            priority,
+        };
+        let file = with_rules("{ priority: 10, path_prefix: /a, pool: app }");
+        let live = with_rules(
+            "{ priority: 10, path_prefix: /a, pool: app }, { priority: 20, path_prefix: /b, pool: app }",
+        );
+        let mut managers = owned(&file, "file");
+        managers.insert(rule(10), "file".into());
+        managers.insert(rule(20), "api".into());
+        // Rules apart: the file's document leaves the other rule alone.
+        let out = live.apply_as(&managers, "file", &file, false, true);
+        assert_eq!(out.spec, live);
+        assert!(out.conflicts.is_empty(), "{:?}", out.conflicts);
+        assert_eq!(
+            live.objects(true)
+                .into_iter()
+                .filter(|o| matches!(o, ObjectRef::Rule { .. }))
+                .collect::<Vec<_>>(),
+            [rule(10), rule(20)]
+        );
+        // A document without its own rule drops it, and only it.
+        let bare = with_rules("");
+        let out = live.apply_as(&managers, "file", &bare, false, true);
+        assert_eq!(
+            out.spec.load_balancers["web"].listeners[0]
+                .rules
+                .iter()
+                .map(|r| r.priority)
+                .collect::<Vec<_>>(),
+            [20]
+        );
+        assert_eq!(out.removed, [rule(10)]);
+        assert!(out.conflicts.is_empty());
+        // One at the other's priority is a conflict naming that rule.
+        let clash = with_rules("{ priority: 20, path_prefix: /c, pool: app }");
+        let out = live.apply_as(&managers, "file", &clash, false, true);
+        assert_eq!(
+            out.conflicts,
+            [Conflict {
+                object: rule(20),
+                manager: "api".into(),
+                fields: vec!["path_prefix".into()],
+            }]
+        );
+        // Before cluster version 11 the rules were the load balancer's:
+        // the same document changes it, and the other rule goes.
+        let out = live.apply_as(&managers, "file", &file, false, false);
+        assert_eq!(out.spec, file);
+        assert!(!live.objects(false).contains(&rule(20)));
     }
 }

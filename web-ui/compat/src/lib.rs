@@ -147,14 +147,21 @@ impl<C: ControlPlane> Writer<'_, C> {
 
 /// The load balancers, pools and certificates of `state` that turning it
 /// into `after` changes or removes and that a manager other than
-/// `manager` set. A member counts as its pool: the pool's manager says
-/// who its members are.
+/// `manager` set. A member counts as its pool, a rule as its load
+/// balancer: a compatibility API changes only what it made, whole.
 fn theirs(state: &ClusterState, after: &Spec, manager: &str) -> Vec<ObjectRef> {
-    let removed = state.spec.objects().into_iter().filter(|o| !after.has(o));
+    let rules_apart = state.version() >= keel_model::RULES_APART;
+    let removed = state
+        .spec
+        .objects(rules_apart)
+        .into_iter()
+        .filter(|o| !after.has(o));
+    let changed = state.spec.changed_objects(after, rules_apart);
     let mut out: Vec<ObjectRef> = Vec::new();
-    for object in state.spec.changed_objects(after).into_iter().chain(removed) {
+    for object in changed.into_iter().chain(removed) {
         let object = match object {
             ObjectRef::Member { pool, .. } => ObjectRef::Pool(pool),
+            ObjectRef::Rule { load_balancer, .. } => ObjectRef::LoadBalancer(load_balancer),
             other => other,
         };
         if state.spec.has(&object) && !ours(state, &object, manager) && !out.contains(&object) {

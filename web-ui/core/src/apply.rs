@@ -43,12 +43,13 @@ impl Plan {
         doc: &Spec,
         mode: Mode,
     ) -> Result<Plan, ValidationErrors> {
+        let rules_apart = state.version() >= keel_model::RULES_APART;
         let (next, conflicts, claims) = if mode.replace {
             (doc.clone(), Vec::new(), Vec::new())
         } else {
             let out = state
                 .spec
-                .apply_as(&state.managers, manager, doc, mode.prune);
+                .apply_as(&state.managers, manager, doc, mode.prune, rules_apart);
             let conflicts = out.conflicts.iter().map(ToString::to_string).collect();
             (out.spec, conflicts, out.claims)
         };
@@ -60,7 +61,7 @@ impl Plan {
             manager: manager.to_owned(),
             mode,
             changes: state.spec.diff(&next),
-            objects: state.spec.object_changes(&next),
+            objects: state.spec.object_changes(&next, rules_apart),
             conflicts,
             claims,
             keeps_managers: state.version() >= 8,
