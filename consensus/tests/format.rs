@@ -94,12 +94,13 @@ fn ca_rotation_and_note_entries_decode_and_apply() {
 }
 
 /// Entries of cluster version 11: a rule another manager adds to a load
-/// balancer is that manager's, the load balancer stays its own; an `Own`
-/// takes a rule.
+/// balancer is that manager's and the load balancer stays its own; an
+/// `Own` takes a rule; a field another manager changes is that manager's
+/// and the pool stays its own.
 #[test]
-fn rule_manager_entries_decode_and_record_their_managers() {
+fn rule_and_field_manager_entries_decode_and_record_their_managers() {
     let state = replay(include_str!(
-        "fixtures/entries-cluster-v11-rule-managers.json"
+        "fixtures/entries-cluster-v11-rule-and-field-managers.json"
     ));
     let managers: Vec<(String, String)> = state
         .managers
@@ -117,6 +118,23 @@ fn rule_manager_entries_decode_and_record_their_managers() {
         ]
         .map(|(o, m)| (o.to_owned(), m.to_owned()))
     );
+    let fields: Vec<(String, String, String)> = state
+        .field_managers
+        .iter()
+        .flat_map(|(o, f)| f.iter().map(|(f, m)| (o.key(), f.clone(), m.clone())))
+        .collect();
+    assert_eq!(
+        fields,
+        [(
+            "pool/app".to_owned(),
+            "algorithm".to_owned(),
+            "dashboard".to_owned()
+        )]
+    );
+    // A snapshot keeps them.
+    let snapshot = serde_json::to_string(&state).unwrap();
+    let back: ClusterState = serde_json::from_str(&snapshot).unwrap();
+    assert_eq!(back.field_managers, state.field_managers);
 }
 
 /// The state `text`'s entries apply to, once they are shown to decode and

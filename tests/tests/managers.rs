@@ -346,7 +346,9 @@ fn an_apply_changes_only_what_its_manager_set_and_prunes_only_that() {
         s.c.call(1, "PUT", "/api/v1/pools/app", Some(&pool.to_string()))
             .unwrap();
     assert_eq!(status, 200, "{body}");
-    assert_eq!(s.managers()["pool/app"], "api");
+    // The field is the API's; the pool stays the file's.
+    assert_eq!(s.managers()["pool/app"], "cli");
+    assert_eq!(s.managers()["pool/app#algorithm"], "api");
     let diff = s.ok(&["apply", "--diff", "-f", &path]);
     assert!(
         diff.contains("change pool \"app\"")
@@ -359,9 +361,10 @@ fn an_apply_changes_only_what_its_manager_set_and_prunes_only_that() {
         out.contains("pool \"app\" (managed by api): algorithm."),
         "{out}"
     );
-    assert_eq!(s.managers()["pool/app"], "api");
+    assert_eq!(s.managers()["pool/app#algorithm"], "api");
     s.ok(&["apply", "--force", "-f", &path]);
     assert_eq!(s.managers()["pool/app"], "cli");
+    assert!(s.managers().get("pool/app#algorithm").is_none());
     assert_eq!(s.config(), before);
 
     // The file drops its second load balancer: without --prune it stays;
@@ -456,6 +459,34 @@ fn an_apply_changes_only_what_its_manager_set_and_prunes_only_that() {
     // The file without its rule drops it, and only it.
     s.ok(&["apply", "-f", &path]);
     assert_eq!(rules(&s.config()), [20]);
+
+    // Fields apart: the API sets the pool's algorithm; a file that keeps
+    // it and changes a field of its own applies without a conflict, and
+    // each field stays whose it was.
+    let (_, pool) = s.c.call(1, "GET", "/api/v1/pools/app", None).unwrap();
+    let mut pool = json(&pool);
+    pool["algorithm"] = "least_outstanding".into();
+    let (status, body) =
+        s.c.call(1, "PUT", "/api/v1/pools/app", Some(&pool.to_string()))
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let keeps = file(false).replace(
+        "  - name: app\n",
+        "  - name: app\n    algorithm: least_outstanding\n    drain_timeout: 7s\n",
+    );
+    let keeps_path = s.dir.path().join("keeps.yaml");
+    std::fs::write(&keeps_path, keeps).unwrap();
+    let keeps_path = keeps_path.display().to_string();
+    let diff = s.ok(&["apply", "--diff", "-f", &keeps_path]);
+    assert_eq!(diff.trim(), "change pool \"app\"");
+    s.ok(&["apply", "-f", &keeps_path]);
+    let managers = s.managers();
+    assert_eq!(managers["pool/app"], "cli", "{managers}");
+    assert_eq!(managers["pool/app#algorithm"], "api", "{managers}");
+    assert!(
+        managers.get("pool/app#drain_timeout").is_none(),
+        "{managers}"
+    );
 }
 
 #[test]

@@ -32,7 +32,7 @@ use crate::spec::Spec;
 /// [`ClusterCommand::TrustCa`], [`ClusterCommand::SignWithCa`],
 /// [`ClusterCommand::DropCa`]); 10, annotations that name their object
 /// ([`ClusterCommand::Note`], [`ClusterState::annotated`]); 11, a listener
-/// rule has a manager of its own ([`crate::RULES_APART`]).
+/// rule has a manager of its own ([`crate::PARTS_APART`]).
 pub const CLUSTER_VERSION: u32 = 11;
 
 /// The cluster's Raft timing, in milliseconds: every node runs it, because
@@ -167,11 +167,17 @@ pub struct ClusterState {
     /// [`crate::legacy::annotated_exists`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotated: BTreeMap<String, crate::ObjectRef>,
-    /// The manager that last created or changed each load balancer, pool,
-    /// member and certificate (from version 8; objects from before have
-    /// none until a manager changes or applies them).
+    /// The manager of each load balancer, pool, member, certificate and
+    /// (from version 11) listener rule: the one that created or applied it,
+    /// or before version 11 the last to change it (from version 8; objects
+    /// from before have none until a manager changes or applies them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub managers: crate::Managers,
+    /// The fields of those objects another manager changed since (from
+    /// version 11, [`crate::PARTS_APART`]): theirs, while the object stays
+    /// its manager's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub field_managers: crate::FieldManagers,
     /// The latest changes made by people or tools, oldest first, at most
     /// [`HISTORY_LEN`] (the dashboard's "who changed what").
     #[serde(default)]
@@ -625,7 +631,7 @@ impl ClusterCommand {
                     .iter()
                     .any(|o| matches!(o, crate::ObjectRef::Rule { .. }))
                 {
-                    crate::RULES_APART
+                    crate::PARTS_APART
                 } else {
                     8
                 }
@@ -852,6 +858,43 @@ impl ClusterState {
         self.version.max(1)
     }
 
+    /// Who manages what, as an apply reads it.
+    pub fn owners(&self) -> crate::Owners<'_> {
+        crate::Owners {
+            managers: &self.managers,
+            fields: &self.field_managers,
+            apart: self.version() >= crate::PARTS_APART,
+        }
+    }
+
+    /// Records `manager` for what turning `before` into the spec changed
+    /// (from version 11): an object it created, or one no manager had, is
+    /// its; in another's object, the fields it changed are its (in its
+    /// own, they are the object's again).
+    fn record_parts(&mut self, before: &Spec, manager: &str) {
+        for object in before.changed_objects(&self.spec, true) {
+            let fields = before.changed_fields(&self.spec, &object, true);
+            let owner = self.managers.get(&object).filter(|_| before.has(&object));
+            match owner {
+                Some(owner) if !fields.is_empty() => {
+                    let theirs = owner != manager;
+                    let entry = self.field_managers.entry(object).or_default();
+                    for field in fields {
+                        entry.retain(|path, _| !crate::manager::related(path, &field));
+                        if theirs {
+                            entry.insert(field, manager.to_owned());
+                        }
+                    }
+                }
+                _ => {
+                    self.field_managers.remove(&object);
+                    self.managers.insert(object, manager.to_owned());
+                }
+            }
+        }
+        self.field_managers.retain(|_, fields| !fields.is_empty());
+    }
+
     fn identity_mut(&mut self) -> Result<&mut ClusterIdentity, Refusal> {
         self.identity
             .as_mut()
@@ -910,6 +953,7 @@ impl ClusterState {
                 self.annotated
                     .retain(|key, _| self.annotations.contains_key(key));
                 self.managers.retain(|object, _| spec.has(object));
+                self.field_managers.retain(|object, _| spec.has(object));
             }
             ClusterCommand::SetUser { name, user } => {
                 self.users.insert(name.clone(), user.clone());
@@ -1112,9 +1156,12 @@ impl ClusterState {
             ClusterCommand::Managed { manager, command } => {
                 let before = self.spec.clone();
                 self.apply(command)?;
-                let rules_apart = self.version() >= crate::RULES_APART;
-                for object in before.changed_objects(&self.spec, rules_apart) {
-                    self.managers.insert(object, manager.clone());
+                if self.version() >= crate::PARTS_APART {
+                    self.record_parts(&before, manager);
+                } else {
+                    for object in before.changed_objects(&self.spec, false) {
+                        self.managers.insert(object, manager.clone());
+                    }
                 }
             }
             ClusterCommand::Own {
@@ -1136,7 +1183,7 @@ impl ClusterState {
                         taken.join(", ")
                     )));
                 }
-                let rules_apart = self.version() >= crate::RULES_APART;
+                let rules_apart = self.version() >= crate::PARTS_APART;
                 let owns = |o: &&crate::ObjectRef| {
                     o.ownable()
                         && self.spec.has(o)
@@ -1144,6 +1191,9 @@ impl ClusterState {
                 };
                 for object in objects.iter().filter(owns) {
                     self.managers.insert(object.clone(), manager.clone());
+                    if *force {
+                        self.field_managers.remove(object);
+                    }
                 }
             }
             ClusterCommand::DrainNode { id, drained } => {
@@ -1554,7 +1604,7 @@ mod tests {
             priority: 20,
         };
         for (version, lb_manager, rule_manager) in
-            [(10, "api", None), (crate::RULES_APART, "file", Some("api"))]
+            [(10, "api", None), (crate::PARTS_APART, "file", Some("api"))]
         {
             let mut s = ClusterState::default();
             s.apply(&ClusterCommand::SetVersion { version })
@@ -1578,7 +1628,7 @@ mod tests {
             objects: vec![rule.clone()],
             force: true,
         };
-        assert_eq!(own.needs(), crate::RULES_APART);
+        assert_eq!(own.needs(), crate::PARTS_APART);
         let mut s = ClusterState::default();
         s.apply(&ClusterCommand::SetVersion { version: 10 })
             .expect("version");
@@ -1589,6 +1639,82 @@ mod tests {
         .expect("rule");
         s.apply(&own).expect("own");
         assert_eq!(s.managers.get(&rule), None);
+    }
+
+    #[test]
+    fn a_field_another_manager_changes_is_theirs_from_cluster_version_11() {
+        let spec = |extra: &str| {
+            crate::Document::parse_spec(&format!(
+                "load_balancers: []\npools:\n  - {{ name: app, members: [], {extra} }}\n"
+            ))
+            .expect("valid")
+        };
+        let managed = |manager: &str, spec: Spec| ClusterCommand::Managed {
+            manager: manager.into(),
+            command: Box::new(ClusterCommand::Spec(Command::ReplaceSpec(spec))),
+        };
+        let pool = crate::ObjectRef::Pool("app".into());
+        let file = spec("drain_timeout: 5s");
+        let mut s = ClusterState::default();
+        s.apply(&ClusterCommand::SetVersion { version: 11 })
+            .expect("version");
+        s.apply(&managed("file", file.clone())).expect("file");
+        // The dashboard changes the algorithm: that field is its, the
+        // pool stays the file's.
+        s.apply(&managed(
+            "dashboard",
+            spec("drain_timeout: 5s, algorithm: least_outstanding"),
+        ))
+        .expect("dashboard");
+        assert_eq!(s.managers[&pool], "file");
+        assert_eq!(
+            s.field_managers[&pool],
+            BTreeMap::from([("algorithm".to_owned(), "dashboard".to_owned())])
+        );
+        // The file's document as it was would undo that: a conflict with
+        // the dashboard over that field alone.
+        let out = s.spec.apply_as(&s.owners(), "file", &file, false);
+        assert_eq!(
+            out.conflicts,
+            [crate::Conflict {
+                object: pool.clone(),
+                manager: "dashboard".into(),
+                fields: vec!["algorithm".into()],
+            }]
+        );
+        // One that keeps the dashboard's algorithm and changes its own
+        // field is no conflict.
+        let keeps = spec("drain_timeout: 9s, algorithm: least_outstanding");
+        let out = s.spec.apply_as(&s.owners(), "file", &keeps, false);
+        assert!(out.conflicts.is_empty(), "{:?}", out.conflicts);
+        // The pool's own manager setting the field again takes it back.
+        s.apply(&managed("file", file.clone())).expect("file again");
+        assert!(s.field_managers.is_empty(), "{:?}", s.field_managers);
+        // A forced Own takes the whole object, its fields with it.
+        s.apply(&managed(
+            "dashboard",
+            spec("drain_timeout: 5s, algorithm: least_outstanding"),
+        ))
+        .expect("dashboard again");
+        s.apply(&ClusterCommand::Own {
+            manager: "file".into(),
+            objects: vec![pool.clone()],
+            force: true,
+        })
+        .expect("own");
+        assert!(s.field_managers.is_empty());
+        // Before version 11, the dashboard's change made the pool its.
+        let mut old = ClusterState::default();
+        old.apply(&ClusterCommand::SetVersion { version: 10 })
+            .expect("version");
+        old.apply(&managed("file", file)).expect("file");
+        old.apply(&managed(
+            "dashboard",
+            spec("drain_timeout: 5s, algorithm: least_outstanding"),
+        ))
+        .expect("dashboard");
+        assert_eq!(old.managers[&pool], "dashboard");
+        assert!(old.field_managers.is_empty());
     }
 
     #[test]

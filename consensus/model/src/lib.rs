@@ -30,7 +30,9 @@ pub use document::{
 };
 pub use error::{FieldError, Path, Segment, ValidationErrors};
 pub use etag::Object;
-pub use manager::{check_manager, Conflict, ManagedApply, Managers, ObjectRef, RULES_APART};
+pub use manager::{
+    check_manager, Conflict, FieldManagers, ManagedApply, Managers, ObjectRef, Owners, PARTS_APART,
+};
 pub use rules::{
     glob_match, Action, Cidr, Conditions, FixedResponse, HeaderMatch, PathMatch, QueryMatch,
     Redirect, Rule, WeightedPool, MAX_FIXED_BODY, MAX_RULES,

@@ -1,16 +1,14 @@
 //! Who manages what. Every load balancer, pool, member, certificate and
-//! (from cluster version [`RULES_APART`]) listener rule records the
-//! manager that last created or changed it (`file`, `cli`,
-//! `dashboard`, `api`, `registration`, a compatibility API's name, or a
-//! name a script passes), in [`crate::ClusterState::managers`]. A declarative
-//! apply ([`Spec::apply_as`]) then changes only what its document names,
-//! removes only what its own manager set before, and lists as conflicts the
-//! objects it would change that another manager set, each with the fields
-//! it would change ([`Conflict`]). Ownership is kept per object (a pool's
-//! settings, each member, a load balancer's settings with its listeners,
-//! each rule, a certificate), not per field: two managers that set
-//! different fields of one pool conflict, and the conflict names the
-//! fields.
+//! (from cluster version [`PARTS_APART`]) listener rule records the
+//! manager that created or applied it (`file`, `cli`, `dashboard`, `api`,
+//! `registration`, a compatibility API's name, or a name a script passes),
+//! in [`crate::ClusterState::managers`]; from that version a field another
+//! manager changes in it is theirs ([`FieldManagers`]) and the object stays
+//! its manager's (before, the last writer took the whole object). A
+//! declarative apply ([`Spec::apply_as`]) then changes only what its
+//! document names, removes only what its own manager set before, and lists
+//! as conflicts what it would change that another manager set, with that
+//! manager and the fields ([`Conflict`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -45,7 +43,7 @@ pub enum ObjectRef {
     /// A pool's health check: its pool's manager's.
     HealthCheck(String),
     /// A listener rule, by its priority (unique within its listener).
-    /// Owned on its own from cluster version [`RULES_APART`]: before, a
+    /// Owned on its own from cluster version [`PARTS_APART`]: before, a
     /// listener's rules were its load balancer's.
     Rule {
         load_balancer: String,
@@ -55,8 +53,56 @@ pub enum ObjectRef {
 }
 
 /// The cluster version from which a listener rule has a manager of its own
-/// (before, its load balancer's manager said what its rules are).
-pub const RULES_APART: u32 = 11;
+/// (before, its load balancer's manager said what its rules are), and a
+/// field another manager changes is that manager's while the object stays
+/// its own manager's ([`FieldManagers`]; before, the object became the
+/// other's).
+pub const PARTS_APART: u32 = 11;
+
+/// Who set a field of an object where that is not the object's own
+/// manager: object → field path (as [`Spec::changed_fields`] names it,
+/// `health_check.path`) → manager.
+pub type FieldManagers = BTreeMap<ObjectRef, BTreeMap<String, String>>;
+
+/// Who manages what, as an apply reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Owners<'a> {
+    pub managers: &'a Managers,
+    pub fields: &'a FieldManagers,
+    /// Rules and fields apart (cluster version [`PARTS_APART`]).
+    pub apart: bool,
+}
+
+impl Owners<'_> {
+    /// Who set `field` of `object`: the managers of what other managers
+    /// set of it (the field itself, a part of it, or what holds it), else
+    /// the object's own manager.
+    fn of_field(&self, object: &ObjectRef, field: &str) -> Vec<String> {
+        let mut by: Vec<String> = self
+            .fields
+            .get(object)
+            .into_iter()
+            .flatten()
+            .filter(|(path, _)| related(path, field))
+            .map(|(_, m)| m.clone())
+            .collect();
+        if by.is_empty() {
+            by.extend(self.managers.get(object).cloned());
+        }
+        by.sort();
+        by.dedup();
+        by
+    }
+}
+
+/// Is one of two field paths the other, or a part of it?
+pub(crate) fn related(a: &str, b: &str) -> bool {
+    let under = |path: &str, holder: &str| {
+        path.strip_prefix(holder)
+            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    };
+    a == b || under(a, b) || under(b, a)
+}
 
 impl ObjectRef {
     /// The stored key.
@@ -222,7 +268,7 @@ pub struct ManagedApply {
 
 impl Spec {
     /// Every object in the spec that can have a manager; with
-    /// `rules_apart` (cluster version [`RULES_APART`]), each listener rule
+    /// `rules_apart` (cluster version [`PARTS_APART`]), each listener rule
     /// too.
     pub fn objects(&self, rules_apart: bool) -> Vec<ObjectRef> {
         let mut out: Vec<ObjectRef> = Vec::new();
@@ -377,6 +423,60 @@ impl Spec {
         out
     }
 
+    /// What turning `self` into `after` changes that a manager other than
+    /// `manager` set: the fields it changes (by whoever set each one,
+    /// from cluster version [`PARTS_APART`]; before, by the object's
+    /// manager), and the objects it removes.
+    pub fn conflicts(&self, after: &Spec, owners: &Owners, manager: &str) -> Vec<Conflict> {
+        let mut out = Vec::new();
+        for object in self.changed_objects(after, owners.apart) {
+            if !self.has(&object) {
+                continue;
+            }
+            let fields = self.changed_fields(after, &object, owners.apart);
+            let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            if owners.apart && !fields.is_empty() {
+                for field in &fields {
+                    for m in owners.of_field(&object, field) {
+                        by.entry(m).or_default().push(field.clone());
+                    }
+                }
+            } else if let Some(m) = owners.managers.get(&object) {
+                by.insert(m.clone(), fields);
+            }
+            out.extend(
+                by.into_iter()
+                    .filter(|(m, _)| m != manager)
+                    .map(|(m, fields)| Conflict {
+                        object: object.clone(),
+                        manager: m,
+                        fields,
+                    }),
+            );
+        }
+        for object in self.objects(owners.apart) {
+            if after.has(&object) {
+                continue;
+            }
+            let mut by: Vec<&String> = owners.managers.get(&object).into_iter().collect();
+            by.extend(
+                owners
+                    .fields
+                    .get(&object)
+                    .into_iter()
+                    .flat_map(BTreeMap::values),
+            );
+            by.sort();
+            by.dedup();
+            out.extend(by.into_iter().filter(|m| *m != manager).map(|m| Conflict {
+                object: object.clone(),
+                manager: m.clone(),
+                fields: Vec::new(),
+            }));
+        }
+        out
+    }
+
     /// The fields of `object` that differ between `self` and `after`, as
     /// paths in its document form (a pool without its members, which are
     /// objects of their own); none when either side lacks it. Names only:
@@ -441,12 +541,12 @@ impl Spec {
     /// longer has removed too. Nothing else is touched.
     pub fn apply_as(
         &self,
-        managers: &Managers,
+        owners: &Owners,
         manager: &str,
         doc: &Spec,
         prune: bool,
-        rules_apart: bool,
     ) -> ManagedApply {
+        let (managers, rules_apart) = (owners.managers, owners.apart);
         let mine = |o: &ObjectRef| managers.get(o).is_some_and(|m| m == manager);
         let mut next = self.clone();
         for (name, cert) in &doc.certificates {
@@ -545,18 +645,7 @@ impl Spec {
             .into_iter()
             .filter(|o| !next.has(o))
             .collect();
-        let conflicts = changed
-            .iter()
-            .chain(&removed)
-            .filter_map(|o| {
-                let by = managers.get(o)?;
-                (by != manager).then(|| Conflict {
-                    object: o.clone(),
-                    manager: by.clone(),
-                    fields: self.changed_fields(&next, o, rules_apart),
-                })
-            })
-            .collect();
+        let conflicts = self.conflicts(&next, owners, manager);
         let adopted = doc
             .objects(rules_apart)
             .into_iter()
@@ -638,7 +727,7 @@ fn keyed(list: &[serde_json::Value]) -> Option<BTreeMap<String, &serde_json::Val
 }
 
 /// A load balancer without its listeners' rules, which are objects of
-/// their own from cluster version [`RULES_APART`].
+/// their own from cluster version [`PARTS_APART`].
 fn without_rules(lb: &LoadBalancer) -> LoadBalancer {
     let mut lb = lb.clone();
     for l in &mut lb.listeners {
@@ -677,6 +766,17 @@ pools:
       - address: 10.0.0.1:80
       - address: 10.0.0.2:80
 ";
+
+    /// Whole-object managers, as before cluster version 11 (`apart`
+    /// false) or after it.
+    fn owners(managers: &Managers, apart: bool) -> Owners<'_> {
+        static NO_FIELDS: FieldManagers = BTreeMap::new();
+        Owners {
+            managers,
+            fields: &NO_FIELDS,
+            apart,
+        }
+    }
 
     fn owned(spec: &Spec, manager: &str) -> Managers {
         spec.objects(true)
@@ -766,7 +866,7 @@ pools:
         managers.insert(member("10.0.0.9:80"), "registration".into());
 
         for prune in [false, true] {
-            let out = live.apply_as(&managers, "file", &applied, prune, true);
+            let out = live.apply_as(&owners(&managers, true), "file", &applied, prune);
             assert_eq!(out.spec, live, "prune {prune}: nothing changes");
             assert!(out.conflicts.is_empty() && out.removed.is_empty() && out.claims.is_empty());
         }
@@ -776,13 +876,13 @@ pools:
         let mut smaller = applied.clone();
         smaller.pools.get_mut("app").unwrap().members.remove(1);
         smaller.load_balancers.clear();
-        let out = live.apply_as(&managers, "file", &smaller, false, true);
+        let out = live.apply_as(&owners(&managers, true), "file", &smaller, false);
         assert_eq!(out.removed, vec![member("10.0.0.2:80")]);
         assert!(out.spec.has(&ObjectRef::LoadBalancer("web".into())));
         assert!(out.spec.has(&member("10.0.0.9:80")));
         let mut no_lb = smaller.clone();
         no_lb.pools.remove("app");
-        let out = live.apply_as(&managers, "file", &no_lb, true, true);
+        let out = live.apply_as(&owners(&managers, true), "file", &no_lb, true);
         assert_eq!(
             out.removed
                 .iter()
@@ -820,7 +920,7 @@ pools:
         managers.remove(&member("10.0.0.1:80"));
         let mut doc = live.clone();
         doc.pools.get_mut("app").unwrap().members[1].weight = 5;
-        let out = live.apply_as(&managers, "cli", &doc, false, true);
+        let out = live.apply_as(&owners(&managers, true), "cli", &doc, false);
         assert_eq!(
             out.conflicts,
             vec![Conflict {
@@ -837,7 +937,7 @@ pools:
         // A pool's settings are one object, its members others.
         let mut doc = live.clone();
         doc.pools.get_mut("app").unwrap().algorithm = crate::Algorithm::LeastOutstanding;
-        let out = live.apply_as(&managers, "cli", &doc, false, true);
+        let out = live.apply_as(&owners(&managers, true), "cli", &doc, false);
         assert_eq!(
             out.conflicts,
             vec![Conflict {
@@ -887,7 +987,7 @@ pools:
     members: []
 ",
         );
-        let out = live.apply_as(&managers, "file", &doc, false, true);
+        let out = live.apply_as(&owners(&managers, true), "file", &doc, false);
         let fields: Vec<(String, Vec<String>)> = out
             .conflicts
             .iter()
@@ -960,7 +1060,7 @@ pools:
         managers.insert(rule(10), "file".into());
         managers.insert(rule(20), "api".into());
         // Rules apart: the file's document leaves the other rule alone.
-        let out = live.apply_as(&managers, "file", &file, false, true);
+        let out = live.apply_as(&owners(&managers, true), "file", &file, false);
         assert_eq!(out.spec, live);
         assert!(out.conflicts.is_empty(), "{:?}", out.conflicts);
         assert_eq!(
@@ -972,7 +1072,7 @@ pools:
         );
         // A document without its own rule drops it, and only it.
         let bare = with_rules("");
-        let out = live.apply_as(&managers, "file", &bare, false, true);
+        let out = live.apply_as(&owners(&managers, true), "file", &bare, false);
         assert_eq!(
             out.spec.load_balancers["web"].listeners[0]
                 .rules
@@ -985,7 +1085,7 @@ pools:
         assert!(out.conflicts.is_empty());
         // One at the other's priority is a conflict naming that rule.
         let clash = with_rules("{ priority: 20, path_prefix: /c, pool: app }");
-        let out = live.apply_as(&managers, "file", &clash, false, true);
+        let out = live.apply_as(&owners(&managers, true), "file", &clash, false);
         assert_eq!(
             out.conflicts,
             [Conflict {
@@ -996,7 +1096,7 @@ pools:
         );
         // Before cluster version 11 the rules were the load balancer's:
         // the same document changes it, and the other rule goes.
-        let out = live.apply_as(&managers, "file", &file, false, false);
+        let out = live.apply_as(&owners(&managers, false), "file", &file, false);
         assert_eq!(out.spec, file);
         assert!(!live.objects(false).contains(&rule(20)));
     }

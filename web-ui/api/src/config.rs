@@ -104,21 +104,23 @@ pub(super) struct Applied {
     pub(super) dry_run: bool,
 }
 
-/// `GET /api/v1/managers`: who manages each load balancer, pool, member
-/// and certificate, by object key (`pool/app`, `member/app/10.0.0.1:80`);
-/// objects no manager has set since version 8 are absent.
+/// `GET /api/v1/managers`: who manages each load balancer, pool, member,
+/// certificate and rule, by object key (`pool/app`,
+/// `member/app/10.0.0.1:80`, `rule/web/80/10`), and who set a field of one
+/// where that is another manager (`pool/app#drain_timeout`); objects no
+/// manager has set since version 8 are absent.
 pub(super) async fn managers<C: ControlPlane>(
     State(app): AppState<C>,
     Query(q): Query<ReadQuery>,
 ) -> Result<Json<BTreeMap<String, String>>, ApiError> {
     let (_, state) = read_state(&*app.control, q.stale).await?;
-    Ok(Json(
-        state
-            .managers
+    let objects = state.managers.iter().map(|(o, m)| (o.key(), m.clone()));
+    let fields = state.field_managers.iter().flat_map(|(o, fields)| {
+        fields
             .iter()
-            .map(|(o, m)| (o.key(), m.clone()))
-            .collect(),
-    ))
+            .map(move |(field, m)| (format!("{}#{field}", o.key()), m.clone()))
+    });
+    Ok(Json(objects.chain(fields).collect()))
 }
 
 /// `PUT /api/v1/config`: the body (JSON, or YAML when sent as

@@ -74,7 +74,7 @@ pub(crate) const PATHS: &[(&str, &[(&str, &str)])] = &[
         "/api/v1/managers",
         &[(
             "get",
-            "Who manages each load balancer, pool, member and certificate, by object key (pool/NAME, member/POOL/ADDRESS, ...)",
+            "Who manages each load balancer, pool, member, certificate and rule, by object key (pool/NAME, member/POOL/ADDRESS, rule/LB/PORT/PRIORITY, ...), and who set a field of one where another manager did (pool/NAME#FIELD)",
         )],
     ),
     (

@@ -150,7 +150,7 @@ impl<C: ControlPlane> Writer<'_, C> {
 /// `manager` set. A member counts as its pool, a rule as its load
 /// balancer: a compatibility API changes only what it made, whole.
 fn theirs(state: &ClusterState, after: &Spec, manager: &str) -> Vec<ObjectRef> {
-    let rules_apart = state.version() >= keel_model::RULES_APART;
+    let rules_apart = state.version() >= keel_model::PARTS_APART;
     let removed = state
         .spec
         .objects(rules_apart)

@@ -43,15 +43,21 @@ impl Plan {
         doc: &Spec,
         mode: Mode,
     ) -> Result<Plan, ValidationErrors> {
-        let rules_apart = state.version() >= keel_model::RULES_APART;
+        let rules_apart = state.version() >= keel_model::PARTS_APART;
         let (next, conflicts, claims) = if mode.replace {
             (doc.clone(), Vec::new(), Vec::new())
         } else {
             let out = state
                 .spec
-                .apply_as(&state.managers, manager, doc, mode.prune, rules_apart);
+                .apply_as(&state.owners(), manager, doc, mode.prune);
             let conflicts = out.conflicts.iter().map(ToString::to_string).collect();
-            (out.spec, conflicts, out.claims)
+            let mut claims = out.claims;
+            // Unforced, an apply takes no object another manager has: in
+            // one, it changes only fields it set itself (or it conflicts).
+            if !mode.force {
+                claims.retain(|o| state.managers.get(o).is_none_or(|m| m == manager));
+            }
+            (out.spec, conflicts, claims)
         };
         let errors = next.check();
         if !errors.is_empty() {
@@ -125,5 +131,70 @@ pub fn managed(state: &ClusterState, manager: &str, command: ClusterCommand) -> 
     ClusterCommand::Managed {
         manager: manager.to_owned(),
         command: Box::new(command),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_model::{ClusterCommand, ClusterState, Command, Document, ObjectRef};
+
+    use super::*;
+
+    fn spec(algorithm: &str) -> Spec {
+        Document::parse_spec(&format!(
+            "load_balancers: []\npools:\n  - {{ name: app, algorithm: {algorithm}, members: [] }}\n"
+        ))
+        .expect("valid")
+    }
+
+    /// Applies `plan`'s command to `state`.
+    fn commit(state: &mut ClusterState, plan: Plan) {
+        if let Some(command) = plan.command(None) {
+            state.apply(&command).expect("applied");
+        }
+    }
+
+    #[test]
+    fn an_apply_changes_a_field_it_set_in_anothers_object_without_taking_the_object() {
+        let mut state = ClusterState::default();
+        state
+            .apply(&ClusterCommand::SetVersion {
+                version: keel_model::PARTS_APART,
+            })
+            .expect("version");
+        let plan = Plan::new(&state, "file", &spec("round_robin"), Mode::default()).expect("plan");
+        commit(&mut state, plan);
+        let pool = ObjectRef::Pool("app".into());
+        // A script sets the algorithm (an imperative write), then applies
+        // its own document that changes it again: no conflict, since the
+        // field is its, and the pool stays the file's.
+        state
+            .apply(&ClusterCommand::Managed {
+                manager: "script".into(),
+                command: Box::new(ClusterCommand::Spec(Command::ReplaceSpec(spec(
+                    "least_outstanding",
+                )))),
+            })
+            .expect("script");
+        let plan = Plan::new(&state, "script", &spec("random_two"), Mode::default()).expect("plan");
+        assert!(plan.refusal().is_none(), "{:?}", plan.conflicts);
+        commit(&mut state, plan);
+        assert_eq!(state.managers[&pool], "file");
+        assert_eq!(state.field_managers[&pool]["algorithm"], "script");
+        // The file's document as it was now conflicts over that field;
+        // forced, it takes the pool back whole.
+        let plan = Plan::new(&state, "file", &spec("round_robin"), Mode::default()).expect("plan");
+        assert_eq!(
+            plan.conflicts,
+            ["pool \"app\" (managed by script): algorithm"]
+        );
+        let forced = Mode {
+            force: true,
+            ..Mode::default()
+        };
+        let plan = Plan::new(&state, "file", &spec("round_robin"), forced).expect("plan");
+        commit(&mut state, plan);
+        assert_eq!(state.managers[&pool], "file");
+        assert!(state.field_managers.is_empty());
     }
 }
