@@ -45,13 +45,8 @@ fn entries_written_by_0_1_0_decode_and_apply() {
 #[test]
 fn managed_entries_decode_and_record_their_managers() {
     let state = replay(include_str!("fixtures/entries-cluster-v8-managers.json"));
-    let managers: Vec<(String, String)> = state
-        .managers
-        .iter()
-        .map(|(o, m)| (o.key(), m.clone()))
-        .collect();
     assert_eq!(
-        managers,
+        managers(&state),
         [
             ("load-balancer/web", "file"),
             ("pool/app", "file"),
@@ -102,13 +97,8 @@ fn rule_and_field_manager_entries_decode_and_record_their_managers() {
     let state = replay(include_str!(
         "fixtures/entries-cluster-v11-rule-and-field-managers.json"
     ));
-    let managers: Vec<(String, String)> = state
-        .managers
-        .iter()
-        .map(|(o, m)| (o.key(), m.clone()))
-        .collect();
     assert_eq!(
-        managers,
+        managers(&state),
         [
             ("load-balancer/web", "file"),
             ("pool/app", "file"),
@@ -135,6 +125,15 @@ fn rule_and_field_manager_entries_decode_and_record_their_managers() {
     let snapshot = serde_json::to_string(&state).unwrap();
     let back: ClusterState = serde_json::from_str(&snapshot).unwrap();
     assert_eq!(back.field_managers, state.field_managers);
+}
+
+/// Who manages what in `state`, by object key.
+fn managers(state: &ClusterState) -> Vec<(String, String)> {
+    state
+        .managers
+        .iter()
+        .map(|(o, m)| (o.key(), m.clone()))
+        .collect()
 }
 
 /// The state `text`'s entries apply to, once they are shown to decode and

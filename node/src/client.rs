@@ -542,6 +542,27 @@ async fn get(a: GetArgs) -> Result<()> {
         _ => Value::Null,
     };
     let manager = |key: String| s(&managers[key]);
+    // What other managers set in an object (its fields, a load balancer's
+    // rules): ` algorithm:api rule/8080/20:elbv2`.
+    let others = |key: &str, own: &str| -> String {
+        let rules = key
+            .strip_prefix("load-balancer/")
+            .map(|lb| format!("rule/{lb}/"));
+        managers
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, m)| {
+                let field = k.strip_prefix(key).and_then(|f| f.strip_prefix('#'));
+                let rule = rules
+                    .as_deref()
+                    .and_then(|r| k.strip_prefix(r))
+                    .map(|r| format!("rule/{r}"))
+                    .filter(|_| s(m) != own);
+                Some(format!(" {}:{}", field.map(str::to_owned).or(rule)?, s(m)))
+            })
+            .collect()
+    };
     let output = match (a.client.output, base) {
         (Output::Text, "/api/v1/config") => Output::Yaml,
         (o, _) => o,
@@ -568,12 +589,14 @@ async fn get(a: GetArgs) -> Result<()> {
                             )
                         })
                         .collect();
+                    let key = format!("load-balancer/{}", s(&item["name"]));
+                    let own = manager(key.clone());
                     format!(
-                        "{}  vip={}  {}  manager={}",
+                        "{}  vip={}  {}  manager={own}{}",
                         s(&item["name"]),
                         s(&item["vip"]),
                         listeners.join(" "),
-                        manager(format!("load-balancer/{}", s(&item["name"])))
+                        others(&key, &own)
                     )
                 }
                 "/api/v1/pools" => {
@@ -593,9 +616,10 @@ async fn get(a: GetArgs) -> Result<()> {
                         })
                         .collect();
                     format!(
-                        "{name}  {}  {}  manager={own}",
+                        "{name}  {}  {}  manager={own}{}",
                         s(&item["algorithm"]),
-                        members.join(" ")
+                        members.join(" "),
+                        others(&format!("pool/{name}"), &own)
                     )
                 }
                 "/api/v1/nodes" => format!(

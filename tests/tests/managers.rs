@@ -75,6 +75,18 @@ impl Setup {
         path.display().to_string()
     }
 
+    /// The API (manager `api`) sets pool `app`'s algorithm.
+    fn api_sets_algorithm(&self, algorithm: &str) {
+        let (_, pool) = self.c.call(1, "GET", "/api/v1/pools/app", None).unwrap();
+        let mut pool = json(&pool);
+        pool["algorithm"] = algorithm.into();
+        let (status, body) = self
+            .c
+            .call(1, "PUT", "/api/v1/pools/app", Some(&pool.to_string()))
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+
     fn managers(&self) -> Value {
         let (status, body) = self.c.call(1, "GET", "/api/v1/managers", None).unwrap();
         assert_eq!(status, 200, "{body}");
@@ -339,13 +351,7 @@ fn an_apply_changes_only_what_its_manager_set_and_prunes_only_that() {
 
     // Someone else changes the file's pool: the file's apply is refused,
     // naming it, and forced takes it over.
-    let (_, pool) = s.c.call(1, "GET", "/api/v1/pools/app", None).unwrap();
-    let mut pool = json(&pool);
-    pool["algorithm"] = "least_outstanding".into();
-    let (status, body) =
-        s.c.call(1, "PUT", "/api/v1/pools/app", Some(&pool.to_string()))
-            .unwrap();
-    assert_eq!(status, 200, "{body}");
+    s.api_sets_algorithm("least_outstanding");
     // The field is the API's; the pool stays the file's.
     assert_eq!(s.managers()["pool/app"], "cli");
     assert_eq!(s.managers()["pool/app#algorithm"], "api");
@@ -463,13 +469,7 @@ fn an_apply_changes_only_what_its_manager_set_and_prunes_only_that() {
     // Fields apart: the API sets the pool's algorithm; a file that keeps
     // it and changes a field of its own applies without a conflict, and
     // each field stays whose it was.
-    let (_, pool) = s.c.call(1, "GET", "/api/v1/pools/app", None).unwrap();
-    let mut pool = json(&pool);
-    pool["algorithm"] = "least_outstanding".into();
-    let (status, body) =
-        s.c.call(1, "PUT", "/api/v1/pools/app", Some(&pool.to_string()))
-            .unwrap();
-    assert_eq!(status, 200, "{body}");
+    s.api_sets_algorithm("least_outstanding");
     let keeps = file(false).replace(
         "  - name: app\n",
         "  - name: app\n    algorithm: least_outstanding\n    drain_timeout: 7s\n",
@@ -487,6 +487,11 @@ fn an_apply_changes_only_what_its_manager_set_and_prunes_only_that() {
         managers.get("pool/app#drain_timeout").is_none(),
         "{managers}"
     );
+    // `keel get` says whose each part is.
+    let pools = s.ok(&["get", "pools", "app"]);
+    assert!(pools.contains("manager=cli algorithm:api"), "{pools}");
+    let lbs = s.ok(&["get", "load-balancers", "web"]);
+    assert!(lbs.contains("manager=cli rule/8080/20:api"), "{lbs}");
 }
 
 #[test]
