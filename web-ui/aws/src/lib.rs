@@ -68,6 +68,20 @@ pub fn router<C: ControlPlane>(control: Arc<C>, region: String, adopt: bool) -> 
 
 const BODY_LIMIT: usize = 1024 * 1024;
 
+#[cfg(test)]
+impl<C> Aws<C> {
+    /// The endpoint over `control`, as [`router`] makes it.
+    pub(crate) fn testing(control: Arc<C>) -> Aws<C> {
+        Aws {
+            control,
+            region: "us-east-1".into(),
+            replays: Replays::default(),
+            failures: Attempts::new(20, Duration::from_secs(60)),
+            adopt: false,
+        }
+    }
+}
+
 /// The signatures of changes made, each kept until its `X-Amz-Date` is out
 /// of the clock-skew window (after which the request is refused as expired
 /// anyway), with the connection that sent it: a captured change replayed
@@ -184,12 +198,14 @@ impl<C: ControlPlane> Call<'_, C> {
             })
     }
 
+    /// Commits `command` and, like every change here, answers once this
+    /// node serves it (or after two seconds), so an answer and the
+    /// client's next call see it `active`.
     pub async fn commit(&self, command: ClusterCommand) -> Result<(), AwsError> {
-        self.writer()
-            .commit(command)
-            .await
-            .map(|_| ())
-            .map_err(|e| commit_error(&e))
+        let writer = self.writer();
+        writer.commit(command).await.map_err(|e| commit_error(&e))?;
+        writer.caught_up().await;
+        Ok(())
     }
 
     /// `object`'s annotations (empty when it has none).
@@ -249,7 +265,7 @@ pub(crate) struct Params(Vec<(String, String)>);
 impl Params {
     /// Both sources are form-encoded (`+` is a space, as libcloud and boto
     /// send query strings).
-    fn parse(query: &str, form: Option<&[u8]>) -> Self {
+    pub(crate) fn parse(query: &str, form: Option<&[u8]>) -> Self {
         let body = form.map(String::from_utf8_lossy).unwrap_or_default();
         let pairs = [query, &body]
             .into_iter()

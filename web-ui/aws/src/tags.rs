@@ -2,6 +2,7 @@
 //! `tags/KIND/NAME` of the object tagged (`loadbalancer/NAME`,
 //! `targetgroup/NAME`), which goes with it.
 
+use keel_compat::Notes;
 use keel_web_core::ControlPlane;
 
 use crate::{el, AwsError, Call, Params};
@@ -14,6 +15,16 @@ impl<C: ControlPlane> Call<'_, C> {
     /// Adds the tags `Tags.member.N.{Key,Value}` to `object`'s; a tag
     /// without a `Key` is refused and none is added.
     pub async fn add_tags(&self, object: &str, p: &Params) -> Result<(), AwsError> {
+        for (key, values) in self.tag_notes(object, p)? {
+            self.annotate(&key, values).await?;
+        }
+        Ok(())
+    }
+
+    /// The note that adds the tags `Tags.member.N.{Key,Value}` to
+    /// `object`'s (none without tags), to commit with the change that
+    /// makes it; a tag without a `Key` is refused.
+    pub fn tag_notes(&self, object: &str, p: &Params) -> Result<Notes, AwsError> {
         let tags = p.structs("Tags");
         if tags
             .iter()
@@ -22,7 +33,7 @@ impl<C: ControlPlane> Call<'_, C> {
             return Err(AwsError::bad("ValidationError", "every tag needs a Key"));
         }
         if tags.is_empty() {
-            return Ok(());
+            return Ok(Notes::new());
         }
         let mut values = self.annotations(&key(object));
         for t in tags {
@@ -30,7 +41,7 @@ impl<C: ControlPlane> Call<'_, C> {
                 values.insert(k.clone(), t.get("Value").cloned().unwrap_or_default());
             }
         }
-        self.annotate(&key(object), values).await
+        Ok(vec![(key(object), values)])
     }
 
     /// Removes the tags named `keys` from `object`'s.

@@ -319,7 +319,6 @@ pub fn visible(state: &ClusterState, manager: &str, adopt: bool) -> ClusterState
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
 
     use keel_web_core::fake::Fake;
 
@@ -340,15 +339,12 @@ mod tests {
             weight: 1,
             enabled: true,
         };
-        let control = Fake {
-            state: Mutex::new((1, Arc::new(state))),
-            interloper: Mutex::new(Some(ClusterCommand::Spec(
-                keel_model::Command::UpsertMember {
-                    pool: "tg".into(),
-                    member: registered,
-                },
-            ))),
-        };
+        let control = Fake::with_state(state);
+        *control.interloper.lock().expect("lock") =
+            Some(ClusterCommand::Spec(keel_model::Command::UpsertMember {
+                pool: "tg".into(),
+                member: registered,
+            }));
         let writer = Writer {
             control: &control,
             by: "ci",

@@ -2,9 +2,10 @@
 //! to an in-memory state, the way the Raft state machine applies them.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::{ClusterStatus, ControlError, ControlPlane};
+use crate::{ClusterStatus, ControlError, ControlPlane, Serving};
 use keel_model::{ClusterCommand, ClusterState, User};
 
 pub const PASSWORD: &str = "a-long-admin-password";
@@ -15,6 +16,22 @@ pub struct Fake {
     /// (a registration, another API) between a handler's read and its
     /// commit.
     pub interloper: Mutex<Option<ClusterCommand>>,
+    /// A data plane a step behind: each version is served only from the
+    /// poll after the one that first sees it.
+    pub slow_dataplane: AtomicBool,
+    served: AtomicU64,
+}
+
+impl Fake {
+    /// A fake holding `state` at version 1.
+    pub fn with_state(state: ClusterState) -> Fake {
+        Fake {
+            state: Mutex::new((1, Arc::new(state))),
+            interloper: Mutex::new(None),
+            slow_dataplane: AtomicBool::new(false),
+            served: AtomicU64::new(1),
+        }
+    }
 }
 
 impl ControlPlane for Fake {
@@ -33,6 +50,19 @@ impl ControlPlane for Fake {
         next.apply(&command).map_err(ControlError::Refused)?;
         *guard = (guard.0 + 1, Arc::new(next));
         Ok(guard.0)
+    }
+
+    fn serving(&self) -> Serving {
+        let newest = self.state().0;
+        let version = if self.slow_dataplane.load(Ordering::Relaxed) {
+            self.served.swap(newest, Ordering::Relaxed)
+        } else {
+            newest
+        };
+        Serving {
+            version,
+            refused: false,
+        }
     }
 
     async fn status(&self) -> ClusterStatus {
@@ -67,8 +97,5 @@ pub fn fake_with(must_change_password: bool) -> Arc<Fake> {
             role: keel_model::Role::Admin,
         },
     );
-    Arc::new(Fake {
-        state: Mutex::new((1, Arc::new(state))),
-        interloper: Mutex::new(None),
-    })
+    Arc::new(Fake::with_state(state))
 }

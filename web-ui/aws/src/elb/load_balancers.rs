@@ -118,7 +118,9 @@ impl<C: ControlPlane> Elb<'_, C> {
         for l in &listeners {
             record.backends.insert(l.port, l.backend.clone());
         }
-        self.change_saving(&name, &record, |doc| {
+        // Its tags too: one entry, so it is never seen untagged.
+        let tags = self.call.tag_notes(&Self::tag_object(&name), p)?;
+        self.change_saving_noting(&name, &record, tags, |doc| {
             doc.load_balancers.push(LoadBalancerDoc {
                 name: name.clone(),
                 vip: None,
@@ -130,7 +132,6 @@ impl<C: ControlPlane> Elb<'_, C> {
             Ok(())
         })
         .await?;
-        self.call.add_tags(&Self::tag_object(&name), p).await?;
         Ok(el("DNSName", &dns_name(&name)))
     }
 

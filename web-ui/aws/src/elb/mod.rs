@@ -27,6 +27,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use keel_compat::Notes;
 use keel_model::{ClusterState, Document, LoadBalancerDoc, PoolDoc};
 use keel_web_core::ControlPlane;
 use serde::{Deserialize, Serialize};
@@ -245,7 +246,19 @@ impl<C: ControlPlane> Elb<'_, C> {
         record: &Record,
         edit: impl FnMut(&mut Document) -> Result<(), AwsError>,
     ) -> Result<(), AwsError> {
-        let note = record_note(lb, record)?;
-        self.call.change_noting(edit, vec![note]).await.map(|_| ())
+        self.change_saving_noting(lb, record, Notes::new(), edit)
+            .await
+    }
+
+    /// Like [`Elb::change_saving`], with `notes` set in the same entry.
+    pub(super) async fn change_saving_noting(
+        &self,
+        lb: &str,
+        record: &Record,
+        mut notes: Notes,
+        edit: impl FnMut(&mut Document) -> Result<(), AwsError>,
+    ) -> Result<(), AwsError> {
+        notes.push(record_note(lb, record)?);
+        self.call.change_noting(edit, notes).await.map(|_| ())
     }
 }

@@ -20,8 +20,11 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                 format!("load balancer type {t:?} is not served (application or network)"),
             ));
         }
+        let object = format!("loadbalancer/{name}");
         let exists = self.call.state().spec.load_balancers.contains_key(&name);
-        if !exists {
+        if exists {
+            self.call.add_tags(&object, p).await?;
+        } else {
             // What ELBv2 reports beyond the spec (its type, when it was
             // made) is noted in the entry that creates it.
             let record = BTreeMap::from([
@@ -31,6 +34,9 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                     p.get("Type").unwrap_or("application").to_owned(),
                 ),
             ]);
+            // Its tags too: one entry, so it is never seen untagged.
+            let mut notes = self.call.tag_notes(&object, p)?;
+            notes.push((object.clone(), record));
             self.call
                 .change_noting(
                     |doc| {
@@ -41,13 +47,10 @@ impl<C: ControlPlane> Elbv2<'_, C> {
                         });
                         Ok(())
                     },
-                    vec![(format!("loadbalancer/{name}"), record)],
+                    notes,
                 )
                 .await?;
         }
-        self.call
-            .add_tags(&format!("loadbalancer/{name}"), p)
-            .await?;
         Ok(format!(
             "<LoadBalancers>{}</LoadBalancers>",
             self.lb_xml(&name)
@@ -136,4 +139,80 @@ pub(super) fn first_mention(state: &keel_model::ClusterState, name: &str) -> Opt
         .iter()
         .find(|h| h.what.contains(&line))
         .map(|h| h.at)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use keel_web_core::ControlPlane;
+
+    use crate::{Aws, Call, Params};
+
+    async fn create(query: &str) -> (Result<String, crate::AwsError>, u64, u64) {
+        let control = keel_web_core::fake::fake();
+        // Its data plane serves each version a poll late, as a busy one does.
+        control.slow_dataplane.store(true, Ordering::Relaxed);
+        let aws = Aws::testing(control.clone());
+        let call = Call {
+            aws: &aws,
+            by: "ci",
+            manager: "elbv2",
+        };
+        let before = control.state().0;
+        let answer =
+            super::super::serve(call, "CreateLoadBalancer", &Params::parse(query, None)).await;
+        (answer, before, control.state().0)
+    }
+
+    #[tokio::test]
+    async fn a_load_balancer_made_with_tags_is_one_entry_and_answered_active() {
+        let (answer, before, after) =
+            create("Name=web&Tags.member.1.Key=team&Tags.member.1.Value=blue").await;
+        let xml = answer.expect("created");
+        assert_eq!(
+            after,
+            before + 1,
+            "the load balancer and its tags are one entry"
+        );
+        assert!(xml.contains("<Code>active</Code>"), "{xml}");
+    }
+
+    #[tokio::test]
+    async fn a_change_is_answered_once_this_node_serves_it() {
+        let control = keel_web_core::fake::fake();
+        control.slow_dataplane.store(true, Ordering::Relaxed);
+        let aws = Aws::testing(control);
+        let serve = |action: &'static str, query: String| {
+            let aws = &aws;
+            async move {
+                let call = Call {
+                    aws,
+                    by: "ci",
+                    manager: "elbv2",
+                };
+                super::super::serve(call, action, &Params::parse(&query, None))
+                    .await
+                    .expect("served")
+            }
+        };
+        let lb = serve("CreateLoadBalancer", "Name=web".into()).await;
+        let arn = lb
+            .split("<LoadBalancerArn>")
+            .nth(1)
+            .and_then(|rest| rest.split('<').next())
+            .expect("an ARN");
+        // Tags on their own are a change of their own.
+        let tag = "Tags.member.1.Key=team&Tags.member.1.Value=blue";
+        serve("AddTags", format!("ResourceArns.member.1={arn}&{tag}")).await;
+        let lb = serve("DescribeLoadBalancers", "Names.member.1=web".into()).await;
+        assert!(lb.contains("<Code>active</Code>"), "{lb}");
+    }
+
+    #[tokio::test]
+    async fn a_tag_without_a_key_makes_no_load_balancer() {
+        let (answer, before, after) = create("Name=web&Tags.member.1.Value=blue").await;
+        assert!(answer.is_err());
+        assert_eq!(after, before, "nothing committed");
+    }
 }

@@ -67,17 +67,16 @@ impl<C: ControlPlane> Elbv2<'_, C> {
             ("protocol".to_owned(), protocol.clone()),
             ("target_type".to_owned(), target_type.to_owned()),
         ]);
+        let mut notes = self.call.tag_notes(&format!("targetgroup/{name}"), p)?;
+        notes.push((tg_key(&name), values));
         self.call
             .change_noting(
                 |doc| {
                     doc.pools.push(pool.clone());
                     Ok(())
                 },
-                vec![(tg_key(&name), values)],
+                notes,
             )
-            .await?;
-        self.call
-            .add_tags(&format!("targetgroup/{name}"), p)
             .await?;
         Ok(format!(
             "<TargetGroups>{}</TargetGroups>",
