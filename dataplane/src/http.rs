@@ -16,6 +16,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keel_model::{HashOn, HttpVersion, Protocol};
@@ -84,14 +85,19 @@ pub(crate) async fn sniff(stream: &TcpStream, deadline: Instant) -> Option<Mode>
 
 /// Serves one client connection until it closes, the listener is removed
 /// (then it finishes in-flight requests and closes) or its drain runs out.
-pub(crate) async fn serve<IO>(
+///
+/// One allocation holds what an open connection carries between requests
+/// (its server's state and the waits for the listener's close and cut),
+/// each in one place: an `async fn` would hold its arguments twice.
+pub(crate) fn serve<IO>(
     stream: IO,
     mode: Mode,
     ends: Addresses,
     plan: SharedPlan,
     listener: Arc<ListenerPlan>,
     signals: Signals,
-) where
+) -> Pin<Box<dyn Future<Output = ()> + Send>>
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Signals {
@@ -110,7 +116,6 @@ pub(crate) async fn serve<IO>(
         .iter()
         .any(|c| c.contains(peer.ip()));
     let conn = Arc::new(Conn {
-        peer,
         ends,
         trusted,
         client_ip: HeaderValue::from_str(&peer.ip().to_string())
@@ -119,29 +124,24 @@ pub(crate) async fn serve<IO>(
         first: listener,
         cut: cut.clone(),
         tunnels,
+        stop: AtomicBool::new(false),
     });
     // Requests travel boxed: a future that holds one stays small, and
     // moving it (hyper moves each request's future into place) stays cheap.
     match mode {
         Mode::Http1 => {
-            // Set when the listener closes: the loop finishes the request
-            // under way and closes.
-            let stop = Arc::new(AtomicBool::new(false));
-            let serving = async {
-                let timeouts = h1::Timeouts {
-                    head: header_timeout,
-                    keep_alive: keepalive_timeout,
-                };
-                h1::serve(stream, conn, timeouts, stop.clone()).await;
-                Ok::<_, Infallible>(())
+            let timeouts = h1::Timeouts {
+                head: header_timeout,
+                keep_alive: keepalive_timeout,
             };
-            tokio::pin!(serving);
-            let stopping = |_: Pin<&mut _>| stop.store(true, Relaxed);
-            drive(serving, stopping, peer, closing, cut, None).await;
+            let serving = h1::serve(stream, conn.clone(), timeouts);
+            // The loop finishes the request under way and closes.
+            let stopping = move |_: Pin<&mut _>| conn.stop.store(true, Relaxed);
+            Box::pin(Drive::new(serving, stopping, peer, closing, cut, None))
         }
         Mode::Http2 => {
             let io = TokioIo::new(Coalesce::new(stream));
-            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            let mut builder = http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_HEAD_BYTES as u32)
@@ -162,13 +162,19 @@ pub(crate) async fn serve<IO>(
                     Ok::<_, Infallible>(response.map(|body| Counted { body, _open: open }))
                 }
             });
-            // Boxed: an HTTP/1 connection's future does not carry it.
-            let mut serving = Box::pin(builder.serve_connection(io, service));
-            let serving = serving.as_mut();
+            let serving = builder.serve_connection(io, service);
             // Idle (no stream open) as long as a keep-alive HTTP/1
             // connection may be: closed with GOAWAY.
-            let idle = Some((streams, keepalive_timeout));
-            drive(serving, |c| c.graceful_shutdown(), peer, closing, cut, idle).await;
+            let idle = Idle::new(streams, keepalive_timeout);
+            let stopping = |c: Pin<&mut http2::Connection<_, _, _>>| c.graceful_shutdown();
+            Box::pin(Drive::new(
+                serving,
+                stopping,
+                peer,
+                closing,
+                cut,
+                Some(idle),
+            ))
         }
     }
 }
@@ -243,83 +249,191 @@ impl Body for Counted {
     }
 }
 
-/// Polls a server connection to its end. When the listener closes, asks it
-/// to finish in-flight requests and stop; when it is cut, drops it. With
-/// `idle`, a connection without an open stream for that long is asked to
-/// stop too (checked each half of it, so it goes after 1 to 1.5 times it).
-async fn drive<F, E>(
-    mut serving: Pin<&mut F>,
-    shutdown: impl Fn(Pin<&mut F>),
-    peer: SocketAddr,
-    closing: CancellationToken,
-    cut: CancellationToken,
-    idle: Option<(Arc<Streams>, Duration)>,
-) where
-    F: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+pin_project_lite::pin_project! {
+    /// Polls a server connection to its end. When the listener closes, asks
+    /// it to finish in-flight requests and stop; when it is cut, drops it.
+    /// With `idle`, a connection without an open stream for that long is
+    /// asked to stop too.
+    struct Drive<F, S> {
+        #[pin]
+        serving: F,
+        shutdown: S,
+        peer: SocketAddr,
+        closing: CancellationToken,
+        cut: CancellationToken,
+        // A cut is a closing too (`closing` is its child): an open
+        // connection waits on `closing` alone, and on `cut` only once it is
+        // closing, so an idle one carries one wait.
+        #[pin]
+        closing_wait: WaitForCancellationFutureOwned,
+        cut_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        // The waker the waits hold. A wait keeps the waker it was last
+        // polled with, so it is polled again only if that changed: polling
+        // it takes a lock, and the connection's task is polled several
+        // times per request. Between those, the tokens' flags tell.
+        registered: Option<Waker>,
+        shutting_down: bool,
+        idle: Option<Box<Idle>>,
+    }
+}
+
+impl<F, S> Drive<F, S> {
+    fn new(
+        serving: F,
+        shutdown: S,
+        peer: SocketAddr,
+        closing: CancellationToken,
+        cut: CancellationToken,
+        idle: Option<Idle>,
+    ) -> Self {
+        Drive {
+            serving,
+            shutdown,
+            peer,
+            closing_wait: closing.clone().cancelled_owned(),
+            closing,
+            cut,
+            cut_wait: None,
+            registered: None,
+            shutting_down: false,
+            idle: idle.map(Box::new),
+        }
+    }
+}
+
+impl<F, S> Future for Drive<F, S>
+where
+    F: Future,
+    F::Output: Ended,
+    S: Fn(Pin<&mut F>),
 {
-    let mut closing_wait = std::pin::pin!(closing.cancelled());
-    let mut cut_wait = std::pin::pin!(cut.cancelled());
-    // The waker the two waits hold. A wait keeps the waker it was last
-    // polled with, so it is polled again only if that changed: polling it
-    // takes a lock, and the connection's task is polled several times per
-    // request. Between those, the tokens' flags tell.
-    let mut registered: Option<Waker> = None;
-    let mut shutting_down = false;
-    let check = idle.as_ref().map(|(_, t)| *t / 2);
-    let mut idle_timer = check.map(|c| Box::pin(tokio::time::sleep(c)));
-    // Checks in a row that found no stream open and none opened since.
-    let (mut quiet, mut opened) = (0u8, 0u64);
-    // Asked to close for idleness: dropped at the next check if still open.
-    let mut idle_closing = false;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = serving.as_mut().poll(cx) {
-            if let Err(e) = r {
-                tracing::debug!(client.addr = %peer, error = %e, "http connection ended");
-            }
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if let Poll::Ready(ended) = this.serving.as_mut().poll(cx) {
+            ended.report(*this.peer);
             return Poll::Ready(());
         }
-        let fresh = !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        let fresh = !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
         if fresh {
-            registered = Some(cx.waker().clone());
+            *this.registered = Some(cx.waker().clone());
         }
-        if fired(&cut, cut_wait.as_mut(), fresh, cx) {
+        if this.cut.is_cancelled() {
             return Poll::Ready(());
         }
-        if !shutting_down && fired(&closing, closing_wait.as_mut(), fresh, cx) {
-            shutdown(serving.as_mut());
-            shutting_down = true;
+        if let Some(wait) = this.cut_wait.as_mut() {
+            if fresh && wait.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        } else if fired(this.closing, this.closing_wait.as_mut(), fresh, cx) {
+            if !*this.shutting_down {
+                (this.shutdown)(this.serving.as_mut());
+                *this.shutting_down = true;
+            }
+            let mut wait = Box::pin(this.cut.clone().cancelled_owned());
+            if wait.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            *this.cut_wait = Some(wait);
             // The connection has more to do now: let it.
             cx.waker().wake_by_ref();
         }
-        if let (Some(timer), Some((streams, limit)), Some(period)) =
-            (idle_timer.as_mut(), idle.as_ref(), check)
-        {
-            while timer.as_mut().poll(cx).is_ready() {
-                if idle_closing {
-                    // A graceful close waits for the peer to answer its
-                    // PING; a peer that never does is not waited for.
-                    return Poll::Ready(());
-                }
-                let now_opened = streams.opened.load(Relaxed);
-                let idle_now = streams.open.load(Relaxed) == 0 && now_opened == opened;
-                opened = now_opened;
-                quiet = if idle_now { quiet + 1 } else { 0 };
-                if quiet >= 2 {
-                    tracing::debug!(client.addr = %peer, timeout = ?limit, "idle http/2 connection closed");
-                    if !shutting_down {
-                        shutdown(serving.as_mut());
-                        shutting_down = true;
+        if let Some(idle) = this.idle.as_mut() {
+            match idle.poll(cx, *this.peer) {
+                IdleCheck::Busy => {}
+                IdleCheck::Ask => {
+                    if !*this.shutting_down {
+                        (this.shutdown)(this.serving.as_mut());
+                        *this.shutting_down = true;
                     }
-                    idle_closing = true;
                     cx.waker().wake_by_ref();
                 }
-                timer.as_mut().reset(tokio::time::Instant::now() + period);
+                IdleCheck::Drop => return Poll::Ready(()),
             }
         }
         Poll::Pending
-    })
-    .await
+    }
+}
+
+/// How a connection's server ended: an error worth a line, or nothing.
+trait Ended {
+    fn report(self, peer: SocketAddr);
+}
+
+impl Ended for () {
+    fn report(self, _: SocketAddr) {}
+}
+
+impl<E: std::fmt::Display> Ended for Result<(), E> {
+    fn report(self, peer: SocketAddr) {
+        if let Err(e) = self {
+            tracing::debug!(client.addr = %peer, error = %e, "http connection ended");
+        }
+    }
+}
+
+/// An HTTP/2 connection's idle check: every half of `limit`, whether a
+/// stream is open or was opened since; one found quiet twice in a row is
+/// asked to close (so it goes after 1 to 1.5 times `limit`), and dropped
+/// at the next check if still open.
+struct Idle {
+    streams: Arc<Streams>,
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Checks in a row that found no stream open and none opened since.
+    quiet: u8,
+    opened: u64,
+    /// Asked to close for idleness.
+    closing: bool,
+}
+
+/// What an idle check found.
+enum IdleCheck {
+    Busy,
+    /// Ask it to close.
+    Ask,
+    /// Asked before and still open: drop it.
+    Drop,
+}
+
+impl Idle {
+    fn new(streams: Arc<Streams>, limit: Duration) -> Idle {
+        Idle {
+            streams,
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit / 2)),
+            quiet: 0,
+            opened: 0,
+            closing: false,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, peer: SocketAddr) -> IdleCheck {
+        let mut found = IdleCheck::Busy;
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if self.closing {
+                // A graceful close waits for the peer to answer its PING;
+                // a peer that never does is not waited for.
+                return IdleCheck::Drop;
+            }
+            let opened = self.streams.opened.load(Relaxed);
+            let idle_now = self.streams.open.load(Relaxed) == 0 && opened == self.opened;
+            self.opened = opened;
+            self.quiet = if idle_now { self.quiet + 1 } else { 0 };
+            if self.quiet >= 2 {
+                tracing::debug!(client.addr = %peer, timeout = ?self.limit, "idle http/2 connection closed");
+                self.closing = true;
+                found = IdleCheck::Ask;
+            }
+            let next = tokio::time::Instant::now() + self.limit / 2;
+            self.timer.as_mut().reset(next);
+        }
+        found
+    }
 }
 
 /// Whether `token` is cancelled; `wait` (its `cancelled()` future) is
@@ -335,9 +449,8 @@ fn fired<W: Future>(
 
 /// What one client connection knows.
 struct Conn {
-    /// The client: the TCP peer, or what its PROXY header named.
-    peer: SocketAddr,
-    /// The client and the address it connected to, for PROXY headers to members.
+    /// The client (the TCP peer, or what its PROXY header named) and the
+    /// address it connected to, for PROXY headers to members.
     ends: Addresses,
     /// The client is a trusted proxy: its forwarding headers are kept.
     trusted: bool,
@@ -351,9 +464,17 @@ struct Conn {
     cut: CancellationToken,
     /// Where upgraded connections run, so shutdown waits for them.
     tunnels: TaskTracker,
+    /// Set when the listener closes: an HTTP/1 connection finishes the
+    /// request under way and closes.
+    stop: AtomicBool,
 }
 
 impl Conn {
+    /// The client: the TCP peer, or what its PROXY header named.
+    fn peer(&self) -> SocketAddr {
+        self.ends.source
+    }
+
     /// The listener's current plan: each request follows the newest config.
     fn listener(&self) -> Arc<ListenerPlan> {
         self.plan
@@ -371,12 +492,12 @@ impl Conn {
         let limited = listener
             .limiter
             .as_ref()
-            .is_some_and(|l| !l.allow(self.peer.ip()));
+            .is_some_and(|l| !l.allow(self.peer().ip()));
         let response = if let Some(status) = oversized(&req) {
-            tracing::debug!(client.addr = %self.peer, status = status.as_u16(), "request head too large");
+            tracing::debug!(client.addr = %self.peer(), status = status.as_u16(), "request head too large");
             local_response(status)
         } else if let Err(why) = route::settle_authority(&mut req) {
-            tracing::debug!(client.addr = %self.peer, error = why, "request refused");
+            tracing::debug!(client.addr = %self.peer(), error = why, "request refused");
             let mut r = local_response(StatusCode::BAD_REQUEST);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -388,7 +509,7 @@ impl Conn {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         } else {
-            match route::route(&listener.rules, &listener.pool, &req, self.peer.ip()) {
+            match route::route(&listener.rules, &listener.pool, &req, self.peer().ip()) {
                 Route::Pool(p) => {
                     pool = Some(p.clone());
                     self.forward_or_error(req, &listener, p, started).await
@@ -431,7 +552,7 @@ impl Conn {
             Ok(r) => r,
             Err(e) => {
                 let status = e.status();
-                tracing::warn!(client.addr = %self.peer, pool = %pool.spec.name,
+                tracing::warn!(client.addr = %self.peer(), pool = %pool.spec.name,
                     status = status.as_u16(), side = ?e.side(), error = %e, "request failed");
                 let mut r = local_response(status);
                 if e.side() == Side::Downstream {
@@ -538,13 +659,15 @@ impl Conn {
                 .filter(|m| !tried_so_far.contains(&m.address))
             {
                 Some(m) => m.clone(),
-                None => match pool
-                    .balancer
-                    .pick(self.peer.ip(), hash_key.as_deref(), tried_so_far)
-                {
-                    Some(m) => m,
-                    None => break,
-                },
+                None => {
+                    match pool
+                        .balancer
+                        .pick(self.peer().ip(), hash_key.as_deref(), tried_so_far)
+                    {
+                        Some(m) => m,
+                        None => break,
+                    }
+                }
             };
             tried[attempts] = member.address;
             attempts += 1;
@@ -662,7 +785,7 @@ impl Conn {
         stats.here().upgrades.fetch_add(1, Relaxed);
         let open = crate::Active::new(&stats);
         let idle = listener.spec.idle_timeout;
-        let (cut, peer) = (self.cut.clone(), self.peer);
+        let (cut, peer) = (self.cut.clone(), self.peer());
         self.tunnels.spawn(async move {
             let _open = open;
             stats.here().tunnels.fetch_add(1, Relaxed);

@@ -34,9 +34,12 @@ mod wire;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -411,12 +414,15 @@ impl Dataplane {
     ) -> RunningListener {
         let (quieted_tx, quieted): (Vec<_>, Vec<_>) =
             sockets.iter().map(|_| watch::channel(false)).unzip();
+        // A cut closes too: a connection waits on `closing` alone, and
+        // looks at `cut` once that fired (one wait per idle connection).
+        let cut = CancellationToken::new();
         let running = RunningListener {
             stop: CancellationToken::new(),
             quiet: watch::channel(false).0,
             quieted,
-            closing: CancellationToken::new(),
-            cut: CancellationToken::new(),
+            closing: cut.child_token(),
+            cut,
             drain_timeout: self
                 .plan
                 .load()
@@ -1114,14 +1120,11 @@ impl Admit {
             cut: cut.clone(),
             tunnels: self.connections.clone(),
         };
-        // Each protocol's work is boxed below: the task of an idle
-        // connection is as small as its own state, not the largest of them.
-        let connection = async move {
-            let _active = active;
+        // What starting the connection needs (its PROXY header, finding its
+        // protocol) is freed once it is served: see [`Phases`].
+        let start = async move {
             let _ = stream.set_nodelay(true);
-            let Some(peer) = client_of(&stream, peer, &listener).await else {
-                return;
-            };
+            let peer = client_of(&stream, peer, &listener).await?;
             // L4 listeners limit new connections per client; HTTP ones limit
             // requests (see `http.rs`).
             if let Some(limiter) = listener
@@ -1132,13 +1135,13 @@ impl Admit {
                 if !limiter.allow(peer.source.ip()) {
                     listener.stats.here().rate_limited.fetch_add(1, Relaxed);
                     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                    return;
+                    return None;
                 }
             }
             match (listener.spec.protocol, listener.tls.clone()) {
                 (Protocol::Tcp, _) => {
                     let pool = listener.pool.clone();
-                    Box::pin(tcp::serve(stream, peer, listener, pool, cut)).await
+                    serving(tcp::serve(stream, peer, listener, pool, cut))
                 }
                 (Protocol::TlsPassthrough, _) => {
                     let deadline = tokio::time::Instant::now() + listener.spec.header_timeout;
@@ -1147,7 +1150,7 @@ impl Admit {
                         Err(e) => {
                             listener.stats.here().tls_failures.fetch_add(1, Relaxed);
                             tracing::debug!(client.addr = %peer.source, listener = %listener.bind, error = %e, "no ClientHello: closed");
-                            return;
+                            return None;
                         }
                     };
                     let pool = route::route_name(
@@ -1157,42 +1160,33 @@ impl Admit {
                         peer.source.ip(),
                     )
                     .clone();
-                    Box::pin(tcp::serve(stream, peer, listener, pool, cut)).await
+                    serving(tcp::serve(stream, peer, listener, pool, cut))
                 }
                 (Protocol::Http, _) => {
                     let mode = if listener.spec.http2 {
                         let deadline = tokio::time::Instant::now() + listener.spec.header_timeout;
                         match http::sniff(&stream, deadline).await {
                             Some(mode) => mode,
-                            None => return,
+                            None => return None,
                         }
                     } else {
                         http::Mode::Http1
                     };
-                    Box::pin(http::serve(stream, mode, peer, plan, listener, signals)).await
+                    Some(http::serve(stream, mode, peer, plan, listener, signals))
                 }
                 (Protocol::Https | Protocol::Tls, Some(config)) => {
-                    let Some(tls) =
-                        Box::pin(handshake(stream, peer.source, config, &listener, &cut)).await
-                    else {
-                        return;
-                    };
-                    if listener.spec.protocol == Protocol::Tls {
-                        Box::pin(tcp::serve_stream(tls, peer, listener, cut)).await;
-                        return;
-                    }
-                    let mode = match tls.get_ref().1.alpn_protocol() {
-                        Some(tls::H2) => http::Mode::Http2,
-                        _ => http::Mode::Http1,
-                    };
-                    Box::pin(http::serve(tls, mode, peer, plan, listener, signals)).await
+                    serving(serve_tls(stream, peer, config, plan, listener, signals))
                 }
                 (Protocol::Https | Protocol::Tls, None) => {
                     debug_assert!(false, "a TLS listener was planned without a configuration");
+                    None
                 }
             }
         };
-        self.connections.spawn(connection);
+        self.connections.spawn(Phases {
+            phase: Phase::Starting(Box::pin(start)),
+            _active: active,
+        });
     }
 }
 
@@ -1229,6 +1223,32 @@ async fn client_of(
 }
 
 /// Completes a TLS handshake within the listener's header timeout.
+/// Serves a TLS connection: its handshake, then its bytes (`tls`) or its
+/// requests (`https`). On its own (boxed), so that the task of a plain
+/// connection does not carry room for a TLS session.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: proxy_protocol::Addresses,
+    config: Arc<rustls::ServerConfig>,
+    plan: SharedPlan,
+    listener: Arc<ListenerPlan>,
+    signals: http::Signals,
+) {
+    let cut = signals.cut.clone();
+    let Some(tls) = Box::pin(handshake(stream, peer.source, config, &listener, &cut)).await else {
+        return;
+    };
+    if listener.spec.protocol == Protocol::Tls {
+        Box::pin(tcp::serve_stream(tls, peer, listener, cut)).await;
+        return;
+    }
+    let mode = match tls.get_ref().1.alpn_protocol() {
+        Some(tls::H2) => http::Mode::Http2,
+        _ => http::Mode::Http1,
+    };
+    http::serve(tls, mode, peer, plan, listener, signals).await
+}
+
 async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
@@ -1252,6 +1272,46 @@ async fn handshake(
             listener.stats.here().tls_failures.fetch_add(1, Relaxed);
             tracing::debug!(client.addr = %peer, listener = %listener.bind, "TLS handshake timed out");
             None
+        }
+    }
+}
+
+/// A connection served: its protocol's future, on its own.
+type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+fn serving(f: impl Future<Output = ()> + Send + 'static) -> Option<Serving> {
+    Some(Box::pin(f))
+}
+
+/// A connection's task: starting it (its PROXY header, its protocol),
+/// which comes to what serves it, then that. Each is allocated on its
+/// own and the first is freed when the second begins, so an open
+/// connection carries no room for how it started (a future is as large
+/// as its largest state).
+struct Phases {
+    phase: Phase,
+    _active: Active,
+}
+
+enum Phase {
+    Starting(Pin<Box<dyn Future<Output = Option<Serving>> + Send>>),
+    Serving(Serving),
+}
+
+impl Future for Phases {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let next = match &mut self.phase {
+                Phase::Starting(start) => match start.as_mut().poll(cx) {
+                    Poll::Ready(Some(serving)) => serving,
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Phase::Serving(serving) => return serving.as_mut().poll(cx),
+            };
+            self.phase = Phase::Serving(next);
         }
     }
 }

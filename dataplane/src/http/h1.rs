@@ -61,133 +61,166 @@ pub(super) struct Timeouts {
 }
 
 /// Serves requests on `io` until the client closes, a timeout passes, a
-/// request ends the connection or `stop` is set (the listener is closing:
+/// request ends the connection or `conn.stop` is set (the listener is closing:
 /// the request under way finishes, then the connection closes).
-pub(super) async fn serve<IO>(io: IO, conn: Arc<Conn>, timeouts: Timeouts, stop: Arc<AtomicBool>)
+///
+/// Not an `async fn`, which would hold its arguments twice: the future
+/// uses `io` and the rest where they were captured.
+pub(super) fn serve<IO>(
+    io: IO,
+    conn: Arc<Conn>,
+    timeouts: Timeouts,
+) -> impl Future<Output = ()> + Send
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut io = Coalesce::new(Replay {
-        ahead: Bytes::new(),
-        io,
-    });
-    // No buffer until the first bytes come (`read` waits for them with one
-    // on its stack), and none again between requests: a connection that is
-    // open and idle costs its socket and its task only.
-    let mut buf = BytesMut::new();
-    let mut out = BytesMut::new();
-    let header_timeout = timeouts.head;
-    let mut timer = pin!(tokio::time::sleep(header_timeout));
-    let mut first = true;
-    loop {
-        // A request's head must be whole within the head timeout; between
-        // requests a connection may stay idle for the keep-alive timeout,
-        // and the head timeout starts with the next request's first byte.
-        let mut idle = !first && buf.is_empty();
-        first = false;
-        if idle {
-            buf = BytesMut::new();
-            out = BytesMut::new();
-        }
-        let wait = if idle {
-            timeouts.keep_alive
-        } else {
-            header_timeout
-        };
-        timer.as_mut().reset(Instant::now() + wait);
-        // How far the buffer is known to hold no end of a head: a head that
-        // trickles in is scanned once, and parsed once it is whole, not
-        // parsed again from its start at every read.
-        let mut scanned = 0;
-        let (mut req, message) = loop {
-            // Most heads come whole in one read: parsed at once.
-            let parsed = if scanned == 0 || head_end(&buf, scanned).is_some() {
-                parse(&mut buf)
-            } else {
-                Parsed::Partial
-            };
-            scanned = buf.len();
-            match parsed {
-                Parsed::Request(req, message) => break (req, message),
-                Parsed::Partial if buf.len() < MAX_HEAD_BYTES => {}
-                Parsed::Partial => {
-                    let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-                    return refuse(&mut io, &conn, status, "request head too large", &mut out)
-                        .await;
-                }
-                Parsed::Refused(status, why) => {
-                    return refuse(&mut io, &conn, status, why, &mut out).await;
-                }
+    let mut io = Coalesce::new(io);
+    async move {
+        // No buffer until the first bytes come (`read` waits for them with one
+        // on its stack), and none again between requests: a connection that is
+        // open and idle costs its socket and its task only.
+        let mut buf = BytesMut::new();
+        let mut out = BytesMut::new();
+        let mut timer = pin!(tokio::time::sleep(timeouts.head));
+        let mut first = true;
+        loop {
+            // A request's head must be whole within the head timeout; between
+            // requests a connection may stay idle for the keep-alive timeout,
+            // and the head timeout starts with the next request's first byte.
+            let mut idle = !first && buf.is_empty();
+            first = false;
+            if idle {
+                buf = BytesMut::new();
+                out = BytesMut::new();
             }
-            match read(&mut io, &mut buf, timer.as_mut(), &stop).await {
-                Read::Bytes if idle => {
-                    idle = false;
-                    timer.as_mut().reset(Instant::now() + header_timeout);
+            let wait = if idle {
+                timeouts.keep_alive
+            } else {
+                timeouts.head
+            };
+            timer.as_mut().reset(Instant::now() + wait);
+            // How far the buffer is known to hold no end of a head: a head that
+            // trickles in is scanned once, and parsed once it is whole, not
+            // parsed again from its start at every read.
+            let mut scanned = 0;
+            let (req, message) = loop {
+                // Most heads come whole in one read: parsed at once.
+                let parsed = if scanned == 0 || head_end(&buf, scanned).is_some() {
+                    parse(&mut buf)
+                } else {
+                    Parsed::Partial
+                };
+                scanned = buf.len();
+                let refused = match parsed {
+                    Parsed::Request(req, message) => break (req, message),
+                    Parsed::Partial if buf.len() < MAX_HEAD_BYTES => None,
+                    Parsed::Partial => Some((
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "request head too large",
+                    )),
+                    Parsed::Refused(status, why) => Some((status, why)),
+                };
+                if let Some((status, why)) = refused {
+                    return Box::pin(refuse(&mut io, &conn, status, why, &mut out)).await;
                 }
-                Read::Bytes => {}
-                Read::Closed => return,
-                // A head begun and not finished in time is answered 408
-                // (an idle keep-alive connection just closes).
-                Read::TimedOut if buf.is_empty() => return,
-                Read::TimedOut => {
-                    tracing::debug!(client.addr = %conn.peer, ?header_timeout, "request head not received in time: 408");
-                    let _ = io.write_all(TIMED_OUT).await;
-                    let _ = io.flush().await;
+                match read(&mut io, &mut buf, timer.as_mut(), &conn.stop).await {
+                    Read::Bytes if idle => {
+                        idle = false;
+                        timer.as_mut().reset(Instant::now() + timeouts.head);
+                    }
+                    Read::Bytes => {}
+                    Read::Closed => return,
+                    // A head begun and not finished in time is answered 408
+                    // (an idle keep-alive connection just closes).
+                    Read::TimedOut if buf.is_empty() => return,
+                    Read::TimedOut => {
+                        tracing::debug!(client.addr = %conn.peer(), header_timeout = ?timeouts.head, "request head not received in time: 408");
+                        let _ = io.write_all(TIMED_OUT).await;
+                        let _ = io.flush().await;
+                        return;
+                    }
+                }
+            };
+            // Boxed: the request's state is allocated while it is under way,
+            // not carried by every idle connection's future.
+            match Box::pin(exchange(&mut io, &conn, &mut buf, &mut out, req, message)).await {
+                Next::Request => {}
+                Next::Close => return,
+                Next::Upgrade(give) => {
+                    // The connection leaves HTTP: what the client sent after
+                    // its request is the tunnel's first bytes.
+                    let ahead = buf.split().freeze();
+                    let _ = give.send(Box::new(Replay { ahead, io }));
                     return;
                 }
             }
-        };
-        let mut intake = message.body.map(|framing| {
-            let (intake, upload) = Intake::new(framing, message.expect_continue);
-            *req.body_mut() = ClientBody::Http1(upload);
-            intake
-        });
-        let tunnel = message.upgrade.then(|| {
-            let (give, take) = oneshot::channel();
-            req.extensions_mut()
-                .insert(ClientUpgrade(Arc::new(Mutex::new(Some(take)))));
-            give
-        });
-        // A client that leaves while its member is silent is let go at
-        // once, and so is the member's connection.
-        // Boxed: the request's state is allocated while it is under way,
-        // not carried by every idle connection's future.
-        let answer = Box::pin(conn.handle(req));
-        let Some(response) = watch(&mut io, &mut buf, intake.as_mut(), answer).await else {
-            tracing::debug!(client.addr = %conn.peer, "client closed the connection before its answer");
-            return;
-        };
-        // A body not read to its end leaves the connection where no next
-        // request can be found: it closes after the answer.
-        let whole = intake.as_ref().is_none_or(Intake::is_done);
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS && tunnel.is_some();
-        let asked = Asked {
-            keep_alive: message.keep_alive && whole && !stop.load(Relaxed),
-            head_only: message.head_only,
-            http10: message.http10,
-            trailers: message.trailers,
-        };
-        let answered = Box::pin(respond(&mut io, response, &mut out, asked)).await;
-        if !whole && answered.is_ok() {
-            linger(&mut io).await;
-            return;
         }
-        match answered {
-            Ok(_) if switching => {
-                // The connection leaves HTTP: what the client sent after
-                // its request is the tunnel's first bytes.
-                io.io.ahead = buf.split().freeze();
-                if let Some(give) = tunnel {
-                    let _ = give.send(Box::new(io));
-                }
-                return;
-            }
-            Ok(true) if !stop.load(Relaxed) => {}
-            Ok(_) => return,
-            Err(e) => {
-                tracing::debug!(client.addr = %conn.peer, error = %e, "http connection ended");
-                return;
-            }
+    }
+}
+
+/// What follows an exchange on its connection.
+enum Next {
+    /// The next request.
+    Request,
+    /// Nothing: it closes.
+    Close,
+    /// The switch to another protocol: the connection goes to the tunnel.
+    Upgrade(oneshot::Sender<Tunnel>),
+}
+
+/// One request whose head was read: its body read into the member's
+/// request while its answer is awaited, then the answer written.
+async fn exchange<IO>(
+    io: &mut Coalesce<IO>,
+    conn: &Conn,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    mut req: Box<Request<ClientBody>>,
+    message: Message,
+) -> Next
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut intake = message.body.map(|framing| {
+        let (intake, upload) = Intake::new(framing, message.expect_continue);
+        *req.body_mut() = ClientBody::Http1(upload);
+        intake
+    });
+    let tunnel = message.upgrade.then(|| {
+        let (give, take) = oneshot::channel();
+        req.extensions_mut()
+            .insert(ClientUpgrade(Arc::new(Mutex::new(Some(take)))));
+        give
+    });
+    // A client that leaves while its member is silent is let go at once,
+    // and so is the member's connection.
+    let answer = Box::pin(conn.handle(req));
+    let Some(response) = watch(&mut *io, &mut *buf, intake.as_mut(), answer).await else {
+        tracing::debug!(client.addr = %conn.peer(), "client closed the connection before its answer");
+        return Next::Close;
+    };
+    // A body not read to its end leaves the connection where no next
+    // request can be found: it closes after the answer.
+    let whole = intake.as_ref().is_none_or(Intake::is_done);
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS && tunnel.is_some();
+    let asked = Asked {
+        keep_alive: message.keep_alive && whole && !conn.stop.load(Relaxed),
+        head_only: message.head_only,
+        http10: message.http10,
+        trailers: message.trailers,
+    };
+    let answered = respond(&mut *io, response, out, asked).await;
+    if !whole && answered.is_ok() {
+        linger(io).await;
+        return Next::Close;
+    }
+    match answered {
+        Ok(_) if switching => tunnel.map_or(Next::Close, Next::Upgrade),
+        Ok(true) if !conn.stop.load(Relaxed) => Next::Request,
+        Ok(_) => Next::Close,
+        Err(e) => {
+            tracing::debug!(client.addr = %conn.peer(), error = %e, "http connection ended");
+            Next::Close
         }
     }
 }
@@ -200,7 +233,7 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
     why: &str,
     out: &mut BytesMut,
 ) {
-    tracing::debug!(client.addr = %conn.peer, status = status.as_u16(), why, "request refused");
+    tracing::debug!(client.addr = %conn.peer(), status = status.as_u16(), why, "request refused");
     conn.listener().stats.here().requests.count(status.as_u16());
     let asked = Asked {
         keep_alive: false,
@@ -301,13 +334,16 @@ where
     .await
 }
 
-async fn read<IO: AsyncRead + Unpin>(
-    io: &mut IO,
-    buf: &mut BytesMut,
-    mut timer: Pin<&mut Sleep>,
-    stop: &AtomicBool,
-) -> Read {
-    poll_fn(|cx| {
+/// Reads what the client sends into `buf` (with no buffer yet, into one on
+/// the stack), until `timer` fires or `stop` is set. A plain function: the
+/// future is its four references.
+fn read<'a, IO: AsyncRead + Unpin>(
+    io: &'a mut IO,
+    buf: &'a mut BytesMut,
+    mut timer: Pin<&'a mut Sleep>,
+    stop: &'a AtomicBool,
+) -> impl Future<Output = Read> + 'a {
+    poll_fn(move |cx| {
         if stop.load(Relaxed) {
             return Poll::Ready(Read::Closed);
         }
@@ -334,7 +370,6 @@ async fn read<IO: AsyncRead + Unpin>(
             Poll::Pending => Poll::Pending,
         }
     })
-    .await
 }
 
 /// Where the first head in `buf` ends (after its empty line: `\n\n` or
