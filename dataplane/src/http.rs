@@ -136,8 +136,7 @@ where
             };
             let serving = h1::serve(stream, conn.clone(), timeouts);
             // The loop finishes the request under way and closes.
-            let stopping = move |_: Pin<&mut _>| conn.stop.store(true, Relaxed);
-            Box::pin(Drive::new(serving, stopping, peer, closing, cut, None))
+            Box::pin(Drive::new(serving, H1(conn), closing, cut, None))
         }
         Mode::Http2 => {
             let io = TokioIo::new(Coalesce::new(stream));
@@ -165,16 +164,8 @@ where
             let serving = builder.serve_connection(io, service);
             // Idle (no stream open) as long as a keep-alive HTTP/1
             // connection may be: closed with GOAWAY.
-            let idle = Idle::new(streams, keepalive_timeout);
-            let stopping = |c: Pin<&mut http2::Connection<_, _, _>>| c.graceful_shutdown();
-            Box::pin(Drive::new(
-                serving,
-                stopping,
-                peer,
-                closing,
-                cut,
-                Some(idle),
-            ))
+            let idle = Idle::new(streams, keepalive_timeout, peer);
+            Box::pin(Drive::new(serving, H2 { peer }, closing, cut, Some(idle)))
         }
     }
 }
@@ -257,8 +248,7 @@ pin_project_lite::pin_project! {
     struct Drive<F, S> {
         #[pin]
         serving: F,
-        shutdown: S,
-        peer: SocketAddr,
+        server: S,
         closing: CancellationToken,
         cut: CancellationToken,
         // A cut is a closing too (`closing` is its child): an open
@@ -280,16 +270,14 @@ pin_project_lite::pin_project! {
 impl<F, S> Drive<F, S> {
     fn new(
         serving: F,
-        shutdown: S,
-        peer: SocketAddr,
+        server: S,
         closing: CancellationToken,
         cut: CancellationToken,
         idle: Option<Idle>,
     ) -> Self {
         Drive {
             serving,
-            shutdown,
-            peer,
+            server,
             closing_wait: closing.clone().cancelled_owned(),
             closing,
             cut,
@@ -304,15 +292,14 @@ impl<F, S> Drive<F, S> {
 impl<F, S> Future for Drive<F, S>
 where
     F: Future,
-    F::Output: Ended,
-    S: Fn(Pin<&mut F>),
+    S: Server<F>,
 {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
         if let Poll::Ready(ended) = this.serving.as_mut().poll(cx) {
-            ended.report(*this.peer);
+            this.server.ended(ended);
             return Poll::Ready(());
         }
         let fresh = !this
@@ -331,7 +318,7 @@ where
             }
         } else if fired(this.closing, this.closing_wait.as_mut(), fresh, cx) {
             if !*this.shutting_down {
-                (this.shutdown)(this.serving.as_mut());
+                this.server.stop(this.serving.as_mut());
                 *this.shutting_down = true;
             }
             let mut wait = Box::pin(this.cut.clone().cancelled_owned());
@@ -343,11 +330,11 @@ where
             cx.waker().wake_by_ref();
         }
         if let Some(idle) = this.idle.as_mut() {
-            match idle.poll(cx, *this.peer) {
+            match idle.poll(cx) {
                 IdleCheck::Busy => {}
                 IdleCheck::Ask => {
                     if !*this.shutting_down {
-                        (this.shutdown)(this.serving.as_mut());
+                        this.server.stop(this.serving.as_mut());
                         *this.shutting_down = true;
                     }
                     cx.waker().wake_by_ref();
@@ -359,19 +346,45 @@ where
     }
 }
 
-/// How a connection's server ended: an error worth a line, or nothing.
-trait Ended {
-    fn report(self, peer: SocketAddr);
+/// What [`Drive`] asks of a connection's server: to finish what is under
+/// way and close, and to say how it ended.
+trait Server<F: Future> {
+    fn stop(&self, serving: Pin<&mut F>);
+    fn ended(&self, ended: F::Output);
 }
 
-impl Ended for () {
-    fn report(self, _: SocketAddr) {}
+/// Keel's HTTP/1 server: stopped by its connection's flag.
+struct H1(Arc<Conn>);
+
+impl<F: Future<Output = ()>> Server<F> for H1 {
+    fn stop(&self, _: Pin<&mut F>) {
+        self.0.stop.store(true, Relaxed);
+    }
+
+    fn ended(&self, (): ()) {}
 }
 
-impl<E: std::fmt::Display> Ended for Result<(), E> {
-    fn report(self, peer: SocketAddr) {
-        if let Err(e) = self {
-            tracing::debug!(client.addr = %peer, error = %e, "http connection ended");
+/// hyper's HTTP/2 server: stopped with GOAWAY; its errors are logged.
+struct H2 {
+    peer: SocketAddr,
+}
+
+impl<I, S, B, E> Server<http2::Connection<I, S, E>> for H2
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn stop(&self, serving: Pin<&mut http2::Connection<I, S, E>>) {
+        serving.graceful_shutdown();
+    }
+
+    fn ended(&self, ended: Result<(), hyper::Error>) {
+        if let Err(e) = ended {
+            tracing::debug!(client.addr = %self.peer, error = %e, "http connection ended");
         }
     }
 }
@@ -382,6 +395,7 @@ impl<E: std::fmt::Display> Ended for Result<(), E> {
 /// at the next check if still open.
 struct Idle {
     streams: Arc<Streams>,
+    peer: SocketAddr,
     limit: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     /// Checks in a row that found no stream open and none opened since.
@@ -401,9 +415,10 @@ enum IdleCheck {
 }
 
 impl Idle {
-    fn new(streams: Arc<Streams>, limit: Duration) -> Idle {
+    fn new(streams: Arc<Streams>, limit: Duration, peer: SocketAddr) -> Idle {
         Idle {
             streams,
+            peer,
             limit,
             timer: Box::pin(tokio::time::sleep(limit / 2)),
             quiet: 0,
@@ -412,7 +427,7 @@ impl Idle {
         }
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>, peer: SocketAddr) -> IdleCheck {
+    fn poll(&mut self, cx: &mut Context<'_>) -> IdleCheck {
         let mut found = IdleCheck::Busy;
         while self.timer.as_mut().poll(cx).is_ready() {
             if self.closing {
@@ -425,7 +440,7 @@ impl Idle {
             self.opened = opened;
             self.quiet = if idle_now { self.quiet + 1 } else { 0 };
             if self.quiet >= 2 {
-                tracing::debug!(client.addr = %peer, timeout = ?self.limit, "idle http/2 connection closed");
+                tracing::debug!(client.addr = %self.peer, timeout = ?self.limit, "idle http/2 connection closed");
                 self.closing = true;
                 found = IdleCheck::Ask;
             }

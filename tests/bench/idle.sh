@@ -7,8 +7,11 @@
 # Each proxy (one worker: --workers 1, nbthread 1, worker_processes 1;
 # idle keep-alive allowed 10 minutes) gets N connections from
 # `idle_clients` (127.0.0.1-8 as sources), each served one GET and then
-# left idle; its resident memory (VmRSS, summed over nginx's processes) is
-# read before and after, and the difference divided by N. Run as root: the
+# left idle, in two batches of N/2; its resident memory (VmRSS, summed over
+# nginx's processes) is read before, between and after, and the growth is
+# divided by N, and the second batch's by N/2 (memory a proxy freed earlier
+# and kept absorbs the first connections; the second half shows what each
+# costs once that is used up). Run as root: the
 # file-descriptor limit is raised to 1,048,576 where the host lets it, else
 # to its hard limit, and N is cut to what one Keel worker then accepts
 # (half the limit less a reserve: the other half is for member
@@ -97,26 +100,58 @@ wait_port() {
   exit 1
 }
 
+# Starts `idle_clients` with COUNT connections as batch NAME and waits
+# until they are all open; they stay open until `end_batch NAME`.
+start_batch() {
+  local name=$1 count=$2 fd
+  mkfifo "$work/$name.in"
+  target/debug/idle_clients 127.0.0.1:19080 "$count" <"$work/$name.in" >"$work/$name.out" &
+  exec {fd}>"$work/$name.in"
+  eval "hold_$name=$fd"
+  until grep -q ready "$work/$name.out" 2>/dev/null; do sleep 0.2; done
+}
+
+end_batch() {
+  local fd
+  eval "fd=\$hold_$1"
+  exec {fd}>&-
+  rm -f "$work/$1.in" "$work/$1.out"
+}
+
+# Two batches of N/2: the second half's growth is what a connection costs
+# once memory the proxy had already freed (and kept) is used up.
 measure() {
-  local name=$1 pid=$2 before after ready
+  local name=$1 pid=$2 before mid after ready half=$((N / 2))
   wait_port
   sleep 1
   before=$(rss "$pid")
-  coproc CLIENTS { target/debug/idle_clients 127.0.0.1:19080 "$N"; }
-  read -r ready <&"${CLIENTS[0]}"
+  start_batch first "$half"
+  sleep 2
+  mid=$(rss "$pid")
+  start_batch second "$half"
   sleep 2
   after=$(rss "$pid")
-  eval "exec ${CLIENTS[1]}>&-"
-  wait "$CLIENTS_PID" 2>/dev/null || true
+  ready="$(cat "$work/first.out") / $(cat "$work/second.out")"
+  end_batch first
+  end_batch second
+  wait_gone 19080
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  awk -v n="$name" -v b="$before" -v a="$after" -v r="$ready" -v c="$N" 'BEGIN {
-    printf "| %s | %.1f | %.1f | %.2f | %s |\n", n, b / 1024, a / 1024, (a - b) * 1024 / c / 1024, r
+  awk -v n="$name" -v b="$before" -v m="$mid" -v a="$after" -v r="$ready" -v c="$N" 'BEGIN {
+    printf "| %s | %.1f | %.1f | %.2f | %.2f | %s |\n", n, b / 1024, a / 1024, (a - b) * 1024 / c / 1024, (a - m) * 1024 / (c / 2) / 1024, r
   }'
 }
 
-echo "| proxy | RSS idle (MiB) | RSS with $N connections (MiB) | KiB per connection | clients |"
-echo "|---|---|---|---|---|"
+# Waits until the clients of the last measure are gone from PORT.
+wait_gone() {
+  for _ in $(seq 50); do
+    ss -Htn state established "( sport = :$1 )" | grep -q . || return 0
+    sleep 0.1
+  done
+}
+
+echo "| proxy | RSS idle (MiB) | RSS with $N connections (MiB) | KiB per connection | KiB per connection, second half | clients |"
+echo "|---|---|---|---|---|---|"
 KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_BIN" run --workers 1 --config "$work/keel.yaml" \
   --data-dir "$work/keel-data" --admin-addr 127.0.0.1:19099 --cluster-addr 127.0.0.1:19098 \
   2>"$work/keel.err" &
