@@ -669,11 +669,6 @@ impl Consensus {
     /// twice the timeout passes), then stands again.
     async fn fence(self, longest_election: Duration) {
         let mut leadership = self.leadership.clone();
-        // One receiver for the whole loop, marked seen: a fresh clone of
-        // `self.lease` would report every renewal since it was made, at
-        // once, again and again (a spin on the control thread).
-        let mut lease = self.lease.clone();
-        lease.borrow_and_update();
         let mut warned = 0;
         loop {
             let Some(since) = self.book.unacknowledged_since() else {
@@ -684,6 +679,7 @@ impl Consensus {
             };
             let deadline = since + longest_election;
             if Instant::now() < deadline {
+                let mut lease = self.lease.clone();
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => {}
                     r = lease.changed() => if r.is_err() { return },
