@@ -90,6 +90,10 @@ pub(crate) struct Book {
     cut_to: std::sync::atomic::AtomicU64,
     state: Mutex<State>,
     tx: watch::Sender<Lease>,
+    /// [`Book::unacknowledged_since`], for the fence: it moves without the
+    /// lease changing (a membership change, a hand-over taken back before
+    /// any acknowledgement).
+    unacknowledged: watch::Sender<Option<Instant>>,
 }
 
 impl Book {
@@ -106,6 +110,7 @@ impl Book {
                 handing_over: false,
             }),
             tx: watch::channel(Lease::default()).0,
+            unacknowledged: watch::channel(None).0,
         })
     }
 
@@ -117,11 +122,8 @@ impl Book {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let r = f(&mut state);
         let next = self.compute(&state);
-        self.tx.send_if_modified(|current| {
-            let changed = *current != next;
-            *current = next;
-            changed
-        });
+        send_if_changed(&self.tx, next);
+        send_if_changed(&self.unacknowledged, self.unacknowledged_since_in(&state));
         r
     }
 
@@ -191,15 +193,17 @@ impl Book {
     /// Since when this leader has had no quorum acknowledgement: the
     /// acknowledged send instant, or when it began leading; `None` unless
     /// it leads and is not handing over.
-    pub(crate) fn unacknowledged_since(&self) -> Option<Instant> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.leading.is_none() || state.handing_over {
+    /// Watched: every change is sent, so a waiter holding one receiver
+    /// wakes exactly when its deadline may have moved.
+    pub(crate) fn unacknowledged_since(&self) -> watch::Receiver<Option<Instant>> {
+        self.unacknowledged.subscribe()
+    }
+
+    fn unacknowledged_since_in(&self, s: &State) -> Option<Instant> {
+        if s.leading.is_none() || s.handing_over {
             return None;
         }
-        Some(
-            self.anchor(&state)
-                .map_or(state.since, |a| a.max(state.since)),
-        )
+        Some(self.anchor(s).map_or(s.since, |a| a.max(s.since)))
     }
 
     /// The newest send instant a quorum of every voter set acknowledged in
@@ -240,6 +244,14 @@ impl Book {
             hard_until: until.map(|u| u + GUARD_MARGIN),
         }
     }
+}
+
+fn send_if_changed<T: PartialEq>(tx: &watch::Sender<T>, next: T) {
+    tx.send_if_modified(|current| {
+        let changed = *current != next;
+        *current = next;
+        changed
+    });
 }
 
 /// A network factory whose links note every acknowledged `AppendEntries`
@@ -393,7 +405,7 @@ mod tests {
         book.hand_over(true);
         assert!(!lease.borrow().is_valid());
         assert!(!book.refuses_votes());
-        assert_eq!(book.unacknowledged_since(), None);
+        assert_eq!(*book.unacknowledged_since().borrow(), None);
         book.hand_over(false);
         assert!(lease.borrow().is_valid());
         book.observe(None, voters(&[1, 2, 3]));
@@ -430,14 +442,46 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_leader_unacknowledged_counts_from_its_election_or_last_quorum() {
         let book = Book::new(1, Duration::from_millis(300));
+        let mut since = book.unacknowledged_since();
         book.observe(Some(2), voters(&[1, 2, 3]));
         let began = Instant::now();
-        assert_eq!(book.unacknowledged_since(), Some(began));
+        assert_eq!(*since.borrow_and_update(), Some(began));
         tokio::time::advance(Duration::from_millis(100)).await;
         let sent = Instant::now();
         book.ack(3, 2, sent);
-        assert_eq!(book.unacknowledged_since(), Some(sent));
+        assert!(since.has_changed().unwrap());
+        assert_eq!(*since.borrow_and_update(), Some(sent));
         book.observe(None, voters(&[1, 2, 3]));
-        assert_eq!(book.unacknowledged_since(), None);
+        assert_eq!(*since.borrow_and_update(), None);
+    }
+
+    /// The fence waits on this watch alone: it must move whenever the
+    /// instant does, the lease unchanged or not, and only then.
+    #[tokio::test(start_paused = true)]
+    async fn the_unacknowledged_instant_is_sent_even_when_the_lease_stays() {
+        let book = Book::new(1, Duration::from_millis(300));
+        let lease = book.subscribe();
+        let mut since = book.unacknowledged_since();
+        book.observe(Some(2), voters(&[1, 2, 3]));
+        since.borrow_and_update();
+        // Taken back before any acknowledgement: no lease either way.
+        book.hand_over(true);
+        assert_eq!(*since.borrow_and_update(), None);
+        tokio::time::advance(Duration::from_millis(50)).await;
+        book.hand_over(false);
+        assert!(since.has_changed().unwrap());
+        assert!(since.borrow_and_update().is_some());
+        assert_eq!(lease.borrow().until, None);
+        // A membership change restarts the count, the lease still none.
+        tokio::time::advance(Duration::from_millis(50)).await;
+        book.observe(Some(2), voters(&[1, 2, 3, 4]));
+        assert_eq!(*since.borrow_and_update(), Some(Instant::now()));
+        // A duplicate acknowledgement changes nothing, and says nothing.
+        let sent = Instant::now();
+        book.ack(3, 2, sent);
+        book.ack(4, 2, sent);
+        since.borrow_and_update();
+        book.ack(4, 2, sent);
+        assert!(!since.has_changed().unwrap());
     }
 }

@@ -668,22 +668,24 @@ impl Consensus {
     /// It stops heartbeating and standing until another node leads (or
     /// twice the timeout passes), then stands again.
     async fn fence(self, longest_election: Duration) {
-        let mut leadership = self.leadership.clone();
+        // One receiver for the whole loop: it wakes the fence only when
+        // the instant moves (a fresh one each turn would wake at once,
+        // every turn: a spin on the control thread).
+        let mut unacknowledged = self.book.unacknowledged_since();
         let mut warned = 0;
         loop {
-            let Some(since) = self.book.unacknowledged_since() else {
-                if leadership.changed().await.is_err() {
+            let since = *unacknowledged.borrow_and_update();
+            let Some(since) = since else {
+                if unacknowledged.changed().await.is_err() {
                     return;
                 }
                 continue;
             };
             let deadline = since + longest_election;
             if Instant::now() < deadline {
-                let mut lease = self.lease.clone();
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => {}
-                    r = lease.changed() => if r.is_err() { return },
-                    r = leadership.changed() => if r.is_err() { return },
+                    r = unacknowledged.changed() => if r.is_err() { return },
                 }
                 continue;
             }

@@ -1,4 +1,7 @@
-//! What an idle keep-alive client connection costs the data plane in heap:
+//! What idleness costs: an idle node's CPU, and an idle keep-alive client
+//! connection's heap in the data plane.
+//!
+//! The heap:
 //! the bytes still allocated for each one after it was served a GET and
 //! left open. Counted by this binary's allocator, so the figure is exact
 //! and the same on every machine (dhat's heap statistics) (`tests/bench/idle.sh` reads resident
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use keel_dataplane::Dataplane;
 use keel_tests::backend::HttpBackend;
+use keel_tests::node::KeelProcess;
 use keel_tests::{free_port, spec};
 
 #[global_allocator]
@@ -112,4 +116,42 @@ pools:
         let mut buf = [0u8; 1024];
         assert!(s.read(&mut buf).unwrap() > 0);
     }
+}
+
+/// CPU time (user and system, in clock ticks) process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, the 12th and 13th after it.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn an_idle_node_leading_alone_spends_almost_no_cpu() {
+    let port = free_port();
+    let keel = KeelProcess::start(&format!(
+        r#"
+load_balancers:
+  - name: lb
+    listeners:
+      - {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: p }}
+pools:
+  - {{ name: p, members: [ {{ address: "127.0.0.1:9" }} ] }}
+"#
+    ));
+    // Its start-up work over (the lease it took as leader included).
+    let _ = keel.login();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = keel.child.id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let spent = cpu_ticks(pid) - before;
+    // Ticks are hundredths of a second: at most 10% of one core.
+    assert!(
+        spent <= 30,
+        "an idle node spent {spent} ticks of CPU in 3 s (at most 30)\n{}",
+        keel.log_text()
+    );
 }
