@@ -23,7 +23,7 @@ use keel_model::{HashOn, HttpVersion, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{self, SendError};
@@ -33,6 +33,7 @@ use crate::member::{MemberState, Outstanding};
 use crate::plan::{ListenerPlan, PoolPlan, SharedPlan};
 use crate::proxy_protocol::Addresses;
 use crate::route::{self, Route};
+use crate::signal::{Signal, Until};
 use crate::stall::{Stall, WriteStall};
 use crate::tls::Alpn;
 use crate::{sticky, tcp};
@@ -174,9 +175,9 @@ where
 /// connections it upgrades run.
 pub(crate) struct Signals {
     /// Finish in-flight requests and close.
-    pub closing: CancellationToken,
+    pub closing: Signal,
     /// Close at once (upgraded connections too).
-    pub cut: CancellationToken,
+    pub cut: Signal,
     /// Upgraded connections are tracked here, so shutdown waits for them.
     pub tunnels: TaskTracker,
 }
@@ -249,8 +250,8 @@ pin_project_lite::pin_project! {
         #[pin]
         serving: F,
         server: S,
-        closing: CancellationToken,
-        cut: CancellationToken,
+        closing: Signal,
+        cut: Signal,
         // A cut is a closing too (`closing` is its child): an open
         // connection waits on `closing` alone, and on `cut` only once it is
         // closing, so an idle one carries one wait.
@@ -268,17 +269,11 @@ pin_project_lite::pin_project! {
 }
 
 impl<F, S> Drive<F, S> {
-    fn new(
-        serving: F,
-        server: S,
-        closing: CancellationToken,
-        cut: CancellationToken,
-        idle: Option<Idle>,
-    ) -> Self {
+    fn new(serving: F, server: S, closing: Signal, cut: Signal, idle: Option<Idle>) -> Self {
         Drive {
             serving,
             server,
-            closing_wait: closing.clone().cancelled_owned(),
+            closing_wait: closing.token().clone().cancelled_owned(),
             closing,
             cut,
             cut_wait: None,
@@ -309,7 +304,7 @@ where
         if fresh {
             *this.registered = Some(cx.waker().clone());
         }
-        if this.cut.is_cancelled() {
+        if this.cut.fired() {
             return Poll::Ready(());
         }
         if let Some(wait) = this.cut_wait.as_mut() {
@@ -321,7 +316,7 @@ where
                 this.server.stop(this.serving.as_mut());
                 *this.shutting_down = true;
             }
-            let mut wait = Box::pin(this.cut.clone().cancelled_owned());
+            let mut wait = Box::pin(this.cut.token().clone().cancelled_owned());
             if wait.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(());
             }
@@ -454,12 +449,12 @@ impl Idle {
 /// Whether `token` is cancelled; `wait` (its `cancelled()` future) is
 /// polled only when it must take a new waker.
 fn fired<W: Future>(
-    token: &CancellationToken,
+    token: &Signal,
     wait: Pin<&mut W>,
     new_waker: bool,
     cx: &mut Context<'_>,
 ) -> bool {
-    token.is_cancelled() || (new_waker && wait.poll(cx).is_ready())
+    token.fired() || (new_waker && wait.poll(cx).is_ready())
 }
 
 /// What one client connection knows.
@@ -476,7 +471,7 @@ struct Conn {
     /// listener has since been removed and the connection is finishing.
     first: Arc<ListenerPlan>,
     /// The listener's cut: ends upgraded connections too.
-    cut: CancellationToken,
+    cut: Signal,
     /// Where upgraded connections run, so shutdown waits for them.
     tunnels: TaskTracker,
     /// Set when the listener closes: an HTTP/1 connection finishes the
@@ -754,7 +749,7 @@ impl Conn {
         pool: &PoolPlan,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let member = guard.member().clone();
-        let cut = member.cut_token();
+        let cut = member.cut();
         let response = send(sender, out, &member, &cut, pool, self.ends).await?;
         member
             .stats
@@ -773,7 +768,7 @@ impl Conn {
                     inner: body,
                     stall: Stall::new(pool.spec.response_timeout),
                     reuse: false,
-                    cut: Cut::new(member.cut_token()),
+                    cut: Cut::new(cut),
                     _outstanding: guard,
                     member,
                     listener: listener.stats.clone(),
@@ -813,11 +808,11 @@ impl Conn {
                 }
             };
             let counters = tcp::Counters::between(&stats, &member.stats);
-            let member_cut = member.cut_token();
+            let member_cut = member.cut();
             let result = tokio::select! {
                 r = tcp::pipe(client, member_side, idle, &counters) => r,
-                _ = cut.cancelled() => Err(std::io::Error::other("listener drained")),
-                _ = member_cut.cancelled() => Err(std::io::Error::other("member drained")),
+                () = cut.until() => Err(std::io::Error::other("listener drained")),
+                () = member_cut.until() => Err(std::io::Error::other("member drained")),
             };
             if let Err(e) = result {
                 tracing::debug!(client.addr = %peer, member = %member.address, error = %e, "upgraded connection ended");
@@ -995,7 +990,7 @@ async fn exchange(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let member = guard.member().clone();
     let started = Instant::now();
-    let cut = member.cut_token();
+    let cut = member.cut();
     let head_only = out.req.method() == Method::HEAD;
     let response = send(sender, out, &member, &cut, pool, ends).await?;
     member.stats.here().latency.observe(started.elapsed());
@@ -1040,13 +1035,13 @@ async fn send(
     sender: Sender,
     out: Box<Outbound>,
     member: &MemberState,
-    cut: &CancellationToken,
+    cut: &Signal,
     pool: &PoolPlan,
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
     let sent = tokio::select! {
         r = deliver(sender, out, member, pool, ends) => r,
-        _ = cut.cancelled() => return Err(ProxyError::Drained { member: member.address }),
+        () = cut.until() => return Err(ProxyError::Drained { member: member.address }),
     };
     if let Err(e) = &sent {
         if e.side() == Side::Upstream {
@@ -1676,26 +1671,26 @@ impl Drop for UpstreamBody {
 /// A member's drain cut, as a response body waits on it: most bodies are
 /// over at their first poll, so the wait is only set up when one is not.
 struct Cut {
-    token: CancellationToken,
-    waiting: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    signal: Signal,
+    waiting: Option<Pin<Box<Until<Signal, WaitForCancellationFutureOwned>>>>,
 }
 
 impl Cut {
-    fn new(token: CancellationToken) -> Cut {
+    fn new(signal: Signal) -> Cut {
         Cut {
-            token,
+            signal,
             waiting: None,
         }
     }
 
     fn is_cancelled(&self) -> bool {
-        self.token.is_cancelled()
+        self.signal.fired()
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let token = &self.token;
+        let signal = &self.signal;
         self.waiting
-            .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()))
+            .get_or_insert_with(|| Box::pin(signal.clone().until_owned()))
             .as_mut()
             .poll(cx)
     }

@@ -25,6 +25,7 @@ mod peek;
 mod plan;
 mod proxy_protocol;
 mod route;
+mod signal;
 mod sni;
 mod stall;
 mod sticky;
@@ -60,6 +61,7 @@ use coalesce::Coalesce;
 use member::MemberState;
 use metrics::{label, ListenerStats, PoolStats, Writer};
 use plan::{ListenerPlan, Plan, PoolPlan, SharedPlan};
+use signal::Signal;
 
 /// The running proxy engine. Cheap to share behind an `Arc`.
 pub struct Dataplane {
@@ -98,9 +100,9 @@ struct RunningListener {
     /// taken every connection that was already waiting to be accepted.
     quieted: Vec<watch::Receiver<bool>>,
     /// Asks established connections to finish what they are doing and close.
-    closing: CancellationToken,
+    closing: Signal,
     /// Closes established connections at once.
-    cut: CancellationToken,
+    cut: Signal,
     drain_timeout: Duration,
 }
 
@@ -109,8 +111,10 @@ struct ListenerSignals {
     stop: CancellationToken,
     quiet: watch::Receiver<bool>,
     quieted: watch::Sender<bool>,
-    closing: CancellationToken,
-    cut: CancellationToken,
+    /// Children of the listener's: a connection's wait on them is a lock
+    /// on its worker's own.
+    closing: Signal,
+    cut: Signal,
 }
 
 struct MemberEntry {
@@ -416,12 +420,12 @@ impl Dataplane {
             sockets.iter().map(|_| watch::channel(false)).unzip();
         // A cut closes too: a connection waits on `closing` alone, and
         // looks at `cut` once that fired (one wait per idle connection).
-        let cut = CancellationToken::new();
+        let cut = Signal::new();
         let running = RunningListener {
             stop: CancellationToken::new(),
             quiet: watch::channel(false).0,
             quieted,
-            closing: cut.child_token(),
+            closing: cut.child(),
             cut,
             drain_timeout: self
                 .plan
@@ -443,8 +447,8 @@ impl Dataplane {
                     stop: running.stop.clone(),
                     quiet: running.quiet.subscribe(),
                     quieted,
-                    closing: running.closing.clone(),
-                    cut: running.cut.clone(),
+                    closing: running.closing.child(),
+                    cut: running.cut.child(),
                 },
             );
             match &self.workers {
@@ -644,7 +648,7 @@ impl Dataplane {
             reg.shut_down = true;
             for l in reg.listeners.values() {
                 l.stop.cancel();
-                l.closing.cancel();
+                l.closing.fire();
             }
             for m in reg.members.values_mut() {
                 m.set_check(None);
@@ -661,7 +665,7 @@ impl Dataplane {
                 "drain time over: cutting connections"
             );
             for l in self.registry.lock().await.listeners.values() {
-                l.cut.cancel();
+                l.cut.fire();
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), self.connections.wait()).await;
         } else if open > 0 {
@@ -928,12 +932,12 @@ impl RunningListener {
     /// when the drain time runs out.
     fn retire(self) {
         self.stop.cancel();
-        self.closing.cancel();
+        self.closing.fire();
         let cut = self.cut;
         let timeout = self.drain_timeout;
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
-            cut.cancel();
+            cut.fire();
         });
     }
 }
@@ -1085,8 +1089,8 @@ struct Admit {
     bind: SocketAddr,
     plan: SharedPlan,
     connections: TaskTracker,
-    closing: CancellationToken,
-    cut: CancellationToken,
+    closing: Signal,
+    cut: Signal,
 }
 
 impl Admit {
@@ -1254,12 +1258,12 @@ async fn handshake(
     peer: SocketAddr,
     config: Arc<rustls::ServerConfig>,
     listener: &ListenerPlan,
-    cut: &CancellationToken,
+    cut: &Signal,
 ) -> Option<tls::TlsFromClient> {
     let accept = tokio_rustls::TlsAcceptor::from(config).accept(Coalesce::new(stream));
     let result = tokio::select! {
         r = tokio::time::timeout(listener.spec.header_timeout, accept) => r,
-        _ = cut.cancelled() => return None,
+        () = cut.until() => return None,
     };
     match result {
         Ok(Ok(tls)) => Some(tls),

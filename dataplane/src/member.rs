@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::client;
 use crate::http::Http2Sender;
 use crate::metrics::MemberStats;
+use crate::signal::Signal;
 use crate::workers;
 use crate::workers::Padded;
 
@@ -48,6 +47,10 @@ pub struct MemberState {
     /// The HTTP/2 connection each worker's requests share, for pools that
     /// speak HTTP/2.
     http2: Box<[Padded<Mutex<Option<Http2Sender>>>]>,
+    /// Fired when the drain time runs out (then replaced), one per
+    /// worker: a request waits on its own worker's, a lock no other
+    /// worker takes.
+    cuts: Box<[Padded<Mutex<Signal>>]>,
 }
 
 /// Idle upstream connections, oldest first, and whether a sweeper task
@@ -63,8 +66,6 @@ struct Drain {
     /// from an earlier drain does not fire.
     generation: u64,
     draining: bool,
-    /// Cancelled when the drain time runs out; connections select on it.
-    cut: CancellationToken,
 }
 
 impl MemberState {
@@ -80,7 +81,6 @@ impl MemberState {
             drain: Mutex::new(Drain {
                 generation: 0,
                 draining: false,
-                cut: CancellationToken::new(),
             }),
             stats: MemberStats::default(),
             idle: (0..workers::shards())
@@ -88,6 +88,9 @@ impl MemberState {
                 .collect(),
             http2: (0..workers::shards())
                 .map(|_| Padded(Mutex::new(None)))
+                .collect(),
+            cuts: (0..workers::shards())
+                .map(|_| Padded(Mutex::new(Signal::new())))
                 .collect(),
         })
     }
@@ -161,9 +164,10 @@ impl MemberState {
         Outstanding(self.clone())
     }
 
-    /// The token that fires when this member's drain time runs out.
-    pub fn cut_token(&self) -> CancellationToken {
-        lock(&self.drain).cut.clone()
+    /// What fires when this member's drain time runs out, for this
+    /// worker's requests.
+    pub(crate) fn cut(&self) -> Signal {
+        lock(&self.cuts[workers::current() % self.cuts.len()].0).clone()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -187,14 +191,17 @@ impl MemberState {
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
-            let mut d = lock(&me.drain);
+            let d = lock(&me.drain);
             if d.draining && d.generation == generation {
                 let in_flight = me.outstanding();
                 if in_flight > 0 {
                     tracing::warn!(pool = %me.pool, member = %me.address, in_flight, "drain time over: cutting");
                 }
-                d.cut.cancel();
-                d.cut = CancellationToken::new();
+                for cut in me.cuts.iter() {
+                    let mut cut = lock(&cut.0);
+                    cut.fire();
+                    *cut = Signal::new();
+                }
             }
         });
     }

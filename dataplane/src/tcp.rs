@@ -13,7 +13,6 @@ use nix::unistd::pipe2;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use keel_model::ProxyProtocol;
 
@@ -22,6 +21,7 @@ use crate::error::ProxyError;
 use crate::member::Outstanding;
 use crate::plan::{ListenerPlan, PoolPlan};
 use crate::proxy_protocol::{self, Addresses};
+use crate::signal::Signal;
 use crate::tls::{Alpn, TlsFromClient, TlsToMember};
 
 /// Bytes moved per `splice` call: the default pipe capacity.
@@ -164,13 +164,13 @@ pub(crate) async fn serve(
     ends: Addresses,
     listener: Arc<ListenerPlan>,
     pool: Arc<PoolPlan>,
-    cut: CancellationToken,
+    cut: Signal,
 ) {
     let Some((upstream, guard)) = connect_for(&client, ends, &pool).await else {
         return;
     };
     let member = guard.member().clone();
-    let member_cut = member.cut_token();
+    let member_cut = member.cut();
     let counters = Counters::between(&listener.stats, &member.stats);
     let idle = listener.spec.idle_timeout;
     let work = async {
@@ -181,8 +181,8 @@ pub(crate) async fn serve(
     };
     let result = tokio::select! {
         r = work => r,
-        _ = cut.cancelled() => Err(io::Error::other("listener drained")),
-        _ = member_cut.cancelled() => Err(io::Error::other("member drained")),
+        () = cut.until() => Err(io::Error::other("listener drained")),
+        () = member_cut.until() => Err(io::Error::other("member drained")),
     };
     if let Err(e) = result {
         tracing::debug!(client.addr = %ends.source, member = %member.address, error = %e, "tcp connection ended");
@@ -224,19 +224,19 @@ pub(crate) async fn serve_stream(
     client: TlsFromClient,
     ends: Addresses,
     listener: Arc<ListenerPlan>,
-    cut: CancellationToken,
+    cut: Signal,
 ) {
     let pool = listener.pool.clone();
     let Some((upstream, guard)) = connect_for(&client.get_ref().0.io, ends, &pool).await else {
         return;
     };
     let member = guard.member().clone();
-    let member_cut = member.cut_token();
+    let member_cut = member.cut();
     let counters = Counters::between(&listener.stats, &member.stats);
     let result = tokio::select! {
         r = pipe(client, upstream, listener.spec.idle_timeout, &counters) => r,
-        _ = cut.cancelled() => Err(io::Error::other("listener drained")),
-        _ = member_cut.cancelled() => Err(io::Error::other("member drained")),
+        () = cut.until() => Err(io::Error::other("listener drained")),
+        () = member_cut.until() => Err(io::Error::other("member drained")),
     };
     if let Err(e) = result {
         tracing::debug!(client.addr = %ends.source, member = %member.address, error = %e, "tls connection ended");

@@ -10,6 +10,11 @@
 # two-thirds of a proxy's CPU here, and the same for both: two reads and
 # two writes per request) and how well the instructions run.
 #
+# Beside each count: the atomic read-modify-writes executed per request
+# (locked instructions: `Arc` clones and drops, mutex locks and unlocks,
+# atomic counters), counted by tests/bench/locked.py from the same
+# per-instruction figures, and the Keel functions that executed the most.
+#
 # Same setup as compare.sh: one worker each, two nginx backends, reused
 # backend connections. Clients: h2load over HTTP/1.1 (16 connections) and
 # over cleartext HTTP/2 (4 connections x 16 streams).
@@ -54,12 +59,15 @@ pools:
 CONF
 
 grind() {
-  exec valgrind --tool=callgrind --callgrind-out-file="$work/$1.cg" --dump-instr=no \
-    --instr-atstart=no "${@:2}"
+  exec valgrind --tool=callgrind --callgrind-out-file="$work/$1.cg" --dump-instr=yes \
+    --dump-line=no --compress-strings=no --compress-pos=no --instr-atstart=no "${@:2}"
 }
 grind haproxy haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>"$work/haproxy.vg" & pids+=($!)
 hp=$!
-KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn grind keel "$KEEL_BIN" run --workers 1 \
+# Builds from before `--workers` (KEEL_BIN=, to compare) ran one runtime.
+workers=()
+if "$KEEL_BIN" run --help 2>/dev/null | grep -q -- --workers; then workers=(--workers 1); fi
+KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn grind keel "$KEEL_BIN" run "${workers[@]}" \
   --config "$work/keel.yaml" --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18199 \
   --cluster-addr 127.0.0.1:18198 2>"$work/keel.vg" & pids+=($!)
 kp=$!
@@ -80,22 +88,32 @@ count() {
   callgrind_control -i off "$pid" >/dev/null 2>&1
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
-  local total=0 f
+  local total=0 f dumps=()
   for f in "$work/$name.cg"*; do
     [ -s "$f" ] || continue
-    total=$((total + $(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')))
-    rm -f "$f"
+    dumps+=("$f")
+    total=$((total + $(awk '/^(summary|totals):/ {print $2; exit}' "$f")))
   done
-  echo $((total / N))
+  local locked
+  locked=$(python3 tests/bench/locked.py "$N" "${dumps[@]}" 2>"$work/$name.top")
+  rm -f "${dumps[@]}"
+  echo "$((total / N)) $locked"
 }
+
+# "k h": the ratio k/h.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 
 echo "## User-space instructions per request ($N requests, callgrind)"
 echo
-echo "| client | HAProxy | Keel | Keel vs HAProxy |"
-echo "|---|---|---|---|"
+echo "| client | HAProxy | Keel | Keel vs HAProxy | atomic RMWs, HAProxy | atomic RMWs, Keel |"
+echo "|---|---|---|---|---|---|"
+keel_top=
 h=$(count "$hp" haproxy --h1 -c16 http://127.0.0.1:18181/)
 k=$(count "$kp" keel --h1 -c16 http://127.0.0.1:18180/)
-echo "| HTTP/1.1, 16 connections | $h | $k | $(awk -v a="$k" -v b="$h" 'BEGIN { printf "%.2fx", a / b }') |"
+keel_top+=$'\n'"Keel, HTTP/1.1, locked instructions per request by function:"$'\n'"$(cat "$work/keel.top")"
+echo "| HTTP/1.1, 16 connections | ${h% *} | ${k% *} | $(ratio "${k% *}" "${h% *}") | ${h#* } | ${k#* } |"
 h=$(count "$hp" haproxy -c4 -m16 http://127.0.0.1:18182/)
 k=$(count "$kp" keel -c4 -m16 http://127.0.0.1:18180/)
-echo "| HTTP/2 (h2c), 4 connections x 16 streams | $h | $k | $(awk -v a="$k" -v b="$h" 'BEGIN { printf "%.2fx", a / b }') |"
+keel_top+=$'\n'"Keel, HTTP/2 (h2c), locked instructions per request by function:"$'\n'"$(cat "$work/keel.top")"
+echo "| HTTP/2 (h2c), 4 connections x 16 streams | ${h% *} | ${k% *} | $(ratio "${k% *}" "${h% *}") | ${h#* } | ${k#* } |"
+echo "$keel_top"
