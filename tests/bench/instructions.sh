@@ -88,16 +88,12 @@ count() {
   callgrind_control -i off "$pid" >/dev/null 2>&1
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
-  local total=0 f dumps=()
+  local f dumps=()
   for f in "$work/$name.cg"*; do
-    [ -s "$f" ] || continue
-    dumps+=("$f")
-    total=$((total + $(awk '/^(summary|totals):/ {print $2; exit}' "$f")))
+    [ -s "$f" ] && dumps+=("$f")
   done
-  local locked
-  locked=$(python3 tests/bench/locked.py "$N" "${dumps[@]}" 2>"$work/$name.top")
+  python3 tests/bench/locked.py "$N" "${dumps[@]}" 2>"$work/$name.top"
   rm -f "${dumps[@]}"
-  echo "$((total / N)) $locked"
 }
 
 # "k h": the ratio k/h.

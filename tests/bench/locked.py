@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Atomic read-modify-writes executed, from callgrind's per-instruction counts.
+"""Instructions and atomic read-modify-writes executed, from callgrind's
+per-instruction counts.
 
     locked.py REQUESTS DUMP...
 
@@ -11,7 +12,8 @@ prefixed instruction, and `xchg` with a memory operand (locked without the
 prefix). Every mutex section takes at least two (lock and unlock), every
 `Arc` clone and drop one each.
 
-Prints the total per request and the functions that executed the most.
+Prints the instructions and the locked ones per request, and (on stderr)
+the functions that executed the most locked ones.
 """
 
 import collections
@@ -80,7 +82,8 @@ def main():
             if o == ob and addr in locked:
                 total += n
                 by_function[function[(o, addr)]] += n
-    print(f"{total / requests:.1f}")
+    everything = sum(counted.values())
+    print(f"{everything // requests} {total / requests:.1f}")
     for fn, n in by_function.most_common(12):
         print(f"  {n / requests:6.2f}  {fn[:110]}", file=sys.stderr)
 
