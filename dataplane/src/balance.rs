@@ -264,8 +264,8 @@ mod tests {
     fn least_outstanding_prefers_idle() {
         let b = Balancer::new(Algorithm::LeastOutstanding, members(&[1, 1, 1]));
         let ip = IpAddr::from([1, 1, 1, 1]);
-        let _g1 = b.members()[0].begin();
-        let _g2 = b.members()[1].begin();
+        let _g1 = b.members()[0].clone().begin();
+        let _g2 = b.members()[1].clone().begin();
         for _ in 0..10 {
             assert_eq!(
                 b.pick(ip, None, &[]).unwrap().address,
@@ -282,7 +282,7 @@ mod tests {
         let ip = IpAddr::from([1, 1, 1, 1]);
         let c = counts(&b, 1000, |_| ip);
         assert!(c[0] > 300 && c[1] > 300, "{c:?}");
-        let _busy = b.members()[0].begin();
+        let _busy = b.members()[0].clone().begin();
         assert_eq!(counts(&b, 100, |_| ip), vec![0, 100]);
     }
 

@@ -682,7 +682,8 @@ impl Conn {
             tried[attempts] = member.address;
             attempts += 1;
             let guard = member.begin();
-            let sender = match checkout(&member, pool, self.ends, upgrade.is_some()).await {
+            let member = guard.member();
+            let sender = match checkout(member, pool, self.ends, upgrade.is_some()).await {
                 Ok(s) => s,
                 Err(e) => {
                     member.stats.here().connect_failures.fetch_add(1, Relaxed);
@@ -693,6 +694,7 @@ impl Conn {
                 }
             };
             out.req.body_mut().member = Some(member.clone());
+            let address = member.address;
             let sent = match upgrade {
                 None => exchange(sender, out, guard, listener, pool, self.ends).await,
                 Some((_, client_side)) => {
@@ -715,13 +717,7 @@ impl Conn {
             };
             if let Some(s) = sticky {
                 let secure = listener.spec.protocol == Protocol::Https;
-                s.stamp(
-                    response.headers_mut(),
-                    had_app_cookie,
-                    member.address,
-                    now,
-                    secure,
-                );
+                s.stamp(response.headers_mut(), had_app_cookie, address, now, secure);
             }
             return Ok(response);
         }
@@ -769,8 +765,7 @@ impl Conn {
                     stall: Stall::new(pool.spec.response_timeout),
                     reuse: false,
                     cut: Cut::new(cut),
-                    _outstanding: guard,
-                    member,
+                    outstanding: guard,
                     listener: listener.stats.clone(),
                 };
                 return Ok(Response::from_parts(parts, ProxyBody::Upstream(body)));
@@ -988,11 +983,11 @@ async fn exchange(
     pool: &PoolPlan,
     ends: Addresses,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let member = guard.member().clone();
+    let member = guard.member();
     let started = Instant::now();
     let cut = member.cut();
     let head_only = out.req.method() == Method::HEAD;
-    let response = send(sender, out, &member, &cut, pool, ends).await?;
+    let response = send(sender, out, member, &cut, pool, ends).await?;
     member.stats.here().latency.observe(started.elapsed());
     member
         .stats
@@ -1016,8 +1011,7 @@ async fn exchange(
         // A connection that carried a PROXY header names one client: never reused.
         reuse: pool.spec.proxy_protocol.is_none(),
         cut: Cut::new(cut),
-        _outstanding: guard,
-        member,
+        outstanding: guard,
         listener: listener.stats.clone(),
     };
     // A body that is already over never gets polled: the connection is free now.
@@ -1590,8 +1584,8 @@ pub(crate) struct UpstreamBody {
     /// The connection may carry other requests after this one.
     reuse: bool,
     cut: Cut,
-    _outstanding: Outstanding,
-    member: Arc<MemberState>,
+    /// Counts the request as in flight, and is its member.
+    outstanding: Outstanding,
     listener: Arc<crate::metrics::ListenerStats>,
 }
 
@@ -1614,7 +1608,7 @@ impl Body for UpstreamBody {
             Poll::Pending if self.stall.poll_expired(cx) => {
                 self.reuse = false;
                 let limit = self.stall.limit();
-                tracing::warn!(member = %self.member.address, timeout = ?limit, "member's response body paused too long: cut");
+                tracing::warn!(member = %self.outstanding.member().address, timeout = ?limit, "member's response body paused too long: cut");
                 return Poll::Ready(Some(Err(format!(
                     "member sent nothing of its response body for {limit:?}"
                 )
@@ -1627,7 +1621,12 @@ impl Body for UpstreamBody {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
                     let n = data.len() as u64;
-                    self.member.stats.here().bytes_in.fetch_add(n, Relaxed);
+                    self.outstanding
+                        .member()
+                        .stats
+                        .here()
+                        .bytes_in
+                        .fetch_add(n, Relaxed);
                     self.listener.here().bytes_out.fetch_add(n, Relaxed);
                 }
                 // With a known length, hyper stops polling at the last byte
@@ -1656,7 +1655,7 @@ impl UpstreamBody {
     fn release(&mut self) {
         if let (true, MemberBody::Http1(body)) = (self.reuse, &mut self.inner) {
             if let Some(conn) = body.take_reusable() {
-                self.member.put_idle(conn);
+                self.outstanding.member().put_idle(conn);
             }
         }
     }

@@ -158,10 +158,12 @@ impl MemberState {
         self.outstanding.load(Relaxed)
     }
 
-    /// Counts one in-flight request or connection until the guard drops.
-    pub fn begin(self: &Arc<Self>) -> Outstanding {
+    /// Counts one in-flight request or connection until the guard drops;
+    /// the guard is the request's reference to the member (taking it
+    /// clones no `Arc`: the count is on a line every worker writes).
+    pub fn begin(self: Arc<Self>) -> Outstanding {
         self.outstanding.fetch_add(1, Relaxed);
-        Outstanding(self.clone())
+        Outstanding(self)
     }
 
     /// What fires when this member's drain time runs out, for this

@@ -42,6 +42,7 @@ pub(crate) async fn connect(
         };
         tried.push(member.address);
         let guard = member.begin();
+        let member = guard.member();
         let timeout = pool.spec.connect_timeout;
         let opening = open(member.address, pool, ends, Alpn::None);
         let err = match tokio::time::timeout(timeout, opening).await {
