@@ -7,7 +7,7 @@
 //! the next request.
 
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -19,11 +19,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
 use crate::coalesce::Defer;
 use crate::http::{Forwarding, Outbound, RequestBody, MAX_HEADERS, MAX_HEAD_BYTES};
+use crate::stall::Deadline;
 use crate::tcp::Upstream;
 use crate::wire::{self, decode_chunk, parse_length, take_bytes, Chunk, Step};
 
@@ -42,11 +43,11 @@ pub(crate) struct Conn {
     /// It carried a request before: a failure before any answer may mean
     /// the member closed it while idle, so the request may go elsewhere.
     reused: bool,
-    /// The deadline of the exchange under way. One timer per connection,
-    /// moved on at each exchange: moving a pending timer later is a store,
-    /// where a timer per request is an insert and a removal in the timer
-    /// wheel.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// The deadline of the exchange under way. One per connection, moved
+    /// on at each exchange: a timer per request would be an insert and a
+    /// removal in the timer wheel, and a [`Deadline`] moved later is not
+    /// even a reset.
+    timer: Option<Pin<Box<Deadline>>>,
 }
 
 /// Why an exchange failed.
@@ -156,7 +157,7 @@ impl Conn {
         let mut timer = self
             .timer
             .take()
-            .unwrap_or_else(|| Box::pin(tokio::time::sleep(timeout)));
+            .unwrap_or_else(|| Box::pin(Deadline::after(timeout)));
         // The timer counts only while Keel waits on the member, and starts
         // again whenever the member takes more of the request.
         let mut armed = false;
@@ -178,9 +179,9 @@ impl Conn {
             }
             if !armed {
                 armed = true;
-                timer.as_mut().reset(Instant::now() + timeout);
+                timer.as_mut().set(Instant::now() + timeout);
             }
-            match timer.as_mut().poll(cx) {
+            match timer.as_mut().poll_passed(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(Failure::Timeout)),
                 Poll::Pending => Poll::Pending,
             }

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -56,6 +56,68 @@ impl Stall {
 
     pub(crate) fn limit(&self) -> Duration {
         self.limit
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A deadline that moves often and mostly later (a keep-alive
+    /// connection's next head, a member's next response): moving it later
+    /// only notes the instant, and the timer, firing at the old one, waits
+    /// again for the rest. Only moving it earlier resets the timer, so a
+    /// busy connection resets it about once per limit, not several times
+    /// per request (each reset is work on the timer wheel and four atomic
+    /// read-modify-writes). Polled again with the waker it holds, it asks
+    /// the timer whether it fired (a load) instead of polling it (which
+    /// registers the waker again: more read-modify-writes).
+    pub(crate) struct Deadline {
+        #[pin]
+        timer: Sleep,
+        at: Instant,
+        waker: Option<Waker>,
+    }
+}
+
+impl Deadline {
+    pub(crate) fn after(limit: Duration) -> Deadline {
+        let at = Instant::now() + limit;
+        Deadline {
+            timer: tokio::time::sleep_until(at),
+            at,
+            waker: None,
+        }
+    }
+
+    pub(crate) fn set(self: Pin<&mut Self>, at: Instant) {
+        let this = self.project();
+        if at < this.timer.deadline() {
+            this.timer.reset(at);
+        }
+        *this.at = at;
+    }
+
+    /// Ready once the deadline has passed; until then the task is woken
+    /// when it might have.
+    pub(crate) fn poll_passed(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            let held = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if held && !this.timer.is_elapsed() {
+                return Poll::Pending;
+            }
+            if !held {
+                *this.waker = Some(cx.waker().clone());
+            }
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if this.timer.deadline() >= *this.at || Instant::now() >= *this.at {
+                return Poll::Ready(());
+            }
+            let at = *this.at;
+            this.timer.as_mut().reset(at);
+            // Registered afresh with the timer at its new instant.
+            *this.waker = None;
+        }
     }
 }
 
@@ -148,6 +210,47 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteStall<IO> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    async fn passes(deadline: Pin<&mut Deadline>) -> Instant {
+        let mut deadline = deadline;
+        std::future::poll_fn(|cx| deadline.as_mut().poll_passed(cx)).await;
+        Instant::now()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_moved_later_passes_at_the_new_instant() {
+        let started = Instant::now();
+        let mut deadline = std::pin::pin!(Deadline::after(Duration::from_secs(10)));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        deadline
+            .as_mut()
+            .set(Instant::now() + Duration::from_secs(10));
+        let timer = deadline.timer.deadline();
+        assert_eq!(timer, started + Duration::from_secs(10), "not reset");
+        assert_eq!(
+            passes(deadline.as_mut()).await - started,
+            Duration::from_secs(14)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_moved_earlier_passes_at_once_there() {
+        let started = Instant::now();
+        let mut deadline = std::pin::pin!(Deadline::after(Duration::from_secs(60)));
+        deadline.as_mut().set(started + Duration::from_secs(5));
+        assert_eq!(
+            passes(deadline.as_mut()).await - started,
+            Duration::from_secs(5)
+        );
+        // Passed, then moved later again: it waits for the new instant.
+        deadline
+            .as_mut()
+            .set(Instant::now() + Duration::from_secs(3));
+        assert_eq!(
+            passes(deadline.as_mut()).await - started,
+            Duration::from_secs(8)
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_reader_that_stops_fails_the_writer_at_the_limit() {

@@ -35,10 +35,11 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::{BoxError, ClientBody, Conn, ProxyBody, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::coalesce::Coalesce;
+use crate::stall::Deadline;
 use crate::wire::{self, Chunk, Step};
 
 /// Room made in the read buffer before each read.
@@ -81,7 +82,7 @@ where
         // open and idle costs its socket and its task only.
         let mut buf = BytesMut::new();
         let mut out = BytesMut::new();
-        let mut timer = pin!(tokio::time::sleep(timeouts.head));
+        let mut timer = pin!(Deadline::after(timeouts.head));
         let mut first = true;
         loop {
             // A request's head must be whole within the head timeout; between
@@ -98,7 +99,7 @@ where
             } else {
                 timeouts.head
             };
-            timer.as_mut().reset(Instant::now() + wait);
+            timer.as_mut().set(Instant::now() + wait);
             // How far the buffer is known to hold no end of a head: a head that
             // trickles in is scanned once, and parsed once it is whole, not
             // parsed again from its start at every read.
@@ -126,7 +127,7 @@ where
                 match read(&mut io, &mut buf, timer.as_mut(), &conn.stop).await {
                     Read::Bytes if idle => {
                         idle = false;
-                        timer.as_mut().reset(Instant::now() + timeouts.head);
+                        timer.as_mut().set(Instant::now() + timeouts.head);
                     }
                     Read::Bytes => {}
                     Read::Closed => return,
@@ -335,12 +336,12 @@ where
 }
 
 /// Reads what the client sends into `buf` (with no buffer yet, into one on
-/// the stack), until `timer` fires or `stop` is set. A plain function: the
+/// the stack), until `timer` passes or `stop` is set. A plain function: the
 /// future is its four references.
 fn read<'a, IO: AsyncRead + Unpin>(
     io: &'a mut IO,
     buf: &'a mut BytesMut,
-    mut timer: Pin<&'a mut Sleep>,
+    mut timer: Pin<&'a mut Deadline>,
     stop: &'a AtomicBool,
 ) -> impl Future<Output = Read> + 'a {
     poll_fn(move |cx| {
@@ -358,7 +359,9 @@ fn read<'a, IO: AsyncRead + Unpin>(
                     Poll::Ready(Read::Bytes)
                 }
                 Poll::Ready(_) => Poll::Ready(Read::Closed),
-                Poll::Pending if timer.as_mut().poll(cx).is_ready() => Poll::Ready(Read::TimedOut),
+                Poll::Pending if timer.as_mut().poll_passed(cx).is_ready() => {
+                    Poll::Ready(Read::TimedOut)
+                }
                 Poll::Pending => Poll::Pending,
             };
         }
@@ -366,7 +369,9 @@ fn read<'a, IO: AsyncRead + Unpin>(
         match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Read::Closed),
             Poll::Ready(Ok(_)) => Poll::Ready(Read::Bytes),
-            Poll::Pending if timer.as_mut().poll(cx).is_ready() => Poll::Ready(Read::TimedOut),
+            Poll::Pending if timer.as_mut().poll_passed(cx).is_ready() => {
+                Poll::Ready(Read::TimedOut)
+            }
             Poll::Pending => Poll::Pending,
         }
     })
