@@ -220,16 +220,45 @@ fn valid_host(v: &[u8]) -> bool {
     };
     let port_ok = port.is_empty()
         || (port[0] == b':' && port.len() <= 6 && port[1..].iter().all(u8::is_ascii_digit));
-    let name_ok = host.iter().enumerate().all(|(i, b)| match b {
-        b'%' => host
-            .get(i + 1..i + 3)
-            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)),
-        b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+'
-        | b';' | b'=' => true,
-        b => b.is_ascii_alphanumeric(),
+    let name_ok = host.iter().enumerate().all(|(i, &b)| {
+        NAME_BYTE[usize::from(b)]
+            || (b == b'%'
+                && host
+                    .get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)))
     });
     port_ok && name_ok
 }
+
+/// The bytes a registered name may hold as they are (RFC 3986 §3.2.2:
+/// unreserved and sub-delims, less the comma): looked up, not matched,
+/// since every request's host is checked.
+static NAME_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
 
 /// The request's host: `Host` or the URI's authority, without port, lower-case.
 pub(crate) fn host_of<B>(req: &Request<B>) -> Option<String> {

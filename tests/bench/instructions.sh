@@ -15,6 +15,9 @@
 # atomic counters), counted by tests/bench/locked.py from the same
 # per-instruction figures, and the Keel functions that executed the most.
 #
+# KEEP_DUMPS=DIR keeps each count's callgrind dump there (NAME-h1.N.cg and
+# NAME-h2c.N.cg, for callgrind_annotate).
+#
 # Same setup as compare.sh: one worker each, two nginx backends, reused
 # backend connections. Clients: h2load over HTTP/1.1 (16 connections) and
 # over cleartext HTTP/2 (4 connections x 16 streams).
@@ -88,11 +91,16 @@ count() {
   callgrind_control -i off "$pid" >/dev/null 2>&1
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
-  local f dumps=()
+  local f dumps=() proto=h2c
+  [[ " $* " == *" --h1 "* ]] && proto=h1
   for f in "$work/$name.cg"*; do
     [ -s "$f" ] && dumps+=("$f")
   done
   python3 tests/bench/locked.py "$N" "${dumps[@]}" 2>"$work/$name.top"
+  if [ -n "${KEEP_DUMPS:-}" ]; then
+    mkdir -p "$KEEP_DUMPS"
+    for f in "${dumps[@]}"; do cp "$f" "$KEEP_DUMPS/$name-$proto${f##*.cg}.cg"; done
+  fi
   rm -f "${dumps[@]}"
 }
 

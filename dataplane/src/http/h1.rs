@@ -42,8 +42,18 @@ use crate::coalesce::Coalesce;
 use crate::stall::Deadline;
 use crate::wire::{self, Chunk, Step};
 
-/// Room made in the read buffer before each read.
+/// Room made in the read buffer before a read that has too little.
 const READ_SIZE: usize = 8 * 1024;
+/// Room left in the read buffer that is enough for the next read: the
+/// buffer still shared with the request's fields is read into where it
+/// has room, not copied into a new one.
+const READ_ROOM: usize = 256;
+/// The read buffer a request starts with: most heads fit, and a block
+/// this small is the allocator's quickest.
+const FIRST_SIZE: usize = 1024;
+/// Room made for a response head (more is made if it is larger), with a
+/// small body no more than the allocator's quickest block size.
+const HEAD_ROOM: usize = 512;
 /// Body pieces up to this size are copied in behind the head, so a small
 /// response leaves in one write; larger ones are written as they are.
 const COPY_BODY: usize = 4 * 1024;
@@ -321,7 +331,7 @@ where
         if buf.len() >= MAX_HEAD_BYTES {
             return Poll::Pending;
         }
-        buf.reserve(READ_SIZE);
+        make_room(buf);
         match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(None),
             // Read again: until it is pending, no wake-up is due for it.
@@ -350,11 +360,11 @@ fn read<'a, IO: AsyncRead + Unpin>(
         }
         if buf.capacity() == 0 {
             // Idle: a buffer on the stack, kept only for this poll.
-            let mut first = [0u8; 512];
-            let mut small = tokio::io::ReadBuf::new(&mut first);
+            let mut first = [MaybeUninit::<u8>::uninit(); 512];
+            let mut small = ReadBuf::uninit(&mut first);
             return match Pin::new(&mut *io).poll_read(cx, &mut small) {
                 Poll::Ready(Ok(())) if !small.filled().is_empty() => {
-                    buf.reserve(READ_SIZE);
+                    buf.reserve(FIRST_SIZE);
                     buf.extend_from_slice(small.filled());
                     Poll::Ready(Read::Bytes)
                 }
@@ -365,7 +375,7 @@ fn read<'a, IO: AsyncRead + Unpin>(
                 Poll::Pending => Poll::Pending,
             };
         }
-        buf.reserve(READ_SIZE);
+        make_room(buf);
         match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Read::Closed),
             Poll::Ready(Ok(_)) => Poll::Ready(Read::Bytes),
@@ -375,6 +385,13 @@ fn read<'a, IO: AsyncRead + Unpin>(
             Poll::Pending => Poll::Pending,
         }
     })
+}
+
+/// Makes room in `buf` for a read, unless it has [`READ_ROOM`] already.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_ROOM {
+        buf.reserve(READ_SIZE);
+    }
 }
 
 /// Where the first head in `buf` ends (after its empty line: `\n\n` or
@@ -995,7 +1012,12 @@ async fn respond<IO: AsyncWrite + Unpin>(
 ) -> io::Result<bool> {
     let (parts, body) = response.into_parts();
     let mut body = pin!(body);
+    let length = body.size_hint().exact();
+    // Room for the head and a small body at once: grown a piece at a
+    // time, the buffer would be copied at each step.
     out.clear();
+    let small_body = length.filter(|n| *n <= COPY_BODY as u64).unwrap_or(0);
+    out.reserve(HEAD_ROOM + usize::try_from(small_body).unwrap_or(0));
     let status = parts.status;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -1042,7 +1064,6 @@ async fn respond<IO: AsyncWrite + Unpin>(
     }
     // How the body is framed: by its length when it is known, else in
     // chunks, or (HTTP/1.0 has no chunks) by closing after it.
-    let length = body.size_hint().exact();
     let chunked = !bodiless && length.is_none() && !asked.http10;
     if !bodiless && length.is_none() && asked.http10 {
         keep_alive = false;
@@ -1244,6 +1265,23 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Replay<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_goes_where_the_buffer_has_room() {
+        // A head parsed off the front: the rest of the buffer is shared
+        // with the request's fields and still has room, so it is read into.
+        let mut buf = BytesMut::with_capacity(FIRST_SIZE);
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+        let head = buf.split_to(buf.len()).freeze();
+        let before = buf.capacity();
+        make_room(&mut buf);
+        assert_eq!(buf.capacity(), before);
+        // Too little room: a read's worth is made.
+        buf.extend_from_slice(&vec![b'x'; before - READ_ROOM + 1]);
+        make_room(&mut buf);
+        assert!(buf.capacity() - buf.len() >= READ_SIZE);
+        drop(head);
+    }
 
     fn parse_all(head: &[u8]) -> (Parsed, usize) {
         let mut buf = BytesMut::from(head);
