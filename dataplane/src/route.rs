@@ -381,6 +381,37 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn host_values_are_names_addresses_and_ports_only() {
+        for good in [
+            "example.com",
+            "a-b.c_d~e:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "%41b",
+            "x!$&'()*+;=",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "x y",
+            "user@x",
+            "a,b",
+            "x:port",
+            "x:1234567",
+            "[zz]",
+            "[]",
+            "[::1",
+            "%4",
+            "%zz",
+            "x/y",
+            "é",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
     fn req(uri: &str, host: &str) -> Request<()> {
         Request::get(uri).header("host", host).body(()).unwrap()
     }
