@@ -582,8 +582,11 @@ impl Conn {
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let mut req = req;
-        let upgrade =
-            upgrade_asked(&req).and_then(|proto| Some((proto, h1::ClientUpgrade::take(&mut req)?)));
+        // Only the HTTP/1 server hands a connection over, and only for a
+        // request that asked to switch: most have nothing to take, and
+        // their fields are not looked up.
+        let upgrade = h1::ClientUpgrade::take(&mut req)
+            .and_then(|client_side| Some((upgrade_asked(&req)?, client_side)));
         let (mut parts, mut body) = (*req).into_parts();
         // A chunked body's first chunk is read before any member is chosen:
         // a malformed chunk size is answered 400 and nothing is forwarded.
@@ -614,11 +617,13 @@ impl Conn {
         // too long, so the failure is a 408 (the client's, not the member's).
         let has_body = first.is_some() || !body.is_end_stream();
         let expired = (has_body || deadline.is_some()).then(|| Arc::new(AtomicU8::new(0)));
-        let wants_trailers = parts
-            .headers
-            .get_all(header::TE)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.contains("trailers")));
+        // Only an HTTP/2 member is told (`TE` is hop-by-hop, removed next).
+        let wants_trailers = pool.spec.http_version == HttpVersion::Http2
+            && parts
+                .headers
+                .get_all(header::TE)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("trailers")));
         let forwarding = prepare_request(&mut parts, &self.client_ip, self.trusted, listener);
         // Read before an HTTP/2 rewrite moves `Host` into the target.
         let sticky = pool.sticky.as_ref();
@@ -1048,6 +1053,9 @@ async fn send(
 /// One exchange on `sender`. A reused HTTP/1.1 connection that the member
 /// closed before taking the request (its idle timeout crossed the request)
 /// is replaced by a new connection and the request sent again.
+///
+/// Each way is its own function: the state of this one is as large as the
+/// largest, and it is copied into a box with every request.
 async fn deliver(
     sender: Sender,
     out: Box<Outbound>,
@@ -1055,67 +1063,82 @@ async fn deliver(
     pool: &PoolPlan,
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
-    let upstream = |source: BoxError| ProxyError::Upstream {
-        member: member.address,
-        source,
-    };
-    let timed_out = || ProxyError::ResponseTimeout {
-        member: member.address,
-        timeout: pool.spec.response_timeout,
-    };
-    let failed = |e: SendError| match e {
-        SendError::ClientBody(source) => ProxyError::ClientBody { source },
-        SendError::Upstream(e) => upstream(e.into()),
-        SendError::Stale(_) => upstream("connection closed by the member".into()),
-        SendError::Timeout => timed_out(),
-    };
     let conn = match sender {
-        Sender::Http2(mut s) => {
-            let Outbound {
-                mut req,
-                forwarding,
-            } = *out;
-            forwarding.insert_into(req.headers_mut());
-            // As over HTTP/1.1, the member's limit counts from the end of
-            // the request: a slow upload that keeps moving is the client's
-            // limits' business, not the member's.
-            let ended = (!req.body().is_end_stream()).then(|| {
-                let ended = Arc::new(tokio::sync::Notify::new());
-                req.body_mut().ended = Some(ended.clone());
-                ended
-            });
-            let response = s.send_request(req);
-            tokio::pin!(response);
-            if let Some(ended) = ended {
-                tokio::select! {
-                    r = &mut response => {
-                        let r = r.map_err(|e| upstream(e.into()))?;
-                        return Ok(r.map(MemberBody::Http2));
-                    }
-                    () = ended.notified() => {}
-                }
-            }
-            let r = tokio::time::timeout(pool.spec.response_timeout, response)
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(|e| upstream(e.into()))?;
-            return Ok(r.map(MemberBody::Http2));
-        }
+        Sender::Http2(s) => return deliver_http2(s, out, member, pool).await,
         Sender::Http1(conn) => conn,
     };
     let unsent = match conn.send(out, pool.spec.response_timeout).await {
         Ok(r) => return Ok(r.map(MemberBody::Http1)),
         Err(SendError::Stale(unsent)) => unsent,
-        Err(e) => return Err(failed(e)),
+        Err(e) => return Err(send_failed(e, member, pool)),
     };
     tracing::debug!(member = %member.address, "idle connection closed by the member; sending on a new one");
+    // Rare: boxed, so that it does not enlarge every request's state.
     let stream = Box::pin(open(member, pool, ends, Alpn::Http1)).await?;
-    match client::Conn::new(stream)
-        .resend(unsent, pool.spec.response_timeout)
-        .await
-    {
+    let resent = Box::pin(client::Conn::new(stream).resend(unsent, pool.spec.response_timeout));
+    match resent.await {
         Ok(r) => Ok(r.map(MemberBody::Http1)),
-        Err(e) => Err(failed(e)),
+        Err(e) => Err(send_failed(e, member, pool)),
+    }
+}
+
+/// An exchange on a member's HTTP/2 connection. As over HTTP/1.1, the
+/// member's limit counts from the end of the request: a slow upload that
+/// keeps moving is the client's limits' business, not the member's.
+async fn deliver_http2(
+    mut sender: Http2Sender,
+    out: Box<Outbound>,
+    member: &MemberState,
+    pool: &PoolPlan,
+) -> Result<Response<MemberBody>, ProxyError> {
+    let upstream = |e: hyper::Error| ProxyError::Upstream {
+        member: member.address,
+        source: e.into(),
+    };
+    let Outbound {
+        mut req,
+        forwarding,
+    } = *out;
+    forwarding.insert_into(req.headers_mut());
+    let ended = (!req.body().is_end_stream()).then(|| {
+        let ended = Arc::new(tokio::sync::Notify::new());
+        req.body_mut().ended = Some(ended.clone());
+        ended
+    });
+    let response = sender.send_request(req);
+    tokio::pin!(response);
+    if let Some(ended) = ended {
+        tokio::select! {
+            r = &mut response => return Ok(r.map_err(upstream)?.map(MemberBody::Http2)),
+            () = ended.notified() => {}
+        }
+    }
+    let r = tokio::time::timeout(pool.spec.response_timeout, response)
+        .await
+        .map_err(|_| ProxyError::ResponseTimeout {
+            member: member.address,
+            timeout: pool.spec.response_timeout,
+        })?
+        .map_err(upstream)?;
+    Ok(r.map(MemberBody::Http2))
+}
+
+/// What a failed HTTP/1.1 exchange with `member` is, for the client.
+fn send_failed(e: SendError, member: &MemberState, pool: &PoolPlan) -> ProxyError {
+    match e {
+        SendError::ClientBody(source) => ProxyError::ClientBody { source },
+        SendError::Upstream(e) => ProxyError::Upstream {
+            member: member.address,
+            source: e.into(),
+        },
+        SendError::Stale(_) => ProxyError::Upstream {
+            member: member.address,
+            source: "connection closed by the member".into(),
+        },
+        SendError::Timeout => ProxyError::ResponseTimeout {
+            member: member.address,
+            timeout: pool.spec.response_timeout,
+        },
     }
 }
 

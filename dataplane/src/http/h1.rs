@@ -114,6 +114,9 @@ where
             // trickles in is scanned once, and parsed once it is whole, not
             // parsed again from its start at every read.
             let mut scanned = 0;
+            // The head limit, from the first bytes after an idle wait, is
+            // set only if the head does not come whole with them.
+            let mut head_begun = false;
             let (req, message) = loop {
                 // Most heads come whole in one read: parsed at once.
                 let parsed = if scanned == 0 || head_end(&buf, scanned).is_some() {
@@ -122,6 +125,10 @@ where
                     Parsed::Partial
                 };
                 scanned = buf.len();
+                if head_begun && matches!(parsed, Parsed::Partial) {
+                    head_begun = false;
+                    timer.as_mut().set(Instant::now() + timeouts.head);
+                }
                 let refused = match parsed {
                     Parsed::Request(req, message) => break (req, message),
                     Parsed::Partial if buf.len() < MAX_HEAD_BYTES => None,
@@ -137,7 +144,7 @@ where
                 match read(&mut io, &mut buf, timer.as_mut(), &conn.stop).await {
                     Read::Bytes if idle => {
                         idle = false;
-                        timer.as_mut().set(Instant::now() + timeouts.head);
+                        head_begun = true;
                     }
                     Read::Bytes => {}
                     Read::Closed => return,
