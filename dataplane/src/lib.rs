@@ -683,6 +683,15 @@ impl Dataplane {
             "Version of the plan the data plane serves.",
         );
         w.value("keel_config_version", "", plan.version);
+        if let Some(workers) = &self.workers {
+            w.family(
+                "keel_worker_connections",
+                "gauge",
+                "Client connections each data-plane worker serves.",
+                &workers.connections(),
+                |w, n, (i, open)| w.value(n, &format!("worker=\"{i}\""), open),
+            );
+        }
 
         let mut listeners: Vec<&ListenerPlan> = plan.listeners.values().map(|l| &**l).collect();
         listeners.sort_by_key(|l| l.bind);
@@ -1118,6 +1127,19 @@ impl Admit {
             }
         }
         let active = Active::new(&listener.stats);
+        // Served here, or handed to a worker that serves fewer: the socket
+        // leaves this thread's event loop and joins that one's.
+        let (open, handoff) = workers::place();
+        let stream = match handoff {
+            None => Accepted::Here(stream),
+            Some(_) => match stream.into_std() {
+                Ok(stream) => Accepted::Moved(stream),
+                Err(e) => {
+                    tracing::debug!(client.addr = %peer, listener = %self.bind, error = %e, "cannot hand the connection over: closed");
+                    return;
+                }
+            },
+        };
         let (plan, cut) = (self.plan.clone(), self.cut.clone());
         let signals = http::Signals {
             closing: self.closing.clone(),
@@ -1127,6 +1149,10 @@ impl Admit {
         // What starting the connection needs (its PROXY header, finding its
         // protocol) is freed once it is served: see [`Phases`].
         let start = async move {
+            let stream = match stream {
+                Accepted::Here(stream) => stream,
+                Accepted::Moved(stream) => TcpStream::from_std(stream).ok()?,
+            };
             let _ = stream.set_nodelay(true);
             let peer = client_of(&stream, peer, &listener).await?;
             // L4 listeners limit new connections per client; HTTP ones limit
@@ -1187,11 +1213,23 @@ impl Admit {
                 }
             }
         };
-        self.connections.spawn(Phases {
+        let task = Phases {
             phase: Phase::Starting(Box::pin(start)),
             _active: active,
-        });
+            _open: open,
+        };
+        match handoff {
+            None => self.connections.spawn(task),
+            Some(worker) => self.connections.spawn_on(task, &worker),
+        };
     }
+}
+
+/// An accepted connection: on this thread's event loop, or taken out of
+/// it for another worker's.
+enum Accepted {
+    Here(TcpStream),
+    Moved(std::net::TcpStream),
 }
 
 /// The client and the address it reached: the TCP ends, or what a PROXY
@@ -1295,6 +1333,7 @@ fn serving(f: impl Future<Output = ()> + Send + 'static) -> Option<Serving> {
 struct Phases {
     phase: Phase,
     _active: Active,
+    _open: workers::Open,
 }
 
 enum Phase {

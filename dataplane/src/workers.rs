@@ -1,13 +1,17 @@
 //! The data plane's worker threads: one single-threaded tokio runtime per
 //! thread, each with listening sockets of its own (`SO_REUSEPORT`: the
-//! kernel spreads new connections over them), so a connection is accepted,
-//! served and closed on one thread and never migrates. The control plane
+//! kernel spreads new connections over them). The kernel spreads them by
+//! a hash of their addresses, not by load, so a worker that accepts a
+//! connection while it serves more than another hands it over (see
+//! [`place`]); from then on a connection is served and closed on one
+//! thread and never migrates. The control plane
 //! (Raft, gossip, health checks, the admin API) runs on the runtime that
 //! made the [`Workers`], which the data plane cannot starve.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -15,6 +19,19 @@ use tokio::sync::oneshot;
 thread_local! {
     /// The worker this thread is (0 on any other thread).
     static INDEX: Cell<usize> = const { Cell::new(0) };
+    /// The workers this thread is one of (unset on any other thread).
+    static SET: OnceCell<Arc<Set>> = const { OnceCell::new() };
+    /// Which other worker this one offers its next connection to.
+    static TURN: Cell<usize> = const { Cell::new(0) };
+}
+
+/// What the workers of one [`Workers`] share to balance connections.
+struct Set {
+    handles: Vec<Handle>,
+    /// How many connections each worker serves, or is being handed. Each
+    /// changes once when a connection is accepted and once when it closes,
+    /// never per request.
+    open: Box<[Padded<AtomicUsize>]>,
 }
 
 /// The most workers started in this process: how many shards state kept
@@ -37,9 +54,59 @@ pub(crate) fn shards() -> usize {
 #[repr(align(128))]
 pub(crate) struct Padded<T>(pub(crate) T);
 
+/// Where a connection accepted on this thread is served: here, unless
+/// the next other worker in turn serves fewer connections by more than
+/// [`MARGIN`] (two choices, this worker and one other: the balance of
+/// choosing the least loaded of all at the cost of reading two counters).
+/// The connection counts where it goes until the returned [`Open`] drops;
+/// `Some` is the worker to hand it to.
+pub(crate) fn place() -> (Open, Option<Handle>) {
+    SET.with(|set| {
+        let Some(set) = set.get() else {
+            return (Open(None), None);
+        };
+        let me = current();
+        let count = set.handles.len();
+        let mut to = me;
+        if count > 1 {
+            let turn = TURN.get();
+            TURN.set((turn + 1) % (count - 1));
+            let other = (me + 1 + turn) % count;
+            if set.open[me].0.load(Relaxed) > set.open[other].0.load(Relaxed) + MARGIN {
+                to = other;
+            }
+        }
+        set.open[to].0.fetch_add(1, Relaxed);
+        let handoff = (to != me).then(|| set.handles[to].clone());
+        (Open(Some(to)), handoff)
+    })
+}
+
+/// How many more connections than another worker one serves before it
+/// hands a new one over: moving one costs a wake-up of the other thread
+/// and taking the socket out of one event loop and into another, worth it
+/// only for a lasting difference.
+const MARGIN: usize = 1;
+
+/// A connection counted in its worker's load until dropped, on that
+/// worker's thread (where its task runs).
+pub(crate) struct Open(Option<usize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(worker) = self.0 {
+            SET.with(|set| {
+                if let Some(set) = set.get() {
+                    set.open[worker].0.fetch_sub(1, Relaxed);
+                }
+            });
+        }
+    }
+}
+
 /// Running worker threads; they stop when this is dropped.
 pub struct Workers {
-    handles: Vec<Handle>,
+    set: Arc<Set>,
     /// Dropped to stop the threads: each runtime then ends, and the
     /// connections on it are dropped.
     _stop: Vec<oneshot::Sender<()>>,
@@ -52,20 +119,33 @@ impl Workers {
     pub fn start(count: usize, pin: bool) -> io::Result<Workers> {
         let cpus = if pin { allowed_cpus()? } else { Vec::new() };
         SHARDS.fetch_max(count.max(1), Relaxed);
-        let mut handles = Vec::new();
+        let runtimes = (0..count.max(1))
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let set = Arc::new(Set {
+            handles: runtimes.iter().map(|rt| rt.handle().clone()).collect(),
+            open: runtimes
+                .iter()
+                .map(|_| Padded(AtomicUsize::new(0)))
+                .collect(),
+        });
         let mut stops = Vec::new();
-        for i in 0..count.max(1) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            handles.push(rt.handle().clone());
+        for (i, rt) in runtimes.into_iter().enumerate() {
             let (stop, stopped) = oneshot::channel::<()>();
             stops.push(stop);
             let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
+            let set = set.clone();
             std::thread::Builder::new()
                 .name(format!("keel-worker-{i}"))
                 .spawn(move || {
                     INDEX.with(|index| index.set(i));
+                    SET.with(|cell| {
+                        let _ = cell.set(set);
+                    });
                     if let Some(cpu) = cpu {
                         if let Err(e) = pin_to(cpu) {
                             tracing::warn!(worker = i, cpu, error = %e, "cannot pin the worker to its CPU");
@@ -75,24 +155,31 @@ impl Workers {
                     rt.shutdown_background();
                 })?;
         }
-        Ok(Workers {
-            handles,
-            _stop: stops,
-        })
+        Ok(Workers { set, _stop: stops })
     }
 
     /// How many workers there are.
     pub fn len(&self) -> usize {
-        self.handles.len()
+        self.set.handles.len()
     }
 
     /// Never: there is at least one worker.
     pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
+        self.set.handles.is_empty()
+    }
+
+    /// How many client connections each worker serves, by index.
+    pub(crate) fn connections(&self) -> Vec<(usize, usize)> {
+        self.set
+            .open
+            .iter()
+            .map(|open| open.0.load(Relaxed))
+            .enumerate()
+            .collect()
     }
 
     pub(crate) fn handles(&self) -> &[Handle] {
-        &self.handles
+        &self.set.handles
     }
 }
 
@@ -117,4 +204,42 @@ fn pin_to(cpu: usize) -> io::Result<()> {
     let mut set = CpuSet::new();
     set.set(cpu).map_err(io::Error::from)?;
     sched_setaffinity(Pid::from_raw(0), &set).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The kernel's hash can send every connection to one worker's
+    /// socket: the workers still end up serving as many each.
+    #[tokio::test]
+    async fn connections_accepted_on_one_worker_are_spread_over_all() {
+        for count in [2, 4] {
+            let workers = Workers::start(count, false).unwrap();
+            let accepted = 100 * count;
+            let placed = workers.handles()[0]
+                .spawn(async move { (0..accepted).map(|_| place()).collect::<Vec<_>>() })
+                .await
+                .unwrap();
+            let handed = placed.iter().filter(|(_, to)| to.is_some()).count();
+            let open: Vec<usize> = workers.connections().into_iter().map(|(_, n)| n).collect();
+            assert_eq!(open.iter().sum::<usize>(), accepted, "{open:?}");
+            let (least, most) = (open.iter().min().unwrap(), open.iter().max().unwrap());
+            assert!(most - least <= MARGIN + 1, "{count} workers: {open:?}");
+            assert_eq!(handed, accepted - open[0], "{count} workers: {open:?}");
+            // Each closes on its worker's thread.
+            workers.handles()[0]
+                .spawn(async move { drop(placed) })
+                .await
+                .unwrap();
+            assert!(workers.connections().iter().all(|(_, n)| *n == 0));
+        }
+    }
+
+    #[test]
+    fn off_a_worker_nothing_is_counted_or_moved() {
+        let (open, to) = place();
+        assert!(open.0.is_none() && to.is_none());
+    }
 }
