@@ -16,11 +16,13 @@
 # per-instruction figures, and the Keel functions that executed the most.
 #
 # KEEP_DUMPS=DIR keeps each count's callgrind dump there (NAME-h1.N.cg and
-# NAME-h2c.N.cg, for callgrind_annotate).
+# NAME-h2c.N.cg, NAME-https.N.cg, for callgrind_annotate).
 #
 # Same setup as compare.sh: one worker each, two nginx backends, reused
-# backend connections. Clients: h2load over HTTP/1.1 (16 connections) and
-# over cleartext HTTP/2 (4 connections x 16 streams).
+# backend connections. Clients: h2load over HTTP/1.1 (16 connections),
+# over cleartext HTTP/2 (4 connections x 16 streams) and over HTTP/1.1 in
+# TLS 1.3 (16 connections, ECDSA P-256; each run's 16 handshakes are in
+# its count, a small share of it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-20000}
@@ -29,6 +31,7 @@ bench_need haproxy=haproxy nginx=nginx-light h2load=nghttp2-client valgrind=valg
 bench_keel
 bench_work
 bench_backends 1810
+bench_cert
 
 cat > "$work/haproxy.cfg" <<CONF
 global
@@ -42,6 +45,7 @@ defaults
 frontend web
   bind 127.0.0.1:18181
   bind 127.0.0.1:18182 proto h2
+  bind 127.0.0.1:18183 ssl crt $work/haproxy.pem alpn http/1.1
 $(haproxy_forwarded http)
   default_backend app
 backend app
@@ -55,10 +59,17 @@ load_balancers:
   - name: bench
     listeners:
       - { port: 18180, protocol: http, bind: 127.0.0.1, default_pool: app }
+      - { port: 18184, protocol: https, bind: 127.0.0.1, default_pool: app, certificates: [site] }
 pools:
   - name: app
     algorithm: round_robin
     members: [ { address: "127.0.0.1:18101" }, { address: "127.0.0.1:18102" } ]
+certificates:
+  - name: site
+    cert_pem: |
+$(indent < "$work/cert.pem")
+    key_pem: |
+$(indent < "$work/key.pem")
 CONF
 
 grind() {
@@ -74,7 +85,7 @@ KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn grind keel "$KEEL_BIN" run "${w
   --config "$work/keel.yaml" --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18199 \
   --cluster-addr 127.0.0.1:18198 2>"$work/keel.vg" & pids+=($!)
 kp=$!
-for port in 18101 18102 18180 18181 18182; do
+for port in 18101 18102 18180 18181 18182 18183 18184; do
   for _ in $(seq 300); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
     sleep 0.2
@@ -93,6 +104,7 @@ count() {
   sleep 1
   local f dumps=() proto=h2c
   [[ " $* " == *" --h1 "* ]] && proto=h1
+  [[ " $* " == *" https:"* ]] && proto=https
   for f in "$work/$name.cg"*; do
     [ -s "$f" ] && dumps+=("$f")
   done
@@ -120,4 +132,8 @@ h=$(count "$hp" haproxy -c4 -m16 http://127.0.0.1:18182/)
 k=$(count "$kp" keel -c4 -m16 http://127.0.0.1:18180/)
 keel_top+=$'\n'"Keel, HTTP/2 (h2c), locked instructions per request by function:"$'\n'"$(cat "$work/keel.top")"
 echo "| HTTP/2 (h2c), 4 connections x 16 streams | ${h% *} | ${k% *} | $(ratio "${k% *}" "${h% *}") | ${h#* } | ${k#* } |"
+h=$(count "$hp" haproxy --h1 -c16 https://127.0.0.1:18183/)
+k=$(count "$kp" keel --h1 -c16 https://127.0.0.1:18184/)
+keel_top+=$'\n'"Keel, HTTPS (HTTP/1.1), locked instructions per request by function:"$'\n'"$(cat "$work/keel.top")"
+echo "| HTTPS (HTTP/1.1 in TLS 1.3), 16 connections | ${h% *} | ${k% *} | $(ratio "${k% *}" "${h% *}") | ${h#* } | ${k#* } |"
 echo "$keel_top"

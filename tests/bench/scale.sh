@@ -16,6 +16,7 @@
 #   tls          TLS 1.3 handshakes: HTTPS, a new connection per request
 #                (ECDSA P-256, no resumption), 64 connections
 #   https        HTTPS keep-alive, 256 connections
+# SCENARIOS picks some of them (default all four, in this order).
 # Each proxy runs ROUNDS times (default 3) per scenario, taking turns; the
 # tables give medians: requests/s, p50, p99, proxy CPU µs per request, and
 # the ratios of Keel's figures to each peer's.
@@ -24,6 +25,7 @@ cd "$(dirname "$0")/../.."
 SECS=${1:-10}
 ROUNDS=${ROUNDS:-3}
 WORKERS_LIST=${WORKERS_LIST:-"1 2 4 8 16"}
+SCENARIOS=${SCENARIOS:-"keep-alive close tls https"}
 
 . tests/bench/lib.sh
 bench_need haproxy=haproxy nginx=nginx-light wrk=wrk openssl=openssl taskset=util-linux
@@ -220,7 +222,7 @@ for w in $WORKERS_LIST; do
   echo
   echo "| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | Keel ÷ HAProxy (req/s) | Keel ÷ nginx (req/s) | errors |"
   echo "|---|---|---|---|---|---|---|---|---|"
-  for scenario in keep-alive close tls https; do
+  for scenario in $SCENARIOS; do
     declare -A runs=()
     for _ in $(seq "$ROUNDS"); do
       for name in keel haproxy nginx; do
