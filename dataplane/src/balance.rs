@@ -7,6 +7,7 @@ use std::sync::Arc;
 use keel_model::Algorithm;
 
 use crate::member::MemberState;
+use crate::workers::{self, Padded};
 
 /// The schedule of a weighted round robin is capped at this many slots;
 /// larger weight sums are scaled down proportionally.
@@ -19,7 +20,9 @@ pub struct Balancer {
     weights: Vec<u32>,
     /// Smooth weighted round-robin order, as indexes into `members`.
     schedule: Vec<usize>,
-    cursor: AtomicUsize,
+    /// Where each worker is in the schedule: workers go round on their
+    /// own (each spreads its share evenly), on lines of their own.
+    cursors: Box<[Padded<AtomicUsize>]>,
 }
 
 impl Balancer {
@@ -32,7 +35,9 @@ impl Balancer {
             members,
             weights,
             schedule,
-            cursor: AtomicUsize::new(fastrand::usize(..1024)),
+            cursors: (0..workers::shards())
+                .map(|_| Padded(AtomicUsize::new(fastrand::usize(..1024))))
+                .collect(),
         }
     }
 
@@ -80,16 +85,23 @@ impl Balancer {
         if n == 0 {
             return None;
         }
-        let start = self.cursor.fetch_add(1, Relaxed);
+        let start = self.next();
         (0..n)
             .map(|k| self.schedule[(start + k) % n])
             .find(|&i| eligible(i))
     }
 
     /// Lower load per unit of weight wins; ties go round the members.
+    /// The calling worker's next place in the schedule.
+    fn next(&self) -> usize {
+        self.cursors[workers::current() % self.cursors.len()]
+            .0
+            .fetch_add(1, Relaxed)
+    }
+
     fn least_outstanding(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.members.len();
-        let start = self.cursor.fetch_add(1, Relaxed);
+        let start = self.next();
         let mut best: Option<usize> = None;
         for k in 0..n {
             let i = (start + k) % n;
@@ -131,7 +143,7 @@ impl Balancer {
     }
 
     fn less_loaded(&self, a: usize, b: usize) -> bool {
-        let load = |i: usize| u128::from(self.members[i].outstanding());
+        let load = |i: usize| u128::from(self.members[i].outstanding_here());
         load(a) * u128::from(self.weights[b]) < load(b) * u128::from(self.weights[a])
     }
 }
@@ -274,6 +286,37 @@ mod tests {
         }
         let tried = [b.members()[2].address];
         assert_ne!(b.pick(ip, None, &tried).unwrap().address, tried[0]);
+    }
+
+    /// Workers pick on their own: each goes round the members and sees
+    /// the requests it started, while the member's total counts them all.
+    #[tokio::test]
+    async fn each_worker_goes_round_and_balances_its_own_in_flight() {
+        let workers = crate::workers::Workers::start(2, false).unwrap();
+        let ip = IpAddr::from([1, 1, 1, 1]);
+        let rr = Arc::new(Balancer::new(Algorithm::RoundRobin, members(&[1, 1])));
+        for worker in workers.handles() {
+            let rr = rr.clone();
+            let c = worker.spawn(async move { counts(&rr, 10, |_| ip) });
+            assert_eq!(c.await.unwrap(), vec![5, 5]);
+        }
+        let lo = Arc::new(Balancer::new(Algorithm::LeastOutstanding, members(&[1, 1])));
+        let (w0, w1) = (&workers.handles()[0], &workers.handles()[1]);
+        let first = lo.members()[0].clone();
+        let busy = w0.spawn(async move { first.begin() }).await.unwrap();
+        assert_eq!(lo.members()[0].outstanding(), 1);
+        let l = lo.clone();
+        let c = w0.spawn(async move { counts(&l, 4, |_| ip) });
+        assert_eq!(
+            c.await.unwrap(),
+            vec![0, 4],
+            "worker 0 avoids its busy member"
+        );
+        let l = lo.clone();
+        let c = w1.spawn(async move { counts(&l, 4, |_| ip) });
+        assert_eq!(c.await.unwrap(), vec![2, 2], "worker 1 sees none of it");
+        drop(busy);
+        assert_eq!(lo.members()[0].outstanding(), 0);
     }
 
     #[test]

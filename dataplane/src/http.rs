@@ -653,7 +653,7 @@ impl Conn {
                 RequestBody {
                     first,
                     inner: body,
-                    listener: listener.stats.clone(),
+                    listener: has_body.then(|| listener.stats.clone()),
                     member: None,
                     deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
                     stall: has_body.then(|| Stall::new(client_timeout)),
@@ -698,7 +698,10 @@ impl Conn {
                     continue;
                 }
             };
-            out.req.body_mut().member = Some(member.clone());
+            // Only a body has bytes to count on the member.
+            if has_body {
+                out.req.body_mut().member = Some(member.clone());
+            }
             let address = member.address;
             let sent = match upgrade {
                 None => exchange(sender, out, guard, listener, pool, self.ends).await,
@@ -1472,7 +1475,9 @@ pub(crate) struct RequestBody {
     /// A frame read ahead of forwarding, sent before the rest.
     first: Option<Frame<Bytes>>,
     inner: ClientBody,
-    listener: Arc<crate::metrics::ListenerStats>,
+    /// Where the body's bytes are counted; neither is kept for a request
+    /// without a body (two shared reference counts fewer per request).
+    listener: Option<Arc<crate::metrics::ListenerStats>>,
     member: Option<Arc<MemberState>>,
     /// The listener's `request_timeout`: the body must be over by then.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -1538,7 +1543,9 @@ impl Body for RequestBody {
         if let Some(Ok(f)) = &frame {
             if let Some(data) = f.data_ref() {
                 let n = data.len() as u64;
-                self.listener.here().bytes_in.fetch_add(n, Relaxed);
+                if let Some(l) = &self.listener {
+                    l.here().bytes_in.fetch_add(n, Relaxed);
+                }
                 if let Some(m) = &self.member {
                     m.stats.here().bytes_out.fetch_add(n, Relaxed);
                 }

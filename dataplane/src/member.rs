@@ -12,8 +12,7 @@ use crate::client;
 use crate::http::Http2Sender;
 use crate::metrics::MemberStats;
 use crate::signal::Signal;
-use crate::workers;
-use crate::workers::Padded;
+use crate::workers::{self, Padded};
 
 /// Idle upstream connections kept per member.
 const MAX_IDLE: usize = 256;
@@ -35,7 +34,9 @@ pub struct MemberState {
     /// This node runs the member's health checks; when false, its health
     /// comes from elsewhere (other nodes' checks, through the node).
     checks_here: AtomicBool,
-    outstanding: AtomicU64,
+    /// Requests and connections in flight, counted by the worker that
+    /// started each (its own line): the total is their sum.
+    outstanding: Box<[Padded<AtomicU64>]>,
     /// Mirrors `drain.draining` so the request path reads it without a lock.
     draining: AtomicBool,
     drain: Mutex<Drain>,
@@ -76,7 +77,9 @@ impl MemberState {
             up: AtomicBool::new(true),
             last_check_us: AtomicU64::new(u64::MAX),
             checks_here: AtomicBool::new(true),
-            outstanding: AtomicU64::new(0),
+            outstanding: (0..workers::shards())
+                .map(|_| Padded(AtomicU64::new(0)))
+                .collect(),
             draining: AtomicBool::new(false),
             drain: Mutex::new(Drain {
                 generation: 0,
@@ -154,16 +157,30 @@ impl MemberState {
         (us != u64::MAX).then_some(us / 1000)
     }
 
+    /// Requests and connections in flight on the member, from all workers.
     pub fn outstanding(&self) -> u64 {
-        self.outstanding.load(Relaxed)
+        self.outstanding.iter().map(|n| n.0.load(Relaxed)).sum()
+    }
+
+    /// Those the calling worker started: what `least_outstanding` and
+    /// `random_two` compare, so that picking reads no line another worker
+    /// writes (each worker balances its own share).
+    pub fn outstanding_here(&self) -> u64 {
+        self.outstanding[workers::current() % self.outstanding.len()]
+            .0
+            .load(Relaxed)
     }
 
     /// Counts one in-flight request or connection until the guard drops;
     /// the guard is the request's reference to the member (taking it
-    /// clones no `Arc`: the count is on a line every worker writes).
+    /// clones no `Arc`), and the count is on the worker's own line.
     pub fn begin(self: Arc<Self>) -> Outstanding {
-        self.outstanding.fetch_add(1, Relaxed);
-        Outstanding(self)
+        let shard = workers::current() % self.outstanding.len();
+        self.outstanding[shard].0.fetch_add(1, Relaxed);
+        Outstanding {
+            member: self,
+            shard,
+        }
     }
 
     /// What fires when this member's drain time runs out, for this
@@ -308,17 +325,21 @@ async fn sweep_idle(member: Weak<MemberState>, shard: usize) {
 }
 
 /// One in-flight request or connection on a member.
-pub struct Outstanding(Arc<MemberState>);
+pub struct Outstanding {
+    member: Arc<MemberState>,
+    /// The worker whose count it is in.
+    shard: usize,
+}
 
 impl Outstanding {
     pub fn member(&self) -> &Arc<MemberState> {
-        &self.0
+        &self.member
     }
 }
 
 impl Drop for Outstanding {
     fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Relaxed);
+        self.member.outstanding[self.shard].0.fetch_sub(1, Relaxed);
     }
 }
 
