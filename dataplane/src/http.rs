@@ -30,6 +30,7 @@ use crate::client::{self, SendError};
 use crate::coalesce::Coalesce;
 use crate::error::{ProxyError, Retry, Side};
 use crate::member::{MemberState, Outstanding};
+use crate::metrics::{Kept, ListenerCounts, MemberCounts};
 use crate::plan::{ListenerPlan, PoolPlan, SharedPlan};
 use crate::proxy_protocol::Addresses;
 use crate::route::{self, Route};
@@ -653,7 +654,7 @@ impl Conn {
                 RequestBody {
                     first,
                     inner: body,
-                    listener: has_body.then(|| listener.stats.clone()),
+                    listener: has_body.then(|| listener.stats.kept()),
                     member: None,
                     deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
                     stall: has_body.then(|| Stall::new(client_timeout)),
@@ -700,7 +701,7 @@ impl Conn {
             };
             // Only a body has bytes to count on the member.
             if has_body {
-                out.req.body_mut().member = Some(member.clone());
+                out.req.body_mut().member = Some(member.stats.kept());
             }
             let address = member.address;
             let sent = match upgrade {
@@ -774,7 +775,7 @@ impl Conn {
                     reuse: false,
                     cut: Cut::new(cut),
                     outstanding: guard,
-                    listener: listener.stats.clone(),
+                    listener: listener.stats.kept(),
                 };
                 return Ok(Response::from_parts(parts, ProxyBody::Upstream(body)));
             }
@@ -1020,7 +1021,7 @@ async fn exchange(
         reuse: pool.spec.proxy_protocol.is_none(),
         cut: Cut::new(cut),
         outstanding: guard,
-        listener: listener.stats.clone(),
+        listener: listener.stats.kept(),
     };
     // A body that is already over never gets polled: the connection is free now.
     if body.is_end_stream() {
@@ -1475,10 +1476,10 @@ pub(crate) struct RequestBody {
     /// A frame read ahead of forwarding, sent before the rest.
     first: Option<Frame<Bytes>>,
     inner: ClientBody,
-    /// Where the body's bytes are counted; neither is kept for a request
-    /// without a body (two shared reference counts fewer per request).
-    listener: Option<Arc<crate::metrics::ListenerStats>>,
-    member: Option<Arc<MemberState>>,
+    /// Where the body's bytes are counted (this worker's sets); neither is
+    /// kept for a request without a body.
+    listener: Option<Kept<ListenerCounts>>,
+    member: Option<Kept<MemberCounts>>,
     /// The listener's `request_timeout`: the body must be over by then.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The listener's `client_timeout`: the longest the body may pause.
@@ -1544,10 +1545,10 @@ impl Body for RequestBody {
             if let Some(data) = f.data_ref() {
                 let n = data.len() as u64;
                 if let Some(l) = &self.listener {
-                    l.here().bytes_in.fetch_add(n, Relaxed);
+                    l.bytes_in.fetch_add(n, Relaxed);
                 }
                 if let Some(m) = &self.member {
-                    m.stats.here().bytes_out.fetch_add(n, Relaxed);
+                    m.bytes_out.fetch_add(n, Relaxed);
                 }
             }
         }
@@ -1616,7 +1617,8 @@ pub(crate) struct UpstreamBody {
     cut: Cut,
     /// Counts the request as in flight, and is its member.
     outstanding: Outstanding,
-    listener: Arc<crate::metrics::ListenerStats>,
+    /// This worker's counts of the listener.
+    listener: Kept<ListenerCounts>,
 }
 
 impl Body for UpstreamBody {
@@ -1657,7 +1659,7 @@ impl Body for UpstreamBody {
                         .here()
                         .bytes_in
                         .fetch_add(n, Relaxed);
-                    self.listener.here().bytes_out.fetch_add(n, Relaxed);
+                    self.listener.bytes_out.fetch_add(n, Relaxed);
                 }
                 // With a known length, hyper stops polling at the last byte
                 // and never asks for the end: release the connection now.

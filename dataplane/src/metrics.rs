@@ -8,7 +8,10 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::workers::Padded;
 
 /// Upper bounds of the latency buckets, in seconds.
 pub const BUCKETS: [f64; 14] = [
@@ -94,14 +97,16 @@ impl ByClass {
 
 /// One set of `T` per worker, each on cache lines of its own: the worker
 /// running a connection adds to its own ([`PerWorker::here`]), so no two
-/// workers write the same line; readers add them up.
-pub struct PerWorker<T>(Box<[crate::workers::Padded<T>]>);
+/// workers write the same line; readers add them up. Each set is an
+/// allocation of its own, so what keeps one ([`PerWorker::kept`]) changes
+/// a reference count no other worker changes.
+pub struct PerWorker<T>(Box<[Arc<Padded<T>>]>);
 
 impl<T: Default> Default for PerWorker<T> {
     fn default() -> Self {
         PerWorker(
             (0..crate::workers::shards())
-                .map(|_| crate::workers::Padded(T::default()))
+                .map(|_| Arc::new(Padded(T::default())))
                 .collect(),
         )
     }
@@ -111,6 +116,12 @@ impl<T> PerWorker<T> {
     /// The calling worker's set (the first one off the workers).
     pub fn here(&self) -> &T {
         &self.0[crate::workers::current() % self.0.len()].0
+    }
+
+    /// The calling worker's set, kept by what outlives the call (a body
+    /// counting its bytes).
+    pub(crate) fn kept(&self) -> Kept<T> {
+        Kept(self.0[crate::workers::current() % self.0.len()].clone())
     }
 
     /// `count` over every worker's set, added up.
@@ -147,6 +158,17 @@ impl<T> PerWorker<T> {
                 .fetch_add(h.sum_micros.load(Relaxed), Relaxed);
         }
         all
+    }
+}
+
+/// One worker's set of a [`PerWorker`], kept.
+pub(crate) struct Kept<T>(Arc<Padded<T>>);
+
+impl<T> std::ops::Deref for Kept<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0 .0
     }
 }
 
