@@ -159,7 +159,7 @@ where
                 let open = counted.open();
                 let req = Box::new(req.map(ClientBody::Hyper));
                 async move {
-                    let response = Box::pin(conn.handle(req)).await;
+                    let response = boxed(|| conn.handle(req)).await;
                     Ok::<_, Infallible>(response.map(|body| Counted { body, _open: open }))
                 }
             });
@@ -1762,4 +1762,12 @@ impl Body for ProxyBody {
             ProxyBody::Local(b) => b.size_hint(),
         }
     }
+}
+
+/// Boxes the future `make` returns, allocating first: the future can then
+/// be written straight into the box instead of made on the stack and
+/// copied (a request's futures are kilobytes: 540 instructions of
+/// `memcpy` per HTTP/1.1 request, measured by `instructions.sh`).
+pub(crate) fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }

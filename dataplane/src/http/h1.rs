@@ -161,7 +161,8 @@ where
             };
             // Boxed: the request's state is allocated while it is under way,
             // not carried by every idle connection's future.
-            match Box::pin(exchange(&mut io, &conn, &mut buf, &mut out, req, message)).await {
+            match super::boxed(|| exchange(&mut io, &conn, &mut buf, &mut out, req, message)).await
+            {
                 Next::Request => {}
                 Next::Close => return,
                 Next::Upgrade(give) => {
@@ -212,7 +213,7 @@ where
     });
     // A client that leaves while its member is silent is let go at once,
     // and so is the member's connection.
-    let answer = Box::pin(conn.handle(req));
+    let answer = super::boxed(|| conn.handle(req));
     let Some(response) = watch(&mut *io, &mut *buf, intake.as_mut(), answer).await else {
         tracing::debug!(client.addr = %conn.peer(), "client closed the connection before its answer");
         return Next::Close;
