@@ -64,12 +64,7 @@ pools:
   - name: app
     algorithm: round_robin
     members: [ { address: "127.0.0.1:18101" }, { address: "127.0.0.1:18102" } ]
-certificates:
-  - name: site
-    cert_pem: |
-$(indent < "$work/cert.pem")
-    key_pem: |
-$(indent < "$work/key.pem")
+$(keel_certificates)
 CONF
 
 grind() {

@@ -20,6 +20,8 @@
 #   bench_cert                   an ECDSA P-256 certificate for bench.example:
 #                                $work/cert.pem, key.pem, and haproxy.pem
 #                                (both); indent (for YAML block scalars)
+#   keel_certificates            Keel's `certificates:` block with that
+#                                certificate, named `site`
 #   ticks PID                    CPU ticks (user + system; $HZ a second) the
 #                                process, its threads and its child processes
 #                                (nginx's workers) have used so far
@@ -118,6 +120,13 @@ bench_cert() {
 }
 
 indent() { sed 's/^/      /'; }
+
+keel_certificates() {
+  printf 'certificates:\n  - name: site\n    cert_pem: |\n'
+  indent < "$work/cert.pem"
+  printf '    key_pem: |\n'
+  indent < "$work/key.pem"
+}
 
 HZ=$(getconf CLK_TCK)
 ticks() {

@@ -136,12 +136,7 @@ pools:
   - name: app
     algorithm: round_robin
     members: [ { address: "127.0.0.1:18201" }, { address: "127.0.0.1:18202" } ]
-certificates:
-  - name: site
-    cert_pem: |
-$(indent < "$work/cert.pem")
-    key_pem: |
-$(indent < "$work/key.pem")
+$(keel_certificates)
 CONF
   rm -rf "$work/keel-data"
   KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn taskset -c "$proxy_cpus" "$KEEL_BIN" run \

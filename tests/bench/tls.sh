@@ -58,12 +58,7 @@ load_balancers:
 pools:
   - name: app
     members: [ { address: "$B1" }, { address: "$B2" } ]
-certificates:
-  - name: site
-    cert_pem: |
-$(indent < "$work/cert.pem")
-    key_pem: |
-$(indent < "$work/key.pem")
+$(keel_certificates)
 CONF
 KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_BIN" run --workers 1 --config "$work/keel.yaml" \
   --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18199 --cluster-addr 127.0.0.1:18198 \
