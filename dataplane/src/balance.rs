@@ -94,9 +94,7 @@ impl Balancer {
     /// Lower load per unit of weight wins; ties go round the members.
     /// The calling worker's next place in the schedule.
     fn next(&self) -> usize {
-        self.cursors[workers::current() % self.cursors.len()]
-            .0
-            .fetch_add(1, Relaxed)
+        workers::mine(&self.cursors).0.fetch_add(1, Relaxed)
     }
 
     fn least_outstanding(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {

@@ -100,12 +100,12 @@ impl MemberState {
 
     /// This worker's idle connections.
     fn idle(&self) -> MutexGuard<'_, Idle> {
-        lock(&self.idle[workers::current() % self.idle.len()].0)
+        lock(&workers::mine(&self.idle).0)
     }
 
     /// This worker's shared HTTP/2 connection.
     fn http2(&self) -> MutexGuard<'_, Option<Http2Sender>> {
-        lock(&self.http2[workers::current() % self.http2.len()].0)
+        lock(&workers::mine(&self.http2).0)
     }
 
     /// Closes every worker's pooled connections.
@@ -166,16 +166,14 @@ impl MemberState {
     /// `random_two` compare, so that picking reads no line another worker
     /// writes (each worker balances its own share).
     pub fn outstanding_here(&self) -> u64 {
-        self.outstanding[workers::current() % self.outstanding.len()]
-            .0
-            .load(Relaxed)
+        workers::mine(&self.outstanding).0.load(Relaxed)
     }
 
     /// Counts one in-flight request or connection until the guard drops;
     /// the guard is the request's reference to the member (taking it
     /// clones no `Arc`), and the count is on the worker's own line.
     pub fn begin(self: Arc<Self>) -> Outstanding {
-        let shard = workers::current() % self.outstanding.len();
+        let shard = workers::shard(self.outstanding.len());
         self.outstanding[shard].0.fetch_add(1, Relaxed);
         Outstanding {
             member: self,
@@ -186,7 +184,7 @@ impl MemberState {
     /// What fires when this member's drain time runs out, for this
     /// worker's requests.
     pub(crate) fn cut(&self) -> Signal {
-        lock(&self.cuts[workers::current() % self.cuts.len()].0).clone()
+        lock(&workers::mine(&self.cuts).0).clone()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -280,7 +278,7 @@ impl MemberState {
         if !self.is_up() || self.is_draining() {
             return;
         }
-        let shard = workers::current() % self.idle.len();
+        let shard = workers::shard(self.idle.len());
         let mut idle = lock(&self.idle[shard].0);
         let now = Instant::now();
         // The oldest are at the front: expired ones leave from there, O(1)

@@ -115,13 +115,13 @@ impl<T: Default> Default for PerWorker<T> {
 impl<T> PerWorker<T> {
     /// The calling worker's set (the first one off the workers).
     pub fn here(&self) -> &T {
-        &self.0[crate::workers::current() % self.0.len()].0
+        &crate::workers::mine(&self.0).0
     }
 
     /// The calling worker's set, kept by what outlives the call (a body
     /// counting its bytes).
     pub(crate) fn kept(&self) -> Kept<T> {
-        Kept(self.0[crate::workers::current() % self.0.len()].clone())
+        Kept(crate::workers::mine(&self.0).clone())
     }
 
     /// `count` over every worker's set, added up.

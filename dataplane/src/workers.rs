@@ -43,6 +43,17 @@ pub(crate) fn current() -> usize {
     INDEX.with(Cell::get)
 }
 
+/// The calling worker's own entry of state kept per worker (`shards` has
+/// one entry per worker, or fewer: then workers share entries in turn).
+pub(crate) fn mine<T>(shards: &[T]) -> &T {
+    &shards[shard(shards.len())]
+}
+
+/// The calling worker's index into per-worker state of `len` entries.
+pub(crate) fn shard(len: usize) -> usize {
+    current() % len
+}
+
 /// How many shards per-worker state has: every worker's index is below it.
 pub(crate) fn shards() -> usize {
     SHARDS.load(Relaxed)
