@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use keel_model::Algorithm;
 
-use crate::member::MemberState;
+use crate::member::{Handle, Handles, MemberState};
 use crate::workers::{self, Padded};
 
 /// The schedule of a weighted round robin is capped at this many slots;
@@ -17,6 +17,8 @@ const MAX_SCHEDULE: u64 = 8192;
 pub struct Balancer {
     algorithm: Algorithm,
     members: Vec<Arc<MemberState>>,
+    /// What a pick hands out: the picking worker's handle on the member.
+    handles: Vec<Handles>,
     weights: Vec<u32>,
     /// Smooth weighted round-robin order, as indexes into `members`.
     schedule: Vec<usize>,
@@ -32,6 +34,7 @@ impl Balancer {
         let schedule = smooth_schedule(&weights);
         Balancer {
             algorithm,
+            handles: members.iter().map(Handles::new).collect(),
             members,
             weights,
             schedule,
@@ -53,7 +56,7 @@ impl Balancer {
         client: IpAddr,
         key: Option<&[u8]>,
         tried: &[SocketAddr],
-    ) -> Option<Arc<MemberState>> {
+    ) -> Option<&Handle> {
         let eligible =
             |i: usize| self.takes_traffic(i) && !tried.contains(&self.members[i].address);
         let i = match self.algorithm {
@@ -66,14 +69,14 @@ impl Balancer {
                 None => self.rendezvous(&ip_bytes(client), eligible),
             },
         }?;
-        Some(self.members[i].clone())
+        Some(self.handles[i].mine())
     }
 
     /// The member at `address` if it may take new traffic now (in the
     /// plan, up, weight above zero): how stickiness checks its member.
-    pub fn available(&self, address: SocketAddr) -> Option<&Arc<MemberState>> {
+    pub fn available(&self, address: SocketAddr) -> Option<&Handle> {
         let i = self.members.iter().position(|m| m.address == address)?;
-        self.takes_traffic(i).then(|| &self.members[i])
+        self.takes_traffic(i).then(|| self.handles[i].mine())
     }
 
     fn takes_traffic(&self, i: usize) -> bool {
@@ -274,8 +277,8 @@ mod tests {
     fn least_outstanding_prefers_idle() {
         let b = Balancer::new(Algorithm::LeastOutstanding, members(&[1, 1, 1]));
         let ip = IpAddr::from([1, 1, 1, 1]);
-        let _g1 = b.members()[0].clone().begin();
-        let _g2 = b.members()[1].clone().begin();
+        let _g1 = b.available(b.members()[0].address).unwrap().begin();
+        let _g2 = b.available(b.members()[1].address).unwrap().begin();
         for _ in 0..10 {
             assert_eq!(
                 b.pick(ip, None, &[]).unwrap().address,
@@ -284,6 +287,34 @@ mod tests {
         }
         let tried = [b.members()[2].address];
         assert_ne!(b.pick(ip, None, &tried).unwrap().address, tried[0]);
+    }
+
+    /// A request keeps its worker's handle on the member, not the member:
+    /// picking and counting it in flight leave the member's reference
+    /// count (a line every worker's requests would write) alone, and each
+    /// worker is handed a handle of its own.
+    #[tokio::test]
+    async fn a_request_writes_no_count_of_the_members_own() {
+        let workers = crate::workers::Workers::start(2, false).unwrap();
+        let b = Arc::new(Balancer::new(Algorithm::RoundRobin, members(&[1])));
+        let ip = IpAddr::from([1, 1, 1, 1]);
+        let member = b.members()[0].clone();
+        let count = Arc::strong_count(&member);
+        let guard = b.pick(ip, None, &[]).unwrap().begin();
+        assert_eq!(Arc::strong_count(&member), count);
+        assert_eq!(member.outstanding(), 1);
+        assert!(Arc::ptr_eq(guard.member(), &member));
+        drop(guard);
+        assert_eq!(member.outstanding(), 0);
+
+        let mut handed = Vec::new();
+        for worker in workers.handles() {
+            let b = b.clone();
+            let at = worker
+                .spawn(async move { std::ptr::from_ref(b.pick(ip, None, &[]).unwrap()) as usize });
+            handed.push(at.await.unwrap());
+        }
+        assert_ne!(handed[0], handed[1], "each worker has its own handle");
     }
 
     /// Workers pick on their own: each goes round the members and sees
@@ -300,8 +331,12 @@ mod tests {
         }
         let lo = Arc::new(Balancer::new(Algorithm::LeastOutstanding, members(&[1, 1])));
         let (w0, w1) = (&workers.handles()[0], &workers.handles()[1]);
-        let first = lo.members()[0].clone();
-        let busy = w0.spawn(async move { first.begin() }).await.unwrap();
+        let l = lo.clone();
+        let first = l.members()[0].address;
+        let busy = w0
+            .spawn(async move { l.available(first).unwrap().begin() })
+            .await
+            .unwrap();
         assert_eq!(lo.members()[0].outstanding(), 1);
         let l = lo.clone();
         let c = w0.spawn(async move { counts(&l, 4, |_| ip) });
@@ -323,7 +358,7 @@ mod tests {
         let ip = IpAddr::from([1, 1, 1, 1]);
         let c = counts(&b, 1000, |_| ip);
         assert!(c[0] > 300 && c[1] > 300, "{c:?}");
-        let _busy = b.members()[0].clone().begin();
+        let _busy = b.available(b.members()[0].address).unwrap().begin();
         assert_eq!(counts(&b, 100, |_| ip), vec![0, 100]);
     }
 

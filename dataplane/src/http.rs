@@ -632,7 +632,7 @@ impl Conn {
         let now = sticky.map(|_| sticky::unix_now()).unwrap_or_default();
         let pinned = sticky
             .and_then(|s| s.pinned(&parts.headers, now))
-            .and_then(|a| pool.balancer.available(a).cloned());
+            .and_then(|a| pool.balancer.available(a));
         let had_app_cookie = sticky.is_some_and(|s| s.has_app_cookie(&parts.headers));
         // A pool may hash on a forwarding field: it hashes what the member gets.
         let hash_key = match &pool.spec.hash_on {
@@ -670,20 +670,15 @@ impl Conn {
         let mut last_err = None;
         while attempts < MAX_CONNECT_ATTEMPTS {
             let tried_so_far = &tried[..attempts];
-            let member = match pinned
-                .as_ref()
+            let pick = || {
+                pool.balancer
+                    .pick(self.peer().ip(), hash_key.as_deref(), tried_so_far)
+            };
+            let Some(member) = pinned
                 .filter(|m| !tried_so_far.contains(&m.address))
-            {
-                Some(m) => m.clone(),
-                None => {
-                    match pool
-                        .balancer
-                        .pick(self.peer().ip(), hash_key.as_deref(), tried_so_far)
-                    {
-                        Some(m) => m,
-                        None => break,
-                    }
-                }
+                .or_else(pick)
+            else {
+                break;
             };
             tried[attempts] = member.address;
             attempts += 1;

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -169,18 +170,6 @@ impl MemberState {
         workers::mine(&self.outstanding).0.load(Relaxed)
     }
 
-    /// Counts one in-flight request or connection until the guard drops;
-    /// the guard is the request's reference to the member (taking it
-    /// clones no `Arc`), and the count is on the worker's own line.
-    pub fn begin(self: Arc<Self>) -> Outstanding {
-        let shard = workers::shard(self.outstanding.len());
-        self.outstanding[shard].0.fetch_add(1, Relaxed);
-        Outstanding {
-            member: self,
-            shard,
-        }
-    }
-
     /// What fires when this member's drain time runs out, for this
     /// worker's requests.
     pub(crate) fn cut(&self) -> Signal {
@@ -322,22 +311,77 @@ async fn sweep_idle(member: Weak<MemberState>, shard: usize) {
     }
 }
 
+/// A worker's reference to a member, which its requests keep while they
+/// use the member. A plan makes one per worker ([`Handles`]), each an
+/// allocation on lines of its own: taking and dropping one writes a count
+/// only that worker writes, where cloning the member's own `Arc` would
+/// write a line every worker's requests share.
+#[derive(Clone)]
+pub struct Handle(Arc<Padded<Arc<MemberState>>>);
+
+impl Handle {
+    pub fn member(&self) -> &Arc<MemberState> {
+        &self.0 .0
+    }
+
+    /// Counts one in-flight request or connection until the guard drops;
+    /// the guard keeps this handle, and the count is on the worker's own
+    /// line.
+    pub fn begin(&self) -> Outstanding {
+        let member = self.member();
+        let shard = workers::shard(member.outstanding.len());
+        member.outstanding[shard].0.fetch_add(1, Relaxed);
+        Outstanding {
+            handle: self.clone(),
+            shard,
+        }
+    }
+}
+
+impl Deref for Handle {
+    type Target = MemberState;
+
+    fn deref(&self) -> &MemberState {
+        self.member()
+    }
+}
+
+/// A member's handles, one per worker.
+pub struct Handles(Box<[Handle]>);
+
+impl Handles {
+    pub fn new(member: &Arc<MemberState>) -> Self {
+        Handles(
+            (0..workers::shards())
+                .map(|_| Handle(Arc::new(Padded(member.clone()))))
+                .collect(),
+        )
+    }
+
+    /// The calling worker's handle.
+    pub fn mine(&self) -> &Handle {
+        workers::mine(&self.0)
+    }
+}
+
 /// One in-flight request or connection on a member.
 pub struct Outstanding {
-    member: Arc<MemberState>,
+    handle: Handle,
     /// The worker whose count it is in.
     shard: usize,
 }
 
 impl Outstanding {
     pub fn member(&self) -> &Arc<MemberState> {
-        &self.member
+        self.handle.member()
     }
 }
 
 impl Drop for Outstanding {
     fn drop(&mut self) {
-        self.member.outstanding[self.shard].0.fetch_sub(1, Relaxed);
+        self.member().outstanding[self.shard]
+            .0
+            .fetch_sub(1, Relaxed);
     }
 }
 
