@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use keel_model::Algorithm;
 
-use crate::member::{Handle, Handles, MemberState};
-use crate::workers::{self, Padded};
+use crate::member::MemberState;
+use crate::workers::{self, Padded, Ref, Refs};
 
 /// The schedule of a weighted round robin is capped at this many slots;
 /// larger weight sums are scaled down proportionally.
@@ -17,8 +17,8 @@ const MAX_SCHEDULE: u64 = 8192;
 pub struct Balancer {
     algorithm: Algorithm,
     members: Vec<Arc<MemberState>>,
-    /// What a pick hands out: the picking worker's handle on the member.
-    handles: Vec<Handles>,
+    /// What a pick hands out: the picking worker's reference to the member.
+    refs: Vec<Refs<MemberState>>,
     weights: Vec<u32>,
     /// Smooth weighted round-robin order, as indexes into `members`.
     schedule: Vec<usize>,
@@ -34,7 +34,7 @@ impl Balancer {
         let schedule = smooth_schedule(&weights);
         Balancer {
             algorithm,
-            handles: members.iter().map(Handles::new).collect(),
+            refs: members.iter().map(Refs::new).collect(),
             members,
             weights,
             schedule,
@@ -56,7 +56,7 @@ impl Balancer {
         client: IpAddr,
         key: Option<&[u8]>,
         tried: &[SocketAddr],
-    ) -> Option<&Handle> {
+    ) -> Option<&Ref<MemberState>> {
         let eligible =
             |i: usize| self.takes_traffic(i) && !tried.contains(&self.members[i].address);
         let i = match self.algorithm {
@@ -69,14 +69,14 @@ impl Balancer {
                 None => self.rendezvous(&ip_bytes(client), eligible),
             },
         }?;
-        Some(self.handles[i].mine())
+        Some(self.refs[i].mine())
     }
 
     /// The member at `address` if it may take new traffic now (in the
     /// plan, up, weight above zero): how stickiness checks its member.
-    pub fn available(&self, address: SocketAddr) -> Option<&Handle> {
+    pub fn available(&self, address: SocketAddr) -> Option<&Ref<MemberState>> {
         let i = self.members.iter().position(|m| m.address == address)?;
-        self.takes_traffic(i).then(|| self.handles[i].mine())
+        self.takes_traffic(i).then(|| self.refs[i].mine())
     }
 
     fn takes_traffic(&self, i: usize) -> bool {
@@ -289,10 +289,10 @@ mod tests {
         assert_ne!(b.pick(ip, None, &tried).unwrap().address, tried[0]);
     }
 
-    /// A request keeps its worker's handle on the member, not the member:
+    /// A request keeps its worker's reference to the member, not the member's own `Arc`:
     /// picking and counting it in flight leave the member's reference
     /// count (a line every worker's requests would write) alone, and each
-    /// worker is handed a handle of its own.
+    /// worker is handed a reference of its own.
     #[tokio::test]
     async fn a_request_writes_no_count_of_the_members_own() {
         let workers = crate::workers::Workers::start(2, false).unwrap();
@@ -314,7 +314,7 @@ mod tests {
                 .spawn(async move { std::ptr::from_ref(b.pick(ip, None, &[]).unwrap()) as usize });
             handed.push(at.await.unwrap());
         }
-        assert_ne!(handed[0], handed[1], "each worker has its own handle");
+        assert_ne!(handed[0], handed[1], "each worker has its own reference");
     }
 
     /// Workers pick on their own: each goes round the members and sees

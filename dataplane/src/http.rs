@@ -37,6 +37,7 @@ use crate::route::{self, Route};
 use crate::signal::{Signal, Until};
 use crate::stall::{Stall, WriteStall};
 use crate::tls::Alpn;
+use crate::workers::Ref;
 use crate::{sticky, tcp};
 
 pub(crate) mod h1;
@@ -486,14 +487,14 @@ impl Conn {
         self.ends.source
     }
 
-    /// The listener's current plan: each request follows the newest config.
-    fn listener(&self) -> Arc<ListenerPlan> {
-        self.plan
-            .load()
-            .listeners
-            .get(&self.first.bind)
-            .cloned()
-            .unwrap_or_else(|| self.first.clone())
+    /// The listener's current plan: each request follows the newest
+    /// config. The worker's own reference, so requests on other workers
+    /// do not write the same count.
+    fn listener(&self) -> Ref<ListenerPlan> {
+        match self.plan.load().listeners.get(&self.first.bind) {
+            Some(l) => l.mine().clone(),
+            None => Ref::alone(self.first.clone()),
+        }
     }
 
     async fn handle(&self, mut req: Box<Request<ClientBody>>) -> Response<ProxyBody> {
@@ -522,7 +523,7 @@ impl Conn {
         } else {
             match route::route(&listener.rules, &listener.pool, &req, self.peer().ip()) {
                 Route::Pool(p) => {
-                    pool = Some(p.clone());
+                    pool = Some(p);
                     self.forward_or_error(req, &listener, p, started).await
                 }
                 Route::Redirect(r) => {
@@ -1229,16 +1230,16 @@ fn prepare_request(
     }
     // The scheme and port the client first used: a trusted proxy's word
     // (a CDN that terminated TLS on 443), else this listener's.
-    let first_hop = |name: &HeaderName, own: &HeaderValue| {
+    let told = |name: &HeaderName| {
         trusted
             .then(|| parts.headers.get(name))
             .flatten()
             .filter(|v| !v.is_empty())
-            .unwrap_or(own)
-            .clone()
+            .cloned()
     };
-    let first_proto = first_hop(&X_FORWARDED_PROTO, &listener.proto_header);
-    let first_port = first_hop(&X_FORWARDED_PORT, &listener.port_header);
+    let first_proto = told(&X_FORWARDED_PROTO).unwrap_or_else(|| listener.proto_header.clone());
+    let first_port =
+        told(&X_FORWARDED_PORT).map_or_else(|| Port::own(listener.bind.port()), Port::Told);
     strip_forwarding(&mut parts.headers, trusted);
     Forwarding {
         forwarded_for: xff,
@@ -1257,7 +1258,44 @@ pub(crate) struct Forwarding {
     /// Valid as a field value by construction (see `prepare_request`).
     forwarded: String,
     proto: HeaderValue,
-    port: HeaderValue,
+    port: Port,
+}
+
+/// `X-Forwarded-Port`: a trusted proxy's value, or the listener's port
+/// written out per request (a clone of one value in the plan would write
+/// a count every worker's requests write).
+enum Port {
+    Told(HeaderValue),
+    Own {
+        port: u16,
+        digits: [u8; 5],
+        len: usize,
+    },
+}
+
+impl Port {
+    fn own(port: u16) -> Port {
+        let mut digits = [0; 5];
+        let mut len = 0;
+        let mut rest = port;
+        loop {
+            digits[len] = b'0' + (rest % 10) as u8;
+            len += 1;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        digits[..len].reverse();
+        Port::Own { port, digits, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Port::Told(v) => v.as_bytes(),
+            Port::Own { digits, len, .. } => &digits[..*len],
+        }
+    }
 }
 
 impl Forwarding {
@@ -1293,7 +1331,11 @@ impl Forwarding {
             headers.insert(FORWARDED, v);
         }
         headers.insert(X_FORWARDED_PROTO, self.proto);
-        headers.insert(X_FORWARDED_PORT, self.port);
+        let port = match self.port {
+            Port::Told(v) => v,
+            Port::Own { port, .. } => HeaderValue::from(port),
+        };
+        headers.insert(X_FORWARDED_PORT, port);
     }
 }
 
@@ -1765,4 +1807,16 @@ impl Body for ProxyBody {
 /// `memcpy` per HTTP/1.1 request, measured by `instructions.sh`).
 pub(crate) fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listeners_port_is_written_out_in_decimal() {
+        for (port, text) in [(1, "1"), (80, "80"), (8080, "8080"), (65535, "65535")] {
+            assert_eq!(Port::own(port).as_bytes(), text.as_bytes());
+        }
+    }
 }

@@ -62,6 +62,7 @@ use member::MemberState;
 use metrics::{label, ListenerStats, PoolStats, Writer};
 use plan::{ListenerPlan, Plan, PoolPlan, SharedPlan};
 use signal::Signal;
+use workers::Refs;
 
 /// The running proxy engine. Cheap to share behind an `Arc`.
 pub struct Dataplane {
@@ -361,7 +362,6 @@ impl Dataplane {
                 lb: lb.name.clone(),
                 spec: (*l).clone(),
                 bind: addr,
-                port_header: ::http::HeaderValue::from(addr.port()),
                 proto_header: ::http::HeaderValue::from_static(if l.protocol == Protocol::Https {
                     "https"
                 } else {
@@ -375,7 +375,7 @@ impl Dataplane {
             if let Some(running) = reg.listeners.get_mut(&addr) {
                 running.drain_timeout = pool.spec.drain_timeout;
             }
-            listeners.insert(addr, Arc::new(plan));
+            listeners.insert(addr, Refs::new(&Arc::new(plan)));
         }
         reg.listener_stats
             .retain(|addr, _| listeners.contains_key(addr));
@@ -1106,7 +1106,7 @@ impl Admit {
     /// Serves an accepted connection on its own task, by the newest plan.
     fn spawn(&self, stream: TcpStream, peer: SocketAddr) {
         let plan = self.plan.load();
-        let Some(listener) = plan.listeners.get(&self.bind).cloned() else {
+        let Some(listener) = plan.listeners.get(&self.bind).map(|l| l.shared().clone()) else {
             return;
         };
         listener.stats.here().connections.fetch_add(1, Relaxed);
@@ -1372,5 +1372,93 @@ impl Active {
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.here().active.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::{sleep, timeout};
+
+    /// Reads from `from` until what arrived ends with `end`.
+    async fn read_until(from: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0; 4096];
+        while !got.ends_with(end) {
+            let n = timeout(Duration::from_secs(5), from.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// A request writes no count that requests on other workers write
+    /// too: it keeps its worker's references to the listener and the
+    /// member and borrows the pool, so while it is in flight the counts
+    /// of the listener, the pool and the member themselves are what they
+    /// were between requests.
+    #[tokio::test]
+    async fn a_request_in_flight_writes_no_count_other_workers_write() {
+        let dp = Dataplane::with_workers(Workers::start(2, false).unwrap());
+        let member = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let yaml = format!(
+            r#"
+load_balancers:
+  - name: web
+    listeners:
+      - {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: app }}
+pools:
+  - {{ name: app, members: [ {{ address: "{}" }} ] }}
+"#,
+            member.local_addr().unwrap()
+        );
+        dp.apply(&keel_model::Document::parse_spec(&yaml).unwrap())
+            .await
+            .unwrap();
+        let (listener, pool, state) = {
+            let plan = dp.plan.load();
+            let bind = SocketAddr::from(([127, 0, 0, 1], port));
+            let listener = plan.listeners.get(&bind).unwrap().shared().clone();
+            let pool = listener.pool.clone();
+            let state = pool.balancer.members()[0].clone();
+            (listener, pool, state)
+        };
+        let counts = || {
+            [
+                Arc::strong_count(&listener),
+                Arc::strong_count(&pool),
+                Arc::strong_count(&state),
+            ]
+        };
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        client.write_all(request).await.unwrap();
+        let (mut upstream, _) = member.accept().await.unwrap();
+        read_until(&mut upstream, b"\r\n\r\n").await;
+        upstream.write_all(answer).await.unwrap();
+        read_until(&mut client, b"ok").await;
+        // The first request's state goes when its response is over.
+        while state.outstanding() > 0 {
+            sleep(Duration::from_millis(5)).await;
+        }
+        let between = counts();
+
+        client.write_all(request).await.unwrap();
+        read_until(&mut upstream, b"\r\n\r\n").await;
+        assert_eq!(state.outstanding(), 1, "the second request is in flight");
+        assert_eq!(counts(), between, "listener, pool, member");
+        upstream.write_all(answer).await.unwrap();
+        read_until(&mut client, b"ok").await;
     }
 }

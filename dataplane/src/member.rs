@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use crate::client;
 use crate::http::Http2Sender;
 use crate::metrics::MemberStats;
 use crate::signal::Signal;
-use crate::workers::{self, Padded};
+use crate::workers::{self, Padded, Ref};
 
 /// Idle upstream connections kept per member.
 const MAX_IDLE: usize = 256;
@@ -311,69 +310,32 @@ async fn sweep_idle(member: Weak<MemberState>, shard: usize) {
     }
 }
 
-/// A worker's reference to a member, which its requests keep while they
-/// use the member. A plan makes one per worker ([`Handles`]), each an
-/// allocation on lines of its own: taking and dropping one writes a count
-/// only that worker writes, where cloning the member's own `Arc` would
-/// write a line every worker's requests share.
-#[derive(Clone)]
-pub struct Handle(Arc<Padded<Arc<MemberState>>>);
-
-impl Handle {
-    pub fn member(&self) -> &Arc<MemberState> {
-        &self.0 .0
-    }
-
+impl Ref<MemberState> {
     /// Counts one in-flight request or connection until the guard drops;
-    /// the guard keeps this handle, and the count is on the worker's own
-    /// line.
+    /// the guard keeps this worker's reference, and the count is on the
+    /// worker's own line.
     pub fn begin(&self) -> Outstanding {
-        let member = self.member();
+        let member = self.shared();
         let shard = workers::shard(member.outstanding.len());
         member.outstanding[shard].0.fetch_add(1, Relaxed);
         Outstanding {
-            handle: self.clone(),
+            member: self.clone(),
             shard,
         }
     }
 }
 
-impl Deref for Handle {
-    type Target = MemberState;
-
-    fn deref(&self) -> &MemberState {
-        self.member()
-    }
-}
-
-/// A member's handles, one per worker.
-pub struct Handles(Box<[Handle]>);
-
-impl Handles {
-    pub fn new(member: &Arc<MemberState>) -> Self {
-        Handles(
-            (0..workers::shards())
-                .map(|_| Handle(Arc::new(Padded(member.clone()))))
-                .collect(),
-        )
-    }
-
-    /// The calling worker's handle.
-    pub fn mine(&self) -> &Handle {
-        workers::mine(&self.0)
-    }
-}
-
 /// One in-flight request or connection on a member.
 pub struct Outstanding {
-    handle: Handle,
+    /// The worker's reference, not the member's own `Arc`.
+    member: Ref<MemberState>,
     /// The worker whose count it is in.
     shard: usize,
 }
 
 impl Outstanding {
     pub fn member(&self) -> &Arc<MemberState> {
-        self.handle.member()
+        self.member.shared()
     }
 }
 

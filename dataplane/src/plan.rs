@@ -10,6 +10,7 @@ use keel_model::{Listener, Pool};
 
 use crate::balance::Balancer;
 use crate::metrics::{ListenerStats, PoolStats};
+use crate::workers::Refs;
 
 /// The plan every connection reads, one load per connection or request.
 pub(crate) type SharedPlan = Arc<ArcSwap<Plan>>;
@@ -18,8 +19,9 @@ pub(crate) type SharedPlan = Arc<ArcSwap<Plan>>;
 pub(crate) struct Plan {
     /// Counts applied configurations; 0 is the empty plan at start.
     pub version: u64,
-    /// By bound address.
-    pub listeners: HashMap<SocketAddr, Arc<ListenerPlan>>,
+    /// By bound address. A request takes its worker's reference
+    /// ([`Refs`]), so the listener's own count is not written per request.
+    pub listeners: HashMap<SocketAddr, Refs<ListenerPlan>>,
     pub pools: BTreeMap<String, Arc<PoolPlan>>,
     /// Client connections the node takes at once over all listeners, so a
     /// flood cannot use up its file descriptors (see [`client_capacity`]).
@@ -42,8 +44,6 @@ pub(crate) struct ListenerPlan {
     pub lb: String,
     pub spec: Listener,
     pub bind: SocketAddr,
-    /// `X-Forwarded-Port`, made once per plan.
-    pub port_header: http::HeaderValue,
     /// `X-Forwarded-Proto`: `http` or `https`.
     pub proto_header: http::HeaderValue,
     /// TLS-terminating listeners: certificates and policy. New handshakes

@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, OnceCell};
 use std::io;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -64,6 +65,68 @@ pub(crate) fn shards() -> usize {
 /// together).
 #[repr(align(128))]
 pub(crate) struct Padded<T>(pub(crate) T);
+
+/// A worker's own reference to something every worker's requests use (a
+/// plan's listener, a member of a pool): [`Refs`] holds one per worker,
+/// each an allocation on lines of its own, so taking and dropping one
+/// writes a count that only that worker writes, where cloning the shared
+/// `Arc` itself would write a line every worker's requests write.
+pub struct Ref<T>(Arc<Padded<Arc<T>>>);
+
+impl<T> Ref<T> {
+    /// The shared value's own `Arc`.
+    pub fn shared(&self) -> &Arc<T> {
+        &self.0 .0
+    }
+
+    /// A reference of its own to `value`, for where no [`Refs`] is at hand
+    /// (rare paths: it allocates).
+    pub fn alone(value: Arc<T>) -> Self {
+        Ref(Arc::new(Padded(value)))
+    }
+}
+
+impl<T> Clone for Ref<T> {
+    fn clone(&self) -> Self {
+        Ref(self.0.clone())
+    }
+}
+
+impl<T> Deref for Ref<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.shared()
+    }
+}
+
+/// One [`Ref`] per worker to one value, made with it; it reads as the
+/// value itself.
+pub struct Refs<T>(Box<[Ref<T>]>);
+
+impl<T> Refs<T> {
+    pub fn new(value: &Arc<T>) -> Self {
+        Refs((0..shards()).map(|_| Ref::alone(value.clone())).collect())
+    }
+
+    /// The calling worker's reference.
+    pub fn mine(&self) -> &Ref<T> {
+        mine(&self.0)
+    }
+
+    /// The value's own `Arc`.
+    pub fn shared(&self) -> &Arc<T> {
+        self.mine().shared()
+    }
+}
+
+impl<T> Deref for Refs<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.shared()
+    }
+}
 
 /// Where a connection accepted on this thread is served: here, unless
 /// the next other worker in turn serves fewer connections by more than
@@ -221,6 +284,31 @@ fn pin_to(cpu: usize) -> io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Each worker takes its own reference: the value's count stays as
+    /// it was while requests hold theirs.
+    #[tokio::test]
+    async fn each_worker_holds_its_own_reference() {
+        let workers = Workers::start(2, false).unwrap();
+        let value = Arc::new(7);
+        let refs = Arc::new(Refs::new(&value));
+        let count = Arc::strong_count(&value);
+        let mut held = Vec::new();
+        for worker in workers.handles() {
+            let refs = refs.clone();
+            held.push(
+                worker
+                    .spawn(async move { refs.mine().clone() })
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(Arc::strong_count(&value), count);
+        assert!(!Arc::ptr_eq(&held[0].0, &held[1].0));
+        assert!(held
+            .iter()
+            .all(|r| **r == 7 && Arc::ptr_eq(r.shared(), &value)));
+    }
 
     /// The kernel's hash can send every connection to one worker's
     /// socket: the workers still end up serving as many each.
