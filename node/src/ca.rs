@@ -111,11 +111,19 @@ pub async fn keep_placed(control: Arc<Control>, mut stop: watch::Receiver<bool>)
     let mut applied = control.consensus().applied();
     let mut purged_at = None;
     loop {
+        let (placed_for, _) = control.state();
         if let Err(why) = place_once(&control, &mut purged_at).await {
             tracing::warn!(%why, "could not place the cluster CA key; retrying");
         }
-        if let Err(why) = control.refresh_admin_cert().await {
-            tracing::warn!(%why, "could not make the admin API certificate again; retrying");
+        // The admin certificate follows the state the key was placed for:
+        // an entry applied meanwhile (a rotation's new CA beginning to
+        // sign) is placed first, in the next round at once, so the node
+        // signs with the key it holds rather than asking the leader.
+        let moved_on = control.state().0 != placed_for;
+        if !moved_on {
+            if let Err(why) = control.refresh_admin_cert().await {
+                tracing::warn!(%why, "could not make the admin API certificate again; retrying");
+            }
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
