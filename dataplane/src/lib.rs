@@ -54,7 +54,7 @@ use tokio_util::task::TaskTracker;
 pub use error::{ApplyError, ProxyError, Retry, Side};
 pub use http::{MAX_HEADERS, MAX_HEAD_BYTES, MAX_URI_BYTES};
 pub use metrics::BUCKETS as LATENCY_BUCKETS;
-pub use workers::{default_count as default_workers, Workers};
+pub use workers::{default_count as default_workers, pinned_by_default, Workers};
 
 use balance::Balancer;
 use coalesce::Coalesce;

@@ -262,6 +262,18 @@ pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
+/// Whether `count` workers pin themselves when not told: when there is
+/// one for each CPU this process may run on (the default count), each
+/// takes one. Left to the kernel, two busy workers are sometimes put on
+/// one CPU and take turns there by the scheduler's tick (4 ms) while the
+/// other CPU runs the rest: their connections wait a tick, and the p99
+/// doubles (BENCHMARKS.md, "Workers on CPUs of their own"). With fewer
+/// workers than CPUs (or a CPU quota smaller than the CPU set) the kernel
+/// has idle CPUs to move them to, and places them.
+pub fn pinned_by_default(count: usize) -> bool {
+    allowed_cpus().is_ok_and(|cpus| cpus.len() == count)
+}
+
 /// The CPUs this process may run on, in order.
 fn allowed_cpus() -> io::Result<Vec<usize>> {
     use nix::sched::{sched_getaffinity, CpuSet};
@@ -334,6 +346,31 @@ mod tests {
                 .unwrap();
             assert!(workers.connections().iter().all(|(_, n)| *n == 0));
         }
+    }
+
+    /// Pinned, each worker runs on the CPU of its turn and no other; the
+    /// default pins only a worker per CPU.
+    #[tokio::test]
+    async fn pinned_workers_each_run_on_a_cpu_of_their_own() {
+        use nix::sched::{sched_getaffinity, CpuSet};
+        use nix::unistd::Pid;
+        let cpus = allowed_cpus().unwrap();
+        let workers = Workers::start(cpus.len(), true).unwrap();
+        for (i, worker) in workers.handles().iter().enumerate() {
+            let on = worker
+                .spawn(async {
+                    let set = sched_getaffinity(Pid::from_raw(0)).unwrap();
+                    (0..CpuSet::count())
+                        .filter(|c| set.is_set(*c).unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap();
+            assert_eq!(on, [cpus[i]], "worker {i}");
+        }
+        assert!(pinned_by_default(cpus.len()));
+        assert!(!pinned_by_default(cpus.len() + 1));
+        assert!(!pinned_by_default(cpus.len() - 1));
     }
 
     #[test]

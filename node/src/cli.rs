@@ -661,9 +661,17 @@ pub struct RunArgs {
     #[arg(long, env = "KEEL_WORKERS", value_parser = parse_workers)]
     pub workers: Option<usize>,
     /// Pin each proxy worker to a CPU of its own (round robin over the CPUs
-    /// this process may use).
-    #[arg(long, env = "KEEL_CPU_AFFINITY")]
-    pub cpu_affinity: bool,
+    /// this process may use): `--cpu-affinity` or `--cpu-affinity=true`
+    /// pins, `--cpu-affinity=false` leaves them to the kernel. Default:
+    /// pinned when there is one worker per CPU (the default count).
+    #[arg(
+        long,
+        env = "KEEL_CPU_AFFINITY",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub cpu_affinity: Option<bool>,
     /// Serve the AWS-compatible ELBv2 Query API (SigV4, keys from
     /// `keel aws-key create`) on this address; off when unset.
     #[arg(long, env = "KEEL_AWS_API_ADDR")]

@@ -51,8 +51,9 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// Data plane worker threads (default: one per CPU this process may use).
     pub workers: Option<usize>,
-    /// Pin each worker to a CPU of its own.
-    pub cpu_affinity: bool,
+    /// Pin each worker to a CPU of its own (default: when there is one
+    /// worker per CPU).
+    pub cpu_affinity: Option<bool>,
     /// The AWS-compatible API's address and region, when it is on.
     pub aws_api: Option<(SocketAddr, String)>,
     /// The Octavia-compatible API's address, when it is on.
@@ -389,17 +390,14 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let count = config
         .workers
         .unwrap_or_else(keel_dataplane::default_workers);
-    let workers = keel_dataplane::Workers::start(count, config.cpu_affinity).map_err(|source| {
-        NodeError::Io {
-            what: format!("starting {count} data plane workers"),
-            source,
-        }
+    let pin = config
+        .cpu_affinity
+        .unwrap_or_else(|| keel_dataplane::pinned_by_default(count));
+    let workers = keel_dataplane::Workers::start(count, pin).map_err(|source| NodeError::Io {
+        what: format!("starting {count} data plane workers"),
+        source,
     })?;
-    tracing::info!(
-        workers = count,
-        pinned = config.cpu_affinity,
-        "data plane workers started"
-    );
+    tracing::info!(workers = count, pinned = pin, "data plane workers started");
     let dataplane = Arc::new(Dataplane::with_workers(workers));
     let control = cluster::Control::new(&node, opts, dataplane.clone())?;
     if let (true, Some(spec)) = (node.bootstrapped, &initial) {

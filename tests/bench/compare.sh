@@ -14,6 +14,10 @@
 # turns, ROUNDS times (default 5), and a last table gives the median of
 # each ratio over the rounds.
 #
+# With WORKERS equal to the cores, Keel pins each worker to a core of its
+# own, as it does by default (KEEL_CPU_AFFINITY=false leaves them to the
+# kernel, as HAProxy and nginx are).
+#
 # KEEL_B=PATH adds a second Keel build ("keel-b", L7 on 18083, L4 on
 # 18093) to every round: two builds compared in the same run, since a
 # change smaller than the machine's swing shows only that way.

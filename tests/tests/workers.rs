@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use keel_dataplane::{Dataplane, Workers};
 use keel_tests::backend::HttpBackend;
-use keel_tests::{eventually, free_port, http_lb, spec};
+use keel_tests::node::KeelProcess;
+use keel_tests::{eventually, free_port, http_lb, members, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -107,4 +108,75 @@ async fn connections_the_kernel_gives_one_worker_are_served_by_both() {
         || async { per_worker(&dp) == [0, 0] },
     )
     .await;
+}
+
+/// The CPUs in a `/proc` status file's `Cpus_allowed_list` ("0-3,6").
+fn allowed(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    list.split(',')
+        .flat_map(|part| {
+            let (from, to) = part.split_once('-').unwrap_or((part, part));
+            from.parse::<usize>().unwrap()..=to.parse::<usize>().unwrap()
+        })
+        .collect()
+}
+
+/// Each thread of `pid` by name, with the CPUs it may run on.
+fn threads(pid: nix::unistd::Pid) -> Vec<(String, Vec<usize>)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let path = task.unwrap().path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap();
+            let status = std::fs::read_to_string(path.join("status")).unwrap();
+            (name.trim().to_owned(), allowed(&status))
+        })
+        .collect()
+}
+
+/// `keel run` with a worker per CPU pins each worker to a CPU of its own,
+/// in turn; with `--cpu-affinity=false`, or fewer workers than CPUs, the
+/// kernel places them. The control plane is never pinned.
+#[tokio::test]
+async fn a_worker_per_cpu_is_pinned_unless_told_otherwise() {
+    let cpus = allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let member = HttpBackend::start("a").await;
+    let config = http_lb(
+        free_port(),
+        &format!("members: {}", members(&[member.addr])),
+    );
+    let per_cpu = cpus.len().to_string();
+    let cases: &[(&[&str], bool)] = &[
+        (&["--workers", &per_cpu], true),
+        (&["--workers", &per_cpu, "--cpu-affinity=false"], false),
+        (&["--workers", "1"], cpus.len() == 1),
+        (&["--workers", "1", "--cpu-affinity"], true),
+    ];
+    for (args, pinned) in cases {
+        let node = KeelProcess::start_with(&config, args);
+        let threads = threads(node.pid());
+        let workers: Vec<_> = threads
+            .iter()
+            .filter(|(name, _)| name.starts_with("keel-worker-"))
+            .collect();
+        assert!(!workers.is_empty(), "{args:?}: {threads:?}");
+        for (name, on) in &workers {
+            let i: usize = name["keel-worker-".len()..].parse().unwrap();
+            let expected = if *pinned { vec![cpus[i]] } else { cpus.clone() };
+            assert_eq!(on, &expected, "{args:?}: {name}");
+        }
+        let control: Vec<_> = threads
+            .iter()
+            .filter(|(name, _)| name.starts_with("keel-control"))
+            .collect();
+        assert!(!control.is_empty(), "{args:?}: {threads:?}");
+        assert!(
+            control.iter().all(|(_, on)| on == &cpus),
+            "{args:?}: {control:?}"
+        );
+    }
 }
