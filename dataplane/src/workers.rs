@@ -352,19 +352,14 @@ mod tests {
     /// default pins only a worker per CPU.
     #[tokio::test]
     async fn pinned_workers_each_run_on_a_cpu_of_their_own() {
-        use nix::sched::{sched_getaffinity, CpuSet};
-        use nix::unistd::Pid;
         let cpus = allowed_cpus().unwrap();
         let workers = Workers::start(cpus.len(), true).unwrap();
         for (i, worker) in workers.handles().iter().enumerate() {
+            // The CPUs the calling thread (here the worker's) may use.
             let on = worker
-                .spawn(async {
-                    let set = sched_getaffinity(Pid::from_raw(0)).unwrap();
-                    (0..CpuSet::count())
-                        .filter(|c| set.is_set(*c).unwrap())
-                        .collect::<Vec<_>>()
-                })
+                .spawn(async { allowed_cpus() })
                 .await
+                .unwrap()
                 .unwrap();
             assert_eq!(on, [cpus[i]], "worker {i}");
         }
