@@ -828,7 +828,9 @@ impl Conn {
 }
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Upgrade` with
-/// `Connection: upgrade`), such as `websocket`.
+/// `Connection: upgrade`), such as `websocket`. Not `h2c`: RFC 9113 §3.1
+/// retired that upgrade, and a tunnel to a member's own HTTP/2 would carry
+/// requests past Keel's rules; such a request goes on as an ordinary one.
 fn upgrade_asked(req: &Request<ClientBody>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
@@ -840,9 +842,12 @@ fn upgrade_asked(req: &Request<ClientBody>) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asked
-        .then(|| req.headers().get(header::UPGRADE).cloned())
-        .flatten()
+    let proto = req.headers().get(header::UPGRADE).filter(|_| asked)?;
+    let h2c = proto
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    (!h2c).then(|| proto.clone())
 }
 
 /// An idle connection to `member` if one is open, else a new one. A pool
@@ -999,6 +1004,14 @@ async fn exchange(
         .here()
         .requests
         .count(response.status().as_u16());
+    // Only a request that asked to switch protocols may be answered 101
+    // (RFC 9110 §15.2.2); the connection is dropped with the answer.
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::Upstream {
+            member: member.address,
+            source: "switched protocols though the request asked for no upgrade".into(),
+        });
+    }
     let (mut parts, body) = response.into_parts();
     // The HTTP/1.1 client leaves hop-by-hop fields out as it parses the head.
     // It also frames the body by what it sends, not by a member's length
@@ -1430,6 +1443,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         // The common options name no other field (and keep-alive goes below).
         .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        // `Host` is for every recipient (RFC 9110 §7.6.1): a client that
+        // names it does not get a request without one sent on.
+        .filter(|name| name != header::HOST)
         .collect();
     for name in named {
         headers.remove(name);

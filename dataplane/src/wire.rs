@@ -50,6 +50,63 @@ pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
     })
 }
 
+/// Whether `ext`, what follows a chunk's size on its line, is chunk
+/// extensions as RFC 9112 §7.1.1 writes them: each `;name` or
+/// `;name=value` (a token or a quoted string), with optional whitespace
+/// around the separators. A CR, LF or other control byte in them is
+/// refused: a parser that ends the line there frames the body otherwise.
+fn extensions(mut ext: &[u8]) -> bool {
+    let ws = |s: &[u8]| -> usize { s.iter().take_while(|b| matches!(b, b' ' | b'\t')).count() };
+    let token = |s: &[u8]| -> usize { s.iter().take_while(|b| is_tchar(**b)).count() };
+    loop {
+        ext = &ext[ws(ext)..];
+        match ext.split_first() {
+            None => return true,
+            Some((b';', rest)) => ext = &rest[ws(rest)..],
+            Some(_) => return false,
+        }
+        let name = token(ext);
+        if name == 0 {
+            return false;
+        }
+        ext = &ext[name..];
+        ext = &ext[ws(ext)..];
+        let Some((b'=', rest)) = ext.split_first() else {
+            continue;
+        };
+        ext = &rest[ws(rest)..];
+        let value = match ext.first() {
+            Some(b'"') => quoted_string(ext),
+            _ => Some(token(ext)).filter(|n| *n > 0),
+        };
+        let Some(value) = value else {
+            return false;
+        };
+        ext = &ext[value..];
+    }
+}
+
+/// A token's byte (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The length of the quoted string `s` starts with (RFC 9110 §5.6.4), if
+/// it is one.
+fn quoted_string(s: &[u8]) -> Option<usize> {
+    let text = |b: u8| b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80;
+    let mut i = 1;
+    loop {
+        match *s.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' if text(*s.get(i + 1)?) => i += 2,
+            b'\\' => return None,
+            b if text(b) => i += 1,
+            _ => return None,
+        }
+    }
+}
+
 /// Where a chunked body's decoder stands.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Chunk {
@@ -79,6 +136,11 @@ pub(crate) fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<
                 if buf.len() > MAX_CHUNK_LINE {
                     return Err(invalid("chunk size line too long"));
                 }
+                // A line ended by a bare LF will not become valid: refused
+                // now, not after waiting for a CRLF that never comes.
+                if buf.contains(&b'\n') {
+                    return Err(invalid("chunk size line ended by a bare LF"));
+                }
                 return Ok(Step::More);
             };
             let line = &buf[..end];
@@ -86,11 +148,7 @@ pub(crate) fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<
                 .iter()
                 .position(|b| !b.is_ascii_hexdigit())
                 .unwrap_or(line.len());
-            let extension = line[digits..].first();
-            if digits == 0
-                || digits > 15
-                || extension.is_some_and(|b| !matches!(b, b';' | b' ' | b'\t'))
-            {
+            if digits == 0 || digits > 15 || !extensions(&line[digits..]) {
                 return Err(invalid("malformed chunk size"));
             }
             let size = line[..digits]
@@ -226,6 +284,20 @@ mod tests {
         let (data, trailers, state) = decode_all(b"3\r\nabc\r\n0\r\n\r\n").unwrap();
         assert_eq!(data, b"abc");
         assert!(trailers.is_none() && matches!(state, Chunk::Done));
+        // Extensions in every form RFC 9112 allows, whitespace included.
+        for line in [
+            &b"5 "[..],
+            b"5;a",
+            b"5 ; a = b ;c",
+            b"5;a=\"quoted \\\" ;\";b=t",
+            b"5\t;a=\"\"",
+        ] {
+            let body = [line, b"\r\nhello\r\n0\r\n\r\n"].concat();
+            let (data, _, state) = decode_all(&body)
+                .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(line)));
+            assert_eq!(data, b"hello");
+            assert!(matches!(state, Chunk::Done));
+        }
     }
 
     #[test]
@@ -243,6 +315,17 @@ mod tests {
             b"1234567890abcdef0\r\n",
             b"3\r\nabcXY",
             b"-1\r\n",
+            // Control bytes in an extension: a parser that ends the size
+            // line at a bare LF or CR reads a different body.
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+            b"5;a\0\r\nhello\r\n0\r\n\r\n",
+            b"5;\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"b\r\nhello\r\n0\r\n\r\n",
+            b"5;a=b c\r\nhello\r\n0\r\n\r\n",
+            b"5x\r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\n0\n\n",
         ] {
             assert!(
                 decode_all(bad).is_err(),

@@ -580,8 +580,8 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             return bad("malformed field name");
         };
         // With a coding the length means nothing (RFC 9112 §6.3) and is
-        // not passed on.
-        if chunked && name == header::CONTENT_LENGTH {
+        // not passed on; two equal lengths go on as one (RFC 9110 §8.6).
+        if name == header::CONTENT_LENGTH && (chunked || headers.contains_key(&name)) {
             continue;
         }
         let Ok(value) = HeaderValue::from_maybe_shared(slice(field.value)) else {
@@ -1341,9 +1341,10 @@ mod tests {
         assert_eq!(req.headers()["content-length"], "3");
         let (_, m, _) = request(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
         assert!(m.body.is_none());
-        let (_, m, _) =
+        let (req, m, _) =
             request(b"POST / HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n");
         assert!(matches!(m.body, Some(Framing::Length(3))));
+        assert_eq!(req.headers().get_all("content-length").iter().count(), 1);
         let (_, m, _) = request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert!(matches!(m.body, Some(Framing::Chunked(Chunk::Size))) && m.keep_alive);
         // Both: the coding frames the body, the length is not passed on,
