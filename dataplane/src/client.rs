@@ -496,11 +496,8 @@ impl Outgoing {
                 // Trailers end a chunked body; an identity body has no
                 // place for them and they are dropped.
                 if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
-                    let mut last = BytesMut::from(&b"0\r\n"[..]);
-                    for (name, value) in &trailers {
-                        wire::field(&mut last, name.as_str().as_bytes(), value.as_bytes());
-                    }
-                    last.extend_from_slice(b"\r\n");
+                    let mut last = BytesMut::new();
+                    wire::last_chunk(&mut last, Some(&trailers));
                     self.push(last.freeze());
                     self.body_done = true;
                     self.body = None;

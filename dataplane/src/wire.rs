@@ -107,6 +107,66 @@ fn quoted_string(s: &[u8]) -> Option<usize> {
     }
 }
 
+/// Fields that mean nothing, or something else, after the body (RFC 9110
+/// §6.5.1: framing, routing, connection, authentication, request
+/// modifiers, content format) and the forwarding fields Keel writes: a
+/// recipient that merges trailers into the head would take them as
+/// the sender's word after Keel routed and stamped the request. Dropped
+/// from trailers, never passed on.
+const NOT_TRAILERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "max-forwards",
+    "authorization",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "www-authenticate",
+    "cookie",
+    "set-cookie",
+    "range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "if-range",
+    "cache-control",
+    "content-type",
+    "content-encoding",
+    "content-range",
+    "location",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-host",
+];
+
+/// Whether `name` may travel as a trailer field ([`NOT_TRAILERS`]): those
+/// that may not are dropped as trailers are read and as they are written.
+pub(crate) fn allowed_trailer(name: &HeaderName) -> bool {
+    !NOT_TRAILERS.contains(&name.as_str())
+}
+
+/// The last chunk of a chunked body: its `0` line, the trailer fields
+/// that may travel, the empty line.
+pub(crate) fn last_chunk(out: &mut BytesMut, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        if allowed_trailer(name) {
+            field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Where a chunked body's decoder stands.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Chunk {
@@ -200,6 +260,9 @@ pub(crate) fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<
                     for f in fields.iter() {
                         let name = HeaderName::from_bytes(f.name.as_bytes())
                             .map_err(|_| invalid("malformed trailer name"))?;
+                        if !allowed_trailer(&name) {
+                            continue;
+                        }
                         let value = HeaderValue::from_bytes(f.value)
                             .map_err(|_| invalid("malformed trailer value"))?;
                         trailers.append(name, value);
@@ -281,6 +344,14 @@ mod tests {
         assert!(matches!(state, Chunk::Done));
         let trailers = trailers.unwrap();
         assert_eq!(trailers["grpc-status"], "0");
+        // Framing, routing and forwarding fields are not trailers.
+        let (_, trailers, _) = decode_all(
+            b"0\r\nContent-Length: 50\r\nHost: evil\r\nX-Forwarded-For: 6.6.6.6\r\nx-sum: 1\r\n\r\n",
+        )
+        .unwrap();
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers.len(), 1, "{trailers:?}");
+        assert_eq!(trailers["x-sum"], "1");
         let (data, trailers, state) = decode_all(b"3\r\nabc\r\n0\r\n\r\n").unwrap();
         assert_eq!(data, b"abc");
         assert!(trailers.is_none() && matches!(state, Chunk::Done));

@@ -112,6 +112,8 @@ REQUESTS = [
     ("several chunks", POST1 + "Transfer-Encoding: chunked\r\n\r\n2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n", "F", {"body": b"hello"}),
     ("a trailer", POST1 + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n", "F", {"body": b"hello"}),
     ("a length in the trailer", POST1 + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nContent-Length: 50\r\n\r\n", "E", {"body": b"hello"}),
+    ("routing and forwarding fields in the trailer", POST1 + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+     "Host: evil\r\nX-Forwarded-For: 6.6.6.6\r\nTransfer-Encoding: gzip\r\nX-Sum: 1\r\n\r\n", "F", {"body": b"hello"}),
     # Host
     ("no Host", "GET {p}/1 HTTP/1.1\r\n\r\n", "R", {}),
     ("two Hosts", "GET {p}/1 HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n", "R", {}),
@@ -182,6 +184,8 @@ RESPONSES = [
     ("chunks ended by bare LF", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n", "E", {"body": b"hello"}),
     ("chunk extension", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\n\r\n", "F", {"body": b"hello"}),
     ("a length in the trailer", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nContent-Length: 50\r\n\r\n", "E", {"body": b"hello"}),
+    ("framing and cookies in the trailer", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+     "Content-Length: 50\r\nSet-Cookie: session=evil\r\nLocation: /evil\r\nX-Sum: 1\r\n\r\n", "F", {"body": b"hello", "te": True}),
     ("a body on 204", "HTTP/1.1 204 No Content\r\nContent-Length: 41\r\n\r\n" + FORGED, "E", {"body": b""}),
     ("a body on 304", "HTTP/1.1 304 Not Modified\r\nContent-Length: 41\r\n\r\n" + FORGED, "E", {"body": b""}),
     ("a body on a HEAD answer", "HTTP/1.1 200 OK\r\nContent-Length: 41\r\n\r\n" + FORGED, "E", {"body": b"", "method": "HEAD"}),
@@ -246,7 +250,8 @@ class Member:
                 elif isinstance(event, h11.Data):
                     body += event.data
                 elif isinstance(event, h11.EndOfMessage):
-                    if not self.answer(s, conn, req, body, raw[start:]):
+                    trailers = [n.decode().lower() for n, _ in event.headers]
+                    if not self.answer(s, conn, req, body, raw[start:], trailers):
                         return
                     start = len(raw) - len(conn.trailing_data[0])
         except h11.RemoteProtocolError as e:
@@ -257,7 +262,7 @@ class Member:
         finally:
             s.close()
 
-    def answer(self, s, conn, req, body, raw):
+    def answer(self, s, conn, req, body, raw, trailers):
         """Answers `req`, whose bytes `raw` begins with."""
         target = req.target.decode("latin-1")
         headers = {}
@@ -269,6 +274,7 @@ class Member:
             "headers": headers,
             "body": body,
             "xff": "x-forwarded-for" in headers,
+            "trailers": trailers,
             "raw_head": raw[:raw.find(b"\r\n\r\n") + 4],
         }
         with self.lock:
@@ -327,6 +333,7 @@ def read_answers(data, first_method="GET"):
                 elif isinstance(event, h11.Data):
                     answer["body"] += event.data
                 elif isinstance(event, h11.EndOfMessage):
+                    answer["trailers"] = [n.decode().lower() for n, _ in event.headers]
                     answers.append(answer)
                     break
                 elif isinstance(event, h11.ConnectionClosed) or event in (h11.NEED_DATA, h11.PAUSED):
@@ -386,6 +393,12 @@ def answers_in(data):
     return len(re.findall(rb"HTTP/\d\.\d [2-5]\d\d", data))
 
 
+# Fields a trailer must not carry (RFC 9110 §6.5.1: framing, routing,
+# authentication, cookies, redirects) and the forwarding fields a proxy
+# writes: a member or client that merges trailers would believe them.
+NOT_TRAILERS = {"content-length", "transfer-encoding", "host", "authorization",
+                "cookie", "set-cookie", "location", "x-forwarded-for", "forwarded"}
+
 HEAD_CHECKS = [
     (rb"\r\n[ \t]", "a folded field"),
     (rb"\x00", "a NUL"),
@@ -443,6 +456,8 @@ def run_request(member, proxy, addr, n):
             unsafe("passed on with both Content-Length and Transfer-Encoding")
         for fault in head_faults(r["raw_head"]):
             nonconforming(f"passed on with {fault}")
+        for field in sorted(set(r["trailers"]) & NOT_TRAILERS):
+            nonconforming(f"passed on {field} as a trailer field (RFC 9110 §6.5.1)")
     for e in errors:
         nonconforming(f"passed on what a strict member cannot read: {e}")
     if error and "unreadable" in error:
@@ -467,7 +482,8 @@ def run_response(member, proxy, addr, n):
     name, _, expect, opts = RESPONSES[n]
     p = f"/{proxy}/r/{n}"
     method = opts.get("method", "GET")
-    parts = [f"{method} {p}/1 HTTP/1.1\r\nHost: t\r\n\r\n".encode(),
+    te = "TE: trailers\r\n" if opts.get("te") else ""
+    parts = [f"{method} {p}/1 HTTP/1.1\r\nHost: t\r\n{te}\r\n".encode(),
              f"GET {p}/2 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()]
     got = exchange(addr, parts)
     answers, error = read_answers(got, method)
@@ -492,6 +508,8 @@ def run_response(member, proxy, addr, n):
             unsafe("switched protocols for a request that asked for no upgrade")
         for fault in head_faults(first["raw_head"]):
             nonconforming(f"answered with {fault}")
+        for field in sorted(set(first.get("trailers", [])) & NOT_TRAILERS):
+            nonconforming(f"passed on {field} as a trailer field (RFC 9110 §6.5.1)")
     if error and (len(answers) > 1 or "unreadable" in error):
         (unsafe if len(answers) >= 1 and "unreadable" in error else nonconforming)(error)
     refused = first is None or first["status"] >= 500

@@ -1137,11 +1137,7 @@ async fn respond<IO: AsyncWrite + Unpin>(
         }
     }
     if chunked {
-        out.extend_from_slice(b"0\r\n");
-        for (name, value) in trailers.iter().flatten() {
-            wire::field(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
+        wire::last_chunk(out, trailers.as_ref());
     }
     send(io, out).await?;
     Ok(keep_alive)
