@@ -143,6 +143,11 @@ REQUESTS = [
     ("a bare CR in the request line", "GET {p}/1\rX HTTP/1.1\r\nHost: t\r\n\r\n", "R", {}),
     ("a method with a bracket", "GE(T {p}/1 HTTP/1.1\r\nHost: t\r\n\r\n", "R", {}),
     ("a head of 80 KiB", GET1 + "X-A: " + "a" * 81920 + "\r\n\r\n", "R", {}),
+    ("a request after Connection: close", GET1 + "Connection: close\r\n\r\n{s}", "F", {"close": True}),
+    ("a request after an HTTP/1.0 one", "GET {p}/1 HTTP/1.0\r\nHost: t\r\n\r\n{s}", "F", {"close": True}),
+    ("target * for GET", "GET * HTTP/1.1\r\nHost: t\r\n\r\n", "R", {}),
+    ("absolute form with userinfo", "GET http://u@a.example{p}/1 HTTP/1.1\r\nHost: a.example\r\n\r\n", "E", {"host": "a.example"}),
+    ("a fragment in the target", "GET {p}/1#x HTTP/1.1\r\nHost: t\r\n\r\n", "E", {}),
     # upgrades
     ("a refused websocket upgrade, then raw bytes",
      GET1 + "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 1337\r\n\r\n",
@@ -472,9 +477,15 @@ def run_request(member, proxy, addr, n):
         if expect == "R":
             nonconforming("passed on; RFC 9112 says to refuse it")
     elif answers and answers[0]["status"] < 400:
-        nonconforming(f"answered {answers[0]['status']} without passing it on")
+        # The member echoes the target it got: a first answer of its own
+        # means the request went on in another form.
+        body = answers[0]["body"]
+        if body.startswith(b"{"):
+            nonconforming(f"passed on as {json.loads(body)['target']!r}")
+        else:
+            nonconforming(f"answered {answers[0]['status']} without passing it on")
     if (expect == "R" or opts.get("close")) and any(t.endswith("/smuggled") for t in answered):
-        nonconforming("read on after a message whose framing cannot be trusted")
+        nonconforming("read on after a message the connection had to end with")
     return result(name, "request", expect, refused, problems, answers, error, got)
 
 
