@@ -751,6 +751,7 @@ impl Conn {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let member = guard.member().clone();
         let cut = member.cut();
+        let offered = out.req.headers().get(header::UPGRADE).cloned();
         let response = send(sender, out, &member, &cut, pool, self.ends).await?;
         member
             .stats
@@ -782,11 +783,18 @@ impl Conn {
                 source: "switched protocols on a connection it cannot hand over".into(),
             });
         };
+        // A 101 names what it switches to, and only what the client
+        // offered (RFC 9110 §7.8): anything else is no tunnel to open.
         let proto = parts.headers.get(header::UPGRADE).cloned();
+        let Some(proto) = proto.filter(|p| offered.as_ref().is_some_and(|o| chosen_from(p, o)))
+        else {
+            return Err(ProxyError::Upstream {
+                member: member.address,
+                source: "switched to a protocol the client did not offer".into(),
+            });
+        };
         strip_hop_by_hop(&mut parts.headers);
-        if let Some(proto) = proto {
-            parts.headers.insert(header::UPGRADE, proto);
-        }
+        parts.headers.insert(header::UPGRADE, proto);
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -848,6 +856,21 @@ fn upgrade_asked(req: &Request<ClientBody>) -> Option<HeaderValue> {
         .split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
     (!h2c).then(|| proto.clone())
+}
+
+/// Whether every protocol an `Upgrade` answer `chosen` names is one the
+/// request `offered` (names compared without case, versions whole).
+fn chosen_from(chosen: &HeaderValue, offered: &HeaderValue) -> bool {
+    let tokens = |v: &HeaderValue| -> Vec<Vec<u8>> {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .map(|t| t.trim_ascii().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect()
+    };
+    let offered = tokens(offered);
+    let chosen = tokens(chosen);
+    !chosen.is_empty() && chosen.iter().all(|c| offered.contains(c))
 }
 
 /// An idle connection to `member` if one is open, else a new one. A pool

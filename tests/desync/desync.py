@@ -152,6 +152,9 @@ REQUESTS = [
     ("a refused websocket upgrade, then raw bytes",
      GET1 + "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 1337\r\n\r\n",
      "F", {"answer": "HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n", "notunnel": True}),
+    ("a websocket upgrade answered with another protocol",
+     GET1 + "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+     "E", {"answer": "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", "notunnel": True}),
     ("an h2c upgrade", GET1 + "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
      "E", {"answer": "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", "notunnel": True}),
     ("Expect: 100-continue", POST1 + "Expect: 100-continue\r\nContent-Length: 5\r\n\r\nhello", "F", {"body": b"hello"}),
@@ -220,8 +223,8 @@ class Member:
     saw (request vectors) or the vector's bytes (response vectors)."""
 
     def __init__(self, port):
-        self.records = []  # {target, method, headers, body, xff, raw_head}
-        self.errors = []  # (raw bytes of the connection, error)
+        self.records = []  # {target, method, headers, body, xff, trailers, raw_head}
+        self.errors = []  # (the bytes of the message h11 refused, its error)
         self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
