@@ -353,8 +353,12 @@ impl Vm {
         // the guest crawls.
         let accel =
             std::env::var("KEEL_QEMU_ACCEL").unwrap_or_else(|_| "tcg,thread=multi".to_owned());
+        // One vCPU: with two, under multi-threaded TCG on a busy host
+        // (two VMs on two cores), a guest once locked up for good while
+        // booting (soft lockups on both vCPUs from 14 s on, /readyz never
+        // up); one vCPU cannot wait on another.
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", &accel, "-m", "1024", "-smp", "2"])
+        cmd.args(["-accel", &accel, "-m", "1024", "-smp", "1"])
             .args(["-display", "none", "-no-user-config", "-nodefaults"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
