@@ -1,5 +1,5 @@
 """Request-smuggling and response-desync vectors, sent through HTTP/1.1
-proxies side by side.
+and HTTP/2 proxies side by side.
 
 Starts a scripted member on 127.0.0.1:--member-port (each proxy under test
 must send its traffic there), then, for each proxy named with --proxy
@@ -16,6 +16,12 @@ proxy under test:
                     CDN in front of the proxy would; the member answers
                     the first with the vector's bytes (often with a forged
                     response hidden after it) and the second with CANARY.
+  HTTP/2 requests   (with --h2) a client sends one request as raw HTTP/2
+                    frames; a malformed one must not reach the member in
+                    any form, a well-formed one must, intact.
+  HTTP/2 member     (with --h2-member) as response vectors, but the proxy
+  responses         speaks HTTP/2 to a second, scripted member, which
+                    answers with the vector's raw frames.
 
 Each result is one of
   ok             the proxy did what RFC 9110/9112 ask (refusing, or
@@ -29,7 +35,8 @@ Each result is one of
                  tunnel nobody asked for.
 
 Prints a table (and every result that is not ok) and exits 1 when a proxy
-named with --require-clean has an unsafe or nonconforming result.
+named with --require-clean has an unsafe or nonconforming result that
+--known does not name.
 """
 
 import argparse
@@ -41,6 +48,7 @@ import threading
 import time
 
 import h11
+import hpack
 
 SMUGGLED = "GET {p}/smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
 FORGED = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
@@ -212,6 +220,115 @@ RESPONSES = [
     ("not HTTP at all", "hello world\r\n\r\n", "R", {"close": True}),
     ("shorter than its length", "HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nhello", "T", {"close": True}),
     ("chunked without its last chunk", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", "T", {"close": True}),
+]
+
+# HTTP/2 request vectors, sent by a client as raw frames (every field an
+# HPACK literal, exactly as given) to a proxy that passes them on as
+# HTTP/1.1: (name, fields, DATA or None, expectation). R: RFC 9113 §8.1.1
+# calls the request malformed, so no part of it may reach the member; F:
+# well formed, it must; E: either. Options as for REQUESTS: host (the only
+# Host the member may get), cookie (the one cookie field it must get,
+# RFC 9113 §8.2.3). {p} is the vector's path prefix; the
+# DATA of some hides a request for {p}/smuggled.
+H2_SMUGGLED = "0\r\n\r\nGET {p}/smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
+H2_POST = [(":method", "POST"), (":scheme", "http"), (":authority", "t"), (":path", "{p}/1")]
+H2_GET = [(":method", "GET"), (":scheme", "http"), (":authority", "t"), (":path", "{p}/1")]
+
+
+def h2_post(*extra):
+    return H2_POST + list(extra)
+
+
+H2_REQUESTS = [
+    ("well formed, by length", h2_post(("content-length", "5")), "hello", "F"),
+    ("well formed, no length", h2_post(), "hello", "F"),
+    ("CRLF in a value", h2_post(("x-a", "b\r\ntransfer-encoding: chunked")), H2_SMUGGLED, "R"),
+    ("LF in a value", h2_post(("x-a", "b\nx-b: c")), None, "R"),
+    ("NUL in a value", h2_post(("x-a", "b\0c")), None, "R"),
+    ("CRLF in a name", h2_post(("x-a\r\nx-b", "c")), None, "R"),
+    ("an uppercase name", h2_post(("X-Upper", "a")), None, "R"),
+    ("a space in a name", h2_post(("x a", "b")), None, "R"),
+    ("a colon in a name", h2_post(("x:a", "b")), None, "R"),
+    ("transfer-encoding", h2_post(("transfer-encoding", "chunked")), H2_SMUGGLED, "R"),
+    ("connection", h2_post(("connection", "close")), None, "R"),
+    ("keep-alive", h2_post(("keep-alive", "timeout=5")), None, "R"),
+    ("upgrade", h2_post(("upgrade", "websocket")), None, "R"),
+    ("te other than trailers", h2_post(("te", "gzip")), None, "R"),
+    ("a length below the data", h2_post(("content-length", "5")),
+     "hello" + "GET {p}/smuggled HTTP/1.1\r\nHost: t\r\n\r\n", "R"),
+    ("a length above the data", h2_post(("content-length", "50")), "hello", "R"),
+    ("a length with a sign", h2_post(("content-length", "+5")), "hello", "R"),
+    ("two lengths that differ", h2_post(("content-length", "5"), ("content-length", "50")), "hello", "R"),
+    ("a request line in :path", [(":method", "GET"), (":scheme", "http"), (":authority", "t"),
+                                 (":path", "{p}/1 HTTP/1.1\r\nHost: t\r\n\r\nGET {p}/smuggled")], None, "R"),
+    ("a space in :path", [(":method", "GET"), (":scheme", "http"), (":authority", "t"),
+                          (":path", "{p}/1 HTTP/1.1")], None, "R"),
+    ("a request line in :method", [(":method", "GET {p}/smuggled HTTP/1.1\r\nHost: t\r\n\r\nGET"),
+                                   (":scheme", "http"), (":authority", "t"), (":path", "{p}/1")], None, "R"),
+    ("CRLF in :authority", [(":method", "GET"), (":scheme", "http"), (":authority", "t\r\nx: y"),
+                            (":path", "{p}/1")], None, "R"),
+    ("a space in :authority", [(":method", "GET"), (":scheme", "http"), (":authority", "t u"),
+                               (":path", "{p}/1")], None, "R"),
+    ("host other than :authority", h2_post(("host", "other")), None, "E", {"host": "t"}),
+    ("an empty :path", [(":method", "GET"), (":scheme", "http"), (":authority", "t"), (":path", "")], None, "R"),
+    ("no :path", [(":method", "GET"), (":scheme", "http"), (":authority", "t")], None, "R"),
+    ("two :authority", h2_post((":authority", "u")), None, "R"),
+    ("an unknown pseudo-header", h2_post((":protocol2", "x")), None, "R"),
+    ("a pseudo-header after a field", [(":method", "GET"), ("x-a", "b"), (":scheme", "http"),
+                                       (":authority", "t"), (":path", "{p}/1")], None, "R"),
+    ("a response pseudo-header", h2_post((":status", "200")), None, "R"),
+    ("a value with a space at its end", h2_post(("x-a", "b ")), None, "E"),
+    ("cookies in two fields", H2_GET + [("cookie", "a=1"), ("cookie", "b=2")], None, "F", {"cookie": "a=1; b=2"}),
+]
+
+# HTTP/2 member vectors: a member speaking HTTP/2 answers the first of two
+# requests a client sends on one HTTP/1.1 connection with these frames
+# (the second is answered CANARY): (name, frames, expectation, options),
+# read as RESPONSES are. Frames: ("headers", fields, end of stream),
+# ("data", bytes, end of stream), ("reset",) or ("goaway",).
+H2_200 = [(":status", "200")]
+H2_RESPONSES = [
+    ("plain", [("headers", H2_200 + [("content-length", "5")], False), ("data", "hello", True)], "F", {"body": b"hello"}),
+    ("no length", [("headers", H2_200, False), ("data", "hello", True)], "F", {"body": b"hello"}),
+    ("in many DATA frames", [("headers", H2_200, False)] + [("data", c, False) for c in "hell"] + [("data", "o", True)],
+     "F", {"body": b"hello"}),
+    ("a length below the data", [("headers", H2_200 + [("content-length", "5")], False), ("data", "hello" + FORGED, True)],
+     "T", {}),
+    ("a length above the data", [("headers", H2_200 + [("content-length", "50")], False), ("data", "hello", True)], "T", {}),
+    ("a length and no data", [("headers", H2_200 + [("content-length", "5")], True)], "T", {}),
+    ("a length with a sign", [("headers", H2_200 + [("content-length", "+5")], False), ("data", "hello", True)], "R", {}),
+    ("two lengths that differ", [("headers", H2_200 + [("content-length", "5"), ("content-length", "50")], False),
+                                 ("data", "hello", True)], "R", {}),
+    ("transfer-encoding chunked", [("headers", H2_200 + [("transfer-encoding", "chunked")], False),
+                                   ("data", "5\r\nhello\r\n0\r\n\r\n" + FORGED, True)], "R", {}),
+    ("connection", [("headers", H2_200 + [("connection", "close")], False), ("data", "hello", True)], "R", {}),
+    ("CRLF in a value", [("headers", H2_200 + [("x-a", "b\r\ncontent-length: 0")], False), ("data", "hello", True)], "R", {}),
+    ("NUL in a value", [("headers", H2_200 + [("x-a", "b\0c")], False), ("data", "hello", True)], "R", {}),
+    ("an uppercase name", [("headers", H2_200 + [("X-Upper", "a")], False), ("data", "hello", True)], "R", {}),
+    ("a space in a name", [("headers", H2_200 + [("x a", "b")], False), ("data", "hello", True)], "R", {}),
+    ("no :status", [("headers", [("content-length", "5")], False), ("data", "hello", True)], "R", {}),
+    ("status 20", [("headers", [(":status", "20")], False), ("data", "hello", True)], "R", {}),
+    ("status 2000", [("headers", [(":status", "2000")], False), ("data", "hello", True)], "R", {}),
+    ("status 101", [("headers", [(":status", "101"), ("upgrade", "websocket")], True)], "R", {}),
+    ("a request pseudo-header", [("headers", H2_200 + [(":path", "/")], False), ("data", "hello", True)], "R", {}),
+    ("a pseudo-header after a field", [("headers", [("x-a", "b"), (":status", "200")], False), ("data", "hello", True)],
+     "R", {}),
+    ("103 Early Hints first", [("headers", [(":status", "103"), ("link", "</a>; rel=preload")], False),
+                               ("headers", H2_200, False), ("data", "hello", True)], "F", {"body": b"hello"}),
+    ("framing and cookies in the trailer", [("headers", H2_200, False), ("data", "hello", False),
+                                            ("headers", [("content-length", "50"), ("set-cookie", "session=evil"),
+                                                         ("location", "/evil"), ("x-sum", "1")], True)],
+     "F", {"body": b"hello", "te": True}),
+    ("a body on 204", [("headers", [(":status", "204")], False), ("data", FORGED, True)], "E", {"body": b""}),
+    ("a body on 304", [("headers", [(":status", "304"), ("content-length", "41")], False), ("data", FORGED, True)],
+     "E", {"body": b""}),
+    ("a body on a HEAD answer", [("headers", H2_200 + [("content-length", "41")], False), ("data", FORGED, True)],
+     "E", {"body": b"", "method": "HEAD"}),
+    ("reset inside a body by length", [("headers", H2_200 + [("content-length", "50")], False), ("data", "hello", False),
+                                       ("reset",)], "T", {"close": True}),
+    ("reset inside a body with no length", [("headers", H2_200, False), ("data", "hello", False), ("reset",)],
+     "T", {"close": True}),
+    ("GOAWAY inside a body", [("headers", H2_200, False), ("data", "hello", False), ("goaway",)], "T", {"close": True}),
 ]
 
 TIMEOUT = 2.0
@@ -492,9 +609,226 @@ def run_request(member, proxy, addr, n):
     return result(name, "request", expect, refused, problems, answers, error, got)
 
 
-def run_response(member, proxy, addr, n):
-    name, _, expect, opts = RESPONSES[n]
-    p = f"/{proxy}/r/{n}"
+# HTTP/2 as raw frames: no HTTP/2 library would send most of the vectors.
+def h2_frame(kind, flags, stream, payload):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def hpack_literals(fields):
+    """A header block of literals without indexing, new names, no Huffman:
+    the bytes of every name and value exactly as given."""
+    def string(b):
+        n, out = len(b), b""
+        if n < 127:
+            return bytes([n]) + b
+        out, n = bytes([127]), n - 127
+        while n >= 128:
+            out += bytes([n % 128 | 0x80])
+            n //= 128
+        return out + bytes([n]) + b
+    block = b""
+    for name, value in fields:
+        block += b"\0" + string(name.encode("latin-1")) + string(value.encode("latin-1"))
+    return block
+
+
+class H2Frames:
+    """Reads whole frames off a socket; header blocks decoded with hpack."""
+
+    def __init__(self, sock):
+        self.sock, self.buf = sock, b""
+        self.decoder = hpack.Decoder()
+
+    def next(self):
+        """(kind, flags, stream, payload), or None at the end or a timeout."""
+        while len(self.buf) < 9 or len(self.buf) < 9 + int.from_bytes(self.buf[:3], "big"):
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return None
+            if not data:
+                return None
+            self.buf += data
+        n = int.from_bytes(self.buf[:3], "big")
+        kind, flags = self.buf[3], self.buf[4]
+        stream = int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF
+        payload, self.buf = self.buf[9:9 + n], self.buf[9 + n:]
+        return kind, flags, stream, payload
+
+    def fields(self, flags, payload):
+        """The fields of a HEADERS frame (one with END_HEADERS)."""
+        if flags & 0x8:  # padded
+            payload = payload[1:len(payload) - payload[0]]
+        if flags & 0x20:  # priority
+            payload = payload[5:]
+        return [(n.decode("latin-1") if isinstance(n, bytes) else n,
+                 v.decode("latin-1") if isinstance(v, bytes) else v)
+                for n, v in self.decoder.decode(payload, raw=True)]
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class H2Member:
+    """A member that speaks HTTP/2 (prior knowledge): answers each request
+    for /PROXY/m/N/1 with H2_RESPONSES[N]'s frames, any other with CANARY."""
+
+    def __init__(self, port):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(512)
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            s, _ = self.sock.accept()
+            threading.Thread(target=self.serve, args=(s,), daemon=True).start()
+
+    def serve(self, s):
+        s.settimeout(10)
+        try:
+            frames = H2Frames(s)
+            while len(frames.buf) < len(PREFACE):
+                data = s.recv(65536)
+                if not data:
+                    return
+                frames.buf += data
+            if not frames.buf.startswith(PREFACE):
+                return
+            frames.buf = frames.buf[len(PREFACE):]
+            s.sendall(h2_frame(4, 0, 0, b""))
+            while (f := frames.next()) is not None:
+                kind, flags, stream, payload = f
+                if kind == 4 and not flags & 1:
+                    s.sendall(h2_frame(4, 1, 0, b""))
+                elif kind == 6 and not flags & 1:
+                    s.sendall(h2_frame(6, 1, 0, payload))
+                elif kind == 7:
+                    return
+                elif kind == 1:
+                    path = dict(frames.fields(flags, payload)).get(":path", "")
+                    m = re.match(r"/\w+/m/(\d+)/1$", path)
+                    script = H2_RESPONSES[int(m.group(1))][1] if m else [
+                        ("headers", H2_200 + [("content-length", "6")], False), ("data", CANARY.decode(), True)]
+                    out, close = self.frames(script, stream)
+                    s.sendall(out)
+                    if close:
+                        return
+        except (OSError, hpack.HPACKError):
+            pass
+        finally:
+            s.close()
+
+    @staticmethod
+    def frames(script, stream):
+        """The bytes of a vector's frames, and whether the connection ends."""
+        out = b""
+        for step in script:
+            if step[0] == "headers":
+                out += h2_frame(1, 0x4 | (1 if step[2] else 0), stream, hpack_literals(step[1]))
+            elif step[0] == "data":
+                out += h2_frame(0, 1 if step[2] else 0, stream, step[1].encode("latin-1"))
+            elif step[0] == "reset":
+                out += h2_frame(3, 0, stream, (2).to_bytes(4, "big"))  # INTERNAL_ERROR
+            elif step[0] == "goaway":
+                out += h2_frame(7, 0, 0, stream.to_bytes(4, "big") + (2).to_bytes(4, "big"))
+                return out, True
+        return out, False
+
+
+def h2_exchange(addr, fields, data):
+    """Sends one request as raw frames on a new prior-knowledge connection
+    and returns what came back on its stream: ("reset" | "goaway" |
+    "closed" | "timeout", None) or ("answered", (status, body))."""
+    s = socket.create_connection(addr, timeout=TIMEOUT)
+    try:
+        out = PREFACE + h2_frame(4, 0, 0, b"")
+        out += h2_frame(1, 0x4 | (1 if data is None else 0), 1, hpack_literals(fields))
+        if data is not None:
+            out += h2_frame(0, 1, 1, data.encode("latin-1"))
+        try:
+            s.sendall(out)
+        except OSError:
+            pass
+        frames, status, body = H2Frames(s), None, b""
+        while True:
+            try:
+                f = frames.next()
+            except socket.timeout:
+                f = None
+            if f is None:
+                return ("timeout" if status is None else "closed"), (status, body)
+            kind, flags, stream, payload = f
+            if kind == 4 and not flags & 1:
+                s.sendall(h2_frame(4, 1, 0, b""))
+            elif kind == 7:
+                return ("goaway" if status is None else "closed"), (status, body)
+            elif kind == 3 and stream == 1:
+                return ("reset" if status is None else "closed"), (status, body)
+            elif kind == 1 and stream == 1:
+                got = dict(frames.fields(flags, payload))
+                if not got.get(":status", "").startswith("1"):
+                    status = int(got.get(":status", "0"))
+                if flags & 1:
+                    return "answered", (status, body)
+            elif kind == 0 and stream == 1:
+                body += payload[1:len(payload) - payload[0]] if flags & 0x8 else payload
+                if flags & 1:
+                    return "answered", (status, body)
+    finally:
+        s.close()
+
+
+def run_h2_request(member, proxy, addr, n):
+    name, fields, data, expect, *rest = H2_REQUESTS[n]
+    opts = rest[0] if rest else {}
+    p = f"/{proxy}/h/{n}"
+    fields = [(k, v.replace("{p}", p)) for k, v in fields]
+    outcome, (status, body) = h2_exchange(addr, fields, data.replace("{p}", p) if data else None)
+    time.sleep(0.05)
+    with member.lock:
+        seen = [r for r in member.records if p + "/" in r["target"]]
+        errors = [e for raw, e in member.errors if p.encode() + b"/" in raw]
+    problems = []
+
+    def unsafe(why):
+        problems.append(("unsafe", why))
+
+    def nonconforming(why):
+        problems.append(("nonconforming", why))
+
+    for r in seen:
+        if r["target"] != p + "/1":
+            unsafe(f"the member got {r['target']!r}, which the client never sent as a request")
+        if both_lengths(r["raw_head"]):
+            unsafe("passed on with both Content-Length and Transfer-Encoding")
+        for fault in head_faults(r["raw_head"]):
+            nonconforming(f"passed on with {fault}")
+        if "host" in opts and r["headers"].get("host") != [opts["host"]]:
+            nonconforming(f"the member got Host {r['headers'].get('host')}, not {opts['host']}")
+        if "cookie" in opts and r["headers"].get("cookie") != [opts["cookie"]]:
+            nonconforming(f"the member got cookie fields {r['headers'].get('cookie')}, not {opts['cookie']!r}")
+    for e in errors:
+        nonconforming(f"passed on what a strict member cannot read: {e}")
+    firsts = [r for r in seen if r["target"] == p + "/1"]
+    if firsts and expect == "R":
+        nonconforming("passed on; RFC 9113 §8.1.1 says it is malformed")
+    if firsts and data is not None and firsts[0]["body"] != data.replace("{p}", p).encode("latin-1"):
+        unsafe(f"the member framed the body as {firsts[0]['body'][:40]!r}")
+    refused = not firsts
+    if refused and outcome == "answered" and status is not None and status < 400:
+        nonconforming(f"answered {status} without passing it on")
+    if not refused and outcome != "answered":
+        nonconforming(f"passed on, then the stream ended with {outcome}")
+    answers = [{"status": status}] if status is not None else []
+    return result(name, "h2 request", expect, refused, problems, answers, outcome, body)
+
+
+def run_response(member, proxy, addr, n, h2=False):
+    """A RESPONSES vector, or with h2 an H2_RESPONSES one."""
+    name, _, expect, opts = (H2_RESPONSES if h2 else RESPONSES)[n]
+    p = f"/{proxy}/{'m' if h2 else 'r'}/{n}"
     method = opts.get("method", "GET")
     te = "TE: trailers\r\n" if opts.get("te") else ""
     parts = [f"{method} {p}/1 HTTP/1.1\r\nHost: t\r\n{te}\r\n".encode(),
@@ -532,7 +866,7 @@ def run_response(member, proxy, addr, n):
                       + (" though the member never finished it" if expect == "T" else ""))
     if not refused and "body" in opts and first["body"] != opts["body"]:
         nonconforming(f"the client got {first['body'][:40]!r}, not {opts['body']!r}")
-    return result(name, "response", expect, refused, problems, answers, error, got)
+    return result(name, "h2 member response" if h2 else "response", expect, refused, problems, answers, error, got)
 
 
 def result(name, kind, expect, refused, problems, answers, error, raw):
@@ -549,31 +883,51 @@ def result(name, kind, expect, refused, problems, answers, error, raw):
             "error": error, "received": raw[:600].decode("latin-1")}
 
 
+def addresses(specs):
+    """NAME=HOST:PORT arguments as {name: (host, port)}."""
+    out = {}
+    for spec in specs:
+        name, _, hostport = spec.partition("=")
+        host, _, port = hostport.rpartition(":")
+        out[name] = (host, int(port))
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--member-port", type=int, required=True)
-    parser.add_argument("--proxy", action="append", required=True, help="NAME=HOST:PORT")
+    parser.add_argument("--h2-member-port", type=int, help="where the HTTP/2 member listens")
+    parser.add_argument("--proxy", action="append", required=True, help="NAME=HOST:PORT, HTTP/1.1 to the member")
+    parser.add_argument("--h2", action="append", default=[],
+                        help="NAME=HOST:PORT that takes prior-knowledge HTTP/2 and passes it on to the member")
+    parser.add_argument("--h2-member", action="append", default=[],
+                        help="NAME=HOST:PORT that passes HTTP/1.1 on to the HTTP/2 member")
     parser.add_argument("--require-clean", action="append", default=[])
+    parser.add_argument("--known", action="append", default=[],
+                        help="NAME=KIND/VECTOR: a result --require-clean forgives, and says so")
     parser.add_argument("--json", help="write every result here")
     args = parser.parse_args()
     member = Member(args.member_port)
-    proxies = []
-    for spec in args.proxy:
-        name, _, hostport = spec.partition("=")
-        host, _, port = hostport.rpartition(":")
-        proxies.append((name, (host, int(port))))
+    if args.h2_member:
+        H2Member(args.h2_member_port)
+    h2, h2_member = addresses(args.h2), addresses(args.h2_member)
     results = {}
-    for name, addr in proxies:
-        results[name] = ([run_request(member, name, addr, n) for n in range(len(REQUESTS))]
-                         + [run_response(member, name, addr, n) for n in range(len(RESPONSES))])
+    for name, addr in addresses(args.proxy).items():
+        rs = ([run_request(member, name, addr, n) for n in range(len(REQUESTS))]
+              + [run_response(member, name, addr, n) for n in range(len(RESPONSES))])
+        if name in h2:
+            rs += [run_h2_request(member, name, h2[name], n) for n in range(len(H2_REQUESTS))]
+        if name in h2_member:
+            rs += [run_response(member, name, h2_member[name], n, h2=True) for n in range(len(H2_RESPONSES))]
+        results[name] = rs
     verdicts = ["ok", "strict", "nonconforming", "unsafe"]
-    total = len(REQUESTS) + len(RESPONSES)
-    print(f"{total} vectors ({len(REQUESTS)} requests, {len(RESPONSES)} responses)")
-    print(f"| proxy | {' | '.join(verdicts)} |")
-    print(f"|---|{'---|' * len(verdicts)}")
+    print(f"vectors: {len(REQUESTS)} requests, {len(RESPONSES)} responses (HTTP/1.1); "
+          f"{len(H2_REQUESTS)} HTTP/2 requests, {len(H2_RESPONSES)} HTTP/2 member responses")
+    print(f"| proxy | vectors run | {' | '.join(verdicts)} |")
+    print(f"|---|---|{'---|' * len(verdicts)}")
     for name, rs in results.items():
         counts = [sum(r["verdict"] == v for r in rs) for v in verdicts]
-        print(f"| {name} | {' | '.join(map(str, counts))} |")
+        print(f"| {name} | {len(rs)} | {' | '.join(map(str, counts))} |")
     for name, rs in results.items():
         for r in rs:
             if r["verdict"] != "ok":
@@ -582,8 +936,13 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)
+    known = {tuple(k.split("=", 1)) for k in args.known}
+    for name, vector in sorted(known):
+        r = next((r for r in results.get(name, []) if f"{r['kind']}/{r['name']}" == vector), None)
+        print(f"{name}: known: {vector}: " + (r["verdict"] if r else "no such vector"))
     bad = [n for n in args.require_clean
-           if any(r["verdict"] in ("unsafe", "nonconforming") for r in results.get(n, []))]
+           if any(r["verdict"] in ("unsafe", "nonconforming") and (n, f"{r['kind']}/{r['name']}") not in known
+                  for r in results.get(n, []))]
     if bad:
         print(f"not clean: {', '.join(bad)}", file=sys.stderr)
         sys.exit(1)
