@@ -334,15 +334,10 @@ H2_RESPONSES = [
 TIMEOUT = 2.0
 
 
-class Member:
-    """The scripted member: parses each connection with h11 (server side),
-    records every request and every protocol error, answers with what it
-    saw (request vectors) or the vector's bytes (response vectors)."""
+class Listening:
+    """Serves each connection to 127.0.0.1:port on a thread of its own."""
 
     def __init__(self, port):
-        self.records = []  # {target, method, headers, body, xff, trailers, raw_head}
-        self.errors = []  # (the bytes of the message h11 refused, its error)
-        self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
@@ -353,6 +348,21 @@ class Member:
         while True:
             s, _ = self.sock.accept()
             threading.Thread(target=self.serve, args=(s,), daemon=True).start()
+
+    def serve(self, s):
+        raise NotImplementedError
+
+
+class Member(Listening):
+    """The scripted member: parses each connection with h11 (server side),
+    records every request and every protocol error, answers with what it
+    saw (request vectors) or the vector's bytes (response vectors)."""
+
+    def __init__(self, port):
+        self.records = []  # {target, method, headers, body, xff, trailers, raw_head}
+        self.errors = []  # (the bytes of the message h11 refused, its error)
+        self.lock = threading.Lock()
+        super().__init__(port)
 
     def serve(self, s):
         conn = h11.Connection(our_role=h11.SERVER)
@@ -547,6 +557,16 @@ def both_lengths(raw_head):
             and re.search(rb"(?im)^transfer-encoding:", raw_head) is not None)
 
 
+class Problems(list):
+    """What a result found wrong: (kind, why) pairs."""
+
+    def unsafe(self, why):
+        self.append(("unsafe", why))
+
+    def nonconforming(self, why):
+        self.append(("nonconforming", why))
+
+
 def run_request(member, proxy, addr, n):
     name, template, expect, opts = REQUESTS[n]
     p = f"/{proxy}/v/{n}"
@@ -564,13 +584,8 @@ def run_request(member, proxy, addr, n):
         seen = [r for r in member.records if r["target"].startswith(p + "/")]
         errors = [e for raw, e in member.errors if p.encode() + b"/" in raw]
     firsts = [r for r in seen if r["target"] == p + "/1"]
-    problems = []
-
-    def unsafe(why):
-        problems.append(("unsafe", why))
-
-    def nonconforming(why):
-        problems.append(("nonconforming", why))
+    problems = Problems()
+    unsafe, nonconforming = problems.unsafe, problems.nonconforming
 
     for r in seen:
         if r["target"] != p + "/1" and r["target"] not in answered and r["target"] != p + "/last":
@@ -669,21 +684,9 @@ class H2Frames:
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-class H2Member:
+class H2Member(Listening):
     """A member that speaks HTTP/2 (prior knowledge): answers each request
     for /PROXY/m/N/1 with H2_RESPONSES[N]'s frames, any other with CANARY."""
-
-    def __init__(self, port):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
-        self.sock.listen(512)
-        threading.Thread(target=self.accept, daemon=True).start()
-
-    def accept(self):
-        while True:
-            s, _ = self.sock.accept()
-            threading.Thread(target=self.serve, args=(s,), daemon=True).start()
 
     def serve(self, s):
         s.settimeout(10)
@@ -790,13 +793,8 @@ def run_h2_request(member, proxy, addr, n):
     with member.lock:
         seen = [r for r in member.records if p + "/" in r["target"]]
         errors = [e for raw, e in member.errors if p.encode() + b"/" in raw]
-    problems = []
-
-    def unsafe(why):
-        problems.append(("unsafe", why))
-
-    def nonconforming(why):
-        problems.append(("nonconforming", why))
+    problems = Problems()
+    unsafe, nonconforming = problems.unsafe, problems.nonconforming
 
     for r in seen:
         if r["target"] != p + "/1":
@@ -835,13 +833,8 @@ def run_response(member, proxy, addr, n, h2=False):
              f"GET {p}/2 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()]
     got = exchange(addr, parts)
     answers, error = read_answers(got, method)
-    problems = []
-
-    def unsafe(why):
-        problems.append(("unsafe", why))
-
-    def nonconforming(why):
-        problems.append(("nonconforming", why))
+    problems = Problems()
+    unsafe, nonconforming = problems.unsafe, problems.nonconforming
 
     first = answers[0] if answers else None
     for a in answers[1:]:
