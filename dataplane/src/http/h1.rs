@@ -229,6 +229,13 @@ where
         trailers: message.trailers,
     };
     let answered = respond(&mut *io, response, out, asked).await;
+    if let Err(e) = &answered {
+        if e.get_ref().is_some_and(|e| e.is::<Unsent>()) {
+            tracing::debug!(client.addr = %conn.peer(), error = %e, "member's answer failed before it went out");
+            answer_and_close(io, StatusCode::BAD_GATEWAY, out).await;
+            return Next::Close;
+        }
+    }
     if !whole && answered.is_ok() {
         linger(io).await;
         return Next::Close;
@@ -254,6 +261,15 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
 ) {
     tracing::debug!(client.addr = %conn.peer(), status = status.as_u16(), why, "request refused");
     conn.listener().stats.here().requests.count(status.as_u16());
+    answer_and_close(io, status, out).await;
+}
+
+/// Answers with Keel's own `status` page, and closes.
+async fn answer_and_close<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut IO,
+    status: StatusCode,
+    out: &mut BytesMut,
+) {
     let asked = Asked {
         keep_alive: false,
         head_only: false,
@@ -1010,8 +1026,22 @@ struct Asked {
     trailers: bool,
 }
 
+/// A member's body failed before any byte of its answer went out: the
+/// client can still be answered (502) rather than cut off.
+#[derive(Debug)]
+struct Unsent(BoxError);
+
+impl std::fmt::Display for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Unsent {}
+
 /// Writes `response` and its body as `asked` allows; whether the
-/// connection can carry another request.
+/// connection can carry another request. A body that fails before the
+/// head went out is an [`Unsent`] error.
 async fn respond<IO: AsyncWrite + Unpin>(
     io: &mut IO,
     response: Response<ProxyBody>,
@@ -1098,6 +1128,7 @@ async fn respond<IO: AsyncWrite + Unpin>(
         return Ok(keep_alive);
     }
     let mut trailers = None;
+    let mut sent = false;
     while !body.is_end_stream() {
         // What the body has at once goes out with the head; the buffer is
         // sent before waiting for more.
@@ -1105,11 +1136,13 @@ async fn respond<IO: AsyncWrite + Unpin>(
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 send(io, out).await?;
+                sent = true;
                 poll_fn(|cx| body.as_mut().poll_frame(cx)).await
             }
         };
         let data = match frame {
             None => break,
+            Some(Err(e)) if !sent => return Err(io::Error::other(Unsent(e))),
             Some(Err(e)) => return Err(io::Error::other(e)),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
@@ -1131,6 +1164,7 @@ async fn respond<IO: AsyncWrite + Unpin>(
             out.extend_from_slice(&data);
         } else {
             write_both(io, out, data).await?;
+            sent = true;
         }
         if chunked {
             out.extend_from_slice(b"\r\n");
