@@ -777,10 +777,7 @@ def h2_exchange(addr, fields, data):
             pass
         frames, status, body = H2Frames(s), None, b""
         while True:
-            try:
-                f = frames.next()
-            except socket.timeout:
-                f = None
+            f = frames.next()
             if f is None:
                 return ("timeout" if status is None else "closed"), (status, body)
             kind, flags, stream, payload = f
