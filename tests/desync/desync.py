@@ -15,7 +15,10 @@ proxy under test:
   response vectors  a client sends two requests on one connection, as a
                     CDN in front of the proxy would; the member answers
                     the first with the vector's bytes (often with a forged
-                    response hidden after it) and the second with CANARY.
+                    response hidden after it) and the second with CANARY;
+                    then another client, on a new connection, asks once
+                    more and must get CANARY too (a member connection
+                    left in doubt must not be reused).
   HTTP/2 requests   (with --h2) a client sends one request as raw HTTP/2
                     frames; a malformed one must not reach the member in
                     any form, a well-formed one must, intact.
@@ -182,7 +185,8 @@ REQUESTS = [
 # expectation, options). R: the proxy must answer 502 (or end the
 # connection); F: the client must get options["body"]; E: either;
 # T: truncated, the client must not get a complete 2xx answer.
-# Options: method (HEAD), close (the member closes after answering).
+# Options: method (HEAD), close (the member closes after answering),
+# alone (the client sends only the first request, with Connection: close).
 RESPONSES = [
     ("plain", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "F", {"body": b"hello"}),
     ("chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "F", {"body": b"hello"}),
@@ -198,6 +202,8 @@ RESPONSES = [
     ("length overflows", "HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551621\r\n\r\nhello" + FORGED, "R", {}),
     ("space before the colon, length", "HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\nhello", "E", {"body": b"hello"}),
     ("bytes after the body", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" + FORGED, "E", {"body": b"hello"}),
+    ("bytes after the body, one request", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" + FORGED, "E",
+     {"body": b"hello", "alone": True}),
     ("length named by Connection", "HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\nhello" + FORGED, "E", {"body": b"hello"}),
     ("TE chunked, gzip (read to the close)", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nhello", "E", {"close": True}),
     ("TE xchunked (read to the close)", "HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\nhello", "E", {"close": True}),
@@ -213,6 +219,8 @@ RESPONSES = [
     ("framing and cookies in the trailer", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
      "Content-Length: 50\r\nSet-Cookie: session=evil\r\nLocation: /evil\r\nX-Sum: 1\r\n\r\n", "F", {"body": b"hello", "te": True}),
     ("a body on 204", "HTTP/1.1 204 No Content\r\nContent-Length: 41\r\n\r\n" + FORGED, "E", {"body": b""}),
+    ("a body on 204, one request", "HTTP/1.1 204 No Content\r\nContent-Length: 41\r\n\r\n" + FORGED, "E",
+     {"body": b"", "alone": True}),
     ("a body on 304", "HTTP/1.1 304 Not Modified\r\nContent-Length: 41\r\n\r\n" + FORGED, "E", {"body": b""}),
     ("a chunked body on 304", "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n29\r\n" + FORGED
      + "\r\n0\r\n\r\n", "E", {"body": b""}),
@@ -849,6 +857,8 @@ def run_response(member, proxy, addr, n, h2=False):
     te = "TE: trailers\r\n" if opts.get("te") else ""
     parts = [f"{method} {p}/1 HTTP/1.1\r\nHost: t\r\n{te}\r\n".encode(),
              f"GET {p}/2 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()]
+    if opts.get("alone"):
+        parts = [f"{method} {p}/1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()]
     got = exchange(addr, parts)
     answers, error = read_answers(got, method)
     problems = Problems()
@@ -877,6 +887,12 @@ def run_response(member, proxy, addr, n, h2=False):
                       + (" though the member never finished it" if expect == "T" else ""))
     if not refused and "body" in opts and first["body"] != opts["body"]:
         nonconforming(f"the client got {first['body'][:40]!r}, not {opts['body']!r}")
+    # A member connection the vector left in doubt must serve nobody else:
+    # another client, on a connection of its own, must not get its bytes.
+    later, _ = read_answers(exchange(addr, [f"GET {p}/3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()]))
+    for a in later:
+        if 200 <= a["status"] < 300 and a["body"] != CANARY:
+            unsafe(f"another client was then answered {a['status']} {a['body'][:40]!r}, not CANARY")
     return result(name, "h2 member response" if h2 else "response", expect, refused, problems, answers, error, got)
 
 
