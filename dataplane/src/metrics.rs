@@ -69,8 +69,22 @@ pub struct ByClass([AtomicU64; 5]);
 
 impl ByClass {
     pub fn count(&self, status: u16) {
-        let i = usize::from(status / 100).clamp(1, 5) - 1;
-        self.0[i].fetch_add(1, Relaxed);
+        self.0[Self::class(status)].fetch_add(1, Relaxed);
+    }
+
+    /// Moves a response counted as `from` to `to`: an answer counted when
+    /// its head came, and replaced by Keel's own before any of it went out.
+    /// On the set that counted it (a connection stays on its worker).
+    pub fn recount(&self, from: u16, to: u16) {
+        let (from, to) = (Self::class(from), Self::class(to));
+        if from != to {
+            self.0[from].fetch_sub(1, Relaxed);
+            self.0[to].fetch_add(1, Relaxed);
+        }
+    }
+
+    fn class(status: u16) -> usize {
+        usize::from(status / 100).clamp(1, 5) - 1
     }
 
     /// Responses of every class.

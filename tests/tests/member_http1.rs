@@ -447,7 +447,7 @@ async fn malformed_response_lengths_are_refused() {
         Some((answer.to_vec(), true))
     })
     .await;
-    let (port, _dp) = keel_before(member.addr).await;
+    let (port, dp) = keel_before(member.addr).await;
     let c = client();
     for path in ["/plus", "/space", "/hex", "/overflow", "/list"] {
         let (status, body) = get(&c, &format!("http://127.0.0.1:{port}{path}"))
@@ -463,6 +463,11 @@ async fn malformed_response_lengths_are_refused() {
     }
     let (status, body) = get(&c, &format!("http://127.0.0.1:{port}/")).await.unwrap();
     assert_eq!((status, body.as_str()), (200, "ok"));
+    // The listener's figures are what its clients got: seven 5xx answers,
+    // though two of the member's heads said 200.
+    let counters = dp.listener_counters();
+    assert_eq!(counters.len(), 1);
+    assert_eq!(counters[0].2.errors, 7, "5xx answers counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

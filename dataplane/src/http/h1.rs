@@ -228,10 +228,16 @@ where
         http10: message.http10,
         trailers: message.trailers,
     };
+    let status = response.status();
     let answered = respond(&mut *io, response, out, asked).await;
     if let Err(e) = &answered {
         if e.get_ref().is_some_and(|e| e.is::<Unsent>()) {
             tracing::debug!(client.addr = %conn.peer(), error = %e, "member's answer failed before it went out");
+            // The listener counts what its client got; the pool, what its
+            // member answered.
+            let listener = conn.listener();
+            let requests = &listener.stats.here().requests;
+            requests.recount(status.as_u16(), StatusCode::BAD_GATEWAY.as_u16());
             answer_and_close(io, StatusCode::BAD_GATEWAY, out).await;
             return Next::Close;
         }
