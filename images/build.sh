@@ -15,6 +15,13 @@
 #   3  keel-root    ext4          the system (Debian, the kernel, keel)
 #   4  KEEL-DATA    ext4          Keel's state; grows to fill the disk at first boot
 # BIOS boots GRUB from the MBR and the gap before partition 1.
+#
+# KEEL_IMAGE_ROOT_CACHE=DIR (the appliance tests set it) keeps the system,
+# the root file system before keel goes in, as DIR/rootfs-HASH.tar, named
+# by the hash of this recipe, and builds from it for a day: the tests
+# build an image for every new binary, and the packages are most of the
+# work. Images that ship are built without it, from the packages of the
+# day.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(dirname "$here")"
@@ -73,22 +80,43 @@ packages=(
   ca-certificates openssh-server
 )
 
-# Downloaded packages are kept outside the clone (KEEL_IMAGE_CACHE) so a
-# rebuild, or a fresh clone, does not fetch them again; each build leaves
-# exactly the packages it used there, so old versions do not pile up.
-echo "== root file system (mmdebstrap)"
-mmdebstrap --mode=root --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" \
-  --aptopt='Acquire::Retries "3"' \
-  --setup-hook='mkdir -p "$1"/var/cache/apt/archives "$1"/etc/initramfs-tools/conf.d' \
-  --setup-hook="cp -a '$cache/.' \"\$1\"/var/cache/apt/archives/ 2>/dev/null || true" \
-  --setup-hook="cp '$here/rootfs/etc/initramfs-tools/conf.d/keel.conf' \"\$1\"/etc/initramfs-tools/conf.d/" \
-  --essential-hook='printf "path-exclude=/usr/share/doc/*\npath-exclude=/usr/share/man/*\npath-exclude=/usr/share/locale/*\npath-include=/usr/share/locale/locale.alias\n" > "$1"/etc/dpkg/dpkg.cfg.d/keel-slim' \
-  --customize-hook="if ls \"\$1\"/var/cache/apt/archives/*.deb >/dev/null 2>&1; then rm -f '$cache'/*.deb; cp -a \"\$1\"/var/cache/apt/archives/*.deb '$cache/'; fi" \
-  --customize-hook="'$here/customize.sh' \"\$1\" '$keel'" \
-  bookworm "$root" \
-  "deb $mirror bookworm main" \
-  "deb $mirror bookworm-updates main" \
-  "deb $security bookworm-security main"
+root_cache=""
+if [[ -n ${KEEL_IMAGE_ROOT_CACHE:-} ]]; then
+  mkdir -p "$KEEL_IMAGE_ROOT_CACHE"
+  recipe=$(cd "$here" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+  root_cache="$KEEL_IMAGE_ROOT_CACHE/rootfs-$recipe.tar"
+  find "$KEEL_IMAGE_ROOT_CACHE" -maxdepth 1 -name 'rootfs-*.tar*' \
+    \( ! -name "rootfs-$recipe.tar" -o -mmin +1440 \) -delete
+fi
+tar_options=(--numeric-owner --xattrs --xattrs-include='*' --acls)
+if [[ -n $root_cache && -f $root_cache ]]; then
+  echo "== root file system (from $root_cache)"
+  mkdir "$root"
+  tar "${tar_options[@]}" -xpf "$root_cache" -C "$root"
+else
+  echo "== root file system (mmdebstrap)"
+  # Downloaded packages are kept outside the clone (KEEL_IMAGE_CACHE) so a
+  # rebuild, or a fresh clone, does not fetch them again; each build leaves
+  # exactly the packages it used there, so old versions do not pile up.
+  mmdebstrap --mode=root --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" \
+    --aptopt='Acquire::Retries "3"' \
+    --setup-hook='mkdir -p "$1"/var/cache/apt/archives "$1"/etc/initramfs-tools/conf.d' \
+    --setup-hook="cp -a '$cache/.' \"\$1\"/var/cache/apt/archives/ 2>/dev/null || true" \
+    --setup-hook="cp '$here/rootfs/etc/initramfs-tools/conf.d/keel.conf' \"\$1\"/etc/initramfs-tools/conf.d/" \
+    --essential-hook='printf "path-exclude=/usr/share/doc/*\npath-exclude=/usr/share/man/*\npath-exclude=/usr/share/locale/*\npath-include=/usr/share/locale/locale.alias\n" > "$1"/etc/dpkg/dpkg.cfg.d/keel-slim' \
+    --customize-hook="if ls \"\$1\"/var/cache/apt/archives/*.deb >/dev/null 2>&1; then rm -f '$cache'/*.deb; cp -a \"\$1\"/var/cache/apt/archives/*.deb '$cache/'; fi" \
+    --customize-hook="'$here/customize.sh' \"\$1\"" \
+    bookworm "$root" \
+    "deb $mirror bookworm main" \
+    "deb $mirror bookworm-updates main" \
+    "deb $security bookworm-security main"
+  if [[ -n $root_cache ]]; then
+    tar "${tar_options[@]}" -cpf "$root_cache.$$" -C "$root" .
+    mv "$root_cache.$$" "$root_cache"
+  fi
+fi
+install -m 0755 "$keel" "$root/usr/bin/keel"
+strip --strip-debug "$root/usr/bin/keel"
 
 echo "== file systems"
 mib=$((1024 * 1024))

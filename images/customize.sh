@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
 # Runs inside mmdebstrap's customize hook: turns the fresh Debian root in $1
-# into the Keel appliance, with the keel binary $2.
+# into the Keel appliance's system (build.sh puts the keel binary in).
 set -euo pipefail
 root="$1"
-keel="$2"
 here="$(cd "$(dirname "$0")" && pwd)"
 
 cp -a "$here/rootfs/." "$root/"
-install -m 0755 "$keel" "$root/usr/bin/keel"
-strip --strip-debug "$root/usr/bin/keel"
 
 chroot "$root" useradd --system --user-group --home-dir /var/lib/keel \
   --shell /usr/sbin/nologin --comment "Keel load balancer" keel

@@ -115,8 +115,11 @@ pub fn image() -> PathBuf {
                 let _ = std::fs::remove_file(out.join(n));
             }
             let started = Instant::now();
+            // The system part is reused for a day (images/build.sh):
+            // an image for tests, not for shipping.
             run_bounded(
                 Command::new("bash")
+                    .env("KEEL_IMAGE_ROOT_CACHE", cache_dir())
                     .arg(repo.join("images/build.sh"))
                     .arg("--keel")
                     .arg(&keel)
