@@ -662,7 +662,7 @@ def hpack_literals(fields):
     """A header block of literals without indexing, new names, no Huffman:
     the bytes of every name and value exactly as given."""
     def string(b):
-        n, out = len(b), b""
+        n = len(b)
         if n < 127:
             return bytes([n]) + b
         out, n = bytes([127]), n - 127
