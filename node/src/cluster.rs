@@ -165,20 +165,33 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError
     }
 }
 
+/// Writes `text` to `path` (mode 0600) through a temporary file of this
+/// write's own and a rename, so a reader sees the old text or the new.
+/// Tasks may write files of one directory at once (a CA key placed while
+/// the certificate is renewed): no two writes share a temporary file.
 pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), ClusterError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".{}-{n}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let written = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(text.as_bytes()).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        .map_err(io_err(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_err(path)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     // The rename is durable only once the directory is: `node.json` and the
     // keys decide this node's identity after a power loss.
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -2231,6 +2244,38 @@ mod tests {
 
     fn token(fp: &str, id: &str, secret: &str) -> String {
         format!("KEEL1.{fp}.{id}.{secret}")
+    }
+
+    /// Files written at once from different tasks (a CA key placed while
+    /// the node's certificate is renewed, a rotation's keys) each keep
+    /// their own text: `ca.pem` and `ca.key` once shared a temporary
+    /// `ca.tmp`, so one could be renamed into the other's place.
+    #[test]
+    fn files_written_at_once_keep_their_own_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let writers: Vec<_> = ["ca.pem", "ca.key", "ca.pem", "ca.key"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let path = dir.path().join(name);
+                std::thread::spawn(move || {
+                    for n in 0..300 {
+                        let text = format!("{name} {}\n", "x".repeat(64 * (i + n % 7)));
+                        write_private(&path, &text).unwrap();
+                        let now = std::fs::read_to_string(&path).unwrap();
+                        assert!(now.starts_with(name), "{name} holds {now:?}");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "no temporary file left: {left:?}");
     }
 
     #[test]

@@ -225,6 +225,27 @@ impl Cluster {
         }
     }
 
+    /// [`wait_until`], showing node `i`'s log when the wait runs out.
+    pub fn wait_on(
+        &self,
+        i: usize,
+        timeout: Duration,
+        what: &str,
+        mut check: impl FnMut() -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for: {what}; n{i}'s log:\n{}",
+            self.nodes[i - 1].log_text()
+        );
+    }
+
     pub fn logs(&self) -> String {
         self.nodes.iter().map(NsKeel::log_text).collect()
     }
