@@ -18,6 +18,12 @@ pub fn response(data: &[u8]) {
     crate::client::fuzz_response(&mut BytesMut::from(data));
 }
 
+/// A member's side of an HTTP/2 connection, read as Keel reads it before
+/// h2 does: frames, and the HPACK of every header block.
+pub fn member_http2(data: &[u8]) {
+    crate::http::h2_member::fuzz(data);
+}
+
 /// A PROXY protocol header (v1 or v2).
 pub fn proxy_header(data: &[u8]) {
     let _ = crate::proxy_protocol::parse(data);

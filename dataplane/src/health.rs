@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use keel_model::{CheckKind, HealthCheck, MemberTls, ProxyProtocol};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -146,12 +145,9 @@ async fn probe(member: &MemberState, with: &Probe) -> Result<(), String> {
             .header(http::header::USER_AGENT, "keel-health-check")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("request: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .handshake(TokioIo::new(io))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(conn);
+        let mut sender = crate::http::h2_member::handshake(io, target)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
         sender
             .send_request(request)
             .await

@@ -41,6 +41,8 @@ use crate::workers::Ref;
 use crate::{sticky, tcp};
 
 pub(crate) mod h1;
+pub(crate) mod h2_member;
+mod hpack;
 
 /// The largest request head accepted; a larger one is answered 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -915,15 +917,12 @@ async fn connect(
     if !http2 {
         return Ok(Sender::Http1(client::Conn::new(stream)));
     }
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .handshake(TokioIo::new(stream))
+    let sender = h2_member::handshake(stream, member.address)
         .await
         .map_err(|e| ProxyError::Upstream {
             member: member.address,
             source: e.into(),
         })?;
-    tokio::spawn(connection);
     if shared {
         member.share_http2(sender.clone());
     }

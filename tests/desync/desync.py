@@ -340,6 +340,13 @@ H2_RESPONSES = [
     ("status 2000", [("headers", [(":status", "2000")], False), ("data", "hello", True)], "R", {}),
     ("status 101", [("headers", [(":status", "101"), ("upgrade", "websocket")], True)], "R", {}),
     ("a request pseudo-header", [("headers", H2_200 + [(":path", "/")], False), ("data", "hello", True)], "R", {}),
+    # The same as HPACK also sends it: `:status: 200` and `:path: /` as
+    # static table entries (8, 4); `:method: GET` with its name
+    # Huffman-coded, a literal that leaves the table alone.
+    ("a request pseudo-header from the static table", [("block", b"\x88\x84", False), ("data", "hello", True)],
+     "R", {}),
+    ("a request pseudo-header named in Huffman code",
+     [("block", b"\x88\x00\x85\xb9\x49\x53\x39\xe4\x03GET", False), ("data", "hello", True)], "R", {}),
     ("a pseudo-header after a field", [("headers", [("x-a", "b"), (":status", "200")], False), ("data", "hello", True)],
      "R", {}),
     ("103 Early Hints first", [("headers", [(":status", "103"), ("link", "</a>; rel=preload")], False),
@@ -759,6 +766,8 @@ class H2Member(Listening):
         for step in script:
             if step[0] == "headers":
                 out += h2_frame(1, 0x4 | (1 if step[2] else 0), stream, hpack_literals(step[1]))
+            elif step[0] == "block":  # a header block as given
+                out += h2_frame(1, 0x4 | (1 if step[2] else 0), stream, step[1])
             elif step[0] == "data":
                 out += h2_frame(0, 1 if step[2] else 0, stream, step[1].encode("latin-1"))
             elif step[0] == "reset":

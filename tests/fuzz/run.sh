@@ -16,7 +16,7 @@ SECS=${1:-30}
 shift || true
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-  targets=(request_head response proxy_header client_hello config sigv4 api_token join_token)
+  targets=(request_head response member_http2 proxy_header client_hello config sigv4 api_token join_token)
 fi
 command -v c++ >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++; }
 export CARGO_TARGET_DIR=../../target/fuzz

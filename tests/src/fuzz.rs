@@ -12,6 +12,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("request_head", keel_dataplane::fuzz::request_head),
     ("response", keel_dataplane::fuzz::response),
+    ("member_http2", keel_dataplane::fuzz::member_http2),
     ("proxy_header", keel_dataplane::fuzz::proxy_header),
     ("client_hello", keel_dataplane::fuzz::client_hello),
     ("config", config),

@@ -1,0 +1,511 @@
+//! HTTP/2 connections to members: the one way to open them (for traffic
+//! and for health checks), each read through [`Checked`], which refuses a
+//! response carrying a request pseudo-header.
+//!
+//! RFC 9113 §8.3 makes such a response malformed: a stream error, never
+//! forwarded. h2 0.4 decodes `:path`, `:method`, `:scheme`, `:authority`
+//! and `:protocol` in a response and drops them
+//! (`h2::client::Peer::convert_poll_message` reads `:status` only), so
+//! Keel would never see them. [`Checked`] reads each of the member's header
+//! blocks first ([`super::hpack`], kept in step with h2's decoder) and,
+//! for one that holds a request pseudo-header, adds a `connection` field
+//! to it in a CONTINUATION frame of its own: a connection-specific field
+//! makes h2 reset that stream with `PROTOCOL_ERROR`
+//! (`h2::frame::headers::HeaderBlock::load`, `malformed`), and Keel
+//! answers 502. A literal without indexing leaves the table as it was, so
+//! the connection's other streams decode as before. The test
+//! `a_response_with_a_request_pseudo_header_is_refused` breaks if h2
+//! stops resetting the stream for it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http_body::Body;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::hpack::Hpack;
+use crate::tcp::Upstream;
+
+/// An HTTP/2 connection to `member` over `io` (prior knowledge or ALPN
+/// already done), its driver spawned.
+pub(crate) async fn handshake<B>(
+    io: Upstream,
+    member: SocketAddr,
+) -> hyper::Result<http2::SendRequest<B>>
+where
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(Checked::new(io, member)))
+        .await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+const HEADERS: u8 = 0x1;
+const PUSH_PROMISE: u8 = 0x5;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+const FRAME_HEAD: usize = 9;
+
+/// The most bytes of one header block held back while it arrives. h2
+/// accepts no block near this (16 KiB of fields, at most four times that
+/// before it ends the connection); past it the connection is no longer
+/// checked and h2 ends it.
+const MOST_HELD: usize = 1 << 20;
+
+/// A frame's head (RFC 9113 §4.1).
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    len: usize,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+impl Head {
+    /// The head at the start of `b`, when all nine bytes are there.
+    fn read(b: &[u8]) -> Option<Head> {
+        let h = b.get(..FRAME_HEAD)?;
+        Some(Head {
+            len: usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]),
+            kind: h[3],
+            flags: h[4],
+            stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+        })
+    }
+}
+
+/// A member's side of an HTTP/2 connection, read frame by frame: every
+/// byte goes on to h2 as it came, but for a header block with a request
+/// pseudo-header (see the module's documentation). A header block is held
+/// until its last frame is in; everything else goes on as it is read.
+pub(crate) struct Checked<S> {
+    inner: S,
+    member: SocketAddr,
+    frames: Frames,
+    /// Bytes read and not yet given on, from a frame's start: a frame head
+    /// not yet whole, or a header block not yet whole.
+    held: Vec<u8>,
+    /// Bytes ready to be given on, from `given`.
+    ready: Vec<u8>,
+    given: usize,
+    eof: bool,
+}
+
+impl<S> Checked<S> {
+    pub(crate) fn new(inner: S, member: SocketAddr) -> Self {
+        Checked {
+            inner,
+            member,
+            frames: Frames::default(),
+            held: Vec::new(),
+            ready: Vec::new(),
+            given: 0,
+            eof: false,
+        }
+    }
+}
+
+/// Where the reading is in the member's frames.
+#[derive(Debug, Default)]
+struct Frames {
+    /// Bytes of the current frame still to go on unread.
+    skip: usize,
+    hpack: Hpack,
+    /// The connection is past checking: a block that did not decode, a
+    /// frame out of order, a block too large. h2 ends the connection on
+    /// each of them too.
+    stopped: bool,
+    scratch: Vec<u8>,
+}
+
+impl Frames {
+    /// How many bytes at the front of `b` may go on now: up to a frame
+    /// head that is not whole, or the start of a header block.
+    fn passable(&mut self, b: &[u8]) -> usize {
+        if self.stopped {
+            return b.len();
+        }
+        let mut at = 0;
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(b.len() - at);
+                self.skip -= n;
+                at += n;
+                if self.skip > 0 {
+                    return at;
+                }
+                continue;
+            }
+            let Some(head) = Head::read(&b[at..]) else {
+                return at;
+            };
+            if matches!(head.kind, HEADERS | CONTINUATION | PUSH_PROMISE) {
+                return at;
+            }
+            self.skip = FRAME_HEAD + head.len;
+        }
+    }
+
+    /// A whole header block at the start of `held` (HEADERS and the
+    /// CONTINUATION frames up to END_HEADERS): how long it is, and
+    /// whether it holds a request pseudo-header (with the stream and where
+    /// its last frame's flags are). `None` while more is to come.
+    fn block(&mut self, held: &[u8]) -> Option<Block> {
+        let first = Head::read(held)?;
+        if first.kind != HEADERS {
+            // PUSH_PROMISE (Keel's client refuses push: h2 ends the
+            // connection on one) or a CONTINUATION without its HEADERS.
+            return Some(self.stop(held.len()));
+        }
+        self.scratch.clear();
+        let (mut at, mut head) = (0, first);
+        loop {
+            let payload = held.get(at + FRAME_HEAD..at + FRAME_HEAD + head.len);
+            let Some(payload) = payload else {
+                return (held.len() > MOST_HELD).then(|| self.stop(held.len()));
+            };
+            let Some(fragment) = fragment(head, payload) else {
+                return Some(self.stop(held.len()));
+            };
+            self.scratch.extend_from_slice(fragment);
+            if head.flags & END_HEADERS != 0 {
+                break;
+            }
+            at += FRAME_HEAD + head.len;
+            match Head::read(&held[at..]) {
+                Some(next) if next.kind == CONTINUATION && next.stream == first.stream => {
+                    head = next
+                }
+                Some(_) => return Some(self.stop(held.len())),
+                None => return None,
+            }
+        }
+        let len = at + FRAME_HEAD + head.len;
+        match self.hpack.block(&self.scratch) {
+            Ok(request_pseudo) => Some(Block {
+                len,
+                refuse: request_pseudo.then_some((first.stream, at + 4)),
+            }),
+            Err(_) => Some(self.stop(held.len())),
+        }
+    }
+
+    /// No more checking on this connection: what is held goes on as it is.
+    fn stop(&mut self, len: usize) -> Block {
+        self.stopped = true;
+        Block { len, refuse: None }
+    }
+}
+
+/// A header block, whole: its length, and for one to refuse its stream
+/// and the offset of its last frame's flags.
+struct Block {
+    len: usize,
+    refuse: Option<(u32, usize)>,
+}
+
+/// The part of a HEADERS or CONTINUATION frame's payload that is header
+/// block, without padding and priority; `None` when the frame's padding
+/// does not fit (h2 ends the connection on it).
+fn fragment(head: Head, payload: &[u8]) -> Option<&[u8]> {
+    if head.kind == CONTINUATION {
+        return Some(payload);
+    }
+    let mut p = payload;
+    let pad = if head.flags & PADDED != 0 {
+        let (&pad, rest) = p.split_first()?;
+        p = rest;
+        usize::from(pad)
+    } else {
+        0
+    };
+    if head.flags & PRIORITY != 0 {
+        p = p.get(5..)?;
+    }
+    p.get(..p.len().checked_sub(pad)?)
+}
+
+/// A CONTINUATION frame for `stream`, ending its block with
+/// `connection:` (a literal without indexing, new name, empty value).
+fn refusal(stream: u32) -> [u8; FRAME_HEAD + 13] {
+    let mut frame = *b"\x00\x00\x0d\x09\x04\x00\x00\x00\x00\x00\x0aconnection\x00";
+    frame[5..9].copy_from_slice(&stream.to_be_bytes());
+    frame
+}
+
+impl<S> Checked<S> {
+    /// Moves what can go on from `held` to `ready`.
+    fn settle(&mut self) {
+        loop {
+            let n = self.frames.passable(&self.held);
+            if n > 0 {
+                self.ready.extend(self.held.drain(..n));
+                continue;
+            }
+            if Head::read(&self.held).is_none() {
+                return;
+            }
+            let Some(block) = self.frames.block(&self.held) else {
+                return;
+            };
+            let start = self.ready.len();
+            self.ready.extend(self.held.drain(..block.len));
+            if let Some((stream, flags)) = block.refuse {
+                self.ready[start + flags] &= !END_HEADERS;
+                self.ready.extend(refusal(stream));
+                tracing::warn!(member = %self.member, stream,
+                    "a member's HTTP/2 response carries a request pseudo-header: refused (RFC 9113 section 8.3)");
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Checked<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.given < this.ready.len() {
+                let n = out.remaining().min(this.ready.len() - this.given);
+                out.put_slice(&this.ready[this.given..this.given + n]);
+                this.given += n;
+                if this.given == this.ready.len() {
+                    this.ready.clear();
+                    this.given = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            // Read straight into the caller's buffer; what must be held
+            // moves out of it.
+            let start = out.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
+            let read = &out.filled()[start..];
+            if read.is_empty() {
+                // The member closed: whatever is held goes on as it is.
+                this.eof = true;
+                this.ready.append(&mut this.held);
+                continue;
+            }
+            let keep = if this.held.is_empty() {
+                this.frames.passable(read)
+            } else {
+                0
+            };
+            if keep == read.len() {
+                return Poll::Ready(Ok(()));
+            }
+            this.held.extend_from_slice(&read[keep..]);
+            out.set_filled(start + keep);
+            this.settle();
+            if keep > 0 {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Checked<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A member's bytes, handed over `.1` at a time (tests, fuzzing).
+#[cfg_attr(not(test), allow(dead_code))]
+struct Pieces<'a>(&'a [u8], usize);
+
+impl AsyncRead for Pieces<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = self.1.max(1).min(self.0.len()).min(out.remaining());
+        let (now, rest) = self.0.split_at(n);
+        out.put_slice(now);
+        self.0 = rest;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A member's bytes (the first says how many come at a time) read as h2
+/// would read them; what comes out is what went in, and a refusal frame
+/// for each block refused.
+pub(crate) fn fuzz(data: &[u8]) {
+    let Some((&chunk, data)) = data.split_first() else {
+        return;
+    };
+    let mut checked = Checked::new(
+        Pieces(data, usize::from(chunk)),
+        SocketAddr::from(([127, 0, 0, 1], 1)),
+    );
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1000];
+    loop {
+        let mut read = ReadBuf::new(&mut buf);
+        match Pin::new(&mut checked).poll_read(&mut cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => break,
+            Poll::Ready(Ok(())) => out.extend_from_slice(read.filled()),
+            _ => panic!("an in-memory member is never pending and never fails"),
+        }
+    }
+    let added = out.len() - data.len();
+    assert_eq!(
+        added % refusal(0).len(),
+        0,
+        "only whole refusal frames are added"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len().to_be_bytes();
+        let mut f = vec![len[5], len[6], len[7], kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// What h2 reads of `input`, handed over `chunk` bytes at a time.
+    async fn through(input: &[u8], chunk: usize) -> Vec<u8> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let mut checked = Checked::new(Pieces(input, chunk), addr);
+        let mut out = Vec::new();
+        checked.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn only_a_block_with_a_request_pseudo_header_changes() {
+        let settings = frame(0x4, 0, 0, &[]);
+        // `:status: 200`, `x-a: b` (a literal with indexing: into the table).
+        let clean = frame(HEADERS, END_HEADERS, 1, b"\x88\x40\x03x-a\x01b");
+        let data = frame(0x0, 0x1, 1, &[b'x'; 100]);
+        // `:status: 200`, `:path: /` (static entry 4): split over a
+        // CONTINUATION, padded and with a priority.
+        let bad_first = frame(
+            HEADERS,
+            PADDED | PRIORITY,
+            3,
+            b"\x02\x00\x00\x00\x00\x10\x88\x00\x00",
+        );
+        let bad_last = frame(CONTINUATION, END_HEADERS, 3, b"\x84");
+        // The table's entry 62 (`x-a: b`) still decodes as it did.
+        let after = frame(HEADERS, END_HEADERS | 0x1, 5, b"\x88\xbe");
+        // `:method` from a literal name, Huffman-coded.
+        let huffman = frame(
+            HEADERS,
+            END_HEADERS | 0x1,
+            7,
+            b"\x88\x00\x85\xb9\x49\x53\x39\xe4\x03GET",
+        );
+        let input = [
+            &settings[..],
+            &clean,
+            &data,
+            &bad_first,
+            &bad_last,
+            &data,
+            &after,
+            &huffman,
+        ]
+        .concat();
+
+        let mut bad_last_changed = bad_last.clone();
+        bad_last_changed[4] &= !END_HEADERS;
+        let mut huffman_changed = huffman.clone();
+        huffman_changed[4] &= !END_HEADERS;
+        let expected = [
+            &settings[..],
+            &clean,
+            &data,
+            &bad_first,
+            &bad_last_changed,
+            &refusal(3),
+            &data,
+            &after,
+            &huffman_changed,
+            &refusal(7),
+        ]
+        .concat();
+        for chunk in [1, 2, 5, 9, 10, 64, 4096] {
+            assert_eq!(through(&input, chunk).await, expected, "{chunk} at a time");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_checking_goes_on_as_it_came() {
+        // A block that does not decode (index 0), then one with `:path`:
+        // h2 ends the connection at the first, so nothing is changed.
+        let input = [
+            frame(HEADERS, END_HEADERS, 1, b"\x80"),
+            frame(HEADERS, END_HEADERS, 3, b"\x88\x84"),
+            frame(0x0, 0x1, 3, b"hello"),
+        ]
+        .concat();
+        for chunk in [1, 7, 4096] {
+            assert_eq!(through(&input, chunk).await, input, "{chunk} at a time");
+        }
+        // A member that closes inside a block: what came goes on.
+        let cut = &frame(HEADERS, 0, 1, b"\x88")[..];
+        assert_eq!(through(cut, 3).await, cut);
+    }
+
+    #[test]
+    fn the_refusal_is_a_literal_connection_field_on_its_stream() {
+        let r = refusal(0x0102_0304);
+        let head = Head::read(&r).unwrap();
+        assert_eq!(
+            (head.len, head.kind, head.flags, head.stream),
+            (13, CONTINUATION, END_HEADERS, 0x0102_0304)
+        );
+        assert_eq!(&r[FRAME_HEAD..], b"\x00\x0aconnection\x00");
+    }
+}
