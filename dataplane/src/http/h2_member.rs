@@ -289,7 +289,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Checked<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if this.eof {
+            if this.eof || out.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
             // Read straight into the caller's buffer; what must be held
