@@ -1099,7 +1099,7 @@ async fn deliver(
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
     let conn = match sender {
-        Sender::Http2(s) => return deliver_http2(s, out, member, pool).await,
+        Sender::Http2(s) => return deliver_http2(s, out, member, pool, ends).await,
         Sender::Http1(conn) => conn,
     };
     let unsent = match conn.send(out, pool.spec.response_timeout).await {
@@ -1120,11 +1120,18 @@ async fn deliver(
 /// An exchange on a member's HTTP/2 connection. As over HTTP/1.1, the
 /// member's limit counts from the end of the request: a slow upload that
 /// keeps moving is the client's limits' business, not the member's.
+///
+/// A request the member did not act on (a stream past the last it took
+/// when it went away, or one it refused) goes once more on a new
+/// connection when it has no body: nginx, for one, ends a connection with
+/// GOAWAY every 1,000 requests, and the streams in flight past its last
+/// would otherwise be answered 502.
 async fn deliver_http2(
     mut sender: Http2Sender,
     out: Box<Outbound>,
     member: &MemberState,
     pool: &PoolPlan,
+    ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
     let upstream = |e: hyper::Error| ProxyError::Upstream {
         member: member.address,
@@ -1135,6 +1142,7 @@ async fn deliver_http2(
         forwarding,
     } = *out;
     forwarding.insert_into(req.headers_mut());
+    let again = req.body().is_end_stream().then(|| copy_head(&req));
     let ended = (!req.body().is_end_stream()).then(|| {
         let ended = Arc::new(tokio::sync::Notify::new());
         req.body_mut().ended = Some(ended.clone());
@@ -1148,14 +1156,45 @@ async fn deliver_http2(
             () = ended.notified() => {}
         }
     }
-    let r = tokio::time::timeout(pool.spec.response_timeout, response)
+    let r = match (answered(response, member, pool).await?, again) {
+        (Err(e), Some(req)) if h2_member::unprocessed(&e) => {
+            tracing::debug!(member = %member.address, error = %e,
+                "the member did not take the request; sending it on a new connection");
+            let shared = pool.spec.proxy_protocol.is_none();
+            let Sender::Http2(mut sender) =
+                Box::pin(connect(member, pool, ends, true, shared)).await?
+            else {
+                return Err(upstream(e));
+            };
+            answered(sender.send_request(req), member, pool).await?
+        }
+        (r, _) => r,
+    };
+    Ok(r.map_err(upstream)?.map(MemberBody::Http2))
+}
+
+/// A member's answer, within the pool's `response_timeout`.
+async fn answered<F: Future>(
+    response: F,
+    member: &MemberState,
+    pool: &PoolPlan,
+) -> Result<F::Output, ProxyError> {
+    tokio::time::timeout(pool.spec.response_timeout, response)
         .await
         .map_err(|_| ProxyError::ResponseTimeout {
             member: member.address,
             timeout: pool.spec.response_timeout,
-        })?
-        .map_err(upstream)?;
-    Ok(r.map(MemberBody::Http2))
+        })
+}
+
+/// A bodiless request's head again, to send once more.
+fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
 
 /// What a failed HTTP/1.1 exchange with `member` is, for the client.
@@ -1565,6 +1604,22 @@ pub(crate) struct RequestBody {
     /// Told when the body is over (or failed): an HTTP/2 member's response
     /// time starts then.
     ended: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl RequestBody {
+    /// A body with nothing in it, counted nowhere.
+    fn empty() -> Self {
+        RequestBody {
+            first: None,
+            inner: ClientBody::Empty,
+            listener: None,
+            member: None,
+            deadline: None,
+            stall: None,
+            expired: None,
+            ended: None,
+        }
+    }
 }
 
 /// The request body missed the listener's `request_timeout`.

@@ -235,9 +235,8 @@ where
             tracing::debug!(client.addr = %conn.peer(), error = %e, "member's answer failed before it went out");
             // The listener counts what its client got; the pool, what its
             // member answered.
-            let listener = conn.listener();
-            let requests = &listener.stats.here().requests;
-            requests.recount(status.as_u16(), StatusCode::BAD_GATEWAY.as_u16());
+            let (from, to) = (status.as_u16(), StatusCode::BAD_GATEWAY.as_u16());
+            conn.listener().stats.here().requests.recount(from, to);
             answer_and_close(io, StatusCode::BAD_GATEWAY, out).await;
             return Next::Close;
         }

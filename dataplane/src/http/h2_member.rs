@@ -49,6 +49,25 @@ where
     Ok(sender)
 }
 
+/// Whether the member said it did not act on the request (RFC 9113 §8.7):
+/// a stream past the last it took when it went away (GOAWAY without an
+/// error: h2 gives those streams, and requests on the connection after
+/// it, `NO_ERROR` from the remote; `h2::proto::streams::Streams::recv_go_away`),
+/// or a stream it refused (`REFUSED_STREAM`). Any method may go again.
+/// Streams it took and did not finish end otherwise (a broken pipe, or the
+/// GOAWAY's error code).
+pub(crate) fn unprocessed(e: &hyper::Error) -> bool {
+    let Some(e) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()) else {
+        return false;
+    };
+    e.is_remote()
+        && match e.reason() {
+            Some(h2::Reason::NO_ERROR) => e.is_go_away(),
+            Some(h2::Reason::REFUSED_STREAM) => e.is_reset(),
+            _ => false,
+        }
+}
+
 const HEADERS: u8 = 0x1;
 const PUSH_PROMISE: u8 = 0x5;
 const CONTINUATION: u8 = 0x9;
