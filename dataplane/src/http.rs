@@ -886,11 +886,16 @@ async fn checkout(
 ) -> Result<Sender, ProxyError> {
     let http2 = pool.spec.http_version == HttpVersion::Http2 && !own_http1;
     let shared = pool.spec.proxy_protocol.is_none();
+    let mut _connecting = None;
     if http2 && shared {
-        if let Some(mut sender) = member.shared_http2() {
-            if sender.ready().await.is_ok() {
-                return Ok(Sender::Http2(sender));
-            }
+        if let Some(sender) = ready_http2(member).await {
+            return Ok(sender);
+        }
+        // One new connection at a time; another request may have made one
+        // while this one waited.
+        _connecting = Some(member.connecting_http2().await);
+        if let Some(sender) = ready_http2(member).await {
+            return Ok(sender);
         }
     } else if !own_http1 && shared {
         while let Some(mut conn) = member.take_idle() {
@@ -902,6 +907,13 @@ async fn checkout(
     // Boxed: opening a connection (TCP, TLS, HTTP handshake) is a large
     // future, and keeping it out of line keeps every request's future small.
     Box::pin(connect(member, pool, ends, http2, shared)).await
+}
+
+/// The member's shared HTTP/2 connection, when it takes requests.
+async fn ready_http2(member: &MemberState) -> Option<Sender> {
+    let (mut sender, which) = member.shared_http2()?;
+    sender.ready().await.ok()?;
+    Some(Sender::Http2(sender, Some(which)))
 }
 
 /// A new connection to `member`, ready for requests.
@@ -923,10 +935,8 @@ async fn connect(
             member: member.address,
             source: e.into(),
         })?;
-    if shared {
-        member.share_http2(sender.clone());
-    }
-    Ok(Sender::Http2(sender))
+    let which = shared.then(|| member.share_http2(sender.clone()));
+    Ok(Sender::Http2(sender, which))
 }
 
 /// A new connection (TCP, PROXY header, TLS) to `member`, within the
@@ -965,7 +975,8 @@ pub(crate) struct Outbound {
 /// request at a time, pooled when idle) or a shared HTTP/2 connection.
 pub(crate) enum Sender {
     Http1(client::Conn),
-    Http2(Http2Sender),
+    /// The connection, and which of the member's shared ones it is.
+    Http2(Http2Sender, Option<u64>),
 }
 
 pub(crate) type Http2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
@@ -1099,7 +1110,7 @@ async fn deliver(
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
     let conn = match sender {
-        Sender::Http2(s) => return deliver_http2(s, out, member, pool, ends).await,
+        Sender::Http2(s, which) => return deliver_http2(s, which, out, member, pool, ends).await,
         Sender::Http1(conn) => conn,
     };
     let unsent = match conn.send(out, pool.spec.response_timeout).await {
@@ -1128,6 +1139,7 @@ async fn deliver(
 /// would otherwise be answered 502.
 async fn deliver_http2(
     mut sender: Http2Sender,
+    which: Option<u64>,
     out: Box<Outbound>,
     member: &MemberState,
     pool: &PoolPlan,
@@ -1160,9 +1172,11 @@ async fn deliver_http2(
         (Err(e), Some(req)) if h2_member::unprocessed(&e) => {
             tracing::debug!(member = %member.address, error = %e,
                 "the member did not take the request; sending it on a new connection");
-            let shared = pool.spec.proxy_protocol.is_none();
-            let Sender::Http2(mut sender) =
-                Box::pin(connect(member, pool, ends, true, shared)).await?
+            if let Some(which) = which {
+                member.forget_http2(which);
+            }
+            let Sender::Http2(mut sender, _) =
+                Box::pin(checkout(member, pool, ends, false)).await?
             else {
                 return Err(upstream(e));
             };

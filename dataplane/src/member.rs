@@ -47,11 +47,28 @@ pub struct MemberState {
     idle: Box<[Padded<Mutex<Idle>>]>,
     /// The HTTP/2 connection each worker's requests share, for pools that
     /// speak HTTP/2.
-    http2: Box<[Padded<Mutex<Option<Http2Sender>>>]>,
+    http2: Box<[Padded<Http2Shard>]>,
     /// Fired when the drain time runs out (then replaced), one per
     /// worker: a request waits on its own worker's, a lock no other
     /// worker takes.
     cuts: Box<[Padded<Mutex<Signal>>]>,
+}
+
+/// A worker's shared HTTP/2 connection to a member.
+#[derive(Default)]
+struct Http2Shard {
+    shared: Mutex<Http2Slot>,
+    /// Held while a new connection is made, so requests that find none (a
+    /// GOAWAY's refused streams all at once) wait for one instead of each
+    /// opening its own.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Http2Slot {
+    sender: Option<Http2Sender>,
+    /// How many connections were shared so far: names the current one.
+    made: u64,
 }
 
 /// Idle upstream connections, oldest first, and whether a sweeper task
@@ -90,7 +107,7 @@ impl MemberState {
                 .map(|_| Padded(Mutex::new(Idle::default())))
                 .collect(),
             http2: (0..workers::shards())
-                .map(|_| Padded(Mutex::new(None)))
+                .map(|_| Padded(Http2Shard::default()))
                 .collect(),
             cuts: (0..workers::shards())
                 .map(|_| Padded(Mutex::new(Signal::new())))
@@ -104,8 +121,8 @@ impl MemberState {
     }
 
     /// This worker's shared HTTP/2 connection.
-    fn http2(&self) -> MutexGuard<'_, Option<Http2Sender>> {
-        lock(&workers::mine(&self.http2).0)
+    fn http2(&self) -> MutexGuard<'_, Http2Slot> {
+        lock(&workers::mine(&self.http2).0.shared)
     }
 
     /// Closes every worker's pooled connections.
@@ -114,7 +131,7 @@ impl MemberState {
             lock(&idle.0).conns.clear();
         }
         for http2 in self.http2.iter() {
-            lock(&http2.0).take();
+            lock(&http2.0.shared).sender.take();
         }
     }
 
@@ -240,24 +257,43 @@ impl MemberState {
         self.forget_all();
     }
 
-    /// The open HTTP/2 connection to this member, if there is one.
-    pub(crate) fn shared_http2(&self) -> Option<Http2Sender> {
+    /// The open HTTP/2 connection to this member, if there is one, and
+    /// which one it is (for [`MemberState::forget_http2`]).
+    pub(crate) fn shared_http2(&self) -> Option<(Http2Sender, u64)> {
         let mut shared = self.http2();
-        match shared.as_ref() {
-            Some(s) if !s.is_closed() => Some(s.clone()),
+        match shared.sender.as_ref() {
+            Some(s) if !s.is_closed() => Some((s.clone(), shared.made)),
             Some(_) => {
-                *shared = None;
+                shared.sender = None;
                 None
             }
             None => None,
         }
     }
 
-    /// Makes `sender` the HTTP/2 connection new requests share.
-    pub(crate) fn share_http2(&self, sender: Http2Sender) {
+    /// Makes `sender` the HTTP/2 connection new requests share; which one
+    /// it is.
+    pub(crate) fn share_http2(&self, sender: Http2Sender) -> u64 {
+        let mut shared = self.http2();
+        shared.made += 1;
         if self.is_up() && !self.is_draining() {
-            *self.http2() = Some(sender);
+            shared.sender = Some(sender);
         }
+        shared.made
+    }
+
+    /// No more requests on shared connection `which` (it is going away),
+    /// if it is still the one shared.
+    pub(crate) fn forget_http2(&self, which: u64) {
+        let mut shared = self.http2();
+        if shared.made == which {
+            shared.sender = None;
+        }
+    }
+
+    /// Held while this worker makes a new HTTP/2 connection to the member.
+    pub(crate) async fn connecting_http2(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        workers::mine(&self.http2).0.connecting.lock().await
     }
 
     /// Returns a connection whose exchange finished cleanly. While any are

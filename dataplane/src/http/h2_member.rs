@@ -53,10 +53,15 @@ where
 /// a stream past the last it took when it went away (GOAWAY without an
 /// error: h2 gives those streams, and requests on the connection after
 /// it, `NO_ERROR` from the remote; `h2::proto::streams::Streams::recv_go_away`),
-/// or a stream it refused (`REFUSED_STREAM`). Any method may go again.
+/// or a stream it refused (`REFUSED_STREAM`); or a request hyper had not
+/// yet handed to h2 when the connection closed. Any method may go again.
 /// Streams it took and did not finish end otherwise (a broken pipe, or the
 /// GOAWAY's error code).
 pub(crate) fn unprocessed(e: &hyper::Error) -> bool {
+    if e.is_canceled() {
+        // Never handed to h2: the connection closed first.
+        return true;
+    }
     let Some(e) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()) else {
         return false;
     };
