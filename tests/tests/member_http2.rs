@@ -40,22 +40,32 @@ enum First {
     GoAwayWithError,
 }
 
-/// A member that answers every request `200 second` but the first, which
-/// it treats as `first` says. Counts the requests it answered.
-async fn member(first: First) -> (SocketAddr, Arc<AtomicUsize>) {
+/// A member that answers every request `200 second` but the first of its
+/// first connection, which it treats as `first` says. Counts the requests
+/// it answered and the connections it took.
+struct Member {
+    addr: SocketAddr,
+    answered: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+}
+
+async fn member(first: First) -> Member {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let answered = Arc::new(AtomicUsize::new(0));
-    let counted = answered.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (a, c) = (answered.clone(), connections.clone());
     tokio::spawn(async move {
-        let mut connections = 0;
         while let Ok((s, _)) = listener.accept().await {
-            connections += 1;
-            let first = (connections == 1).then_some(first);
-            tokio::spawn(serve(s, first, counted.clone()));
+            let first = (c.fetch_add(1, SeqCst) == 0).then_some(first);
+            tokio::spawn(serve(s, first, a.clone()));
         }
     });
-    (addr, answered)
+    Member {
+        addr,
+        answered,
+        connections,
+    }
 }
 
 async fn serve(mut s: TcpStream, mut first: Option<First>, answered: Arc<AtomicUsize>) {
@@ -99,25 +109,43 @@ async fn serve(mut s: TcpStream, mut first: Option<First>, answered: Arc<AtomicU
     }
 }
 
-async fn through_keel(first: First) -> (Result<(u16, String), String>, usize) {
-    let (addr, answered) = member(first).await;
+/// `clients` GETs at once through Keel to a member that treats its first
+/// request as `first` says: what each got, and the member.
+async fn through_keel(
+    first: First,
+    clients: usize,
+) -> (Vec<Result<(u16, String), String>>, Member) {
+    let member = member(first).await;
     let port = free_port();
     let dp = Dataplane::new();
     dp.apply(&spec(&http_lb(
         port,
-        &format!("http_version: http2, members: [ {{ address: \"{addr}\" }} ]"),
+        &format!(
+            "http_version: http2, members: [ {{ address: \"{}\" }} ]",
+            member.addr
+        ),
     )))
     .await
     .unwrap();
     let c = client();
-    let got = tokio::time::timeout(
-        Duration::from_secs(10),
-        get(&c, &format!("http://127.0.0.1:{port}/")),
-    )
-    .await
-    .unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    let gets: Vec<_> = (0..clients)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move { get(&c, &url).await })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for g in gets {
+        got.push(
+            tokio::time::timeout(Duration::from_secs(10), g)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
     dp.shutdown(Duration::from_secs(1)).await;
-    (got, answered.load(SeqCst))
+    (got, member)
 }
 
 /// RFC 9113 §8.7: a stream past a GOAWAY's last stream, or one refused
@@ -126,17 +154,33 @@ async fn through_keel(first: First) -> (Result<(u16, String), String>, usize) {
 #[tokio::test]
 async fn a_request_the_member_did_not_take_goes_again_on_a_new_connection() {
     for first in [First::GoAway, First::Refuse] {
-        let (got, answered) = through_keel(first).await;
-        assert_eq!(got, Ok((200, "second".to_owned())));
-        assert_eq!(answered, 1);
+        let (got, member) = through_keel(first, 1).await;
+        assert_eq!(got, [Ok((200, "second".to_owned()))]);
+        assert_eq!(member.answered.load(SeqCst), 1);
     }
+}
+
+/// Many requests at once, the first connection going away under them:
+/// every one is answered, over one new connection per worker, not one
+/// each (nor one each at the start, when there is no connection yet).
+#[tokio::test]
+async fn requests_a_member_sent_away_share_one_new_connection() {
+    let (got, member) = through_keel(First::GoAway, 20).await;
+    for g in &got {
+        assert_eq!(g, &Ok((200, "second".to_owned())));
+    }
+    let connections = member.connections.load(SeqCst);
+    assert!(
+        connections <= 5,
+        "{connections} connections for 20 requests"
+    );
 }
 
 /// A GOAWAY with an error code says nothing of what the member did with
 /// the streams it had: the client gets a 502, and nothing is sent again.
 #[tokio::test]
 async fn a_member_that_fails_the_connection_is_not_asked_again() {
-    let (got, answered) = through_keel(First::GoAwayWithError).await;
-    assert_eq!(got.map(|(status, _)| status), Ok(502));
-    assert_eq!(answered, 0);
+    let (got, member) = through_keel(First::GoAwayWithError, 1).await;
+    assert_eq!(got[0].as_ref().map(|(status, _)| *status), Ok(502));
+    assert_eq!(member.answered.load(SeqCst), 0);
 }
