@@ -886,17 +886,12 @@ async fn checkout(
 ) -> Result<Sender, ProxyError> {
     let http2 = pool.spec.http_version == HttpVersion::Http2 && !own_http1;
     let shared = pool.spec.proxy_protocol.is_none();
-    let mut _connecting = None;
     if http2 && shared {
         if let Some(sender) = ready_http2(member).await {
             return Ok(sender);
         }
-        // One new connection at a time; another request may have made one
-        // while this one waited.
-        _connecting = Some(member.connecting_http2().await);
-        if let Some(sender) = ready_http2(member).await {
-            return Ok(sender);
-        }
+        // Rare: boxed, so that it does not enlarge every request's state.
+        return Box::pin(connect_shared_http2(member, pool, ends)).await;
     } else if !own_http1 && shared {
         while let Some(mut conn) = member.take_idle() {
             if conn.is_open() {
@@ -914,6 +909,20 @@ async fn ready_http2(member: &MemberState) -> Option<Sender> {
     let (mut sender, which) = member.shared_http2()?;
     sender.ready().await.ok()?;
     Some(Sender::Http2(sender, Some(which)))
+}
+
+/// A new shared HTTP/2 connection to `member`, one at a time per worker:
+/// another request may have made one while this one waited.
+async fn connect_shared_http2(
+    member: &MemberState,
+    pool: &PoolPlan,
+    ends: Addresses,
+) -> Result<Sender, ProxyError> {
+    let _connecting = member.connecting_http2().await;
+    if let Some(sender) = ready_http2(member).await {
+        return Ok(sender);
+    }
+    connect(member, pool, ends, true, true).await
 }
 
 /// A new connection to `member`, ready for requests.
@@ -1154,7 +1163,11 @@ async fn deliver_http2(
         forwarding,
     } = *out;
     forwarding.insert_into(req.headers_mut());
-    let again = req.body().is_end_stream().then(|| copy_head(&req));
+    // Boxed: a pointer in every request's state, not a whole head.
+    let again = req
+        .body()
+        .is_end_stream()
+        .then(|| Box::new(copy_head(&req)));
     let ended = (!req.body().is_end_stream()).then(|| {
         let ended = Arc::new(tokio::sync::Notify::new());
         req.body_mut().ended = Some(ended.clone());
@@ -1168,22 +1181,38 @@ async fn deliver_http2(
             () = ended.notified() => {}
         }
     }
-    let r = match (answered(response, member, pool).await?, again) {
+    match (answered(response, member, pool).await?, again) {
         (Err(e), Some(req)) if h2_member::unprocessed(&e) => {
-            tracing::debug!(member = %member.address, error = %e,
-                "the member did not take the request; sending it on a new connection");
-            if let Some(which) = which {
-                member.forget_http2(which);
-            }
-            let Sender::Http2(mut sender, _) =
-                Box::pin(checkout(member, pool, ends, false)).await?
-            else {
-                return Err(upstream(e));
-            };
-            answered(sender.send_request(req), member, pool).await?
+            // Rare: boxed, so that it does not enlarge every request's state.
+            Box::pin(resend_http2(*req, e, which, member, pool, ends)).await
         }
-        (r, _) => r,
+        (r, _) => Ok(r.map_err(upstream)?.map(MemberBody::Http2)),
+    }
+}
+
+/// Sends `req`, which the member did not take (`refused`), once more: on
+/// the shared connection another request made since, or a new one.
+async fn resend_http2(
+    req: Request<RequestBody>,
+    refused: hyper::Error,
+    which: Option<u64>,
+    member: &MemberState,
+    pool: &PoolPlan,
+    ends: Addresses,
+) -> Result<Response<MemberBody>, ProxyError> {
+    tracing::debug!(member = %member.address, error = %refused,
+        "the member did not take the request; sending it on a new connection");
+    if let Some(which) = which {
+        member.forget_http2(which);
+    }
+    let upstream = |e: hyper::Error| ProxyError::Upstream {
+        member: member.address,
+        source: e.into(),
     };
+    let Sender::Http2(mut sender, _) = checkout(member, pool, ends, false).await? else {
+        return Err(upstream(refused));
+    };
+    let r = answered(sender.send_request(req), member, pool).await?;
     Ok(r.map_err(upstream)?.map(MemberBody::Http2))
 }
 
