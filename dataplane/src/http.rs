@@ -912,17 +912,30 @@ async fn ready_http2(member: &MemberState) -> Option<Sender> {
 }
 
 /// A new shared HTTP/2 connection to `member`, one at a time per worker:
-/// another request may have made one while this one waited.
+/// another request may have made one while this one waited. When the
+/// attempt it waited on failed, this one fails at once, as that attempt
+/// did (a member that does not answer costs the requests waiting on it
+/// one connect timeout, not one each in turn).
 async fn connect_shared_http2(
     member: &MemberState,
     pool: &PoolPlan,
     ends: Addresses,
 ) -> Result<Sender, ProxyError> {
-    let _connecting = member.connecting_http2().await;
+    let (_connecting, failed_meanwhile) = member.connecting_http2().await;
     if let Some(sender) = ready_http2(member).await {
         return Ok(sender);
     }
-    connect(member, pool, ends, true, true).await
+    if failed_meanwhile {
+        return Err(ProxyError::Connect {
+            member: member.address,
+            source: std::io::Error::other("the connection another request was opening failed"),
+        });
+    }
+    let made = connect(member, pool, ends, true, true).await;
+    if made.is_err() {
+        member.http2_failed();
+    }
+    made
 }
 
 /// A new connection to `member`, ready for requests.

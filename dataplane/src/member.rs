@@ -69,6 +69,8 @@ struct Http2Slot {
     sender: Option<Http2Sender>,
     /// How many connections were shared so far: names the current one.
     made: u64,
+    /// How many attempts at a new shared connection failed so far.
+    failed: u64,
 }
 
 /// Idle upstream connections, oldest first, and whether a sweeper task
@@ -291,9 +293,17 @@ impl MemberState {
         }
     }
 
-    /// Held while this worker makes a new HTTP/2 connection to the member.
-    pub(crate) async fn connecting_http2(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        workers::mine(&self.http2).0.connecting.lock().await
+    /// Held while this worker makes a new HTTP/2 connection to the member;
+    /// with it, whether an attempt made while this one waited failed.
+    pub(crate) async fn connecting_http2(&self) -> (tokio::sync::MutexGuard<'_, ()>, bool) {
+        let failed = self.http2().failed;
+        let guard = workers::mine(&self.http2).0.connecting.lock().await;
+        (guard, self.http2().failed != failed)
+    }
+
+    /// An attempt at a new shared HTTP/2 connection failed.
+    pub(crate) fn http2_failed(&self) {
+        self.http2().failed += 1;
     }
 
     /// Returns a connection whose exchange finished cleanly. While any are

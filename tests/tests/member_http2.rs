@@ -200,3 +200,56 @@ async fn a_member_that_fails_the_connection_is_not_asked_again() {
         assert_eq!(member.connections.load(SeqCst), 1);
     }
 }
+
+/// A member whose connections hang (its accept queue is full, so the
+/// kernel drops the SYNs): requests that waited for one attempt at a new
+/// connection fail with it, after one connect timeout, not one after
+/// another (the one-at-a-time connect must not make them queue).
+#[tokio::test]
+async fn requests_waiting_on_a_hanging_connect_fail_together() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the accept queue (128 and one more) and let it be.
+    let mut held = Vec::new();
+    while held.len() < 200 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    assert!(held.len() < 200, "the accept queue never filled");
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&http_lb(
+        port,
+        &format!(
+            "http_version: http2, connect_timeout: 1s, members: [ {{ address: \"{addr}\" }} ]"
+        ),
+    )))
+    .await
+    .unwrap();
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/");
+    let started = std::time::Instant::now();
+    let gets: Vec<_> = (0..5)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move { get(&c, &url).await })
+        })
+        .collect();
+    for g in gets {
+        let (status, _) = tokio::time::timeout(Duration::from_secs(20), g)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(status >= 500, "{status}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "five requests took {took:?}"
+    );
+    dp.shutdown(Duration::from_secs(1)).await;
+    drop((listener, held));
+}
