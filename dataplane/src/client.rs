@@ -318,7 +318,7 @@ fn closed() -> io::Error {
 }
 
 /// The methods that may be sent again after a failure (RFC 9110 §9.2.2).
-fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE

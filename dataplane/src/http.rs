@@ -663,6 +663,8 @@ impl Conn {
                     stall: has_body.then(|| Stall::new(client_timeout)),
                     expired: expired.clone(),
                     ended: None,
+                    kept: None,
+                    resent: None,
                 },
             ),
             forwarding,
@@ -1150,15 +1152,17 @@ async fn deliver(
     }
 }
 
-/// An exchange on a member's HTTP/2 connection. As over HTTP/1.1, the
-/// member's limit counts from the end of the request: a slow upload that
-/// keeps moving is the client's limits' business, not the member's.
+/// An exchange on a member's HTTP/2 connection.
 ///
 /// A request the member did not act on (a stream past the last it took
 /// when it went away, or one it refused) goes once more on a new
-/// connection when it has no body: nginx, for one, ends a connection with
-/// GOAWAY every 1,000 requests, and the streams in flight past its last
-/// would otherwise be answered 502.
+/// connection, as does an idempotent one the connection dropped
+/// unanswered as it closed: nginx, for one, ends a connection with GOAWAY
+/// every 1,000 requests, and the streams in flight past its last would
+/// otherwise be answered 502. A request body goes again when no more than
+/// [`MOST_KEPT`] of it had been sent (what was sent is kept until the
+/// body ends or passes that; gRPC calls are POSTs with small bodies): the
+/// kept part first, then the rest as it comes from the client.
 async fn deliver_http2(
     mut sender: Http2Sender,
     which: Option<u64>,
@@ -1177,29 +1181,85 @@ async fn deliver_http2(
     } = *out;
     forwarding.insert_into(req.headers_mut());
     // Boxed: a pointer in every request's state, not a whole head.
-    let again = req
-        .body()
-        .is_end_stream()
-        .then(|| Box::new(copy_head(&req)));
-    let ended = (!req.body().is_end_stream()).then(|| {
-        let ended = Arc::new(tokio::sync::Notify::new());
-        req.body_mut().ended = Some(ended.clone());
-        ended
-    });
+    let head = Box::new(copy_head(&req));
+    let (refused, body) = match exchange_http2(&mut sender, req, true, member, pool).await? {
+        (Ok(r), _) => return Ok(r.map(MemberBody::Http2)),
+        (Err(e), _) if !may_go_again(&e, head.method()) => return Err(upstream(e)),
+        (Err(e), back) => match back.body().await {
+            Some(body) => (e, body),
+            None => return Err(upstream(e)),
+        },
+    };
+    let (parts, _) = (*head).into_parts();
+    // Rare: boxed, so that it does not enlarge every request's state.
+    Box::pin(resend_http2(
+        Request::from_parts(parts, *body),
+        refused,
+        which,
+        member,
+        pool,
+        ends,
+    ))
+    .await
+}
+
+/// Whether a request the member failed with `e` may go again: the member
+/// did not act on it, or it may have and the method makes that harmless.
+fn may_go_again(e: &hyper::Error, method: &Method) -> bool {
+    h2_member::unprocessed(e) || (h2_member::dropped_unanswered(e) && client::is_idempotent(method))
+}
+
+/// Sends `req` on `sender`. As over HTTP/1.1, the member's time counts
+/// from the end of the request: a slow upload that keeps moving is the
+/// client's limits' business, not the member's. With the answer, the body
+/// to send again where it was kept (`keep`).
+async fn exchange_http2(
+    sender: &mut Http2Sender,
+    mut req: Request<RequestBody>,
+    keep: bool,
+    member: &MemberState,
+    pool: &PoolPlan,
+) -> Result<(hyper::Result<Response<Incoming>>, Back), ProxyError> {
+    let Some(mut ended) = (!req.body().is_end_stream()).then(|| req.body_mut().watch(keep)) else {
+        let r = answered(sender.send_request(req), member, pool).await?;
+        return Ok((r, Back::Here(Some(Box::new(RequestBody::empty())))));
+    };
     let response = sender.send_request(req);
     tokio::pin!(response);
-    if let Some(ended) = ended {
-        tokio::select! {
-            r = &mut response => return Ok(r.map_err(upstream)?.map(MemberBody::Http2)),
-            () = ended.notified() => {}
+    let mut back = None;
+    let early = tokio::select! {
+        r = &mut response => Some(r),
+        body = &mut ended => {
+            back = Some(body.ok().flatten());
+            None
         }
+    };
+    match (early, back) {
+        (Some(r), _) => Ok((r, Back::Coming(ended))),
+        (None, back) => Ok((
+            answered(response, member, pool).await?,
+            Back::Here(back.flatten()),
+        )),
     }
-    match (answered(response, member, pool).await?, again) {
-        (Err(e), Some(req)) if h2_member::unprocessed(&e) => {
-            // Rare: boxed, so that it does not enlarge every request's state.
-            Box::pin(resend_http2(*req, e, which, member, pool, ends)).await
+}
+
+/// A request body on its way back from hyper, to send again.
+enum Back {
+    Here(Option<Box<RequestBody>>),
+    /// Sent when hyper lets the body go, soon after its stream ends.
+    Coming(tokio::sync::oneshot::Receiver<Option<Box<RequestBody>>>),
+}
+
+impl Back {
+    /// The body to send again, if it was kept.
+    async fn body(self) -> Option<Box<RequestBody>> {
+        match self {
+            Back::Here(body) => body,
+            Back::Coming(rx) => tokio::time::timeout(Duration::from_secs(1), rx)
+                .await
+                .ok()?
+                .ok()?,
         }
-        (r, _) => Ok(r.map_err(upstream)?.map(MemberBody::Http2)),
     }
 }
 
@@ -1225,7 +1285,7 @@ async fn resend_http2(
     let Sender::Http2(mut sender, _) = checkout(member, pool, ends, false).await? else {
         return Err(upstream(refused));
     };
-    let r = answered(sender.send_request(req), member, pool).await?;
+    let (r, _) = exchange_http2(&mut sender, req, false, member, pool).await?;
     Ok(r.map_err(upstream)?.map(MemberBody::Http2))
 }
 
@@ -1243,7 +1303,7 @@ async fn answered<F: Future>(
         })
 }
 
-/// A bodiless request's head again, to send once more.
+/// A request's head again, to send once more.
 fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
     let mut copy = Request::new(RequestBody::empty());
     *copy.method_mut() = req.method().clone();
@@ -1657,10 +1717,23 @@ pub(crate) struct RequestBody {
     /// Set to why the body failed in time ([`EXPIRED_DEADLINE`],
     /// [`EXPIRED_IDLE`]), so the failure is answered 408.
     expired: Option<Arc<AtomicU8>>,
-    /// Told when the body is over (or failed): an HTTP/2 member's response
-    /// time starts then.
-    ended: Option<Arc<tokio::sync::Notify>>,
+    /// Told when the body is over (or failed): an HTTP/2 member's
+    /// response time starts then. Sent the body to send again, where it is
+    /// kept: at its end, whole; if hyper lets it go before, what was sent
+    /// and the rest.
+    ended: Option<tokio::sync::oneshot::Sender<Option<Box<RequestBody>>>>,
+    /// A copy of the body so far, while it comes to no more than
+    /// [`MOST_KEPT`] (kept for an HTTP/2 member only). A copy, not the
+    /// chunks: a client sending a byte at a time must not make it larger.
+    kept: Option<BytesMut>,
+    /// What of the body was sent before, to a member that did not take it:
+    /// sent first, counted once.
+    resent: Option<Bytes>,
 }
+
+/// The most of a request body kept to send again to an HTTP/2 member that
+/// did not take it.
+const MOST_KEPT: usize = 64 * 1024;
 
 impl RequestBody {
     /// A body with nothing in it, counted nowhere.
@@ -1674,6 +1747,44 @@ impl RequestBody {
             stall: None,
             expired: None,
             ended: None,
+            kept: None,
+            resent: None,
+        }
+    }
+
+    /// From now on, says when the body ends; keeps its chunks (`keep`)
+    /// while they come to no more than [`MOST_KEPT`], to send again.
+    fn watch(&mut self, keep: bool) -> tokio::sync::oneshot::Receiver<Option<Box<RequestBody>>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ended = Some(tx);
+        self.kept = keep.then(BytesMut::new);
+        rx
+    }
+
+    /// The body again: what was sent of it (`kept`) first, then what is
+    /// still to come. Counted where this one is, but for what was sent.
+    fn again(&mut self, kept: BytesMut) -> Box<RequestBody> {
+        let mut again = Box::new(RequestBody::empty());
+        again.resent = (!kept.is_empty()).then(|| kept.freeze());
+        again.first = self.first.take();
+        again.inner = std::mem::replace(&mut self.inner, ClientBody::Empty);
+        again.listener = self.listener.take();
+        again.member = self.member.take();
+        again.deadline = self.deadline.take();
+        again.stall = self.stall.take();
+        again.expired = self.expired.take();
+        again
+    }
+
+    /// Keeps `f`, if the body is kept and still fits; trailers are not
+    /// kept (a body with them does not go again).
+    fn keep_frame(&mut self, f: &Frame<Bytes>) {
+        let Some(kept) = &mut self.kept else {
+            return;
+        };
+        match f.data_ref() {
+            Some(d) if kept.len() + d.len() <= MOST_KEPT => kept.extend_from_slice(d),
+            _ => self.kept = None,
         }
     }
 }
@@ -1699,6 +1810,12 @@ impl Body for RequestBody {
                 return Poll::Ready(Some(Err("request body not received in time".into())));
             }
         }
+        if let Some(resent) = self.resent.take() {
+            // Counted when it was first sent.
+            let frame = Frame::data(resent);
+            self.keep_frame(&frame);
+            return Poll::Ready(Some(Ok(frame)));
+        }
         let frame = match self.first.take() {
             Some(f) => Some(Ok(f)),
             None => match Pin::new(&mut self.inner).poll_frame(cx) {
@@ -1722,10 +1839,20 @@ impl Body for RequestBody {
             // The whole request is in: the deadline no longer applies.
             self.deadline = None;
         }
-        if matches!(frame, None | Some(Err(_))) {
-            if let Some(ended) = self.ended.take() {
-                ended.notify_one();
+        match &frame {
+            None => {
+                if let Some(ended) = self.ended.take() {
+                    let whole = self.kept.take().map(|kept| self.again(kept));
+                    let _ = ended.send(whole);
+                }
             }
+            Some(Err(_)) => {
+                self.kept = None;
+                if let Some(ended) = self.ended.take() {
+                    let _ = ended.send(None);
+                }
+            }
+            Some(Ok(f)) => self.keep_frame(f),
         }
         if let Some(Ok(f)) = &frame {
             if let Some(data) = f.data_ref() {
@@ -1742,13 +1869,24 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.inner.is_end_stream()
+        self.resent.is_none() && self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.first {
-            None => self.inner.size_hint(),
-            Some(_) => SizeHint::default(),
+        match (&self.resent, &self.first) {
+            (None, None) => self.inner.size_hint(),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    /// Let go before its end: what was sent and the rest go back to be
+    /// sent again, where it was kept.
+    fn drop(&mut self) {
+        if let Some(ended) = self.ended.take() {
+            let again = self.kept.take().map(|kept| self.again(kept));
+            let _ = ended.send(again);
         }
     }
 }
@@ -1966,6 +2104,62 @@ mod tests {
     fn a_listeners_port_is_written_out_in_decimal() {
         for (port, text) in [(1, "1"), (80, "80"), (8080, "8080"), (65535, "65535")] {
             assert_eq!(Port::own(port).as_bytes(), text.as_bytes());
+        }
+    }
+
+    /// A body of two chunks, `a` and `b`.
+    fn body_of(a: &'static [u8], b: &'static [u8]) -> RequestBody {
+        let mut body = RequestBody::empty();
+        body.resent = Some(Bytes::from_static(a));
+        body.first = Some(Frame::data(Bytes::from_static(b)));
+        body
+    }
+
+    async fn read_all(body: &mut RequestBody) -> Vec<u8> {
+        let mut read = Vec::new();
+        while let Some(frame) = body.frame().await {
+            read.extend_from_slice(frame.unwrap().data_ref().unwrap());
+        }
+        read
+    }
+
+    /// A body that ends comes back whole to send again, while it comes to
+    /// no more than [`MOST_KEPT`].
+    #[tokio::test]
+    async fn a_body_comes_back_whole_up_to_its_limit() {
+        let big: &'static [u8] = vec![b'x'; MOST_KEPT].leak();
+        for (a, b, kept) in [
+            (&b"ab"[..], &b"cd"[..], true),
+            (big, b"", true),
+            (big, b"y", false),
+        ] {
+            let mut body = body_of(a, b);
+            let ended = body.watch(true);
+            let sent = read_all(&mut body).await;
+            assert_eq!(sent, [a, b].concat());
+            match (ended.await.unwrap(), kept) {
+                (Some(mut again), true) => assert_eq!(read_all(&mut again).await, sent),
+                (None, false) => {}
+                (again, _) => panic!("{} bytes: came back {}", sent.len(), again.is_some()),
+            }
+        }
+    }
+
+    /// A body let go before its end comes back: what was sent of it, then
+    /// the rest. Unkept, it does not.
+    #[tokio::test]
+    async fn a_body_let_go_unfinished_comes_back_with_the_rest() {
+        for keep in [true, false] {
+            let mut body = body_of(b"ab", b"cd");
+            let ended = body.watch(keep);
+            let first = body.frame().await.unwrap().unwrap();
+            assert_eq!(first.data_ref().unwrap(), &b"ab"[..]);
+            drop(body);
+            match (ended.await.unwrap(), keep) {
+                (Some(mut again), true) => assert_eq!(read_all(&mut again).await, b"abcd"),
+                (None, false) => {}
+                (again, _) => panic!("kept {keep}: came back {}", again.is_some()),
+            }
         }
     }
 }

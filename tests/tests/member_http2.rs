@@ -7,19 +7,23 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use keel_dataplane::Dataplane;
 use keel_tests::client::{client, get};
 use keel_tests::{free_port, http_lb, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+const DATA: u8 = 0x0;
 const SETTINGS: u8 = 0x4;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len().to_be_bytes();
@@ -42,15 +46,26 @@ enum First {
     /// took, then the connection closed unanswered: it may have been
     /// acted on.
     TookItAndLeft,
+    /// One stream at a time (`SETTINGS_MAX_CONCURRENT_STREAMS` 1): the
+    /// first request held for a while, then GOAWAY, NO_ERROR, naming it
+    /// as the last taken, and its answer. A request Keel queued behind it
+    /// was never sent.
+    OneAtATimeThenAway,
+    /// Windows of 100,000 bytes, and GOAWAY, NO_ERROR, no stream taken,
+    /// once 70,000 bytes of the first request's body are in: more than
+    /// Keel keeps to send again.
+    AwayAfterBody,
 }
 
-/// A member that answers every request `200 second` but the first of its
-/// first connection, which it treats as `first` says. Counts the requests
-/// it answered and the connections it took.
+/// A member that answers every request `200 second` (once its body is
+/// in) but the first of its first connection, which it treats as `first`
+/// says. Counts the requests it answered and the connections it took, and
+/// keeps the request body bytes it answered.
 struct Member {
     addr: SocketAddr,
     answered: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    bodies: Arc<Mutex<Vec<u8>>>,
 }
 
 async fn member(first: First) -> Member {
@@ -58,26 +73,60 @@ async fn member(first: First) -> Member {
     let addr = listener.local_addr().unwrap();
     let answered = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(AtomicUsize::new(0));
-    let (a, c) = (answered.clone(), connections.clone());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let (a, c, b) = (answered.clone(), connections.clone(), bodies.clone());
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let first = (c.fetch_add(1, SeqCst) == 0).then_some(first);
-            tokio::spawn(serve(s, first, a.clone()));
+            tokio::spawn(serve(s, first, a.clone(), b.clone()));
         }
     });
     Member {
         addr,
         answered,
         connections,
+        bodies,
     }
 }
 
-async fn serve(mut s: TcpStream, mut first: Option<First>, answered: Arc<AtomicUsize>) {
+/// `:status: 200` (static entry 8), then the body, on `stream`.
+fn second(stream: u32) -> Vec<u8> {
+    [
+        frame(HEADERS, 0x4, stream, b"\x88"),
+        frame(DATA, END_STREAM, stream, b"second"),
+    ]
+    .concat()
+}
+
+async fn serve(
+    mut s: TcpStream,
+    mut first: Option<First>,
+    answered: Arc<AtomicUsize>,
+    bodies: Arc<Mutex<Vec<u8>>>,
+) {
     let mut preface = [0u8; 24];
     if s.read_exact(&mut preface).await.is_err() {
         return;
     }
-    let _ = s.write_all(&frame(SETTINGS, 0, 0, &[])).await;
+    // SETTINGS_MAX_CONCURRENT_STREAMS (3) for the first connection only.
+    let settings: &[u8] = match first {
+        Some(First::OneAtATimeThenAway) => &[0, 3, 0, 0, 0, 1],
+        // SETTINGS_INITIAL_WINDOW_SIZE (4).
+        Some(First::AwayAfterBody) => &[0, 4, 0, 1, 0x86, 0xa0],
+        _ => &[],
+    };
+    let _ = s.write_all(&frame(SETTINGS, 0, 0, settings)).await;
+    if let Some(First::AwayAfterBody) = first {
+        // The connection's window too (WINDOW_UPDATE).
+        let _ = s
+            .write_all(&frame(0x8, 0, 0, &100_000u32.to_be_bytes()))
+            .await;
+    }
+    let away_after_body = matches!(first, Some(First::AwayAfterBody));
+    // The bytes of the first request's body in so far.
+    let mut special_body = 0;
+    // The stream of the request treated as `first` says.
+    let mut special = None;
     loop {
         let mut head = [0u8; 9];
         if s.read_exact(&mut head).await.is_err() {
@@ -89,9 +138,28 @@ async fn serve(mut s: TcpStream, mut first: Option<First>, answered: Arc<AtomicU
             return;
         }
         let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let ends = head[4] & END_STREAM != 0;
         let out = match head[3] {
             SETTINGS if head[4] & 1 == 0 => frame(SETTINGS, 1, 0, &[]),
-            HEADERS => match first.take() {
+            DATA if Some(stream) == special => {
+                if !away_after_body {
+                    continue;
+                }
+                special_body += payload.len();
+                if special_body < 70_000 || special_body - payload.len() >= 70_000 {
+                    continue;
+                }
+                frame(GOAWAY, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 0])
+            }
+            DATA if first.is_none() => {
+                bodies.lock().unwrap().extend_from_slice(&payload);
+                if !ends {
+                    continue;
+                }
+                answered.fetch_add(1, SeqCst);
+                second(stream)
+            }
+            HEADERS => match first.take().inspect(|_| special = Some(stream)) {
                 Some(First::GoAway) => frame(GOAWAY, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 0]),
                 Some(First::Refuse) => frame(RST_STREAM, 0, stream, &[0, 0, 0, 7]),
                 Some(First::GoAwayWithError) => frame(GOAWAY, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 2]),
@@ -101,14 +169,18 @@ async fn serve(mut s: TcpStream, mut first: Option<First>, answered: Arc<AtomicU
                     let _ = s.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
                     return;
                 }
+                Some(First::AwayAfterBody) => continue,
+                Some(First::OneAtATimeThenAway) => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    answered.fetch_add(1, SeqCst);
+                    let mut goaway = stream.to_be_bytes().to_vec();
+                    goaway.extend_from_slice(&[0, 0, 0, 0]);
+                    [frame(GOAWAY, 0, 0, &goaway), second(stream)].concat()
+                }
+                None if !ends => continue,
                 None => {
                     answered.fetch_add(1, SeqCst);
-                    // `:status: 200` (static entry 8), then the body.
-                    [
-                        frame(HEADERS, 0x4, stream, b"\x88"),
-                        frame(0x0, 0x1, stream, b"second"),
-                    ]
-                    .concat()
+                    second(stream)
                 }
             },
             _ => continue,
@@ -170,6 +242,76 @@ async fn a_request_the_member_did_not_take_goes_again_on_a_new_connection() {
     }
 }
 
+/// A POST to Keel at `port` over HTTP/1.1 whose body is `parts`, sent
+/// 300 ms apart: the status, and the answer's text.
+async fn post_in_parts(port: u16, parts: &[&[u8]]) -> (u16, String) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let length: usize = parts.iter().map(|p| p.len()).sum();
+    let head = format!(
+        "POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {length}\r\n\r\n"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        c.write_all(part).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, answer)
+}
+
+/// The same with a request body: it goes again, whether the refusal came
+/// after its end or while some of it was still to come from the client
+/// (the part sent goes again first, then the rest). One of which more
+/// than Keel keeps to send again (64 KiB) had gone when the member
+/// refused it is answered 502 and not sent again.
+#[tokio::test]
+async fn a_request_body_the_member_did_not_take_goes_again() {
+    let whole: Vec<u8> = (0..5_000).map(|i| b'a' + (i % 26) as u8).collect();
+    let big = vec![b'b'; 100_000];
+    let cases: [(First, &[&[u8]], bool); 5] = [
+        (First::GoAway, &[&whole], true),
+        (First::Refuse, &[&whole], true),
+        (First::GoAway, &[b"sent, ", b"then the rest"], true),
+        (First::Refuse, &[b"sent, ", b"then the rest"], true),
+        (First::AwayAfterBody, &[&big], false),
+    ];
+    for (first, parts, again) in cases {
+        let member = member(first).await;
+        let port = free_port();
+        let dp = Dataplane::new();
+        dp.apply(&spec(&http_lb(
+            port,
+            &format!(
+                "http_version: http2, members: [ {{ address: \"{}\" }} ]",
+                member.addr
+            ),
+        )))
+        .await
+        .unwrap();
+        let (status, answer) = post_in_parts(port, parts).await;
+        let size = parts.concat().len();
+        if again {
+            assert_eq!(status, 200, "{size}: {answer}");
+            assert!(answer.contains("second"), "{size}: {answer}");
+            assert_eq!(*member.bodies.lock().unwrap(), parts.concat(), "{size}");
+            assert_eq!(member.connections.load(SeqCst), 2, "{size}");
+        } else {
+            assert_eq!(status, 502, "{size}: {answer}");
+            assert_eq!(member.answered.load(SeqCst), 0, "{size}");
+            assert_eq!(member.connections.load(SeqCst), 1, "{size}");
+        }
+        dp.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
 /// Many requests at once, the first connection going away under them:
 /// every one is answered, over one new connection per worker, not one
 /// each (nor one each at the start, when there is no connection yet).
@@ -184,6 +326,64 @@ async fn requests_a_member_sent_away_share_one_new_connection() {
         connections <= 5,
         "{connections} connections for 20 requests"
     );
+}
+
+/// A member that takes one stream at a time goes away while a second
+/// request waits in Keel for the first to finish: hyper ends that request
+/// with "dispatch task is gone" (`hyper::proto::h2::client::ClientTask`
+/// drops the request it was holding for a free stream). h2 had it queued
+/// and may have sent it (a GOAWAY naming a later stream lets it go), so
+/// a GET goes again on a new connection, and a POST is answered 502.
+#[tokio::test]
+async fn a_request_queued_behind_a_member_that_went_away_goes_again_if_idempotent() {
+    for (method, again) in [(http::Method::GET, true), (http::Method::POST, false)] {
+        let member = member(First::OneAtATimeThenAway).await;
+        let port = free_port();
+        let dp = Dataplane::new();
+        dp.apply(&spec(&http_lb(
+            port,
+            &format!(
+                "http_version: http2, members: [ {{ address: \"{}\" }} ]",
+                member.addr
+            ),
+        )))
+        .await
+        .unwrap();
+        let c = client();
+        let url = format!("http://127.0.0.1:{port}/");
+        let first = tokio::spawn({
+            let (c, url) = (c.clone(), url.clone());
+            async move { get(&c, &url).await }
+        });
+        // The second once the first holds the member's one stream.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let req = http::Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let second = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = second.status().as_u16();
+        let body = second.into_body().collect().await.unwrap().to_bytes();
+        let first = tokio::time::timeout(Duration::from_secs(10), first)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first, Ok((200, "second".to_owned())));
+        if again {
+            assert_eq!((status, &body[..]), (200, &b"second"[..]), "{method}");
+            assert_eq!(member.answered.load(SeqCst), 2, "{method}");
+            assert_eq!(member.connections.load(SeqCst), 2, "{method}");
+        } else {
+            assert_eq!(status, 502, "{method}");
+            assert_eq!(member.answered.load(SeqCst), 1, "{method}");
+            assert_eq!(member.connections.load(SeqCst), 1, "{method}");
+        }
+        dp.shutdown(Duration::from_secs(1)).await;
+    }
 }
 
 /// A GOAWAY with an error code says nothing of what the member did with

@@ -73,6 +73,17 @@ pub(crate) fn unprocessed(e: &hyper::Error) -> bool {
         }
 }
 
+/// Whether the connection's driver ended holding the request unanswered:
+/// hyper's "dispatch task is gone", for a request waiting for a free
+/// stream (the member's `SETTINGS_MAX_CONCURRENT_STREAMS`) when the member
+/// went away (`hyper::proto::h2::client::ClientTask` drops it). h2 had
+/// given it a stream, and may have sent it, so only a request that may go
+/// twice goes again.
+pub(crate) fn dropped_unanswered(e: &hyper::Error) -> bool {
+    // hyper names this error only in its text.
+    e.is_user() && e.to_string().starts_with("dispatch task is gone")
+}
+
 const HEADERS: u8 = 0x1;
 const PUSH_PROMISE: u8 = 0x5;
 const CONTINUATION: u8 = 0x9;
@@ -376,7 +387,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Checked<S> {
 }
 
 /// A member's bytes, handed over `.1` at a time (tests, fuzzing).
-#[cfg_attr(not(test), allow(dead_code))]
 struct Pieces<'a>(&'a [u8], usize);
 
 impl AsyncRead for Pieces<'_> {
