@@ -662,9 +662,7 @@ impl Conn {
                     deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
                     stall: has_body.then(|| Stall::new(client_timeout)),
                     expired: expired.clone(),
-                    ended: None,
-                    kept: None,
-                    resent: None,
+                    watch: None,
                 },
             ),
             forwarding,
@@ -1134,7 +1132,11 @@ async fn deliver(
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
     let conn = match sender {
-        Sender::Http2(s, which) => return deliver_http2(s, which, out, member, pool, ends).await,
+        Sender::Http2(s, which) => {
+            // Boxed: its state (keeping a body to send again) is larger
+            // than the HTTP/1.1 way's, which every request would carry.
+            return Box::pin(deliver_http2(s, which, out, member, pool, ends)).await;
+        }
         Sender::Http1(conn) => conn,
     };
     let unsent = match conn.send(out, pool.spec.response_timeout).await {
@@ -1717,14 +1719,21 @@ pub(crate) struct RequestBody {
     /// Set to why the body failed in time ([`EXPIRED_DEADLINE`],
     /// [`EXPIRED_IDLE`]), so the failure is answered 408.
     expired: Option<Arc<AtomicU8>>,
-    /// Told when the body is over (or failed): an HTTP/2 member's
-    /// response time starts then. Sent the body to send again, where it is
-    /// kept: at its end, whole; if hyper lets it go before, what was sent
-    /// and the rest.
+    /// For an HTTP/2 member ([`RequestBody::watch`]). Boxed: most bodies
+    /// go without.
+    watch: Option<Box<Watch>>,
+}
+
+/// What a request body to an HTTP/2 member keeps, to send again.
+#[derive(Default)]
+struct Watch {
+    /// Told when the body is over (or failed): the member's response time
+    /// starts then. Sent the body to send again, where it is kept: at its
+    /// end, whole; if hyper lets it go before, what was sent and the rest.
     ended: Option<tokio::sync::oneshot::Sender<Option<Box<RequestBody>>>>,
     /// A copy of the body so far, while it comes to no more than
-    /// [`MOST_KEPT`] (kept for an HTTP/2 member only). A copy, not the
-    /// chunks: a client sending a byte at a time must not make it larger.
+    /// [`MOST_KEPT`]. A copy, not the chunks: a client sending a byte at
+    /// a time must not make it larger.
     kept: Option<BytesMut>,
     /// What of the body was sent before, to a member that did not take it:
     /// sent first, counted once.
@@ -1746,9 +1755,7 @@ impl RequestBody {
             deadline: None,
             stall: None,
             expired: None,
-            ended: None,
-            kept: None,
-            resent: None,
+            watch: None,
         }
     }
 
@@ -1756,16 +1763,35 @@ impl RequestBody {
     /// while they come to no more than [`MOST_KEPT`], to send again.
     fn watch(&mut self, keep: bool) -> tokio::sync::oneshot::Receiver<Option<Box<RequestBody>>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.ended = Some(tx);
-        self.kept = keep.then(BytesMut::new);
+        let watch = self.watch.get_or_insert_with(Box::default);
+        watch.ended = Some(tx);
+        watch.kept = keep.then(BytesMut::new);
         rx
+    }
+
+    /// Tells the watcher, if any, that the body is over: with the body to
+    /// send again where it was kept and did not fail.
+    fn end(&mut self, failed: bool) {
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        let Some(ended) = watch.ended.take() else {
+            return;
+        };
+        let kept = watch.kept.take().filter(|_| !failed);
+        let _ = ended.send(kept.map(|kept| self.again(kept)));
     }
 
     /// The body again: what was sent of it (`kept`) first, then what is
     /// still to come. Counted where this one is, but for what was sent.
     fn again(&mut self, kept: BytesMut) -> Box<RequestBody> {
         let mut again = Box::new(RequestBody::empty());
-        again.resent = (!kept.is_empty()).then(|| kept.freeze());
+        again.watch = (!kept.is_empty()).then(|| {
+            Box::new(Watch {
+                resent: Some(kept.freeze()),
+                ..Watch::default()
+            })
+        });
         again.first = self.first.take();
         again.inner = std::mem::replace(&mut self.inner, ClientBody::Empty);
         again.listener = self.listener.take();
@@ -1779,12 +1805,15 @@ impl RequestBody {
     /// Keeps `f`, if the body is kept and still fits; trailers are not
     /// kept (a body with them does not go again).
     fn keep_frame(&mut self, f: &Frame<Bytes>) {
-        let Some(kept) = &mut self.kept else {
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        let Some(kept) = &mut watch.kept else {
             return;
         };
         match f.data_ref() {
             Some(d) if kept.len() + d.len() <= MOST_KEPT => kept.extend_from_slice(d),
-            _ => self.kept = None,
+            _ => watch.kept = None,
         }
     }
 }
@@ -1810,7 +1839,7 @@ impl Body for RequestBody {
                 return Poll::Ready(Some(Err("request body not received in time".into())));
             }
         }
-        if let Some(resent) = self.resent.take() {
+        if let Some(resent) = self.watch.as_mut().and_then(|w| w.resent.take()) {
             // Counted when it was first sent.
             let frame = Frame::data(resent);
             self.keep_frame(&frame);
@@ -1840,18 +1869,8 @@ impl Body for RequestBody {
             self.deadline = None;
         }
         match &frame {
-            None => {
-                if let Some(ended) = self.ended.take() {
-                    let whole = self.kept.take().map(|kept| self.again(kept));
-                    let _ = ended.send(whole);
-                }
-            }
-            Some(Err(_)) => {
-                self.kept = None;
-                if let Some(ended) = self.ended.take() {
-                    let _ = ended.send(None);
-                }
-            }
+            None => self.end(false),
+            Some(Err(_)) => self.end(true),
             Some(Ok(f)) => self.keep_frame(f),
         }
         if let Some(Ok(f)) = &frame {
@@ -1869,12 +1888,15 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.resent.is_none() && self.first.is_none() && self.inner.is_end_stream()
+        self.watch.as_ref().is_none_or(|w| w.resent.is_none())
+            && self.first.is_none()
+            && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.resent, &self.first) {
-            (None, None) => self.inner.size_hint(),
+        let resent = self.watch.as_ref().is_some_and(|w| w.resent.is_some());
+        match (resent, &self.first) {
+            (false, None) => self.inner.size_hint(),
             _ => SizeHint::default(),
         }
     }
@@ -1884,10 +1906,7 @@ impl Drop for RequestBody {
     /// Let go before its end: what was sent and the rest go back to be
     /// sent again, where it was kept.
     fn drop(&mut self) {
-        if let Some(ended) = self.ended.take() {
-            let again = self.kept.take().map(|kept| self.again(kept));
-            let _ = ended.send(again);
-        }
+        self.end(false);
     }
 }
 
@@ -2110,7 +2129,10 @@ mod tests {
     /// A body of two chunks, `a` and `b`.
     fn body_of(a: &'static [u8], b: &'static [u8]) -> RequestBody {
         let mut body = RequestBody::empty();
-        body.resent = Some(Bytes::from_static(a));
+        body.watch = Some(Box::new(Watch {
+            resent: Some(Bytes::from_static(a)),
+            ..Watch::default()
+        }));
         body.first = Some(Frame::data(Bytes::from_static(b)));
         body
     }

@@ -15,8 +15,10 @@
 # atomic counters), counted by tests/bench/locked.py from the same
 # per-instruction figures, and the Keel functions that executed the most.
 #
-# KEEP_DUMPS=DIR keeps each count's callgrind dump there (NAME-h1.N.cg and
-# NAME-h2c.N.cg, NAME-https.N.cg, for callgrind_annotate).
+# LOCKED_TOP=N lists N functions (default 12); KEEP_DUMPS=DIR keeps each
+# count's callgrind dump there (NAME-h1.N.cg and NAME-h2c.N.cg,
+# NAME-https.N.cg, for callgrind_annotate, or for
+# `LOCKED_TOP=60 tests/bench/locked.py N DUMP` to compare two builds).
 #
 # Same setup as compare.sh: one worker each, two nginx backends, reused
 # backend connections. Clients: h2load over HTTP/1.1 (16 connections),

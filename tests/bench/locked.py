@@ -84,7 +84,7 @@ def main():
                 by_function[function[(o, addr)]] += n
     everything = sum(counted.values())
     print(f"{everything // requests} {total / requests:.1f}")
-    for fn, n in by_function.most_common(12):
+    for fn, n in by_function.most_common(int(os.environ.get("LOCKED_TOP", "12"))):
         print(f"  {n / requests:6.2f}  {fn[:110]}", file=sys.stderr)
 
 
