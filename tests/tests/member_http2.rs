@@ -40,12 +40,12 @@ enum First {
     GoAway,
     /// RST_STREAM with REFUSED_STREAM.
     Refuse,
-    /// GOAWAY with INTERNAL_ERROR: the request may have been acted on.
+    /// GOAWAY with INTERNAL_ERROR, naming stream 0 as the last it took.
     GoAwayWithError,
-    /// GOAWAY, NO_ERROR, naming this request's stream as the last it
-    /// took, then the connection closed unanswered: it may have been
-    /// acted on.
-    TookItAndLeft,
+    /// GOAWAY naming this request's stream as the last it took (with
+    /// INTERNAL_ERROR if `.0`, else NO_ERROR), then the connection closed
+    /// unanswered: it may have been acted on.
+    TookItAndLeft(bool),
     /// One stream at a time (`SETTINGS_MAX_CONCURRENT_STREAMS` 1): the
     /// first request held for a while, then GOAWAY, NO_ERROR, naming it
     /// as the last taken, and its answer. A request Keel queued behind it
@@ -163,15 +163,15 @@ async fn serve(
                 Some(First::GoAway) => frame(GOAWAY, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 0]),
                 Some(First::Refuse) => frame(RST_STREAM, 0, stream, &[0, 0, 0, 7]),
                 Some(First::GoAwayWithError) => frame(GOAWAY, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 2]),
-                Some(First::TookItAndLeft) => {
+                Some(First::TookItAndLeft(error)) => {
                     let mut goaway = stream.to_be_bytes().to_vec();
-                    goaway.extend_from_slice(&[0, 0, 0, 0]);
+                    goaway.extend_from_slice(&[0, 0, 0, if error { 2 } else { 0 }]);
                     let _ = s.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
                     return;
                 }
                 Some(First::AwayAfterBody) => continue,
                 Some(First::OneAtATimeThenAway) => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(Duration::from_millis(1000)).await;
                     answered.fetch_add(1, SeqCst);
                     let mut goaway = stream.to_be_bytes().to_vec();
                     goaway.extend_from_slice(&[0, 0, 0, 0]);
@@ -230,12 +230,13 @@ async fn through_keel(
     (got, member)
 }
 
-/// RFC 9113 §8.7: a stream past a GOAWAY's last stream, or one refused
-/// with REFUSED_STREAM, was not acted on and may go again, whatever its
-/// method; Keel sends it once more on a new connection.
+/// RFC 9113 §8.7: a stream past a GOAWAY's last stream (whatever its
+/// error code), or one refused with REFUSED_STREAM, was not acted on and
+/// may go again, whatever its method; Keel sends it once more on a new
+/// connection.
 #[tokio::test]
 async fn a_request_the_member_did_not_take_goes_again_on_a_new_connection() {
-    for first in [First::GoAway, First::Refuse] {
+    for first in [First::GoAway, First::Refuse, First::GoAwayWithError] {
         let (got, member) = through_keel(first, 1).await;
         assert_eq!(got, [Ok((200, "second".to_owned()))]);
         assert_eq!(member.answered.load(SeqCst), 1);
@@ -386,14 +387,15 @@ async fn a_request_queued_behind_a_member_that_went_away_goes_again_if_idempoten
     }
 }
 
-/// A GOAWAY with an error code says nothing of what the member did with
-/// the streams it had, and a stream the GOAWAY names as taken may have
-/// been acted on: the client gets a 502, and nothing is sent again. (The
-/// second rests on h2 giving such a stream a broken pipe, not the
-/// GOAWAY's NO_ERROR: `h2::proto::streams::Streams::recv_eof`.)
+/// A stream a GOAWAY names as taken may have been acted on, whatever the
+/// GOAWAY's error code: when the connection then closes unanswered, the
+/// client gets a 502, and nothing is sent again. (This rests on h2 giving
+/// such a stream a broken pipe, not the GOAWAY's error, which it gives
+/// only the streams past the last: `h2::proto::streams::Streams::recv_eof`
+/// and `recv_go_away`.)
 #[tokio::test]
 async fn a_member_that_fails_the_connection_is_not_asked_again() {
-    for first in [First::GoAwayWithError, First::TookItAndLeft] {
+    for first in [First::TookItAndLeft(false), First::TookItAndLeft(true)] {
         let (got, member) = through_keel(first, 1).await;
         assert_eq!(got[0].as_ref().map(|(status, _)| *status), Ok(502));
         assert_eq!(member.answered.load(SeqCst), 0);

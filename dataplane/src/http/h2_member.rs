@@ -50,13 +50,14 @@ where
 }
 
 /// Whether the member said it did not act on the request (RFC 9113 §8.7):
-/// a stream past the last it took when it went away (GOAWAY without an
-/// error: h2 gives those streams, and requests on the connection after
-/// it, `NO_ERROR` from the remote; `h2::proto::streams::Streams::recv_go_away`),
-/// or a stream it refused (`REFUSED_STREAM`); or a request hyper had not
-/// yet handed to h2 when the connection closed. Any method may go again.
-/// Streams it took and did not finish end otherwise (a broken pipe, or the
-/// GOAWAY's error code).
+/// a stream past the last it took when it went away, whatever the
+/// GOAWAY's error code (h2 gives the GOAWAY's error, from the remote, to
+/// those streams and to requests on the connection after it, and to no
+/// other: `h2::proto::streams::Streams::recv_go_away`), or a stream it
+/// refused (`REFUSED_STREAM`); or a request hyper had not yet handed to
+/// h2 when the connection closed. Any method may go again. Streams it
+/// took and did not finish end otherwise (a broken pipe when the
+/// connection closes: `Streams::recv_eof`).
 pub(crate) fn unprocessed(e: &hyper::Error) -> bool {
     if e.is_canceled() {
         // Never handed to h2: the connection closed first.
@@ -66,11 +67,7 @@ pub(crate) fn unprocessed(e: &hyper::Error) -> bool {
         return false;
     };
     e.is_remote()
-        && match e.reason() {
-            Some(h2::Reason::NO_ERROR) => e.is_go_away(),
-            Some(h2::Reason::REFUSED_STREAM) => e.is_reset(),
-            _ => false,
-        }
+        && (e.is_go_away() || (e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM)))
 }
 
 /// Whether the connection's driver ended holding the request unanswered:
