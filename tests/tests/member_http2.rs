@@ -191,6 +191,22 @@ async fn serve(
     }
 }
 
+/// Keel listening on a port of its own, in front of `member` over HTTP/2
+/// (connect timeout 1 s).
+async fn keel_before(member: SocketAddr) -> (Dataplane, u16) {
+    let port = free_port();
+    let dp = Dataplane::new();
+    dp.apply(&spec(&http_lb(
+        port,
+        &format!(
+            "http_version: http2, connect_timeout: 1s, members: [ {{ address: \"{member}\" }} ]"
+        ),
+    )))
+    .await
+    .unwrap();
+    (dp, port)
+}
+
 /// `clients` GETs at once through Keel to a member that treats its first
 /// request as `first` says: what each got, and the member.
 async fn through_keel(
@@ -198,17 +214,7 @@ async fn through_keel(
     clients: usize,
 ) -> (Vec<Result<(u16, String), String>>, Member) {
     let member = member(first).await;
-    let port = free_port();
-    let dp = Dataplane::new();
-    dp.apply(&spec(&http_lb(
-        port,
-        &format!(
-            "http_version: http2, members: [ {{ address: \"{}\" }} ]",
-            member.addr
-        ),
-    )))
-    .await
-    .unwrap();
+    let (dp, port) = keel_before(member.addr).await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
     let gets: Vec<_> = (0..clients)
@@ -286,17 +292,7 @@ async fn a_request_body_the_member_did_not_take_goes_again() {
     ];
     for (first, parts, again) in cases {
         let member = member(first).await;
-        let port = free_port();
-        let dp = Dataplane::new();
-        dp.apply(&spec(&http_lb(
-            port,
-            &format!(
-                "http_version: http2, members: [ {{ address: \"{}\" }} ]",
-                member.addr
-            ),
-        )))
-        .await
-        .unwrap();
+        let (dp, port) = keel_before(member.addr).await;
         let (status, answer) = post_in_parts(port, parts).await;
         let size = parts.concat().len();
         if again {
@@ -339,17 +335,7 @@ async fn requests_a_member_sent_away_share_one_new_connection() {
 async fn a_request_queued_behind_a_member_that_went_away_goes_again_if_idempotent() {
     for (method, again) in [(http::Method::GET, true), (http::Method::POST, false)] {
         let member = member(First::OneAtATimeThenAway).await;
-        let port = free_port();
-        let dp = Dataplane::new();
-        dp.apply(&spec(&http_lb(
-            port,
-            &format!(
-                "http_version: http2, members: [ {{ address: \"{}\" }} ]",
-                member.addr
-            ),
-        )))
-        .await
-        .unwrap();
+        let (dp, port) = keel_before(member.addr).await;
         let c = client();
         let url = format!("http://127.0.0.1:{port}/");
         let first = tokio::spawn({
@@ -420,16 +406,7 @@ async fn requests_waiting_on_a_hanging_connect_fail_together() {
         }
     }
     assert!(held.len() < 200, "the accept queue never filled");
-    let port = free_port();
-    let dp = Dataplane::new();
-    dp.apply(&spec(&http_lb(
-        port,
-        &format!(
-            "http_version: http2, connect_timeout: 1s, members: [ {{ address: \"{addr}\" }} ]"
-        ),
-    )))
-    .await
-    .unwrap();
+    let (dp, port) = keel_before(addr).await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
     let started = std::time::Instant::now();
