@@ -1224,7 +1224,7 @@ async fn exchange_http2(
 ) -> Result<(hyper::Result<Response<Incoming>>, Back), ProxyError> {
     let Some(mut ended) = (!req.body().is_end_stream()).then(|| req.body_mut().watch(keep)) else {
         let r = answered(sender.send_request(req), member, pool).await?;
-        return Ok((r, Back::Here(Some(Box::new(RequestBody::empty())))));
+        return Ok((r, Back::Bodiless));
     };
     let response = sender.send_request(req);
     tokio::pin!(response);
@@ -1247,6 +1247,8 @@ async fn exchange_http2(
 
 /// A request body on its way back from hyper, to send again.
 enum Back {
+    /// The request had no body: nothing to wait for.
+    Bodiless,
     Here(Option<Box<RequestBody>>),
     /// Sent when hyper lets the body go, soon after its stream ends.
     Coming(tokio::sync::oneshot::Receiver<Option<Box<RequestBody>>>),
@@ -1256,6 +1258,7 @@ impl Back {
     /// The body to send again, if it was kept.
     async fn body(self) -> Option<Box<RequestBody>> {
         match self {
+            Back::Bodiless => Some(Box::new(RequestBody::empty())),
             Back::Here(body) => body,
             Back::Coming(rx) => tokio::time::timeout(Duration::from_secs(1), rx)
                 .await
