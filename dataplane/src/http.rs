@@ -1157,17 +1157,18 @@ async fn deliver(
 /// An exchange on a member's HTTP/2 connection.
 ///
 /// A request the member did not act on (a stream past the last it took
-/// when it went away, or one it refused) goes once more on a new
-/// connection, as does an idempotent one the connection dropped
-/// unanswered as it closed: nginx, for one, ends a connection with GOAWAY
-/// every 1,000 requests, and the streams in flight past its last would
-/// otherwise be answered 502. A request body goes again when no more than
-/// [`MOST_KEPT`] of it had been sent (what was sent is kept until the
+/// when it went away, or one it refused) goes again on a new connection,
+/// as does an idempotent one the connection dropped unanswered as it
+/// closed: nginx, for one, ends a connection with GOAWAY every 1,000
+/// requests, and the streams in flight past its last would otherwise be
+/// answered 502. At most [`HTTP2_TRIES`] tries in all: the new connection
+/// may be going away in its turn. A request body goes again when no more
+/// than [`MOST_KEPT`] of it had been sent (what was sent is kept until the
 /// body ends or passes that; gRPC calls are POSTs with small bodies): the
 /// kept part first, then the rest as it comes from the client.
 async fn deliver_http2(
     mut sender: Http2Sender,
-    which: Option<u64>,
+    mut which: Option<u64>,
     out: Box<Outbound>,
     member: &MemberState,
     pool: &PoolPlan,
@@ -1184,26 +1185,34 @@ async fn deliver_http2(
     forwarding.insert_into(req.headers_mut());
     // Boxed: a pointer in every request's state, not a whole head.
     let head = Box::new(copy_head(&req));
-    let (refused, body) = match exchange_http2(&mut sender, req, true, member, pool).await? {
-        (Ok(r), _) => return Ok(r.map(MemberBody::Http2)),
-        (Err(e), _) if !may_go_again(&e, head.method()) => return Err(upstream(e)),
-        (Err(e), back) => match back.body().await {
-            Some(body) => (e, body),
-            None => return Err(upstream(e)),
-        },
-    };
-    let (parts, _) = (*head).into_parts();
-    // Rare: boxed, so that it does not enlarge every request's state.
-    Box::pin(resend_http2(
-        Request::from_parts(parts, *body),
-        refused,
-        which,
-        member,
-        pool,
-        ends,
-    ))
-    .await
+    let mut tries = 1;
+    loop {
+        let keep = tries < HTTP2_TRIES;
+        let (refused, body) = match exchange_http2(&mut sender, req, keep, member, pool).await? {
+            (Ok(r), _) => return Ok(r.map(MemberBody::Http2)),
+            (Err(e), _) if !keep || !may_go_again(&e, head.method()) => return Err(upstream(e)),
+            (Err(e), back) => match back.body().await {
+                Some(body) => (e, body),
+                None => return Err(upstream(e)),
+            },
+        };
+        tracing::debug!(member = %member.address, error = %refused,
+            "the member did not take the request; sending it on a new connection");
+        if let Some(which) = which {
+            member.forget_http2(which);
+        }
+        // Boxed: rare, and it would enlarge every request's state.
+        let Sender::Http2(next, made) = Box::pin(checkout(member, pool, ends, false)).await? else {
+            return Err(upstream(refused));
+        };
+        (sender, which) = (next, made);
+        req = Request::from_parts(copy_head(&head).into_parts().0, *body);
+        tries += 1;
+    }
 }
+
+/// The most tries of a request an HTTP/2 member did not take.
+const HTTP2_TRIES: usize = 3;
 
 /// Whether a request the member failed with `e` may go again: the member
 /// did not act on it, or it may have and the method makes that harmless.
@@ -1266,32 +1275,6 @@ impl Back {
                 .ok()?,
         }
     }
-}
-
-/// Sends `req`, which the member did not take (`refused`), once more: on
-/// the shared connection another request made since, or a new one.
-async fn resend_http2(
-    req: Request<RequestBody>,
-    refused: hyper::Error,
-    which: Option<u64>,
-    member: &MemberState,
-    pool: &PoolPlan,
-    ends: Addresses,
-) -> Result<Response<MemberBody>, ProxyError> {
-    tracing::debug!(member = %member.address, error = %refused,
-        "the member did not take the request; sending it on a new connection");
-    if let Some(which) = which {
-        member.forget_http2(which);
-    }
-    let upstream = |e: hyper::Error| ProxyError::Upstream {
-        member: member.address,
-        source: e.into(),
-    };
-    let Sender::Http2(mut sender, _) = checkout(member, pool, ends, false).await? else {
-        return Err(upstream(refused));
-    };
-    let (r, _) = exchange_http2(&mut sender, req, false, member, pool).await?;
-    Ok(r.map_err(upstream)?.map(MemberBody::Http2))
 }
 
 /// A member's answer, within the pool's `response_timeout`.

@@ -6,7 +6,8 @@
 # cannot speak HTTP/2 to a member, so it is not in this one.)
 #
 #   tests/bench/h2member.sh [ROUNDS, default 3]
-#     KEEL_BIN picks the Keel build; KEEL_B adds a second one to the rounds
+#     KEEL_BIN picks the Keel build; KEEL_B adds a second one to the rounds;
+#     BODY=BYTES makes each request a POST with a body that long
 #
 # Each proxy runs one worker, pinned to core 0; h2load and the member run
 # where the scheduler puts them: compare within a run.
@@ -59,8 +60,13 @@ CONF
 
 # One round against the proxy on PORT: "requests/s 5xx". Each round sets
 # $result to it, once its proxy is gone (the next one binds the same ports).
+body=()
+if [ -n "${BODY:-}" ]; then
+  head -c "$BODY" /dev/zero >"$work/body"
+  body=(-d "$work/body")
+fi
 load() {
-  h2load -c 16 -m 10 -n 200000 -t 1 "http://127.0.0.1:$1/" 2>&1 |
+  h2load -c 16 -m 10 -n 200000 -t 1 "${body[@]}" "http://127.0.0.1:$1/" 2>&1 |
     awk '/^finished in/ {rate=$4} /^status codes:/ {fives=$9} END {print rate, fives}'
 }
 

@@ -69,6 +69,12 @@ struct Member {
 }
 
 async fn member(first: First) -> Member {
+    member_of(first, 1).await
+}
+
+/// The same, treating the first request of each of its first `times`
+/// connections as `first` says.
+async fn member_of(first: First, times: usize) -> Member {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let answered = Arc::new(AtomicUsize::new(0));
@@ -77,7 +83,7 @@ async fn member(first: First) -> Member {
     let (a, c, b) = (answered.clone(), connections.clone(), bodies.clone());
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
-            let first = (c.fetch_add(1, SeqCst) == 0).then_some(first);
+            let first = (c.fetch_add(1, SeqCst) < times).then_some(first);
             tokio::spawn(serve(s, first, a.clone(), b.clone()));
         }
     });
@@ -272,6 +278,24 @@ async fn post_in_parts(port: u16, parts: &[&[u8]]) -> (u16, String) {
     let answer = String::from_utf8_lossy(&answer).into_owned();
     let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, answer)
+}
+
+/// A member that refuses again on the next connection is asked a third
+/// time, and no more: three tries in all, each on a new connection.
+#[tokio::test]
+async fn a_request_the_member_keeps_refusing_is_tried_three_times() {
+    for first in [First::GoAway, First::Refuse] {
+        for (refusals, status) in [(2, 200), (3, 502)] {
+            let member = member_of(first, refusals).await;
+            let (dp, port) = keel_before(member.addr).await;
+            let (got, answer) = post_in_parts(port, &[b"a body"]).await;
+            assert_eq!(got, status, "{refusals} refusals: {answer}");
+            assert_eq!(member.connections.load(SeqCst), 3, "{refusals} refusals");
+            let answered = usize::from(status == 200);
+            assert_eq!(member.answered.load(SeqCst), answered);
+            dp.shutdown(Duration::from_secs(1)).await;
+        }
+    }
 }
 
 /// The same with a request body: it goes again, whether the refusal came
