@@ -145,9 +145,10 @@ async fn probe(member: &MemberState, with: &Probe) -> Result<(), String> {
             .header(http::header::USER_AGENT, "keel-health-check")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("request: {e}"))?;
-        let mut sender = crate::http::h2_member::handshake(io, target)
+        let mut sender = crate::http::h2_member::handshake(io, target, with.check.timeout)
             .await
-            .map_err(|e| format!("handshake: {e}"))?;
+            .map_err(|e| format!("handshake: {e}"))?
+            .sender;
         sender
             .send_request(request)
             .await

@@ -39,6 +39,7 @@ use crate::stall::{Stall, WriteStall};
 use crate::tls::Alpn;
 use crate::workers::Ref;
 use crate::{sticky, tcp};
+use h2_member::Stream;
 
 pub(crate) mod h1;
 pub(crate) mod h2_member;
@@ -906,9 +907,9 @@ async fn checkout(
 
 /// The member's shared HTTP/2 connection, when it takes requests.
 async fn ready_http2(member: &MemberState) -> Option<Sender> {
-    let (mut sender, which) = member.shared_http2()?;
-    sender.ready().await.ok()?;
-    Some(Sender::Http2(sender, Some(which)))
+    let (mut conn, stream, which) = member.shared_http2()?;
+    conn.sender.ready().await.ok()?;
+    Some(Sender::Http2(conn.sender, stream, Some(which)))
 }
 
 /// A new shared HTTP/2 connection to `member`, one at a time per worker:
@@ -951,14 +952,15 @@ async fn connect(
     if !http2 {
         return Ok(Sender::Http1(client::Conn::new(stream)));
     }
-    let sender = h2_member::handshake(stream, member.address)
+    let conn = h2_member::handshake(stream, member.address, pool.spec.connect_timeout)
         .await
         .map_err(|e| ProxyError::Upstream {
             member: member.address,
             source: e.into(),
         })?;
-    let which = shared.then(|| member.share_http2(sender.clone()));
-    Ok(Sender::Http2(sender, which))
+    let stream = conn.streams.claim();
+    let which = shared.then(|| member.share_http2(conn.clone()));
+    Ok(Sender::Http2(conn.sender, stream, which))
 }
 
 /// A new connection (TCP, PROXY header, TLS) to `member`, within the
@@ -997,11 +999,13 @@ pub(crate) struct Outbound {
 /// request at a time, pooled when idle) or a shared HTTP/2 connection.
 pub(crate) enum Sender {
     Http1(client::Conn),
-    /// The connection, and which of the member's shared ones it is.
-    Http2(Http2Sender, Option<u64>),
+    /// The connection, the request's stream on it, and which of the
+    /// member's shared ones it is.
+    Http2(Http2Sender, Stream, Option<u64>),
 }
 
 pub(crate) type Http2Sender = hyper::client::conn::http2::SendRequest<RequestBody>;
+pub(crate) type Http2Conn = h2_member::Conn<RequestBody>;
 
 /// Rewrites a request for an HTTP/2 member: the target becomes absolute
 /// (`:scheme` and `:authority` from `Host`), and `te: trailers` (which
@@ -1072,7 +1076,7 @@ async fn exchange(
     // It also frames the body by what it sends, not by a member's length
     // (which it passes on only for `HEAD` and 304); an HTTP/2 member's
     // length goes the same way.
-    if let MemberBody::Http2(_) = body {
+    if let MemberBody::Http2 { .. } = body {
         strip_hop_by_hop(&mut parts.headers);
         if !(head_only || parts.status == StatusCode::NOT_MODIFIED) {
             parts.headers.remove(header::CONTENT_LENGTH);
@@ -1132,10 +1136,10 @@ async fn deliver(
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
     let conn = match sender {
-        Sender::Http2(s, which) => {
+        Sender::Http2(s, stream, which) => {
             // Boxed: its state (keeping a body to send again) is larger
             // than the HTTP/1.1 way's, which every request would carry.
-            return Box::pin(deliver_http2(s, which, out, member, pool, ends)).await;
+            return Box::pin(deliver_http2(s, stream, which, out, member, pool, ends)).await;
         }
         Sender::Http1(conn) => conn,
     };
@@ -1168,6 +1172,7 @@ async fn deliver(
 /// kept part first, then the rest as it comes from the client.
 async fn deliver_http2(
     mut sender: Http2Sender,
+    mut stream: Stream,
     mut which: Option<u64>,
     out: Box<Outbound>,
     member: &MemberState,
@@ -1189,7 +1194,12 @@ async fn deliver_http2(
     loop {
         let keep = tries < HTTP2_TRIES;
         let (refused, body) = match exchange_http2(&mut sender, req, keep, member, pool).await? {
-            (Ok(r), _) => return Ok(r.map(MemberBody::Http2)),
+            (Ok(r), _) => {
+                return Ok(r.map(|body| MemberBody::Http2 {
+                    body,
+                    _stream: stream,
+                }))
+            }
             (Err(e), _) if !keep || !may_go_again(&e, head.method()) => return Err(upstream(e)),
             (Err(e), back) => match back.body().await {
                 Some(body) => (e, body),
@@ -1202,10 +1212,12 @@ async fn deliver_http2(
             member.forget_http2(which);
         }
         // Boxed: rare, and it would enlarge every request's state.
-        let Sender::Http2(next, made) = Box::pin(checkout(member, pool, ends, false)).await? else {
+        let Sender::Http2(next, taken, made) =
+            Box::pin(checkout(member, pool, ends, false)).await?
+        else {
             return Err(upstream(refused));
         };
-        (sender, which) = (next, made);
+        (sender, stream, which) = (next, taken, made);
         req = Request::from_parts(copy_head(&head).into_parts().0, *body);
         tries += 1;
     }
@@ -1904,7 +1916,11 @@ impl Drop for RequestBody {
 /// A member's response body as it comes off the member's connection.
 pub(crate) enum MemberBody {
     Http1(client::ResponseBody),
-    Http2(Incoming),
+    Http2 {
+        body: Incoming,
+        /// Held until the body is done with.
+        _stream: Stream,
+    },
 }
 
 impl Body for MemberBody {
@@ -1917,7 +1933,7 @@ impl Body for MemberBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             MemberBody::Http1(b) => Pin::new(b).poll_frame(cx),
-            MemberBody::Http2(b) => Pin::new(b)
+            MemberBody::Http2 { body: b, .. } => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(Into::into))),
         }
@@ -1926,14 +1942,14 @@ impl Body for MemberBody {
     fn is_end_stream(&self) -> bool {
         match self {
             MemberBody::Http1(b) => b.is_end_stream(),
-            MemberBody::Http2(b) => b.is_end_stream(),
+            MemberBody::Http2 { body: b, .. } => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             MemberBody::Http1(b) => b.size_hint(),
-            MemberBody::Http2(b) => b.size_hint(),
+            MemberBody::Http2 { body: b, .. } => b.size_hint(),
         }
     }
 }

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::client;
-use crate::http::Http2Sender;
+use crate::http::h2_member::Stream;
+use crate::http::Http2Conn;
 use crate::metrics::MemberStats;
 use crate::signal::Signal;
 use crate::workers::{self, Padded, Ref};
@@ -54,7 +55,7 @@ pub struct MemberState {
     cuts: Box<[Padded<Mutex<Signal>>]>,
 }
 
-/// A worker's shared HTTP/2 connection to a member.
+/// A worker's shared HTTP/2 connections to a member.
 #[derive(Default)]
 struct Http2Shard {
     shared: Mutex<Http2Slot>,
@@ -66,11 +67,20 @@ struct Http2Shard {
 
 #[derive(Default)]
 struct Http2Slot {
-    sender: Option<Http2Sender>,
-    /// How many connections were shared so far: names the current one.
+    /// Oldest first: a request takes a stream on the first that has one
+    /// free, so the newer ones fall idle when the load falls.
+    conns: Vec<Http2Shared>,
+    /// How many connections were shared so far: names each.
     made: u64,
     /// How many attempts at a new shared connection failed so far.
     failed: u64,
+}
+
+struct Http2Shared {
+    conn: Http2Conn,
+    which: u64,
+    /// When a request last took a stream on it.
+    used: Instant,
 }
 
 /// Idle upstream connections, oldest first, and whether a sweeper task
@@ -133,7 +143,7 @@ impl MemberState {
             lock(&idle.0).conns.clear();
         }
         for http2 in self.http2.iter() {
-            lock(&http2.0.shared).sender.take();
+            lock(&http2.0.shared).conns.clear();
         }
     }
 
@@ -259,38 +269,46 @@ impl MemberState {
         self.forget_all();
     }
 
-    /// The open HTTP/2 connection to this member, if there is one, and
-    /// which one it is (for [`MemberState::forget_http2`]).
-    pub(crate) fn shared_http2(&self) -> Option<(Http2Sender, u64)> {
+    /// A stream on one of this worker's open HTTP/2 connections to the
+    /// member, the oldest with one free, and which connection it is (for
+    /// [`MemberState::forget_http2`]). Closed connections are let go, as
+    /// are newer ones no request used for [`IDLE_LIFETIME`].
+    pub(crate) fn shared_http2(&self) -> Option<(Http2Conn, Stream, u64)> {
         let mut shared = self.http2();
-        match shared.sender.as_ref() {
-            Some(s) if !s.is_closed() => Some((s.clone(), shared.made)),
-            Some(_) => {
-                shared.sender = None;
-                None
-            }
-            None => None,
-        }
+        let now = Instant::now();
+        let mut first = true;
+        shared.conns.retain(|s| {
+            let keep = !s.conn.sender.is_closed()
+                && (first || !s.conn.streams.idle() || now.duration_since(s.used) < IDLE_LIFETIME);
+            first &= !keep;
+            keep
+        });
+        shared.conns.iter_mut().find_map(|s| {
+            let stream = s.conn.streams.take()?;
+            s.used = now;
+            Some((s.conn.clone(), stream, s.which))
+        })
     }
 
-    /// Makes `sender` the HTTP/2 connection new requests share; which one
-    /// it is.
-    pub(crate) fn share_http2(&self, sender: Http2Sender) -> u64 {
+    /// Adds `conn` to the HTTP/2 connections requests share; which one it
+    /// is.
+    pub(crate) fn share_http2(&self, conn: Http2Conn) -> u64 {
         let mut shared = self.http2();
         shared.made += 1;
+        let which = shared.made;
         if self.is_up() && !self.is_draining() {
-            shared.sender = Some(sender);
+            shared.conns.push(Http2Shared {
+                conn,
+                which,
+                used: Instant::now(),
+            });
         }
-        shared.made
+        which
     }
 
-    /// No more requests on shared connection `which` (it is going away),
-    /// if it is still the one shared.
+    /// No more requests on shared connection `which` (it is going away).
     pub(crate) fn forget_http2(&self, which: u64) {
-        let mut shared = self.http2();
-        if shared.made == which {
-            shared.sender = None;
-        }
+        self.http2().conns.retain(|s| s.which != which);
     }
 
     /// Held while this worker makes a new HTTP/2 connection to the member;

@@ -47,10 +47,19 @@ enum First {
     /// unanswered: it may have been acted on.
     TookItAndLeft(bool),
     /// One stream at a time (`SETTINGS_MAX_CONCURRENT_STREAMS` 1): the
-    /// first request held for a while, then GOAWAY, NO_ERROR, naming it
-    /// as the last taken, and its answer. A request Keel queued behind it
-    /// was never sent.
+    /// first request held for a second, then GOAWAY, NO_ERROR, naming it
+    /// as the last taken, and its answer.
     OneAtATimeThenAway,
+    /// One stream at a time, the first request held for 600 ms, then
+    /// answered.
+    OneAtATime,
+    /// One stream at a time and windows of 0 bytes: the first request
+    /// answered at once, before its body is in (so Keel's side of its
+    /// stream stays open, the body waiting for window), then, 800 ms
+    /// later, GOAWAY naming it as the last taken, and the connection
+    /// closed. A request Keel sent meanwhile waited in h2 for a free
+    /// stream.
+    AnswerEarlyThenAway,
     /// Windows of 100,000 bytes, and GOAWAY, NO_ERROR, no stream taken,
     /// once 70,000 bytes of the first request's body are in: more than
     /// Keel keeps to send again.
@@ -116,7 +125,9 @@ async fn serve(
     }
     // SETTINGS_MAX_CONCURRENT_STREAMS (3) for the first connection only.
     let settings: &[u8] = match first {
-        Some(First::OneAtATimeThenAway) => &[0, 3, 0, 0, 0, 1],
+        Some(First::OneAtATimeThenAway | First::OneAtATime) => &[0, 3, 0, 0, 0, 1],
+        // And SETTINGS_INITIAL_WINDOW_SIZE (4) 0.
+        Some(First::AnswerEarlyThenAway) => &[0, 3, 0, 0, 0, 1, 0, 4, 0, 0, 0, 0],
         // SETTINGS_INITIAL_WINDOW_SIZE (4).
         Some(First::AwayAfterBody) => &[0, 4, 0, 1, 0x86, 0xa0],
         _ => &[],
@@ -176,6 +187,22 @@ async fn serve(
                     return;
                 }
                 Some(First::AwayAfterBody) => continue,
+                Some(First::OneAtATime) => {
+                    // Every request of the connection, not only its first.
+                    first = Some(First::OneAtATime);
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    answered.fetch_add(1, SeqCst);
+                    second(stream)
+                }
+                Some(First::AnswerEarlyThenAway) => {
+                    answered.fetch_add(1, SeqCst);
+                    let _ = s.write_all(&second(stream)).await;
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    let mut goaway = stream.to_be_bytes().to_vec();
+                    goaway.extend_from_slice(&[0, 0, 0, 0]);
+                    let _ = s.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
+                    return;
+                }
                 Some(First::OneAtATimeThenAway) => {
                     tokio::time::sleep(Duration::from_millis(1000)).await;
                     answered.fetch_add(1, SeqCst);
@@ -349,15 +376,44 @@ async fn requests_a_member_sent_away_share_one_new_connection() {
     );
 }
 
-/// A member that takes one stream at a time goes away while a second
-/// request waits in Keel for the first to finish: hyper ends that request
-/// with "dispatch task is gone" (`hyper::proto::h2::client::ClientTask`
-/// drops the request it was holding for a free stream). h2 had it queued
-/// and may have sent it (a GOAWAY naming a later stream lets it go), so
-/// a GET goes again on a new connection, and a POST is answered 502.
+/// A member that takes one stream at a time (its
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`): requests in flight together each
+/// get a connection, at once, rather than waiting in turn for the one
+/// stream (as HAProxy and Envoy do). Three requests the member holds for
+/// 600 ms each are answered together.
 #[tokio::test]
-async fn a_request_queued_behind_a_member_that_went_away_goes_again_if_idempotent() {
-    for (method, again) in [(http::Method::GET, true), (http::Method::POST, false)] {
+async fn requests_past_the_members_stream_limit_go_on_more_connections() {
+    let member = member_of(First::OneAtATime, usize::MAX).await;
+    let (dp, port) = keel_before(member.addr).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/");
+    let started = std::time::Instant::now();
+    let gets: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move { get(&c, &url).await })
+        })
+        .collect();
+    for g in gets {
+        let got = tokio::time::timeout(Duration::from_secs(10), g).await;
+        assert_eq!(got.unwrap().unwrap(), Ok((200, "second".to_owned())));
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "three requests took {took:?}"
+    );
+    assert_eq!(member.connections.load(SeqCst), 3);
+    dp.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A member that takes one stream at a time holds the first request,
+/// then goes away naming it as the last it took: a second request, GET or
+/// POST, went on a connection of its own at once, never behind the first
+/// (where the GOAWAY would leave it unsent, and a POST unanswerable).
+#[tokio::test]
+async fn a_request_that_finds_the_members_streams_taken_goes_on_a_new_connection() {
+    for method in [http::Method::GET, http::Method::POST] {
         let member = member(First::OneAtATimeThenAway).await;
         let (dp, port) = keel_before(member.addr).await;
         let c = client();
@@ -373,17 +429,69 @@ async fn a_request_queued_behind_a_member_that_went_away_goes_again_if_idempoten
             .uri(&url)
             .body(Full::new(Bytes::new()))
             .unwrap();
+        let started = std::time::Instant::now();
+        let second = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let took = started.elapsed();
+        let status = second.status().as_u16();
+        let body = second.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!((status, &body[..]), (200, &b"second"[..]), "{method}");
+        assert!(took < Duration::from_millis(500), "{method} took {took:?}");
+        let first = tokio::time::timeout(Duration::from_secs(10), first)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first, Ok((200, "second".to_owned())));
+        assert_eq!(member.answered.load(SeqCst), 2, "{method}");
+        assert_eq!(member.connections.load(SeqCst), 2, "{method}");
+        dp.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+/// A request can still wait in h2 for a free stream that Keel counted as
+/// free: a member that answers a request before its body could go keeps
+/// that stream open (Keel's side is still sending) after Keel's count let
+/// it go. When the member then goes away, hyper ends the waiting request
+/// with "dispatch task is gone" (`hyper::proto::h2::client::ClientTask`
+/// drops the request it held for a free stream); h2 had given it a stream
+/// and may have sent it, so a GET goes again on a new connection and a
+/// POST is answered 502.
+#[tokio::test]
+async fn a_request_queued_behind_a_member_that_went_away_goes_again_if_idempotent() {
+    for (method, again) in [(http::Method::GET, true), (http::Method::POST, false)] {
+        let member = member(First::AnswerEarlyThenAway).await;
+        let (dp, port) = keel_before(member.addr).await;
+        // A POST answered before its body could go (no window).
+        let mut early = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        early
+            .write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.windows(6).any(|w| w == b"second") {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), early.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let c = client();
+        let req = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("http://127.0.0.1:{port}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         let second = tokio::time::timeout(Duration::from_secs(10), c.request(req))
             .await
             .unwrap()
             .unwrap();
         let status = second.status().as_u16();
         let body = second.into_body().collect().await.unwrap().to_bytes();
-        let first = tokio::time::timeout(Duration::from_secs(10), first)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(first, Ok((200, "second".to_owned())));
         if again {
             assert_eq!((status, &body[..]), (200, &b"second"[..]), "{method}");
             assert_eq!(member.answered.load(SeqCst), 2, "{method}");
@@ -393,6 +501,7 @@ async fn a_request_queued_behind_a_member_that_went_away_goes_again_if_idempoten
             assert_eq!(member.answered.load(SeqCst), 1, "{method}");
             assert_eq!(member.connections.load(SeqCst), 1, "{method}");
         }
+        drop(early);
         dp.shutdown(Duration::from_secs(1)).await;
     }
 }

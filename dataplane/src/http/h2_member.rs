@@ -20,33 +20,120 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use http_body::Body;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
 
 use super::hpack::Hpack;
 use crate::tcp::Upstream;
 
+/// An HTTP/2 connection to a member, as requests share it: hyper's
+/// sender, and the streams requests hold on it.
+pub(crate) struct Conn<B> {
+    pub(crate) sender: http2::SendRequest<B>,
+    pub(crate) streams: Arc<Streams>,
+}
+
+impl<B> Clone for Conn<B> {
+    fn clone(&self) -> Self {
+        Conn {
+            sender: self.sender.clone(),
+            streams: self.streams.clone(),
+        }
+    }
+}
+
 /// An HTTP/2 connection to `member` over `io` (prior knowledge or ALPN
-/// already done), its driver spawned.
+/// already done), its driver spawned, once the member's first SETTINGS
+/// (its preface, RFC 9113 §3.4) are in, within `within`: from then on
+/// [`Streams`] knows how many streams it allows.
 pub(crate) async fn handshake<B>(
     io: Upstream,
     member: SocketAddr,
-) -> hyper::Result<http2::SendRequest<B>>
+    within: Duration,
+) -> io::Result<Conn<B>>
 where
     B: Body + Unpin + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let streams = Arc::new(Streams::default());
+    let (settled, settings) = oneshot::channel();
+    let checked = Checked::new(io, member).counting(streams.clone(), settled);
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .handshake(TokioIo::new(Checked::new(io, member)))
-        .await?;
+        .handshake(TokioIo::new(checked))
+        .await
+        .map_err(io::Error::other)?;
     tokio::spawn(connection);
-    Ok(sender)
+    match tokio::time::timeout(within, settings).await {
+        Ok(Ok(())) => Ok(Conn { sender, streams }),
+        Ok(Err(_)) => Err(io::Error::other(
+            "the member closed the connection before its SETTINGS",
+        )),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no SETTINGS from the member within {within:?}"),
+        )),
+    }
+}
+
+/// The streams requests hold on one member connection, and how many the
+/// member allows at once (its `SETTINGS_MAX_CONCURRENT_STREAMS`, read by
+/// [`Checked`]). A request past the limit goes on another connection
+/// rather than wait in h2 for a free stream (where a member that goes
+/// away would leave it unanswered, and a POST unanswerable).
+#[derive(Debug)]
+pub(crate) struct Streams {
+    open: AtomicU32,
+    most: AtomicU32,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        // No limit until the member names one (RFC 9113 §6.5.2).
+        Streams {
+            open: AtomicU32::new(0),
+            most: AtomicU32::new(u32::MAX),
+        }
+    }
+}
+
+impl Streams {
+    /// A stream for one more request, if the member allows one more.
+    pub(crate) fn take(self: &Arc<Self>) -> Option<Stream> {
+        (self.open.load(Relaxed) < self.most.load(Relaxed)).then(|| self.claim())
+    }
+
+    /// A stream for a request on a connection made for it, whatever the
+    /// limit.
+    pub(crate) fn claim(self: &Arc<Self>) -> Stream {
+        self.open.fetch_add(1, Relaxed);
+        Stream(self.clone())
+    }
+
+    /// No request holds a stream.
+    pub(crate) fn idle(&self) -> bool {
+        self.open.load(Relaxed) == 0
+    }
+}
+
+/// One request's stream on a member connection, counted until it drops
+/// (with the response body, or the request's failure).
+#[derive(Debug)]
+pub(crate) struct Stream(Arc<Streams>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Whether the member said it did not act on the request (RFC 9113 §8.7):
@@ -82,11 +169,14 @@ pub(crate) fn dropped_unanswered(e: &hyper::Error) -> bool {
 }
 
 const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
 const PUSH_PROMISE: u8 = 0x5;
 const CONTINUATION: u8 = 0x9;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
+const ACK: u8 = 0x1;
+const MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const FRAME_HEAD: usize = 9;
 
 /// The most bytes of one header block held back while it arrives. h2
@@ -119,11 +209,15 @@ impl Head {
 
 /// A member's side of an HTTP/2 connection, read frame by frame: every
 /// byte goes on to h2 as it came, but for a header block with a request
-/// pseudo-header (see the module's documentation). A header block is held
-/// until its last frame is in; everything else goes on as it is read.
+/// pseudo-header (see the module's documentation). A header block or a
+/// SETTINGS frame is held until its last byte is in (SETTINGS are read
+/// for [`Streams`]); everything else goes on as it is read.
 pub(crate) struct Checked<S> {
     inner: S,
     member: SocketAddr,
+    streams: Arc<Streams>,
+    /// Told when the member's first SETTINGS are in.
+    settled: Option<oneshot::Sender<()>>,
     frames: Frames,
     /// Bytes read and not yet given on, from a frame's start: a frame head
     /// not yet whole, or a header block not yet whole.
@@ -139,12 +233,24 @@ impl<S> Checked<S> {
         Checked {
             inner,
             member,
+            streams: Arc::default(),
+            settled: None,
             frames: Frames::default(),
             held: Vec::new(),
             ready: Vec::new(),
             given: 0,
             eof: false,
         }
+    }
+}
+
+impl<S> Checked<S> {
+    /// Keeps `streams` told of the member's limit, and `settled` of its
+    /// first SETTINGS.
+    fn counting(mut self, streams: Arc<Streams>, settled: oneshot::Sender<()>) -> Self {
+        self.streams = streams;
+        self.settled = Some(settled);
+        self
     }
 }
 
@@ -182,7 +288,7 @@ impl Frames {
             let Some(head) = Head::read(&b[at..]) else {
                 return at;
             };
-            if matches!(head.kind, HEADERS | CONTINUATION | PUSH_PROMISE) {
+            if matches!(head.kind, HEADERS | CONTINUATION | PUSH_PROMISE | SETTINGS) {
                 return at;
             }
             self.skip = FRAME_HEAD + head.len;
@@ -268,6 +374,17 @@ fn fragment(head: Head, payload: &[u8]) -> Option<&[u8]> {
     p.get(..p.len().checked_sub(pad)?)
 }
 
+/// The last `SETTINGS_MAX_CONCURRENT_STREAMS` a SETTINGS frame's payload
+/// names (RFC 9113 §6.5.1: six bytes a setting, the last of one kind
+/// wins).
+fn most_streams(payload: &[u8]) -> Option<u32> {
+    payload
+        .chunks_exact(6)
+        .rev()
+        .find(|s| u16::from_be_bytes([s[0], s[1]]) == MAX_CONCURRENT_STREAMS)
+        .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+}
+
 /// A CONTINUATION frame for `stream`, ending its block with
 /// `connection:` (a literal without indexing, new name, empty value).
 fn refusal(stream: u32) -> [u8; FRAME_HEAD + 13] {
@@ -285,8 +402,28 @@ impl<S> Checked<S> {
                 self.ready.extend(self.held.drain(..n));
                 continue;
             }
-            if Head::read(&self.held).is_none() {
+            let Some(head) = Head::read(&self.held) else {
                 return;
+            };
+            if head.kind == SETTINGS {
+                if head.len > MOST_HELD {
+                    // h2 ends the connection on a frame this large.
+                    self.frames.stopped = true;
+                    continue;
+                }
+                let Some(payload) = self.held.get(FRAME_HEAD..FRAME_HEAD + head.len) else {
+                    return;
+                };
+                if head.flags & ACK == 0 {
+                    if let Some(most) = most_streams(payload) {
+                        self.streams.most.store(most, Relaxed);
+                    }
+                    if let Some(settled) = self.settled.take() {
+                        let _ = settled.send(());
+                    }
+                }
+                self.ready.extend(self.held.drain(..FRAME_HEAD + head.len));
+                continue;
             }
             let Some(block) = self.frames.block(&self.held) else {
                 return;
@@ -527,6 +664,37 @@ mod tests {
         // A member that closes inside a block: what came goes on.
         let cut = &frame(HEADERS, 0, 1, b"\x88")[..];
         assert_eq!(through(cut, 3).await, cut);
+    }
+
+    /// The member's SETTINGS go on as they came, and name how many
+    /// streams requests may take on the connection; an ACK names none.
+    #[tokio::test]
+    async fn settings_name_the_members_stream_limit() {
+        // SETTINGS_INITIAL_WINDOW_SIZE 9, then MAX_CONCURRENT_STREAMS 7.
+        let input = [
+            frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 9, 0, 3, 0, 0, 0, 7]),
+            frame(SETTINGS, ACK, 0, &[]),
+            frame(0x0, 0x1, 1, b"x"),
+        ]
+        .concat();
+        for chunk in [1, 5, 4096] {
+            let streams = Arc::new(Streams::default());
+            let (settled, mut told) = oneshot::channel();
+            let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+            let mut checked =
+                Checked::new(Pieces(&input, chunk), addr).counting(streams.clone(), settled);
+            let mut out = Vec::new();
+            checked.read_to_end(&mut out).await.unwrap();
+            assert_eq!(out, input, "{chunk} at a time");
+            assert_eq!(told.try_recv(), Ok(()));
+            let taken: Vec<Stream> = (0..7).map(|_| streams.take().unwrap()).collect();
+            assert!(streams.take().is_none(), "an eighth stream");
+            drop(taken);
+            assert!(streams.idle());
+            assert!(streams.take().is_some());
+        }
+        assert_eq!(most_streams(&[0, 3, 0, 0, 0, 1, 0, 3, 0, 0, 0, 2]), Some(2));
+        assert_eq!(most_streams(&[0, 3, 0, 0, 0]), None);
     }
 
     #[test]
