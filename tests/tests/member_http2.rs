@@ -60,6 +60,9 @@ enum First {
     /// closed. A request Keel sent meanwhile waited in h2 for a free
     /// stream.
     AnswerEarlyThenAway,
+    /// Windows of 0 bytes, and REFUSED_STREAM: the request's body was
+    /// waiting for window when the stream was refused.
+    RefuseWithoutWindow,
     /// Windows of 100,000 bytes, and GOAWAY, NO_ERROR, no stream taken,
     /// once 70,000 bytes of the first request's body are in: more than
     /// Keel keeps to send again.
@@ -128,6 +131,7 @@ async fn serve(
         Some(First::OneAtATimeThenAway | First::OneAtATime) => &[0, 3, 0, 0, 0, 1],
         // And SETTINGS_INITIAL_WINDOW_SIZE (4) 0.
         Some(First::AnswerEarlyThenAway) => &[0, 3, 0, 0, 0, 1, 0, 4, 0, 0, 0, 0],
+        Some(First::RefuseWithoutWindow) => &[0, 4, 0, 0, 0, 0],
         // SETTINGS_INITIAL_WINDOW_SIZE (4).
         Some(First::AwayAfterBody) => &[0, 4, 0, 1, 0x86, 0xa0],
         _ => &[],
@@ -178,7 +182,9 @@ async fn serve(
             }
             HEADERS => match first.take().inspect(|_| special = Some(stream)) {
                 Some(First::GoAway) => frame(GOAWAY, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 0]),
-                Some(First::Refuse) => frame(RST_STREAM, 0, stream, &[0, 0, 0, 7]),
+                Some(First::Refuse | First::RefuseWithoutWindow) => {
+                    frame(RST_STREAM, 0, stream, &[0, 0, 0, 7])
+                }
                 Some(First::GoAwayWithError) => frame(GOAWAY, 0, 0, &[0, 0, 0, 0, 0, 0, 0, 2]),
                 Some(First::TookItAndLeft(error)) => {
                     let mut goaway = stream.to_be_bytes().to_vec();
@@ -326,17 +332,20 @@ async fn a_request_the_member_keeps_refusing_is_tried_five_times() {
 }
 
 /// The same with a request body: it goes again, whether the refusal came
-/// after its end or while some of it was still to come from the client
-/// (the part sent goes again first, then the rest). One of which more
+/// after its end, while it waited for the member's window (h2 wakes the
+/// task sending it, which lets it go), or while some of it was still to
+/// come from the client (the part sent goes again first, then the rest).
+/// One of which more
 /// than Keel keeps to send again (64 KiB) had gone when the member
 /// refused it is answered 502 and not sent again.
 #[tokio::test]
 async fn a_request_body_the_member_did_not_take_goes_again() {
     let whole: Vec<u8> = (0..5_000).map(|i| b'a' + (i % 26) as u8).collect();
     let big = vec![b'b'; 100_000];
-    let cases: [(First, &[&[u8]], bool); 5] = [
+    let cases: [(First, &[&[u8]], bool); 6] = [
         (First::GoAway, &[&whole], true),
         (First::Refuse, &[&whole], true),
+        (First::RefuseWithoutWindow, &[&whole], true),
         (First::GoAway, &[b"sent, ", b"then the rest"], true),
         (First::Refuse, &[b"sent, ", b"then the rest"], true),
         (First::AwayAfterBody, &[&big], false),
