@@ -952,12 +952,29 @@ async fn connect(
     if !http2 {
         return Ok(Sender::Http1(client::Conn::new(stream)));
     }
-    let conn = h2_member::handshake(stream, member.address, pool.spec.connect_timeout)
+    // Nothing of the request has gone yet: a failure here is the
+    // connection's, and another member may be tried.
+    let timeout = pool.spec.connect_timeout;
+    let conn = h2_member::handshake(stream, member.address, timeout)
         .await
-        .map_err(|e| ProxyError::Upstream {
-            member: member.address,
-            source: e.into(),
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::TimedOut => ProxyError::ConnectTimeout {
+                member: member.address,
+                timeout,
+            },
+            _ => ProxyError::Connect {
+                member: member.address,
+                source,
+            },
         })?;
+    if conn.streams.closed() {
+        return Err(ProxyError::Connect {
+            member: member.address,
+            source: std::io::Error::other(
+                "the member allows no streams (SETTINGS_MAX_CONCURRENT_STREAMS 0)",
+            ),
+        });
+    }
     let stream = conn.streams.claim();
     let which = shared.then(|| member.share_http2(conn.clone()));
     Ok(Sender::Http2(conn.sender, stream, which))

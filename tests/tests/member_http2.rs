@@ -60,6 +60,11 @@ enum First {
     /// closed. A request Keel sent meanwhile waited in h2 for a free
     /// stream.
     AnswerEarlyThenAway,
+    /// No streams at all (`SETTINGS_MAX_CONCURRENT_STREAMS` 0), on every
+    /// connection it is given `first` for.
+    NoStreams,
+    /// No SETTINGS (its preface): silent after the client's.
+    Silent,
     /// Windows of 0 bytes, and REFUSED_STREAM: the request's body was
     /// waiting for window when the stream was refused.
     RefuseWithoutWindow,
@@ -132,10 +137,15 @@ async fn serve(
         // And SETTINGS_INITIAL_WINDOW_SIZE (4) 0.
         Some(First::AnswerEarlyThenAway) => &[0, 3, 0, 0, 0, 1, 0, 4, 0, 0, 0, 0],
         Some(First::RefuseWithoutWindow) => &[0, 4, 0, 0, 0, 0],
+        Some(First::NoStreams) => &[0, 3, 0, 0, 0, 0],
         // SETTINGS_INITIAL_WINDOW_SIZE (4).
         Some(First::AwayAfterBody) => &[0, 4, 0, 1, 0x86, 0xa0],
         _ => &[],
     };
+    if let Some(First::Silent) = first {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        return;
+    }
     let _ = s.write_all(&frame(SETTINGS, 0, 0, settings)).await;
     if let Some(First::AwayAfterBody) = first {
         // The connection's window too (WINDOW_UPDATE).
@@ -192,7 +202,7 @@ async fn serve(
                     let _ = s.write_all(&frame(GOAWAY, 0, 0, &goaway)).await;
                     return;
                 }
-                Some(First::AwayAfterBody) => continue,
+                Some(First::AwayAfterBody | First::NoStreams | First::Silent) => continue,
                 Some(First::OneAtATime) => {
                     // Every request of the connection, not only its first.
                     first = Some(First::OneAtATime);
@@ -511,6 +521,31 @@ async fn a_request_queued_behind_a_member_that_went_away_goes_again_if_idempoten
             assert_eq!(member.connections.load(SeqCst), 1, "{method}");
         }
         drop(early);
+        dp.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+/// A member that allows no streams (`SETTINGS_MAX_CONCURRENT_STREAMS` 0)
+/// gets no request: the client is answered 502 at once, not after the
+/// response timeout (60 s) spent waiting in h2 for a stream. One that
+/// sends no SETTINGS is a connection that did not come up: 504 after the
+/// connect timeout (1 s here).
+#[tokio::test]
+async fn a_member_that_allows_no_streams_is_answered_for_at_once() {
+    for (first, status) in [(First::NoStreams, 502), (First::Silent, 504)] {
+        let member = member_of(first, usize::MAX).await;
+        let (dp, port) = keel_before(member.addr).await;
+        let started = std::time::Instant::now();
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            get(&client(), &format!("http://127.0.0.1:{port}/")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.map(|(status, _)| status), Ok(status));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "{status} after {took:?}");
+        assert_eq!(member.answered.load(SeqCst), 0);
         dp.shutdown(Duration::from_secs(1)).await;
     }
 }

@@ -123,6 +123,13 @@ impl Streams {
     pub(crate) fn idle(&self) -> bool {
         self.open.load(Relaxed) == 0
     }
+
+    /// The member allows no stream at all (`SETTINGS_MAX_CONCURRENT_STREAMS`
+    /// 0): a request sent on the connection would wait in h2 until the
+    /// member allows one, if ever.
+    pub(crate) fn closed(&self) -> bool {
+        self.most.load(Relaxed) == 0
+    }
 }
 
 /// One request's stream on a member connection, counted until it drops
