@@ -22,6 +22,24 @@ use std::time::Duration;
 
 use keel_model::{Document, Spec};
 
+/// A data plane as the tests drive it: serving on worker threads of its
+/// own, as `keel run` serves, one unless `KEEL_TEST_WORKERS` says more
+/// (`tests/run` runs these tests on one worker, then on two).
+pub fn dataplane() -> keel_dataplane::Dataplane {
+    use keel_dataplane::{Dataplane, Workers};
+    Dataplane::with_workers(Workers::start(test_workers(), false).unwrap())
+}
+
+/// The worker threads [`dataplane`] serves on: what a test of something
+/// kept per worker (round robin, outstanding requests, idle member
+/// connections) allows for.
+pub fn test_workers() -> usize {
+    match std::env::var("KEEL_TEST_WORKERS") {
+        Ok(n) if !n.is_empty() => n.parse().expect("KEEL_TEST_WORKERS: a number"),
+        _ => 1,
+    }
+}
+
 /// A loopback port free at the time of asking.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

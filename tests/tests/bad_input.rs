@@ -27,7 +27,7 @@ async fn fixture() -> Fixture {
     let web = HttpBackend::start("web").await;
     let echo = EchoBackend::start().await;
     let (http, tcp) = (free_port(), free_port());
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         r#"
 load_balancers:

@@ -13,14 +13,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel_dataplane::Dataplane;
 use keel_tests::{free_port, spec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_vector_desyncs_keel_or_gets_past_it_unrefused() {
     let (port, member) = (free_port(), free_port());
     let (h2_port, h2_member) = (free_port(), free_port());
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     // Keel's defaults, but for the timeouts of a client or member that
     // stops mid-message: the vectors that leave one waiting end sooner.
     dp.apply(&spec(&format!(

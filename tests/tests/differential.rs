@@ -94,7 +94,7 @@ async fn echo_member() -> SocketAddr {
 
 async fn keel_before(member: SocketAddr) -> (u16, Dataplane) {
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         "load_balancers:\n  - {{ name: lb, listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: p, header_timeout: 1s, client_timeout: 1s }} ] }}\n\
          pools:\n  - {{ name: p, response_timeout: 1s, members: [ {{ address: \"{member}\" }} ] }}\n"

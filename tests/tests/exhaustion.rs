@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_dataplane::Dataplane;
 use keel_tests::backend::{stalling_member, HttpBackend};
 use keel_tests::client::{client, get};
 use keel_tests::{eventually, free_port, open_fds, raise_fd_limit, spec};
@@ -119,7 +118,7 @@ async fn thousands_of_quiet_peers_are_let_go_and_cost_nothing_after() {
     let web = HttpBackend::start("web").await;
     let stalling = stalling_member().await;
     let (port, stall_port) = (free_port(), free_port());
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         r#"
 load_balancers:

@@ -15,7 +15,6 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use keel_dataplane::Dataplane;
 use keel_tests::{free_port, spec};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -88,7 +87,7 @@ fn grpc_frame(payload: &[u8]) -> Bytes {
 async fn grpc_calls_keep_their_trailers_and_share_a_member_connection() {
     let member = GrpcMember::start().await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         "load_balancers:\n  - {{ name: web, listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: grpc }} ] }}\n\
          pools:\n  - {{ name: grpc, http_version: http2, members: [ {{ address: \"{}\" }} ] }}\n",

@@ -35,7 +35,7 @@ async fn killed_member_is_marked_down_in_time_and_comes_back() {
     let a = HttpBackend::start("a").await;
     let b = HttpBackend::start("b").await;
     let port = free_port();
-    let dp = Arc::new(Dataplane::new());
+    let dp = Arc::new(keel_tests::dataplane());
     dp.apply(&spec(&config(port, &members(&[a.addr, b.addr]))))
         .await
         .unwrap();
@@ -123,7 +123,7 @@ async fn failing_check_status_takes_member_out() {
     let a = HttpBackend::start("a").await;
     let b = HttpBackend::start("b").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&config(port, &members(&[a.addr, b.addr]))))
         .await
         .unwrap();
@@ -170,7 +170,7 @@ pools:
 "#,
         web.addr, echo.addr
     );
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&yaml)).await.unwrap();
     let c = client();
     let url = format!("http://127.0.0.1:{hport}/");
@@ -223,7 +223,7 @@ async fn a_check_port_probes_that_port_instead_of_the_members() {
     let app = HttpBackend::start("app").await;
     let monitor = HttpBackend::start("monitor").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     let config = http_lb(
         port,
         &format!(
@@ -322,7 +322,7 @@ async fn checks_send_the_pools_proxy_header_and_read_answers_as_traffic_does() {
         proxied_member(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok")
             .await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&http_lb(
         port,
         &format!(
@@ -362,7 +362,7 @@ async fn a_check_on_another_port_sends_no_proxy_header() {
     let health = HttpBackend::start("health").await;
     let echo = EchoBackend::start().await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         "load_balancers:\n  - {{ name: l4, listeners: [ {{ port: {port}, protocol: tcp, bind: 127.0.0.1, default_pool: p }} ] }}\n\
          pools:\n  - {{ name: p, proxy_protocol: v1, health_check: {{ type: http, path: /health, port: {}, \

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 async fn fixture() -> (u16, Dataplane, HttpBackend) {
     let web = HttpBackend::start("web").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         r#"
 load_balancers:

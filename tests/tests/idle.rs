@@ -14,7 +14,6 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use keel_dataplane::Dataplane;
 use keel_tests::backend::HttpBackend;
 use keel_tests::node::KeelProcess;
 use keel_tests::{free_port, spec};
@@ -81,7 +80,7 @@ async fn an_idle_http1_connection_holds_little_heap() {
     };
     let web = HttpBackend::start("web").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         r#"
 load_balancers:

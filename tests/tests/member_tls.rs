@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use keel_dataplane::Dataplane;
 use keel_tests::client::{client, get};
 use keel_tests::tls::{Ca, HttpsConn, TlsMember};
 use keel_tests::{free_port, spec};
@@ -31,7 +30,7 @@ async fn members_are_reached_over_verified_tls_with_sni() {
     let member = TlsMember::start("secure", &ca.issue(&["api.internal"])).await;
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/");
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     let with = |tls: &str, version: &str| {
         spec(&config(
             port,
@@ -107,7 +106,7 @@ async fn health_checks_use_the_pools_tls() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/");
     let check = "health_check: { type: http, path: /health, interval: 100ms, timeout: 90ms, healthy_threshold: 1, unhealthy_threshold: 1 }";
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     let c = client();
     for (version, tls) in [
         (
@@ -157,7 +156,7 @@ async fn tls_and_tcp_listeners_re_encrypt_and_originate() {
         config(port, "tls", member.addr, &tls, ", certificates: [front]"),
         front.yaml("front")
     );
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&yaml)).await.unwrap();
     let mut conn = HttpsConn::open(
         SocketAddr::from(([127, 0, 0, 1], port)),
@@ -178,7 +177,7 @@ async fn tls_and_tcp_listeners_re_encrypt_and_originate() {
 
     // tcp listener → TLS member: plain text in, TLS out.
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&config(port, "tcp", member.addr, &tls, "")))
         .await
         .unwrap();

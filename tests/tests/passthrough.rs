@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use keel_dataplane::Dataplane;
 use keel_tests::tls::{Ca, HttpsConn, TlsMember};
 use keel_tests::{free_port, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,7 +41,7 @@ pools:
 "#,
         shop.addr, blog.addr, other.addr
     );
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&yaml)).await.unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
 
@@ -122,7 +121,7 @@ async fn a_client_hello_that_trickles_in_is_still_routed() {
          pools:\n  - {{ name: s, members: [ {{ address: \"{}\" }} ] }}\n  - {{ name: d, members: [ {{ address: \"{}\" }} ] }}\n",
         member.addr, fallback.addr
     );
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&yaml)).await.unwrap();
 
     // A stream that writes its first bytes (the ClientHello) 7 at a time.

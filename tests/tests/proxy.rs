@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 async fn one_backend() -> (HttpBackend, u16, Dataplane) {
     let b = HttpBackend::start("b").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     let members = format!("members: [ {{ address: \"{}\" }} ]", b.addr);
     dp.apply(&spec(&http_lb(port, &members))).await.unwrap();
     (b, port, dp)
@@ -69,7 +69,7 @@ async fn forwarded_headers_set_host_kept_hop_by_hop_removed() {
 async fn a_trusted_proxys_forwarding_fields_are_kept_and_extended() {
     let b = HttpBackend::start("b").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         "load_balancers:\n  - {{ name: web, listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, \
          default_pool: app, trusted_proxies: [127.0.0.1/32] }} ] }}\n\
@@ -188,7 +188,7 @@ async fn pipelined_requests_with_and_without_bodies_share_one_connection() {
 async fn an_idle_keep_alive_connection_is_closed_at_the_header_timeout() {
     let b = HttpBackend::start("b").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     let members = format!("members: [ {{ address: \"{}\" }} ]", b.addr);
     let config = http_lb(port, &members)
         .replace("protocol: http,", "protocol: http, header_timeout: 300ms,");
@@ -223,7 +223,7 @@ async fn clear_502_503_504() {
     let c = client();
 
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&http_lb(
         port,
         &format!("members: [ {{ address: \"{dead}\" }} ]"),
@@ -311,7 +311,7 @@ pools:
 async fn tcp_echo_with_half_close() {
     let echo = EchoBackend::start().await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&tcp_lb(port, echo.addr, "10s")))
         .await
         .unwrap();
@@ -335,7 +335,7 @@ async fn tcp_echo_with_half_close() {
 async fn tcp_idle_timeout_closes() {
     let echo = EchoBackend::start().await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&tcp_lb(port, echo.addr, "300ms")))
         .await
         .unwrap();

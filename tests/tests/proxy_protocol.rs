@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use keel_dataplane::Dataplane;
 use keel_tests::backend::HttpBackend;
 use keel_tests::{free_port, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -100,7 +99,7 @@ async fn members_get_v1_on_tcp_and_v2_on_http_byte_for_byte() {
     let v1_len = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n", 10000, tport).len();
     let tcp_member = ProxiedMember::start(v1_len, false).await;
     let http_member = ProxiedMember::start(28, true).await;
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         "load_balancers:\n  - {{ name: lb, listeners: [\n\
            {{ port: {tport}, protocol: tcp, bind: 127.0.0.1, default_pool: t }},\n\
@@ -142,7 +141,7 @@ async fn a_listener_takes_the_client_from_a_trusted_proxy_header() {
     let named_len = "PROXY TCP4 203.0.113.9 10.77.0.100 4444 80\r\n".len();
     let relayed = ProxiedMember::start(named_len, false).await;
     let tport = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         "load_balancers:\n  - {{ name: lb, listeners: [\n\
            {{ port: {open}, protocol: http, bind: 127.0.0.1, default_pool: web, accept_proxy_protocol: true, trusted_proxies: [127.0.0.0/8] }},\n\
@@ -215,7 +214,7 @@ async fn a_listener_takes_the_client_from_a_trusted_proxy_header() {
 async fn only_a_trusted_proxy_extends_the_forwarding_headers() {
     let web = HttpBackend::start("web").await;
     let (trusting, wary) = (free_port(), free_port());
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         "load_balancers:\n  - {{ name: lb, listeners: [\n\
            {{ port: {trusting}, protocol: http, bind: 127.0.0.1, default_pool: web, trusted_proxies: [127.0.0.1/32] }},\n\

@@ -95,7 +95,7 @@ async fn serve(rules: &str, b: &Backends) -> (u16, Dataplane) {
         "load_balancers:\n  - name: web\n    listeners:\n      - port: {port}\n        protocol: http\n        bind: 127.0.0.1\n        default_pool: app\n        rules:\n{rules}{}",
         pools(b)
     );
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&yaml)).await.unwrap();
     (port, dp)
 }
@@ -254,7 +254,7 @@ async fn a_listener_without_a_default_pool_serves_its_rules_and_refuses_the_rest
         "load_balancers:\n  - name: web\n    listeners:\n      - port: {http}\n        protocol: http\n        bind: 127.0.0.1\n        rules:\n          - {{ priority: 10, path_prefix: /blog, pool: blog }}\n      - {{ port: {tcp}, protocol: tcp, bind: 127.0.0.1 }}\n{}",
         pools(&b)
     );
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&yaml)).await.unwrap();
     assert_eq!(who(http, "/blog/post", &[]).await, "blog");
     let seen = curl(http, "/", &[]).await;

@@ -22,7 +22,7 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let web = HttpBackend::start("web").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         r#"
 load_balancers:

@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use keel_dataplane::Dataplane;
 use keel_tests::backend::HttpBackend;
 use keel_tests::client::{client, get_with, HttpClient};
 use keel_tests::{free_port, http_lb, members, spec};
@@ -50,7 +49,7 @@ async fn lb_cookie_keeps_a_client_on_its_member_while_it_is_healthy() {
             members(m)
         )
     };
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.set_cookie_secrets(&[b"shared by the cluster".to_vec()])
         .await;
     dp.apply(&spec(&http_lb(port, &pool(&addrs(&b)))))
@@ -90,7 +89,7 @@ async fn lb_cookie_keeps_a_client_on_its_member_while_it_is_healthy() {
 
     // Another node of the same cluster (same secret) honours the cookie.
     let port2 = free_port();
-    let other = Dataplane::new();
+    let other = keel_tests::dataplane();
     other
         .set_cookie_secrets(&[b"shared by the cluster".to_vec()])
         .await;
@@ -127,7 +126,7 @@ async fn lb_cookie_keeps_a_client_on_its_member_while_it_is_healthy() {
 async fn app_cookie_follows_the_applications_session() {
     let b = backends(3).await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     let pool = format!(
         "stickiness: {{ type: app_cookie, cookie: SESSION, duration: 10m }}, members: {}",
         members(&addrs(&b))
@@ -161,7 +160,7 @@ async fn app_cookie_follows_the_applications_session() {
 async fn consistent_hash_moves_only_the_removed_members_share() {
     let b = backends(4).await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     let config = |m: &[SocketAddr], on: &str| {
         http_lb(
             port,
@@ -235,7 +234,7 @@ async fn consistent_hash_moves_only_the_removed_members_share() {
 async fn consistent_hash_on_a_forwarding_field_hashes_what_the_member_gets() {
     let b = backends(4).await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     // The client is a trusted proxy, so X-Forwarded-For reaches the member
     // as "<its value>, 127.0.0.1": a key per end client.
     dp.apply(&spec(&format!(

@@ -36,7 +36,7 @@ async fn keel_with(member: SocketAddr, limits: &str, pool_fields: &str) -> (u16,
     } else {
         format!("{pool_fields}, ")
     };
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         r#"
 load_balancers:
@@ -296,7 +296,7 @@ async fn a_client_that_leaves_releases_its_member_connection_at_once() {
         }
     });
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     // A long response limit: only the client's leaving can end the wait.
     dp.apply(&spec(&format!(
         "load_balancers:\n  - {{ name: lb, listeners: [ {{ port: {port}, protocol: http, bind: 127.0.0.1, default_pool: p }} ] }}\n\
@@ -374,7 +374,7 @@ fn cpu_used() -> Duration {
 async fn waiting_for_the_rest_of_a_preface_header_or_hello_costs_no_cpu() {
     let web = HttpBackend::start("web").await;
     let (h2c, proxied, passthrough) = (free_port(), free_port(), free_port());
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&format!(
         r#"
 load_balancers:

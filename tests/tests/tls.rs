@@ -97,7 +97,7 @@ async fn https_lb(site: &Site, listener_extra: &str) -> (HttpBackend, u16, u16, 
         b.addr,
         site.certificates()
     );
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&yaml)).await.unwrap();
     (b, tls_port, http_port, dp)
 }
@@ -288,7 +288,7 @@ async fn a_replaced_certificate_serves_new_handshakes_and_drops_nothing() {
     };
     let old = site.ca.issue(&["a.test"]);
     let new = site.ca.issue(&["a.test"]);
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&config(&old))).await.unwrap();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let client = site.ca.client_config(&[]);
@@ -374,7 +374,7 @@ async fn tls_listener_terminates_and_relays_bytes() {
         echo.addr,
         site.a.yaml("a")
     );
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&yaml)).await.unwrap();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
 

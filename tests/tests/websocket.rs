@@ -81,7 +81,7 @@ fn metric(dp: &Dataplane, name: &str) -> u64 {
 async fn websocket_messages_echo_both_ways_and_are_counted() {
     let member = WsMember::start("m1").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&ws_config(port, &[member.addr], "5s")))
         .await
         .unwrap();
@@ -141,7 +141,7 @@ async fn wss_through_an_https_listener() {
     let ca = Ca::new();
     let cert = ca.issue(&["chat.example"]);
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     let yaml = format!(
         "load_balancers:\n  - {{ name: web, listeners: [ {{ port: {port}, protocol: https, bind: 127.0.0.1, default_pool: ws, certificates: [chat] }} ] }}\n\
          pools:\n  - {{ name: ws, members: [ {{ address: \"{}\" }} ] }}\ncertificates:\n  - {}\n",
@@ -175,7 +175,7 @@ async fn a_refused_upgrade_is_answered_as_the_member_answered() {
     // tunnel may open.
     let plain = HttpBackend::start("plain").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&ws_config(port, &[plain.addr], "5s")))
         .await
         .unwrap();
@@ -204,7 +204,7 @@ async fn websockets_drain_with_their_member_then_are_cut() {
     let a = WsMember::start("a").await;
     let b = WsMember::start("b").await;
     let port = free_port();
-    let dp = Dataplane::new();
+    let dp = keel_tests::dataplane();
     dp.apply(&spec(&ws_config(port, &[a.addr], "1s")))
         .await
         .unwrap();
