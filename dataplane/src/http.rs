@@ -905,11 +905,12 @@ async fn checkout(
     Box::pin(connect(member, pool, ends, http2, shared)).await
 }
 
-/// The member's shared HTTP/2 connection, when it takes requests.
+/// A stream on one of the member's shared HTTP/2 connections, when one
+/// has room.
 async fn ready_http2(member: &MemberState) -> Option<Sender> {
-    let (mut conn, stream, which) = member.shared_http2()?;
-    conn.sender.ready().await.ok()?;
-    Some(Sender::Http2(conn.sender, stream, Some(which)))
+    let (mut sender, stream, which) = member.shared_http2()?;
+    sender.ready().await.ok()?;
+    Some(Sender::Http2(sender, stream, Some(which)))
 }
 
 /// A new shared HTTP/2 connection to `member`, one at a time per worker:

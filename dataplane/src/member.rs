@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::client;
 use crate::http::h2_member::Stream;
-use crate::http::Http2Conn;
+use crate::http::{Http2Conn, Http2Sender};
 use crate::metrics::MemberStats;
 use crate::signal::Signal;
 use crate::workers::{self, Padded, Ref};
@@ -273,7 +273,7 @@ impl MemberState {
     /// member, the oldest with one free, and which connection it is (for
     /// [`MemberState::forget_http2`]). Closed connections are let go, as
     /// are newer ones no request used for [`IDLE_LIFETIME`].
-    pub(crate) fn shared_http2(&self) -> Option<(Http2Conn, Stream, u64)> {
+    pub(crate) fn shared_http2(&self) -> Option<(Http2Sender, Stream, u64)> {
         let mut shared = self.http2();
         let now = Instant::now();
         let mut first = true;
@@ -286,7 +286,7 @@ impl MemberState {
         shared.conns.iter_mut().find_map(|s| {
             let stream = s.conn.streams.take()?;
             s.used = now;
-            Some((s.conn.clone(), stream, s.which))
+            Some((s.conn.sender.clone(), stream, s.which))
         })
     }
 
