@@ -261,15 +261,22 @@ async fn tls_policies_choose_protocol_versions() {
     .await;
     assert!(!o.status.success(), "weak cipher accepted: {}", text(&o));
 
-    let metrics = dp.render_metrics();
-    let failures = metrics
-        .lines()
-        .find(|l| {
+    // Counted once the handshake's error comes back, after the alert went
+    // out: the client may have seen the alert first.
+    let failures = || {
+        let metrics = dp.render_metrics();
+        let line = metrics.lines().find(|l| {
             l.starts_with("keel_listener_tls_handshake_failures_total")
                 && l.contains(&format!(":{compatible}\""))
-        })
-        .unwrap();
-    assert!(failures.ends_with(" 1"), "{failures}");
+        });
+        line.map(str::to_owned).unwrap_or_default()
+    };
+    keel_tests::eventually(Duration::from_secs(5), "one handshake failure", || {
+        let failures = failures();
+        async move { failures.ends_with(" 1") }
+    })
+    .await;
+    assert!(failures().ends_with(" 1"), "{}", failures());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
