@@ -48,6 +48,16 @@ pub fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
+/// `N` loopback ports free at the time of asking, all different: each is
+/// held until all are chosen (asked one at a time, the kernel may give
+/// the same port twice).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("no free loopback port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("a bound socket").port())
+}
+
 /// Parses a YAML config, panicking with every problem if it is invalid.
 pub fn spec(yaml: &str) -> Spec {
     Document::parse_spec(yaml).unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"))

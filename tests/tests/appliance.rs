@@ -78,7 +78,7 @@ fn appliance_boots_configured_serves_and_keeps_changes_over_a_power_cycle_bios_t
          ssh:\n  authorized_keys:\n    - \"{}\"\n",
         public.trim()
     ));
-    let (admin, web, ssh_port) = (free_port(), free_port(), free_port());
+    let [admin, web, ssh_port] = keel_tests::free_ports();
     let nics = || {
         vec![Nic::User {
             forward: vec![(admin, 9090), (web, 8080), (ssh_port, 22)],
@@ -217,7 +217,7 @@ fn config_json(member_port: u16) -> String {
 fn two_appliances_on_one_network_form_a_cluster() {
     let image = image();
     let dir = tempfile::tempdir().unwrap();
-    let (admin1, admin2, link) = (free_port(), free_port(), free_port());
+    let [admin1, admin2, link] = keel_tests::free_ports();
     let mac = |i: u8| format!("52:54:00:77:00:{i:02x}");
     let network = |i: u8| {
         format!(
