@@ -11,7 +11,8 @@
 # nginx's processes) is read before, between and after, and the growth is
 # divided by N, and the second batch's by N/2 (memory a proxy freed earlier
 # and kept absorbs the first connections; the second half shows what each
-# costs once that is used up). Run as root: the
+# costs once that is used up). tests/bench/idle-vm.sh runs it in a virtual
+# machine where the limit below can be raised. Run as root: the
 # file-descriptor limit is raised to 1,048,576 where the host lets it, else
 # to its hard limit, and N is cut to what one Keel worker then accepts
 # (half the limit less a reserve: the other half is for member
@@ -24,7 +25,11 @@ N=${1:-100000}
 bench_need haproxy=haproxy nginx=nginx-light
 bench_keel
 # The client's speed does not matter here: a debug build does.
-cargo build -p keel-tests --bin idle_clients -q
+# IDLE_CLIENTS names one built already (idle-vm.sh, in its VM).
+if [ -z "${IDLE_CLIENTS:-}" ]; then
+  cargo build -p keel-tests --bin idle_clients -q
+  IDLE_CLIENTS=$(cargo metadata --format-version 1 --no-deps | sed 's/.*"target_directory":"\([^"]*\)".*/\1/')/debug/idle_clients
+fi
 bench_work
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 limit=$(ulimit -n)
@@ -105,7 +110,7 @@ wait_port() {
 start_batch() {
   local name=$1 count=$2 fd
   mkfifo "$work/$name.in"
-  target/debug/idle_clients 127.0.0.1:19080 "$count" <"$work/$name.in" >"$work/$name.out" &
+  "$IDLE_CLIENTS" 127.0.0.1:19080 "$count" <"$work/$name.in" >"$work/$name.out" &
   exec {fd}>"$work/$name.in"
   eval "hold_$name=$fd"
   until grep -q ready "$work/$name.out" 2>/dev/null; do sleep 0.2; done
