@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
@@ -111,7 +111,6 @@ where
         cut,
         tunnels,
     } = signals;
-    let header_timeout = listener.spec.header_timeout;
     let keepalive_timeout = listener.spec.keepalive_timeout();
     // A client that stops taking its response is let go at this limit.
     let stream = WriteStall::new(stream, listener.spec.client_timeout());
@@ -124,8 +123,7 @@ where
     let conn = Arc::new(Conn {
         ends,
         trusted,
-        client_ip: HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        client_ip: IpText::new(peer.ip()),
         plan,
         first: listener,
         cut: cut.clone(),
@@ -136,11 +134,7 @@ where
     // moving it (hyper moves each request's future into place) stays cheap.
     match mode {
         Mode::Http1 => {
-            let timeouts = h1::Timeouts {
-                head: header_timeout,
-                keep_alive: keepalive_timeout,
-            };
-            let serving = h1::serve(stream, conn.clone(), timeouts);
+            let serving = h1::serve(stream, conn.clone());
             // The loop finishes the request under way and closes.
             Box::pin(Drive::new(serving, H1(conn), closing, cut, None))
         }
@@ -469,8 +463,8 @@ struct Conn {
     ends: Addresses,
     /// The client is a trusted proxy: its forwarding headers are kept.
     trusted: bool,
-    /// The client's IP as a header value, made once per connection.
-    client_ip: HeaderValue,
+    /// The client's IP as text, made once per connection.
+    client_ip: IpText,
     plan: SharedPlan,
     /// The listener as it was when the connection was accepted; used if the
     /// listener has since been removed and the connection is finishing.
@@ -488,6 +482,15 @@ impl Conn {
     /// The client: the TCP peer, or what its PROXY header named.
     fn peer(&self) -> SocketAddr {
         self.ends.source
+    }
+
+    /// How long the connection waits on its client between answers: the
+    /// listener's timeouts as the connection found them.
+    fn timeouts(&self) -> h1::Timeouts {
+        h1::Timeouts {
+            head: self.first.spec.header_timeout,
+            keep_alive: self.first.spec.keepalive_timeout(),
+        }
     }
 
     /// The listener's current plan: each request follows the newest
@@ -880,7 +883,7 @@ fn chosen_from(chosen: &HeaderValue, offered: &HeaderValue) -> bool {
 /// that sends PROXY headers gets a new connection per request: a header
 /// names one client, so those connections are never shared.
 async fn checkout(
-    member: &MemberState,
+    member: &Arc<MemberState>,
     pool: &PoolPlan,
     ends: Addresses,
     own_http1: bool,
@@ -919,7 +922,7 @@ async fn ready_http2(member: &MemberState) -> Option<Sender> {
 /// did (a member that does not answer costs the requests waiting on it
 /// one connect timeout, not one each in turn).
 async fn connect_shared_http2(
-    member: &MemberState,
+    member: &Arc<MemberState>,
     pool: &PoolPlan,
     ends: Addresses,
 ) -> Result<Sender, ProxyError> {
@@ -942,7 +945,7 @@ async fn connect_shared_http2(
 
 /// A new connection to `member`, ready for requests.
 async fn connect(
-    member: &MemberState,
+    member: &Arc<MemberState>,
     pool: &PoolPlan,
     ends: Addresses,
     http2: bool,
@@ -1123,7 +1126,7 @@ async fn exchange(
 async fn send(
     sender: Sender,
     out: Box<Outbound>,
-    member: &MemberState,
+    member: &Arc<MemberState>,
     cut: &Signal,
     pool: &PoolPlan,
     ends: Addresses,
@@ -1149,7 +1152,7 @@ async fn send(
 async fn deliver(
     sender: Sender,
     out: Box<Outbound>,
-    member: &MemberState,
+    member: &Arc<MemberState>,
     pool: &PoolPlan,
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
@@ -1193,7 +1196,7 @@ async fn deliver_http2(
     mut stream: Stream,
     mut which: Option<u64>,
     out: Box<Outbound>,
-    member: &MemberState,
+    member: &Arc<MemberState>,
     pool: &PoolPlan,
     ends: Addresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
@@ -1375,7 +1378,7 @@ fn oversized(req: &Request<ClientBody>) -> Option<StatusCode> {
 /// forwarding fields it gets there.
 fn prepare_request(
     parts: &mut http::request::Parts,
-    client: &HeaderValue,
+    client: &IpText,
     trusted: bool,
     listener: &ListenerPlan,
 ) -> Forwarding {
@@ -1410,10 +1413,10 @@ fn prepare_request(
             .collect();
         (!joined.is_empty()).then(|| joined.join(", "))
     };
-    let ip = client.to_str().unwrap_or("unknown");
-    let xff = match prior(&X_FORWARDED_FOR) {
-        Some(p) => HeaderValue::try_from(format!("{p}, {ip}")).unwrap_or_else(|_| client.clone()),
-        None => client.clone(),
+    let ip = client.as_str();
+    let xff = match prior(&X_FORWARDED_FOR).map(|p| HeaderValue::try_from(format!("{p}, {ip}"))) {
+        Some(Ok(joined)) => ForwardedFor::Joined(joined),
+        _ => ForwardedFor::Client(*client),
     };
     let proto = listener.proto_header.to_str().unwrap_or("http");
     let host = parts
@@ -1467,11 +1470,62 @@ fn prepare_request(
 /// kept out of the request's header map and written after its fields
 /// (HTTP/1.1), or inserted into the map only for an HTTP/2 member.
 pub(crate) struct Forwarding {
-    forwarded_for: HeaderValue,
+    forwarded_for: ForwardedFor,
     /// Valid as a field value by construction (see `prepare_request`).
     forwarded: String,
     proto: HeaderValue,
     port: Port,
+}
+
+/// A client's IP address as text, as `X-Forwarded-For` and `Forwarded`
+/// name it: made once per connection and held in place, so it costs an
+/// idle connection no allocation and a request a copy, not a count.
+#[derive(Clone, Copy)]
+struct IpText {
+    bytes: [u8; IpText::MOST],
+    len: u8,
+}
+
+impl IpText {
+    /// The longest an address is written: eight groups of four hex digits.
+    const MOST: usize = 39;
+
+    fn new(ip: IpAddr) -> IpText {
+        use std::io::Write;
+        let mut bytes = [0; Self::MOST];
+        let mut to = &mut bytes[..];
+        let len = match write!(to, "{ip}") {
+            Ok(()) => Self::MOST - to.len(),
+            Err(_) => 0,
+        };
+        IpText {
+            bytes,
+            len: u8::try_from(len).unwrap_or(0),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)])
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("unknown")
+    }
+}
+
+/// `X-Forwarded-For`: the client's IP, or a trusted proxy's list with it
+/// appended.
+enum ForwardedFor {
+    Client(IpText),
+    Joined(HeaderValue),
+}
+
+impl ForwardedFor {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            ForwardedFor::Client(ip) => ip.as_str().as_bytes(),
+            ForwardedFor::Joined(v) => v.as_bytes(),
+        }
+    }
 }
 
 /// `X-Forwarded-Port`: a trusted proxy's value, or the listener's port
@@ -1539,7 +1593,12 @@ impl Forwarding {
 
     /// Adds the fields to a header map.
     fn insert_into(self, headers: &mut HeaderMap) {
-        headers.insert(X_FORWARDED_FOR, self.forwarded_for);
+        let forwarded_for = match self.forwarded_for {
+            ForwardedFor::Joined(v) => v,
+            ForwardedFor::Client(ip) => HeaderValue::from_str(ip.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        };
+        headers.insert(X_FORWARDED_FOR, forwarded_for);
         if let Ok(v) = HeaderValue::try_from(self.forwarded) {
             headers.insert(FORWARDED, v);
         }
@@ -2143,6 +2202,21 @@ pub(crate) fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_address_is_written_whole_in_place() {
+        for ip in [
+            "192.0.2.1",
+            "255.255.255.255",
+            "::1",
+            "::ffff:255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(parsed).as_str(), parsed.to_string(), "{ip}");
+        }
+    }
 
     #[test]
     fn a_listeners_port_is_written_out_in_decimal() {

@@ -77,11 +77,7 @@ pub(super) struct Timeouts {
 ///
 /// Not an `async fn`, which would hold its arguments twice: the future
 /// uses `io` and the rest where they were captured.
-pub(super) fn serve<IO>(
-    io: IO,
-    conn: Arc<Conn>,
-    timeouts: Timeouts,
-) -> impl Future<Output = ()> + Send
+pub(super) fn serve<IO>(io: IO, conn: Arc<Conn>) -> impl Future<Output = ()> + Send
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -89,10 +85,11 @@ where
     async move {
         // No buffer until the first bytes come (`read` waits for them with one
         // on its stack), and none again between requests: a connection that is
-        // open and idle costs its socket and its task only.
+        // open and idle costs its socket and its task only. The answer's
+        // buffer, and the timeouts (the listener's, as the connection found
+        // it), are not held here: an idle connection's future is smaller.
         let mut buf = BytesMut::new();
-        let mut out = BytesMut::new();
-        let mut timer = pin!(Deadline::after(timeouts.head));
+        let mut timer = pin!(Deadline::after(conn.timeouts().head));
         let mut first = true;
         loop {
             // A request's head must be whole within the head timeout; between
@@ -102,8 +99,8 @@ where
             first = false;
             if idle {
                 buf = BytesMut::new();
-                out = BytesMut::new();
             }
+            let timeouts = conn.timeouts();
             let wait = if idle {
                 timeouts.keep_alive
             } else {
@@ -127,7 +124,7 @@ where
                 scanned = buf.len();
                 if head_begun && matches!(parsed, Parsed::Partial) {
                     head_begun = false;
-                    timer.as_mut().set(Instant::now() + timeouts.head);
+                    timer.as_mut().set(Instant::now() + conn.timeouts().head);
                 }
                 let refused = match parsed {
                     Parsed::Request(req, message) => break (req, message),
@@ -139,7 +136,7 @@ where
                     Parsed::Refused(status, why) => Some((status, why)),
                 };
                 if let Some((status, why)) = refused {
-                    return Box::pin(refuse(&mut io, &conn, status, why, &mut out)).await;
+                    return Box::pin(refuse(&mut io, &conn, status, why)).await;
                 }
                 match read(&mut io, &mut buf, timer.as_mut(), &conn.stop).await {
                     Read::Bytes if idle => {
@@ -152,7 +149,7 @@ where
                     // (an idle keep-alive connection just closes).
                     Read::TimedOut if buf.is_empty() => return,
                     Read::TimedOut => {
-                        tracing::debug!(client.addr = %conn.peer(), header_timeout = ?timeouts.head, "request head not received in time: 408");
+                        tracing::debug!(client.addr = %conn.peer(), header_timeout = ?conn.timeouts().head, "request head not received in time: 408");
                         let _ = io.write_all(TIMED_OUT).await;
                         let _ = io.flush().await;
                         return;
@@ -161,8 +158,7 @@ where
             };
             // Boxed: the request's state is allocated while it is under way,
             // not carried by every idle connection's future.
-            match super::boxed(|| exchange(&mut io, &conn, &mut buf, &mut out, req, message)).await
-            {
+            match super::boxed(|| exchange(&mut io, &conn, &mut buf, req, message)).await {
                 Next::Request => {}
                 Next::Close => return,
                 Next::Upgrade(give) => {
@@ -193,13 +189,13 @@ async fn exchange<IO>(
     io: &mut Coalesce<IO>,
     conn: &Conn,
     buf: &mut BytesMut,
-    out: &mut BytesMut,
     mut req: Box<Request<ClientBody>>,
     message: Message,
 ) -> Next
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let out = &mut BytesMut::new();
     let mut intake = message.body.map(|framing| {
         let (intake, upload) = Intake::new(framing, message.expect_continue);
         *req.body_mut() = ClientBody::Http1(upload);
@@ -262,11 +258,10 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
     conn: &Conn,
     status: StatusCode,
     why: &str,
-    out: &mut BytesMut,
 ) {
     tracing::debug!(client.addr = %conn.peer(), status = status.as_u16(), why, "request refused");
     conn.listener().stats.here().requests.count(status.as_u16());
-    answer_and_close(io, status, out).await;
+    answer_and_close(io, status, &mut BytesMut::new()).await;
 }
 
 /// Answers with Keel's own `status` page, and closes.
