@@ -74,6 +74,22 @@ struct Http2Slot {
     made: u64,
     /// How many attempts at a new shared connection failed so far.
     failed: u64,
+    /// A task looks the connections over while there is more than one.
+    swept: bool,
+}
+
+impl Http2Slot {
+    /// Lets go of closed connections, and of those past the first open one
+    /// that no request used for [`IDLE_LIFETIME`].
+    fn prune(&mut self, now: Instant) {
+        let mut first = true;
+        self.conns.retain(|s| {
+            let keep = !s.conn.sender.is_closed()
+                && (first || !s.conn.streams.idle() || now.duration_since(s.used) < IDLE_LIFETIME);
+            first &= !keep;
+            keep
+        });
+    }
 }
 
 struct Http2Shared {
@@ -276,13 +292,7 @@ impl MemberState {
     pub(crate) fn shared_http2(&self) -> Option<(Http2Sender, Stream, u64)> {
         let mut shared = self.http2();
         let now = Instant::now();
-        let mut first = true;
-        shared.conns.retain(|s| {
-            let keep = !s.conn.sender.is_closed()
-                && (first || !s.conn.streams.idle() || now.duration_since(s.used) < IDLE_LIFETIME);
-            first &= !keep;
-            keep
-        });
+        shared.prune(now);
         shared.conns.iter_mut().find_map(|s| {
             let stream = s.conn.streams.take()?;
             s.used = now;
@@ -291,9 +301,12 @@ impl MemberState {
     }
 
     /// Adds `conn` to the HTTP/2 connections requests share; which one it
-    /// is.
-    pub(crate) fn share_http2(&self, conn: Http2Conn) -> u64 {
-        let mut shared = self.http2();
+    /// is. While there is more than one, a task looks them over each
+    /// [`IDLE_SWEEP`], so one the load no longer needs is closed though no
+    /// request comes to find it.
+    pub(crate) fn share_http2(self: &Arc<Self>, conn: Http2Conn) -> u64 {
+        let shard = workers::shard(self.http2.len());
+        let mut shared = lock(&self.http2[shard].0.shared);
         shared.made += 1;
         let which = shared.made;
         if self.is_up() && !self.is_draining() {
@@ -302,6 +315,10 @@ impl MemberState {
                 which,
                 used: Instant::now(),
             });
+        }
+        if shared.conns.len() > 1 && !shared.swept {
+            shared.swept = true;
+            tokio::spawn(sweep_http2(Arc::downgrade(self), shard));
         }
         which
     }
@@ -369,6 +386,24 @@ async fn sweep_idle(member: Weak<MemberState>, shard: usize) {
         });
         if idle.conns.is_empty() {
             idle.swept = false;
+            return;
+        }
+    }
+}
+
+/// Lets go of one worker's (`shard`) surplus HTTP/2 connections to a
+/// member as they fall idle, until one is left (or the member is gone).
+/// It runs on that worker.
+async fn sweep_http2(member: Weak<MemberState>, shard: usize) {
+    loop {
+        tokio::time::sleep(IDLE_SWEEP).await;
+        let Some(member) = member.upgrade() else {
+            return;
+        };
+        let mut shared = lock(&member.http2[shard].0.shared);
+        shared.prune(Instant::now());
+        if shared.conns.len() <= 1 {
+            shared.swept = false;
             return;
         }
     }

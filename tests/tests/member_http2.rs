@@ -82,6 +82,8 @@ struct Member {
     addr: SocketAddr,
     answered: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    /// Connections Keel closed (or the member ended).
+    closed: Arc<AtomicUsize>,
     bodies: Arc<Mutex<Vec<u8>>>,
 }
 
@@ -96,18 +98,30 @@ async fn member_of(first: First, times: usize) -> Member {
     let addr = listener.local_addr().unwrap();
     let answered = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
     let bodies = Arc::new(Mutex::new(Vec::new()));
-    let (a, c, b) = (answered.clone(), connections.clone(), bodies.clone());
+    let (a, c, b, d) = (
+        answered.clone(),
+        connections.clone(),
+        bodies.clone(),
+        closed.clone(),
+    );
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let first = (c.fetch_add(1, SeqCst) < times).then_some(first);
-            tokio::spawn(serve(s, first, a.clone(), b.clone()));
+            let served = serve(s, first, a.clone(), b.clone());
+            let d = d.clone();
+            tokio::spawn(async move {
+                served.await;
+                d.fetch_add(1, SeqCst);
+            });
         }
     });
     Member {
         addr,
         answered,
         connections,
+        closed,
         bodies,
     }
 }
@@ -422,6 +436,46 @@ async fn requests_past_the_members_stream_limit_go_on_more_connections() {
         took < Duration::from_millis(1500),
         "three requests took {took:?}"
     );
+    assert_eq!(member.connections.load(SeqCst), 3);
+    dp.shutdown(Duration::from_secs(1)).await;
+}
+
+/// The connections made past the member's stream limit are closed once
+/// no request used them for 4 s (as idle HTTP/1.1 connections are), though
+/// no request comes to find them; the first stays open for the next.
+#[tokio::test]
+async fn connections_past_the_first_close_once_idle_without_a_request_to_find_them() {
+    let member = member_of(First::OneAtATime, usize::MAX).await;
+    let (dp, port) = keel_before(member.addr).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/");
+    let gets: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.clone());
+            tokio::spawn(async move { get(&c, &url).await })
+        })
+        .collect();
+    for g in gets {
+        let got = tokio::time::timeout(Duration::from_secs(10), g).await;
+        assert_eq!(got.unwrap().unwrap(), Ok((200, "second".to_owned())));
+    }
+    assert_eq!(member.connections.load(SeqCst), 3);
+    let answered = std::time::Instant::now();
+    let all_but_one = async {
+        while member.closed.load(SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(8), all_but_one)
+        .await
+        .expect("the two connections past the first are still open 8 s after their last request");
+    let took = answered.elapsed();
+    assert!(took >= Duration::from_secs(3), "closed after {took:?}");
+    // The first is still open, and serves the next request.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(member.closed.load(SeqCst), 2);
+    let got = tokio::time::timeout(Duration::from_secs(10), get(&c, &url)).await;
+    assert_eq!(got.unwrap(), Ok((200, "second".to_owned())));
     assert_eq!(member.connections.load(SeqCst), 3);
     dp.shutdown(Duration::from_secs(1)).await;
 }
