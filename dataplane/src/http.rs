@@ -1413,8 +1413,10 @@ fn prepare_request(
             .collect();
         (!joined.is_empty()).then(|| joined.join(", "))
     };
-    let ip = client.as_str();
-    let xff = match prior(&X_FORWARDED_FOR).map(|p| HeaderValue::try_from(format!("{p}, {ip}"))) {
+    let ip = client.as_bytes();
+    let joined =
+        prior(&X_FORWARDED_FOR).map(|p| HeaderValue::try_from([p.as_bytes(), b", ", ip].concat()));
+    let xff = match joined {
         Some(Ok(joined)) => ForwardedFor::Joined(joined),
         _ => ForwardedFor::Client(*client),
     };
@@ -1427,22 +1429,27 @@ fn prepare_request(
     // One string, built in place: `[prior, ]for=IP;proto=P[;host="H"]`.
     // Every piece is visible ASCII (header values, an IP, a scheme, a
     // host checked above), so it is a valid field value.
-    let mut forwarded = prior(&FORWARDED).map(|p| p + ", ").unwrap_or_default();
-    forwarded.reserve(32 + ip.len() + host.map_or(0, str::len));
-    forwarded.push_str("for=");
-    if ip.contains(':') {
-        forwarded.push_str("\"[");
-        forwarded.push_str(ip);
-        forwarded.push_str("]\"");
-    } else {
-        forwarded.push_str(ip);
+    let mut forwarded = prior(&FORWARDED)
+        .map(|p| p.into_bytes())
+        .unwrap_or_default();
+    if !forwarded.is_empty() {
+        forwarded.extend_from_slice(b", ");
     }
-    forwarded.push_str(";proto=");
-    forwarded.push_str(proto);
+    forwarded.reserve(32 + ip.len() + host.map_or(0, str::len));
+    forwarded.extend_from_slice(b"for=");
+    if ip.contains(&b':') {
+        forwarded.extend_from_slice(b"\"[");
+        forwarded.extend_from_slice(ip);
+        forwarded.extend_from_slice(b"]\"");
+    } else {
+        forwarded.extend_from_slice(ip);
+    }
+    forwarded.extend_from_slice(b";proto=");
+    forwarded.extend_from_slice(proto.as_bytes());
     if let Some(h) = host {
-        forwarded.push_str(";host=\"");
-        forwarded.push_str(h);
-        forwarded.push('"');
+        forwarded.extend_from_slice(b";host=\"");
+        forwarded.extend_from_slice(h.as_bytes());
+        forwarded.push(b'"');
     }
     // The scheme and port the client first used: a trusted proxy's word
     // (a CDN that terminated TLS on 443), else this listener's.
@@ -1472,7 +1479,7 @@ fn prepare_request(
 pub(crate) struct Forwarding {
     forwarded_for: ForwardedFor,
     /// Valid as a field value by construction (see `prepare_request`).
-    forwarded: String,
+    forwarded: Vec<u8>,
     proto: HeaderValue,
     port: Port,
 }
@@ -1504,11 +1511,11 @@ impl IpText {
         }
     }
 
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)])
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("unknown")
+    fn as_bytes(&self) -> &[u8] {
+        match &self.bytes[..usize::from(self.len)] {
+            [] => b"unknown",
+            text => text,
+        }
     }
 }
 
@@ -1522,7 +1529,7 @@ enum ForwardedFor {
 impl ForwardedFor {
     fn as_bytes(&self) -> &[u8] {
         match self {
-            ForwardedFor::Client(ip) => ip.as_str().as_bytes(),
+            ForwardedFor::Client(ip) => ip.as_bytes(),
             ForwardedFor::Joined(v) => v.as_bytes(),
         }
     }
@@ -1570,7 +1577,7 @@ impl Forwarding {
     fn fields(&self) -> [(&'static str, &[u8]); 4] {
         [
             ("x-forwarded-for", self.forwarded_for.as_bytes()),
-            ("forwarded", self.forwarded.as_bytes()),
+            ("forwarded", &self.forwarded),
             ("x-forwarded-proto", self.proto.as_bytes()),
             ("x-forwarded-port", self.port.as_bytes()),
         ]
@@ -1595,7 +1602,7 @@ impl Forwarding {
     fn insert_into(self, headers: &mut HeaderMap) {
         let forwarded_for = match self.forwarded_for {
             ForwardedFor::Joined(v) => v,
-            ForwardedFor::Client(ip) => HeaderValue::from_str(ip.as_str())
+            ForwardedFor::Client(ip) => HeaderValue::from_bytes(ip.as_bytes())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         };
         headers.insert(X_FORWARDED_FOR, forwarded_for);
@@ -2214,7 +2221,11 @@ mod tests {
             "2001:db8::8a2e:370:7334",
         ] {
             let parsed: IpAddr = ip.parse().unwrap();
-            assert_eq!(IpText::new(parsed).as_str(), parsed.to_string(), "{ip}");
+            assert_eq!(
+                IpText::new(parsed).as_bytes(),
+                parsed.to_string().as_bytes(),
+                "{ip}"
+            );
         }
     }
 
