@@ -162,13 +162,6 @@ measure() {
 }
 
 
-# The median of the numbers in column $2 of the lines in $1.
-median() {
-  awk -v c="$2" 'NF { print $c }' <<<"$1" | sort -g | awk '
-    { v[NR] = $1 }
-    END { if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 declare -A p99s
 echo "## L7 HTTP/1.1 keep-alive, $CONNS connections, ${SECS}s each, wrk -t$THREADS, $WORKERS worker(s) per proxy"
 echo

@@ -26,6 +26,8 @@
 #                                process, its threads and its child processes
 #                                (nginx's workers) have used so far
 #   to_ms LATENCY                wrk's latency (850.00us, 3.10ms, 1.20s) in ms
+#   median LINES COLUMN          the median of the numbers in column COLUMN
+#                                of LINES (rounds' ratios), to two places
 #   haproxy_forwarded SCHEME     HAProxy frontend lines, and $nginx_forwarded
 #                                nginx location directives, that add the
 #                                request headers Keel adds for its members
@@ -143,4 +145,10 @@ to_ms() {
     if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000
     printf "%.3f", n
   }'
+}
+
+median() {
+  awk -v c="$2" 'NF { print $c }' <<<"$1" | sort -g | awk '
+    { v[NR] = $1 }
+    END { if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }

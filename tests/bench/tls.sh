@@ -11,6 +11,9 @@
 # One worker each (HAProxy nbthread 1, keel --workers 1), the same ECDSA
 # P-256 certificate, two nginx backends reached over reused HTTP/1.1
 # connections. Prints Markdown tables; compare the ratios, not the figures.
+# The proxies take turns, ROUNDS times (default 3), and a last table gives
+# the median of each ratio over the rounds. KEEL_B=PATH adds a second Keel
+# build ("keel-b", on 18445) to every round, as compare.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-10}
@@ -64,27 +67,43 @@ KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_BIN" run --workers 1 --c
   --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18199 --cluster-addr 127.0.0.1:18198 \
   2>"$work/keel.err" & pids+=($!)
 pid[keel]=$!
+names="haproxy keel"
+ports="18101 18102 18443 18444"
+if [ -n "${KEEL_B:-}" ]; then
+  sed -e 's/18443/18445/' "$work/keel.yaml" > "$work/keel-b.yaml"
+  KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_B" run --workers 1 --config "$work/keel-b.yaml" \
+    --data-dir "$work/keel-b-data" --admin-addr 127.0.0.1:18197 --cluster-addr 127.0.0.1:18196 \
+    2>"$work/keel-b.err" & pids+=($!)
+  pid[keel-b]=$!
+  names="haproxy keel keel-b"
+  ports="$ports 18445"
+fi
 
-for port in 18101 18102 18443 18444; do
+for port in $ports; do
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
     sleep 0.1
   done
 done
-for port in 18443 18444; do
+for port in 18443 18444 ${KEEL_B:+18445}; do
   wrk -t1 -c64 -d2s "https://127.0.0.1:$port/" >/dev/null
 done
 bench_settle "${pid[keel]}" 4
+[ -z "${KEEL_B:-}" ] || bench_settle "${pid[keel-b]}" 4
 
-port_of() { case $1 in keel) echo 18443;; haproxy) echo 18444;; esac; }
+port_of() { case $1 in keel) echo 18443;; haproxy) echo 18444;; keel-b) echo 18445;; esac; }
+
+# Per scenario and proxy, one line per round: "rate-ratio cpu-ratio".
+declare -A ratios
 
 # Runs "$@" against each proxy ({port} replaced), printing one table row
 # each: rate, ratio to HAProxy, CPU µs per operation and its ratio.
-# $1 is the awk program that pulls the rate out of the tool's output.
+# $1 names the scenario; $2 is the awk program that pulls the rate out of
+# the tool's output.
 compare() {
-  local extract=$1; shift
+  local scenario=$1 extract=$2; shift 2
   local -A rate cpu
-  for name in haproxy keel; do
+  for name in $names; do
     local port args=() t0 t1 out r
     port=$(port_of "$name")
     for a in "$@"; do args+=("${a//\{port\}/$port}"); done
@@ -97,29 +116,48 @@ compare() {
     cpu[$name]=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v r="$r" -v s="$SECS" 'BEGIN { printf "%.1f", t / hz * 1e6 / (r * s) }')
     local errs
     errs=$(grep -E 'Non-2xx|Socket errors|failed, [1-9]|errored, [1-9]' <<<"$out" | tr '\n' ' ' || true)
-    echo "| $name | $r | $(awk -v a="$r" -v b="${rate[haproxy]}" 'BEGIN { printf "%.2f", a / b }')x | ${cpu[$name]} | $(awk -v a="${cpu[$name]}" -v b="${cpu[haproxy]}" 'BEGIN { printf "%.2f", a / b }')x ${errs} |"
+    local ratio cratio
+    ratio=$(awk -v a="$r" -v b="${rate[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
+    cratio=$(awk -v a="${cpu[$name]}" -v b="${cpu[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
+    ratios[$scenario/$name]+="$ratio $cratio"$'\n'
+    echo "| $name | $r | ${ratio}x | ${cpu[$name]} | ${cratio}x ${errs} |"
   done
 }
 
 wrk_rate='/^Requests\/sec/ {print $2}'
 h2_rate='/^finished in/ {gsub(",", "", $4); print $4}'
 
-echo "## TLS handshakes: a new TLS 1.3 connection per request, 32 connections, ${SECS}s"
+for round in $(seq "${ROUNDS:-3}"); do
+echo "## Round $round: TLS handshakes, a new TLS 1.3 connection per request, 32 connections, ${SECS}s"
 echo
 echo "| proxy | handshakes/s | vs HAProxy | CPU µs/handshake | CPU vs HAProxy |"
 echo "|---|---|---|---|---|"
-compare "$wrk_rate" wrk -t1 -c32 -d"${SECS}s" -H "Connection: close" "https://127.0.0.1:{port}/"
+compare handshakes "$wrk_rate" wrk -t1 -c32 -d"${SECS}s" -H "Connection: close" "https://127.0.0.1:{port}/"
 
 echo
-echo "## HTTPS keep-alive, 64 connections, ${SECS}s"
+echo "## Round $round: HTTPS keep-alive, 64 connections, ${SECS}s"
 echo
 echo "| proxy | req/s | vs HAProxy | CPU µs/req | CPU vs HAProxy |"
 echo "|---|---|---|---|---|"
-compare "$wrk_rate" wrk -t1 -c64 -d"${SECS}s" "https://127.0.0.1:{port}/"
+compare keepalive "$wrk_rate" wrk -t1 -c64 -d"${SECS}s" "https://127.0.0.1:{port}/"
 
 echo
-echo "## HTTP/2 over TLS (h2load), 16 connections x 16 streams, ${SECS}s"
+echo "## Round $round: HTTP/2 over TLS (h2load), 16 connections x 16 streams, ${SECS}s"
 echo
 echo "| proxy | req/s | vs HAProxy | CPU µs/req | CPU vs HAProxy |"
 echo "|---|---|---|---|---|"
-compare "$h2_rate" h2load -c16 -m16 -D"$SECS" "https://127.0.0.1:{port}/"
+compare h2 "$h2_rate" h2load -c16 -m16 -D"$SECS" "https://127.0.0.1:{port}/"
+echo
+done
+
+echo "## Medians over ${ROUNDS:-3} rounds, ratios to HAProxy"
+echo
+echo "| proxy | handshakes/s | CPU/handshake | HTTPS keep-alive req/s | CPU/req | HTTP/2 req/s | CPU/req |"
+echo "|---|---|---|---|---|---|---|"
+for name in ${names#haproxy }; do
+  row="| $name"
+  for scenario in handshakes keepalive h2; do
+    row+=" | $(median "${ratios[$scenario/$name]}" 1)x | $(median "${ratios[$scenario/$name]}" 2)x"
+  done
+  echo "$row |"
+done
