@@ -447,7 +447,11 @@ async fn requests_past_the_members_stream_limit_go_on_more_connections() {
 async fn connections_past_the_first_close_once_idle_without_a_request_to_find_them() {
     let member = member_of(First::OneAtATime, usize::MAX).await;
     let (dp, port) = keel_before(member.addr).await;
-    let c = client();
+    // One client connection (HTTP/2, prior knowledge): every request on one
+    // worker, whose connections to the member these are.
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
     let url = format!("http://127.0.0.1:{port}/");
     let gets: Vec<_> = (0..3)
         .map(|_| {

@@ -120,8 +120,15 @@ async fn upstream_connections_are_reused() {
             );
         }
     }
-    // Sequential requests, each response read to its end: one connection serves all.
-    assert_eq!(b.connections(), 1, "upstream connections were not reused");
+    // Sequential requests, each response read to its end: one connection
+    // serves all, or one per worker (hyper's client may open a second
+    // connection when the first is not back in its pool yet: with two
+    // workers, the kernel can give it to the other one, which has its own).
+    assert!(
+        b.connections() <= keel_tests::test_workers() as u64,
+        "upstream connections were not reused: {}",
+        b.connections()
+    );
 }
 
 /// Splits `wire` into responses framed by `Content-Length`: (status line, body).
