@@ -110,28 +110,18 @@ pools:
     algorithm: round_robin
     members: [ { address: "$B1" }, { address: "$B2" } ]
 CONF
-KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_BIN" run --workers "$WORKERS" --config "$work/keel.yaml" \
-  --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18099 --cluster-addr 127.0.0.1:18098 \
-  2>"$work/keel.err" & pids+=($!)
-pid[keel]=$!
+bench_run_keel keel "$KEEL_BIN" "$WORKERS" 18099 18098
 names="haproxy keel nginx"
 ports="18001 18002 18080 18081 18082 18090 18091 18092"
 if [ -n "${KEEL_B:-}" ]; then
   sed -e 's/18080/18083/; s/18090/18093/' "$work/keel.yaml" > "$work/keel-b.yaml"
-  KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_B" run --workers "$WORKERS" --config "$work/keel-b.yaml" \
-    --data-dir "$work/keel-b-data" --admin-addr 127.0.0.1:18097 --cluster-addr 127.0.0.1:18096 \
-    2>"$work/keel-b.err" & pids+=($!)
-  pid[keel-b]=$!
+  bench_run_keel keel-b "$KEEL_B" "$WORKERS" 18097 18096
   names="haproxy keel keel-b nginx"
   ports="$ports 18083 18093"
 fi
 
-for port in $ports; do
-  for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
-    sleep 0.1
-  done
-done
+# shellcheck disable=SC2086 # a list of ports
+bench_wait_ports $ports
 
 # nginx's proxy workers are the children of its master: counted with it.
 sleep 0.5

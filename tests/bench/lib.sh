@@ -9,6 +9,12 @@
 #                                two nginx backends, one worker each, on
 #                                127.0.0.1:${PORT_BASE}1 and ...2, answering
 #                                "hello world" at / (plus NGINX_LINES)
+#   bench_run_keel NAME BIN WORKERS ADMIN_PORT CLUSTER_PORT
+#                                start BIN with $work/NAME.yaml (data in
+#                                $work/NAME-data, log $work/NAME.err); its
+#                                pid in pids and pid[NAME]
+#   bench_wait_ports PORT ...    wait (10 s at most each) until each
+#                                loopback port accepts connections
 #   bench_settle PID [THREADS]   wait (at most 15 s) until Keel's start-up
 #                                work is over: it opens its Raft storage
 #                                through tokio's blocking pool, whose idle
@@ -88,6 +94,25 @@ http {
 }
 CONF
     nginx -c "$work/backend$b.conf" -g 'daemon off;' & pids+=($!)
+  done
+}
+
+bench_run_keel() {
+  local name=$1 bin=$2 workers=$3 admin=$4 cluster=$5
+  KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$bin" run --workers "$workers" \
+    --config "$work/$name.yaml" --data-dir "$work/$name-data" \
+    --admin-addr "127.0.0.1:$admin" --cluster-addr "127.0.0.1:$cluster" \
+    2>"$work/$name.err" & pids+=($!)
+  pid[$name]=$!
+}
+
+bench_wait_ports() {
+  local port _
+  for port in "$@"; do
+    for _ in $(seq 100); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+      sleep 0.1
+    done
   done
 }
 

@@ -63,28 +63,18 @@ pools:
     members: [ { address: "$B1" }, { address: "$B2" } ]
 $(keel_certificates)
 CONF
-KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_BIN" run --workers 1 --config "$work/keel.yaml" \
-  --data-dir "$work/keel-data" --admin-addr 127.0.0.1:18199 --cluster-addr 127.0.0.1:18198 \
-  2>"$work/keel.err" & pids+=($!)
-pid[keel]=$!
+bench_run_keel keel "$KEEL_BIN" 1 18199 18198
 names="haproxy keel"
 ports="18101 18102 18443 18444"
 if [ -n "${KEEL_B:-}" ]; then
   sed -e 's/18443/18445/' "$work/keel.yaml" > "$work/keel-b.yaml"
-  KEEL_ADMIN_PASSWORD=bench-password RUST_LOG=warn "$KEEL_B" run --workers 1 --config "$work/keel-b.yaml" \
-    --data-dir "$work/keel-b-data" --admin-addr 127.0.0.1:18197 --cluster-addr 127.0.0.1:18196 \
-    2>"$work/keel-b.err" & pids+=($!)
-  pid[keel-b]=$!
+  bench_run_keel keel-b "$KEEL_B" 1 18197 18196
   names="haproxy keel keel-b"
   ports="$ports 18445"
 fi
 
-for port in $ports; do
-  for _ in $(seq 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
-    sleep 0.1
-  done
-done
+# shellcheck disable=SC2086 # a list of ports
+bench_wait_ports $ports
 for port in 18443 18444 ${KEEL_B:+18445}; do
   wrk -t1 -c64 -d2s "https://127.0.0.1:$port/" >/dev/null
 done

@@ -421,16 +421,7 @@ async fn requests_past_the_members_stream_limit_go_on_more_connections() {
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
     let started = std::time::Instant::now();
-    let gets: Vec<_> = (0..3)
-        .map(|_| {
-            let (c, url) = (c.clone(), url.clone());
-            tokio::spawn(async move { get(&c, &url).await })
-        })
-        .collect();
-    for g in gets {
-        let got = tokio::time::timeout(Duration::from_secs(10), g).await;
-        assert_eq!(got.unwrap().unwrap(), Ok((200, "second".to_owned())));
-    }
+    three_at_once(&c, &url).await;
     let took = started.elapsed();
     assert!(
         took < Duration::from_millis(1500),
@@ -438,6 +429,20 @@ async fn requests_past_the_members_stream_limit_go_on_more_connections() {
     );
     assert_eq!(member.connections.load(SeqCst), 3);
     dp.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Three GETs of `url` at once through `c`, each answered 200 `second`.
+async fn three_at_once(c: &keel_tests::client::HttpClient, url: &str) {
+    let gets: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.to_owned());
+            tokio::spawn(async move { get(&c, &url).await })
+        })
+        .collect();
+    for g in gets {
+        let got = tokio::time::timeout(Duration::from_secs(10), g).await;
+        assert_eq!(got.unwrap().unwrap(), Ok((200, "second".to_owned())));
+    }
 }
 
 /// The connections made past the member's stream limit are closed once
@@ -453,16 +458,7 @@ async fn connections_past_the_first_close_once_idle_without_a_request_to_find_th
         .http2_only(true)
         .build_http();
     let url = format!("http://127.0.0.1:{port}/");
-    let gets: Vec<_> = (0..3)
-        .map(|_| {
-            let (c, url) = (c.clone(), url.clone());
-            tokio::spawn(async move { get(&c, &url).await })
-        })
-        .collect();
-    for g in gets {
-        let got = tokio::time::timeout(Duration::from_secs(10), g).await;
-        assert_eq!(got.unwrap().unwrap(), Ok((200, "second".to_owned())));
-    }
+    three_at_once(&c, &url).await;
     assert_eq!(member.connections.load(SeqCst), 3);
     let answered = std::time::Instant::now();
     let all_but_one = async {
