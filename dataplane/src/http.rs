@@ -23,7 +23,7 @@ use keel_model::{HashOn, HttpVersion, Protocol};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{self, SendError};
@@ -32,9 +32,9 @@ use crate::error::{ProxyError, Retry, Side};
 use crate::member::{MemberState, Outstanding};
 use crate::metrics::{Kept, ListenerCounts, MemberCounts};
 use crate::plan::{ListenerPlan, PoolPlan, SharedPlan};
-use crate::proxy_protocol::Addresses;
+use crate::proxy_protocol::{Addresses, PackedAddresses};
 use crate::route::{self, Route};
-use crate::signal::{Signal, Until};
+use crate::signal::{Signal, Until, Wait};
 use crate::stall::{Stall, WriteStall};
 use crate::tls::Alpn;
 use crate::workers::Ref;
@@ -92,9 +92,12 @@ pub(crate) async fn sniff(stream: &TcpStream, deadline: Instant) -> Option<Mode>
 /// Serves one client connection until it closes, the listener is removed
 /// (then it finishes in-flight requests and closes) or its drain runs out.
 ///
-/// One allocation holds what an open connection carries between requests
-/// (its server's state and the waits for the listener's close and cut),
-/// each in one place: an `async fn` would hold its arguments twice.
+/// One place holds what an open connection carries between requests (its
+/// server's state and the waits for the listener's close and cut), each
+/// once: an `async fn` would hold its arguments twice. An HTTP/1
+/// connection's is returned whole, for the caller to keep in its task
+/// (one allocation, not two); an HTTP/2 connection's, much larger, is
+/// boxed.
 pub(crate) fn serve<IO>(
     stream: IO,
     mode: Mode,
@@ -102,7 +105,7 @@ pub(crate) fn serve<IO>(
     plan: SharedPlan,
     listener: Arc<ListenerPlan>,
     signals: Signals,
-) -> Pin<Box<dyn Future<Output = ()> + Send>>
+) -> impl Future<Output = ()> + Send + 'static
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -121,7 +124,7 @@ where
         .iter()
         .any(|c| c.contains(peer.ip()));
     let conn = Arc::new(Conn {
-        ends,
+        ends: PackedAddresses::new(ends),
         trusted,
         client_ip: IpText::new(peer.ip()),
         plan,
@@ -136,7 +139,7 @@ where
         Mode::Http1 => {
             let serving = h1::serve(stream, conn.clone());
             // The loop finishes the request under way and closes.
-            Box::pin(Drive::new(serving, H1(conn), closing, cut, None))
+            Either::Left(Drive::new(serving, H1(conn), closing))
         }
         Mode::Http2 => {
             let io = TokioIo::new(Coalesce::new(stream));
@@ -165,7 +168,9 @@ where
             // Idle (no stream open) as long as a keep-alive HTTP/1
             // connection may be: closed with GOAWAY.
             let idle = Idle::new(streams, keepalive_timeout, peer);
-            Box::pin(Drive::new(serving, H2 { peer }, closing, cut, Some(idle)))
+            let serving: Pin<Box<dyn Future<Output = ()> + Send>> =
+                Box::pin(Drive::new(serving, H2 { peer, cut, idle }, closing));
+            Either::Right(serving)
         }
     }
 }
@@ -243,42 +248,35 @@ impl Body for Counted {
 pin_project_lite::pin_project! {
     /// Polls a server connection to its end. When the listener closes, asks
     /// it to finish in-flight requests and stop; when it is cut, drops it.
-    /// With `idle`, a connection without an open stream for that long is
-    /// asked to stop too.
+    /// A server that finds itself idle ([`Server::idle`]) is asked to stop
+    /// too.
     struct Drive<F, S> {
         #[pin]
         serving: F,
         server: S,
-        closing: Signal,
-        cut: Signal,
         // A cut is a closing too (`closing` is its child): an open
-        // connection waits on `closing` alone, and on `cut` only once it is
-        // closing, so an idle one carries one wait.
-        #[pin]
-        closing_wait: WaitForCancellationFutureOwned,
-        cut_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        // connection waits on `closing`, and once that fired, on its
+        // server's cut ([`Server::cut`]); one wait at a time.
+        wait: Wait<Signal>,
+        on_cut: bool,
         // The waker the waits hold. A wait keeps the waker it was last
-        // polled with, so it is polled again only if that changed: polling
-        // it takes a lock, and the connection's task is polled several
-        // times per request. Between those, the tokens' flags tell.
+        // given, so it is given one again only if that changed: that takes
+        // a lock, and the connection's task is polled several times per
+        // request. Between those, the signals' flags tell.
         registered: Option<Waker>,
         shutting_down: bool,
-        idle: Option<Box<Idle>>,
     }
 }
 
 impl<F, S> Drive<F, S> {
-    fn new(serving: F, server: S, closing: Signal, cut: Signal, idle: Option<Idle>) -> Self {
+    fn new(serving: F, server: S, closing: Signal) -> Self {
         Drive {
             serving,
             server,
-            closing_wait: closing.token().clone().cancelled_owned(),
-            closing,
-            cut,
-            cut_wait: None,
+            wait: Wait::new(closing),
+            on_cut: false,
             registered: None,
             shutting_down: false,
-            idle: idle.map(Box::new),
         }
     }
 }
@@ -303,48 +301,48 @@ where
         if fresh {
             *this.registered = Some(cx.waker().clone());
         }
-        if this.cut.fired() {
-            return Poll::Ready(());
-        }
-        if let Some(wait) = this.cut_wait.as_mut() {
-            if fresh && wait.as_mut().poll(cx).is_ready() {
+        if this.wait.fired(cx, fresh) {
+            if *this.on_cut {
                 return Poll::Ready(());
             }
-        } else if fired(this.closing, this.closing_wait.as_mut(), fresh, cx) {
             if !*this.shutting_down {
                 this.server.stop(this.serving.as_mut());
                 *this.shutting_down = true;
             }
-            let mut wait = Box::pin(this.cut.token().clone().cancelled_owned());
-            if wait.as_mut().poll(cx).is_ready() {
+            *this.wait = Wait::new(this.server.cut().clone());
+            *this.on_cut = true;
+            if this.wait.fired(cx, true) {
                 return Poll::Ready(());
             }
-            *this.cut_wait = Some(wait);
             // The connection has more to do now: let it.
             cx.waker().wake_by_ref();
         }
-        if let Some(idle) = this.idle.as_mut() {
-            match idle.poll(cx) {
-                IdleCheck::Busy => {}
-                IdleCheck::Ask => {
-                    if !*this.shutting_down {
-                        this.server.stop(this.serving.as_mut());
-                        *this.shutting_down = true;
-                    }
-                    cx.waker().wake_by_ref();
+        match this.server.idle(cx) {
+            IdleCheck::Busy => {}
+            IdleCheck::Ask => {
+                if !*this.shutting_down {
+                    this.server.stop(this.serving.as_mut());
+                    *this.shutting_down = true;
                 }
-                IdleCheck::Drop => return Poll::Ready(()),
+                cx.waker().wake_by_ref();
             }
+            IdleCheck::Drop => return Poll::Ready(()),
         }
         Poll::Pending
     }
 }
 
 /// What [`Drive`] asks of a connection's server: to finish what is under
-/// way and close, and to say how it ended.
+/// way and close, its listener's cut, to say how it ended, and whether it
+/// has been idle too long (an HTTP/1 server keeps its own time between
+/// requests).
 trait Server<F: Future> {
     fn stop(&self, serving: Pin<&mut F>);
+    fn cut(&self) -> &Signal;
     fn ended(&self, ended: F::Output);
+    fn idle(&mut self, _cx: &mut Context<'_>) -> IdleCheck {
+        IdleCheck::Busy
+    }
 }
 
 /// Keel's HTTP/1 server: stopped by its connection's flag.
@@ -355,12 +353,19 @@ impl<F: Future<Output = ()>> Server<F> for H1 {
         self.0.stop.store(true, Relaxed);
     }
 
+    fn cut(&self) -> &Signal {
+        &self.0.cut
+    }
+
     fn ended(&self, (): ()) {}
 }
 
-/// hyper's HTTP/2 server: stopped with GOAWAY; its errors are logged.
+/// hyper's HTTP/2 server: stopped with GOAWAY, or when no stream was open
+/// for the keep-alive timeout; its errors are logged.
 struct H2 {
     peer: SocketAddr,
+    cut: Signal,
+    idle: Idle,
 }
 
 impl<I, S, B, E> Server<http2::Connection<I, S, E>> for H2
@@ -376,10 +381,18 @@ where
         serving.graceful_shutdown();
     }
 
+    fn cut(&self) -> &Signal {
+        &self.cut
+    }
+
     fn ended(&self, ended: Result<(), hyper::Error>) {
         if let Err(e) = ended {
             tracing::debug!(client.addr = %self.peer, error = %e, "http connection ended");
         }
+    }
+
+    fn idle(&mut self, cx: &mut Context<'_>) -> IdleCheck {
+        self.idle.poll(cx)
     }
 }
 
@@ -445,22 +458,11 @@ impl Idle {
     }
 }
 
-/// Whether `token` is cancelled; `wait` (its `cancelled()` future) is
-/// polled only when it must take a new waker.
-fn fired<W: Future>(
-    token: &Signal,
-    wait: Pin<&mut W>,
-    new_waker: bool,
-    cx: &mut Context<'_>,
-) -> bool {
-    token.fired() || (new_waker && wait.poll(cx).is_ready())
-}
-
 /// What one client connection knows.
 struct Conn {
     /// The client (the TCP peer, or what its PROXY header named) and the
     /// address it connected to, for PROXY headers to members.
-    ends: Addresses,
+    ends: PackedAddresses,
     /// The client is a trusted proxy: its forwarding headers are kept.
     trusted: bool,
     /// The client's IP as text, made once per connection.
@@ -481,7 +483,7 @@ struct Conn {
 impl Conn {
     /// The client: the TCP peer, or what its PROXY header named.
     fn peer(&self) -> SocketAddr {
-        self.ends.source
+        self.ends.source()
     }
 
     /// How long the connection waits on its client between answers: the
@@ -691,7 +693,7 @@ impl Conn {
             attempts += 1;
             let guard = member.begin();
             let member = guard.member();
-            let sender = match checkout(member, pool, self.ends, upgrade.is_some()).await {
+            let sender = match checkout(member, pool, self.ends.get(), upgrade.is_some()).await {
                 Ok(s) => s,
                 Err(e) => {
                     member.stats.here().connect_failures.fetch_add(1, Relaxed);
@@ -707,7 +709,7 @@ impl Conn {
             }
             let address = member.address;
             let sent = match upgrade {
-                None => exchange(sender, out, guard, listener, pool, self.ends).await,
+                None => exchange(sender, out, guard, listener, pool, self.ends.get()).await,
                 Some((_, client_side)) => {
                     Box::pin(self.upgrade(sender, out, client_side, guard, listener, pool)).await
                 }
@@ -758,7 +760,7 @@ impl Conn {
         let member = guard.member().clone();
         let cut = member.cut();
         let offered = out.req.headers().get(header::UPGRADE).cloned();
-        let response = send(sender, out, &member, &cut, pool, self.ends).await?;
+        let response = send(sender, out, &member, &cut, pool, self.ends.get()).await?;
         member
             .stats
             .here()
@@ -2134,30 +2136,21 @@ impl Drop for UpstreamBody {
 }
 
 /// A member's drain cut, as a response body waits on it: most bodies are
-/// over at their first poll, so the wait is only set up when one is not.
-struct Cut {
-    signal: Signal,
-    waiting: Option<Pin<Box<Until<Signal, WaitForCancellationFutureOwned>>>>,
-}
+/// over at their first poll, so the waker is only left with the signal
+/// when one is not.
+struct Cut(Until<Signal>);
 
 impl Cut {
     fn new(signal: Signal) -> Cut {
-        Cut {
-            signal,
-            waiting: None,
-        }
+        Cut(signal.until_owned())
     }
 
     fn is_cancelled(&self) -> bool {
-        self.signal.fired()
+        self.0.signal().fired()
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let signal = &self.signal;
-        self.waiting
-            .get_or_insert_with(|| Box::pin(signal.clone().until_owned()))
-            .as_mut()
-            .poll(cx)
+        Pin::new(&mut self.0).poll(cx)
     }
 }
 

@@ -1147,14 +1147,29 @@ impl Admit {
             tunnels: self.connections.clone(),
         };
         // What starting the connection needs (its PROXY header, finding its
-        // protocol) is freed once it is served: see [`Phases`].
-        let start = async move {
-            let stream = match stream {
-                Accepted::Here(stream) => stream,
-                Accepted::Moved(stream) => TcpStream::from_std(stream).ok()?,
+        // protocol) is freed once it is served: see [`Phases`]. A plain
+        // HTTP connection's server lives in its task; every other kind is
+        // boxed, so that its task is no larger than it needs.
+        let started = Started {
+            active,
+            open,
+            handoff,
+        };
+        if listener.spec.protocol == Protocol::Http {
+            let start = async move {
+                let (stream, peer) = opened(stream, peer, &listener).await?;
+                let mode = if listener.spec.http2 {
+                    let deadline = tokio::time::Instant::now() + listener.spec.header_timeout;
+                    http::sniff(&stream, deadline).await?
+                } else {
+                    http::Mode::Http1
+                };
+                Some(http::serve(stream, mode, peer, plan, listener, signals))
             };
-            let _ = stream.set_nodelay(true);
-            let peer = client_of(&stream, peer, &listener).await?;
+            return self.launch(start, started);
+        }
+        let start = async move {
+            let (stream, peer) = opened(stream, peer, &listener).await?;
             // L4 listeners limit new connections per client; HTTP ones limit
             // requests (see `http.rs`).
             if let Some(limiter) = listener
@@ -1192,37 +1207,59 @@ impl Admit {
                     .clone();
                     serving(tcp::serve(stream, peer, listener, pool, cut))
                 }
-                (Protocol::Http, _) => {
-                    let mode = if listener.spec.http2 {
-                        let deadline = tokio::time::Instant::now() + listener.spec.header_timeout;
-                        match http::sniff(&stream, deadline).await {
-                            Some(mode) => mode,
-                            None => return None,
-                        }
-                    } else {
-                        http::Mode::Http1
-                    };
-                    Some(http::serve(stream, mode, peer, plan, listener, signals))
-                }
                 (Protocol::Https | Protocol::Tls, Some(config)) => {
                     serving(serve_tls(stream, peer, config, plan, listener, signals))
                 }
-                (Protocol::Https | Protocol::Tls, None) => {
-                    debug_assert!(false, "a TLS listener was planned without a configuration");
+                (Protocol::Http | Protocol::Https | Protocol::Tls, _) => {
+                    debug_assert!(false, "an HTTP or TLS listener was served as another kind");
                     None
                 }
             }
         };
+        self.launch(start, started);
+    }
+
+    /// Runs a connection's task: `start`, then what it comes to.
+    fn launch<S>(&self, start: impl Future<Output = Option<S>> + Send + 'static, started: Started)
+    where
+        S: Future<Output = ()> + Send + 'static,
+    {
         let task = Phases {
-            phase: Phase::Starting(Box::pin(start)),
-            _active: active,
-            _open: open,
+            phase: Phase::Starting {
+                start: Box::pin(start),
+            },
+            _active: started.active,
+            _open: started.open,
         };
-        match handoff {
+        match started.handoff {
             None => self.connections.spawn(task),
             Some(worker) => self.connections.spawn_on(task, &worker),
         };
     }
+}
+
+/// What a connection's task carries besides its future, and the worker it
+/// runs on when not this one.
+struct Started {
+    active: Active,
+    open: workers::Open,
+    handoff: Option<tokio::runtime::Handle>,
+}
+
+/// The accepted socket on this worker's event loop, and its client and the
+/// address it reached (see [`client_of`]).
+async fn opened(
+    stream: Accepted,
+    peer: SocketAddr,
+    listener: &ListenerPlan,
+) -> Option<(TcpStream, proxy_protocol::Addresses)> {
+    let stream = match stream {
+        Accepted::Here(stream) => stream,
+        Accepted::Moved(stream) => TcpStream::from_std(stream).ok()?,
+    };
+    let _ = stream.set_nodelay(true);
+    let peer = client_of(&stream, peer, listener).await?;
+    Some((stream, peer))
 }
 
 /// An accepted connection: on this thread's event loop, or taken out of
@@ -1325,36 +1362,43 @@ fn serving(f: impl Future<Output = ()> + Send + 'static) -> Option<Serving> {
     Some(Box::pin(f))
 }
 
-/// A connection's task: starting it (its PROXY header, its protocol),
-/// which comes to what serves it, then that. Each is allocated on its
-/// own and the first is freed when the second begins, so an open
-/// connection carries no room for how it started (a future is as large
-/// as its largest state).
-struct Phases {
-    phase: Phase,
-    _active: Active,
-    _open: workers::Open,
+pin_project_lite::pin_project! {
+    /// A connection's task: starting it (its PROXY header, its protocol),
+    /// which comes to what serves it (`S`), then that. The start is
+    /// allocated on its own and freed when serving begins, so an open
+    /// connection carries no room for how it started (a future is as large
+    /// as its largest state); what serves it is held in the task.
+    struct Phases<S> {
+        #[pin]
+        phase: Phase<S>,
+        _active: Active,
+        _open: workers::Open,
+    }
 }
 
-enum Phase {
-    Starting(Pin<Box<dyn Future<Output = Option<Serving>> + Send>>),
-    Serving(Serving),
+pin_project_lite::pin_project! {
+    #[project = PhaseNow]
+    enum Phase<S> {
+        Starting { start: Pin<Box<dyn Future<Output = Option<S>> + Send>> },
+        Serving { #[pin] serving: S },
+    }
 }
 
-impl Future for Phases {
+impl<S: Future<Output = ()>> Future for Phases<S> {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut phase = self.project().phase;
         loop {
-            let next = match &mut self.phase {
-                Phase::Starting(start) => match start.as_mut().poll(cx) {
+            let serving = match phase.as_mut().project() {
+                PhaseNow::Starting { start } => match start.as_mut().poll(cx) {
                     Poll::Ready(Some(serving)) => serving,
                     Poll::Ready(None) => return Poll::Ready(()),
                     Poll::Pending => return Poll::Pending,
                 },
-                Phase::Serving(serving) => return serving.as_mut().poll(cx),
+                PhaseNow::Serving { serving } => return serving.poll(cx),
             };
-            self.phase = Phase::Serving(next);
+            phase.set(Phase::Serving { serving });
         }
     }
 }

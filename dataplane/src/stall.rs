@@ -18,17 +18,20 @@ use tokio::time::{Instant, Sleep};
 
 /// How long one side may go without progress while Keel waits on it.
 pub(crate) struct Stall {
-    limit: Duration,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The limit in milliseconds (rounded up; at most 49 days): 4 bytes
+    /// where a `Duration` takes 16, in what every open connection holds.
+    limit_ms: u32,
     /// The timer runs for the wait under way.
     armed: bool,
 }
 
 impl Stall {
     pub(crate) fn new(limit: Duration) -> Stall {
+        let ms = limit.as_micros().div_ceil(1000);
         Stall {
-            limit,
             timer: None,
+            limit_ms: u32::try_from(ms).unwrap_or(u32::MAX),
             armed: false,
         }
     }
@@ -43,7 +46,7 @@ impl Stall {
     pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.armed {
             self.armed = true;
-            let at = Instant::now() + self.limit;
+            let at = Instant::now() + self.limit();
             match self.timer.as_mut() {
                 Some(t) => t.as_mut().reset(at),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
@@ -55,7 +58,7 @@ impl Stall {
     }
 
     pub(crate) fn limit(&self) -> Duration {
-        self.limit
+        Duration::from_millis(self.limit_ms.into())
     }
 }
 

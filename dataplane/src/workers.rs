@@ -150,9 +150,13 @@ pub(crate) fn place() -> (Open, Option<Handle>) {
                 to = other;
             }
         }
-        set.open[to].0.fetch_add(1, Relaxed);
         let handoff = (to != me).then(|| set.handles[to].clone());
-        (Open(Some(to)), handoff)
+        // Counted only where it can be let go (not past four billion workers).
+        let open = u32::try_from(to).ok();
+        if open.is_some() {
+            set.open[to].0.fetch_add(1, Relaxed);
+        }
+        (Open(open), handoff)
     })
 }
 
@@ -164,14 +168,14 @@ const MARGIN: usize = 1;
 
 /// A connection counted in its worker's load until dropped, on that
 /// worker's thread (where its task runs).
-pub(crate) struct Open(Option<usize>);
+pub(crate) struct Open(Option<u32>);
 
 impl Drop for Open {
     fn drop(&mut self) {
         if let Some(worker) = self.0 {
             SET.with(|set| {
                 if let Some(set) = set.get() {
-                    set.open[worker].0.fetch_sub(1, Relaxed);
+                    set.open[worker as usize].0.fetch_sub(1, Relaxed);
                 }
             });
         }
