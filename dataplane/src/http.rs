@@ -693,7 +693,7 @@ impl Conn {
             attempts += 1;
             let guard = member.begin();
             let member = guard.member();
-            let sender = match checkout(member, pool, self.ends.get(), upgrade.is_some()).await {
+            let sender = match checkout(member, pool, self.ends, upgrade.is_some()).await {
                 Ok(s) => s,
                 Err(e) => {
                     member.stats.here().connect_failures.fetch_add(1, Relaxed);
@@ -709,7 +709,7 @@ impl Conn {
             }
             let address = member.address;
             let sent = match upgrade {
-                None => exchange(sender, out, guard, listener, pool, self.ends.get()).await,
+                None => exchange(sender, out, guard, listener, pool, self.ends).await,
                 Some((_, client_side)) => {
                     Box::pin(self.upgrade(sender, out, client_side, guard, listener, pool)).await
                 }
@@ -760,7 +760,7 @@ impl Conn {
         let member = guard.member().clone();
         let cut = member.cut();
         let offered = out.req.headers().get(header::UPGRADE).cloned();
-        let response = send(sender, out, &member, &cut, pool, self.ends.get()).await?;
+        let response = send(sender, out, &member, &cut, pool, self.ends).await?;
         member
             .stats
             .here()
@@ -887,7 +887,7 @@ fn chosen_from(chosen: &HeaderValue, offered: &HeaderValue) -> bool {
 async fn checkout(
     member: &Arc<MemberState>,
     pool: &PoolPlan,
-    ends: Addresses,
+    ends: PackedAddresses,
     own_http1: bool,
 ) -> Result<Sender, ProxyError> {
     let http2 = pool.spec.http_version == HttpVersion::Http2 && !own_http1;
@@ -926,7 +926,7 @@ async fn ready_http2(member: &MemberState) -> Option<Sender> {
 async fn connect_shared_http2(
     member: &Arc<MemberState>,
     pool: &PoolPlan,
-    ends: Addresses,
+    ends: PackedAddresses,
 ) -> Result<Sender, ProxyError> {
     let (_connecting, failed_meanwhile) = member.connecting_http2().await;
     if let Some(sender) = ready_http2(member).await {
@@ -949,7 +949,7 @@ async fn connect_shared_http2(
 async fn connect(
     member: &Arc<MemberState>,
     pool: &PoolPlan,
-    ends: Addresses,
+    ends: PackedAddresses,
     http2: bool,
     shared: bool,
 ) -> Result<Sender, ProxyError> {
@@ -991,11 +991,11 @@ async fn connect(
 async fn open(
     member: &MemberState,
     pool: &PoolPlan,
-    ends: Addresses,
+    ends: PackedAddresses,
     alpn: Alpn,
 ) -> Result<tcp::Upstream, ProxyError> {
     let timeout = pool.spec.connect_timeout;
-    let opening = tcp::open(member.address, pool, ends, alpn);
+    let opening = tcp::open(member.address, pool, ends.get(), alpn);
     match tokio::time::timeout(timeout, opening).await {
         Ok(Ok(s)) => {
             member.stats.here().connections.fetch_add(1, Relaxed);
@@ -1073,7 +1073,7 @@ async fn exchange(
     guard: Outstanding,
     listener: &ListenerPlan,
     pool: &PoolPlan,
-    ends: Addresses,
+    ends: PackedAddresses,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let member = guard.member();
     let started = Instant::now();
@@ -1131,7 +1131,7 @@ async fn send(
     member: &Arc<MemberState>,
     cut: &Signal,
     pool: &PoolPlan,
-    ends: Addresses,
+    ends: PackedAddresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
     let sent = tokio::select! {
         r = deliver(sender, out, member, pool, ends) => r,
@@ -1156,7 +1156,7 @@ async fn deliver(
     out: Box<Outbound>,
     member: &Arc<MemberState>,
     pool: &PoolPlan,
-    ends: Addresses,
+    ends: PackedAddresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
     let conn = match sender {
         Sender::Http2(s, stream, which) => {
@@ -1200,7 +1200,7 @@ async fn deliver_http2(
     out: Box<Outbound>,
     member: &Arc<MemberState>,
     pool: &PoolPlan,
-    ends: Addresses,
+    ends: PackedAddresses,
 ) -> Result<Response<MemberBody>, ProxyError> {
     let upstream = |e: hyper::Error| ProxyError::Upstream {
         member: member.address,

@@ -65,10 +65,10 @@ impl PackedAddresses {
     }
 
     fn address(&self, i: usize) -> SocketAddr {
-        let ip = std::net::Ipv6Addr::from(self.ips[i]);
-        let ip = match ip.to_ipv4_mapped() {
-            Some(v4) if self.v4 >> i & 1 == 1 => IpAddr::V4(v4),
-            _ => IpAddr::V6(ip),
+        let ip = &self.ips[i];
+        let ip = match self.v4 >> i & 1 {
+            1 => IpAddr::from([ip[12], ip[13], ip[14], ip[15]]),
+            _ => IpAddr::from(*ip),
         };
         SocketAddr::new(ip, u16::from_be_bytes(self.ports[i]))
     }
