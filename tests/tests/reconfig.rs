@@ -285,6 +285,58 @@ async fn removed_listener_closes_idle_connections_and_cuts_busy_ones_at_drain_en
     );
 }
 
+/// Every idle connection of a removed listener closes at once, on both
+/// workers: each waits on its worker's signal with a place of its own in
+/// the signal's list, and the signal wakes them all (places freed by
+/// connections that closed earlier are taken again by later ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_listener_closes_all_its_idle_connections_on_every_worker() {
+    let a = HttpBackend::start("a").await;
+    let (port, other) = (free_port(), free_port());
+    let dp = two_workers();
+    dp.apply(&spec(&one_member(port, a.addr, "5s")))
+        .await
+        .unwrap();
+    let served = |mut s: TcpStream| async move {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        s
+    };
+    // Some come and go first, leaving free places behind them.
+    for _ in 0..20 {
+        let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        drop(served(s).await);
+    }
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        idle.push(served(s).await);
+    }
+
+    let removed = Instant::now();
+    dp.apply(&spec(&one_member(other, a.addr, "5s")))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    for (i, mut s) in idle.into_iter().enumerate() {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout_at(deadline, s.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "idle connection {i} left open: {closed:?}"
+        );
+    }
+    assert!(
+        removed.elapsed() < Duration::from_secs(1),
+        "closed after {:?}",
+        removed.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_failure_keeps_the_old_plan() {
     let a = HttpBackend::start("a").await;
