@@ -160,6 +160,18 @@ fn one_member(port: u16, member: std::net::SocketAddr, drain: &str) -> String {
     )
 }
 
+/// A backend, and two workers serving it on `port` with drain time
+/// `drain`; `other` is free for the listener that replaces it.
+async fn listening(drain: &str) -> (HttpBackend, Dataplane, u16, u16) {
+    let a = HttpBackend::start("a").await;
+    let (port, other) = (free_port(), free_port());
+    let dp = two_workers();
+    dp.apply(&spec(&one_member(port, a.addr, drain)))
+        .await
+        .unwrap();
+    (a, dp, port, other)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_member_finishes_in_flight_within_drain_then_is_cut() {
     let a = HttpBackend::start("a").await;
@@ -212,12 +224,7 @@ async fn removed_member_finishes_in_flight_within_drain_then_is_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_listener_stops_accepting_and_finishes_in_flight() {
-    let a = HttpBackend::start("a").await;
-    let (port, other) = (free_port(), free_port());
-    let dp = two_workers();
-    dp.apply(&spec(&one_member(port, a.addr, "5s")))
-        .await
-        .unwrap();
+    let (a, dp, port, other) = listening("5s").await;
     let url = format!("http://127.0.0.1:{port}/slow/600");
     let slow = tokio::spawn(async move { get(&client(), &url).await });
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -242,12 +249,7 @@ async fn removed_listener_stops_accepting_and_finishes_in_flight() {
 /// cuts one still busy when the drain time is over.
 #[tokio::test]
 async fn removed_listener_closes_idle_connections_and_cuts_busy_ones_at_drain_end() {
-    let a = HttpBackend::start("a").await;
-    let (port, other) = (free_port(), free_port());
-    let dp = two_workers();
-    dp.apply(&spec(&one_member(port, a.addr, "1s")))
-        .await
-        .unwrap();
+    let (a, dp, port, other) = listening("1s").await;
     let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut idle = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     idle.write_all(request("/").as_bytes()).await.unwrap();
@@ -291,12 +293,7 @@ async fn removed_listener_closes_idle_connections_and_cuts_busy_ones_at_drain_en
 /// connections that closed earlier are taken again by later ones).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_listener_closes_all_its_idle_connections_on_every_worker() {
-    let a = HttpBackend::start("a").await;
-    let (port, other) = (free_port(), free_port());
-    let dp = two_workers();
-    dp.apply(&spec(&one_member(port, a.addr, "5s")))
-        .await
-        .unwrap();
+    let (a, dp, port, other) = listening("5s").await;
     let served = |mut s: TcpStream| async move {
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
