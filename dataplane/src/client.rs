@@ -594,7 +594,8 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     let mut parsed = httparse::Response::new(&mut []);
     let config = httparse::ParserConfig::default();
     let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
-        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
+        Ok(httparse::Status::Complete(_)) => return Err(invalid("response head too large")),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(invalid("too many response headers")),
         Err(e) => return Err(invalid(&format!("malformed response head: {e}"))),
@@ -1059,6 +1060,12 @@ mod tests {
         ] {
             assert!(parse_head(&mut BytesMut::from(bad)).is_err());
         }
+        // A head over the limit is refused even when it arrived whole in
+        // one read, as a client's request head is.
+        let mut big = b"HTTP/1.1 200 OK\r\nx-a: ".to_vec();
+        big.resize(MAX_HEAD_BYTES + 16, b'a');
+        big.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+        assert!(parse_head(&mut BytesMut::from(&big[..])).is_err());
         assert!(
             parse_head(&mut BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]))
                 .unwrap()

@@ -255,7 +255,7 @@ pub(crate) fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> io::Result<
             }
             let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let (len, trailers) = match httparse::parse_headers(buf, &mut fields) {
-                Ok(httparse::Status::Complete((len, fields))) => {
+                Ok(httparse::Status::Complete((len, fields))) if len <= MAX_HEAD_BYTES => {
                     let mut trailers = HeaderMap::new();
                     for f in fields.iter() {
                         let name = HeaderName::from_bytes(f.name.as_bytes())
@@ -406,6 +406,11 @@ mod tests {
         }
         let long = vec![b'1'; MAX_CHUNK_LINE + 10];
         assert!(decode_all(&long).is_err());
+        // A trailer section over the head limit, arrived whole.
+        let mut trailers = b"0\r\nx-a: ".to_vec();
+        trailers.resize(MAX_HEAD_BYTES + 16, b'a');
+        trailers.extend_from_slice(b"\r\n\r\n");
+        assert!(decode_all(&trailers).is_err());
     }
 
     #[test]

@@ -55,6 +55,7 @@ import hpack
 
 SMUGGLED = "GET {p}/smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
 FORGED = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
+OK_HEAD = "HTTP/1.1 200 OK\r\n"
 CANARY = b"CANARY"
 
 # Request vectors: (name, raw bytes, expectation, options). {p} is the
@@ -64,8 +65,10 @@ CANARY = b"CANARY"
 # Options: body (what the member must receive when it is passed on),
 # close (the connection must end after the answer), host (the Host the
 # member must receive), answer (the member's raw answer instead of its
-# echo), notunnel (bytes after it must still go through HTTP).
+# echo), notunnel (bytes after it must still go through HTTP), target (a
+# target without the vector's prefix that the member may get as it is).
 GET1 = "GET {p}/1 HTTP/1.1\r\nHost: t\r\n"
+TE_FIELD = "Transfer-Encoding: chunked\r\n"
 POST1 = "POST {p}/1 HTTP/1.1\r\nHost: t\r\n"
 REQUESTS = [
     ("plain GET", GET1 + "\r\n", "F", {}),
@@ -179,6 +182,47 @@ REQUESTS = [
     ("Expect: 100-continue", POST1 + "Expect: 100-continue\r\nContent-Length: 5\r\n\r\nhello", "F", {"body": b"hello"}),
     ("Expect: 100-continue without a body", GET1 + "Expect: 100-continue\r\n\r\n", "F", {}),
     ("Expect with another expectation", POST1 + "Expect: y 100-continue\r\nContent-Length: 5\r\n\r\nhello", "E", {"body": b"hello"}),
+    ("Expect: 100-continue, a chunked body", POST1 + "Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "F",
+     {"body": b"hello"}),
+    # list syntax and codings seen less often
+    ("TE chunked and a trailing comma", POST1 + "Transfer-Encoding: chunked,\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "E", {"body": b"hello"}),
+    ("TE with an empty element first", POST1 + "Transfer-Encoding: , chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "E", {"body": b"hello"}),
+    ("TE chunked in quotes", POST1 + "Transfer-Encoding: \"chunked\"\r\n\r\n0\r\n\r\n{s}", "R", {}),
+    ("TE chunked with a parameter", POST1 + "Transfer-Encoding: chunked;q=1\r\n\r\n5\r\nhello\r\n0\r\n\r\n{s}", "E",
+     {"body": b"hello"}),
+    ("TE gzip then chunked in two fields", POST1 + "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "E", {}),
+    ("TE chunked then identity in two fields", POST1 + TE_FIELD + "Transfer-Encoding: identity\r\n\r\n0\r\n\r\n{s}", "R", {}),
+    ("chunk size in capitals", POST1 + TE_FIELD + "\r\nA\r\nhellohello\r\n0\r\n\r\n", "F", {"body": b"hellohello"}),
+    ("chunk size with an underscore", POST1 + TE_FIELD + "\r\n0_5\r\nhello\r\n0\r\n\r\n{s}", "R", {}),
+    ("chunk size and a tab", POST1 + TE_FIELD + "\r\n5\t\r\nhello\r\n0\r\n\r\n", "E", {"body": b"hello"}),
+    ("a request line in the trailer", POST1 + TE_FIELD + "\r\n5\r\nhello\r\n0\r\n{s}", "R", {}),
+    ("a chunk extension of 100 KiB", POST1 + TE_FIELD + "\r\n5;" + "a" * 102400 + "\r\nhello\r\n0\r\n\r\n", "E", {"body": b"hello"}),
+    ("a quoted chunk extension", POST1 + TE_FIELD + "\r\n5;a=\"b;c\"\r\nhello\r\n0\r\n\r\n", "F", {"body": b"hello"}),
+    ("length and a trailing comma", POST1 + "Content-Length: 5,\r\n\r\nhello", "E", {"body": b"hello"}),
+    ("length and an empty one", POST1 + "Content-Length: 5\r\nContent-Length: \r\n\r\nhello{s}", "R", {}),
+    ("length of only a tab", POST1 + "Content-Length:\t\r\n\r\nhello{s}", "R", {}),
+    ("a body on HEAD by length", "HEAD {p}/1 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello", "E", {"body": b"hello"}),
+    # the request line and Host, again
+    ("an HTTP/0.9 request", "GET {p}/1\r\n\r\n", "R", {}),
+    ("a method in lower case", "get {p}/1 HTTP/1.1\r\nHost: t\r\n\r\n", "E", {}),
+    ("a method of 1 KiB", "G" * 1024 + " {p}/1 HTTP/1.1\r\nHost: t\r\n\r\n", "E", {}),
+    ("a target of 70 KiB", "GET {p}/1?" + "a" * 71680 + " HTTP/1.1\r\nHost: t\r\n\r\n", "E", {}),
+    ("200 fields", GET1 + "".join(f"X-F{i}: {i}\r\n" for i in range(200)) + "\r\n", "E", {}),
+    ("an empty Host", "GET {p}/1 HTTP/1.1\r\nHost: \r\n\r\n", "E", {}),
+    ("Host with a bad port", "GET {p}/1 HTTP/1.1\r\nHost: t:8x\r\n\r\n", "R", {}),
+    ("Host with an IPv6 address", "GET {p}/1 HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", "F", {"host": "[::1]:8080"}),
+    ("absolute form with a port", "GET http://a.example:8080{p}/1 HTTP/1.1\r\nHost: t\r\n\r\n", "F", {"host": "a.example:8080"}),
+    ("absolute form, another scheme", "GET ftp://a.example{p}/1 HTTP/1.1\r\nHost: a.example\r\n\r\n", "E", {}),
+    ("authority form for GET", "GET a.example:80 HTTP/1.1\r\nHost: a.example:80\r\n\r\n", "R", {}),
+    ("CONNECT", "CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", "E", {"notunnel": True}),
+    ("OPTIONS *", "OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n", "E", {"target": "*"}),
+    ("a bracket in a name", GET1 + "X-A]: a\r\n\r\n", "R", {}),
+    ("space before the colon, another field", GET1 + "X-A : a\r\n\r\n", "R", {}),
+    ("obs-text in a value", GET1 + "X-A: caf\xe9\r\n\r\n", "F", {}),
+    ("a DEL in a value", GET1 + "X-A: a\x7fb\r\n\r\n", "E", {}),
+    ("a line of only a space", GET1 + "X-A: a\r\n \r\n\r\n", "E", {}),
+    ("a request after an HTTP/1.0 keep-alive one", "GET {p}/1 HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n{s}", "E", {}),
+    ("a pipelined request", GET1 + "\r\n{s}", "F", {}),
 ]
 
 # Response vectors: (name, the member's raw answer to the first request,
@@ -186,7 +230,8 @@ REQUESTS = [
 # connection); F: the client must get options["body"]; E: either;
 # T: truncated, the client must not get a complete 2xx answer.
 # Options: method (HEAD), close (the member closes after answering),
-# alone (the client sends only the first request, with Connection: close).
+# alone (the client sends only the first request, with Connection: close),
+# later (bytes the member sends 20 ms after its answer, unasked).
 RESPONSES = [
     ("plain", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "F", {"body": b"hello"}),
     ("chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "F", {"body": b"hello"}),
@@ -249,6 +294,41 @@ RESPONSES = [
     ("not HTTP at all", "hello world\r\n\r\n", "R", {"close": True}),
     ("shorter than its length", "HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nhello", "T", {"close": True}),
     ("chunked without its last chunk", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", "T", {"close": True}),
+    ("TE identity and a length (read to the close)", OK_HEAD + "Transfer-Encoding: identity\r\nContent-Length: 5\r\n\r\nhello" + FORGED,
+     "E", {"close": True}),
+    ("TE chunked then identity (read to the close)", OK_HEAD + "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\nhello",
+     "E", {"close": True}),
+    ("TE gzip then chunked in two fields", OK_HEAD + "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+     "E", {"body": b"hello"}),
+    ("a folded TE", OK_HEAD + "Transfer-Encoding:\r\n chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "E", {"body": b"hello"}),
+    ("a chunked body on 204", "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n29\r\n" + FORGED + "\r\n0\r\n\r\n",
+     "E", {"body": b""}),
+    ("a length list 5, 5", OK_HEAD + "Content-Length: 5, 5\r\n\r\nhello", "E", {"body": b"hello"}),
+    ("a length and a trailing comma", OK_HEAD + "Content-Length: 5,\r\n\r\nhello", "E", {"body": b"hello"}),
+    ("a length and an empty one", OK_HEAD + "Content-Length: 5\r\nContent-Length: \r\n\r\nhello" + FORGED, "R", {}),
+    ("chunk size in capitals", OK_HEAD + "Transfer-Encoding: chunked\r\n\r\nA\r\nhellohello\r\n0\r\n\r\n", "F",
+     {"body": b"hellohello"}),
+    ("chunk size and a tab", OK_HEAD + "Transfer-Encoding: chunked\r\n\r\n5\t\r\nhello\r\n0\r\n\r\n", "E", {"body": b"hello"}),
+    ("a response line in the trailer", OK_HEAD + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n" + FORGED, "R", {}),
+    ("a chunk extension of 100 KiB", OK_HEAD + "Transfer-Encoding: chunked\r\n\r\n5;" + "a" * 102400 + "\r\nhello\r\n0\r\n\r\n",
+     "E", {"body": b"hello"}),
+    ("a head of 80 KiB", OK_HEAD + "X-A: " + "a" * 81920 + "\r\nContent-Length: 5\r\n\r\nhello", "R", {}),
+    ("200 fields", OK_HEAD + "".join(f"X-F{i}: {i}\r\n" for i in range(200)) + "Content-Length: 5\r\n\r\nhello", "E",
+     {"body": b"hello"}),
+    ("a head ended by bare LF", "HTTP/1.1 200 OK\nContent-Length: 5\n\nhello", "E", {"body": b"hello"}),
+    ("status 099", "HTTP/1.1 099 X\r\nContent-Length: 5\r\n\r\nhello", "R", {}),
+    ("status 600", "HTTP/1.1 600 X\r\nContent-Length: 5\r\n\r\nhello", "E", {"body": b"hello"}),
+    ("a reason in obs-text", "HTTP/1.1 200 \xc3\xa9t\xc3\xa9\r\nContent-Length: 5\r\n\r\nhello", "F", {"body": b"hello"}),
+    ("an empty reason", "HTTP/1.1 200 \r\nContent-Length: 5\r\n\r\nhello", "F", {"body": b"hello"}),
+    ("two spaces before the status", "HTTP/1.1  200 OK\r\nContent-Length: 5\r\n\r\nhello", "E", {"body": b"hello"}),
+    ("version in lower case", "http/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "R", {}),
+    ("Connection: close, bytes after the body", OK_HEAD + "Connection: close\r\nContent-Length: 5\r\n\r\nhello" + FORGED, "E",
+     {"body": b"hello"}),
+    ("HTTP/1.0 keep-alive by length", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello", "F",
+     {"body": b"hello"}),
+    ("a body on 205", "HTTP/1.1 205 Reset Content\r\nContent-Length: 5\r\n\r\nhello", "E", {}),
+    ("bytes after the body, a moment later", OK_HEAD + "Content-Length: 5\r\n\r\nhello", "E",
+     {"body": b"hello", "later": FORGED}),
 ]
 
 # HTTP/2 request vectors, sent by a client as raw frames (every field an
@@ -450,7 +530,7 @@ class Member(Listening):
         }
         with self.lock:
             self.records.append(record)
-        close = False
+        close, opts = False, {}
         m = re.match(r"/\w+/([vr])/(\d+)/(\w+)", target)
         if m and m.group(1) == "r" and m.group(3) == "1":
             _, answer, _, opts = RESPONSES[int(m.group(2))]
@@ -463,6 +543,9 @@ class Member(Listening):
             seen = json.dumps({"target": target, "body": len(body)}).encode()
             out = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(seen), seen)
         s.sendall(out)
+        if m and m.group(1) == "r" and m.group(3) == "1" and "later" in opts:
+            time.sleep(0.02)  # after the answer is read, before the next request
+            s.sendall(opts["later"].encode())
         # h11 must believe it answered too, to read the next request.
         conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
         conn.send(h11.EndOfMessage())
@@ -649,9 +732,12 @@ def run_request(member, proxy, addr, n):
             nonconforming("passed on; RFC 9112 says to refuse it")
     elif answers and answers[0]["status"] < 400:
         # The member echoes the target it got: a first answer of its own
-        # means the request went on in another form.
+        # means the request went on in another form (or, for a target
+        # without the vector's prefix, as it was).
         body = answers[0]["body"]
-        if body.startswith(b"{"):
+        if body.startswith(b"{") and json.loads(body)["target"] == opts.get("target"):
+            refused = False
+        elif body.startswith(b"{"):
             nonconforming(f"passed on as {json.loads(body)['target']!r}")
         else:
             nonconforming(f"answered {answers[0]['status']} without passing it on")
