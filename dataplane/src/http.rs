@@ -513,8 +513,8 @@ impl Conn {
             .limiter
             .as_ref()
             .is_some_and(|l| !l.allow(self.peer().ip()));
-        let response = if let Some(status) = oversized(&req) {
-            tracing::debug!(client.addr = %self.peer(), status = status.as_u16(), "request head too large");
+        let response = if let Some(status) = refused_head(&req) {
+            tracing::debug!(client.addr = %self.peer(), status = status.as_u16(), "request head refused");
             local_response(status)
         } else if let Err(why) = route::settle_authority(&mut req) {
             tracing::debug!(client.addr = %self.peer(), error = why, "request refused");
@@ -1360,9 +1360,18 @@ fn send_failed(e: SendError, member: &MemberState, pool: &PoolPlan) -> ProxyErro
     }
 }
 
-/// The limits on a head, for both servers (hyper's HTTP/2 one bounds only
-/// its header list): they hold however the bytes arrive.
-fn oversized(req: &Request<ClientBody>) -> Option<StatusCode> {
+/// What a request head is refused for before it is routed, on both
+/// servers: what the HTTP/1 parser refuses in a request line, which
+/// hyper's HTTP/2 server lets through (Keel tunnels nothing, and `*` is
+/// only `OPTIONS`'s target), and the limits on a head (hyper's HTTP/2
+/// server bounds only its header list), however the bytes arrive.
+fn refused_head(req: &Request<ClientBody>) -> Option<StatusCode> {
+    if req.method() == Method::CONNECT {
+        return Some(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    if req.uri().path() == "*" && req.method() != Method::OPTIONS {
+        return Some(StatusCode::BAD_REQUEST);
+    }
     let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len())
         + req.uri().authority().map_or(0, |a| a.as_str().len());
     if target > MAX_URI_BYTES {
