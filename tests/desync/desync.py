@@ -464,6 +464,22 @@ H2_RESPONSES = [
     ("reset inside a body with no length", [("headers", H2_200, False), ("data", "hello", False), ("reset",)],
      "T", {"close": True}),
     ("GOAWAY inside a body", [("headers", H2_200, False), ("data", "hello", False), ("goaway",)], "T", {"close": True}),
+    ("two final heads", [("headers", H2_200, False), ("headers", [(":status", "201")], False), ("data", "hello", True)],
+     "R", {}),
+    ("a pseudo-header in the trailer", [("headers", H2_200, False), ("data", "hello", False),
+                                        ("headers", [(":status", "200")], True)], "T", {"te": True}),
+    ("a 100 that ends the stream", [("headers", [(":status", "100")], True)], "R", {}),
+    ("a space in :status", [("headers", [(":status", "200 ")], False), ("data", "hello", True)], "R", {}),
+    ("a status with a sign", [("headers", [(":status", "+200")], False), ("data", "hello", True)], "R", {}),
+    ("an empty name", [("headers", H2_200 + [("", "a")], False), ("data", "hello", True)], "R", {}),
+    ("keep-alive", [("headers", H2_200 + [("keep-alive", "timeout=5")], False), ("data", "hello", True)], "R", {}),
+    ("a length of 0 and data", [("headers", H2_200 + [("content-length", "0")], False), ("data", FORGED, True)],
+     "R", {}),
+    ("a length on 304 and no data", [("headers", [(":status", "304"), ("content-length", "41")], True)],
+     "F", {"body": b""}),
+    ("set-cookie in two fields", [("headers", H2_200 + [("set-cookie", "a=1"), ("set-cookie", "b=2"),
+                                                        ("content-length", "5")], False), ("data", "hello", True)],
+     "F", {"body": b"hello"}),
 ]
 
 TIMEOUT = 2.0

@@ -1,14 +1,18 @@
 //! HTTP/2 connections to members: the one way to open them (for traffic
 //! and for health checks), each read through [`Checked`], which refuses a
-//! response carrying a request pseudo-header.
+//! response carrying a request pseudo-header, or a pseudo-header in its
+//! trailer section.
 //!
-//! RFC 9113 §8.3 makes such a response malformed: a stream error, never
-//! forwarded. h2 0.4 decodes `:path`, `:method`, `:scheme`, `:authority`
-//! and `:protocol` in a response and drops them
-//! (`h2::client::Peer::convert_poll_message` reads `:status` only), so
-//! Keel would never see them. [`Checked`] reads each of the member's header
-//! blocks first ([`super::hpack`], kept in step with h2's decoder) and,
-//! for one that holds a request pseudo-header, adds a `connection` field
+//! RFC 9113 §8.3 and §8.1 make such a response malformed: a stream error,
+//! never forwarded. h2 0.4 decodes `:path`, `:method`, `:scheme`,
+//! `:authority` and `:protocol` in a response and drops them
+//! (`h2::client::Peer::convert_poll_message` reads `:status` only), and
+//! drops every pseudo-header of a trailer section
+//! (`h2::proto::streams::Recv::recv_trailers`), so Keel would never see
+//! them. [`Checked`] reads each of the member's header blocks first
+//! ([`super::hpack`], kept in step with h2's decoder; a block on a stream
+//! whose final head came and whose end has not is a trailer section) and,
+//! for one to refuse, adds a `connection` field
 //! to it in a CONTINUATION frame of its own: a connection-specific field
 //! makes h2 reset that stream with `PROTOCOL_ERROR`
 //! (`h2::frame::headers::HeaderBlock::load`, `malformed`), and Keel
@@ -31,7 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
-use super::hpack::Hpack;
+use super::hpack::{Hpack, Status};
 use crate::tcp::Upstream;
 
 /// An HTTP/2 connection to a member, as requests share it: hyper's
@@ -175,11 +179,14 @@ pub(crate) fn dropped_unanswered(e: &hyper::Error) -> bool {
     e.is_user() && e.to_string().starts_with("dispatch task is gone")
 }
 
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PUSH_PROMISE: u8 = 0x5;
 const CONTINUATION: u8 = 0x9;
 const END_HEADERS: u8 = 0x4;
+const END_STREAM: u8 = 0x1;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 const ACK: u8 = 0x1;
@@ -191,6 +198,11 @@ const FRAME_HEAD: usize = 9;
 /// before it ends the connection); past it the connection is no longer
 /// checked and h2 ends it.
 const MOST_HELD: usize = 1 << 20;
+
+/// The most streams kept as having had their final head: a stream Keel
+/// resets (its client left) never ends from the member's side, so the
+/// oldest are forgotten past this (their trailers go unchecked then).
+const MOST_ANSWERING: usize = 256;
 
 /// A frame's head (RFC 9113 §4.1).
 #[derive(Debug, Clone, Copy)]
@@ -272,6 +284,9 @@ struct Frames {
     /// each of them too.
     stopped: bool,
     scratch: Vec<u8>,
+    /// Streams whose final head came and whose end has not, oldest first:
+    /// their next header block is a trailer section.
+    answering: Vec<u32>,
 }
 
 impl Frames {
@@ -298,14 +313,18 @@ impl Frames {
             if matches!(head.kind, HEADERS | CONTINUATION | PUSH_PROMISE | SETTINGS) {
                 return at;
             }
+            if head.kind == RST_STREAM || head.kind == DATA && head.flags & END_STREAM != 0 {
+                self.ended(head.stream);
+            }
             self.skip = FRAME_HEAD + head.len;
         }
     }
 
     /// A whole header block at the start of `held` (HEADERS and the
     /// CONTINUATION frames up to END_HEADERS): how long it is, and
-    /// whether it holds a request pseudo-header (with the stream and where
-    /// its last frame's flags are). `None` while more is to come.
+    /// whether to refuse it (with the stream and where its last frame's
+    /// flags are): a request pseudo-header, or a pseudo-header in a
+    /// trailer section. `None` while more is to come.
     fn block(&mut self, held: &[u8]) -> Option<Block> {
         let first = Head::read(held)?;
         if first.kind != HEADERS {
@@ -337,13 +356,28 @@ impl Frames {
             }
         }
         let len = at + FRAME_HEAD + head.len;
-        match self.hpack.block(&self.scratch) {
-            Ok(request_pseudo) => Some(Block {
-                len,
-                refuse: request_pseudo.then_some((first.stream, at + 4)),
-            }),
-            Err(_) => Some(self.stop(held.len())),
+        let Ok(seen) = self.hpack.block(&self.scratch) else {
+            return Some(self.stop(held.len()));
+        };
+        let trailers = self.ended(first.stream);
+        let ends = first.flags & END_STREAM != 0;
+        if !trailers && !ends && seen.status == Some(Status::Final) {
+            if self.answering.len() == MOST_ANSWERING {
+                self.answering.remove(0);
+            }
+            self.answering.push(first.stream);
         }
+        let refuse = seen.request_pseudo || trailers && seen.status.is_some();
+        Some(Block {
+            len,
+            refuse: refuse.then_some((first.stream, at + 4)),
+        })
+    }
+
+    /// Forgets `stream` as answering: whether it was.
+    fn ended(&mut self, stream: u32) -> bool {
+        let at = self.answering.iter().position(|s| *s == stream);
+        at.map(|at| self.answering.remove(at)).is_some()
     }
 
     /// No more checking on this connection: what is held goes on as it is.
@@ -441,7 +475,7 @@ impl<S> Checked<S> {
                 self.ready[start + flags] &= !END_HEADERS;
                 self.ready.extend(refusal(stream));
                 tracing::warn!(member = %self.member, stream,
-                    "a member's HTTP/2 response carries a request pseudo-header: refused (RFC 9113 section 8.3)");
+                    "a member's HTTP/2 response carries a request pseudo-header, or a trailer section a pseudo-header: refused (RFC 9113 sections 8.1, 8.3)");
             }
         }
     }
@@ -651,6 +685,82 @@ mod tests {
         ]
         .concat();
         for chunk in [1, 2, 5, 9, 10, 64, 4096] {
+            assert_eq!(through(&input, chunk).await, expected, "{chunk} at a time");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trailer_section_with_a_pseudo_header_is_refused() {
+        let settings = frame(SETTINGS, 0, 0, &[]);
+        let ends = END_HEADERS | END_STREAM;
+        let ok = frame(HEADERS, END_HEADERS, 1, b"\x88"); // 200
+        let data = frame(DATA, 0, 1, b"hi");
+        let fine_trailers = frame(HEADERS, ends, 1, b"\x00\x05x-sum\x011");
+        // A 103, then a 204 that ends the stream: two heads, no trailers.
+        let early = frame(HEADERS, END_HEADERS, 3, b"\x08\x03103");
+        let no_content = frame(HEADERS, ends, 3, b"\x89");
+        // A 100 kept in the table, sent twice, then a 200 with a trailer
+        // section that holds `:status` (the table's 100).
+        let first_continue = frame(HEADERS, END_HEADERS, 5, b"\x48\x03100");
+        let again = frame(HEADERS, END_HEADERS, 5, b"\xbe");
+        let head = frame(HEADERS, END_HEADERS, 5, b"\x88");
+        let data_5 = frame(DATA, 0, 5, b"hi");
+        let bad_trailers = frame(HEADERS, ends, 5, b"\xbe");
+        // A stream that ended with its DATA, and one the member reset: a
+        // head that follows is theirs to refuse (h2's), not a trailer.
+        let ended = [
+            frame(HEADERS, END_HEADERS, 7, b"\x88"),
+            frame(DATA, END_STREAM, 7, b"x"),
+        ]
+        .concat();
+        let reset = [
+            frame(HEADERS, END_HEADERS, 9, b"\x88"),
+            frame(RST_STREAM, 0, 9, &[0, 0, 0, 8]),
+        ]
+        .concat();
+        let late = [
+            frame(HEADERS, ends, 7, b"\x88"),
+            frame(HEADERS, ends, 9, b"\x88"),
+        ]
+        .concat();
+        let input = [
+            &settings[..],
+            &ok,
+            &data,
+            &fine_trailers,
+            &early,
+            &no_content,
+            &first_continue,
+            &again,
+            &head,
+            &data_5,
+            &bad_trailers,
+            &ended,
+            &reset,
+            &late,
+        ]
+        .concat();
+        let mut bad_changed = bad_trailers.clone();
+        bad_changed[4] &= !END_HEADERS;
+        let expected = [
+            &settings[..],
+            &ok,
+            &data,
+            &fine_trailers,
+            &early,
+            &no_content,
+            &first_continue,
+            &again,
+            &head,
+            &data_5,
+            &bad_changed,
+            &refusal(5),
+            &ended,
+            &reset,
+            &late,
+        ]
+        .concat();
+        for chunk in [1, 3, 9, 4096] {
             assert_eq!(through(&input, chunk).await, expected, "{chunk} at a time");
         }
     }

@@ -5,9 +5,11 @@
 //!
 //! h2 0.4 (hyper's HTTP/2 client) decodes a response's request
 //! pseudo-headers (`:path`, `:method`, ...) and then drops them
-//! (`h2::client::Peer::convert_poll_message` reads `:status` only), so a
-//! response RFC 9113 §8.3 calls malformed would reach the client as a
-//! well-formed one. [`super::h2_member`] reads each block with this first.
+//! (`h2::client::Peer::convert_poll_message` reads `:status` only), and
+//! drops every pseudo-header of a trailer section, so a response RFC 9113
+//! §8.1 and §8.3 call malformed would reach the client as a well-formed
+//! one. [`super::h2_member`] reads each block with this first. Of values,
+//! only `:status`'s first digit is read (1xx or final).
 
 use std::collections::VecDeque;
 use std::sync::OnceLock;
@@ -97,11 +99,12 @@ const STATIC_NAMES: [&str; 61] = [
 ];
 
 /// What is known of a name: its length (for the size of a table entry that
-/// uses it) and whether it is a request pseudo-header.
+/// uses it), whether it is a request pseudo-header, whether `:status`.
 #[derive(Debug, Clone, Copy)]
 struct Name {
     len: usize,
     request_pseudo: bool,
+    status: bool,
 }
 
 impl Name {
@@ -109,14 +112,52 @@ impl Name {
         Name {
             len: name.len(),
             request_pseudo: REQUEST_PSEUDO.contains(&name),
+            status: name == b":status",
         }
     }
 }
 
-/// A connection's decoding state: the dynamic table, newest entry first.
+/// A `:status` value's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    /// 1xx: a final head is still to come.
+    Informational,
+    Final,
+}
+
+impl Status {
+    fn of(value: &[u8]) -> Status {
+        if value.first() == Some(&b'1') {
+            Status::Informational
+        } else {
+            Status::Final
+        }
+    }
+}
+
+/// What a header block holds, of what the checking asks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen {
+    /// A request pseudo-header: never in a response (RFC 9113 §8.3).
+    pub(crate) request_pseudo: bool,
+    /// Its `:status` field's kind, if it has one.
+    pub(crate) status: Option<Status>,
+}
+
+impl Seen {
+    fn note(&mut self, name: Name, status: Option<Status>) {
+        self.request_pseudo |= name.request_pseudo;
+        if status.is_some() {
+            self.status = status;
+        }
+    }
+}
+
+/// A connection's decoding state: the dynamic table, newest entry first:
+/// each entry's name, its value's kind for a `:status` entry, its size.
 #[derive(Debug)]
 pub(crate) struct Hpack {
-    entries: VecDeque<(Name, usize)>,
+    entries: VecDeque<(Name, Option<Status>, usize)>,
     size: usize,
     max: usize,
     scratch: Vec<u8>,
@@ -134,15 +175,16 @@ impl Default for Hpack {
 }
 
 impl Hpack {
-    /// Reads one whole header block; whether it holds a request
-    /// pseudo-header. The table changes as the member's encoder's did.
-    pub(crate) fn block(&mut self, mut b: &[u8]) -> Result<bool, Undecodable> {
-        let mut request_pseudo = false;
+    /// Reads one whole header block. The table changes as the member's
+    /// encoder's did.
+    pub(crate) fn block(&mut self, mut b: &[u8]) -> Result<Seen, Undecodable> {
+        let mut seen = Seen::default();
         while let Some(&first) = b.first() {
             if first & 0x80 != 0 {
                 // Indexed field.
                 let index = integer(&mut b, 7)?;
-                request_pseudo |= self.name(index)?.request_pseudo;
+                let (name, status) = self.field(index)?;
+                seen.note(name, status);
             } else if first & 0xe0 == 0x20 {
                 // Dynamic table size update.
                 let max = integer(&mut b, 5)?;
@@ -168,21 +210,21 @@ impl Hpack {
                 } else {
                     self.name(index)?
                 };
-                request_pseudo |= name.request_pseudo;
-                let (huffman, value) = string(&mut b)?;
+                let (huffman, mut value) = string(&mut b)?;
+                if huffman && (indexing || name.status) {
+                    self.scratch.clear();
+                    huffman_decode(value, &mut self.scratch)?;
+                    value = &self.scratch;
+                }
+                let status = name.status.then(|| Status::of(value));
+                seen.note(name, status);
                 if indexing {
-                    let value_len = if huffman {
-                        self.scratch.clear();
-                        huffman_decode(value, &mut self.scratch)?;
-                        self.scratch.len()
-                    } else {
-                        value.len()
-                    };
-                    self.insert(name, name.len + value_len + 32);
+                    let size = name.len + value.len() + 32;
+                    self.insert(name, status, size);
                 }
             }
         }
-        Ok(request_pseudo)
+        Ok(seen)
     }
 
     /// The dynamic table's size now (RFC 7541 §4.1).
@@ -192,23 +234,32 @@ impl Hpack {
     }
 
     fn name(&self, index: usize) -> Result<Name, Undecodable> {
+        self.field(index).map(|(name, _)| name)
+    }
+
+    /// The entry at `index`: its name, and its value's kind for `:status`
+    /// (the static table's are 200 to 500).
+    fn field(&self, index: usize) -> Result<(Name, Option<Status>), Undecodable> {
         match index {
             0 => Err(Undecodable),
-            1..=61 => Ok(Name::of(STATIC_NAMES[index - 1].as_bytes())),
+            1..=61 => {
+                let name = Name::of(STATIC_NAMES[index - 1].as_bytes());
+                Ok((name, name.status.then_some(Status::Final)))
+            }
             _ => self
                 .entries
                 .get(index - 62)
-                .map(|(name, _)| *name)
+                .map(|(name, status, _)| (*name, *status))
                 .ok_or(Undecodable),
         }
     }
 
-    fn insert(&mut self, name: Name, size: usize) {
+    fn insert(&mut self, name: Name, status: Option<Status>, size: usize) {
         // An entry larger than the table empties it and is not kept
         // (RFC 7541 §4.4).
         self.evict(size);
         if size <= self.max {
-            self.entries.push_front((name, size));
+            self.entries.push_front((name, status, size));
             self.size += size;
         }
     }
@@ -218,7 +269,7 @@ impl Hpack {
     fn evict(&mut self, room: usize) {
         while self.size + room > self.max {
             match self.entries.pop_back() {
-                Some((_, size)) => self.size -= size,
+                Some((_, _, size)) => self.size -= size,
                 None => break,
             }
         }
@@ -398,8 +449,29 @@ mod tests {
         ];
         let mut hpack = Hpack::default();
         for (i, (block, request_pseudo, size)) in blocks.into_iter().enumerate() {
-            assert_eq!(hpack.block(&hex(block)), Ok(request_pseudo), "block {i}");
+            let seen = hpack.block(&hex(block)).map(|seen| seen.request_pseudo);
+            assert_eq!(seen, Ok(request_pseudo), "block {i}");
             assert_eq!(hpack.size(), size, "block {i}");
+        }
+    }
+
+    #[test]
+    fn a_status_is_told_informational_or_final() {
+        use Status::{Final, Informational};
+        let mut hpack = Hpack::default();
+        for (block, status) in [
+            ("88", Some(Final)),                 // static entry 8, 200
+            ("0803313033", Some(Informational)), // a literal 103 on the static name
+            ("08826402", Some(Final)),           // a literal 302, Huffman-coded
+            ("4803313030", Some(Informational)), // 100, into the table
+            ("be", Some(Informational)),         // the table's 100
+            ("4003782d610131", None),            // `x-a: 1`, into the table
+            ("bf", Some(Informational)),         // the table's 100, one older now
+            ("be", None),                        // the table's `x-a: 1`
+        ] {
+            let seen = hpack.block(&hex(block)).unwrap();
+            assert_eq!(seen.status, status, "{block}");
+            assert!(!seen.request_pseudo, "{block}");
         }
     }
 
