@@ -69,6 +69,8 @@ CANARY = b"CANARY"
 # target without the vector's prefix that the member may get as it is).
 GET1 = "GET {p}/1 HTTP/1.1\r\nHost: t\r\n"
 TE_FIELD = "Transfer-Encoding: chunked\r\n"
+WS_UPGRADE = ("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
 POST1 = "POST {p}/1 HTTP/1.1\r\nHost: t\r\n"
 REQUESTS = [
     ("plain GET", GET1 + "\r\n", "F", {}),
@@ -179,6 +181,15 @@ REQUESTS = [
      "E", {"answer": "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", "notunnel": True}),
     ("an h2c upgrade", GET1 + "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
      "E", {"answer": "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", "notunnel": True}),
+    ("a websocket upgrade answered 200, then raw bytes", GET1 + WS_UPGRADE, "F",
+     {"answer": "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "notunnel": True}),
+    ("a websocket upgrade with a body, refused", POST1 + WS_UPGRADE[:-2] + "Content-Length: 5\r\n\r\nhello", "E",
+     {"answer": "HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n", "notunnel": True}),
+    ("Upgrade not named by Connection, answered 101", GET1 + "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", "E",
+     {"answer": "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", "notunnel": True}),
+    ("a websocket upgrade on HTTP/1.0, answered 101", "GET {p}/1 HTTP/1.0\r\nHost: t\r\n" + WS_UPGRADE, "E",
+     {"answer": "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", "notunnel": True}),
     ("Expect: 100-continue", POST1 + "Expect: 100-continue\r\nContent-Length: 5\r\n\r\nhello", "F", {"body": b"hello"}),
     ("Expect: 100-continue without a body", GET1 + "Expect: 100-continue\r\n\r\n", "F", {}),
     ("Expect with another expectation", POST1 + "Expect: y 100-continue\r\nContent-Length: 5\r\n\r\nhello", "E", {"body": b"hello"}),
