@@ -29,6 +29,11 @@ struct Inner {
     waiting: Mutex<Waiting>,
 }
 
+/// The places a signal's list keeps room for once no wait holds one: a
+/// peak of waits (100,000 idle connections on a listener) is not held for
+/// the listener's life once they have gone.
+const KEPT_PLACES: usize = 64;
+
 /// Who to wake when a signal fires.
 #[derive(Default)]
 struct Waiting {
@@ -185,6 +190,13 @@ impl<S: Borrow<Signal>> Drop for Wait<S> {
             let mut waiting = lock(&self.signal.borrow().0.waiting);
             waiting.wakers[place as usize] = None;
             waiting.free.push(place);
+            if waiting.free.len() == waiting.wakers.len() {
+                // No wait holds a place: the list starts again.
+                waiting.wakers.clear();
+                waiting.free.clear();
+                waiting.wakers.shrink_to(KEPT_PLACES);
+                waiting.free.shrink_to(KEPT_PLACES);
+            }
         }
     }
 }
@@ -289,7 +301,31 @@ mod tests {
             let mut wait = std::pin::pin!(signal.until());
             let mut cx = Context::from_waker(Waker::noop());
             assert!(wait.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(lock(&signal.0.waiting).wakers.len(), 1);
         }
-        assert_eq!(lock(&signal.0.waiting).wakers.len(), 1);
+    }
+
+    #[test]
+    fn the_room_a_peak_of_waits_took_is_let_go_when_they_have_gone() {
+        let signal = Signal::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut waits: Vec<_> = (0..10_000).map(|_| Box::pin(signal.until())).collect();
+        for wait in &mut waits {
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(lock(&signal.0.waiting).wakers.len(), 10_000);
+        // While one stays, its place is kept (places are not moved).
+        let last = waits.pop();
+        drop(waits);
+        assert!(lock(&signal.0.waiting).wakers.capacity() >= 10_000);
+        drop(last);
+        let waiting = lock(&signal.0.waiting);
+        assert!(waiting.wakers.is_empty() && waiting.free.is_empty());
+        assert!(
+            waiting.wakers.capacity() <= KEPT_PLACES,
+            "{}",
+            waiting.wakers.capacity()
+        );
+        assert!(waiting.free.capacity() <= KEPT_PLACES);
     }
 }
