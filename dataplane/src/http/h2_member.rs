@@ -622,6 +622,24 @@ mod tests {
         f
     }
 
+    /// The bytes of `frames` as a member sends them, and as h2 must read
+    /// them: a frame marked with its stream is a block's last, refused.
+    fn sent_and_read(frames: &[(&[u8], Option<u32>)]) -> (Vec<u8>, Vec<u8>) {
+        let sent = frames.iter().flat_map(|(f, _)| f.to_vec()).collect();
+        let read = frames
+            .iter()
+            .flat_map(|(f, refused)| {
+                let mut f = f.to_vec();
+                if let Some(stream) = refused {
+                    f[4] &= !END_HEADERS;
+                    f.extend_from_slice(&refusal(*stream));
+                }
+                f
+            })
+            .collect();
+        (sent, read)
+    }
+
     /// What h2 reads of `input`, handed over `chunk` bytes at a time.
     async fn through(input: &[u8], chunk: usize) -> Vec<u8> {
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
@@ -655,35 +673,16 @@ mod tests {
             7,
             b"\x88\x00\x85\xb9\x49\x53\x39\xe4\x03GET",
         );
-        let input = [
-            &settings[..],
-            &clean,
-            &data,
-            &bad_first,
-            &bad_last,
-            &data,
-            &after,
-            &huffman,
-        ]
-        .concat();
-
-        let mut bad_last_changed = bad_last.clone();
-        bad_last_changed[4] &= !END_HEADERS;
-        let mut huffman_changed = huffman.clone();
-        huffman_changed[4] &= !END_HEADERS;
-        let expected = [
-            &settings[..],
-            &clean,
-            &data,
-            &bad_first,
-            &bad_last_changed,
-            &refusal(3),
-            &data,
-            &after,
-            &huffman_changed,
-            &refusal(7),
-        ]
-        .concat();
+        let (input, expected) = sent_and_read(&[
+            (&settings, None),
+            (&clean, None),
+            (&data, None),
+            (&bad_first, None),
+            (&bad_last, Some(3)),
+            (&data, None),
+            (&after, None),
+            (&huffman, Some(7)),
+        ]);
         for chunk in [1, 2, 5, 9, 10, 64, 4096] {
             assert_eq!(through(&input, chunk).await, expected, "{chunk} at a time");
         }
@@ -723,43 +722,22 @@ mod tests {
             frame(HEADERS, ends, 9, b"\x88"),
         ]
         .concat();
-        let input = [
-            &settings[..],
-            &ok,
-            &data,
-            &fine_trailers,
-            &early,
-            &no_content,
-            &first_continue,
-            &again,
-            &head,
-            &data_5,
-            &bad_trailers,
-            &ended,
-            &reset,
-            &late,
-        ]
-        .concat();
-        let mut bad_changed = bad_trailers.clone();
-        bad_changed[4] &= !END_HEADERS;
-        let expected = [
-            &settings[..],
-            &ok,
-            &data,
-            &fine_trailers,
-            &early,
-            &no_content,
-            &first_continue,
-            &again,
-            &head,
-            &data_5,
-            &bad_changed,
-            &refusal(5),
-            &ended,
-            &reset,
-            &late,
-        ]
-        .concat();
+        let (input, expected) = sent_and_read(&[
+            (&settings, None),
+            (&ok, None),
+            (&data, None),
+            (&fine_trailers, None),
+            (&early, None),
+            (&no_content, None),
+            (&first_continue, None),
+            (&again, None),
+            (&head, None),
+            (&data_5, None),
+            (&bad_trailers, Some(5)),
+            (&ended, None),
+            (&reset, None),
+            (&late, None),
+        ]);
         for chunk in [1, 3, 9, 4096] {
             assert_eq!(through(&input, chunk).await, expected, "{chunk} at a time");
         }
