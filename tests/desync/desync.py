@@ -234,6 +234,12 @@ REQUESTS = [
     ("a line of only a space", GET1 + "X-A: a\r\n \r\n\r\n", "E", {}),
     ("a request after an HTTP/1.0 keep-alive one", "GET {p}/1 HTTP/1.0\r\nHost: t\r\nConnection: keep-alive\r\n\r\n{s}", "E", {}),
     ("a pipelined request", GET1 + "\r\n{s}", "F", {}),
+    ("a chunk size line ended by a bare CR", POST1 + TE_FIELD + "\r\n5\rhello\r\n0\r\n\r\n{s}", "R", {}),
+    ("a body longer than its length", POST1 + "Content-Length: 3\r\n\r\nhello{s}", "E", {"body": b"hel"}),
+    ("a space after the version", "GET {p}/1 HTTP/1.1 \r\nHost: t\r\n\r\n", "E", {}),
+    ("a NUL in the target", "GET {p}/1\x00x HTTP/1.1\r\nHost: t\r\n\r\n", "R", {}),
+    ("Host with a trailing dot", "GET {p}/1 HTTP/1.1\r\nHost: t.\r\n\r\n", "F", {"host": "t."}),
+    ("TE after a tab", POST1 + "Transfer-Encoding:\tchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "F", {"body": b"hello"}),
 ]
 
 # Response vectors: (name, the member's raw answer to the first request,
@@ -340,6 +346,13 @@ RESPONSES = [
     ("a body on 205", "HTTP/1.1 205 Reset Content\r\nContent-Length: 5\r\n\r\nhello", "E", {}),
     ("bytes after the body, a moment later", OK_HEAD + "Content-Length: 5\r\n\r\nhello", "E",
      {"body": b"hello", "later": FORGED}),
+    ("a bare CR in the status line", "HTTP/1.1 200 O\rK\r\nContent-Length: 5\r\n\r\nhello", "R", {}),
+    ("a NUL in the reason", "HTTP/1.1 200 O\x00K\r\nContent-Length: 5\r\n\r\nhello", "E", {"body": b"hello"}),
+    ("a 100 and then the end", "HTTP/1.1 100 Continue\r\n\r\n", "T", {"close": True}),
+    ("a trailer section cut short", OK_HEAD + "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 1\r\n", "T",
+     {"close": True}),
+    ("a body longer than its length, then the end", OK_HEAD + "Content-Length: 3\r\n\r\nhello", "E",
+     {"body": b"hel", "close": True}),
 ]
 
 # HTTP/2 request vectors, sent by a client as raw frames (every field an

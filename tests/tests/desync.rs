@@ -1,5 +1,5 @@
 //! Request-smuggling and response-desync vectors, the way an attacker
-//! sends them: `tests/desync/desync.py` drives 309 of them through Keel
+//! sends them: `tests/desync/desync.py` drives 320 of them through Keel
 //! over real sockets (HTTP/1.1 both ways, HTTP/2 from the client as raw
 //! frames, HTTP/2 from a scripted member as raw frames), in front of
 //! scripted members, and judges both ends with h11 (an independent strict
@@ -63,7 +63,7 @@ async fn no_vector_desyncs_keel_or_gets_past_it_unrefused() {
     );
     // Every vector was judged, and every one is ok.
     assert!(
-        report.contains("| keel | 309 | 309 | 0 | 0 | 0 |"),
+        report.contains("| keel | 320 | 320 | 0 | 0 | 0 |"),
         "{report}"
     );
     dp.shutdown(Duration::from_secs(1)).await;
