@@ -1051,6 +1051,42 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_answer_sent_before_the_member_reset_the_upload_is_read() {
+        // The member answers with the body still coming, then closes with
+        // it unread: its kernel resets the connection. Everything arrives
+        // while the exchange is not polled (one thread), so its next write
+        // fails before it reads; the answer is in the socket all the same.
+        let member = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let io = tokio::net::TcpStream::connect(member.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut accepted, _) = member.accept().unwrap();
+        let size = 64 << 20;
+        let head = format!("PUT /up HTTP/1.1\r\nhost: t\r\ncontent-length: {size}\r\n\r\n");
+        let mut out = Outgoing::bodiless(Bytes::from(head), &Method::PUT);
+        out.push(Bytes::from(vec![b'x'; size]));
+        let exchange = Conn::new(Upstream::Plain(io)).exchange(out, Duration::from_secs(5));
+        tokio::pin!(exchange);
+        // Until both sides' buffers are full.
+        let waited = tokio::time::timeout(Duration::from_millis(200), &mut exchange).await;
+        assert!(waited.is_err(), "the exchange ended with its upload unsent");
+        std::io::Write::write_all(
+            &mut accepted,
+            b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 3\r\nconnection: close\r\n\r\nno\n",
+        )
+        .unwrap();
+        drop(accepted);
+        std::thread::sleep(Duration::from_millis(50));
+        let response = exchange.await.map_err(|_| "no answer").unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map_err(|_| "body cut")
+            .unwrap();
+        assert_eq!(&body.to_bytes()[..], b"no\n");
+    }
+
     #[test]
     fn malformed_response_heads_are_refused() {
         for bad in [

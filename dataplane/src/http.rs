@@ -20,7 +20,7 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keel_model::{HashOn, HttpVersion, Protocol};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::either::Either;
@@ -66,26 +66,36 @@ pub(crate) enum Mode {
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Tells prior-knowledge HTTP/2 (h2c) from HTTP/1 by peeking at the first
-/// bytes, which stay in the socket for the server to read. `None` when the
+/// Reads a plain connection's first bytes, which tell prior-knowledge
+/// HTTP/2 (h2c) from HTTP/1; they go to the server as its first bytes.
+/// Each read waits for the socket to say it is readable: a connection's
+/// request has seldom arrived the moment it is accepted, and a read that
+/// finds nothing is a system call for nothing (a peek, which would leave
+/// the bytes for the server, is one more per connection). `None` when the
 /// client sent nothing before `deadline` or closed.
-pub(crate) async fn sniff(stream: &TcpStream, deadline: Instant) -> Option<Mode> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    let mut seen = 0;
+pub(crate) async fn sniff(stream: &mut TcpStream, deadline: Instant) -> Option<(Mode, BytesMut)> {
+    let mut buf = BytesMut::new();
     loop {
-        let more = crate::peek::peek_more(stream, &mut buf, seen);
-        let n = match tokio::time::timeout_at(deadline, more).await {
-            Ok(Ok(n)) if n > seen => n,
-            _ => return None,
+        let more = async {
+            stream.readable().await?;
+            // No buffer until there is something to read into it. A read
+            // that leaves room tells tokio the socket is drained: the
+            // server's next read waits for readiness, not for `EAGAIN`.
+            buf.reserve(h1::FIRST_SIZE);
+            stream.read_buf(&mut buf).await
         };
+        match tokio::time::timeout_at(deadline, more).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+        let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
-            return Some(Mode::Http1);
+            return Some((Mode::Http1, buf));
         }
         if n == H2_PREFACE.len() {
-            return Some(Mode::Http2);
+            return Some((Mode::Http2, buf));
         }
         // Part of the preface so far: wait until more has arrived.
-        seen = n;
     }
 }
 
@@ -101,6 +111,7 @@ pub(crate) async fn sniff(stream: &TcpStream, deadline: Instant) -> Option<Mode>
 pub(crate) fn serve<IO>(
     stream: IO,
     mode: Mode,
+    read: BytesMut,
     ends: Addresses,
     plan: SharedPlan,
     listener: Arc<ListenerPlan>,
@@ -137,12 +148,12 @@ where
     // moving it (hyper moves each request's future into place) stays cheap.
     match mode {
         Mode::Http1 => {
-            let serving = h1::serve(stream, conn.clone());
+            let serving = h1::serve(stream, read, conn.clone());
             // The loop finishes the request under way and closes.
             Either::Left(Drive::new(serving, H1(conn), closing))
         }
         Mode::Http2 => {
-            let io = TokioIo::new(Coalesce::new(stream));
+            let io = TokioIo::new(Coalesce::new(h1::Replay::new(read.freeze(), stream)));
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())

@@ -44,6 +44,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::BytesMut;
 use keel_model::{Protocol, Spec};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
@@ -984,6 +985,9 @@ fn bind_one(
         socket.set_freebind(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Inherited by every connection accepted on it (Linux copies the
+    // option at accept): a system call once, not once per connection.
+    socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
@@ -1157,14 +1161,16 @@ impl Admit {
         };
         if listener.spec.protocol == Protocol::Http {
             let start = async move {
-                let (stream, peer) = opened(stream, peer, &listener).await?;
-                let mode = if listener.spec.http2 {
+                let (mut stream, peer) = opened(stream, peer, &listener).await?;
+                let (mode, read) = if listener.spec.http2 {
                     let deadline = tokio::time::Instant::now() + listener.spec.header_timeout;
-                    http::sniff(&stream, deadline).await?
+                    http::sniff(&mut stream, deadline).await?
                 } else {
-                    http::Mode::Http1
+                    (http::Mode::Http1, BytesMut::new())
                 };
-                Some(http::serve(stream, mode, peer, plan, listener, signals))
+                Some(http::serve(
+                    stream, mode, read, peer, plan, listener, signals,
+                ))
             };
             return self.launch(start, started);
         }
@@ -1257,7 +1263,6 @@ async fn opened(
         Accepted::Here(stream) => stream,
         Accepted::Moved(stream) => TcpStream::from_std(stream).ok()?,
     };
-    let _ = stream.set_nodelay(true);
     let peer = client_of(&stream, peer, listener).await?;
     Some((stream, peer))
 }
@@ -1276,7 +1281,13 @@ async fn client_of(
     peer: SocketAddr,
     listener: &ListenerPlan,
 ) -> Option<proxy_protocol::Addresses> {
-    let local = stream.local_addr().unwrap_or(listener.bind);
+    // A listener bound to one address is reached at that address; only a
+    // wildcard one asks the socket which (a system call per connection).
+    let local = if listener.bind.ip().is_unspecified() {
+        stream.local_addr().unwrap_or(listener.bind)
+    } else {
+        listener.bind
+    };
     let tcp = proxy_protocol::Addresses {
         source: peer,
         destination: local,
@@ -1325,7 +1336,7 @@ async fn serve_tls(
         Some(tls::H2) => http::Mode::Http2,
         _ => http::Mode::Http1,
     };
-    http::serve(tls, mode, peer, plan, listener, signals).await
+    http::serve(tls, mode, BytesMut::new(), peer, plan, listener, signals).await
 }
 
 async fn handshake(
@@ -1439,6 +1450,18 @@ mod tests {
             got.extend_from_slice(&buf[..n]);
         }
         got
+    }
+
+    /// Connections are accepted with Nagle's algorithm off (a response's
+    /// last small write is not held back for the client's ACK) without a
+    /// system call each: the listening socket's option is inherited.
+    #[test]
+    fn accepted_connections_have_nagle_off() {
+        let listener = bind_one("127.0.0.1:0".parse().unwrap(), false, true).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(socket2::SockRef::from(&accepted).nodelay().unwrap());
     }
 
     /// A request writes no count that requests on other workers write

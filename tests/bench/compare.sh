@@ -18,6 +18,9 @@
 # own, as it does by default (KEEL_CPU_AFFINITY=false leaves them to the
 # kernel, as HAProxy and nginx are).
 #
+# CLOSE=1 adds L7 rounds with a new connection per request ("Connection:
+# close"): the accept path, which keep-alive leaves out.
+#
 # KEEL_B=PATH adds a second Keel build ("keel-b", L7 on 18083, L4 on
 # 18093) to every round: two builds compared in the same run, since a
 # change smaller than the machine's swing shows only that way.
@@ -136,11 +139,13 @@ bench_settle "${pid[keel]}" $((WORKERS + 3))
 [ -z "${KEEL_B:-}" ] || bench_settle "${pid[keel-b]}"
 
 
-# wrk output → "req/s p50 p99 transfer/s"
+# wrk output → "req/s p50 p99 transfer/s"; more wrk arguments after the
+# connection count.
 measure() {
   local url=$1 conns=$2
+  shift 2
   local out
-  out=$(wrk -t"$THREADS" -c"$conns" -d"${SECS}s" --latency "$url")
+  out=$(wrk -t"$THREADS" -c"$conns" -d"${SECS}s" --latency "$@" "$url")
   local rps p50 p99 xfer
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
@@ -151,41 +156,50 @@ measure() {
   echo "$rps $p50 $p99 $xfer ${errs:-}"
 }
 
+# L7 rounds: $1 the title, the rest more wrk arguments. A table per round,
+# then the medians of the ratios.
+l7() {
+  local title=$1
+  shift
+  local -A rps cpu p99s
+  # Per proxy, one line per round: "req/s-ratio cpu-ratio p99-ratio".
+  local -A ratios
+  echo "## L7 $title, $CONNS connections, ${SECS}s each, wrk -t$THREADS, $WORKERS worker(s) per proxy"
+  echo
+  echo "| proxy | req/s | p50 | p99 | req/s vs HAProxy | CPU µs/req | CPU/req vs HAProxy |"
+  echo "|---|---|---|---|---|---|---|"
+  local round name port t0 t1 r p50 p99 errs ratio cratio pratio
+  for round in $(seq "${ROUNDS:-5}"); do
+  for name in $names; do
+    case $name in keel) port=18080;; haproxy) port=18081;; nginx) port=18082;; keel-b) port=18083;; esac
+    t0=$(ticks "${pid[$name]}")
+    read -r r p50 p99 _ errs < <(measure "http://127.0.0.1:$port/" "$CONNS" "$@")
+    t1=$(ticks "${pid[$name]}")
+    rps[$name]=$r
+    cpu[$name]=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v r="$r" -v s="$SECS" 'BEGIN { printf "%.1f", t / hz * 1e6 / (r * s) }')
+    ratio=$(awk -v a="$r" -v b="${rps[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
+    cratio=$(awk -v a="${cpu[$name]}" -v b="${cpu[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
+    p99s[$name]=$(to_ms "$p99")
+    pratio=$(awk -v a="${p99s[$name]}" -v b="${p99s[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
+    ratios[$name]+="$ratio $cratio $pratio"$'\n'
+    echo "| $name | $r | $p50 | $p99 | ${ratio}x | ${cpu[$name]} | ${cratio}x ${errs} |"
+  done
+  done
+  echo
+  echo "### L7 $title, medians over ${ROUNDS:-5} rounds"
+  echo
+  echo "| proxy | req/s vs HAProxy | CPU/req vs HAProxy | p99 vs HAProxy |"
+  echo "|---|---|---|---|"
+  for name in ${names#haproxy }; do
+    echo "| $name | $(median "${ratios[$name]}" 1)x | $(median "${ratios[$name]}" 2)x | $(median "${ratios[$name]}" 3)x |"
+  done
+}
 
-declare -A p99s
-echo "## L7 HTTP/1.1 keep-alive, $CONNS connections, ${SECS}s each, wrk -t$THREADS, $WORKERS worker(s) per proxy"
-echo
-echo "| proxy | req/s | p50 | p99 | req/s vs HAProxy | CPU µs/req | CPU/req vs HAProxy |"
-echo "|---|---|---|---|---|---|---|"
-declare -A rps cpu
-# Per proxy, one line per round: "req/s-ratio cpu-ratio p99-ratio".
-declare -A l7ratios
-for round in $(seq "${ROUNDS:-5}"); do
-for name in $names; do
-  case $name in keel) port=18080;; haproxy) port=18081;; nginx) port=18082;; keel-b) port=18083;; esac
-  t0=$(ticks "${pid[$name]}")
-  read -r r p50 p99 _ errs < <(measure "http://127.0.0.1:$port/" "$CONNS")
-  t1=$(ticks "${pid[$name]}")
-  rps[$name]=$r
-  cpu[$name]=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v r="$r" -v s="$SECS" 'BEGIN { printf "%.1f", t / hz * 1e6 / (r * s) }')
-  ratio=$(awk -v a="$r" -v b="${rps[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
-  cratio=$(awk -v a="${cpu[$name]}" -v b="${cpu[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
-  p99s[$name]=$(to_ms "$p99")
-  pratio=$(awk -v a="${p99s[$name]}" -v b="${p99s[haproxy]}" 'BEGIN { printf "%.2f", a / b }')
-  l7ratios[$name]+="$ratio $cratio $pratio"$'\n'
-  echo "| $name | $r | $p50 | $p99 | ${ratio}x | ${cpu[$name]} | ${cratio}x ${errs} |"
-done
-done
-
-echo
-echo "### L7, medians over ${ROUNDS:-5} rounds"
-echo
-echo "| proxy | req/s vs HAProxy | CPU/req vs HAProxy | p99 vs HAProxy |"
-echo "|---|---|---|---|"
-for name in ${names#haproxy }; do
-  echo "| $name | $(median "${l7ratios[$name]}" 1)x | $(median "${l7ratios[$name]}" 2)x | $(median "${l7ratios[$name]}" 3)x |"
-done
-
+l7 "HTTP/1.1 keep-alive"
+if [ -n "${CLOSE:-}" ]; then
+  echo
+  l7 "HTTP/1.1, a new connection per request" -H "Connection: close"
+fi
 echo
 echo "## L4 TCP bulk: 64 MiB responses relayed, 8 connections, ${SECS}s each"
 echo

@@ -16,15 +16,16 @@
 # per-instruction figures, and the Keel functions that executed the most.
 #
 # LOCKED_TOP=N lists N functions (default 12); KEEP_DUMPS=DIR keeps each
-# count's callgrind dump there (NAME-h1.N.cg and NAME-h2c.N.cg,
+# count's callgrind dump there (NAME-h1.N.cg, NAME-close.N.cg, NAME-h2c.N.cg,
 # NAME-https.N.cg, for callgrind_annotate, or for
 # `LOCKED_TOP=60 tests/bench/locked.py N DUMP` to compare two builds).
 #
 # Same setup as compare.sh: one worker each, two nginx backends, reused
-# backend connections. Clients: h2load over HTTP/1.1 (16 connections),
-# over cleartext HTTP/2 (4 connections x 16 streams) and over HTTP/1.1 in
-# TLS 1.3 (16 connections, ECDSA P-256; each run's 16 handshakes are in
-# its count, a small share of it).
+# backend connections. Clients: h2load over HTTP/1.1 (16 connections; then
+# 16 at a time, a new connection per request), over cleartext HTTP/2 (4
+# connections x 16 streams) and over HTTP/1.1 in TLS 1.3 (16 connections,
+# ECDSA P-256; each run's 16 handshakes are in its count, a small share
+# of it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-20000}
@@ -102,6 +103,7 @@ count() {
   local f dumps=() proto=h2c
   [[ " $* " == *" --h1 "* ]] && proto=h1
   [[ " $* " == *" https:"* ]] && proto=https
+  [[ " $* " == *" Connection: close "* ]] && proto=close
   for f in "$work/$name.cg"*; do
     [ -s "$f" ] && dumps+=("$f")
   done
@@ -125,6 +127,10 @@ h=$(count "$hp" haproxy --h1 -c16 http://127.0.0.1:18181/)
 k=$(count "$kp" keel --h1 -c16 http://127.0.0.1:18180/)
 keel_top+=$'\n'"Keel, HTTP/1.1, locked instructions per request by function:"$'\n'"$(cat "$work/keel.top")"
 echo "| HTTP/1.1, 16 connections | ${h% *} | ${k% *} | $(ratio "${k% *}" "${h% *}") | ${h#* } | ${k#* } |"
+h=$(count "$hp" haproxy --h1 -c16 -H "Connection: close" http://127.0.0.1:18181/)
+k=$(count "$kp" keel --h1 -c16 -H "Connection: close" http://127.0.0.1:18180/)
+keel_top+=$'\n'"Keel, HTTP/1.1 with a new connection per request, locked instructions per request by function:"$'\n'"$(cat "$work/keel.top")"
+echo "| HTTP/1.1, a new connection per request, 16 at once | ${h% *} | ${k% *} | $(ratio "${k% *}" "${h% *}") | ${h#* } | ${k#* } |"
 h=$(count "$hp" haproxy -c4 -m16 http://127.0.0.1:18182/)
 k=$(count "$kp" keel -c4 -m16 http://127.0.0.1:18180/)
 keel_top+=$'\n'"Keel, HTTP/2 (h2c), locked instructions per request by function:"$'\n'"$(cat "$work/keel.top")"

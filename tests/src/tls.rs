@@ -177,6 +177,24 @@ impl HttpsConn {
 /// An HTTPS member: terminates TLS with its own certificate and answers
 /// every request with its name, over HTTP/1.1 or HTTP/2 (by ALPN). It keeps
 /// the server names (SNI) its clients asked for.
+/// A server's TLS with `cert`, offering HTTP/2 and HTTP/1.1 by ALPN.
+pub fn server_config(cert: &Issued) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::PrivateKeyDer;
+    let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
 pub struct TlsMember {
     pub addr: SocketAddr,
     pub names_seen: Arc<std::sync::Mutex<Vec<Option<String>>>>,
@@ -186,20 +204,7 @@ pub struct TlsMember {
 
 impl TlsMember {
     pub async fn start(name: &str, cert: &Issued) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::PrivateKeyDer;
-        let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()];
-        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(cert));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let names_seen = Arc::new(std::sync::Mutex::new(Vec::new()));

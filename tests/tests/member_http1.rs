@@ -297,7 +297,20 @@ async fn broken_responses_are_answered_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_answer_reaches_the_client_before_its_upload_ends() {
-    // The member refuses an upload from its head, without reading the body.
+    early_answer(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_reaches_the_client_when_the_member_then_closes() {
+    // The member closes with the body unread: its kernel resets the
+    // connection, and Keel's next write fails. The answer it sent is still
+    // there to read (as HAProxy and nginx read it).
+    early_answer(false).await;
+}
+
+/// A member refuses an upload from its head, without reading the body,
+/// then drains the body (`keeps_reading`) or closes at once.
+async fn early_answer(keeps_reading: bool) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -305,12 +318,15 @@ async fn an_early_answer_reaches_the_client_before_its_upload_ends() {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 if read_head(&mut s, &mut buf).await.is_some() {
+                    if !keeps_reading {
+                        // Until Keel's writes wait on this side's full buffers.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                     let _ = s
                         .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n")
                         .await;
-                    // Keep reading (and dropping) so the refusal is not lost to a reset.
                     let mut sink = [0u8; 65536];
-                    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                    while keeps_reading && matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
                 }
             });
         }
@@ -324,14 +340,17 @@ async fn an_early_answer_reaches_the_client_before_its_upload_ends() {
     .await
     .unwrap();
     let (mut rd, mut wr) = s.into_split();
-    // Send slowly: the answer must come while most of the body is unsent.
+    // The answer must come while most of the body is unsent: sent slowly,
+    // or (to the member that closes) as fast as Keel takes it.
     let sender = tokio::spawn(async move {
         let chunk = vec![b'x'; 16 * 1024];
         for _ in 0..size / chunk.len() {
             if wr.write_all(&chunk).await.is_err() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            if keeps_reading {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
     });
     let mut head = vec![0u8; 64];

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use keel_tests::client::{client, get};
-use keel_tests::tls::{Ca, HttpsConn, TlsMember};
+use keel_tests::tls::{server_config, Ca, HttpsConn, TlsMember};
 use keel_tests::{free_port, spec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -196,5 +196,74 @@ async fn tls_and_tcp_listeners_re_encrypt_and_originate() {
         text.starts_with("HTTP/1.1 200") && text.ends_with("inner"),
         "{text}"
     );
+    dp.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_over_tls_reaches_the_client_when_the_member_then_closes() {
+    // The member refuses an upload from its head, then closes with the body
+    // unread: its kernel resets the connection, and Keel's next write fails.
+    // The answer, sent before the reset, is still there to read.
+    let ca = Ca::new();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&ca.issue(&["api.internal"])));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut more = [0u8; 4096];
+                    match tls.read(&mut more).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&more[..n]),
+                    }
+                }
+                // Until Keel's writes wait on this side's full buffers.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = tls
+                    .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n")
+                    .await;
+                let _ = tls.flush().await;
+            });
+        }
+    });
+    let port = free_port();
+    let dp = keel_tests::dataplane();
+    let pool = format!(
+        ", response_timeout: 2s, tls: {{ ca: {}, server_name: api.internal }}",
+        yaml_block(&ca.pem())
+    );
+    dp.apply(&spec(&config(port, "http", addr, &pool, "")))
+        .await
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let size = 256 * 1024 * 1024;
+    s.write_all(
+        format!("PUT /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'x'; 256 * 1024];
+        for _ in 0..size / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(answer.ends_with("too big\n"), "{answer:?}");
+    sender.abort();
     dp.shutdown(Duration::from_millis(100)).await;
 }

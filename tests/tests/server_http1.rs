@@ -415,3 +415,48 @@ async fn refused_requests_close_the_connection_and_never_reach_the_member() {
     assert!(text.starts_with("HTTP/1.1 403 "), "{text}");
     assert_eq!(f.web.hits(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_bytes_in_pieces_are_told_http1_or_http2_and_none_is_lost() {
+    let f = fixture().await;
+    let pause = Duration::from_millis(50);
+    // A request that begins as HTTP/2's preface does (`P`), sent a byte at
+    // a time, then another pipelined behind it: HTTP/1, every byte read.
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).await.unwrap();
+    let post = b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhiGET /b HTTP/1.1\r\nHost: t\r\n\r\n";
+    for (i, byte) in post.iter().enumerate() {
+        s.write_all(&[*byte]).await.unwrap();
+        if i < 4 {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    let mut buf = Vec::new();
+    let a = answer(&mut s, &mut buf, false).await;
+    assert_eq!(a.status, 200, "{}", a.head);
+    let b = answer(&mut s, &mut buf, false).await;
+    assert_eq!(b.status, 200, "{}", b.head);
+
+    // HTTP/2's preface in three pieces, then SETTINGS: Keel's HTTP/2 server
+    // read the whole preface (it answers with its own SETTINGS frame).
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).await.unwrap();
+    for piece in [&b"PRI * HT"[..], b"TP/2.0\r\n\r\nS", b"M\r\n\r\n"] {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(pause).await;
+    }
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut frame))
+        .await
+        .expect("an HTTP/2 frame")
+        .unwrap();
+    assert_eq!(frame[3], 4, "SETTINGS first: {frame:?}");
+
+    // A head that matches the preface as far as it goes, then does not:
+    // HTTP/1 (refused: `*` is for OPTIONS only).
+    let mut s = TcpStream::connect(("127.0.0.1", f.port)).await.unwrap();
+    s.write_all(b"PRI * HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(answer(&mut s, &mut buf, false).await.status, 400);
+}

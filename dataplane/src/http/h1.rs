@@ -50,7 +50,7 @@ const READ_SIZE: usize = 8 * 1024;
 const READ_ROOM: usize = 256;
 /// The read buffer a request starts with: most heads fit, and a block
 /// this small is the allocator's quickest.
-const FIRST_SIZE: usize = 1024;
+pub(super) const FIRST_SIZE: usize = 1024;
 /// Room made for a response head (more is made if it is larger), with a
 /// small body no more than the allocator's quickest block size.
 const HEAD_ROOM: usize = 512;
@@ -71,24 +71,25 @@ pub(super) struct Timeouts {
     pub keep_alive: Duration,
 }
 
-/// Serves requests on `io` until the client closes, a timeout passes, a
+/// Serves requests on `io`, whose first bytes (`ahead`) were read already (found
+/// not to be HTTP/2's), until the client closes, a timeout passes, a
 /// request ends the connection or `conn.stop` is set (the listener is closing:
 /// the request under way finishes, then the connection closes).
 ///
 /// Not an `async fn`, which would hold its arguments twice: the future
 /// uses `io` and the rest where they were captured.
-pub(super) fn serve<IO>(io: IO, conn: Arc<Conn>) -> impl Future<Output = ()> + Send
+pub(super) fn serve<IO>(io: IO, ahead: BytesMut, conn: Arc<Conn>) -> impl Future<Output = ()> + Send
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut io = Coalesce::new(io);
     async move {
         // No buffer until the first bytes come (`read` waits for them with one
-        // on its stack), and none again between requests: a connection that is
+        // on its stack, unless they were read already), and none again between requests: a connection that is
         // open and idle costs its socket and its task only. The answer's
         // buffer, and the timeouts (the listener's, as the connection found
         // it), are not held here: an idle connection's future is smaller.
-        let mut buf = BytesMut::new();
+        let mut buf = ahead;
         let mut timer = pin!(Deadline::after(conn.timeouts().head));
         let mut first = true;
         loop {
@@ -1248,9 +1249,15 @@ fn date(out: &mut BytesMut) {
 }
 
 /// A stream that first yields bytes already read from it.
-struct Replay<IO> {
+pub(super) struct Replay<IO> {
     ahead: Bytes,
     io: IO,
+}
+
+impl<IO> Replay<IO> {
+    pub(super) fn new(ahead: Bytes, io: IO) -> Replay<IO> {
+        Replay { ahead, io }
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Replay<IO> {
