@@ -24,6 +24,7 @@ use tokio_util::io::poll_read_buf;
 
 use crate::coalesce::Defer;
 use crate::http::{Forwarding, Outbound, RequestBody, MAX_HEADERS, MAX_HEAD_BYTES};
+use crate::replay::Replay;
 use crate::stall::Deadline;
 use crate::tcp::Upstream;
 use crate::wire::{self, decode_chunk, parse_length, take_bytes, Chunk, Step};
@@ -752,10 +753,7 @@ impl ResponseBody {
     /// protocols; bytes it sent after its response head come first.
     pub(crate) fn into_upgraded(mut self) -> Option<Upgraded> {
         match (&self.framing, self.conn.take()) {
-            (Framing::Upgraded, Some(conn)) => Some(Upgraded {
-                early: conn.buf.freeze(),
-                io: conn.io,
-            }),
+            (Framing::Upgraded, Some(conn)) => Some(Replay::new(conn.buf.freeze(), conn.io)),
             _ => None,
         }
     }
@@ -880,44 +878,7 @@ pub(crate) fn fuzz_response(buf: &mut BytesMut) {
 
 /// A member connection that switched protocols: what the member sent
 /// after its 101 head is read first, then the connection itself.
-pub(crate) struct Upgraded {
-    early: Bytes,
-    io: Upstream,
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.early.is_empty() {
-            let n = self.early.len().min(buf.remaining());
-            buf.put_slice(&self.early[..n]);
-            self.early.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
+pub(crate) type Upgraded = Replay<Upstream>;
 
 #[cfg(test)]
 mod tests {

@@ -33,6 +33,7 @@ use crate::member::{MemberState, Outstanding};
 use crate::metrics::{Kept, ListenerCounts, MemberCounts};
 use crate::plan::{ListenerPlan, PoolPlan, SharedPlan};
 use crate::proxy_protocol::{Addresses, PackedAddresses};
+use crate::replay::Replay;
 use crate::route::{self, Route};
 use crate::signal::{Signal, Until, Wait};
 use crate::stall::{Stall, WriteStall};
@@ -153,7 +154,7 @@ where
             Either::Left(Drive::new(serving, H1(conn), closing))
         }
         Mode::Http2 => {
-            let io = TokioIo::new(Coalesce::new(h1::Replay::new(read.freeze(), stream)));
+            let io = TokioIo::new(Coalesce::new(Replay::new(read.freeze(), stream)));
             let mut builder = http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())

@@ -24,6 +24,7 @@ mod metrics;
 mod peek;
 mod plan;
 mod proxy_protocol;
+mod replay;
 mod route;
 mod signal;
 mod sni;

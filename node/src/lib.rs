@@ -348,10 +348,18 @@ pub fn check_file(path: &Path) -> ExitCode {
 }
 
 /// Starts `tracing` output to stderr; `RUST_LOG` filters (default `info`,
-/// with openraft's own chatter at `warn`).
+/// with openraft's own chatter at `warn`). rustls speaks only of errors
+/// unless `RUST_LOG` names it: its warnings are about what one client
+/// sent (an IP address as a server name, say), once per handshake, and a
+/// client could fill the log with them. Keel logs a failed handshake
+/// itself, at `debug`.
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let names_rustls = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rustls"));
+    if let (false, Ok(quiet)) = (names_rustls, "rustls=error".parse()) {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

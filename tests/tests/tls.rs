@@ -414,3 +414,42 @@ async fn tls_listener_terminates_and_relays_bytes() {
         "keel_listener_tls_handshake_failures_total{{lb=\"db\",listener=\"127.0.0.1:{port}\",protocol=\"tls\"}} 1"
     )));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_client_puts_in_its_hello_does_not_reach_the_log_at_info() {
+    // An IP address as the server name (as wrk and some libraries send):
+    // rustls warns of it, once per handshake, in the client's words. At
+    // `info` none of that is logged: a client could fill the log, and pay
+    // nothing for each line Keel writes.
+    let web = HttpBackend::start("web").await;
+    let site = Ca::new().issue(&["a.test"]);
+    let port = free_port();
+    let node = keel_tests::node::KeelProcess::start(&format!(
+        "load_balancers:\n  - {{ name: web, listeners: [ {{ port: {port}, protocol: https, bind: 127.0.0.1, default_pool: p, certificates: [site] }} ] }}\n\
+         pools:\n  - {{ name: p, members: [ {{ address: \"{}\" }} ] }}\n\
+         certificates:\n  - {}\n",
+        web.addr,
+        site.yaml("site")
+    ));
+    keel_tests::eventually(Duration::from_secs(10), "the listener", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    for _ in 0..3 {
+        let o = run(Command::new("openssl")
+            .args(["s_client", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-servername", "127.0.0.1", "-tls1_3"])
+            .stdin(std::process::Stdio::null()))
+        .await;
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("TLSv1.3"),
+            "{}",
+            text(&o)
+        );
+    }
+    let log = node.log_text();
+    assert!(!log.contains("rustls"), "{log}");
+}

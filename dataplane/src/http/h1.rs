@@ -39,6 +39,7 @@ use tokio::time::Instant;
 
 use super::{BoxError, ClientBody, Conn, ProxyBody, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::coalesce::Coalesce;
+use crate::replay::Replay;
 use crate::stall::Deadline;
 use crate::wire::{self, Chunk, Step};
 
@@ -71,14 +72,18 @@ pub(super) struct Timeouts {
     pub keep_alive: Duration,
 }
 
-/// Serves requests on `io`, whose first bytes (`ahead`) were read already (found
+/// Serves requests on `io`, whose first bytes (`buf`) were read already (found
 /// not to be HTTP/2's), until the client closes, a timeout passes, a
 /// request ends the connection or `conn.stop` is set (the listener is closing:
 /// the request under way finishes, then the connection closes).
 ///
 /// Not an `async fn`, which would hold its arguments twice: the future
 /// uses `io` and the rest where they were captured.
-pub(super) fn serve<IO>(io: IO, ahead: BytesMut, conn: Arc<Conn>) -> impl Future<Output = ()> + Send
+pub(super) fn serve<IO>(
+    io: IO,
+    mut buf: BytesMut,
+    conn: Arc<Conn>,
+) -> impl Future<Output = ()> + Send
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -89,7 +94,6 @@ where
         // open and idle costs its socket and its task only. The answer's
         // buffer, and the timeouts (the listener's, as the connection found
         // it), are not held here: an idle connection's future is smaller.
-        let mut buf = ahead;
         let mut timer = pin!(Deadline::after(conn.timeouts().head));
         let mut first = true;
         loop {
@@ -166,7 +170,7 @@ where
                     // The connection leaves HTTP: what the client sent after
                     // its request is the tunnel's first bytes.
                     let ahead = buf.split().freeze();
-                    let _ = give.send(Box::new(Replay { ahead, io }));
+                    let _ = give.send(Box::new(Replay::new(ahead, io)));
                     return;
                 }
             }
@@ -1248,65 +1252,6 @@ fn date(out: &mut BytesMut) {
     });
 }
 
-/// A stream that first yields bytes already read from it.
-pub(super) struct Replay<IO> {
-    ahead: Bytes,
-    io: IO,
-}
-
-impl<IO> Replay<IO> {
-    pub(super) fn new(ahead: Bytes, io: IO) -> Replay<IO> {
-        Replay { ahead, io }
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Replay<IO> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.ahead.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        }
-        let n = this.ahead.len().min(buf.remaining());
-        buf.put_slice(&this.ahead[..n]);
-        this.ahead.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Replay<IO> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1590,18 +1535,6 @@ mod tests {
             itoa(u64::MAX, &mut [0; 20]),
             u64::MAX.to_string().as_bytes()
         );
-    }
-
-    #[tokio::test]
-    async fn bytes_read_ahead_are_replayed_first() {
-        use tokio::io::AsyncReadExt;
-        let mut r = Replay {
-            ahead: Bytes::from_static(b"ahead "),
-            io: &b"then the stream"[..],
-        };
-        let mut all = String::new();
-        r.read_to_string(&mut all).await.unwrap();
-        assert_eq!(all, "ahead then the stream");
     }
 
     #[test]
