@@ -37,25 +37,14 @@ bench_backends 1810
 bench_cert
 
 cat > "$work/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
+$(haproxy_global 1)
 frontend web
   bind 127.0.0.1:18181
   bind 127.0.0.1:18182 proto h2
   bind 127.0.0.1:18183 ssl crt $work/haproxy.pem alpn http/1.1
 $(haproxy_forwarded http)
   default_backend app
-backend app
-  balance roundrobin
-  http-reuse always
-  server a 127.0.0.1:18101
-  server b 127.0.0.1:18102
+$(haproxy_app 127.0.0.1:18101 127.0.0.1:18102)
 CONF
 cat > "$work/keel.yaml" <<CONF
 load_balancers:

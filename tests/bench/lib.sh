@@ -124,6 +124,32 @@ bench_settle() {
   done
 }
 
+# HAProxy's global and defaults sections (HTTP mode): $1 threads, $2 the
+# connection limit (default 8000).
+haproxy_global() {
+  cat <<CONF
+global
+  nbthread $1
+  maxconn ${2:-8000}
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+CONF
+}
+
+# HAProxy's backend "app": round robin over the members given, with their
+# connections reused.
+haproxy_app() {
+  local member i=0
+  printf 'backend app\n  balance roundrobin\n  http-reuse always\n'
+  for member in "$@"; do
+    printf '  server m%d %s\n' "$i" "$member"
+    i=$((i + 1))
+  done
+}
+
 haproxy_forwarded() {
   cat <<CONF
   option forwardfor
@@ -138,6 +164,39 @@ nginx_forwarded='proxy_set_header X-Forwarded-For $remote_addr;
       proxy_set_header X-Forwarded-Proto $scheme;
       proxy_set_header X-Forwarded-Port $server_port;
       proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$http_host\"";'
+
+# An nginx proxy's config, on stdout: $1 workers, $2 connections each,
+# $3 the members' port base (members on 127.0.0.1:${3}1 and ${3}2, their
+# connections reused), then one argument per listening socket ("ADDR" or
+# "ADDR ssl", with the certificate of bench_cert); the forwarding headers
+# Keel adds.
+nginx_proxy() {
+  local workers=$1 conns=$2 base=$3 listen
+  shift 3
+  cat <<CONF
+worker_processes $workers;
+pid $work/proxy.pid;
+error_log $work/proxy.err;
+events { worker_connections $conns; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:${base}1; server 127.0.0.1:${base}2; keepalive 256; }
+  server {
+$(for listen in "$@"; do echo "    listen $listen reuseport backlog=4096;"; done)
+    ssl_certificate $work/cert.pem;
+    ssl_certificate_key $work/key.pem;
+    ssl_protocols TLSv1.3;
+    ssl_session_tickets off;
+    ssl_session_cache off;
+    location / {
+      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      $nginx_forwarded
+    }
+  }
+}
+CONF
+}
 
 bench_cert() {
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \

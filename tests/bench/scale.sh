@@ -80,51 +80,17 @@ CONF
     taskset -c "$backend_cpus" nginx -c "$work/backend$b.conf" -g 'daemon off;' & row_pids+=($!)
   done
   cat > "$work/haproxy.cfg" <<CONF
-global
-  nbthread $w
-  maxconn $MAXCONN
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
+$(haproxy_global "$w" "$MAXCONN")
 frontend web
   bind 127.0.0.1:18281
   bind 127.0.0.1:18284 ssl crt $work/haproxy.pem alpn http/1.1
 $(haproxy_forwarded http)
   default_backend app
-backend app
-  balance roundrobin
-  http-reuse always
-  server a 127.0.0.1:18201
-  server b 127.0.0.1:18202
+$(haproxy_app 127.0.0.1:18201 127.0.0.1:18202)
 CONF
   taskset -c "$proxy_cpus" haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>"$work/haproxy.err" & row_pids+=($!)
   pid[haproxy]=$!
-  cat > "$work/proxy.conf" <<CONF
-worker_processes $w;
-pid $work/proxy.pid;
-error_log $work/proxy.err;
-events { worker_connections $MAXCONN; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:18201; server 127.0.0.1:18202; keepalive 256; }
-  server {
-    listen 127.0.0.1:18282 reuseport backlog=4096;
-    listen 127.0.0.1:18285 ssl reuseport backlog=4096;
-    ssl_certificate $work/cert.pem;
-    ssl_certificate_key $work/key.pem;
-    ssl_protocols TLSv1.3;
-    ssl_session_tickets off;
-    ssl_session_cache off;
-    location / {
-      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-      $nginx_forwarded
-    }
-  }
-}
-CONF
+  nginx_proxy "$w" "$MAXCONN" 1820 127.0.0.1:18282 "127.0.0.1:18285 ssl" > "$work/proxy.conf"
   taskset -c "$proxy_cpus" nginx -c "$work/proxy.conf" -g 'daemon off;' & row_pids+=($!)
   cat > "$work/keel.yaml" <<CONF
 load_balancers:

@@ -46,49 +46,16 @@ CONF
 declare -A pid
 bench_run_keel keel "$KEEL_BIN" "$WORKERS" 18199 18198
 cat > "$work/haproxy.cfg" <<CONF
-global
-  nbthread $WORKERS
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
+$(haproxy_global "$WORKERS")
 frontend web
   bind 127.0.0.1:18181 $haproxy_tls
 $(haproxy_forwarded "$SCHEME")
   default_backend app
-backend app
-  balance roundrobin
-  http-reuse always
-  server a 127.0.0.1:18101
-  server b 127.0.0.1:18102
+$(haproxy_app 127.0.0.1:18101 127.0.0.1:18102)
 CONF
 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
 pid[haproxy]=$!
-cat > "$work/proxy.conf" <<CONF
-worker_processes $WORKERS;
-pid $work/proxy.pid;
-error_log $work/proxy.err;
-events { worker_connections 8000; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:18101; server 127.0.0.1:18102; keepalive 256; }
-  server {
-    listen 127.0.0.1:18182 $nginx_tls reuseport backlog=4096;
-    ssl_certificate $work/cert.pem;
-    ssl_certificate_key $work/key.pem;
-    ssl_protocols TLSv1.3;
-    ssl_session_tickets off;
-    ssl_session_cache off;
-    location / {
-      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-      $nginx_forwarded
-    }
-  }
-}
-CONF
+nginx_proxy "$WORKERS" 8000 1810 "127.0.0.1:18182 $nginx_tls" > "$work/proxy.conf"
 nginx -c "$work/proxy.conf" -g 'daemon off;' & pids+=($!)
 pid[nginx]=$!
 

@@ -423,7 +423,9 @@ async fn first_bytes_in_pieces_are_told_http1_or_http2_and_none_is_lost() {
     // A request that begins as HTTP/2's preface does (`P`), sent a byte at
     // a time, then another pipelined behind it: HTTP/1, every byte read.
     let mut s = TcpStream::connect(("127.0.0.1", f.port)).await.unwrap();
-    let post = b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhiGET /b HTTP/1.1\r\nHost: t\r\n\r\n";
+    // (No body: one the member answered before reading would close the
+    // connection after its answer, as it should.)
+    let post = b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n";
     for (i, byte) in post.iter().enumerate() {
         s.write_all(&[*byte]).await.unwrap();
         if i < 4 {
