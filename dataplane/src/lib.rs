@@ -48,7 +48,9 @@ use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use keel_model::{Protocol, Spec};
 use socket2::{Domain, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -1001,8 +1003,13 @@ async fn accept_loop(
     connections: TaskTracker,
     signals: ListenerSignals,
 ) {
-    // Registered with the runtime this loop runs on: its worker's.
-    let socket = match TcpListener::from_std(socket) {
+    // Registered with the runtime this loop runs on: its worker's. The
+    // connections it accepts are not (see [`accept`]). (`with_interest`
+    // is deprecated for types that could close or swap their descriptor
+    // while it is registered; a `TcpListener` owns its descriptor and
+    // closes it only when dropped, after `AsyncFd` has let it go.)
+    #[allow(deprecated)]
+    let socket = match AsyncFd::with_interest(socket, Interest::READABLE) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(listener = %bind, error = %e, "cannot accept on the listening socket");
@@ -1063,20 +1070,13 @@ async fn accept_loop(
                 tokio::time::sleep(HANDSHAKE_SETTLE).await;
                 // Take what already completed its handshake, so the caller
                 // can wait for it to finish.
-                while let Some(Ok((stream, peer))) = std::future::poll_fn(|cx| {
-                    std::task::Poll::Ready(match socket.poll_accept(cx) {
-                        std::task::Poll::Ready(r) => Some(r),
-                        std::task::Poll::Pending => None,
-                    })
-                })
-                .await
-                {
+                while let Ok((stream, peer)) = accept_now(socket.get_ref()) {
                     conn.spawn(stream, peer);
                 }
                 quieted.send_replace(true);
                 continue;
             }
-            r = socket.accept() => match r {
+            r = accept(&socket) => match r {
                 Ok(ok) => ok,
                 Err(e) => {
                     // Out of file descriptors or similar: back off, keep serving.
@@ -1088,6 +1088,36 @@ async fn accept_loop(
         };
         conn.spawn(stream, peer);
     }
+}
+
+/// The next connection on `socket`, once one is there. It joins no event
+/// loop here: the worker that serves it registers it (see [`opened`]), so
+/// one handed to another worker is registered once, where it is served.
+async fn accept(
+    socket: &AsyncFd<std::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = socket.readable().await?;
+        if let Ok(accepted) = ready.try_io(|socket| accept_now(socket.get_ref())) {
+            return accepted;
+        }
+    }
+}
+
+/// A connection from `socket`'s queue, or "would block" when it is empty:
+/// one `accept4`, the socket made non-blocking by it.
+fn accept_now(
+    socket: &std::net::TcpListener,
+) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    use rustix::net::{acceptfrom_with, SocketFlags};
+    let (fd, peer) = acceptfrom_with(socket, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    let stream = std::net::TcpStream::from(fd);
+    // A TCP socket's peer always has an IP address; asked again if not.
+    let peer = match peer.and_then(|peer| SocketAddr::try_from(peer).ok()) {
+        Some(peer) => peer,
+        None => stream.peer_addr()?,
+    };
+    Ok((stream, peer))
 }
 
 /// How long a quieted listener waits for handshakes under way to complete
@@ -1109,7 +1139,7 @@ struct Admit {
 
 impl Admit {
     /// Serves an accepted connection on its own task, by the newest plan.
-    fn spawn(&self, stream: TcpStream, peer: SocketAddr) {
+    fn spawn(&self, stream: std::net::TcpStream, peer: SocketAddr) {
         let plan = self.plan.load();
         let Some(listener) = plan.listeners.get(&self.bind).map(|l| l.shared().clone()) else {
             return;
@@ -1132,19 +1162,9 @@ impl Admit {
             }
         }
         let active = Active::new(&listener.stats);
-        // Served here, or handed to a worker that serves fewer: the socket
-        // leaves this thread's event loop and joins that one's.
+        // Served here, or handed to a worker that serves fewer, whose event
+        // loop the socket joins.
         let (open, handoff) = workers::place();
-        let stream = match handoff {
-            None => Accepted::Here(stream),
-            Some(_) => match stream.into_std() {
-                Ok(stream) => Accepted::Moved(stream),
-                Err(e) => {
-                    tracing::debug!(client.addr = %peer, listener = %self.bind, error = %e, "cannot hand the connection over: closed");
-                    return;
-                }
-            },
-        };
         let (plan, cut) = (self.plan.clone(), self.cut.clone());
         let signals = http::Signals {
             closing: self.closing.clone(),
@@ -1253,26 +1273,22 @@ struct Started {
     handoff: Option<tokio::runtime::Handle>,
 }
 
-/// The accepted socket on this worker's event loop, and its client and the
-/// address it reached (see [`client_of`]).
+/// The accepted socket on the event loop of the worker that serves it,
+/// and its client and the address it reached (see [`client_of`]).
 async fn opened(
-    stream: Accepted,
+    stream: std::net::TcpStream,
     peer: SocketAddr,
     listener: &ListenerPlan,
 ) -> Option<(TcpStream, proxy_protocol::Addresses)> {
-    let stream = match stream {
-        Accepted::Here(stream) => stream,
-        Accepted::Moved(stream) => TcpStream::from_std(stream).ok()?,
+    let stream = match TcpStream::from_std(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!(client.addr = %peer, listener = %listener.bind, error = %e, "cannot serve the connection: closed");
+            return None;
+        }
     };
     let peer = client_of(&stream, peer, listener).await?;
     Some((stream, peer))
-}
-
-/// An accepted connection: on this thread's event loop, or taken out of
-/// it for another worker's.
-enum Accepted {
-    Here(TcpStream),
-    Moved(std::net::TcpStream),
 }
 
 /// The client and the address it reached: the TCP ends, or what a PROXY
@@ -1436,6 +1452,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
     use tokio::time::{sleep, timeout};
 
     /// Reads from `from` until what arrived ends with `end`.
