@@ -24,7 +24,7 @@ use crate::proxy_protocol::{self, Addresses};
 use crate::signal::Signal;
 use crate::tls::{Alpn, TlsFromClient, TlsToMember};
 
-/// Bytes moved per `splice` call: the default pipe capacity.
+/// Bytes moved per `splice` call at first: the default pipe capacity.
 const BUFFER: usize = 64 * 1024;
 
 /// Connects to a member of `pool` for `client`, trying up to three members
@@ -376,12 +376,13 @@ async fn splice_one_way(
 ) -> io::Result<()> {
     let (pipe_out, pipe_in) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut chunk = BUFFER;
     loop {
         // The pipe is empty here, so "would block" can only mean the socket.
         let n = loop {
             from.readable().await?;
             match from.try_io(Interest::READABLE, || {
-                Ok(splice(from, None, &pipe_in, None, BUFFER, flags)?)
+                Ok(splice(from, None, &pipe_in, None, chunk, flags)?)
             }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -406,8 +407,20 @@ async fn splice_one_way(
         for c in counters {
             c.fetch_add(n as u64, Relaxed);
         }
+        if n == BUFFER && chunk == BUFFER {
+            // A full pipe: a bulk transfer, which a larger pipe moves in
+            // fewer calls. Where the kernel refuses (the user's pipe
+            // allowance spent), the default stays.
+            chunk = rustix::pipe::fcntl_setpipe_size(&pipe_in, BULK).unwrap_or(BUFFER);
+        }
     }
 }
+
+/// A bulk transfer's pipe: a quarter of the calls and wake-ups per byte
+/// of the default's (L4 in `tests/bench/compare.sh`: 1.45× HAProxy's
+/// rate at 0.29× its CPU per byte, where the default pipe gave 1.30× and
+/// 0.49×; a 1 MiB pipe did no better).
+const BULK: usize = 256 * 1024;
 
 /// When either direction last moved data, readable from the idle watchdog.
 struct Activity {

@@ -19,7 +19,8 @@
 # kernel, as HAProxy and nginx are).
 #
 # CLOSE=1 adds L7 rounds with a new connection per request ("Connection:
-# close"): the accept path, which keep-alive leaves out.
+# close"): the accept path, which keep-alive leaves out. L4_ONLY=1 runs
+# the L4 rounds alone.
 #
 # KEEL_B=PATH adds a second Keel build ("keel-b", L7 on 18083, L4 on
 # 18093) to every round: two builds compared in the same run, since a
@@ -195,12 +196,14 @@ l7() {
   done
 }
 
-l7 "HTTP/1.1 keep-alive"
-if [ -n "${CLOSE:-}" ]; then
+if [ -z "${L4_ONLY:-}" ]; then
+  l7 "HTTP/1.1 keep-alive"
+  if [ -n "${CLOSE:-}" ]; then
+    echo
+    l7 "HTTP/1.1, a new connection per request" -H "Connection: close"
+  fi
   echo
-  l7 "HTTP/1.1, a new connection per request" -H "Connection: close"
 fi
-echo
 echo "## L4 TCP bulk: 64 MiB responses relayed, 8 connections, ${SECS}s each"
 echo
 echo "| proxy | transfer/s | vs HAProxy | CPU ms/GiB | CPU/GiB vs HAProxy |"

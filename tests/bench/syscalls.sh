@@ -10,7 +10,8 @@
 # (default 1: keel --workers, HAProxy nbthread, nginx worker_processes),
 # two nginx backends over reused connections, the same forwarding headers.
 # Prints a Markdown table: each system call made more than once per 50
-# requests, per request, and their sum. A count does not swing with the
+# requests, per request, and their sum; then context switches and CPU
+# time (perf's task-clock) per request. A count does not swing with the
 # machine's load as a time does, so two builds compare in separate runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -72,7 +73,8 @@ pid[nginx]=$(pgrep -d, -P "${pid[nginx]}")
 names="keel haproxy nginx"
 for name in $names; do
   case $name in keel) port=18180;; haproxy) port=18181;; nginx) port=18182;; esac
-  perf stat -e 'syscalls:sys_enter_*' -p "${pid[$name]}" -o "$work/$name.perf" -- sleep "$SECS" &
+  perf stat -e 'syscalls:sys_enter_*,context-switches,task-clock' -p "${pid[$name]}" \
+    -o "$work/$name.perf" -- sleep "$SECS" &
   stat=$!
   out=$(wrk -t1 -c64 -d"$((SECS - 1))s" "${extra[@]}" "$SCHEME://127.0.0.1:$port/")
   wait "$stat"
@@ -82,6 +84,11 @@ for name in $names; do
       gsub(",", "", $1); sub("syscalls:sys_enter_", "", $2)
       if ($1 > n / 50) printf "%s %.2f\n", $2, $1 / n
     }' "$work/$name.perf" > "$work/$name.calls"
+  # Context switches and CPU time (task-clock, in ms) per request.
+  awk -v n="$(awk '/requests in/ {print $1}' <<<"$out")" '
+    $2 == "context-switches" { gsub(",", "", $1); printf "switches %.2f\n", $1 / n }
+    $3 == "task-clock" { gsub(",", "", $1); printf "cpu %.1f\n", $1 * 1000 / n }
+    ' "$work/$name.perf" > "$work/$name.sched"
 done
 
 echo "## System calls per request, $SCHEME, $SCENARIO, 64 connections (wrk), $WORKERS worker(s) each"
@@ -101,3 +108,10 @@ for name in $names; do
   row+=" | **$(awk '{s += $2} END {printf "%.1f", s}' "$work/$name.calls")**"
 done
 echo "$row |"
+for what in "switches context switches" "cpu CPU µs (task-clock)"; do
+  row="| ${what#* }"
+  for name in $names; do
+    row+=" | $(awk -v w="${what%% *}" '$1 == w {print $2}' "$work/$name.sched")"
+  done
+  echo "$row |"
+done

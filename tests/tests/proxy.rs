@@ -322,17 +322,26 @@ async fn tcp_echo_with_half_close() {
     dp.apply(&spec(&tcp_lb(port, echo.addr, "10s")))
         .await
         .unwrap();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    s.write_all(&payload).await.unwrap();
-    // Half-close: we are done sending, but still want the reply. The member
-    // sees our FIN, sends "bye" after the echo, then closes its side.
-    s.shutdown().await.unwrap();
+    let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // Enough to fill the relay's pipe many times both ways, so it is
+    // moved in the larger pipe of a bulk transfer too.
+    let payload: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut read, mut write) = s.into_split();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        write.write_all(&sent).await.unwrap();
+        // Half-close: we are done sending, but still want the reply. The
+        // member sees our FIN, sends "bye" after the echo, then closes its
+        // side.
+        write.shutdown().await.unwrap();
+        write
+    });
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+    tokio::time::timeout(Duration::from_secs(20), read.read_to_end(&mut out))
         .await
         .unwrap()
         .unwrap();
+    writer.await.unwrap();
     assert_eq!(out.len(), payload.len() + 3);
     assert_eq!(&out[..payload.len()], &payload[..]);
     assert_eq!(&out[payload.len()..], b"bye");
