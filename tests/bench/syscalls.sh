@@ -11,7 +11,7 @@
 # two nginx backends over reused connections, the same forwarding headers.
 # Prints a Markdown table: each system call made more than once per 50
 # requests, per request, and their sum; then context switches and CPU
-# time (perf's task-clock) per request. A count does not swing with the
+# time (perf's task-clock) per request, from a second run of each. A count does not swing with the
 # machine's load as a time does, so two builds compare in separate runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -70,25 +70,35 @@ bench_settle "${pid[keel]}" $((WORKERS + 3))
 # nginx's workers, not its master, do the work.
 pid[nginx]=$(pgrep -d, -P "${pid[nginx]}")
 
-names="keel haproxy nginx"
-for name in $names; do
+# perf stat's counts of events $2 for proxy $1 while wrk runs against it,
+# into $work/$1.$3; prints the requests done. The system calls and the
+# scheduling figures are separate runs: tracing every call slows each one,
+# which changes how often a proxy sleeps.
+count() {
+  local name=$1 events=$2 into=$3 port out stat
   case $name in keel) port=18180;; haproxy) port=18181;; nginx) port=18182;; esac
-  perf stat -e 'syscalls:sys_enter_*,context-switches,task-clock' -p "${pid[$name]}" \
-    -o "$work/$name.perf" -- sleep "$SECS" &
+  perf stat -e "$events" -p "${pid[$name]}" -o "$work/$name.$into" -- sleep "$SECS" &
   stat=$!
   out=$(wrk -t1 -c64 -d"$((SECS - 1))s" "${extra[@]}" "$SCHEME://127.0.0.1:$port/")
   wait "$stat"
-  # Requests done, and each call's count, per request.
-  awk -v n="$(awk '/requests in/ {print $1}' <<<"$out")" '
+  awk '/requests in/ {print $1}' <<<"$out"
+}
+
+names="keel haproxy nginx"
+for name in $names; do
+  # Each call's count, per request.
+  n=$(count "$name" 'syscalls:sys_enter_*' perf)
+  awk -v n="$n" '
     $1 ~ /^[0-9,]+$/ && $2 ~ /^syscalls:sys_enter_/ {
       gsub(",", "", $1); sub("syscalls:sys_enter_", "", $2)
       if ($1 > n / 50) printf "%s %.2f\n", $2, $1 / n
     }' "$work/$name.perf" > "$work/$name.calls"
   # Context switches and CPU time (task-clock, in ms) per request.
-  awk -v n="$(awk '/requests in/ {print $1}' <<<"$out")" '
+  n=$(count "$name" context-switches,task-clock sched-perf)
+  awk -v n="$n" '
     $2 == "context-switches" { gsub(",", "", $1); printf "switches %.2f\n", $1 / n }
     $3 == "task-clock" { gsub(",", "", $1); printf "cpu %.1f\n", $1 * 1000 / n }
-    ' "$work/$name.perf" > "$work/$name.sched"
+    ' "$work/$name.sched-perf" > "$work/$name.sched"
 done
 
 echo "## System calls per request, $SCHEME, $SCENARIO, 64 connections (wrk), $WORKERS worker(s) each"
