@@ -109,10 +109,7 @@ load_balancers:
     listeners:
       - { port: 18080, protocol: http, bind: 127.0.0.1, default_pool: app }
       - { port: 18090, protocol: tcp, bind: 127.0.0.1, default_pool: app }
-pools:
-  - name: app
-    algorithm: round_robin
-    members: [ { address: "$B1" }, { address: "$B2" } ]
+$(keel_app "$B1" "$B2")
 CONF
 bench_run_keel keel "$KEEL_BIN" "$WORKERS" 18099 18098
 names="haproxy keel nginx"

@@ -52,10 +52,7 @@ load_balancers:
     listeners:
       - { port: 18180, protocol: http, bind: 127.0.0.1, default_pool: app }
       - { port: 18184, protocol: https, bind: 127.0.0.1, default_pool: app, certificates: [site] }
-pools:
-  - name: app
-    algorithm: round_robin
-    members: [ { address: "127.0.0.1:18101" }, { address: "127.0.0.1:18102" } ]
+$(keel_app 127.0.0.1:18101 127.0.0.1:18102)
 $(keel_certificates)
 CONF
 

@@ -28,6 +28,8 @@
 #                                (both); indent (for YAML block scalars)
 #   keel_certificates            Keel's `certificates:` block with that
 #                                certificate, named `site`
+#   keel_app MEMBER ...          Keel's `pools:` block: pool "app", round
+#                                robin over the members given
 #   ticks PID                    CPU ticks (user + system; $HZ a second) the
 #                                process, its threads and its child processes
 #                                (nginx's workers) have used so far
@@ -206,6 +208,16 @@ bench_cert() {
 }
 
 indent() { sed 's/^/      /'; }
+
+keel_app() {
+  local member sep=
+  printf 'pools:\n  - name: app\n    algorithm: round_robin\n    members: ['
+  for member in "$@"; do
+    printf '%s { address: "%s" }' "$sep" "$member"
+    sep=,
+  done
+  printf ' ]\n'
+}
 
 keel_certificates() {
   printf 'certificates:\n  - name: site\n    cert_pem: |\n'

@@ -98,10 +98,7 @@ load_balancers:
     listeners:
       - { port: 18280, protocol: http, bind: 127.0.0.1, default_pool: app }
       - { port: 18283, protocol: https, bind: 127.0.0.1, default_pool: app, certificates: [site] }
-pools:
-  - name: app
-    algorithm: round_robin
-    members: [ { address: "127.0.0.1:18201" }, { address: "127.0.0.1:18202" } ]
+$(keel_app 127.0.0.1:18201 127.0.0.1:18202)
 $(keel_certificates)
 CONF
   rm -rf "$work/keel-data"

@@ -38,10 +38,7 @@ load_balancers:
   - name: bench
     listeners:
       - { port: 18180, protocol: $SCHEME, bind: 127.0.0.1, default_pool: app$tls_listener }
-pools:
-  - name: app
-    algorithm: round_robin
-    members: [ { address: "127.0.0.1:18101" }, { address: "127.0.0.1:18102" } ]
+$(keel_app 127.0.0.1:18101 127.0.0.1:18102)
 $(keel_certificates)
 CONF
 declare -A pid
